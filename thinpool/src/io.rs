@@ -1,0 +1,241 @@
+//! The block-device seam: everything above this module reads and writes bytes through
+//! [`BlockDevice`], so the pool runs the same on a file, on memory, and on a device that fails
+//! on purpose in tests.
+//!
+//! Implementations must allow concurrent calls from many threads (`&self` everywhere): the NBD
+//! server issues reads and writes from several connections at once.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::RwLock;
+
+/// A byte-addressed device with an explicit durability barrier.
+pub trait BlockDevice: Send + Sync {
+    /// Fills `buf` from `offset`. Reading past the end is an error.
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
+    /// Writes `buf` at `offset`. Writing past the end is an error.
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
+    /// Makes every completed write durable (fdatasync for files).
+    fn flush(&self) -> io::Result<()>;
+    /// Current size in bytes.
+    fn size(&self) -> u64;
+    /// Grows the device to `new_size` bytes (files are extended sparsely). Shrinking is refused.
+    fn grow(&self, new_size: u64) -> io::Result<()>;
+    /// A name for error messages: the path, or what the device stands for.
+    fn describe(&self) -> String;
+}
+
+fn out_of_range(what: &str, offset: u64, len: usize, size: u64) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::UnexpectedEof,
+        format!("{what}: range {offset}+{len} is beyond the device end {size}"),
+    )
+}
+
+fn check_range(what: &str, offset: u64, len: usize, size: u64) -> io::Result<()> {
+    match offset.checked_add(len as u64) {
+        Some(end) if end <= size => Ok(()),
+        _ => Err(out_of_range(what, offset, len, size)),
+    }
+}
+
+/// A regular file (or a block device node) used through pread/pwrite/fdatasync.
+pub struct FileDevice {
+    file: File,
+    path: PathBuf,
+    size: RwLock<u64>,
+}
+
+impl FileDevice {
+    /// Opens an existing file read-write.
+    pub fn open(path: &Path) -> io::Result<Self> {
+        let file = std::fs::OpenOptions::new().read(true).write(true).open(path)?;
+        Self::from_file(file, path)
+    }
+
+    /// Opens an existing file read-only; writes then fail with EBADF from the kernel.
+    pub fn open_read_only(path: &Path) -> io::Result<Self> {
+        let file = File::open(path)?;
+        Self::from_file(file, path)
+    }
+
+    /// Creates (or truncates) a sparse file of `size` bytes.
+    pub fn create(path: &Path, size: u64) -> io::Result<Self> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)?;
+        file.set_len(size)?;
+        Self::from_file(file, path)
+    }
+
+    fn from_file(file: File, path: &Path) -> io::Result<Self> {
+        let size = device_size(&file)?;
+        Ok(Self { file, path: path.to_owned(), size: RwLock::new(size) })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+}
+
+/// Size of a regular file, or of a block device (whose metadata length is 0).
+fn device_size(file: &File) -> io::Result<u64> {
+    use std::io::{Seek, SeekFrom};
+    let meta = file.metadata()?;
+    if meta.is_file() {
+        return Ok(meta.len());
+    }
+    // Block devices report their size through seeking to the end.
+    let mut f = file;
+    let end = f.seek(SeekFrom::End(0))?;
+    f.seek(SeekFrom::Start(0))?;
+    Ok(end)
+}
+
+impl BlockDevice for FileDevice {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        check_range(&self.describe(), offset, buf.len(), self.size())?;
+        self.file.read_exact_at(buf, offset)
+    }
+
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        check_range(&self.describe(), offset, buf.len(), self.size())?;
+        self.file.write_all_at(buf, offset)
+    }
+
+    fn flush(&self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+
+    fn size(&self) -> u64 {
+        *self.size.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn grow(&self, new_size: u64) -> io::Result<()> {
+        let mut size = self.size.write().unwrap_or_else(|e| e.into_inner());
+        if new_size < *size {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{}: cannot shrink from {} to {new_size} bytes", self.describe(), *size),
+            ));
+        }
+        if self.file.metadata()?.is_file() {
+            self.file.set_len(new_size)?;
+        } else if device_size(&self.file)? < new_size {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{}: block device is smaller than {new_size} bytes", self.describe()),
+            ));
+        }
+        *size = new_size;
+        Ok(())
+    }
+
+    fn describe(&self) -> String {
+        self.path.display().to_string()
+    }
+}
+
+/// An in-memory device, for unit tests and the model checks.
+pub struct MemDevice {
+    bytes: RwLock<Vec<u8>>,
+    name: String,
+}
+
+impl MemDevice {
+    pub fn new(size: u64, name: &str) -> Self {
+        Self { bytes: RwLock::new(vec![0; size as usize]), name: name.to_owned() }
+    }
+
+    /// A copy of the whole contents (for crash tests and comparisons).
+    pub fn snapshot(&self) -> Vec<u8> {
+        self.bytes.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+impl BlockDevice for MemDevice {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        let bytes = self.bytes.read().unwrap_or_else(|e| e.into_inner());
+        check_range(&self.name, offset, buf.len(), bytes.len() as u64)?;
+        let start = offset as usize;
+        buf.copy_from_slice(&bytes[start..start + buf.len()]);
+        Ok(())
+    }
+
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        let mut bytes = self.bytes.write().unwrap_or_else(|e| e.into_inner());
+        check_range(&self.name, offset, buf.len(), bytes.len() as u64)?;
+        let start = offset as usize;
+        bytes[start..start + buf.len()].copy_from_slice(buf);
+        Ok(())
+    }
+
+    fn flush(&self) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn size(&self) -> u64 {
+        self.bytes.read().unwrap_or_else(|e| e.into_inner()).len() as u64
+    }
+
+    fn grow(&self, new_size: u64) -> io::Result<()> {
+        let mut bytes = self.bytes.write().unwrap_or_else(|e| e.into_inner());
+        if new_size < bytes.len() as u64 {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "cannot shrink"));
+        }
+        bytes.resize(new_size as usize, 0);
+        Ok(())
+    }
+
+    fn describe(&self) -> String {
+        self.name.clone()
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod contract {
+    //! The contract every [`BlockDevice`] keeps, written once and run for each implementation.
+    use super::*;
+
+    pub fn check(dev: &dyn BlockDevice) {
+        let size = dev.size();
+        assert!(size >= 8192, "contract needs at least 8 KiB");
+        let mut buf = vec![0xAAu8; 4096];
+        dev.read_at(&mut buf, 0).unwrap();
+        assert!(buf.iter().all(|&b| b == 0), "a new device reads as zeros");
+        let data: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8).collect();
+        dev.write_at(&data, 1000).unwrap();
+        let mut back = vec![0u8; 5000];
+        dev.read_at(&mut back, 1000).unwrap();
+        assert_eq!(back, data);
+        dev.flush().unwrap();
+        assert!(dev.read_at(&mut buf, size - 100).is_err(), "reads past the end fail");
+        assert!(dev.write_at(&buf, u64::MAX - 10).is_err(), "overflowing offsets fail");
+        dev.grow(size + 4096).unwrap();
+        assert_eq!(dev.size(), size + 4096);
+        dev.read_at(&mut buf, size).unwrap();
+        assert!(buf.iter().all(|&b| b == 0), "grown space reads as zeros");
+        assert!(dev.grow(size).is_err(), "shrinking is refused");
+        assert!(!dev.describe().is_empty());
+    }
+
+    #[test]
+    fn mem_device_keeps_the_contract() {
+        check(&MemDevice::new(1 << 16, "mem"));
+    }
+
+    #[test]
+    fn file_device_keeps_the_contract() {
+        let dir = tempfile::tempdir().unwrap();
+        check(&FileDevice::create(&dir.path().join("dev"), 1 << 16).unwrap());
+    }
+}
