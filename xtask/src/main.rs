@@ -1,6 +1,7 @@
 //! `cargo xtask`: every build, test and check of lamina goes through here, so the README, CI
 //! and developers run the same thing.
 
+mod bench;
 mod setup;
 
 use std::process::Command;
@@ -25,6 +26,15 @@ enum Task {
     },
     /// What CI runs: fmt --check, clippy -D warnings, then `test`.
     Ci,
+    /// Runs benchmarks against the peers and writes JSON, a Markdown table and SVG plots
+    /// under target/bench/.
+    Bench {
+        #[arg(value_enum)]
+        suites: Vec<bench::Suite>,
+        /// Only redraw the table and plots from the records already in target/bench/.
+        #[arg(long)]
+        report_only: bool,
+    },
     /// Installs the host packages lamina's tests and tools need (apt-get, when missing).
     Setup,
 }
@@ -34,6 +44,13 @@ fn main() -> Result<()> {
         Task::Test { args } => task_test(&args),
         Task::Ci => task_ci(),
         Task::Setup => setup::install_missing(),
+        Task::Bench { report_only: true, .. } => {
+            bench::summarize(&workspace_root().join("target/bench"))
+        }
+        Task::Bench { suites, .. } => {
+            setup::install_missing()?;
+            bench::run(&workspace_root(), &suites)
+        }
     }
 }
 
