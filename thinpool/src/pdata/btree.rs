@@ -408,7 +408,8 @@ fn remove_rec(
     let b = shadow(tm, vt, b)?;
     let data = tm.read(b, BlockKind::Node)?;
     let node = view(&data);
-    let i = node.lower_bound(key).ok_or_else(|| Error::corrupt(b, "key vanished during removal"))?;
+    let i =
+        node.lower_bound(key).ok_or_else(|| Error::corrupt(b, "key vanished during removal"))?;
     if node.is_leaf() {
         if node.key(i) != key {
             return Err(Error::corrupt(b, "key vanished during removal"));

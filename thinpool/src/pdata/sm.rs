@@ -174,7 +174,9 @@ impl RefCounts {
         }
         let start = self.cursor.min(n);
         for b in (start..n).chain(0..start) {
-            if self.counts[b as usize] == 0 && !bit(&self.committed, b) && !self.reserved.contains(&b)
+            if self.counts[b as usize] == 0
+                && !bit(&self.committed, b)
+                && !self.reserved.contains(&b)
             {
                 self.cursor = b + 1;
                 return Some(b);

@@ -278,7 +278,8 @@ impl SmDisk {
             self.place_bitmap(tm, i)?;
             self.render_bitmap(tm, counts.counts(), i)?;
             let bytes = self.entries[i].to_bytes();
-            self.bitmap_root = btree::insert_raw(tm, &mut vt, self.bitmap_root, i as u64, &bytes)?.0;
+            self.bitmap_root =
+                btree::insert_raw(tm, &mut vt, self.bitmap_root, i as u64, &bytes)?.0;
         }
         Ok(self.root(counts))
     }

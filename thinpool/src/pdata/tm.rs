@@ -35,8 +35,11 @@ impl CommitBlocks {
     /// Writes every block, then flushes: step 5 of the commit.
     pub fn write(&self, dev: &dyn BlockDevice) -> Result<()> {
         for (b, data) in &self.blocks {
-            dev.write_at(&data[..], b.0 * BLOCK_SIZE as u64)
-                .map_err(|source| Error::Io { block: *b, op: "write", source })?;
+            dev.write_at(&data[..], b.0 * BLOCK_SIZE as u64).map_err(|source| Error::Io {
+                block: *b,
+                op: "write",
+                source,
+            })?;
         }
         dev.flush().map_err(|source| Error::Io { block: MetaBlock(0), op: "flush", source })
     }
@@ -105,9 +108,11 @@ impl Tm {
     /// Reads a block from the device, bypassing the cache and validation.
     pub fn read_raw(&self, b: MetaBlock) -> Result<Box<Block>> {
         let mut data = disk::zeroed();
-        self.dev
-            .read_at(&mut data[..], b.0 * BLOCK_SIZE as u64)
-            .map_err(|source| Error::Io { block: b, op: "read", source })?;
+        self.dev.read_at(&mut data[..], b.0 * BLOCK_SIZE as u64).map_err(|source| Error::Io {
+            block: b,
+            op: "read",
+            source,
+        })?;
         Ok(data)
     }
 

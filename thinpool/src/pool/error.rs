@@ -17,7 +17,9 @@ pub enum ErrorKind {
     NotFound,
     Exists,
     /// Metadata failed validation; `block` names the metadata block concerned.
-    Corrupt { block: MetaBlock },
+    Corrupt {
+        block: MetaBlock,
+    },
     /// A device read, write or flush failed.
     Io,
     /// A bad argument (name rules, block size, ...).

@@ -201,8 +201,7 @@ impl Meta {
         let doing = "opening the metadata";
         let mut tm = Tm::new(dev, RefCounts::new("metadata", nr_meta));
         let meta_disk = SmDisk::open_metadata(&mut tm, &sb.metadata_sm_root).map_err(pd(doing))?;
-        let (data_disk, data) =
-            SmDisk::open_data(&mut tm, &sb.data_sm_root).map_err(pd(doing))?;
+        let (data_disk, data) = SmDisk::open_data(&mut tm, &sb.data_sm_root).map_err(pd(doing))?;
         let mut details = BTreeMap::new();
         btree::walk(&mut tm, sb.device_details_root, DeviceDetails::SIZE, &mut |k, v| {
             details.insert(k, DeviceDetails::decode(v));
@@ -303,15 +302,15 @@ impl Meta {
     }
 
     pub fn dev(&self, id: ThinId) -> Result<&Dev> {
-        self.devices
-            .get(&id.0)
-            .ok_or_else(|| Error::new(ErrorKind::NotFound, format!("thin device {id} does not exist")))
+        self.devices.get(&id.0).ok_or_else(|| {
+            Error::new(ErrorKind::NotFound, format!("thin device {id} does not exist"))
+        })
     }
 
     fn dev_mut(&mut self, id: ThinId) -> Result<&mut Dev> {
-        self.devices
-            .get_mut(&id.0)
-            .ok_or_else(|| Error::new(ErrorKind::NotFound, format!("thin device {id} does not exist")))
+        self.devices.get_mut(&id.0).ok_or_else(|| {
+            Error::new(ErrorKind::NotFound, format!("thin device {id} does not exist"))
+        })
     }
 
     fn check_new(&self, id: ThinId) -> Result<()> {
@@ -376,8 +375,7 @@ impl Meta {
 
     pub fn lookup(&mut self, id: ThinId, vb: VirtBlock) -> Result<Option<BlockTime>> {
         let root = self.dev(id)?.root;
-        let v = btree::lookup_u64(&mut self.tm, root, vb.0)
-            .map_err(pd("looking up a mapping"))?;
+        let v = btree::lookup_u64(&mut self.tm, root, vb.0).map_err(pd("looking up a mapping"))?;
         Ok(v.map(BlockTime::unpack))
     }
 
@@ -403,9 +401,14 @@ impl Meta {
         }
         let root = self.dev(id)?.root;
         let v = BlockTime { block, time: time & TIME_MASK }.pack();
-        let (root, old) =
-            btree::insert(&mut self.tm, &mut DataRefs(&mut self.data), root, vb.0, &v.to_le_bytes())
-                .map_err(pd("inserting a mapping"))?;
+        let (root, old) = btree::insert(
+            &mut self.tm,
+            &mut DataRefs(&mut self.data),
+            root,
+            vb.0,
+            &v.to_le_bytes(),
+        )
+        .map_err(pd("inserting a mapping"))?;
         let d = self.dev_mut(id)?;
         d.root = root;
         d.dirty = true;
@@ -512,7 +515,8 @@ impl Meta {
                     .0;
             d.dirty = false;
         }
-        let data_root = self.data_disk.commit_data(&mut self.tm, &mut self.data).map_err(pd(doing))?;
+        let data_root =
+            self.data_disk.commit_data(&mut self.tm, &mut self.data).map_err(pd(doing))?;
         let meta_root = self.meta_disk.commit_metadata(&mut self.tm).map_err(pd(doing))?;
         self.sb.time = self.time;
         self.sb.trans_id = self.trans_id;

@@ -194,7 +194,9 @@ impl Pool {
         if let Some(store) = &names {
             let t = store
                 .load(m.trans_id)
-                .map_err(|e| Error::io(format!("reading the name table in {}", store.describe()), e))?
+                .map_err(|e| {
+                    Error::io(format!("reading the name table in {}", store.describe()), e)
+                })?
                 .ok_or_else(|| {
                     Error::new(
                         ErrorKind::Corrupt { block: crate::units::MetaBlock(0) },
@@ -209,7 +211,10 @@ impl Pool {
                 if !m.devices.contains_key(&v.id) {
                     return Err(Error::new(
                         ErrorKind::Corrupt { block: crate::units::MetaBlock(0) },
-                        format!("volume {:?} names thin device {} which does not exist", v.name, v.id),
+                        format!(
+                            "volume {:?} names thin device {} which does not exist",
+                            v.name, v.id
+                        ),
                     ));
                 }
             }
@@ -382,9 +387,9 @@ impl Pool {
     }
 
     fn write_commit(&self, p: &meta::Prepared) -> Result<()> {
-        self.data_dev
-            .flush()
-            .map_err(|e| Error::io(format!("flushing data device {}", self.data_dev.describe()), e))?;
+        self.data_dev.flush().map_err(|e| {
+            Error::io(format!("flushing data device {}", self.data_dev.describe()), e)
+        })?;
         p.blocks
             .write(self.meta_dev.as_ref())
             .map_err(|e| Error::pdata("writing metadata blocks", e))?;
@@ -397,9 +402,7 @@ impl Pool {
         self.meta_dev
             .write_at(&p.superblock[..], 0)
             .map_err(|e| Error::io(format!("writing the {}", what()), e))?;
-        self.meta_dev
-            .flush()
-            .map_err(|e| Error::io(format!("flushing after the {}", what()), e))
+        self.meta_dev.flush().map_err(|e| Error::io(format!("flushing after the {}", what()), e))
     }
 
     /// Grows the data space map to `new_nr_blocks` (growing the data device if needed).
@@ -514,9 +517,9 @@ impl Pool {
     pub fn volume(&self, name: &str) -> Result<VolumeInfo> {
         let m = self.meta();
         let t = m.names.as_ref().ok_or_else(Self::no_names)?;
-        let e = t
-            .get(name)
-            .ok_or_else(|| Error::new(ErrorKind::NotFound, format!("volume {name:?} does not exist")))?;
+        let e = t.get(name).ok_or_else(|| {
+            Error::new(ErrorKind::NotFound, format!("volume {name:?} does not exist"))
+        })?;
         volume_info(&m, e)
     }
 

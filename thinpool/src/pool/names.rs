@@ -106,7 +106,8 @@ impl NameStore for DirNameStore {
         let slot = if a.is_some_and(|t| t.trans_id == keep) { SLOTS[1] } else { SLOTS[0] };
         let path = self.dir.join(slot);
         let tmp = self.dir.join(format!("{slot}.tmp"));
-        let ctx = |e: io::Error, p: &Path| io::Error::new(e.kind(), format!("{}: {e}", p.display()));
+        let ctx =
+            |e: io::Error, p: &Path| io::Error::new(e.kind(), format!("{}: {e}", p.display()));
         let bytes = serde_json::to_vec_pretty(table).map_err(io::Error::other)?;
         let mut f = std::fs::File::create(&tmp).map_err(|e| ctx(e, &tmp))?;
         f.write_all(&bytes).map_err(|e| ctx(e, &tmp))?;

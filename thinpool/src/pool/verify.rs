@@ -104,7 +104,8 @@ fn check_meta(m: &mut Meta) -> Result<CheckReport> {
 
     let mut details: BTreeMap<u64, DeviceDetails> = BTreeMap::new();
     tree(&mut m.tm, m.details_root, DeviceDetails::SIZE, &mut |_, _, n| {
-        children(&mut meta, &n).map_err(|e| crate::pdata::Error::corrupt(n.blocknr(), e.to_string()))?;
+        children(&mut meta, &n)
+            .map_err(|e| crate::pdata::Error::corrupt(n.blocknr(), e.to_string()))?;
         if n.is_leaf() {
             for i in 0..n.nr_entries() {
                 details.insert(n.key(i), DeviceDetails::decode(n.value(i)));
@@ -114,7 +115,8 @@ fn check_meta(m: &mut Meta) -> Result<CheckReport> {
     })?;
     let mut roots: BTreeMap<u64, MetaBlock> = BTreeMap::new();
     tree(&mut m.tm, m.top_root, 8, &mut |_, _, n| {
-        children(&mut meta, &n).map_err(|e| crate::pdata::Error::corrupt(n.blocknr(), e.to_string()))?;
+        children(&mut meta, &n)
+            .map_err(|e| crate::pdata::Error::corrupt(n.blocknr(), e.to_string()))?;
         if n.is_leaf() {
             for i in 0..n.nr_entries() {
                 roots.insert(n.key(i), MetaBlock(n.value_u64(i)));
@@ -163,7 +165,10 @@ fn check_meta(m: &mut Meta) -> Result<CheckReport> {
         )
         .map_err(pd)?;
         if let Some(b) = bad {
-            return Err(corrupt(b, "mapping beyond the data device or stamped in the future".into()));
+            return Err(corrupt(
+                b,
+                "mapping beyond the data device or stamped in the future".into(),
+            ));
         }
         let mut n = 0u64;
         btree::walk(&mut m.tm, root, 8, &mut |_, _| {
