@@ -10,4 +10,5 @@
 
 pub mod io;
 pub mod pdata;
+pub mod pool;
 pub mod units;
