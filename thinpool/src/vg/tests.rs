@@ -1,0 +1,1 @@
+//! In-crate tests: the block-device contract run against a region.
