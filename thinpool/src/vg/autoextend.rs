@@ -246,13 +246,16 @@ mod tests {
     fn data_policy_table() {
         use AutoextendDecision::*;
         let g = 1024 * MIB;
+        let m = 1000 * MIB;
         let cases = [
-            // lvm.conf's example: threshold 70, percent 20; a 1G pool past 700M grows to 1.2G.
-            (input(701 * MIB, g, 1000, 70, 20), Grow(Extents(52))), // 204.8 MiB -> 52 extents
-            (input(699 * MIB, g, 1000, 70, 20), Below),
+            // lvm.conf's example: threshold 70, percent 20: a 1G pool past 700M grows to 1.2G,
+            // then past 840M to 1.44G.
+            (input(701 * MIB, m, 1000, 70, 20), Grow(Extents(50))),
+            (input(699 * MIB, m, 1000, 70, 20), Below),
+            (input(841 * MIB, 1200 * MIB, 1000, 70, 20), Grow(Extents(60))),
             // "At or above": exactly the threshold triggers.
-            (input(g * 80 / 100, g, 1000, 80, 20), Grow(Extents(52))),
-            (input(g * 80 / 100 - 1, g, 1000, 80, 20), Below),
+            (input(800 * MIB, m, 1000, 80, 20), Grow(Extents(50))),
+            (input(800 * MIB - 1, m, 1000, 80, 20), Below),
             // Far over: the amount needed to get under the threshold wins over the 20 % step.
             (input(g, g, 1000, 80, 20), Grow(Extents(65))), // 1G/0.8 = 1280M (+1 byte) -> 257 MiB
             // Threshold below 50 counts as 50.
@@ -295,8 +298,8 @@ mod tests {
         // 1 GiB tmeta: kernel threshold 100 - 1 (4 MiB of 1 GiB rounds up to 1 %) = 99,
         // policy 80 wins; step 20 % + 1 % = 215 MiB -> 54 extents.
         let g = 1024 * MIB;
-        assert_eq!(metadata_decision(&input(g * 80 / 100, g, 1000, 80, 20)), Grow(Extents(54)));
-        assert_eq!(metadata_decision(&input(g * 80 / 100 - 1, g, 1000, 80, 20)), Below);
+        assert_eq!(metadata_decision(&input(g * 80 / 100 + 1, g, 1000, 80, 20)), Grow(Extents(54)));
+        assert_eq!(metadata_decision(&input(g * 80 / 100, g, 1000, 80, 20)), Below);
         assert_eq!(metadata_decision(&input(g, g, 1000, 100, 20)), Disabled);
     }
 
