@@ -41,7 +41,10 @@ fn create_then_open_round_trips_layout_and_data() {
     let meta = vg.metadata();
     drop(vg);
 
-    for vg in [VolumeGroup::open(std::slice::from_ref(&a)).unwrap(), VolumeGroup::open_dir(dir.path()).unwrap()] {
+    for vg in [
+        VolumeGroup::open(std::slice::from_ref(&a)).unwrap(),
+        VolumeGroup::open_dir(dir.path()).unwrap(),
+    ] {
         assert_eq!(vg.metadata(), meta);
         let mut b = [0u8; 10];
         vg.data_region().read_at(&mut b, 7 * 4 * MIB - 3).unwrap();
@@ -60,21 +63,29 @@ fn create_then_open_round_trips_layout_and_data() {
 fn changing_setup_values_is_refused_and_same_values_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let a = sparse(dir.path(), "a", dev_size(50));
-    let first = VolumeGroup::create(std::slice::from_ref(&a), PoolConfig::default(), false).unwrap();
+    let first =
+        VolumeGroup::create(std::slice::from_ref(&a), PoolConfig::default(), false).unwrap();
     let uuid = first.uuid();
     drop(first);
 
-    for opt in ["dm.thinp_percent=90", "dm.thinp_metapercent=2", "dm.blocksize=512K", "dm.thinp_autoextend_threshold=90"] {
+    for opt in [
+        "dm.thinp_percent=90",
+        "dm.thinp_metapercent=2",
+        "dm.blocksize=512K",
+        "dm.thinp_autoextend_threshold=90",
+    ] {
         let changed = PoolConfig::from_opts([opt]).unwrap();
         let err = VolumeGroup::create(std::slice::from_ref(&a), changed, false).err().unwrap();
         assert_eq!(err.kind, VgErrorKind::ConfigChanged, "{opt}");
         assert_eq!(err.to_string(), "changing direct-lvm config is not supported");
     }
-    let again = VolumeGroup::create(std::slice::from_ref(&a), PoolConfig::default(), false).unwrap();
+    let again =
+        VolumeGroup::create(std::slice::from_ref(&a), PoolConfig::default(), false).unwrap();
     assert_eq!(again.uuid(), uuid, "same values open the existing group");
     drop(again);
     // Runtime options may change; the new values are kept.
-    let runtime = PoolConfig::from_opts(["dm.min_free_space=5%", "lamina.error_if_no_space=true"]).unwrap();
+    let runtime =
+        PoolConfig::from_opts(["dm.min_free_space=5%", "lamina.error_if_no_space=true"]).unwrap();
     let vg = VolumeGroup::create(std::slice::from_ref(&a), runtime.clone(), false).unwrap();
     assert_eq!(vg.uuid(), uuid);
     drop(vg);
@@ -98,7 +109,8 @@ fn xfs_device_is_refused_unless_forced() {
     let head = std::fs::read(&a).unwrap();
     assert_eq!(thinpool::vg::signature::detect(&head[..128 << 10]), Some(Signature::Xfs));
 
-    let err = VolumeGroup::create(std::slice::from_ref(&a), PoolConfig::default(), false).err().unwrap();
+    let err =
+        VolumeGroup::create(std::slice::from_ref(&a), PoolConfig::default(), false).err().unwrap();
     assert_eq!(err.kind, VgErrorKind::Signature);
     assert!(err.to_string().contains("xfs"), "{err}");
     assert!(err.to_string().contains("dm.directlvm_device_force"), "{err}");
@@ -136,7 +148,11 @@ fn extend_then_grow_data_from_the_new_device() {
     let st = vg.status();
     assert_eq!(st.data.extents, Extents(105));
     assert_eq!(st.data.segments.len(), 2, "{:?}", st.data.segments);
-    assert_eq!((st.data.segments[0].device, st.data.segments[0].len), (0, Extents(99)), "grew in place first");
+    assert_eq!(
+        (st.data.segments[0].device, st.data.segments[0].len),
+        (0, Extents(99)),
+        "grew in place first"
+    );
     assert_eq!((st.data.segments[1].device, st.data.segments[1].len), (1, Extents(6)));
     assert_eq!(st.devices[1].free, Extents(44));
     assert_eq!(vg.data_region().size(), 105 * 4 * MIB);
@@ -195,7 +211,9 @@ fn metadata_is_capped_at_the_dm_thin_maximum() {
 fn tiny_and_unlabelled_devices_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let small = sparse(dir.path(), "small", 4 * MIB);
-    let err = VolumeGroup::create(std::slice::from_ref(&small), PoolConfig::default(), false).err().unwrap();
+    let err = VolumeGroup::create(std::slice::from_ref(&small), PoolConfig::default(), false)
+        .err()
+        .unwrap();
     assert_eq!(err.kind, VgErrorKind::TooSmall);
     let err = VolumeGroup::open(std::slice::from_ref(&small)).err().unwrap();
     assert_eq!(err.kind, VgErrorKind::NotAGroup);
@@ -235,7 +253,9 @@ fn dmsetup_tables_golden() {
     let named = |name: &str, dev: &'static str, ext| -> Arc<dyn BlockDevice> {
         Arc::new(Named(FileDevice::open(&sparse(dir.path(), name, dev_size(ext))).unwrap(), dev))
     };
-    let vg = VolumeGroup::create_with(vec![named("a", "/dev/vdb", 100)], PoolConfig::default(), false).unwrap();
+    let vg =
+        VolumeGroup::create_with(vec![named("a", "/dev/vdb", 100)], PoolConfig::default(), false)
+            .unwrap();
     vg.extend_with(named("b", "/dev/vdc", 50), false).unwrap();
     vg.grow_data(Extents(10)).unwrap();
     let thins = [
@@ -257,11 +277,18 @@ fn dmsetup_tables_golden() {
 0 41943040 thin /dev/mapper/lamina 7
 ";
     assert_eq!(t.to_string(), golden);
-    assert!(t.to_script().starts_with("dmsetup create lamina_tmeta <<'TABLE'\n0 8192 linear /dev/vdb 2048\nTABLE\n"));
+    assert!(t.to_script().starts_with(
+        "dmsetup create lamina_tmeta <<'TABLE'\n0 8192 linear /dev/vdb 2048\nTABLE\n"
+    ));
     drop(vg);
 
     // 512 KiB blocks and error_if_no_space: the pool length stays a whole number of blocks.
-    let config = PoolConfig::from_opts(["dm.blocksize=512K", "lamina.error_if_no_space=true", "dm.thinp_autoextend_threshold=100"]).unwrap();
+    let config = PoolConfig::from_opts([
+        "dm.blocksize=512K",
+        "lamina.error_if_no_space=true",
+        "dm.thinp_autoextend_threshold=100",
+    ])
+    .unwrap();
     let vg = VolumeGroup::create_with(vec![named("c", "/dev/vdd", 100)], config, false).unwrap();
     let t = vg.dmsetup_table("p", &[]);
     assert_eq!(

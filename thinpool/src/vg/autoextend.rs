@@ -201,8 +201,17 @@ pub struct ExtendEvent {
 }
 
 impl ExtendEvent {
-    pub fn new(kind: RegionKind, action: ExtendAction, input: &AutoextendInput, extents: Extents) -> Self {
-        let used_percent = if input.size == 0 { 100 } else { (input.used as u128 * 100 / input.size as u128) as u32 };
+    pub fn new(
+        kind: RegionKind,
+        action: ExtendAction,
+        input: &AutoextendInput,
+        extents: Extents,
+    ) -> Self {
+        let used_percent = if input.size == 0 {
+            100
+        } else {
+            (input.used as u128 * 100 / input.size as u128) as u32
+        };
         let new_bytes = match action {
             ExtendAction::Extended => input.size + extents.0 * input.extent_size,
             ExtendAction::NoSpace => input.size,
@@ -239,7 +248,14 @@ mod tests {
     const MIB: u64 = 1 << 20;
 
     fn input(used: u64, size: u64, free: u64, threshold: u32, percent: u32) -> AutoextendInput {
-        AutoextendInput { used, size, extent_size: 4 * MIB, free: Extents(free), threshold, percent }
+        AutoextendInput {
+            used,
+            size,
+            extent_size: 4 * MIB,
+            free: Extents(free),
+            threshold,
+            percent,
+        }
     }
 
     #[test]
@@ -280,7 +296,8 @@ mod tests {
         for used_pct in [80u64, 85, 90, 99, 100] {
             let size = 1000 * 4 * MIB;
             let used = size * used_pct / 100;
-            let AutoextendDecision::Grow(e) = data_decision(&input(used, size, 1 << 20, 80, 5)) else {
+            let AutoextendDecision::Grow(e) = data_decision(&input(used, size, 1 << 20, 80, 5))
+            else {
                 panic!("expected growth at {used_pct}%");
             };
             let new = size + e.0 * 4 * MIB;

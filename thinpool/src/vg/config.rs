@@ -93,9 +93,8 @@ impl PoolConfig {
     pub fn from_opts<'a>(opts: impl IntoIterator<Item = &'a str>) -> Result<Self> {
         let mut config = Self::default();
         for opt in opts {
-            let (key, value) = opt
-                .split_once('=')
-                .ok_or_else(|| invalid(opt, "", "expected dm.key=value"))?;
+            let (key, value) =
+                opt.split_once('=').ok_or_else(|| invalid(opt, "", "expected dm.key=value"))?;
             config.set(key.trim(), value.trim())?;
         }
         config.validate()?;
@@ -132,7 +131,9 @@ impl PoolConfig {
             "thinp_autoextend_threshold" => {
                 self.autoextend_threshold = parse_percent(key, value, false)?
             }
-            "thinp_autoextend_percent" => self.autoextend_percent = parse_percent(key, value, false)?,
+            "thinp_autoextend_percent" => {
+                self.autoextend_percent = parse_percent(key, value, false)?
+            }
             "blocksize" => self.blocksize = parse_size(key, value)?,
             "basesize" => self.basesize = parse_size(key, value)?,
             // Docker insists on the '%' here; accept a bare number too, it is unambiguous.
@@ -205,10 +206,8 @@ fn toml_scalar(key: &str, value: &toml::Value) -> Result<String> {
 
 fn parse_percent(key: &str, value: &str, allow_sign: bool) -> Result<u32> {
     let digits = if allow_sign { value.strip_suffix('%').unwrap_or(value) } else { value };
-    let v: u32 = digits
-        .trim()
-        .parse()
-        .map_err(|_| invalid(key, value, "expected a whole percentage"))?;
+    let v: u32 =
+        digits.trim().parse().map_err(|_| invalid(key, value, "expected a whole percentage"))?;
     if v > 100 {
         return Err(invalid(key, value, "a percentage cannot exceed 100"));
     }
@@ -255,7 +254,8 @@ fn parse_seconds(key: &str, value: &str) -> Result<u64> {
     } else {
         (v, 1)
     };
-    let n: u64 = num.trim().parse().map_err(|_| invalid(key, value, "expected seconds such as 60s"))?;
+    let n: u64 =
+        num.trim().parse().map_err(|_| invalid(key, value, "expected seconds such as 60s"))?;
     n.checked_mul(mult).ok_or_else(|| invalid(key, value, "duration overflows"))
 }
 
@@ -324,8 +324,11 @@ mod tests {
             assert!(err.to_string().contains(needle), "{opts:?}: {err}");
         }
         // 100 disables autoextend; percent 0 is then fine.
-        PoolConfig::from_opts(["dm.thinp_autoextend_threshold=100", "dm.thinp_autoextend_percent=0"])
-            .unwrap();
+        PoolConfig::from_opts([
+            "dm.thinp_autoextend_threshold=100",
+            "dm.thinp_autoextend_percent=0",
+        ])
+        .unwrap();
     }
 
     #[test]
@@ -348,7 +351,8 @@ mod tests {
 
     #[test]
     fn sizes_follow_binary_units() {
-        for (s, v) in [("64K", 64 << 10), ("64k", 64 << 10), ("64KiB", 64 << 10), ("1gb", 1 << 30)] {
+        for (s, v) in [("64K", 64 << 10), ("64k", 64 << 10), ("64KiB", 64 << 10), ("1gb", 1 << 30)]
+        {
             assert_eq!(parse_size("k", s).unwrap(), v, "{s}");
         }
         assert!(parse_size("k", "99999999999P").is_err());

@@ -31,8 +31,9 @@ impl EventLog {
         if e.time.is_empty() {
             e.time = rfc3339(SystemTime::now());
         }
-        let mut line = serde_json::to_vec(&e)
-            .map_err(|err| VgError::io(format!("encoding an event for {}", self.path.display()), err.into()))?;
+        let mut line = serde_json::to_vec(&e).map_err(|err| {
+            VgError::io(format!("encoding an event for {}", self.path.display()), err.into())
+        })?;
         line.push(b'\n');
         let ctx = || format!("appending to {}", self.path.display());
         let mut f = std::fs::OpenOptions::new()
@@ -55,7 +56,9 @@ impl EventLog {
         for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
             match serde_json::from_str(line) {
                 Ok(e) => out.push(e),
-                Err(e) => warn!(path = %self.path.display(), line = n + 1, "skipping bad event line: {e}"),
+                Err(e) => {
+                    warn!(path = %self.path.display(), line = n + 1, "skipping bad event line: {e}")
+                }
             }
         }
         Ok(out)
@@ -124,7 +127,12 @@ mod tests {
             .unwrap()
             .write_all(b"{\"time\":\"20")
             .unwrap();
-        std::fs::OpenOptions::new().append(true).open(log.path()).unwrap().write_all(b"\n").unwrap();
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(log.path())
+            .unwrap()
+            .write_all(b"\n")
+            .unwrap();
         log.append(&b).unwrap();
         let back = log.read().unwrap();
         assert_eq!(back.len(), 2);

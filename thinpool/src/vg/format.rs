@@ -87,8 +87,9 @@ impl<'de> Deserialize<'de> for Uuid {
 }
 
 /// A count or index of extents.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
-#[derive(Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 #[serde(transparent)]
 pub struct Extents(pub u64);
 
@@ -412,7 +413,11 @@ impl GroupMeta {
             let mut at = 0;
             for (start, end) in used {
                 if start > at {
-                    free.push(Segment { device: i as u32, start: Extents(at), len: Extents(start - at) });
+                    free.push(Segment {
+                        device: i as u32,
+                        start: Extents(at),
+                        len: Extents(start - at),
+                    });
                 }
                 at = at.max(end);
             }
@@ -452,10 +457,9 @@ impl GroupMeta {
         // Later arithmetic (sums, byte offsets) relies on the whole group fitting in u64 bytes.
         let mut spans: Vec<(u32, u64, u64)> = Vec::new();
         for s in self.tmeta.iter().chain(&self.tdata) {
-            let dev = self
-                .devices
-                .get(s.device as usize)
-                .ok_or_else(|| format!("segment names device {} of {}", s.device, self.devices.len()))?;
+            let dev = self.devices.get(s.device as usize).ok_or_else(|| {
+                format!("segment names device {} of {}", s.device, self.devices.len())
+            })?;
             let end = s.start.0.checked_add(s.len.0).ok_or("segment end overflows")?;
             if s.len.0 == 0 || end > dev.extents.0 {
                 return Err(format!(

@@ -123,7 +123,8 @@ fn read_best_slot(dev: &dyn BlockDevice, label: &Label) -> Result<Option<Slot>> 
     let mut best: Option<Slot> = None;
     for (i, &off) in label.slots.iter().enumerate() {
         let mut header = [0u8; format::SLOT_HEADER_SIZE];
-        dev.read_at(&mut header, off).map_err(|e| io_err(dev, "reading metadata slot of", off, e))?;
+        dev.read_at(&mut header, off)
+            .map_err(|e| io_err(dev, "reading metadata slot of", off, e))?;
         let Some(total) = Slot::total_len(&header) else { continue };
         if total as u64 > label.slot_size {
             warn!(device = %dev.describe(), slot = i, "metadata slot length out of range");
@@ -207,7 +208,8 @@ fn allocate(meta: &mut GroupMeta, kind: RegionKind, n: u64) -> Result<()> {
     let mut need = n;
     let runs = meta.free_runs();
     if let Some(last) = meta.region(kind).last().copied() {
-        if let Some(run) = runs.iter().find(|r| r.device == last.device && r.start.0 == last.end()) {
+        if let Some(run) = runs.iter().find(|r| r.device == last.device && r.start.0 == last.end())
+        {
             let take = need.min(run.len.0);
             if let Some(l) = meta.region_mut(kind).last_mut() {
                 l.len.0 += take;
@@ -251,7 +253,8 @@ fn pieces(devs: &[Dev], meta: &GroupMeta, kind: RegionKind) -> Vec<Piece> {
 
 /// Regular files and block devices directly inside `dir`, sorted by name.
 fn list_dir(dir: &Path) -> Result<Vec<PathBuf>> {
-    let rd = std::fs::read_dir(dir).map_err(|e| VgError::io(format!("listing {}", dir.display()), e))?;
+    let rd =
+        std::fs::read_dir(dir).map_err(|e| VgError::io(format!("listing {}", dir.display()), e))?;
     let mut out = Vec::new();
     for entry in rd {
         let entry = entry.map_err(|e| VgError::io(format!("listing {}", dir.display()), e))?;
@@ -275,9 +278,13 @@ impl VolumeGroup {
     pub fn create(devices: &[PathBuf], config: PoolConfig, force: bool) -> Result<Self> {
         let mut seen = Vec::new();
         for p in devices {
-            let c = std::fs::canonicalize(p).map_err(|e| VgError::io(format!("resolving {}", p.display()), e))?;
+            let c = std::fs::canonicalize(p)
+                .map_err(|e| VgError::io(format!("resolving {}", p.display()), e))?;
             if seen.contains(&c) {
-                return Err(VgError::new(VgErrorKind::Usage, format!("{} given twice", p.display())));
+                return Err(VgError::new(
+                    VgErrorKind::Usage,
+                    format!("{} given twice", p.display()),
+                ));
             }
             seen.push(c);
         }
@@ -285,7 +292,11 @@ impl VolumeGroup {
     }
 
     /// [`create`](Self::create) over already-open devices (tests use memory or faulty ones).
-    pub fn create_with(devs: Vec<Arc<dyn BlockDevice>>, config: PoolConfig, force: bool) -> Result<Self> {
+    pub fn create_with(
+        devs: Vec<Arc<dyn BlockDevice>>,
+        config: PoolConfig,
+        force: bool,
+    ) -> Result<Self> {
         Self::create_sized(devs, config, force, DEFAULT_EXTENT_SIZE)
     }
 
@@ -301,7 +312,10 @@ impl VolumeGroup {
             return Err(VgError::new(VgErrorKind::Usage, "no devices given"));
         }
         if extent_size < 4096 || extent_size % 4096 != 0 {
-            return Err(VgError::new(VgErrorKind::Usage, format!("extent size {extent_size} is not a multiple of 4 KiB")));
+            return Err(VgError::new(
+                VgErrorKind::Usage,
+                format!("extent size {extent_size} is not a multiple of 4 KiB"),
+            ));
         }
         let force = force || config.directlvm_device_force;
         let mut sigs = Vec::new();
@@ -332,7 +346,10 @@ impl VolumeGroup {
         let mut meta = GroupMeta {
             vg_uuid,
             extent_size,
-            devices: labels.iter().map(|l| DeviceEntry { uuid: l.device_uuid, extents: l.extents() }).collect(),
+            devices: labels
+                .iter()
+                .map(|l| DeviceEntry { uuid: l.device_uuid, extents: l.extents() })
+                .collect(),
             tmeta: Vec::new(),
             tdata: Vec::new(),
             config: config.clone(),
@@ -360,7 +377,8 @@ impl VolumeGroup {
         for (d, l) in devs.iter().zip(&labels) {
             label_device(d.as_ref(), l, &slot)?;
         }
-        let devs: Vec<Dev> = devs.into_iter().zip(labels).map(|(device, label)| Dev { device, label }).collect();
+        let devs: Vec<Dev> =
+            devs.into_iter().zip(labels).map(|(device, label)| Dev { device, label }).collect();
         let vg = Self::assemble(devs, slot.meta, 1);
         // A stale dm-thin superblock in the new metadata region must not be mistaken for a pool.
         vg.tmeta
@@ -415,7 +433,10 @@ impl VolumeGroup {
             }
         }
         if devs.is_empty() {
-            return Err(VgError::new(VgErrorKind::NotAGroup, format!("no labelled devices in {}", dir.display())));
+            return Err(VgError::new(
+                VgErrorKind::NotAGroup,
+                format!("no labelled devices in {}", dir.display()),
+            ));
         }
         Self::open_with(devs)
     }
@@ -425,7 +446,10 @@ impl VolumeGroup {
         let mut labelled = Vec::new();
         for d in devs {
             let label = read_label(d.as_ref())?.ok_or_else(|| {
-                VgError::new(VgErrorKind::NotAGroup, format!("{} has no lamina label", d.describe()))
+                VgError::new(
+                    VgErrorKind::NotAGroup,
+                    format!("{} has no lamina label", d.describe()),
+                )
             })?;
             labelled.push(Dev { device: d, label });
         }
@@ -436,7 +460,11 @@ impl VolumeGroup {
         if let Some(other) = labelled.iter().find(|d| d.label.vg_uuid != vg_uuid) {
             return Err(VgError::new(
                 VgErrorKind::Usage,
-                format!("{} belongs to group {}, not {vg_uuid}", other.device.describe(), other.label.vg_uuid),
+                format!(
+                    "{} belongs to group {}, not {vg_uuid}",
+                    other.device.describe(),
+                    other.label.vg_uuid
+                ),
             ));
         }
         let mut best: Option<Slot> = None;
@@ -451,7 +479,10 @@ impl VolumeGroup {
             }
         }
         let Some(best) = best else {
-            return Err(VgError::new(VgErrorKind::Corrupt, format!("no valid metadata copy for group {vg_uuid}")));
+            return Err(VgError::new(
+                VgErrorKind::Corrupt,
+                format!("no valid metadata copy for group {vg_uuid}"),
+            ));
         };
         let meta = best.meta;
         let mut ordered = Vec::new();
@@ -574,11 +605,15 @@ impl VolumeGroup {
         }
         let dev_uuid = Uuid::random().map_err(|e| VgError::io("reading /dev/urandom", e))?;
         let index = inner.devs.len() as u32;
-        let label = Label::new(inner.meta.vg_uuid, dev_uuid, index, device.size(), inner.meta.extent_size);
+        let label =
+            Label::new(inner.meta.vg_uuid, dev_uuid, index, device.size(), inner.meta.extent_size);
         if label.extents().0 == 0 {
             return Err(VgError::new(
                 VgErrorKind::TooSmall,
-                format!("{} is too small for one extent after the metadata area", device.describe()),
+                format!(
+                    "{} is too small for one extent after the metadata area",
+                    device.describe()
+                ),
             ));
         }
         let mut meta = inner.meta.clone();
@@ -621,7 +656,10 @@ impl VolumeGroup {
     /// Extents the metadata region may still grow by before reaching dm-thin's maximum.
     pub fn metadata_headroom(&self) -> Extents {
         let m = self.metadata();
-        Extents(max_metadata_extents(m.extent_size).saturating_sub(m.region_extents(RegionKind::Metadata).0))
+        Extents(
+            max_metadata_extents(m.extent_size)
+                .saturating_sub(m.region_extents(RegionKind::Metadata).0),
+        )
     }
 
     /// Replaces the stored thin-volume names (kept with the pool transaction they belong to).
@@ -642,7 +680,11 @@ impl VolumeGroup {
         let free_runs = m.free_runs();
         let region = |kind| {
             let ext = m.region_extents(kind);
-            RegionStatus { extents: ext, bytes: ext.0 * m.extent_size, segments: m.region(kind).to_vec() }
+            RegionStatus {
+                extents: ext,
+                bytes: ext.0 * m.extent_size,
+                segments: m.region(kind).to_vec(),
+            }
         };
         VgStatus {
             uuid: m.vg_uuid,
@@ -659,7 +701,9 @@ impl VolumeGroup {
                     name: d.device.describe(),
                     uuid: e.uuid,
                     extents: e.extents,
-                    free: Extents(free_runs.iter().filter(|r| r.device as usize == i).map(|r| r.len.0).sum()),
+                    free: Extents(
+                        free_runs.iter().filter(|r| r.device as usize == i).map(|r| r.len.0).sum(),
+                    ),
                 })
                 .collect(),
             metadata: region(RegionKind::Metadata),

@@ -71,7 +71,10 @@ impl Region {
         let end = offset.checked_add(len as u64).filter(|&e| e <= map.size).ok_or_else(|| {
             io::Error::new(
                 io::ErrorKind::UnexpectedEof,
-                format!("{what} {}: range {offset}+{len} is beyond the end {}", self.name, map.size),
+                format!(
+                    "{what} {}: range {offset}+{len} is beyond the end {}",
+                    self.name, map.size
+                ),
             )
         })?;
         let mut i = map.pieces.partition_point(|p| p.start + p.len <= offset);

@@ -114,7 +114,8 @@ mod tests {
 
     #[test]
     fn table_of_signatures() {
-        let label = Label::new(Uuid([1; 16]), Uuid([2; 16]), 0, 1 << 30, DEFAULT_EXTENT_SIZE).encode();
+        let label =
+            Label::new(Uuid([1; 16]), Uuid([2; 16]), 0, 1 << 30, DEFAULT_EXTENT_SIZE).encode();
         let thin = 27_022_010u64.to_le_bytes();
         let cases: Vec<(Vec<u8>, Option<Signature>)> = vec![
             (with(&[]), None),
@@ -131,7 +132,10 @@ mod tests {
             (with(&[(0, b"hsqs")]), Some(Signature::Squashfs)),
             (with(&[(32769, b"CD001")]), Some(Signature::Iso9660)),
             (with(&[(32, &thin)]), Some(Signature::DmThinMetadata)),
-            (with(&[(510, &[0x55, 0xAA]), (512, b"EFI PART"), (450, &[0xEE])]), Some(Signature::Gpt)),
+            (
+                with(&[(510, &[0x55, 0xAA]), (512, b"EFI PART"), (450, &[0xEE])]),
+                Some(Signature::Gpt),
+            ),
             (with(&[(510, &[0x55, 0xAA]), (446 + 16 + 4, &[0x83])]), Some(Signature::Mbr)),
             // Boot signature with an empty partition table: nothing to protect.
             (with(&[(510, &[0x55, 0xAA])]), None),

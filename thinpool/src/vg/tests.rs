@@ -49,8 +49,9 @@ fn mem(size: u64, name: &str) -> Arc<dyn BlockDevice> {
 fn split_group() -> VolumeGroup {
     // 1024 extents: metadata takes 50 % (512 extents = the 2 MiB minimum), data 40 %.
     let config = PoolConfig { thinp_percent: 40, thinp_metapercent: 50, ..PoolConfig::default() };
-    let vg = VolumeGroup::create_sized(vec![mem((1 << 20) + 1024 * 4096, "a")], config, false, 4096)
-        .unwrap();
+    let vg =
+        VolumeGroup::create_sized(vec![mem((1 << 20) + 1024 * 4096, "a")], config, false, 4096)
+            .unwrap();
     vg.extend_with(mem((1 << 20) + 1024 * 4096, "b"), false).unwrap();
     // 103 extents in place after the data region, then 97 from the second device.
     vg.grow_data(Extents(200)).unwrap();
@@ -105,7 +106,8 @@ enum Op {
 fn op() -> impl Strategy<Value = Op> {
     let size = 700 * 4096u64;
     prop_oneof![
-        (0..size, proptest::collection::vec(any::<u8>(), 1..20_000)).prop_map(|(o, d)| Op::Write(o, d)),
+        (0..size, proptest::collection::vec(any::<u8>(), 1..20_000))
+            .prop_map(|(o, d)| Op::Write(o, d)),
         (0..size, 1usize..20_000).prop_map(|(o, l)| Op::Read(o, l)),
     ]
 }
