@@ -104,9 +104,8 @@ impl PoolConfig {
     /// Parses a TOML file's text: `[dm]` and `[lamina]` tables (or top-level keys, or quoted
     /// `"dm.key"` keys) whose values are numbers, booleans or strings such as "512K" and "10%".
     pub fn from_toml(text: &str) -> Result<Self> {
-        let table: toml::Table = text
-            .parse()
-            .map_err(|e: toml::de::Error| invalid("toml", "", &e.message().to_owned()))?;
+        let table: toml::Table =
+            text.parse().map_err(|e: toml::de::Error| invalid("toml", "", e.message()))?;
         let mut config = Self::default();
         for (key, value) in &table {
             match value {
@@ -177,14 +176,14 @@ impl PoolConfig {
             ));
         }
         let b = self.blocksize;
-        if !(64 * KIB..=GIB).contains(&b) || b % (64 * KIB) != 0 {
+        if !(64 * KIB..=GIB).contains(&b) || !b.is_multiple_of(64 * KIB) {
             return Err(invalid(
                 "dm.blocksize",
                 &b.to_string(),
                 "must be a multiple of 64K between 64K and 1G",
             ));
         }
-        if self.basesize == 0 || self.basesize % Sectors::SIZE != 0 {
+        if self.basesize == 0 || !self.basesize.is_multiple_of(Sectors::SIZE) {
             return Err(invalid(
                 "dm.basesize",
                 &self.basesize.to_string(),

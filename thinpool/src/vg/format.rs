@@ -230,7 +230,7 @@ impl Label {
 
     fn check(&self) -> Result<(), FormatError> {
         let bad = |what: &str| Err(FormatError::Field(what.to_owned()));
-        if self.extent_size < 4096 || self.extent_size % 4096 != 0 {
+        if self.extent_size < 4096 || !self.extent_size.is_multiple_of(4096) {
             return bad("extent size must be a positive multiple of 4096");
         }
         if (self.slot_size as usize) <= SLOT_HEADER_SIZE || self.slot_size > 64 << 20 {
@@ -439,7 +439,7 @@ impl GroupMeta {
     /// Semantic checks a decoded body must pass: segments inside their devices, non-empty,
     /// no extent used twice, both regions present.
     pub fn validate(&self) -> Result<(), String> {
-        if self.extent_size < 4096 || self.extent_size % 4096 != 0 {
+        if self.extent_size < 4096 || !self.extent_size.is_multiple_of(4096) {
             return Err(format!("extent size {} is not a multiple of 4096", self.extent_size));
         }
         if self.devices.is_empty() {

@@ -134,7 +134,7 @@ fn read_best_slot(dev: &dyn BlockDevice, label: &Label) -> Result<Option<Slot>> 
         dev.read_at(&mut b, off).map_err(|e| io_err(dev, "reading metadata slot of", off, e))?;
         match Slot::decode(&b) {
             Ok(s) if s.meta.vg_uuid == label.vg_uuid => {
-                if best.as_ref().map_or(true, |b| s.seq > b.seq) {
+                if best.as_ref().is_none_or(|b| s.seq > b.seq) {
                     best = Some(s);
                 }
             }
@@ -311,7 +311,7 @@ impl VolumeGroup {
         if devs.is_empty() {
             return Err(VgError::new(VgErrorKind::Usage, "no devices given"));
         }
-        if extent_size < 4096 || extent_size % 4096 != 0 {
+        if extent_size < 4096 || !extent_size.is_multiple_of(4096) {
             return Err(VgError::new(
                 VgErrorKind::Usage,
                 format!("extent size {extent_size} is not a multiple of 4 KiB"),
@@ -322,7 +322,7 @@ impl VolumeGroup {
         for d in &devs {
             sigs.push(check_signature(d.as_ref(), force)?);
         }
-        if sigs.iter().any(|s| *s == Some(Signature::Lamina)) {
+        if sigs.contains(&Some(Signature::Lamina)) {
             return Self::reopen_for_create(devs, config);
         }
         let vg_uuid = Uuid::random().map_err(|e| VgError::io("reading /dev/urandom", e))?;
@@ -473,7 +473,7 @@ impl VolumeGroup {
             let s = read_best_slot(d.device.as_ref(), &d.label)?;
             per_dev.push(s.as_ref().map(|s| s.seq));
             if let Some(s) = s {
-                if best.as_ref().map_or(true, |b| s.seq > b.seq) {
+                if best.as_ref().is_none_or(|b| s.seq > b.seq) {
                     best = Some(s);
                 }
             }
