@@ -28,6 +28,7 @@ fn create_then_open_round_trips_layout_and_data() {
     let dir = tempfile::tempdir().unwrap();
     let a = sparse(dir.path(), "a", dev_size(100));
     let vg = VolumeGroup::create(std::slice::from_ref(&a), PoolConfig::default(), false).unwrap();
+    assert!(vg.is_new());
     let st = vg.status();
     assert_eq!(st.total, Extents(100));
     assert_eq!(st.metadata.extents, Extents(1), "1 % of 100 extents");
@@ -82,6 +83,7 @@ fn changing_setup_values_is_refused_and_same_values_reopen() {
     let again =
         VolumeGroup::create(std::slice::from_ref(&a), PoolConfig::default(), false).unwrap();
     assert_eq!(again.uuid(), uuid, "same values open the existing group");
+    assert!(!again.is_new());
     drop(again);
     // Runtime options may change; the new values are kept.
     let runtime =
@@ -90,6 +92,14 @@ fn changing_setup_values_is_refused_and_same_values_reopen() {
     assert_eq!(vg.uuid(), uuid);
     drop(vg);
     assert_eq!(VolumeGroup::open(std::slice::from_ref(&a)).unwrap().config(), runtime);
+}
+
+/// The first 128 KiB of a file, what the signature probe looks at.
+fn head(path: &Path) -> Vec<u8> {
+    use std::io::Read;
+    let mut b = vec![0u8; 128 << 10];
+    std::fs::File::open(path).unwrap().read_exact(&mut b).unwrap();
+    b
 }
 
 fn mkfs_xfs(path: &Path) {
@@ -106,8 +116,7 @@ fn xfs_device_is_refused_unless_forced() {
     let dir = tempfile::tempdir().unwrap();
     let a = sparse(dir.path(), "xfs", 512 * MIB);
     mkfs_xfs(&a);
-    let head = std::fs::read(&a).unwrap();
-    assert_eq!(thinpool::vg::signature::detect(&head[..128 << 10]), Some(Signature::Xfs));
+    assert_eq!(thinpool::vg::signature::detect(&head(&a)), Some(Signature::Xfs));
 
     let err =
         VolumeGroup::create(std::slice::from_ref(&a), PoolConfig::default(), false).err().unwrap();
@@ -115,14 +124,13 @@ fn xfs_device_is_refused_unless_forced() {
     assert!(err.to_string().contains("xfs"), "{err}");
     assert!(err.to_string().contains("dm.directlvm_device_force"), "{err}");
     // Nothing was written: the filesystem is still there.
-    assert_eq!(&std::fs::read(&a).unwrap()[0..4], b"XFSB");
+    assert_eq!(&head(&a)[0..4], b"XFSB");
 
     let forced = PoolConfig::from_opts(["dm.directlvm_device_force=true"]).unwrap();
     let vg = VolumeGroup::create(std::slice::from_ref(&a), forced, false).unwrap();
     assert_eq!(vg.status().total, Extents(127));
     drop(vg);
-    let head = std::fs::read(&a).unwrap();
-    assert_eq!(thinpool::vg::signature::detect(&head[..128 << 10]), Some(Signature::Lamina));
+    assert_eq!(thinpool::vg::signature::detect(&head(&a)), Some(Signature::Lamina));
 
     // The force argument works the same as the option.
     let b = sparse(dir.path(), "xfs2", 512 * MIB);

@@ -29,6 +29,8 @@ pub enum VgErrorKind {
     Limit,
     /// The request makes no sense for this group (empty device list, duplicate device, ...).
     Usage,
+    /// The pool over the group's regions failed (its error is the source).
+    Pool,
 }
 
 impl fmt::Display for VgErrorKind {
@@ -46,6 +48,7 @@ impl fmt::Display for VgErrorKind {
             VgErrorKind::TooSmall => "device too small",
             VgErrorKind::Limit => "dm-thin size limit exceeded",
             VgErrorKind::Usage => "invalid request",
+            VgErrorKind::Pool => "thin pool error",
         })
     }
 }
@@ -55,7 +58,7 @@ impl fmt::Display for VgErrorKind {
 pub struct VgError {
     pub kind: VgErrorKind,
     pub context: String,
-    pub source: Option<io::Error>,
+    pub source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
 }
 
 impl VgError {
@@ -64,7 +67,16 @@ impl VgError {
     }
 
     pub fn io(context: impl Into<String>, source: io::Error) -> Self {
-        Self { kind: VgErrorKind::Io, context: context.into(), source: Some(source) }
+        Self { kind: VgErrorKind::Io, context: context.into(), source: Some(Box::new(source)) }
+    }
+
+    /// An error from a lower layer, kept as the source; `context` says what was being done.
+    pub fn with_source(
+        kind: VgErrorKind,
+        context: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Self { kind, context: context.into(), source: Some(Box::new(source)) }
     }
 }
 
@@ -80,7 +92,7 @@ impl fmt::Display for VgError {
 
 impl std::error::Error for VgError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.source.as_ref().map(|e| e as _)
+        self.source.as_deref().map(|e| e as _)
     }
 }
 

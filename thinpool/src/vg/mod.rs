@@ -62,6 +62,8 @@ struct Inner {
 /// An open volume group. All methods take `&self`; changes are serialised inside.
 pub struct VolumeGroup {
     inner: Mutex<Inner>,
+    /// True when this handle laid the group out (rather than opening an existing one).
+    fresh: bool,
     tmeta: Arc<Region>,
     tdata: Arc<Region>,
 }
@@ -379,7 +381,8 @@ impl VolumeGroup {
         }
         let devs: Vec<Dev> =
             devs.into_iter().zip(labels).map(|(device, label)| Dev { device, label }).collect();
-        let vg = Self::assemble(devs, slot.meta, 1);
+        let mut vg = Self::assemble(devs, slot.meta, 1);
+        vg.fresh = true;
         // A stale dm-thin superblock in the new metadata region must not be mistaken for a pool.
         vg.tmeta
             .write_at(&[0u8; 4096], 0)
@@ -522,7 +525,7 @@ impl VolumeGroup {
     fn assemble(devs: Vec<Dev>, meta: GroupMeta, seq: u64) -> Self {
         let tmeta = Arc::new(Region::new("tmeta", pieces(&devs, &meta, RegionKind::Metadata)));
         let tdata = Arc::new(Region::new("tdata", pieces(&devs, &meta, RegionKind::Data)));
-        Self { inner: Mutex::new(Inner { devs, meta, seq }), tmeta, tdata }
+        Self { inner: Mutex::new(Inner { devs, meta, seq }), fresh: false, tmeta, tdata }
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -546,6 +549,12 @@ impl VolumeGroup {
         self.tmeta.remap(pieces(&inner.devs, &inner.meta, RegionKind::Metadata));
         self.tdata.remap(pieces(&inner.devs, &inner.meta, RegionKind::Data));
         Ok(())
+    }
+
+    /// True when this call laid out a new group; false when it opened an existing one
+    /// (including `create` over a group with the same setup values).
+    pub fn is_new(&self) -> bool {
+        self.fresh
     }
 
     /// The pool's metadata device (LVM's `_tmeta`).
