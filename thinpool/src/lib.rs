@@ -11,5 +11,6 @@
 
 pub mod io;
 pub mod pdata;
+pub mod pool;
 pub mod units;
 pub mod vg;
