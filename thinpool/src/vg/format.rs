@@ -30,6 +30,7 @@
 //! readers take the valid slot with the highest seq across all devices.
 
 use super::config::PoolConfig;
+use crate::pool::NameTable;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -355,13 +356,6 @@ impl RegionKind {
     }
 }
 
-/// Thin volume names kept with the group, tied to the pool transaction they were written for.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NamesRecord {
-    pub transaction_id: u64,
-    pub names: Vec<(String, u64)>,
-}
-
 /// The whole group: devices, the two regions and the pool's configuration.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GroupMeta {
@@ -371,8 +365,10 @@ pub struct GroupMeta {
     pub tmeta: Vec<Segment>,
     pub tdata: Vec<Segment>,
     pub config: PoolConfig,
+    /// The pool's thin-volume name tables: the committed transaction's and at most one newer
+    /// (see [`super::vgpool`]).
     #[serde(default)]
-    pub names: NamesRecord,
+    pub names: Vec<NameTable>,
 }
 
 impl GroupMeta {

@@ -1,4 +1,5 @@
 use super::*;
+use crate::pool::names::NameEntry;
 use proptest::prelude::*;
 
 fn sample_meta() -> GroupMeta {
@@ -15,7 +16,10 @@ fn sample_meta() -> GroupMeta {
             Segment { device: 1, start: Extents(0), len: Extents(10) },
         ],
         config: PoolConfig::default(),
-        names: NamesRecord { transaction_id: 3, names: vec![("base".into(), 1)] },
+        names: vec![NameTable {
+            trans_id: 3,
+            volumes: vec![NameEntry { name: "base".into(), id: 1, size: 1 << 30 }],
+        }],
     }
 }
 
@@ -88,7 +92,9 @@ fn slot_rejects_torn_and_empty() {
 #[test]
 fn slot_too_big_is_an_error_not_a_panic() {
     let mut meta = sample_meta();
-    meta.names.names = (0..20_000).map(|i| (format!("volume-{i:08}"), i)).collect();
+    meta.names[0].volumes = (0..20_000)
+        .map(|i| NameEntry { name: format!("volume-{i:08}"), id: i, size: 1 << 30 })
+        .collect();
     assert!(matches!(Slot { seq: 1, meta }.encode(SLOT_SIZE), Err(FormatError::Field(_))));
 }
 
@@ -149,7 +155,7 @@ proptest! {
 
     #[test]
     fn rt_slot_any(seq in any::<u64>(), n in 1u64..1000, cut in 1u64..999,
-                   names in proptest::collection::vec(("[a-z0-9-]{1,20}", any::<u64>()), 0..20)) {
+                   names in proptest::collection::vec(("[a-z0-9-]{1,20}", any::<u64>(), any::<u64>()), 0..20)) {
         let cut = cut.min(n - 1).max(1);
         let n = n.max(2);
         let meta = GroupMeta {
@@ -159,7 +165,10 @@ proptest! {
             tmeta: vec![Segment { device: 0, start: Extents(0), len: Extents(cut) }],
             tdata: vec![Segment { device: 0, start: Extents(cut), len: Extents(n - cut) }],
             config: PoolConfig::default(),
-            names: NamesRecord { transaction_id: seq, names },
+            names: vec![NameTable {
+                trans_id: seq,
+                volumes: names.into_iter().map(|(name, id, size)| NameEntry { name, id, size }).collect(),
+            }],
         };
         let s = Slot { seq, meta };
         prop_assert_eq!(Slot::decode(&s.encode(SLOT_SIZE).unwrap()).unwrap(), s);

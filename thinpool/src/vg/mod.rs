@@ -25,6 +25,7 @@ pub mod format;
 pub mod region;
 pub mod signature;
 pub mod table;
+pub mod vgpool;
 
 pub use autoextend::{AutoextendDecision, ExtendEvent};
 pub use config::PoolConfig;
@@ -34,10 +35,12 @@ pub use format::{Extents, GroupMeta, RegionKind, Segment, Uuid};
 pub use region::Region;
 pub use signature::Signature;
 pub use table::{DmTables, ThinSpec};
+pub use vgpool::{VgNameStore, VgPool};
 
 use crate::io::{BlockDevice, FileDevice};
 use crate::pdata::disk::MAX_METADATA_BLOCKS;
-use format::{DeviceEntry, Label, NamesRecord, Slot, DATA_START, DEFAULT_EXTENT_SIZE, LABEL_SIZE};
+use crate::pool::NameTable;
+use format::{DeviceEntry, Label, Slot, DATA_START, DEFAULT_EXTENT_SIZE, LABEL_SIZE};
 use region::Piece;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -355,7 +358,7 @@ impl VolumeGroup {
             tmeta: Vec::new(),
             tdata: Vec::new(),
             config: config.clone(),
-            names: NamesRecord::default(),
+            names: Vec::new(),
         };
         let total = meta.total_extents().0;
         let min_meta = MIN_METADATA_BYTES.div_ceil(extent_size);
@@ -671,16 +674,14 @@ impl VolumeGroup {
         )
     }
 
-    /// Replaces the stored thin-volume names (kept with the pool transaction they belong to).
-    pub fn set_names(&self, names: NamesRecord) -> Result<()> {
+    /// Stores the pool's name table for a new transaction, keeping only the table stamped
+    /// `keep` (the committed transaction's) beside it; one group commit.
+    pub fn store_names(&self, table: &NameTable, keep: u64) -> Result<()> {
         self.update(|m| {
-            m.names = names;
+            m.names.retain(|t| t.trans_id == keep && t.trans_id != table.trans_id);
+            m.names.push(table.clone());
             Ok(())
         })
-    }
-
-    pub fn names(&self) -> NamesRecord {
-        self.lock().meta.names.clone()
     }
 
     pub fn status(&self) -> VgStatus {
