@@ -66,14 +66,20 @@ impl VgPool {
         Self::over(VolumeGroup::open(devices)?)
     }
 
-    /// Formats a pool on a new group, or opens the pool of an existing one, and finishes a
-    /// resize a crash interrupted (the group grew, the pool had not yet).
+    /// Formats a pool on a new group (or on one whose pool was never formatted), or opens the
+    /// pool of an existing one, and finishes a resize a crash interrupted (the group grew, the
+    /// pool had not yet).
     pub fn over(vg: VolumeGroup) -> Result<Self> {
         let vg = Arc::new(vg);
         let meta: Arc<dyn BlockDevice> = vg.metadata_region();
         let data: Arc<dyn BlockDevice> = vg.data_region();
         let names = Box::new(VgNameStore { vg: vg.clone() });
-        let pool = if vg.is_new() {
+        // A group whose pool was never formatted (a crash between the two) has a zero
+        // superblock: the group zeroed it at creation and the pool writes it last.
+        let mut sb = [0u8; BLOCK_SIZE];
+        meta.read_at(&mut sb, 0)
+            .map_err(|e| VgError::io("reading the pool superblock in tmeta", e))?;
+        let pool = if vg.is_new() || sb.iter().all(|&b| b == 0) {
             let bs = vg.config().block_sectors();
             Pool::format_with_names(meta, data, bs, names)
                 .map_err(pool_err("formatting the pool"))?
