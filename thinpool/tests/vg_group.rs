@@ -304,3 +304,35 @@ fn dmsetup_tables_golden() {
         ["0 778240 thin-pool /dev/mapper/p_tmeta /dev/mapper/p_tdata 1024 0 2 skip_block_zeroing error_if_no_space"]
     );
 }
+
+fn run(tool: &str, args: &[&str], path: &Path) {
+    let out = Command::new(tool).args(args).arg(path).output().unwrap_or_else(|e| {
+        panic!("{tool} is required for this test (e2fsprogs, util-linux): {e}")
+    });
+    assert!(out.status.success(), "{tool} failed: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn real_ext4_swap_and_thin_metadata_are_detected_and_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let ext4 = sparse(dir.path(), "ext4", 64 * MIB);
+    run("mkfs.ext4", &["-F", "-q"], &ext4);
+    let swap = sparse(dir.path(), "swap", 64 * MIB);
+    run("mkswap", &[], &swap);
+    // The metadata device of a pool formatted by the engine.
+    let meta = sparse(dir.path(), "tmeta", 8 * MIB);
+    let data = sparse(dir.path(), "tdata", 64 * MIB);
+    let m: Arc<dyn BlockDevice> = Arc::new(FileDevice::open(&meta).unwrap());
+    let d: Arc<dyn BlockDevice> = Arc::new(FileDevice::open(&data).unwrap());
+    drop(thinpool::pool::Pool::format(m, d, Sectors(128)).unwrap());
+    for (path, sig) in
+        [(&ext4, Signature::Ext), (&swap, Signature::Swap), (&meta, Signature::DmThinMetadata)]
+    {
+        assert_eq!(thinpool::vg::signature::detect(&head(path)), Some(sig), "{}", path.display());
+        let err = VolumeGroup::create(std::slice::from_ref(path), PoolConfig::default(), false)
+            .err()
+            .unwrap();
+        assert_eq!(err.kind, VgErrorKind::Signature, "{}", path.display());
+    }
+    assert_eq!(thinpool::vg::signature::detect(&head(&data)), None);
+}
