@@ -7,6 +7,7 @@ use std::io;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use thinpool::io::{BlockDevice, MemDevice};
+use thinpool::vg::format::DATA_START;
 use thinpool::vg::{signature, Extents, GroupMeta, PoolConfig, VolumeGroup};
 
 /// Passes writes through until the shared budget runs out; the write that exhausts it lands
@@ -50,7 +51,7 @@ impl BlockDevice for CrashDevice {
 
 const EXT: u64 = 64 << 10;
 
-/// Two devices of 128 extents of 64 KiB (plus 1 MiB of metadata area each) and a third,
+/// Two devices of 128 extents of 64 KiB (plus the 4 MiB metadata area each) and a third,
 /// unlabelled one for extends.
 struct Rig {
     mems: Vec<Arc<MemDevice>>,
@@ -60,7 +61,7 @@ struct Rig {
 impl Rig {
     fn new() -> Self {
         let mems = (0..3)
-            .map(|i| Arc::new(MemDevice::new((1 << 20) + 128 * EXT, &format!("m{i}"))))
+            .map(|i| Arc::new(MemDevice::new(DATA_START + 128 * EXT, &format!("m{i}"))))
             .collect();
         Self { mems, budget: Arc::new(AtomicI64::new(i64::MAX)) }
     }

@@ -6,6 +6,7 @@ use std::process::Command;
 use std::sync::Arc;
 use thinpool::io::{BlockDevice, FileDevice};
 use thinpool::units::{Sectors, ThinId};
+use thinpool::vg::format::DATA_START;
 use thinpool::vg::{
     Extents, PoolConfig, Signature, ThinSpec, VgErrorKind, VolumeGroup, MAX_METADATA_BYTES,
 };
@@ -18,9 +19,9 @@ fn sparse(dir: &Path, name: &str, size: u64) -> PathBuf {
     p
 }
 
-/// 1 MiB of group metadata plus `extents` extents of 4 MiB.
+/// 4 MiB of group metadata plus `extents` extents of 4 MiB.
 fn dev_size(extents: u64) -> u64 {
-    MIB + extents * 4 * MIB
+    DATA_START + extents * 4 * MIB
 }
 
 #[test]
@@ -53,10 +54,10 @@ fn create_then_open_round_trips_layout_and_data() {
         vg.metadata_region().read_at(&mut b, 4096).unwrap();
         assert_eq!(&b, b"hello meta");
     }
-    // The data region sits right after tmeta on the device: extent 1, after the 1 MiB area.
+    // The data region sits right after tmeta on the device: extent 1, after the 4 MiB area.
     let raw = FileDevice::open(&a).unwrap();
     let mut b = [0u8; 10];
-    raw.read_at(&mut b, MIB + 4 * MIB + 7 * 4 * MIB - 3).unwrap();
+    raw.read_at(&mut b, DATA_START + 4 * MIB + 7 * 4 * MIB - 3).unwrap();
     assert_eq!(&b, b"hello data");
 }
 
@@ -273,10 +274,10 @@ fn dmsetup_tables_golden() {
     let t = vg.dmsetup_table("lamina", &thins);
     let golden = "\
 # lamina_tmeta
-0 8192 linear /dev/vdb 2048
+0 8192 linear /dev/vdb 8192
 # lamina_tdata
-0 811008 linear /dev/vdb 10240
-811008 49152 linear /dev/vdc 2048
+0 811008 linear /dev/vdb 16384
+811008 49152 linear /dev/vdc 8192
 # lamina
 0 860160 thin-pool /dev/mapper/lamina_tmeta /dev/mapper/lamina_tdata 128 1344 1 skip_block_zeroing
 # lamina-base
@@ -286,7 +287,7 @@ fn dmsetup_tables_golden() {
 ";
     assert_eq!(t.to_string(), golden);
     assert!(t.to_script().starts_with(
-        "dmsetup create lamina_tmeta <<'TABLE'\n0 8192 linear /dev/vdb 2048\nTABLE\n"
+        "dmsetup create lamina_tmeta <<'TABLE'\n0 8192 linear /dev/vdb 8192\nTABLE\n"
     ));
     drop(vg);
 

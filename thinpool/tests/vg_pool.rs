@@ -6,6 +6,7 @@ use std::process::Command;
 use std::sync::Arc;
 use thinpool::io::{BlockDevice, FileDevice};
 use thinpool::vg::autoextend::ExtendAction;
+use thinpool::vg::format::DATA_START;
 use thinpool::vg::{EventLog, Extents, PoolConfig, VgPool, VolumeGroup};
 
 const MIB: u64 = 1 << 20;
@@ -20,7 +21,7 @@ fn sparse(dir: &Path, name: &str, size: u64) -> PathBuf {
 /// A group of one file with `extents` extents of 64 KiB (the pool's block size), so a test
 /// can fill it quickly.
 fn small_group(dir: &Path, extents: u64, opts: &[&str]) -> VolumeGroup {
-    let p = sparse(dir, "dev0", MIB + extents * EXT);
+    let p = sparse(dir, "dev0", DATA_START + extents * EXT);
     let config = PoolConfig::from_opts(opts.iter().copied()).unwrap();
     let dev: Arc<dyn BlockDevice> = Arc::new(FileDevice::open(&p).unwrap());
     VolumeGroup::create_sized(vec![dev], config, false, EXT).unwrap()
@@ -38,7 +39,7 @@ fn fill(p: &VgPool, name: &str, blocks: u64) {
 #[test]
 fn pool_on_a_group_round_trips_volumes_and_data() {
     let dir = tempfile::tempdir().unwrap();
-    let a = sparse(dir.path(), "a", MIB + 100 * 4 * MIB);
+    let a = sparse(dir.path(), "a", DATA_START + 100 * 4 * MIB);
     let p = VgPool::create(std::slice::from_ref(&a), PoolConfig::default(), false).unwrap();
     assert_eq!(p.pool().data_usage().total, 95 * 4 * MIB / (64 << 10));
     let id = p.pool().create_volume("base", 10 << 30).unwrap();

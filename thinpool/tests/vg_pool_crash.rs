@@ -5,10 +5,11 @@
 
 use std::sync::Arc;
 use thinpool::io::{BlockDevice, FaultPlan, FaultyDevice, MemDevice};
+use thinpool::vg::format::DATA_START;
 use thinpool::vg::{Extents, PoolConfig, VgPool, VolumeGroup};
 
 const EXT: u64 = 64 << 10;
-const SIZE: u64 = (1 << 20) + 200 * EXT;
+const SIZE: u64 = DATA_START + 200 * EXT;
 
 fn config() -> PoolConfig {
     PoolConfig::from_opts(["dm.thinp_percent=50", "dm.thinp_metapercent=20"]).unwrap()

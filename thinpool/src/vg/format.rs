@@ -1,14 +1,15 @@
 //! Pure codecs for the volume group's on-disk format: bytes in, structures out, no I/O.
 //!
-//! Every device of a group starts with a 1 MiB metadata area; extents follow it.
+//! Every device of a group starts with a 4 MiB metadata area; extents follow it, aligned to
+//! 4 MiB on the device.
 //!
 //! ```text
 //! device byte offset
 //! 0        label (512 bytes used of a 4 KiB block)      all integers little-endian
 //! 4 KiB    zero (signatures of earlier contents are wiped at labelling)
-//! 64 KiB   metadata slot 0 (480 KiB)   ┐ double buffer: seq n lives in slot n % 2, so writing
-//! 544 KiB  metadata slot 1 (480 KiB)   ┘ seq n+1 never touches the copy with seq n
-//! 1 MiB    extent 0 | extent 1 | ...   extent_size bytes each (default 4 MiB); tail unused
+//! 64 KiB   metadata slot 0 (1984 KiB)  ┐ double buffer: seq n lives in slot n % 2, so writing
+//! 2 MiB    metadata slot 1 (1984 KiB)  ┘ seq n+1 never touches the copy with seq n
+//! 4 MiB    extent 0 | extent 1 | ...   extent_size bytes each (default 4 MiB); tail unused
 //!
 //! label                                   metadata slot
 //! 0   magic "LAMINAVG"                     0   magic "LAMVGMDA"
@@ -40,10 +41,10 @@ pub const FORMAT_VERSION: u32 = 1;
 pub const LABEL_SIZE: usize = 512;
 pub const SLOT_HEADER_SIZE: usize = 32;
 pub const SLOT0_OFFSET: u64 = 64 << 10;
-pub const SLOT_SIZE: u64 = 480 << 10;
+pub const SLOT_SIZE: u64 = 1984 << 10;
 pub const SLOT1_OFFSET: u64 = SLOT0_OFFSET + SLOT_SIZE;
-/// Where extents start on every device: the metadata area is the first 1 MiB.
-pub const DATA_START: u64 = 1 << 20;
+/// Where extents start on every device: the metadata area is the first 4 MiB.
+pub const DATA_START: u64 = 4 << 20;
 pub const DEFAULT_EXTENT_SIZE: u64 = 4 << 20;
 
 /// A 128-bit identifier, printed as 32 hex digits.

@@ -29,7 +29,7 @@ fn rt_label() {
     let b = l.encode();
     assert_eq!(&b[0..8], b"LAMINAVG");
     assert_eq!(Label::decode(&b).unwrap(), l);
-    assert_eq!(l.extents(), Extents(((1 << 30) - (1 << 20)) / (4 << 20)));
+    assert_eq!(l.extents(), Extents(((1 << 30) - (4 << 20)) / (4 << 20)));
 }
 
 #[test]
@@ -42,10 +42,10 @@ fn label_layout_is_pinned() {
     assert_eq!(&b[48..52], &5u32.to_le_bytes());
     assert_eq!(&b[56..64], &0x1122_3344_5566u64.to_le_bytes());
     assert_eq!(&b[64..72], &(4u64 << 20).to_le_bytes());
-    assert_eq!(&b[72..80], &(1u64 << 20).to_le_bytes());
+    assert_eq!(&b[72..80], &(4u64 << 20).to_le_bytes());
     assert_eq!(&b[80..88], &(64u64 << 10).to_le_bytes());
-    assert_eq!(&b[88..96], &(544u64 << 10).to_le_bytes());
-    assert_eq!(&b[96..104], &(480u64 << 10).to_le_bytes());
+    assert_eq!(&b[88..96], &(2048u64 << 10).to_le_bytes());
+    assert_eq!(&b[96..104], &(1984u64 << 10).to_le_bytes());
     assert!(b[104..].iter().all(|&x| x == 0));
     assert_eq!(&b[8..12], &crc32c::crc32c(&b[12..]).to_le_bytes());
 }
@@ -89,12 +89,24 @@ fn slot_rejects_torn_and_empty() {
     assert!(Slot::decode(&b[..total - 1]).is_err());
 }
 
-#[test]
-fn slot_too_big_is_an_error_not_a_panic() {
+/// Two name tables of `n` Docker-style volumes (64-hex-digit names, 24-bit ids, 10 GiB).
+fn with_docker_names(n: u64) -> GroupMeta {
     let mut meta = sample_meta();
-    meta.names[0].volumes = (0..20_000)
-        .map(|i| NameEntry { name: format!("volume-{i:08}"), id: i, size: 1 << 30 })
-        .collect();
+    let table = |t| NameTable {
+        trans_id: t,
+        volumes: (0..n)
+            .map(|i| NameEntry { name: format!("{i:064x}"), id: 0xFF_FFFF - i, size: 10 << 30 })
+            .collect(),
+    };
+    meta.names = vec![table(1), table(2)];
+    meta
+}
+
+#[test]
+fn slot_holds_8000_docker_volumes_and_too_many_is_an_error_not_a_panic() {
+    let fits = Slot { seq: 1, meta: with_docker_names(8000) };
+    assert_eq!(Slot::decode(&fits.encode(SLOT_SIZE).unwrap()).unwrap(), fits);
+    let meta = with_docker_names(20_000);
     assert!(matches!(Slot { seq: 1, meta }.encode(SLOT_SIZE), Err(FormatError::Field(_))));
 }
 

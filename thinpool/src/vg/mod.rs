@@ -6,7 +6,7 @@
 //! ```text
 //! device 0: [label|slot0|slot1][tmeta][tdata ..................................][free]
 //! device 1: [label|slot0|slot1][tdata (grown) ........][free ........................]
-//!            └ 1 MiB metadata ┘└ extents of extent_size (default 4 MiB) ─────────────┘
+//!            └ 4 MiB metadata ┘└ extents of extent_size (default 4 MiB) ─────────────┘
 //! ```
 //!
 //! The byte layout of labels and metadata slots is drawn in [`format`]. Group metadata is

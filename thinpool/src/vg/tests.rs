@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::io::MemDevice;
+use format::DATA_START;
 use proptest::prelude::*;
 use std::io;
 
@@ -50,9 +51,9 @@ fn split_group() -> VolumeGroup {
     // 1024 extents: metadata takes 50 % (512 extents = the 2 MiB minimum), data 40 %.
     let config = PoolConfig { thinp_percent: 40, thinp_metapercent: 50, ..PoolConfig::default() };
     let vg =
-        VolumeGroup::create_sized(vec![mem((1 << 20) + 1024 * 4096, "a")], config, false, 4096)
+        VolumeGroup::create_sized(vec![mem(DATA_START + 1024 * 4096, "a")], config, false, 4096)
             .unwrap();
-    vg.extend_with(mem((1 << 20) + 1024 * 4096, "b"), false).unwrap();
+    vg.extend_with(mem(DATA_START + 1024 * 4096, "b"), false).unwrap();
     // 103 extents in place after the data region, then 97 from the second device.
     vg.grow_data(Extents(200)).unwrap();
     vg
@@ -87,7 +88,7 @@ fn metadata_region_starts_zeroed_and_capped() {
     // With 4 KiB extents the minimum metadata region is 2 MiB = 512 extents; the 160 extents of
     // the group cannot hold it plus 90 % data.
     let err = VolumeGroup::create_sized(
-        vec![mem((1 << 20) + 160 * 4096, "c")],
+        vec![mem(DATA_START + 160 * 4096, "c")],
         PoolConfig::default(),
         false,
         4096,
