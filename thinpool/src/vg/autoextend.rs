@@ -200,6 +200,17 @@ pub struct ExtendEvent {
     pub message: String,
 }
 
+impl fmt::Display for ExtendEvent {
+    /// One line for `thinpool events`: time, region, action, message.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let action = match self.action {
+            ExtendAction::Extended => "extended",
+            ExtendAction::NoSpace => "no_space",
+        };
+        write!(f, "{} {} {action} {}", self.time, self.region, self.message)
+    }
+}
+
 impl ExtendEvent {
     pub fn new(
         kind: RegionKind,
@@ -370,6 +381,8 @@ mod tests {
         assert_eq!(e.used_percent, 90);
         assert_eq!(e.new_bytes, 1200 * MIB);
         assert!(e.message.starts_with("tdata at 90% (threshold 80%): extended by 50 extents"));
+        let shown = ExtendEvent { time: "2026-11-22T23:00:00Z".into(), ..e.clone() }.to_string();
+        assert!(shown.starts_with("2026-11-22T23:00:00Z tdata extended tdata at 90%"), "{shown}");
         let n = ExtendEvent::new(RegionKind::Metadata, ExtendAction::NoSpace, &i, Extents(50));
         assert_eq!(n.new_bytes, n.old_bytes);
         assert!(n.message.contains("insufficient free space"));

@@ -4,7 +4,9 @@
 //!
 //! Name tables are kept in the group metadata beside the layout: the table of the committed
 //! pool transaction and the one being written, so a crash between the group commit and the
-//! pool's superblock leaves the committed table in place ([`NameStore`] contract).
+//! pool's superblock leaves the committed table in place ([`NameStore`] contract). Each pool
+//! commit that changes names rewrites the group metadata slot on every device; a slot holds
+//! two tables of about 8000 Docker-named volumes (64-hex-digit names).
 
 use super::autoextend::{
     self, AutoextendDecision, AutoextendInput, Backoff, ExtendAction, ExtendEvent,
