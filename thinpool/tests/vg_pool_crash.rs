@@ -29,8 +29,9 @@ fn reopen(image: &[u8]) -> VgPool {
     VgPool::over(VolumeGroup::open_with(vec![mem]).unwrap()).unwrap()
 }
 
-fn cut_plan(dev: &FaultyDevice, after: u64) -> FaultPlan {
-    FaultPlan { cut_at_write: Some(dev.writes() + after), torn_sectors: 1, ..FaultPlan::default() }
+/// Cuts the power `after` writes from now; one sector of the cut write lands.
+fn cut_after(dev: &FaultyDevice, after: u64) {
+    dev.power().cut_at(dev.writes() + after, 1);
 }
 
 #[test]
@@ -42,7 +43,7 @@ fn cut_during_create_then_create_again_works() {
     assert!(writes > 5, "{writes}");
     for cut in 0..writes {
         let f = faulty(None);
-        f.set_plan(cut_plan(&f, cut));
+        cut_after(&f, cut);
         let dev: Arc<dyn BlockDevice> = f.clone();
         let _ = VolumeGroup::create_sized(vec![dev], config(), false, EXT).and_then(VgPool::over);
         let image = f.persisted_image().unwrap();
@@ -86,7 +87,7 @@ fn cut_during_volume_changes_and_resize() {
     let mut outcomes = std::collections::BTreeSet::new();
     for cut in 0..=writes {
         let (f, p) = setup();
-        f.set_plan(cut_plan(&f, cut));
+        cut_after(&f, cut);
         let _ = change(&p);
         drop(p);
         let p = reopen(&f.persisted_image().unwrap());
