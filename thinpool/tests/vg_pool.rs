@@ -61,6 +61,10 @@ fn pool_on_a_group_round_trips_volumes_and_data() {
     drop(p);
     let p = VgPool::open(&[dir.path().to_owned()]).unwrap();
     assert_eq!(p.pool().volume("base").unwrap().id, id);
+    let tables = p.dmsetup_table("lamina").unwrap();
+    let last = tables.tables.last().unwrap();
+    assert_eq!(last.name, "lamina-base");
+    assert_eq!(last.lines, [format!("0 20971520 thin /dev/mapper/lamina {}", id.0)]);
 
     // The metadata region is a dm-thin metadata device thin_check accepts.
     let tmeta = p.vg().metadata_region();

@@ -15,10 +15,12 @@ use super::autoextend::{
 use super::error::{Result, VgError, VgErrorKind};
 use super::events::EventLog;
 use super::format::{Extents, RegionKind};
+use super::table::{DmTables, ThinSpec};
 use super::{PoolConfig, VolumeGroup};
 use crate::io::BlockDevice;
 use crate::pdata::disk::{BLOCK_SIZE, MAX_METADATA_BLOCKS};
 use crate::pool::{NameStore, NameTable, Pool};
+use crate::units::Sectors;
 use std::io;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -151,6 +153,21 @@ impl VgPool {
     pub fn resize_metadata(&self, extents: Extents) -> Result<()> {
         self.vg.grow_metadata(extents)?;
         self.sync_sizes()
+    }
+
+    /// The device-mapper tables for this pool and every named volume (volume `v` becomes
+    /// `POOL-v`), as [`VolumeGroup::dmsetup_table`] renders them.
+    pub fn dmsetup_table(&self, pool_name: &str) -> Result<DmTables> {
+        let volumes = self.pool.volumes().map_err(pool_err("listing volumes"))?;
+        let thins: Vec<ThinSpec> = volumes
+            .into_iter()
+            .map(|v| ThinSpec {
+                name: format!("{pool_name}-{}", v.name),
+                id: v.id,
+                size: Sectors(v.size.div_ceil(Sectors::SIZE)),
+            })
+            .collect();
+        Ok(self.vg.dmsetup_table(pool_name, &thins))
     }
 
     /// Docker's `dm.min_free_space` gate, to run before creating a thin volume.
