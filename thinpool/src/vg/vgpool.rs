@@ -52,7 +52,7 @@ fn pool_err(what: &str) -> impl FnOnce(crate::pool::Error) -> VgError + '_ {
 /// A pool and the group under it.
 pub struct VgPool {
     vg: Arc<VolumeGroup>,
-    pool: Pool,
+    pool: Arc<Pool>,
     events: Option<EventLog>,
     /// dmeventd-style back-off per region: [metadata, data].
     backoff: Mutex<[Backoff; 2]>,
@@ -92,7 +92,7 @@ impl VgPool {
         };
         let p = Self {
             vg,
-            pool,
+            pool: Arc::new(pool),
             events: None,
             backoff: Mutex::new([Backoff::default(), Backoff::default()]),
         };
@@ -108,6 +108,11 @@ impl VgPool {
 
     pub fn pool(&self) -> &Pool {
         &self.pool
+    }
+
+    /// The pool as a shared handle (for the NBD server's connections).
+    pub fn shared_pool(&self) -> Arc<Pool> {
+        self.pool.clone()
     }
 
     pub fn vg(&self) -> &VolumeGroup {
