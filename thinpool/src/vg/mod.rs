@@ -9,7 +9,7 @@
 //!            └ 4 MiB metadata ┘└ extents of extent_size (default 4 MiB) ─────────────┘
 //! ```
 //!
-//! The byte layout of labels and metadata slots is drawn in [`format`]. Group metadata is
+//! The byte layout of labels and metadata slots is drawn in [`format`](mod@format). Group metadata is
 //! replicated on every device and double-buffered: a change writes seq+1 into the slot not
 //! holding the current copy on each device, flushing each, so a crash at any write leaves every
 //! device with at least one valid copy, and the newest valid copy on any device is the group.
