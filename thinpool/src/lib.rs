@@ -6,9 +6,11 @@
 //! io      block-device seam: file, memory, fault-injecting
 //! pdata   dm-thin on-disk format: checksummed blocks, btrees, space maps, transactions
 //! pool    thin volumes: create, snapshot, delete, map, CoW, discard, commit, names
+//! vg      volume group under the pool: devices, extents, tmeta/tdata regions, autoextend
 //! ```
 
 pub mod io;
 pub mod pdata;
 pub mod pool;
 pub mod units;
+pub mod vg;

@@ -1,0 +1,141 @@
+//! A logical volume: a [`BlockDevice`] made of extent segments on the group's devices, mapped
+//! linearly like dm-linear. Growth goes through the volume group, which commits new segments
+//! and then swaps in the longer map; the region itself refuses `grow`.
+
+use crate::io::BlockDevice;
+use std::io;
+use std::sync::{Arc, RwLock};
+
+/// One stretch of the region: `len` bytes at region offset `start` live at `dev_offset` on
+/// `device`.
+#[derive(Clone)]
+pub struct Piece {
+    pub start: u64,
+    pub len: u64,
+    pub device: Arc<dyn BlockDevice>,
+    pub dev_offset: u64,
+}
+
+struct Map {
+    pieces: Vec<Piece>,
+    size: u64,
+}
+
+/// The byte-level view of a `tmeta` or `tdata` region.
+pub struct Region {
+    name: String,
+    map: RwLock<Arc<Map>>,
+}
+
+impl Region {
+    /// Builds a region from pieces in region order (each piece's `start` is ignored and
+    /// recomputed, so callers pass lengths and device offsets only).
+    pub fn new(name: &str, pieces: Vec<Piece>) -> Self {
+        Self { name: name.to_owned(), map: RwLock::new(Arc::new(Self::build(pieces))) }
+    }
+
+    fn build(mut pieces: Vec<Piece>) -> Map {
+        let mut at = 0u64;
+        for p in &mut pieces {
+            p.start = at;
+            at += p.len;
+        }
+        Map { pieces, size: at }
+    }
+
+    /// Replaces the mapping; the volume group calls this after committing a longer region.
+    pub(crate) fn remap(&self, pieces: Vec<Piece>) {
+        let map = Arc::new(Self::build(pieces));
+        *self.map.write().unwrap_or_else(|e| e.into_inner()) = map;
+    }
+
+    fn current(&self) -> Arc<Map> {
+        self.map.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Number of segments (after merging at build time by the group).
+    pub fn segments(&self) -> usize {
+        self.current().pieces.len()
+    }
+
+    /// Calls `f(piece, offset_in_piece, range_in_buf)` for each piece `[offset, offset+len)`
+    /// touches, found by binary search.
+    fn for_each(
+        &self,
+        what: &str,
+        offset: u64,
+        len: usize,
+        mut f: impl FnMut(&Piece, u64, std::ops::Range<usize>) -> io::Result<()>,
+    ) -> io::Result<()> {
+        let map = self.current();
+        let end = offset.checked_add(len as u64).filter(|&e| e <= map.size).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!(
+                    "{what} {}: range {offset}+{len} is beyond the end {}",
+                    self.name, map.size
+                ),
+            )
+        })?;
+        let mut i = map.pieces.partition_point(|p| p.start + p.len <= offset);
+        let mut pos = offset;
+        while pos < end {
+            let p = &map.pieces[i];
+            let within = pos - p.start;
+            let n = (p.len - within).min(end - pos);
+            let b = (pos - offset) as usize;
+            f(p, p.dev_offset + within, b..b + n as usize)?;
+            pos += n;
+            i += 1;
+        }
+        Ok(())
+    }
+}
+
+impl BlockDevice for Region {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        let len = buf.len();
+        self.for_each("read", offset, len, |p, at, r| p.device.read_at(&mut buf[r], at))
+    }
+
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.for_each("write", offset, buf.len(), |p, at, r| p.device.write_at(&buf[r], at))
+    }
+
+    fn flush(&self) -> io::Result<()> {
+        let map = self.current();
+        let mut done: Vec<*const ()> = Vec::new();
+        for p in &map.pieces {
+            // Flush each underlying device once, however many segments it holds.
+            let id = Arc::as_ptr(&p.device) as *const ();
+            if !done.contains(&id) {
+                done.push(id);
+                p.device.flush()?;
+            }
+        }
+        Ok(())
+    }
+
+    fn size(&self) -> u64 {
+        self.current().size
+    }
+
+    fn grow(&self, new_size: u64) -> io::Result<()> {
+        let size = self.size();
+        if new_size == size {
+            return Ok(());
+        }
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            format!(
+                "{}: a region is resized by the volume group (grow_data/grow_metadata), \
+                 not to {new_size} bytes directly (now {size})",
+                self.name
+            ),
+        ))
+    }
+
+    fn describe(&self) -> String {
+        self.name.clone()
+    }
+}
