@@ -11,3 +11,5 @@
 pub mod io;
 pub mod pdata;
 pub mod units;
+pub mod check;
+pub mod xml;
