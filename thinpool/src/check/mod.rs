@@ -85,6 +85,16 @@ pub enum DamageKind {
     IndexTree,
 }
 
+impl DamageKind {
+    /// Hints are space-map bookkeeping that neither thin_check version verifies and the kernel
+    /// only uses to find free blocks quickly (`nr_allocated`, `nr_free`, `none_free_before`).
+    /// Debian's thin_restore 0.9.0 itself leaves them slightly off (it counts a node it wrote
+    /// and then dropped), so they are told apart from real inconsistencies.
+    pub fn is_hint(self) -> bool {
+        matches!(self, DamageKind::NrAllocated | DamageKind::IndexHint)
+    }
+}
+
 /// Which structure a damage concerns.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 pub enum Tree {
@@ -227,8 +237,19 @@ pub struct Report {
 }
 
 impl Report {
+    /// Nothing at all is wrong, hints included. What metadata written by lamina must meet.
     pub fn is_clean(&self) -> bool {
         self.damages.is_empty() && self.unlisted.is_empty()
+    }
+
+    /// Nothing is wrong except hints (see [`DamageKind::is_hint`]).
+    pub fn is_consistent(&self) -> bool {
+        self.damages.iter().all(|d| d.kind.is_hint()) && self.unlisted.keys().all(|k| k.is_hint())
+    }
+
+    /// Damages that are not hints.
+    pub fn fatal(&self) -> impl Iterator<Item = &Damage> {
+        self.damages.iter().filter(|d| !d.kind.is_hint())
     }
 
     /// Whether some damage of `kind` was found.
