@@ -7,9 +7,13 @@
 //! pdata   dm-thin on-disk format: checksummed blocks, btrees, space maps, transactions
 //! pool    thin volumes: create, snapshot, delete, map, CoW, discard, commit, names
 //! ```
+//!
+//! Beside the layers: `check` (an independent metadata checker reading the device bytes),
+//! `xml` (thin_dump / thin_restore XML) and `cli` (the `thinpool` command line).
 
+pub mod check;
+pub mod cli;
 pub mod io;
 pub mod pdata;
 pub mod units;
-pub mod check;
 pub mod xml;

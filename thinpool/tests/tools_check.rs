@@ -114,8 +114,16 @@ fn wrong_metadata_and_data_counts_are_reported_with_the_block() {
     let bm = data_bitmap_block(&dev, 5);
     patch(&dev, bm, BlockKind::Bitmap, |b| disk::bitmap_set(b, 5, 1));
     let r = check(&dev);
-    assert!(r.of_kind(DamageKind::MetadataRefCount).any(|d| d.place.key == Some(root)), "{}", describe(&r));
-    assert!(r.of_kind(DamageKind::DataRefCount).any(|d| d.place.key == Some(5)), "{}", describe(&r));
+    assert!(
+        r.of_kind(DamageKind::MetadataRefCount).any(|d| d.place.key == Some(root)),
+        "{}",
+        describe(&r)
+    );
+    assert!(
+        r.of_kind(DamageKind::DataRefCount).any(|d| d.place.key == Some(5)),
+        "{}",
+        describe(&r)
+    );
     assert!(r.has(DamageKind::NrAllocated) || r.of_kind(DamageKind::DataRefCount).count() == 1);
 }
 
@@ -187,7 +195,8 @@ fn mapping_beyond_the_data_device_is_reported() {
     let (_dir, dev, _) = image("two", &two_devices_xml());
     patch(&dev, 0, BlockKind::Superblock, |b| disk::put_u64(&mut b[..], DATA_SM_ROOT, 300));
     let r = check(&dev);
-    let d = r.of_kind(DamageKind::DataBlockRange).next().unwrap_or_else(|| panic!("{}", describe(&r)));
+    let d =
+        r.of_kind(DamageKind::DataBlockRange).next().unwrap_or_else(|| panic!("{}", describe(&r)));
     assert_eq!(d.place.key, Some(5000));
     assert_damage(&r, DamageKind::BitmapTail, None);
 }
@@ -200,7 +209,11 @@ fn overflow_tree_must_match_the_bitmap() {
     patch(&dev, bm, BlockKind::Bitmap, |b| disk::bitmap_set(b, 7, 2));
     let r = check(&dev);
     assert!(r.of_kind(DamageKind::Overflow).any(|d| d.place.key == Some(7)), "{}", describe(&r));
-    assert!(r.of_kind(DamageKind::DataRefCount).any(|d| d.place.key == Some(7)), "{}", describe(&r));
+    assert!(
+        r.of_kind(DamageKind::DataRefCount).any(|d| d.place.key == Some(7)),
+        "{}",
+        describe(&r)
+    );
 }
 
 #[test]

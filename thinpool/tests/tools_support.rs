@@ -164,8 +164,11 @@ pub fn used_metadata_blocks(dev: &dyn BlockDevice) -> Vec<u64> {
     out
 }
 
-/// XML for a pool with the given devices; each device is (id, mappings (vblock, data, time)).
-pub fn pool_xml(time: u32, nr_data: u64, devices: &[(u64, Vec<(u64, u64, u32)>)]) -> String {
+/// A device for [`pool_xml`]: its id and its mappings (virtual block, data block, time).
+pub type DeviceSpec = (u64, Vec<(u64, u64, u32)>);
+
+/// XML for a pool with the given devices.
+pub fn pool_xml(time: u32, nr_data: u64, devices: &[DeviceSpec]) -> String {
     use thinpool::units::{DataBlock, ThinId, VirtBlock};
     use thinpool::xml::{render, Device, Metadata};
     let mut md = Metadata {
@@ -177,7 +180,13 @@ pub fn pool_xml(time: u32, nr_data: u64, devices: &[(u64, Vec<(u64, u64, u32)>)]
         ..Metadata::default()
     };
     for (id, maps) in devices {
-        let mut d = Device { dev_id: ThinId(*id), transaction: 1, creation_time: 0, snap_time: time, ..Device::default() };
+        let mut d = Device {
+            dev_id: ThinId(*id),
+            transaction: 1,
+            creation_time: 0,
+            snap_time: time,
+            ..Device::default()
+        };
         for &(v, b, t) in maps {
             d.push(VirtBlock(v), DataBlock(b), t);
         }

@@ -500,8 +500,9 @@ impl<'a> Checker<'a> {
         }
         for (&id, &root) in &tops {
             let count = self.walk_bottom(ThinId(id), root, snapshot);
-            let place = Place { tree: Some(Tree::Device(ThinId(id))), snapshot, ..Place::default() }
-                .with_block(root);
+            let place =
+                Place { tree: Some(Tree::Device(ThinId(id))), snapshot, ..Place::default() }
+                    .with_block(root);
             let Some(d) = details.get(&id) else {
                 self.damage(
                     DamageKind::DeviceSets,
@@ -595,7 +596,9 @@ fn raw_superblock_damages(b: &Block) -> Vec<String> {
     }
     let mbs = disk::get_u32(b, 340);
     if mbs != METADATA_BLOCK_SECTORS {
-        out.push(format!("metadata block size is {mbs} sectors, expected {METADATA_BLOCK_SECTORS}"));
+        out.push(format!(
+            "metadata block size is {mbs} sectors, expected {METADATA_BLOCK_SECTORS}"
+        ));
     }
     out
 }

@@ -72,7 +72,8 @@ impl Checker<'_> {
 
     pub(super) fn check_data_sm(&mut self, root: &SmRoot) {
         let overflow = self.walk_overflow(root.ref_count_root.0, Tree::DataOverflow);
-        let index = self.walk_tree(root.bitmap_root.0, Kind::DataIndex, Tree::DataIndex, false, true);
+        let index =
+            self.walk_tree(root.bitmap_root.0, Kind::DataIndex, Tree::DataIndex, false, true);
         let nb = bitmaps_for(root.nr_blocks);
         let Some(index) = index else { return };
         let entries = index.collected.clone().unwrap_or_default();
@@ -82,7 +83,10 @@ impl Checker<'_> {
                 self.damage(
                     DamageKind::IndexTree,
                     Place::tree(Tree::DataIndex).with_key(*k),
-                    format!("entry for bitmap {k}, but {} data blocks need only {nb}", root.nr_blocks),
+                    format!(
+                        "entry for bitmap {k}, but {} data blocks need only {nb}",
+                        root.nr_blocks
+                    ),
                 );
             } else {
                 bitmaps.push((*k, IndexEntry::decode(v)));
@@ -209,7 +213,10 @@ impl Checker<'_> {
                         self.damage(
                             DamageKind::Overflow,
                             place.clone().with_key(b),
-                            format!("{} block {b} has bitmap value 3 but no overflow entry", scan.sm.name()),
+                            format!(
+                                "{} block {b} has bitmap value 3 but no overflow entry",
+                                scan.sm.name()
+                            ),
                         );
                         3
                     }
@@ -241,7 +248,10 @@ impl Checker<'_> {
             self.damage(
                 DamageKind::BitmapTail,
                 place.clone(),
-                format!("{tail} entries beyond the {} blocks of the space map are not zero", scan.nr_blocks),
+                format!(
+                    "{tail} entries beyond the {} blocks of the space map are not zero",
+                    scan.nr_blocks
+                ),
             );
         }
         if free > 0 && entry.nr_free == 0 {

@@ -1,0 +1,76 @@
+use super::*;
+use crate::io::MemDevice;
+
+#[test]
+fn empty_device_is_an_io_damage() {
+    let r = check(&MemDevice::new(100, "tiny"));
+    assert!(r.has(DamageKind::Io));
+    assert!(!r.is_consistent());
+}
+
+#[test]
+fn zeroed_device_has_a_bad_superblock_checksum() {
+    let r = check(&MemDevice::new(1 << 20, "zeros"));
+    assert_eq!(r.damages.len(), 1);
+    assert_eq!(r.damages[0].kind, DamageKind::Checksum);
+    assert_eq!(r.damages[0].place.block, Some(MetaBlock(0)));
+}
+
+#[test]
+fn superblock_pointing_everywhere_beyond_the_device_is_reported_not_followed() {
+    let dev = MemDevice::new(64 * 4096, "sb");
+    let sb = Superblock {
+        flags: 0,
+        blocknr: MetaBlock(0),
+        uuid: [0; 16],
+        version: 2,
+        time: 0,
+        trans_id: 0,
+        held_root: MetaBlock(u64::MAX),
+        data_sm_root: SmRoot {
+            nr_blocks: u64::MAX,
+            nr_allocated: 0,
+            bitmap_root: MetaBlock(1 << 40),
+            ref_count_root: MetaBlock(7),
+        },
+        metadata_sm_root: SmRoot {
+            nr_blocks: 64,
+            nr_allocated: 1,
+            bitmap_root: MetaBlock(99),
+            ref_count_root: MetaBlock(0),
+        },
+        data_mapping_root: MetaBlock(0),
+        device_details_root: MetaBlock(63),
+        data_block_size: 100,
+        metadata_nr_blocks: 64,
+        compat_flags: 0,
+        compat_ro_flags: 0,
+        incompat_flags: 1,
+    };
+    dev.write_at(&sb.encode()[..], 0).unwrap();
+    let r = check(&dev);
+    for kind in
+        [DamageKind::Superblock, DamageKind::OutOfRange, DamageKind::Conflict, DamageKind::Checksum]
+    {
+        assert!(r.has(kind), "{kind:?} missing: {:#?}", r.damages);
+    }
+    for d in &r.damages {
+        assert!(!d.to_string().is_empty());
+    }
+}
+
+#[test]
+fn place_prints_every_part() {
+    let p = Place {
+        block: Some(MetaBlock(17)),
+        tree: Some(Tree::Device(ThinId(3))),
+        snapshot: true,
+        keys: Some((Some(100), None)),
+        key: Some(150),
+        path: vec![MetaBlock(6), MetaBlock(17)],
+    };
+    assert_eq!(
+        p.to_string(),
+        "block 17, mapping tree of device 3 (metadata snapshot), keys [100, +inf), key 150, path 6/17"
+    );
+}

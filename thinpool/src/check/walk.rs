@@ -110,7 +110,7 @@ impl Checker<'_> {
         let ctx = Ctx { tree_id: self.next_tree, kind, tree, snapshot };
         let mut path = Vec::new();
         let out = self.walk_node(&ctx, root, None, None, &mut path, true, count_ref);
-        if out.as_ref().map_or(true, |o| !o.complete) {
+        if out.as_ref().is_none_or(|o| !o.complete) {
             self.partial = true;
         }
         out
@@ -144,7 +144,14 @@ impl Checker<'_> {
         out.complete.then_some(out.entries)
     }
 
-    fn place(&self, ctx: &Ctx, b: u64, lo: Option<u64>, hi: Option<u64>, path: &[MetaBlock]) -> Place {
+    fn place(
+        &self,
+        ctx: &Ctx,
+        b: u64,
+        lo: Option<u64>,
+        hi: Option<u64>,
+        path: &[MetaBlock],
+    ) -> Place {
         Place {
             block: Some(MetaBlock(b)),
             tree: Some(ctx.tree),
@@ -229,7 +236,8 @@ impl Checker<'_> {
             return None;
         }
         if s.in_progress || s.tree == ctx.tree_id {
-            let what = if s.in_progress { "a cycle leads back to" } else { "the tree reaches twice" };
+            let what =
+                if s.in_progress { "a cycle leads back to" } else { "the tree reaches twice" };
             self.damage(DamageKind::Revisit, place, format!("{what} block {b}"));
             return None;
         }
@@ -288,7 +296,11 @@ impl Checker<'_> {
             self.damage(
                 DamageKind::NodeHeader,
                 place.clone(),
-                format!("leaf value size is {vs}, a {} tree needs {}", ctx.kind.name(), ctx.kind.value_size()),
+                format!(
+                    "leaf value size is {vs}, a {} tree needs {}",
+                    ctx.kind.name(),
+                    ctx.kind.value_size()
+                ),
             );
             return None;
         }
@@ -297,7 +309,9 @@ impl Checker<'_> {
             self.damage(
                 DamageKind::NodeHeader,
                 place.clone(),
-                format!("max_entries is {max}, the canonical value for {vs}-byte values is {canonical}"),
+                format!(
+                    "max_entries is {max}, the canonical value for {vs}-byte values is {canonical}"
+                ),
             );
         }
         if !is_root && n < canonical / 3 {
@@ -316,10 +330,19 @@ impl Checker<'_> {
             self.damage(
                 DamageKind::KeyOrder,
                 place.clone(),
-                format!("key {} at slot {} is not above key {} before it", keys[i + 1], i + 1, keys[i]),
+                format!(
+                    "key {} at slot {} is not above key {} before it",
+                    keys[i + 1],
+                    i + 1,
+                    keys[i]
+                ),
             );
         }
-        let own = Outcome { first: keys.first().copied(), last: keys.last().copied(), ..Outcome::default() };
+        let own = Outcome {
+            first: keys.first().copied(),
+            last: keys.last().copied(),
+            ..Outcome::default()
+        };
         self.check_range(&own, lo, hi, place.clone());
 
         if node.is_leaf() {
@@ -343,7 +366,7 @@ impl Checker<'_> {
                         // Keep the list strictly ascending even across damaged children.
                         let floor = collected.last().map(|(k, _)| *k);
                         collected.extend(
-                            entries.iter().filter(|(k, _)| floor.map_or(true, |f| *k > f)).cloned(),
+                            entries.iter().filter(|(k, _)| floor.is_none_or(|f| *k > f)).cloned(),
                         );
                     }
                 }

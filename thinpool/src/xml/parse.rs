@@ -160,13 +160,17 @@ impl Parser<'_> {
             version: opt(4)?.map(|x| x as u32),
             data_block_size: self.num(&v, A, 5, n, u32::MAX.into())? as u32,
             nr_data_blocks: self.num(&v, A, 6, n, MAX_DATA_BLOCK + 1)?,
-            metadata_snap: v[7].as_deref().map(|s| self.number(s, A[7], n, u64::MAX)).transpose()?,
+            metadata_snap: v[7]
+                .as_deref()
+                .map(|s| self.number(s, A[7], n, u64::MAX))
+                .transpose()?,
             devices: Vec::new(),
         })
     }
 
     fn device(&self, e: &BytesStart<'_>) -> Result<Device, XmlError> {
-        const A: &[&str] = &["dev_id", "mapped_blocks", "transaction", "creation_time", "snap_time"];
+        const A: &[&str] =
+            &["dev_id", "mapped_blocks", "transaction", "creation_time", "snap_time"];
         let n = "device";
         let v = self.attrs(e, n, A)?;
         Ok(Device {
@@ -205,7 +209,10 @@ impl Parser<'_> {
                 return Err(self.err(
                     XmlErrorKind::BadValue,
                     name,
-                    format!("a range of length {} from {} / {} does not fit", run.len, run.origin, run.data),
+                    format!(
+                        "a range of length {} from {} / {} does not fit",
+                        run.len, run.origin, run.data
+                    ),
                 ));
             }
             run
@@ -311,10 +318,8 @@ pub fn parse(xml: &str) -> Result<Metadata, XmlError> {
                     }
                 };
             }
-            Event::Text(t) => {
-                if !t.iter().all(|c| c.is_ascii_whitespace()) {
-                    return Err(p.err(XmlErrorKind::Structure, "text", "text where elements belong"));
-                }
+            Event::Text(t) if !t.iter().all(|c| c.is_ascii_whitespace()) => {
+                return Err(p.err(XmlErrorKind::Structure, "text", "text where elements belong"));
             }
             Event::CData(_) => {
                 return Err(p.err(XmlErrorKind::Structure, "CDATA", "CDATA where elements belong"))
@@ -326,6 +331,8 @@ pub fn parse(xml: &str) -> Result<Metadata, XmlError> {
     }
     match (level, md) {
         (Level::Done, Some(md)) => Ok(md),
-        _ => Err(p.err(XmlErrorKind::Structure, "superblock", "document ends before </superblock>")),
+        _ => {
+            Err(p.err(XmlErrorKind::Structure, "superblock", "document ends before </superblock>"))
+        }
     }
 }

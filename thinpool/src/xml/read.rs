@@ -25,6 +25,9 @@ pub enum DumpError {
     Damaged { dev: String, block: u64, what: String, problem: String },
 }
 
+/// Called with each leaf entry (key, value bytes) in key order.
+type Visit<'f> = dyn FnMut(u64, &[u8]) -> Result<(), DumpError> + 'f;
+
 struct Reader<'a> {
     dev: &'a dyn BlockDevice,
 }
@@ -41,7 +44,7 @@ impl Reader<'_> {
 
     fn read(&self, block: u64) -> Result<Box<Block>, DumpError> {
         let mut b = disk::zeroed();
-        let off = block.checked_mul(disk::BLOCK_SIZE as u64).unwrap_or(u64::MAX);
+        let off = block.saturating_mul(disk::BLOCK_SIZE as u64);
         self.dev.read_at(&mut b[..], off).map_err(|source| DumpError::Io {
             dev: self.dev.describe(),
             block,
@@ -56,7 +59,7 @@ impl Reader<'_> {
         root: u64,
         value_size: usize,
         what: &str,
-        f: &mut dyn FnMut(u64, &[u8]) -> Result<(), DumpError>,
+        f: &mut Visit<'_>,
     ) -> Result<(), DumpError> {
         let mut seen = HashSet::new();
         self.walk_node(root, value_size, what, 0, &mut seen, f)
@@ -69,7 +72,7 @@ impl Reader<'_> {
         what: &str,
         depth: usize,
         seen: &mut HashSet<u64>,
-        f: &mut dyn FnMut(u64, &[u8]) -> Result<(), DumpError>,
+        f: &mut Visit<'_>,
     ) -> Result<(), DumpError> {
         if depth > MAX_DEPTH {
             return Err(self.damaged(b, what, "tree is deeper than any valid btree"));
@@ -78,7 +81,8 @@ impl Reader<'_> {
             return Err(self.damaged(b, what, "node is reached twice (a cycle)"));
         }
         let block = self.read(b)?;
-        disk::verify(&block, BlockKind::Node, MetaBlock(b)).map_err(|e| self.damaged(b, what, e))?;
+        disk::verify(&block, BlockKind::Node, MetaBlock(b))
+            .map_err(|e| self.damaged(b, what, e))?;
         let node = Node::new(&block).map_err(|e| self.damaged(b, what, e))?;
         if node.is_leaf() && node.value_size() != value_size {
             return Err(self.damaged(b, what, "leaf has the wrong value size"));
@@ -104,7 +108,8 @@ impl Reader<'_> {
 pub fn read_metadata(dev: &dyn BlockDevice) -> Result<Metadata, DumpError> {
     let r = Reader { dev };
     let sb_block = r.read(0)?;
-    let sb = Superblock::decode(&sb_block, MetaBlock(0)).map_err(|e| r.damaged(0, "superblock", e))?;
+    let sb =
+        Superblock::decode(&sb_block, MetaBlock(0)).map_err(|e| r.damaged(0, "superblock", e))?;
 
     let mut details = BTreeMap::new();
     r.walk(sb.device_details_root.0, DeviceDetails::SIZE, "device details tree", &mut |k, v| {

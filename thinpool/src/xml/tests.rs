@@ -37,9 +37,13 @@ fn kind_of(xml: &str) -> (XmlErrorKind, usize) {
 
 #[test]
 fn rejects_unknown_elements_and_attributes_with_their_line() {
-    let bad = SAMPLE.replace("<single_mapping origin_block=\"5000\"", "<def name=\"x\"/><single_mapping origin_block=\"5000\"");
+    let bad = SAMPLE.replace(
+        "<single_mapping origin_block=\"5000\"",
+        "<def name=\"x\"/><single_mapping origin_block=\"5000\"",
+    );
     assert_eq!(kind_of(&bad), (XmlErrorKind::UnknownElement, 4));
-    let bad = SAMPLE.replace("snap_time=\"1\">\n    <range", "snap_time=\"1\" colour=\"red\">\n    <range");
+    let bad = SAMPLE
+        .replace("snap_time=\"1\">\n    <range", "snap_time=\"1\" colour=\"red\">\n    <range");
     assert_eq!(kind_of(&bad), (XmlErrorKind::UnknownAttribute, 2));
     let bad = SAMPLE.replace(" length=\"300\"", "");
     assert_eq!(kind_of(&bad).0, XmlErrorKind::MissingAttribute);
