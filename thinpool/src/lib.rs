@@ -15,5 +15,6 @@ pub mod check;
 pub mod cli;
 pub mod io;
 pub mod pdata;
+pub mod pool;
 pub mod units;
 pub mod xml;

@@ -1,0 +1,1 @@
+//! Btree tests.
