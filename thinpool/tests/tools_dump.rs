@@ -22,10 +22,14 @@ fn cases() -> Vec<(&'static str, String)> {
         let mut v = lcg(&mut seed) % 10;
         let mut d = lcg(&mut seed) % 50_000;
         for _ in 0..(lcg(&mut seed) % 3000) {
-            maps.push((v, d, (lcg(&mut seed) % 4 == 0) as u32));
+            maps.push((v, d, lcg(&mut seed).is_multiple_of(4) as u32));
             // Mostly consecutive so runs form, sometimes a jump in either block.
-            v += if lcg(&mut seed) % 7 == 0 { 2 + lcg(&mut seed) % 100 } else { 1 };
-            d = if lcg(&mut seed) % 9 == 0 { lcg(&mut seed) % 50_000 } else { (d + 1) % 50_000 };
+            v += if lcg(&mut seed).is_multiple_of(7) { 2 + lcg(&mut seed) % 100 } else { 1 };
+            d = if lcg(&mut seed).is_multiple_of(9) {
+                lcg(&mut seed) % 50_000
+            } else {
+                (d + 1) % 50_000
+            };
         }
         devices.push((id, maps));
     }

@@ -10,14 +10,11 @@ use super::output::to_json;
 use super::{CheckArgs, DumpArgs};
 use crate::io::FileDevice;
 
-/// The metadata file inside a pool directory.
-const METADATA_FILE: &str = "metadata";
-
 /// The metadata file of a pool directory, or the path itself when it is a file or device.
 pub(super) fn metadata_path(p: &Path) -> anyhow::Result<PathBuf> {
     let meta = std::fs::metadata(p).with_context(|| format!("cannot open {}", p.display()))?;
     if meta.is_dir() {
-        let m = p.join(METADATA_FILE);
+        let m = p.join(crate::pool::FilePool::METADATA);
         if !m.exists() {
             bail!("{} is not a pool directory: it has no {}", p.display(), m.display());
         }
@@ -75,6 +72,63 @@ pub(super) fn dump(a: &DumpArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub(super) fn restore(_a: &super::RestoreArgs) -> anyhow::Result<ExitCode> {
-    bail!("restore needs the pool engine, which is not merged yet")
+pub(super) fn restore(a: &super::RestoreArgs) -> anyhow::Result<ExitCode> {
+    use std::sync::Arc;
+
+    use crate::pool::{names::NameEntry, DirNameStore, FilePool, NameStore, NameTable};
+    use crate::units::Sectors;
+
+    let dir = &a.pool.dir;
+    let xml = std::fs::read_to_string(&a.input)
+        .with_context(|| format!("cannot read {}", a.input.display()))?;
+    let md = crate::xml::parse(&xml).with_context(|| a.input.display().to_string())?;
+    let meta_path = dir.join(FilePool::METADATA);
+    if meta_path.exists() {
+        bail!("{} already holds a pool; restore into a new directory", dir.display());
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let bs = Sectors(u64::from(md.data_block_size));
+    let data_size = md.nr_data_blocks.checked_mul(bs.bytes()).with_context(|| {
+        format!("{} data blocks of {} bytes overflow", md.nr_data_blocks, bs.bytes())
+    })?;
+    let meta_size = a.metadata_size.unwrap_or(FilePool::default_metadata_size(data_size, bs));
+    let data_path = dir.join(FilePool::DATA);
+    let result = (|| -> anyhow::Result<()> {
+        let meta = FileDevice::create(&meta_path, meta_size)
+            .with_context(|| format!("cannot create {}", meta_path.display()))?;
+        let data = FileDevice::create(&data_path, data_size)
+            .with_context(|| format!("cannot create {}", data_path.display()))?;
+        crate::xml::restore_into(&md, Arc::new(meta), Arc::new(data))?;
+        // dm-thin keeps no names or virtual sizes: name each device after its id and size it
+        // to its last mapped block.
+        let volumes = md
+            .devices
+            .iter()
+            .map(|d| {
+                let end = d.mappings.last().map_or(1, |r| r.origin.0 + r.len);
+                NameEntry {
+                    name: format!("thin-{}", d.dev_id),
+                    id: d.dev_id.0,
+                    size: end * bs.bytes(),
+                }
+            })
+            .collect();
+        let table = NameTable { trans_id: md.transaction, volumes };
+        DirNameStore::new(dir)
+            .store(&table, u64::MAX)
+            .with_context(|| format!("cannot write the name table in {}", dir.display()))
+    })();
+    if let Err(e) = result {
+        // Leave no half-made pool behind.
+        let _ = std::fs::remove_file(&meta_path);
+        let _ = std::fs::remove_file(&data_path);
+        return Err(e);
+    }
+    println!(
+        "restored {} devices from {} into {}",
+        md.devices.len(),
+        a.input.display(),
+        dir.display()
+    );
+    Ok(ExitCode::SUCCESS)
 }

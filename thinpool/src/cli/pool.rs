@@ -1,30 +1,162 @@
-//! init, create, snapshot, remove, list, status.
+//! init, create, snapshot, remove, list, status: the management verbs.
 
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::bail;
+use anyhow::{bail, Context};
 
+use super::output::{list_table, status_text, to_json, PoolStatus, VolumeRow};
+use super::size::binary_size;
 use super::{CreateArgs, InitArgs, ListArgs, RemoveArgs, SnapshotArgs, StatusArgs};
+use crate::pool::{FilePool, Pool};
+use crate::units::Sectors;
 
-fn pending() -> anyhow::Result<ExitCode> {
-    bail!("this verb needs the pool engine, which is not merged yet")
+/// The management operations. Today they open the pool files directly ([`LocalPool`]); a
+/// client that forwards them to a running `thinpool serve` implements the same trait.
+pub(super) trait Manage {
+    /// Creates a volume and returns its thin id.
+    fn create_volume(&self, name: &str, size: u64) -> anyhow::Result<u64>;
+    fn snapshot_volume(&self, origin: &str, name: &str) -> anyhow::Result<u64>;
+    fn remove_volume(&self, name: &str) -> anyhow::Result<()>;
+    fn volumes(&self) -> anyhow::Result<Vec<VolumeRow>>;
+    fn status(&self) -> anyhow::Result<PoolStatus>;
 }
 
-pub(super) fn init(_a: &InitArgs) -> anyhow::Result<ExitCode> {
-    pending()
+/// A pool directory opened in this process. Every change is committed before returning.
+pub(super) struct LocalPool {
+    pub(super) pool: Pool,
+    pub(super) dir: PathBuf,
 }
-pub(super) fn create(_a: &CreateArgs) -> anyhow::Result<ExitCode> {
-    pending()
+
+/// Opens the pool in `dir`, with a message naming the directory when that fails.
+pub(super) fn open_pool(dir: &Path) -> anyhow::Result<Pool> {
+    if !dir.join(FilePool::METADATA).exists() {
+        if !dir.exists() {
+            bail!("pool directory {} does not exist", dir.display());
+        }
+        bail!("{} is not a pool directory (no {} file)", dir.display(), FilePool::METADATA);
+    }
+    FilePool::open(dir).with_context(|| format!("cannot open the pool in {}", dir.display()))
 }
-pub(super) fn snapshot(_a: &SnapshotArgs) -> anyhow::Result<ExitCode> {
-    pending()
+
+fn manager(dir: &Path) -> anyhow::Result<LocalPool> {
+    Ok(LocalPool { pool: open_pool(dir)?, dir: dir.to_owned() })
 }
-pub(super) fn remove(_a: &RemoveArgs) -> anyhow::Result<ExitCode> {
-    pending()
+
+impl LocalPool {
+    fn commit(&self) -> anyhow::Result<()> {
+        self.pool.commit().with_context(|| format!("committing the pool in {}", self.dir.display()))
+    }
 }
-pub(super) fn list(_a: &ListArgs) -> anyhow::Result<ExitCode> {
-    pending()
+
+/// Bytes free on the filesystem holding `path` (Docker caps loop-file space by it).
+fn fs_available(path: &Path) -> Option<u64> {
+    let st = rustix::fs::statvfs(path).ok()?;
+    Some(st.f_bavail.saturating_mul(st.f_frsize))
 }
-pub(super) fn status(_a: &StatusArgs) -> anyhow::Result<ExitCode> {
-    pending()
+
+impl Manage for LocalPool {
+    fn create_volume(&self, name: &str, size: u64) -> anyhow::Result<u64> {
+        let id = self.pool.create_volume(name, size)?;
+        self.commit()?;
+        Ok(id.0)
+    }
+
+    fn snapshot_volume(&self, origin: &str, name: &str) -> anyhow::Result<u64> {
+        let id = self.pool.snapshot_volume(origin, name)?;
+        self.commit()?;
+        Ok(id.0)
+    }
+
+    fn remove_volume(&self, name: &str) -> anyhow::Result<()> {
+        self.pool.remove_volume(name)?;
+        self.commit()
+    }
+
+    fn volumes(&self) -> anyhow::Result<Vec<VolumeRow>> {
+        let bs = self.pool.block_bytes();
+        Ok(self
+            .pool
+            .volumes()?
+            .into_iter()
+            .map(|v| VolumeRow::new(v.name, v.id.0, v.size, v.mapped_blocks, bs))
+            .collect())
+    }
+
+    fn status(&self) -> anyhow::Result<PoolStatus> {
+        let bs = self.pool.block_bytes();
+        let data = self.pool.data_usage();
+        let meta = self.pool.metadata_usage();
+        let cap = fs_available(&self.dir).unwrap_or(u64::MAX);
+        let mb = crate::pdata::disk::BLOCK_SIZE as u64;
+        Ok(PoolStatus {
+            pool_dir: self.dir.display().to_string(),
+            data_file: self.dir.join(FilePool::DATA).display().to_string(),
+            metadata_file: self.dir.join(FilePool::METADATA).display().to_string(),
+            block_size: bs,
+            data_used: data.used * bs,
+            data_total: data.total * bs,
+            data_available: (data.free * bs).min(cap),
+            metadata_used: meta.used * mb,
+            metadata_total: meta.total * mb,
+            metadata_available: (meta.free * mb).min(cap),
+            transaction_id: self.pool.transaction_id().0,
+            volumes: self.pool.volumes()?.len(),
+        })
+    }
+}
+
+pub(super) fn init(a: &InitArgs) -> anyhow::Result<ExitCode> {
+    let dir = &a.pool.dir;
+    if !a.block_size.is_multiple_of(Sectors::SIZE) {
+        bail!("block size {} is not a whole number of 512-byte sectors", a.block_size);
+    }
+    if a.data_size < a.block_size {
+        bail!("data size {} is smaller than one block ({})", a.data_size, a.block_size);
+    }
+    let sectors = Sectors(a.block_size / Sectors::SIZE);
+    let pool = FilePool::create(dir, a.data_size, a.metadata_size, sectors)
+        .with_context(|| format!("cannot create a pool in {}", dir.display()))?;
+    let meta = pool.metadata_usage();
+    println!(
+        "created pool in {}: data {}, metadata {}, block size {}",
+        dir.display(),
+        binary_size(pool.data_usage().total * pool.block_bytes()),
+        binary_size(meta.total * crate::pdata::disk::BLOCK_SIZE as u64),
+        binary_size(pool.block_bytes())
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(super) fn create(a: &CreateArgs) -> anyhow::Result<ExitCode> {
+    let m = manager(&a.pool.dir)?;
+    let id = m.create_volume(&a.name, a.size)?;
+    println!("created volume {} (id {id}, {})", a.name, binary_size(a.size));
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(super) fn snapshot(a: &SnapshotArgs) -> anyhow::Result<ExitCode> {
+    let m = manager(&a.pool.dir)?;
+    let id = m.snapshot_volume(&a.origin, &a.name)?;
+    println!("created snapshot {} of {} (id {id})", a.name, a.origin);
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(super) fn remove(a: &RemoveArgs) -> anyhow::Result<ExitCode> {
+    let m = manager(&a.pool.dir)?;
+    m.remove_volume(&a.name)?;
+    println!("removed volume {}", a.name);
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(super) fn list(a: &ListArgs) -> anyhow::Result<ExitCode> {
+    let rows = manager(&a.pool.dir)?.volumes()?;
+    print!("{}", if a.json { to_json(&rows) } else { list_table(&rows) });
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(super) fn status(a: &StatusArgs) -> anyhow::Result<ExitCode> {
+    let st = manager(&a.pool.dir)?.status()?;
+    print!("{}", if a.json { to_json(&st) } else { status_text(&st) });
+    Ok(ExitCode::SUCCESS)
 }

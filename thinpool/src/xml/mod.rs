@@ -16,9 +16,11 @@
 
 mod parse;
 mod read;
+mod restore;
 
 pub use parse::{parse, XmlError, XmlErrorKind};
 pub use read::{dump, read_metadata, DumpError};
+pub use restore::{restore, restore_into, RestoreError};
 
 use std::fmt::Write as _;
 
