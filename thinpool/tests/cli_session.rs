@@ -144,6 +144,20 @@ fn scripted_session_checks_clean_and_exports_what_was_written() {
     assert!(thin_check_ok(&restored.join("metadata")), "thin_check rejects restored metadata");
     ok(&["check", restored.to_str().unwrap()]);
     assert_eq!(ok(&["dump", restored.to_str().unwrap()]), xml);
+    // dm-thin keeps no names: restored devices are named after their ids.
+    let restored_list = ok(&["list", restored.to_str().unwrap()]);
+    assert_eq!(restored_list.lines().count(), 4, "{restored_list}");
+    assert!(restored_list.contains("thin-0 "), "{restored_list}");
+    // Restore writes metadata only (like thin_restore): the volume is there with its
+    // mappings, sized to its last mapped block, over a fresh data file.
+    let small_id = list[1]["id"].as_u64().unwrap();
+    let name = format!("thin-{small_id}");
+    let rl: serde_json::Value =
+        serde_json::from_str(&ok(&["list", restored.to_str().unwrap(), "--json"])).unwrap();
+    let row = rl.as_array().unwrap().iter().find(|r| r["name"] == name.as_str()).unwrap();
+    assert_eq!(row["size"], small.len() as u64);
+    assert_eq!(row["mapped_blocks"], list[1]["mapped_blocks"]);
+    assert_eq!(export(restored.to_str().unwrap(), &name, t).len(), small.len());
 }
 
 #[test]
