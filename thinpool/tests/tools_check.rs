@@ -343,3 +343,18 @@ fn held_metadata_snapshot_is_walked_and_counted() {
     );
     assert!(!thin_check_ok(&meta), "thin_check should agree the count is wrong");
 }
+
+#[test]
+fn a_bitmap_named_twice_is_a_conflict_and_scanned_once() {
+    let (_dir, dev, _) = image("two", &two_devices_xml());
+    let index_root = sb_u64(&dev, DATA_SM_ROOT + 16);
+    let vals = 32 + 8 * disk::max_entries(16);
+    patch(&dev, index_root, BlockKind::Node, |b| {
+        let first = disk::get_u64(&b[..], vals);
+        disk::put_u64(&mut b[..], vals + 16, first);
+    });
+    let r = check(&dev);
+    let first = disk::get_u64(&read_block(&dev, index_root)[..], vals);
+    assert_damage(&r, DamageKind::Conflict, Some(first));
+    assert_eq!(r.stats.data_blocks, 100_000);
+}

@@ -370,8 +370,9 @@ impl<'a> Checker<'a> {
         true
     }
 
-    /// Claims block `b` for a non-node role, reporting a clash with any earlier role.
-    pub(crate) fn claim(&mut self, b: u64, role: Role, place: &Place) {
+    /// Claims block `b` for a non-node role. False (with damage) when it already has one, so
+    /// a block is never scanned twice however often hostile pointers name it.
+    pub(crate) fn claim(&mut self, b: u64, role: Role, place: &Place) -> bool {
         if let Some(s) = self.nodes.get(&b) {
             let was = s.kind.name();
             self.damage(
@@ -379,13 +380,18 @@ impl<'a> Checker<'a> {
                 place.clone(),
                 format!("block {b} is used as {} and as a {was} btree node", role.name()),
             );
-        } else if let Some(old) = self.roles.insert(b, role) {
+            return false;
+        }
+        if let Some(old) = self.roles.get(&b).copied() {
             self.damage(
                 DamageKind::Conflict,
                 place.clone(),
                 format!("block {b} is used as {} and as {}", old.name(), role.name()),
             );
+            return false;
         }
+        self.roles.insert(b, role);
+        true
     }
 
     fn run(&mut self) {
@@ -530,10 +536,9 @@ impl<'a> Checker<'a> {
 
     fn check_held_root(&mut self, h: u64) {
         let place = Place { tree: Some(Tree::Superblock), snapshot: true, ..Place::block(h) };
-        if !self.reference(h, &place) {
+        if !self.reference(h, &place) || !self.claim(h, Role::Superblock, &place) {
             return;
         }
-        self.claim(h, Role::Superblock, &place);
         let Some(block) = self.read_verified(h, BlockKind::Superblock, &place) else {
             return;
         };

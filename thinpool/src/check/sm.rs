@@ -135,10 +135,9 @@ impl Checker<'_> {
         }
         let ib = root.bitmap_root.0;
         let place = Place::tree(Tree::MetadataIndex).with_block(ib);
-        if !self.reference(ib, &place) {
+        if !self.reference(ib, &place) || !self.claim(ib, Role::Index, &place) {
             return;
         }
-        self.claim(ib, Role::Index, &place);
         let Some(index) = self.read_verified(ib, BlockKind::Index, &place) else { return };
         let entries = match disk::index_block_decode(&index, MetaBlock(ib), nb as usize) {
             Ok(e) => e,
@@ -186,10 +185,9 @@ impl Checker<'_> {
 
     fn load_bitmap(&mut self, sm: Sm, i: u64, b: u64) -> Option<Box<Block>> {
         let place = Place::tree(sm.bitmap_tree(i)).with_block(b);
-        if !self.reference(b, &place) {
+        if !self.reference(b, &place) || !self.claim(b, Role::Bitmap, &place) {
             return None;
         }
-        self.claim(b, Role::Bitmap, &place);
         self.read_verified(b, BlockKind::Bitmap, &place)
     }
 
