@@ -174,6 +174,8 @@ fn cycle_is_reported_not_followed() {
     });
     let r = check(&dev);
     assert_damage(&r, DamageKind::Revisit, Some(root));
+    let err = thinpool::xml::dump(&dev).unwrap_err().to_string();
+    assert!(err.contains("twice"), "{err}");
 }
 
 #[test]
@@ -274,7 +276,9 @@ proptest! {
         for (off, x) in &flips {
             img[*off] ^= x;
         }
-        let _ = check(&mem(&img));
+        let dev = mem(&img);
+        let _ = check(&dev);
+        let _ = thinpool::xml::dump(&dev);
     }
 
     /// Blocks overwritten with resealed garbage nodes must not panic the walk either.
@@ -292,6 +296,7 @@ proptest! {
             disk::put_u64(&mut b[..], 8, block);
         });
         let _ = check(&dev);
+        let _ = thinpool::xml::dump(&dev);
     }
 }
 
