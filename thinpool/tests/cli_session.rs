@@ -209,3 +209,22 @@ fn bad_input_fails_with_one_clear_line() {
     let bad_xml = write(&tmp.path().join("bad.xml"), b"<superblock uuid=\"\" colour=\"red\">");
     fails(&["restore", tmp.path().join("r").to_str().unwrap(), "--input", &bad_xml], "colour");
 }
+
+#[test]
+fn a_pool_in_use_by_another_process_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pool_dir = tmp.path().join("pool");
+    let pool = pool_dir.to_str().unwrap();
+    ok(&["init", pool, "--data-size", "16M"]);
+    let holder = std::fs::File::open(pool_dir.join("metadata")).unwrap();
+    rustix::fs::flock(&holder, rustix::fs::FlockOperation::LockExclusive).unwrap();
+    fails(&["create", pool, "v", "--size", "1M"], "in use by another thinpool process");
+    fails(&["list", pool], "in use");
+    drop(holder);
+    ok(&["create", pool, "v", "--size", "1M"]);
+    // Readers share: a shared holder lets list run but keeps changes out.
+    let reader = std::fs::File::open(pool_dir.join("metadata")).unwrap();
+    rustix::fs::flock(&reader, rustix::fs::FlockOperation::LockShared).unwrap();
+    assert!(ok(&["list", pool]).contains("v "));
+    fails(&["remove", pool, "v"], "in use");
+}

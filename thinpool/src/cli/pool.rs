@@ -1,5 +1,6 @@
 //! init, create, snapshot, remove, list, status: the management verbs.
 
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -10,6 +11,7 @@ use super::size::binary_size;
 use super::{CreateArgs, InitArgs, ListArgs, RemoveArgs, SnapshotArgs, StatusArgs};
 use crate::pool::{FilePool, Pool};
 use crate::units::Sectors;
+use rustix::fs::FlockOperation;
 
 /// The management operations. Today they open the pool files directly ([`LocalPool`]); a
 /// client that forwards them to a running `thinpool serve` implements the same trait.
@@ -26,21 +28,42 @@ pub(super) trait Manage {
 pub(super) struct LocalPool {
     pub(super) pool: Pool,
     pub(super) dir: PathBuf,
+    /// Advisory lock on DIR/metadata, released when the verb ends.
+    _lock: File,
 }
 
-/// Opens the pool in `dir`, with a message naming the directory when that fails.
-pub(super) fn open_pool(dir: &Path) -> anyhow::Result<Pool> {
-    if !dir.join(FilePool::METADATA).exists() {
+/// How a verb uses the pool: changes need it alone, reads may share it with other readers.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Access {
+    Shared,
+    Exclusive,
+}
+
+/// Opens the pool in `dir` under an advisory lock, so two thinpool processes never change
+/// one pool at once (a daemon serving the pool holds the lock too).
+pub(super) fn open_pool(dir: &Path, access: Access) -> anyhow::Result<LocalPool> {
+    let meta = dir.join(FilePool::METADATA);
+    if !meta.exists() {
         if !dir.exists() {
             bail!("pool directory {} does not exist", dir.display());
         }
         bail!("{} is not a pool directory (no {} file)", dir.display(), FilePool::METADATA);
     }
-    FilePool::open(dir).with_context(|| format!("cannot open the pool in {}", dir.display()))
-}
-
-fn manager(dir: &Path) -> anyhow::Result<LocalPool> {
-    Ok(LocalPool { pool: open_pool(dir)?, dir: dir.to_owned() })
+    let lock = File::open(&meta).with_context(|| format!("cannot open {}", meta.display()))?;
+    let op = match access {
+        Access::Shared => FlockOperation::NonBlockingLockShared,
+        Access::Exclusive => FlockOperation::NonBlockingLockExclusive,
+    };
+    match rustix::fs::flock(&lock, op) {
+        Ok(()) => {}
+        Err(rustix::io::Errno::WOULDBLOCK) => {
+            bail!("the pool in {} is in use by another thinpool process", dir.display())
+        }
+        Err(e) => bail!("cannot lock {}: {e}", meta.display()),
+    }
+    let pool = FilePool::open(dir)
+        .with_context(|| format!("cannot open the pool in {}", dir.display()))?;
+    Ok(LocalPool { pool, dir: dir.to_owned(), _lock: lock })
 }
 
 impl LocalPool {
@@ -129,34 +152,34 @@ pub(super) fn init(a: &InitArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub(super) fn create(a: &CreateArgs) -> anyhow::Result<ExitCode> {
-    let m = manager(&a.pool.dir)?;
+    let m = open_pool(&a.pool.dir, Access::Exclusive)?;
     let id = m.create_volume(&a.name, a.size)?;
     println!("created volume {} (id {id}, {})", a.name, binary_size(a.size));
     Ok(ExitCode::SUCCESS)
 }
 
 pub(super) fn snapshot(a: &SnapshotArgs) -> anyhow::Result<ExitCode> {
-    let m = manager(&a.pool.dir)?;
+    let m = open_pool(&a.pool.dir, Access::Exclusive)?;
     let id = m.snapshot_volume(&a.origin, &a.name)?;
     println!("created snapshot {} of {} (id {id})", a.name, a.origin);
     Ok(ExitCode::SUCCESS)
 }
 
 pub(super) fn remove(a: &RemoveArgs) -> anyhow::Result<ExitCode> {
-    let m = manager(&a.pool.dir)?;
+    let m = open_pool(&a.pool.dir, Access::Exclusive)?;
     m.remove_volume(&a.name)?;
     println!("removed volume {}", a.name);
     Ok(ExitCode::SUCCESS)
 }
 
 pub(super) fn list(a: &ListArgs) -> anyhow::Result<ExitCode> {
-    let rows = manager(&a.pool.dir)?.volumes()?;
+    let rows = open_pool(&a.pool.dir, Access::Shared)?.volumes()?;
     print!("{}", if a.json { to_json(&rows) } else { list_table(&rows) });
     Ok(ExitCode::SUCCESS)
 }
 
 pub(super) fn status(a: &StatusArgs) -> anyhow::Result<ExitCode> {
-    let st = manager(&a.pool.dir)?.status()?;
+    let st = open_pool(&a.pool.dir, Access::Shared)?.status()?;
     print!("{}", if a.json { to_json(&st) } else { status_text(&st) });
     Ok(ExitCode::SUCCESS)
 }
