@@ -197,6 +197,9 @@ fn bad_input_fails_with_one_clear_line() {
     fails(&["init", pool, "--data-size", "64Z"], "unknown suffix");
     fails(&["list", pool], "does not exist");
     fails(&["create", pool, "v", "--size", "1M"], "does not exist");
+    fails(&["init", pool, "--data-size", "64M", "--block-size", "100K"], "multiple of 64K");
+    // A failed init leaves nothing behind that would block the next one.
+    fails(&["init", pool, "--data-size", "64M", "--metadata-size", "64K"], "too small");
     ok(&["init", pool, "--data-size", "64M"]);
     fails(&["init", pool, "--data-size", "64M"], "already");
     ok(&["create", pool, "v", "--size", "1M"]);

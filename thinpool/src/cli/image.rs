@@ -45,15 +45,18 @@ impl Progress {
             b.set_position(done);
             return;
         }
-        while self.total > 0 && self.next_tenth <= 10 && done * 10 >= self.total * self.next_tenth {
+        // One line per tenth reached; a big step prints only the latest.
+        let tenth =
+            if self.total == 0 { 10 } else { (done.saturating_mul(10) / self.total).min(10) };
+        if tenth >= self.next_tenth {
             eprintln!(
                 "{}: {}% ({} of {})",
                 self.verb,
-                self.next_tenth * 10,
+                tenth * 10,
                 binary_size(done),
                 binary_size(self.total)
             );
-            self.next_tenth += 1;
+            self.next_tenth = tenth + 1;
         }
     }
 

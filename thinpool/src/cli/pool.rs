@@ -138,8 +138,23 @@ pub(super) fn init(a: &InitArgs) -> anyhow::Result<ExitCode> {
         bail!("data size {} is smaller than one block ({})", a.data_size, a.block_size);
     }
     let sectors = Sectors(a.block_size / Sectors::SIZE);
-    let pool = FilePool::create(dir, a.data_size, a.metadata_size, sectors)
-        .with_context(|| format!("cannot create a pool in {}", dir.display()))?;
+    if !u32::try_from(sectors.0).is_ok_and(crate::pdata::disk::valid_data_block_size) {
+        bail!("block size {}: dm-thin needs a multiple of 64K from 64K to 1G", a.block_size);
+    }
+    let files = [dir.join(FilePool::METADATA), dir.join(FilePool::DATA)];
+    let existed = files.clone().map(|f| f.exists());
+    let pool = match FilePool::create(dir, a.data_size, a.metadata_size, sectors) {
+        Ok(p) => p,
+        Err(e) => {
+            // Leave no half-made pool behind (it would block the next init).
+            for (f, existed) in files.iter().zip(existed) {
+                if !existed {
+                    let _ = std::fs::remove_file(f);
+                }
+            }
+            return Err(e).with_context(|| format!("cannot create a pool in {}", dir.display()));
+        }
+    };
     let meta = pool.metadata_usage();
     println!(
         "created pool in {}: data {}, metadata {}, block size {}",
