@@ -46,8 +46,7 @@ impl Progress {
             return;
         }
         // One line per tenth reached; a big step prints only the latest.
-        let tenth =
-            if self.total == 0 { 10 } else { (done.saturating_mul(10) / self.total).min(10) };
+        let tenth = done.saturating_mul(10).checked_div(self.total).map_or(10, |t| t.min(10));
         if tenth >= self.next_tenth {
             eprintln!(
                 "{}: {}% ({} of {})",
