@@ -363,3 +363,23 @@ fn a_bitmap_named_twice_is_a_conflict_and_scanned_once() {
     assert_damage(&r, DamageKind::Conflict, Some(first));
     assert_eq!(r.stats.data_blocks, 100_000);
 }
+
+#[test]
+fn a_root_reused_as_an_under_full_child_is_reported() {
+    // Device 0: a five-entry root leaf; device 1: an internal root over two full leaves.
+    let small = run((126..131).map(|i| (i, 1000 + i, 0)));
+    let big = run((0..300).map(|i| (i, i, 0)));
+    let (_dir, dev, _) = image("reuse", &pool_xml(0, 10_000, &[(0, small), (1, big)]));
+    let small_root = device_root(&dev, 0);
+    let big_root = device_root(&dev, 1);
+    patch(&dev, big_root, BlockKind::Node, |b| {
+        disk::put_u64(&mut b[..], 32 + 8, 126);
+        disk::put_u64(&mut b[..], 32 + 8 * 252 + 8, small_root);
+    });
+    let r = check(&dev);
+    let d = r
+        .of_kind(DamageKind::Underfull)
+        .find(|d| d.place.block == Some(MetaBlock(small_root)))
+        .unwrap_or_else(|| panic!("{}", describe(&r)));
+    assert_eq!(d.place.tree, Some(Tree::Device(ThinId(1))));
+}

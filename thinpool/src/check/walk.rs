@@ -79,6 +79,8 @@ pub(crate) struct NodeSummary {
 #[derive(Clone, Default)]
 pub(crate) struct Outcome {
     height: u32,
+    /// The node's own entries and the fewest a non-root node of its kind may hold.
+    fill: (usize, usize),
     first: Option<u64>,
     last: Option<u64>,
     /// Leaf entries in the subtree.
@@ -194,7 +196,7 @@ impl Checker<'_> {
             return None;
         }
         if self.nodes.contains_key(&b) {
-            return self.revisit(ctx, b, lo, hi, place);
+            return self.revisit(ctx, b, lo, hi, is_root, place);
         }
         self.nodes.insert(
             b,
@@ -224,6 +226,7 @@ impl Checker<'_> {
         b: u64,
         lo: Option<u64>,
         hi: Option<u64>,
+        is_root: bool,
         place: Place,
     ) -> Option<Outcome> {
         let s = self.nodes.get(&b)?.clone();
@@ -246,6 +249,15 @@ impl Checker<'_> {
         }
         if !s.usable {
             return None;
+        }
+        // A node first met as a root may be a child here: the fill rule applies now.
+        let (n, min) = s.out.fill;
+        if !is_root && n < min {
+            self.damage(
+                DamageKind::Underfull,
+                place.clone(),
+                format!("non-root node holds {n} entries, fewer than {min}"),
+            );
         }
         self.check_range(&s.out, lo, hi, place);
         Some(s.out)
@@ -345,10 +357,11 @@ impl Checker<'_> {
         };
         self.check_range(&own, lo, hi, place.clone());
 
+        let fill = (n, canonical / 3);
         if node.is_leaf() {
-            return Some(self.visit_leaf(ctx, &node, &keys, place));
+            return Some(Outcome { fill, ..self.visit_leaf(ctx, &node, &keys, place) });
         }
-        let mut out = Outcome { complete: true, ..Outcome::default() };
+        let mut out = Outcome { complete: true, fill, ..Outcome::default() };
         let mut heights = Vec::with_capacity(n);
         let mut collected: Vec<(u64, Vec<u8>)> = Vec::new();
         path.push(MetaBlock(b));
@@ -391,6 +404,7 @@ impl Checker<'_> {
     fn visit_leaf(&mut self, ctx: &Ctx, node: &Node<'_>, keys: &[u64], place: &Place) -> Outcome {
         let mut out = Outcome {
             height: 0,
+            fill: (0, 0),
             first: keys.first().copied(),
             last: keys.last().copied(),
             entries: keys.len() as u64,
