@@ -95,3 +95,47 @@ fn restore_refuses_bad_xml_before_writing() {
     let err = restore(&small, meta, None).unwrap_err().to_string();
     assert!(err.contains("device"), "{err}");
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+
+    /// Any pool the XML model can describe restores to metadata that dumps back to the same
+    /// XML and checks exactly clean.
+    #[test]
+    fn rt_restore_then_dump(
+        devs in proptest::collection::btree_map(
+            0u64..1000,
+            proptest::collection::vec((1u64..4, 0u64..5000, 0u32..3), 0..400),
+            0..4,
+        ),
+        time in 0u32..5,
+        trans in 0u64..1000,
+    ) {
+        use thinpool::units::{DataBlock, ThinId, VirtBlock};
+        use thinpool::xml::{Device, Metadata};
+        let mut md = Metadata {
+            time,
+            transaction: trans,
+            version: Some(2),
+            data_block_size: 128,
+            nr_data_blocks: 5000,
+            ..Metadata::default()
+        };
+        for (id, maps) in devs {
+            let mut d = Device { dev_id: ThinId(id), transaction: trans, snap_time: time, ..Device::default() };
+            let mut v = 0;
+            for (gap, data, t) in maps {
+                v += gap;
+                d.push(VirtBlock(v), DataBlock(data), t);
+            }
+            d.mapped_blocks = d.nr_mappings();
+            md.devices.push(d);
+        }
+        let xml = render(&md);
+        let meta = Arc::new(thinpool::io::MemDevice::new(4 << 20, "meta"));
+        restore(&xml, meta.clone(), None).unwrap();
+        proptest::prop_assert_eq!(thinpool::xml::dump(meta.as_ref()).unwrap(), xml);
+        let r = check(meta.as_ref());
+        proptest::prop_assert!(r.is_clean(), "{:#?}", r.damages);
+    }
+}
