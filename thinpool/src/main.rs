@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use thinpool::cli::{run, Cli};
+use thinpool::cli::{error_line, run, Cli};
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
@@ -31,8 +31,7 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            // One line: the error and its causes, joined.
-            eprintln!("thinpool: {}", format!("{e:#}").replace('\n', " "));
+            eprintln!("thinpool: {}", error_line(&e));
             ExitCode::FAILURE
         }
     }

@@ -199,10 +199,35 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// The error and its causes on one line, skipping causes whose text is already in it (some
+/// errors repeat their source in their own message).
+pub fn error_line(e: &anyhow::Error) -> String {
+    let mut msg = String::new();
+    for cause in e.chain() {
+        let c = cause.to_string();
+        if msg.contains(&c) {
+            continue;
+        }
+        if !msg.is_empty() {
+            msg.push_str(": ");
+        }
+        msg.push_str(&c);
+    }
+    msg.replace('\n', " ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use clap::CommandFactory;
+
+    #[test]
+    fn errors_print_on_one_line_without_repeats() {
+        let inner = anyhow::anyhow!("block 11: checksum mismatch");
+        let e =
+            inner.context("corrupt (block 11: checksum mismatch)").context("cannot open\nthe pool");
+        assert_eq!(error_line(&e), "cannot open the pool: corrupt (block 11: checksum mismatch)");
+    }
 
     #[test]
     fn definitions_are_consistent() {
