@@ -190,7 +190,7 @@ fn run(ops: Vec<Op>) {
     }
     w.commit_and_check();
     w.check_all();
-    if case % 10 == 0 {
+    if case.is_multiple_of(10) {
         let dir = tempfile::tempdir().unwrap();
         let path = engine_common::image_file(dir.path(), "metadata", &w.meta.snapshot());
         engine_common::thin_check(&path);

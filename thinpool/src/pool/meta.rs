@@ -522,6 +522,8 @@ impl Meta {
         self.sb.trans_id = self.trans_id;
         self.sb.data_sm_root = data_root;
         self.sb.metadata_sm_root = meta_root;
+        // The kernel leaves this stale after a resize; the tools ignore it. Keep it truthful.
+        self.sb.metadata_nr_blocks = meta_root.nr_blocks;
         self.sb.data_mapping_root = self.top_root;
         self.sb.device_details_root = self.details_root;
         self.sb.version = METADATA_VERSION;
