@@ -197,7 +197,8 @@ impl Checker<'_> {
         let base = i * ENTRIES_PER_BITMAP;
         let (mut free, mut first_free, mut tail) = (0u64, None, 0u64);
         for j in 0..ENTRIES_PER_BITMAP {
-            let b = base + j;
+            // Only a hostile nr_blocks near 2^64 gets here without room for every entry.
+            let Some(b) = base.checked_add(j) else { break };
             let v = disk::bitmap_get(block, j);
             if b >= scan.nr_blocks {
                 tail += u64::from(v != 0);

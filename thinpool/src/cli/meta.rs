@@ -109,7 +109,7 @@ pub(super) fn restore(a: &super::RestoreArgs) -> anyhow::Result<ExitCode> {
                 NameEntry {
                     name: format!("thin-{}", d.dev_id),
                     id: d.dev_id.0,
-                    size: end * bs.bytes(),
+                    size: end.saturating_mul(bs.bytes()),
                 }
             })
             .collect();
