@@ -383,3 +383,19 @@ fn a_root_reused_as_an_under_full_child_is_reported() {
         .unwrap_or_else(|| panic!("{}", describe(&r)));
     assert_eq!(d.place.tree, Some(Tree::Device(ThinId(1))));
 }
+
+#[test]
+fn damaged_details_tree_does_not_hide_mapping_tree_damage() {
+    let (_dir, dev, _) = image("two", &two_devices_xml());
+    let details = sb_u64(&dev, DETAILS_ROOT);
+    let mut blk = read_block(&dev, details);
+    blk[64] ^= 0x80;
+    dev.write_at(&blk[..], details * 4096).unwrap();
+    let root = device_root(&dev, 2);
+    let kids = children(&dev, root);
+    patch(&dev, root, BlockKind::Node, |b| disk::put_u64(&mut b[..], 32 + 8, kids[1].0 + 1));
+    let r = check(&dev);
+    assert_damage(&r, DamageKind::Checksum, Some(details));
+    assert_damage(&r, DamageKind::KeyRange, Some(kids[1].1));
+    assert!(!r.has(DamageKind::DeviceSets), "{}", describe(&r));
+}

@@ -490,14 +490,17 @@ impl<'a> Checker<'a> {
 
     /// Checks the details and mapping trees reached from one superblock (live or held copy).
     fn check_trees(&mut self, sb: &Superblock, snapshot: bool) -> TreeTotals {
-        let details = self.walk_details(sb.device_details_root.0, snapshot);
-        let tops = self.walk_top(sb.data_mapping_root.0, snapshot);
-        let mut totals = TreeTotals::default();
-        let (Some(details), Some(tops)) = (details, tops) else {
-            return totals;
+        let (details, details_whole) = self.walk_details(sb.device_details_root.0, snapshot);
+        let (tops, tops_whole) = self.walk_top(sb.data_mapping_root.0, snapshot);
+        // A device missing from one tree counts only when that tree was read whole; the
+        // bottom trees that were found are checked either way.
+        let mut totals = TreeTotals { devices: details.len() as u64, mappings: 0 };
+        let missing: Vec<u64> = if tops_whole {
+            details.keys().filter(|id| !tops.contains_key(id)).copied().collect()
+        } else {
+            Vec::new()
         };
-        totals.devices = details.len() as u64;
-        for (&id, _) in details.iter().filter(|(id, _)| !tops.contains_key(id)) {
+        for id in missing {
             self.damage(
                 DamageKind::DeviceSets,
                 Place { tree: Some(Tree::Details), snapshot, ..Place::default() }.with_key(id),
@@ -510,11 +513,13 @@ impl<'a> Checker<'a> {
                 Place { tree: Some(Tree::Device(ThinId(id))), snapshot, ..Place::default() }
                     .with_block(root);
             let Some(d) = details.get(&id) else {
-                self.damage(
-                    DamageKind::DeviceSets,
-                    place,
-                    format!("device {id} has a mapping tree but no details"),
-                );
+                if details_whole {
+                    self.damage(
+                        DamageKind::DeviceSets,
+                        place,
+                        format!("device {id} has a mapping tree but no details"),
+                    );
+                }
                 continue;
             };
             if let Some(count) = count {

@@ -118,26 +118,26 @@ impl Checker<'_> {
         out
     }
 
+    /// The device details found, and whether the whole tree could be read.
     pub(crate) fn walk_details(
         &mut self,
         root: u64,
         snapshot: bool,
-    ) -> Option<BTreeMap<u64, DeviceDetails>> {
-        let out = self.walk_tree(root, Kind::Details, Tree::Details, snapshot, true)?;
-        if !out.complete {
-            return None;
-        }
+    ) -> (BTreeMap<u64, DeviceDetails>, bool) {
+        let Some(out) = self.walk_tree(root, Kind::Details, Tree::Details, snapshot, true) else {
+            return (BTreeMap::new(), false);
+        };
         let entries = out.collected.unwrap_or_default();
-        Some(entries.iter().map(|(k, v)| (*k, DeviceDetails::decode(v))).collect())
+        (entries.iter().map(|(k, v)| (*k, DeviceDetails::decode(v))).collect(), out.complete)
     }
 
-    pub(crate) fn walk_top(&mut self, root: u64, snapshot: bool) -> Option<BTreeMap<u64, u64>> {
-        let out = self.walk_tree(root, Kind::Top, Tree::Mapping, snapshot, true)?;
-        if !out.complete {
-            return None;
-        }
+    /// The bottom-level roots found, and whether the whole top level could be read.
+    pub(crate) fn walk_top(&mut self, root: u64, snapshot: bool) -> (BTreeMap<u64, u64>, bool) {
+        let Some(out) = self.walk_tree(root, Kind::Top, Tree::Mapping, snapshot, true) else {
+            return (BTreeMap::new(), false);
+        };
         let entries = out.collected.unwrap_or_default();
-        Some(entries.iter().map(|(k, v)| (*k, disk::get_u64(v, 0))).collect())
+        (entries.iter().map(|(k, v)| (*k, disk::get_u64(v, 0))).collect(), out.complete)
     }
 
     /// Walks a device's bottom-level tree; the number of mappings when it could be counted.
