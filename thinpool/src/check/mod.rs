@@ -278,7 +278,7 @@ pub(crate) struct Checker<'a> {
     /// References found to each metadata block below `bound`.
     meta_refs: Vec<u32>,
     /// References found to each data block (one per bottom-level leaf entry, §8.6).
-    data_refs: HashMap<u64, u32>,
+    data_refs: Counts,
     data_nr_blocks: u64,
     nodes: HashMap<u64, NodeSummary>,
     roles: HashMap<u64, Role>,
@@ -296,7 +296,7 @@ impl<'a> Checker<'a> {
             dev_blocks: dev.size() / BLOCK_SIZE as u64,
             bound: 0,
             meta_refs: Vec::new(),
-            data_refs: HashMap::new(),
+            data_refs: Counts::default(),
             data_nr_blocks: 0,
             nodes: HashMap::new(),
             roles: HashMap::new(),
@@ -435,6 +435,7 @@ impl<'a> Checker<'a> {
         self.bound = mnr.min(self.dev_blocks).min(MAX_METADATA_BLOCKS);
         self.meta_refs = vec![0; self.bound as usize];
         self.data_nr_blocks = sb.data_sm_root.nr_blocks;
+        self.data_refs = Counts::for_blocks(self.data_nr_blocks);
         self.report.stats.data_blocks = self.data_nr_blocks;
         if self.reference(0, &sb_place) {
             self.claim(0, Role::Superblock, &sb_place);
@@ -564,8 +565,60 @@ impl<'a> Checker<'a> {
     fn finish(mut self) -> Report {
         self.report.stats.metadata_blocks_used =
             self.meta_refs.iter().filter(|&&r| r > 0).count() as u64;
-        self.report.stats.data_blocks_used = self.data_refs.len() as u64;
+        self.report.stats.data_blocks_used = self.data_refs.nonzero();
         self.report
+    }
+}
+
+/// Reference counts per data block: a dense table up to 16 Mi blocks (64 MiB of counts, 1 TiB
+/// of 64 KiB blocks; also the most a hostile superblock can make us allocate up front), a
+/// map beyond.
+pub(crate) enum Counts {
+    Dense(Vec<u32>),
+    Sparse(HashMap<u64, u32>),
+}
+
+impl Default for Counts {
+    fn default() -> Self {
+        Counts::Sparse(HashMap::new())
+    }
+}
+
+impl Counts {
+    const DENSE_LIMIT: u64 = 1 << 24;
+
+    fn for_blocks(n: u64) -> Self {
+        if n <= Self::DENSE_LIMIT {
+            Counts::Dense(vec![0; n as usize])
+        } else {
+            Counts::default()
+        }
+    }
+
+    /// Counts one reference to `b`, which the caller has checked is below nr_blocks.
+    pub(crate) fn inc(&mut self, b: u64) {
+        let r = match self {
+            Counts::Dense(v) => match v.get_mut(b as usize) {
+                Some(r) => r,
+                None => return,
+            },
+            Counts::Sparse(m) => m.entry(b).or_insert(0),
+        };
+        *r = r.saturating_add(1);
+    }
+
+    pub(crate) fn get(&self, b: u64) -> u32 {
+        match self {
+            Counts::Dense(v) => v.get(b as usize).copied().unwrap_or(0),
+            Counts::Sparse(m) => m.get(&b).copied().unwrap_or(0),
+        }
+    }
+
+    fn nonzero(&self) -> u64 {
+        match self {
+            Counts::Dense(v) => v.iter().filter(|&&c| c > 0).count() as u64,
+            Counts::Sparse(m) => m.len() as u64,
+        }
     }
 }
 

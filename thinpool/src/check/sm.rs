@@ -105,7 +105,7 @@ impl Checker<'_> {
         }
         let Some(overflow) = overflow else { return };
         let refs = std::mem::take(&mut self.data_refs);
-        let expected = |b: u64| refs.get(&b).copied().unwrap_or(0);
+        let expected = |b: u64| refs.get(b);
         let mut scan = Scan {
             sm: Sm::Data,
             nr_blocks: root.nr_blocks,

@@ -125,3 +125,15 @@ fn data_space_map_of_nearly_two_to_the_64_blocks_does_not_overflow() {
     let r = check(&dev);
     assert!(r.has(DamageKind::IndexTree), "{:#?}", r.damages);
 }
+
+#[test]
+fn counts_are_dense_for_sane_sizes_and_sparse_for_huge_ones() {
+    for n in [10, 1 << 40] {
+        let mut c = Counts::for_blocks(n);
+        assert_eq!(matches!(c, Counts::Dense(_)), n == 10);
+        c.inc(3);
+        c.inc(3);
+        c.inc(9);
+        assert_eq!((c.get(3), c.get(9), c.get(4), c.nonzero()), (2, 1, 0, 2));
+    }
+}

@@ -425,8 +425,7 @@ impl Checker<'_> {
                             ),
                         );
                     } else {
-                        let r = self.data_refs.entry(bt.block.0).or_insert(0);
-                        *r = r.saturating_add(1);
+                        self.data_refs.inc(bt.block.0);
                     }
                 }
             }
