@@ -139,13 +139,20 @@ fn main() {
         Ok(s) => s.split(',').filter_map(|x| x.trim().parse().ok()).collect(),
         Err(_) => vec![1_000, 10_000, 100_000, 1_000_000],
     };
-    let mut out = std::env::var("BENCH_OUT").ok().map(|p| {
-        std::fs::OpenOptions::new().create(true).append(true).open(p).expect("BENCH_OUT")
-    });
+    let mut out = std::env::var("BENCH_OUT")
+        .ok()
+        .map(|p| std::fs::OpenOptions::new().create(true).append(true).open(p).expect("BENCH_OUT"));
     println!(
         "{:>9} {:>8} {:>9} {:>11} {:>12} {:>11} {:>12} {:>10} {:>8}",
-        "mapped", "build s", "snap us", "snap+cmt ms", "lookups/s", "4K reads/s", "provision/s",
-        "commit ms", "md blks"
+        "mapped",
+        "build s",
+        "snap us",
+        "snap+cmt ms",
+        "lookups/s",
+        "4K reads/s",
+        "provision/s",
+        "commit ms",
+        "md blks"
     );
     for n in sizes {
         let r = run(n);
