@@ -409,6 +409,13 @@ impl Meta {
             &v.to_le_bytes(),
         )
         .map_err(pd("inserting a mapping"))?;
+        if let Some(o) = &old {
+            // Re-mapping the same block: the mapping already holds its reference, so the one
+            // handed over is dropped (`insert` drops the old value only for other blocks).
+            if BlockTime::unpack(disk::get_u64(o, 0)).block == block {
+                self.data.dec(block.0).map_err(pd("re-inserting a mapping"))?;
+            }
+        }
         let d = self.dev_mut(id)?;
         d.root = root;
         d.dirty = true;
