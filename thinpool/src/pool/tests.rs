@@ -138,6 +138,8 @@ fn raw_restore_api_keeps_counts_exact() {
         pool.insert_mapping(ThinId(8), VirtBlock(vb), DataBlock(vb + 5), 1).unwrap();
     }
     pool.insert_mapping(ThinId(7), VirtBlock(3), DataBlock(8), 2).unwrap(); // same again
+    pool.insert_mapping(ThinId(8), VirtBlock(100), DataBlock(60), 1).unwrap();
+    assert_eq!(pool.remove_range(ThinId(8), VirtBlock(50), VirtBlock(200)).unwrap(), 1);
     pool.insert_mapping(ThinId(7), VirtBlock(4), DataBlock(40), 3).unwrap(); // replaced
     assert_eq!(
         pool.insert_mapping(ThinId(7), VirtBlock(4), DataBlock(64), 3).unwrap_err().kind(),
