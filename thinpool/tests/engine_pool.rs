@@ -247,3 +247,49 @@ fn read_only_and_needs_check_are_refused_for_writing() {
     assert!(e.to_string().contains("needs_check"), "{e}");
     Pool::open_read_only(meta, data).unwrap();
 }
+
+#[test]
+#[allow(clippy::single_range_in_vec_init)]
+fn io_errors_are_reported_and_never_corrupt() {
+    let meta = Arc::new(FaultyDevice::new(
+        Arc::new(MemDevice::new(4 << 20, "meta")),
+        FaultPlan::default(),
+    ));
+    let data = Arc::new(FaultyDevice::new(
+        Arc::new(MemDevice::new(64 * BS, "data")),
+        FaultPlan::default(),
+    ));
+    let pool = Pool::format(meta.clone(), data.clone(), Sectors(BS / 512)).unwrap();
+    pool.create_thin(ThinId(1)).unwrap();
+    pool.write(ThinId(1), 0, &[3u8; 4096]).unwrap();
+    pool.commit().unwrap();
+    let block = pool.lookup(ThinId(1), VirtBlock(0)).unwrap().unwrap().block.0;
+    // A failing data read: Io with the block and device in the message; the pool carries on.
+    data.set_plan(FaultPlan {
+        fail_reads: vec![block * BS..(block + 1) * BS],
+        ..FaultPlan::default()
+    });
+    let e = pool.read(ThinId(1), 0, &mut [0u8; 512]).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Io);
+    assert!(e.to_string().contains(&format!("data block {block}")), "{e}");
+    // A failing data write of a new block: Io, nothing mapped, nothing leaked.
+    data.set_plan(FaultPlan { fail_writes: vec![0..64 * BS], ..FaultPlan::default() });
+    assert_eq!(pool.write(ThinId(1), BS, &[4u8; 100]).unwrap_err().kind(), ErrorKind::Io);
+    assert!(pool.lookup(ThinId(1), VirtBlock(1)).unwrap().is_none());
+    data.set_plan(FaultPlan::default());
+    pool.write(ThinId(1), 2 * BS, &[5u8; 100]).unwrap();
+    pool.commit().unwrap();
+    pool.self_check().unwrap();
+    // Metadata writes failing during a commit: Io, the pool turns read-only, and the device
+    // still holds the previous commit.
+    pool.write(ThinId(1), 3 * BS, &[6u8; 100]).unwrap();
+    meta.set_plan(FaultPlan { fail_writes: vec![4096..4 << 20], ..FaultPlan::default() });
+    assert_eq!(pool.commit().unwrap_err().kind(), ErrorKind::Io);
+    assert_eq!(pool.write(ThinId(1), 0, &[1]).unwrap_err().kind(), ErrorKind::ReadOnly);
+    drop(pool);
+    meta.set_plan(FaultPlan::default());
+    let pool = Pool::open(meta, data).unwrap();
+    pool.self_check().unwrap();
+    assert!(pool.lookup(ThinId(1), VirtBlock(2)).unwrap().is_some());
+    assert!(pool.lookup(ThinId(1), VirtBlock(3)).unwrap().is_none(), "uncommitted");
+}
