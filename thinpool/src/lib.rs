@@ -8,9 +8,15 @@
 //! pool    thin volumes: create, snapshot, delete, map, CoW, discard, commit, names
 //! vg      volume group under the pool: devices, extents, tmeta/tdata regions, autoextend
 //! ```
+//!
+//! Beside the layers: `check` (an independent metadata checker reading the device bytes),
+//! `xml` (thin_dump / thin_restore XML) and `cli` (the `thinpool` command line).
 
+pub mod check;
+pub mod cli;
 pub mod io;
 pub mod pdata;
 pub mod pool;
 pub mod units;
 pub mod vg;
+pub mod xml;
