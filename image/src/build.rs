@@ -246,7 +246,7 @@ mod tests {
     fn config_check_reports_every_missing_option() {
         let ok: String = pins::REQUIRED_CONFIG.iter().map(|(o, v)| format!("{o}={}\n", v[0])).collect();
         assert_eq!(check_config(&ok), Ok(()));
-        let broken = ok.replace("CONFIG_PVH=y", "# CONFIG_PVH is not set").replace("CONFIG_XFS_FS=m", "CONFIG_XFS_FS=n");
+        let broken = ok.replace("CONFIG_PVH=y", "# CONFIG_PVH is not set").replace("CONFIG_XFS_FS=y", "CONFIG_XFS_FS=n");
         let err = check_config(&broken).unwrap_err();
         assert!(err.contains("CONFIG_PVH=unset") && err.contains("CONFIG_XFS_FS=n"), "{err}");
     }
