@@ -59,7 +59,8 @@ fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> BuildEr
 const DYNAMIC_PROGRAMS: &[(&str, &str)] = &[("xfsprogs", "sbin/mkfs.xfs")];
 /// busybox applets linked in `bin/` for debug sessions.
 const BUSYBOX_APPLETS: &[&str] = &[
-    "cat", "dmesg", "echo", "free", "grep", "head", "ls", "mount", "ps", "sh", "sleep", "tail", "true", "umount",
+    "cat", "dmesg", "echo", "free", "grep", "head", "ls", "mount", "ps", "sh", "sleep", "tail",
+    "true", "umount",
 ];
 
 /// What goes into the image besides the pinned packages.
@@ -98,7 +99,10 @@ pub struct Artefacts {
 }
 
 /// Downloads (or reuses) every pinned package; `kernel_deb` overrides the kernel pin.
-pub fn fetch_pinned(cache: &Path, kernel_deb: Option<&Path>) -> Result<(PathBuf, Vec<PathBuf>), BuildError> {
+pub fn fetch_pinned(
+    cache: &Path,
+    kernel_deb: Option<&Path>,
+) -> Result<(PathBuf, Vec<PathBuf>), BuildError> {
     let kernel = match kernel_deb {
         Some(p) => p.to_owned(),
         None => fetch(&pins::KERNEL, cache)?,
@@ -117,7 +121,11 @@ fn dir(path: &str, perm: u32) -> Entry {
 }
 
 /// Builds the initramfs archive in memory (no artefact is written).
-pub fn initramfs(inputs: &Inputs, cache: &Path, progress: &mut dyn FnMut(&str)) -> Result<(Archive, KernelInfo), BuildError> {
+pub fn initramfs(
+    inputs: &Inputs,
+    cache: &Path,
+    progress: &mut dyn FnMut(&str),
+) -> Result<(Archive, KernelInfo), BuildError> {
     progress("unpacking the kernel package");
     let ktree = unpack_cached(&inputs.kernel_deb, cache)?;
     let kerr = |what: String| BuildError::Kernel { deb: inputs.kernel_deb.clone(), what };
@@ -146,16 +154,27 @@ pub fn initramfs(inputs: &Inputs, cache: &Path, progress: &mut dyn FnMut(&str)) 
         let dest = format!("lib/modules/{release}/{name}.ko");
         a.add(file_entry(&dest, 0o644, src)?)?;
         let params = pins::MODULES.iter().find(|(n, _)| n == name).map(|(_, p)| *p).unwrap_or("");
-        order_txt.push_str(&format!("{name} /{dest} {params}").trim_end().to_owned());
+        order_txt.push_str(format!("{name} /{dest} {params}").trim_end());
         order_txt.push('\n');
         modules.push((name.clone(), params.to_owned()));
     }
-    a.add(Entry { path: "etc/lamina/modules.order".into(), perm: 0o644, kind: Kind::File(order_txt.into_bytes()) })?;
+    a.add(Entry {
+        path: "etc/lamina/modules.order".into(),
+        perm: 0o644,
+        kind: Kind::File(order_txt.into_bytes()),
+    })?;
 
     progress("unpacking userland packages");
-    let roots = inputs.userland_debs.iter().map(|d| unpack_cached(d, cache)).collect::<Result<Vec<_>, _>>()?;
+    let roots = inputs
+        .userland_debs
+        .iter()
+        .map(|d| unpack_cached(d, cache))
+        .collect::<Result<Vec<_>, _>>()?;
     let pkg_root = |pkg: &str| -> Result<&PathBuf, BuildError> {
-        let i = pins::USERLAND.iter().position(|p| p.package == pkg).ok_or_else(|| kerr(format!("{pkg} is not pinned")))?;
+        let i = pins::USERLAND
+            .iter()
+            .position(|p| p.package == pkg)
+            .ok_or_else(|| kerr(format!("{pkg} is not pinned")))?;
         roots.get(i).ok_or_else(|| kerr(format!("no .deb given for {pkg}")))
     };
     let mut programs = Vec::new();
@@ -164,13 +183,18 @@ pub fn initramfs(inputs: &Inputs, cache: &Path, progress: &mut dyn FnMut(&str)) 
         a.add(file_entry(rel, 0o755, &src)?)?;
         programs.push((src, rel.to_string()));
     }
-    let bins: Vec<(&Path, &str)> = programs.iter().map(|(p, n)| (p.as_path(), n.as_str())).collect();
+    let bins: Vec<(&Path, &str)> =
+        programs.iter().map(|(p, n)| (p.as_path(), n.as_str())).collect();
     for (dest, src) in closure(&roots, &bins)? {
         a.add(file_entry(&dest, 0o755, &src)?)?;
     }
     a.add(file_entry("bin/busybox", 0o755, &pkg_root("busybox-static")?.join("bin/busybox"))?)?;
     for applet in BUSYBOX_APPLETS {
-        a.add(Entry { path: format!("bin/{applet}"), perm: 0o777, kind: Kind::Symlink("busybox".into()) })?;
+        a.add(Entry {
+            path: format!("bin/{applet}"),
+            perm: 0o777,
+            kind: Kind::Symlink("busybox".into()),
+        })?;
     }
 
     progress("adding lamina binaries and config");
@@ -178,11 +202,28 @@ pub fn initramfs(inputs: &Inputs, cache: &Path, progress: &mut dyn FnMut(&str)) 
     for (name, src) in &inputs.extra_binaries {
         a.add(file_entry(&format!("sbin/{name}"), 0o755, src)?)?;
     }
-    a.add(Entry { path: "etc/lamina/config.toml".into(), perm: 0o644, kind: Kind::File(inputs.config.clone()) })?;
-    for (d, perm) in [("dev", 0o755), ("proc", 0o555), ("sys", 0o555), ("run", 0o755), ("tmp", 0o1777), ("mnt", 0o755), ("root", 0o700), ("var/lib/lamina", 0o755)] {
+    a.add(Entry {
+        path: "etc/lamina/config.toml".into(),
+        perm: 0o644,
+        kind: Kind::File(inputs.config.clone()),
+    })?;
+    for (d, perm) in [
+        ("dev", 0o755),
+        ("proc", 0o555),
+        ("sys", 0o555),
+        ("run", 0o755),
+        ("tmp", 0o1777),
+        ("mnt", 0o755),
+        ("root", 0o700),
+        ("var/lib/lamina", 0o755),
+    ] {
         a.add(dir(d, perm))?;
     }
-    a.add(Entry { path: "dev/console".into(), perm: 0o600, kind: Kind::CharDev { major: 5, minor: 1 } })?;
+    a.add(Entry {
+        path: "dev/console".into(),
+        perm: 0o600,
+        kind: Kind::CharDev { major: 5, minor: 1 },
+    })?;
     let bzimage = ktree.join(format!("boot/vmlinuz-{release}"));
     Ok((a, KernelInfo { release: release.clone(), bzimage, modules }))
 }
@@ -191,13 +232,20 @@ pub fn initramfs(inputs: &Inputs, cache: &Path, progress: &mut dyn FnMut(&str)) 
 pub fn check_config(config: &str) -> Result<(), String> {
     let mut bad = Vec::new();
     for (opt, allowed) in pins::REQUIRED_CONFIG {
-        let val = config.lines().find_map(|l| l.strip_prefix(opt).and_then(|r| r.strip_prefix('=')));
+        let val =
+            config.lines().find_map(|l| l.strip_prefix(opt).and_then(|r| r.strip_prefix('=')));
         match val {
             Some(v) if allowed.contains(&v) => {}
-            other => bad.push(format!("{opt}={} (need {})", other.unwrap_or("unset"), allowed.join("|"))),
+            other => {
+                bad.push(format!("{opt}={} (need {})", other.unwrap_or("unset"), allowed.join("|")))
+            }
         }
     }
-    if bad.is_empty() { Ok(()) } else { Err(format!("kernel config lacks: {}", bad.join(", "))) }
+    if bad.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("kernel config lacks: {}", bad.join(", ")))
+    }
 }
 
 fn write_atomic(path: &Path, data: &[u8]) -> Result<(), BuildError> {
@@ -207,7 +255,12 @@ fn write_atomic(path: &Path, data: &[u8]) -> Result<(), BuildError> {
 }
 
 /// Builds everything into `out`.
-pub fn build(inputs: &Inputs, cache: &Path, out: &Path, progress: &mut dyn FnMut(&str)) -> Result<Artefacts, BuildError> {
+pub fn build(
+    inputs: &Inputs,
+    cache: &Path,
+    out: &Path,
+    progress: &mut dyn FnMut(&str),
+) -> Result<Artefacts, BuildError> {
     std::fs::create_dir_all(out).map_err(io("creating", out))?;
     let (archive, kernel) = initramfs(inputs, cache, progress)?;
     progress("writing initramfs.cpio");
@@ -233,7 +286,10 @@ pub fn build(inputs: &Inputs, cache: &Path, out: &Path, progress: &mut dyn FnMut
     }
     manifest.push_str(&format!("initramfs.cpio {initramfs_sha256}\n"));
     manifest.push_str(&format!("vmlinux {}\n", hex::encode(Sha256::digest(&vmlinux_bytes))));
-    manifest.push_str(&format!("modules {}\n", kernel.modules.iter().map(|m| m.0.as_str()).collect::<Vec<_>>().join(" ")));
+    manifest.push_str(&format!(
+        "modules {}\n",
+        kernel.modules.iter().map(|m| m.0.as_str()).collect::<Vec<_>>().join(" ")
+    ));
     write_atomic(&out.join("manifest.txt"), manifest.as_bytes())?;
     Ok(Artefacts { kernel, vmlinuz, vmlinux, initramfs, initramfs_sha256, listing })
 }
@@ -244,9 +300,12 @@ mod tests {
 
     #[test]
     fn config_check_reports_every_missing_option() {
-        let ok: String = pins::REQUIRED_CONFIG.iter().map(|(o, v)| format!("{o}={}\n", v[0])).collect();
+        let ok: String =
+            pins::REQUIRED_CONFIG.iter().map(|(o, v)| format!("{o}={}\n", v[0])).collect();
         assert_eq!(check_config(&ok), Ok(()));
-        let broken = ok.replace("CONFIG_PVH=y", "# CONFIG_PVH is not set").replace("CONFIG_XFS_FS=y", "CONFIG_XFS_FS=n");
+        let broken = ok
+            .replace("CONFIG_PVH=y", "# CONFIG_PVH is not set")
+            .replace("CONFIG_XFS_FS=y", "CONFIG_XFS_FS=n");
         let err = check_config(&broken).unwrap_err();
         assert!(err.contains("CONFIG_PVH=unset") && err.contains("CONFIG_XFS_FS=n"), "{err}");
     }

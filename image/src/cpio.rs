@@ -151,7 +151,8 @@ impl Archive {
             };
             write_member(&mut out, &h, &e.path, e.data());
         }
-        let t = Header { ino: 0, mode: 0, nlink: 1, mtime: 0, filesize: 0, rdevmajor: 0, rdevminor: 0 };
+        let t =
+            Header { ino: 0, mode: 0, nlink: 1, mtime: 0, filesize: 0, rdevmajor: 0, rdevminor: 0 };
         write_member(&mut out, &t, TRAILER, &[]);
         out
     }
@@ -202,7 +203,7 @@ struct Header {
 }
 
 fn pad4(out: &mut Vec<u8>) {
-    while out.len() % 4 != 0 {
+    while out.len() & 3 != 0 {
         out.push(0);
     }
 }
@@ -212,7 +213,18 @@ fn write_member(out: &mut Vec<u8>, h: &Header, name: &str, data: &[u8]) {
     let namesize = name.len() as u32 + 1;
     // uid, gid, devmajor, devminor and check are always 0.
     for v in [
-        h.ino, h.mode, 0, 0, h.nlink, h.mtime, h.filesize, 0, 0, h.rdevmajor, h.rdevminor, namesize,
+        h.ino,
+        h.mode,
+        0,
+        0,
+        h.nlink,
+        h.mtime,
+        h.filesize,
+        0,
+        0,
+        h.rdevmajor,
+        h.rdevminor,
+        namesize,
         0,
     ] {
         out.extend_from_slice(format!("{v:08x}").as_bytes());
@@ -298,13 +310,20 @@ mod tests {
             .unwrap();
         a.add(Entry { path: "lib64".into(), perm: 0o777, kind: Kind::Symlink("lib".into()) })
             .unwrap();
-        a.add(Entry { path: "dev/console".into(), perm: 0o600, kind: Kind::CharDev { major: 5, minor: 1 } })
-            .unwrap();
+        a.add(Entry {
+            path: "dev/console".into(),
+            perm: 0o600,
+            kind: Kind::CharDev { major: 5, minor: 1 },
+        })
+        .unwrap();
         let bytes = a.encode();
         assert_eq!(bytes.len() % 4, 0);
         let back = decode(&bytes).unwrap();
         let paths: Vec<_> = back.iter().map(|e| e.path.as_str()).collect();
-        assert_eq!(paths, ["dev", "dev/console", "etc", "etc/lamina", "etc/lamina/config.toml", "init", "lib64"]);
+        assert_eq!(
+            paths,
+            ["dev", "dev/console", "etc", "etc/lamina", "etc/lamina/config.toml", "init", "lib64"]
+        );
         assert_eq!(back, a.entries().cloned().collect::<Vec<_>>());
     }
 

@@ -49,14 +49,17 @@ pub fn unpack(deb: &Path, dest: &Path) -> Result<(), DebError> {
     let mut ar = ar::Archive::new(file);
     while let Some(entry) = ar.next_entry() {
         let entry = entry.map_err(io("reading the ar archive"))?;
-        let name = String::from_utf8_lossy(entry.header().identifier()).trim_end_matches('/').to_owned();
+        let name =
+            String::from_utf8_lossy(entry.header().identifier()).trim_end_matches('/').to_owned();
         if !name.starts_with("data.tar") {
             continue;
         }
         let reader: Box<dyn Read + '_> = match name.as_str() {
             "data.tar" => Box::new(entry),
             "data.tar.xz" => Box::new(xz2::read::XzDecoder::new(entry)),
-            "data.tar.zst" => Box::new(zstd::stream::read::Decoder::new(entry).map_err(io("starting zstd"))?),
+            "data.tar.zst" => {
+                Box::new(zstd::stream::read::Decoder::new(entry).map_err(io("starting zstd"))?)
+            }
             _ => return Err(DebError::Compression { deb: deb.to_owned(), member: name }),
         };
         let mut tar = tar::Archive::new(reader);
@@ -88,7 +91,11 @@ mod tests {
         let xz = xz.finish().unwrap();
         let path = dir.join("t.deb");
         let mut ar = ar::Builder::new(std::fs::File::create(&path).unwrap());
-        for (name, body) in [("debian-binary", b"2.0\n".to_vec()), ("control.tar", vec![0u8; 1024]), ("data.tar.xz", xz)] {
+        for (name, body) in [
+            ("debian-binary", b"2.0\n".to_vec()),
+            ("control.tar", vec![0u8; 1024]),
+            ("data.tar.xz", xz),
+        ] {
             let h = ar::Header::new(name.as_bytes().to_vec(), body.len() as u64);
             ar.append(&h, body.as_slice()).unwrap();
         }
@@ -98,7 +105,8 @@ mod tests {
     #[test]
     fn unpacks_data_member_once() {
         let d = tempfile::tempdir().unwrap();
-        let deb = make_deb(d.path(), &[("./boot/vmlinuz-x", b"kernel"), ("./lib/modules/x/a.ko", b"ko")]);
+        let deb =
+            make_deb(d.path(), &[("./boot/vmlinuz-x", b"kernel"), ("./lib/modules/x/a.ko", b"ko")]);
         let cache = d.path().join("cache");
         let root = unpack_cached(&deb, &cache).unwrap();
         assert_eq!(std::fs::read(root.join("boot/vmlinuz-x")).unwrap(), b"kernel");

@@ -28,7 +28,8 @@ pub struct Dynamic {
 
 pub fn read_dynamic(path: &Path, data: &[u8]) -> Result<Dynamic, ElfError> {
     let bad = |what: String| ElfError::Bad { path: path.to_owned(), what };
-    let hdr = FileHeader64::<Endianness>::parse(data).map_err(|e| bad(format!("not a 64-bit ELF: {e}")))?;
+    let hdr = FileHeader64::<Endianness>::parse(data)
+        .map_err(|e| bad(format!("not a 64-bit ELF: {e}")))?;
     let endian = hdr.endian().map_err(|e| bad(e.to_string()))?;
     let mut out = Dynamic::default();
     for ph in hdr.program_headers(endian, data).map_err(|e| bad(e.to_string()))? {
@@ -51,7 +52,8 @@ pub fn read_dynamic(path: &Path, data: &[u8]) -> Result<Dynamic, ElfError> {
     Ok(out)
 }
 
-const LIB_DIRS: &[&str] = &["lib/x86_64-linux-gnu", "usr/lib/x86_64-linux-gnu", "lib64", "lib", "usr/lib"];
+const LIB_DIRS: &[&str] =
+    &["lib/x86_64-linux-gnu", "usr/lib/x86_64-linux-gnu", "lib64", "lib", "usr/lib"];
 
 /// Follows symlinks of `rel` inside `root` (absolute targets are taken relative to `root`).
 fn resolve_in(root: &Path, rel: &str) -> Option<PathBuf> {
@@ -73,18 +75,22 @@ fn resolve_in(root: &Path, rel: &str) -> Option<PathBuf> {
 
 /// Files to copy for running `binaries` (paths inside `roots`): archive path → source file.
 /// Libraries go to `lib/x86_64-linux-gnu/<soname>`, the loader to its PT_INTERP path.
-pub fn closure(roots: &[PathBuf], binaries: &[(&Path, &str)]) -> Result<BTreeMap<String, PathBuf>, ElfError> {
+pub fn closure(
+    roots: &[PathBuf],
+    binaries: &[(&Path, &str)],
+) -> Result<BTreeMap<String, PathBuf>, ElfError> {
     let mut out = BTreeMap::new();
     let mut seen = BTreeSet::new();
-    let mut todo: Vec<(PathBuf, String)> = binaries.iter().map(|(p, n)| (p.to_path_buf(), n.to_string())).collect();
+    let mut todo: Vec<(PathBuf, String)> =
+        binaries.iter().map(|(p, n)| (p.to_path_buf(), n.to_string())).collect();
     while let Some((path, label)) = todo.pop() {
-        let data = std::fs::read(&path).map_err(|source| ElfError::Io { path: path.clone(), source })?;
+        let data =
+            std::fs::read(&path).map_err(|source| ElfError::Io { path: path.clone(), source })?;
         let dynamic = read_dynamic(&path, &data)?;
         if let Some(interp) = dynamic.interp {
-            let src = roots
-                .iter()
-                .find_map(|r| resolve_in(r, &interp))
-                .ok_or_else(|| ElfError::Unresolved { needed: interp.clone(), by: label.clone() })?;
+            let src = roots.iter().find_map(|r| resolve_in(r, &interp)).ok_or_else(|| {
+                ElfError::Unresolved { needed: interp.clone(), by: label.clone() }
+            })?;
             out.insert(interp.trim_start_matches('/').to_owned(), src);
         }
         for soname in dynamic.needed {
@@ -96,7 +102,10 @@ pub fn closure(roots: &[PathBuf], binaries: &[(&Path, &str)]) -> Result<BTreeMap
                 .iter()
                 .flat_map(|r| LIB_DIRS.iter().map(move |d| (r, format!("{d}/{sn}"))))
                 .find_map(|(r, rel)| resolve_in(r, &rel))
-                .ok_or_else(|| ElfError::Unresolved { needed: soname.clone(), by: label.clone() })?;
+                .ok_or_else(|| ElfError::Unresolved {
+                    needed: soname.clone(),
+                    by: label.clone(),
+                })?;
             out.insert(format!("lib/x86_64-linux-gnu/{soname}"), src.clone());
             todo.push((src, soname));
         }
@@ -129,8 +138,12 @@ mod tests {
         std::fs::create_dir_all(d.path().join("lib/x86_64-linux-gnu")).unwrap();
         std::fs::create_dir_all(d.path().join("lib64")).unwrap();
         std::fs::write(d.path().join("lib/x86_64-linux-gnu/ld.so"), b"x").unwrap();
-        std::os::unix::fs::symlink("/lib/x86_64-linux-gnu/ld.so", d.path().join("lib64/ld.so")).unwrap();
-        assert_eq!(resolve_in(d.path(), "/lib64/ld.so").unwrap(), d.path().join("lib/x86_64-linux-gnu/ld.so"));
+        std::os::unix::fs::symlink("/lib/x86_64-linux-gnu/ld.so", d.path().join("lib64/ld.so"))
+            .unwrap();
+        assert_eq!(
+            resolve_in(d.path(), "/lib64/ld.so").unwrap(),
+            d.path().join("lib/x86_64-linux-gnu/ld.so")
+        );
         assert!(resolve_in(d.path(), "/lib64/none").is_none());
     }
 }

@@ -65,10 +65,17 @@ pub fn fetch(pin: &DebPin, cache: &Path) -> Result<PathBuf, FetchError> {
     if !out.status.success() {
         let apt = String::from_utf8_lossy(&out.stderr).trim().to_owned();
         let _ = std::fs::remove_dir_all(&tmp);
-        if apt.contains("not found") || apt.contains("Unable to locate") || apt.contains("has no installation candidate") {
+        if apt.contains("not found")
+            || apt.contains("Unable to locate")
+            || apt.contains("has no installation candidate")
+        {
             return Err(gone(pin, apt));
         }
-        return Err(FetchError::Apt { package: pin.package.into(), version: pin.version.into(), apt });
+        return Err(FetchError::Apt {
+            package: pin.package.into(),
+            version: pin.version.into(),
+            apt,
+        });
     }
     let got = std::fs::read_dir(&tmp)
         .map_err(io("listing", &tmp))?
@@ -95,14 +102,25 @@ fn gone(pin: &DebPin, apt: String) -> FetchError {
             .args(["search", "--names-only", r"^linux-image-6\.1\.0-[0-9]+-cloud-amd64$"])
             .output();
         let mut names: Vec<String> = out
-            .map(|o| String::from_utf8_lossy(&o.stdout).lines().filter_map(|l| l.split(' ').next().map(str::to_owned)).collect())
+            .map(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .filter_map(|l| l.split(' ').next().map(str::to_owned))
+                    .collect()
+            })
             .unwrap_or_default();
         names.sort_by_key(|n| abi_number(n));
         names.join(", ")
     } else {
         let out = Command::new("apt-cache").args(["madison", pin.package]).output();
-        out.map(|o| String::from_utf8_lossy(&o.stdout).lines().map(|l| l.split('|').nth(1).unwrap_or("").trim().to_owned()).collect::<Vec<_>>().join(", "))
-            .unwrap_or_default()
+        out.map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .map(|l| l.split('|').nth(1).unwrap_or("").trim().to_owned())
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .unwrap_or_default()
     };
     let repin = if kernel {
         "apt-get update && apt-cache show linux-image-6.1.0-NN-cloud-amd64 | grep -E '^(Package|Version|SHA256):' \
@@ -115,7 +133,11 @@ fn gone(pin: &DebPin, apt: String) -> FetchError {
         package: pin.package.into(),
         version: pin.version.into(),
         apt,
-        available: if available.is_empty() { "(apt-cache knows none; run apt-get update)".into() } else { available },
+        available: if available.is_empty() {
+            "(apt-cache knows none; run apt-get update)".into()
+        } else {
+            available
+        },
         repin,
     }
 }
@@ -134,7 +156,8 @@ mod tests {
 
     #[test]
     fn abi_numbers_sort_numerically() {
-        let mut v = vec!["linux-image-6.1.0-9-cloud-amd64", "linux-image-6.1.0-56-cloud-amd64", "x"];
+        let mut v =
+            vec!["linux-image-6.1.0-9-cloud-amd64", "linux-image-6.1.0-56-cloud-amd64", "x"];
         v.sort_by_key(|n| abi_number(n));
         assert_eq!(v, ["x", "linux-image-6.1.0-9-cloud-amd64", "linux-image-6.1.0-56-cloud-amd64"]);
     }
@@ -153,6 +176,9 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("f");
         std::fs::write(&p, b"abc").unwrap();
-        assert_eq!(sha256_file(&p).unwrap(), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        assert_eq!(
+            sha256_file(&p).unwrap(),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
     }
 }

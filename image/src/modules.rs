@@ -41,7 +41,9 @@ pub fn parse_modinfo(section: &[u8]) -> ModInfo {
         let Some((k, v)) = s.split_once('=') else { continue };
         match k {
             "name" => info.name = canonical(v),
-            "depends" => info.depends = v.split(',').filter(|d| !d.is_empty()).map(canonical).collect(),
+            "depends" => {
+                info.depends = v.split(',').filter(|d| !d.is_empty()).map(canonical).collect()
+            }
             "softdep" => {
                 // "pre: a b post: c"
                 let mut pre = false;
@@ -94,7 +96,8 @@ impl ModuleTree {
                 if p.is_dir() {
                     stack.push(p);
                 } else if p.extension().is_some_and(|x| x == "ko") {
-                    let name = canonical(p.file_stem().and_then(|s| s.to_str()).unwrap_or_default());
+                    let name =
+                        canonical(p.file_stem().and_then(|s| s.to_str()).unwrap_or_default());
                     files.insert(name, p);
                 }
             }
@@ -118,7 +121,8 @@ impl ModuleTree {
 
     fn info(&self, name: &str) -> Result<Option<ModInfo>, ModuleError> {
         let Some(p) = self.path(name) else { return Ok(None) };
-        let bytes = std::fs::read(p).map_err(|source| ModuleError::Io { dir: p.to_owned(), source })?;
+        let bytes =
+            std::fs::read(p).map_err(|source| ModuleError::Io { dir: p.to_owned(), source })?;
         read_modinfo(p, &bytes).map(Some)
     }
 
@@ -144,10 +148,14 @@ impl ModuleTree {
         }
         let present = |n: &str| self.path(n).is_some();
         let missing: Vec<String> = infos.keys().filter(|n| !present(n)).cloned().collect();
-        order(wanted, &infos, |n| self.is_builtin(n), |n| missing.iter().any(|m| m == n)).map_err(|e| match e {
-            ModuleError::Missing { name, .. } => ModuleError::Missing { name, dir: self.dir.clone() },
-            e => e,
-        })
+        order(wanted, &infos, |n| self.is_builtin(n), |n| missing.iter().any(|m| m == n)).map_err(
+            |e| match e {
+                ModuleError::Missing { name, .. } => {
+                    ModuleError::Missing { name, dir: self.dir.clone() }
+                }
+                e => e,
+            },
+        )
     }
 }
 
@@ -178,7 +186,11 @@ pub fn order(
             return Ok(());
         }
         if missing(n) || !infos.contains_key(n) {
-            return if soft { Ok(()) } else { Err(ModuleError::Missing { name: n.into(), dir: PathBuf::new() }) };
+            return if soft {
+                Ok(())
+            } else {
+                Err(ModuleError::Missing { name: n.into(), dir: PathBuf::new() })
+            };
         }
         match marks.get(n) {
             Some(Mark::Done) => return Ok(()),
@@ -247,21 +259,40 @@ mod tests {
         ]
         .into_iter()
         .collect();
-        let got = order(&["virtio_pci", "virtio_blk", "xfs"], &infos, |n| n == "crc32c", |_| false).unwrap();
-        assert_eq!(got, ["virtio", "virtio_pci_modern_dev", "virtio_ring", "virtio_pci", "virtio_blk", "libcrc32c", "xfs"]);
+        let got = order(&["virtio_pci", "virtio_blk", "xfs"], &infos, |n| n == "crc32c", |_| false)
+            .unwrap();
+        assert_eq!(
+            got,
+            [
+                "virtio",
+                "virtio_pci_modern_dev",
+                "virtio_ring",
+                "virtio_pci",
+                "virtio_blk",
+                "libcrc32c",
+                "xfs"
+            ]
+        );
     }
 
     #[test]
     fn missing_hard_dep_is_an_error_soft_is_not() {
-        let infos: BTreeMap<_, _> = [info("a", &["b"], &[]), info("c", &[], &["zz"])].into_iter().collect();
-        assert!(matches!(order(&["a"], &infos, |_| false, |_| false), Err(ModuleError::Missing { name, .. }) if name == "b"));
+        let infos: BTreeMap<_, _> =
+            [info("a", &["b"], &[]), info("c", &[], &["zz"])].into_iter().collect();
+        assert!(
+            matches!(order(&["a"], &infos, |_| false, |_| false), Err(ModuleError::Missing { name, .. }) if name == "b")
+        );
         assert_eq!(order(&["c"], &infos, |_| false, |_| false).unwrap(), ["c"]);
         assert_eq!(order(&["a"], &infos, |n| n == "a", |_| false).unwrap(), Vec::<String>::new());
     }
 
     #[test]
     fn cycles_are_reported() {
-        let infos: BTreeMap<_, _> = [info("a", &["b"], &[]), info("b", &["a"], &[])].into_iter().collect();
-        assert!(matches!(order(&["a"], &infos, |_| false, |_| false), Err(ModuleError::Cycle { .. })));
+        let infos: BTreeMap<_, _> =
+            [info("a", &["b"], &[]), info("b", &["a"], &[])].into_iter().collect();
+        assert!(matches!(
+            order(&["a"], &infos, |_| false, |_| false),
+            Err(ModuleError::Cycle { .. })
+        ));
     }
 }

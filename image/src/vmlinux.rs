@@ -20,8 +20,7 @@ pub enum VmlinuxError {
 fn legacy_frame(mut data: &[u8]) -> Option<Vec<u8>> {
     let mut out = Vec::new();
     let mut block = vec![0u8; LEGACY_BLOCK];
-    loop {
-        let Some(len) = data.get(..4) else { break };
+    while let Some(len) = data.get(..4) {
         if len == LZ4_LEGACY_MAGIC {
             data = &data[4..];
             continue;

@@ -31,10 +31,34 @@ const NSD: MountFlags = MountFlags::NOSUID.union(MountFlags::NODEV);
 
 /// In order: devtmpfs is not auto-mounted by the Debian kernel (DEVTMPFS_MOUNT is off).
 pub const EARLY_MOUNTS: &[MountSpec] = &[
-    MountSpec { source: "proc", target: "/proc", fstype: "proc", flags: NSD.union(MountFlags::NOEXEC), data: "" },
-    MountSpec { source: "sysfs", target: "/sys", fstype: "sysfs", flags: NSD.union(MountFlags::NOEXEC), data: "" },
-    MountSpec { source: "devtmpfs", target: "/dev", fstype: "devtmpfs", flags: MountFlags::NOSUID, data: "mode=0755" },
-    MountSpec { source: "devpts", target: "/dev/pts", fstype: "devpts", flags: MountFlags::NOSUID.union(MountFlags::NOEXEC), data: "newinstance,ptmxmode=0666,mode=0620" },
+    MountSpec {
+        source: "proc",
+        target: "/proc",
+        fstype: "proc",
+        flags: NSD.union(MountFlags::NOEXEC),
+        data: "",
+    },
+    MountSpec {
+        source: "sysfs",
+        target: "/sys",
+        fstype: "sysfs",
+        flags: NSD.union(MountFlags::NOEXEC),
+        data: "",
+    },
+    MountSpec {
+        source: "devtmpfs",
+        target: "/dev",
+        fstype: "devtmpfs",
+        flags: MountFlags::NOSUID,
+        data: "mode=0755",
+    },
+    MountSpec {
+        source: "devpts",
+        target: "/dev/pts",
+        fstype: "devpts",
+        flags: MountFlags::NOSUID.union(MountFlags::NOEXEC),
+        data: "newinstance,ptmxmode=0666,mode=0620",
+    },
     MountSpec { source: "tmpfs", target: "/run", fstype: "tmpfs", flags: NSD, data: "mode=0755" },
     MountSpec { source: "tmpfs", target: "/tmp", fstype: "tmpfs", flags: NSD, data: "mode=1777" },
 ];
@@ -52,7 +76,8 @@ impl Kernel for RealKernel {
 
     fn load_module(&self, path: &Path, params: &str) -> std::io::Result<()> {
         let f = std::fs::File::open(path)?;
-        let params = std::ffi::CString::new(params).map_err(|_| std::io::ErrorKind::InvalidInput)?;
+        let params =
+            std::ffi::CString::new(params).map_err(|_| std::io::ErrorKind::InvalidInput)?;
         rustix::system::finit_module(&f, &params, 0)?;
         Ok(())
     }
@@ -78,7 +103,11 @@ pub fn parse_module_order(text: &str) -> Vec<ModuleLine> {
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
         .filter_map(|l| {
             let mut it = l.splitn(3, ' ');
-            Some(ModuleLine { name: it.next()?.into(), path: it.next()?.into(), params: it.next().unwrap_or("").trim().into() })
+            Some(ModuleLine {
+                name: it.next()?.into(),
+                path: it.next()?.into(),
+                params: it.next().unwrap_or("").trim().into(),
+            })
         })
         .collect()
 }
@@ -107,7 +136,9 @@ pub fn load_modules(k: &dyn Kernel, lines: &[ModuleLine]) -> Vec<ModuleReport> {
             let t = Instant::now();
             let outcome = match k.load_module(&m.path, &m.params) {
                 Ok(()) => ModuleOutcome::Loaded,
-                Err(e) if e.raw_os_error() == Some(rustix::io::Errno::EXIST.raw_os_error()) => ModuleOutcome::AlreadyLoaded,
+                Err(e) if e.raw_os_error() == Some(rustix::io::Errno::EXIST.raw_os_error()) => {
+                    ModuleOutcome::AlreadyLoaded
+                }
                 Err(e) => ModuleOutcome::Failed(e),
             };
             ModuleReport { name: m.name.clone(), took: t.elapsed(), outcome }
@@ -157,9 +188,11 @@ pub fn bring_up_network(
         return Ok("lo up; network disabled".into());
     }
     let (addr, prefix) = parse_cidr(&cfg.address)?;
-    let gw: Ipv4Addr = cfg.gateway.parse().map_err(|_| NetError::BadGateway(cfg.gateway.clone()))?;
+    let gw: Ipv4Addr =
+        cfg.gateway.parse().map_err(|_| NetError::BadGateway(cfg.gateway.clone()))?;
     let wait = Duration::from_secs(cfg.wait_secs);
-    let idx = find(&cfg.interface, wait).ok_or_else(|| NetError::NoInterface(cfg.interface.clone(), wait))?;
+    let idx = find(&cfg.interface, wait)
+        .ok_or_else(|| NetError::NoInterface(cfg.interface.clone(), wait))?;
     let seq = nl.next_seq();
     nl.request("link up", &link_up(seq, idx))?;
     let seq = nl.next_seq();
@@ -205,7 +238,17 @@ mod tests {
     fn early_mounts_in_order_and_failures_reported() {
         let k = Recorder { fail: vec![("/dev/pts", 19)], ..Default::default() };
         let failed = early_mounts(&k);
-        assert_eq!(*k.calls.borrow(), ["mount /proc", "mount /sys", "mount /dev", "mount /dev/pts", "mount /run", "mount /tmp"]);
+        assert_eq!(
+            *k.calls.borrow(),
+            [
+                "mount /proc",
+                "mount /sys",
+                "mount /dev",
+                "mount /dev/pts",
+                "mount /run",
+                "mount /tmp"
+            ]
+        );
         assert_eq!(failed.len(), 1);
         assert_eq!(failed[0].0, "/dev/pts");
     }
@@ -232,13 +275,21 @@ mod tests {
     }
 
     fn net() -> Network {
-        Network { enabled: true, interface: "eth0".into(), address: "10.0.2.15/24".into(), gateway: "10.0.2.2".into(), wait_secs: 1 }
+        Network {
+            enabled: true,
+            interface: "eth0".into(),
+            address: "10.0.2.15/24".into(),
+            gateway: "10.0.2.2".into(),
+            wait_secs: 1,
+        }
     }
 
     #[test]
     fn network_sends_link_addr_route() {
         let mut nl = FakeNetlink::new(vec![]);
-        let s = bring_up_network(&mut nl, &net(), &|n, _| if n == "lo" { Some(1) } else { Some(2) }).unwrap();
+        let s =
+            bring_up_network(&mut nl, &net(), &|n, _| if n == "lo" { Some(1) } else { Some(2) })
+                .unwrap();
         assert_eq!(s, "lo up; eth0 10.0.2.15/24 via 10.0.2.2");
         let types: Vec<u16> = nl.sent.iter().map(|m| parse_msgs(m).unwrap()[0].ty).collect();
         assert_eq!(types, [RTM_NEWLINK, RTM_NEWLINK, RTM_NEWADDR, RTM_NEWROUTE]);
@@ -247,13 +298,19 @@ mod tests {
     #[test]
     fn network_errors() {
         let mut nl = FakeNetlink::new(vec![]);
-        assert!(matches!(bring_up_network(&mut nl, &net(), &|n, _| (n == "lo").then_some(1)), Err(NetError::NoInterface(..))));
+        assert!(matches!(
+            bring_up_network(&mut nl, &net(), &|n, _| (n == "lo").then_some(1)),
+            Err(NetError::NoInterface(..))
+        ));
         let mut nl = FakeNetlink::new(vec![Ok(vec![]), Err(1)]);
         let e = bring_up_network(&mut nl, &net(), &|_, _| Some(2)).unwrap_err();
         assert!(matches!(e, NetError::Netlink(NetlinkError::Kernel { errno: 1, .. })), "{e}");
         let mut nl = FakeNetlink::new(vec![]);
         let off = Network { enabled: false, ..net() };
-        assert_eq!(bring_up_network(&mut nl, &off, &|_, _| None).unwrap(), "lo up; network disabled");
+        assert_eq!(
+            bring_up_network(&mut nl, &off, &|_, _| None).unwrap(),
+            "lo up; network disabled"
+        );
         assert_eq!(nl.sent.len(), 1);
     }
 }

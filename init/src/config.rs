@@ -70,14 +70,22 @@ pub fn cmdline_overrides(cmdline: &str) -> Vec<(String, String)> {
 /// Parses the file and applies the overrides. An override's value is typed after the value it
 /// replaces (bool accepts 1/0/true/false/yes/no/on/off); unknown keys are errors.
 pub fn load(file: &str, overrides: &[(String, String)]) -> Result<Config, ConfigError> {
-    let mut root: toml::Table = toml::from_str(file).map_err(|e| ConfigError::Parse(e.to_string()))?;
+    let mut root: toml::Table =
+        toml::from_str(file).map_err(|e| ConfigError::Parse(e.to_string()))?;
     for (key, value) in overrides {
-        let err = |why: &str| ConfigError::Override { key: key.clone(), value: value.clone(), why: why.into() };
+        let err = |why: &str| ConfigError::Override {
+            key: key.clone(),
+            value: value.clone(),
+            why: why.into(),
+        };
         let mut parts: Vec<&str> = key.split('.').collect();
         let last = parts.pop().ok_or_else(|| err("empty key"))?;
         let mut table = &mut root;
         for p in parts {
-            table = table.get_mut(p).and_then(|v| v.as_table_mut()).ok_or_else(|| err("no such table"))?;
+            table = table
+                .get_mut(p)
+                .and_then(|v| v.as_table_mut())
+                .ok_or_else(|| err("no such table"))?;
         }
         let slot = table.get_mut(last).ok_or_else(|| err("no such key"))?;
         *slot = match slot {
@@ -86,7 +94,9 @@ pub fn load(file: &str, overrides: &[(String, String)]) -> Result<Config, Config
                 "0" | "false" | "no" | "off" => false,
                 _ => return Err(err("expected a boolean")),
             }),
-            toml::Value::Integer(_) => toml::Value::Integer(value.parse().map_err(|_| err("expected an integer"))?),
+            toml::Value::Integer(_) => {
+                toml::Value::Integer(value.parse().map_err(|_| err("expected an integer"))?)
+            }
             toml::Value::String(_) => toml::Value::String(value.clone()),
             _ => return Err(err("only booleans, integers and strings can be overridden")),
         };
@@ -122,7 +132,13 @@ mod tests {
 
     #[test]
     fn bad_overrides_are_errors() {
-        for (k, v) in [("nope", "1"), ("debug", "maybe"), ("shutdown.grace_secs", "x"), ("network", "1"), ("x.y", "1")] {
+        for (k, v) in [
+            ("nope", "1"),
+            ("debug", "maybe"),
+            ("shutdown.grace_secs", "x"),
+            ("network", "1"),
+            ("x.y", "1"),
+        ] {
             let r = load(FILE, &[(k.into(), v.into())]);
             assert!(matches!(r, Err(ConfigError::Override { .. })), "{k}={v}: {r:?}");
         }

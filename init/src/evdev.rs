@@ -44,7 +44,8 @@ pub fn parse_events(buf: &[u8]) -> Vec<InputEvent> {
 
 /// Finds `/dev/input/eventN` whose device is named "Power Button" (sysfs root given for tests).
 pub fn find_power_button(sys_class_input: &Path) -> Option<PathBuf> {
-    let mut names: Vec<_> = std::fs::read_dir(sys_class_input).ok()?.flatten().map(|e| e.file_name()).collect();
+    let mut names: Vec<_> =
+        std::fs::read_dir(sys_class_input).ok()?.flatten().map(|e| e.file_name()).collect();
     names.sort();
     names.into_iter().find_map(|n| {
         let n = n.to_str()?;
@@ -77,7 +78,11 @@ mod tests {
     #[test]
     fn finds_the_power_button_node() {
         let d = tempfile::tempdir().unwrap();
-        for (ev, name) in [("event0", "AT Translated Set 2 keyboard"), ("event1", "Power Button"), ("mouse0", "Power Button")] {
+        for (ev, name) in [
+            ("event0", "AT Translated Set 2 keyboard"),
+            ("event1", "Power Button"),
+            ("mouse0", "Power Button"),
+        ] {
             std::fs::create_dir_all(d.path().join(ev).join("device")).unwrap();
             std::fs::write(d.path().join(ev).join("device/name"), format!("{name}\n")).unwrap();
         }

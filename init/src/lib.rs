@@ -66,7 +66,15 @@ fn power_off() -> ! {
 /// Signals PID 1 blocks and reads from its signalfd (all but synchronous faults).
 fn signal_mask() -> SigSet {
     let mut m = SigSet::all();
-    for s in [Signal::SIGFPE, Signal::SIGILL, Signal::SIGSEGV, Signal::SIGBUS, Signal::SIGABRT, Signal::SIGTRAP, Signal::SIGSYS] {
+    for s in [
+        Signal::SIGFPE,
+        Signal::SIGILL,
+        Signal::SIGSEGV,
+        Signal::SIGBUS,
+        Signal::SIGABRT,
+        Signal::SIGTRAP,
+        Signal::SIGSYS,
+    ] {
         m.remove(s);
     }
     m
@@ -93,7 +101,10 @@ pub fn main_pid1() -> ! {
     }));
     let result = std::panic::catch_unwind(|| run(sfd));
     // Only reached if `run` panicked: keep PID 1 alive long enough to be seen, then power off.
-    say(&format!("{DEGRADED}: init panicked ({}); powering off", if result.is_err() { "see above" } else { "returned" }));
+    say(&format!(
+        "{DEGRADED}: init panicked ({}); powering off",
+        if result.is_err() { "see above" } else { "returned" }
+    ));
     power_off()
 }
 
@@ -130,7 +141,8 @@ fn run(sfd: nix::Result<SignalFd>) -> ! {
     });
     let cfg: Config = config::load(&file, &overrides).unwrap_or_else(|e| {
         boot.problems.push(format!("config: {e}; using built-in defaults"));
-        config::load(DEFAULT_CONFIG, &[]).unwrap_or_else(|e| panic!("built-in config is broken: {e}"))
+        config::load(DEFAULT_CONFIG, &[])
+            .unwrap_or_else(|e| panic!("built-in config is broken: {e}"))
     });
     say(&format!("lamina-init {} starting (debug={})", env!("CARGO_PKG_VERSION"), cfg.debug));
 
@@ -152,7 +164,12 @@ fn run(sfd: nix::Result<SignalFd>) -> ! {
             boot.problems.push(format!("module {}: {e}", r.name));
         }
     }
-    boot.parts.push(format!("modules {}/{} in {:.2}s", reports.len() - failed, reports.len(), t.elapsed().as_secs_f64()));
+    boot.parts.push(format!(
+        "modules {}/{} in {:.2}s",
+        reports.len() - failed,
+        reports.len(),
+        t.elapsed().as_secs_f64()
+    ));
 
     // Network.
     let find = |name: &str, wait: Duration| {
@@ -167,7 +184,10 @@ fn run(sfd: nix::Result<SignalFd>) -> ! {
             std::thread::sleep(Duration::from_millis(20));
         }
     };
-    match netlink::NlSocket::route().map_err(boot::NetError::from).and_then(|mut nl| boot::bring_up_network(&mut nl, &cfg.network, &find)) {
+    match netlink::NlSocket::route()
+        .map_err(boot::NetError::from)
+        .and_then(|mut nl| boot::bring_up_network(&mut nl, &cfg.network, &find))
+    {
         Ok(s) => boot.parts.push(s),
         Err(e) => boot.problems.push(e.to_string()),
     }
@@ -202,7 +222,9 @@ fn run(sfd: nix::Result<SignalFd>) -> ! {
         max_exec_secs: cfg.agent.max_exec_secs,
         ..Default::default()
     }));
-    let wake = match rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC | rustix::pipe::PipeFlags::NONBLOCK) {
+    let wake = match rustix::pipe::pipe_with(
+        rustix::pipe::PipeFlags::CLOEXEC | rustix::pipe::PipeFlags::NONBLOCK,
+    ) {
         Ok(p) => Some(p),
         Err(e) => {
             boot.problems.push(format!("pipe: {e}"));
@@ -215,7 +237,10 @@ fn run(sfd: nix::Result<SignalFd>) -> ! {
             boot.parts.push(format!("agent {}", port.display()));
             let (s, r) = (shared.clone(), reaper.clone());
             wake_rx = Some(rx);
-            if let Err(e) = std::thread::Builder::new().name("agent".into()).spawn(move || agent::serve(port, s, r, tx)) {
+            if let Err(e) = std::thread::Builder::new()
+                .name("agent".into())
+                .spawn(move || agent::serve(port, s, r, tx))
+            {
                 boot.problems.push(format!("agent thread: {e}"));
             }
         }
@@ -233,7 +258,12 @@ fn run(sfd: nix::Result<SignalFd>) -> ! {
     };
     boot.parts.push(pool.summary());
 
-    let summary = format!("{} (init {:.2}s, kernel uptime {:.2}s)", boot.parts.join("; "), t0.elapsed().as_secs_f64(), uptime());
+    let summary = format!(
+        "{} (init {:.2}s, kernel uptime {:.2}s)",
+        boot.parts.join("; "),
+        t0.elapsed().as_secs_f64(),
+        uptime()
+    );
     {
         let mut s = shared.lock().unwrap_or_else(|p| p.into_inner());
         s.ready = boot.problems.is_empty();
@@ -251,7 +281,13 @@ fn run(sfd: nix::Result<SignalFd>) -> ! {
 
     // The loop.
     let trigger = event_loop(sfd.as_mut(), button.as_mut(), wake_rx.as_ref(), &reaper);
-    shutdown::sequence(&trigger, &mut pool, &reaper, Duration::from_secs(cfg.shutdown.grace_secs), &mut |l| say(&l));
+    shutdown::sequence(
+        &trigger,
+        &mut pool,
+        &reaper,
+        Duration::from_secs(cfg.shutdown.grace_secs),
+        &mut |l| say(&l),
+    );
     power_off()
 }
 
@@ -295,7 +331,12 @@ fn event_loop(
         if poll(&mut pfds, None).is_err() {
             continue;
         }
-        let ready: Vec<u8> = kinds.iter().zip(&pfds).filter(|(_, p)| !p.revents().is_empty()).map(|(k, _)| *k).collect();
+        let ready: Vec<u8> = kinds
+            .iter()
+            .zip(&pfds)
+            .filter(|(_, p)| !p.revents().is_empty())
+            .map(|(k, _)| *k)
+            .collect();
         drop(pfds);
         for k in ready {
             match k {
@@ -308,7 +349,12 @@ fn event_loop(
                                     tracing::debug!("reaped orphan {pid}: {exit:?}");
                                 }
                             }
-                            Some(s @ (Signal::SIGTERM | Signal::SIGINT | Signal::SIGPWR | Signal::SIGUSR2)) => {
+                            Some(
+                                s @ (Signal::SIGTERM
+                                | Signal::SIGINT
+                                | Signal::SIGPWR
+                                | Signal::SIGUSR2),
+                            ) => {
                                 return Trigger::Signal(s.as_str().to_owned());
                             }
                             other => tracing::info!("ignoring signal {other:?}"),

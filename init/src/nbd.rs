@@ -30,10 +30,12 @@ impl<N: Netlink> NbdClient<N> {
     pub fn new(mut nl: N) -> Result<Self, NetlinkError> {
         let seq = nl.next_seq();
         let replies = nl.request("resolve family nbd", &get_family(seq, nbd::FAMILY))?;
-        let family = replies
-            .iter()
-            .find_map(|(_, p)| parse_family_id(p))
-            .ok_or_else(|| NetlinkError::Protocol { what: "resolve family nbd", detail: "no CTRL_ATTR_FAMILY_ID".into() })?;
+        let family = replies.iter().find_map(|(_, p)| parse_family_id(p)).ok_or_else(|| {
+            NetlinkError::Protocol {
+                what: "resolve family nbd",
+                detail: "no CTRL_ATTR_FAMILY_ID".into(),
+            }
+        })?;
         Ok(Self { nl, family })
     }
 
@@ -46,11 +48,12 @@ impl<N: Netlink> NbdClient<N> {
         let fds: Vec<i32> = socks.iter().map(|s| s.as_raw_fd()).collect();
         let seq = self.nl.next_seq();
         let replies = self.nl.request("nbd connect", &nbd::connect(self.family, seq, c, &fds))?;
-        replies
-            .iter()
-            .find_map(|(_, p)| nbd::parse_connect_reply(p))
-            .or(c.index)
-            .ok_or_else(|| NetlinkError::Protocol { what: "nbd connect", detail: "reply lacks NBD_ATTR_INDEX".into() })
+        replies.iter().find_map(|(_, p)| nbd::parse_connect_reply(p)).or(c.index).ok_or_else(|| {
+            NetlinkError::Protocol {
+                what: "nbd connect",
+                detail: "reply lacks NBD_ATTR_INDEX".into(),
+            }
+        })
     }
 
     /// NBD_CMD_RECONFIGURE: replaces the dead sockets of device `index`.
@@ -83,7 +86,10 @@ mod tests {
     use crate::netlink::socket::FakeNetlink;
 
     fn family_reply(id: u16) -> Vec<(u16, Vec<u8>)> {
-        let m = MsgBuilder::new(0x10, 0, 1).header(&genl_header(1, 2)).attr(1, &id.to_ne_bytes()).finish();
+        let m = MsgBuilder::new(0x10, 0, 1)
+            .header(&genl_header(1, 2))
+            .attr(1, &id.to_ne_bytes())
+            .finish();
         vec![(0x10, m[16..].to_vec())]
     }
 
@@ -103,7 +109,8 @@ mod tests {
     #[test]
     fn connect_resolves_family_and_returns_index() {
         let reply = MsgBuilder::new(0x22, 0, 2).header(&genl_header(1, 1)).attr_u32(1, 3).finish();
-        let fake = FakeNetlink::new(vec![Ok(family_reply(0x22)), Ok(vec![(0x22, reply[16..].to_vec())])]);
+        let fake =
+            FakeNetlink::new(vec![Ok(family_reply(0x22)), Ok(vec![(0x22, reply[16..].to_vec())])]);
         let mut c = NbdClient::new(fake).unwrap();
         assert_eq!(c.family(), 0x22);
         let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
@@ -132,7 +139,10 @@ mod tests {
 
     #[test]
     fn missing_family_is_a_protocol_error() {
-        assert!(matches!(NbdClient::new(FakeNetlink::new(vec![Ok(vec![])])), Err(NetlinkError::Protocol { .. })));
+        assert!(matches!(
+            NbdClient::new(FakeNetlink::new(vec![Ok(vec![])])),
+            Err(NetlinkError::Protocol { .. })
+        ));
     }
 
     fn libc_einval() -> i32 {

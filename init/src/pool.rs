@@ -57,7 +57,11 @@ impl Pool {
 
     /// For the READY line.
     pub fn summary(&self) -> String {
-        if self.wired { "pool: up".into() } else { format!("pool: {NOT_WIRED}") }
+        if self.wired {
+            "pool: up".into()
+        } else {
+            format!("pool: {NOT_WIRED}")
+        }
     }
 
     pub fn unmount_overlays(&mut self) -> Step {

@@ -60,7 +60,7 @@ impl Reaper {
                 Ok(WaitStatus::Exited(pid, code)) => (pid.as_raw(), Exit::Code(code)),
                 Ok(WaitStatus::Signaled(pid, sig, _)) => (pid.as_raw(), Exit::Signal(sig as i32)),
                 Ok(WaitStatus::StillAlive) | Err(_) => break, // nothing more now, or ECHILD
-                Ok(_) => continue,                              // stopped/continued: not an exit
+                Ok(_) => continue,                            // stopped/continued: not an exit
             };
             match w.remove(&pid) {
                 Some(tx) => {

@@ -57,7 +57,13 @@ fn stop_workloads(reaper: &Reaper, grace: Duration) -> Step {
 }
 
 /// Runs steps 1–6, reporting each through `say`. The caller powers off afterwards.
-pub fn sequence(trigger: &Trigger, pool: &mut Pool, reaper: &Reaper, grace: Duration, say: &mut dyn FnMut(String)) {
+pub fn sequence(
+    trigger: &Trigger,
+    pool: &mut Pool,
+    reaper: &Reaper,
+    grace: Duration,
+    say: &mut dyn FnMut(String),
+) {
     say(format!("shutdown requested by {trigger}"));
     const N: usize = 7;
     let mut report = |i: usize, name: &str, outcome: Step| {
@@ -86,7 +92,9 @@ mod tests {
     fn steps_are_reported_in_order() {
         let mut pool = Pool::default();
         let mut lines = Vec::new();
-        sequence(&Trigger::Agent, &mut pool, &Reaper::new(), Duration::from_millis(10), &mut |l| lines.push(l));
+        sequence(&Trigger::Agent, &mut pool, &Reaper::new(), Duration::from_millis(10), &mut |l| {
+            lines.push(l)
+        });
         assert_eq!(lines[0], "shutdown requested by agent shutdown command");
         let names: Vec<&str> = lines[1..].iter().map(|l| l.split(": ").next().unwrap()).collect();
         assert_eq!(

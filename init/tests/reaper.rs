@@ -14,7 +14,8 @@ fn reaper() -> &'static Reaper {
     static R: OnceLock<Reaper> = OnceLock::new();
     R.get_or_init(|| {
         // Orphans of our children re-parent to us, as they would to PID 1.
-        rustix::process::set_child_subreaper(Some(rustix::process::getpid())).expect("PR_SET_CHILD_SUBREAPER");
+        rustix::process::set_child_subreaper(Some(rustix::process::getpid()))
+            .expect("PR_SET_CHILD_SUBREAPER");
         Reaper::new()
     })
 }
@@ -58,7 +59,9 @@ fn orphans_are_reaped_and_leave_no_zombie() {
     let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let r = reaper();
     // sh exits at once; its background sleep becomes our orphan and exits 0.2 s later.
-    let s = r.spawn(Command::new("sh").args(["-c", "sleep 0.2 & echo $!"]).stdout(Stdio::piped())).unwrap();
+    let s = r
+        .spawn(Command::new("sh").args(["-c", "sleep 0.2 & echo $!"]).stdout(Stdio::piped()))
+        .unwrap();
     let mut out = String::new();
     std::io::Read::read_to_string(&mut s.child.stdout.unwrap(), &mut out).unwrap();
     let orphan: i32 = out.trim().parse().unwrap();

@@ -35,18 +35,34 @@ impl AgentClient {
         let stream = loop {
             match UnixStream::connect(path) {
                 Ok(s) => break s,
-                Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(25)),
-                Err(source) => return Err(AgentError::Io { path: path.into(), what: "connect", source }),
+                Err(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(25))
+                }
+                Err(source) => {
+                    return Err(AgentError::Io { path: path.into(), what: "connect", source })
+                }
             }
         };
-        let reader = BufReader::new(stream.try_clone().map_err(|source| AgentError::Io { path: path.into(), what: "clone", source })?);
+        let reader = BufReader::new(stream.try_clone().map_err(|source| AgentError::Io {
+            path: path.into(),
+            what: "clone",
+            source,
+        })?);
         // Start ids from the clock so a reply meant for an earlier client is never taken as ours.
-        let next_id = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(1);
+        let next_id = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_micros() as u64)
+            .unwrap_or(1);
         Ok(Self { path: path.into(), writer: stream, reader, next_id })
     }
 
     /// Sends `{"execute": command, "arguments": …}` and returns the `return` value.
-    pub fn call(&mut self, command: &str, arguments: Option<Value>, timeout: Duration) -> Result<Value, AgentError> {
+    pub fn call(
+        &mut self,
+        command: &str,
+        arguments: Option<Value>,
+        timeout: Duration,
+    ) -> Result<Value, AgentError> {
         let id = self.next_id;
         self.next_id += 1;
         let mut msg = json!({"execute": command, "id": id});
@@ -62,14 +78,30 @@ impl AgentClient {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Err(AgentError::Timeout { path: self.path.clone(), command: command.into(), waited: timeout });
+                return Err(AgentError::Timeout {
+                    path: self.path.clone(),
+                    command: command.into(),
+                    waited: timeout,
+                });
             }
             self.reader.get_ref().set_read_timeout(Some(left)).map_err(io("set timeout"))?;
             let mut line = String::new();
             match self.reader.read_line(&mut line) {
-                Ok(0) => return Err(AgentError::Protocol { path: self.path.clone(), line: "(connection closed)".into() }),
+                Ok(0) => {
+                    return Err(AgentError::Protocol {
+                        path: self.path.clone(),
+                        line: "(connection closed)".into(),
+                    })
+                }
                 Ok(_) => {}
-                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => continue,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    continue
+                }
                 Err(e) => return Err(io("read")(e)),
             }
             let Ok(v) = serde_json::from_str::<Value>(line.trim()) else {
@@ -131,7 +163,12 @@ mod tests {
             line.clear();
             r.read_line(&mut line).unwrap();
             let m: Value = serde_json::from_str(&line).unwrap();
-            writeln!(w, "{}", json!({"error": {"code": "forbidden", "message": "debug only"}, "id": m["id"]})).unwrap();
+            writeln!(
+                w,
+                "{}",
+                json!({"error": {"code": "forbidden", "message": "debug only"}, "id": m["id"]})
+            )
+            .unwrap();
         });
         let mut c = AgentClient::connect(&sock, Duration::from_secs(5)).unwrap();
         assert_eq!(c.status().unwrap()["ready"], true);

@@ -69,7 +69,10 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         Some('T' | 't') => (&s[..s.len() - 1], 1 << 40),
         _ => (s, 1),
     };
-    num.parse::<u64>().ok().and_then(|n| n.checked_mul(mult)).ok_or_else(|| format!("bad size {s:?}"))
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .ok_or_else(|| format!("bad size {s:?}"))
 }
 
 /// Everything that shapes one VM.
@@ -165,9 +168,20 @@ impl VmConfig {
         if self.accel == Accel::Kvm {
             push(&["-cpu", "host"]);
         }
-        push(&["-kernel", &p(&self.kernel), "-initrd", &p(&self.initrd), "-append", &self.kernel_append()]);
+        push(&[
+            "-kernel",
+            &p(&self.kernel),
+            "-initrd",
+            &p(&self.initrd),
+            "-append",
+            &self.kernel_append(),
+        ]);
         // Serial console: a socket for `lamina console`, plus QEMU's own log file of it.
-        let ser = format!("socket,id=ser0,path={},server=on,wait=off,logfile={}", p(&dir.console_sock()), p(&dir.console_log()));
+        let ser = format!(
+            "socket,id=ser0,path={},server=on,wait=off,logfile={}",
+            p(&dir.console_sock()),
+            p(&dir.console_log())
+        );
         push(&["-chardev", &ser, "-serial", "chardev:ser0"]);
         push(&["-qmp", &format!("unix:{},server=on,wait=off", p(&dir.qmp()))]);
         push(&["-pidfile", &p(&dir.pid())]);
@@ -178,7 +192,10 @@ impl VmConfig {
             push(&["-device", "pcie-root-port,id=rp1,chassis=1,slot=1"]);
         }
         for (i, d) in self.disks.iter().enumerate() {
-            let drive = format!("if=none,id=d{i},file={},format=raw,discard=unmap,cache=writeback", p(&d.path));
+            let drive = format!(
+                "if=none,id=d{i},file={},format=raw,discard=unmap,cache=writeback",
+                p(&d.path)
+            );
             push(&["-drive", &drive, "-device", &format!("{},drive=d{i}", m.virtio("blk"))]);
         }
         let mut net = "user,id=net0".to_owned();
@@ -197,7 +214,8 @@ impl VmConfig {
 /// plausible value to get past calibration (appliance.md §3.8).
 pub fn host_tsc_khz() -> Option<u64> {
     let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
-    let mhz: f64 = info.lines().find(|l| l.starts_with("cpu MHz"))?.split(':').nth(1)?.trim().parse().ok()?;
+    let mhz: f64 =
+        info.lines().find(|l| l.starts_with("cpu MHz"))?.split(':').nth(1)?.trim().parse().ok()?;
     Some((mhz * 1000.0) as u64)
 }
 
@@ -241,8 +259,13 @@ mod tests {
         let s = a.join(" ");
         assert!(s.contains("virtio-blk-pci,drive=d0") && s.contains("pcie-root-port,id=rp1"));
         assert!(!s.contains("hostfwd"));
-        assert!(!c.kernel_append().contains("tsc_early_khz") && !c.kernel_append().contains("quiet"));
-        assert!(s.contains("logfile=/s/console.log") && s.contains("unix:/s/qmp.sock,server=on,wait=off"));
+        assert!(
+            !c.kernel_append().contains("tsc_early_khz") && !c.kernel_append().contains("quiet")
+        );
+        assert!(
+            s.contains("logfile=/s/console.log")
+                && s.contains("unix:/s/qmp.sock,server=on,wait=off")
+        );
     }
 
     #[test]

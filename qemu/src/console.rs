@@ -13,7 +13,9 @@ pub enum ConsoleError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("console {path}: none of {wanted:?} within {waited:?}; last lines:\n{tail}")]
     Timeout { path: PathBuf, wanted: Vec<String>, waited: Duration, tail: String },
-    #[error("console {path}: the VM stopped before any of {wanted:?} appeared; last lines:\n{tail}")]
+    #[error(
+        "console {path}: the VM stopped before any of {wanted:?} appeared; last lines:\n{tail}"
+    )]
     Stopped { path: PathBuf, wanted: Vec<String>, tail: String },
 }
 
@@ -38,7 +40,8 @@ impl ConsoleLog {
         if !path.exists() {
             std::fs::write(path, b"").map_err(io)?;
         }
-        let fd = inotify::init(inotify::CreateFlags::CLOEXEC | inotify::CreateFlags::NONBLOCK).map_err(|e| io(e.into()))?;
+        let fd = inotify::init(inotify::CreateFlags::CLOEXEC | inotify::CreateFlags::NONBLOCK)
+            .map_err(|e| io(e.into()))?;
         inotify::add_watch(&fd, path, inotify::WatchFlags::MODIFY).map_err(|e| io(e.into()))?;
         Ok(Self { path: path.to_owned(), inotify: fd })
     }
@@ -48,7 +51,9 @@ impl ConsoleLog {
     }
 
     pub fn text(&self) -> String {
-        std::fs::read(&self.path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default()
+        std::fs::read(&self.path)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
     }
 
     /// The last `n` lines.
@@ -60,7 +65,12 @@ impl ConsoleLog {
 
     /// Waits until a complete line containing one of `needles` is in the log. `alive` is asked
     /// on every wake-up (and at least every 200 ms); when it says the VM is gone the wait fails.
-    pub fn wait_for(&self, needles: &[&str], timeout: Duration, alive: &mut dyn FnMut() -> bool) -> Result<Match, ConsoleError> {
+    pub fn wait_for(
+        &self,
+        needles: &[&str],
+        timeout: Duration,
+        alive: &mut dyn FnMut() -> bool,
+    ) -> Result<Match, ConsoleError> {
         let start = Instant::now();
         let deadline = start + timeout;
         let wanted = || needles.iter().map(|s| s.to_string()).collect::<Vec<_>>();
@@ -73,24 +83,43 @@ impl ConsoleLog {
             };
             for line in complete.lines() {
                 if let Some(i) = needles.iter().position(|n| line.contains(n)) {
-                    return Ok(Match { needle: i, line: line.trim_end_matches('\r').to_owned(), at: Instant::now() });
+                    return Ok(Match {
+                        needle: i,
+                        line: line.trim_end_matches('\r').to_owned(),
+                        at: Instant::now(),
+                    });
                 }
             }
             if !alive() {
                 // One more look: the VM may have written the line just before stopping.
                 let text = self.text();
-                if let Some((i, line)) = text.lines().find_map(|l| needles.iter().position(|n| l.contains(n)).map(|i| (i, l))) {
+                if let Some((i, line)) = text
+                    .lines()
+                    .find_map(|l| needles.iter().position(|n| l.contains(n)).map(|i| (i, l)))
+                {
                     return Ok(Match { needle: i, line: line.to_owned(), at: Instant::now() });
                 }
-                return Err(ConsoleError::Stopped { path: self.path.clone(), wanted: wanted(), tail: self.tail(30) });
+                return Err(ConsoleError::Stopped {
+                    path: self.path.clone(),
+                    wanted: wanted(),
+                    tail: self.tail(30),
+                });
             }
             let now = Instant::now();
             if now >= deadline {
-                return Err(ConsoleError::Timeout { path: self.path.clone(), wanted: wanted(), waited: timeout, tail: self.tail(30) });
+                return Err(ConsoleError::Timeout {
+                    path: self.path.clone(),
+                    wanted: wanted(),
+                    waited: timeout,
+                    tail: self.tail(30),
+                });
             }
             let wait = (deadline - now).min(Duration::from_millis(200));
             let mut fds = [rustix::event::PollFd::new(&self.inotify, rustix::event::PollFlags::IN)];
-            let ts = rustix::event::Timespec { tv_sec: wait.as_secs() as i64, tv_nsec: wait.subsec_nanos() as i64 };
+            let ts = rustix::event::Timespec {
+                tv_sec: wait.as_secs() as i64,
+                tv_nsec: wait.subsec_nanos() as i64,
+            };
             let _ = rustix::event::poll(&mut fds, Some(&ts));
             let mut buf = [0u8; 4096];
             while rustix::io::read(&self.inotify, &mut buf).is_ok_and(|n| n > 0) {}
@@ -116,7 +145,9 @@ mod tests {
             std::thread::sleep(Duration::from_millis(100));
             f.write_all(b"ADY: ok\n").unwrap();
         });
-        let m = log.wait_for(&["LAMINA DEGRADED", "LAMINA READY"], Duration::from_secs(10), &mut || true).unwrap();
+        let m = log
+            .wait_for(&["LAMINA DEGRADED", "LAMINA READY"], Duration::from_secs(10), &mut || true)
+            .unwrap();
         writer.join().unwrap();
         assert_eq!(m.needle, 1);
         assert_eq!(m.line, "lamina: LAMINA READY: ok");

@@ -93,20 +93,31 @@ struct RunArgs {
 }
 
 fn home(cli: &Option<PathBuf>) -> PathBuf {
-    cli.clone().or_else(|| std::env::var_os("LAMINA_HOME").map(PathBuf::from)).unwrap_or_else(|| PathBuf::from("target/lamina"))
+    cli.clone()
+        .or_else(|| std::env::var_os("LAMINA_HOME").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("target/lamina"))
 }
 
 fn vm_dir(home: &Path, vm: &str) -> PathBuf {
-    if vm.contains('/') { PathBuf::from(vm) } else { home.join("vms").join(vm) }
+    if vm.contains('/') {
+        PathBuf::from(vm)
+    } else {
+        home.join("vms").join(vm)
+    }
 }
 
 fn main() -> Result<()> {
-    tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(tracing_subscriber::EnvFilter::from_env("LAMINA_LOG")).init();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(tracing_subscriber::EnvFilter::from_env("LAMINA_LOG"))
+        .init();
     let cli = Cli::parse();
     let home = home(&cli.home);
     match cli.cmd {
         Cmd::Run(a) => run(&home, a),
-        Cmd::Ctl { vm, command, args, timeout } => ctl(&vm_dir(&home, &vm), &command, &args, timeout),
+        Cmd::Ctl { vm, command, args, timeout } => {
+            ctl(&vm_dir(&home, &vm), &command, &args, timeout)
+        }
         Cmd::Stop { vm, timeout } => {
             let dir = vm_dir(&home, &vm);
             if stop_dir(&dir, Duration::from_secs(timeout))? {
@@ -122,9 +133,14 @@ fn main() -> Result<()> {
 
 fn run(home: &Path, a: RunArgs) -> Result<()> {
     let disks = if a.disk.is_empty() {
-        vec![parse_disk(&home.join("disk.raw").display().to_string(), 8 << 30).map_err(anyhow::Error::msg)?]
+        vec![parse_disk(&home.join("disk.raw").display().to_string(), 8 << 30)
+            .map_err(anyhow::Error::msg)?]
     } else {
-        a.disk.iter().map(|d| parse_disk(d, 8 << 30)).collect::<Result<_, _>>().map_err(anyhow::Error::msg)?
+        a.disk
+            .iter()
+            .map(|d| parse_disk(d, 8 << 30))
+            .collect::<Result<_, _>>()
+            .map_err(anyhow::Error::msg)?
     };
     let mut append = a.append.clone();
     if a.debug {
@@ -157,9 +173,16 @@ fn run(home: &Path, a: RunArgs) -> Result<()> {
     mask.add(Signal::SIGINT);
     mask.add(Signal::SIGTERM);
     mask.thread_block().context("blocking SIGINT")?;
-    let sfd = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK).context("signalfd")?;
+    let sfd = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
+        .context("signalfd")?;
     let mut vm = Vm::launch(&cfg, &dir)?;
-    eprintln!("lamina: VM {} starting ({:?}, {:?}); state in {}", a.name, cfg.machine, cfg.accel, dir.display());
+    eprintln!(
+        "lamina: VM {} starting ({:?}, {:?}); state in {}",
+        a.name,
+        cfg.machine,
+        cfg.accel,
+        dir.display()
+    );
     if a.detach {
         let r = vm.wait_ready(Duration::from_secs(a.ready_timeout))?;
         eprintln!("lamina: {} after {:.2}s", r.line, r.after.as_secs_f64());
@@ -199,13 +222,17 @@ fn follow(vm: &mut Vm, sfd: &SignalFd) -> Result<()> {
             }
         }
         let mut fds = [rustix::event::PollFd::new(sfd, rustix::event::PollFlags::IN)];
-        let _ = rustix::event::poll(&mut fds, Some(&rustix::event::Timespec { tv_sec: 0, tv_nsec: 100_000_000 }));
+        let _ = rustix::event::poll(
+            &mut fds,
+            Some(&rustix::event::Timespec { tv_sec: 0, tv_nsec: 100_000_000 }),
+        );
     }
 }
 
 fn ctl(dir: &Path, command: &str, args: &[String], timeout: u64) -> Result<()> {
     let d = VmDir(dir.to_owned());
-    let mut c = qemu::agent::AgentClient::connect(&d.agent(), Duration::from_secs(2)).with_context(|| format!("is VM {} running?", dir.display()))?;
+    let mut c = qemu::agent::AgentClient::connect(&d.agent(), Duration::from_secs(2))
+        .with_context(|| format!("is VM {} running?", dir.display()))?;
     let t = Duration::from_secs(timeout);
     let v = match command {
         "status" => c.status()?,
@@ -221,7 +248,9 @@ fn ctl(dir: &Path, command: &str, args: &[String], timeout: u64) -> Result<()> {
             let code = r["exit_code"].as_i64().unwrap_or(255);
             std::process::exit(code as i32);
         }
-        other => c.call(other, args.first().map(|a| serde_json::from_str(a).unwrap_or(json!(a))), t)?,
+        other => {
+            c.call(other, args.first().map(|a| serde_json::from_str(a).unwrap_or(json!(a))), t)?
+        }
     };
     println!("{}", serde_json::to_string_pretty(&v)?);
     Ok(())
@@ -229,11 +258,13 @@ fn ctl(dir: &Path, command: &str, args: &[String], timeout: u64) -> Result<()> {
 
 fn console(dir: &Path) -> Result<()> {
     let d = VmDir(dir.to_owned());
-    let mut log = std::fs::File::open(d.console_log()).with_context(|| format!("no console log in {}", dir.display()))?;
+    let mut log = std::fs::File::open(d.console_log())
+        .with_context(|| format!("no console log in {}", dir.display()))?;
     let mut hist = Vec::new();
     log.read_to_end(&mut hist)?;
     std::io::stdout().write_all(&hist)?;
-    let sock = std::os::unix::net::UnixStream::connect(d.console_sock()).with_context(|| format!("is VM {} running?", dir.display()))?;
+    let sock = std::os::unix::net::UnixStream::connect(d.console_sock())
+        .with_context(|| format!("is VM {} running?", dir.display()))?;
     let mut out = sock.try_clone()?;
     std::thread::spawn(move || {
         let _ = std::io::copy(&mut std::io::stdin(), &mut out);

@@ -42,16 +42,22 @@ impl Qmp {
                     tracing::trace!("QMP connect: {e}");
                     std::thread::sleep(Duration::from_millis(25));
                 }
-                Err(source) => return Err(QmpError::Io { path: path.into(), what: "connect", source }),
+                Err(source) => {
+                    return Err(QmpError::Io { path: path.into(), what: "connect", source })
+                }
             }
         };
         let io = |what| move |source| QmpError::Io { path: path.into(), what, source };
         stream.set_read_timeout(Some(Duration::from_secs(10))).map_err(io("set timeout"))?;
         let reader = BufReader::new(stream.try_clone().map_err(io("clone"))?);
-        let mut q = Self { path: path.into(), writer: stream, reader, next_id: 1, events: Vec::new() };
+        let mut q =
+            Self { path: path.into(), writer: stream, reader, next_id: 1, events: Vec::new() };
         let greeting = q.read_msg()?;
         if greeting.get("QMP").is_none() {
-            return Err(QmpError::Protocol { path: path.into(), what: format!("no greeting: {greeting}") });
+            return Err(QmpError::Protocol {
+                path: path.into(),
+                what: format!("no greeting: {greeting}"),
+            });
         }
         q.execute("qmp_capabilities", None)?;
         Ok(q)
@@ -59,14 +65,18 @@ impl Qmp {
 
     fn read_msg(&mut self) -> Result<Value, QmpError> {
         let mut line = String::new();
-        let n = self
-            .reader
-            .read_line(&mut line)
-            .map_err(|source| QmpError::Io { path: self.path.clone(), what: "read", source })?;
+        let n = self.reader.read_line(&mut line).map_err(|source| QmpError::Io {
+            path: self.path.clone(),
+            what: "read",
+            source,
+        })?;
         if n == 0 {
             return Err(QmpError::Closed { path: self.path.clone() });
         }
-        serde_json::from_str(&line).map_err(|e| QmpError::Protocol { path: self.path.clone(), what: format!("bad JSON {line:?}: {e}") })
+        serde_json::from_str(&line).map_err(|e| QmpError::Protocol {
+            path: self.path.clone(),
+            what: format!("bad JSON {line:?}: {e}"),
+        })
     }
 
     /// Runs a command and returns its `return` value.
@@ -79,9 +89,11 @@ impl Qmp {
         }
         let mut line = msg.to_string();
         line.push('\n');
-        self.writer
-            .write_all(line.as_bytes())
-            .map_err(|source| QmpError::Io { path: self.path.clone(), what: "write", source })?;
+        self.writer.write_all(line.as_bytes()).map_err(|source| QmpError::Io {
+            path: self.path.clone(),
+            what: "write",
+            source,
+        })?;
         loop {
             let m = self.read_msg()?;
             if m.get("event").is_some() {
@@ -112,13 +124,21 @@ impl Qmp {
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Err(QmpError::Timeout { path: self.path.clone(), what: format!("event {name}"), waited: timeout });
+                return Err(QmpError::Timeout {
+                    path: self.path.clone(),
+                    what: format!("event {name}"),
+                    waited: timeout,
+                });
             }
             self.reader.get_ref().set_read_timeout(Some(left)).ok();
             match self.read_msg() {
                 Ok(m) if m.get("event").is_some() => self.events.push(m),
                 Ok(_) => {}
-                Err(QmpError::Io { source, .. }) if matches!(source.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                Err(QmpError::Io { source, .. })
+                    if matches!(
+                        source.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
                 Err(e) => return Err(e),
             }
         }
@@ -140,7 +160,11 @@ impl Qmp {
                     }
                 }
                 Err(QmpError::Closed { .. }) => return true,
-                Err(QmpError::Io { source, .. }) if matches!(source.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                Err(QmpError::Io { source, .. })
+                    if matches!(
+                        source.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
                 Err(_) => return true, // reset by peer: gone
             }
         }
@@ -164,7 +188,12 @@ impl Qmp {
     }
 
     /// Hot-plugs a raw image as virtio-blk (q35: on root port `bus`, e.g. "rp1").
-    pub fn hotplug_disk(&mut self, id: &str, path: &Path, bus: Option<&str>) -> Result<(), QmpError> {
+    pub fn hotplug_disk(
+        &mut self,
+        id: &str,
+        path: &Path,
+        bus: Option<&str>,
+    ) -> Result<(), QmpError> {
         let node = format!("{id}-node");
         self.execute(
             "blockdev-add",
@@ -196,28 +225,46 @@ mod tests {
             let mut r = BufReader::new(s);
             writeln!(w, r#"{{"QMP": {{"version": {{}}, "capabilities": []}}}}"#).unwrap();
             let mut line = String::new();
-            while { line.clear(); r.read_line(&mut line).unwrap() } > 0 {
+            while {
+                line.clear();
+                r.read_line(&mut line).unwrap()
+            } > 0
+            {
                 let m: Value = serde_json::from_str(&line).unwrap();
                 let id = m["id"].clone();
                 match m["execute"].as_str().unwrap() {
                     "system_powerdown" => {
-                        writeln!(w, r#"{{"event": "POWERDOWN", "data": {{}}, "timestamp": {{}}}}"#).unwrap();
+                        writeln!(w, r#"{{"event": "POWERDOWN", "data": {{}}, "timestamp": {{}}}}"#)
+                            .unwrap();
                         writeln!(w, "{}", json!({"return": {}, "id": id})).unwrap();
                         writeln!(w, r#"{{"event": "SHUTDOWN", "data": {{"guest": true, "reason": "guest-shutdown"}}}}"#).unwrap();
                         return; // "QEMU exits"
                     }
-                    "query-status" => writeln!(w, "{}", json!({"return": {"status": "running"}, "id": id})).unwrap(),
-                    "bad" => writeln!(w, "{}", json!({"error": {"class": "CommandNotFound", "desc": "nope"}, "id": id})).unwrap(),
+                    "query-status" => {
+                        writeln!(w, "{}", json!({"return": {"status": "running"}, "id": id}))
+                            .unwrap()
+                    }
+                    "bad" => writeln!(
+                        w,
+                        "{}",
+                        json!({"error": {"class": "CommandNotFound", "desc": "nope"}, "id": id})
+                    )
+                    .unwrap(),
                     _ => writeln!(w, "{}", json!({"return": {}, "id": id})).unwrap(),
                 }
             }
         });
         let mut q = Qmp::connect(&sock, Duration::from_secs(5)).unwrap();
         assert_eq!(q.status().unwrap(), "running");
-        assert!(matches!(q.execute("bad", None), Err(QmpError::Command { class, .. }) if class == "CommandNotFound"));
+        assert!(
+            matches!(q.execute("bad", None), Err(QmpError::Command { class, .. }) if class == "CommandNotFound")
+        );
         q.powerdown().unwrap();
         assert_eq!(q.events[0]["event"], "POWERDOWN");
-        assert_eq!(q.wait_event("SHUTDOWN", Duration::from_secs(5)).unwrap()["data"]["reason"], "guest-shutdown");
+        assert_eq!(
+            q.wait_event("SHUTDOWN", Duration::from_secs(5)).unwrap()["data"]["reason"],
+            "guest-shutdown"
+        );
         assert!(q.wait_closed(Duration::from_secs(5)));
         server.join().unwrap();
     }

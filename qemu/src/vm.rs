@@ -46,7 +46,9 @@ pub enum VmError {
 pub fn shell_quote(argv: &[String]) -> String {
     argv.iter()
         .map(|a| {
-            if !a.is_empty() && a.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:,@+".contains(c)) {
+            if !a.is_empty()
+                && a.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:,@+".contains(c))
+            {
                 a.clone()
             } else {
                 format!("'{}'", a.replace('\'', r"'\''"))
@@ -61,10 +63,22 @@ pub fn ensure_disks(cfg: &VmConfig) -> Result<(), VmError> {
     for d in &cfg.disks {
         if !d.path.exists() {
             if let Some(parent) = d.path.parent() {
-                std::fs::create_dir_all(parent).map_err(|source| VmError::Io { what: "creating", path: parent.into(), source })?;
+                std::fs::create_dir_all(parent).map_err(|source| VmError::Io {
+                    what: "creating",
+                    path: parent.into(),
+                    source,
+                })?;
             }
-            let f = std::fs::File::create(&d.path).map_err(|source| VmError::Io { what: "creating disk", path: d.path.clone(), source })?;
-            f.set_len(d.size).map_err(|source| VmError::Io { what: "sizing disk", path: d.path.clone(), source })?;
+            let f = std::fs::File::create(&d.path).map_err(|source| VmError::Io {
+                what: "creating disk",
+                path: d.path.clone(),
+                source,
+            })?;
+            f.set_len(d.size).map_err(|source| VmError::Io {
+                what: "sizing disk",
+                path: d.path.clone(),
+                source,
+            })?;
         }
     }
     Ok(())
@@ -103,7 +117,8 @@ impl Vm {
         let console = ConsoleLog::open(&d.console_log())?;
         let mut argv = vec![QEMU.to_owned()];
         argv.extend(cfg.args(&d));
-        std::fs::write(d.cmdline(), shell_quote(&argv) + "\n").map_err(io("writing", &d.cmdline()))?;
+        std::fs::write(d.cmdline(), shell_quote(&argv) + "\n")
+            .map_err(io("writing", &d.cmdline()))?;
         let log = std::fs::File::create(d.qemu_log()).map_err(io("creating", &d.qemu_log()))?;
         let log2 = log.try_clone().map_err(io("cloning", &d.qemu_log()))?;
         let started = Instant::now();
@@ -165,7 +180,10 @@ impl Vm {
     pub fn wait_exit(&mut self, timeout: Duration) -> Result<ExitStatus, VmError> {
         let deadline = Instant::now() + timeout;
         let Some(child) = self.child.as_mut() else {
-            return Err(VmError::NotRunning { dir: self.dir.0.clone(), why: "already reaped".into() });
+            return Err(VmError::NotRunning {
+                dir: self.dir.0.clone(),
+                why: "already reaped".into(),
+            });
         };
         loop {
             if let Ok(Some(st)) = child.try_wait() {
@@ -193,7 +211,10 @@ impl Vm {
                 return self.wait_exit(Duration::from_secs(10));
             }
         }
-        tracing::warn!("VM {} ignored the power button for {timeout:?}; sending quit", self.dir.0.display());
+        tracing::warn!(
+            "VM {} ignored the power button for {timeout:?}; sending quit",
+            self.dir.0.display()
+        );
         let _ = qmp.quit();
         let _ = self.wait_exit(Duration::from_secs(10));
         Err(VmError::StopTimeout { dir: self.dir.0.clone(), waited: timeout })
@@ -261,15 +282,32 @@ pub fn probe_accel(kernel: &Path, cache: Option<&Path>) -> Accel {
     }
     let works = kvm_boots(kernel);
     if let Some(c) = cache {
-        let _ = std::fs::write(c, format!("{} {}", boot_id.trim(), if works { "kvm" } else { "tcg" }));
+        let _ =
+            std::fs::write(c, format!("{} {}", boot_id.trim(), if works { "kvm" } else { "tcg" }));
     }
-    if works { Accel::Kvm } else { Accel::Tcg }
+    if works {
+        Accel::Kvm
+    } else {
+        Accel::Tcg
+    }
 }
 
 fn kvm_boots(kernel: &Path) -> bool {
     use std::io::Read;
     let child = Command::new(QEMU)
-        .args(["-accel", "kvm", "-M", "pc", "-nodefaults", "-no-user-config", "-display", "none", "-m", "256", "-no-reboot"])
+        .args([
+            "-accel",
+            "kvm",
+            "-M",
+            "pc",
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-m",
+            "256",
+            "-no-reboot",
+        ])
         .arg("-kernel")
         .arg(kernel)
         .args(["-append", "console=ttyS0 earlyprintk=ttyS0 panic=-1", "-serial", "stdio"])
@@ -296,7 +334,8 @@ mod tests {
 
     #[test]
     fn quoting_is_copy_paste_safe() {
-        let argv = vec!["qemu".to_string(), "-append".into(), "console=ttyS0 quiet".into(), "it's".into()];
+        let argv =
+            vec!["qemu".to_string(), "-append".into(), "console=ttyS0 quiet".into(), "it's".into()];
         assert_eq!(shell_quote(&argv), r"qemu -append 'console=ttyS0 quiet' 'it'\''s'");
     }
 
@@ -304,7 +343,8 @@ mod tests {
     fn missing_disks_are_created_sparse() {
         let d = tempfile::tempdir().unwrap();
         let mut cfg = crate::cmdline::tests_support::config();
-        cfg.disks = vec![crate::cmdline::Disk { path: d.path().join("sub/disk.raw"), size: 8 << 30 }];
+        cfg.disks =
+            vec![crate::cmdline::Disk { path: d.path().join("sub/disk.raw"), size: 8 << 30 }];
         ensure_disks(&cfg).unwrap();
         let m = std::fs::metadata(d.path().join("sub/disk.raw")).unwrap();
         assert_eq!(m.len(), 8 << 30);

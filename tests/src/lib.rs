@@ -32,12 +32,16 @@ pub fn workspace_root() -> PathBuf {
 
 /// `target/lamina`, or `$LAMINA_HOME`.
 pub fn lamina_home() -> PathBuf {
-    std::env::var_os("LAMINA_HOME").map(PathBuf::from).unwrap_or_else(|| workspace_root().join("target/lamina"))
+    std::env::var_os("LAMINA_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target/lamina"))
 }
 
 /// The boot artefacts; fails with the command to build them.
 pub fn image_dir() -> Result<PathBuf> {
-    let dir = std::env::var_os("LAMINA_IMAGE_DIR").map(PathBuf::from).unwrap_or_else(|| lamina_home().join("image"));
+    let dir = std::env::var_os("LAMINA_IMAGE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| lamina_home().join("image"));
     for f in ["vmlinux", "initramfs.cpio"] {
         if !dir.join(f).is_file() {
             bail!("VM tier: {} is missing; build the image first: `cargo xtask image` (or run `cargo xtask test`)", dir.join(f).display());
@@ -52,8 +56,14 @@ pub struct VmLock(#[allow(dead_code)] std::fs::File);
 pub fn vm_lock() -> Result<VmLock> {
     let p = lamina_home().join("vm-tests.lock");
     std::fs::create_dir_all(lamina_home())?;
-    let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&p).with_context(|| format!("opening {}", p.display()))?;
-    rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive).with_context(|| format!("locking {}", p.display()))?;
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&p)
+        .with_context(|| format!("opening {}", p.display()))?;
+    rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive)
+        .with_context(|| format!("locking {}", p.display()))?;
     Ok(VmLock(f))
 }
 
@@ -121,7 +131,12 @@ impl TestVm {
             verbose_kernel: false,
         };
         let vm = Vm::launch(&cfg, &log_dir).with_context(|| format!("launching VM {name}"))?;
-        eprintln!("[{name}] launched {:?}/{:?}; logs in {}", cfg.machine, cfg.accel, log_dir.display());
+        eprintln!(
+            "[{name}] launched {:?}/{:?}; logs in {}",
+            cfg.machine,
+            cfg.accel,
+            log_dir.display()
+        );
         let (tx, rx) = channel::<()>();
         if let Some(pid) = vm.pid().and_then(|p| rustix::process::Pid::from_raw(p as i32)) {
             let (n, deadline) = (name.to_owned(), opts.deadline);
@@ -167,8 +182,16 @@ impl TestVm {
 impl Drop for TestVm {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            eprintln!("[{}] FAILED; last console lines:\n{}", self.name, self.vm.console().tail(40));
-            eprintln!("[{}] QEMU command line: {}", self.name, std::fs::read_to_string(self.vm.dir.cmdline()).unwrap_or_default());
+            eprintln!(
+                "[{}] FAILED; last console lines:\n{}",
+                self.name,
+                self.vm.console().tail(40)
+            );
+            eprintln!(
+                "[{}] QEMU command line: {}",
+                self.name,
+                std::fs::read_to_string(self.vm.dir.cmdline()).unwrap_or_default()
+            );
         }
         self.vm.kill();
         if let Some(tx) = self.cancel_watchdog.take() {

@@ -20,7 +20,8 @@ fn vm_boots_to_ready_and_agent_answers() -> Result<()> {
     assert_eq!(status["debug"], true);
     assert!(status["uptime_secs"].as_f64().unwrap_or(0.0) > 0.0);
     assert!(status["memory"]["total_kib"].as_u64().unwrap_or(0) > 100_000);
-    let mounts: Vec<&str> = status["mounts"].as_array().unwrap().iter().filter_map(|m| m["target"].as_str()).collect();
+    let mounts: Vec<&str> =
+        status["mounts"].as_array().unwrap().iter().filter_map(|m| m["target"].as_str()).collect();
     for m in ["/proc", "/sys", "/dev", "/run", "/tmp"] {
         assert!(mounts.contains(&m), "{m} not mounted: {mounts:?}");
     }
@@ -28,7 +29,10 @@ fn vm_boots_to_ready_and_agent_answers() -> Result<()> {
     // exec (debug boot): nbd and xfs are loaded ...
     let modules = vm.exec(&["cat", "/proc/modules"])?;
     for m in ["nbd", "xfs", "overlay", "virtio_blk", "virtio_console", "evdev"] {
-        assert!(modules.lines().any(|l| l.starts_with(&format!("{m} "))), "{m} not loaded:\n{modules}");
+        assert!(
+            modules.lines().any(|l| l.starts_with(&format!("{m} "))),
+            "{m} not loaded:\n{modules}"
+        );
     }
     // ... eth0 is up with 10.0.2.15 (no `ip`: the kernel's own tables) ...
     let operstate = vm.exec(&["cat", "/sys/class/net/eth0/operstate"])?;

@@ -19,7 +19,10 @@ fn vm_power_button_shuts_down_cleanly() -> Result<()> {
     assert!(qmp.events.iter().all(|e| e["event"] != "GUEST_PANICKED"));
     let st = vm.vm.wait_exit(Duration::from_secs(20))?;
     assert!(st.success(), "QEMU exited with {st}");
-    eprintln!("[vm_power_button_shuts_down_cleanly] power button → QEMU exit in {:.2}s", t.elapsed().as_secs_f64());
+    eprintln!(
+        "[vm_power_button_shuts_down_cleanly] power button → QEMU exit in {:.2}s",
+        t.elapsed().as_secs_f64()
+    );
     assert!(t.elapsed() < Duration::from_secs(20));
 
     let console = vm.console();

@@ -52,10 +52,12 @@ pub fn task_image(root: &Path, kernel_deb: Option<PathBuf>) -> Result<image::Art
     progress("building static lamina-init (release, crt-static)");
     let bins = build_static(root)?;
     let cache = lamina_dir(root).join("cache");
-    let kernel_deb = kernel_deb.or_else(|| std::env::var_os("LAMINA_KERNEL_DEB").map(PathBuf::from));
+    let kernel_deb =
+        kernel_deb.or_else(|| std::env::var_os("LAMINA_KERNEL_DEB").map(PathBuf::from));
     progress("fetching pinned Debian packages");
     let (kdeb, userland) = image::fetch_pinned(&cache, kernel_deb.as_deref())?;
-    let config = std::fs::read(root.join("init/config.toml")).context("reading init/config.toml")?;
+    let config =
+        std::fs::read(root.join("init/config.toml")).context("reading init/config.toml")?;
     let inputs = image::Inputs {
         kernel_deb: kdeb,
         userland_debs: userland,

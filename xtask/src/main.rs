@@ -137,7 +137,11 @@ fn bench_boot(runs: usize, machine: &str) -> Result<()> {
         let r = vm.wait_ready(Duration::from_secs(120))?;
         vm.stop(Duration::from_secs(20))?;
         let label = if i == 0 { "warm-up".to_owned() } else { format!("run {i}") };
-        eprintln!("[bench boot {machine:?} {:?}] {label}: READY after {:.2}s", cfg.accel, r.after.as_secs_f64());
+        eprintln!(
+            "[bench boot {machine:?} {:?}] {label}: READY after {:.2}s",
+            cfg.accel,
+            r.after.as_secs_f64()
+        );
         if i > 0 {
             times.push(r.after.as_secs_f64());
         }
@@ -168,5 +172,8 @@ fn cargo(base: &[&str], extra: &[String]) -> Result<()> {
 }
 
 fn workspace_root() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask is in the workspace").to_owned()
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask is in the workspace")
+        .to_owned()
 }

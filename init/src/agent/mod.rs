@@ -27,7 +27,8 @@ pub struct Shared {
 
 /// Finds `/dev/<vportNpM>` whose port name is `name` (no udev, so no /dev/virtio-ports links).
 pub fn find_port(sys_class_virtio_ports: &Path, name: &str) -> Option<PathBuf> {
-    let mut entries: Vec<_> = std::fs::read_dir(sys_class_virtio_ports).ok()?.flatten().map(|e| e.file_name()).collect();
+    let mut entries: Vec<_> =
+        std::fs::read_dir(sys_class_virtio_ports).ok()?.flatten().map(|e| e.file_name()).collect();
     entries.sort();
     entries.into_iter().find_map(|e| {
         let n = std::fs::read_to_string(sys_class_virtio_ports.join(&e).join("name")).ok()?;
@@ -37,7 +38,12 @@ pub fn find_port(sys_class_virtio_ports: &Path, name: &str) -> Option<PathBuf> {
 
 /// Answers one request. The bool is true when the caller must start the shutdown (after the
 /// reply went out).
-pub fn handle(cmd: Cmd, id: Option<Value>, shared: &Mutex<Shared>, reaper: &Reaper) -> (Reply, bool) {
+pub fn handle(
+    cmd: Cmd,
+    id: Option<Value>,
+    shared: &Mutex<Shared>,
+    reaper: &Reaper,
+) -> (Reply, bool) {
     match cmd {
         Cmd::Status => {
             let s = shared.lock().unwrap_or_else(|p| p.into_inner());
@@ -55,11 +61,20 @@ pub fn handle(cmd: Cmd, id: Option<Value>, shared: &Mutex<Shared>, reaper: &Reap
                 (s.debug, s.max_exec_secs)
             };
             if !debug {
-                return (Reply::err(id, ErrorCode::Forbidden, "exec is only available when booted with lamina.debug=1"), false);
+                return (
+                    Reply::err(
+                        id,
+                        ErrorCode::Forbidden,
+                        "exec is only available when booted with lamina.debug=1",
+                    ),
+                    false,
+                );
             }
             match exec(&args, max, reaper) {
                 Ok(r) => (Reply::ok(id, serde_json::to_value(r).unwrap_or(Value::Null)), false),
-                Err(e) => (Reply::err(id, ErrorCode::ExecFailed, format!("{}: {e}", args.argv[0])), false),
+                Err(e) => {
+                    (Reply::err(id, ErrorCode::ExecFailed, format!("{}: {e}", args.argv[0])), false)
+                }
             }
         }
     }
@@ -70,13 +85,17 @@ fn status(s: &Shared) -> Status {
         .ok()
         .and_then(|u| u.split_whitespace().next().and_then(|x| x.parse().ok()))
         .unwrap_or(0.0);
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|k| k.trim().to_owned()).unwrap_or_default();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|k| k.trim().to_owned())
+        .unwrap_or_default();
     let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
     let kib = |key: &str| {
         meminfo
             .lines()
             .find_map(|l| l.strip_prefix(key))
-            .and_then(|r| r.trim_start_matches(':').split_whitespace().next().and_then(|v| v.parse().ok()))
+            .and_then(|r| {
+                r.trim_start_matches(':').split_whitespace().next().and_then(|v| v.parse().ok())
+            })
             .unwrap_or(0)
     };
     let mounts = std::fs::read_to_string("/proc/mounts")
@@ -84,7 +103,11 @@ fn status(s: &Shared) -> Status {
         .lines()
         .filter_map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
-            Some(Mount { source: f.first()?.to_string(), target: f.get(1)?.to_string(), fstype: f.get(2)?.to_string() })
+            Some(Mount {
+                source: f.first()?.to_string(),
+                target: f.get(1)?.to_string(),
+                fstype: f.get(2)?.to_string(),
+            })
         })
         .collect();
     Status {
@@ -106,7 +129,11 @@ const MAX_OUTPUT: u64 = 1 << 20;
 pub fn exec(args: &ExecArgs, max_secs: u64, reaper: &Reaper) -> std::io::Result<ExecResult> {
     let timeout = Duration::from_secs(args.timeout_secs.unwrap_or(10).min(max_secs.max(1)));
     let mut s = reaper.spawn(
-        Command::new(&args.argv[0]).args(&args.argv[1..]).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()),
+        Command::new(&args.argv[0])
+            .args(&args.argv[1..])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
     )?;
     let reader = |r: Option<Box<dyn Read + Send>>| {
         std::thread::spawn(move || {
@@ -156,7 +183,8 @@ pub fn serve(port: PathBuf, shared: Arc<Mutex<Shared>>, reaper: Arc<Reaper>, wak
         // While no host is connected the port reports POLLHUP and reads return 0: wait a bit
         // instead of spinning (the port does not signal the connect through poll).
         let mut fds = [rustix::event::PollFd::new(&file, rustix::event::PollFlags::IN)];
-        let _ = rustix::event::poll(&mut fds, Some(&rustix::event::Timespec { tv_sec: 1, tv_nsec: 0 }));
+        let _ =
+            rustix::event::poll(&mut fds, Some(&rustix::event::Timespec { tv_sec: 1, tv_nsec: 0 }));
         let revents = fds[0].revents();
         if !revents.contains(rustix::event::PollFlags::IN) {
             if revents.contains(rustix::event::PollFlags::HUP) {

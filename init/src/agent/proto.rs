@@ -113,7 +113,9 @@ impl Reply {
     }
 
     pub fn to_line(&self) -> String {
-        let mut s = serde_json::to_string(self).unwrap_or_else(|_| r#"{"error":{"code":"internal","message":"reply encoding"}}"#.into());
+        let mut s = serde_json::to_string(self).unwrap_or_else(|_| {
+            r#"{"error":{"code":"internal","message":"reply encoding"}}"#.into()
+        });
         s.push('\n');
         s
     }
@@ -122,23 +124,38 @@ impl Reply {
 /// Parses a request line; on failure returns the error reply to send (with the id if found).
 pub fn parse_request(line: &str) -> Result<(Option<Value>, Command), Reply> {
     if line.len() > MAX_LINE {
-        return Err(Reply::err(None, ErrorCode::BadRequest, format!("request longer than {MAX_LINE} bytes")));
+        return Err(Reply::err(
+            None,
+            ErrorCode::BadRequest,
+            format!("request longer than {MAX_LINE} bytes"),
+        ));
     }
-    let raw: RawRequest =
-        serde_json::from_str(line).map_err(|e| Reply::err(None, ErrorCode::BadRequest, format!("not a request object: {e}")))?;
+    let raw: RawRequest = serde_json::from_str(line).map_err(|e| {
+        Reply::err(None, ErrorCode::BadRequest, format!("not a request object: {e}"))
+    })?;
     let id = raw.id.clone();
     let cmd = match raw.execute.as_str() {
         "status" => Command::Status,
         "shutdown" => Command::Shutdown,
         "exec" => {
-            let args = raw.arguments.ok_or_else(|| Reply::err(id.clone(), ErrorCode::BadRequest, "exec needs arguments {argv: [...]}"))?;
-            let args: ExecArgs = serde_json::from_value(args).map_err(|e| Reply::err(id.clone(), ErrorCode::BadRequest, format!("exec arguments: {e}")))?;
+            let args = raw.arguments.ok_or_else(|| {
+                Reply::err(id.clone(), ErrorCode::BadRequest, "exec needs arguments {argv: [...]}")
+            })?;
+            let args: ExecArgs = serde_json::from_value(args).map_err(|e| {
+                Reply::err(id.clone(), ErrorCode::BadRequest, format!("exec arguments: {e}"))
+            })?;
             if args.argv.is_empty() {
                 return Err(Reply::err(id, ErrorCode::BadRequest, "exec argv is empty"));
             }
             Command::Exec(args)
         }
-        other => return Err(Reply::err(id, ErrorCode::UnknownCommand, format!("unknown command {other:?}"))),
+        other => {
+            return Err(Reply::err(
+                id,
+                ErrorCode::UnknownCommand,
+                format!("unknown command {other:?}"),
+            ))
+        }
     };
     Ok((id, cmd))
 }
@@ -162,7 +179,10 @@ mod tests {
 
     #[test]
     fn rt_requests() {
-        let exec = Command::Exec(ExecArgs { argv: vec!["cat".into(), "/proc/modules".into()], timeout_secs: Some(5) });
+        let exec = Command::Exec(ExecArgs {
+            argv: vec!["cat".into(), "/proc/modules".into()],
+            timeout_secs: Some(5),
+        });
         for (i, c) in [Command::Status, Command::Shutdown, exec].into_iter().enumerate() {
             let line = request_line(i as u64, &c);
             assert!(line.ends_with('\n'));
@@ -179,7 +199,10 @@ mod tests {
         assert_eq!(back, ok);
         let err = Reply::err(None, ErrorCode::Forbidden, "exec needs lamina.debug=1");
         let line = err.to_line();
-        assert_eq!(line, "{\"error\":{\"code\":\"forbidden\",\"message\":\"exec needs lamina.debug=1\"}}\n");
+        assert_eq!(
+            line,
+            "{\"error\":{\"code\":\"forbidden\",\"message\":\"exec needs lamina.debug=1\"}}\n"
+        );
         assert_eq!(serde_json::from_str::<Reply>(&line).unwrap(), err);
     }
 
@@ -189,7 +212,11 @@ mod tests {
             uptime_secs: 1.5,
             kernel: "6.1".into(),
             memory: Memory { total_kib: 1, available_kib: 2 },
-            mounts: vec![Mount { source: "proc".into(), target: "/proc".into(), fstype: "proc".into() }],
+            mounts: vec![Mount {
+                source: "proc".into(),
+                target: "/proc".into(),
+                fstype: "proc".into(),
+            }],
             pool: None,
             ready: true,
             summary: "x".into(),
@@ -198,8 +225,17 @@ mod tests {
         let v = serde_json::to_value(&s).unwrap();
         assert_eq!(v["pool"], Value::Null);
         assert_eq!(serde_json::from_value::<Status>(v).unwrap(), s);
-        let r = ExecResult { exit_code: Some(0), signal: None, timed_out: false, stdout: "o".into(), stderr: String::new() };
-        assert_eq!(serde_json::from_value::<ExecResult>(serde_json::to_value(&r).unwrap()).unwrap(), r);
+        let r = ExecResult {
+            exit_code: Some(0),
+            signal: None,
+            timed_out: false,
+            stdout: "o".into(),
+            stderr: String::new(),
+        };
+        assert_eq!(
+            serde_json::from_value::<ExecResult>(serde_json::to_value(&r).unwrap()).unwrap(),
+            r
+        );
     }
 
     #[test]
@@ -209,7 +245,10 @@ mod tests {
         assert_eq!(code(r#"{"execute":"reboot","id":3}"#), ErrorCode::UnknownCommand);
         assert_eq!(code(r#"{"execute":"exec"}"#), ErrorCode::BadRequest);
         assert_eq!(code(r#"{"execute":"exec","arguments":{"argv":[]}}"#), ErrorCode::BadRequest);
-        assert_eq!(code(r#"{"execute":"exec","arguments":{"argv":["x"],"bogus":1}}"#), ErrorCode::BadRequest);
+        assert_eq!(
+            code(r#"{"execute":"exec","arguments":{"argv":["x"],"bogus":1}}"#),
+            ErrorCode::BadRequest
+        );
         assert_eq!(parse_request(r#"{"execute":"reboot","id":3}"#).unwrap_err().id, Some(3.into()));
         assert_eq!(code(&"x".repeat(MAX_LINE + 1)), ErrorCode::BadRequest);
     }

@@ -135,7 +135,9 @@ pub fn parse_msgs(mut buf: &[u8]) -> Result<Vec<Msg<'_>>, CodecError> {
     let mut out = Vec::new();
     let mut off = 0;
     while !buf.is_empty() {
-        let h = buf.get(..NLMSG_HDRLEN).ok_or(CodecError::Truncated { what: "nlmsghdr", offset: off })?;
+        let h = buf
+            .get(..NLMSG_HDRLEN)
+            .ok_or(CodecError::Truncated { what: "nlmsghdr", offset: off })?;
         let len = u32::from_ne_bytes([h[0], h[1], h[2], h[3]]) as usize;
         if len < NLMSG_HDRLEN || len > buf.len() {
             return Err(CodecError::Truncated { what: "message", offset: off });
@@ -280,7 +282,10 @@ mod tests {
         let p = parse_msgs(&a).unwrap()[0].payload;
         assert_eq!((p[0], p[1]), (AF_INET, 24));
         let at: Vec<_> = attrs(&p[8..]).collect();
-        assert_eq!(at, [(IFA_LOCAL, [10u8, 0, 2, 15].as_slice()), (IFA_ADDRESS, [10u8, 0, 2, 15].as_slice())]);
+        assert_eq!(
+            at,
+            [(IFA_LOCAL, [10u8, 0, 2, 15].as_slice()), (IFA_ADDRESS, [10u8, 0, 2, 15].as_slice())]
+        );
         let r = default_route(3, 2, Ipv4Addr::new(10, 0, 2, 2));
         let p = parse_msgs(&r).unwrap()[0].payload;
         assert_eq!(p[4], RT_TABLE_MAIN);

@@ -63,7 +63,8 @@ fn sockets(mut b: MsgBuilder, fds: &[i32]) -> MsgBuilder {
 
 /// NBD_CMD_CONNECT.
 pub fn connect(family: u16, seq: u32, c: &Connect, fds: &[i32]) -> Vec<u8> {
-    let mut b = MsgBuilder::new(family, NLM_F_REQUEST | NLM_F_ACK, seq).header(&genl_header(CMD_CONNECT, VERSION));
+    let mut b = MsgBuilder::new(family, NLM_F_REQUEST | NLM_F_ACK, seq)
+        .header(&genl_header(CMD_CONNECT, VERSION));
     if let Some(i) = c.index {
         b = b.attr_u32(ATTR_INDEX, i);
     }
@@ -81,7 +82,14 @@ pub fn connect(family: u16, seq: u32, c: &Connect, fds: &[i32]) -> Vec<u8> {
 }
 
 /// NBD_CMD_RECONFIGURE: hand new sockets to device `index` (after the daemon restarted).
-pub fn reconfigure(family: u16, seq: u32, index: u32, backend: Option<&str>, dead_conn_timeout_secs: u64, fds: &[i32]) -> Vec<u8> {
+pub fn reconfigure(
+    family: u16,
+    seq: u32,
+    index: u32,
+    backend: Option<&str>,
+    dead_conn_timeout_secs: u64,
+    fds: &[i32],
+) -> Vec<u8> {
     let mut b = MsgBuilder::new(family, NLM_F_REQUEST | NLM_F_ACK, seq)
         .header(&genl_header(CMD_RECONFIGURE, VERSION))
         .attr_u32(ATTR_INDEX, index)

@@ -35,7 +35,11 @@ pub trait Netlink {
     fn next_seq(&mut self) -> u32;
     /// Sends `msg` (which asked for an ACK) and returns the payload-carrying replies (type and
     /// payload) received before the ACK; a negative ACK is [`NetlinkError::Kernel`].
-    fn request(&mut self, what: &'static str, msg: &[u8]) -> Result<Vec<(u16, Vec<u8>)>, NetlinkError>;
+    fn request(
+        &mut self,
+        what: &'static str,
+        msg: &[u8],
+    ) -> Result<Vec<(u16, Vec<u8>)>, NetlinkError>;
 }
 
 /// A real netlink socket (NETLINK_ROUTE or NETLINK_GENERIC).
@@ -73,26 +77,37 @@ impl Netlink for NlSocket {
         self.seq
     }
 
-    fn request(&mut self, what: &'static str, msg: &[u8]) -> Result<Vec<(u16, Vec<u8>)>, NetlinkError> {
+    fn request(
+        &mut self,
+        what: &'static str,
+        msg: &[u8],
+    ) -> Result<Vec<(u16, Vec<u8>)>, NetlinkError> {
         let io = |e: rustix::io::Errno| NetlinkError::Io { what, source: e.into() };
         let seq = parse_msgs(msg)
             .map_err(|source| NetlinkError::Codec { what, source })?
             .first()
             .map(|m| m.seq)
             .unwrap_or(0);
-        rustix::net::sendto(&self.fd, msg, SendFlags::empty(), &SocketAddrNetlink::new(0, 0)).map_err(io)?;
+        rustix::net::sendto(&self.fd, msg, SendFlags::empty(), &SocketAddrNetlink::new(0, 0))
+            .map_err(io)?;
         let mut out = Vec::new();
         let mut buf = vec![0u8; 32 * 1024];
         loop {
-            let (n, _) = rustix::net::recv(&self.fd, &mut buf[..], RecvFlags::empty()).map_err(io)?;
+            let (n, _) =
+                rustix::net::recv(&self.fd, &mut buf[..], RecvFlags::empty()).map_err(io)?;
             for m in parse_msgs(&buf[..n]).map_err(|source| NetlinkError::Codec { what, source })? {
                 if m.seq != seq {
                     continue; // a stale reply to an earlier request
                 }
                 match m.ty {
                     NLMSG_ERROR => {
-                        let errno = error_code(m.payload).map_err(|source| NetlinkError::Codec { what, source })?;
-                        return if errno == 0 { Ok(out) } else { Err(NetlinkError::Kernel { what, errno }) };
+                        let errno = error_code(m.payload)
+                            .map_err(|source| NetlinkError::Codec { what, source })?;
+                        return if errno == 0 {
+                            Ok(out)
+                        } else {
+                            Err(NetlinkError::Kernel { what, errno })
+                        };
                     }
                     NLMSG_DONE => return Ok(out),
                     ty => out.push((ty, m.payload.to_vec())),
@@ -102,17 +117,21 @@ impl Netlink for NlSocket {
     }
 }
 
+/// One scripted answer: the replies before the ACK, or a negative ACK's errno.
+#[cfg(test)]
+pub type Scripted = Result<Vec<(u16, Vec<u8>)>, i32>;
+
 /// A scripted stand-in for tests: records requests, answers from a queue.
 #[cfg(test)]
 pub struct FakeNetlink {
     pub sent: Vec<Vec<u8>>,
-    pub replies: std::collections::VecDeque<Result<Vec<(u16, Vec<u8>)>, i32>>,
+    pub replies: std::collections::VecDeque<Scripted>,
     seq: u32,
 }
 
 #[cfg(test)]
 impl FakeNetlink {
-    pub fn new(replies: Vec<Result<Vec<(u16, Vec<u8>)>, i32>>) -> Self {
+    pub fn new(replies: Vec<Scripted>) -> Self {
         Self { sent: Vec::new(), replies: replies.into(), seq: 0 }
     }
 }
@@ -124,7 +143,11 @@ impl Netlink for FakeNetlink {
         self.seq
     }
 
-    fn request(&mut self, what: &'static str, msg: &[u8]) -> Result<Vec<(u16, Vec<u8>)>, NetlinkError> {
+    fn request(
+        &mut self,
+        what: &'static str,
+        msg: &[u8],
+    ) -> Result<Vec<(u16, Vec<u8>)>, NetlinkError> {
         self.sent.push(msg.to_vec());
         match self.replies.pop_front() {
             Some(Ok(r)) => Ok(r),
