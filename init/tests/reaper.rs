@@ -75,3 +75,32 @@ fn orphans_are_reaped_and_leave_no_zombie() {
     assert!(!zombies().contains(&orphan));
     assert_eq!(s.exit.recv_timeout(Duration::from_secs(5)).unwrap(), Exit::Code(0));
 }
+
+/// The agent's `exec` relies on the reaper for exit statuses: run it with a reaping thread.
+#[test]
+fn agent_exec_collects_output_and_enforces_the_timeout() {
+    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let r = reaper();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let s2 = stop.clone();
+    let reaping = std::thread::spawn(move || {
+        while !s2.load(std::sync::atomic::Ordering::Relaxed) {
+            reaper().reap();
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    });
+    let args = |argv: &[&str], t| init::agent::proto::ExecArgs {
+        argv: argv.iter().map(|s| s.to_string()).collect(),
+        timeout_secs: Some(t),
+    };
+    let ok = init::agent::exec(&args(&["sh", "-c", "echo out; echo err >&2; exit 3"], 10), 60, r).unwrap();
+    assert_eq!((ok.exit_code, ok.timed_out), (Some(3), false));
+    assert_eq!((ok.stdout.as_str(), ok.stderr.as_str()), ("out\n", "err\n"));
+    let t = Instant::now();
+    let slow = init::agent::exec(&args(&["sleep", "30"], 1), 60, r).unwrap();
+    assert!(slow.timed_out && slow.exit_code.is_none() && slow.signal == Some(9), "{slow:?}");
+    assert!(t.elapsed() < Duration::from_secs(10));
+    assert!(init::agent::exec(&args(&["/nonexistent"], 1), 60, r).is_err());
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    reaping.join().unwrap();
+}
