@@ -138,9 +138,10 @@ fn bench_boot(runs: usize, machine: &str) -> Result<()> {
         vm.stop(Duration::from_secs(20))?;
         let label = if i == 0 { "warm-up".to_owned() } else { format!("run {i}") };
         eprintln!(
-            "[bench boot {machine:?} {:?}] {label}: READY after {:.2}s",
+            "[bench boot {machine:?} {:?}] {label}: READY after {:.2}s ({})",
             cfg.accel,
-            r.after.as_secs_f64()
+            r.after.as_secs_f64(),
+            r.line.rsplit_once('(').map(|(_, t)| t.trim_end_matches(')')).unwrap_or("")
         );
         if i > 0 {
             times.push(r.after.as_secs_f64());
