@@ -99,13 +99,38 @@ pub fn main_pid1() -> ! {
     std::panic::set_hook(Box::new(|info| {
         say(&format!("PANIC: {info}"));
     }));
-    let result = std::panic::catch_unwind(|| run(sfd));
-    // Only reached if `run` panicked: keep PID 1 alive long enough to be seen, then power off.
-    say(&format!(
-        "{DEGRADED}: init panicked ({}); powering off",
-        if result.is_err() { "see above" } else { "returned" }
-    ));
-    power_off()
+    let _ = std::panic::catch_unwind(|| run(sfd));
+    // Only reached if `run` panicked (a bug): PID 1 must not exit, so keep reaping and wait
+    // for a shutdown signal; the console shows the panic message above.
+    say(&format!("{DEGRADED}: init panicked (see above); waiting for SIGTERM/SIGINT/SIGPWR"));
+    fallback_loop(&mask)
+}
+
+/// Minimal PID 1 after a panic: reap zombies, power off on a shutdown signal.
+fn fallback_loop(mask: &SigSet) -> ! {
+    let mut sfd = SignalFd::with_flags(mask, SfdFlags::SFD_CLOEXEC).ok();
+    loop {
+        match sfd.as_mut().map(|s| s.read_signal()) {
+            Some(Ok(Some(si))) => match Signal::try_from(si.ssi_signo as i32) {
+                Ok(Signal::SIGCHLD) => {
+                    while let Ok(st) = nix::sys::wait::waitpid(
+                        nix::unistd::Pid::from_raw(-1),
+                        Some(nix::sys::wait::WaitPidFlag::WNOHANG),
+                    ) {
+                        if st == nix::sys::wait::WaitStatus::StillAlive {
+                            break;
+                        }
+                    }
+                }
+                Ok(Signal::SIGTERM | Signal::SIGINT | Signal::SIGPWR | Signal::SIGUSR2) => {
+                    say("shutdown after panic: sync, power off");
+                    power_off()
+                }
+                _ => {}
+            },
+            _ => std::thread::sleep(Duration::from_secs(1)),
+        }
+    }
 }
 
 fn run(sfd: nix::Result<SignalFd>) -> ! {

@@ -93,7 +93,8 @@ fn agent_exec_collects_output_and_enforces_the_timeout() {
         argv: argv.iter().map(|s| s.to_string()).collect(),
         timeout_secs: Some(t),
     };
-    let ok = init::agent::exec(&args(&["sh", "-c", "echo out; echo err >&2; exit 3"], 10), 60, r).unwrap();
+    let ok = init::agent::exec(&args(&["sh", "-c", "echo out; echo err >&2; exit 3"], 10), 60, r)
+        .unwrap();
     assert_eq!((ok.exit_code, ok.timed_out), (Some(3), false));
     assert_eq!((ok.stdout.as_str(), ok.stderr.as_str()), ("out\n", "err\n"));
     let t = Instant::now();
