@@ -89,6 +89,8 @@ impl Qmp {
         }
         let mut line = msg.to_string();
         line.push('\n');
+        // A wait_* call may have left a short read timeout behind.
+        self.reader.get_ref().set_read_timeout(Some(Duration::from_secs(10))).ok();
         self.writer.write_all(line.as_bytes()).map_err(|source| QmpError::Io {
             path: self.path.clone(),
             what: "write",

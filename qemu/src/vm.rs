@@ -168,6 +168,7 @@ impl Vm {
         Ok(Ready { line: m.line, after: m.at.duration_since(self.started) })
     }
 
+    /// A QMP connection. QEMU serves one QMP client at a time: drop it before [`Vm::stop`].
     pub fn qmp(&self) -> Result<Qmp, VmError> {
         Ok(Qmp::connect(&self.dir.qmp(), Duration::from_secs(10))?)
     }
