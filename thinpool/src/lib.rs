@@ -6,8 +6,10 @@
 //! io      block-device seam: file, memory, fault-injecting
 //! pdata   dm-thin on-disk format: checksummed blocks, btrees, space maps, transactions
 //! pool    thin volumes: create, snapshot, delete, map, CoW, discard, commit, names
+//! nbd     NBD protocol codec and server over an Export/Catalog seam
 //! ```
 
 pub mod io;
+pub mod nbd;
 pub mod pdata;
 pub mod units;

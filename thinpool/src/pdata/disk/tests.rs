@@ -50,8 +50,8 @@ fn fresh_superblock_is_byte_exact() {
     let b = fresh_superblock().encode();
     assert_eq!(get_u32(&b[..], 0), 0xCAFF_9186);
     let expect_0x140 = [
-        0x06, 0, 0, 0, 0, 0, 0, 0, 0x07, 0, 0, 0, 0, 0, 0, 0, 0x80, 0, 0, 0, 0x08, 0, 0, 0, 0, 0x04,
-        0, 0, 0, 0, 0, 0,
+        0x06, 0, 0, 0, 0, 0, 0, 0, 0x07, 0, 0, 0, 0, 0, 0, 0, 0x80, 0, 0, 0, 0x08, 0, 0, 0, 0,
+        0x04, 0, 0, 0, 0, 0, 0,
     ];
     assert_eq!(&b[0x140..0x160], &expect_0x140);
     assert_eq!(&b[0x20..0x28], &[0xba, 0x52, 0x9c, 0x01, 0, 0, 0, 0]);
