@@ -54,7 +54,13 @@ fn nbdinfo_map_shows_holes_where_nothing_was_written() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|e| (e["offset"].as_u64().unwrap(), e["length"].as_u64().unwrap(), e["type"].as_u64().unwrap()))
+        .map(|e| {
+            (
+                e["offset"].as_u64().unwrap(),
+                e["length"].as_u64().unwrap(),
+                e["type"].as_u64().unwrap(),
+            )
+        })
         .collect();
     let want = vec![
         (0, 2 << 20, 3),

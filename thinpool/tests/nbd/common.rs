@@ -62,7 +62,9 @@ pub fn run_in(prog: &str, args: &[&str], deadline: Duration, stdin: Option<&Path
     }
     let mut child = match cmd.spawn() {
         Ok(c) => c,
-        Err(e) => panic!("required tool `{prog}` could not be started ({e}); install it (cargo xtask setup)"),
+        Err(e) => panic!(
+            "required tool `{prog}` could not be started ({e}); install it (cargo xtask setup)"
+        ),
     };
     let start = Instant::now();
     loop {
