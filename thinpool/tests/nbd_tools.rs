@@ -76,3 +76,129 @@ fn nbdinfo_map_shows_holes_where_nothing_was_written() {
         assert!(st.success(), "nbdinfo --can {can} failed");
     }
 }
+
+#[test]
+fn nbdcopy_round_trip_256mib_over_4_connections() {
+    use thinpool::nbd::file::FileExport;
+    let dir = scratch();
+    let size = 256usize << 20;
+    let mut src = random_bytes(size, 0x5eed);
+    // A zero run in the middle so nbdcopy also sends zero requests.
+    src[(100 << 20)..(132 << 20)].fill(0);
+    let src_path = dir.path().join("src.img");
+    std::fs::write(&src_path, &src).unwrap();
+    let exp_path = dir.path().join("export.img");
+    let exp = Arc::new(FileExport::create(&exp_path, size as u64).unwrap());
+    let cat = Arc::new(MemCatalog::new());
+    cat.insert("disk", "", exp);
+    let srv = start_mem(cat);
+    let t = Duration::from_secs(180);
+    let src_s = src_path.to_str().unwrap();
+    ok("nbdcopy", &["--connections=4", "--flush", src_s, &srv.uri("disk")], t);
+    let back = dir.path().join("back.img");
+    ok("nbdcopy", &["--connections=4", &srv.unix_uri("disk"), back.to_str().unwrap()], t);
+    let on_export = std::fs::read(&exp_path).unwrap();
+    assert!(on_export == src, "export contents differ from the source");
+    let got = std::fs::read(&back).unwrap();
+    assert!(got == src, "copied-back image differs from the source");
+}
+
+#[test]
+fn qemu_io_patterns_zeroes_discard_flush_fua() {
+    let cat = Arc::new(MemCatalog::new());
+    let probe = Arc::new(Probe::new(Arc::new(MemExport::new(64 << 20))));
+    cat.insert("q", "", probe.clone());
+    let srv = start_mem(cat);
+    let uri = srv.uri("q");
+    let script = [
+        "write -P 0xab 0 1M",
+        "read -P 0xab 0 1M",
+        "write -f -P 0xcd 4M 64k",
+        "read -P 0xcd 4M 64k",
+        "write -z 0 512k",
+        "read -P 0 0 512k",
+        "read -P 0xab 512k 512k",
+        "write -z -u 4M 64k",
+        "read -P 0 4M 64k",
+        "write -P 0x11 8M 2M",
+        "discard 8M 1M",
+        "read -P 0 8M 1M",
+        "read -P 0x11 9M 1M",
+        "flush",
+        "aio_write -P 0x22 16M 64k",
+        "aio_write -P 0x33 17M 64k",
+        "aio_flush",
+        "read -P 0x22 16M 64k",
+        "read -P 0x33 17M 64k",
+    ];
+    let mut args = vec!["-f", "raw"];
+    for c in &script {
+        args.push("-c");
+        args.push(c);
+    }
+    args.push(&uri);
+    let out = run("qemu-io", &args, T);
+    let text =
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "qemu-io failed:\n{text}");
+    assert!(!text.contains("failed"), "qemu-io reported a failure:\n{text}");
+    assert_eq!(text.matches("read ").count(), 9, "every read ran:\n{text}");
+    assert!(Probe::get(&probe.fua_writes) >= 1, "write -f must arrive with FUA");
+    assert!(Probe::get(&probe.flushes) >= 1, "flush must reach the export");
+    assert!(Probe::get(&probe.trims) >= 1, "discard must arrive as TRIM");
+    assert!(Probe::get(&probe.zeroes_no_hole) >= 1, "write -z must arrive as WRITE_ZEROES+NO_HOLE");
+    assert!(Probe::get(&probe.zeroes_may_trim) >= 1, "write -z -u must allow unmapping");
+
+    // qemu-img compare against a file with the same contents.
+    let dir = scratch();
+    let img = dir.path().join("cmp.img");
+    let mut want = vec![0u8; 64 << 20];
+    let data = random_bytes(3 << 20, 9);
+    want[(20 << 20)..(23 << 20)].copy_from_slice(&data);
+    std::fs::write(&img, &want).unwrap();
+    probe.inner.trim(0, 64 << 20, false).unwrap();
+    probe.inner.write(20 << 20, &data, false).unwrap();
+    ok(
+        "qemu-img",
+        &["compare", "-f", "raw", "-F", "raw", img.to_str().unwrap(), &srv.unix_uri("q")],
+        T,
+    );
+    probe.inner.write(30 << 20, &[1], false).unwrap();
+    let st =
+        run("qemu-img", &["compare", "-f", "raw", "-F", "raw", img.to_str().unwrap(), &uri], T);
+    assert_eq!(st.status.code(), Some(1), "qemu-img compare must see the differing byte");
+}
+
+#[test]
+fn fio_verify_4_jobs() {
+    let cat = Arc::new(MemCatalog::new());
+    cat.insert("fio", "", Arc::new(MemExport::new(128 << 20)));
+    let srv = start_mem(cat);
+    let uri = format!("--uri={}", srv.uri("fio"));
+    let out = ok(
+        "fio",
+        &[
+            "--name=verify",
+            "--ioengine=nbd",
+            &uri,
+            "--rw=randwrite",
+            "--bs=4k",
+            "--iodepth=32",
+            "--size=32M",
+            "--numjobs=4",
+            "--offset_increment=32M",
+            "--verify=crc32c",
+            "--do_verify=1",
+            "--verify_fatal=1",
+            "--output-format=json",
+        ],
+        Duration::from_secs(180),
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&out[out.find('{').unwrap()..]).expect("fio json");
+    for job in v["jobs"].as_array().unwrap() {
+        assert_eq!(job["error"], 0, "fio job failed: {job}");
+        assert!(job["write"]["io_bytes"].as_u64().unwrap() >= 32 << 20);
+        assert!(job["read"]["io_bytes"].as_u64().unwrap() >= 32 << 20, "verify phase read back");
+    }
+}

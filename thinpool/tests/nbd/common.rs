@@ -113,3 +113,89 @@ pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
     v.truncate(len);
     v
 }
+
+/// Counts what a client asked of an export, so tests can assert FUA/flush/zero semantics.
+pub struct Probe {
+    pub inner: Arc<dyn thinpool::nbd::Export>,
+    pub fua_writes: std::sync::atomic::AtomicU64,
+    pub flushes: std::sync::atomic::AtomicU64,
+    pub trims: std::sync::atomic::AtomicU64,
+    pub zeroes_no_hole: std::sync::atomic::AtomicU64,
+    pub zeroes_may_trim: std::sync::atomic::AtomicU64,
+}
+
+impl Probe {
+    pub fn new(inner: Arc<dyn thinpool::nbd::Export>) -> Self {
+        Self {
+            inner,
+            fua_writes: Default::default(),
+            flushes: Default::default(),
+            trims: Default::default(),
+            zeroes_no_hole: Default::default(),
+            zeroes_may_trim: Default::default(),
+        }
+    }
+
+    pub fn get(c: &std::sync::atomic::AtomicU64) -> u64 {
+        c.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+fn bump(c: &std::sync::atomic::AtomicU64) {
+    c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+}
+
+impl thinpool::nbd::Export for Probe {
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+    fn read(&self, offset: u64, buf: &mut [u8]) -> thinpool::nbd::ExportResult<()> {
+        self.inner.read(offset, buf)
+    }
+    fn write(&self, offset: u64, data: &[u8], fua: bool) -> thinpool::nbd::ExportResult<()> {
+        if fua {
+            bump(&self.fua_writes);
+        }
+        self.inner.write(offset, data, fua)
+    }
+    fn write_zeroes(
+        &self,
+        offset: u64,
+        len: u64,
+        may_trim: bool,
+        fast: bool,
+        fua: bool,
+    ) -> thinpool::nbd::ExportResult<()> {
+        bump(if may_trim { &self.zeroes_may_trim } else { &self.zeroes_no_hole });
+        self.inner.write_zeroes(offset, len, may_trim, fast, fua)
+    }
+    fn trim(&self, offset: u64, len: u64, fua: bool) -> thinpool::nbd::ExportResult<()> {
+        bump(&self.trims);
+        self.inner.trim(offset, len, fua)
+    }
+    fn flush(&self) -> thinpool::nbd::ExportResult<()> {
+        bump(&self.flushes);
+        self.inner.flush()
+    }
+    fn extents(
+        &self,
+        offset: u64,
+        len: u64,
+    ) -> thinpool::nbd::ExportResult<Vec<thinpool::nbd::Extent>> {
+        self.inner.extents(offset, len)
+    }
+    fn read_only(&self) -> bool {
+        self.inner.read_only()
+    }
+}
+
+/// A scratch directory on tmpfs when available (fast for 256 MiB images), else /tmp.
+pub fn scratch() -> tempfile::TempDir {
+    let shm = Path::new("/dev/shm");
+    if shm.is_dir() {
+        if let Ok(d) = tempfile::tempdir_in(shm) {
+            return d;
+        }
+    }
+    tempfile::tempdir().expect("tempdir")
+}
