@@ -216,8 +216,8 @@ pub(crate) fn check_string<'a>(what: &'static str, b: &'a [u8]) -> Result<&'a st
     Ok(s)
 }
 
-/// Appends big-endian integers and strings to a buffer.
-pub(crate) trait Put {
+/// Appends big-endian integers to a buffer.
+pub trait Put {
     fn put_u16(&mut self, v: u16);
     fn put_u32(&mut self, v: u32);
     fn put_u64(&mut self, v: u64);
