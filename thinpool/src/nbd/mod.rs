@@ -23,6 +23,8 @@
 
 pub mod allow;
 mod conn;
+pub mod control;
+pub mod daemon;
 pub mod export;
 pub mod file;
 pub mod mem;
