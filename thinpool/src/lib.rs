@@ -12,4 +12,5 @@
 pub mod io;
 pub mod nbd;
 pub mod pdata;
+pub mod pool;
 pub mod units;

@@ -290,7 +290,7 @@ impl Superblock {
 /// dm-thin accepts 128..=2097152 sectors in multiples of 128.
 pub fn valid_data_block_size(sectors: u32) -> bool {
     (MIN_DATA_BLOCK_SECTORS..=MAX_DATA_BLOCK_SECTORS).contains(&sectors)
-        && sectors % MIN_DATA_BLOCK_SECTORS == 0
+        && sectors.is_multiple_of(MIN_DATA_BLOCK_SECTORS)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -324,7 +324,7 @@ impl<'a> Node<'a> {
         if vs == 0 || vs > BLOCK_SIZE {
             return Err(DecodeError::Node("value size is impossible"));
         }
-        if max == 0 || max % 3 != 0 || NODE_HEADER_SIZE + max * (8 + vs) > BLOCK_SIZE {
+        if max == 0 || !max.is_multiple_of(3) || NODE_HEADER_SIZE + max * (8 + vs) > BLOCK_SIZE {
             return Err(DecodeError::Node("max_entries does not fit the block"));
         }
         if n.nr_entries() > max {

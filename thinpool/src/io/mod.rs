@@ -11,6 +11,9 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
 
+mod faulty;
+pub use faulty::{FaultPlan, FaultyDevice};
+
 /// A byte-addressed device with an explicit durability barrier.
 pub trait BlockDevice: Send + Sync {
     /// Fills `buf` from `offset`. Reading past the end is an error.
@@ -203,6 +206,7 @@ impl BlockDevice for MemDevice {
 
 #[cfg(test)]
 pub(crate) mod contract {
+    #![allow(clippy::unwrap_used)]
     //! The contract every [`BlockDevice`] keeps, written once and run for each implementation.
     use super::*;
 

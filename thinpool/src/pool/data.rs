@@ -1,0 +1,309 @@
+//! The data path: byte-granular reads and writes on thin volumes.
+//!
+//! A write to an unmapped block allocates a data block, writes the whole block (zeros around
+//! the new bytes) and then inserts the mapping; a write to a shared block (the kernel's time
+//! rule: `snapshotted_time > mapping.time`) does the same starting from a copy of the old
+//! block. Writes to unshared mapped blocks go straight to the data device. New blocks are
+//! *reserved* while being written, so a concurrent commit never records a counted block that
+//! no mapping references yet.
+
+use super::error::{Error, ErrorKind, Result};
+use super::{lock, Pool};
+use crate::pdata::disk::BlockTime;
+use crate::pdata::sm::SpaceMap;
+use crate::units::{DataBlock, ThinId, VirtBlock};
+
+/// One block's share of a byte range.
+#[derive(Clone, Copy, Debug)]
+struct Seg {
+    vb: VirtBlock,
+    /// Offset inside the block.
+    off: u64,
+    len: usize,
+    /// Offset inside the caller's buffer.
+    at: usize,
+}
+
+fn segments(offset: u64, len: usize, bs: u64) -> impl Iterator<Item = Seg> {
+    let end = offset + len as u64;
+    let mut pos = offset;
+    std::iter::from_fn(move || {
+        if pos >= end {
+            return None;
+        }
+        let vb = pos / bs;
+        let off = pos % bs;
+        let n = (bs - off).min(end - pos);
+        let s = Seg { vb: VirtBlock(vb), off, len: n as usize, at: (pos - offset) as usize };
+        pos += n;
+        Some(s)
+    })
+}
+
+impl Pool {
+    /// Checks that `id` exists and `offset + len` fits its virtual size (named volumes) or the
+    /// address space (raw thin ids).
+    fn check_range(&self, id: ThinId, offset: u64, len: u64) -> Result<()> {
+        let m = self.meta();
+        m.dev(id)?;
+        let end = offset.checked_add(len).ok_or_else(|| {
+            Error::new(ErrorKind::OutOfRange, format!("range {offset}+{len} overflows"))
+        })?;
+        let limit = match m.names.as_ref().and_then(|t| t.by_id(id.0)) {
+            Some(v) => v.size,
+            None => (1u64 << 40).saturating_mul(self.block_bytes),
+        };
+        if end > limit {
+            return Err(Error::new(
+                ErrorKind::OutOfRange,
+                format!("thin device {id}: range {offset}+{len} is beyond its size {limit}"),
+            ));
+        }
+        Ok(())
+    }
+
+    fn data_offset(&self, b: DataBlock, off: u64) -> u64 {
+        b.0 * self.block_bytes + off
+    }
+
+    fn data_io(&self, what: &str, b: DataBlock, e: std::io::Error) -> Error {
+        Error::io(format!("{what} data block {b} of {}", self.data_dev.describe()), e)
+    }
+
+    /// Reads `buf.len()` bytes of volume `id` at `offset`; unmapped ranges read as zeros.
+    pub fn read(&self, id: ThinId, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let _g = self.gate.read().unwrap_or_else(|e| e.into_inner());
+        self.check_range(id, offset, buf.len() as u64)?;
+        let segs: Vec<Seg> = segments(offset, buf.len(), self.block_bytes).collect();
+        // Hold the blocks' stripes so a concurrent copy-on-write cannot free and recycle a
+        // block between the lookup and the read.
+        let mut idx: Vec<usize> = segs.iter().map(|s| self.stripe(id, s.vb)).collect();
+        idx.sort_unstable();
+        idx.dedup();
+        let _stripes: Vec<_> = idx.iter().map(|&i| lock(&self.stripes[i])).collect();
+        let maps = {
+            let mut m = self.meta();
+            segs.iter().map(|s| m.lookup(id, s.vb)).collect::<Result<Vec<_>>>()?
+        };
+        for (s, map) in segs.iter().zip(maps) {
+            let out = &mut buf[s.at..s.at + s.len];
+            match map {
+                None => out.fill(0),
+                Some(bt) => self
+                    .data_dev
+                    .read_at(out, self.data_offset(bt.block, s.off))
+                    .map_err(|e| self.data_io("reading", bt.block, e))?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes `buf` into volume `id` at `offset`, allocating and copying as needed.
+    pub fn write(&self, id: ThinId, offset: u64, buf: &[u8]) -> Result<()> {
+        let _g = self.gate.read().unwrap_or_else(|e| e.into_inner());
+        self.check_range(id, offset, buf.len() as u64)?;
+        for s in segments(offset, buf.len(), self.block_bytes) {
+            self.write_block(id, s.vb, s.off, &buf[s.at..s.at + s.len])?;
+        }
+        Ok(())
+    }
+
+    /// Hands out a data block that is free in both maps, committing once to release blocks
+    /// freed in this transaction if that is what stands in the way.
+    fn reserve_data(&self) -> Result<DataBlock> {
+        let mut committed = false;
+        loop {
+            {
+                let mut m = self.meta();
+                m.writable()?;
+                if let Some(b) = m.data.reserve() {
+                    return Ok(DataBlock(b));
+                }
+                let free = m.data.nr_blocks() - m.data.nr_allocated() - m.data.nr_reserved();
+                if committed || free == 0 {
+                    return Err(Error::new(
+                        ErrorKind::NoSpace,
+                        format!("all {} data blocks are in use", m.data.nr_blocks()),
+                    ));
+                }
+            }
+            self.commit()?;
+            committed = true;
+        }
+    }
+
+    fn write_block(&self, id: ThinId, vb: VirtBlock, off: u64, data: &[u8]) -> Result<()> {
+        let bs = self.block_bytes;
+        let _s = lock(&self.stripes[self.stripe(id, vb)]);
+        let (map, shared) = {
+            let mut m = self.meta();
+            m.writable()?;
+            let map = m.lookup(id, vb)?;
+            let shared = match &map {
+                Some(bt) => m.shared(id, bt)?,
+                None => false,
+            };
+            (map, shared)
+        };
+        match map {
+            Some(bt) if !shared => {
+                return self
+                    .data_dev
+                    .write_at(data, self.data_offset(bt.block, off))
+                    .map_err(|e| self.data_io("writing", bt.block, e));
+            }
+            None if data.iter().all(|&b| b == 0) => return Ok(()),
+            _ => {}
+        }
+        let new = self.reserve_data()?;
+        let r = self.fill_new_block(new, map, off, data, bs);
+        let mut m = self.meta();
+        if let Err(e) = r.and_then(|_| {
+            m.writable()?;
+            m.meta_space()
+        }) {
+            let _ = m.data.unreserve(new.0, false);
+            return Err(e);
+        }
+        m.change(|m| {
+            m.data.unreserve(new.0, true).map_err(|e| Error::pdata("counting a data block", e))?;
+            let time = m.time;
+            m.insert_owned(id, vb, new, time)
+        })
+    }
+
+    /// Writes the new block's full contents: the old block (copy-on-write) or zeros, with
+    /// `data` at `off`.
+    fn fill_new_block(
+        &self,
+        new: DataBlock,
+        old: Option<BlockTime>,
+        off: u64,
+        data: &[u8],
+        bs: u64,
+    ) -> Result<()> {
+        if off == 0 && data.len() as u64 == bs {
+            return self
+                .data_dev
+                .write_at(data, self.data_offset(new, 0))
+                .map_err(|e| self.data_io("writing", new, e));
+        }
+        let mut block = vec![0u8; bs as usize];
+        if let Some(bt) = old {
+            self.data_dev
+                .read_at(&mut block, self.data_offset(bt.block, 0))
+                .map_err(|e| self.data_io("copying", bt.block, e))?;
+        }
+        block[off as usize..off as usize + data.len()].copy_from_slice(data);
+        self.data_dev
+            .write_at(&block, self.data_offset(new, 0))
+            .map_err(|e| self.data_io("writing", new, e))
+    }
+
+    /// Unmaps the fully covered blocks in `begin..end` (virtual blocks).
+    fn unmap(&self, id: ThinId, begin: u64, end: u64) -> Result<u64> {
+        if begin >= end {
+            return Ok(0);
+        }
+        self.meta().change(|m| m.remove_range(id, VirtBlock(begin), VirtBlock(end)))
+    }
+
+    /// Zeroes a byte range. With `may_unmap`, fully covered blocks are unmapped; otherwise
+    /// (and for partial blocks) mapped blocks get zeros written and unmapped ones stay so.
+    pub fn write_zeroes(&self, id: ThinId, offset: u64, len: u64, may_unmap: bool) -> Result<()> {
+        let _g = if may_unmap {
+            Gate::Excl(self.gate.write().unwrap_or_else(|e| e.into_inner()))
+        } else {
+            Gate::Shared(self.gate.read().unwrap_or_else(|e| e.into_inner()))
+        };
+        self.check_range(id, offset, len)?;
+        let bs = self.block_bytes;
+        let (first_full, end_full) = (offset.div_ceil(bs), (offset + len) / bs);
+        if may_unmap && first_full < end_full {
+            self.unmap(id, first_full, end_full)?;
+        }
+        let zeros = vec![0u8; bs as usize];
+        let mut pos = offset;
+        let end = offset + len;
+        while pos < end {
+            let vb = pos / bs;
+            let off = pos % bs;
+            let n = (bs - off).min(end - pos);
+            if may_unmap && vb >= first_full && vb < end_full {
+                pos = end_full * bs;
+                continue;
+            }
+            let mapped = self.meta().lookup(id, VirtBlock(vb))?.is_some();
+            // Unmapped blocks already read as zeros.
+            if mapped {
+                self.write_block(id, VirtBlock(vb), off, &zeros[..n as usize])?;
+            }
+            pos += n;
+        }
+        Ok(())
+    }
+
+    /// Discards a byte range: fully covered blocks are unmapped (freed after the next commit
+    /// unless shared); partial blocks are left alone, as discard is advisory.
+    pub fn discard(&self, id: ThinId, offset: u64, len: u64) -> Result<()> {
+        let _g = self.gate.write().unwrap_or_else(|e| e.into_inner());
+        self.check_range(id, offset, len)?;
+        let bs = self.block_bytes;
+        self.unmap(id, offset.div_ceil(bs), (offset + len) / bs)?;
+        Ok(())
+    }
+
+    /// Makes every completed write durable: flushes data and commits the metadata.
+    pub fn flush(&self) -> Result<()> {
+        self.commit()
+    }
+
+    /// Runs of mapped and unmapped bytes in `offset..offset+len` (for NBD block status).
+    pub fn extents(&self, id: ThinId, offset: u64, len: u64) -> Result<Vec<(u64, bool)>> {
+        self.check_range(id, offset, len)?;
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        let bs = self.block_bytes;
+        let (first, last) = (offset / bs, (offset + len - 1) / bs);
+        let mapped: std::collections::BTreeSet<u64> = self
+            .meta()
+            .mappings_in(id, VirtBlock(first), Some(VirtBlock(last + 1)))?
+            .into_iter()
+            .map(|(vb, _)| vb.0)
+            .collect();
+        let mut out: Vec<(u64, bool)> = Vec::new();
+        let end = offset + len;
+        let mut pos = offset;
+        while pos < end {
+            let vb = pos / bs;
+            let n = (bs - pos % bs).min(end - pos);
+            let m = mapped.contains(&vb);
+            match out.last_mut() {
+                Some((l, lm)) if *lm == m => *l += n,
+                _ => out.push((n, m)),
+            }
+            pos += n;
+        }
+        Ok(out)
+    }
+}
+
+enum Gate<'a> {
+    Excl(#[allow(dead_code)] std::sync::RwLockWriteGuard<'a, ()>),
+    Shared(#[allow(dead_code)] std::sync::RwLockReadGuard<'a, ()>),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segments_cover_the_range() {
+        let segs: Vec<Seg> = segments(100, 300, 128).collect();
+        let got: Vec<(u64, u64, usize, usize)> =
+            segs.iter().map(|s| (s.vb.0, s.off, s.len, s.at)).collect();
+        assert_eq!(got, vec![(0, 100, 28, 0), (1, 0, 128, 28), (2, 0, 128, 156), (3, 0, 16, 284)]);
+        assert_eq!(segments(0, 0, 128).count(), 0);
+    }
+}

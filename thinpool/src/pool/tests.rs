@@ -1,0 +1,121 @@
+//! Pool unit tests: the golden fresh image, the basic lifecycle, reopen, errors.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+
+use super::*;
+use crate::io::MemDevice;
+use crate::units::{MetaBlock, ThinId};
+
+pub(crate) fn mem_pool(meta_mib: u64, data_blocks: u64) -> (Arc<MemDevice>, Arc<MemDevice>, Pool) {
+    let meta = Arc::new(MemDevice::new(meta_mib << 20, "meta"));
+    let data = Arc::new(MemDevice::new(data_blocks * 65536, "data"));
+    let pool = Pool::format(meta.clone(), data.clone(), Sectors(128)).unwrap();
+    (meta, data, pool)
+}
+
+fn block(dev: &MemDevice, b: u64) -> Vec<u8> {
+    let mut out = vec![0u8; 4096];
+    dev.read_at(&mut out, b * 4096).unwrap();
+    out
+}
+
+#[test]
+fn fresh_pool_matches_the_golden_image() {
+    let meta = Arc::new(MemDevice::new(4 << 20, "meta"));
+    let data = Arc::new(MemDevice::new(0, "data"));
+    Pool::format(meta.clone(), data, Sectors(128)).unwrap();
+    let want = [
+        0xCAFF_9186u32,
+        0x18E0_660A,
+        0xC360_E452,
+        0xA19F_6375,
+        0x787F_52C8,
+        0x41BF_AA04,
+        0xCB3D_DA35,
+        0xB1C8_1346,
+    ];
+    for (b, csum) in want.into_iter().enumerate() {
+        let got = disk::get_u32(&block(&meta, b as u64), 0);
+        assert_eq!(got, csum, "block {b}: checksum {got:#010x}, want {csum:#010x}");
+    }
+    assert!(block(&meta, 8).iter().all(|&x| x == 0), "nothing beyond block 7");
+}
+
+#[test]
+fn write_snapshot_write_read_reopen() {
+    let (meta, data, pool) = mem_pool(4, 64);
+    let bs = pool.block_bytes();
+    pool.create_thin(ThinId(1)).unwrap();
+    let a = vec![0xA1u8; 3 * bs as usize];
+    pool.write(ThinId(1), 1000, &a).unwrap();
+    let mut back = vec![0u8; a.len() + 2000];
+    pool.read(ThinId(1), 0, &mut back).unwrap();
+    assert!(back[..1000].iter().all(|&b| b == 0));
+    assert_eq!(&back[1000..1000 + a.len()], &a[..]);
+    assert!(back[1000 + a.len()..].iter().all(|&b| b == 0));
+    assert_eq!(pool.device_details(ThinId(1)).unwrap().mapped_blocks, 4);
+    pool.commit().unwrap();
+    pool.self_check().unwrap();
+
+    pool.create_snap(ThinId(2), ThinId(1)).unwrap();
+    assert_eq!(pool.time(), 1);
+    pool.write(ThinId(1), 0, &[0xB2; 10]).unwrap();
+    pool.write(ThinId(2), bs, &[0xC3; 10]).unwrap();
+    let mut x = [0u8; 10];
+    pool.read(ThinId(1), 0, &mut x).unwrap();
+    assert_eq!(x, [0xB2; 10]);
+    pool.read(ThinId(2), 0, &mut x).unwrap();
+    assert_eq!(x, [0; 10], "the snapshot keeps the old contents");
+    pool.read(ThinId(2), bs, &mut x).unwrap();
+    assert_eq!(x, [0xC3; 10]);
+    pool.read(ThinId(1), bs, &mut x).unwrap();
+    assert_eq!(x, [0xA1; 10], "the origin does not see the snapshot's write");
+    pool.commit().unwrap();
+    let report = pool.self_check().unwrap();
+    assert_eq!(report.devices, 2);
+    assert_eq!(report.data_blocks_used, 6, "4 original + 2 copies");
+    drop(pool);
+
+    let pool = Pool::open(meta, data).unwrap();
+    pool.self_check().unwrap();
+    pool.read(ThinId(2), bs, &mut x).unwrap();
+    assert_eq!(x, [0xC3; 10]);
+    pool.read(ThinId(1), 0, &mut x).unwrap();
+    assert_eq!(x, [0xB2; 10]);
+    pool.delete(ThinId(1)).unwrap();
+    pool.commit().unwrap();
+    let report = pool.self_check().unwrap();
+    assert_eq!(report.devices, 1);
+    assert_eq!(report.data_blocks_used, 4, "blocks only the origin used are gone");
+}
+
+#[test]
+fn errors_have_kinds() {
+    let (_m, _d, pool) = mem_pool(4, 4);
+    assert_eq!(pool.create_snap(ThinId(2), ThinId(1)).unwrap_err().kind(), ErrorKind::NotFound);
+    pool.create_thin(ThinId(1)).unwrap();
+    assert_eq!(pool.create_thin(ThinId(1)).unwrap_err().kind(), ErrorKind::Exists);
+    let big = vec![1u8; 5 * 65536];
+    assert_eq!(pool.write(ThinId(1), 0, &big).unwrap_err().kind(), ErrorKind::NoSpace);
+    // Nothing is corrupted: the blocks written before running out are mapped and counted.
+    pool.commit().unwrap();
+    pool.self_check().unwrap();
+    assert_eq!(pool.data_usage().free, 0);
+    pool.discard(ThinId(1), 0, 4 * 65536).unwrap();
+    pool.commit().unwrap();
+    assert_eq!(pool.data_usage().free, 4);
+    pool.self_check().unwrap();
+}
+
+#[test]
+fn corrupt_superblock_is_named() {
+    let (meta, data, pool) = mem_pool(4, 4);
+    drop(pool);
+    let mut b = block(&meta, 0);
+    b[100] ^= 1;
+    meta.write_at(&b, 0).unwrap();
+    let e = Pool::open(meta, data).err().unwrap();
+    assert_eq!(e.kind(), ErrorKind::Corrupt { block: MetaBlock(0) });
+    assert!(e.to_string().contains("block 0"), "{e}");
+}
