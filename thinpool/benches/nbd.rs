@@ -36,7 +36,10 @@ fn wait_for(path: &Path) {
 }
 
 fn spawn(cmd: &mut Command) -> Child {
-    cmd.stdout(Stdio::null()).stderr(Stdio::inherit()).spawn().unwrap_or_else(|e| panic!("{cmd:?}: {e}"))
+    cmd.stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e}"))
 }
 
 /// Runs one fio job; returns (IOPS, MiB/s).
@@ -59,7 +62,8 @@ fn fio(sock: &Path, export: &str, l: &Load, secs: u32) -> (f64, f64) {
         .expect("fio must be installed");
     assert!(out.status.success(), "fio failed: {}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8_lossy(&out.stdout);
-    let v: serde_json::Value = serde_json::from_str(&text[text.find('{').expect("json")..]).expect("fio json");
+    let v: serde_json::Value =
+        serde_json::from_str(&text[text.find('{').expect("json")..]).expect("fio json");
     let job = &v["jobs"][0];
     let side = if l.rw.contains("read") { &job["read"] } else { &job["write"] };
     (side["iops"].as_f64().unwrap_or(0.0), side["bw"].as_f64().unwrap_or(0.0) / 1024.0)
@@ -93,7 +97,8 @@ fn main() {
     server.listen_unix(&ours_sock).unwrap();
 
     let kit_sock = dir.path().join("nbdkit.sock");
-    let mut kit = spawn(Command::new("nbdkit").args(["-f", "-U"]).arg(&kit_sock).arg("file").arg(&img));
+    let mut kit =
+        spawn(Command::new("nbdkit").args(["-f", "-U"]).arg(&kit_sock).arg("file").arg(&img));
     let qemu_sock = dir.path().join("qemu.sock");
     let mut qemu = spawn(
         Command::new("qemu-nbd")
@@ -103,20 +108,29 @@ fn main() {
     );
     wait_for(&kit_sock);
     wait_for(&qemu_sock);
-    let servers: [(&str, &Path, &str); 3] =
-        [("lamina", &ours_sock, "disk"), ("nbdkit", &kit_sock, ""), ("qemu-nbd", &qemu_sock, "disk")];
+    let servers: [(&str, &Path, &str); 3] = [
+        ("lamina", &ours_sock, "disk"),
+        ("nbdkit", &kit_sock, ""),
+        ("qemu-nbd", &qemu_sock, "disk"),
+    ];
     // results[load][server] = list of (iops, MiB/s)
     let mut results = vec![vec![Vec::new(); servers.len()]; LOADS.len()];
     for round in 0..rounds {
         for (li, l) in LOADS.iter().enumerate() {
             for (si, (name, sock, export)) in servers.iter().enumerate() {
                 let r = fio(sock, export, l, secs);
-                eprintln!("round {round} {:18} {:9} {:>9.0} IOPS {:>8.1} MiB/s", l.name, name, r.0, r.1);
+                eprintln!(
+                    "round {round} {:18} {:9} {:>9.0} IOPS {:>8.1} MiB/s",
+                    l.name, name, r.0, r.1
+                );
                 results[li][si].push(r);
             }
         }
     }
-    println!("\n{:18} | {:>22} | {:>22} | {:>22} | ours/nbdkit | ours/qemu", "load (median)", "lamina", "nbdkit", "qemu-nbd");
+    println!(
+        "\n{:18} | {:>22} | {:>22} | {:>22} | ours/nbdkit | ours/qemu",
+        "load (median)", "lamina", "nbdkit", "qemu-nbd"
+    );
     for (li, l) in LOADS.iter().enumerate() {
         let med: Vec<(f64, f64)> = results[li]
             .iter()

@@ -78,10 +78,8 @@ pub fn request(dir: &Path, req: &Request) -> Result<Response, ControlError> {
     let mut s = UnixStream::connect(&path)
         .map_err(|source| ControlError::Connect { path: path.clone(), source })?;
     s.set_read_timeout(Some(Duration::from_secs(300))).map_err(io_err)?;
-    let mut line = serde_json::to_vec(req).map_err(|e| ControlError::Protocol {
-        path: path.clone(),
-        why: e.to_string(),
-    })?;
+    let mut line = serde_json::to_vec(req)
+        .map_err(|e| ControlError::Protocol { path: path.clone(), why: e.to_string() })?;
     line.push(b'\n');
     s.write_all(&line).map_err(io_err)?;
     let mut answer = String::new();
@@ -200,7 +198,10 @@ mod tests {
         assert_eq!(s, r#"{"op":"snapshot","origin":"a","name":"b"}"#);
         assert_eq!(serde_json::from_str::<Request>(&s).unwrap(), r);
         let ok = Response { ok: true, error: None, data: serde_json::json!([1]) };
-        assert_eq!(serde_json::from_str::<Response>(&serde_json::to_string(&ok).unwrap()).unwrap(), ok);
+        assert_eq!(
+            serde_json::from_str::<Response>(&serde_json::to_string(&ok).unwrap()).unwrap(),
+            ok
+        );
     }
 
     #[test]

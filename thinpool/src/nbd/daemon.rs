@@ -19,7 +19,9 @@ use thiserror::Error;
 use super::allow::{AllowList, Cidr};
 use super::control;
 use super::export::Catalog;
+use super::pool::{PoolCatalog, PoolControl};
 use super::server::{Server, ServerOptions};
+use crate::pool::FilePool;
 
 /// Command-line configuration of `thinpool serve`.
 #[derive(Debug, Clone, clap::Args)]
@@ -74,10 +76,9 @@ impl ServeConfig {
         if self.listen == "none" || self.listen.is_empty() {
             return Ok(None);
         }
-        self.listen
-            .parse()
-            .map(Some)
-            .map_err(|_| DaemonError::Config(format!("--listen {:?} is not an address", self.listen)))
+        self.listen.parse().map(Some).map_err(|_| {
+            DaemonError::Config(format!("--listen {:?} is not an address", self.listen))
+        })
     }
 }
 
@@ -149,17 +150,53 @@ fn read_pid(file: &mut File) -> Option<u32> {
     s.trim().parse().ok()
 }
 
-/// Serves `catalog` as configured until `stop` becomes true, with the control socket at
-/// `DIR/control.sock`; then shuts the server down (final commit included).
-pub fn serve_catalog(
-    dir: &Path,
-    catalog: Arc<dyn Catalog>,
-    handler: Arc<dyn control::Handler>,
+/// Opens the pool in `pool_dir` exclusively and serves its volumes over NBD until SIGTERM or
+/// SIGINT; then lets clients finish, commits, and returns.
+pub fn serve(pool_dir: &Path, cfg: ServeConfig) -> Result<(), DaemonError> {
+    let stop = Arc::new(AtomicBool::new(false));
+    stop_on_signals(&stop)?;
+    serve_until(pool_dir, &cfg, stop)
+}
+
+/// [`serve`] with the stop condition supplied by the caller (tests, embedding).
+pub fn serve_until(
+    pool_dir: &Path,
     cfg: &ServeConfig,
     stop: Arc<AtomicBool>,
 ) -> Result<(), DaemonError> {
+    let _lock = PoolLock::acquire(pool_dir)?;
+    let pool = FilePool::open(pool_dir).map_err(|e| DaemonError::Pool(e.to_string()))?;
+    let data_path = pool_dir.join(FilePool::DATA);
+    let data = File::open(&data_path).map_err(|source| DaemonError::Io {
+        what: "opening",
+        path: data_path,
+        source,
+    })?;
+    let catalog = Arc::new(PoolCatalog::new(Arc::new(pool), Some(data)));
+    let c2 = catalog.clone();
+    serve_catalog(pool_dir, catalog.clone(), cfg, stop, move |server| {
+        let server = Arc::downgrade(server);
+        let conns = move || server.upgrade().map(|s| s.connections()).unwrap_or(0);
+        Arc::new(PoolControl::new(c2, Box::new(conns)))
+    })?;
+    catalog.commit().map_err(|e| DaemonError::Pool(format!("final commit: {e}")))?;
+    tracing::info!("nbd: pool committed, exiting");
+    Ok(())
+}
+
+/// Serves `catalog` as configured until `stop` becomes true, with the control socket at
+/// `DIR/control.sock` answered by the handler `make_handler` builds; then shuts the server
+/// down (final commit included).
+pub fn serve_catalog(
+    dir: &Path,
+    catalog: Arc<dyn Catalog>,
+    cfg: &ServeConfig,
+    stop: Arc<AtomicBool>,
+    make_handler: impl FnOnce(&Arc<Server>) -> Arc<dyn control::Handler>,
+) -> Result<(), DaemonError> {
     let tcp = cfg.tcp_addr()?;
     let server = Server::new(catalog, cfg.server_options());
+    let handler = make_handler(&server);
     if let Some(addr) = tcp {
         let bound = server.listen_tcp(addr).map_err(|source| DaemonError::Io {
             what: "listening on",

@@ -9,6 +9,9 @@
 //! conn        transmission phase: leader/follower workers, vectored replies
 //! server      listeners, allowlist, limits, committer, shutdown, serve_connected (kernel)
 //! allow       CIDR allowlist
+//! pool        Export/Catalog over the thin pool; management verbs
+//! control     the daemon's JSON-lines control socket and its client
+//! daemon      `thinpool serve`: pool lock, listeners, control socket, signals
 //! ```
 //!
 //! Negotiated features: fixed newstyle + NO_ZEROES, EXPORT_NAME, GO, INFO (NAME,
@@ -31,6 +34,7 @@ pub mod mem;
 pub mod msg;
 mod negotiate;
 pub mod opt;
+pub mod pool;
 pub mod server;
 pub mod wire;
 

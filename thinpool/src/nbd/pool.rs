@@ -197,7 +197,11 @@ impl Export for VolumeExport {
 
     fn block_size(&self) -> BlockSize {
         let pref = u32::try_from(self.inner.pool.block_bytes()).unwrap_or(1 << 20);
-        BlockSize { minimum: 1, preferred: pref.clamp(512, 1 << 20), maximum: super::wire::MAX_PAYLOAD }
+        BlockSize {
+            minimum: 1,
+            preferred: pref.clamp(512, 1 << 20),
+            maximum: super::wire::MAX_PAYLOAD,
+        }
     }
 }
 
@@ -208,7 +212,10 @@ pub struct PoolControl {
 }
 
 impl PoolControl {
-    pub fn new(catalog: Arc<PoolCatalog>, connections: Box<dyn Fn() -> usize + Send + Sync>) -> Self {
+    pub fn new(
+        catalog: Arc<PoolCatalog>,
+        connections: Box<dyn Fn() -> usize + Send + Sync>,
+    ) -> Self {
         Self { catalog, server_connections: connections }
     }
 
