@@ -4,14 +4,43 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
 use std::time::Duration;
 
 use thinpool::nbd::msg::*;
 use thinpool::nbd::opt::*;
 use thinpool::nbd::wire::*;
 
+/// A client socket of either family.
+pub enum Stream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Read for Stream {
+    fn read(&mut self, b: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.read(b),
+            Stream::Unix(s) => s.read(b),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.write(b),
+            Stream::Unix(s) => s.write(b),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 pub struct Client {
-    pub s: TcpStream,
+    pub s: Stream,
     pub mode: HeaderMode,
     pub structured: bool,
     pub size: u64,
@@ -33,20 +62,24 @@ pub struct Reply {
 pub fn hello(addr: SocketAddr) -> TcpStream {
     let mut s = TcpStream::connect(addr).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    greet(&mut s);
+    s
+}
+
+fn greet<S: Read + Write>(s: &mut S) {
     let mut g = [0u8; GREETING_LEN];
     s.read_exact(&mut g).expect("greeting");
     assert_eq!(decode_greeting(&g).unwrap(), FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES);
     s.write_all(&(FLAG_C_FIXED_NEWSTYLE | FLAG_C_NO_ZEROES).to_be_bytes()).unwrap();
-    s
 }
 
 /// Sends an option and collects replies up to and including the final one.
-pub fn option(s: &mut TcpStream, o: &ClientOption) -> Vec<OptionReply> {
+pub fn option<S: Read + Write>(s: &mut S, o: &ClientOption) -> Vec<OptionReply> {
     s.write_all(&encode_option(o)).unwrap();
     read_option_replies(s)
 }
 
-pub fn read_option_replies(s: &mut TcpStream) -> Vec<OptionReply> {
+pub fn read_option_replies<S: Read>(s: &mut S) -> Vec<OptionReply> {
     let mut v = Vec::new();
     loop {
         let mut h = [0u8; OPTION_REPLY_HEADER_LEN];
@@ -64,7 +97,7 @@ pub fn read_option_replies(s: &mut TcpStream) -> Vec<OptionReply> {
 }
 
 /// True if the server closed the connection (EOF or reset) within the read timeout.
-pub fn closed(s: &mut TcpStream) -> bool {
+pub fn closed<S: Read>(s: &mut S) -> bool {
     let mut b = [0u8; 1];
     loop {
         match s.read(&mut b) {
@@ -80,8 +113,19 @@ impl Client {
     /// Handshake with GO on `name`; optionally structured replies + `base:allocation`, and
     /// extended headers.
     pub fn connect(addr: SocketAddr, name: &str, structured: bool, extended: bool) -> Client {
-        let mut s = hello(addr);
+        let s = hello(addr);
         s.set_nodelay(true).unwrap();
+        Self::handshake(Stream::Tcp(s), name, structured, extended)
+    }
+
+    pub fn connect_unix(path: &Path, name: &str, structured: bool, extended: bool) -> Client {
+        let mut s = UnixStream::connect(path).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        greet(&mut s);
+        Self::handshake(Stream::Unix(s), name, structured, extended)
+    }
+
+    fn handshake(mut s: Stream, name: &str, structured: bool, extended: bool) -> Client {
         if extended {
             assert_eq!(option(&mut s, &ClientOption::ExtendedHeaders), [OptionReply::Ack]);
         } else if structured {
