@@ -73,6 +73,8 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
     let secs: u32 = args.first().and_then(|s| s.parse().ok()).unwrap_or(5);
     let rounds: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(2);
+    // Optional third argument: only loads whose name contains it (e.g. "read").
+    let only = args.get(2).cloned().unwrap_or_default();
     let dir = tempfile::tempdir_in("/dev/shm").expect("tmpfs dir");
     let img: PathBuf = dir.path().join("bench.img");
     // Real data everywhere, so no server can win by sending holes.
@@ -117,6 +119,9 @@ fn main() {
     let mut results = vec![vec![Vec::new(); servers.len()]; LOADS.len()];
     for round in 0..rounds {
         for (li, l) in LOADS.iter().enumerate() {
+            if !l.name.contains(&only) {
+                continue;
+            }
             for (si, (name, sock, export)) in servers.iter().enumerate() {
                 let r = fio(sock, export, l, secs);
                 eprintln!(
@@ -132,6 +137,9 @@ fn main() {
         "load (median)", "lamina", "nbdkit", "qemu-nbd"
     );
     for (li, l) in LOADS.iter().enumerate() {
+        if results[li][0].is_empty() {
+            continue;
+        }
         let med: Vec<(f64, f64)> = results[li]
             .iter()
             .map(|v| {

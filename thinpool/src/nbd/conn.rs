@@ -329,8 +329,12 @@ fn read(c: &Conn<'_>, req: &Request, data: &mut Vec<u8>, out: &mut Vec<u8>) -> R
     }
     // Sparse read: holes become OFFSET_HOLE chunks and are not read at all. With DF the reply
     // must be a single data chunk.
-    let extents =
-        if df { Vec::new() } else { export.extents(req.offset, req.length).unwrap_or_default() };
+    let sparse = !df && export.sparse_reads();
+    let extents = if sparse {
+        export.extents(req.offset, req.length).unwrap_or_default()
+    } else {
+        Vec::new()
+    };
     // (start, end, is_hole) pieces covering the request.
     let mut pieces: Vec<(usize, usize, bool)> = Vec::new();
     let mut pos = 0usize;

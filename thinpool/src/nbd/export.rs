@@ -156,6 +156,12 @@ pub trait Export: Send + Sync {
     fn read_only(&self) -> bool {
         false
     }
+    /// Whether [`Export::extents`] is cheap enough to call on every read, so structured READ
+    /// replies can skip holes (`OFFSET_HOLE`). False for files: SEEK_HOLE on tmpfs walks the
+    /// page cache to the next hole, which made every 4 KiB read scan the whole file.
+    fn sparse_reads(&self) -> bool {
+        false
+    }
     fn block_size(&self) -> BlockSize {
         BlockSize::default()
     }

@@ -141,6 +141,10 @@ impl Export for MemExport {
     fn read_only(&self) -> bool {
         self.read_only
     }
+
+    fn sparse_reads(&self) -> bool {
+        true
+    }
 }
 
 type Entry = (Arc<dyn Export>, String);

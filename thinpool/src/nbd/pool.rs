@@ -195,6 +195,10 @@ impl Export for VolumeExport {
         Ok(v)
     }
 
+    fn sparse_reads(&self) -> bool {
+        true
+    }
+
     fn block_size(&self) -> BlockSize {
         let pref = u32::try_from(self.inner.pool.block_bytes()).unwrap_or(1 << 20);
         BlockSize {
