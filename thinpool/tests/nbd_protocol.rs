@@ -101,8 +101,8 @@ fn handshake_error_replies_keep_the_session_usable() {
 
 #[test]
 fn hostile_handshakes_are_dropped_and_others_keep_working() {
-    let mut opts = ServerOptions::default();
-    opts.handshake_timeout = Duration::from_secs(1);
+    let opts =
+        ServerOptions { handshake_timeout: Duration::from_secs(1), ..ServerOptions::default() };
     let srv = start(catalog(), opts);
     // Absurd option length: disconnect without reading it.
     let mut s = hello(srv.addr);
@@ -171,8 +171,7 @@ fn hostile_handshakes_are_dropped_and_others_keep_working() {
 
 #[test]
 fn connection_cap_and_allowlist() {
-    let mut opts = ServerOptions::default();
-    opts.max_connections = 2;
+    let opts = ServerOptions { max_connections: 2, ..ServerOptions::default() };
     let srv = start(catalog(), opts);
     let a = Client::connect(srv.addr, "vol", false, false);
     let b = Client::connect(srv.addr, "vol", false, false);
@@ -182,8 +181,8 @@ fn connection_cap_and_allowlist() {
     a.disconnect();
     b.disconnect();
 
-    let mut opts = ServerOptions::default();
-    opts.allow = AllowList::parse("10.0.0.0/8,fd00::/8").unwrap();
+    let allow = AllowList::parse("10.0.0.0/8,fd00::/8").unwrap();
+    let opts = ServerOptions { allow, ..ServerOptions::default() };
     let srv = start(catalog(), opts);
     let mut s = std::net::TcpStream::connect(srv.addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
