@@ -157,6 +157,17 @@ fn pool_exports_work_with_real_clients() {
         ]
     );
 
+    // WRITE_ZEROES without NO_HOLE unmaps; with NO_HOLE mapped blocks stay mapped. (Raw
+    // client: qemu skips zeroing ranges that block status already reports as zero.)
+    {
+        use thinpool::nbd::wire::{CMD_FLAG_NO_HOLE, CMD_WRITE_ZEROES};
+        let mut c = client::Client::connect_unix(&srv.sock, "half", true, false);
+        assert_eq!(c.cmd(CMD_WRITE_ZEROES, CMD_FLAG_NO_HOLE, 32 * MIB, 4096).error, 0);
+        assert_eq!(c.cmd(CMD_WRITE_ZEROES, 0, 0, 4 * MIB).error, 0);
+        assert_eq!(c.read(0, 4 << 20).unwrap(), vec![0; 4 << 20]);
+        c.disconnect();
+    }
+
     // qemu-io patterns, zeroes, discard, flush on a pool volume.
     let script = [
         "write -P 0xab 0 1M",
@@ -253,6 +264,9 @@ fn pool_exports_work_with_real_clients() {
     let mut buf = vec![0u8; 1 << 20];
     pool.read(id, 60 * MIB, &mut buf).unwrap();
     assert!(buf[..] == src[(60 << 20)..(61 << 20)], "bytes beyond fio's ranges are nbdcopy's");
+    let half = pool.volume("half").unwrap().id;
+    assert_eq!(pool.extents(half, 32 * MIB, 64 << 10).unwrap(), vec![(64 << 10, true)]);
+    assert_eq!(pool.extents(half, 0, 4 * MIB).unwrap(), vec![(4 * MIB, false)]);
     assert!(PoolLock::holder(d).is_none(), "lock released after shutdown");
 }
 

@@ -161,10 +161,12 @@ impl Export for VolumeExport {
                 "provisioned zeroing is not faster than writing",
             ));
         }
-        self.inner
-            .pool
-            .write_zeroes(self.id, offset, len, may_trim)
+        let pool = &self.inner.pool;
+        pool.write_zeroes(self.id, offset, len, may_trim)
             .map_err(|e| err("write_zeroes", offset, len, e))?;
+        // NO_HOLE keeps mapped blocks mapped (zeros are written into them), but the pool has
+        // no way to provision an unmapped block with zeros (it keeps all-zero writes thin), so
+        // such blocks stay holes; block status reports them as HOLE|ZERO, which is consistent.
         self.changed(fua, "write_zeroes", offset, len)
     }
 
