@@ -130,11 +130,13 @@ impl PoolLock {
         Ok(PoolLock { _file: file, path })
     }
 
-    /// The pid holding the lock on `dir`, if any process does.
+    /// The pid holding the lock on `dir`, if any process does (the lock file is not changed).
     pub fn holder(dir: &Path) -> Option<u32> {
-        match Self::acquire(dir) {
-            Err(DaemonError::InUse { pid, .. }) => Some(pid),
-            _ => None,
+        use rustix::fs::{flock, FlockOperation};
+        let mut file = File::open(Self::lock_path(dir)).ok()?;
+        match flock(&file, FlockOperation::NonBlockingLockShared) {
+            Ok(()) => None,
+            Err(_) => Some(read_pid(&mut file).unwrap_or(0)),
         }
     }
 
