@@ -3,7 +3,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use thinpool::nbd::opt::{decode_option, decode_option_header, decode_option_reply, OPTION_HEADER_LEN};
+use thinpool::nbd::opt::{
+    decode_option, decode_option_header, decode_option_reply, OPTION_HEADER_LEN,
+};
 
 fuzz_target!(|data: &[u8]| {
     if data.len() >= OPTION_HEADER_LEN {

@@ -2,7 +2,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use thinpool::nbd::msg::{decode_chunk, decode_reply_header, decode_request, encode_request, HeaderMode};
+use thinpool::nbd::msg::{
+    decode_chunk, decode_reply_header, decode_request, encode_request, HeaderMode,
+};
 
 fuzz_target!(|data: &[u8]| {
     for mode in [HeaderMode::Compact, HeaderMode::Extended] {

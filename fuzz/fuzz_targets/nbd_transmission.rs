@@ -14,7 +14,8 @@ use thinpool::nbd::mem::MemExport;
 fuzz_target!(|data: &[u8]| {
     let (mut ours, theirs) = UnixStream::pair().expect("socketpair");
     let export = Arc::new(MemExport::new(1 << 20));
-    let server = std::thread::spawn(move || thinpool::nbd::serve_connected(theirs, export, false, 2));
+    let server =
+        std::thread::spawn(move || thinpool::nbd::serve_connected(theirs, export, false, 2));
     let mut rx = ours.try_clone().expect("clone");
     let drain = std::thread::spawn(move || {
         let mut sink = Vec::new();

@@ -145,7 +145,8 @@ fn main() {
             .map(|v| {
                 let mut v = v.clone();
                 v.sort_by(|a, b| a.0.total_cmp(&b.0));
-                v[v.len() / 2]
+                let (lo, hi) = (v[(v.len() - 1) / 2], v[v.len() / 2]);
+                ((lo.0 + hi.0) / 2.0, (lo.1 + hi.1) / 2.0)
             })
             .collect();
         let cell = |(iops, bw): (f64, f64)| format!("{iops:>8.0} IOPS {bw:>7.1} MiB/s");
