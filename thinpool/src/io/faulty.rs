@@ -29,16 +29,52 @@ pub struct FaultPlan {
 #[derive(Default)]
 struct State {
     plan: FaultPlan,
-    writes: u64,
-    cut: bool,
     /// Writes after the cut, in order: visible to reads, never persisted.
     volatile: Vec<(u64, Vec<u8>)>,
+}
+
+/// The power supply: one write counter and one cut for every device plugged into it, so a
+/// power cut stops the metadata and the data device at the same moment.
+#[derive(Default)]
+pub struct Power {
+    inner: Mutex<PowerState>,
+}
+
+#[derive(Default)]
+struct PowerState {
+    writes: u64,
+    cut: bool,
+    cut_at: Option<u64>,
+    torn_sectors: u64,
+}
+
+impl Power {
+    fn state(&self) -> std::sync::MutexGuard<'_, PowerState> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Cuts power at write number `n` (counted over all devices); `torn_sectors` of that
+    /// write land.
+    pub fn cut_at(&self, n: u64, torn_sectors: u64) {
+        let mut s = self.state();
+        s.cut_at = Some(n);
+        s.torn_sectors = torn_sectors;
+    }
+
+    pub fn writes(&self) -> u64 {
+        self.state().writes
+    }
+
+    pub fn is_cut(&self) -> bool {
+        self.state().cut
+    }
 }
 
 /// Wraps a device and breaks it according to a [`FaultPlan`] (tests only).
 pub struct FaultyDevice {
     inner: Arc<dyn BlockDevice>,
     state: Mutex<State>,
+    power: Arc<Power>,
 }
 
 fn overlaps(ranges: &[Range<u64>], offset: u64, len: usize) -> bool {
@@ -52,26 +88,39 @@ fn eio(dev: &str, op: &str, offset: u64, len: usize) -> io::Error {
 
 impl FaultyDevice {
     pub fn new(inner: Arc<dyn BlockDevice>, plan: FaultPlan) -> Self {
-        Self { inner, state: Mutex::new(State { plan, ..State::default() }) }
+        let power = Arc::new(Power::default());
+        if let Some(n) = plan.cut_at_write {
+            power.cut_at(n, plan.torn_sectors);
+        }
+        Self { inner, state: Mutex::new(State { plan, ..State::default() }), power }
+    }
+
+    /// A device on a shared power supply (the plan's cut fields are ignored: cut the power).
+    pub fn on_power(inner: Arc<dyn BlockDevice>, plan: FaultPlan, power: Arc<Power>) -> Self {
+        Self { inner, state: Mutex::new(State { plan, ..State::default() }), power }
+    }
+
+    pub fn power(&self) -> &Arc<Power> {
+        &self.power
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Replaces the plan (the write counter keeps counting).
+    /// Replaces the plan's EIO ranges (the write counter keeps counting).
     pub fn set_plan(&self, plan: FaultPlan) {
         self.state().plan = plan;
     }
 
-    /// Number of `write_at` calls seen so far.
+    /// Number of `write_at` calls seen so far (on every device sharing the power).
     pub fn writes(&self) -> u64 {
-        self.state().writes
+        self.power.writes()
     }
 
     /// Whether the power cut has happened.
     pub fn is_cut(&self) -> bool {
-        self.state().cut
+        self.power.is_cut()
     }
 
     /// What survives the power cut: the wrapped device's whole contents.
@@ -111,15 +160,16 @@ impl BlockDevice for FaultyDevice {
             Some(end) if end <= self.inner.size() => {}
             _ => return self.inner.write_at(buf, offset),
         }
-        let n = st.writes;
-        st.writes += 1;
-        if st.cut {
+        let mut p = self.power.state();
+        let n = p.writes;
+        p.writes += 1;
+        if p.cut {
             st.volatile.push((offset, buf.to_vec()));
             return Ok(());
         }
-        if st.plan.cut_at_write == Some(n) {
-            st.cut = true;
-            let landed = (st.plan.torn_sectors * 512).min(buf.len() as u64) as usize;
+        if p.cut_at == Some(n) {
+            p.cut = true;
+            let landed = (p.torn_sectors * 512).min(buf.len() as u64) as usize;
             if landed > 0 {
                 self.inner.write_at(&buf[..landed], offset)?;
             }
@@ -130,7 +180,7 @@ impl BlockDevice for FaultyDevice {
     }
 
     fn flush(&self) -> io::Result<()> {
-        if self.state().cut {
+        if self.power.is_cut() {
             return Ok(());
         }
         self.inner.flush()

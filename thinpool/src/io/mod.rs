@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::RwLock;
 
 mod faulty;
-pub use faulty::{FaultPlan, FaultyDevice};
+pub use faulty::{FaultPlan, FaultyDevice, Power};
 
 /// A byte-addressed device with an explicit durability barrier.
 pub trait BlockDevice: Send + Sync {
