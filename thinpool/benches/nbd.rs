@@ -95,6 +95,30 @@ fn main() {
     let ours_sock = dir.path().join("ours.sock");
     let cat = Arc::new(MemCatalog::new());
     cat.insert("disk", "", Arc::new(FileExport::open(&img, false).unwrap()));
+    // The same data in a thin volume of a pool on tmpfs (64 KiB blocks), served by the same
+    // server, to see what the pool's data path costs on top of the protocol.
+    let pool_dir = dir.path().join("pool");
+    {
+        let pool = thinpool::pool::FilePool::create(
+            &pool_dir,
+            SIZE + (64 << 20),
+            None,
+            thinpool::units::Sectors(128),
+        )
+        .expect("pool");
+        pool.create_volume("vol", SIZE).unwrap();
+        let id = pool.volume("vol").unwrap().id;
+        let src = std::fs::File::open(&img).unwrap();
+        let mut buf = vec![0u8; 1 << 20];
+        for chunk in 0..(SIZE >> 20) {
+            std::os::unix::fs::FileExt::read_exact_at(&src, &mut buf, chunk << 20).unwrap();
+            pool.write(id, chunk << 20, &buf).unwrap();
+        }
+        pool.commit().unwrap();
+    }
+    let pool = Arc::new(thinpool::pool::FilePool::open(&pool_dir).unwrap());
+    let pool_cat = thinpool::nbd::pool::PoolCatalog::new(pool, None);
+    cat.insert("pool", "", thinpool::nbd::Catalog::open(&pool_cat, "vol").unwrap());
     let server = Server::new(cat, ServerOptions::default());
     server.listen_unix(&ours_sock).unwrap();
 
@@ -110,10 +134,11 @@ fn main() {
     );
     wait_for(&kit_sock);
     wait_for(&qemu_sock);
-    let servers: [(&str, &Path, &str); 3] = [
+    let servers: [(&str, &Path, &str); 4] = [
         ("lamina", &ours_sock, "disk"),
         ("nbdkit", &kit_sock, ""),
         ("qemu-nbd", &qemu_sock, "disk"),
+        ("lamina-pool", &ours_sock, "pool"),
     ];
     // results[load][server] = list of (iops, MiB/s)
     let mut results = vec![vec![Vec::new(); servers.len()]; LOADS.len()];
@@ -133,8 +158,8 @@ fn main() {
         }
     }
     println!(
-        "\n{:18} | {:>22} | {:>22} | {:>22} | ours/nbdkit | ours/qemu",
-        "load (median)", "lamina", "nbdkit", "qemu-nbd"
+        "\n{:18} | {:>22} | {:>22} | {:>22} | {:>22} | ours/nbdkit | ours/qemu",
+        "load (median)", "lamina (file)", "nbdkit", "qemu-nbd", "lamina (thin pool)"
     );
     for (li, l) in LOADS.iter().enumerate() {
         if results[li][0].is_empty() {
@@ -151,11 +176,12 @@ fn main() {
             .collect();
         let cell = |(iops, bw): (f64, f64)| format!("{iops:>8.0} IOPS {bw:>7.1} MiB/s");
         println!(
-            "{:18} | {} | {} | {} | {:>11.2} | {:>9.2}",
+            "{:18} | {} | {} | {} | {} | {:>11.2} | {:>9.2}",
             l.name,
             cell(med[0]),
             cell(med[1]),
             cell(med[2]),
+            cell(med[3]),
             med[0].0 / med[1].0,
             med[0].0 / med[2].0
         );
