@@ -222,6 +222,7 @@ fn pool_exports_work_with_real_clients() {
             "--numjobs=4",
             "--offset_increment=16M",
             "--verify=crc32c",
+            "--verify_state_save=0",
             "--do_verify=1",
             "--verify_fatal=1",
             "--output-format=json",

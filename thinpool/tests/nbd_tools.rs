@@ -188,6 +188,7 @@ fn fio_verify_4_jobs() {
             "--numjobs=4",
             "--offset_increment=32M",
             "--verify=crc32c",
+            "--verify_state_save=0",
             "--do_verify=1",
             "--verify_fatal=1",
             "--output-format=json",
