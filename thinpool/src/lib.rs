@@ -7,6 +7,7 @@
 //! pdata   dm-thin on-disk format: checksummed blocks, btrees, space maps, transactions
 //! pool    thin volumes: create, snapshot, delete, map, CoW, discard, commit, names
 //! vg      volume group under the pool: devices, extents, tmeta/tdata regions, autoextend
+//! nbd     NBD protocol codec and server over an Export/Catalog seam
 //! ```
 //!
 //! Beside the layers: `check` (an independent metadata checker reading the device bytes),
@@ -15,6 +16,7 @@
 pub mod check;
 pub mod cli;
 pub mod io;
+pub mod nbd;
 pub mod pdata;
 pub mod pool;
 pub mod units;
