@@ -117,7 +117,7 @@ fn main() {
         pool.commit().unwrap();
     }
     let pool = Arc::new(thinpool::pool::FilePool::open(&pool_dir).unwrap());
-    let pool_cat = thinpool::nbd::pool::PoolCatalog::new(pool, None);
+    let pool_cat = thinpool::nbd::pool::PoolCatalog::new(pool);
     cat.insert("pool", "", thinpool::nbd::Catalog::open(&pool_cat, "vol").unwrap());
     let server = Server::new(cat, ServerOptions::default());
     server.listen_unix(&ours_sock).unwrap();

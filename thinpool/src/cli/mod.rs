@@ -55,6 +55,17 @@ pub enum Command {
     Dump(DumpArgs),
     /// Build pool metadata from thin_dump XML.
     Restore(RestoreArgs),
+    /// Serve every volume as an NBD export (the pool daemon; management verbs keep working
+    /// through its control socket while it runs).
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub pool: PoolDir,
+    #[command(flatten)]
+    pub config: crate::nbd::daemon::ServeConfig,
 }
 
 /// The pool directory every verb takes first.
@@ -196,6 +207,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Check(a) => meta::check(&a),
         Command::Dump(a) => meta::dump(&a),
         Command::Restore(a) => meta::restore(&a),
+        Command::Serve(a) => {
+            crate::nbd::daemon::serve(&a.pool.dir, a.config)?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

@@ -4,11 +4,13 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{bail, Context};
+use anyhow::{anyhow, bail, Context};
 
 use super::output::{list_table, status_text, to_json, PoolStatus, VolumeRow};
 use super::size::binary_size;
 use super::{CreateArgs, InitArgs, ListArgs, RemoveArgs, SnapshotArgs, StatusArgs};
+use crate::nbd::control;
+use crate::nbd::daemon::PoolLock;
 use crate::pool::{FilePool, Pool};
 use crate::units::Sectors;
 use rustix::fs::FlockOperation;
@@ -28,8 +30,15 @@ pub(super) trait Manage {
 pub(super) struct LocalPool {
     pub(super) pool: Pool,
     pub(super) dir: PathBuf,
-    /// Advisory lock on DIR/metadata, released when the verb ends.
+    /// Advisory lock on DIR/lock (the file `thinpool serve` holds), released when the verb ends.
     _lock: File,
+}
+
+/// Why a pool could not be opened in this process.
+pub(super) enum Busy {
+    /// A `thinpool serve` daemon owns the pool: management verbs go through its control socket.
+    Daemon,
+    Other(anyhow::Error),
 }
 
 /// How a verb uses the pool: changes need it alone, reads may share it with other readers.
@@ -40,30 +49,147 @@ pub(super) enum Access {
 }
 
 /// Opens the pool in `dir` under an advisory lock, so two thinpool processes never change
-/// one pool at once (a daemon serving the pool holds the lock too).
+/// one pool at once (a daemon serving the pool holds the same lock for as long as it runs).
 pub(super) fn open_pool(dir: &Path, access: Access) -> anyhow::Result<LocalPool> {
+    match try_open_pool(dir, access) {
+        Ok(p) => Ok(p),
+        Err(Busy::Daemon) => {
+            let pid = PoolLock::holder(dir).unwrap_or(0);
+            bail!(
+                "the pool in {} is served by thinpool serve (pid {pid}); this verb needs the pool \
+                 to itself: stop the daemon first",
+                dir.display()
+            )
+        }
+        Err(Busy::Other(e)) => Err(e),
+    }
+}
+
+/// The management verbs' way in: the daemon when one serves the pool, else the files.
+pub(super) fn manage(dir: &Path, access: Access) -> anyhow::Result<Box<dyn Manage>> {
+    match try_open_pool(dir, access) {
+        Ok(p) => Ok(Box::new(p)),
+        Err(Busy::Daemon) => Ok(Box::new(DaemonPool { dir: dir.to_owned() })),
+        Err(Busy::Other(e)) => Err(e),
+    }
+}
+
+fn try_open_pool(dir: &Path, access: Access) -> Result<LocalPool, Busy> {
     let meta = dir.join(FilePool::METADATA);
     if !meta.exists() {
         if !dir.exists() {
-            bail!("pool directory {} does not exist", dir.display());
+            return Err(Busy::Other(anyhow!("pool directory {} does not exist", dir.display())));
         }
-        bail!("{} is not a pool directory (no {} file)", dir.display(), FilePool::METADATA);
+        return Err(Busy::Other(anyhow!(
+            "{} is not a pool directory (no {} file)",
+            dir.display(),
+            FilePool::METADATA
+        )));
     }
-    let lock = File::open(&meta).with_context(|| format!("cannot open {}", meta.display()))?;
+    let path = PoolLock::lock_path(dir);
+    let lock = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| Busy::Other(anyhow!("cannot open {}: {e}", path.display())))?;
     let op = match access {
         Access::Shared => FlockOperation::NonBlockingLockShared,
         Access::Exclusive => FlockOperation::NonBlockingLockExclusive,
     };
     match rustix::fs::flock(&lock, op) {
         Ok(()) => {}
-        Err(rustix::io::Errno::WOULDBLOCK) => {
-            bail!("the pool in {} is in use by another thinpool process", dir.display())
+        Err(rustix::io::Errno::WOULDBLOCK) if control::socket_path(dir).exists() => {
+            return Err(Busy::Daemon)
         }
-        Err(e) => bail!("cannot lock {}: {e}", meta.display()),
+        Err(rustix::io::Errno::WOULDBLOCK) => {
+            return Err(Busy::Other(anyhow!(
+                "the pool in {} is in use by another thinpool process",
+                dir.display()
+            )))
+        }
+        Err(e) => return Err(Busy::Other(anyhow!("cannot lock {}: {e}", path.display()))),
     }
     let pool = FilePool::open(dir)
-        .with_context(|| format!("cannot open the pool in {}", dir.display()))?;
+        .with_context(|| format!("cannot open the pool in {}", dir.display()))
+        .map_err(Busy::Other)?;
     Ok(LocalPool { pool, dir: dir.to_owned(), _lock: lock })
+}
+
+/// Management verbs sent to the `thinpool serve` daemon that owns the pool.
+struct DaemonPool {
+    dir: PathBuf,
+}
+
+impl DaemonPool {
+    fn call(&self, req: control::Request) -> anyhow::Result<serde_json::Value> {
+        let resp = control::request(&self.dir, &req)?;
+        match (resp.ok, resp.error) {
+            (true, _) => Ok(resp.data),
+            (false, Some(e)) => bail!("{e}"),
+            (false, None) => bail!("the pool daemon refused the request without a reason"),
+        }
+    }
+
+    fn thin_id(v: &serde_json::Value) -> anyhow::Result<u64> {
+        v["thin_id"].as_u64().ok_or_else(|| anyhow!("the pool daemon answered without a thin_id"))
+    }
+}
+
+impl Manage for DaemonPool {
+    fn create_volume(&self, name: &str, size: u64) -> anyhow::Result<u64> {
+        Self::thin_id(&self.call(control::Request::Create { name: name.into(), size })?)
+    }
+
+    fn snapshot_volume(&self, origin: &str, name: &str) -> anyhow::Result<u64> {
+        let req = control::Request::Snapshot { origin: origin.into(), name: name.into() };
+        Self::thin_id(&self.call(req)?)
+    }
+
+    fn remove_volume(&self, name: &str) -> anyhow::Result<()> {
+        self.call(control::Request::Remove { name: name.into() }).map(drop)
+    }
+
+    fn volumes(&self) -> anyhow::Result<Vec<VolumeRow>> {
+        let bs = self.call(control::Request::Status)?["block_bytes"].as_u64().unwrap_or(0);
+        let list = self.call(control::Request::List)?;
+        let bad = || anyhow!("the pool daemon sent a malformed volume list");
+        list.as_array()
+            .ok_or_else(bad)?
+            .iter()
+            .map(|v| {
+                Ok(VolumeRow::new(
+                    v["name"].as_str().ok_or_else(bad)?.to_owned(),
+                    v["thin_id"].as_u64().ok_or_else(bad)?,
+                    v["size"].as_u64().ok_or_else(bad)?,
+                    v["mapped_blocks"].as_u64().ok_or_else(bad)?,
+                    bs,
+                ))
+            })
+            .collect()
+    }
+
+    fn status(&self) -> anyhow::Result<PoolStatus> {
+        let st = self.call(control::Request::Status)?;
+        let n = |v: &serde_json::Value| v.as_u64().unwrap_or(0);
+        let bs = n(&st["block_bytes"]);
+        let mb = crate::pdata::disk::BLOCK_SIZE as u64;
+        Ok(PoolStatus {
+            pool_dir: self.dir.display().to_string(),
+            data_file: self.dir.join(FilePool::DATA).display().to_string(),
+            metadata_file: self.dir.join(FilePool::METADATA).display().to_string(),
+            block_size: bs,
+            data_used: n(&st["data"]["used"]) * bs,
+            data_total: n(&st["data"]["total"]) * bs,
+            data_available: n(&st["data"]["free"]) * bs,
+            metadata_used: n(&st["metadata"]["used"]) * mb,
+            metadata_total: n(&st["metadata"]["total"]) * mb,
+            metadata_available: n(&st["metadata"]["free"]) * mb,
+            transaction_id: n(&st["transaction_id"]),
+            volumes: n(&st["volumes"]) as usize,
+        })
+    }
 }
 
 impl LocalPool {
@@ -167,34 +293,34 @@ pub(super) fn init(a: &InitArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub(super) fn create(a: &CreateArgs) -> anyhow::Result<ExitCode> {
-    let m = open_pool(&a.pool.dir, Access::Exclusive)?;
+    let m = manage(&a.pool.dir, Access::Exclusive)?;
     let id = m.create_volume(&a.name, a.size)?;
     println!("created volume {} (id {id}, {})", a.name, binary_size(a.size));
     Ok(ExitCode::SUCCESS)
 }
 
 pub(super) fn snapshot(a: &SnapshotArgs) -> anyhow::Result<ExitCode> {
-    let m = open_pool(&a.pool.dir, Access::Exclusive)?;
+    let m = manage(&a.pool.dir, Access::Exclusive)?;
     let id = m.snapshot_volume(&a.origin, &a.name)?;
     println!("created snapshot {} of {} (id {id})", a.name, a.origin);
     Ok(ExitCode::SUCCESS)
 }
 
 pub(super) fn remove(a: &RemoveArgs) -> anyhow::Result<ExitCode> {
-    let m = open_pool(&a.pool.dir, Access::Exclusive)?;
+    let m = manage(&a.pool.dir, Access::Exclusive)?;
     m.remove_volume(&a.name)?;
     println!("removed volume {}", a.name);
     Ok(ExitCode::SUCCESS)
 }
 
 pub(super) fn list(a: &ListArgs) -> anyhow::Result<ExitCode> {
-    let rows = open_pool(&a.pool.dir, Access::Shared)?.volumes()?;
+    let rows = manage(&a.pool.dir, Access::Shared)?.volumes()?;
     print!("{}", if a.json { to_json(&rows) } else { list_table(&rows) });
     Ok(ExitCode::SUCCESS)
 }
 
 pub(super) fn status(a: &StatusArgs) -> anyhow::Result<ExitCode> {
-    let st = open_pool(&a.pool.dir, Access::Shared)?.status()?;
+    let st = manage(&a.pool.dir, Access::Shared)?.status()?;
     print!("{}", if a.json { to_json(&st) } else { status_text(&st) });
     Ok(ExitCode::SUCCESS)
 }

@@ -168,13 +168,7 @@ pub fn serve_until(
 ) -> Result<(), DaemonError> {
     let _lock = PoolLock::acquire(pool_dir)?;
     let pool = FilePool::open(pool_dir).map_err(|e| DaemonError::Pool(e.to_string()))?;
-    let data_path = pool_dir.join(FilePool::DATA);
-    let data = File::open(&data_path).map_err(|source| DaemonError::Io {
-        what: "opening",
-        path: data_path,
-        source,
-    })?;
-    let catalog = Arc::new(PoolCatalog::new(Arc::new(pool), Some(data)));
+    let catalog = Arc::new(PoolCatalog::new(Arc::new(pool)));
     let c2 = catalog.clone();
     serve_catalog(pool_dir, catalog.clone(), cfg, stop, move |server| {
         let server = Arc::downgrade(server);

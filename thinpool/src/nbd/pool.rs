@@ -1,16 +1,13 @@
 //! The NBD seam over the thin pool: every named volume is an export.
 //!
-//! Durability: FLUSH and FUA commit the pool (data flushed, then metadata); otherwise the
-//! server's committer calls [`Catalog::commit_if_dirty`] twice a second, so every change is
-//! durable within about a second. Because a pool commit is skipped when no mapping changed,
-//! flushes also `fdatasync` the data file through `data_sync` (overwrites of mapped blocks
-//! change no metadata but must still reach the disk).
+//! Durability: FLUSH and FUA flush the pool (data device synced, then metadata committed);
+//! otherwise the server's committer calls [`Catalog::commit_if_dirty`] twice a second, so
+//! every change is durable within about a second, as dm-thin's periodic commit does.
 //!
 //! Zero detection: the Linux 6.1 nbd client never sends WRITE_ZEROES (`blkdiscard -z`
 //! becomes WRITEs of zero pages), so an all-zero WRITE is turned into an unmapping zero
 //! request and stays thin.
 
-use std::fs::File;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -37,17 +34,13 @@ struct Inner {
     pool: Arc<Pool>,
     /// Set by every change; cleared by a commit.
     dirty: AtomicBool,
-    /// A handle on the data file, synced on flush (see the module doc).
-    data_sync: Option<File>,
 }
 
 impl Inner {
-    fn commit(&self) -> Result<(), pool::Error> {
+    /// Commits the pool; `sync_data` also makes overwrites of mapped blocks durable.
+    fn commit(&self, sync_data: bool) -> Result<(), pool::Error> {
         let was = self.dirty.swap(false, Ordering::SeqCst);
-        let r = self.pool.commit().and_then(|()| match &self.data_sync {
-            Some(f) => f.sync_data().map_err(|e| pool::Error::io("syncing the data file", e)),
-            None => Ok(()),
-        });
+        let r = if sync_data { self.pool.flush() } else { self.pool.commit() };
         if r.is_err() && was {
             self.dirty.store(true, Ordering::SeqCst);
         }
@@ -61,18 +54,17 @@ pub struct PoolCatalog {
 }
 
 impl PoolCatalog {
-    /// `data_sync`: the pool's data file, opened by the caller, to be synced on flush.
-    pub fn new(pool: Arc<Pool>, data_sync: Option<File>) -> Self {
-        Self { inner: Arc::new(Inner { pool, dirty: AtomicBool::new(false), data_sync }) }
+    pub fn new(pool: Arc<Pool>) -> Self {
+        Self { inner: Arc::new(Inner { pool, dirty: AtomicBool::new(false) }) }
     }
 
     pub fn pool(&self) -> &Arc<Pool> {
         &self.inner.pool
     }
 
-    /// Commits now (used after management verbs and at shutdown).
+    /// Commits now and syncs the data device (after management verbs and at shutdown).
     pub fn commit(&self) -> Result<(), pool::Error> {
-        self.inner.commit()
+        self.inner.commit(true)
     }
 }
 
@@ -102,7 +94,7 @@ impl Catalog for PoolCatalog {
         if !self.inner.dirty.load(Ordering::SeqCst) {
             return Ok(());
         }
-        self.inner.commit().map_err(|e| err("commit", 0, 0, e))
+        self.inner.commit(false).map_err(|e| err("commit", 0, 0, e))
     }
 }
 
@@ -117,7 +109,7 @@ impl VolumeExport {
     fn changed(&self, fua: bool, op: &'static str, offset: u64, len: u64) -> ExportResult<()> {
         self.inner.dirty.store(true, Ordering::SeqCst);
         if fua {
-            self.inner.commit().map_err(|e| err(op, offset, len, e))?;
+            self.inner.commit(true).map_err(|e| err(op, offset, len, e))?;
         }
         Ok(())
     }
@@ -181,7 +173,7 @@ impl Export for VolumeExport {
     }
 
     fn flush(&self) -> ExportResult<()> {
-        self.inner.commit().map_err(|e| err("flush", 0, 0, e))
+        self.inner.commit(true).map_err(|e| err("flush", 0, 0, e))
     }
 
     fn extents(&self, offset: u64, len: u64) -> ExportResult<Vec<Extent>> {
