@@ -9,10 +9,16 @@
 //! vg      volume group under the pool: devices, extents, tmeta/tdata regions, autoextend
 //! service what a daemon runs: handles, deferred deletion, waiting writes, autoextend thread
 //! ```
+//!
+//! Beside the layers: `check` (an independent metadata checker reading the device bytes),
+//! `xml` (thin_dump / thin_restore XML) and `cli` (the `thinpool` command line).
 
+pub mod check;
+pub mod cli;
 pub mod io;
 pub mod pdata;
 pub mod pool;
 pub mod service;
 pub mod units;
 pub mod vg;
+pub mod xml;

@@ -19,6 +19,16 @@ use super::tm::Tm;
 use super::{Error, Result};
 use crate::units::MetaBlock;
 
+/// No valid tree is deeper than this (252^9 > 2^64 keys); deeper means a pointer cycle.
+const MAX_DEPTH: usize = 12;
+
+fn too_deep(b: MetaBlock, depth: usize) -> Result<()> {
+    if depth > MAX_DEPTH {
+        return Err(Error::corrupt(b, "btree is deeper than any valid tree (pointer cycle?)"));
+    }
+    Ok(())
+}
+
 /// What the tree's values reference, so sharing can be counted lazily.
 pub trait ValueType {
     fn size(&self) -> usize;
@@ -112,7 +122,8 @@ fn shadow(tm: &mut Tm, vt: &mut dyn ValueType, b: MetaBlock) -> Result<MetaBlock
 /// Looks `key` up.
 pub fn lookup(tm: &mut Tm, root: MetaBlock, vs: usize, key: u64) -> Result<Option<Vec<u8>>> {
     let mut b = root;
-    loop {
+    for depth in 0.. {
+        too_deep(b, depth)?;
         let data = load(tm, b, vs)?;
         let node = view(&data);
         let Some(i) = node.lower_bound(key) else { return Ok(None) };
@@ -121,12 +132,14 @@ pub fn lookup(tm: &mut Tm, root: MetaBlock, vs: usize, key: u64) -> Result<Optio
         }
         b = MetaBlock(node.value_u64(i));
     }
+    unreachable!("the depth check ends the loop")
 }
 
 /// Looks up an 8-byte value without allocating.
 pub fn lookup_u64(tm: &mut Tm, root: MetaBlock, key: u64) -> Result<Option<u64>> {
     let mut b = root;
-    loop {
+    for depth in 0.. {
+        too_deep(b, depth)?;
         let data = load(tm, b, 8)?;
         let node = view(&data);
         let Some(i) = node.lower_bound(key) else { return Ok(None) };
@@ -135,10 +148,22 @@ pub fn lookup_u64(tm: &mut Tm, root: MetaBlock, key: u64) -> Result<Option<u64>>
         }
         b = MetaBlock(node.value_u64(i));
     }
+    unreachable!("the depth check ends the loop")
 }
 
 /// The first entry with a key >= `key`.
 pub fn next(tm: &mut Tm, root: MetaBlock, vs: usize, key: u64) -> Result<Option<(u64, Vec<u8>)>> {
+    next_rec(tm, root, vs, key, 0)
+}
+
+fn next_rec(
+    tm: &mut Tm,
+    root: MetaBlock,
+    vs: usize,
+    key: u64,
+    depth: usize,
+) -> Result<Option<(u64, Vec<u8>)>> {
+    too_deep(root, depth)?;
     let data = load(tm, root, vs)?;
     let node = view(&data);
     let n = node.nr_entries();
@@ -152,7 +177,7 @@ pub fn next(tm: &mut Tm, root: MetaBlock, vs: usize, key: u64) -> Result<Option<
     }
     let start = node.lower_bound(key).unwrap_or(0);
     for i in start..n {
-        if let Some(found) = next(tm, MetaBlock(node.value_u64(i)), vs, key)? {
+        if let Some(found) = next_rec(tm, MetaBlock(node.value_u64(i)), vs, key, depth + 1)? {
             return Ok(Some(found));
         }
     }
@@ -169,6 +194,19 @@ pub fn walk_range(
     hi: Option<u64>,
     f: &mut dyn FnMut(u64, &[u8]) -> Result<bool>,
 ) -> Result<bool> {
+    walk_rec(tm, root, vs, lo, hi, f, 0)
+}
+
+fn walk_rec(
+    tm: &mut Tm,
+    root: MetaBlock,
+    vs: usize,
+    lo: u64,
+    hi: Option<u64>,
+    f: &mut dyn FnMut(u64, &[u8]) -> Result<bool>,
+    depth: usize,
+) -> Result<bool> {
+    too_deep(root, depth)?;
     let data = load(tm, root, vs)?;
     let node = view(&data);
     let n = node.nr_entries();
@@ -185,7 +223,7 @@ pub fn walk_range(
             if i + 1 < n && node.key(i + 1) <= lo {
                 continue;
             }
-            if !walk_range(tm, MetaBlock(node.value_u64(i)), vs, lo, hi, f)? {
+            if !walk_rec(tm, MetaBlock(node.value_u64(i)), vs, lo, hi, f, depth + 1)? {
                 return Ok(false);
             }
         }
@@ -276,7 +314,9 @@ fn insert_rec(
     key: u64,
     value: &[u8],
     old: &mut Option<Vec<u8>>,
+    depth: usize,
 ) -> Result<(MetaBlock, Option<Split>)> {
+    too_deep(b, depth)?;
     let b = shadow(tm, vt, b)?;
     let data = tm.read(b, BlockKind::Node)?;
     let node = view(&data);
@@ -299,7 +339,7 @@ fn insert_rec(
         // The kernel lowers keys[0] instead of keeping a separate minimum.
         node_mut(tm, b)?.set_key(0, key);
     }
-    let (nc, split) = insert_rec(tm, vt, child, key, value, old)?;
+    let (nc, split) = insert_rec(tm, vt, child, key, value, old, depth + 1)?;
     node_mut(tm, b)?.set_value(i, &nc.0.to_le_bytes());
     match split {
         None => Ok((b, None)),
@@ -318,7 +358,7 @@ pub fn insert_raw(
 ) -> Result<(MetaBlock, Option<Vec<u8>>)> {
     debug_assert_eq!(value.len(), vt.size());
     let mut old = None;
-    let (r, split) = insert_rec(tm, vt, root, key, value, &mut old)?;
+    let (r, split) = insert_rec(tm, vt, root, key, value, &mut old, 0)?;
     if let Some(s) = split {
         // Split beneath: the root keeps its location and becomes internal over two children.
         let left = tm.new_block(BlockKind::Node)?;
@@ -404,7 +444,9 @@ fn remove_rec(
     vt: &mut dyn ValueType,
     b: MetaBlock,
     key: u64,
+    depth: usize,
 ) -> Result<(MetaBlock, Vec<u8>)> {
+    too_deep(b, depth)?;
     let b = shadow(tm, vt, b)?;
     let data = tm.read(b, BlockKind::Node)?;
     let node = view(&data);
@@ -421,7 +463,7 @@ fn remove_rec(
     }
     let child = MetaBlock(node.value_u64(i));
     drop(data);
-    let (nc, v) = remove_rec(tm, vt, child, key)?;
+    let (nc, v) = remove_rec(tm, vt, child, key, depth + 1)?;
     node_mut(tm, b)?.set_value(i, &nc.0.to_le_bytes());
     let cdata = tm.read(nc, BlockKind::Node)?;
     let cn = view(&cdata);
@@ -443,7 +485,7 @@ pub fn remove_raw(
     if lookup(tm, root, vt.size(), key)?.is_none() {
         return Ok((root, None));
     }
-    let (r, v) = remove_rec(tm, vt, root, key)?;
+    let (r, v) = remove_rec(tm, vt, root, key, 0)?;
     // An internal root with a single child takes over the child's contents.
     loop {
         let data = tm.read(r, BlockKind::Node)?;
@@ -505,6 +547,11 @@ pub fn remove_range(
 /// Drops a whole tree: shared nodes just lose one reference; unshared ones release their
 /// children (and leaf values through `dec`) and are freed.
 pub fn del(tm: &mut Tm, vt: &mut dyn ValueType, root: MetaBlock) -> Result<()> {
+    del_rec(tm, vt, root, 0)
+}
+
+fn del_rec(tm: &mut Tm, vt: &mut dyn ValueType, root: MetaBlock, depth: usize) -> Result<()> {
+    too_deep(root, depth)?;
     if tm.count(root)? > 1 {
         return tm.dec(root);
     }
@@ -514,7 +561,7 @@ pub fn del(tm: &mut Tm, vt: &mut dyn ValueType, root: MetaBlock) -> Result<()> {
         if node.is_leaf() {
             vt.dec(tm, node.value(i))?;
         } else {
-            del(tm, vt, MetaBlock(node.value_u64(i)))?;
+            del_rec(tm, vt, MetaBlock(node.value_u64(i)), depth + 1)?;
         }
     }
     tm.dec(root)
@@ -530,18 +577,20 @@ pub struct CheckCtx<'a> {
 
 /// Checks every shape rule of the tree at `root`; returns its height (1 = a single leaf).
 pub fn check(tm: &mut Tm, root: MetaBlock, vs: usize, ctx: &mut CheckCtx<'_>) -> Result<usize> {
-    check_rec(tm, root, vs, true, 0, u64::MAX, ctx)
+    check_rec(tm, root, vs, 0, u64::MAX, ctx, 0)
 }
 
 fn check_rec(
     tm: &mut Tm,
     b: MetaBlock,
     vs: usize,
-    is_root: bool,
     lo: u64,
     hi: u64,
     ctx: &mut CheckCtx<'_>,
+    depth: usize,
 ) -> Result<usize> {
+    too_deep(b, depth)?;
+    let is_root = depth == 0;
     if let Some(&h) = ctx.seen.get(&b.0) {
         return Ok(h);
     }
@@ -575,7 +624,7 @@ fn check_rec(
         for i in 0..n {
             let clo = keys[i];
             let chi = if i + 1 < n { keys[i + 1] } else { hi };
-            let h = check_rec(tm, MetaBlock(node.value_u64(i)), vs, false, clo, chi, ctx)?;
+            let h = check_rec(tm, MetaBlock(node.value_u64(i)), vs, clo, chi, ctx, depth + 1)?;
             if *child_h.get_or_insert(h) != h {
                 return Err(Error::corrupt(b, "children have different heights"));
             }

@@ -38,8 +38,13 @@ pub struct RefCounts {
     counts: Vec<u32>,
     /// Bit set: non-zero in the committed state (or in the state being committed).
     committed: Vec<u64>,
-    /// The state being committed, which becomes `committed` once it is durable.
-    pending: Option<Vec<u64>>,
+    /// Bit set: non-zero as of the last `begin_commit` (the state being, or last, committed).
+    state: Vec<u64>,
+    /// A commit is being written.
+    pending: bool,
+    /// Blocks whose count changed since the last `begin_commit`: commits touch only these,
+    /// so their cost follows the transaction's size, not the map's.
+    changed: HashSet<u64>,
     nr_allocated: u64,
     cursor: u64,
     /// Blocks handed out but not yet counted (data blocks being written before their mapping
@@ -57,7 +62,9 @@ impl RefCounts {
             name,
             counts: vec![0; nr_blocks as usize],
             committed: vec![0; nr_blocks.div_ceil(64) as usize],
-            pending: None,
+            state: vec![0; nr_blocks.div_ceil(64) as usize],
+            pending: false,
+            changed: HashSet::new(),
             nr_allocated: 0,
             cursor: 0,
             reserved: HashSet::new(),
@@ -102,6 +109,7 @@ impl RefCounts {
             _ => {}
         }
         self.counts[i] = count;
+        self.changed.insert(b);
         Ok(())
     }
 
@@ -115,7 +123,9 @@ impl RefCounts {
     /// After loading: everything counted is committed.
     pub fn mark_all_committed(&mut self) {
         self.committed = self.nonzero_bits();
+        self.state = self.committed.clone();
         self.dirty.clear();
+        self.changed.clear();
         self.nr_pinned = 0;
     }
 
@@ -187,27 +197,39 @@ impl RefCounts {
 
     /// Starts writing a commit: from now on the state as of this moment is also untouchable.
     pub fn begin_commit(&mut self) {
-        let now = self.nonzero_bits();
-        for (c, n) in self.committed.iter_mut().zip(&now) {
-            *c |= *n;
+        for &b in &self.changed {
+            let (w, m) = ((b / 64) as usize, 1u64 << (b % 64));
+            if self.counts[b as usize] > 0 {
+                self.state[w] |= m;
+                self.committed[w] |= m;
+            } else {
+                self.state[w] &= !m;
+            }
         }
-        self.pending = Some(now);
-        self.recount_pinned();
+        self.changed.clear();
+        self.pending = true;
     }
 
     /// The commit is durable: blocks freed before it become allocatable.
     pub fn end_commit(&mut self) {
-        if let Some(p) = self.pending.take() {
-            self.committed = p;
-            self.committed.resize(self.counts.len().div_ceil(64), 0);
-            self.cursor = 0;
+        if !self.pending {
+            return;
         }
-        self.recount_pinned();
+        self.pending = false;
+        self.committed.clone_from(&self.state);
+        self.cursor = 0;
+        // Only blocks changed since `begin_commit` can be free yet set in the new state.
+        self.nr_pinned = self
+            .changed
+            .iter()
+            .filter(|&&b| self.counts[b as usize] == 0 && bit(&self.state, b))
+            .count() as u64;
     }
 
     /// The commit failed: keep the union, so nothing either state references is reused.
     pub fn abort_commit(&mut self) {
-        self.pending = None;
+        self.pending = false;
+        self.recount_pinned();
     }
 }
 
@@ -232,9 +254,13 @@ impl SpaceMap for RefCounts {
         }
         if c == 0 {
             self.nr_allocated += 1;
+            if bit(&self.committed, b) {
+                self.nr_pinned = self.nr_pinned.saturating_sub(1);
+            }
         }
         self.counts[i] = c + 1;
         self.dirty.insert(b);
+        self.changed.insert(b);
         Ok(())
     }
 
@@ -252,6 +278,7 @@ impl SpaceMap for RefCounts {
         }
         self.counts[i] = c - 1;
         self.dirty.insert(b);
+        self.changed.insert(b);
         Ok(())
     }
 
@@ -260,6 +287,7 @@ impl SpaceMap for RefCounts {
         self.counts[b as usize] = 1;
         self.nr_allocated += 1;
         self.dirty.insert(b);
+        self.changed.insert(b);
         Some(b)
     }
 
@@ -270,8 +298,6 @@ impl SpaceMap for RefCounts {
         self.counts.resize(new_nr_blocks as usize, 0);
         let words = new_nr_blocks.div_ceil(64) as usize;
         self.committed.resize(words, 0);
-        if let Some(p) = self.pending.as_mut() {
-            p.resize(words, 0);
-        }
+        self.state.resize(words, 0);
     }
 }

@@ -189,6 +189,14 @@ impl SmDisk {
                 format!("block {k} has bitmap count 3 but no overflow entry"),
             ));
         }
+        // Other writers use other conventions for the hints (thin_restore 0.9.0 truncates
+        // nr_free and may overstate none_free_before, which would make the kernel skip free
+        // blocks). Rewrite such bitmaps' entries at the next commit.
+        for (i, e) in self.entries.iter().enumerate() {
+            if (e.nr_free, e.none_free_before) != hints(counts.counts(), i) {
+                self.pending.insert(i);
+            }
+        }
         if counts.nr_allocated() != root.nr_allocated {
             tracing::warn!(
                 map = ?self.kind,
@@ -198,6 +206,11 @@ impl SmDisk {
             );
         }
         Ok(())
+    }
+
+    /// Whether some index entries will be rewritten at the next commit.
+    pub fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
     }
 
     /// Grows the map to `new_nr_blocks` (new bitmaps are placed at the next commit).
@@ -343,6 +356,17 @@ impl SmDisk {
         tree_nodes(tm, self.ref_count_root, 4, &mut out)?;
         Ok(out)
     }
+}
+
+/// The kernel-convention hints of bitmap `i`: zero entries over the full 16320 range (entries
+/// past the end count as free) and the first free entry.
+pub fn hints(counts: &[u32], i: usize) -> (u32, u32) {
+    let base = i * ENTRIES_PER_BITMAP as usize;
+    let end = counts.len().min(base + ENTRIES_PER_BITMAP as usize);
+    let slice = &counts[base.min(end)..end];
+    let used = slice.iter().filter(|&&c| c > 0).count() as u32;
+    let first_free = slice.iter().position(|&c| c == 0).unwrap_or(slice.len()) as u32;
+    (ENTRIES_PER_BITMAP as u32 - used, first_free)
 }
 
 fn tree_nodes(tm: &mut Tm, root: MetaBlock, vs: usize, out: &mut Vec<MetaBlock>) -> Result<()> {

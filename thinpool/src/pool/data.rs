@@ -208,6 +208,14 @@ impl Pool {
         self.meta().change(|m| m.remove_range(id, VirtBlock(begin), VirtBlock(end)))
     }
 
+    /// Unmaps virtual blocks `begin..end` of device `id` (raw form of discard); returns how
+    /// many were mapped. Unshared data blocks are free after the next commit.
+    pub fn remove_range(&self, id: ThinId, begin: VirtBlock, end: VirtBlock) -> Result<u64> {
+        let _g = self.gate.write().unwrap_or_else(|e| e.into_inner());
+        self.meta().dev(id)?;
+        self.unmap(id, begin.0, end.0)
+    }
+
     /// Zeroes a byte range. With `may_unmap`, fully covered blocks are unmapped; otherwise
     /// (and for partial blocks) mapped blocks get zeros written and unmapped ones stay so.
     pub fn write_zeroes(&self, id: ThinId, offset: u64, len: u64, may_unmap: bool) -> Result<()> {

@@ -202,6 +202,7 @@ impl Meta {
         let mut tm = Tm::new(dev, RefCounts::new("metadata", nr_meta));
         let meta_disk = SmDisk::open_metadata(&mut tm, &sb.metadata_sm_root).map_err(pd(doing))?;
         let (data_disk, data) = SmDisk::open_data(&mut tm, &sb.data_sm_root).map_err(pd(doing))?;
+        let data_disk_pending = meta_disk.has_pending() || data_disk.has_pending();
         let mut details = BTreeMap::new();
         btree::walk(&mut tm, sb.device_details_root, DeviceDetails::SIZE, &mut |k, v| {
             details.insert(k, DeviceDetails::decode(v));
@@ -242,7 +243,7 @@ impl Meta {
             sb,
             devices,
             deleted: BTreeSet::new(),
-            changed: false,
+            changed: data_disk_pending,
             names: None,
             names_dirty: false,
             failed: None,
@@ -409,6 +410,13 @@ impl Meta {
             &v.to_le_bytes(),
         )
         .map_err(pd("inserting a mapping"))?;
+        if let Some(o) = &old {
+            // Re-mapping the same block: the mapping already holds its reference, so the one
+            // handed over is dropped (`insert` drops the old value only for other blocks).
+            if BlockTime::unpack(disk::get_u64(o, 0)).block == block {
+                self.data.dec(block.0).map_err(pd("re-inserting a mapping"))?;
+            }
+        }
         let d = self.dev_mut(id)?;
         d.root = root;
         d.dirty = true;
@@ -522,6 +530,8 @@ impl Meta {
         self.sb.trans_id = self.trans_id;
         self.sb.data_sm_root = data_root;
         self.sb.metadata_sm_root = meta_root;
+        // The kernel leaves this stale after a resize; the tools ignore it. Keep it truthful.
+        self.sb.metadata_nr_blocks = meta_root.nr_blocks;
         self.sb.data_mapping_root = self.top_root;
         self.sb.device_details_root = self.details_root;
         self.sb.version = METADATA_VERSION;

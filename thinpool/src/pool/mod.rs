@@ -445,6 +445,11 @@ impl Pool {
         SpaceUsage { total, used, free: total - used }
     }
 
+    /// Reference count of a metadata block in the current transaction (tools and tests).
+    pub fn metadata_ref_count(&self, b: crate::units::MetaBlock) -> Result<u32> {
+        self.meta().tm.count(b).map_err(|e| Error::pdata("reading a metadata reference count", e))
+    }
+
     /// Drops clean cached metadata blocks (tests and benchmarks measure cold lookups).
     pub fn drop_caches(&self) {
         self.meta().tm.drop_clean_cache();

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use super::*;
 use crate::io::MemDevice;
-use crate::units::{MetaBlock, ThinId};
+use crate::units::{DataBlock, MetaBlock, ThinId, VirtBlock};
 
 pub(crate) fn mem_pool(meta_mib: u64, data_blocks: u64) -> (Arc<MemDevice>, Arc<MemDevice>, Pool) {
     let meta = Arc::new(MemDevice::new(meta_mib << 20, "meta"));
@@ -118,4 +118,49 @@ fn corrupt_superblock_is_named() {
     let e = Pool::open(meta, data).err().unwrap();
     assert_eq!(e.kind(), ErrorKind::Corrupt { block: MetaBlock(0) });
     assert!(e.to_string().contains("block 0"), "{e}");
+}
+
+#[test]
+fn pool_is_send_and_sync() {
+    fn check<T: Send + Sync>() {}
+    check::<Pool>();
+}
+
+#[test]
+fn raw_restore_api_keeps_counts_exact() {
+    let (meta, data, pool) = mem_pool(4, 64);
+    pool.create_thin(ThinId(7)).unwrap();
+    pool.create_thin(ThinId(8)).unwrap();
+    pool.set_time(3).unwrap();
+    for vb in 0..10 {
+        pool.insert_mapping(ThinId(7), VirtBlock(vb), DataBlock(vb + 5), 2).unwrap();
+        // Two unshared trees mapping the same blocks: data counts 2 (as thin_restore 0.9.0).
+        pool.insert_mapping(ThinId(8), VirtBlock(vb), DataBlock(vb + 5), 1).unwrap();
+    }
+    pool.insert_mapping(ThinId(7), VirtBlock(3), DataBlock(8), 2).unwrap(); // same again
+    pool.insert_mapping(ThinId(8), VirtBlock(100), DataBlock(60), 1).unwrap();
+    assert_eq!(pool.remove_range(ThinId(8), VirtBlock(50), VirtBlock(200)).unwrap(), 1);
+    pool.insert_mapping(ThinId(7), VirtBlock(4), DataBlock(40), 3).unwrap(); // replaced
+    assert_eq!(
+        pool.insert_mapping(ThinId(7), VirtBlock(4), DataBlock(64), 3).unwrap_err().kind(),
+        ErrorKind::OutOfRange
+    );
+    let d = DeviceDetails {
+        mapped_blocks: 10,
+        transaction_id: 4,
+        creation_time: 1,
+        snapshotted_time: 2,
+    };
+    pool.set_details(ThinId(7), d).unwrap();
+    pool.commit().unwrap();
+    let report = pool.self_check().unwrap();
+    assert_eq!(report.data_blocks_used, 11);
+    let maps: Vec<_> = pool.mappings(ThinId(7)).unwrap().collect();
+    assert_eq!(maps.len(), 10);
+    assert_eq!(maps[4].1, BlockTime { block: DataBlock(40), time: 3 });
+    drop(pool);
+    let pool = Pool::open(meta, data).unwrap();
+    assert_eq!(pool.device_details(ThinId(7)).unwrap(), d);
+    assert_eq!(pool.time(), 3);
+    pool.self_check().unwrap();
 }

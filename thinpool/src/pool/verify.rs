@@ -10,9 +10,9 @@ use super::error::{Error, ErrorKind, Result};
 use super::meta::Meta;
 use super::Pool;
 use crate::pdata::btree::{self, CheckCtx};
-use crate::pdata::disk::{BlockTime, DeviceDetails, Node, ENTRIES_PER_BITMAP};
+use crate::pdata::disk::{BlockTime, DeviceDetails, Node};
 use crate::pdata::sm::SpaceMap;
-use crate::pdata::sm_disk::SmDisk;
+use crate::pdata::sm_disk::{hints, SmDisk};
 use crate::pdata::tm::Tm;
 use crate::units::MetaBlock;
 
@@ -55,12 +55,7 @@ fn children(meta: &mut [u32], node: &Node<'_>) -> Result<()> {
 
 fn check_index(sm: &SmDisk, counts: &[u32], what: &str) -> Result<()> {
     for (i, e) in sm.entries.iter().enumerate() {
-        let base = i * ENTRIES_PER_BITMAP as usize;
-        let end = counts.len().min(base + ENTRIES_PER_BITMAP as usize);
-        let slice = &counts[base..end];
-        let used = slice.iter().filter(|&&c| c > 0).count() as u32;
-        let nr_free = ENTRIES_PER_BITMAP as u32 - used;
-        let nfb = slice.iter().position(|&c| c == 0).unwrap_or(end - base) as u32;
+        let (nr_free, nfb) = hints(counts, i);
         if e.nr_free != nr_free || e.none_free_before != nfb {
             return Err(corrupt(
                 e.blocknr,

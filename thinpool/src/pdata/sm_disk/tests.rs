@@ -224,3 +224,27 @@ fn metadata_space_map_accounts_for_itself() {
     assert_eq!(h.tm.sm.counts(), &want[..]);
     assert_eq!(h.root.nr_allocated, want.iter().filter(|&&c| c > 0).count() as u64);
 }
+
+#[test]
+fn free_now_excludes_blocks_pinned_by_the_commit() {
+    let mut c = RefCounts::new("mem", 100);
+    let a: Vec<u64> = (0..10).map(|_| c.alloc().unwrap()).collect();
+    c.begin_commit();
+    c.end_commit();
+    assert_eq!(c.free_now(), 90);
+    c.dec(a[0]).unwrap();
+    c.dec(a[1]).unwrap();
+    assert_eq!((c.nr_free(), c.free_now()), (92, 90), "freed this transaction: pinned");
+    let r = c.reserve().unwrap();
+    assert_eq!(c.free_now(), 89);
+    c.begin_commit();
+    c.dec(a[2]).unwrap(); // freed while the commit is being written
+    assert_eq!(c.free_now(), 89);
+    c.end_commit();
+    assert_eq!(c.free_now(), 91, "a[0], a[1] released; a[2] pinned by the new commit");
+    c.unreserve(r, true).unwrap();
+    c.begin_commit();
+    c.end_commit();
+    assert_eq!(c.free_now(), 92, "a[2] released; the reservation became a count");
+    assert_eq!(c.free_now(), c.nr_free());
+}

@@ -1,0 +1,134 @@
+//! check, dump, restore: the metadata tools.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+
+use super::output::to_json;
+use super::{CheckArgs, DumpArgs};
+use crate::io::FileDevice;
+
+/// The metadata file of a pool directory, or the path itself when it is a file or device.
+pub(super) fn metadata_path(p: &Path) -> anyhow::Result<PathBuf> {
+    let meta = std::fs::metadata(p).with_context(|| format!("cannot open {}", p.display()))?;
+    if meta.is_dir() {
+        let m = p.join(crate::pool::FilePool::METADATA);
+        if !m.exists() {
+            bail!("{} is not a pool directory: it has no {}", p.display(), m.display());
+        }
+        Ok(m)
+    } else {
+        Ok(p.to_owned())
+    }
+}
+
+pub(super) fn check(a: &CheckArgs) -> anyhow::Result<ExitCode> {
+    let path = metadata_path(&a.dir)?;
+    let dev = FileDevice::open_read_only(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    let report = crate::check::check(&dev);
+    let ok = if a.allow_hints { report.is_consistent() } else { report.is_clean() };
+    let mut out = std::io::stdout().lock();
+    if a.json {
+        write!(out, "{}", to_json(&report))?;
+    } else {
+        for d in &report.damages {
+            let tag = if d.kind.is_hint() { "hint" } else { "damage" };
+            writeln!(out, "{tag}: {d}")?;
+        }
+        for (kind, n) in &report.unlisted {
+            writeln!(out, "damage: {n} more of kind {kind:?} not listed")?;
+        }
+        let s = &report.stats;
+        writeln!(
+            out,
+            "{}: {} ({} devices, {} mappings, metadata {}/{} blocks, data {}/{} blocks)",
+            path.display(),
+            if ok { "clean" } else { "DAMAGED" },
+            s.devices,
+            s.mappings,
+            s.metadata_blocks_used,
+            s.metadata_blocks,
+            s.data_blocks_used,
+            s.data_blocks
+        )?;
+    }
+    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+pub(super) fn dump(a: &DumpArgs) -> anyhow::Result<ExitCode> {
+    let path = metadata_path(&a.dir)?;
+    let dev = FileDevice::open_read_only(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    let xml = crate::xml::dump(&dev)?;
+    match &a.output {
+        Some(o) => {
+            std::fs::write(o, xml).with_context(|| format!("cannot write {}", o.display()))?
+        }
+        None => std::io::stdout().lock().write_all(xml.as_bytes())?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(super) fn restore(a: &super::RestoreArgs) -> anyhow::Result<ExitCode> {
+    use std::sync::Arc;
+
+    use crate::pool::{names::NameEntry, DirNameStore, FilePool, NameStore, NameTable};
+    use crate::units::Sectors;
+
+    let dir = &a.pool.dir;
+    let xml = std::fs::read_to_string(&a.input)
+        .with_context(|| format!("cannot read {}", a.input.display()))?;
+    let md = crate::xml::parse(&xml).with_context(|| a.input.display().to_string())?;
+    let meta_path = dir.join(FilePool::METADATA);
+    if meta_path.exists() {
+        bail!("{} already holds a pool; restore into a new directory", dir.display());
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let bs = Sectors(u64::from(md.data_block_size));
+    let data_size = md.nr_data_blocks.checked_mul(bs.bytes()).with_context(|| {
+        format!("{} data blocks of {} bytes overflow", md.nr_data_blocks, bs.bytes())
+    })?;
+    let meta_size = a.metadata_size.unwrap_or(FilePool::default_metadata_size(data_size, bs));
+    let data_path = dir.join(FilePool::DATA);
+    let result = (|| -> anyhow::Result<()> {
+        let meta = FileDevice::create(&meta_path, meta_size)
+            .with_context(|| format!("cannot create {}", meta_path.display()))?;
+        let data = FileDevice::create(&data_path, data_size)
+            .with_context(|| format!("cannot create {}", data_path.display()))?;
+        crate::xml::restore_into(&md, Arc::new(meta), Arc::new(data))?;
+        // dm-thin keeps no names or virtual sizes: name each device after its id and size it
+        // to its last mapped block.
+        let volumes = md
+            .devices
+            .iter()
+            .map(|d| {
+                let end = d.mappings.last().map_or(1, |r| r.origin.0 + r.len);
+                NameEntry {
+                    name: format!("thin-{}", d.dev_id),
+                    id: d.dev_id.0,
+                    size: end.saturating_mul(bs.bytes()),
+                }
+            })
+            .collect();
+        let table = NameTable { trans_id: md.transaction, volumes };
+        DirNameStore::new(dir)
+            .store(&table, u64::MAX)
+            .with_context(|| format!("cannot write the name table in {}", dir.display()))
+    })();
+    if let Err(e) = result {
+        // Leave no half-made pool behind.
+        let _ = std::fs::remove_file(&meta_path);
+        let _ = std::fs::remove_file(&data_path);
+        return Err(e);
+    }
+    println!(
+        "restored {} devices from {} into {}",
+        md.devices.len(),
+        a.input.display(),
+        dir.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,245 @@
+//! The `thinpool` command line: LVM / thin-tools-like verbs over a pool directory.
+//!
+//! ```text
+//! cli/mod.rs     argument definitions and dispatch
+//! cli/pool.rs    init, create, snapshot, remove, list, status (the management verbs)
+//! cli/image.rs   import, export (raw images in and out of volumes)
+//! cli/meta.rs    check, dump, restore (metadata tools; they never need a running pool)
+//! cli/size.rs    size parsing and printing;  cli/output.rs  list/status formats
+//! ```
+//!
+//! Management verbs go through the [`pool::Manage`] trait, so a later client that forwards
+//! them to a running daemon implements that trait and the verbs stay as they are; the daemon
+//! itself (`thinpool serve`) becomes one more variant of [`Command`].
+
+mod image;
+mod meta;
+pub mod output;
+mod pool;
+pub mod size;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Thin-provisioning pool with dm-thin-compatible metadata.
+#[derive(Debug, Parser)]
+#[command(name = "thinpool", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a new pool in DIR (DIR/metadata, DIR/data, name table).
+    Init(InitArgs),
+    /// Create an empty thin volume.
+    Create(CreateArgs),
+    /// Snapshot a volume as a new volume.
+    Snapshot(SnapshotArgs),
+    /// Remove a volume and free the blocks only it used.
+    Remove(RemoveArgs),
+    /// List volumes (like lvs).
+    List(ListArgs),
+    /// Show pool space and settings (like docker info's devicemapper section).
+    Status(StatusArgs),
+    /// Write a raw image file into a volume (creating it sized to the file if absent).
+    Import(ImportArgs),
+    /// Write a volume out as a raw, sparse image file.
+    Export(ExportArgs),
+    /// Check the pool metadata; prints every damage with its place, exit 1 if any.
+    Check(CheckArgs),
+    /// Print the pool metadata as thin_dump XML.
+    Dump(DumpArgs),
+    /// Build pool metadata from thin_dump XML.
+    Restore(RestoreArgs),
+}
+
+/// The pool directory every verb takes first.
+#[derive(Debug, Args)]
+pub struct PoolDir {
+    /// Pool directory (holds metadata, data and the name table).
+    pub dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    #[command(flatten)]
+    pub pool: PoolDir,
+    /// Size of the data file (bytes, or K/M/G/T).
+    #[arg(long, value_parser = size_arg)]
+    pub data_size: u64,
+    /// Size of the metadata file (default: 48 bytes per data block, at least 2 MiB).
+    #[arg(long, value_parser = size_arg)]
+    pub metadata_size: Option<u64>,
+    /// Data block size: a multiple of 64K from 64K to 1G.
+    #[arg(long, value_parser = size_arg, default_value = "64K")]
+    pub block_size: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    #[command(flatten)]
+    pub pool: PoolDir,
+    /// Volume name: up to 128 of [A-Za-z0-9._-], not starting with '-'.
+    pub name: String,
+    /// Virtual size (bytes, or K/M/G/T).
+    #[arg(long, value_parser = size_arg)]
+    pub size: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct SnapshotArgs {
+    #[command(flatten)]
+    pub pool: PoolDir,
+    /// The volume to snapshot.
+    pub origin: String,
+    /// Name of the new snapshot volume.
+    pub name: String,
+}
+
+#[derive(Debug, Args)]
+pub struct RemoveArgs {
+    #[command(flatten)]
+    pub pool: PoolDir,
+    pub name: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    #[command(flatten)]
+    pub pool: PoolDir,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub pool: PoolDir,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    #[command(flatten)]
+    pub pool: PoolDir,
+    /// Volume to write into (created, sized to the file, if it does not exist).
+    pub name: String,
+    /// Raw image file to read.
+    pub file: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    #[command(flatten)]
+    pub pool: PoolDir,
+    pub name: String,
+    /// Raw image file to write (created or truncated; unmapped ranges stay holes).
+    pub file: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Pool directory, or a metadata file/device.
+    pub dir: PathBuf,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Accept space-map hints that are off (nr_allocated, nr_free, none_free_before), as
+    /// Debian's thin_restore 0.9.0 leaves them; every other damage still fails.
+    #[arg(long)]
+    pub allow_hints: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DumpArgs {
+    /// Pool directory, or a metadata file/device.
+    pub dir: PathBuf,
+    /// Write the XML here instead of stdout.
+    #[arg(long, short)]
+    pub output: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    #[command(flatten)]
+    pub pool: PoolDir,
+    /// thin_dump XML to read.
+    #[arg(long, short)]
+    pub input: PathBuf,
+    /// Size of the metadata file when DIR has none yet (default as for init).
+    #[arg(long, value_parser = size_arg)]
+    pub metadata_size: Option<u64>,
+}
+
+fn size_arg(s: &str) -> Result<u64, String> {
+    size::parse_size(s).map_err(|e| e.to_string())
+}
+
+/// Runs one command. Errors come back to `main`, which prints them on one line.
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Init(a) => pool::init(&a),
+        Command::Create(a) => pool::create(&a),
+        Command::Snapshot(a) => pool::snapshot(&a),
+        Command::Remove(a) => pool::remove(&a),
+        Command::List(a) => pool::list(&a),
+        Command::Status(a) => pool::status(&a),
+        Command::Import(a) => image::import(&a),
+        Command::Export(a) => image::export(&a),
+        Command::Check(a) => meta::check(&a),
+        Command::Dump(a) => meta::dump(&a),
+        Command::Restore(a) => meta::restore(&a),
+    }
+}
+
+/// The error and its causes on one line, skipping causes whose text is already in it (some
+/// errors repeat their source in their own message).
+pub fn error_line(e: &anyhow::Error) -> String {
+    let mut msg = String::new();
+    for cause in e.chain() {
+        let c = cause.to_string();
+        if msg.contains(&c) {
+            continue;
+        }
+        if !msg.is_empty() {
+            msg.push_str(": ");
+        }
+        msg.push_str(&c);
+    }
+    msg.replace('\n', " ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn errors_print_on_one_line_without_repeats() {
+        let inner = anyhow::anyhow!("block 11: checksum mismatch");
+        let e =
+            inner.context("corrupt (block 11: checksum mismatch)").context("cannot open\nthe pool");
+        assert_eq!(error_line(&e), "cannot open the pool: corrupt (block 11: checksum mismatch)");
+    }
+
+    #[test]
+    fn definitions_are_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn sizes_parse_in_arguments() {
+        let c = Cli::try_parse_from(["thinpool", "init", "/p", "--data-size", "1G"]).unwrap();
+        let Command::Init(a) = c.command else { panic!("not init") };
+        assert_eq!((a.data_size, a.block_size, a.metadata_size), (1 << 30, 64 << 10, None));
+        let e = Cli::try_parse_from(["thinpool", "create", "/p", "v", "--size", "3Q"]).unwrap_err();
+        assert!(e.to_string().contains("unknown suffix"), "{e}");
+    }
+}

@@ -1,0 +1,158 @@
+//! What `list` and `status` print: plain tables for people, JSON for scripts. Pure functions
+//! of the rows, so the formats are tested without a pool.
+
+use serde::Serialize;
+
+use super::size::{binary_size, human_size};
+
+/// One volume, as `thinpool list` shows it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct VolumeRow {
+    pub name: String,
+    pub id: u64,
+    /// Virtual size in bytes.
+    pub size: u64,
+    pub mapped_blocks: u64,
+    pub mapped_bytes: u64,
+    /// Mapped bytes as a percentage of the virtual size (lvs `Data%`).
+    pub data_percent: f64,
+}
+
+impl VolumeRow {
+    pub fn new(name: String, id: u64, size: u64, mapped_blocks: u64, block_bytes: u64) -> Self {
+        let mapped_bytes = mapped_blocks.saturating_mul(block_bytes);
+        let data_percent =
+            if size == 0 { 0.0 } else { (mapped_bytes as f64 / size as f64 * 100.0).min(100.0) };
+        VolumeRow { name, id, size, mapped_blocks, mapped_bytes, data_percent }
+    }
+}
+
+/// Pool-wide figures, named after `docker info`'s devicemapper section.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct PoolStatus {
+    pub pool_dir: String,
+    pub data_file: String,
+    pub metadata_file: String,
+    /// Data block size in bytes.
+    pub block_size: u64,
+    pub data_used: u64,
+    pub data_total: u64,
+    pub data_available: u64,
+    pub metadata_used: u64,
+    pub metadata_total: u64,
+    pub metadata_available: u64,
+    pub transaction_id: u64,
+    pub volumes: usize,
+}
+
+pub fn list_table(rows: &[VolumeRow]) -> String {
+    let header = ["NAME", "ID", "VSIZE", "MAPPED", "DATA%"];
+    let cells: Vec<[String; 5]> = rows
+        .iter()
+        .map(|r| {
+            [
+                r.name.clone(),
+                r.id.to_string(),
+                binary_size(r.size),
+                binary_size(r.mapped_bytes),
+                format!("{:.2}", r.data_percent),
+            ]
+        })
+        .collect();
+    let mut width = header.map(str::len);
+    for row in &cells {
+        for (w, c) in width.iter_mut().zip(row) {
+            *w = (*w).max(c.len());
+        }
+    }
+    let line = |cols: [&str; 5]| {
+        let mut s = format!("{:<w$}", cols[0], w = width[0]);
+        for (i, c) in cols.iter().enumerate().skip(1) {
+            s.push_str(&format!("  {c:>w$}", w = width[i]));
+        }
+        s.push('\n');
+        s
+    };
+    let mut out = line(header);
+    for row in &cells {
+        out.push_str(&line([&row[0], &row[1], &row[2], &row[3], &row[4]]));
+    }
+    out
+}
+
+pub fn status_text(s: &PoolStatus) -> String {
+    let rows = [
+        ("Pool Directory", s.pool_dir.clone()),
+        ("Pool Blocksize", human_size(s.block_size)),
+        ("Data file", s.data_file.clone()),
+        ("Metadata file", s.metadata_file.clone()),
+        ("Data Space Used", human_size(s.data_used)),
+        ("Data Space Total", human_size(s.data_total)),
+        ("Data Space Available", human_size(s.data_available)),
+        ("Metadata Space Used", human_size(s.metadata_used)),
+        ("Metadata Space Total", human_size(s.metadata_total)),
+        ("Metadata Space Available", human_size(s.metadata_available)),
+        ("Transaction Id", s.transaction_id.to_string()),
+        ("Volumes", s.volumes.to_string()),
+    ];
+    rows.iter().map(|(k, v)| format!("{k}: {v}\n")).collect()
+}
+
+pub fn to_json<T: Serialize>(v: &T) -> String {
+    // Serializing these plain structs cannot fail.
+    serde_json::to_string_pretty(v).unwrap_or_default() + "\n"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rows() -> Vec<VolumeRow> {
+        vec![
+            VolumeRow::new("base".into(), 0, 64 << 20, 512, 64 << 10),
+            VolumeRow::new("snap-of-base".into(), 1, 64 << 20, 1024, 64 << 10),
+        ]
+    }
+
+    #[test]
+    fn list_is_an_aligned_table() {
+        let t = list_table(&rows());
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines[0], "NAME          ID   VSIZE  MAPPED   DATA%");
+        assert_eq!(lines[1], "base           0  64.00m  32.00m   50.00");
+        assert_eq!(lines[2], "snap-of-base   1  64.00m  64.00m  100.00");
+    }
+
+    #[test]
+    fn list_json_carries_raw_numbers() {
+        let v: serde_json::Value = serde_json::from_str(&to_json(&rows())).unwrap();
+        assert_eq!(v[0]["name"], "base");
+        assert_eq!(v[0]["mapped_bytes"], 32u64 << 20);
+        assert_eq!(v[1]["data_percent"], 100.0);
+    }
+
+    #[test]
+    fn status_uses_docker_info_names_and_units() {
+        let s = PoolStatus {
+            pool_dir: "/p".into(),
+            data_file: "/p/data".into(),
+            metadata_file: "/p/metadata".into(),
+            block_size: 65536,
+            data_used: 65536 * 10,
+            data_total: 10 << 30,
+            data_available: (10 << 30) - 65536 * 10,
+            metadata_used: 4096 * 30,
+            metadata_total: 2 << 20,
+            metadata_available: (2 << 20) - 4096 * 30,
+            transaction_id: 4,
+            volumes: 2,
+        };
+        let t = status_text(&s);
+        assert!(t.contains("Pool Blocksize: 65.54kB\n"), "{t}");
+        assert!(t.contains("Data Space Total: 10.74GB\n"), "{t}");
+        assert!(t.contains("Metadata file: /p/metadata\n"), "{t}");
+        assert!(t.contains("Transaction Id: 4\n"), "{t}");
+        let v: serde_json::Value = serde_json::from_str(&to_json(&s)).unwrap();
+        assert_eq!(v["data_used"], 655360);
+    }
+}
