@@ -32,7 +32,10 @@ fn writer_past_the_threshold_sees_the_data_region_grow_by_20_percent() {
     let ev = events(dir.path());
     let ext: Vec<_> = ev.iter().filter(|e| e.action == ExtendAction::Extended).collect();
     assert_eq!(ext.len(), 1, "{ev:?}");
-    assert_eq!((ext[0].region.as_str(), ext[0].old_bytes, ext[0].new_bytes), ("tdata", 100 * EXT, 120 * EXT));
+    assert_eq!(
+        (ext[0].region.as_str(), ext[0].old_bytes, ext[0].new_bytes),
+        ("tdata", 100 * EXT, 120 * EXT)
+    );
     assert!(ext[0].used_percent >= 80);
     for i in [0, 50, 94] {
         let mut b = vec![0u8; EXT as usize];
@@ -42,7 +45,10 @@ fn writer_past_the_threshold_sees_the_data_region_grow_by_20_percent() {
 }
 
 /// Writes block `i` on another thread and reports how it went.
-fn spawn_write(svc: &Arc<Service>, i: u64) -> std::thread::JoinHandle<thinpool::service::Result<()>> {
+fn spawn_write(
+    svc: &Arc<Service>,
+    i: u64,
+) -> std::thread::JoinHandle<thinpool::service::Result<()>> {
     let svc = svc.clone();
     std::thread::spawn(move || {
         let h = svc.open_volume("a")?;
@@ -153,7 +159,8 @@ fn full_group_queues_writes_until_space_is_freed_or_added() {
     written.push((i, 2));
     assert!(
         ev.iter().any(|e| e.action == ExtendAction::Extended)
-            || events(dir.path()).iter().filter(|e| e.action == ExtendAction::Extended).count() >= 3,
+            || events(dir.path()).iter().filter(|e| e.action == ExtendAction::Extended).count()
+                >= 3,
         "no extension into the new device: {ev:?}"
     );
     assert!(svc.pool().data_usage().total > 160);
@@ -172,7 +179,7 @@ fn file_pool_grows_its_data_file_up_to_the_maximum() {
     let pd = dir.path().join("pool");
     FilePool::create(&pd, 100 * EXT, None, Sectors(128)).unwrap();
     let opts = ServiceOptions { file_data_max: Some(130 * EXT), ..Default::default() };
-    let svc = Service::open(&PoolSource::detect(&[pd.clone()]), opts).unwrap();
+    let svc = Service::open(&PoolSource::detect(std::slice::from_ref(&pd)), opts).unwrap();
     svc.set_no_space_policy(false, Duration::from_secs(2));
     svc.start_autoextend().unwrap();
     svc.create_volume("v", 1 << 30).unwrap();

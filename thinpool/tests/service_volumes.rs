@@ -12,7 +12,11 @@ use thinpool::service::{self, ErrorKind, PoolSource, Service, ServiceOptions};
 use thinpool::units::Sectors;
 use thinpool::vg::PoolConfig;
 
-fn file_service(dir: &std::path::Path, blocks: u64, opts: &[&str]) -> (std::path::PathBuf, Service) {
+fn file_service(
+    dir: &std::path::Path,
+    blocks: u64,
+    opts: &[&str],
+) -> (std::path::PathBuf, Service) {
     let pd = dir.join("pool");
     FilePool::create(&pd, blocks * EXT, None, Sectors(128)).unwrap();
     let config = PoolConfig::from_opts(opts.iter().copied()).unwrap();
@@ -111,7 +115,10 @@ fn a_deferred_deletion_interrupted_by_a_restart_finishes_at_the_next_start() {
     drop(svc);
     let svc = Service::open(&PoolSource::Dir(pd.clone()), ServiceOptions::default()).unwrap();
     assert!(svc.pool().volume("v").is_err());
-    assert_eq!(svc.volumes().unwrap().iter().map(|v| v.name.as_str()).collect::<Vec<_>>(), ["keep"]);
+    assert_eq!(
+        svc.volumes().unwrap().iter().map(|v| v.name.as_str()).collect::<Vec<_>>(),
+        ["keep"]
+    );
     assert_eq!(svc.pool().data_usage().used, 0);
 }
 
@@ -139,11 +146,22 @@ fn status_has_every_docker_info_field() {
     let json = serde_json::to_value(&s).unwrap();
     let keys: Vec<&str> = json.as_object().unwrap().keys().map(|k| k.as_str()).collect();
     for k in [
-        "Pool Name", "Pool Blocksize", "Base Device Size", "Backing Filesystem",
-        "Data Space Used", "Data Space Total", "Data Space Available", "Metadata Space Used",
-        "Metadata Space Total", "Metadata Space Available", "Thin Pool Minimum Free Space",
-        "Udev Sync Supported", "Deferred Removal Enabled", "Deferred Deletion Enabled",
-        "Deferred Deleted Device Count", "Library Version",
+        "Pool Name",
+        "Pool Blocksize",
+        "Base Device Size",
+        "Backing Filesystem",
+        "Data Space Used",
+        "Data Space Total",
+        "Data Space Available",
+        "Metadata Space Used",
+        "Metadata Space Total",
+        "Metadata Space Available",
+        "Thin Pool Minimum Free Space",
+        "Udev Sync Supported",
+        "Deferred Removal Enabled",
+        "Deferred Deletion Enabled",
+        "Deferred Deleted Device Count",
+        "Library Version",
     ] {
         assert!(keys.contains(&k), "{k} missing from {keys:?}");
     }

@@ -21,7 +21,11 @@ pub(crate) fn run(shared: Arc<Shared>, interval: Duration) {
                 if now >= deadline {
                     break;
                 }
-                k = shared.kick_cv.wait_timeout(k, deadline - now).unwrap_or_else(|e| e.into_inner()).0;
+                k = shared
+                    .kick_cv
+                    .wait_timeout(k, deadline - now)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
             }
             if k.stop {
                 return;

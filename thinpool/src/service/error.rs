@@ -97,7 +97,11 @@ impl Error {
     }
 
     pub fn vg(doing: &str, e: VgError) -> Self {
-        Error { kind: ErrorKind::Group(e.kind), context: format!("{doing}: {e}"), source: Some(Box::new(e)) }
+        Error {
+            kind: ErrorKind::Group(e.kind),
+            context: format!("{doing}: {e}"),
+            source: Some(Box::new(e)),
+        }
     }
 
     pub fn io(doing: impl Into<String>, e: std::io::Error) -> Self {

@@ -187,13 +187,15 @@ impl Service {
     pub fn open(source: &PoolSource, opts: ServiceOptions) -> Result<Service> {
         match source {
             PoolSource::Dir(dir) => {
-                let pool = FilePool::open(dir)
-                    .map_err(|e| Error::pool(&format!("opening the pool in {}", dir.display()), e))?;
+                let pool = FilePool::open(dir).map_err(|e| {
+                    Error::pool(&format!("opening the pool in {}", dir.display()), e)
+                })?;
                 Self::from_file_pool(dir, pool, opts)
             }
             PoolSource::Group(paths) => {
                 let state = opts.state_dir.clone().or_else(|| source.default_state_dir());
-                let mut vg = VgPool::open(paths).map_err(|e| Error::vg("opening the volume group", e))?;
+                let mut vg =
+                    VgPool::open(paths).map_err(|e| Error::vg("opening the volume group", e))?;
                 if let Some(d) = &state {
                     vg = vg.with_event_log(EventLog::new(&d.join("events")));
                 }
@@ -623,15 +625,15 @@ impl Shared {
         };
         let mut v = lock(&self.vols);
         for n in names {
-            match self.pool().volume(&n) {
-                Ok(_) => match self.delete_now(&n) {
-                    Ok(()) => info!(volume = %n, "finished a deferred deletion"),
-                    Err(e) => {
-                        warn!(volume = %n, error = %e, "deferred deletion still pending");
-                        v.deferred.insert(n);
-                    }
-                },
-                Err(_) => {}
+            if self.pool().volume(&n).is_err() {
+                continue;
+            }
+            match self.delete_now(&n) {
+                Ok(()) => info!(volume = %n, "finished a deferred deletion"),
+                Err(e) => {
+                    warn!(volume = %n, error = %e, "deferred deletion still pending");
+                    v.deferred.insert(n);
+                }
             }
         }
         self.save_deferred(&v)

@@ -130,7 +130,10 @@ pub struct ListRow {
 
 /// `lvs`-style table of `rows`.
 pub fn format_list(rows: &[ListRow]) -> String {
-    let mut out = format!("{:<40} {:<5} {:>10} {:>7} {:>7} {:>4}\n", "LV", "Type", "LSize", "Data%", "Meta%", "Open");
+    let mut out = format!(
+        "{:<40} {:<5} {:>10} {:>7} {:>7} {:>4}\n",
+        "LV", "Type", "LSize", "Data%", "Meta%", "Open"
+    );
     for r in rows {
         let meta = r.meta_percent.map(|m| format!("{m:.2}")).unwrap_or_default();
         out.push_str(&format!(

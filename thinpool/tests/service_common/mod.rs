@@ -68,11 +68,8 @@ pub fn thin_check_file(path: &Path, extra: &[&str]) -> String {
         .arg(path)
         .output()
         .expect("/usr/sbin/thin_check is required (apt-get install thin-provisioning-tools)");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text =
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "thin_check {}: {text}", path.display());
     text
 }
