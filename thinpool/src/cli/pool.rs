@@ -10,6 +10,7 @@ use super::output::{list_table, status_text, to_json, PoolStatus, VolumeRow};
 use super::size::binary_size;
 use super::{CreateArgs, InitArgs, ListArgs, RemoveArgs, SnapshotArgs, StatusArgs};
 use crate::pool::{FilePool, Pool};
+use crate::service::{PoolSource, Service, ServiceOptions};
 use crate::units::Sectors;
 use rustix::fs::FlockOperation;
 
@@ -24,11 +25,14 @@ pub(super) trait Manage {
     fn status(&self) -> anyhow::Result<PoolStatus>;
 }
 
-/// A pool directory opened in this process. Every change is committed before returning.
+/// A pool (directory, group directory or device list) opened in this process through the
+/// [`Service`], so the verbs follow the daemon's rules (min_free_space, deferred deletion).
+/// Every change is committed before returning.
 pub(super) struct LocalPool {
-    pub(super) pool: Pool,
+    pub(super) svc: Service,
     pub(super) dir: PathBuf,
-    /// Advisory lock on DIR/metadata, released when the verb ends.
+    /// Advisory lock on DIR/metadata (file pools) or the first device or group directory,
+    /// released when the verb ends.
     _lock: File,
 }
 
@@ -39,17 +43,41 @@ pub(super) enum Access {
     Exclusive,
 }
 
-/// Opens the pool in `dir` under an advisory lock, so two thinpool processes never change
+/// What POOL names: a pool directory, a group directory, or a comma-separated device list.
+pub(super) fn source(pool: &Path) -> PoolSource {
+    let text = pool.to_string_lossy();
+    if text.contains(',') {
+        return PoolSource::Group(text.split(',').map(PathBuf::from).collect());
+    }
+    PoolSource::detect(&[pool.to_owned()])
+}
+
+/// Opens the pool at `dir` under an advisory lock, so two thinpool processes never change
 /// one pool at once (a daemon serving the pool holds the lock too).
 pub(super) fn open_pool(dir: &Path, access: Access) -> anyhow::Result<LocalPool> {
-    let meta = dir.join(FilePool::METADATA);
-    if !meta.exists() {
-        if !dir.exists() {
-            bail!("pool directory {} does not exist", dir.display());
+    let src = source(dir);
+    let lock_path = match &src {
+        PoolSource::Dir(d) => d.join(FilePool::METADATA),
+        PoolSource::Group(paths) => {
+            for p in paths {
+                if !p.exists() {
+                    bail!("pool directory or device {} does not exist", p.display());
+                }
+            }
+            if let [d] = paths.as_slice() {
+                if d.is_dir() && !has_devices(d) {
+                    bail!(
+                        "{} is not a pool directory (no {} file and no lamina devices)",
+                        d.display(),
+                        FilePool::METADATA
+                    );
+                }
+            }
+            paths[0].clone()
         }
-        bail!("{} is not a pool directory (no {} file)", dir.display(), FilePool::METADATA);
-    }
-    let lock = File::open(&meta).with_context(|| format!("cannot open {}", meta.display()))?;
+    };
+    let lock =
+        File::open(&lock_path).with_context(|| format!("cannot open {}", lock_path.display()))?;
     let op = match access {
         Access::Shared => FlockOperation::NonBlockingLockShared,
         Access::Exclusive => FlockOperation::NonBlockingLockExclusive,
@@ -59,16 +87,27 @@ pub(super) fn open_pool(dir: &Path, access: Access) -> anyhow::Result<LocalPool>
         Err(rustix::io::Errno::WOULDBLOCK) => {
             bail!("the pool in {} is in use by another thinpool process", dir.display())
         }
-        Err(e) => bail!("cannot lock {}: {e}", meta.display()),
+        Err(e) => bail!("cannot lock {}: {e}", lock_path.display()),
     }
-    let pool = FilePool::open(dir)
+    let svc = Service::open(&src, ServiceOptions::default())
         .with_context(|| format!("cannot open the pool in {}", dir.display()))?;
-    Ok(LocalPool { pool, dir: dir.to_owned(), _lock: lock })
+    Ok(LocalPool { svc, dir: dir.to_owned(), _lock: lock })
+}
+
+/// True when `dir` holds at least one file or block device (a group's device links).
+fn has_devices(dir: &Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|rd| {
+        rd.flatten().any(|e| {
+            use std::os::unix::fs::FileTypeExt;
+            std::fs::metadata(e.path())
+                .is_ok_and(|m| (m.is_file() && m.len() > 0) || m.file_type().is_block_device())
+        })
+    })
 }
 
 impl LocalPool {
-    fn commit(&self) -> anyhow::Result<()> {
-        self.pool.commit().with_context(|| format!("committing the pool in {}", self.dir.display()))
+    pub(super) fn pool(&self) -> &Pool {
+        self.svc.pool()
     }
 }
 
@@ -80,26 +119,22 @@ fn fs_available(path: &Path) -> Option<u64> {
 
 impl Manage for LocalPool {
     fn create_volume(&self, name: &str, size: u64) -> anyhow::Result<u64> {
-        let id = self.pool.create_volume(name, size)?;
-        self.commit()?;
-        Ok(id.0)
+        Ok(self.svc.create_volume(name, size)?.0)
     }
 
     fn snapshot_volume(&self, origin: &str, name: &str) -> anyhow::Result<u64> {
-        let id = self.pool.snapshot_volume(origin, name)?;
-        self.commit()?;
-        Ok(id.0)
+        Ok(self.svc.snapshot_volume(origin, name)?.0)
     }
 
     fn remove_volume(&self, name: &str) -> anyhow::Result<()> {
-        self.pool.remove_volume(name)?;
-        self.commit()
+        self.svc.remove_volume(name)?;
+        Ok(())
     }
 
     fn volumes(&self) -> anyhow::Result<Vec<VolumeRow>> {
-        let bs = self.pool.block_bytes();
+        let bs = self.pool().block_bytes();
         Ok(self
-            .pool
+            .svc
             .volumes()?
             .into_iter()
             .map(|v| VolumeRow::new(v.name, v.id.0, v.size, v.mapped_blocks, bs))
@@ -107,15 +142,18 @@ impl Manage for LocalPool {
     }
 
     fn status(&self) -> anyhow::Result<PoolStatus> {
-        let bs = self.pool.block_bytes();
-        let data = self.pool.data_usage();
-        let meta = self.pool.metadata_usage();
-        let cap = fs_available(&self.dir).unwrap_or(u64::MAX);
+        let pool = self.pool();
+        let bs = pool.block_bytes();
+        let data = pool.data_usage();
+        let meta = pool.metadata_usage();
+        let file = matches!(source(&self.dir), PoolSource::Dir(_));
+        let cap = if file { fs_available(&self.dir).unwrap_or(u64::MAX) } else { u64::MAX };
         let mb = crate::pdata::disk::BLOCK_SIZE as u64;
+        let docker = self.svc.status();
         Ok(PoolStatus {
             pool_dir: self.dir.display().to_string(),
-            data_file: self.dir.join(FilePool::DATA).display().to_string(),
-            metadata_file: self.dir.join(FilePool::METADATA).display().to_string(),
+            data_file: docker.data_file.clone().unwrap_or_default(),
+            metadata_file: docker.metadata_file.clone().unwrap_or_default(),
             block_size: bs,
             data_used: data.used * bs,
             data_total: data.total * bs,
@@ -123,19 +161,24 @@ impl Manage for LocalPool {
             metadata_used: meta.used * mb,
             metadata_total: meta.total * mb,
             metadata_available: (meta.free * mb).min(cap),
-            transaction_id: self.pool.transaction_id().0,
-            volumes: self.pool.volumes()?.len(),
+            transaction_id: pool.transaction_id().0,
+            volumes: self.svc.volumes()?.len(),
+            docker: Some(docker),
         })
     }
 }
 
 pub(super) fn init(a: &InitArgs) -> anyhow::Result<ExitCode> {
+    if !a.device.is_empty() {
+        return super::group::init(a);
+    }
     let dir = &a.pool.dir;
+    let Some(data_size) = a.data_size else { bail!("give --data-size (or --device)") };
     if !a.block_size.is_multiple_of(Sectors::SIZE) {
         bail!("block size {} is not a whole number of 512-byte sectors", a.block_size);
     }
-    if a.data_size < a.block_size {
-        bail!("data size {} is smaller than one block ({})", a.data_size, a.block_size);
+    if data_size < a.block_size {
+        bail!("data size {} is smaller than one block ({})", data_size, a.block_size);
     }
     let sectors = Sectors(a.block_size / Sectors::SIZE);
     if !u32::try_from(sectors.0).is_ok_and(crate::pdata::disk::valid_data_block_size) {
@@ -143,7 +186,7 @@ pub(super) fn init(a: &InitArgs) -> anyhow::Result<ExitCode> {
     }
     let files = [dir.join(FilePool::METADATA), dir.join(FilePool::DATA)];
     let existed = files.clone().map(|f| f.exists());
-    let pool = match FilePool::create(dir, a.data_size, a.metadata_size, sectors) {
+    let pool = match FilePool::create(dir, data_size, a.metadata_size, sectors) {
         Ok(p) => p,
         Err(e) => {
             // Leave no half-made pool behind (it would block the next init).
@@ -188,7 +231,15 @@ pub(super) fn remove(a: &RemoveArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub(super) fn list(a: &ListArgs) -> anyhow::Result<ExitCode> {
-    let rows = open_pool(&a.pool.dir, Access::Shared)?.volumes()?;
+    let m = open_pool(&a.pool.dir, Access::Shared)?;
+    if a.lvs {
+        // lvs-like: the pool row (Data%, Meta%) and every visible volume.
+        let rows = m.svc.list()?;
+        let text = crate::service::status::format_list(&rows);
+        print!("{}", if a.json { to_json(&rows) } else { text });
+        return Ok(ExitCode::SUCCESS);
+    }
+    let rows = m.volumes()?;
     print!("{}", if a.json { to_json(&rows) } else { list_table(&rows) });
     Ok(ExitCode::SUCCESS)
 }
