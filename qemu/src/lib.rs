@@ -1,5 +1,12 @@
-//! Driving lamina appliance VMs (issue: the bootable appliance).
-//!
-//! Will hold: the QEMU command line (TCG or KVM when it works), the serial console log with
-//! wait-for-string deadlines, a QMP client (power button, hot-plug), the guest-agent client, and
-//! the `lamina` host CLI (`run`, `ctl`, `stop`, `console`).
+//! Driving lamina appliance VMs: the QEMU command line ([`cmdline`]), the serial console log
+//! with deadline waits ([`console`]), QMP ([`qmp`]), the guest agent ([`agent`]) and the VM
+//! lifecycle ([`vm`]). The `lamina` binary is the CLI over these.
+
+pub mod agent;
+pub mod cmdline;
+pub mod console;
+pub mod qmp;
+pub mod vm;
+
+pub use cmdline::{Accel, Disk, Machine, VmConfig, VmDir};
+pub use vm::{Ready, Vm, VmError};

@@ -3,3 +3,199 @@
 //! Host-tier tests live in `tests/host_*.rs`, VM-tier tests in `tests/vm_*.rs`. A test whose
 //! tool or kernel feature is missing fails loudly (or is skipped with the reason); it never
 //! passes silently.
+//!
+//! VM tests read like scripts (propolis PHD style):
+//! ```no_run
+//! # fn main() -> anyhow::Result<()> {
+//! let mut vm = tests::TestVm::boot("vm_example", tests::Opts::debug())?;
+//! let ready = vm.wait_ready()?;
+//! let out = vm.exec(&["cat", "/proc/modules"])?;
+//! # Ok(()) }
+//! ```
+//! Each VM keeps its logs in `target/lamina/test-logs/<name>/` (console.log, the exact QEMU
+//! command line in `cmdline`, qemu.log), holds a file lock so VM tests never overlap (the
+//! machine has 2 cores and TCG timing is sensitive to starvation), and has a hard deadline
+//! after which a watchdog kills QEMU.
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{channel, Sender};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use qemu::cmdline::{host_tsc_khz, Disk, Machine, VmConfig};
+use qemu::vm::{probe_accel, Ready, Vm};
+use serde_json::Value;
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+}
+
+/// `target/lamina`, or `$LAMINA_HOME`.
+pub fn lamina_home() -> PathBuf {
+    std::env::var_os("LAMINA_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target/lamina"))
+}
+
+/// The boot artefacts; fails with the command to build them.
+pub fn image_dir() -> Result<PathBuf> {
+    let dir = std::env::var_os("LAMINA_IMAGE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| lamina_home().join("image"));
+    for f in ["vmlinux", "initramfs.cpio"] {
+        if !dir.join(f).is_file() {
+            bail!("VM tier: {} is missing; build the image first: `cargo xtask image` (or run `cargo xtask test`)", dir.join(f).display());
+        }
+    }
+    Ok(dir)
+}
+
+/// An exclusive lock on `target/lamina/vm-tests.lock`, held while a VM runs.
+pub struct VmLock(#[allow(dead_code)] std::fs::File);
+
+pub fn vm_lock() -> Result<VmLock> {
+    let p = lamina_home().join("vm-tests.lock");
+    std::fs::create_dir_all(lamina_home())?;
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&p)
+        .with_context(|| format!("opening {}", p.display()))?;
+    rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive)
+        .with_context(|| format!("locking {}", p.display()))?;
+    Ok(VmLock(f))
+}
+
+/// How to boot a test VM.
+#[derive(Debug, Clone)]
+pub struct Opts {
+    pub machine: Machine,
+    pub append: Vec<String>,
+    pub memory_mib: u32,
+    /// Hard deadline for the whole VM (the watchdog kills QEMU after it).
+    pub deadline: Duration,
+    pub ready_timeout: Duration,
+    pub disk_size: u64,
+}
+
+impl Default for Opts {
+    fn default() -> Self {
+        Self {
+            machine: Machine::Microvm,
+            append: Vec::new(),
+            memory_mib: 512,
+            deadline: Duration::from_secs(180),
+            ready_timeout: Duration::from_secs(90),
+            disk_size: 1 << 30,
+        }
+    }
+}
+
+impl Opts {
+    /// Booted with `lamina.debug=1` (agent `exec` allowed).
+    pub fn debug() -> Self {
+        Self { append: vec!["lamina.debug=1".into()], ..Self::default() }
+    }
+}
+
+/// A VM owned by one test.
+pub struct TestVm {
+    pub name: String,
+    pub vm: Vm,
+    pub log_dir: PathBuf,
+    cancel_watchdog: Option<Sender<()>>,
+    _lock: VmLock,
+}
+
+impl TestVm {
+    /// Takes the VM lock, prepares `target/lamina/test-logs/<name>` and launches QEMU.
+    pub fn boot(name: &str, opts: Opts) -> Result<TestVm> {
+        let img = image_dir()?;
+        let lock = vm_lock()?;
+        let log_dir = lamina_home().join("test-logs").join(name);
+        let _ = std::fs::remove_dir_all(&log_dir);
+        std::fs::create_dir_all(&log_dir)?;
+        let home = lamina_home();
+        let cfg = VmConfig {
+            machine: opts.machine,
+            accel: probe_accel(&img.join("vmlinux"), Some(&home.join("accel-probe"))),
+            memory_mib: opts.memory_mib,
+            cpus: 1,
+            kernel: img.join("vmlinux"),
+            initrd: img.join("initramfs.cpio"),
+            append: opts.append.clone(),
+            disks: vec![Disk { path: log_dir.join("disk.raw"), size: opts.disk_size }],
+            nbd_port: None,
+            tsc_khz: host_tsc_khz(),
+            verbose_kernel: false,
+        };
+        let vm = Vm::launch(&cfg, &log_dir).with_context(|| format!("launching VM {name}"))?;
+        eprintln!(
+            "[{name}] launched {:?}/{:?}; logs in {}",
+            cfg.machine,
+            cfg.accel,
+            log_dir.display()
+        );
+        let (tx, rx) = channel::<()>();
+        if let Some(pid) = vm.pid().and_then(|p| rustix::process::Pid::from_raw(p as i32)) {
+            let (n, deadline) = (name.to_owned(), opts.deadline);
+            std::thread::spawn(move || {
+                if rx.recv_timeout(deadline) == Err(std::sync::mpsc::RecvTimeoutError::Timeout) {
+                    eprintln!("[{n}] hard deadline {deadline:?} passed: killing QEMU");
+                    let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+                }
+            });
+        }
+        Ok(TestVm { name: name.into(), vm, log_dir, cancel_watchdog: Some(tx), _lock: lock })
+    }
+
+    pub fn wait_ready(&mut self) -> Result<Ready> {
+        let r = self.vm.wait_ready(Duration::from_secs(90))?;
+        eprintln!("[{}] {} — READY {:.2}s after launch", self.name, r.line, r.after.as_secs_f64());
+        Ok(r)
+    }
+
+    /// Waits for a console line containing `needle`.
+    pub fn wait_for(&mut self, needle: &str, timeout: Duration) -> Result<String> {
+        Ok(self.vm.wait_for(&[needle], timeout)?.line)
+    }
+
+    pub fn status(&mut self) -> Result<Value> {
+        Ok(self.vm.agent()?.status()?)
+    }
+
+    /// Runs a command in the guest (needs `lamina.debug=1`); fails unless it exits 0.
+    pub fn exec(&mut self, argv: &[&str]) -> Result<String> {
+        let r = self.vm.agent()?.exec(argv, Duration::from_secs(30))?;
+        if r["exit_code"] != 0 {
+            bail!("{argv:?} in the guest: {r}");
+        }
+        Ok(r["stdout"].as_str().unwrap_or("").to_owned())
+    }
+
+    pub fn console(&self) -> String {
+        self.vm.console().text()
+    }
+}
+
+impl Drop for TestVm {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "[{}] FAILED; last console lines:\n{}",
+                self.name,
+                self.vm.console().tail(40)
+            );
+            eprintln!(
+                "[{}] QEMU command line: {}",
+                self.name,
+                std::fs::read_to_string(self.vm.dir.cmdline()).unwrap_or_default()
+            );
+        }
+        self.vm.kill();
+        if let Some(tx) = self.cancel_watchdog.take() {
+            let _ = tx.send(());
+        }
+    }
+}

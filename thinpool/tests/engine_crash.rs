@@ -163,6 +163,8 @@ fn crash_once(seed: u64) -> bool {
 
 #[test]
 fn power_cuts_leave_the_last_commit() {
-    let reached = (0..40).filter(|&seed| crash_once(seed)).count();
-    assert!(reached >= 30, "only {reached} of 40 runs reached their power cut");
+    // CRASH_SEEDS=n runs more cases (a longer soak than the default suite).
+    let n: u64 = std::env::var("CRASH_SEEDS").ok().and_then(|v| v.parse().ok()).unwrap_or(40);
+    let reached = (0..n).filter(|&seed| crash_once(seed)).count() as u64;
+    assert!(reached * 4 >= n * 3, "only {reached} of {n} runs reached their power cut");
 }

@@ -293,3 +293,22 @@ fn io_errors_are_reported_and_never_corrupt() {
     assert!(pool.lookup(ThinId(1), VirtBlock(2)).unwrap().is_some());
     assert!(pool.lookup(ThinId(1), VirtBlock(3)).unwrap().is_none(), "uncommitted");
 }
+
+#[test]
+fn resize_volume_unmaps_past_the_new_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let pool = FilePool::create(dir.path(), 64 * BS, None, Sectors(128)).unwrap();
+    let v = pool.create_volume("v", 4 * BS).unwrap();
+    pool.write(v, 0, &vec![9u8; 4 * BS as usize]).unwrap();
+    pool.resize_volume("v", 2 * BS + 10).unwrap();
+    assert_eq!(pool.volume("v").unwrap().mapped_blocks, 3, "the partial last block stays");
+    assert_eq!(pool.write(v, 3 * BS, &[1]).unwrap_err().kind(), ErrorKind::OutOfRange);
+    pool.resize_volume("v", 4 * BS).unwrap();
+    let mut buf = vec![1u8; BS as usize];
+    pool.read(v, 3 * BS, &mut buf).unwrap();
+    assert!(buf.iter().all(|&b| b == 0), "grown space reads as zeros");
+    pool.flush().unwrap();
+    pool.self_check().unwrap();
+    drop(pool);
+    assert_eq!(FilePool::open(dir.path()).unwrap().volume("v").unwrap().size, 4 * BS);
+}

@@ -131,3 +131,58 @@ fn engine_opens_and_extends_thin_restore_output() {
     pool.self_check().unwrap();
     thin_check(&meta_path);
 }
+
+/// A device that reads zeros and forgets writes: lets a test format a pool on a huge data
+/// device without storing it.
+struct NullDevice(u64);
+
+impl thinpool::io::BlockDevice for NullDevice {
+    fn read_at(&self, buf: &mut [u8], _: u64) -> std::io::Result<()> {
+        buf.fill(0);
+        Ok(())
+    }
+    fn write_at(&self, _: &[u8], _: u64) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn flush(&self) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn size(&self) -> u64 {
+        self.0
+    }
+    fn grow(&self, n: u64) -> std::io::Result<()> {
+        assert!(n <= self.0, "test device cannot grow");
+        Ok(())
+    }
+    fn describe(&self) -> String {
+        "null".into()
+    }
+}
+
+/// 3.2 million data blocks need 197 data bitmaps: the data space map's index btree grows an
+/// internal root (168 entries per leaf), which both the engine and thin_check must accept.
+#[test]
+fn large_data_device_index_tree() {
+    let dir = tempfile::tempdir().unwrap();
+    let meta_path = dir.path().join("metadata");
+    let meta = Arc::new(FileDevice::create(&meta_path, 16 << 20).unwrap());
+    let nr = 3_200_000u64;
+    let data = Arc::new(NullDevice(nr * 65536));
+    let pool = Pool::format(meta.clone(), data.clone(), Sectors(128)).unwrap();
+    assert_eq!(pool.data_usage().total, nr);
+    pool.create_thin(ThinId(1)).unwrap();
+    for vb in [0u64, 1, 2_000_000, 3_199_999] {
+        pool.write(ThinId(1), vb * 65536, &[1u8; 512]).unwrap();
+    }
+    // Fill the first bitmap completely and spill into the second.
+    for vb in 10..16_400u64 {
+        pool.insert_mapping(ThinId(1), VirtBlock(vb), thinpool::units::DataBlock(vb), 0).unwrap();
+    }
+    pool.commit().unwrap();
+    pool.self_check().unwrap();
+    thin_check(&meta_path);
+    drop(pool);
+    let pool = Pool::open(meta, data).unwrap();
+    pool.self_check().unwrap();
+    assert_eq!(pool.device_details(ThinId(1)).unwrap().mapped_blocks, 4 + 16_390);
+}

@@ -2,8 +2,10 @@
 //! and developers run the same thing.
 
 mod bench;
+mod image;
 mod setup;
 
+use std::path::PathBuf;
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
@@ -18,8 +20,11 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
-    /// Installs what the tests need, then runs every test (host tier, then VM tier).
+    /// Installs what the tests need, then runs every test: host tier, then VM tier.
     Test {
+        /// Skip the VM tier (host tests only).
+        #[arg(long)]
+        host_only: bool,
         /// Extra arguments passed to `cargo test` (e.g. a test name filter).
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
@@ -37,13 +42,27 @@ enum Task {
     },
     /// Installs the host packages lamina's tests and tools need (apt-get, when missing).
     Setup,
+    /// Builds the boot artefacts into target/lamina/image (static binaries, kernel, initramfs).
+    Image {
+        /// Use this kernel .deb instead of the pinned one (also env LAMINA_KERNEL_DEB).
+        #[arg(long)]
+        kernel_deb: Option<PathBuf>,
+    },
+    /// Builds the image and boots it on target/lamina/disk.raw (8 GiB sparse), console attached.
+    Run {
+        /// Arguments for `lamina run` (e.g. --debug, --machine q35, --memory 1024).
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
 }
 
 fn main() -> Result<()> {
     match Cli::parse().task {
-        Task::Test { args } => task_test(&args),
+        Task::Test { host_only, args } => task_test(host_only, &args),
         Task::Ci => task_ci(),
         Task::Setup => setup::install_missing(),
+        Task::Image { kernel_deb } => image::task_image(&workspace_root(), kernel_deb).map(drop),
+        Task::Run { args } => task_run(&args),
         Task::Bench { report_only: true, .. } => {
             bench::summarize(&workspace_root().join("target/bench"))
         }
@@ -54,15 +73,45 @@ fn main() -> Result<()> {
     }
 }
 
-fn task_test(args: &[String]) -> Result<()> {
+fn task_test(host_only: bool, args: &[String]) -> Result<()> {
     setup::install_missing()?;
-    cargo(&["test", "--workspace", "--all-targets"], args)
+    eprintln!("== host tier");
+    cargo(&["test", "--workspace", "--all-targets", "--exclude", "tests"], args)?;
+    cargo(&["test", "-p", "tests", "--lib"], args)?;
+    if host_only {
+        eprintln!("== VM tier skipped (--host-only)");
+        return Ok(());
+    }
+    eprintln!("== VM tier (one VM at a time; builds the image first)");
+    image::task_image(&workspace_root(), None)?;
+    cargo(&["test", "-p", "tests", "--test", "vm_*"], args)
 }
 
 fn task_ci() -> Result<()> {
     cargo(&["fmt", "--all", "--check"], &[])?;
     cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"], &[])?;
-    task_test(&[])
+    task_test(false, &[])
+}
+
+fn task_run(args: &[String]) -> Result<()> {
+    setup::install_missing()?;
+    let root = workspace_root();
+    image::task_image(&root, None)?;
+    cargo(&["build", "-p", "qemu", "--bin", "lamina"], &[])?;
+    let lamina = root.join("target/debug/lamina");
+    let home = image::lamina_dir(&root);
+    let status = Command::new(&lamina)
+        .arg("--home")
+        .arg(&home)
+        .arg("run")
+        .args(args)
+        .current_dir(&root)
+        .status()
+        .with_context(|| format!("running {}", lamina.display()))?;
+    if !status.success() {
+        bail!("lamina run failed ({status})");
+    }
+    Ok(())
 }
 
 fn cargo(base: &[&str], extra: &[String]) -> Result<()> {

@@ -12,7 +12,7 @@
 //! rewritten. The metadata map accounts for its own blocks, so its commit loops until a pass
 //! changes no count (each bitmap and the index block move at most once per transaction).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 use super::btree::{self, Plain};
 use super::disk::{self, BlockKind, IndexEntry, SmRoot, ENTRIES_PER_BITMAP, MAX_METADATA_BITMAPS};
@@ -38,6 +38,9 @@ pub struct SmDisk {
     pub ref_count_root: MetaBlock,
     /// Bitmaps that must be rewritten even if no count in them changed (new ones).
     pending: BTreeSet<usize>,
+    /// Mirror of the overflow tree (block -> count), so commits only touch the tree for
+    /// blocks that enter, leave or change in it.
+    overflow: HashMap<u64, u32>,
 }
 
 fn nr_bitmaps(nr_blocks: u64) -> usize {
@@ -69,6 +72,7 @@ impl SmDisk {
             bitmap_root: index,
             ref_count_root: overflow,
             pending: (0..n).collect(),
+            overflow: HashMap::new(),
         })
     }
 
@@ -82,6 +86,7 @@ impl SmDisk {
             bitmap_root: index,
             ref_count_root: overflow,
             pending: BTreeSet::new(),
+            overflow: HashMap::new(),
         })
     }
 
@@ -100,6 +105,7 @@ impl SmDisk {
             bitmap_root: root.bitmap_root,
             ref_count_root: root.ref_count_root,
             pending: BTreeSet::new(),
+            overflow: HashMap::new(),
         };
         // `tm.sm` stays sized (all zero) while loading, so reads are range-checked.
         let mut counts = RefCounts::new("metadata", root.nr_blocks);
@@ -137,6 +143,7 @@ impl SmDisk {
             bitmap_root: root.bitmap_root,
             ref_count_root: root.ref_count_root,
             pending: BTreeSet::new(),
+            overflow: HashMap::new(),
         };
         let mut counts = RefCounts::new("data", root.nr_blocks);
         sm.load_counts(tm, &mut counts, root)?;
@@ -168,6 +175,7 @@ impl SmDisk {
             }
         }
         let mut bad = None;
+        let mut mirror = HashMap::new();
         btree::walk(tm, self.ref_count_root, 4, &mut |k, v| {
             let c = disk::get_u32(v, 0);
             if !overflowed.remove(&k) || c < 3 {
@@ -175,8 +183,10 @@ impl SmDisk {
                 return Ok(false);
             }
             counts.load(k, c)?;
+            mirror.insert(k, c);
             Ok(true)
         })?;
+        self.overflow = mirror;
         if let Some(k) = bad {
             return Err(Error::corrupt(
                 self.ref_count_root,
@@ -230,11 +240,18 @@ impl SmDisk {
     fn update_overflow(&mut self, tm: &mut Tm, block: u64, count: u32) -> Result<()> {
         let mut vt = Plain(4);
         if count >= 3 {
-            let (r, old) =
-                btree::insert_raw(tm, &mut vt, self.ref_count_root, block, &count.to_le_bytes())?;
-            self.ref_count_root = r;
-            debug_assert!(old.is_none_or(|o| o.len() == 4));
-        } else {
+            if self.overflow.get(&block) != Some(&count) {
+                let (r, _) = btree::insert_raw(
+                    tm,
+                    &mut vt,
+                    self.ref_count_root,
+                    block,
+                    &count.to_le_bytes(),
+                )?;
+                self.ref_count_root = r;
+                self.overflow.insert(block, count);
+            }
+        } else if self.overflow.remove(&block).is_some() {
             self.ref_count_root = btree::remove_raw(tm, &mut vt, self.ref_count_root, block)?.0;
         }
         Ok(())

@@ -5,6 +5,7 @@
 //! Every suite compares lamina with its peers in one interleaved run; the ratios are computed
 //! here from the medians, never typed in.
 
+mod boot;
 mod plot;
 pub mod record;
 pub mod report;
@@ -81,6 +82,9 @@ pub fn run(root: &Path, suites: &[Suite]) -> Result<()> {
 }
 
 fn run_suite(root: &Path, suite: Suite, jsonl: &Path) -> Result<()> {
+    if suite == Suite::Boot {
+        return boot::run(root, jsonl);
+    }
     let Some((package, bench)) = suite.cargo_bench() else {
         bail!("the {} suite is not built yet", suite.name());
     };

@@ -217,7 +217,11 @@ fn run(vs: usize, ops: Vec<Op>) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+    // BTREE_CASES=n runs more cases (a longer soak than the default suite).
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("BTREE_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(24),
+        ..ProptestConfig::default()
+    })]
 
     #[test]
     fn btree_matches_model_vs8(ops in prop::collection::vec(op(), 1..40)) {

@@ -1,0 +1,102 @@
+//! Every Debian package that reaches the image, pinned by name, exact version and SHA-256.
+//!
+//! The archive drops old kernel ABIs as point releases roll; when a pin disappears the fetch
+//! fails with the command that shows what is current (see [`crate::fetch`]). To re-pin:
+//!
+//! ```text
+//! apt-get update
+//! apt-cache search --names-only '^linux-image-6\.1\.0-[0-9]+-cloud-amd64$' | sort -V | tail -1
+//! apt-cache show linux-image-6.1.0-NN-cloud-amd64 | grep -E '^(Package|Version|SHA256):'
+//! ```
+//! then edit the constants below and regenerate the listing snapshot
+//! (`LAMINA_UPDATE_LISTING=1 cargo test -p image --test listing`).
+
+/// One pinned `.deb`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DebPin {
+    pub package: &'static str,
+    pub version: &'static str,
+    /// SHA-256 of the `.deb` file, as `apt-cache show` prints it.
+    pub sha256: &'static str,
+}
+
+/// The Debian 12 cloud kernel (pinned 2026-11-22, newest ABI in bookworm-security then).
+pub const KERNEL: DebPin = DebPin {
+    package: "linux-image-6.1.0-56-cloud-amd64",
+    version: "6.1.192-2",
+    sha256: "e7d02b943971edcb8790e256c02cfab3bca6c3d37c1bf25392a57c71300615ee",
+};
+
+/// `mkfs.xfs` and the libraries it needs (resolved from DT_NEEDED at build time; a library that
+/// no pinned package provides is an error), plus busybox for debug sessions (`lamina.debug=1`).
+pub const USERLAND: &[DebPin] = &[
+    DebPin {
+        package: "xfsprogs",
+        version: "6.1.0-1",
+        sha256: "e2d2a60dd29d568b5724b66d9ff864305cec61a15e6ba842079398524e1c5718",
+    },
+    DebPin {
+        package: "libblkid1",
+        version: "2.38.1-5+deb12u3",
+        sha256: "5a083377f29191cafcdf0f91ec124349b4a7895b531556633a136e43c6d53943",
+    },
+    DebPin {
+        package: "libuuid1",
+        version: "2.38.1-5+deb12u3",
+        sha256: "5fff398321da62d28a842bcbabd193d72ae21724962c029dc32b1dc6b2deaeaf",
+    },
+    DebPin {
+        package: "libinih1",
+        version: "55-1",
+        sha256: "1286ddab2ef1050389e585ad3bfd0a0d9bdd26475003a33b4eec884bccd50477",
+    },
+    DebPin {
+        package: "liburcu8",
+        version: "0.13.2-1",
+        sha256: "8647049698200fb5e20a130a09059b51878bb98643a120c7b0c6cbfd3f9b42dd",
+    },
+    DebPin {
+        package: "libc6",
+        version: "2.36-9+deb12u14",
+        sha256: "ba4f88f73dbc3ae9055f3c20f4523bfdbaf1ad13ff95e258924f77d20b4fbedf",
+    },
+    DebPin {
+        package: "busybox-static",
+        version: "1:1.35.0-4+deb12u1+b1",
+        sha256: "3d3fdbe91d4660c873e14b092c213fe81c1da6362daa236eb25d0171eb108744",
+    },
+];
+
+/// Kernel modules the appliance loads (dependencies are added from `.modinfo`), with the
+/// parameters passed to `finit_module`. Built-in ones are skipped.
+pub const MODULES: &[(&str, &str)] = &[
+    ("virtio_pci", ""),
+    ("virtio_mmio", ""),
+    ("virtio_blk", ""),
+    ("virtio_net", ""),
+    ("virtio_console", ""),
+    ("button", ""),
+    ("evdev", ""),
+    ("pvpanic_pci", ""),
+    ("pvpanic_mmio", ""),
+    // Two devices: one for the pool volume, one spare for re-attach/tests (default is 16).
+    ("nbd", "nbds_max=2"),
+    ("xfs", ""),
+    ("overlay", ""),
+];
+
+/// Kernel options the appliance relies on, checked against the package's `config-*`.
+pub const REQUIRED_CONFIG: &[(&str, &[&str])] = &[
+    ("CONFIG_DEVTMPFS", &["y"]),
+    ("CONFIG_BLK_DEV_INITRD", &["y"]),
+    ("CONFIG_PVH", &["y"]),
+    ("CONFIG_SERIAL_8250_CONSOLE", &["y"]),
+    ("CONFIG_UNIX", &["y"]),
+    ("CONFIG_TMPFS", &["y"]),
+    ("CONFIG_CRYPTO_CRC32C", &["y", "m"]),
+    ("CONFIG_XFS_QUOTA", &["y"]),
+    ("CONFIG_BLK_DEV_NBD", &["y", "m"]),
+    ("CONFIG_XFS_FS", &["y", "m"]),
+    ("CONFIG_OVERLAY_FS", &["y", "m"]),
+    ("CONFIG_VIRTIO_CONSOLE", &["y", "m"]),
+];

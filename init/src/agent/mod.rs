@@ -1,0 +1,278 @@
+//! The guest agent: JSON lines on the virtio-serial port `org.lamina.agent.0` (wire format in
+//! [`proto`]). Runs on its own thread; asks the main loop to shut down through a wake pipe.
+
+pub mod proto;
+
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use self::proto::{Command as Cmd, ErrorCode, ExecArgs, ExecResult, Memory, Mount, Reply, Status};
+use crate::reaper::{Exit, Reaper};
+
+/// State the agent reports; updated by the main thread.
+#[derive(Debug, Default)]
+pub struct Shared {
+    pub ready: bool,
+    pub summary: String,
+    pub debug: bool,
+    pub max_exec_secs: u64,
+    pub pool: Option<Value>,
+}
+
+/// Finds `/dev/<vportNpM>` whose port name is `name` (no udev, so no /dev/virtio-ports links).
+pub fn find_port(sys_class_virtio_ports: &Path, name: &str) -> Option<PathBuf> {
+    let mut entries: Vec<_> =
+        std::fs::read_dir(sys_class_virtio_ports).ok()?.flatten().map(|e| e.file_name()).collect();
+    entries.sort();
+    entries.into_iter().find_map(|e| {
+        let n = std::fs::read_to_string(sys_class_virtio_ports.join(&e).join("name")).ok()?;
+        (n.trim() == name).then(|| PathBuf::from("/dev").join(e))
+    })
+}
+
+/// Answers one request. The bool is true when the caller must start the shutdown (after the
+/// reply went out).
+pub fn handle(
+    cmd: Cmd,
+    id: Option<Value>,
+    shared: &Mutex<Shared>,
+    reaper: &Reaper,
+) -> (Reply, bool) {
+    match cmd {
+        Cmd::Status => {
+            let s = shared.lock().unwrap_or_else(|p| p.into_inner());
+            let st = status(&s);
+            drop(s);
+            match serde_json::to_value(st) {
+                Ok(v) => (Reply::ok(id, v), false),
+                Err(e) => (Reply::err(id, ErrorCode::Internal, e.to_string()), false),
+            }
+        }
+        Cmd::Shutdown => (Reply::ok(id, serde_json::json!({"shutting_down": true})), true),
+        Cmd::Exec(args) => {
+            let (debug, max) = {
+                let s = shared.lock().unwrap_or_else(|p| p.into_inner());
+                (s.debug, s.max_exec_secs)
+            };
+            if !debug {
+                return (
+                    Reply::err(
+                        id,
+                        ErrorCode::Forbidden,
+                        "exec is only available when booted with lamina.debug=1",
+                    ),
+                    false,
+                );
+            }
+            match exec(&args, max, reaper) {
+                Ok(r) => (Reply::ok(id, serde_json::to_value(r).unwrap_or(Value::Null)), false),
+                Err(e) => {
+                    (Reply::err(id, ErrorCode::ExecFailed, format!("{}: {e}", args.argv[0])), false)
+                }
+            }
+        }
+    }
+}
+
+fn status(s: &Shared) -> Status {
+    let uptime_secs = std::fs::read_to_string("/proc/uptime")
+        .ok()
+        .and_then(|u| u.split_whitespace().next().and_then(|x| x.parse().ok()))
+        .unwrap_or(0.0);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|k| k.trim().to_owned())
+        .unwrap_or_default();
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let kib = |key: &str| {
+        meminfo
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|r| {
+                r.trim_start_matches(':').split_whitespace().next().and_then(|v| v.parse().ok())
+            })
+            .unwrap_or(0)
+    };
+    let mounts = std::fs::read_to_string("/proc/mounts")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            Some(Mount {
+                source: f.first()?.to_string(),
+                target: f.get(1)?.to_string(),
+                fstype: f.get(2)?.to_string(),
+            })
+        })
+        .collect();
+    Status {
+        uptime_secs,
+        kernel,
+        memory: Memory { total_kib: kib("MemTotal"), available_kib: kib("MemAvailable") },
+        mounts,
+        pool: s.pool.clone(),
+        ready: s.ready,
+        summary: s.summary.clone(),
+        debug: s.debug,
+    }
+}
+
+/// Output kept per stream.
+const MAX_OUTPUT: u64 = 1 << 20;
+
+/// Runs a command with a timeout (debug sessions only).
+pub fn exec(args: &ExecArgs, max_secs: u64, reaper: &Reaper) -> std::io::Result<ExecResult> {
+    let timeout = Duration::from_secs(args.timeout_secs.unwrap_or(10).min(max_secs.max(1)));
+    let mut s = reaper.spawn(
+        Command::new(&args.argv[0])
+            .args(&args.argv[1..])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    )?;
+    let reader = |r: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(r) = r {
+                let _ = r.take(MAX_OUTPUT).read_to_end(&mut buf);
+            }
+            String::from_utf8_lossy(&buf).into_owned()
+        })
+    };
+    let out = reader(s.child.stdout.take().map(|x| Box::new(x) as Box<dyn Read + Send>));
+    let err = reader(s.child.stderr.take().map(|x| Box::new(x) as Box<dyn Read + Send>));
+    let (exit, timed_out) = match s.exit.recv_timeout(timeout) {
+        Ok(e) => (Some(e), false),
+        Err(_) => {
+            if let Some(p) = rustix::process::Pid::from_raw(s.pid) {
+                let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
+            }
+            (s.exit.recv_timeout(Duration::from_secs(5)).ok(), true)
+        }
+    };
+    let stdout = out.join().unwrap_or_default();
+    let stderr = err.join().unwrap_or_default();
+    let (exit_code, signal) = match exit {
+        Some(Exit::Code(c)) => (Some(c), None),
+        Some(Exit::Signal(s)) => (None, Some(s)),
+        None => (None, None),
+    };
+    Ok(ExecResult { exit_code, signal, timed_out, stdout, stderr })
+}
+
+/// Serves the port forever. `wake` gets one byte when a shutdown was requested.
+pub fn serve(port: PathBuf, shared: Arc<Mutex<Shared>>, reaper: Arc<Reaper>, wake: OwnedFd) {
+    let mut file = loop {
+        match std::fs::OpenOptions::new().read(true).write(true).open(&port) {
+            Ok(f) => break f,
+            Err(e) => {
+                tracing::error!("agent: cannot open {}: {e}; retrying", port.display());
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        }
+    };
+    tracing::info!("agent: serving on {}", port.display());
+    let mut pending = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        // While no host is connected the port reports POLLHUP and reads return 0: wait a bit
+        // instead of spinning (the port does not signal the connect through poll).
+        let mut fds = [rustix::event::PollFd::new(&file, rustix::event::PollFlags::IN)];
+        let _ =
+            rustix::event::poll(&mut fds, Some(&rustix::event::Timespec { tv_sec: 1, tv_nsec: 0 }));
+        let revents = fds[0].revents();
+        if !revents.contains(rustix::event::PollFlags::IN) {
+            if revents.contains(rustix::event::PollFlags::HUP) {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            continue;
+        }
+        let n = match file.read(&mut buf) {
+            Ok(0) => {
+                pending.clear(); // host went away: drop its half line
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!("agent: read: {e}");
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+        };
+        pending.extend_from_slice(&buf[..n]);
+        while let Some(pos) = pending.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=pos).collect();
+            let line = String::from_utf8_lossy(&line[..line.len() - 1]).trim().to_owned();
+            if line.is_empty() {
+                continue;
+            }
+            let (reply, shutdown) = match proto::parse_request(&line) {
+                Ok((id, cmd)) => handle(cmd, id, &shared, &reaper),
+                Err(reply) => (reply, false),
+            };
+            if let Err(e) = file.write_all(reply.to_line().as_bytes()) {
+                tracing::warn!("agent: write: {e}");
+            }
+            if shutdown {
+                let _ = rustix::io::write(wake.as_fd(), b"s");
+            }
+        }
+        if pending.len() > proto::MAX_LINE {
+            let reply = Reply::err(None, ErrorCode::BadRequest, "request line too long");
+            let _ = file.write_all(reply.to_line().as_bytes());
+            pending.clear();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shared(debug: bool) -> Mutex<Shared> {
+        Mutex::new(Shared { ready: true, summary: "s".into(), debug, max_exec_secs: 5, pool: None })
+    }
+
+    #[test]
+    fn exec_is_forbidden_without_debug() {
+        let args = ExecArgs { argv: vec!["true".into()], timeout_secs: None };
+        let (r, stop) = handle(Cmd::Exec(args), Some(1.into()), &shared(false), &Reaper::new());
+        assert!(!stop);
+        assert_eq!(r.error.unwrap().code, ErrorCode::Forbidden);
+    }
+
+    #[test]
+    fn status_reports_host_facts_and_null_pool() {
+        let (r, stop) = handle(Cmd::Status, None, &shared(false), &Reaper::new());
+        assert!(!stop);
+        let v = r.ret.unwrap();
+        assert_eq!(v["pool"], Value::Null);
+        assert!(v["memory"]["total_kib"].as_u64().unwrap() > 0);
+        assert!(v["mounts"].as_array().unwrap().iter().any(|m| m["target"] == "/"));
+        assert!(!v["kernel"].as_str().unwrap().is_empty());
+    }
+
+    #[test]
+    fn shutdown_asks_the_main_loop() {
+        let (r, stop) = handle(Cmd::Shutdown, Some("x".into()), &shared(false), &Reaper::new());
+        assert!(stop);
+        assert_eq!(r.id, Some("x".into()));
+    }
+
+    #[test]
+    fn finds_port_by_name() {
+        let d = tempfile::tempdir().unwrap();
+        for (p, n) in [("vport0p0", "org.qemu.guest_agent.0"), ("vport0p1", "org.lamina.agent.0")] {
+            std::fs::create_dir_all(d.path().join(p)).unwrap();
+            std::fs::write(d.path().join(p).join("name"), format!("{n}\n")).unwrap();
+        }
+        assert_eq!(find_port(d.path(), "org.lamina.agent.0"), Some(PathBuf::from("/dev/vport0p1")));
+        assert_eq!(find_port(d.path(), "nope"), None);
+    }
+}

@@ -1,0 +1,262 @@
+//! The guest agent's wire format: one JSON object per line, in the qemu-guest-agent shape.
+//!
+//! ```text
+//! host → guest  {"execute": "status" | "shutdown" | "exec", "arguments": {…}?, "id": N?}
+//! guest → host  {"return": …, "id": N?}   or   {"error": {"code": "...", "message": "..."}, "id": N?}
+//! ```
+//! Pure types and parsing; no I/O.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Longest request line accepted (bytes, without the newline).
+pub const MAX_LINE: usize = 64 * 1024;
+
+/// A parsed request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    Status,
+    Shutdown,
+    Exec(ExecArgs),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecArgs {
+    /// Program and arguments (no shell).
+    pub argv: Vec<String>,
+    /// Seconds before the command is killed (default 10, capped by the config).
+    #[serde(default)]
+    pub timeout_secs: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecResult {
+    /// Exit code, or `None` when killed by a signal.
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    pub timed_out: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    pub uptime_secs: f64,
+    pub kernel: String,
+    pub memory: Memory,
+    pub mounts: Vec<Mount>,
+    /// `null` until the pool is wired in.
+    pub pool: Option<Value>,
+    pub ready: bool,
+    pub summary: String,
+    pub debug: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Memory {
+    pub total_kib: u64,
+    pub available_kib: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mount {
+    pub source: String,
+    pub target: String,
+    pub fstype: String,
+}
+
+/// Machine-matchable error codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    BadRequest,
+    UnknownCommand,
+    Forbidden,
+    ExecFailed,
+    Internal,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct RawRequest {
+    execute: String,
+    #[serde(default)]
+    arguments: Option<Value>,
+    #[serde(default)]
+    id: Option<Value>,
+}
+
+/// One reply line (either `return` or `error` is set).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reply {
+    #[serde(rename = "return", default, skip_serializing_if = "Option::is_none")]
+    pub ret: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<AgentError>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<Value>,
+}
+
+impl Reply {
+    pub fn ok(id: Option<Value>, ret: Value) -> Self {
+        Self { ret: Some(ret), error: None, id }
+    }
+
+    pub fn err(id: Option<Value>, code: ErrorCode, message: impl Into<String>) -> Self {
+        Self { ret: None, error: Some(AgentError { code, message: message.into() }), id }
+    }
+
+    pub fn to_line(&self) -> String {
+        let mut s = serde_json::to_string(self).unwrap_or_else(|_| {
+            r#"{"error":{"code":"internal","message":"reply encoding"}}"#.into()
+        });
+        s.push('\n');
+        s
+    }
+}
+
+/// Parses a request line; on failure returns the error reply to send (with the id if found).
+pub fn parse_request(line: &str) -> Result<(Option<Value>, Command), Reply> {
+    if line.len() > MAX_LINE {
+        return Err(Reply::err(
+            None,
+            ErrorCode::BadRequest,
+            format!("request longer than {MAX_LINE} bytes"),
+        ));
+    }
+    let raw: RawRequest = serde_json::from_str(line).map_err(|e| {
+        Reply::err(None, ErrorCode::BadRequest, format!("not a request object: {e}"))
+    })?;
+    let id = raw.id.clone();
+    let cmd = match raw.execute.as_str() {
+        "status" => Command::Status,
+        "shutdown" => Command::Shutdown,
+        "exec" => {
+            let args = raw.arguments.ok_or_else(|| {
+                Reply::err(id.clone(), ErrorCode::BadRequest, "exec needs arguments {argv: [...]}")
+            })?;
+            let args: ExecArgs = serde_json::from_value(args).map_err(|e| {
+                Reply::err(id.clone(), ErrorCode::BadRequest, format!("exec arguments: {e}"))
+            })?;
+            if args.argv.is_empty() {
+                return Err(Reply::err(id, ErrorCode::BadRequest, "exec argv is empty"));
+            }
+            Command::Exec(args)
+        }
+        other => {
+            return Err(Reply::err(
+                id,
+                ErrorCode::UnknownCommand,
+                format!("unknown command {other:?}"),
+            ))
+        }
+    };
+    Ok((id, cmd))
+}
+
+/// Encodes a request line (host side).
+pub fn request_line(id: u64, cmd: &Command) -> String {
+    let (execute, arguments) = match cmd {
+        Command::Status => ("status", None),
+        Command::Shutdown => ("shutdown", None),
+        Command::Exec(a) => ("exec", Some(serde_json::to_value(a).unwrap_or(Value::Null))),
+    };
+    let raw = RawRequest { execute: execute.into(), arguments, id: Some(Value::from(id)) };
+    let mut s = serde_json::to_string(&raw).unwrap_or_default();
+    s.push('\n');
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rt_requests() {
+        let exec = Command::Exec(ExecArgs {
+            argv: vec!["cat".into(), "/proc/modules".into()],
+            timeout_secs: Some(5),
+        });
+        for (i, c) in [Command::Status, Command::Shutdown, exec].into_iter().enumerate() {
+            let line = request_line(i as u64, &c);
+            assert!(line.ends_with('\n'));
+            let (id, back) = parse_request(line.trim_end()).unwrap();
+            assert_eq!(id, Some(Value::from(i as u64)));
+            assert_eq!(back, c);
+        }
+    }
+
+    #[test]
+    fn rt_replies() {
+        let ok = Reply::ok(Some(1.into()), serde_json::json!({"a": 1}));
+        let back: Reply = serde_json::from_str(&ok.to_line()).unwrap();
+        assert_eq!(back, ok);
+        let err = Reply::err(None, ErrorCode::Forbidden, "exec needs lamina.debug=1");
+        let line = err.to_line();
+        assert_eq!(
+            line,
+            "{\"error\":{\"code\":\"forbidden\",\"message\":\"exec needs lamina.debug=1\"}}\n"
+        );
+        assert_eq!(serde_json::from_str::<Reply>(&line).unwrap(), err);
+    }
+
+    #[test]
+    fn rt_status_and_exec_result() {
+        let s = Status {
+            uptime_secs: 1.5,
+            kernel: "6.1".into(),
+            memory: Memory { total_kib: 1, available_kib: 2 },
+            mounts: vec![Mount {
+                source: "proc".into(),
+                target: "/proc".into(),
+                fstype: "proc".into(),
+            }],
+            pool: None,
+            ready: true,
+            summary: "x".into(),
+            debug: false,
+        };
+        let v = serde_json::to_value(&s).unwrap();
+        assert_eq!(v["pool"], Value::Null);
+        assert_eq!(serde_json::from_value::<Status>(v).unwrap(), s);
+        let r = ExecResult {
+            exit_code: Some(0),
+            signal: None,
+            timed_out: false,
+            stdout: "o".into(),
+            stderr: String::new(),
+        };
+        assert_eq!(
+            serde_json::from_value::<ExecResult>(serde_json::to_value(&r).unwrap()).unwrap(),
+            r
+        );
+    }
+
+    #[test]
+    fn bad_requests_get_coded_errors() {
+        let code = |l: &str| parse_request(l).unwrap_err().error.unwrap().code;
+        assert_eq!(code("nope"), ErrorCode::BadRequest);
+        assert_eq!(code(r#"{"execute":"reboot","id":3}"#), ErrorCode::UnknownCommand);
+        assert_eq!(code(r#"{"execute":"exec"}"#), ErrorCode::BadRequest);
+        assert_eq!(code(r#"{"execute":"exec","arguments":{"argv":[]}}"#), ErrorCode::BadRequest);
+        assert_eq!(
+            code(r#"{"execute":"exec","arguments":{"argv":["x"],"bogus":1}}"#),
+            ErrorCode::BadRequest
+        );
+        assert_eq!(parse_request(r#"{"execute":"reboot","id":3}"#).unwrap_err().id, Some(3.into()));
+        assert_eq!(code(&"x".repeat(MAX_LINE + 1)), ErrorCode::BadRequest);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn parse_never_panics(s in ".{0,200}") {
+            let _ = parse_request(&s);
+        }
+    }
+}

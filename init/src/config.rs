@@ -1,0 +1,148 @@
+//! Runtime configuration: `/etc/lamina/config.toml` plus `lamina.KEY=VALUE` overrides from the
+//! kernel command line. Pure: parsing and merging take strings.
+
+use serde::{Deserialize, Serialize};
+
+/// Where the image installs the config file.
+pub const PATH: &str = "/etc/lamina/config.toml";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub debug: bool,
+    pub network: Network,
+    pub agent: Agent,
+    pub shutdown: Shutdown,
+    pub pool: Pool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Network {
+    pub enabled: bool,
+    pub interface: String,
+    /// `a.b.c.d/prefix`.
+    pub address: String,
+    pub gateway: String,
+    pub wait_secs: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Agent {
+    pub port: String,
+    pub max_exec_secs: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Shutdown {
+    pub grace_secs: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pool {
+    pub enabled: bool,
+    pub nbd_port: u16,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("config file: {0}")]
+    Parse(String),
+    #[error("kernel command line lamina.{key}={value}: {why}")]
+    Override { key: String, value: String, why: String },
+}
+
+/// `lamina.KEY=VALUE` pairs from a kernel command line, in order.
+pub fn cmdline_overrides(cmdline: &str) -> Vec<(String, String)> {
+    cmdline
+        .split_whitespace()
+        .filter_map(|w| w.strip_prefix("lamina."))
+        .map(|kv| match kv.split_once('=') {
+            Some((k, v)) => (k.to_owned(), v.to_owned()),
+            None => (kv.to_owned(), "1".to_owned()), // bare flag: lamina.debug
+        })
+        .collect()
+}
+
+/// Parses the file and applies the overrides. An override's value is typed after the value it
+/// replaces (bool accepts 1/0/true/false/yes/no/on/off); unknown keys are errors.
+pub fn load(file: &str, overrides: &[(String, String)]) -> Result<Config, ConfigError> {
+    let mut root: toml::Table =
+        toml::from_str(file).map_err(|e| ConfigError::Parse(e.to_string()))?;
+    for (key, value) in overrides {
+        let err = |why: &str| ConfigError::Override {
+            key: key.clone(),
+            value: value.clone(),
+            why: why.into(),
+        };
+        let mut parts: Vec<&str> = key.split('.').collect();
+        let last = parts.pop().ok_or_else(|| err("empty key"))?;
+        let mut table = &mut root;
+        for p in parts {
+            table = table
+                .get_mut(p)
+                .and_then(|v| v.as_table_mut())
+                .ok_or_else(|| err("no such table"))?;
+        }
+        let slot = table.get_mut(last).ok_or_else(|| err("no such key"))?;
+        *slot = match slot {
+            toml::Value::Boolean(_) => toml::Value::Boolean(match value.as_str() {
+                "1" | "true" | "yes" | "on" => true,
+                "0" | "false" | "no" | "off" => false,
+                _ => return Err(err("expected a boolean")),
+            }),
+            toml::Value::Integer(_) => {
+                toml::Value::Integer(value.parse().map_err(|_| err("expected an integer"))?)
+            }
+            toml::Value::String(_) => toml::Value::String(value.clone()),
+            _ => return Err(err("only booleans, integers and strings can be overridden")),
+        };
+    }
+    root.try_into().map_err(|e: toml::de::Error| ConfigError::Parse(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FILE: &str = include_str!("../config.toml");
+
+    #[test]
+    fn shipped_file_parses() {
+        let c = load(FILE, &[]).unwrap();
+        assert!(!c.debug);
+        assert_eq!(c.network.address, "10.0.2.15/24");
+        assert_eq!(c.agent.port, "org.lamina.agent.0");
+        assert!(!c.pool.enabled);
+    }
+
+    #[test]
+    fn cmdline_overrides_apply_typed() {
+        let o = cmdline_overrides("console=ttyS0 lamina.debug=1 quiet lamina.network.address=10.0.2.16/24 lamina.shutdown.grace_secs=3");
+        assert_eq!(o.len(), 3);
+        let c = load(FILE, &o).unwrap();
+        assert!(c.debug);
+        assert_eq!(c.network.address, "10.0.2.16/24");
+        assert_eq!(c.shutdown.grace_secs, 3);
+        assert_eq!(cmdline_overrides("lamina.debug"), [("debug".to_string(), "1".to_string())]);
+    }
+
+    #[test]
+    fn bad_overrides_are_errors() {
+        for (k, v) in [
+            ("nope", "1"),
+            ("debug", "maybe"),
+            ("shutdown.grace_secs", "x"),
+            ("network", "1"),
+            ("x.y", "1"),
+        ] {
+            let r = load(FILE, &[(k.into(), v.into())]);
+            assert!(matches!(r, Err(ConfigError::Override { .. })), "{k}={v}: {r:?}");
+        }
+        assert!(matches!(load("debug = [", &[]), Err(ConfigError::Parse(_))));
+        assert!(matches!(load("debug = true\n", &[]), Err(ConfigError::Parse(_))));
+    }
+}

@@ -1,0 +1,305 @@
+//! The QEMU command line for an appliance VM (pure: config in, argv out).
+
+use std::path::{Path, PathBuf};
+
+/// Machine model. microvm boots fastest (no PCI, no firmware) but has no hot-plug and no
+/// keyboard; q35 has PCIe hot-plug (through a pre-created root port) and Ctrl-Alt-Del.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Machine {
+    Microvm,
+    Q35,
+    Pc,
+}
+
+impl std::str::FromStr for Machine {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "microvm" => Ok(Machine::Microvm),
+            "q35" => Ok(Machine::Q35),
+            "pc" => Ok(Machine::Pc),
+            _ => Err(format!("unknown machine {s:?} (microvm, q35, pc)")),
+        }
+    }
+}
+
+impl Machine {
+    fn virtio(self, dev: &str) -> String {
+        match self {
+            Machine::Microvm => format!("virtio-{dev}-device"),
+            Machine::Q35 | Machine::Pc => format!("virtio-{dev}-pci"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accel {
+    Tcg,
+    Kvm,
+}
+
+/// A raw disk image attached as virtio-blk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Disk {
+    pub path: PathBuf,
+    /// Size for creating a missing file (sparse).
+    pub size: u64,
+}
+
+/// Parses `PATH[,size=8G]`.
+pub fn parse_disk(spec: &str, default_size: u64) -> Result<Disk, String> {
+    let mut parts = spec.split(',');
+    let path = parts.next().filter(|p| !p.is_empty()).ok_or("empty disk path")?;
+    let mut size = default_size;
+    for p in parts {
+        match p.split_once('=') {
+            Some(("size", v)) => size = parse_size(v)?,
+            _ => return Err(format!("unknown disk option {p:?} (want size=N[KMGT])")),
+        }
+    }
+    Ok(Disk { path: path.into(), size })
+}
+
+/// `8G`, `512M`, `4096` (bytes).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let (num, mult) = match s.chars().last() {
+        Some('K' | 'k') => (&s[..s.len() - 1], 1u64 << 10),
+        Some('M' | 'm') => (&s[..s.len() - 1], 1 << 20),
+        Some('G' | 'g') => (&s[..s.len() - 1], 1 << 30),
+        Some('T' | 't') => (&s[..s.len() - 1], 1 << 40),
+        _ => (s, 1),
+    };
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .ok_or_else(|| format!("bad size {s:?}"))
+}
+
+/// Everything that shapes one VM.
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    pub machine: Machine,
+    pub accel: Accel,
+    pub memory_mib: u32,
+    pub cpus: u32,
+    /// `vmlinux` (PVH) or `vmlinuz`.
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    /// Extra kernel arguments (`lamina.debug=1`, …).
+    pub append: Vec<String>,
+    pub disks: Vec<Disk>,
+    /// Host port forwarded (127.0.0.1) to the guest's NBD port 10809; `None`: no forward.
+    pub nbd_port: Option<u16>,
+    /// Guest TSC frequency hint for microvm under TCG (kHz).
+    pub tsc_khz: Option<u64>,
+    /// Keep kernel messages (drop `quiet`).
+    pub verbose_kernel: bool,
+}
+
+/// Paths inside a VM's state directory.
+#[derive(Debug, Clone)]
+pub struct VmDir(pub PathBuf);
+
+impl VmDir {
+    pub fn qmp(&self) -> PathBuf {
+        self.0.join("qmp.sock")
+    }
+    pub fn agent(&self) -> PathBuf {
+        self.0.join("agent.sock")
+    }
+    pub fn console_sock(&self) -> PathBuf {
+        self.0.join("console.sock")
+    }
+    pub fn console_log(&self) -> PathBuf {
+        self.0.join("console.log")
+    }
+    pub fn pid(&self) -> PathBuf {
+        self.0.join("pid")
+    }
+    pub fn cmdline(&self) -> PathBuf {
+        self.0.join("cmdline")
+    }
+    pub fn qemu_log(&self) -> PathBuf {
+        self.0.join("qemu.log")
+    }
+}
+
+pub const AGENT_PORT: &str = "org.lamina.agent.0";
+pub const GUEST_NBD_PORT: u16 = 10809;
+
+fn p(path: &Path) -> String {
+    path.display().to_string()
+}
+
+impl VmConfig {
+    /// Kernel command line.
+    pub fn kernel_append(&self) -> String {
+        let mut a = vec!["console=ttyS0".to_owned(), "panic=-1".into()];
+        if !self.verbose_kernel {
+            a.push("quiet".into());
+        }
+        if self.machine == Machine::Microvm {
+            // TCG cannot calibrate the TSC on microvm (no PIT/HPET reference): give it.
+            if let Some(khz) = self.tsc_khz {
+                a.push(format!("tsc_early_khz={khz}"));
+            }
+        }
+        a.extend(self.append.iter().cloned());
+        a.join(" ")
+    }
+
+    /// Arguments after the program name.
+    pub fn args(&self, dir: &VmDir) -> Vec<String> {
+        let m = self.machine;
+        let mut v: Vec<String> = Vec::new();
+        let mut push = |xs: &[&str]| v.extend(xs.iter().map(|s| s.to_string()));
+        let machine = match m {
+            Machine::Microvm => "microvm,acpi=on,pit=off,pic=off,rtc=on",
+            Machine::Q35 => "q35",
+            Machine::Pc => "pc",
+        };
+        let accel = match self.accel {
+            Accel::Tcg => "tcg",
+            Accel::Kvm => "kvm",
+        };
+        push(&["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"]);
+        push(&["-machine", machine, "-accel", accel]);
+        push(&["-m", &self.memory_mib.to_string(), "-smp", &self.cpus.to_string()]);
+        if self.accel == Accel::Kvm {
+            push(&["-cpu", "host"]);
+        }
+        push(&[
+            "-kernel",
+            &p(&self.kernel),
+            "-initrd",
+            &p(&self.initrd),
+            "-append",
+            &self.kernel_append(),
+        ]);
+        // Serial console: a socket for `lamina console`, plus QEMU's own log file of it.
+        let ser = format!(
+            "socket,id=ser0,path={},server=on,wait=off,logfile={}",
+            p(&dir.console_sock()),
+            p(&dir.console_log())
+        );
+        push(&["-chardev", &ser, "-serial", "chardev:ser0"]);
+        push(&["-qmp", &format!("unix:{},server=on,wait=off", p(&dir.qmp()))]);
+        push(&["-pidfile", &p(&dir.pid())]);
+        // Panic → QEMU exits non-zero instead of a silent reset.
+        push(&["-device", "pvpanic", "-action", "panic=exit-failure"]);
+        if m == Machine::Q35 {
+            // A free root port makes later device_add (hot-plug) possible.
+            push(&["-device", "pcie-root-port,id=rp1,chassis=1,slot=1"]);
+        }
+        for (i, d) in self.disks.iter().enumerate() {
+            let drive = format!(
+                "if=none,id=d{i},file={},format=raw,discard=unmap,cache=writeback",
+                p(&d.path)
+            );
+            push(&["-drive", &drive, "-device", &format!("{},drive=d{i}", m.virtio("blk"))]);
+        }
+        let mut net = "user,id=net0".to_owned();
+        if let Some(port) = self.nbd_port {
+            net.push_str(&format!(",hostfwd=tcp:127.0.0.1:{port}-:{GUEST_NBD_PORT}"));
+        }
+        push(&["-netdev", &net, "-device", &format!("{},netdev=net0", m.virtio("net"))]);
+        let agent = format!("socket,id=agent0,path={},server=on,wait=off", p(&dir.agent()));
+        push(&["-chardev", &agent, "-device", &format!("{},id=vser0", m.virtio("serial"))]);
+        push(&["-device", &format!("virtserialport,bus=vser0.0,chardev=agent0,name={AGENT_PORT}")]);
+        v
+    }
+}
+
+/// The host's TSC frequency in kHz, from /proc/cpuinfo ("cpu MHz"); the guest only needs a
+/// plausible value to get past calibration (appliance.md §3.8).
+pub fn host_tsc_khz() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    let mhz: f64 =
+        info.lines().find(|l| l.starts_with("cpu MHz"))?.split(':').nth(1)?.trim().parse().ok()?;
+    Some((mhz * 1000.0) as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(machine: Machine) -> VmConfig {
+        VmConfig {
+            machine,
+            accel: Accel::Tcg,
+            memory_mib: 512,
+            cpus: 1,
+            kernel: "/k/vmlinux".into(),
+            initrd: "/k/initramfs.cpio".into(),
+            append: vec!["lamina.debug=1".into()],
+            disks: vec![Disk { path: "/d/disk.raw".into(), size: 8 << 30 }],
+            nbd_port: Some(10810),
+            tsc_khz: Some(2_445_406),
+            verbose_kernel: false,
+        }
+    }
+
+    #[test]
+    fn microvm_uses_mmio_devices_and_tsc_hint() {
+        let a = cfg(Machine::Microvm).args(&VmDir("/s".into()));
+        let s = a.join(" ");
+        assert!(s.contains("-machine microvm"), "{s}");
+        assert!(s.contains("virtio-blk-device,drive=d0"));
+        assert!(s.contains("virtio-serial-device,id=vser0"));
+        assert!(s.contains("hostfwd=tcp:127.0.0.1:10810-:10809"));
+        assert!(!s.contains("pcie-root-port"));
+        let append = &a[a.iter().position(|x| x == "-append").unwrap() + 1];
+        assert_eq!(append, "console=ttyS0 panic=-1 quiet tsc_early_khz=2445406 lamina.debug=1");
+    }
+
+    #[test]
+    fn q35_has_pci_devices_and_a_root_port() {
+        let c = VmConfig { nbd_port: None, verbose_kernel: true, ..cfg(Machine::Q35) };
+        let a = c.args(&VmDir("/s".into()));
+        let s = a.join(" ");
+        assert!(s.contains("virtio-blk-pci,drive=d0") && s.contains("pcie-root-port,id=rp1"));
+        assert!(!s.contains("hostfwd"));
+        assert!(
+            !c.kernel_append().contains("tsc_early_khz") && !c.kernel_append().contains("quiet")
+        );
+        assert!(
+            s.contains("logfile=/s/console.log")
+                && s.contains("unix:/s/qmp.sock,server=on,wait=off")
+        );
+    }
+
+    #[test]
+    fn disk_specs_and_sizes() {
+        assert_eq!(parse_disk("a.raw", 5).unwrap(), Disk { path: "a.raw".into(), size: 5 });
+        assert_eq!(parse_disk("a.raw,size=8G", 5).unwrap().size, 8 << 30);
+        assert_eq!(parse_size("512M").unwrap(), 512 << 20);
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert!(parse_disk(",size=1G", 1).is_err());
+        assert!(parse_disk("a,bogus=1", 1).is_err());
+        assert!(parse_size("xG").is_err());
+        assert!(parse_size("99999999999T").is_err());
+        assert_eq!("q35".parse::<Machine>(), Ok(Machine::Q35));
+        assert!("arm".parse::<Machine>().is_err());
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests_support {
+    use super::*;
+
+    pub fn config() -> VmConfig {
+        VmConfig {
+            machine: Machine::Microvm,
+            accel: Accel::Tcg,
+            memory_mib: 512,
+            cpus: 1,
+            kernel: "k".into(),
+            initrd: "i".into(),
+            append: vec![],
+            disks: vec![],
+            nbd_port: None,
+            tsc_khz: None,
+            verbose_kernel: false,
+        }
+    }
+}

@@ -1,0 +1,61 @@
+//! `bench boot`: time from QEMU launch to the `LAMINA READY` line, first boot (fresh data disk:
+//! the pool is created) against second boot (the pool is opened), median over several pairs.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+
+use super::record::{Better, Record};
+use crate::image;
+
+/// Boot pairs measured; the median of each column is reported.
+const PAIRS: usize = 5;
+
+pub fn run(root: &Path, jsonl: &Path) -> Result<()> {
+    let home = image::lamina_dir(root);
+    let img = image::task_image(root, None)?;
+    let cfg = |disk: &Path| qemu::VmConfig {
+        machine: qemu::Machine::Microvm,
+        accel: qemu::vm::probe_accel(&img.vmlinux, Some(&home.join("accel-probe"))),
+        memory_mib: 512,
+        cpus: 1,
+        kernel: img.vmlinux.clone(),
+        initrd: img.initramfs.clone(),
+        append: vec![],
+        disks: vec![qemu::Disk { path: disk.to_owned(), size: 8 << 30 }],
+        nbd_port: None,
+        tsc_khz: qemu::cmdline::host_tsc_khz(),
+        verbose_kernel: false,
+    };
+    let dir = home.join("bench");
+    let disk = dir.join("disk.raw");
+    let mut records = Vec::new();
+    for pair in 1..=PAIRS {
+        let _ = std::fs::remove_file(&disk);
+        for case in ["first boot", "second boot"] {
+            let c = cfg(&disk);
+            let mut vm = qemu::Vm::launch(&c, &dir.join("vm"))?;
+            let ready = vm.wait_ready(Duration::from_secs(180))?;
+            vm.stop(Duration::from_secs(20))?;
+            let secs = ready.after.as_secs_f64();
+            eprintln!(
+                "bench boot: pair {pair}/{PAIRS} {case} ({:?}): READY after {secs:.2}s",
+                c.accel
+            );
+            records.push(Record {
+                suite: "boot".into(),
+                case: case.into(),
+                subject: super::report::LAMINA.into(),
+                metric: "time to READY".into(),
+                value: secs,
+                unit: "s".into(),
+                better: Better::Lower,
+                x: None,
+            });
+        }
+    }
+    let text: Vec<String> = records.iter().map(serde_json::to_string).collect::<Result<_, _>>()?;
+    std::fs::write(jsonl, text.join("\n") + "\n")
+        .with_context(|| format!("writing {}", jsonl.display()))
+}
