@@ -226,9 +226,16 @@ fn metadata_exhaustion_makes_the_pool_read_only_with_needs_check() {
     drop(h);
     drop(svc);
 
-    // Reopening for writing is refused until the metadata is checked.
-    let e = Service::open(&PoolSource::Dir(pd.clone()), ServiceOptions::default()).err().unwrap();
-    assert_eq!(e.kind(), ErrorKind::ReadOnly, "{e}");
+    // Reopened, the pool serves reads and refuses writes until the metadata is checked.
+    let svc = Service::open(&PoolSource::Dir(pd.clone()), ServiceOptions::default()).unwrap();
+    assert!(svc.read_only().unwrap().contains("needs_check"), "{:?}", svc.read_only());
+    let h = svc.open_volume("v").unwrap();
+    h.read(ok[1] * EXT, &mut b).unwrap();
+    assert_eq!(u64::from_le_bytes(b), ok[1]);
+    assert_eq!(h.write(ok[1] * EXT, b"no").unwrap_err().kind(), ErrorKind::ReadOnly);
+    assert_eq!(svc.remove_volume("v").unwrap_err().kind(), ErrorKind::ReadOnly);
+    drop(h);
+    drop(svc);
     thin_check_file(&pd.join("metadata"), &[]);
     let data: std::sync::Arc<dyn BlockDevice> =
         std::sync::Arc::new(FileDevice::open(&pd.join("data")).unwrap());

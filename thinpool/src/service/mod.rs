@@ -187,10 +187,26 @@ impl Service {
     pub fn open(source: &PoolSource, opts: ServiceOptions) -> Result<Service> {
         match source {
             PoolSource::Dir(dir) => {
-                let pool = FilePool::open(dir).map_err(|e| {
-                    Error::pool(&format!("opening the pool in {}", dir.display()), e)
-                })?;
-                Self::from_file_pool(dir, pool, opts)
+                let doing = || format!("opening the pool in {}", dir.display());
+                match FilePool::open(dir) {
+                    Ok(pool) => Self::from_file_pool(dir, pool, opts),
+                    // needs_check (or compat_ro flags): serve it read-only, as dm-thin does.
+                    Err(e) if e.kind() == crate::pool::ErrorKind::ReadOnly => {
+                        warn!(pool = %dir.display(), error = %e, "opening the pool read-only");
+                        let pool = open_dir_read_only(dir).map_err(|e| Error::pool(&doing(), e))?;
+                        let svc = Self::from_file_pool(dir, pool, opts)?;
+                        *svc.shared.ro.write().unwrap_or_else(|e| e.into_inner()) =
+                            Some(ReadOnly {
+                                why: format!(
+                                    "{e}; check it (thinpool check, or thin_check \
+                                 --clear-needs-check-flag) before writing"
+                                ),
+                                durable: true,
+                            });
+                        Ok(svc)
+                    }
+                    Err(e) => Err(Error::pool(&doing(), e)),
+                }
             }
             PoolSource::Group(paths) => {
                 let state = opts.state_dir.clone().or_else(|| source.default_state_dir());
@@ -389,6 +405,8 @@ impl Service {
     pub fn remove_volume(&self, name: &str) -> Result<bool> {
         let mut v = lock(&self.shared.vols);
         self.shared.visible(&v, name)?;
+        // A read-only pool cannot delete later either: refuse now.
+        drop(self.shared.writable()?);
         let open = v.open.get(name).map_or(0, |o| o.1);
         if open > 0 {
             let c = self.config();
@@ -506,6 +524,21 @@ impl Drop for Service {
             let _ = h.join();
         }
     }
+}
+
+/// The pool in `dir`, refusing changes (its files are opened read-only too).
+fn open_dir_read_only(dir: &Path) -> crate::pool::Result<Pool> {
+    let open = |name: &str| {
+        let p = dir.join(name);
+        FileDevice::open_read_only(&p)
+            .map(|d| Arc::new(d) as Arc<dyn BlockDevice>)
+            .map_err(|e| crate::pool::Error::io(format!("opening {}", p.display()), e))
+    };
+    Pool::open_read_only_with_names(
+        open(FilePool::METADATA)?,
+        open(FilePool::DATA)?,
+        Box::new(crate::pool::DirNameStore::new(dir)),
+    )
 }
 
 fn load_dir_config(dir: &Path) -> Result<PoolConfig> {
