@@ -8,6 +8,7 @@
 //! pool    thin volumes: create, snapshot, delete, map, CoW, discard, commit, names
 //! vg      volume group under the pool: devices, extents, tmeta/tdata regions, autoextend
 //! service what a daemon runs: handles, deferred deletion, waiting writes, autoextend thread
+//! nbd     NBD protocol codec and server over an Export/Catalog seam
 //! ```
 //!
 //! Beside the layers: `check` (an independent metadata checker reading the device bytes),
@@ -16,6 +17,7 @@
 pub mod check;
 pub mod cli;
 pub mod io;
+pub mod nbd;
 pub mod pdata;
 pub mod pool;
 pub mod service;

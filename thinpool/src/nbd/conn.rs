@@ -1,0 +1,467 @@
+//! The transmission phase of one connection.
+//!
+//! Shape: `workers` threads share the connection leader/follower style. A thread takes the
+//! reader lock, reads one request (header and payload) into its own reusable buffer, releases
+//! the lock so the next thread can read the next request, executes the request against the
+//! export, and writes the whole reply (header and data in one vectored write) under the writer
+//! lock. Replies therefore go out in completion order, a slow request holds up only its own
+//! thread, there is no hand-off between a reader thread and workers on the fast path, and the
+//! kernel's 128 queued requests wait in the socket buffer rather than in our memory.
+//!
+//! Memory is bounded by `workers x 32 MiB` per connection: a payload longer than
+//! [`MAX_PAYLOAD`] is never allocated (READ → EINVAL, WRITE → disconnect, as the spec
+//! recommends when the payload cannot be skipped cheaply).
+
+use std::io::{self, BufReader, IoSlice, Read, Write};
+use std::net::Shutdown;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use super::export::{ExportError, Extent};
+use super::msg::*;
+use super::negotiate::{Negotiated, BASE_ALLOCATION_ID};
+use super::server::{RateLog, Sock};
+use super::wire::*;
+
+/// Buffers larger than this are released after use instead of being kept by the worker.
+const KEEP_BUFFER: usize = 4 << 20;
+/// Read-side buffering: several small request headers arrive per read syscall.
+const READ_BUFFER: usize = 256 << 10;
+
+struct Conn<'a> {
+    sock: &'a Sock,
+    neg: Negotiated,
+    reader: Mutex<Reader<'a>>,
+    writer: Mutex<()>,
+    log: &'a RateLog,
+    dead: AtomicBool,
+}
+
+struct Reader<'a> {
+    r: BufReader<&'a Sock>,
+    done: bool,
+}
+
+/// A request read off the wire, with an error already decided for malformed ones.
+struct Incoming {
+    req: Request,
+    payload_len: usize,
+    reject: Option<(u32, &'static str)>,
+}
+
+/// A failed request: the errno to send and what to log.
+struct Fail {
+    errno: u32,
+    why: String,
+    client_fault: bool,
+}
+
+impl Fail {
+    fn client(errno: u32, why: &str) -> Self {
+        Self { errno, why: why.to_owned(), client_fault: true }
+    }
+}
+
+impl From<ExportError> for Fail {
+    fn from(e: ExportError) -> Self {
+        use super::export::ErrorKind;
+        let client_fault = matches!(e.kind, ErrorKind::OutOfRange | ErrorKind::ReadOnly);
+        Self { errno: e.kind.errno(), why: e.to_string(), client_fault }
+    }
+}
+
+/// Serves transmission on `sock` until DISC, EOF, a protocol violation or a write failure;
+/// every request read is answered (if the socket still works) before this returns.
+pub(crate) fn serve(sock: Arc<Sock>, neg: Negotiated, workers: usize, log: &RateLog) {
+    let conn = Conn {
+        sock: &sock,
+        neg,
+        reader: Mutex::new(Reader {
+            r: BufReader::with_capacity(READ_BUFFER, &*sock),
+            done: false,
+        }),
+        writer: Mutex::new(()),
+        log,
+        dead: AtomicBool::new(false),
+    };
+    std::thread::scope(|s| {
+        for _ in 1..workers.max(1) {
+            let conn = &conn;
+            // If a thread cannot be spawned the connection just runs with fewer workers.
+            let _ = std::thread::Builder::new()
+                .name("nbd-worker".into())
+                .spawn_scoped(s, move || worker(conn));
+        }
+        worker(&conn);
+    });
+    sock.shutdown(Shutdown::Both);
+}
+
+fn worker(c: &Conn<'_>) {
+    let mut data: Vec<u8> = Vec::new();
+    let mut out: Vec<u8> = Vec::with_capacity(512);
+    loop {
+        let inc = {
+            let mut r = c.reader.lock().unwrap_or_else(|e| e.into_inner());
+            if r.done || c.dead.load(Ordering::Relaxed) {
+                return;
+            }
+            match read_request(c, &mut r.r, &mut data) {
+                Ok(Some(inc)) => inc,
+                Ok(None) => {
+                    r.done = true;
+                    return;
+                }
+                Err(e) => {
+                    r.done = true;
+                    if e.kind() != io::ErrorKind::UnexpectedEof {
+                        c.log.warn(format_args!("export {:?}: dropping client: {e}", c.neg.name));
+                    }
+                    return;
+                }
+            }
+        };
+        out.clear();
+        handle(c, &inc, &mut data, &mut out);
+        if data.len() > KEEP_BUFFER {
+            data = Vec::new();
+        }
+    }
+}
+
+/// Reads the next request; `Ok(None)` on DISC.
+fn read_request(
+    c: &Conn<'_>,
+    r: &mut BufReader<&Sock>,
+    data: &mut Vec<u8>,
+) -> io::Result<Option<Incoming>> {
+    let mode = c.neg.mode;
+    let mut hdr = [0u8; 32];
+    let hdr = &mut hdr[..mode.request_len()];
+    r.read_exact(hdr)?;
+    let req =
+        decode_request(mode, hdr).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    if req.command == CMD_DISC {
+        return Ok(None);
+    }
+    let payload = req.payload_len(mode);
+    if payload > u64::from(MAX_PAYLOAD) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("request payload of {payload} bytes exceeds {MAX_PAYLOAD}"),
+        ));
+    }
+    let n = payload as usize;
+    if data.len() < n {
+        data.resize(n, 0);
+    }
+    r.read_exact(&mut data[..n])?;
+    let reject = match (mode, req.command) {
+        (HeaderMode::Extended, CMD_WRITE) if n as u64 != req.length => {
+            Some((EINVAL, "extended WRITE without PAYLOAD_LEN"))
+        }
+        (_, CMD_WRITE) => None,
+        _ if n > 0 => Some((EINVAL, "unexpected payload")),
+        _ => None,
+    };
+    Ok(Some(Incoming { req, payload_len: n, reject }))
+}
+
+fn allowed_flags(c: &Conn<'_>, inc: &Incoming) -> u16 {
+    let n = &c.neg;
+    let mut f = CMD_FLAG_FUA;
+    match inc.req.command {
+        CMD_READ if n.structured => f |= CMD_FLAG_DF,
+        CMD_WRITE_ZEROES => {
+            f |= CMD_FLAG_NO_HOLE;
+            if n.flags & TF_SEND_FAST_ZERO != 0 {
+                f |= CMD_FLAG_FAST_ZERO;
+            }
+        }
+        CMD_BLOCK_STATUS => f |= CMD_FLAG_REQ_ONE,
+        _ => {}
+    }
+    if n.mode == HeaderMode::Extended && (inc.payload_len > 0 || inc.req.command == CMD_WRITE) {
+        f |= CMD_FLAG_PAYLOAD_LEN;
+    }
+    f
+}
+
+fn handle(c: &Conn<'_>, inc: &Incoming, data: &mut Vec<u8>, out: &mut Vec<u8>) {
+    let req = &inc.req;
+    match execute(c, inc, data, out) {
+        Ok(()) => {}
+        Err(f) => {
+            if f.client_fault {
+                c.log.warn(format_args!(
+                    "export {:?}: command {} at {}+{} failed: {}",
+                    c.neg.name, req.command, req.offset, req.length, f.why
+                ));
+            } else {
+                tracing::error!(
+                    "nbd: export {:?}: command {} at {}+{} failed: {}",
+                    c.neg.name,
+                    req.command,
+                    req.offset,
+                    req.length,
+                    f.why
+                );
+            }
+            out.clear();
+            encode_error(c, req, f.errno, &f.why, out);
+            send(c, &[out]);
+        }
+    }
+}
+
+/// Executes a request and sends its success reply; errors are returned for the caller to send.
+fn execute(
+    c: &Conn<'_>,
+    inc: &Incoming,
+    data: &mut Vec<u8>,
+    out: &mut Vec<u8>,
+) -> Result<(), Fail> {
+    let req = &inc.req;
+    let neg = &c.neg;
+    if let Some((errno, why)) = inc.reject {
+        return Err(Fail::client(errno, why));
+    }
+    if !matches!(
+        req.command,
+        CMD_READ
+            | CMD_WRITE
+            | CMD_FLUSH
+            | CMD_TRIM
+            | CMD_CACHE
+            | CMD_WRITE_ZEROES
+            | CMD_BLOCK_STATUS
+    ) {
+        return Err(Fail::client(EINVAL, "unknown command"));
+    }
+    if req.flags & !allowed_flags(c, inc) != 0 {
+        return Err(Fail::client(EINVAL, "flag not valid for this command"));
+    }
+    let writes = matches!(req.command, CMD_WRITE | CMD_TRIM | CMD_WRITE_ZEROES);
+    if writes && neg.read_only {
+        return Err(Fail::client(EPERM, "export is read-only"));
+    }
+    let export = &neg.export;
+    let size = export.size();
+    if req.command != CMD_FLUSH && (req.offset > size || req.length > size - req.offset) {
+        let errno =
+            if matches!(req.command, CMD_WRITE | CMD_WRITE_ZEROES) { ENOSPC } else { EINVAL };
+        return Err(Fail::client(errno, "range beyond the end of the export"));
+    }
+    if let Some(bs) = neg.block_size {
+        let min = u64::from(bs.minimum.max(1));
+        if req.command != CMD_FLUSH
+            && (!req.offset.is_multiple_of(min) || !req.length.is_multiple_of(min))
+        {
+            return Err(Fail::client(EINVAL, "request is not aligned to the minimum block size"));
+        }
+    }
+    let fua = req.flags & CMD_FLAG_FUA != 0;
+    match req.command {
+        CMD_READ => return read(c, req, data, out),
+        CMD_WRITE => export.write(req.offset, &data[..inc.payload_len], fua)?,
+        CMD_FLUSH => export.flush()?,
+        CMD_TRIM => export.trim(req.offset, req.length, fua)?,
+        CMD_CACHE => export.cache(req.offset, req.length)?,
+        CMD_WRITE_ZEROES => export.write_zeroes(
+            req.offset,
+            req.length,
+            req.flags & CMD_FLAG_NO_HOLE == 0,
+            req.flags & CMD_FLAG_FAST_ZERO != 0,
+            fua,
+        )?,
+        CMD_BLOCK_STATUS => return block_status(c, req, out),
+        _ => return Err(Fail::client(EINVAL, "unknown command")),
+    }
+    encode_ok(c, req, out);
+    send(c, &[out]);
+    Ok(())
+}
+
+fn encode_ok(c: &Conn<'_>, req: &Request, out: &mut Vec<u8>) {
+    match c.neg.mode {
+        HeaderMode::Compact => encode_simple_reply(req.cookie, 0, out),
+        HeaderMode::Extended => {
+            encode_chunk(HeaderMode::Extended, true, req.cookie, req.offset, &Chunk::None, out)
+        }
+    }
+}
+
+fn encode_error(c: &Conn<'_>, req: &Request, errno: u32, why: &str, out: &mut Vec<u8>) {
+    let structured_read = c.neg.structured && req.command == CMD_READ;
+    if c.neg.mode == HeaderMode::Compact && !structured_read {
+        encode_simple_reply(req.cookie, errno, out);
+        return;
+    }
+    // Messages are for humans and must not leak host paths: send only the first clause.
+    let message = why.split(':').next().unwrap_or_default();
+    let chunk = Chunk::Error { error: errno, message: message.to_owned() };
+    encode_chunk(c.neg.mode, true, req.cookie, req.offset, &chunk, out);
+}
+
+fn read(c: &Conn<'_>, req: &Request, data: &mut Vec<u8>, out: &mut Vec<u8>) -> Result<(), Fail> {
+    let df = req.flags & CMD_FLAG_DF != 0;
+    if req.length > u64::from(MAX_PAYLOAD) {
+        let errno = if df { EOVERFLOW } else { EINVAL };
+        return Err(Fail::client(errno, "read longer than the maximum payload"));
+    }
+    let len = req.length as usize;
+    if data.len() < len {
+        data.resize(len, 0);
+    }
+    let buf = &mut data[..len];
+    let export = &c.neg.export;
+    if !c.neg.structured {
+        export.read(req.offset, buf)?;
+        encode_simple_reply(req.cookie, 0, out);
+        send(c, &[out, buf]);
+        return Ok(());
+    }
+    let mode = c.neg.mode;
+    if len == 0 {
+        encode_chunk(mode, true, req.cookie, req.offset, &Chunk::None, out);
+        send(c, &[out]);
+        return Ok(());
+    }
+    // Sparse read: holes become OFFSET_HOLE chunks and are not read at all. With DF the reply
+    // must be a single data chunk.
+    let sparse = !df && export.sparse_reads();
+    let extents = if sparse {
+        export.extents(req.offset, req.length).unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    // (start, end, is_hole) pieces covering the request.
+    let mut pieces: Vec<(usize, usize, bool)> = Vec::new();
+    let mut pos = 0usize;
+    for e in extents {
+        if pos >= len {
+            break;
+        }
+        let n = (e.len.min((len - pos) as u64)) as usize;
+        let hole = e.zero;
+        match pieces.last_mut() {
+            Some(last) if last.2 == hole => last.1 += n,
+            _ => pieces.push((pos, pos + n, hole)),
+        }
+        pos += n;
+    }
+    if pos < len {
+        match pieces.last_mut() {
+            Some(last) if !last.2 => last.1 = len,
+            _ => pieces.push((pos, len, false)),
+        }
+    }
+    for &(s, e, hole) in &pieces {
+        if !hole {
+            export.read(req.offset + s as u64, &mut buf[s..e])?;
+        }
+    }
+    // Headers go into `out`; data slices point into `buf`.
+    let mut marks = Vec::with_capacity(pieces.len());
+    for (i, &(s, e, hole)) in pieces.iter().enumerate() {
+        let done = i + 1 == pieces.len();
+        let at = out.len();
+        let off = req.offset + s as u64;
+        if hole {
+            let chunk = Chunk::OffsetHole { offset: off, len: (e - s) as u32 };
+            encode_chunk(mode, done, req.cookie, req.offset, &chunk, out);
+        } else {
+            encode_offset_data_prefix(mode, done, req.cookie, req.offset, off, (e - s) as u64, out);
+        }
+        marks.push((at, out.len()));
+    }
+    let mut slices: Vec<&[u8]> = Vec::with_capacity(pieces.len() * 2);
+    for (&(s, e, hole), &(a, b)) in pieces.iter().zip(&marks) {
+        slices.push(&out[a..b]);
+        if !hole {
+            slices.push(&buf[s..e]);
+        }
+    }
+    send(c, &slices);
+    Ok(())
+}
+
+fn block_status(c: &Conn<'_>, req: &Request, out: &mut Vec<u8>) -> Result<(), Fail> {
+    if !c.neg.base_allocation {
+        return Err(Fail::client(EINVAL, "no metadata context selected"));
+    }
+    if req.length == 0 {
+        return Err(Fail::client(EINVAL, "zero-length block status"));
+    }
+    let mut extents = c.neg.export.extents(req.offset, req.length)?;
+    let mut total = 0u64;
+    let mut clipped: Vec<Extent> = Vec::new();
+    for mut e in extents.drain(..) {
+        if total >= req.length || clipped.len() >= MAX_EXTENTS {
+            break;
+        }
+        e.len = e.len.min(req.length - total);
+        if e.len == 0 {
+            continue;
+        }
+        total += e.len;
+        clipped.push(e);
+        if req.flags & CMD_FLAG_REQ_ONE != 0 {
+            break;
+        }
+    }
+    if clipped.is_empty() {
+        return Err(Fail {
+            errno: EIO,
+            why: "backend returned no extents".into(),
+            client_fault: false,
+        });
+    }
+    let chunk = match c.neg.mode {
+        HeaderMode::Compact => Chunk::BlockStatus {
+            context: BASE_ALLOCATION_ID,
+            // Compact requests are < 4 GiB long, so clipped extents fit in 32 bits.
+            extents: clipped.iter().map(|e| (e.len as u32, e.status())).collect(),
+        },
+        HeaderMode::Extended => Chunk::BlockStatusExt {
+            context: BASE_ALLOCATION_ID,
+            extents: clipped.iter().map(|e| (e.len, u64::from(e.status()))).collect(),
+        },
+    };
+    encode_chunk(c.neg.mode, true, req.cookie, req.offset, &chunk, out);
+    send(c, &[out]);
+    Ok(())
+}
+
+/// Writes one complete reply; on failure the connection is torn down (a reply cut in half
+/// cannot be recovered from).
+fn send(c: &Conn<'_>, parts: &[&[u8]]) {
+    let _guard = c.writer.lock().unwrap_or_else(|e| e.into_inner());
+    if c.dead.load(Ordering::Relaxed) {
+        return;
+    }
+    let mut slices: Vec<IoSlice<'_>> =
+        parts.iter().filter(|p| !p.is_empty()).map(|p| IoSlice::new(p)).collect();
+    let mut bufs = &mut slices[..];
+    let mut w = c.sock;
+    while !bufs.is_empty() {
+        match w.write_vectored(bufs) {
+            Ok(0) => {
+                fail_conn(c, io::Error::from(io::ErrorKind::WriteZero));
+                return;
+            }
+            Ok(n) => IoSlice::advance_slices(&mut bufs, n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                fail_conn(c, e);
+                return;
+            }
+        }
+    }
+}
+
+fn fail_conn(c: &Conn<'_>, e: io::Error) {
+    c.log.warn(format_args!("export {:?}: reply failed, closing: {e}", c.neg.name));
+    c.dead.store(true, Ordering::Relaxed);
+    c.sock.shutdown(Shutdown::Both);
+}

@@ -1,0 +1,286 @@
+//! The pool daemon's frame: exclusive pool lock, listeners, control socket, signal-driven
+//! shutdown (commit, then exit).
+//!
+//! ```text
+//! DIR/lock          flock(LOCK_EX) held for the daemon's lifetime; contains its pid
+//! DIR/control.sock  management verbs (see super::control)
+//! ```
+
+use std::fs::File;
+use std::io::{Read, Seek, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use thiserror::Error;
+
+use super::allow::{AllowList, Cidr};
+use super::control;
+use super::export::Catalog;
+use super::pool::{PoolCatalog, PoolControl};
+use super::server::{Server, ServerOptions};
+use crate::pool::FilePool;
+
+/// Command-line configuration of `thinpool serve`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeConfig {
+    /// TCP address to serve NBD on; "none" disables TCP.
+    #[arg(long, default_value = "127.0.0.1:10809")]
+    pub listen: String,
+    /// Also serve NBD on this unix socket.
+    #[arg(long)]
+    pub socket: Option<PathBuf>,
+    /// Volumes exported read-only (comma-separated names).
+    #[arg(long, value_delimiter = ',')]
+    pub read_only: Vec<String>,
+    /// TCP clients allowed to connect (comma-separated CIDRs; default: everyone). Unix-socket
+    /// clients are always allowed.
+    #[arg(long, value_delimiter = ',')]
+    pub allow: Vec<Cidr>,
+    /// Most NBD connections served at once.
+    #[arg(long, default_value_t = 256)]
+    pub max_connections: usize,
+    /// Worker threads per NBD connection.
+    #[arg(long, default_value_t = 8)]
+    pub workers: usize,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:10809".into(),
+            socket: None,
+            read_only: Vec::new(),
+            allow: Vec::new(),
+            max_connections: 256,
+            workers: 8,
+        }
+    }
+}
+
+impl ServeConfig {
+    pub fn server_options(&self) -> ServerOptions {
+        ServerOptions {
+            read_only: self.read_only.iter().cloned().collect(),
+            allow: AllowList(self.allow.clone()),
+            max_connections: self.max_connections,
+            workers: self.workers.max(1),
+            ..ServerOptions::default()
+        }
+    }
+
+    /// The TCP address, or `None` when TCP is disabled.
+    pub fn tcp_addr(&self) -> Result<Option<SocketAddr>, DaemonError> {
+        if self.listen == "none" || self.listen.is_empty() {
+            return Ok(None);
+        }
+        self.listen.parse().map(Some).map_err(|_| {
+            DaemonError::Config(format!("--listen {:?} is not an address", self.listen))
+        })
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum DaemonError {
+    #[error("pool {dir} is in use by pid {pid}")]
+    InUse { dir: PathBuf, pid: u32 },
+    #[error("{what} {path}: {source}")]
+    Io { what: &'static str, path: PathBuf, source: std::io::Error },
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("pool: {0}")]
+    Pool(String),
+}
+
+/// An exclusive lock on a pool directory, held while the value lives.
+pub struct PoolLock {
+    _file: File,
+    path: PathBuf,
+}
+
+impl PoolLock {
+    pub fn lock_path(dir: &Path) -> PathBuf {
+        dir.join("lock")
+    }
+
+    /// Takes the lock or reports who holds it.
+    pub fn acquire(dir: &Path) -> Result<PoolLock, DaemonError> {
+        use rustix::fs::{flock, FlockOperation};
+        let path = Self::lock_path(dir);
+        let io = |what, source| DaemonError::Io { what, path: path.clone(), source };
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| io("opening lock file", e))?;
+        if let Err(e) = flock(&file, FlockOperation::NonBlockingLockExclusive) {
+            if e == rustix::io::Errno::WOULDBLOCK {
+                let pid = read_pid(&mut file).unwrap_or(0);
+                return Err(DaemonError::InUse { dir: dir.to_owned(), pid });
+            }
+            return Err(io("locking", e.into()));
+        }
+        file.set_len(0).map_err(|e| io("writing pid to", e))?;
+        file.rewind().map_err(|e| io("writing pid to", e))?;
+        writeln!(file, "{}", std::process::id()).map_err(|e| io("writing pid to", e))?;
+        Ok(PoolLock { _file: file, path })
+    }
+
+    /// The pid holding the lock on `dir`, if any process does (the lock file is not changed).
+    pub fn holder(dir: &Path) -> Option<u32> {
+        use rustix::fs::{flock, FlockOperation};
+        let mut file = File::open(Self::lock_path(dir)).ok()?;
+        match flock(&file, FlockOperation::NonBlockingLockShared) {
+            Ok(()) => None,
+            Err(_) => Some(read_pid(&mut file).unwrap_or(0)),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+fn read_pid(file: &mut File) -> Option<u32> {
+    let mut s = String::new();
+    file.rewind().ok()?;
+    file.read_to_string(&mut s).ok()?;
+    s.trim().parse().ok()
+}
+
+/// Opens the pool in `pool_dir` exclusively and serves its volumes over NBD until SIGTERM or
+/// SIGINT; then lets clients finish, commits, and returns.
+pub fn serve(pool_dir: &Path, cfg: ServeConfig) -> Result<(), DaemonError> {
+    let stop = Arc::new(AtomicBool::new(false));
+    stop_on_signals(&stop)?;
+    serve_until(pool_dir, &cfg, stop)
+}
+
+/// [`serve`] with the stop condition supplied by the caller (tests, embedding).
+pub fn serve_until(
+    pool_dir: &Path,
+    cfg: &ServeConfig,
+    stop: Arc<AtomicBool>,
+) -> Result<(), DaemonError> {
+    let _lock = PoolLock::acquire(pool_dir)?;
+    let pool = FilePool::open(pool_dir).map_err(|e| DaemonError::Pool(e.to_string()))?;
+    let data_path = pool_dir.join(FilePool::DATA);
+    let data = File::open(&data_path).map_err(|source| DaemonError::Io {
+        what: "opening",
+        path: data_path,
+        source,
+    })?;
+    let catalog = Arc::new(PoolCatalog::new(Arc::new(pool), Some(data)));
+    let c2 = catalog.clone();
+    serve_catalog(pool_dir, catalog.clone(), cfg, stop, move |server| {
+        let server = Arc::downgrade(server);
+        let conns = move || server.upgrade().map(|s| s.connections()).unwrap_or(0);
+        Arc::new(PoolControl::new(c2, Box::new(conns)))
+    })?;
+    catalog.commit().map_err(|e| DaemonError::Pool(format!("final commit: {e}")))?;
+    tracing::info!("nbd: pool committed, exiting");
+    Ok(())
+}
+
+/// Serves `catalog` as configured until `stop` becomes true, with the control socket at
+/// `DIR/control.sock` answered by the handler `make_handler` builds; then shuts the server
+/// down (final commit included).
+pub fn serve_catalog(
+    dir: &Path,
+    catalog: Arc<dyn Catalog>,
+    cfg: &ServeConfig,
+    stop: Arc<AtomicBool>,
+    make_handler: impl FnOnce(&Arc<Server>) -> Arc<dyn control::Handler>,
+) -> Result<(), DaemonError> {
+    let tcp = cfg.tcp_addr()?;
+    let server = Server::new(catalog, cfg.server_options());
+    let handler = make_handler(&server);
+    if let Some(addr) = tcp {
+        let bound = server.listen_tcp(addr).map_err(|source| DaemonError::Io {
+            what: "listening on",
+            path: PathBuf::from(addr.to_string()),
+            source,
+        })?;
+        tracing::info!("nbd: serving on {bound}");
+    }
+    if let Some(sock) = &cfg.socket {
+        server.listen_unix(sock).map_err(|source| DaemonError::Io {
+            what: "listening on",
+            path: sock.clone(),
+            source,
+        })?;
+        tracing::info!("nbd: serving on {}", sock.display());
+    }
+    let ctl_stop = Arc::new(AtomicBool::new(false));
+    let ctl_path = control::socket_path(dir);
+    let ctl = control::serve(&ctl_path, handler, ctl_stop.clone()).map_err(|source| {
+        DaemonError::Io { what: "creating control socket", path: ctl_path.clone(), source }
+    })?;
+    while !stop.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    tracing::info!("nbd: shutting down");
+    ctl_stop.store(true, Ordering::SeqCst);
+    let _ = ctl.join();
+    server.shutdown(Duration::from_secs(10));
+    Ok(())
+}
+
+/// Sets `flag` on SIGTERM and SIGINT.
+pub fn stop_on_signals(flag: &Arc<AtomicBool>) -> Result<(), DaemonError> {
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, flag.clone()).map_err(|source| DaemonError::Io {
+            what: "installing signal handler",
+            path: PathBuf::from(format!("signal {sig}")),
+            source,
+        })?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn second_locker_learns_the_pid() {
+        let dir = tempfile::tempdir().unwrap();
+        let lock = PoolLock::acquire(dir.path()).unwrap();
+        // flock locks belong to the open file description, so a second open in the same
+        // process conflicts just like another process would.
+        match PoolLock::acquire(dir.path()) {
+            Err(DaemonError::InUse { pid, .. }) => assert_eq!(pid, std::process::id()),
+            other => panic!("expected InUse, got {:?}", other.map(|_| ())),
+        }
+        assert_eq!(PoolLock::holder(dir.path()), Some(std::process::id()));
+        let msg = PoolLock::acquire(dir.path()).err().unwrap().to_string();
+        assert!(msg.contains("in use by pid"), "{msg}");
+        drop(lock);
+        assert_eq!(PoolLock::holder(dir.path()), None);
+        PoolLock::acquire(dir.path()).unwrap();
+    }
+
+    #[test]
+    fn serve_config_parses_like_the_cli() {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            serve: ServeConfig,
+        }
+        let c = Cli::parse_from(["x", "--read-only", "a,b", "--allow", "10.0.0.0/8,::1"]).serve;
+        assert_eq!(c.listen, "127.0.0.1:10809");
+        assert_eq!(c.read_only, ["a", "b"]);
+        let o = c.server_options();
+        assert!(o.allow.allows("10.1.2.3".parse().unwrap()));
+        assert!(!o.allow.allows("192.168.0.1".parse().unwrap()));
+        assert!(o.read_only.contains("b"));
+        let c = Cli::parse_from(["x", "--listen", "none"]).serve;
+        assert_eq!(c.tcp_addr().unwrap(), None);
+        assert!(Cli::try_parse_from(["x", "--allow", "10.0.0.0/99"]).is_err());
+    }
+}

@@ -1,0 +1,191 @@
+//! The backend seam: what the NBD server needs from a volume ([`Export`]) and from the set of
+//! volumes ([`Catalog`]). The server knows nothing else about the pool; tests run it over
+//! memory and sparse-file exports.
+
+use std::fmt;
+use std::sync::Arc;
+
+use thiserror::Error;
+
+use super::wire;
+
+/// What went wrong, as far as an NBD client can be told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The pool (or file system) is out of space.
+    NoSpace,
+    /// The range is outside the export.
+    OutOfRange,
+    /// The export is read-only.
+    ReadOnly,
+    /// The operation cannot be done the requested way (FAST_ZERO that would not be fast).
+    NotSupported,
+    /// Anything else.
+    Io,
+}
+
+impl ErrorKind {
+    /// The NBD error value for this kind.
+    pub fn errno(self) -> u32 {
+        match self {
+            Self::NoSpace => wire::ENOSPC,
+            Self::OutOfRange => wire::EINVAL,
+            Self::ReadOnly => wire::EPERM,
+            Self::NotSupported => wire::ENOTSUP,
+            Self::Io => wire::EIO,
+        }
+    }
+}
+
+/// A backend failure: a kind the protocol edge maps to an errno, plus context for the log.
+#[derive(Debug, Error)]
+#[error("{kind:?} during {op} at {offset}+{len}: {detail}")]
+pub struct ExportError {
+    pub kind: ErrorKind,
+    pub op: &'static str,
+    pub offset: u64,
+    pub len: u64,
+    pub detail: String,
+}
+
+impl ExportError {
+    pub fn new(
+        kind: ErrorKind,
+        op: &'static str,
+        offset: u64,
+        len: u64,
+        detail: impl fmt::Display,
+    ) -> Self {
+        Self { kind, op, offset, len, detail: detail.to_string() }
+    }
+
+    /// Wraps an I/O error, keeping ENOSPC/EDQUOT/EFBIG apart as [`ErrorKind::NoSpace`].
+    pub fn from_io(op: &'static str, offset: u64, len: u64, e: &std::io::Error) -> Self {
+        let kind = match e.raw_os_error() {
+            Some(libc::ENOSPC) | Some(libc::EDQUOT) | Some(libc::EFBIG) => ErrorKind::NoSpace,
+            Some(libc::EOPNOTSUPP) => ErrorKind::NotSupported,
+            Some(libc::EROFS) | Some(libc::EPERM) | Some(libc::EBADF) => ErrorKind::ReadOnly,
+            _ => ErrorKind::Io,
+        };
+        Self::new(kind, op, offset, len, e)
+    }
+}
+
+pub type ExportResult<T> = Result<T, ExportError>;
+
+/// A run of bytes with one allocation state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Extent {
+    pub len: u64,
+    /// Not allocated in the backing store (reads as zeros for every export we serve).
+    pub hole: bool,
+    /// Known to read as zeros.
+    pub zero: bool,
+}
+
+impl Extent {
+    pub fn data(len: u64) -> Self {
+        Self { len, hole: false, zero: false }
+    }
+
+    pub fn hole(len: u64) -> Self {
+        Self { len, hole: true, zero: true }
+    }
+
+    /// `base:allocation` status bits.
+    pub fn status(&self) -> u32 {
+        (if self.hole { wire::STATE_HOLE } else { 0 })
+            | (if self.zero { wire::STATE_ZERO } else { 0 })
+    }
+}
+
+/// Appends `e` to `v`, merging it into the last extent when the state is equal.
+pub fn push_extent(v: &mut Vec<Extent>, e: Extent) {
+    if e.len == 0 {
+        return;
+    }
+    match v.last_mut() {
+        Some(last) if last.hole == e.hole && last.zero == e.zero => last.len += e.len,
+        _ => v.push(e),
+    }
+}
+
+/// Block-size constraints advertised with `NBD_INFO_BLOCK_SIZE`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockSize {
+    pub minimum: u32,
+    pub preferred: u32,
+    pub maximum: u32,
+}
+
+impl Default for BlockSize {
+    fn default() -> Self {
+        Self { minimum: 1, preferred: 4096, maximum: wire::MAX_PAYLOAD }
+    }
+}
+
+/// One served volume. All methods take `&self` and are called from many threads at once;
+/// ranges have been checked against [`Export::size`] by the server.
+pub trait Export: Send + Sync {
+    fn size(&self) -> u64;
+    fn read(&self, offset: u64, buf: &mut [u8]) -> ExportResult<()>;
+    /// Writes `data`; with `fua` the data (and whatever maps it) is durable on return.
+    fn write(&self, offset: u64, data: &[u8], fua: bool) -> ExportResult<()>;
+    /// Makes the range read as zeros. `may_trim`: unmapping is allowed (else the range stays
+    /// provisioned). `fast`: fail with [`ErrorKind::NotSupported`], changing nothing, unless
+    /// this is faster than writing zeros.
+    fn write_zeroes(
+        &self,
+        offset: u64,
+        len: u64,
+        may_trim: bool,
+        fast: bool,
+        fua: bool,
+    ) -> ExportResult<()>;
+    /// Discards the range; later reads return zeros.
+    fn trim(&self, offset: u64, len: u64, fua: bool) -> ExportResult<()>;
+    /// Makes every completed write durable, for every connection.
+    fn flush(&self) -> ExportResult<()>;
+    /// Allocation state from `offset`, covering at least one byte and at most up to the end
+    /// of the export; may stop before `offset + len`.
+    fn extents(&self, offset: u64, len: u64) -> ExportResult<Vec<Extent>>;
+    /// Prefetch hint.
+    fn cache(&self, _offset: u64, _len: u64) -> ExportResult<()> {
+        Ok(())
+    }
+    fn read_only(&self) -> bool {
+        false
+    }
+    /// Whether [`Export::extents`] is cheap enough to call on every read, so structured READ
+    /// replies can skip holes (`OFFSET_HOLE`). False for files: SEEK_HOLE on tmpfs walks the
+    /// page cache to the next hole, which made every 4 KiB read scan the whole file.
+    fn sparse_reads(&self) -> bool {
+        false
+    }
+    fn block_size(&self) -> BlockSize {
+        BlockSize::default()
+    }
+}
+
+/// Name and description of an export, as LIST shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExportInfo {
+    pub name: String,
+    pub description: String,
+}
+
+/// The set of exports. Looked up at every handshake, so volumes created or removed while the
+/// server runs appear and disappear.
+pub trait Catalog: Send + Sync {
+    fn list(&self) -> Vec<ExportInfo>;
+    fn open(&self, name: &str) -> Option<Arc<dyn Export>>;
+    /// The export an empty name refers to, if any.
+    fn default_name(&self) -> Option<String> {
+        None
+    }
+    /// Called periodically by the server; commits pending metadata so that every change is
+    /// durable within about a second even if no client flushes.
+    fn commit_if_dirty(&self) -> ExportResult<()> {
+        Ok(())
+    }
+}

@@ -1,0 +1,386 @@
+//! Listeners, connection admission (allowlist, connection cap, handshake deadline), the
+//! periodic committer, and shutdown.
+//!
+//! Threads: one accept thread per listener, one thread per connection for the handshake that
+//! then becomes the first of the connection's workers (see [`super::conn`]), and one committer.
+
+use std::collections::{BTreeSet, HashMap};
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsFd;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use super::allow::AllowList;
+use super::conn;
+use super::export::{Catalog, Export};
+use super::negotiate;
+
+/// Cap on one option's payload. Options carry at most a name and a few context queries
+/// (each string ≤ 4096 bytes); 64 KiB is generous, and a larger claim is a disconnect.
+pub const MAX_OPTION_LEN: u32 = 64 << 10;
+/// Options accepted in one handshake before the client is judged abusive and dropped.
+pub const MAX_OPTIONS: u32 = 1024;
+
+/// Tunables of a server.
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    /// Exports served read-only whatever the backend says.
+    pub read_only: BTreeSet<String>,
+    /// TCP clients allowed to connect (empty: all). Unix-socket clients are always allowed.
+    pub allow: AllowList,
+    /// Connections served at once; more are closed right after accept.
+    pub max_connections: usize,
+    /// Time a client has to finish the handshake.
+    pub handshake_timeout: Duration,
+    /// Worker threads per connection (each reads, executes and answers one request at a time).
+    pub workers: usize,
+    /// How often the committer asks the catalog to commit pending changes.
+    pub commit_interval: Duration,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        Self {
+            read_only: BTreeSet::new(),
+            allow: AllowList::default(),
+            max_connections: 256,
+            handshake_timeout: Duration::from_secs(10),
+            workers: 8,
+            commit_interval: Duration::from_millis(500),
+        }
+    }
+}
+
+/// A connected socket of either family.
+pub(crate) enum Sock {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Sock {
+    pub fn shutdown(&self, how: Shutdown) {
+        // Errors mean the socket is already gone, which is what we want.
+        let _ = match self {
+            Self::Tcp(s) => s.shutdown(how),
+            Self::Unix(s) => s.shutdown(how),
+        };
+    }
+
+    pub fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+        match self {
+            Self::Tcp(s) => s.set_read_timeout(t),
+            Self::Unix(s) => s.set_read_timeout(t),
+        }
+    }
+
+    pub fn set_write_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+        match self {
+            Self::Tcp(s) => s.set_write_timeout(t),
+            Self::Unix(s) => s.set_write_timeout(t),
+        }
+    }
+}
+
+impl Read for &Sock {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Sock::Tcp(s) => (&*s).read(buf),
+            Sock::Unix(s) => (&*s).read(buf),
+        }
+    }
+}
+
+impl Write for &Sock {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Sock::Tcp(s) => (&*s).write(buf),
+            Sock::Unix(s) => (&*s).write(buf),
+        }
+    }
+
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        match self {
+            Sock::Tcp(s) => (&*s).write_vectored(bufs),
+            Sock::Unix(s) => (&*s).write_vectored(bufs),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Logs at most a burst of client-triggerable warnings per second, then counts the rest.
+pub(crate) struct RateLog {
+    state: Mutex<(Instant, u32, u64)>,
+}
+
+impl RateLog {
+    const BURST: u32 = 20;
+
+    pub fn new() -> Self {
+        Self { state: Mutex::new((Instant::now(), 0, 0)) }
+    }
+
+    pub fn warn(&self, args: std::fmt::Arguments<'_>) {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if st.0.elapsed() >= Duration::from_secs(1) {
+            if st.2 > 0 {
+                tracing::warn!(suppressed = st.2, "nbd: client errors suppressed by rate limit");
+            }
+            *st = (Instant::now(), 0, 0);
+        }
+        if st.1 < Self::BURST {
+            st.1 += 1;
+            tracing::warn!("nbd: {args}");
+        } else {
+            st.2 += 1;
+        }
+    }
+}
+
+/// State shared by all connections of a server.
+pub(crate) struct Shared {
+    pub catalog: Arc<dyn Catalog>,
+    pub opts: ServerOptions,
+    pub shutting_down: AtomicBool,
+    pub log: RateLog,
+    conns: Mutex<HashMap<u64, Arc<Sock>>>,
+    next_id: AtomicU64,
+}
+
+impl Shared {
+    pub fn is_read_only(&self, name: &str, export: &dyn Export) -> bool {
+        export.read_only() || self.opts.read_only.contains(name)
+    }
+}
+
+/// A running NBD server: listeners, connections and the committer.
+pub struct Server {
+    shared: Arc<Shared>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    unix_paths: Mutex<Vec<PathBuf>>,
+}
+
+impl Server {
+    /// Creates a server and starts its committer thread.
+    pub fn new(catalog: Arc<dyn Catalog>, opts: ServerOptions) -> Arc<Self> {
+        let shared = Arc::new(Shared {
+            catalog,
+            opts,
+            shutting_down: AtomicBool::new(false),
+            log: RateLog::new(),
+            conns: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(0),
+        });
+        let server = Arc::new(Self {
+            shared: shared.clone(),
+            threads: Mutex::new(Vec::new()),
+            unix_paths: Mutex::new(Vec::new()),
+        });
+        let committer = std::thread::Builder::new()
+            .name("nbd-commit".into())
+            .spawn(move || committer(&shared))
+            .expect("spawning the committer thread");
+        server.threads.lock().unwrap_or_else(|e| e.into_inner()).push(committer);
+        server
+    }
+
+    /// Binds `addr` (port 0 picks one) and serves it on a background thread.
+    pub fn listen_tcp(self: &Arc<Self>, addr: SocketAddr) -> io::Result<SocketAddr> {
+        let listener = TcpListener::bind(addr)?;
+        let local = listener.local_addr()?;
+        let shared = self.shared.clone();
+        let t = std::thread::Builder::new().name("nbd-accept-tcp".into()).spawn(move || {
+            accept_loop(&shared, &listener, |l| {
+                let (s, peer) = l.accept()?;
+                Ok((Sock::Tcp(s), Some(peer)))
+            })
+        })?;
+        self.threads.lock().unwrap_or_else(|e| e.into_inner()).push(t);
+        Ok(local)
+    }
+
+    /// Binds a unix socket at `path` (replacing a stale one) and serves it.
+    pub fn listen_unix(self: &Arc<Self>, path: &Path) -> io::Result<()> {
+        match std::fs::remove_file(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        let listener = UnixListener::bind(path)?;
+        self.unix_paths.lock().unwrap_or_else(|e| e.into_inner()).push(path.to_owned());
+        let shared = self.shared.clone();
+        let t = std::thread::Builder::new().name("nbd-accept-unix".into()).spawn(move || {
+            accept_loop(&shared, &listener, |l| {
+                let (s, _) = l.accept()?;
+                Ok((Sock::Unix(s), None))
+            })
+        })?;
+        self.threads.lock().unwrap_or_else(|e| e.into_inner()).push(t);
+        Ok(())
+    }
+
+    /// Number of connections currently open.
+    pub fn connections(&self) -> usize {
+        self.shared.conns.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Stops accepting, lets every connection finish its in-flight requests (new options get
+    /// `ERR_SHUTDOWN`), waits up to `grace` for them to close, then commits once more.
+    pub fn shutdown(&self, grace: Duration) {
+        self.shared.shutting_down.store(true, Ordering::SeqCst);
+        for s in self.shared.conns.lock().unwrap_or_else(|e| e.into_inner()).values() {
+            s.shutdown(Shutdown::Read);
+        }
+        let deadline = Instant::now() + grace;
+        while self.connections() > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        for s in self.shared.conns.lock().unwrap_or_else(|e| e.into_inner()).values() {
+            s.shutdown(Shutdown::Both);
+        }
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
+        for t in threads {
+            let _ = t.join();
+        }
+        if let Err(e) = self.shared.catalog.commit_if_dirty() {
+            tracing::error!("nbd: final commit failed: {e}");
+        }
+        for p in self.unix_paths.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+fn committer(shared: &Shared) {
+    let mut failing = false;
+    let mut last = Instant::now();
+    while !shared.shutting_down.load(Ordering::SeqCst) {
+        // Sleep in short steps so shutdown is prompt; commit at the configured interval.
+        std::thread::sleep(shared.opts.commit_interval.min(Duration::from_millis(100)));
+        if last.elapsed() < shared.opts.commit_interval {
+            continue;
+        }
+        last = Instant::now();
+        match shared.catalog.commit_if_dirty() {
+            Ok(()) => failing = false,
+            Err(e) if !failing => {
+                tracing::error!("nbd: periodic commit failed: {e}");
+                failing = true;
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+fn accept_loop<L: AsFd>(
+    shared: &Arc<Shared>,
+    listener: &L,
+    accept: impl Fn(&L) -> io::Result<(Sock, Option<SocketAddr>)>,
+) {
+    use rustix::event::{poll, PollFd, PollFlags, Timespec};
+    let tick = Timespec { tv_sec: 0, tv_nsec: 100_000_000 };
+    while !shared.shutting_down.load(Ordering::SeqCst) {
+        let mut fds = [PollFd::new(listener, PollFlags::IN)];
+        match poll(&mut fds, Some(&tick)) {
+            Ok(0) => continue,
+            Ok(_) => {}
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => {
+                tracing::error!("nbd: poll on listener failed: {e}");
+                return;
+            }
+        }
+        let (sock, peer) = match accept(listener) {
+            Ok(x) => x,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                shared.log.warn(format_args!("accept failed: {e}"));
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            }
+        };
+        if let Some(peer) = peer {
+            if !shared.opts.allow.allows(peer.ip()) {
+                shared.log.warn(format_args!("refused {peer}: not in the allowlist"));
+                continue;
+            }
+        }
+        let who = peer.map(|p| p.to_string()).unwrap_or_else(|| "unix".to_owned());
+        spawn_connection(shared, sock, who);
+    }
+}
+
+fn spawn_connection(shared: &Arc<Shared>, sock: Sock, who: String) {
+    let sock = Arc::new(sock);
+    let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+    {
+        let mut conns = shared.conns.lock().unwrap_or_else(|e| e.into_inner());
+        if conns.len() >= shared.opts.max_connections {
+            drop(conns);
+            shared.log.warn(format_args!("refused {who}: connection limit reached"));
+            sock.shutdown(Shutdown::Both);
+            return;
+        }
+        conns.insert(id, sock.clone());
+    }
+    let shared2 = shared.clone();
+    let res = std::thread::Builder::new().name("nbd-conn".into()).spawn(move || {
+        serve_client(&shared2, &sock, &who);
+        sock.shutdown(Shutdown::Both);
+        shared2.conns.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+    });
+    if let Err(e) = res {
+        shared.log.warn(format_args!("cannot spawn a connection thread: {e}"));
+        shared.conns.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+    }
+}
+
+fn serve_client(shared: &Arc<Shared>, sock: &Arc<Sock>, who: &str) {
+    if let Sock::Tcp(t) = &**sock {
+        let _ = t.set_nodelay(true);
+    }
+    let deadline = Instant::now() + shared.opts.handshake_timeout;
+    let neg = match negotiate::negotiate(shared, sock, deadline) {
+        Ok(Some(n)) => n,
+        Ok(None) => return,
+        Err(e) => {
+            shared.log.warn(format_args!("{who}: handshake ended: {e}"));
+            return;
+        }
+    };
+    if sock.set_read_timeout(None).is_err() {
+        return;
+    }
+    tracing::debug!("nbd: {who} serving export {:?}", neg.name);
+    conn::serve(sock.clone(), neg, shared.opts.workers, &shared.log);
+}
+
+/// Serves `export` on an already-connected socket with no handshake: the peer (the Linux
+/// kernel after an ioctl/netlink attach) speaks transmission with compact requests and simple
+/// replies. Returns when the peer disconnects. `read_only` forces EPERM on writes.
+pub fn serve_connected(
+    stream: UnixStream,
+    export: Arc<dyn Export>,
+    read_only: bool,
+    workers: usize,
+) {
+    let log = RateLog::new();
+    let ro = read_only || export.read_only();
+    let neg = negotiate::Negotiated::kernel(export, ro);
+    let sock = Arc::new(Sock::Unix(stream));
+    conn::serve(sock.clone(), neg, workers, &log);
+    sock.shutdown(Shutdown::Both);
+}
+
+/// Transmission flags a kernel attach must pass (NBD_ATTR_SERVER_FLAGS) for `export` served by
+/// [`serve_connected`].
+pub fn kernel_flags(export: &dyn Export, read_only: bool) -> u16 {
+    negotiate::transmission_flags(read_only || export.read_only(), false)
+}

@@ -1,0 +1,381 @@
+//! The NBD export over the real thin pool: interop with libnbd tools, qemu-io and fio,
+//! management through the control socket, exclusive locking, and a SIGKILL/restart crash test
+//! checked with Debian's thin_check.
+
+#[path = "nbd/client.rs"]
+mod client;
+#[path = "nbd/common.rs"]
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use thinpool::nbd::control::{self, Request};
+use thinpool::nbd::daemon::{self, DaemonError, PoolLock, ServeConfig};
+use thinpool::pool::FilePool;
+use thinpool::units::Sectors;
+
+const T: Duration = Duration::from_secs(120);
+const MIB: u64 = 1 << 20;
+
+fn thin_check(meta: &Path) {
+    let tool = "/usr/sbin/thin_check";
+    assert!(Path::new(tool).exists(), "{tool} is missing: install thin-provisioning-tools");
+    let out = Command::new(tool).arg(meta).output().unwrap();
+    assert!(
+        out.status.success(),
+        "thin_check failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A pool with 64 KiB blocks and the given volumes.
+fn make_pool(dir: &Path, data: u64, vols: &[(&str, u64)]) {
+    let pool = FilePool::create(dir, data, None, Sectors(128)).expect("create pool");
+    for (n, s) in vols {
+        pool.create_volume(n, *s).expect("create volume");
+    }
+    pool.commit().unwrap();
+}
+
+fn wait_socket(p: &Path) {
+    let t0 = Instant::now();
+    while std::os::unix::net::UnixStream::connect(p).is_err() {
+        assert!(t0.elapsed() < Duration::from_secs(30), "{} never accepted", p.display());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn uri(sock: &Path, name: &str) -> String {
+    format!("nbd+unix:///{name}?socket={}", sock.display())
+}
+
+struct InProcess {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<Result<(), DaemonError>>>,
+    sock: PathBuf,
+}
+
+impl InProcess {
+    fn start(dir: &Path) -> Self {
+        let sock = dir.join("nbd.sock");
+        let cfg = ServeConfig {
+            listen: "none".into(),
+            socket: Some(sock.clone()),
+            read_only: vec!["frozen".into()],
+            ..ServeConfig::default()
+        };
+        let stop = Arc::new(AtomicBool::new(false));
+        let (d, s) = (dir.to_owned(), stop.clone());
+        let thread = std::thread::spawn(move || daemon::serve_until(&d, &cfg, s));
+        wait_socket(&sock);
+        let t0 = Instant::now();
+        while !control::socket_path(dir).exists() {
+            assert!(t0.elapsed() < Duration::from_secs(10), "control socket missing");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Self { stop, thread: Some(thread), sock }
+    }
+
+    fn stop(mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.thread.take().unwrap().join().unwrap().expect("daemon returned an error");
+    }
+}
+
+#[test]
+fn pool_exports_work_with_real_clients() {
+    let dir = scratch();
+    let d = dir.path();
+    make_pool(d, 512 * MIB, &[("vol", 128 * MIB), ("half", 64 * MIB), ("frozen", 4 * MIB)]);
+    let srv = InProcess::start(d);
+    // Only one writer per pool.
+    match PoolLock::acquire(d) {
+        Err(DaemonError::InUse { pid, .. }) => assert_eq!(pid, std::process::id()),
+        other => panic!("second open must fail, got {:?}", other.map(|_| ())),
+    }
+    let out = ok("nbdinfo", &["--list", "--json", &uri(&srv.sock, "")], T);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let names: Vec<&str> = v["exports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["export-name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["frozen", "half", "vol"]);
+
+    // Management through the control socket while serving.
+    let r = control::request(d, &Request::Create { name: "new".into(), size: 8 * MIB }).unwrap();
+    assert!(r.ok, "{r:?}");
+    let out = ok("nbdinfo", &["--list", "--json", &uri(&srv.sock, "")], T);
+    assert!(out.contains("\"new\""), "created volume is exported:\n{out}");
+    let r = control::request(d, &Request::Create { name: "new".into(), size: 8 * MIB }).unwrap();
+    assert!(!r.ok && r.error.as_deref().unwrap_or("").contains("exists"), "{r:?}");
+    let st = control::request(d, &Request::Status).unwrap();
+    assert!(st.ok && st.data["volumes"] == 4, "{st:?}");
+
+    // Half-written volume: the map shows holes exactly where nothing was written.
+    ok(
+        "qemu-io",
+        &[
+            "-f",
+            "raw",
+            "-c",
+            "write -P 0x42 0 8M",
+            "-c",
+            "write -P 0x43 32M 64k",
+            &uri(&srv.sock, "half"),
+        ],
+        T,
+    );
+    let out = ok("nbdinfo", &["--map", "--json", &uri(&srv.sock, "half")], T);
+    let m: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let got: Vec<(u64, u64, u64)> = m
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["offset"].as_u64().unwrap(),
+                e["length"].as_u64().unwrap(),
+                e["type"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (0, 8 * MIB, 0),
+            (8 * MIB, 24 * MIB, 3),
+            (32 * MIB, 64 << 10, 0),
+            (32 * MIB + (64 << 10), 32 * MIB - (64 << 10), 3)
+        ]
+    );
+
+    // WRITE_ZEROES without NO_HOLE unmaps; with NO_HOLE mapped blocks stay mapped. (Raw
+    // client: qemu skips zeroing ranges that block status already reports as zero.)
+    {
+        use thinpool::nbd::wire::{CMD_FLAG_NO_HOLE, CMD_WRITE_ZEROES};
+        let mut c = client::Client::connect_unix(&srv.sock, "half", true, false);
+        assert_eq!(c.cmd(CMD_WRITE_ZEROES, CMD_FLAG_NO_HOLE, 32 * MIB, 4096).error, 0);
+        assert_eq!(c.cmd(CMD_WRITE_ZEROES, 0, 0, 4 * MIB).error, 0);
+        assert_eq!(c.read(0, 4 << 20).unwrap(), vec![0; 4 << 20]);
+        c.disconnect();
+    }
+
+    // qemu-io patterns, zeroes, discard, flush on a pool volume.
+    let script = [
+        "write -P 0xab 0 1M",
+        "read -P 0xab 0 1M",
+        "write -f -P 0xcd 4M 100k",
+        "read -P 0xcd 4M 100k",
+        "write -z 0 512k",
+        "read -P 0 0 512k",
+        "read -P 0xab 512k 512k",
+        "write -P 0x11 8M 2M",
+        "discard 8M 1M",
+        "read -P 0 8M 1M",
+        "read -P 0x11 9M 1M",
+        "flush",
+    ];
+    let mut args = vec!["-f", "raw"];
+    for c in &script {
+        args.push("-c");
+        args.push(c);
+    }
+    let u = uri(&srv.sock, "vol");
+    args.push(&u);
+    let out = run("qemu-io", &args, T);
+    let text =
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && !text.contains("failed"), "qemu-io:\n{text}");
+
+    // nbdcopy round trip over 4 connections.
+    let size = 64 * MIB as usize;
+    let mut src = random_bytes(size, 77);
+    src[(16 << 20)..(24 << 20)].fill(0);
+    let sp = d.join("src.img");
+    std::fs::write(&sp, &src).unwrap();
+    ok("nbdcopy", &["--connections=4", "--flush", sp.to_str().unwrap(), &uri(&srv.sock, "vol")], T);
+    let bp = d.join("back.img");
+    ok("nbdcopy", &["--connections=4", &uri(&srv.sock, "vol"), bp.to_str().unwrap()], T);
+    let back = std::fs::read(&bp).unwrap();
+    assert!(back[..size] == src[..], "nbdcopy round trip through the pool differs");
+
+    // fio with verification, 4 jobs on their own connections.
+    let fu = format!("--uri={}", uri(&srv.sock, "vol"));
+    let out = ok(
+        "fio",
+        &[
+            "--name=v",
+            "--ioengine=nbd",
+            &fu,
+            "--rw=randwrite",
+            "--bs=4k",
+            "--iodepth=16",
+            "--size=8M",
+            "--numjobs=4",
+            "--offset_increment=16M",
+            "--verify=crc32c",
+            "--verify_state_save=0",
+            "--do_verify=1",
+            "--verify_fatal=1",
+            "--output-format=json",
+        ],
+        T,
+    );
+    let j: serde_json::Value = serde_json::from_str(&out[out.find('{').unwrap()..]).unwrap();
+    for job in j["jobs"].as_array().unwrap() {
+        assert_eq!(job["error"], 0, "{job}");
+        assert!(job["read"]["io_bytes"].as_u64().unwrap() >= 8 * MIB);
+    }
+
+    // The read-only volume refuses writes.
+    let out = run("qemu-io", &["-f", "raw", "-c", "write 0 4k", &uri(&srv.sock, "frozen")], T);
+    let text =
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        text.contains("ermission") || text.contains("read-only") || text.contains("read only"),
+        "write to read-only: {text}"
+    );
+
+    // Snapshot and remove through the control socket.
+    ok("qemu-io", &["-f", "raw", "-c", "write -P 0x99 100M 64k", &uri(&srv.sock, "vol")], T);
+    let snap = Request::Snapshot { origin: "vol".into(), name: "snap".into() };
+    assert!(control::request(d, &snap).unwrap().ok);
+    // Copy-on-write: the origin changes, the snapshot keeps the old bytes.
+    ok("qemu-io", &["-f", "raw", "-c", "write -P 0x98 100M 4k", &uri(&srv.sock, "vol")], T);
+    ok("qemu-io", &["-f", "raw", "-c", "read -P 0x99 100M 64k", &uri(&srv.sock, "snap")], T);
+    let (a, b) = ("read -P 0x98 100M 4k", "read -P 0x99 102404k 60k");
+    ok("qemu-io", &["-f", "raw", "-c", a, "-c", b, &uri(&srv.sock, "vol")], T);
+    assert!(control::request(d, &Request::Remove { name: "new".into() }).unwrap().ok);
+    let out = ok("nbdinfo", &["--list", "--json", &uri(&srv.sock, "")], T);
+    assert!(!out.contains("\"new\"") && out.contains("\"snap\""), "{out}");
+
+    srv.stop();
+    thin_check(&d.join(FilePool::METADATA));
+    // Everything written is there after a reopen.
+    let pool = FilePool::open(d).unwrap();
+    let id = pool.volume("vol").unwrap().id;
+    let mut buf = vec![0u8; 1 << 20];
+    pool.read(id, 60 * MIB, &mut buf).unwrap();
+    assert!(buf[..] == src[(60 << 20)..(61 << 20)], "bytes beyond fio's ranges are nbdcopy's");
+    let half = pool.volume("half").unwrap().id;
+    assert_eq!(pool.extents(half, 32 * MIB, 64 << 10).unwrap(), vec![(64 << 10, true)]);
+    assert_eq!(pool.extents(half, 0, 4 * MIB).unwrap(), vec![(4 * MIB, false)]);
+    assert!(PoolLock::holder(d).is_none(), "lock released after shutdown");
+}
+
+fn example_binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap();
+    let bin = dir.join("examples").join("nbd_serve");
+    if !bin.exists() {
+        // `cargo test --test nbd_pool` does not build examples; build it now.
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let st = Command::new(cargo)
+            .args(["build", "-p", "thinpool", "--example", "nbd_serve", "--profile", "test"])
+            .status()
+            .expect("running cargo to build the nbd_serve example");
+        assert!(st.success(), "building the nbd_serve example failed");
+    }
+    assert!(bin.exists(), "{} missing", bin.display());
+    bin
+}
+
+fn spawn_daemon(bin: &Path, dir: &Path, sock: &Path) -> Child {
+    let child = Command::new(bin)
+        .arg(dir)
+        .args(["--listen", "none", "--socket"])
+        .arg(sock)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn nbd_serve");
+    wait_socket(sock);
+    child
+}
+
+#[test]
+fn flushed_data_survives_sigkill_and_metadata_stays_clean() {
+    let bin = example_binary();
+    let dir = scratch();
+    let d = dir.path();
+    make_pool(d, 128 * MIB, &[("v", 32 * MIB)]);
+    let sock = d.join("nbd.sock");
+    let mut child = spawn_daemon(&bin, d, &sock);
+    match PoolLock::acquire(d) {
+        Err(e @ DaemonError::InUse { .. }) => {
+            assert!(e.to_string().contains(&format!("in use by pid {}", child.id())), "{e}");
+        }
+        other => panic!("expected InUse, got {:?}", other.map(|_| ())),
+    }
+    // Write and FLUSH (qemu-io's flush), and some FUA writes, then kill -9.
+    ok(
+        "qemu-io",
+        &[
+            "-f",
+            "raw",
+            "-c",
+            "write -P 0x5a 0 4M",
+            "-c",
+            "write -P 0x6b 10M 1M",
+            "-c",
+            "flush",
+            &uri(&sock, "v"),
+        ],
+        T,
+    );
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    thin_check(&d.join(FilePool::METADATA));
+    let mut child = spawn_daemon(&bin, d, &sock);
+    ok(
+        "qemu-io",
+        &[
+            "-f",
+            "raw",
+            "-c",
+            "read -P 0x5a 0 4M",
+            "-c",
+            "read -P 0x6b 10M 1M",
+            "-c",
+            "read -P 0 4M 6M",
+            &uri(&sock, "v"),
+        ],
+        T,
+    );
+    // Unflushed writes become durable through the periodic committer within about a second
+    // (raw client: no FLUSH, no FUA, and the connection stays open across the kill).
+    let mut c = client::Client::connect_unix(&sock, "v", false, false);
+    assert_eq!(c.write(20 * MIB, &vec![0x7c; 1 << 20], 0), 0);
+    std::thread::sleep(Duration::from_millis(1500));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    drop(c);
+    thin_check(&d.join(FilePool::METADATA));
+    let mut child = spawn_daemon(&bin, d, &sock);
+    ok("qemu-io", &["-f", "raw", "-c", "read -P 0x7c 20M 1M", &uri(&sock, "v")], T);
+    // SIGTERM: clean shutdown, exit status 0, lock released, metadata clean.
+    rustix::process::kill_process(
+        rustix::process::Pid::from_child(&child),
+        rustix::process::Signal::TERM,
+    )
+    .unwrap();
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(30), "daemon ignored SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "daemon exit status {status}");
+    assert!(PoolLock::holder(d).is_none());
+    thin_check(&d.join(FilePool::METADATA));
+}
