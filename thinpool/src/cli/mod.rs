@@ -4,6 +4,7 @@
 //! cli/mod.rs     argument definitions and dispatch
 //! cli/pool.rs    init, create, snapshot, remove, list, status (the management verbs)
 //! cli/group.rs   init --device, extend, resize, events, dmsetup-table (device-backed pools)
+//! serve          nbd::daemon over the service (see crate::service)
 //! cli/image.rs   import, export (raw images in and out of volumes)
 //! cli/meta.rs    check, dump, restore (metadata tools; they never need a running pool)
 //! cli/size.rs    size parsing and printing;  cli/output.rs  list/status formats
@@ -66,6 +67,9 @@ pub enum Command {
     Events(EventsArgs),
     /// Print the device-mapper tables of a device-backed pool and its volumes.
     DmsetupTable(DmsetupTableArgs),
+    /// Serve the pool's volumes over NBD (with autoextend and a control socket) until
+    /// SIGTERM/SIGINT.
+    Serve(ServeArgs),
 }
 
 /// The pool directory every verb takes first.
@@ -206,6 +210,14 @@ pub struct RestoreArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub pool: PoolDir,
+    #[command(flatten)]
+    pub serve: crate::nbd::daemon::ServeConfig,
+}
+
+#[derive(Debug, Args)]
 pub struct ExtendArgs {
     #[command(flatten)]
     pub pool: PoolDir,
@@ -266,6 +278,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Resize(a) => group::resize(&a),
         Command::Events(a) => group::events(&a),
         Command::DmsetupTable(a) => group::dmsetup_table(&a),
+        Command::Serve(a) => {
+            crate::nbd::daemon::serve(&a.pool.dir, a.serve)?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

@@ -45,11 +45,7 @@ pub(super) enum Access {
 
 /// What POOL names: a pool directory, a group directory, or a comma-separated device list.
 pub(super) fn source(pool: &Path) -> PoolSource {
-    let text = pool.to_string_lossy();
-    if text.contains(',') {
-        return PoolSource::Group(text.split(',').map(PathBuf::from).collect());
-    }
-    PoolSource::detect(&[pool.to_owned()])
+    PoolSource::from_arg(pool)
 }
 
 /// Opens the pool at `dir` under an advisory lock, so two thinpool processes never change

@@ -75,8 +75,18 @@ impl PoolSource {
         }
     }
 
+    /// What a POOL argument names: a comma-separated device list, or one path (see
+    /// [`PoolSource::detect`]).
+    pub fn from_arg(pool: &Path) -> PoolSource {
+        let text = pool.to_string_lossy();
+        if text.contains(',') {
+            return PoolSource::Group(text.split(',').map(PathBuf::from).collect());
+        }
+        PoolSource::detect(&[pool.to_owned()])
+    }
+
     /// Where the service keeps its state for this source, if it has a natural place.
-    fn default_state_dir(&self) -> Option<PathBuf> {
+    pub fn default_state_dir(&self) -> Option<PathBuf> {
         match self {
             PoolSource::Dir(d) => Some(d.clone()),
             PoolSource::Group(p) => match p.as_slice() {
@@ -114,7 +124,13 @@ impl Default for ServiceOptions {
 }
 
 pub(crate) enum Backend {
-    File { dir: PathBuf, pool: Arc<Pool> },
+    /// `data` is synced on flush: overwrites of mapped blocks change no metadata, so the
+    /// pool's commit may skip its own data flush.
+    File {
+        dir: PathBuf,
+        pool: Arc<Pool>,
+        data: std::fs::File,
+    },
     Group(Arc<VgPool>),
 }
 
@@ -229,7 +245,10 @@ impl Service {
         let state_dir = opts.state_dir.clone().unwrap_or_else(|| dir.to_owned());
         let base = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let name = opts.pool_name.clone().unwrap_or_else(|| format!("lamina-{base}-pool"));
-        let backend = Backend::File { dir: dir.to_owned(), pool: Arc::new(pool) };
+        let data_path = dir.join(FilePool::DATA);
+        let data = std::fs::File::open(&data_path)
+            .map_err(|e| Error::io(format!("opening {}", data_path.display()), e))?;
+        let backend = Backend::File { dir: dir.to_owned(), pool: Arc::new(pool), data };
         Self::start(backend, config, name, Some(state_dir), opts)
     }
 
@@ -507,8 +526,13 @@ impl Service {
         Ok(self.shared.autoextend_once())
     }
 
-    /// Commits everything written so far.
+    /// Commits everything written so far and syncs the data device.
     pub fn commit(&self) -> Result<()> {
+        self.shared.flush()
+    }
+
+    /// NBD FLUSH: the same as [`Service::commit`].
+    pub fn flush(&self) -> Result<()> {
         self.shared.flush()
     }
 }
@@ -826,7 +850,17 @@ impl Shared {
                 ))
             };
         }
-        self.pool().flush().map_err(|e| Error::pool("flushing the pool", e))
+        self.pool().flush().map_err(|e| Error::pool("flushing the pool", e))?;
+        match &self.backend {
+            Backend::File { dir, data, .. } => data.sync_data().map_err(|e| {
+                Error::io(format!("syncing {}", dir.join(FilePool::DATA).display()), e)
+            }),
+            Backend::Group(g) => g
+                .vg()
+                .data_region()
+                .flush()
+                .map_err(|e| Error::io("flushing the group's data region", e)),
+        }
     }
 
     /// dm-thin's answer to a metadata failure: commit what can still be committed, set
