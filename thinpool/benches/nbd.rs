@@ -116,8 +116,12 @@ fn main() {
         }
         pool.commit().unwrap();
     }
-    let pool = Arc::new(thinpool::pool::FilePool::open(&pool_dir).unwrap());
-    let pool_cat = thinpool::nbd::pool::PoolCatalog::new(pool);
+    let svc = thinpool::service::Service::open(
+        &thinpool::service::PoolSource::Dir(pool_dir.clone()),
+        thinpool::service::ServiceOptions::default(),
+    )
+    .unwrap();
+    let pool_cat = thinpool::nbd::pool::PoolCatalog::new(Arc::new(svc));
     cat.insert("pool", "", thinpool::nbd::Catalog::open(&pool_cat, "vol").unwrap());
     let server = Server::new(cat, ServerOptions::default());
     server.listen_unix(&ours_sock).unwrap();

@@ -7,6 +7,7 @@
 //! pdata   dm-thin on-disk format: checksummed blocks, btrees, space maps, transactions
 //! pool    thin volumes: create, snapshot, delete, map, CoW, discard, commit, names
 //! vg      volume group under the pool: devices, extents, tmeta/tdata regions, autoextend
+//! service what a daemon runs: handles, deferred deletion, waiting writes, autoextend thread
 //! nbd     NBD protocol codec and server over an Export/Catalog seam
 //! ```
 //!
@@ -19,6 +20,7 @@ pub mod io;
 pub mod nbd;
 pub mod pdata;
 pub mod pool;
+pub mod service;
 pub mod units;
 pub mod vg;
 pub mod xml;

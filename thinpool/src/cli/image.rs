@@ -68,7 +68,7 @@ impl Progress {
 
 pub(super) fn import(a: &ImportArgs) -> anyhow::Result<ExitCode> {
     let opened = open_pool(&a.pool.dir, Access::Exclusive)?;
-    let pool = &opened.pool;
+    let pool = opened.pool();
     let mut file =
         File::open(&a.file).with_context(|| format!("cannot open {}", a.file.display()))?;
     let len = file.metadata().with_context(|| format!("cannot stat {}", a.file.display()))?.len();
@@ -145,7 +145,7 @@ fn read_full(f: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
 
 pub(super) fn export(a: &ExportArgs) -> anyhow::Result<ExitCode> {
     let opened = open_pool(&a.pool.dir, Access::Shared)?;
-    let pool = &opened.pool;
+    let pool = opened.pool();
     let v = pool.volume(&a.name)?;
     let out =
         File::create(&a.file).with_context(|| format!("cannot create {}", a.file.display()))?;

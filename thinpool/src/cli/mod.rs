@@ -3,6 +3,8 @@
 //! ```text
 //! cli/mod.rs     argument definitions and dispatch
 //! cli/pool.rs    init, create, snapshot, remove, list, status (the management verbs)
+//! cli/group.rs   init --device, extend, resize, events, dmsetup-table (device-backed pools)
+//! serve          nbd::daemon over the service (see crate::service)
 //! cli/image.rs   import, export (raw images in and out of volumes)
 //! cli/meta.rs    check, dump, restore (metadata tools; they never need a running pool)
 //! cli/size.rs    size parsing and printing;  cli/output.rs  list/status formats
@@ -12,6 +14,7 @@
 //! them to a running daemon implements that trait and the verbs stay as they are; the daemon
 //! itself (`thinpool serve`) becomes one more variant of [`Command`].
 
+mod group;
 mod image;
 mod meta;
 pub mod output;
@@ -55,23 +58,25 @@ pub enum Command {
     Dump(DumpArgs),
     /// Build pool metadata from thin_dump XML.
     Restore(RestoreArgs),
-    /// Serve every volume as an NBD export (the pool daemon; management verbs keep working
-    /// through its control socket while it runs).
+    /// Add a device to a device-backed pool's volume group (vgextend; autoextend may grow
+    /// the pool into it at once).
+    Extend(ExtendArgs),
+    /// Grow the pool's data and/or metadata (lvextend; a file pool's files grow).
+    Resize(ResizeArgs),
+    /// Print the autoextend event log.
+    Events(EventsArgs),
+    /// Print the device-mapper tables of a device-backed pool and its volumes.
+    DmsetupTable(DmsetupTableArgs),
+    /// Serve the pool's volumes over NBD (with autoextend and a control socket) until
+    /// SIGTERM/SIGINT.
     Serve(ServeArgs),
-}
-
-#[derive(Debug, Args)]
-pub struct ServeArgs {
-    #[command(flatten)]
-    pub pool: PoolDir,
-    #[command(flatten)]
-    pub config: crate::nbd::daemon::ServeConfig,
 }
 
 /// The pool directory every verb takes first.
 #[derive(Debug, Args)]
 pub struct PoolDir {
-    /// Pool directory (holds metadata, data and the name table).
+    /// Pool directory (metadata + data files, or links to a volume group's devices), or a
+    /// comma-separated device list.
     pub dir: PathBuf,
 }
 
@@ -79,9 +84,21 @@ pub struct PoolDir {
 pub struct InitArgs {
     #[command(flatten)]
     pub pool: PoolDir,
-    /// Size of the data file (bytes, or K/M/G/T).
-    #[arg(long, value_parser = size_arg)]
-    pub data_size: u64,
+    /// Size of the data file (bytes, or K/M/G/T); not with --device.
+    #[arg(long, value_parser = size_arg, required_unless_present = "device", conflicts_with = "device")]
+    pub data_size: Option<u64>,
+    /// Lay a volume group over these devices (Docker's direct-lvm layout) instead of files.
+    #[arg(long, value_delimiter = ',')]
+    pub device: Vec<PathBuf>,
+    /// A dm.* option (dm.key=value), repeatable; with --device.
+    #[arg(long, requires = "device")]
+    pub opt: Vec<String>,
+    /// A TOML file of dm.* options ([dm] and [lamina] tables); with --device.
+    #[arg(long, requires = "device")]
+    pub config: Option<PathBuf>,
+    /// Overwrite devices that hold other signatures.
+    #[arg(long, requires = "device")]
+    pub force: bool,
     /// Size of the metadata file (default: 48 bytes per data block, at least 2 MiB).
     #[arg(long, value_parser = size_arg)]
     pub metadata_size: Option<u64>,
@@ -125,6 +142,9 @@ pub struct ListArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// lvs-like: a pool row with Data% and Meta%, then the volumes with open handles.
+    #[arg(long)]
+    pub lvs: bool,
 }
 
 #[derive(Debug, Args)]
@@ -189,6 +209,53 @@ pub struct RestoreArgs {
     pub metadata_size: Option<u64>,
 }
 
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub pool: PoolDir,
+    #[command(flatten)]
+    pub serve: crate::nbd::daemon::ServeConfig,
+}
+
+#[derive(Debug, Args)]
+pub struct ExtendArgs {
+    #[command(flatten)]
+    pub pool: PoolDir,
+    /// The device (or file) to add.
+    #[arg(long)]
+    pub device: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct ResizeArgs {
+    #[command(flatten)]
+    pub pool: PoolDir,
+    /// "+SIZE" to grow by, or the new total.
+    #[arg(long, allow_hyphen_values = true)]
+    pub data: Option<String>,
+    /// "+SIZE" to grow by, or the new total.
+    #[arg(long, allow_hyphen_values = true)]
+    pub metadata: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct EventsArgs {
+    #[command(flatten)]
+    pub pool: PoolDir,
+    /// Print JSON instead of lines.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DmsetupTableArgs {
+    #[command(flatten)]
+    pub pool: PoolDir,
+    /// Print a shell script of `dmsetup create` commands instead.
+    #[arg(long)]
+    pub script: bool,
+}
+
 fn size_arg(s: &str) -> Result<u64, String> {
     size::parse_size(s).map_err(|e| e.to_string())
 }
@@ -207,8 +274,12 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Check(a) => meta::check(&a),
         Command::Dump(a) => meta::dump(&a),
         Command::Restore(a) => meta::restore(&a),
+        Command::Extend(a) => group::extend(&a),
+        Command::Resize(a) => group::resize(&a),
+        Command::Events(a) => group::events(&a),
+        Command::DmsetupTable(a) => group::dmsetup_table(&a),
         Command::Serve(a) => {
-            crate::nbd::daemon::serve(&a.pool.dir, a.config)?;
+            crate::nbd::daemon::serve(&a.pool.dir, a.serve)?;
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -253,7 +324,7 @@ mod tests {
     fn sizes_parse_in_arguments() {
         let c = Cli::try_parse_from(["thinpool", "init", "/p", "--data-size", "1G"]).unwrap();
         let Command::Init(a) = c.command else { panic!("not init") };
-        assert_eq!((a.data_size, a.block_size, a.metadata_size), (1 << 30, 64 << 10, None));
+        assert_eq!((a.data_size, a.block_size, a.metadata_size), (Some(1 << 30), 64 << 10, None));
         let e = Cli::try_parse_from(["thinpool", "create", "/p", "v", "--size", "3Q"]).unwrap_err();
         assert!(e.to_string().contains("unknown suffix"), "{e}");
     }

@@ -43,6 +43,9 @@ pub struct PoolStatus {
     pub metadata_available: u64,
     pub transaction_id: u64,
     pub volumes: usize,
+    /// `docker info`'s devicemapper fields (their own names in JSON, beside the raw numbers).
+    #[serde(flatten)]
+    pub docker: Option<crate::service::ServiceStatus>,
 }
 
 pub fn list_table(rows: &[VolumeRow]) -> String {
@@ -81,6 +84,10 @@ pub fn list_table(rows: &[VolumeRow]) -> String {
 }
 
 pub fn status_text(s: &PoolStatus) -> String {
+    if let Some(d) = &s.docker {
+        // docker info's section, then what lamina adds.
+        return format!("{d} Transaction Id: {}\n Volumes: {}\n", s.transaction_id, s.volumes);
+    }
     let rows = [
         ("Pool Directory", s.pool_dir.clone()),
         ("Pool Blocksize", human_size(s.block_size)),
@@ -146,6 +153,7 @@ mod tests {
             metadata_available: (2 << 20) - 4096 * 30,
             transaction_id: 4,
             volumes: 2,
+            docker: None,
         };
         let t = status_text(&s);
         assert!(t.contains("Pool Blocksize: 65.54kB\n"), "{t}");

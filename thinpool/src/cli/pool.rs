@@ -12,6 +12,7 @@ use super::{CreateArgs, InitArgs, ListArgs, RemoveArgs, SnapshotArgs, StatusArgs
 use crate::nbd::control;
 use crate::nbd::daemon::PoolLock;
 use crate::pool::{FilePool, Pool};
+use crate::service::{PoolSource, Service, ServiceOptions};
 use crate::units::Sectors;
 use rustix::fs::FlockOperation;
 
@@ -26,19 +27,15 @@ pub(super) trait Manage {
     fn status(&self) -> anyhow::Result<PoolStatus>;
 }
 
-/// A pool directory opened in this process. Every change is committed before returning.
+/// A pool (directory, group directory or device list) opened in this process through the
+/// [`Service`], so the verbs follow the daemon's rules (min_free_space, deferred deletion).
+/// Every change is committed before returning.
 pub(super) struct LocalPool {
-    pub(super) pool: Pool,
+    pub(super) svc: Service,
     pub(super) dir: PathBuf,
-    /// Advisory lock on DIR/lock (the file `thinpool serve` holds), released when the verb ends.
+    /// Advisory lock on STATE/lock (the file `thinpool serve` holds) or, for a bare device
+    /// list, its first device; released when the verb ends.
     _lock: File,
-}
-
-/// Why a pool could not be opened in this process.
-pub(super) enum Busy {
-    /// A `thinpool serve` daemon owns the pool: management verbs go through its control socket.
-    Daemon,
-    Other(anyhow::Error),
 }
 
 /// How a verb uses the pool: changes need it alone, reads may share it with other readers.
@@ -48,13 +45,25 @@ pub(super) enum Access {
     Exclusive,
 }
 
-/// Opens the pool in `dir` under an advisory lock, so two thinpool processes never change
+/// What POOL names: a pool directory, a group directory, or a comma-separated device list.
+pub(super) fn source(pool: &Path) -> PoolSource {
+    PoolSource::from_arg(pool)
+}
+
+/// Why a pool could not be opened in this process.
+pub(super) enum Busy {
+    /// A `thinpool serve` daemon owns the pool: management verbs go through its control socket.
+    Daemon(PathBuf),
+    Other(anyhow::Error),
+}
+
+/// Opens the pool at `dir` under an advisory lock, so two thinpool processes never change
 /// one pool at once (a daemon serving the pool holds the same lock for as long as it runs).
 pub(super) fn open_pool(dir: &Path, access: Access) -> anyhow::Result<LocalPool> {
     match try_open_pool(dir, access) {
         Ok(p) => Ok(p),
-        Err(Busy::Daemon) => {
-            let pid = PoolLock::holder(dir).unwrap_or(0);
+        Err(Busy::Daemon(state)) => {
+            let pid = PoolLock::holder(&state).unwrap_or(0);
             bail!(
                 "the pool in {} is served by thinpool serve (pid {pid}); this verb needs the pool \
                  to itself: stop the daemon first",
@@ -69,62 +78,243 @@ pub(super) fn open_pool(dir: &Path, access: Access) -> anyhow::Result<LocalPool>
 pub(super) fn manage(dir: &Path, access: Access) -> anyhow::Result<Box<dyn Manage>> {
     match try_open_pool(dir, access) {
         Ok(p) => Ok(Box::new(p)),
-        Err(Busy::Daemon) => Ok(Box::new(DaemonPool { dir: dir.to_owned() })),
+        Err(Busy::Daemon(state)) => Ok(Box::new(DaemonPool { dir: dir.to_owned(), state })),
         Err(Busy::Other(e)) => Err(e),
     }
 }
 
 fn try_open_pool(dir: &Path, access: Access) -> Result<LocalPool, Busy> {
-    let meta = dir.join(FilePool::METADATA);
-    if !meta.exists() {
-        if !dir.exists() {
-            return Err(Busy::Other(anyhow!("pool directory {} does not exist", dir.display())));
+    let other = |e: anyhow::Error| Busy::Other(e);
+    let src = source(dir);
+    match &src {
+        PoolSource::Dir(d) => {
+            if !d.join(FilePool::METADATA).exists() && !d.exists() {
+                return Err(other(anyhow!("pool directory {} does not exist", d.display())));
+            }
         }
-        return Err(Busy::Other(anyhow!(
-            "{} is not a pool directory (no {} file)",
-            dir.display(),
-            FilePool::METADATA
-        )));
+        PoolSource::Group(paths) => {
+            for p in paths {
+                if !p.exists() {
+                    return Err(other(anyhow!(
+                        "pool directory or device {} does not exist",
+                        p.display()
+                    )));
+                }
+            }
+            if let [d] = paths.as_slice() {
+                if d.is_dir() && !has_devices(d) {
+                    return Err(other(anyhow!(
+                        "{} is not a pool directory (no {} file and no lamina devices)",
+                        d.display(),
+                        FilePool::METADATA
+                    )));
+                }
+            }
+        }
     }
-    let path = PoolLock::lock_path(dir);
+    // The daemon locks STATE/lock (a pool or group directory is its own state directory); a
+    // bare device list has none, so its first device is the lock.
+    let state = src.default_state_dir();
+    let lock_path = match (&state, &src) {
+        (Some(s), _) => PoolLock::lock_path(s),
+        (None, PoolSource::Group(paths)) => paths[0].clone(),
+        (None, PoolSource::Dir(d)) => PoolLock::lock_path(d),
+    };
     let lock = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
-        .create(true)
+        .create(state.is_some())
         .truncate(false)
-        .open(&path)
-        .map_err(|e| Busy::Other(anyhow!("cannot open {}: {e}", path.display())))?;
+        .open(&lock_path)
+        .map_err(|e| other(anyhow!("cannot open {}: {e}", lock_path.display())))?;
     let op = match access {
         Access::Shared => FlockOperation::NonBlockingLockShared,
         Access::Exclusive => FlockOperation::NonBlockingLockExclusive,
     };
     match rustix::fs::flock(&lock, op) {
         Ok(()) => {}
-        Err(rustix::io::Errno::WOULDBLOCK) if control::socket_path(dir).exists() => {
-            return Err(Busy::Daemon)
-        }
         Err(rustix::io::Errno::WOULDBLOCK) => {
-            return Err(Busy::Other(anyhow!(
+            if let Some(s) = state.filter(|s| control::socket_path(s).exists()) {
+                return Err(Busy::Daemon(s));
+            }
+            return Err(other(anyhow!(
                 "the pool in {} is in use by another thinpool process",
                 dir.display()
-            )))
+            )));
         }
-        Err(e) => return Err(Busy::Other(anyhow!("cannot lock {}: {e}", path.display()))),
+        Err(e) => return Err(other(anyhow!("cannot lock {}: {e}", lock_path.display()))),
     }
-    let pool = FilePool::open(dir)
+    let svc = Service::open(&src, ServiceOptions::default())
         .with_context(|| format!("cannot open the pool in {}", dir.display()))
-        .map_err(Busy::Other)?;
-    Ok(LocalPool { pool, dir: dir.to_owned(), _lock: lock })
+        .map_err(other)?;
+    Ok(LocalPool { svc, dir: dir.to_owned(), _lock: lock })
+}
+
+/// True when `dir` holds at least one file or block device (a group's device links).
+fn has_devices(dir: &Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|rd| {
+        rd.flatten().any(|e| {
+            use std::os::unix::fs::FileTypeExt;
+            std::fs::metadata(e.path())
+                .is_ok_and(|m| (m.is_file() && m.len() > 0) || m.file_type().is_block_device())
+        })
+    })
+}
+
+impl LocalPool {
+    pub(super) fn pool(&self) -> &Pool {
+        self.svc.pool()
+    }
+}
+
+/// Bytes free on the filesystem holding `path` (Docker caps loop-file space by it).
+fn fs_available(path: &Path) -> Option<u64> {
+    let st = rustix::fs::statvfs(path).ok()?;
+    Some(st.f_bavail.saturating_mul(st.f_frsize))
+}
+
+impl Manage for LocalPool {
+    fn create_volume(&self, name: &str, size: u64) -> anyhow::Result<u64> {
+        Ok(self.svc.create_volume(name, size)?.0)
+    }
+
+    fn snapshot_volume(&self, origin: &str, name: &str) -> anyhow::Result<u64> {
+        Ok(self.svc.snapshot_volume(origin, name)?.0)
+    }
+
+    fn remove_volume(&self, name: &str) -> anyhow::Result<()> {
+        self.svc.remove_volume(name)?;
+        Ok(())
+    }
+
+    fn volumes(&self) -> anyhow::Result<Vec<VolumeRow>> {
+        let bs = self.pool().block_bytes();
+        Ok(self
+            .svc
+            .volumes()?
+            .into_iter()
+            .map(|v| VolumeRow::new(v.name, v.id.0, v.size, v.mapped_blocks, bs))
+            .collect())
+    }
+
+    fn status(&self) -> anyhow::Result<PoolStatus> {
+        let pool = self.pool();
+        let bs = pool.block_bytes();
+        let data = pool.data_usage();
+        let meta = pool.metadata_usage();
+        let file = matches!(source(&self.dir), PoolSource::Dir(_));
+        let cap = if file { fs_available(&self.dir).unwrap_or(u64::MAX) } else { u64::MAX };
+        let mb = crate::pdata::disk::BLOCK_SIZE as u64;
+        let docker = self.svc.status();
+        Ok(PoolStatus {
+            pool_dir: self.dir.display().to_string(),
+            data_file: docker.data_file.clone().unwrap_or_default(),
+            metadata_file: docker.metadata_file.clone().unwrap_or_default(),
+            block_size: bs,
+            data_used: data.used * bs,
+            data_total: data.total * bs,
+            data_available: (data.free * bs).min(cap),
+            metadata_used: meta.used * mb,
+            metadata_total: meta.total * mb,
+            metadata_available: (meta.free * mb).min(cap),
+            transaction_id: pool.transaction_id().0,
+            volumes: self.svc.volumes()?.len(),
+            docker: Some(docker),
+        })
+    }
+}
+
+pub(super) fn init(a: &InitArgs) -> anyhow::Result<ExitCode> {
+    if !a.device.is_empty() {
+        return super::group::init(a);
+    }
+    let dir = &a.pool.dir;
+    let Some(data_size) = a.data_size else { bail!("give --data-size (or --device)") };
+    if !a.block_size.is_multiple_of(Sectors::SIZE) {
+        bail!("block size {} is not a whole number of 512-byte sectors", a.block_size);
+    }
+    if data_size < a.block_size {
+        bail!("data size {} is smaller than one block ({})", data_size, a.block_size);
+    }
+    let sectors = Sectors(a.block_size / Sectors::SIZE);
+    if !u32::try_from(sectors.0).is_ok_and(crate::pdata::disk::valid_data_block_size) {
+        bail!("block size {}: dm-thin needs a multiple of 64K from 64K to 1G", a.block_size);
+    }
+    let files = [dir.join(FilePool::METADATA), dir.join(FilePool::DATA)];
+    let existed = files.clone().map(|f| f.exists());
+    let pool = match FilePool::create(dir, data_size, a.metadata_size, sectors) {
+        Ok(p) => p,
+        Err(e) => {
+            // Leave no half-made pool behind (it would block the next init).
+            for (f, existed) in files.iter().zip(existed) {
+                if !existed {
+                    let _ = std::fs::remove_file(f);
+                }
+            }
+            return Err(e).with_context(|| format!("cannot create a pool in {}", dir.display()));
+        }
+    };
+    let meta = pool.metadata_usage();
+    println!(
+        "created pool in {}: data {}, metadata {}, block size {}",
+        dir.display(),
+        binary_size(pool.data_usage().total * pool.block_bytes()),
+        binary_size(meta.total * crate::pdata::disk::BLOCK_SIZE as u64),
+        binary_size(pool.block_bytes())
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(super) fn create(a: &CreateArgs) -> anyhow::Result<ExitCode> {
+    let m = manage(&a.pool.dir, Access::Exclusive)?;
+    let id = m.create_volume(&a.name, a.size)?;
+    println!("created volume {} (id {id}, {})", a.name, binary_size(a.size));
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(super) fn snapshot(a: &SnapshotArgs) -> anyhow::Result<ExitCode> {
+    let m = manage(&a.pool.dir, Access::Exclusive)?;
+    let id = m.snapshot_volume(&a.origin, &a.name)?;
+    println!("created snapshot {} of {} (id {id})", a.name, a.origin);
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(super) fn remove(a: &RemoveArgs) -> anyhow::Result<ExitCode> {
+    let m = manage(&a.pool.dir, Access::Exclusive)?;
+    m.remove_volume(&a.name)?;
+    println!("removed volume {}", a.name);
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(super) fn list(a: &ListArgs) -> anyhow::Result<ExitCode> {
+    if a.lvs {
+        // lvs-like: the pool row (Data%, Meta%) and every visible volume.
+        let rows = open_pool(&a.pool.dir, Access::Shared)?.svc.list()?;
+        let text = crate::service::status::format_list(&rows);
+        print!("{}", if a.json { to_json(&rows) } else { text });
+        return Ok(ExitCode::SUCCESS);
+    }
+    let rows = manage(&a.pool.dir, Access::Shared)?.volumes()?;
+    print!("{}", if a.json { to_json(&rows) } else { list_table(&rows) });
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(super) fn status(a: &StatusArgs) -> anyhow::Result<ExitCode> {
+    let st = manage(&a.pool.dir, Access::Shared)?.status()?;
+    print!("{}", if a.json { to_json(&st) } else { status_text(&st) });
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Management verbs sent to the `thinpool serve` daemon that owns the pool.
 struct DaemonPool {
     dir: PathBuf,
+    /// The daemon's state directory (its lock and control socket).
+    state: PathBuf,
 }
 
 impl DaemonPool {
     fn call(&self, req: control::Request) -> anyhow::Result<serde_json::Value> {
-        let resp = control::request(&self.dir, &req)?;
+        let resp = control::request(&self.state, &req)?;
         match (resp.ok, resp.error) {
             (true, _) => Ok(resp.data),
             (false, Some(e)) => bail!("{e}"),
@@ -188,139 +378,7 @@ impl Manage for DaemonPool {
             metadata_available: n(&st["metadata"]["free"]) * mb,
             transaction_id: n(&st["transaction_id"]),
             volumes: n(&st["volumes"]) as usize,
+            docker: serde_json::from_value(st["devicemapper"].clone()).ok(),
         })
     }
-}
-
-impl LocalPool {
-    fn commit(&self) -> anyhow::Result<()> {
-        self.pool.commit().with_context(|| format!("committing the pool in {}", self.dir.display()))
-    }
-}
-
-/// Bytes free on the filesystem holding `path` (Docker caps loop-file space by it).
-fn fs_available(path: &Path) -> Option<u64> {
-    let st = rustix::fs::statvfs(path).ok()?;
-    Some(st.f_bavail.saturating_mul(st.f_frsize))
-}
-
-impl Manage for LocalPool {
-    fn create_volume(&self, name: &str, size: u64) -> anyhow::Result<u64> {
-        let id = self.pool.create_volume(name, size)?;
-        self.commit()?;
-        Ok(id.0)
-    }
-
-    fn snapshot_volume(&self, origin: &str, name: &str) -> anyhow::Result<u64> {
-        let id = self.pool.snapshot_volume(origin, name)?;
-        self.commit()?;
-        Ok(id.0)
-    }
-
-    fn remove_volume(&self, name: &str) -> anyhow::Result<()> {
-        self.pool.remove_volume(name)?;
-        self.commit()
-    }
-
-    fn volumes(&self) -> anyhow::Result<Vec<VolumeRow>> {
-        let bs = self.pool.block_bytes();
-        Ok(self
-            .pool
-            .volumes()?
-            .into_iter()
-            .map(|v| VolumeRow::new(v.name, v.id.0, v.size, v.mapped_blocks, bs))
-            .collect())
-    }
-
-    fn status(&self) -> anyhow::Result<PoolStatus> {
-        let bs = self.pool.block_bytes();
-        let data = self.pool.data_usage();
-        let meta = self.pool.metadata_usage();
-        let cap = fs_available(&self.dir).unwrap_or(u64::MAX);
-        let mb = crate::pdata::disk::BLOCK_SIZE as u64;
-        Ok(PoolStatus {
-            pool_dir: self.dir.display().to_string(),
-            data_file: self.dir.join(FilePool::DATA).display().to_string(),
-            metadata_file: self.dir.join(FilePool::METADATA).display().to_string(),
-            block_size: bs,
-            data_used: data.used * bs,
-            data_total: data.total * bs,
-            data_available: (data.free * bs).min(cap),
-            metadata_used: meta.used * mb,
-            metadata_total: meta.total * mb,
-            metadata_available: (meta.free * mb).min(cap),
-            transaction_id: self.pool.transaction_id().0,
-            volumes: self.pool.volumes()?.len(),
-        })
-    }
-}
-
-pub(super) fn init(a: &InitArgs) -> anyhow::Result<ExitCode> {
-    let dir = &a.pool.dir;
-    if !a.block_size.is_multiple_of(Sectors::SIZE) {
-        bail!("block size {} is not a whole number of 512-byte sectors", a.block_size);
-    }
-    if a.data_size < a.block_size {
-        bail!("data size {} is smaller than one block ({})", a.data_size, a.block_size);
-    }
-    let sectors = Sectors(a.block_size / Sectors::SIZE);
-    if !u32::try_from(sectors.0).is_ok_and(crate::pdata::disk::valid_data_block_size) {
-        bail!("block size {}: dm-thin needs a multiple of 64K from 64K to 1G", a.block_size);
-    }
-    let files = [dir.join(FilePool::METADATA), dir.join(FilePool::DATA)];
-    let existed = files.clone().map(|f| f.exists());
-    let pool = match FilePool::create(dir, a.data_size, a.metadata_size, sectors) {
-        Ok(p) => p,
-        Err(e) => {
-            // Leave no half-made pool behind (it would block the next init).
-            for (f, existed) in files.iter().zip(existed) {
-                if !existed {
-                    let _ = std::fs::remove_file(f);
-                }
-            }
-            return Err(e).with_context(|| format!("cannot create a pool in {}", dir.display()));
-        }
-    };
-    let meta = pool.metadata_usage();
-    println!(
-        "created pool in {}: data {}, metadata {}, block size {}",
-        dir.display(),
-        binary_size(pool.data_usage().total * pool.block_bytes()),
-        binary_size(meta.total * crate::pdata::disk::BLOCK_SIZE as u64),
-        binary_size(pool.block_bytes())
-    );
-    Ok(ExitCode::SUCCESS)
-}
-
-pub(super) fn create(a: &CreateArgs) -> anyhow::Result<ExitCode> {
-    let m = manage(&a.pool.dir, Access::Exclusive)?;
-    let id = m.create_volume(&a.name, a.size)?;
-    println!("created volume {} (id {id}, {})", a.name, binary_size(a.size));
-    Ok(ExitCode::SUCCESS)
-}
-
-pub(super) fn snapshot(a: &SnapshotArgs) -> anyhow::Result<ExitCode> {
-    let m = manage(&a.pool.dir, Access::Exclusive)?;
-    let id = m.snapshot_volume(&a.origin, &a.name)?;
-    println!("created snapshot {} of {} (id {id})", a.name, a.origin);
-    Ok(ExitCode::SUCCESS)
-}
-
-pub(super) fn remove(a: &RemoveArgs) -> anyhow::Result<ExitCode> {
-    let m = manage(&a.pool.dir, Access::Exclusive)?;
-    m.remove_volume(&a.name)?;
-    println!("removed volume {}", a.name);
-    Ok(ExitCode::SUCCESS)
-}
-
-pub(super) fn list(a: &ListArgs) -> anyhow::Result<ExitCode> {
-    let rows = manage(&a.pool.dir, Access::Shared)?.volumes()?;
-    print!("{}", if a.json { to_json(&rows) } else { list_table(&rows) });
-    Ok(ExitCode::SUCCESS)
-}
-
-pub(super) fn status(a: &StatusArgs) -> anyhow::Result<ExitCode> {
-    let st = manage(&a.pool.dir, Access::Shared)?.status()?;
-    print!("{}", if a.json { to_json(&st) } else { status_text(&st) });
-    Ok(ExitCode::SUCCESS)
 }

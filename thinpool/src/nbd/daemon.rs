@@ -21,7 +21,7 @@ use super::control;
 use super::export::Catalog;
 use super::pool::{PoolCatalog, PoolControl};
 use super::server::{Server, ServerOptions};
-use crate::pool::FilePool;
+use crate::service::{PoolSource, Service, ServiceOptions};
 
 /// Command-line configuration of `thinpool serve`.
 #[derive(Debug, Clone, clap::Args)]
@@ -45,6 +45,17 @@ pub struct ServeConfig {
     /// Worker threads per NBD connection.
     #[arg(long, default_value_t = 8)]
     pub workers: usize,
+    /// Where the lock, control socket and event log live when POOL is a device list (a pool
+    /// or group directory keeps them inside itself).
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// File pools: let autoextend grow the data file up to this size (e.g. 100G).
+    #[arg(long, value_parser = data_max_arg)]
+    pub data_max: Option<u64>,
+}
+
+fn data_max_arg(s: &str) -> Result<u64, String> {
+    crate::vg::config::parse_size("--data-max", s).map_err(|e| e.to_string())
 }
 
 impl Default for ServeConfig {
@@ -56,6 +67,8 @@ impl Default for ServeConfig {
             allow: Vec::new(),
             max_connections: 256,
             workers: 8,
+            state_dir: None,
+            data_max: None,
         }
     }
 }
@@ -152,25 +165,52 @@ fn read_pid(file: &mut File) -> Option<u32> {
     s.trim().parse().ok()
 }
 
-/// Opens the pool in `pool_dir` exclusively and serves its volumes over NBD until SIGTERM or
-/// SIGINT; then lets clients finish, commits, and returns.
-pub fn serve(pool_dir: &Path, cfg: ServeConfig) -> Result<(), DaemonError> {
+/// Opens the pool at `pool` (a pool directory, a group directory, or a comma-separated device
+/// list) exclusively and serves its volumes over NBD until SIGTERM or SIGINT; then lets
+/// clients finish, commits, and returns.
+pub fn serve(pool: &Path, cfg: ServeConfig) -> Result<(), DaemonError> {
     let stop = Arc::new(AtomicBool::new(false));
     stop_on_signals(&stop)?;
-    serve_until(pool_dir, &cfg, stop)
+    serve_until(pool, &cfg, stop)
 }
 
-/// [`serve`] with the stop condition supplied by the caller (tests, embedding).
+/// [`serve`] with the stop condition supplied by the caller (tests, embedding). The pool is
+/// run by a [`Service`] with its autoextend thread.
 pub fn serve_until(
-    pool_dir: &Path,
+    pool: &Path,
     cfg: &ServeConfig,
     stop: Arc<AtomicBool>,
 ) -> Result<(), DaemonError> {
-    let _lock = PoolLock::acquire(pool_dir)?;
-    let pool = FilePool::open(pool_dir).map_err(|e| DaemonError::Pool(e.to_string()))?;
-    let catalog = Arc::new(PoolCatalog::new(Arc::new(pool)));
+    let src = PoolSource::from_arg(pool);
+    let state = match (src.default_state_dir(), &cfg.state_dir) {
+        (_, Some(d)) => d.clone(),
+        (Some(d), None) => d,
+        (None, None) => {
+            return Err(DaemonError::Config(format!(
+                "{} is a device list: give --state-dir for the lock, control socket and events",
+                pool.display()
+            )))
+        }
+    };
+    std::fs::create_dir_all(&state).map_err(|source| DaemonError::Io {
+        what: "creating",
+        path: state.clone(),
+        source,
+    })?;
+    let _lock = PoolLock::acquire(&state)?;
+    let opts = ServiceOptions {
+        state_dir: Some(state.clone()),
+        file_data_max: cfg.data_max,
+        ..ServiceOptions::default()
+    };
+    let svc = Service::open(&src, opts).map_err(|e| DaemonError::Pool(e.to_string()))?;
+    if let Some(why) = svc.read_only() {
+        tracing::warn!("nbd: serving the pool read-only: {why}");
+    }
+    svc.start_autoextend().map_err(|e| DaemonError::Pool(e.to_string()))?;
+    let catalog = Arc::new(PoolCatalog::new(Arc::new(svc)));
     let c2 = catalog.clone();
-    serve_catalog(pool_dir, catalog.clone(), cfg, stop, move |server| {
+    serve_catalog(&state, catalog.clone(), cfg, stop, move |server| {
         let server = Arc::downgrade(server);
         let conns = move || server.upgrade().map(|s| s.connections()).unwrap_or(0);
         Arc::new(PoolControl::new(c2, Box::new(conns)))

@@ -7,40 +7,46 @@
 //! Zero detection: the Linux 6.1 nbd client never sends WRITE_ZEROES (`blkdiscard -z`
 //! becomes WRITEs of zero pages), so an all-zero WRITE is turned into an unmapping zero
 //! request and stays thin.
+//!
+//! Volumes are opened through the [`Service`]: each export holds a [`VolumeHandle`], so a
+//! volume removed while connected is deleted when its last connection closes (deferred
+//! deletion); writes that find the pool full wait for autoextend or freed space (up to
+//! `no_space_timeout`, then ENOSPC); a pool gone read-only (metadata exhausted) answers
+//! writes with EPERM and keeps serving reads.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use super::control;
 use super::export::*;
-use crate::pool::{self, Pool};
-use crate::units::ThinId;
+use crate::pool::Pool;
+use crate::service::{self, Service, VolumeHandle};
 
-fn kind(e: &pool::Error) -> ErrorKind {
+fn kind(e: &service::Error) -> ErrorKind {
     match e.kind() {
-        pool::ErrorKind::NoSpace => ErrorKind::NoSpace,
-        pool::ErrorKind::OutOfRange | pool::ErrorKind::Invalid => ErrorKind::OutOfRange,
-        pool::ErrorKind::ReadOnly => ErrorKind::ReadOnly,
+        service::ErrorKind::NoSpace => ErrorKind::NoSpace,
+        service::ErrorKind::OutOfRange | service::ErrorKind::Invalid => ErrorKind::OutOfRange,
+        service::ErrorKind::ReadOnly => ErrorKind::ReadOnly,
         _ => ErrorKind::Io,
     }
 }
 
-fn err(op: &'static str, offset: u64, len: u64, e: pool::Error) -> ExportError {
+fn err(op: &'static str, offset: u64, len: u64, e: service::Error) -> ExportError {
     ExportError::new(kind(&e), op, offset, len, e)
 }
 
 /// Shared by the catalog and its exports.
 struct Inner {
-    pool: Arc<Pool>,
+    svc: Arc<Service>,
     /// Set by every change; cleared by a commit.
     dirty: AtomicBool,
 }
 
 impl Inner {
-    /// Commits the pool; `sync_data` also makes overwrites of mapped blocks durable.
-    fn commit(&self, sync_data: bool) -> Result<(), pool::Error> {
+    /// Commits the pool and syncs its data device (see the module doc).
+    fn commit(&self) -> Result<(), service::Error> {
         let was = self.dirty.swap(false, Ordering::SeqCst);
-        let r = if sync_data { self.pool.flush() } else { self.pool.commit() };
+        let r = self.svc.flush();
         if r.is_err() && was {
             self.dirty.store(true, Ordering::SeqCst);
         }
@@ -54,23 +60,27 @@ pub struct PoolCatalog {
 }
 
 impl PoolCatalog {
-    pub fn new(pool: Arc<Pool>) -> Self {
-        Self { inner: Arc::new(Inner { pool, dirty: AtomicBool::new(false) }) }
+    pub fn new(svc: Arc<Service>) -> Self {
+        Self { inner: Arc::new(Inner { svc, dirty: AtomicBool::new(false) }) }
     }
 
-    pub fn pool(&self) -> &Arc<Pool> {
-        &self.inner.pool
+    pub fn service(&self) -> &Arc<Service> {
+        &self.inner.svc
     }
 
-    /// Commits now and syncs the data device (after management verbs and at shutdown).
-    pub fn commit(&self) -> Result<(), pool::Error> {
-        self.inner.commit(true)
+    pub fn pool(&self) -> &Pool {
+        self.inner.svc.pool()
+    }
+
+    /// Commits now (used after management verbs and at shutdown).
+    pub fn commit(&self) -> Result<(), service::Error> {
+        self.inner.commit()
     }
 }
 
 impl Catalog for PoolCatalog {
     fn list(&self) -> Vec<ExportInfo> {
-        match self.inner.pool.volumes() {
+        match self.inner.svc.volumes() {
             Ok(v) => v
                 .into_iter()
                 .map(|v| ExportInfo {
@@ -86,22 +96,23 @@ impl Catalog for PoolCatalog {
     }
 
     fn open(&self, name: &str) -> Option<Arc<dyn Export>> {
-        let v = self.inner.pool.volume(name).ok()?;
-        Some(Arc::new(VolumeExport { inner: self.inner.clone(), id: v.id, size: v.size }))
+        let handle = self.inner.svc.open_volume(name).ok()?;
+        let size = handle.size().ok()?;
+        Some(Arc::new(VolumeExport { inner: self.inner.clone(), handle, size }))
     }
 
     fn commit_if_dirty(&self) -> ExportResult<()> {
         if !self.inner.dirty.load(Ordering::SeqCst) {
             return Ok(());
         }
-        self.inner.commit(false).map_err(|e| err("commit", 0, 0, e))
+        self.inner.commit().map_err(|e| err("commit", 0, 0, e))
     }
 }
 
-/// One thin volume served over NBD.
+/// One thin volume served over NBD: one service handle per connection.
 pub struct VolumeExport {
     inner: Arc<Inner>,
-    id: ThinId,
+    handle: VolumeHandle,
     size: u64,
 }
 
@@ -109,7 +120,7 @@ impl VolumeExport {
     fn changed(&self, fua: bool, op: &'static str, offset: u64, len: u64) -> ExportResult<()> {
         self.inner.dirty.store(true, Ordering::SeqCst);
         if fua {
-            self.inner.commit(true).map_err(|e| err(op, offset, len, e))?;
+            self.inner.commit().map_err(|e| err(op, offset, len, e))?;
         }
         Ok(())
     }
@@ -122,16 +133,16 @@ impl Export for VolumeExport {
 
     fn read(&self, offset: u64, buf: &mut [u8]) -> ExportResult<()> {
         let len = buf.len() as u64;
-        self.inner.pool.read(self.id, offset, buf).map_err(|e| err("read", offset, len, e))
+        self.handle.read(offset, buf).map_err(|e| err("read", offset, len, e))
     }
 
     fn write(&self, offset: u64, data: &[u8], fua: bool) -> ExportResult<()> {
         let len = data.len() as u64;
-        let bs = self.inner.pool.block_bytes();
+        let bs = self.handle.block_bytes();
         if len >= bs && data.iter().all(|&b| b == 0) {
             return self.write_zeroes(offset, len, true, false, fua);
         }
-        self.inner.pool.write(self.id, offset, data).map_err(|e| err("write", offset, len, e))?;
+        self.handle.write(offset, data).map_err(|e| err("write", offset, len, e))?;
         self.changed(fua, "write", offset, len)
     }
 
@@ -153,8 +164,8 @@ impl Export for VolumeExport {
                 "provisioned zeroing is not faster than writing",
             ));
         }
-        let pool = &self.inner.pool;
-        pool.write_zeroes(self.id, offset, len, may_trim)
+        self.handle
+            .write_zeroes(offset, len, may_trim)
             .map_err(|e| err("write_zeroes", offset, len, e))?;
         // NO_HOLE keeps mapped blocks mapped (zeros are written into them), but the pool has
         // no way to provision an unmapped block with zeros (it keeps all-zero writes thin), so
@@ -165,23 +176,16 @@ impl Export for VolumeExport {
     fn trim(&self, offset: u64, len: u64, fua: bool) -> ExportResult<()> {
         // Reads after trim must return zeros, partial blocks included: zero with unmapping
         // rather than the pool's advisory discard, which leaves partial blocks alone.
-        self.inner
-            .pool
-            .write_zeroes(self.id, offset, len, true)
-            .map_err(|e| err("trim", offset, len, e))?;
+        self.handle.write_zeroes(offset, len, true).map_err(|e| err("trim", offset, len, e))?;
         self.changed(fua, "trim", offset, len)
     }
 
     fn flush(&self) -> ExportResult<()> {
-        self.inner.commit(true).map_err(|e| err("flush", 0, 0, e))
+        self.inner.commit().map_err(|e| err("flush", 0, 0, e))
     }
 
     fn extents(&self, offset: u64, len: u64) -> ExportResult<Vec<Extent>> {
-        let runs = self
-            .inner
-            .pool
-            .extents(self.id, offset, len)
-            .map_err(|e| err("extents", offset, len, e))?;
+        let runs = self.handle.extents(offset, len).map_err(|e| err("extents", offset, len, e))?;
         let mut v = Vec::with_capacity(runs.len());
         for (n, mapped) in runs {
             push_extent(&mut v, if mapped { Extent::data(n) } else { Extent::hole(n) });
@@ -194,7 +198,7 @@ impl Export for VolumeExport {
     }
 
     fn block_size(&self) -> BlockSize {
-        let pref = u32::try_from(self.inner.pool.block_bytes()).unwrap_or(1 << 20);
+        let pref = u32::try_from(self.handle.block_bytes()).unwrap_or(1 << 20);
         BlockSize {
             minimum: 1,
             preferred: pref.clamp(512, 1 << 20),
@@ -217,7 +221,7 @@ impl PoolControl {
         Self { catalog, server_connections: connections }
     }
 
-    fn volume_json(v: &pool::VolumeInfo) -> serde_json::Value {
+    fn volume_json(v: &crate::pool::VolumeInfo) -> serde_json::Value {
         serde_json::json!({
             "name": v.name,
             "thin_id": v.id.0,
@@ -230,41 +234,42 @@ impl PoolControl {
 impl control::Handler for PoolControl {
     fn handle(&self, req: control::Request) -> Result<serde_json::Value, String> {
         use control::Request as R;
-        let pool = self.catalog.pool();
-        let s = |e: pool::Error| e.to_string();
-        let out = match req {
+        let svc = self.catalog.service();
+        let pool = svc.pool();
+        let s = |e: service::Error| e.to_string();
+        // The service commits each change before returning (one Docker transaction).
+        Ok(match req {
             R::Create { name, size } => {
-                let id = pool.create_volume(&name, size).map_err(s)?;
+                let id = svc.create_volume(&name, size).map_err(s)?;
                 serde_json::json!({ "thin_id": id.0 })
             }
             R::Snapshot { origin, name } => {
-                let id = pool.snapshot_volume(&origin, &name).map_err(s)?;
+                let id = svc.snapshot_volume(&origin, &name).map_err(s)?;
                 serde_json::json!({ "thin_id": id.0 })
             }
             R::Remove { name } => {
-                pool.remove_volume(&name).map_err(s)?;
-                serde_json::json!({})
+                let deferred = svc.remove_volume(&name).map_err(s)?;
+                serde_json::json!({ "deferred": deferred })
             }
             R::List => {
-                let v = pool.volumes().map_err(s)?;
-                return Ok(serde_json::Value::Array(v.iter().map(Self::volume_json).collect()));
+                let v = svc.volumes().map_err(s)?;
+                serde_json::Value::Array(v.iter().map(Self::volume_json).collect())
             }
             R::Status => {
                 let d = pool.data_usage();
                 let m = pool.metadata_usage();
-                return Ok(serde_json::json!({
+                serde_json::json!({
                     "pid": std::process::id(),
                     "transaction_id": pool.transaction_id().0,
                     "block_bytes": pool.block_bytes(),
                     "data": { "total": d.total, "used": d.used, "free": d.free },
                     "metadata": { "total": m.total, "used": m.used, "free": m.free },
-                    "volumes": pool.volumes().map_err(s)?.len(),
+                    "volumes": svc.volumes().map_err(s)?.len(),
                     "nbd_connections": (self.server_connections)(),
-                }));
+                    "read_only": svc.read_only(),
+                    "devicemapper": svc.status(),
+                })
             }
-        };
-        // Management changes are committed before they are acknowledged.
-        self.catalog.commit().map_err(s)?;
-        Ok(out)
+        })
     }
 }

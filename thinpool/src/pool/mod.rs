@@ -172,6 +172,16 @@ impl Pool {
         Self::open_inner(meta, data, Some(names), false)
     }
 
+    /// Opens an existing pool with its name table, refusing every change (a pool with
+    /// needs_check set is served this way until it is checked, as dm-thin activates it).
+    pub fn open_read_only_with_names(
+        meta: Arc<dyn BlockDevice>,
+        data: Arc<dyn BlockDevice>,
+        names: Box<dyn NameStore>,
+    ) -> Result<Pool> {
+        Self::open_inner(meta, data, Some(names), true)
+    }
+
     fn open_inner(
         meta_dev: Arc<dyn BlockDevice>,
         data_dev: Arc<dyn BlockDevice>,

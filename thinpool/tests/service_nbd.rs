@@ -1,0 +1,105 @@
+//! The NBD daemon over the service on a device-backed pool (a group directory): writes over
+//! NBD wait while autoextend grows the pool, then fail with ENOSPC once the group is full;
+//! a volume removed while a client is connected is deleted when it disconnects.
+
+#[path = "nbd/client.rs"]
+mod client;
+mod service_common;
+
+use client::Client;
+use service_common::*;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use thinpool::io::{BlockDevice, FileDevice};
+use thinpool::nbd::control::{self, Request};
+use thinpool::nbd::daemon::{self, ServeConfig};
+use thinpool::vg::autoextend::ExtendAction;
+use thinpool::vg::{PoolConfig, VgPool, VolumeGroup};
+
+fn ctl(dir: &Path, req: Request) -> serde_json::Value {
+    let r = control::request(dir, &req).unwrap();
+    assert!(r.ok, "{req:?}: {:?}", r.error);
+    r.data
+}
+
+#[test]
+fn nbd_over_a_device_backed_pool() {
+    let dir = tempfile::tempdir().unwrap();
+    let pool = dir.path().join("pool");
+    std::fs::create_dir(&pool).unwrap();
+    {
+        // data 120, metadata 40, 40 free extents of 64 KiB; writes wait at most 2 s.
+        let p = device(&pool, "dev0", 200);
+        let opts = ["dm.thinp_percent=60", "dm.thinp_metapercent=20", "dm.min_free_space=0%"];
+        let config =
+            PoolConfig::from_opts(opts.iter().copied().chain(["lamina.no_space_timeout=2"]))
+                .unwrap();
+        let dev: Arc<dyn BlockDevice> = Arc::new(FileDevice::open(&p).unwrap());
+        let vg = VolumeGroup::create_sized(vec![dev], config, false, EXT).unwrap();
+        let vp = VgPool::over(vg).unwrap();
+        vp.pool().create_volume("a", 1 << 30).unwrap();
+        vp.pool().create_volume("b", 1 << 30).unwrap();
+        vp.pool().commit().unwrap();
+    }
+    let sock = dir.path().join("nbd.sock");
+    let cfg =
+        ServeConfig { listen: "none".into(), socket: Some(sock.clone()), ..Default::default() };
+    let stop = Arc::new(AtomicBool::new(false));
+    let (d, s) = (pool.clone(), stop.clone());
+    let daemon = std::thread::spawn(move || daemon::serve_until(&d, &cfg, s));
+    wait_for("the daemon's sockets", 30, || {
+        std::os::unix::net::UnixStream::connect(&sock).is_ok()
+            && control::socket_path(&pool).exists()
+    });
+
+    // Deferred deletion: "b" is removed while a client has it open.
+    let mut cb = Client::connect_unix(&sock, "b", false, false);
+    assert_eq!(cb.write(0, &pattern(0, 7), 0), 0);
+    let r = ctl(&pool, Request::Remove { name: "b".into() });
+    assert_eq!(r["deferred"], true);
+    let names: Vec<String> = ctl(&pool, Request::List)
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(names, ["a"]);
+    let st = ctl(&pool, Request::Status);
+    assert_eq!(st["devicemapper"]["Deferred Deleted Device Count"], 1);
+    assert_eq!(cb.read(0, 8).unwrap(), pattern(0, 7)[..8].to_vec(), "still served");
+    cb.disconnect();
+    wait_for("the deferred deletion", 10, || {
+        ctl(&pool, Request::Status)["devicemapper"]["Deferred Deleted Device Count"] == 0
+    });
+
+    // Fill "a": writes wait for autoextend (no error) until the group is out of extents,
+    // then ENOSPC after no_space_timeout.
+    let mut ca = Client::connect_unix(&sock, "a", false, false);
+    let mut n = 0;
+    let (errno, took) = loop {
+        let t = Instant::now();
+        let e = ca.write(n * EXT, &pattern(n, 1), 0);
+        if e != 0 {
+            break (e, t.elapsed());
+        }
+        n += 1;
+        assert!(n < 1000, "never filled");
+    };
+    assert_eq!(errno, 28, "ENOSPC");
+    assert!(took >= Duration::from_secs(2), "{took:?}");
+    assert_eq!(n, 160, "120 data extents + 40 grown into");
+    let ev = events(&pool);
+    assert!(ev.iter().any(|e| e.action == ExtendAction::Extended), "{ev:?}");
+    for i in [0, 80, 159] {
+        assert_eq!(ca.read(i * EXT, EXT as usize).unwrap(), pattern(i, 1), "block {i}");
+    }
+    ca.disconnect();
+    stop.store(true, Ordering::SeqCst);
+    daemon.join().unwrap().unwrap();
+
+    let vp = VgPool::open(std::slice::from_ref(&pool)).unwrap();
+    assert_eq!(vp.pool().volumes().unwrap().len(), 1);
+    thin_check(vp.vg().metadata_region().as_ref(), dir.path(), &[]);
+}
