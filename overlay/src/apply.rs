@@ -98,16 +98,27 @@ struct Applier<'a> {
     limits: Limits,
     /// Paths written by this layer: whiteouts and opaque markers never remove these.
     written: HashSet<PathBuf>,
-    /// Directory mtimes, applied at the end because later entries touch them.
-    dir_times: Vec<(PathBuf, Timestamps)>,
+    /// Directory mtimes, applied at the end (children first) because later entries touch
+    /// them: from the tar's own entries, or else the time a directory had before this layer
+    /// added or removed entries in it.
+    dir_times: std::collections::BTreeMap<PathBuf, Timestamps>,
     /// The last parent directory opened, reused while entries stay in one directory.
     cached_parent: Option<(PathBuf, OwnedFd)>,
+    /// Roots of the layers below (uppermost first): a directory this layer only implies
+    /// takes its attributes from there, as an overlay copy-up would.
+    lowers: Vec<OwnedFd>,
     stats: ApplyStats,
 }
 
 /// Apply an uncompressed tar stream to `root` (which must exist). Returns counts; on error the
 /// caller discards `root` (imports always extract into a staging directory).
 pub fn apply_tar<R: Read>(reader: R, root: &Path, mode: WhiteoutMode, limits: Limits) -> Result<ApplyStats> {
+    apply_tar_over(reader, root, &[], mode, limits)
+}
+
+/// [`apply_tar`] for a layer whose lower layers are at `lowers` (uppermost first).
+pub fn apply_tar_over<R: Read>(reader: R, root: &Path, lowers: &[PathBuf], mode: WhiteoutMode, limits: Limits) -> Result<ApplyStats> {
+    let lowers = lowers.iter().map(|p| fsutil::open_dir(p)).collect::<Result<Vec<_>>>()?;
     let mut archive = tar::Archive::new(reader);
     let mut ap = Applier {
         root: fsutil::open_dir(root)?,
@@ -115,8 +126,9 @@ pub fn apply_tar<R: Read>(reader: R, root: &Path, mode: WhiteoutMode, limits: Li
         mode,
         limits,
         written: HashSet::new(),
-        dir_times: Vec::new(),
+        dir_times: std::collections::BTreeMap::new(),
         cached_parent: None,
+        lowers,
         stats: ApplyStats::default(),
     };
     let entries = archive
@@ -139,6 +151,7 @@ pub fn apply_tar<R: Read>(reader: R, root: &Path, mode: WhiteoutMode, limits: Li
     }
     // Deepest first, so setting a parent's mtime is not undone by a child.
     for (p, ts) in std::mem::take(&mut ap.dir_times).into_iter().rev() {
+        // Reverse path order visits children before their parents.
         rustix::fs::utimensat(&ap.root, if p.as_os_str().is_empty() { Path::new(".") } else { &p }, &ts, AtFlags::SYMLINK_NOFOLLOW)
             .map_err(|e| Error::io("set mtime of", &root.join(&p), e))?;
     }
@@ -188,7 +201,7 @@ impl Applier<'_> {
             let root = rustix::fs::openat(&self.root, ".", OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
                 .map_err(|e| entry_io(&raw, "open root", e))?;
             self.finish_meta(&raw, &self.root.try_clone().map_err(|e| entry_io(&raw, "dup", e))?, OsStr::new("."), Some(&root), &meta, true)?;
-            self.dir_times.push((PathBuf::new(), times(&meta)));
+            self.dir_times.insert(PathBuf::new(), times(&meta));
             return Ok(());
         }
         let name = path.file_name().expect("non-empty path has a name").to_os_string();
@@ -197,10 +210,12 @@ impl Applier<'_> {
         let is_dir = etype == tar::EntryType::Directory;
 
         // Dir over dir keeps the directory (attributes replaced); anything else is replaced.
+        let mut dir_over_dir = false;
         match rustix::fs::statat(&parent, &name, AtFlags::SYMLINK_NOFOLLOW) {
             Ok(st) => {
                 let existing_dir = FileType::from_raw_mode(st.st_mode) == FileType::Directory;
-                if !(is_dir && existing_dir) {
+                dir_over_dir = is_dir && existing_dir;
+                if !dir_over_dir {
                     fsutil::remove_at(&parent, &name).map_err(|e| entry_io(&raw, "remove existing entry", e))?;
                     self.cached_parent = None;
                 }
@@ -229,6 +244,9 @@ impl Applier<'_> {
                 }
                 let fd = rustix::fs::openat(&parent, &name, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
                     .map_err(|e| entry_io(&raw, "open directory", e))?;
+                if dir_over_dir {
+                    drop_stale_xattrs(&fd, &meta).map_err(|e| entry_io(&raw, "replace directory xattrs", e))?;
+                }
                 own_fd = Some(fd);
             }
             tar::EntryType::Symlink => {
@@ -280,7 +298,7 @@ impl Applier<'_> {
         }
         self.finish_meta(&raw, &parent, &name, own_fd.as_ref(), &meta, etype != tar::EntryType::Symlink)?;
         if is_dir {
-            self.dir_times.push((path.clone(), times(&meta)));
+            self.dir_times.insert(path.clone(), times(&meta));
         }
         self.written.insert(path);
         Ok(())
@@ -333,19 +351,65 @@ impl Applier<'_> {
                 let mut sofar = PathBuf::new();
                 for comp in rel.components() {
                     sofar.push(comp);
-                    match rustix::fs::mkdirat(&cur, comp.as_os_str(), Mode::from_raw_mode(0o755)) {
-                        Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+                    let created = match rustix::fs::mkdirat(&cur, comp.as_os_str(), Mode::from_raw_mode(0o755)) {
+                        Ok(()) => true,
+                        Err(rustix::io::Errno::EXIST) => false,
                         Err(e) => return Err(entry_io(raw, &format!("create parent {}", sofar.display()), e)),
-                    }
+                    };
                     cur = open_beneath(&self.root, &sofar, OFlags::RDONLY | OFlags::DIRECTORY)
                         .map_err(|e| entry_io(raw, &format!("open parent {}", sofar.display()), e))?;
+                    if created {
+                        self.inherit(raw, &sofar, &cur)?;
+                    }
                 }
                 cur
             }
             Err(e) => return Err(entry_io(raw, &format!("open parent {:?}", rel.display().to_string()), e)),
         };
+        if !self.dir_times.contains_key(rel) {
+            let st = rustix::fs::fstat(&fd).map_err(|e| entry_io(raw, "stat parent", e))?;
+            let t = Timespec { tv_sec: st.st_mtime as _, tv_nsec: st.st_mtime_nsec as _ };
+            self.dir_times.insert(rel.to_path_buf(), Timestamps { last_access: t, last_modification: t });
+        }
         self.cached_parent = Some((rel.to_path_buf(), fd.try_clone().map_err(|e| entry_io(raw, "dup", e))?));
         Ok(fd)
+    }
+
+    /// Give an implied directory the attributes it has in the nearest lower layer.
+    fn inherit(&mut self, raw: &[u8], rel: &Path, fd: &OwnedFd) -> Result<()> {
+        let mut found = None;
+        for l in &self.lowers {
+            match open_beneath(l, rel, OFlags::PATH | OFlags::NOFOLLOW) {
+                Ok(lfd) => {
+                    found = Some(lfd);
+                    break;
+                }
+                Err(_) => continue,
+            }
+        }
+        let Some(lfd) = found else { return Ok(()) };
+        let st = rustix::fs::fstat(&lfd).map_err(|e| entry_io(raw, "stat lower directory", e))?;
+        if FileType::from_raw_mode(st.st_mode) != FileType::Directory {
+            return Ok(());
+        }
+        let ldir = rustix::fs::openat(&lfd, ".", OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+            .map_err(|e| entry_io(raw, "open lower directory", e))?;
+        let proc_path = PathBuf::from(format!("/proc/self/fd/{}", rustix::fd::AsRawFd::as_raw_fd(&ldir)));
+        for name in fsutil::list_xattrs(&proc_path)? {
+            if name.starts_with(b"trusted.overlay.") || name.starts_with(b"user.overlay.") {
+                continue;
+            }
+            if let Some(v) = fsutil::get_xattr(&proc_path, &name)? {
+                rustix::fs::fsetxattr(fd, OsStr::from_bytes(&name), &v, XattrFlags::empty())
+                    .map_err(|e| entry_io(raw, "copy lower xattr", e))?;
+            }
+        }
+        rustix::fs::fchown(fd, Some(rustix::fs::Uid::from_raw(st.st_uid)), Some(rustix::fs::Gid::from_raw(st.st_gid)))
+            .map_err(|e| entry_io(raw, "chown implied directory", e))?;
+        rustix::fs::fchmod(fd, Mode::from_raw_mode(st.st_mode & 0o7777)).map_err(|e| entry_io(raw, "chmod implied directory", e))?;
+        let mtime = Timespec { tv_sec: st.st_mtime as _, tv_nsec: st.st_mtime_nsec as _ };
+        self.dir_times.insert(rel.to_path_buf(), Timestamps { last_access: mtime, last_modification: mtime });
+        Ok(())
     }
 
     fn finish_meta(&self, raw: &[u8], parent: &OwnedFd, name: &OsStr, fd: Option<&OwnedFd>, m: &Meta, chmod: bool) -> Result<()> {
@@ -449,6 +513,23 @@ impl Applier<'_> {
     }
 }
 
+/// Dir over dir replaces attributes: xattrs the entry does not carry go (overlay's own stay).
+fn drop_stale_xattrs(fd: &OwnedFd, m: &Meta) -> rustix::io::Result<()> {
+    let mut buf = vec![0u8; 65536];
+    let n = match rustix::fs::flistxattr(fd, &mut buf) {
+        Ok(n) => n,
+        Err(rustix::io::Errno::NOTSUP) => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for name in buf[..n].split(|b| *b == 0).filter(|s| !s.is_empty()) {
+        let keep = name.starts_with(b"trusted.overlay.") || m.xattrs.iter().any(|(k, _)| k == name);
+        if !keep {
+            rustix::fs::fremovexattr(fd, OsStr::from_bytes(name))?;
+        }
+    }
+    Ok(())
+}
+
 fn times(m: &Meta) -> Timestamps {
     Timestamps { last_access: m.mtime, last_modification: m.mtime }
 }
@@ -473,6 +554,43 @@ fn parse_pax_time(v: &[u8]) -> Option<Timespec> {
         return Some(Timespec { tv_sec: secs - 1, tv_nsec: (1_000_000_000 - nsec) as _ });
     }
     Some(Timespec { tv_sec: secs, tv_nsec: nsec as _ })
+}
+
+/// A reader that, once its inner stream ends, supplies zeros up to the next 512-byte record
+/// plus a 1024-byte end-of-archive marker. Tar writers with a missing trailer or an unpadded
+/// last block (umoci 0.4.7 `insert`, umoci#436) then read as complete archives; after a proper
+/// trailer the extra zeros are never reached. DiffIDs are hashed below this wrapper, over
+/// the stream exactly as stored.
+pub struct PadTail<R> {
+    inner: R,
+    count: u64,
+    pad_left: Option<u64>,
+}
+
+impl<R: Read> PadTail<R> {
+    pub fn new(inner: R) -> Self {
+        PadTail { inner, count: 0, pad_left: None }
+    }
+}
+
+impl<R: Read> Read for PadTail<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if let Some(left) = &mut self.pad_left {
+            let n = (*left).min(buf.len() as u64) as usize;
+            buf[..n].fill(0);
+            *left -= n as u64;
+            return Ok(n);
+        }
+        let n = self.inner.read(buf)?;
+        if n == 0 && !buf.is_empty() {
+            let partial = self.count % 512;
+            let pad = if partial == 0 { 0 } else { 512 - partial };
+            self.pad_left = Some(pad + 1024);
+            return self.read(buf);
+        }
+        self.count += n as u64;
+        Ok(n)
+    }
 }
 
 /// Copy entry data into `fd`, leaving all-zero blocks as holes (keeps sparse files sparse).
@@ -515,6 +633,17 @@ mod tests {
         assert!(clean_path(b"a/../../x").is_err());
         assert!(clean_path(b"/etc/passwd").is_err());
         assert!(clean_path(b"a\0b").is_err());
+    }
+
+    #[test]
+    fn pad_tail_completes_records() {
+        let mut out = Vec::new();
+        PadTail::new(&[1u8; 700][..]).read_to_end(&mut out).unwrap();
+        assert_eq!(out.len(), 1024 + 1024);
+        assert!(out[700..].iter().all(|b| *b == 0));
+        let mut out = Vec::new();
+        PadTail::new(&[1u8; 1024][..]).read_to_end(&mut out).unwrap();
+        assert_eq!(out.len(), 2048);
     }
 
     #[test]

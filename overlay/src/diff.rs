@@ -203,7 +203,8 @@ fn changes<W: Write>(
                     && omd.uid() == nmd.uid()
                     && omd.gid() == nmd.gid()
                     && omd.rdev() == nmd.rdev()
-                    && (nmd.is_dir() || (omd.len() == nmd.len() && omd.mtime() == nmd.mtime() && omd.mtime_nsec() == nmd.mtime_nsec()))
+                    && omd.mtime() == nmd.mtime()
+                    && (nmd.is_dir() || omd.len() == nmd.len())
                     && (!nmd.file_type().is_symlink() || std::fs::read_link(&ofull).ok() == std::fs::read_link(&nfull).ok())
                     && entry_xattrs(&ofull, DiffMode::Plain)?.0 == entry_xattrs(&nfull, DiffMode::Plain)?.0
             }

@@ -361,8 +361,16 @@ impl Store {
                 WhiteoutMode::Overlay
             }
         };
+        let lower_dirs: Vec<PathBuf> = match (self.driver, parent) {
+            (Driver::Overlay, Some(p)) => {
+                let mut v = vec![self.layer_dir(&p.cache_id).join("diff")];
+                v.extend(parent_lowers.iter().map(|l| self.root.join(l)));
+                v
+            }
+            _ => Vec::new(),
+        };
         let mut hr = HashReader::new(tar);
-        apply::apply_tar(&mut hr, &diff, mode, self.limits)?;
+        apply::apply_tar_over(apply::PadTail::new(&mut hr), &diff, &lower_dirs, mode, self.limits)?;
         let (diff_id, _) = hr.finish().ctx("read layer stream for", &diff)?;
         if let Some(e) = expect {
             if e != &diff_id {
@@ -451,8 +459,20 @@ impl Store {
     /// Import every image of an OCI layout (dir or tar) or docker-save archive at `path`.
     /// `tag` names the image (only allowed when the source holds exactly one).
     pub fn import(&self, path: &Path, tag: Option<&str>) -> Result<Vec<ImageMeta>> {
+        self.import_image(path, None, tag)
+    }
+
+    /// Import from `path`; with `select`, only the image whose name in the source (OCI
+    /// `ref.name`, containerd image name, or docker `RepoTags` entry) equals it.
+    pub fn import_image(&self, path: &Path, select: Option<&str>, tag: Option<&str>) -> Result<Vec<ImageMeta>> {
         let src = Source::open(path, &self.root.join("tmp"), self.limits)?;
-        let images = src.images()?;
+        let mut images = src.images()?;
+        if let Some(sel) = select {
+            images.retain(|i| i.tags.iter().any(|t| t == sel || normalize_tag(sel).is_ok_and(|n| short_tag(&n) == short_tag(t))));
+            if images.is_empty() {
+                return Err(Error::new(ErrorKind::NotFound, format!("no image named {sel:?} in {}", path.display())));
+            }
+        }
         if tag.is_some() && images.len() != 1 {
             return Err(Error::new(ErrorKind::Invalid, format!("--tag needs a source with one image; {} has {}", path.display(), images.len())));
         }
