@@ -231,6 +231,16 @@ impl Store {
                 }
             }
         }
+        // Links whose layer is gone (a removal interrupted before it unlinked them).
+        let ldir = self.root.join("l");
+        for e in std::fs::read_dir(&ldir).ctx("read", &ldir)? {
+            let e = e.ctx("read", &ldir)?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !linked.contains(&name) {
+                tracing::warn!(link = %name, "removing dangling short link");
+                std::fs::remove_file(e.path()).ctx("remove", &e.path())?;
+            }
+        }
         Ok(())
     }
 
@@ -267,6 +277,11 @@ impl Store {
             fsutil::write_atomic(&self.root.join("blobs/sha256"), d.hex(), bytes)?;
         }
         Ok(d)
+    }
+
+    /// Number of stored blobs.
+    pub fn blob_count(&self) -> usize {
+        std::fs::read_dir(self.root.join("blobs/sha256")).map(|r| r.count()).unwrap_or(0)
     }
 
     pub(crate) fn read_blob(&self, d: &Digest) -> Result<Vec<u8>> {

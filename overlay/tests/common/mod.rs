@@ -293,3 +293,53 @@ pub fn umoci_unpack(layout: &Path, tag: &str, dir: &Path) -> PathBuf {
     umoci(&["unpack", "--image", &format!("{}:{tag}", layout.display()), dir.to_str().unwrap()]);
     dir.join("rootfs")
 }
+
+/// A tar holding `files` (name, content), built with the tar crate.
+pub fn simple_tar(files: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (n, data) in files {
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(0o644);
+        h.set_size(data.len() as u64);
+        h.set_mtime(1_000_000_000);
+        h.set_uid(0);
+        h.set_gid(0);
+        b.append_data(&mut h, n, *data).unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+/// An OCI layout at `dir/layout` with one image (ref `t`) made of `layers` (uncompressed
+/// tars, base first) and a `Cmd`.
+pub fn layout_with_layers(dir: &Path, layers: &[Vec<u8>], cmd: &[&str]) -> PathBuf {
+    use overlay::Digest;
+    let l = dir.join("layout");
+    std::fs::create_dir_all(l.join("blobs/sha256")).unwrap();
+    let put = |bytes: &[u8]| -> Digest {
+        let d = Digest::of(bytes);
+        std::fs::write(l.join("blobs/sha256").join(d.hex()), bytes).unwrap();
+        d
+    };
+    let ids: Vec<Digest> = layers.iter().map(|x| put(x)).collect();
+    let config = serde_json::to_vec(&serde_json::json!({
+        "architecture": "amd64", "os": "linux",
+        "config": {"Cmd": cmd},
+        "rootfs": {"type": "layers", "diff_ids": ids},
+    }))
+    .unwrap();
+    let cd = put(&config);
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd, "size": config.len()},
+        "layers": ids.iter().zip(layers).map(|(d, x)| serde_json::json!({"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": d, "size": x.len()})).collect::<Vec<_>>(),
+    }))
+    .unwrap();
+    let md = put(&manifest);
+    std::fs::write(l.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    let idx = serde_json::json!({"schemaVersion": 2, "manifests": [{
+        "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": md, "size": manifest.len(),
+        "annotations": {"org.opencontainers.image.ref.name": "t"}}]});
+    std::fs::write(l.join("index.json"), serde_json::to_vec(&idx).unwrap()).unwrap();
+    l
+}
