@@ -41,7 +41,11 @@ fn build_image(dir: &Path) -> PathBuf {
             let dd = r.join(format!("layer{layer}/dir{d}"));
             std::fs::create_dir_all(&dd).unwrap();
             for f in 0..100 {
-                std::fs::write(dd.join(format!("file{f}.txt")), format!("layer {layer} dir {d} file {f}\n").repeat(40)).unwrap();
+                std::fs::write(
+                    dd.join(format!("file{f}.txt")),
+                    format!("layer {layer} dir {d} file {f}\n").repeat(40),
+                )
+                .unwrap();
             }
         }
         if layer > 1 {
@@ -132,7 +136,8 @@ fn main() {
     let t = tempfile::tempdir_in(base).unwrap();
     let mut out = Out {
         rows: Vec::new(),
-        file: std::env::var_os("BENCH_OUT").map(|p| std::fs::OpenOptions::new().create(true).append(true).open(p).unwrap()),
+        file: std::env::var_os("BENCH_OUT")
+            .map(|p| std::fs::OpenOptions::new().create(true).append(true).open(p).unwrap()),
     };
 
     // 1. import vs umoci unpack
@@ -182,7 +187,11 @@ fn main() {
                 times.push(t0.elapsed());
                 s.remove(&name).unwrap();
             }
-            out.record(&format!("create+mount on {size_mb} MB image, {}", driver.name()), ms(median(times)), "median of 3");
+            out.record(
+                &format!("create+mount on {size_mb} MB image, {}", driver.name()),
+                ms(median(times)),
+                "median of 3",
+            );
         }
     }
 

@@ -81,7 +81,11 @@ fn entry_err(kind: ErrorKind, path: &[u8], what: impl std::fmt::Display) -> Erro
     Error::new(kind, format!("tar entry {:?}: {what}", String::from_utf8_lossy(path)))
 }
 
-fn entry_io(path: &[u8], what: &str, e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Error {
+fn entry_io(
+    path: &[u8],
+    what: &str,
+    e: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+) -> Error {
     let e = e.into();
     let kind = match e.downcast_ref::<rustix::io::Errno>() {
         Some(&rustix::io::Errno::XDEV) => ErrorKind::Escape,
@@ -112,12 +116,23 @@ struct Applier<'a> {
 
 /// Apply an uncompressed tar stream to `root` (which must exist). Returns counts; on error the
 /// caller discards `root` (imports always extract into a staging directory).
-pub fn apply_tar<R: Read>(reader: R, root: &Path, mode: WhiteoutMode, limits: Limits) -> Result<ApplyStats> {
+pub fn apply_tar<R: Read>(
+    reader: R,
+    root: &Path,
+    mode: WhiteoutMode,
+    limits: Limits,
+) -> Result<ApplyStats> {
     apply_tar_over(reader, root, &[], mode, limits)
 }
 
 /// [`apply_tar`] for a layer whose lower layers are at `lowers` (uppermost first).
-pub fn apply_tar_over<R: Read>(reader: R, root: &Path, lowers: &[PathBuf], mode: WhiteoutMode, limits: Limits) -> Result<ApplyStats> {
+pub fn apply_tar_over<R: Read>(
+    reader: R,
+    root: &Path,
+    lowers: &[PathBuf],
+    mode: WhiteoutMode,
+    limits: Limits,
+) -> Result<ApplyStats> {
     let lowers = lowers.iter().map(|p| fsutil::open_dir(p)).collect::<Result<Vec<_>>>()?;
     let mut archive = tar::Archive::new(reader);
     let mut ap = Applier {
@@ -131,29 +146,42 @@ pub fn apply_tar_over<R: Read>(reader: R, root: &Path, lowers: &[PathBuf], mode:
         lowers,
         stats: ApplyStats::default(),
     };
-    let entries = archive
-        .entries()
-        .map_err(|e| Error::with_source(ErrorKind::Invalid, format!("read tar for {}", root.display()), e))?;
+    let entries = archive.entries().map_err(|e| {
+        Error::with_source(ErrorKind::Invalid, format!("read tar for {}", root.display()), e)
+    })?;
     for entry in entries {
         let mut entry = entry.map_err(|e| {
             Error::with_source(
                 ErrorKind::Invalid,
-                format!("read tar header after {} entries for {}", ap.stats.entries, root.display()),
+                format!(
+                    "read tar header after {} entries for {}",
+                    ap.stats.entries,
+                    root.display()
+                ),
                 e,
             )
         })?;
         ap.stats.entries += 1;
         if ap.stats.entries > ap.limits.max_entries {
             let p = entry.path_bytes().into_owned();
-            return Err(entry_err(ErrorKind::Limit, &p, format!("more than {} entries", ap.limits.max_entries)));
+            return Err(entry_err(
+                ErrorKind::Limit,
+                &p,
+                format!("more than {} entries", ap.limits.max_entries),
+            ));
         }
         ap.entry(&mut entry)?;
     }
     // Deepest first, so setting a parent's mtime is not undone by a child.
     for (p, ts) in std::mem::take(&mut ap.dir_times).into_iter().rev() {
         // Reverse path order visits children before their parents.
-        rustix::fs::utimensat(&ap.root, if p.as_os_str().is_empty() { Path::new(".") } else { &p }, &ts, AtFlags::SYMLINK_NOFOLLOW)
-            .map_err(|e| Error::io("set mtime of", &root.join(&p), e))?;
+        rustix::fs::utimensat(
+            &ap.root,
+            if p.as_os_str().is_empty() { Path::new(".") } else { &p },
+            &ts,
+            AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .map_err(|e| Error::io("set mtime of", &root.join(&p), e))?;
     }
     Ok(ap.stats)
 }
@@ -174,16 +202,25 @@ impl Applier<'_> {
             return Ok(());
         }
         let path = clean_path(&raw).map_err(|why| {
-            let kind = if why == "NUL byte in path" { ErrorKind::Invalid } else { ErrorKind::Escape };
+            let kind =
+                if why == "NUL byte in path" { ErrorKind::Invalid } else { ErrorKind::Escape };
             entry_err(kind, &raw, why)
         })?;
         let size = entry.size();
         if size > self.limits.max_entry_size {
-            return Err(entry_err(ErrorKind::Limit, &raw, format!("size {size} exceeds the limit of {}", self.limits.max_entry_size)));
+            return Err(entry_err(
+                ErrorKind::Limit,
+                &raw,
+                format!("size {size} exceeds the limit of {}", self.limits.max_entry_size),
+            ));
         }
         self.stats.bytes = self.stats.bytes.saturating_add(size);
         if self.stats.bytes > self.limits.max_total_bytes {
-            return Err(entry_err(ErrorKind::Limit, &raw, format!("layer exceeds {} bytes", self.limits.max_total_bytes)));
+            return Err(entry_err(
+                ErrorKind::Limit,
+                &raw,
+                format!("layer exceeds {} bytes", self.limits.max_total_bytes),
+            ));
         }
         let meta = self.meta(entry, &raw)?;
 
@@ -198,9 +235,21 @@ impl Applier<'_> {
             if etype != tar::EntryType::Directory {
                 return Err(entry_err(ErrorKind::Invalid, &raw, "root entry is not a directory"));
             }
-            let root = rustix::fs::openat(&self.root, ".", OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
-                .map_err(|e| entry_io(&raw, "open root", e))?;
-            self.finish_meta(&raw, &self.root.try_clone().map_err(|e| entry_io(&raw, "dup", e))?, OsStr::new("."), Some(&root), &meta, true)?;
+            let root = rustix::fs::openat(
+                &self.root,
+                ".",
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(|e| entry_io(&raw, "open root", e))?;
+            self.finish_meta(
+                &raw,
+                &self.root.try_clone().map_err(|e| entry_io(&raw, "dup", e))?,
+                OsStr::new("."),
+                Some(&root),
+                &meta,
+                true,
+            )?;
             self.dir_times.insert(PathBuf::new(), times(&meta));
             return Ok(());
         }
@@ -216,7 +265,8 @@ impl Applier<'_> {
                 let existing_dir = FileType::from_raw_mode(st.st_mode) == FileType::Directory;
                 dir_over_dir = is_dir && existing_dir;
                 if !dir_over_dir {
-                    fsutil::remove_at(&parent, &name).map_err(|e| entry_io(&raw, "remove existing entry", e))?;
+                    fsutil::remove_at(&parent, &name)
+                        .map_err(|e| entry_io(&raw, "remove existing entry", e))?;
                     self.cached_parent = None;
                 }
             }
@@ -230,7 +280,11 @@ impl Applier<'_> {
                 let fd = rustix::fs::openat(
                     &parent,
                     &name,
-                    OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    OFlags::WRONLY
+                        | OFlags::CREATE
+                        | OFlags::EXCL
+                        | OFlags::NOFOLLOW
+                        | OFlags::CLOEXEC,
                     Mode::from_raw_mode(0o600),
                 )
                 .map_err(|e| entry_io(&raw, "create file", e))?;
@@ -242,10 +296,16 @@ impl Applier<'_> {
                     Ok(()) | Err(rustix::io::Errno::EXIST) => {}
                     Err(e) => return Err(entry_io(&raw, "mkdir", e)),
                 }
-                let fd = rustix::fs::openat(&parent, &name, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
-                    .map_err(|e| entry_io(&raw, "open directory", e))?;
+                let fd = rustix::fs::openat(
+                    &parent,
+                    &name,
+                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )
+                .map_err(|e| entry_io(&raw, "open directory", e))?;
                 if dir_over_dir {
-                    drop_stale_xattrs(&fd, &meta).map_err(|e| entry_io(&raw, "replace directory xattrs", e))?;
+                    drop_stale_xattrs(&fd, &meta)
+                        .map_err(|e| entry_io(&raw, "replace directory xattrs", e))?;
                 }
                 own_fd = Some(fd);
             }
@@ -257,20 +317,30 @@ impl Applier<'_> {
                 if target.is_empty() || target.contains(&0) {
                     return Err(entry_err(ErrorKind::Invalid, &raw, "empty or NUL symlink target"));
                 }
-                rustix::fs::symlinkat(OsStr::from_bytes(&target), &parent, &name).map_err(|e| entry_io(&raw, "symlink", e))?;
+                rustix::fs::symlinkat(OsStr::from_bytes(&target), &parent, &name)
+                    .map_err(|e| entry_io(&raw, "symlink", e))?;
             }
             tar::EntryType::Link => {
                 let target = entry
                     .link_name_bytes()
                     .ok_or_else(|| entry_err(ErrorKind::Invalid, &raw, "hardlink without target"))?
                     .into_owned();
-                let tpath = clean_path(&target)
-                    .map_err(|why| entry_err(ErrorKind::Escape, &raw, format!("hardlink target {:?}: {why}", String::from_utf8_lossy(&target))))?;
-                let tname = tpath
-                    .file_name()
-                    .ok_or_else(|| entry_err(ErrorKind::Invalid, &raw, "hardlink to the layer root"))?;
-                let tparent = open_beneath(&self.root, tpath.parent().unwrap_or(Path::new("")), OFlags::PATH | OFlags::DIRECTORY)
-                    .map_err(|e| entry_io(&raw, "resolve hardlink target", e))?;
+                let tpath = clean_path(&target).map_err(|why| {
+                    entry_err(
+                        ErrorKind::Escape,
+                        &raw,
+                        format!("hardlink target {:?}: {why}", String::from_utf8_lossy(&target)),
+                    )
+                })?;
+                let tname = tpath.file_name().ok_or_else(|| {
+                    entry_err(ErrorKind::Invalid, &raw, "hardlink to the layer root")
+                })?;
+                let tparent = open_beneath(
+                    &self.root,
+                    tpath.parent().unwrap_or(Path::new("")),
+                    OFlags::PATH | OFlags::DIRECTORY,
+                )
+                .map_err(|e| entry_io(&raw, "resolve hardlink target", e))?;
                 rustix::fs::linkat(&tparent, tname, &parent, &name, AtFlags::empty())
                     .map_err(|e| entry_io(&raw, "hard link", e))?;
                 // A hardlink shares the target's inode and metadata: nothing more to set.
@@ -282,21 +352,46 @@ impl Applier<'_> {
                 let minor = entry.header().device_minor().ok().flatten().unwrap_or(0);
                 if etype == tar::EntryType::Char && major == 0 && minor == 0 {
                     // Indistinguishable from an overlay whiteout once on disk; layers must use `.wh.`.
-                    return Err(entry_err(ErrorKind::Invalid, &raw, "character device 0/0 (raw whiteout) in a layer tar"));
+                    return Err(entry_err(
+                        ErrorKind::Invalid,
+                        &raw,
+                        "character device 0/0 (raw whiteout) in a layer tar",
+                    ));
                 }
-                let ft = if etype == tar::EntryType::Char { FileType::CharacterDevice } else { FileType::BlockDevice };
-                rustix::fs::mknodat(&parent, &name, ft, Mode::from_raw_mode(0o600), rustix::fs::makedev(major, minor))
-                    .map_err(|e| entry_io(&raw, "mknod", e))?;
+                let ft = if etype == tar::EntryType::Char {
+                    FileType::CharacterDevice
+                } else {
+                    FileType::BlockDevice
+                };
+                rustix::fs::mknodat(
+                    &parent,
+                    &name,
+                    ft,
+                    Mode::from_raw_mode(0o600),
+                    rustix::fs::makedev(major, minor),
+                )
+                .map_err(|e| entry_io(&raw, "mknod", e))?;
             }
             tar::EntryType::Fifo => {
                 rustix::fs::mknodat(&parent, &name, FileType::Fifo, Mode::from_raw_mode(0o600), 0)
                     .map_err(|e| entry_io(&raw, "mkfifo", e))?;
             }
             other => {
-                return Err(entry_err(ErrorKind::Invalid, &raw, format!("unsupported entry type {other:?}")));
+                return Err(entry_err(
+                    ErrorKind::Invalid,
+                    &raw,
+                    format!("unsupported entry type {other:?}"),
+                ));
             }
         }
-        self.finish_meta(&raw, &parent, &name, own_fd.as_ref(), &meta, etype != tar::EntryType::Symlink)?;
+        self.finish_meta(
+            &raw,
+            &parent,
+            &name,
+            own_fd.as_ref(),
+            &meta,
+            etype != tar::EntryType::Symlink,
+        )?;
         if is_dir {
             self.dir_times.insert(path.clone(), times(&meta));
         }
@@ -306,7 +401,9 @@ impl Applier<'_> {
 
     fn meta<R: Read>(&self, entry: &mut tar::Entry<'_, R>, raw: &[u8]) -> Result<Meta> {
         let h = entry.header();
-        let bad = |what: &str, e: std::io::Error| entry_err(ErrorKind::Invalid, raw, format!("bad {what} field: {e}"));
+        let bad = |what: &str, e: std::io::Error| {
+            entry_err(ErrorKind::Invalid, raw, format!("bad {what} field: {e}"))
+        };
         let uid = h.uid().map_err(|e| bad("uid", e))?;
         let gid = h.gid().map_err(|e| bad("gid", e))?;
         let mode = h.mode().map_err(|e| bad("mode", e))?;
@@ -325,14 +422,18 @@ impl Applier<'_> {
                         mtime = ts;
                     }
                 } else if key == b"uid" {
-                    uid = parse_num(ext.value_bytes()).ok_or_else(|| entry_err(ErrorKind::Invalid, raw, "bad pax uid"))?;
+                    uid = parse_num(ext.value_bytes())
+                        .ok_or_else(|| entry_err(ErrorKind::Invalid, raw, "bad pax uid"))?;
                 } else if key == b"gid" {
-                    gid = parse_num(ext.value_bytes()).ok_or_else(|| entry_err(ErrorKind::Invalid, raw, "bad pax gid"))?;
+                    gid = parse_num(ext.value_bytes())
+                        .ok_or_else(|| entry_err(ErrorKind::Invalid, raw, "bad pax gid"))?;
                 }
             }
         }
-        let uid = u32::try_from(uid).map_err(|_| entry_err(ErrorKind::Invalid, raw, "uid out of range"))?;
-        let gid = u32::try_from(gid).map_err(|_| entry_err(ErrorKind::Invalid, raw, "gid out of range"))?;
+        let uid = u32::try_from(uid)
+            .map_err(|_| entry_err(ErrorKind::Invalid, raw, "uid out of range"))?;
+        let gid = u32::try_from(gid)
+            .map_err(|_| entry_err(ErrorKind::Invalid, raw, "gid out of range"))?;
         Ok(Meta { uid, gid, mode: mode & 0o7777, mtime, xattrs })
     }
 
@@ -351,27 +452,47 @@ impl Applier<'_> {
                 let mut sofar = PathBuf::new();
                 for comp in rel.components() {
                     sofar.push(comp);
-                    let created = match rustix::fs::mkdirat(&cur, comp.as_os_str(), Mode::from_raw_mode(0o755)) {
+                    let created = match rustix::fs::mkdirat(
+                        &cur,
+                        comp.as_os_str(),
+                        Mode::from_raw_mode(0o755),
+                    ) {
                         Ok(()) => true,
                         Err(rustix::io::Errno::EXIST) => false,
-                        Err(e) => return Err(entry_io(raw, &format!("create parent {}", sofar.display()), e)),
+                        Err(e) => {
+                            return Err(entry_io(
+                                raw,
+                                &format!("create parent {}", sofar.display()),
+                                e,
+                            ))
+                        }
                     };
                     cur = open_beneath(&self.root, &sofar, OFlags::RDONLY | OFlags::DIRECTORY)
-                        .map_err(|e| entry_io(raw, &format!("open parent {}", sofar.display()), e))?;
+                        .map_err(|e| {
+                            entry_io(raw, &format!("open parent {}", sofar.display()), e)
+                        })?;
                     if created {
                         self.inherit(raw, &sofar, &cur)?;
                     }
                 }
                 cur
             }
-            Err(e) => return Err(entry_io(raw, &format!("open parent {:?}", rel.display().to_string()), e)),
+            Err(e) => {
+                return Err(entry_io(
+                    raw,
+                    &format!("open parent {:?}", rel.display().to_string()),
+                    e,
+                ))
+            }
         };
         if !self.dir_times.contains_key(rel) {
             let st = rustix::fs::fstat(&fd).map_err(|e| entry_io(raw, "stat parent", e))?;
             let t = Timespec { tv_sec: st.st_mtime as _, tv_nsec: st.st_mtime_nsec as _ };
-            self.dir_times.insert(rel.to_path_buf(), Timestamps { last_access: t, last_modification: t });
+            self.dir_times
+                .insert(rel.to_path_buf(), Timestamps { last_access: t, last_modification: t });
         }
-        self.cached_parent = Some((rel.to_path_buf(), fd.try_clone().map_err(|e| entry_io(raw, "dup", e))?));
+        self.cached_parent =
+            Some((rel.to_path_buf(), fd.try_clone().map_err(|e| entry_io(raw, "dup", e))?));
         Ok(fd)
     }
 
@@ -392,9 +513,15 @@ impl Applier<'_> {
         if FileType::from_raw_mode(st.st_mode) != FileType::Directory {
             return Ok(());
         }
-        let ldir = rustix::fs::openat(&lfd, ".", OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
-            .map_err(|e| entry_io(raw, "open lower directory", e))?;
-        let proc_path = PathBuf::from(format!("/proc/self/fd/{}", rustix::fd::AsRawFd::as_raw_fd(&ldir)));
+        let ldir = rustix::fs::openat(
+            &lfd,
+            ".",
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| entry_io(raw, "open lower directory", e))?;
+        let proc_path =
+            PathBuf::from(format!("/proc/self/fd/{}", rustix::fd::AsRawFd::as_raw_fd(&ldir)));
         for name in fsutil::list_xattrs(&proc_path)? {
             if name.starts_with(b"trusted.overlay.") || name.starts_with(b"user.overlay.") {
                 continue;
@@ -404,15 +531,29 @@ impl Applier<'_> {
                     .map_err(|e| entry_io(raw, "copy lower xattr", e))?;
             }
         }
-        rustix::fs::fchown(fd, Some(rustix::fs::Uid::from_raw(st.st_uid)), Some(rustix::fs::Gid::from_raw(st.st_gid)))
-            .map_err(|e| entry_io(raw, "chown implied directory", e))?;
-        rustix::fs::fchmod(fd, Mode::from_raw_mode(st.st_mode & 0o7777)).map_err(|e| entry_io(raw, "chmod implied directory", e))?;
+        rustix::fs::fchown(
+            fd,
+            Some(rustix::fs::Uid::from_raw(st.st_uid)),
+            Some(rustix::fs::Gid::from_raw(st.st_gid)),
+        )
+        .map_err(|e| entry_io(raw, "chown implied directory", e))?;
+        rustix::fs::fchmod(fd, Mode::from_raw_mode(st.st_mode & 0o7777))
+            .map_err(|e| entry_io(raw, "chmod implied directory", e))?;
         let mtime = Timespec { tv_sec: st.st_mtime as _, tv_nsec: st.st_mtime_nsec as _ };
-        self.dir_times.insert(rel.to_path_buf(), Timestamps { last_access: mtime, last_modification: mtime });
+        self.dir_times
+            .insert(rel.to_path_buf(), Timestamps { last_access: mtime, last_modification: mtime });
         Ok(())
     }
 
-    fn finish_meta(&self, raw: &[u8], parent: &OwnedFd, name: &OsStr, fd: Option<&OwnedFd>, m: &Meta, chmod: bool) -> Result<()> {
+    fn finish_meta(
+        &self,
+        raw: &[u8],
+        parent: &OwnedFd,
+        name: &OsStr,
+        fd: Option<&OwnedFd>,
+        m: &Meta,
+        chmod: bool,
+    ) -> Result<()> {
         if let Some(fd) = fd {
             for (k, v) in &m.xattrs {
                 if k.starts_with(b"trusted.overlay.") || k.starts_with(b"user.overlay.") {
@@ -420,8 +561,9 @@ impl Applier<'_> {
                     tracing::warn!(entry = %String::from_utf8_lossy(raw), "dropping overlay xattr from layer tar");
                     continue;
                 }
-                rustix::fs::fsetxattr(fd, OsStr::from_bytes(k), v, XattrFlags::empty())
-                    .map_err(|e| entry_io(raw, &format!("set xattr {}", String::from_utf8_lossy(k)), e))?;
+                rustix::fs::fsetxattr(fd, OsStr::from_bytes(k), v, XattrFlags::empty()).map_err(
+                    |e| entry_io(raw, &format!("set xattr {}", String::from_utf8_lossy(k)), e),
+                )?;
             }
         }
         rustix::fs::chownat(
@@ -436,11 +578,14 @@ impl Applier<'_> {
             // After chown, which clears set-id bits.
             match fd {
                 Some(fd) => rustix::fs::fchmod(fd, Mode::from_raw_mode(m.mode)),
-                None => rustix::fs::chmodat(parent, name, Mode::from_raw_mode(m.mode), AtFlags::empty()),
+                None => {
+                    rustix::fs::chmodat(parent, name, Mode::from_raw_mode(m.mode), AtFlags::empty())
+                }
             }
             .map_err(|e| entry_io(raw, "chmod", e))?;
         }
-        rustix::fs::utimensat(parent, name, &times(m), AtFlags::SYMLINK_NOFOLLOW).map_err(|e| entry_io(raw, "set mtime", e))?;
+        rustix::fs::utimensat(parent, name, &times(m), AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(|e| entry_io(raw, "set mtime", e))?;
         Ok(())
     }
 
@@ -475,8 +620,14 @@ impl Applier<'_> {
                     Ok(()) | Err(rustix::io::Errno::NOENT) => {}
                     Err(e) => return Err(entry_io(raw, "remove whited-out entry", e)),
                 }
-                rustix::fs::mknodat(&parent, target, FileType::CharacterDevice, Mode::from_raw_mode(0o600), 0)
-                    .map_err(|e| entry_io(raw, "mknod whiteout", e))?;
+                rustix::fs::mknodat(
+                    &parent,
+                    target,
+                    FileType::CharacterDevice,
+                    Mode::from_raw_mode(0o600),
+                    0,
+                )
+                .map_err(|e| entry_io(raw, "mknod whiteout", e))?;
                 rustix::fs::chownat(
                     &parent,
                     target,
@@ -502,8 +653,14 @@ impl Applier<'_> {
         for n in names {
             let child = rel.join(&n);
             if !self.written.contains(&child) {
-                fsutil::remove_at(dir, &n).map_err(|e| entry_io(raw, "clear opaque directory", e))?;
-            } else if let Ok(sub) = rustix::fs::openat(dir, &n, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty()) {
+                fsutil::remove_at(dir, &n)
+                    .map_err(|e| entry_io(raw, "clear opaque directory", e))?;
+            } else if let Ok(sub) = rustix::fs::openat(
+                dir,
+                &n,
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            ) {
                 self.clear_lower(raw, &sub, &child)?;
             }
         }
@@ -604,7 +761,10 @@ fn write_sparse(r: &mut impl Read, fd: &impl AsFd, size: u64) -> std::io::Result
         while got < want {
             let n = r.read(&mut buf[got..want])?;
             if n == 0 {
-                return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, format!("data ends at {} of {size} bytes", off + got as u64)));
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    format!("data ends at {} of {size} bytes", off + got as u64),
+                ));
             }
             got += n;
         }

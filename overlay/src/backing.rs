@@ -34,7 +34,10 @@ pub fn supports_dtype(dir: &Path) -> Result<bool> {
             return Ok(e.file_type() != rustix::fs::FileType::Unknown);
         }
     }
-    Err(Error::new(ErrorKind::Io, format!("d_type probe file vanished in {}", probe.path().display())))
+    Err(Error::new(
+        ErrorKind::Io,
+        format!("d_type probe file vanished in {}", probe.path().display()),
+    ))
 }
 
 /// Docker's refusal for a backing filesystem without d_type (moby overlayutils wording).

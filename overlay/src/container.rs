@@ -14,7 +14,9 @@ use crate::fsutil;
 use crate::mount::{kernel_has_index_param, OverlaySpec};
 use crate::quota::{ProjectQuota, QuotaCtl, XfsQuota};
 use crate::source::{Descriptor, MT_OCI_CONFIG, MT_OCI_LAYER, MT_OCI_MANIFEST};
-use crate::store::{check_name, layer_users, mkdir, now, read_all, Driver, ImageLayer, ImageMeta, Store, MAX_DEPTH};
+use crate::store::{
+    check_name, layer_users, mkdir, now, read_all, Driver, ImageLayer, ImageMeta, Store, MAX_DEPTH,
+};
 
 /// One container.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -75,7 +77,12 @@ impl VolumeBind {
     /// Parse `NAME:/path[:ro|:rw]`.
     pub fn parse(s: &str) -> Result<VolumeBind> {
         let parts: Vec<&str> = s.split(':').collect();
-        let bad = || Error::new(ErrorKind::Invalid, format!("volume binding {s:?}: expected NAME:/path[:ro|:rw]"));
+        let bad = || {
+            Error::new(
+                ErrorKind::Invalid,
+                format!("volume binding {s:?}: expected NAME:/path[:ro|:rw]"),
+            )
+        };
         let (name, dest, ro) = match parts.as_slice() {
             [n, d] => (*n, *d, false),
             [n, d, "ro"] => (*n, *d, true),
@@ -114,7 +121,9 @@ impl Store {
     pub fn container(&self, name: &str) -> Result<ContainerMeta> {
         check_name("container", name)?;
         fsutil::read_json(&self.container_path(name)).map_err(|e| match e.kind() {
-            ErrorKind::NotFound => Error::new(ErrorKind::NotFound, format!("no such container: {name}")),
+            ErrorKind::NotFound => {
+                Error::new(ErrorKind::NotFound, format!("no such container: {name}"))
+            }
             _ => e,
         })
     }
@@ -133,14 +142,25 @@ impl Store {
     }
 
     /// [`Store::create`] with an explicit quota seam.
-    pub fn create_with_quota(&self, image: &str, name: &str, size: Option<u64>, quota: &dyn ProjectQuota) -> Result<ContainerMeta> {
+    pub fn create_with_quota(
+        &self,
+        image: &str,
+        name: &str,
+        size: Option<u64>,
+        quota: &dyn ProjectQuota,
+    ) -> Result<ContainerMeta> {
         check_name("container", name)?;
         if self.container_path(name).exists() {
-            return Err(Error::new(ErrorKind::Conflict, format!("container name {name:?} is already in use")));
+            return Err(Error::new(
+                ErrorKind::Conflict,
+                format!("container name {name:?} is already in use"),
+            ));
         }
         let img = self.resolve_image(image)?;
         let top = match img.top_chain() {
-            Some(c) => Some(self.layer(c)?.ok_or_else(|| Error::new(ErrorKind::NotFound, format!("image {} lacks layer {c}", img.id)))?),
+            Some(c) => Some(self.layer(c)?.ok_or_else(|| {
+                Error::new(ErrorKind::NotFound, format!("image {} lacks layer {c}", img.id))
+            })?),
             None => None,
         };
         let mut lower = Vec::new();
@@ -148,29 +168,44 @@ impl Store {
             lower.push(format!("l/{}", self.link_of(&t.cache_id)?));
             lower.extend(self.lowers_of(t)?);
             if lower.len() > MAX_DEPTH {
-                return Err(Error::new(ErrorKind::Limit, format!("max depth exceeded: image {} has more than {MAX_DEPTH} layers", img.id)));
+                return Err(Error::new(
+                    ErrorKind::Limit,
+                    format!(
+                        "max depth exceeded: image {} has more than {MAX_DEPTH} layers",
+                        img.id
+                    ),
+                ));
             }
         }
-        let staging = tempfile::Builder::new().prefix("container-").tempdir_in(self.root.join("tmp")).ctx("create staging in", &self.root)?;
-        rustix::fs::chmod(staging.path(), rustix::fs::Mode::from_raw_mode(0o700)).ctx("chmod", staging.path())?;
+        let staging = tempfile::Builder::new()
+            .prefix("container-")
+            .tempdir_in(self.root.join("tmp"))
+            .ctx("create staging in", &self.root)?;
+        rustix::fs::chmod(staging.path(), rustix::fs::Mode::from_raw_mode(0o700))
+            .ctx("chmod", staging.path())?;
         let mut project_id = None;
         if let Some(bytes) = size {
             // Before diff/ exists, so everything below inherits the project.
-            let dirs: Vec<PathBuf> = self.containers()?.iter().map(|c| self.layer_dir(&c.cache_id)).collect();
+            let dirs: Vec<PathBuf> =
+                self.containers()?.iter().map(|c| self.layer_dir(&c.cache_id)).collect();
             let mut q = QuotaCtl::open(quota, &self.root, &dirs)?;
             project_id = Some(q.limit(staging.path(), bytes)?);
         }
         let diff = staging.path().join("diff");
         match (self.driver, &top) {
-            (Driver::Vfs, Some(t)) => fsutil::copy_tree(&self.layer_dir(&t.cache_id).join("diff"), &diff)?,
+            (Driver::Vfs, Some(t)) => {
+                fsutil::copy_tree(&self.layer_dir(&t.cache_id).join("diff"), &diff)?
+            }
             _ => mkdir(&diff, 0o755)?,
         }
         let cache_id = fsutil::random_hex(32);
         let link = if self.driver == Driver::Overlay {
             let link = fsutil::short_id();
-            std::fs::write(staging.path().join("link"), &link).ctx("write link in", staging.path())?;
+            std::fs::write(staging.path().join("link"), &link)
+                .ctx("write link in", staging.path())?;
             if !lower.is_empty() {
-                std::fs::write(staging.path().join("lower"), lower.join(":")).ctx("write lower in", staging.path())?;
+                std::fs::write(staging.path().join("lower"), lower.join(":"))
+                    .ctx("write lower in", staging.path())?;
                 mkdir(&staging.path().join("work"), 0o700)?;
             }
             Some(link)
@@ -187,7 +222,15 @@ impl Store {
             self.mark_committed(&t.cache_id)?;
         }
         fsutil::fsync_dir(&self.root)?;
-        let c = ContainerMeta { name: name.into(), image: img.id, cache_id, size_limit: size, project_id, volumes: Vec::new(), created: now() };
+        let c = ContainerMeta {
+            name: name.into(),
+            image: img.id,
+            cache_id,
+            size_limit: size,
+            project_id,
+            volumes: Vec::new(),
+            created: now(),
+        };
         self.save_container(&c)?;
         Ok(c)
     }
@@ -242,11 +285,22 @@ impl Store {
         let diff = self.layer_dir(&c.cache_id).join("diff");
         let hw = HashWriter::new(out);
         let hw = match self.driver {
-            Driver::Overlay => crate::diff::write_tree(&diff, hw, crate::diff::DiffMode::OverlayUpper)?,
+            Driver::Overlay => {
+                crate::diff::write_tree(&diff, hw, crate::diff::DiffMode::OverlayUpper)?
+            }
             Driver::Vfs => {
                 let img = self.resolve_image(c.image.as_str())?;
                 let base = match img.top_chain() {
-                    Some(ch) => self.layer_dir(&self.layer(ch)?.ok_or_else(|| Error::new(ErrorKind::NotFound, format!("layer {ch}")))?.cache_id).join("diff"),
+                    Some(ch) => self
+                        .layer_dir(
+                            &self
+                                .layer(ch)?
+                                .ok_or_else(|| {
+                                    Error::new(ErrorKind::NotFound, format!("layer {ch}"))
+                                })?
+                                .cache_id,
+                        )
+                        .join("diff"),
                     None => self.root.join("tmp"),
                 };
                 crate::diff::write_changes(&base, &diff, hw)?
@@ -259,33 +313,49 @@ impl Store {
     pub fn commit(&self, name: &str, tag: &str) -> Result<ImageMeta> {
         let c = self.container(name)?;
         let img = self.resolve_image(c.image.as_str())?;
-        let tmp = tempfile::NamedTempFile::new_in(self.root.join("tmp")).ctx("create temp file in", &self.root)?;
-        let (w, diff_id, size) = self.container_diff(name, std::io::BufWriter::new(tmp.as_file().try_clone().ctx("dup", tmp.path())?))?;
+        let tmp = tempfile::NamedTempFile::new_in(self.root.join("tmp"))
+            .ctx("create temp file in", &self.root)?;
+        let (w, diff_id, size) = self.container_diff(
+            name,
+            std::io::BufWriter::new(tmp.as_file().try_clone().ctx("dup", tmp.path())?),
+        )?;
         let mut w = w;
         w.flush().ctx("write", tmp.path())?;
         drop(w);
         let parent = match img.top_chain() {
-            Some(ch) => Some(self.layer(ch)?.ok_or_else(|| Error::new(ErrorKind::NotFound, format!("layer {ch}")))?),
+            Some(ch) => Some(
+                self.layer(ch)?
+                    .ok_or_else(|| Error::new(ErrorKind::NotFound, format!("layer {ch}")))?,
+            ),
             None => None,
         };
-        let layer = self.add_layer(parent.as_ref(), File::open(tmp.path()).ctx("open", tmp.path())?, Some(&diff_id))?;
+        let layer = self.add_layer(
+            parent.as_ref(),
+            File::open(tmp.path()).ctx("open", tmp.path())?,
+            Some(&diff_id),
+        )?;
         let blob = self.blob_path(&diff_id);
         if !blob.exists() {
             tmp.as_file().sync_all().ctx("fsync", tmp.path())?;
             tmp.persist(&blob).map_err(|e| Error::io("store blob", &blob, e.error))?;
         }
         let mut cfg: serde_json::Value = serde_json::from_slice(&self.read_blob(&img.id)?)
-            .map_err(|e| Error::with_source(ErrorKind::Invalid, format!("parse config {}", img.id), e))?;
+            .map_err(|e| {
+                Error::with_source(ErrorKind::Invalid, format!("parse config {}", img.id), e)
+            })?;
         let when = rfc3339(now());
         cfg["created"] = when.clone().into();
-        let ids = cfg["rootfs"]["diff_ids"].as_array_mut().ok_or_else(|| Error::new(ErrorKind::Invalid, "config without rootfs.diff_ids"))?;
+        let ids = cfg["rootfs"]["diff_ids"]
+            .as_array_mut()
+            .ok_or_else(|| Error::new(ErrorKind::Invalid, "config without rootfs.diff_ids"))?;
         ids.push(diff_id.as_str().into());
         let hist = serde_json::json!({ "created": when, "created_by": format!("layerstore commit {name}") });
         match cfg.get_mut("history").and_then(|h| h.as_array_mut()) {
             Some(h) => h.push(hist),
             None => cfg["history"] = serde_json::json!([hist]),
         }
-        let cfg_bytes = serde_json::to_vec(&cfg).map_err(|e| Error::with_source(ErrorKind::Invalid, "serialize config", e))?;
+        let cfg_bytes = serde_json::to_vec(&cfg)
+            .map_err(|e| Error::with_source(ErrorKind::Invalid, "serialize config", e))?;
         let cfg_digest = self.put_blob(&cfg_bytes)?;
         let mut layers: Vec<ImageLayer> = img.layers.clone();
         for l in &mut layers {
@@ -294,7 +364,13 @@ impl Store {
         layers.push(ImageLayer {
             chain_id: layer.chain_id.clone(),
             diff_id: diff_id.clone(),
-            blob: Descriptor { media_type: MT_OCI_LAYER.into(), digest: diff_id.clone(), size, annotations: None, platform: None },
+            blob: Descriptor {
+                media_type: MT_OCI_LAYER.into(),
+                digest: diff_id.clone(),
+                size,
+                annotations: None,
+                platform: None,
+            },
         });
         let manifest = serde_json::json!({
             "schemaVersion": 2,
@@ -302,13 +378,20 @@ impl Store {
             "config": { "mediaType": MT_OCI_CONFIG, "digest": cfg_digest, "size": cfg_bytes.len() },
             "layers": layers.iter().map(|l| &l.blob).collect::<Vec<_>>(),
         });
-        let mbytes = serde_json::to_vec(&manifest).map_err(|e| Error::with_source(ErrorKind::Invalid, "serialize manifest", e))?;
+        let mbytes = serde_json::to_vec(&manifest)
+            .map_err(|e| Error::with_source(ErrorKind::Invalid, "serialize manifest", e))?;
         let mdigest = self.put_blob(&mbytes)?;
         let meta = ImageMeta {
             id: cfg_digest.clone(),
             config_media_type: MT_OCI_CONFIG.into(),
             config_size: cfg_bytes.len() as u64,
-            manifest: Descriptor { media_type: MT_OCI_MANIFEST.into(), digest: mdigest, size: mbytes.len() as u64, annotations: None, platform: None },
+            manifest: Descriptor {
+                media_type: MT_OCI_MANIFEST.into(),
+                digest: mdigest,
+                size: mbytes.len() as u64,
+                annotations: None,
+                platform: None,
+            },
             layers,
             tags: Vec::new(),
             created: now(),
@@ -353,10 +436,17 @@ impl Store {
     pub fn du(&self) -> Result<DiskUsage> {
         let images = self.images()?;
         let users = layer_users(&images);
-        let layers: std::collections::BTreeMap<Digest, u64> = self.layers()?.into_iter().map(|l| (l.chain_id, l.size)).collect();
+        let layers: std::collections::BTreeMap<Digest, u64> =
+            self.layers()?.into_iter().map(|l| (l.chain_id, l.size)).collect();
         let mut out = Vec::new();
         for i in &images {
-            let mut u = ImageUsage { id: i.id.clone(), tags: i.tags.clone(), size: 0, shared: 0, exclusive: 0 };
+            let mut u = ImageUsage {
+                id: i.id.clone(),
+                tags: i.tags.clone(),
+                size: 0,
+                shared: 0,
+                exclusive: 0,
+            };
             for l in &i.layers {
                 let s = layers.get(&l.chain_id).copied().unwrap_or(0);
                 u.size += s;
@@ -370,7 +460,10 @@ impl Store {
         }
         let mut containers = Vec::new();
         for c in self.containers()? {
-            containers.push((c.name.clone(), fsutil::tree_size(&self.layer_dir(&c.cache_id).join("diff"))?));
+            containers.push((
+                c.name.clone(),
+                fsutil::tree_size(&self.layer_dir(&c.cache_id).join("diff"))?,
+            ));
         }
         let mut volumes = Vec::new();
         for v in self.volumes()? {
@@ -388,7 +481,10 @@ impl Store {
         let mut keep = Vec::new();
         for i in self.images()? {
             if !used.contains(&i.id) && (all || i.tags.is_empty()) {
-                std::fs::remove_file(self.root.join("imagedb").join(format!("{}.json", i.id.hex()))).ctx("remove image", &self.root)?;
+                std::fs::remove_file(
+                    self.root.join("imagedb").join(format!("{}.json", i.id.hex())),
+                )
+                .ctx("remove image", &self.root)?;
                 report.images.push(i.id.clone());
             } else {
                 keep.push(i);
@@ -401,7 +497,10 @@ impl Store {
             }
             let dir = self.layer_dir(&l.cache_id);
             report.bytes += l.size;
-            std::fs::remove_file(self.root.join("layerdb").join(format!("{}.json", l.chain_id.hex()))).ctx("remove layer", &self.root)?;
+            std::fs::remove_file(
+                self.root.join("layerdb").join(format!("{}.json", l.chain_id.hex())),
+            )
+            .ctx("remove layer", &self.root)?;
             if let Ok(link) = std::fs::read_to_string(dir.join("link")) {
                 let _ = std::fs::remove_file(self.root.join("l").join(link.trim()));
             }
@@ -431,7 +530,8 @@ impl Store {
             }
         }
         if volumes {
-            let in_use: BTreeSet<String> = containers.iter().flat_map(|c| c.volumes.iter().cloned()).collect();
+            let in_use: BTreeSet<String> =
+                containers.iter().flat_map(|c| c.volumes.iter().cloned()).collect();
             for v in self.volumes()? {
                 if !in_use.contains(&v) {
                     report.bytes += fsutil::tree_size(&self.volume_dir(&v))?;
@@ -455,22 +555,30 @@ impl Store {
         }
         let rootfs = self.mount(name)?;
         let img = self.resolve_image(c.image.as_str())?;
-        let cfg: serde_json::Value = serde_json::from_slice(&self.read_blob(&img.id)?)
-            .map_err(|e| Error::with_source(ErrorKind::Invalid, format!("parse config {}", img.id), e))?;
+        let cfg: serde_json::Value =
+            serde_json::from_slice(&self.read_blob(&img.id)?).map_err(|e| {
+                Error::with_source(ErrorKind::Invalid, format!("parse config {}", img.id), e)
+            })?;
         let ic = &cfg["config"];
         let strs = |v: &serde_json::Value| -> Vec<String> {
-            v.as_array().map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_string)).collect()).unwrap_or_default()
+            v.as_array()
+                .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_string)).collect())
+                .unwrap_or_default()
         };
         let mut args = strs(&ic["Entrypoint"]);
         args.extend(strs(&ic["Cmd"]));
         if args.is_empty() {
-            return Err(Error::new(ErrorKind::Invalid, format!("image {} has no Entrypoint or Cmd", img.id)));
+            return Err(Error::new(
+                ErrorKind::Invalid,
+                format!("image {} has no Entrypoint or Cmd", img.id),
+            ));
         }
         let mut env = strs(&ic["Env"]);
         if !env.iter().any(|e| e.starts_with("PATH=")) {
             env.push("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
         }
-        let cwd = ic["WorkingDir"].as_str().filter(|s| s.starts_with('/')).unwrap_or("/").to_string();
+        let cwd =
+            ic["WorkingDir"].as_str().filter(|s| s.starts_with('/')).unwrap_or("/").to_string();
         let (uid, gid) = parse_user(ic["User"].as_str().unwrap_or(""))?;
         let mut mounts = vec![
             serde_json::json!({"destination": "/proc", "type": "proc", "source": "proc"}),
@@ -511,7 +619,8 @@ impl Store {
             }
         });
         std::fs::create_dir_all(dir).ctx("create bundle dir", dir)?;
-        let bytes = serde_json::to_vec_pretty(&spec).map_err(|e| Error::with_source(ErrorKind::Invalid, "serialize config.json", e))?;
+        let bytes = serde_json::to_vec_pretty(&spec)
+            .map_err(|e| Error::with_source(ErrorKind::Invalid, "serialize config.json", e))?;
         fsutil::write_atomic(dir, "config.json", &bytes)?;
         let mut names: Vec<String> = c.volumes.clone();
         names.extend(volumes.iter().map(|v| v.name.clone()));
@@ -528,9 +637,13 @@ impl Store {
 /// Docker's deprecated layer media types map onto the OCI ones.
 fn oci_layer_type(mt: &str) -> String {
     match mt {
-        "application/vnd.docker.image.rootfs.diff.tar.gzip" => "application/vnd.oci.image.layer.v1.tar+gzip".into(),
+        "application/vnd.docker.image.rootfs.diff.tar.gzip" => {
+            "application/vnd.oci.image.layer.v1.tar+gzip".into()
+        }
         "application/vnd.docker.image.rootfs.diff.tar" => MT_OCI_LAYER.into(),
-        "application/vnd.docker.image.rootfs.diff.tar.zstd" => "application/vnd.oci.image.layer.v1.tar+zstd".into(),
+        "application/vnd.docker.image.rootfs.diff.tar.zstd" => {
+            "application/vnd.oci.image.layer.v1.tar+zstd".into()
+        }
         other => other.into(),
     }
 }
@@ -543,7 +656,10 @@ fn parse_user(u: &str) -> Result<(u32, u32)> {
     let (a, b) = u.split_once(':').unwrap_or((u, "0"));
     match (a.parse(), b.parse()) {
         (Ok(x), Ok(y)) => Ok((x, y)),
-        _ => Err(Error::new(ErrorKind::Unsupported, format!("image user {u:?}: only numeric uid[:gid] is supported"))),
+        _ => Err(Error::new(
+            ErrorKind::Unsupported,
+            format!("image user {u:?}: only numeric uid[:gid] is supported"),
+        )),
     }
 }
 
@@ -560,7 +676,10 @@ mod tests {
 
     #[test]
     fn volume_binding_parse() {
-        assert_eq!(VolumeBind::parse("data:/srv:ro").unwrap(), VolumeBind { name: "data".into(), dest: "/srv".into(), read_only: true });
+        assert_eq!(
+            VolumeBind::parse("data:/srv:ro").unwrap(),
+            VolumeBind { name: "data".into(), dest: "/srv".into(), read_only: true }
+        );
         assert!(!VolumeBind::parse("data:/srv").unwrap().read_only);
         assert!(VolumeBind::parse("data:srv").is_err());
         assert!(VolumeBind::parse("../x:/srv").is_err());

@@ -48,7 +48,8 @@ fn walk<W: Write>(
         let full = root.join(&r);
         let md = std::fs::symlink_metadata(&full).ctx("stat", &full)?;
         if mode == DiffMode::OverlayUpper && is_whiteout(&full, &md)? {
-            append_whiteout(b, rel, &name, md.uid(), md.gid(), md.mtime()).ctx("write whiteout for", &full)?;
+            append_whiteout(b, rel, &name, md.uid(), md.gid(), md.mtime())
+                .ctx("write whiteout for", &full)?;
             continue;
         }
         if emit(b, &full, &r, &md, mode, links)? {
@@ -58,7 +59,14 @@ fn walk<W: Write>(
     Ok(())
 }
 
-fn append_whiteout<W: Write>(b: &mut tar::Builder<W>, rel: &Path, name: &OsStr, uid: u32, gid: u32, mtime: i64) -> io::Result<()> {
+fn append_whiteout<W: Write>(
+    b: &mut tar::Builder<W>,
+    rel: &Path,
+    name: &OsStr,
+    uid: u32,
+    gid: u32,
+    mtime: i64,
+) -> io::Result<()> {
     let mut v = b".wh.".to_vec();
     v.extend_from_slice(name.as_bytes());
     let wh = rel.join(OsStr::from_bytes(&v));
@@ -98,7 +106,8 @@ fn emit<W: Write>(
         if opaque {
             let mut h = header(tar::EntryType::Regular, 0o600, md.uid(), md.gid(), md.mtime());
             h.set_size(0);
-            b.append_data(&mut h, r.join(".wh..wh..opq"), io::empty()).ctx("write opaque marker", full)?;
+            b.append_data(&mut h, r.join(".wh..wh..opq"), io::empty())
+                .ctx("write opaque marker", full)?;
         }
         return Ok(true);
     }
@@ -135,17 +144,26 @@ fn emit<W: Write>(
 }
 
 /// Sorted xattrs to record, and whether the overlay opaque marker is set.
-fn entry_xattrs(full: &Path, mode: DiffMode) -> Result<(Vec<(Vec<u8>, Vec<u8>)>, bool)> {
-    let mut xattrs: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+/// Extended attributes as (name, value) pairs.
+type Xattrs = Vec<(Vec<u8>, Vec<u8>)>;
+
+fn entry_xattrs(full: &Path, mode: DiffMode) -> Result<(Xattrs, bool)> {
+    let mut xattrs: Xattrs = Vec::new();
     let mut opaque = false;
     for k in fsutil::list_xattrs(full)? {
-        if mode == DiffMode::OverlayUpper && (k.starts_with(b"trusted.overlay.") || k.starts_with(b"user.overlay.")) {
-            if k == OPAQUE_XATTR.as_bytes() && fsutil::get_xattr(full, &k)?.as_deref() == Some(b"y") {
+        if mode == DiffMode::OverlayUpper
+            && (k.starts_with(b"trusted.overlay.") || k.starts_with(b"user.overlay."))
+        {
+            if k == OPAQUE_XATTR.as_bytes() && fsutil::get_xattr(full, &k)?.as_deref() == Some(b"y")
+            {
                 opaque = true;
             } else if k.ends_with(b".redirect") || k.ends_with(b".metacopy") {
                 return Err(Error::new(
                     ErrorKind::Unsupported,
-                    format!("{}: overlay redirect/metacopy entries cannot be exported as a layer", full.display()),
+                    format!(
+                        "{}: overlay redirect/metacopy entries cannot be exported as a layer",
+                        full.display()
+                    ),
                 ));
             }
             continue;
@@ -190,7 +208,8 @@ fn changes<W: Write>(
         let r = rel.join(name);
         if !present {
             let md = std::fs::symlink_metadata(old.join(&r)).ctx("stat", &old.join(&r))?;
-            append_whiteout(b, rel, name, 0, 0, md.mtime()).ctx("write whiteout for", &new.join(&r))?;
+            append_whiteout(b, rel, name, 0, 0, md.mtime())
+                .ctx("write whiteout for", &new.join(&r))?;
             continue;
         }
         let nfull = new.join(&r);
@@ -205,13 +224,16 @@ fn changes<W: Write>(
                     && omd.rdev() == nmd.rdev()
                     && omd.mtime() == nmd.mtime()
                     && (nmd.is_dir() || omd.len() == nmd.len())
-                    && (!nmd.file_type().is_symlink() || std::fs::read_link(&ofull).ok() == std::fs::read_link(&nfull).ok())
-                    && entry_xattrs(&ofull, DiffMode::Plain)?.0 == entry_xattrs(&nfull, DiffMode::Plain)?.0
+                    && (!nmd.file_type().is_symlink()
+                        || std::fs::read_link(&ofull).ok() == std::fs::read_link(&nfull).ok())
+                    && entry_xattrs(&ofull, DiffMode::Plain)?.0
+                        == entry_xattrs(&nfull, DiffMode::Plain)?.0
             }
             Err(_) => false,
         };
         if nmd.is_dir() {
-            let replaced_type = std::fs::symlink_metadata(&ofull).map(|m| !m.is_dir()).unwrap_or(false);
+            let replaced_type =
+                std::fs::symlink_metadata(&ofull).map(|m| !m.is_dir()).unwrap_or(false);
             if !same || replaced_type {
                 emit(b, &nfull, &r, &nmd, DiffMode::Plain, links)?;
             }
@@ -246,7 +268,11 @@ fn header(kind: tar::EntryType, mode: u32, uid: u32, gid: u32, mtime: i64) -> ta
 }
 
 /// One PAX extended header ('x') carrying `SCHILY.xattr.*` records for the next entry.
-fn append_pax<W: Write>(b: &mut tar::Builder<W>, path: &Path, xattrs: &[(Vec<u8>, Vec<u8>)]) -> io::Result<()> {
+fn append_pax<W: Write>(
+    b: &mut tar::Builder<W>,
+    path: &Path,
+    xattrs: &[(Vec<u8>, Vec<u8>)],
+) -> io::Result<()> {
     let mut data = Vec::new();
     for (k, v) in xattrs {
         let mut key = b"SCHILY.xattr.".to_vec();
@@ -288,7 +314,11 @@ mod tests {
 
     #[test]
     fn rt_pax_record_length_counts_itself() {
-        for (k, v) in [(&b"a"[..], &b"b"[..]), (b"SCHILY.xattr.user.x", &[b'v'; 95][..]), (b"k", &[0u8; 1000][..])] {
+        for (k, v) in [
+            (&b"a"[..], &b"b"[..]),
+            (b"SCHILY.xattr.user.x", &[b'v'; 95][..]),
+            (b"k", &[0u8; 1000][..]),
+        ] {
             let rec = pax_record(k, v);
             let sp = rec.iter().position(|c| *c == b' ').unwrap();
             let n: usize = std::str::from_utf8(&rec[..sp]).unwrap().parse().unwrap();

@@ -19,11 +19,15 @@ pub struct Digest(String);
 impl Digest {
     /// Parse `sha256:<64 lowercase hex>`; other algorithms are refused (we store by sha256).
     pub fn parse(s: &str) -> Result<Digest> {
-        let hex = s
-            .strip_prefix("sha256:")
-            .ok_or_else(|| Error::new(ErrorKind::Invalid, format!("digest {s:?}: only sha256 is supported")))?;
-        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
-            return Err(Error::new(ErrorKind::Invalid, format!("digest {s:?}: not 64 lowercase hex digits")));
+        let hex = s.strip_prefix("sha256:").ok_or_else(|| {
+            Error::new(ErrorKind::Invalid, format!("digest {s:?}: only sha256 is supported"))
+        })?;
+        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
+            return Err(Error::new(
+                ErrorKind::Invalid,
+                format!("digest {s:?}: not 64 lowercase hex digits"),
+            ));
         }
         Ok(Digest(s.to_string()))
     }

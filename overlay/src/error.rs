@@ -49,7 +49,11 @@ impl Error {
     }
 
     /// An I/O failure while doing `what` on `path`.
-    pub fn io(what: &str, path: &Path, source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+    pub fn io(
+        what: &str,
+        path: &Path,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
         Error::with_source(ErrorKind::Io, format!("{what} {}", path.display()), source)
     }
 
@@ -102,7 +106,10 @@ impl fmt::Display for Error {
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match &self.source {
-            Some(s) if s.downcast_ref::<rustix::io::Errno>().is_none() && s.downcast_ref::<std::io::Error>().is_none() => {
+            Some(s)
+                if s.downcast_ref::<rustix::io::Errno>().is_none()
+                    && s.downcast_ref::<std::io::Error>().is_none() =>
+            {
                 Some(s.as_ref())
             }
             _ => None,

@@ -5,13 +5,16 @@
 //! the imported ones; the OCI export also keeps the manifest digest.
 
 use std::fs::File;
-use std::io::{BufReader, BufRead, Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 
 use crate::digest::{Digest, HashReader};
 use crate::error::{Error, ErrorKind, IoContext, Result};
 use crate::fsutil;
-use crate::source::{Compression, Descriptor, ANN_IMAGE_NAME, ANN_REF_NAME, MT_OCI_INDEX, MT_OCI_LAYER, MT_OCI_MANIFEST};
+use crate::source::{
+    Compression, Descriptor, ANN_IMAGE_NAME, ANN_REF_NAME, MT_OCI_INDEX, MT_OCI_LAYER,
+    MT_OCI_MANIFEST,
+};
 use crate::store::{ImageMeta, Store};
 
 /// Export format.
@@ -39,7 +42,11 @@ enum Content {
 fn index_json(img: &ImageMeta, manifest: &Descriptor) -> Result<Vec<u8>> {
     let mut entries = Vec::new();
     for t in &img.tags {
-        let reference = t.rsplit_once(':').filter(|(_, r)| !r.contains('/')).map(|(_, r)| r).unwrap_or("latest");
+        let reference = t
+            .rsplit_once(':')
+            .filter(|(_, r)| !r.contains('/'))
+            .map(|(_, r)| r)
+            .unwrap_or("latest");
         entries.push(serde_json::json!({
             "mediaType": manifest.media_type,
             "digest": manifest.digest,
@@ -50,8 +57,10 @@ fn index_json(img: &ImageMeta, manifest: &Descriptor) -> Result<Vec<u8>> {
     if entries.is_empty() {
         entries.push(serde_json::json!({ "mediaType": manifest.media_type, "digest": manifest.digest, "size": manifest.size }));
     }
-    let idx = serde_json::json!({ "schemaVersion": 2, "mediaType": MT_OCI_INDEX, "manifests": entries });
-    serde_json::to_vec(&idx).map_err(|e| Error::with_source(ErrorKind::Invalid, "serialize index.json", e))
+    let idx =
+        serde_json::json!({ "schemaVersion": 2, "mediaType": MT_OCI_INDEX, "manifests": entries });
+    serde_json::to_vec(&idx)
+        .map_err(|e| Error::with_source(ErrorKind::Invalid, "serialize index.json", e))
 }
 
 impl Store {
@@ -59,13 +68,25 @@ impl Store {
     pub fn export(&self, image: &str, path: &Path, format: ExportFormat) -> Result<ExportInfo> {
         let img = self.resolve_image(image)?;
         let mut files: Vec<(String, Content)> = Vec::new();
-        let _tmpdir = tempfile::Builder::new().prefix("export-").tempdir_in(self.root.join("tmp")).ctx("create temp dir in", &self.root)?;
+        let _tmpdir = tempfile::Builder::new()
+            .prefix("export-")
+            .tempdir_in(self.root.join("tmp"))
+            .ctx("create temp dir in", &self.root)?;
         let manifest = match format {
             ExportFormat::Oci => {
-                files.push((format!("blobs/sha256/{}", img.manifest.digest.hex()), Content::File(self.blob_path(&img.manifest.digest))));
-                files.push((format!("blobs/sha256/{}", img.id.hex()), Content::File(self.blob_path(&img.id))));
+                files.push((
+                    format!("blobs/sha256/{}", img.manifest.digest.hex()),
+                    Content::File(self.blob_path(&img.manifest.digest)),
+                ));
+                files.push((
+                    format!("blobs/sha256/{}", img.id.hex()),
+                    Content::File(self.blob_path(&img.id)),
+                ));
                 for l in &img.layers {
-                    files.push((format!("blobs/sha256/{}", l.blob.digest.hex()), Content::File(self.blob_path(&l.blob.digest))));
+                    files.push((
+                        format!("blobs/sha256/{}", l.blob.digest.hex()),
+                        Content::File(self.blob_path(&l.blob.digest)),
+                    ));
                 }
                 img.manifest.clone()
             }
@@ -93,7 +114,10 @@ impl Store {
                 }
                 let all_plain = img.layers.iter().all(|l| l.blob.digest == l.diff_id);
                 let manifest = if all_plain {
-                    files.push((format!("blobs/sha256/{}", img.manifest.digest.hex()), Content::File(self.blob_path(&img.manifest.digest))));
+                    files.push((
+                        format!("blobs/sha256/{}", img.manifest.digest.hex()),
+                        Content::File(self.blob_path(&img.manifest.digest)),
+                    ));
                     img.manifest.clone()
                 } else {
                     let m = serde_json::json!({
@@ -102,32 +126,58 @@ impl Store {
                         "config": { "mediaType": img.config_media_type, "digest": img.id, "size": img.config_size },
                         "layers": layer_descs,
                     });
-                    let bytes = serde_json::to_vec(&m).map_err(|e| Error::with_source(ErrorKind::Invalid, "serialize manifest", e))?;
-                    let d = Descriptor { media_type: MT_OCI_MANIFEST.into(), digest: Digest::of(&bytes), size: bytes.len() as u64, annotations: None, platform: None };
+                    let bytes = serde_json::to_vec(&m).map_err(|e| {
+                        Error::with_source(ErrorKind::Invalid, "serialize manifest", e)
+                    })?;
+                    let d = Descriptor {
+                        media_type: MT_OCI_MANIFEST.into(),
+                        digest: Digest::of(&bytes),
+                        size: bytes.len() as u64,
+                        annotations: None,
+                        platform: None,
+                    };
                     files.push((format!("blobs/sha256/{}", d.digest.hex()), Content::Bytes(bytes)));
                     d
                 };
-                files.push((format!("blobs/sha256/{}", img.id.hex()), Content::File(self.blob_path(&img.id))));
+                files.push((
+                    format!("blobs/sha256/{}", img.id.hex()),
+                    Content::File(self.blob_path(&img.id)),
+                ));
                 let legacy = serde_json::json!([{
                     "Config": format!("blobs/sha256/{}", img.id.hex()),
                     "RepoTags": img.tags,
                     "Layers": legacy_layers,
                 }]);
-                files.push(("manifest.json".into(), Content::Bytes(serde_json::to_vec(&legacy).map_err(|e| Error::with_source(ErrorKind::Invalid, "serialize manifest.json", e))?)));
+                files.push((
+                    "manifest.json".into(),
+                    Content::Bytes(serde_json::to_vec(&legacy).map_err(|e| {
+                        Error::with_source(ErrorKind::Invalid, "serialize manifest.json", e)
+                    })?),
+                ));
                 let mut repos = serde_json::Map::new();
                 if let Some(top) = img.top_chain() {
                     for t in &img.tags {
                         if let Some((repo, tag)) = t.rsplit_once(':') {
-                            let e = repos.entry(repo.to_string()).or_insert_with(|| serde_json::json!({}));
+                            let e = repos
+                                .entry(repo.to_string())
+                                .or_insert_with(|| serde_json::json!({}));
                             e[tag] = serde_json::Value::String(top.hex().to_string());
                         }
                     }
                 }
-                files.push(("repositories".into(), Content::Bytes(serde_json::to_vec(&repos).map_err(|e| Error::with_source(ErrorKind::Invalid, "serialize repositories", e))?)));
+                files.push((
+                    "repositories".into(),
+                    Content::Bytes(serde_json::to_vec(&repos).map_err(|e| {
+                        Error::with_source(ErrorKind::Invalid, "serialize repositories", e)
+                    })?),
+                ));
                 manifest
             }
         };
-        files.push(("oci-layout".into(), Content::Bytes(br#"{"imageLayoutVersion":"1.0.0"}"#.to_vec())));
+        files.push((
+            "oci-layout".into(),
+            Content::Bytes(br#"{"imageLayoutVersion":"1.0.0"}"#.to_vec()),
+        ));
         files.push(("index.json".into(), Content::Bytes(index_json(&img, &manifest)?)));
         files.sort_by(|a, b| a.0.cmp(&b.0));
         files.dedup_by(|a, b| a.0 == b.0);
@@ -138,7 +188,12 @@ impl Store {
         } else {
             write_dir(path, &files)?;
         }
-        Ok(ExportInfo { path: path.to_path_buf(), manifest, config: img.id.clone(), diff_ids: img.layers.iter().map(|l| l.diff_id.clone()).collect() })
+        Ok(ExportInfo {
+            path: path.to_path_buf(),
+            manifest,
+            config: img.id.clone(),
+            diff_ids: img.layers.iter().map(|l| l.diff_id.clone()).collect(),
+        })
     }
 }
 
@@ -153,14 +208,20 @@ fn decompress_to(src: &Path, out: &Path, diff_id: &Digest) -> Result<u64> {
     o.flush().ctx("write", out)?;
     let (d, n) = hr.finish().ctx("decompress", src)?;
     if &d != diff_id {
-        return Err(Error::new(ErrorKind::DigestMismatch, format!("stored layer {} decompresses to {d}, not {diff_id}", src.display())));
+        return Err(Error::new(
+            ErrorKind::DigestMismatch,
+            format!("stored layer {} decompresses to {d}, not {diff_id}", src.display()),
+        ));
     }
     Ok(n)
 }
 
 fn write_dir(path: &Path, files: &[(String, Content)]) -> Result<()> {
     if path.exists() && std::fs::read_dir(path).ctx("read", path)?.next().is_some() {
-        return Err(Error::new(ErrorKind::Conflict, format!("{} exists and is not empty", path.display())));
+        return Err(Error::new(
+            ErrorKind::Conflict,
+            format!("{} exists and is not empty", path.display()),
+        ));
     }
     for (name, c) in files {
         let dst = path.join(name);
@@ -184,7 +245,8 @@ fn write_dir(path: &Path, files: &[(String, Content)]) -> Result<()> {
 fn write_tar(path: &Path, files: &[(String, Content)]) -> Result<()> {
     let tmp = path.with_extension(format!("tmp-{}", fsutil::random_hex(4)));
     let res = (|| {
-        let out = std::io::BufWriter::with_capacity(1 << 20, File::create(&tmp).ctx("create", &tmp)?);
+        let out =
+            std::io::BufWriter::with_capacity(1 << 20, File::create(&tmp).ctx("create", &tmp)?);
         let mut b = tar::Builder::new(out);
         let mut dirs_done = std::collections::BTreeSet::new();
         for (name, c) in files {

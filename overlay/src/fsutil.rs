@@ -50,15 +50,20 @@ pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
 
 /// Serialize `value` as pretty JSON and write it atomically.
 pub fn write_json<T: Serialize>(dir: &Path, name: &str, value: &T) -> Result<()> {
-    let bytes = serde_json::to_vec_pretty(value)
-        .map_err(|e| Error::with_source(ErrorKind::Invalid, format!("serialize {}", dir.join(name).display()), e))?;
+    let bytes = serde_json::to_vec_pretty(value).map_err(|e| {
+        Error::with_source(ErrorKind::Invalid, format!("serialize {}", dir.join(name).display()), e)
+    })?;
     write_atomic(dir, name, &bytes)
 }
 
 /// Read and parse a JSON metadata file.
 pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
     let bytes = std::fs::read(path).map_err(|e| {
-        let kind = if e.kind() == std::io::ErrorKind::NotFound { ErrorKind::NotFound } else { ErrorKind::Io };
+        let kind = if e.kind() == std::io::ErrorKind::NotFound {
+            ErrorKind::NotFound
+        } else {
+            ErrorKind::Io
+        };
         Error::with_source(kind, format!("read {}", path.display()), e)
     })?;
     serde_json::from_slice(&bytes)
@@ -123,7 +128,12 @@ pub fn clear_dir(dirfd: &OwnedFd) -> rustix::io::Result<()> {
 
 /// Names in an open directory (without `.`/`..`), sorted bytewise.
 pub fn list_dir(dirfd: &OwnedFd) -> rustix::io::Result<Vec<std::ffi::OsString>> {
-    let dup = rustix::fs::openat(dirfd, ".", OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
+    let dup = rustix::fs::openat(
+        dirfd,
+        ".",
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
     let mut dir = rustix::fs::Dir::read_from(&dup)?;
     let mut names = Vec::new();
     while let Some(ent) = dir.read() {
@@ -212,7 +222,10 @@ pub fn copy_tree(src: &Path, dst: &Path) -> Result<()> {
 fn set_times(p: &Path, md: &std::fs::Metadata) -> Result<()> {
     let ts = rustix::fs::Timestamps {
         last_access: rustix::fs::Timespec { tv_sec: md.atime(), tv_nsec: md.atime_nsec() as _ },
-        last_modification: rustix::fs::Timespec { tv_sec: md.mtime(), tv_nsec: md.mtime_nsec() as _ },
+        last_modification: rustix::fs::Timespec {
+            tv_sec: md.mtime(),
+            tv_nsec: md.mtime_nsec() as _,
+        },
     };
     rustix::fs::utimensat(rustix::fs::CWD, p, &ts, AtFlags::SYMLINK_NOFOLLOW).ctx("set times of", p)
 }
@@ -252,14 +265,22 @@ fn copy_entry(
         } else if ft.is_fifo() {
             rustix::fs::FileType::Fifo
         } else {
-            return Err(Error::new(ErrorKind::Unsupported, format!("copy socket {}", src.display())));
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                format!("copy socket {}", src.display()),
+            ));
         };
         rustix::fs::mknodat(rustix::fs::CWD, dst, kind, mode, md.rdev()).ctx("mknod", dst)?;
     }
     for name in list_xattrs(src)? {
         if let Some(v) = get_xattr(src, &name)? {
-            rustix::fs::lsetxattr(dst, OsStr::from_bytes(&name), &v, rustix::fs::XattrFlags::empty())
-                .ctx("set xattr on", dst)?;
+            rustix::fs::lsetxattr(
+                dst,
+                OsStr::from_bytes(&name),
+                &v,
+                rustix::fs::XattrFlags::empty(),
+            )
+            .ctx("set xattr on", dst)?;
         }
     }
     rustix::fs::chownat(
@@ -293,7 +314,9 @@ pub fn copy_data(from: &mut File, to: &mut File, len: u64) -> std::io::Result<()
         match rustix::fs::copy_file_range(&*from, None, &*to, None, chunk) {
             Ok(0) => break,
             Ok(n) => left -= n as u64,
-            Err(rustix::io::Errno::XDEV) | Err(rustix::io::Errno::NOSYS) | Err(rustix::io::Errno::INVAL) => {
+            Err(rustix::io::Errno::XDEV)
+            | Err(rustix::io::Errno::NOSYS)
+            | Err(rustix::io::Errno::INVAL) => {
                 std::io::copy(from, to)?;
                 return Ok(());
             }
@@ -312,7 +335,10 @@ mod tests {
         for _ in 0..100 {
             let id = short_id();
             assert_eq!(id.len(), 26);
-            assert!(id.bytes().all(|b| b.is_ascii_uppercase() || (b'2'..=b'7').contains(&b)), "{id}");
+            assert!(
+                id.bytes().all(|b| b.is_ascii_uppercase() || (b'2'..=b'7').contains(&b)),
+                "{id}"
+            );
         }
         assert_ne!(short_id(), short_id());
     }

@@ -122,7 +122,7 @@ fn parse_size(s: &str) -> Result<u64> {
         None => (s, 1),
     };
     let v: f64 = num.parse().with_context(|| format!("bad size {s:?}"))?;
-    if !(v > 0.0) {
+    if v.is_nan() || v <= 0.0 {
         bail!("size must be positive: {s:?}");
     }
     Ok((v * mult as f64) as u64)
@@ -148,7 +148,8 @@ fn run(cli: Cli) -> Result<()> {
         DriverArg::Overlay => Driver::Overlay,
         DriverArg::Vfs => Driver::Vfs,
     };
-    let store = Store::open(&cli.root, driver).with_context(|| format!("open store {}", cli.root.display()))?;
+    let store = Store::open(&cli.root, driver)
+        .with_context(|| format!("open store {}", cli.root.display()))?;
     match cli.cmd {
         Cmd::Import { path, reference, tag } => {
             for img in store.import_image(&path, reference.as_deref(), tag.as_deref())? {
@@ -160,9 +161,16 @@ fn run(cli: Cli) -> Result<()> {
             let du = store.du()?;
             for img in store.images()? {
                 let size = du.images.iter().find(|u| u.id == img.id).map(|u| u.size).unwrap_or(0);
-                let tags = if img.tags.is_empty() { vec!["<none>".to_string()] } else { img.tags.clone() };
+                let tags =
+                    if img.tags.is_empty() { vec!["<none>".to_string()] } else { img.tags.clone() };
                 for t in tags {
-                    println!("{:<40} {:<20} {:>7} {:>12}", t, &img.id.hex()[..12], img.layers.len(), human(size));
+                    println!(
+                        "{:<40} {:<20} {:>7} {:>12}",
+                        t,
+                        &img.id.hex()[..12],
+                        img.layers.len(),
+                        human(size)
+                    );
                 }
             }
         }
@@ -181,7 +189,13 @@ fn run(cli: Cli) -> Result<()> {
                 let merged = store.root().join(&c.cache_id).join("merged");
                 let mounted = overlay::mount::is_mountpoint(&merged);
                 let limit = c.size_limit.map(human).unwrap_or_else(|| "-".into());
-                println!("{:<24} {:<20} {:<12} {:>12}", c.name, &c.image.hex()[..12], mounted, limit);
+                println!(
+                    "{:<24} {:<20} {:<12} {:>12}",
+                    c.name,
+                    &c.image.hex()[..12],
+                    mounted,
+                    limit
+                );
             }
         }
         Cmd::Du => {
@@ -189,7 +203,13 @@ fn run(cli: Cli) -> Result<()> {
             println!("{:<40} {:>12} {:>12} {:>12}", "IMAGE", "SIZE", "SHARED", "EXCLUSIVE");
             for i in &du.images {
                 let name = i.tags.first().cloned().unwrap_or_else(|| i.id.hex()[..12].to_string());
-                println!("{:<40} {:>12} {:>12} {:>12}", name, human(i.size), human(i.shared), human(i.exclusive));
+                println!(
+                    "{:<40} {:>12} {:>12} {:>12}",
+                    name,
+                    human(i.size),
+                    human(i.shared),
+                    human(i.exclusive)
+                );
             }
             for (n, s) in &du.containers {
                 println!("container {n}: {}", human(*s));
@@ -207,7 +227,12 @@ fn run(cli: Cli) -> Result<()> {
             for v in &r.volumes {
                 println!("deleted volume {v}");
             }
-            println!("{} layers, {} blobs removed; reclaimed {}", r.layers, r.blobs, human(r.bytes));
+            println!(
+                "{} layers, {} blobs removed; reclaimed {}",
+                r.layers,
+                r.blobs,
+                human(r.bytes)
+            );
         }
         Cmd::Export { image, path, format } => {
             let f = match format {
@@ -215,14 +240,24 @@ fn run(cli: Cli) -> Result<()> {
                 FormatArg::Docker => ExportFormat::Docker,
             };
             let info = store.export(&image, &path, f)?;
-            println!("{} config {} manifest {}", info.path.display(), info.config, info.manifest.digest);
+            println!(
+                "{} config {} manifest {}",
+                info.path.display(),
+                info.config,
+                info.manifest.digest
+            );
         }
         Cmd::Bundle { name, dir, volumes } => {
-            let binds = volumes.iter().map(|v| VolumeBind::parse(v)).collect::<overlay::Result<Vec<_>>>()?;
+            let binds = volumes
+                .iter()
+                .map(|v| VolumeBind::parse(v))
+                .collect::<overlay::Result<Vec<_>>>()?;
             println!("{}", store.bundle(&name, &dir, &binds)?.display());
         }
         Cmd::Diff { name, out } => {
-            let f = std::io::BufWriter::new(std::fs::File::create(&out).with_context(|| format!("create {}", out.display()))?);
+            let f = std::io::BufWriter::new(
+                std::fs::File::create(&out).with_context(|| format!("create {}", out.display()))?,
+            );
             let (mut w, d, n) = store.container_diff(&name, f)?;
             std::io::Write::flush(&mut w)?;
             println!("{d} {n}");
@@ -244,7 +279,10 @@ fn run(cli: Cli) -> Result<()> {
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("LAYERSTORE_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("LAYERSTORE_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     match run(Cli::parse()) {

@@ -9,7 +9,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use rustix::mount::{FsMountFlags, FsOpenFlags, MountAttrFlags, MountFlags, MoveMountFlags, UnmountFlags};
+use rustix::mount::{
+    FsMountFlags, FsOpenFlags, MountAttrFlags, MountFlags, MoveMountFlags, UnmountFlags,
+};
 
 use crate::error::{Error, ErrorKind, IoContext, Result};
 
@@ -67,7 +69,12 @@ pub fn page_size() -> usize {
 }
 
 impl KernelMounter {
-    fn mount_new_api(&self, root: &Path, spec: &OverlaySpec, target: &Path) -> rustix::io::Result<()> {
+    fn mount_new_api(
+        &self,
+        root: &Path,
+        spec: &OverlaySpec,
+        target: &Path,
+    ) -> rustix::io::Result<()> {
         let fs = rustix::mount::fsopen("overlay", FsOpenFlags::FSOPEN_CLOEXEC)?;
         if spec.index_off {
             rustix::mount::fsconfig_set_string(&fs, "index", "off")?;
@@ -80,8 +87,15 @@ impl KernelMounter {
             rustix::mount::fsconfig_set_string(&fs, "workdir", root.join(w))?;
         }
         rustix::mount::fsconfig_create(&fs)?;
-        let mnt = rustix::mount::fsmount(&fs, FsMountFlags::FSMOUNT_CLOEXEC, MountAttrFlags::empty())?;
-        rustix::mount::move_mount(&mnt, "", rustix::fs::CWD, target, MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH)
+        let mnt =
+            rustix::mount::fsmount(&fs, FsMountFlags::FSMOUNT_CLOEXEC, MountAttrFlags::empty())?;
+        rustix::mount::move_mount(
+            &mnt,
+            "",
+            rustix::fs::CWD,
+            target,
+            MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
+        )
     }
 
     fn mount_classic(&self, root: &Path, spec: &OverlaySpec, target: &Path) -> Result<()> {
@@ -98,7 +112,13 @@ impl KernelMounter {
         let _g = CWD_LOCK.lock().unwrap_or_else(|p| p.into_inner());
         let old = std::env::current_dir().ctx("get cwd for", root)?;
         rustix::process::chdir(root).ctx("chdir into", root)?;
-        let r = rustix::mount::mount("overlay", &target, "overlay", MountFlags::empty(), cdata.as_c_str());
+        let r = rustix::mount::mount(
+            "overlay",
+            &target,
+            "overlay",
+            MountFlags::empty(),
+            cdata.as_c_str(),
+        );
         let back = rustix::process::chdir(&old);
         r.ctx("mount overlay on", &target)?;
         back.ctx("chdir back to", &old)
@@ -156,7 +176,7 @@ mod tests {
             index_off: true,
         };
         let data = spec.data();
-        assert!(data.len() <= 4096 - 1, "{} bytes", data.len());
+        assert!(data.len() < 4096, "{} bytes", data.len());
         // The same with absolute 64-hex paths would not.
         let abs: Vec<String> =
             (0..128).map(|_| format!("/var/lib/lamina/overlay2/{}/diff", "b".repeat(64))).collect();

@@ -17,7 +17,8 @@ use std::process::Command;
 use crate::error::{Error, ErrorKind, Result};
 
 /// Docker's per-container wording when the backing filesystem cannot enforce a size.
-pub const SIZE_UNSUPPORTED: &str = "--storage-opt is supported only for overlay over xfs with 'pquota' mount option";
+pub const SIZE_UNSUPPORTED: &str =
+    "--storage-opt is supported only for overlay over xfs with 'pquota' mount option";
 
 /// The quota edge of the store.
 pub trait ProjectQuota {
@@ -39,12 +40,18 @@ pub struct QuotaCtl<'a> {
 
 impl<'a> QuotaCtl<'a> {
     /// Prepare quotas for a store at `home`, whose existing layer dirs are `layer_dirs`.
-    pub fn open(ops: &'a dyn ProjectQuota, home: &Path, layer_dirs: &[PathBuf]) -> Result<QuotaCtl<'a>> {
+    pub fn open(
+        ops: &'a dyn ProjectQuota,
+        home: &Path,
+        layer_dirs: &[PathBuf],
+    ) -> Result<QuotaCtl<'a>> {
         if !ops.supported(home)? {
             return Err(Error::new(ErrorKind::Unsupported, SIZE_UNSUPPORTED));
         }
         let base = ops.project_id(home)?;
-        let mut next = base.checked_add(1).ok_or_else(|| Error::new(ErrorKind::Limit, "project id space exhausted"))?;
+        let mut next = base
+            .checked_add(1)
+            .ok_or_else(|| Error::new(ErrorKind::Limit, "project id space exhausted"))?;
         for d in layer_dirs {
             let id = ops.project_id(d)?;
             if id != 0 && id != base && id >= next {
@@ -73,7 +80,8 @@ const XFS_SUPER_MAGIC: i64 = 0x5846_5342;
 /// Mount point and options of the filesystem holding `dir`, from /proc/self/mountinfo.
 fn mount_of(dir: &Path) -> Result<(PathBuf, String, String)> {
     let dir = std::fs::canonicalize(dir).map_err(|e| Error::io("resolve", dir, e))?;
-    let info = std::fs::read_to_string("/proc/self/mountinfo").map_err(|e| Error::io("read", Path::new("/proc/self/mountinfo"), e))?;
+    let info = std::fs::read_to_string("/proc/self/mountinfo")
+        .map_err(|e| Error::io("read", Path::new("/proc/self/mountinfo"), e))?;
     let mut best: Option<(PathBuf, String, String)> = None;
     for line in info.lines() {
         let f: Vec<&str> = line.split(' ').collect();
@@ -82,7 +90,9 @@ fn mount_of(dir: &Path) -> Result<(PathBuf, String, String)> {
             continue;
         }
         let mp = PathBuf::from(f[4].replace("\\040", " "));
-        if dir.starts_with(&mp) && best.as_ref().is_none_or(|b| mp.as_os_str().len() >= b.0.as_os_str().len()) {
+        if dir.starts_with(&mp)
+            && best.as_ref().is_none_or(|b| mp.as_os_str().len() >= b.0.as_os_str().len())
+        {
             best = Some((mp, f[sep + 1].to_string(), f[sep + 3].to_string()));
         }
     }
@@ -90,7 +100,9 @@ fn mount_of(dir: &Path) -> Result<(PathBuf, String, String)> {
 }
 
 fn run(cmd: &mut Command) -> Result<String> {
-    let out = cmd.output().map_err(|e| Error::with_source(ErrorKind::Unsupported, format!("run {cmd:?}"), e))?;
+    let out = cmd
+        .output()
+        .map_err(|e| Error::with_source(ErrorKind::Unsupported, format!("run {cmd:?}"), e))?;
     if !out.status.success() {
         return Err(Error::new(
             ErrorKind::Io,
@@ -113,14 +125,21 @@ impl ProjectQuota for XfsQuota {
 
     fn project_id(&self, dir: &Path) -> Result<u32> {
         let out = run(Command::new("xfs_io").arg("-c").arg("lsproj").arg(dir))?;
-        out.split('=')
-            .nth(1)
-            .and_then(|v| v.trim().parse().ok())
-            .ok_or_else(|| Error::new(ErrorKind::Invalid, format!("xfs_io lsproj {}: unexpected output {out:?}", dir.display())))
+        out.split('=').nth(1).and_then(|v| v.trim().parse().ok()).ok_or_else(|| {
+            Error::new(
+                ErrorKind::Invalid,
+                format!("xfs_io lsproj {}: unexpected output {out:?}", dir.display()),
+            )
+        })
     }
 
     fn set_project(&self, dir: &Path, id: u32) -> Result<()> {
-        run(Command::new("xfs_io").arg("-c").arg(format!("chproj {id}")).arg("-c").arg("chattr +P").arg(dir))?;
+        run(Command::new("xfs_io")
+            .arg("-c")
+            .arg(format!("chproj {id}"))
+            .arg("-c")
+            .arg("chattr +P")
+            .arg(dir))?;
         Ok(())
     }
 

@@ -92,8 +92,12 @@ impl Compression {
         Ok(match head {
             [0x1f, 0x8b, ..] => Compression::Gzip,
             [0x28, 0xb5, 0x2f, 0xfd, ..] => Compression::Zstd,
-            [b'B', b'Z', b'h', ..] => return Err(Error::new(ErrorKind::Unsupported, "bzip2 layers are not supported")),
-            [0xfd, b'7', b'z', b'X', b'Z', 0, ..] => return Err(Error::new(ErrorKind::Unsupported, "xz layers are not supported")),
+            [b'B', b'Z', b'h', ..] => {
+                return Err(Error::new(ErrorKind::Unsupported, "bzip2 layers are not supported"))
+            }
+            [0xfd, b'7', b'z', b'X', b'Z', 0, ..] => {
+                return Err(Error::new(ErrorKind::Unsupported, "xz layers are not supported"))
+            }
             _ => Compression::None,
         })
     }
@@ -152,11 +156,19 @@ impl Source {
     /// Open `path`, a directory or a tar archive (extracted below `staging_parent`).
     pub fn open(path: &Path, staging_parent: &Path, limits: Limits) -> Result<Source> {
         let md = std::fs::metadata(path).map_err(|e| {
-            let kind = if e.kind() == std::io::ErrorKind::NotFound { ErrorKind::NotFound } else { ErrorKind::Io };
+            let kind = if e.kind() == std::io::ErrorKind::NotFound {
+                ErrorKind::NotFound
+            } else {
+                ErrorKind::Io
+            };
             Error::with_source(kind, format!("open image source {}", path.display()), e)
         })?;
         if md.is_dir() {
-            return Ok(Source { root: path.to_path_buf(), fd: fsutil::open_dir(path)?, _staging: None });
+            return Ok(Source {
+                root: path.to_path_buf(),
+                fd: fsutil::open_dir(path)?,
+                _staging: None,
+            });
         }
         let staging = tempfile::Builder::new()
             .prefix("source-")
@@ -167,9 +179,14 @@ impl Source {
         let head = br.fill_buf().ctx("read", path)?;
         let comp = Compression::detect(head)?;
         let r = comp.reader(br)?;
-        apply::apply_tar(r, staging.path(), WhiteoutMode::Plain, limits)
-            .map_err(|e| Error::with_source(e.kind(), format!("extract image archive {}", path.display()), e))?;
-        Ok(Source { root: staging.path().to_path_buf(), fd: fsutil::open_dir(staging.path())?, _staging: Some(staging) })
+        apply::apply_tar(r, staging.path(), WhiteoutMode::Plain, limits).map_err(|e| {
+            Error::with_source(e.kind(), format!("extract image archive {}", path.display()), e)
+        })?;
+        Ok(Source {
+            root: staging.path().to_path_buf(),
+            fd: fsutil::open_dir(staging.path())?,
+            _staging: Some(staging),
+        })
     }
 
     /// Open a file named inside the layout, never leaving it.
@@ -192,7 +209,10 @@ impl Source {
         let mut buf = Vec::new();
         f.take(MAX_JSON + 1).read_to_end(&mut buf).ctx("read", &self.root.join(rel))?;
         if buf.len() as u64 > MAX_JSON {
-            return Err(Error::new(ErrorKind::Limit, format!("{rel}: larger than {MAX_JSON} bytes")));
+            return Err(Error::new(
+                ErrorKind::Limit,
+                format!("{rel}: larger than {MAX_JSON} bytes"),
+            ));
         }
         Ok(buf)
     }
@@ -211,7 +231,11 @@ impl Source {
         if Digest::of(&bytes) != d.digest || bytes.len() as u64 != d.size {
             return Err(Error::new(
                 ErrorKind::DigestMismatch,
-                format!("blob {} in {}: content or size does not match its descriptor", d.digest, self.root.display()),
+                format!(
+                    "blob {} in {}: content or size does not match its descriptor",
+                    d.digest,
+                    self.root.display()
+                ),
             ));
         }
         Ok(bytes)
@@ -232,12 +256,18 @@ impl Source {
     }
 
     fn parse<T: serde::de::DeserializeOwned>(&self, what: &str, bytes: &[u8]) -> Result<T> {
-        serde_json::from_slice(bytes)
-            .map_err(|e| Error::with_source(ErrorKind::Invalid, format!("parse {what} in {}", self.root.display()), e))
+        serde_json::from_slice(bytes).map_err(|e| {
+            Error::with_source(
+                ErrorKind::Invalid,
+                format!("parse {what} in {}", self.root.display()),
+                e,
+            )
+        })
     }
 
     fn oci_images(&self) -> Result<Vec<SourceImage>> {
-        let layout: serde_json::Value = self.parse("oci-layout", &self.read_small("oci-layout")?)?;
+        let layout: serde_json::Value =
+            self.parse("oci-layout", &self.read_small("oci-layout")?)?;
         if layout.get("imageLayoutVersion").and_then(|v| v.as_str()).is_none() {
             return Err(Error::new(ErrorKind::Invalid, "oci-layout: no imageLayoutVersion"));
         }
@@ -258,13 +288,21 @@ impl Source {
             if diff_ids.len() != m.layers.len() {
                 return Err(Error::new(
                     ErrorKind::Invalid,
-                    format!("manifest {}: {} layers but config has {} diff_ids", mdesc.digest, m.layers.len(), diff_ids.len()),
+                    format!(
+                        "manifest {}: {} layers but config has {} diff_ids",
+                        mdesc.digest,
+                        m.layers.len(),
+                        diff_ids.len()
+                    ),
                 ));
             }
             let layers = m
                 .layers
                 .iter()
-                .map(|l| SourceLayer { rel: PathBuf::from(Self::blob_rel(&l.digest)), descriptor: Some(l.clone()) })
+                .map(|l| SourceLayer {
+                    rel: PathBuf::from(Self::blob_rel(&l.digest)),
+                    descriptor: Some(l.clone()),
+                })
                 .collect();
             let mut mdesc = mdesc;
             mdesc.annotations = None;
@@ -276,7 +314,11 @@ impl Source {
                 tags,
                 manifest: Some((mdesc, mbytes)),
                 config_digest: m.config.digest.clone(),
-                config_media_type: if m.config.media_type.is_empty() { MT_OCI_CONFIG.into() } else { m.config.media_type },
+                config_media_type: if m.config.media_type.is_empty() {
+                    MT_OCI_CONFIG.into()
+                } else {
+                    m.config.media_type
+                },
                 config,
                 diff_ids,
                 layers,
@@ -307,23 +349,26 @@ impl Source {
                 d.platform.as_ref().is_some_and(|p| p["architecture"] == arch && p["os"] == "linux")
             })
             .unwrap_or(0);
-        let d = list
-            .into_iter()
-            .nth(pick)
-            .ok_or_else(|| Error::new(ErrorKind::Invalid, format!("image index {} is empty", desc.digest)))?;
+        let d = list.into_iter().nth(pick).ok_or_else(|| {
+            Error::new(ErrorKind::Invalid, format!("image index {} is empty", desc.digest))
+        })?;
         self.pick_manifest(d, depth + 1)
     }
 
     fn diff_ids(&self, config: &[u8]) -> Result<Vec<Digest>> {
         let c: ConfigHead = self.parse("image config", config)?;
         if c.rootfs.kind != "layers" {
-            return Err(Error::new(ErrorKind::Invalid, format!("image config rootfs.type is {:?}, not \"layers\"", c.rootfs.kind)));
+            return Err(Error::new(
+                ErrorKind::Invalid,
+                format!("image config rootfs.type is {:?}, not \"layers\"", c.rootfs.kind),
+            ));
         }
         Ok(c.rootfs.diff_ids)
     }
 
     fn docker_images(&self) -> Result<Vec<SourceImage>> {
-        let entries: Vec<DockerManifestEntry> = self.parse("manifest.json", &self.read_small("manifest.json")?)?;
+        let entries: Vec<DockerManifestEntry> =
+            self.parse("manifest.json", &self.read_small("manifest.json")?)?;
         let mut out = Vec::new();
         for e in entries {
             let config = self.read_small(&e.config)?;
@@ -331,15 +376,20 @@ impl Source {
             if diff_ids.len() != e.layers.len() {
                 return Err(Error::new(
                     ErrorKind::Invalid,
-                    format!("manifest.json: {} layers but config has {} diff_ids", e.layers.len(), diff_ids.len()),
+                    format!(
+                        "manifest.json: {} layers but config has {} diff_ids",
+                        e.layers.len(),
+                        diff_ids.len()
+                    ),
                 ));
             }
             let layers = e
                 .layers
                 .iter()
                 .map(|l| {
-                    let rel = clean_path(l.as_bytes())
-                        .map_err(|why| Error::new(ErrorKind::Escape, format!("manifest.json layer {l:?}: {why}")))?;
+                    let rel = clean_path(l.as_bytes()).map_err(|why| {
+                        Error::new(ErrorKind::Escape, format!("manifest.json layer {l:?}: {why}"))
+                    })?;
                     Ok(SourceLayer { rel, descriptor: None })
                 })
                 .collect::<Result<Vec<_>>>()?;
@@ -372,7 +422,11 @@ mod tests {
     #[test]
     fn archive_paths_cannot_escape() {
         let d = tempfile::tempdir().unwrap();
-        std::fs::write(d.path().join("manifest.json"), br#"[{"Config":"../../etc/passwd","Layers":[]}]"#).unwrap();
+        std::fs::write(
+            d.path().join("manifest.json"),
+            br#"[{"Config":"../../etc/passwd","Layers":[]}]"#,
+        )
+        .unwrap();
         let s = Source::open(d.path(), d.path(), Limits::default()).unwrap();
         let err = s.images().unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Escape, "{err}");

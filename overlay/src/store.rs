@@ -124,13 +124,19 @@ pub fn check_name(what: &str, name: &str) -> Result<()> {
     if ok {
         Ok(())
     } else {
-        Err(Error::new(ErrorKind::Invalid, format!("invalid {what} name {name:?}: use [a-zA-Z0-9][a-zA-Z0-9_.-]*")))
+        Err(Error::new(
+            ErrorKind::Invalid,
+            format!("invalid {what} name {name:?}: use [a-zA-Z0-9][a-zA-Z0-9_.-]*"),
+        ))
     }
 }
 
 /// `name` → `name:latest`; `host:5000/a/b:tag` stays.
 pub fn normalize_tag(tag: &str) -> Result<String> {
-    if tag.is_empty() || tag.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control()) || tag.contains('@') {
+    if tag.is_empty()
+        || tag.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+        || tag.contains('@')
+    {
         return Err(Error::new(ErrorKind::Invalid, format!("invalid image reference {tag:?}")));
     }
     let last = tag.rsplit('/').next().unwrap_or(tag);
@@ -151,7 +157,11 @@ impl Store {
     /// Open with a given mount seam.
     pub fn open_with(root: &Path, driver: Driver, mounter: Box<dyn Mounter>) -> Result<Store> {
         use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new().recursive(true).mode(0o710).create(root).ctx("create store root", root)?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o710)
+            .create(root)
+            .ctx("create store root", root)?;
         let root = std::fs::canonicalize(root).ctx("resolve", root)?;
         let lockf = File::options()
             .create(true)
@@ -160,18 +170,41 @@ impl Store {
             .open(root.join(".lock"))
             .ctx("open lock file in", &root)?;
         let lock = OwnedFd::from(lockf);
-        rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(|e| {
-            Error::with_source(ErrorKind::Conflict, format!("store {} is in use by another process", root.display()), e)
-        })?;
-        for (d, mode) in [("l", 0o700), ("layerdb", 0o700), ("imagedb", 0o700), ("containers", 0o700), ("blobs/sha256", 0o700), ("volumes", 0o701), ("tmp", 0o700)] {
-            std::fs::DirBuilder::new().recursive(true).mode(mode).create(root.join(d)).ctx("create", &root.join(d))?;
+        rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(
+            |e| {
+                Error::with_source(
+                    ErrorKind::Conflict,
+                    format!("store {} is in use by another process", root.display()),
+                    e,
+                )
+            },
+        )?;
+        for (d, mode) in [
+            ("l", 0o700),
+            ("layerdb", 0o700),
+            ("imagedb", 0o700),
+            ("containers", 0o700),
+            ("blobs/sha256", 0o700),
+            ("volumes", 0o701),
+            ("tmp", 0o700),
+        ] {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(mode)
+                .create(root.join(d))
+                .ctx("create", &root.join(d))?;
         }
         match std::fs::read_to_string(root.join("driver")) {
             Ok(s) if s.trim() == driver.name() => {}
             Ok(s) => {
                 return Err(Error::new(
                     ErrorKind::Conflict,
-                    format!("store {} was created with driver {:?}, not {}", root.display(), s.trim(), driver.name()),
+                    format!(
+                        "store {} was created with driver {:?}, not {}",
+                        root.display(),
+                        s.trim(),
+                        driver.name()
+                    ),
                 ))
             }
             Err(_) => fsutil::write_atomic(&root, "driver", driver.name().as_bytes())?,
@@ -206,7 +239,8 @@ impl Store {
         let cdir = self.root.join("containers");
         for e in std::fs::read_dir(&cdir).ctx("read", &cdir)? {
             let p = e.ctx("read", &cdir)?.path();
-            if p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.ends_with("-removing.json")) {
+            if p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.ends_with("-removing.json"))
+            {
                 if let Ok(c) = fsutil::read_json::<crate::container::ContainerMeta>(&p) {
                     tracing::info!(container = %c.name, "finishing interrupted removal");
                     self.finish_remove(&c)?;
@@ -225,7 +259,8 @@ impl Store {
                     let l = self.root.join("l").join(link.trim());
                     if std::fs::symlink_metadata(&l).is_err() {
                         tracing::warn!(layer = %name, "recreating missing short link");
-                        std::os::unix::fs::symlink(format!("../{name}/diff"), &l).ctx("symlink", &l)?;
+                        std::os::unix::fs::symlink(format!("../{name}/diff"), &l)
+                            .ctx("symlink", &l)?;
                     }
                     linked.insert(link.trim().to_string());
                 }
@@ -302,18 +337,24 @@ impl Store {
     pub fn resolve_image(&self, name: &str) -> Result<ImageMeta> {
         let images = self.images()?;
         if let Ok(tag) = normalize_tag(name) {
-            if let Some(i) = images.iter().find(|i| i.tags.iter().any(|t| short_tag(t) == short_tag(&tag))) {
+            if let Some(i) =
+                images.iter().find(|i| i.tags.iter().any(|t| short_tag(t) == short_tag(&tag)))
+            {
                 return Ok(i.clone());
             }
         }
         let hex = name.strip_prefix("sha256:").unwrap_or(name);
         if hex.len() >= 4 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-            let hits: Vec<&ImageMeta> = images.iter().filter(|i| i.id.hex().starts_with(hex)).collect();
+            let hits: Vec<&ImageMeta> =
+                images.iter().filter(|i| i.id.hex().starts_with(hex)).collect();
             if hits.len() == 1 {
                 return Ok(hits[0].clone());
             }
             if hits.len() > 1 {
-                return Err(Error::new(ErrorKind::Conflict, format!("image id prefix {name:?} is ambiguous")));
+                return Err(Error::new(
+                    ErrorKind::Conflict,
+                    format!("image id prefix {name:?} is ambiguous"),
+                ));
             }
         }
         Err(Error::new(ErrorKind::NotFound, format!("no such image: {name}")))
@@ -345,7 +386,12 @@ impl Store {
     /// Create a layer on `parent` from an uncompressed tar stream. The DiffID is the sha256 of
     /// the stream exactly as read (including bytes after the end-of-archive marker); when
     /// `expect` is given it must match. Nothing is visible unless everything succeeded.
-    pub(crate) fn add_layer(&self, parent: Option<&LayerMeta>, tar: impl Read, expect: Option<&Digest>) -> Result<LayerMeta> {
+    pub(crate) fn add_layer(
+        &self,
+        parent: Option<&LayerMeta>,
+        tar: impl Read,
+        expect: Option<&Digest>,
+    ) -> Result<LayerMeta> {
         let parent_lowers: Vec<String> = match (self.driver, parent) {
             (Driver::Overlay, Some(p)) => self.lowers_of(p)?,
             _ => Vec::new(),
@@ -355,7 +401,10 @@ impl Store {
             _ => None,
         };
         if parent_link.is_some() && parent_lowers.len() + 1 > MAX_DEPTH {
-            return Err(Error::new(ErrorKind::Limit, format!("max depth exceeded: a layer may have at most {MAX_DEPTH} lower layers")));
+            return Err(Error::new(
+                ErrorKind::Limit,
+                format!("max depth exceeded: a layer may have at most {MAX_DEPTH} lower layers"),
+            ));
         }
         let staging = tempfile::Builder::new()
             .prefix("layer-")
@@ -389,7 +438,10 @@ impl Store {
         let (diff_id, _) = hr.finish().ctx("read layer stream for", &diff)?;
         if let Some(e) = expect {
             if e != &diff_id {
-                return Err(Error::new(ErrorKind::DigestMismatch, format!("invalid diffID for layer: expected {e}, got {diff_id}")));
+                return Err(Error::new(
+                    ErrorKind::DigestMismatch,
+                    format!("invalid diffID for layer: expected {e}, got {diff_id}"),
+                ));
             }
         }
         let chain_id = Digest::chain(parent.map(|p| &p.chain_id), &diff_id);
@@ -399,11 +451,13 @@ impl Store {
         let cache_id = fsutil::random_hex(32);
         let link = if self.driver == Driver::Overlay {
             let link = fsutil::short_id();
-            std::fs::write(staging.path().join("link"), &link).ctx("write link in", staging.path())?;
+            std::fs::write(staging.path().join("link"), &link)
+                .ctx("write link in", staging.path())?;
             if let Some(pl) = &parent_link {
                 let mut lower = vec![format!("l/{pl}")];
                 lower.extend(parent_lowers);
-                std::fs::write(staging.path().join("lower"), lower.join(":")).ctx("write lower in", staging.path())?;
+                std::fs::write(staging.path().join("lower"), lower.join(":"))
+                    .ctx("write lower in", staging.path())?;
                 mkdir(&staging.path().join("work"), 0o700)?;
             }
             Some(link)
@@ -422,8 +476,18 @@ impl Store {
             self.mark_committed(&p.cache_id)?;
         }
         fsutil::fsync_dir(&self.root)?;
-        let meta = LayerMeta { chain_id, diff_id, parent: parent.map(|p| p.chain_id.clone()), cache_id, size };
-        fsutil::write_json(&self.root.join("layerdb"), &format!("{}.json", meta.chain_id.hex()), &meta)?;
+        let meta = LayerMeta {
+            chain_id,
+            diff_id,
+            parent: parent.map(|p| p.chain_id.clone()),
+            cache_id,
+            size,
+        };
+        fsutil::write_json(
+            &self.root.join("layerdb"),
+            &format!("{}.json", meta.chain_id.hex()),
+            &meta,
+        )?;
         Ok(meta)
     }
 
@@ -440,8 +504,12 @@ impl Store {
         let p = self.layer_dir(cache_id).join("link");
         let s = std::fs::read_to_string(&p).ctx("read", &p)?;
         let s = s.trim();
-        if s.len() != 26 || !s.bytes().all(|b| b.is_ascii_uppercase() || (b'2'..=b'7').contains(&b)) {
-            return Err(Error::new(ErrorKind::Invalid, format!("{}: bad short link {s:?}", p.display())));
+        if s.len() != 26 || !s.bytes().all(|b| b.is_ascii_uppercase() || (b'2'..=b'7').contains(&b))
+        {
+            return Err(Error::new(
+                ErrorKind::Invalid,
+                format!("{}: bad short link {s:?}", p.display()),
+            ));
         }
         Ok(s.to_string())
     }
@@ -455,11 +523,17 @@ impl Store {
         let p = self.layer_dir(cache_id).join("lower");
         match std::fs::read_to_string(&p) {
             Ok(s) => {
-                let v: Vec<String> = s.trim().split(':').filter(|x| !x.is_empty()).map(str::to_string).collect();
+                let v: Vec<String> =
+                    s.trim().split(':').filter(|x| !x.is_empty()).map(str::to_string).collect();
                 for l in &v {
-                    let ok = l.strip_prefix("l/").is_some_and(|id| id.len() == 26 && id.bytes().all(|b| b.is_ascii_alphanumeric()));
+                    let ok = l.strip_prefix("l/").is_some_and(|id| {
+                        id.len() == 26 && id.bytes().all(|b| b.is_ascii_alphanumeric())
+                    });
                     if !ok {
-                        return Err(Error::new(ErrorKind::Invalid, format!("{}: bad lower entry {l:?}", p.display())));
+                        return Err(Error::new(
+                            ErrorKind::Invalid,
+                            format!("{}: bad lower entry {l:?}", p.display()),
+                        ));
                     }
                 }
                 Ok(v)
@@ -479,17 +553,36 @@ impl Store {
 
     /// Import from `path`; with `select`, only the image whose name in the source (OCI
     /// `ref.name`, containerd image name, or docker `RepoTags` entry) equals it.
-    pub fn import_image(&self, path: &Path, select: Option<&str>, tag: Option<&str>) -> Result<Vec<ImageMeta>> {
+    pub fn import_image(
+        &self,
+        path: &Path,
+        select: Option<&str>,
+        tag: Option<&str>,
+    ) -> Result<Vec<ImageMeta>> {
         let src = Source::open(path, &self.root.join("tmp"), self.limits)?;
         let mut images = src.images()?;
         if let Some(sel) = select {
-            images.retain(|i| i.tags.iter().any(|t| t == sel || normalize_tag(sel).is_ok_and(|n| short_tag(&n) == short_tag(t))));
+            images.retain(|i| {
+                i.tags.iter().any(|t| {
+                    t == sel || normalize_tag(sel).is_ok_and(|n| short_tag(&n) == short_tag(t))
+                })
+            });
             if images.is_empty() {
-                return Err(Error::new(ErrorKind::NotFound, format!("no image named {sel:?} in {}", path.display())));
+                return Err(Error::new(
+                    ErrorKind::NotFound,
+                    format!("no image named {sel:?} in {}", path.display()),
+                ));
             }
         }
         if tag.is_some() && images.len() != 1 {
-            return Err(Error::new(ErrorKind::Invalid, format!("--tag needs a source with one image; {} has {}", path.display(), images.len())));
+            return Err(Error::new(
+                ErrorKind::Invalid,
+                format!(
+                    "--tag needs a source with one image; {} has {}",
+                    path.display(),
+                    images.len()
+                ),
+            ));
         }
         let mut out = Vec::new();
         for img in images {
@@ -505,7 +598,8 @@ impl Store {
         let mut parent: Option<LayerMeta> = None;
         for (i, l) in img.layers.iter().enumerate() {
             let existing = self.layer(&chain_ids[i])?;
-            let have_blob = l.descriptor.as_ref().is_some_and(|d| self.blob_path(&d.digest).exists());
+            let have_blob =
+                l.descriptor.as_ref().is_some_and(|d| self.blob_path(&d.digest).exists());
             let (layer, blob) = match existing {
                 Some(layer) if have_blob => (layer, l.descriptor.clone().expect("checked above")),
                 Some(layer) => {
@@ -514,19 +608,33 @@ impl Store {
                 }
                 None => {
                     let mut layer = None;
-                    let blob = self.copy_blob(src, l, Some((&mut layer, parent.as_ref(), &img.diff_ids[i])))?;
+                    let blob = self.copy_blob(
+                        src,
+                        l,
+                        Some((&mut layer, parent.as_ref(), &img.diff_ids[i])),
+                    )?;
                     (layer.expect("set by copy_blob"), blob)
                 }
             };
             if layer.chain_id != chain_ids[i] {
-                return Err(Error::new(ErrorKind::DigestMismatch, format!("layer {i}: chain id {} != {}", layer.chain_id, chain_ids[i])));
+                return Err(Error::new(
+                    ErrorKind::DigestMismatch,
+                    format!("layer {i}: chain id {} != {}", layer.chain_id, chain_ids[i]),
+                ));
             }
-            layers.push(crate::store::ImageLayer { chain_id: layer.chain_id.clone(), diff_id: layer.diff_id.clone(), blob });
+            layers.push(crate::store::ImageLayer {
+                chain_id: layer.chain_id.clone(),
+                diff_id: layer.diff_id.clone(),
+                blob,
+            });
             parent = Some(layer);
         }
         let config_digest = self.put_blob(&img.config)?;
         if config_digest != img.config_digest {
-            return Err(Error::new(ErrorKind::DigestMismatch, format!("config {} hashes to {config_digest}", img.config_digest)));
+            return Err(Error::new(
+                ErrorKind::DigestMismatch,
+                format!("config {} hashes to {config_digest}", img.config_digest),
+            ));
         }
         let manifest = match img.manifest {
             Some((desc, bytes)) => {
@@ -540,9 +648,16 @@ impl Store {
                     "config": { "mediaType": img.config_media_type, "digest": config_digest, "size": img.config.len() },
                     "layers": layers.iter().map(|l| &l.blob).collect::<Vec<_>>(),
                 });
-                let bytes = serde_json::to_vec(&m).map_err(|e| Error::with_source(ErrorKind::Invalid, "serialize manifest", e))?;
+                let bytes = serde_json::to_vec(&m)
+                    .map_err(|e| Error::with_source(ErrorKind::Invalid, "serialize manifest", e))?;
                 let digest = self.put_blob(&bytes)?;
-                Descriptor { media_type: MT_OCI_MANIFEST.into(), digest, size: bytes.len() as u64, annotations: None, platform: None }
+                Descriptor {
+                    media_type: MT_OCI_MANIFEST.into(),
+                    digest,
+                    size: bytes.len() as u64,
+                    annotations: None,
+                    platform: None,
+                }
             }
         };
         let id = config_digest;
@@ -580,17 +695,19 @@ impl Store {
     ) -> Result<Descriptor> {
         let rel = l.rel.to_string_lossy().into_owned();
         let (file, _) = src.open_file(&rel)?;
-        let tmp = tempfile::NamedTempFile::new_in(self.root.join("tmp")).ctx("create temp blob in", &self.root.join("tmp"))?;
+        let tmp = tempfile::NamedTempFile::new_in(self.root.join("tmp"))
+            .ctx("create temp blob in", &self.root.join("tmp"))?;
         let out = tmp.as_file().try_clone().ctx("dup", tmp.path())?;
-        let tee = Tee { r: file, w: HashWriter::new(std::io::BufWriter::with_capacity(1 << 20, out)) };
+        let tee =
+            Tee { r: file, w: HashWriter::new(std::io::BufWriter::with_capacity(1 << 20, out)) };
         let mut br = BufReader::with_capacity(1 << 20, tee);
         let head = br.fill_buf().ctx("read layer", Path::new(&rel))?.to_vec();
         let comp = Compression::detect(&head)?;
         if let Some((slot, parent, expect)) = extract {
             let dec = comp.reader(&mut br)?;
-            let layer = self.add_layer(parent, dec, Some(expect)).map_err(|e| {
-                Error::with_source(e.kind(), format!("import layer {rel}"), e)
-            })?;
+            let layer = self
+                .add_layer(parent, dec, Some(expect))
+                .map_err(|e| Error::with_source(e.kind(), format!("import layer {rel}"), e))?;
             *slot = Some(layer);
         }
         std::io::copy(&mut br, &mut std::io::sink()).ctx("read layer", Path::new(&rel))?;
@@ -615,7 +732,13 @@ impl Store {
                 d.platform = None;
                 d
             }
-            None => Descriptor { media_type: comp.media_type().into(), digest, size, annotations: None, platform: None },
+            None => Descriptor {
+                media_type: comp.media_type().into(),
+                digest,
+                size,
+                annotations: None,
+                platform: None,
+            },
         })
     }
 }

@@ -1,7 +1,7 @@
 //! Named volumes under `ROOT/volumes/<name>/_data`, with tar backup and restore.
 
 use std::fs::File;
-use std::io::{BufReader, BufRead, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 
 use crate::apply::{self, WhiteoutMode};
@@ -23,7 +23,10 @@ impl Store {
         if v.exists() {
             return Err(Error::new(ErrorKind::Conflict, format!("volume {name:?} already exists")));
         }
-        let staging = tempfile::Builder::new().prefix("volume-").tempdir_in(self.root.join("tmp")).ctx("create staging in", &self.root)?;
+        let staging = tempfile::Builder::new()
+            .prefix("volume-")
+            .tempdir_in(self.root.join("tmp"))
+            .ctx("create staging in", &self.root)?;
         mkdir(&staging.path().join("_data"), 0o755)?;
         std::fs::rename(staging.keep(), &v).ctx("create volume", &v)?;
         fsutil::fsync_dir(&self.root.join("volumes"))?;
@@ -49,8 +52,13 @@ impl Store {
         if !self.volume_dir(name).is_dir() {
             return Err(Error::new(ErrorKind::NotFound, format!("no such volume: {name}")));
         }
-        if let Some(c) = self.containers()?.into_iter().find(|c| c.volumes.iter().any(|v| v == name)) {
-            return Err(Error::new(ErrorKind::Conflict, format!("volume {name} is in use by container {}", c.name)));
+        if let Some(c) =
+            self.containers()?.into_iter().find(|c| c.volumes.iter().any(|v| v == name))
+        {
+            return Err(Error::new(
+                ErrorKind::Conflict,
+                format!("volume {name} is in use by container {}", c.name),
+            ));
         }
         let v = self.root.join("volumes").join(name);
         let removing = self.root.join("tmp").join(format!("volume-{name}-removing"));
@@ -86,7 +94,10 @@ impl Store {
         if !self.volume_dir(name).is_dir() {
             self.volume_create(name)?;
         }
-        let staging = tempfile::Builder::new().prefix("restore-").tempdir_in(self.root.join("tmp")).ctx("create staging in", &self.root)?;
+        let staging = tempfile::Builder::new()
+            .prefix("restore-")
+            .tempdir_in(self.root.join("tmp"))
+            .ctx("create staging in", &self.root)?;
         let data = staging.path().join("_data");
         mkdir(&data, 0o755)?;
         let f = File::open(input).ctx("open", input)?;

@@ -44,15 +44,31 @@ fn tar_of(entries: &[E]) -> Vec<u8> {
     for e in entries {
         match e {
             E::File(n, data) => {
-                out.extend(header(n.as_bytes(), tar::EntryType::Regular, data.len() as u64, b"", (0, 0)));
+                out.extend(header(
+                    n.as_bytes(),
+                    tar::EntryType::Regular,
+                    data.len() as u64,
+                    b"",
+                    (0, 0),
+                ));
                 out.extend_from_slice(data);
                 out.resize(out.len().div_ceil(512) * 512, 0);
             }
-            E::Dir(n) => out.extend(header(n.as_bytes(), tar::EntryType::Directory, 0, b"", (0, 0))),
-            E::Symlink(n, t) => out.extend(header(n.as_bytes(), tar::EntryType::Symlink, 0, t.as_bytes(), (0, 0))),
-            E::Hardlink(n, t) => out.extend(header(n.as_bytes(), tar::EntryType::Link, 0, t.as_bytes(), (0, 0))),
-            E::Char(n, ma, mi) => out.extend(header(n.as_bytes(), tar::EntryType::Char, 0, b"", (*ma, *mi))),
-            E::Huge(n, size) => out.extend(header(n.as_bytes(), tar::EntryType::Regular, *size, b"", (0, 0))),
+            E::Dir(n) => {
+                out.extend(header(n.as_bytes(), tar::EntryType::Directory, 0, b"", (0, 0)))
+            }
+            E::Symlink(n, t) => {
+                out.extend(header(n.as_bytes(), tar::EntryType::Symlink, 0, t.as_bytes(), (0, 0)))
+            }
+            E::Hardlink(n, t) => {
+                out.extend(header(n.as_bytes(), tar::EntryType::Link, 0, t.as_bytes(), (0, 0)))
+            }
+            E::Char(n, ma, mi) => {
+                out.extend(header(n.as_bytes(), tar::EntryType::Char, 0, b"", (*ma, *mi)))
+            }
+            E::Huge(n, size) => {
+                out.extend(header(n.as_bytes(), tar::EntryType::Regular, *size, b"", (0, 0)))
+            }
         }
     }
     out.extend_from_slice(&[0u8; 1024]);
@@ -121,22 +137,77 @@ fn hostile_layers_are_rejected_and_nothing_escapes() {
     // (name, entries, expected kind, text the error must contain)
     let cases: Vec<(&str, Vec<E>, ErrorKind, &str)> = vec![
         ("dotdot", vec![E::File("../x", b"evil")], ErrorKind::Escape, "../x"),
-        ("deep dotdot", vec![E::Dir("a"), E::File("a/../../x", b"evil")], ErrorKind::Escape, "a/../../x"),
+        (
+            "deep dotdot",
+            vec![E::Dir("a"), E::File("a/../../x", b"evil")],
+            ErrorKind::Escape,
+            "a/../../x",
+        ),
         ("absolute", vec![E::File(&cx, b"evil")], ErrorKind::Escape, "canary/x"),
-        ("symlink to / then through it", vec![E::Symlink("a", "/"), E::File("a/x", b"evil")], ErrorKind::Escape, "a/x"),
-        ("symlink to canary then through it", vec![E::Symlink("a", &c), E::File("a/x", b"evil")], ErrorKind::Escape, "a/x"),
-        ("symlink to .. then through it", vec![E::Symlink("a", ".."), E::File("a/x", b"evil")], ErrorKind::Escape, "a/x"),
-        ("relative symlink climbing out", vec![E::Dir("d"), E::Symlink("d/up", "../../.."), E::File("d/up/x", b"evil")], ErrorKind::Escape, "d/up/x"),
-        ("hardlink to ../../etc/passwd", vec![E::Hardlink("h", "../../etc/passwd")], ErrorKind::Escape, "h"),
-        ("hardlink via escaping symlink", vec![E::Symlink("a", &c), E::Hardlink("h", "a/keep")], ErrorKind::Escape, "h"),
-        ("hardlink to absolute path", vec![E::Hardlink("h", "/etc/passwd")], ErrorKind::Escape, "h"),
-        ("whiteout through escaping symlink", vec![E::Symlink("a", &c), E::File("a/.wh.keep", b"")], ErrorKind::Escape, "a/.wh.keep"),
+        (
+            "symlink to / then through it",
+            vec![E::Symlink("a", "/"), E::File("a/x", b"evil")],
+            ErrorKind::Escape,
+            "a/x",
+        ),
+        (
+            "symlink to canary then through it",
+            vec![E::Symlink("a", &c), E::File("a/x", b"evil")],
+            ErrorKind::Escape,
+            "a/x",
+        ),
+        (
+            "symlink to .. then through it",
+            vec![E::Symlink("a", ".."), E::File("a/x", b"evil")],
+            ErrorKind::Escape,
+            "a/x",
+        ),
+        (
+            "relative symlink climbing out",
+            vec![E::Dir("d"), E::Symlink("d/up", "../../.."), E::File("d/up/x", b"evil")],
+            ErrorKind::Escape,
+            "d/up/x",
+        ),
+        (
+            "hardlink to ../../etc/passwd",
+            vec![E::Hardlink("h", "../../etc/passwd")],
+            ErrorKind::Escape,
+            "h",
+        ),
+        (
+            "hardlink via escaping symlink",
+            vec![E::Symlink("a", &c), E::Hardlink("h", "a/keep")],
+            ErrorKind::Escape,
+            "h",
+        ),
+        (
+            "hardlink to absolute path",
+            vec![E::Hardlink("h", "/etc/passwd")],
+            ErrorKind::Escape,
+            "h",
+        ),
+        (
+            "whiteout through escaping symlink",
+            vec![E::Symlink("a", &c), E::File("a/.wh.keep", b"")],
+            ErrorKind::Escape,
+            "a/.wh.keep",
+        ),
         ("whiteout of ..", vec![E::File(".wh...", b"")], ErrorKind::Invalid, ".wh..."),
-        ("nested whiteout of ..", vec![E::Dir("a"), E::File("a/.wh...", b"")], ErrorKind::Invalid, "a/.wh..."),
+        (
+            "nested whiteout of ..",
+            vec![E::Dir("a"), E::File("a/.wh...", b"")],
+            ErrorKind::Invalid,
+            "a/.wh...",
+        ),
         ("empty whiteout", vec![E::File(".wh.", b"")], ErrorKind::Invalid, ".wh."),
         ("absurd size", vec![E::Huge("big", 1 << 50)], ErrorKind::Limit, "big"),
         ("raw 0/0 char device", vec![E::Char("wh", 0, 0)], ErrorKind::Invalid, "wh"),
-        ("file below a device node", vec![E::Char("null", 1, 3), E::File("null/x", b"evil")], ErrorKind::Io, "null/x"),
+        (
+            "file below a device node",
+            vec![E::Char("null", 1, 3), E::File("null/x", b"evil")],
+            ErrorKind::Io,
+            "null/x",
+        ),
         ("truncated data", vec![E::Huge("short", 4096)], ErrorKind::Io, "short"),
     ];
     for (i, (what, entries, kind, needle)) in cases.into_iter().enumerate() {
@@ -147,17 +218,34 @@ fn hostile_layers_are_rejected_and_nothing_escapes() {
         let store = Store::open(&store_root, Driver::Overlay).unwrap();
         let err = store.import(&layout, None).expect_err(what);
         assert_eq!(err.kind(), kind, "{what}: {err}");
-        assert!(format!("{err:#}").contains(needle) || err_chain(&err).contains(needle), "{what}: error does not name the entry: {}", err_chain(&err));
+        assert!(
+            format!("{err:#}").contains(needle) || err_chain(&err).contains(needle),
+            "{what}: error does not name the entry: {}",
+            err_chain(&err)
+        );
         assert_eq!(listing(&canary), before, "{what}: canary changed");
-        assert!(!Path::new("/etc/x").exists() && !t.path().join("x").exists() && !dir.join("x").exists(), "{what}: wrote outside");
+        assert!(
+            !Path::new("/etc/x").exists()
+                && !t.path().join("x").exists()
+                && !dir.join("x").exists(),
+            "{what}: wrote outside"
+        );
         assert!(store.layers().unwrap().is_empty(), "{what}: a layer was registered");
         assert!(store.images().unwrap().is_empty(), "{what}: an image was registered");
         drop(store);
         // Reopening cleans staging: no half layer anywhere.
         let store = Store::open(&store_root, Driver::Overlay).unwrap();
-        let leftovers: Vec<_> = std::fs::read_dir(store.root()).unwrap().map(|e| e.unwrap().file_name()).filter(|n| n.len() >= 64).collect();
+        let leftovers: Vec<_> = std::fs::read_dir(store.root())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .filter(|n| n.len() >= 64)
+            .collect();
         assert!(leftovers.is_empty(), "{what}: {leftovers:?}");
-        assert_eq!(std::fs::read_dir(store.root().join("tmp")).unwrap().count(), 0, "{what}: staging left behind");
+        assert_eq!(
+            std::fs::read_dir(store.root().join("tmp")).unwrap().count(),
+            0,
+            "{what}: staging left behind"
+        );
     }
 }
 
@@ -234,10 +322,17 @@ fn diff_id_mismatch_is_refused() {
     let t = tempfile::tempdir().unwrap();
     let layout = layout_with_layer(t.path(), &tar_of(&[E::File("a", b"a")]));
     // Point the config at a different diff id (re-hash config, manifest and index).
-    let idx: serde_json::Value = serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
-    let md = idx["manifests"][0]["digest"].as_str().unwrap().trim_start_matches("sha256:").to_string();
-    let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(layout.join("blobs/sha256").join(&md)).unwrap()).unwrap();
-    let bogus = serde_json::to_vec(&serde_json::json!({"rootfs": {"type": "layers", "diff_ids": [Digest::of(b"other")]}})).unwrap();
+    let idx: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let md =
+        idx["manifests"][0]["digest"].as_str().unwrap().trim_start_matches("sha256:").to_string();
+    let mut m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(layout.join("blobs/sha256").join(&md)).unwrap())
+            .unwrap();
+    let bogus = serde_json::to_vec(
+        &serde_json::json!({"rootfs": {"type": "layers", "diff_ids": [Digest::of(b"other")]}}),
+    )
+    .unwrap();
     let bd = Digest::of(&bogus);
     std::fs::write(layout.join("blobs/sha256").join(bd.hex()), &bogus).unwrap();
     m["config"]["digest"] = bd.as_str().into();

@@ -26,7 +26,10 @@ fn run_in(runtime: &str) {
     let bundle = t.path().join("bundle");
     let cfg = store.bundle("r1", &bundle, &[VolumeBind::parse("shared:/vol:ro").unwrap()]).unwrap();
     let spec: serde_json::Value = serde_json::from_slice(&std::fs::read(&cfg).unwrap()).unwrap();
-    assert_eq!(spec["root"]["path"].as_str().unwrap(), store.mount("r1").unwrap().to_str().unwrap());
+    assert_eq!(
+        spec["root"]["path"].as_str().unwrap(),
+        store.mount("r1").unwrap().to_str().unwrap()
+    );
     assert_eq!(spec["process"]["args"][0], "/bin/sh");
     assert_eq!(store.container("r1").unwrap().volumes, vec!["shared".to_string()]);
     // A volume in use cannot be removed.
@@ -47,7 +50,11 @@ fn run_in(runtime: &str) {
         "{runtime} run failed (this host must be able to run containers as root): {}\n{stdout}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(stdout.lines().collect::<Vec<_>>(), vec!["hello from lamina", "volume content", "ro-ok", "/data"], "{stdout}");
+    assert_eq!(
+        stdout.lines().collect::<Vec<_>>(),
+        vec!["hello from lamina", "volume content", "ro-ok", "/data"],
+        "{stdout}"
+    );
     assert!(!v.join("x").exists(), "read-only volume stayed read-only");
     store.unmount("r1").unwrap();
 }

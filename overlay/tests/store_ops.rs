@@ -11,7 +11,14 @@ use overlay::mount::KernelMounter;
 use overlay::{Driver, ErrorKind, Store};
 
 fn many_layers(n: usize) -> Vec<Vec<u8>> {
-    (0..n).map(|i| simple_tar(&[(&format!("f{i}"), format!("{i}").as_bytes()), ("top", format!("{i}").as_bytes())])).collect()
+    (0..n)
+        .map(|i| {
+            simple_tar(&[
+                (&format!("f{i}"), format!("{i}").as_bytes()),
+                ("top", format!("{i}").as_bytes()),
+            ])
+        })
+        .collect()
 }
 
 #[test]
@@ -20,10 +27,18 @@ fn depth_128_mounts_both_ways_and_129_is_refused() {
     let ok = layout_with_layers(&t.path().join("a"), &many_layers(128), &["/bin/sh"]);
     for classic in [false, true] {
         let root = t.path().join(format!("s-{classic}"));
-        let store = Store::open_with(&root, Driver::Overlay, Box::new(KernelMounter { force_classic: classic })).unwrap();
+        let store = Store::open_with(
+            &root,
+            Driver::Overlay,
+            Box::new(KernelMounter { force_classic: classic }),
+        )
+        .unwrap();
         store.import(&ok, Some("deep:128")).unwrap();
         store.create("deep:128", "c", None).unwrap();
-        let lower = std::fs::read_to_string(root.join(store.container("c").unwrap().cache_id).join("lower")).unwrap();
+        let lower = std::fs::read_to_string(
+            root.join(store.container("c").unwrap().cache_id).join("lower"),
+        )
+        .unwrap();
         assert_eq!(lower.split(':').count(), 128);
         let m = store.mount("c").unwrap();
         assert_eq!(std::fs::read_to_string(m.join("top")).unwrap(), "127", "classic={classic}");
@@ -31,7 +46,10 @@ fn depth_128_mounts_both_ways_and_129_is_refused() {
         let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
         let line = mounts.lines().find(|l| l.contains(m.to_str().unwrap())).expect("mounted");
         if classic {
-            assert!(line.contains("lowerdir=l/"), "classic mount uses relative short links: {line}");
+            assert!(
+                line.contains("lowerdir=l/"),
+                "classic mount uses relative short links: {line}"
+            );
         } else {
             assert!(line.contains("lowerdir+="), "new mount API adds one lower per call: {line}");
         }
@@ -47,7 +65,11 @@ fn depth_128_mounts_both_ways_and_129_is_refused() {
     assert!(err.to_string().contains("max depth exceeded"), "{err}");
     let too = layout_with_layers(&t.path().join("c"), &many_layers(130), &["/bin/sh"]);
     let err = store.import(&too, None).unwrap_err();
-    assert!(err.to_string().contains("max depth exceeded") || format!("{err:?}").contains("max depth exceeded"), "{err:?}");
+    assert!(
+        err.to_string().contains("max depth exceeded")
+            || format!("{err:?}").contains("max depth exceeded"),
+        "{err:?}"
+    );
 }
 
 #[test]
@@ -64,7 +86,11 @@ fn interrupted_removal_is_finished_at_next_open() {
         store.mount("victim").unwrap();
         store.unmount("victim").unwrap();
         // Crash right after the first rename of `rm`, and half-way through the dir rename.
-        std::fs::rename(root.join("containers/victim.json"), root.join("containers/victim-removing.json")).unwrap();
+        std::fs::rename(
+            root.join("containers/victim.json"),
+            root.join("containers/victim-removing.json"),
+        )
+        .unwrap();
         std::fs::rename(root.join(&cache_id), root.join(format!("{cache_id}-removing"))).unwrap();
         assert!(store.containers().unwrap().is_empty(), "a removing container is not listed");
     }
@@ -75,7 +101,11 @@ fn interrupted_removal_is_finished_at_next_open() {
     // The name is free again and the image intact.
     store.create("x:1", "victim", None).unwrap();
     store.remove("victim").unwrap();
-    assert_eq!(std::fs::read_dir(root.join("l")).unwrap().count(), 2, "only the two image layers keep links");
+    assert_eq!(
+        std::fs::read_dir(root.join("l")).unwrap().count(),
+        2,
+        "only the two image layers keep links"
+    );
 }
 
 #[test]
@@ -137,14 +167,21 @@ fn volumes_backup_and_restore() {
     store.volume_backup("db", &bk).unwrap();
     let bk2 = t.path().join("db2.tar");
     store.volume_backup("db", &bk2).unwrap();
-    assert_eq!(std::fs::read(&bk).unwrap(), std::fs::read(&bk2).unwrap(), "backups are deterministic");
+    assert_eq!(
+        std::fs::read(&bk).unwrap(),
+        std::fs::read(&bk2).unwrap(),
+        "backups are deterministic"
+    );
     std::fs::write(d.join("sub/rows"), "garbage").unwrap();
     store.volume_restore("db", &bk).unwrap();
     let after = snapshot(&store.volume_dir("db"));
     let diff = diff_trees(&before, &after);
     assert!(diff.is_empty(), "{diff:?}");
     store.volume_restore("copy", &bk).unwrap();
-    assert_eq!(std::fs::read_to_string(store.volume_dir("copy").join("sub/rows")).unwrap(), "1,2,3");
+    assert_eq!(
+        std::fs::read_to_string(store.volume_dir("copy").join("sub/rows")).unwrap(),
+        "1,2,3"
+    );
     assert_eq!(store.volumes().unwrap(), vec!["copy".to_string(), "db".to_string()]);
     store.volume_remove("copy").unwrap();
     assert_eq!(store.volume_create("db").unwrap_err().kind(), ErrorKind::Conflict);
@@ -158,7 +195,12 @@ fn size_without_project_quota_uses_dockers_wording() {
     store.import(&img, Some("x:1")).unwrap();
     let err = store.create("x:1", "c", Some(10 << 20)).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Unsupported);
-    assert!(err.to_string().contains("--storage-opt is supported only for overlay over xfs with 'pquota' mount option"), "{err}");
+    assert!(
+        err.to_string().contains(
+            "--storage-opt is supported only for overlay over xfs with 'pquota' mount option"
+        ),
+        "{err}"
+    );
     assert!(store.containers().unwrap().is_empty(), "nothing half-created");
     assert_eq!(std::fs::read_dir(store.root().join("tmp")).unwrap().count(), 0);
 }
@@ -213,7 +255,8 @@ fn store_on_xfs_ftype1_works_and_has_no_project_quota_here() {
             in backing.rs and this runs in the VM tier"]
 fn store_on_xfs_ftype0_is_refused() {
     let t = tempfile::tempdir().unwrap();
-    let x = XfsLoop::new(t.path(), &["-m", "crc=0", "-n", "ftype=0"]).expect("loop-mount XFS ftype=0");
+    let x =
+        XfsLoop::new(t.path(), &["-m", "crc=0", "-n", "ftype=0"]).expect("loop-mount XFS ftype=0");
     let err = Store::open(&x.mnt.join("overlay2"), Driver::Overlay).err().expect("must refuse");
     assert!(err.to_string().contains("Reformat the filesystem with ftype=1"), "{err}");
 }
@@ -270,7 +313,12 @@ fn cli_end_to_end() {
     ls(&["volume", "create", "v"]);
     assert!(ls(&["volume", "ls"]).contains('v'));
     assert!(ls(&["prune", "--all", "--volumes"]).contains("deleted image"));
-    let err = Command::new(env!("CARGO_BIN_EXE_layerstore")).arg("--root").arg(&root).args(["create", "nope:1", "x"]).output().unwrap();
+    let err = Command::new(env!("CARGO_BIN_EXE_layerstore"))
+        .arg("--root")
+        .arg(&root)
+        .args(["create", "nope:1", "x"])
+        .output()
+        .unwrap();
     assert!(!err.status.success());
     assert!(String::from_utf8_lossy(&err.stderr).contains("no such image"));
 }

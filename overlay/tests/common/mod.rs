@@ -12,8 +12,16 @@ use sha2::{Digest as _, Sha256};
 
 /// Fail (never skip) when a tool the test needs is missing.
 pub fn need(tool: &str) {
-    let ok = Command::new("sh").arg("-c").arg(format!("command -v {tool}")).output().map(|o| o.status.success()).unwrap_or(false);
-    assert!(ok, "this test needs `{tool}` on PATH (Debian package; `cargo xtask setup` installs it)");
+    let ok = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    assert!(
+        ok,
+        "this test needs `{tool}` on PATH (Debian package; `cargo xtask setup` installs it)"
+    );
 }
 
 /// Run a command, panicking with its output on failure; returns stdout.
@@ -46,7 +54,8 @@ fn set_mode(p: &Path, mode: u32) {
 }
 
 fn mknod(p: &Path, kind: rustix::fs::FileType, dev: u64) {
-    rustix::fs::mknodat(rustix::fs::CWD, p, kind, rustix::fs::Mode::from_raw_mode(0o644), dev).unwrap();
+    rustix::fs::mknodat(rustix::fs::CWD, p, kind, rustix::fs::Mode::from_raw_mode(0o644), dev)
+        .unwrap();
 }
 
 /// Build a multi-layer OCI image at `dir/img` with umoci from real files. Tags:
@@ -78,8 +87,15 @@ pub fn build_rich_image(dir: &Path) -> PathBuf {
     std::fs::write(r.join("hl1"), "hardlinked").unwrap();
     std::fs::hard_link(r.join("hl1"), r.join("hl2")).unwrap();
     std::fs::write(r.join("xattr-file"), "x").unwrap();
-    rustix::fs::setxattr(r.join("xattr-file").as_path(), "user.test", b"value", rustix::fs::XattrFlags::empty()).unwrap();
-    rustix::fs::setxattr(r.join("d").as_path(), "user.dir", b"dv", rustix::fs::XattrFlags::empty()).unwrap();
+    rustix::fs::setxattr(
+        r.join("xattr-file").as_path(),
+        "user.test",
+        b"value",
+        rustix::fs::XattrFlags::empty(),
+    )
+    .unwrap();
+    rustix::fs::setxattr(r.join("d").as_path(), "user.dir", b"dv", rustix::fs::XattrFlags::empty())
+        .unwrap();
     mknod(&r.join("fifo"), rustix::fs::FileType::Fifo, 0);
     std::fs::create_dir_all(r.join("dev")).unwrap();
     mknod(&r.join("dev/null"), rustix::fs::FileType::CharacterDevice, rustix::fs::makedev(1, 3));
@@ -116,7 +132,11 @@ pub fn build_rich_image(dir: &Path) -> PathBuf {
     let b3 = dir.join("bundle3");
     umoci(&["unpack", "--image", &ib("l2"), b3.to_str().unwrap()]);
     let r = b3.join("rootfs");
-    std::fs::write(r.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000::/home:/bin/sh\n").unwrap();
+    std::fs::write(
+        r.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000::/home:/bin/sh\n",
+    )
+    .unwrap();
     set_mode(&r.join("d/x"), 0o600);
     set_owner(&r.join("d/x"), 7, 8);
     std::fs::create_dir_all(r.join("new/deep/er")).unwrap();
@@ -129,11 +149,29 @@ pub fn build_rich_image(dir: &Path) -> PathBuf {
     let src = dir.join("opaque-src");
     std::fs::create_dir_all(&src).unwrap();
     std::fs::write(src.join("only"), "only this").unwrap();
-    umoci(&["insert", "--image", &ib("l3"), "--tag", "l4", "--opaque", src.to_str().unwrap(), "/d"]);
+    umoci(&[
+        "insert",
+        "--image",
+        &ib("l3"),
+        "--tag",
+        "l4",
+        "--opaque",
+        src.to_str().unwrap(),
+        "/d",
+    ]);
     umoci(&["insert", "--image", &ib("l4"), "--tag", "l5", "--whiteout", "/hl2"]);
     umoci(&[
-        "config", "--image", &ib("l5"), "--tag", "final",
-        "--config.cmd", "/bin/sh", "--config.cmd", "-c", "--config.cmd", "echo hello from lamina",
+        "config",
+        "--image",
+        &ib("l5"),
+        "--tag",
+        "final",
+        "--config.cmd",
+        "/bin/sh",
+        "--config.cmd",
+        "-c",
+        "--config.cmd",
+        "echo hello from lamina",
     ]);
     img
 }
@@ -205,8 +243,11 @@ pub fn snapshot(root: &Path) -> Tree {
         } else {
             "other"
         };
-        let content = ft.is_file().then(|| hex::encode(Sha256::digest(std::fs::read(&full).unwrap())));
-        let link = ft.is_symlink().then(|| std::fs::read_link(&full).unwrap().to_string_lossy().into_owned());
+        let content =
+            ft.is_file().then(|| hex::encode(Sha256::digest(std::fs::read(&full).unwrap())));
+        let link = ft
+            .is_symlink()
+            .then(|| std::fs::read_link(&full).unwrap().to_string_lossy().into_owned());
         let mut xattrs = BTreeMap::new();
         if !ft.is_symlink() {
             for name in overlay::fsutil::list_xattrs(&full).unwrap() {
@@ -214,7 +255,10 @@ pub fn snapshot(root: &Path) -> Tree {
                 if n.starts_with("trusted.overlay.") {
                     continue;
                 }
-                xattrs.insert(n, overlay::fsutil::get_xattr(&full, &name).unwrap().unwrap_or_default());
+                xattrs.insert(
+                    n,
+                    overlay::fsutil::get_xattr(&full, &name).unwrap().unwrap_or_default(),
+                );
             }
         }
         let key = format!("/{}", rel.display());
@@ -223,7 +267,17 @@ pub fn snapshot(root: &Path) -> Tree {
         }
         nodes.insert(
             key,
-            Node { kind, mode: md.mode() & 0o7777, uid: md.uid(), gid: md.gid(), mtime: md.mtime(), content, link, rdev: md.rdev(), xattrs },
+            Node {
+                kind,
+                mode: md.mode() & 0o7777,
+                uid: md.uid(),
+                gid: md.gid(),
+                mtime: md.mtime(),
+                content,
+                link,
+                rdev: md.rdev(),
+                xattrs,
+            },
         );
         if ft.is_dir() {
             for e in std::fs::read_dir(&full).unwrap() {
@@ -248,19 +302,16 @@ pub fn snapshot(root: &Path) -> Tree {
 ///   fresh upper dir (created by the store, 0755 root:root, mtime = creation time) while
 ///   `umoci unpack` takes them from the image's `./` entry; overlay legitimately shows the
 ///   upper dir's attributes there;
-/// - the mtime of the directories in `ignore_mtime`: used for directories an opaque marker
-///   cleared, whose mtime `umoci unpack` 0.4.7 leaves at the time it unpacked (it clears the
-///   directory after setting the tar's mtime), while the layer tar says otherwise.
+/// - the mtime of the directories in `ignore_mtime`: used for a directory an opaque marker
+///   cleared; `umoci unpack` 0.4.7 leaves its mtime at the time of unpacking, while the layer
+///   tar's `d/` entry (which we apply) carries the source directory's mtime.
 pub fn diff_trees_ignoring(a: &Tree, b: &Tree, ignore_mtime: &[&str]) -> Vec<String> {
     let mut out = Vec::new();
     for (k, na) in &a.nodes {
         match b.nodes.get(k) {
             None => out.push(format!("only in left: {k}")),
-            Some(nb) if k == "/" => {
-                if na.kind != nb.kind {
-                    out.push("root kind differs".to_string());
-                }
-            }
+            Some(nb) if k == "/" && na.kind != nb.kind => out.push("root kind differs".to_string()),
+            Some(_) if k == "/" => {}
             Some(nb) if ignore_mtime.contains(&k.as_str()) => {
                 let mut na = na.clone();
                 na.mtime = nb.mtime;
