@@ -322,3 +322,40 @@ fn cli_end_to_end() {
     assert!(!err.status.success());
     assert!(String::from_utf8_lossy(&err.stderr).contains("no such image"));
 }
+
+#[test]
+fn container_diff_uses_oci_whiteouts_and_is_deterministic() {
+    let t = tempfile::tempdir().unwrap();
+    let base = simple_tar(&[("d/a", b"a"), ("d/b", b"b"), ("gone", b"g"), ("keep", b"k")]);
+    let img = layout_with_layers(t.path(), &[base], &["/bin/sh"]);
+    let store = Store::open(&t.path().join("s"), Driver::Overlay).unwrap();
+    store.import(&img, Some("x:1")).unwrap();
+    store.create("x:1", "c", None).unwrap();
+    let m = store.mount("c").unwrap();
+    std::fs::remove_dir_all(m.join("d")).unwrap();
+    std::fs::create_dir(m.join("d")).unwrap();
+    std::fs::write(m.join("d/new"), "n").unwrap();
+    std::fs::remove_file(m.join("gone")).unwrap();
+    let (one, d1, _) = store.container_diff("c", Vec::new()).unwrap();
+    let (two, d2, _) = store.container_diff("c", Vec::new()).unwrap();
+    assert_eq!(one, two, "same changes, same bytes");
+    assert_eq!(d1, d2);
+    assert_eq!(d1, overlay::Digest::of(&one));
+    let entries: Vec<(String, tar::EntryType, u64)> = tar::Archive::new(&one[..])
+        .entries()
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (e.path().unwrap().to_string_lossy().into_owned(), e.header().entry_type(), e.size())
+        })
+        .collect();
+    let names: Vec<&str> = entries.iter().map(|e| e.0.as_str()).collect();
+    // Sorted by on-disk name; a whiteout sits where the name it hides would; the opaque
+    // marker follows its directory, before the directory's own entries.
+    assert_eq!(names, vec!["d", "d/.wh..wh..opq", "d/new", ".wh.gone"], "{entries:?}");
+    assert!(entries
+        .iter()
+        .filter(|e| e.0.contains(".wh."))
+        .all(|e| e.1 == tar::EntryType::Regular && e.2 == 0));
+    store.remove("c").unwrap();
+}
