@@ -95,9 +95,8 @@ fn entry_io(
     Error::with_source(kind, format!("tar entry {:?}: {what}", String::from_utf8_lossy(path)), e)
 }
 
-struct Applier<'a> {
+struct Applier {
     root: OwnedFd,
-    root_path: &'a Path,
     mode: WhiteoutMode,
     limits: Limits,
     /// Paths written by this layer: whiteouts and opaque markers never remove these.
@@ -137,7 +136,6 @@ pub fn apply_tar_over<R: Read>(
     let mut archive = tar::Archive::new(reader);
     let mut ap = Applier {
         root: fsutil::open_dir(root)?,
-        root_path: root,
         mode,
         limits,
         written: HashSet::new(),
@@ -194,7 +192,7 @@ struct Meta {
     xattrs: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
-impl Applier<'_> {
+impl Applier {
     fn entry<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>) -> Result<()> {
         let raw = entry.path_bytes().into_owned();
         let etype = entry.header().entry_type();
@@ -665,7 +663,6 @@ impl Applier<'_> {
             }
         }
         self.cached_parent = None;
-        let _ = self.root_path;
         Ok(())
     }
 }
