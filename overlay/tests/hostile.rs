@@ -4,6 +4,8 @@
 
 mod common;
 
+use common::tmp;
+
 use std::path::{Path, PathBuf};
 
 use overlay::apply::Limits;
@@ -127,7 +129,7 @@ fn listing(p: &Path) -> Vec<(PathBuf, u64, Option<PathBuf>)> {
 
 #[test]
 fn hostile_layers_are_rejected_and_nothing_escapes() {
-    let t = tempfile::tempdir().unwrap();
+    let t = tmp();
     let canary = t.path().join("canary");
     std::fs::create_dir_all(canary.join("sub")).unwrap();
     std::fs::write(canary.join("keep"), "canary").unwrap();
@@ -262,7 +264,7 @@ fn err_chain(e: &dyn std::error::Error) -> String {
 
 #[test]
 fn benign_tricks_are_applied_safely() {
-    let t = tempfile::tempdir().unwrap();
+    let t = tmp();
     let canary = t.path().join("canary");
     std::fs::create_dir_all(&canary).unwrap();
     std::fs::write(canary.join("keep"), "canary").unwrap();
@@ -293,7 +295,7 @@ fn benign_tricks_are_applied_safely() {
 
 #[test]
 fn entry_count_limit_is_enforced() {
-    let t = tempfile::tempdir().unwrap();
+    let t = tmp();
     let names: Vec<String> = (0..20).map(|i| format!("f{i}")).collect();
     let entries: Vec<E> = names.iter().map(|n| E::File(n, b"x")).collect();
     let layout = layout_with_layer(t.path(), &tar_of(&entries));
@@ -306,7 +308,7 @@ fn entry_count_limit_is_enforced() {
 
 #[test]
 fn hostile_outer_archive_is_rejected() {
-    let t = tempfile::tempdir().unwrap();
+    let t = tmp();
     let outer = tar_of(&[E::File("manifest.json", b"[]"), E::File("../escape", b"evil")]);
     let p = t.path().join("evil.tar");
     std::fs::write(&p, outer).unwrap();
@@ -319,7 +321,7 @@ fn hostile_outer_archive_is_rejected() {
 
 #[test]
 fn diff_id_mismatch_is_refused() {
-    let t = tempfile::tempdir().unwrap();
+    let t = tmp();
     let layout = layout_with_layer(t.path(), &tar_of(&[E::File("a", b"a")]));
     // Point the config at a different diff id (re-hash config, manifest and index).
     let idx: serde_json::Value =

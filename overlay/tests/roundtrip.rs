@@ -34,7 +34,7 @@ fn check_import(store_dir: &Path, driver: Driver, source: &Path, tag: &str, refe
 #[test]
 fn merged_tree_equals_umoci_unpack_for_every_source_format() {
     need("skopeo");
-    let t = tempfile::tempdir().unwrap();
+    let t = tmp();
     let img = build_rich_image(t.path());
     let reference = umoci_unpack(&img, "final", &t.path().join("ref"));
     // Sanity: the reference really has the effects we test.
@@ -100,7 +100,7 @@ fn merged_tree_equals_umoci_unpack_for_every_source_format() {
 
 #[test]
 fn same_layer_is_stored_once_and_images_share_it() {
-    let t = tempfile::tempdir().unwrap();
+    let t = tmp();
     let img = build_rich_image(t.path());
     let store = Store::open(&t.path().join("s"), Driver::Overlay).unwrap();
     store.import(&img, None).unwrap();
@@ -134,7 +134,7 @@ fn same_layer_is_stored_once_and_images_share_it() {
 #[test]
 fn export_and_reimport_keep_digests_and_skopeo_accepts_them() {
     need("skopeo");
-    let t = tempfile::tempdir().unwrap();
+    let t = tmp();
     let img = build_rich_image(t.path());
     let store = Store::open(&t.path().join("s"), Driver::Overlay).unwrap();
     let orig = store.import_image(&img, Some("final"), Some("rich:final")).unwrap().remove(0);
@@ -216,7 +216,7 @@ fn export_and_reimport_keep_digests_and_skopeo_accepts_them() {
 
 #[test]
 fn commit_export_import_reproduces_the_container_tree() {
-    let t = tempfile::tempdir().unwrap();
+    let t = tmp();
     let img = build_rich_image(t.path());
     for driver in [Driver::Overlay, Driver::Vfs] {
         let sd = t.path().join(format!("s-{}", driver.name()));

@@ -10,7 +10,7 @@ use overlay::{Driver, Store, VolumeBind};
 
 fn run_in(runtime: &str) {
     need(runtime);
-    let t = tempfile::tempdir().unwrap();
+    let t = tmp();
     let img = build_busybox_image(t.path());
     umoci(&[
         "config", "--image", &format!("{}:bb", img.display()), "--tag", "vol",

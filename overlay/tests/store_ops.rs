@@ -23,7 +23,7 @@ fn many_layers(n: usize) -> Vec<Vec<u8>> {
 
 #[test]
 fn depth_128_mounts_both_ways_and_129_is_refused() {
-    let t = tempfile::tempdir().unwrap();
+    let t = tmp();
     let ok = layout_with_layers(&t.path().join("a"), &many_layers(128), &["/bin/sh"]);
     for classic in [false, true] {
         let root = t.path().join(format!("s-{classic}"));
@@ -74,7 +74,7 @@ fn depth_128_mounts_both_ways_and_129_is_refused() {
 
 #[test]
 fn interrupted_removal_is_finished_at_next_open() {
-    let t = tempfile::tempdir().unwrap();
+    let t = tmp();
     let img = layout_with_layers(t.path(), &many_layers(2), &["/bin/sh"]);
     let root = t.path().join("s");
     let cache_id;
@@ -110,7 +110,7 @@ fn interrupted_removal_is_finished_at_next_open() {
 
 #[test]
 fn missing_short_links_are_repaired() {
-    let t = tempfile::tempdir().unwrap();
+    let t = tmp();
     let img = layout_with_layers(t.path(), &many_layers(3), &["/bin/sh"]);
     let root = t.path().join("s");
     {
@@ -130,7 +130,7 @@ fn missing_short_links_are_repaired() {
 
 #[test]
 fn prune_keeps_what_is_used() {
-    let t = tempfile::tempdir().unwrap();
+    let t = tmp();
     let a = layout_with_layers(&t.path().join("a"), &many_layers(2), &["/bin/sh"]);
     let layers_b = vec![many_layers(1).remove(0), simple_tar(&[("only-b", b"b")])];
     let b = layout_with_layers(&t.path().join("b"), &layers_b, &["/bin/sh"]);
@@ -156,7 +156,7 @@ fn prune_keeps_what_is_used() {
 
 #[test]
 fn volumes_backup_and_restore() {
-    let t = tempfile::tempdir().unwrap();
+    let t = tmp();
     let store = Store::open(&t.path().join("s"), Driver::Overlay).unwrap();
     let d = store.volume_create("db").unwrap();
     std::fs::create_dir_all(d.join("sub")).unwrap();
@@ -189,7 +189,7 @@ fn volumes_backup_and_restore() {
 
 #[test]
 fn size_without_project_quota_uses_dockers_wording() {
-    let t = tempfile::tempdir().unwrap();
+    let t = tmp();
     let img = layout_with_layers(t.path(), &many_layers(1), &["/bin/sh"]);
     let store = Store::open(&t.path().join("s"), Driver::Overlay).unwrap();
     store.import(&img, Some("x:1")).unwrap();
@@ -234,7 +234,7 @@ impl Drop for XfsLoop {
 
 #[test]
 fn store_on_xfs_ftype1_works_and_has_no_project_quota_here() {
-    let t = tempfile::tempdir().unwrap();
+    let t = tmp();
     let x = XfsLoop::new(t.path(), &[]).expect("loop-mount XFS (ftype=1)");
     assert_eq!(overlay::backing::fs_name(&x.mnt).unwrap(), "xfs");
     let img = layout_with_layers(t.path(), &many_layers(3), &["/bin/sh"]);
@@ -254,7 +254,7 @@ fn store_on_xfs_ftype1_works_and_has_no_project_quota_here() {
             'Deprecated V4 format (crc=0) not supported by kernel'); the refusal wording is unit-tested \
             in backing.rs and this runs in the VM tier"]
 fn store_on_xfs_ftype0_is_refused() {
-    let t = tempfile::tempdir().unwrap();
+    let t = tmp();
     let x =
         XfsLoop::new(t.path(), &["-m", "crc=0", "-n", "ftype=0"]).expect("loop-mount XFS ftype=0");
     let err = Store::open(&x.mnt.join("overlay2"), Driver::Overlay).err().expect("must refuse");
@@ -263,7 +263,7 @@ fn store_on_xfs_ftype0_is_refused() {
 
 #[test]
 fn driver_is_fixed_at_creation() {
-    let t = tempfile::tempdir().unwrap();
+    let t = tmp();
     drop(Store::open(t.path(), Driver::Vfs).unwrap());
     let err = Store::open(t.path(), Driver::Overlay).err().unwrap();
     assert_eq!(err.kind(), ErrorKind::Conflict);
@@ -271,7 +271,7 @@ fn driver_is_fixed_at_creation() {
 
 #[test]
 fn store_is_locked_against_a_second_user() {
-    let t = tempfile::tempdir().unwrap();
+    let t = tmp();
     let _a = Store::open(t.path(), Driver::Overlay).unwrap();
     let err = Store::open(t.path(), Driver::Overlay).err().unwrap();
     assert_eq!(err.kind(), ErrorKind::Conflict);
@@ -279,7 +279,7 @@ fn store_is_locked_against_a_second_user() {
 
 #[test]
 fn cli_end_to_end() {
-    let t = tempfile::tempdir().unwrap();
+    let t = tmp();
     let img = layout_with_layers(t.path(), &many_layers(2), &["/bin/sh"]);
     let root = t.path().join("s");
     let ls = |args: &[&str]| -> String {
@@ -325,7 +325,7 @@ fn cli_end_to_end() {
 
 #[test]
 fn container_diff_uses_oci_whiteouts_and_is_deterministic() {
-    let t = tempfile::tempdir().unwrap();
+    let t = tmp();
     let base = simple_tar(&[("d/a", b"a"), ("d/b", b"b"), ("gone", b"g"), ("keep", b"k")]);
     let img = layout_with_layers(t.path(), &[base], &["/bin/sh"]);
     let store = Store::open(&t.path().join("s"), Driver::Overlay).unwrap();

@@ -394,3 +394,36 @@ pub fn layout_with_layers(dir: &Path, layers: &[Vec<u8>], cmd: &[&str]) -> PathB
     std::fs::write(l.join("index.json"), serde_json::to_vec(&idx).unwrap()).unwrap();
     l
 }
+
+/// A temporary directory that first detaches every mount below it, so a failing test (a
+/// panic skips `unmount`) leaves no overlay mounts behind.
+pub struct TestDir(Option<tempfile::TempDir>);
+
+impl TestDir {
+    pub fn path(&self) -> &Path {
+        self.0.as_ref().expect("live").path()
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        let root = self.path().to_path_buf();
+        if let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") {
+            let mut points: Vec<PathBuf> = info
+                .lines()
+                .filter_map(|l| l.split(' ').nth(4))
+                .map(|p| PathBuf::from(p.replace("\\040", " ")))
+                .filter(|p| p.starts_with(&root))
+                .collect();
+            points.sort();
+            for p in points.into_iter().rev() {
+                let _ = rustix::mount::unmount(&p, rustix::mount::UnmountFlags::DETACH);
+            }
+        }
+        drop(self.0.take());
+    }
+}
+
+pub fn tmp() -> TestDir {
+    TestDir(Some(tempfile::tempdir().unwrap()))
+}
