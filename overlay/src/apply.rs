@@ -15,7 +15,6 @@ use std::ffi::OsStr;
 use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex};
 
 use rustix::fd::{AsFd, OwnedFd};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timespec, Timestamps, XattrFlags};
@@ -107,9 +106,7 @@ struct Applier {
     /// added or removed entries in it.
     dir_times: std::collections::BTreeMap<PathBuf, Timestamps>,
     /// The last parent directory opened, reused while entries stay in one directory.
-    cached_parent: Option<(PathBuf, Arc<OwnedFd>)>,
-    /// Workers creating small regular files (None: everything on this thread).
-    pool: Option<Pool>,
+    cached_parent: Option<(PathBuf, OwnedFd)>,
     /// Roots of the layers below (uppermost first): a directory this layer only implies
     /// takes its attributes from there, as an overlay copy-up would.
     lowers: Vec<OwnedFd>,
@@ -144,97 +141,9 @@ pub fn apply_tar_over<R: Read>(
         written: HashSet::new(),
         dir_times: std::collections::BTreeMap::new(),
         cached_parent: None,
-        pool: None,
         lowers,
         stats: ApplyStats::default(),
     };
-    let state: Arc<PoolState> = Arc::new((Mutex::new((0, None)), Condvar::new()));
-    let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(64);
-    let rx = Arc::new(Mutex::new(rx));
-    std::thread::scope(|s| {
-        for _ in 0..WORKERS {
-            let rx = rx.clone();
-            let st = state.clone();
-            s.spawn(move || loop {
-                let job = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
-                let Ok(job) = job else { break };
-                let res = job.run();
-                let (m, cv) = &*st;
-                let mut g = m.lock().unwrap_or_else(|p| p.into_inner());
-                g.0 -= 1;
-                if let Err(e) = res {
-                    g.1.get_or_insert(e);
-                }
-                cv.notify_all();
-            });
-        }
-        ap.pool = Some(Pool { tx, state: state.clone() });
-        let r = run_entries(&mut ap, &mut archive, root);
-        let r = r.and_then(|()| ap.drain());
-        // Closing the channel ends the workers; on error, let them finish what they hold.
-        let _ = ap.drain();
-        ap.pool = None;
-        r
-    })?;
-    // Deepest first, so setting a parent's mtime is not undone by a child.
-    for (p, ts) in std::mem::take(&mut ap.dir_times).into_iter().rev() {
-        // Reverse path order visits children before their parents.
-        rustix::fs::utimensat(
-            &ap.root,
-            if p.as_os_str().is_empty() { Path::new(".") } else { &p },
-            &ts,
-            AtFlags::SYMLINK_NOFOLLOW,
-        )
-        .map_err(|e| Error::io("set mtime of", &root.join(&p), e))?;
-    }
-    Ok(ap.stats)
-}
-
-/// How many threads create small files.
-const WORKERS: usize = 4;
-/// Files up to this size are handed to the workers (read into memory first).
-const POOLED_MAX: u64 = 1 << 20;
-
-/// (jobs in flight, first error) and a condvar signalled as jobs finish.
-type PoolState = (Mutex<(usize, Option<Error>)>, Condvar);
-
-/// Small regular files are created by a few worker threads: on slow-create disks a file
-/// create is mostly waiting, so overlapping them is most of an import. The main thread keeps
-/// every ordering-sensitive step (directories, links, removals, whiteouts) and drains the
-/// workers before any step that could touch a pending file.
-struct Pool {
-    tx: std::sync::mpsc::SyncSender<Job>,
-    state: Arc<PoolState>,
-}
-
-struct Job {
-    raw: Vec<u8>,
-    parent: Arc<OwnedFd>,
-    name: std::ffi::OsString,
-    data: Vec<u8>,
-    meta: Meta,
-}
-
-impl Job {
-    fn run(&self) -> Result<()> {
-        let fd = rustix::fs::openat(
-            &*self.parent,
-            &self.name,
-            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::from_raw_mode(0o600),
-        )
-        .map_err(|e| entry_io(&self.raw, "create file", e))?;
-        write_sparse(&mut &self.data[..], &fd, self.data.len() as u64)
-            .map_err(|e| entry_io(&self.raw, "write data", e))?;
-        set_meta(&self.raw, &self.parent, &self.name, Some(&fd), &self.meta, true)
-    }
-}
-
-fn run_entries<R: Read>(
-    ap: &mut Applier,
-    archive: &mut tar::Archive<R>,
-    root: &Path,
-) -> Result<()> {
     let entries = archive.entries().map_err(|e| {
         Error::with_source(ErrorKind::Invalid, format!("read tar for {}", root.display()), e)
     })?;
@@ -261,7 +170,18 @@ fn run_entries<R: Read>(
         }
         ap.entry(&mut entry)?;
     }
-    Ok(())
+    // Deepest first, so setting a parent's mtime is not undone by a child.
+    for (p, ts) in std::mem::take(&mut ap.dir_times).into_iter().rev() {
+        // Reverse path order visits children before their parents.
+        rustix::fs::utimensat(
+            &ap.root,
+            if p.as_os_str().is_empty() { Path::new(".") } else { &p },
+            &ts,
+            AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .map_err(|e| Error::io("set mtime of", &root.join(&p), e))?;
+    }
+    Ok(ap.stats)
 }
 
 struct Meta {
@@ -273,20 +193,6 @@ struct Meta {
 }
 
 impl Applier {
-    /// Wait for every pooled file; report the first failure.
-    fn drain(&mut self) -> Result<()> {
-        let Some(pool) = &self.pool else { return Ok(()) };
-        let (m, cv) = &*pool.state;
-        let mut g = m.lock().unwrap_or_else(|p| p.into_inner());
-        while g.0 > 0 {
-            g = cv.wait(g).unwrap_or_else(|p| p.into_inner());
-        }
-        match g.1.take() {
-            Some(e) => Err(e),
-            None => Ok(()),
-        }
-    }
-
     fn entry<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>) -> Result<()> {
         let raw = entry.path_bytes().into_owned();
         let etype = entry.header().entry_type();
@@ -315,10 +221,6 @@ impl Applier {
             ));
         }
         let meta = self.meta(entry, &raw)?;
-        if self.written.contains(&path) {
-            // A second entry for a path: the first may still be in a worker's hands.
-            self.drain()?;
-        }
 
         let name = path.file_name().map(|n| n.as_bytes().to_vec());
         if let (Some(name), true) = (&name, self.mode != WhiteoutMode::Plain) {
@@ -338,7 +240,7 @@ impl Applier {
                 Mode::empty(),
             )
             .map_err(|e| entry_io(&raw, "open root", e))?;
-            set_meta(
+            self.finish_meta(
                 &raw,
                 &self.root.try_clone().map_err(|e| entry_io(&raw, "dup", e))?,
                 OsStr::new("."),
@@ -361,7 +263,6 @@ impl Applier {
                 let existing_dir = FileType::from_raw_mode(st.st_mode) == FileType::Directory;
                 dir_over_dir = is_dir && existing_dir;
                 if !dir_over_dir {
-                    self.drain()?;
                     fsutil::remove_at(&parent, &name)
                         .map_err(|e| entry_io(&raw, "remove existing entry", e))?;
                     self.cached_parent = None;
@@ -373,33 +274,6 @@ impl Applier {
 
         let mut own_fd = None;
         match etype {
-            tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse
-                if size <= POOLED_MAX && self.pool.is_some() =>
-            {
-                let mut data = Vec::with_capacity(size as usize);
-                entry
-                    .take(size)
-                    .read_to_end(&mut data)
-                    .map_err(|e| entry_io(&raw, "read data", e))?;
-                if (data.len() as u64) < size {
-                    return Err(entry_io(
-                        &raw,
-                        "read data",
-                        std::io::Error::new(
-                            std::io::ErrorKind::UnexpectedEof,
-                            format!("data ends at {} of {size} bytes", data.len()),
-                        ),
-                    ));
-                }
-                let pool = self.pool.as_ref().expect("checked in the guard");
-                pool.state.0.lock().unwrap_or_else(|p| p.into_inner()).0 += 1;
-                let job = Job { raw: raw.clone(), parent: parent.clone(), name, data, meta };
-                if pool.tx.send(job).is_err() {
-                    return Err(entry_err(ErrorKind::Io, &raw, "file workers stopped"));
-                }
-                self.written.insert(path);
-                return Ok(());
-            }
             tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
                 let fd = rustix::fs::openat(
                     &parent,
@@ -445,8 +319,6 @@ impl Applier {
                     .map_err(|e| entry_io(&raw, "symlink", e))?;
             }
             tar::EntryType::Link => {
-                // The target may be a file a worker is still creating.
-                self.drain()?;
                 let target = entry
                     .link_name_bytes()
                     .ok_or_else(|| entry_err(ErrorKind::Invalid, &raw, "hardlink without target"))?
@@ -510,7 +382,14 @@ impl Applier {
                 ));
             }
         }
-        set_meta(&raw, &parent, &name, own_fd.as_ref(), &meta, etype != tar::EntryType::Symlink)?;
+        self.finish_meta(
+            &raw,
+            &parent,
+            &name,
+            own_fd.as_ref(),
+            &meta,
+            etype != tar::EntryType::Symlink,
+        )?;
         if is_dir {
             self.dir_times.insert(path.clone(), times(&meta));
         }
@@ -558,10 +437,10 @@ impl Applier {
 
     /// Open (creating missing directories, mode 0755 like Docker) the parent of an entry,
     /// never leaving the root.
-    fn parent(&mut self, raw: &[u8], rel: &Path) -> Result<Arc<OwnedFd>> {
+    fn parent(&mut self, raw: &[u8], rel: &Path) -> Result<OwnedFd> {
         if let Some((p, fd)) = &self.cached_parent {
             if p == rel {
-                return Ok(fd.clone());
+                return fd.try_clone().map_err(|e| entry_io(raw, "dup directory fd", e));
             }
         }
         let fd = match open_beneath(&self.root, rel, OFlags::RDONLY | OFlags::DIRECTORY) {
@@ -610,8 +489,8 @@ impl Applier {
             self.dir_times
                 .insert(rel.to_path_buf(), Timestamps { last_access: t, last_modification: t });
         }
-        let fd = Arc::new(fd);
-        self.cached_parent = Some((rel.to_path_buf(), fd.clone()));
+        self.cached_parent =
+            Some((rel.to_path_buf(), fd.try_clone().map_err(|e| entry_io(raw, "dup", e))?));
         Ok(fd)
     }
 
@@ -664,9 +543,51 @@ impl Applier {
         Ok(())
     }
 
+    fn finish_meta(
+        &self,
+        raw: &[u8],
+        parent: &OwnedFd,
+        name: &OsStr,
+        fd: Option<&OwnedFd>,
+        m: &Meta,
+        chmod: bool,
+    ) -> Result<()> {
+        if let Some(fd) = fd {
+            for (k, v) in &m.xattrs {
+                if k.starts_with(b"trusted.overlay.") || k.starts_with(b"user.overlay.") {
+                    // Overlay's own markers only ever come from whiteout conversion.
+                    tracing::warn!(entry = %String::from_utf8_lossy(raw), "dropping overlay xattr from layer tar");
+                    continue;
+                }
+                rustix::fs::fsetxattr(fd, OsStr::from_bytes(k), v, XattrFlags::empty()).map_err(
+                    |e| entry_io(raw, &format!("set xattr {}", String::from_utf8_lossy(k)), e),
+                )?;
+            }
+        }
+        rustix::fs::chownat(
+            parent,
+            name,
+            Some(rustix::fs::Uid::from_raw(m.uid)),
+            Some(rustix::fs::Gid::from_raw(m.gid)),
+            AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .map_err(|e| entry_io(raw, "chown", e))?;
+        if chmod {
+            // After chown, which clears set-id bits.
+            match fd {
+                Some(fd) => rustix::fs::fchmod(fd, Mode::from_raw_mode(m.mode)),
+                None => {
+                    rustix::fs::chmodat(parent, name, Mode::from_raw_mode(m.mode), AtFlags::empty())
+                }
+            }
+            .map_err(|e| entry_io(raw, "chmod", e))?;
+        }
+        rustix::fs::utimensat(parent, name, &times(m), AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(|e| entry_io(raw, "set mtime", e))?;
+        Ok(())
+    }
+
     fn whiteout(&mut self, raw: &[u8], path: &Path, name: &[u8], meta: &Meta) -> Result<()> {
-        // Whiteouts remove and list; let pending files land first.
-        self.drain()?;
         let parent_rel = path.parent().unwrap_or(Path::new("")).to_path_buf();
         if name == WH_OPAQUE {
             let parent = self.parent(raw, &parent_rel)?;
@@ -760,49 +681,6 @@ fn drop_stale_xattrs(fd: &OwnedFd, m: &Meta) -> rustix::io::Result<()> {
             rustix::fs::fremovexattr(fd, OsStr::from_bytes(name))?;
         }
     }
-    Ok(())
-}
-
-fn set_meta(
-    raw: &[u8],
-    parent: &OwnedFd,
-    name: &OsStr,
-    fd: Option<&OwnedFd>,
-    m: &Meta,
-    chmod: bool,
-) -> Result<()> {
-    if let Some(fd) = fd {
-        for (k, v) in &m.xattrs {
-            if k.starts_with(b"trusted.overlay.") || k.starts_with(b"user.overlay.") {
-                // Overlay's own markers only ever come from whiteout conversion.
-                tracing::warn!(entry = %String::from_utf8_lossy(raw), "dropping overlay xattr from layer tar");
-                continue;
-            }
-            rustix::fs::fsetxattr(fd, OsStr::from_bytes(k), v, XattrFlags::empty()).map_err(
-                |e| entry_io(raw, &format!("set xattr {}", String::from_utf8_lossy(k)), e),
-            )?;
-        }
-    }
-    rustix::fs::chownat(
-        parent,
-        name,
-        Some(rustix::fs::Uid::from_raw(m.uid)),
-        Some(rustix::fs::Gid::from_raw(m.gid)),
-        AtFlags::SYMLINK_NOFOLLOW,
-    )
-    .map_err(|e| entry_io(raw, "chown", e))?;
-    if chmod {
-        // After chown, which clears set-id bits.
-        match fd {
-            Some(fd) => rustix::fs::fchmod(fd, Mode::from_raw_mode(m.mode)),
-            None => {
-                rustix::fs::chmodat(parent, name, Mode::from_raw_mode(m.mode), AtFlags::empty())
-            }
-        }
-        .map_err(|e| entry_io(raw, "chmod", e))?;
-    }
-    rustix::fs::utimensat(parent, name, &times(m), AtFlags::SYMLINK_NOFOLLOW)
-        .map_err(|e| entry_io(raw, "set mtime", e))?;
     Ok(())
 }
 
