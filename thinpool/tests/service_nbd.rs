@@ -54,6 +54,14 @@ fn nbd_over_a_device_backed_pool() {
             && control::socket_path(&pool).exists()
     });
 
+    // The CLI refuses to open a pool the daemon serves.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_thinpool"))
+        .args(["status", pool.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("is serving it"), "{err}");
+
     // Deferred deletion: "b" is removed while a client has it open.
     let mut cb = Client::connect_unix(&sock, "b", false, false);
     assert_eq!(cb.write(0, &pattern(0, 7), 0), 0);

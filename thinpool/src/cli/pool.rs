@@ -72,6 +72,17 @@ pub(super) fn open_pool(dir: &Path, access: Access) -> anyhow::Result<LocalPool>
             paths[0].clone()
         }
     };
+    // A running `thinpool serve` owns the pool: opening it here too could write beside it
+    // (finishing deferred deletions, rewriting group metadata), so go through its control
+    // socket instead.
+    if let Some(state) = src.default_state_dir() {
+        if let Some(pid) = crate::nbd::daemon::PoolLock::holder(&state) {
+            bail!(
+                "the pool in {} is in use by another thinpool process (pid {pid} is serving it)",
+                dir.display()
+            );
+        }
+    }
     let lock =
         File::open(&lock_path).with_context(|| format!("cannot open {}", lock_path.display()))?;
     let op = match access {
