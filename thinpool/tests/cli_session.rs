@@ -215,18 +215,27 @@ fn bad_input_fails_with_one_clear_line() {
 
 #[test]
 fn a_pool_in_use_by_another_process_is_refused() {
+    let lock_file = |dir: &std::path::Path| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join("lock"))
+            .unwrap()
+    };
     let tmp = tempfile::tempdir().unwrap();
     let pool_dir = tmp.path().join("pool");
     let pool = pool_dir.to_str().unwrap();
     ok(&["init", pool, "--data-size", "16M"]);
-    let holder = std::fs::File::open(pool_dir.join("metadata")).unwrap();
+    // DIR/lock is the file `thinpool serve` holds for as long as it runs.
+    let holder = lock_file(&pool_dir);
     rustix::fs::flock(&holder, rustix::fs::FlockOperation::LockExclusive).unwrap();
     fails(&["create", pool, "v", "--size", "1M"], "in use by another thinpool process");
     fails(&["list", pool], "in use");
     drop(holder);
     ok(&["create", pool, "v", "--size", "1M"]);
     // Readers share: a shared holder lets list run but keeps changes out.
-    let reader = std::fs::File::open(pool_dir.join("metadata")).unwrap();
+    let reader = lock_file(&pool_dir);
     rustix::fs::flock(&reader, rustix::fs::FlockOperation::LockShared).unwrap();
     assert!(ok(&["list", pool]).contains("v "));
     fails(&["remove", pool, "v"], "in use");

@@ -54,13 +54,15 @@ fn nbd_over_a_device_backed_pool() {
             && control::socket_path(&pool).exists()
     });
 
-    // The CLI refuses to open a pool the daemon serves.
+    // The CLI goes through the daemon's control socket while it serves the pool.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_thinpool"))
-        .args(["status", pool.to_str().unwrap()])
+        .args(["status", pool.to_str().unwrap(), "--json"])
         .output()
         .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("is serving it"), "{err}");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let st: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(st["Pool Name"], "lamina-thinpool");
+    assert_eq!(st["data_total"], 120 * EXT);
 
     // Deferred deletion: "b" is removed while a client has it open.
     let mut cb = Client::connect_unix(&sock, "b", false, false);

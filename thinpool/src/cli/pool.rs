@@ -4,11 +4,13 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{bail, Context};
+use anyhow::{anyhow, bail, Context};
 
 use super::output::{list_table, status_text, to_json, PoolStatus, VolumeRow};
 use super::size::binary_size;
 use super::{CreateArgs, InitArgs, ListArgs, RemoveArgs, SnapshotArgs, StatusArgs};
+use crate::nbd::control;
+use crate::nbd::daemon::PoolLock;
 use crate::pool::{FilePool, Pool};
 use crate::service::{PoolSource, Service, ServiceOptions};
 use crate::units::Sectors;
@@ -25,15 +27,22 @@ pub(super) trait Manage {
     fn status(&self) -> anyhow::Result<PoolStatus>;
 }
 
-/// A pool (directory, group directory or device list) opened in this process through the
-/// [`Service`], so the verbs follow the daemon's rules (min_free_space, deferred deletion).
-/// Every change is committed before returning.
+/// A pool directory opened in this process. Every change is committed before returning.
+/// The pool is run by a [`Service`], so the verbs follow the daemon's rules
+/// (min_free_space, deferred deletion) and work on file and device-backed pools alike.
 pub(super) struct LocalPool {
     pub(super) svc: Service,
     pub(super) dir: PathBuf,
-    /// Advisory lock on DIR/metadata (file pools) or the first device or group directory,
-    /// released when the verb ends.
+    /// Advisory lock on DIR/lock (the file `thinpool serve` holds), released when the verb
+    /// ends. For a pool named by a device list: a lock on its first device.
     _lock: File,
+}
+
+/// Why a pool could not be opened in this process.
+pub(super) enum Busy {
+    /// A `thinpool serve` daemon owns the pool: management verbs go through its control socket.
+    Daemon,
+    Other(anyhow::Error),
 }
 
 /// How a verb uses the pool: changes need it alone, reads may share it with other readers.
@@ -43,65 +52,38 @@ pub(super) enum Access {
     Exclusive,
 }
 
+/// Opens the pool in `dir` under an advisory lock, so two thinpool processes never change
+/// one pool at once (a daemon serving the pool holds the same lock for as long as it runs).
+pub(super) fn open_pool(dir: &Path, access: Access) -> anyhow::Result<LocalPool> {
+    match try_open_pool(dir, access) {
+        Ok(p) => Ok(p),
+        Err(Busy::Daemon) => {
+            let pid = PoolLock::holder(dir).unwrap_or(0);
+            bail!(
+                "the pool in {} is served by thinpool serve (pid {pid}); this verb needs the pool \
+                 to itself: stop the daemon first",
+                dir.display()
+            )
+        }
+        Err(Busy::Other(e)) => Err(e),
+    }
+}
+
+/// The management verbs' way in: the daemon when one serves the pool, else the files.
+pub(super) fn manage(dir: &Path, access: Access) -> anyhow::Result<Box<dyn Manage>> {
+    match try_open_pool(dir, access) {
+        Ok(p) => Ok(Box::new(p)),
+        Err(Busy::Daemon) => Ok(Box::new(DaemonPool { dir: dir.to_owned() })),
+        Err(Busy::Other(e)) => Err(e),
+    }
+}
+
 /// What POOL names: a pool directory, a group directory, or a comma-separated device list.
 pub(super) fn source(pool: &Path) -> PoolSource {
     PoolSource::from_arg(pool)
 }
 
-/// Opens the pool at `dir` under an advisory lock, so two thinpool processes never change
-/// one pool at once (a daemon serving the pool holds the lock too).
-pub(super) fn open_pool(dir: &Path, access: Access) -> anyhow::Result<LocalPool> {
-    let src = source(dir);
-    let lock_path = match &src {
-        PoolSource::Dir(d) => d.join(FilePool::METADATA),
-        PoolSource::Group(paths) => {
-            for p in paths {
-                if !p.exists() {
-                    bail!("pool directory or device {} does not exist", p.display());
-                }
-            }
-            if let [d] = paths.as_slice() {
-                if d.is_dir() && !has_devices(d) {
-                    bail!(
-                        "{} is not a pool directory (no {} file and no lamina devices)",
-                        d.display(),
-                        FilePool::METADATA
-                    );
-                }
-            }
-            paths[0].clone()
-        }
-    };
-    // A running `thinpool serve` owns the pool: opening it here too could write beside it
-    // (finishing deferred deletions, rewriting group metadata), so go through its control
-    // socket instead.
-    if let Some(state) = src.default_state_dir() {
-        if let Some(pid) = crate::nbd::daemon::PoolLock::holder(&state) {
-            bail!(
-                "the pool in {} is in use by another thinpool process (pid {pid} is serving it)",
-                dir.display()
-            );
-        }
-    }
-    let lock =
-        File::open(&lock_path).with_context(|| format!("cannot open {}", lock_path.display()))?;
-    let op = match access {
-        Access::Shared => FlockOperation::NonBlockingLockShared,
-        Access::Exclusive => FlockOperation::NonBlockingLockExclusive,
-    };
-    match rustix::fs::flock(&lock, op) {
-        Ok(()) => {}
-        Err(rustix::io::Errno::WOULDBLOCK) => {
-            bail!("the pool in {} is in use by another thinpool process", dir.display())
-        }
-        Err(e) => bail!("cannot lock {}: {e}", lock_path.display()),
-    }
-    let svc = Service::open(&src, ServiceOptions::default())
-        .with_context(|| format!("cannot open the pool in {}", dir.display()))?;
-    Ok(LocalPool { svc, dir: dir.to_owned(), _lock: lock })
-}
-
-/// True when `dir` holds at least one file or block device (a group's device links).
+/// True when `dir` holds at least one non-empty file or block device (a group's links).
 fn has_devices(dir: &Path) -> bool {
     std::fs::read_dir(dir).is_ok_and(|rd| {
         rd.flatten().any(|e| {
@@ -110,6 +92,149 @@ fn has_devices(dir: &Path) -> bool {
                 .is_ok_and(|m| (m.is_file() && m.len() > 0) || m.file_type().is_block_device())
         })
     })
+}
+
+fn try_open_pool(dir: &Path, access: Access) -> Result<LocalPool, Busy> {
+    let src = source(dir);
+    let state = match &src {
+        PoolSource::Dir(d) => Some(d.clone()),
+        PoolSource::Group(paths) => {
+            for p in paths {
+                if !p.exists() {
+                    return Err(Busy::Other(anyhow!(
+                        "pool directory or device {} does not exist",
+                        p.display()
+                    )));
+                }
+            }
+            if let [d] = paths.as_slice() {
+                if d.is_dir() && !has_devices(d) {
+                    return Err(Busy::Other(anyhow!(
+                        "{} is not a pool directory (no {} file and no lamina devices)",
+                        d.display(),
+                        FilePool::METADATA
+                    )));
+                }
+            }
+            src.default_state_dir()
+        }
+    };
+    let lock = match &state {
+        Some(d) => {
+            let path = PoolLock::lock_path(d);
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&path)
+                .map_err(|e| Busy::Other(anyhow!("cannot open {}: {e}", path.display())))?
+        }
+        None => {
+            let PoolSource::Group(paths) = &src else { unreachable!("a Dir has a state dir") };
+            File::open(&paths[0])
+                .map_err(|e| Busy::Other(anyhow!("cannot open {}: {e}", paths[0].display())))?
+        }
+    };
+    let op = match access {
+        Access::Shared => FlockOperation::NonBlockingLockShared,
+        Access::Exclusive => FlockOperation::NonBlockingLockExclusive,
+    };
+    match rustix::fs::flock(&lock, op) {
+        Ok(()) => {}
+        Err(rustix::io::Errno::WOULDBLOCK)
+            if state.as_ref().is_some_and(|d| control::socket_path(d).exists()) =>
+        {
+            return Err(Busy::Daemon)
+        }
+        Err(rustix::io::Errno::WOULDBLOCK) => {
+            return Err(Busy::Other(anyhow!(
+                "the pool in {} is in use by another thinpool process",
+                dir.display()
+            )))
+        }
+        Err(e) => return Err(Busy::Other(anyhow!("cannot lock {}: {e}", dir.display()))),
+    }
+    let svc = Service::open(&src, ServiceOptions::default())
+        .with_context(|| format!("cannot open the pool in {}", dir.display()))
+        .map_err(Busy::Other)?;
+    Ok(LocalPool { svc, dir: dir.to_owned(), _lock: lock })
+}
+
+/// Management verbs sent to the `thinpool serve` daemon that owns the pool.
+struct DaemonPool {
+    dir: PathBuf,
+}
+
+impl DaemonPool {
+    fn call(&self, req: control::Request) -> anyhow::Result<serde_json::Value> {
+        let resp = control::request(&self.dir, &req)?;
+        match (resp.ok, resp.error) {
+            (true, _) => Ok(resp.data),
+            (false, Some(e)) => bail!("{e}"),
+            (false, None) => bail!("the pool daemon refused the request without a reason"),
+        }
+    }
+
+    fn thin_id(v: &serde_json::Value) -> anyhow::Result<u64> {
+        v["thin_id"].as_u64().ok_or_else(|| anyhow!("the pool daemon answered without a thin_id"))
+    }
+}
+
+impl Manage for DaemonPool {
+    fn create_volume(&self, name: &str, size: u64) -> anyhow::Result<u64> {
+        Self::thin_id(&self.call(control::Request::Create { name: name.into(), size })?)
+    }
+
+    fn snapshot_volume(&self, origin: &str, name: &str) -> anyhow::Result<u64> {
+        let req = control::Request::Snapshot { origin: origin.into(), name: name.into() };
+        Self::thin_id(&self.call(req)?)
+    }
+
+    fn remove_volume(&self, name: &str) -> anyhow::Result<()> {
+        self.call(control::Request::Remove { name: name.into() }).map(drop)
+    }
+
+    fn volumes(&self) -> anyhow::Result<Vec<VolumeRow>> {
+        let bs = self.call(control::Request::Status)?["block_bytes"].as_u64().unwrap_or(0);
+        let list = self.call(control::Request::List)?;
+        let bad = || anyhow!("the pool daemon sent a malformed volume list");
+        list.as_array()
+            .ok_or_else(bad)?
+            .iter()
+            .map(|v| {
+                Ok(VolumeRow::new(
+                    v["name"].as_str().ok_or_else(bad)?.to_owned(),
+                    v["thin_id"].as_u64().ok_or_else(bad)?,
+                    v["size"].as_u64().ok_or_else(bad)?,
+                    v["mapped_blocks"].as_u64().ok_or_else(bad)?,
+                    bs,
+                ))
+            })
+            .collect()
+    }
+
+    fn status(&self) -> anyhow::Result<PoolStatus> {
+        let st = self.call(control::Request::Status)?;
+        let n = |v: &serde_json::Value| v.as_u64().unwrap_or(0);
+        let bs = n(&st["block_bytes"]);
+        let mb = crate::pdata::disk::BLOCK_SIZE as u64;
+        Ok(PoolStatus {
+            pool_dir: self.dir.display().to_string(),
+            data_file: self.dir.join(FilePool::DATA).display().to_string(),
+            metadata_file: self.dir.join(FilePool::METADATA).display().to_string(),
+            block_size: bs,
+            data_used: n(&st["data"]["used"]) * bs,
+            data_total: n(&st["data"]["total"]) * bs,
+            data_available: n(&st["data"]["free"]) * bs,
+            metadata_used: n(&st["metadata"]["used"]) * mb,
+            metadata_total: n(&st["metadata"]["total"]) * mb,
+            metadata_available: n(&st["metadata"]["free"]) * mb,
+            transaction_id: n(&st["transaction_id"]),
+            volumes: n(&st["volumes"]) as usize,
+            docker: serde_json::from_value(st["devicemapper"].clone()).ok(),
+        })
+    }
 }
 
 impl LocalPool {
@@ -217,42 +342,42 @@ pub(super) fn init(a: &InitArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub(super) fn create(a: &CreateArgs) -> anyhow::Result<ExitCode> {
-    let m = open_pool(&a.pool.dir, Access::Exclusive)?;
+    let m = manage(&a.pool.dir, Access::Exclusive)?;
     let id = m.create_volume(&a.name, a.size)?;
     println!("created volume {} (id {id}, {})", a.name, binary_size(a.size));
     Ok(ExitCode::SUCCESS)
 }
 
 pub(super) fn snapshot(a: &SnapshotArgs) -> anyhow::Result<ExitCode> {
-    let m = open_pool(&a.pool.dir, Access::Exclusive)?;
+    let m = manage(&a.pool.dir, Access::Exclusive)?;
     let id = m.snapshot_volume(&a.origin, &a.name)?;
     println!("created snapshot {} of {} (id {id})", a.name, a.origin);
     Ok(ExitCode::SUCCESS)
 }
 
 pub(super) fn remove(a: &RemoveArgs) -> anyhow::Result<ExitCode> {
-    let m = open_pool(&a.pool.dir, Access::Exclusive)?;
+    let m = manage(&a.pool.dir, Access::Exclusive)?;
     m.remove_volume(&a.name)?;
     println!("removed volume {}", a.name);
     Ok(ExitCode::SUCCESS)
 }
 
 pub(super) fn list(a: &ListArgs) -> anyhow::Result<ExitCode> {
-    let m = open_pool(&a.pool.dir, Access::Shared)?;
     if a.lvs {
         // lvs-like: the pool row (Data%, Meta%) and every visible volume.
+        let m = open_pool(&a.pool.dir, Access::Shared)?;
         let rows = m.svc.list()?;
         let text = crate::service::status::format_list(&rows);
         print!("{}", if a.json { to_json(&rows) } else { text });
         return Ok(ExitCode::SUCCESS);
     }
-    let rows = m.volumes()?;
+    let rows = manage(&a.pool.dir, Access::Shared)?.volumes()?;
     print!("{}", if a.json { to_json(&rows) } else { list_table(&rows) });
     Ok(ExitCode::SUCCESS)
 }
 
 pub(super) fn status(a: &StatusArgs) -> anyhow::Result<ExitCode> {
-    let st = open_pool(&a.pool.dir, Access::Shared)?.status()?;
+    let st = manage(&a.pool.dir, Access::Shared)?.status()?;
     print!("{}", if a.json { to_json(&st) } else { status_text(&st) });
     Ok(ExitCode::SUCCESS)
 }

@@ -1,10 +1,8 @@
 //! The NBD seam over the thin pool: every named volume is an export.
 //!
-//! Durability: FLUSH and FUA commit the pool (data flushed, then metadata); otherwise the
-//! server's committer calls [`Catalog::commit_if_dirty`] twice a second, so every change is
-//! durable within about a second. Because a pool commit is skipped when no mapping changed,
-//! the service's flush also syncs the data device (overwrites of mapped blocks change no
-//! metadata but must still reach the disk).
+//! Durability: FLUSH and FUA flush the pool (data device synced, then metadata committed);
+//! otherwise the server's committer calls [`Catalog::commit_if_dirty`] twice a second, so
+//! every change is durable within about a second, as dm-thin's periodic commit does.
 //!
 //! Zero detection: the Linux 6.1 nbd client never sends WRITE_ZEROES (`blkdiscard -z`
 //! becomes WRITEs of zero pages), so an all-zero WRITE is turned into an unmapping zero
@@ -45,10 +43,10 @@ struct Inner {
 }
 
 impl Inner {
-    /// Commits the pool and syncs its data device (see the module doc).
-    fn commit(&self) -> Result<(), service::Error> {
+    /// Commits the pool; `sync_data` also makes overwrites of mapped blocks durable.
+    fn commit(&self, sync_data: bool) -> Result<(), service::Error> {
         let was = self.dirty.swap(false, Ordering::SeqCst);
-        let r = self.svc.flush();
+        let r = if sync_data { self.svc.flush() } else { self.svc.commit() };
         if r.is_err() && was {
             self.dirty.store(true, Ordering::SeqCst);
         }
@@ -74,9 +72,9 @@ impl PoolCatalog {
         self.inner.svc.pool()
     }
 
-    /// Commits now (used after management verbs and at shutdown).
+    /// Commits now and syncs the data device (after management verbs and at shutdown).
     pub fn commit(&self) -> Result<(), service::Error> {
-        self.inner.commit()
+        self.inner.commit(true)
     }
 }
 
@@ -107,7 +105,7 @@ impl Catalog for PoolCatalog {
         if !self.inner.dirty.load(Ordering::SeqCst) {
             return Ok(());
         }
-        self.inner.commit().map_err(|e| err("commit", 0, 0, e))
+        self.inner.commit(false).map_err(|e| err("commit", 0, 0, e))
     }
 }
 
@@ -122,7 +120,7 @@ impl VolumeExport {
     fn changed(&self, fua: bool, op: &'static str, offset: u64, len: u64) -> ExportResult<()> {
         self.inner.dirty.store(true, Ordering::SeqCst);
         if fua {
-            self.inner.commit().map_err(|e| err(op, offset, len, e))?;
+            self.inner.commit(true).map_err(|e| err(op, offset, len, e))?;
         }
         Ok(())
     }
@@ -183,7 +181,7 @@ impl Export for VolumeExport {
     }
 
     fn flush(&self) -> ExportResult<()> {
-        self.inner.commit().map_err(|e| err("flush", 0, 0, e))
+        self.inner.commit(true).map_err(|e| err("flush", 0, 0, e))
     }
 
     fn extents(&self, offset: u64, len: u64) -> ExportResult<Vec<Extent>> {

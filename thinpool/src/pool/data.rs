@@ -263,7 +263,7 @@ impl Pool {
 
     /// Makes every completed write durable: flushes data and commits the metadata.
     pub fn flush(&self) -> Result<()> {
-        self.commit()
+        self.commit_inner(true)
     }
 
     /// Runs of mapped and unmapped bytes in `offset..offset+len` (for NBD block status).

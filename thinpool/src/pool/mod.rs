@@ -371,11 +371,18 @@ impl Pool {
 
     /// Commits the transaction (flushing the data device first). A no-op when nothing changed.
     pub fn commit(&self) -> Result<()> {
+        self.commit_inner(false)
+    }
+
+    /// Commits; with `sync_data`, the data device is flushed even when no metadata changed
+    /// (an overwrite of a mapped block changes no mapping, yet FLUSH must make it durable).
+    pub(crate) fn commit_inner(&self, sync_data: bool) -> Result<()> {
         let _c = lock(&self.commit_lock);
         let prepared = {
             let mut m = self.meta();
             if !m.changed && !m.names_dirty && m.trans_id == m.committed_trans_id {
-                return Ok(());
+                drop(m);
+                return if sync_data { self.flush_data() } else { Ok(()) };
             }
             m.writable()?;
             match m.prepare_commit() {
@@ -396,10 +403,14 @@ impl Pool {
         r
     }
 
+    fn flush_data(&self) -> Result<()> {
+        self.data_dev
+            .flush()
+            .map_err(|e| Error::io(format!("flushing data device {}", self.data_dev.describe()), e))
+    }
+
     fn write_commit(&self, p: &meta::Prepared) -> Result<()> {
-        self.data_dev.flush().map_err(|e| {
-            Error::io(format!("flushing data device {}", self.data_dev.describe()), e)
-        })?;
+        self.flush_data()?;
         p.blocks
             .write(self.meta_dev.as_ref())
             .map_err(|e| Error::pdata("writing metadata blocks", e))?;

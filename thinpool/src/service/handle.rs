@@ -77,7 +77,7 @@ impl VolumeHandle {
     }
 
     pub fn flush(&self) -> Result<()> {
-        self.shared.flush()
+        self.shared.flush(true)
     }
 
     /// Runs of (length, mapped) bytes, for NBD block status.

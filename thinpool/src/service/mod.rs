@@ -124,13 +124,7 @@ impl Default for ServiceOptions {
 }
 
 pub(crate) enum Backend {
-    /// `data` is synced on flush: overwrites of mapped blocks change no metadata, so the
-    /// pool's commit may skip its own data flush.
-    File {
-        dir: PathBuf,
-        pool: Arc<Pool>,
-        data: std::fs::File,
-    },
+    File { dir: PathBuf, pool: Arc<Pool> },
     Group(Arc<VgPool>),
 }
 
@@ -245,10 +239,7 @@ impl Service {
         let state_dir = opts.state_dir.clone().unwrap_or_else(|| dir.to_owned());
         let base = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let name = opts.pool_name.clone().unwrap_or_else(|| format!("lamina-{base}-pool"));
-        let data_path = dir.join(FilePool::DATA);
-        let data = std::fs::File::open(&data_path)
-            .map_err(|e| Error::io(format!("opening {}", data_path.display()), e))?;
-        let backend = Backend::File { dir: dir.to_owned(), pool: Arc::new(pool), data };
+        let backend = Backend::File { dir: dir.to_owned(), pool: Arc::new(pool) };
         Self::start(backend, config, name, Some(state_dir), opts)
     }
 
@@ -526,14 +517,14 @@ impl Service {
         Ok(self.shared.autoextend_once())
     }
 
-    /// Commits everything written so far and syncs the data device.
+    /// Commits everything written so far (a no-op when no metadata changed).
     pub fn commit(&self) -> Result<()> {
-        self.shared.flush()
+        self.shared.flush(false)
     }
 
-    /// NBD FLUSH: the same as [`Service::commit`].
+    /// NBD FLUSH: commits and syncs the data device even when no metadata changed.
     pub fn flush(&self) -> Result<()> {
-        self.shared.flush()
+        self.shared.flush(true)
     }
 }
 
@@ -836,9 +827,10 @@ impl Shared {
         }
     }
 
-    /// Makes every completed write durable. In read-only mode, succeeds only if everything
-    /// was committed when the mode was entered.
-    pub(crate) fn flush(&self) -> Result<()> {
+    /// Commits; with `sync_data` also syncs the data device when no metadata changed (an
+    /// overwrite of a mapped block must reach the disk at FLUSH). In read-only mode,
+    /// succeeds only if everything was committed when the mode was entered.
+    pub(crate) fn flush(&self, sync_data: bool) -> Result<()> {
         let g = self.ro.read().unwrap_or_else(|e| e.into_inner());
         if let Some(r) = &*g {
             return if r.durable {
@@ -850,17 +842,8 @@ impl Shared {
                 ))
             };
         }
-        self.pool().flush().map_err(|e| Error::pool("flushing the pool", e))?;
-        match &self.backend {
-            Backend::File { dir, data, .. } => data.sync_data().map_err(|e| {
-                Error::io(format!("syncing {}", dir.join(FilePool::DATA).display()), e)
-            }),
-            Backend::Group(g) => g
-                .vg()
-                .data_region()
-                .flush()
-                .map_err(|e| Error::io("flushing the group's data region", e)),
-        }
+        let r = if sync_data { self.pool().flush() } else { self.pool().commit() };
+        r.map_err(|e| Error::pool("committing the pool", e))
     }
 
     /// dm-thin's answer to a metadata failure: commit what can still be committed, set

@@ -1,0 +1,102 @@
+//! `thinpool serve` as users run it: the daemon owns the pool, the management verbs keep
+//! working through its control socket, volumes appear and disappear as NBD exports, and verbs
+//! that need the pool files to themselves are refused with a clear message.
+
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_thinpool");
+
+fn thinpool(args: &[&str]) -> Output {
+    Command::new(BIN).args(args).output().expect("running thinpool")
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = thinpool(args);
+    assert!(out.status.success(), "thinpool {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn nbdinfo_list(sock: &Path) -> String {
+    let uri = format!("nbd+unix:///?socket={}", sock.display());
+    let out = Command::new("nbdinfo")
+        .args(["--list", "--json", &uri])
+        .output()
+        .expect("nbdinfo is needed (libnbd-bin); cargo xtask setup installs it");
+    assert!(out.status.success(), "nbdinfo: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+struct Daemon(Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn management_verbs_go_through_the_running_daemon() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("pool");
+    let d = dir.to_str().unwrap();
+    let sock = tmp.path().join("nbd.sock");
+    ok(&["init", d, "--data-size", "256M"]);
+    ok(&["create", d, "before", "--size", "64M"]);
+    let daemon = Daemon(
+        Command::new(BIN)
+            .args(["serve", d, "--listen", "none", "--socket", sock.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for("the NBD socket", || sock.exists() && dir.join("control.sock").exists());
+    assert!(nbdinfo_list(&sock).contains("\"before\""));
+
+    // Changes go to the daemon, which commits them and exports the new volume at once.
+    assert!(ok(&["create", d, "during", "--size", "32M"]).contains("created volume during"));
+    ok(&["snapshot", d, "during", "snap"]);
+    let listed = nbdinfo_list(&sock);
+    assert!(listed.contains("\"during\"") && listed.contains("\"snap\""), "{listed}");
+    let table = ok(&["list", d]);
+    assert!(table.contains("during") && table.contains("snap"), "{table}");
+    assert!(ok(&["status", d]).contains("Pool Blocksize"));
+    ok(&["remove", d, "snap"]);
+    assert!(!nbdinfo_list(&sock).contains("\"snap\""));
+
+    // Errors from the daemon come back as one clear line.
+    let dup = thinpool(&["create", d, "during", "--size", "1M"]);
+    assert!(!dup.status.success());
+    let err = String::from_utf8_lossy(&dup.stderr);
+    assert!(err.contains("during") && !err.contains("panicked"), "{err}");
+
+    // Raw image I/O needs the pool files to itself while the daemon owns them.
+    let img = tmp.path().join("img");
+    std::fs::write(&img, vec![1u8; 4096]).unwrap();
+    let busy = thinpool(&["import", d, "during", img.to_str().unwrap()]);
+    assert!(!busy.status.success());
+    let err = String::from_utf8_lossy(&busy.stderr);
+    assert!(err.contains("served by thinpool serve"), "{err}");
+
+    // A second daemon on the same pool is refused.
+    let second = thinpool(&["serve", d, "--listen", "none"]);
+    assert!(!second.status.success());
+    assert!(String::from_utf8_lossy(&second.stderr).contains("in use"), "second daemon refused");
+
+    drop(daemon);
+    // With the daemon gone the verbs open the files directly again, and everything persisted.
+    let table = ok(&["list", d]);
+    assert!(table.contains("before") && table.contains("during") && !table.contains("snap"));
+    let check = thinpool(&["check", d]);
+    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stdout));
+}
