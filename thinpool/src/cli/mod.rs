@@ -67,8 +67,8 @@ pub enum Command {
     Events(EventsArgs),
     /// Print the device-mapper tables of a device-backed pool and its volumes.
     DmsetupTable(DmsetupTableArgs),
-    /// Serve every volume as an NBD export (the pool daemon, with the autoextend thread;
-    /// management verbs keep working through its control socket while it runs).
+    /// Serve the pool's volumes over NBD (with autoextend and a control socket) until
+    /// SIGTERM/SIGINT.
     Serve(ServeArgs),
 }
 
@@ -214,7 +214,7 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub pool: PoolDir,
     #[command(flatten)]
-    pub config: crate::nbd::daemon::ServeConfig,
+    pub serve: crate::nbd::daemon::ServeConfig,
 }
 
 #[derive(Debug, Args)]
@@ -279,7 +279,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Events(a) => group::events(&a),
         Command::DmsetupTable(a) => group::dmsetup_table(&a),
         Command::Serve(a) => {
-            crate::nbd::daemon::serve(&a.pool.dir, a.config)?;
+            crate::nbd::daemon::serve(&a.pool.dir, a.serve)?;
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -27,22 +27,15 @@ pub(super) trait Manage {
     fn status(&self) -> anyhow::Result<PoolStatus>;
 }
 
-/// A pool directory opened in this process. Every change is committed before returning.
-/// The pool is run by a [`Service`], so the verbs follow the daemon's rules
-/// (min_free_space, deferred deletion) and work on file and device-backed pools alike.
+/// A pool (directory, group directory or device list) opened in this process through the
+/// [`Service`], so the verbs follow the daemon's rules (min_free_space, deferred deletion).
+/// Every change is committed before returning.
 pub(super) struct LocalPool {
     pub(super) svc: Service,
     pub(super) dir: PathBuf,
-    /// Advisory lock on DIR/lock (the file `thinpool serve` holds), released when the verb
-    /// ends. For a pool named by a device list: a lock on its first device.
+    /// Advisory lock on STATE/lock (the file `thinpool serve` holds) or, for a bare device
+    /// list, its first device; released when the verb ends.
     _lock: File,
-}
-
-/// Why a pool could not be opened in this process.
-pub(super) enum Busy {
-    /// A `thinpool serve` daemon owns the pool: management verbs go through its control socket.
-    Daemon,
-    Other(anyhow::Error),
 }
 
 /// How a verb uses the pool: changes need it alone, reads may share it with other readers.
@@ -52,13 +45,25 @@ pub(super) enum Access {
     Exclusive,
 }
 
-/// Opens the pool in `dir` under an advisory lock, so two thinpool processes never change
+/// What POOL names: a pool directory, a group directory, or a comma-separated device list.
+pub(super) fn source(pool: &Path) -> PoolSource {
+    PoolSource::from_arg(pool)
+}
+
+/// Why a pool could not be opened in this process.
+pub(super) enum Busy {
+    /// A `thinpool serve` daemon owns the pool: management verbs go through its control socket.
+    Daemon(PathBuf),
+    Other(anyhow::Error),
+}
+
+/// Opens the pool at `dir` under an advisory lock, so two thinpool processes never change
 /// one pool at once (a daemon serving the pool holds the same lock for as long as it runs).
 pub(super) fn open_pool(dir: &Path, access: Access) -> anyhow::Result<LocalPool> {
     match try_open_pool(dir, access) {
         Ok(p) => Ok(p),
-        Err(Busy::Daemon) => {
-            let pid = PoolLock::holder(dir).unwrap_or(0);
+        Err(Busy::Daemon(state)) => {
+            let pid = PoolLock::holder(&state).unwrap_or(0);
             bail!(
                 "the pool in {} is served by thinpool serve (pid {pid}); this verb needs the pool \
                  to itself: stop the daemon first",
@@ -73,17 +78,79 @@ pub(super) fn open_pool(dir: &Path, access: Access) -> anyhow::Result<LocalPool>
 pub(super) fn manage(dir: &Path, access: Access) -> anyhow::Result<Box<dyn Manage>> {
     match try_open_pool(dir, access) {
         Ok(p) => Ok(Box::new(p)),
-        Err(Busy::Daemon) => Ok(Box::new(DaemonPool { dir: dir.to_owned() })),
+        Err(Busy::Daemon(state)) => Ok(Box::new(DaemonPool { dir: dir.to_owned(), state })),
         Err(Busy::Other(e)) => Err(e),
     }
 }
 
-/// What POOL names: a pool directory, a group directory, or a comma-separated device list.
-pub(super) fn source(pool: &Path) -> PoolSource {
-    PoolSource::from_arg(pool)
+fn try_open_pool(dir: &Path, access: Access) -> Result<LocalPool, Busy> {
+    let other = |e: anyhow::Error| Busy::Other(e);
+    let src = source(dir);
+    match &src {
+        PoolSource::Dir(d) => {
+            if !d.join(FilePool::METADATA).exists() && !d.exists() {
+                return Err(other(anyhow!("pool directory {} does not exist", d.display())));
+            }
+        }
+        PoolSource::Group(paths) => {
+            for p in paths {
+                if !p.exists() {
+                    return Err(other(anyhow!(
+                        "pool directory or device {} does not exist",
+                        p.display()
+                    )));
+                }
+            }
+            if let [d] = paths.as_slice() {
+                if d.is_dir() && !has_devices(d) {
+                    return Err(other(anyhow!(
+                        "{} is not a pool directory (no {} file and no lamina devices)",
+                        d.display(),
+                        FilePool::METADATA
+                    )));
+                }
+            }
+        }
+    }
+    // The daemon locks STATE/lock (a pool or group directory is its own state directory); a
+    // bare device list has none, so its first device is the lock.
+    let state = src.default_state_dir();
+    let lock_path = match (&state, &src) {
+        (Some(s), _) => PoolLock::lock_path(s),
+        (None, PoolSource::Group(paths)) => paths[0].clone(),
+        (None, PoolSource::Dir(d)) => PoolLock::lock_path(d),
+    };
+    let lock = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(state.is_some())
+        .truncate(false)
+        .open(&lock_path)
+        .map_err(|e| other(anyhow!("cannot open {}: {e}", lock_path.display())))?;
+    let op = match access {
+        Access::Shared => FlockOperation::NonBlockingLockShared,
+        Access::Exclusive => FlockOperation::NonBlockingLockExclusive,
+    };
+    match rustix::fs::flock(&lock, op) {
+        Ok(()) => {}
+        Err(rustix::io::Errno::WOULDBLOCK) => {
+            if let Some(s) = state.filter(|s| control::socket_path(s).exists()) {
+                return Err(Busy::Daemon(s));
+            }
+            return Err(other(anyhow!(
+                "the pool in {} is in use by another thinpool process",
+                dir.display()
+            )));
+        }
+        Err(e) => return Err(other(anyhow!("cannot lock {}: {e}", lock_path.display()))),
+    }
+    let svc = Service::open(&src, ServiceOptions::default())
+        .with_context(|| format!("cannot open the pool in {}", dir.display()))
+        .map_err(other)?;
+    Ok(LocalPool { svc, dir: dir.to_owned(), _lock: lock })
 }
 
-/// True when `dir` holds at least one non-empty file or block device (a group's links).
+/// True when `dir` holds at least one file or block device (a group's device links).
 fn has_devices(dir: &Path) -> bool {
     std::fs::read_dir(dir).is_ok_and(|rd| {
         rd.flatten().any(|e| {
@@ -92,149 +159,6 @@ fn has_devices(dir: &Path) -> bool {
                 .is_ok_and(|m| (m.is_file() && m.len() > 0) || m.file_type().is_block_device())
         })
     })
-}
-
-fn try_open_pool(dir: &Path, access: Access) -> Result<LocalPool, Busy> {
-    let src = source(dir);
-    let state = match &src {
-        PoolSource::Dir(d) => Some(d.clone()),
-        PoolSource::Group(paths) => {
-            for p in paths {
-                if !p.exists() {
-                    return Err(Busy::Other(anyhow!(
-                        "pool directory or device {} does not exist",
-                        p.display()
-                    )));
-                }
-            }
-            if let [d] = paths.as_slice() {
-                if d.is_dir() && !has_devices(d) {
-                    return Err(Busy::Other(anyhow!(
-                        "{} is not a pool directory (no {} file and no lamina devices)",
-                        d.display(),
-                        FilePool::METADATA
-                    )));
-                }
-            }
-            src.default_state_dir()
-        }
-    };
-    let lock = match &state {
-        Some(d) => {
-            let path = PoolLock::lock_path(d);
-            std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .open(&path)
-                .map_err(|e| Busy::Other(anyhow!("cannot open {}: {e}", path.display())))?
-        }
-        None => {
-            let PoolSource::Group(paths) = &src else { unreachable!("a Dir has a state dir") };
-            File::open(&paths[0])
-                .map_err(|e| Busy::Other(anyhow!("cannot open {}: {e}", paths[0].display())))?
-        }
-    };
-    let op = match access {
-        Access::Shared => FlockOperation::NonBlockingLockShared,
-        Access::Exclusive => FlockOperation::NonBlockingLockExclusive,
-    };
-    match rustix::fs::flock(&lock, op) {
-        Ok(()) => {}
-        Err(rustix::io::Errno::WOULDBLOCK)
-            if state.as_ref().is_some_and(|d| control::socket_path(d).exists()) =>
-        {
-            return Err(Busy::Daemon)
-        }
-        Err(rustix::io::Errno::WOULDBLOCK) => {
-            return Err(Busy::Other(anyhow!(
-                "the pool in {} is in use by another thinpool process",
-                dir.display()
-            )))
-        }
-        Err(e) => return Err(Busy::Other(anyhow!("cannot lock {}: {e}", dir.display()))),
-    }
-    let svc = Service::open(&src, ServiceOptions::default())
-        .with_context(|| format!("cannot open the pool in {}", dir.display()))
-        .map_err(Busy::Other)?;
-    Ok(LocalPool { svc, dir: dir.to_owned(), _lock: lock })
-}
-
-/// Management verbs sent to the `thinpool serve` daemon that owns the pool.
-struct DaemonPool {
-    dir: PathBuf,
-}
-
-impl DaemonPool {
-    fn call(&self, req: control::Request) -> anyhow::Result<serde_json::Value> {
-        let resp = control::request(&self.dir, &req)?;
-        match (resp.ok, resp.error) {
-            (true, _) => Ok(resp.data),
-            (false, Some(e)) => bail!("{e}"),
-            (false, None) => bail!("the pool daemon refused the request without a reason"),
-        }
-    }
-
-    fn thin_id(v: &serde_json::Value) -> anyhow::Result<u64> {
-        v["thin_id"].as_u64().ok_or_else(|| anyhow!("the pool daemon answered without a thin_id"))
-    }
-}
-
-impl Manage for DaemonPool {
-    fn create_volume(&self, name: &str, size: u64) -> anyhow::Result<u64> {
-        Self::thin_id(&self.call(control::Request::Create { name: name.into(), size })?)
-    }
-
-    fn snapshot_volume(&self, origin: &str, name: &str) -> anyhow::Result<u64> {
-        let req = control::Request::Snapshot { origin: origin.into(), name: name.into() };
-        Self::thin_id(&self.call(req)?)
-    }
-
-    fn remove_volume(&self, name: &str) -> anyhow::Result<()> {
-        self.call(control::Request::Remove { name: name.into() }).map(drop)
-    }
-
-    fn volumes(&self) -> anyhow::Result<Vec<VolumeRow>> {
-        let bs = self.call(control::Request::Status)?["block_bytes"].as_u64().unwrap_or(0);
-        let list = self.call(control::Request::List)?;
-        let bad = || anyhow!("the pool daemon sent a malformed volume list");
-        list.as_array()
-            .ok_or_else(bad)?
-            .iter()
-            .map(|v| {
-                Ok(VolumeRow::new(
-                    v["name"].as_str().ok_or_else(bad)?.to_owned(),
-                    v["thin_id"].as_u64().ok_or_else(bad)?,
-                    v["size"].as_u64().ok_or_else(bad)?,
-                    v["mapped_blocks"].as_u64().ok_or_else(bad)?,
-                    bs,
-                ))
-            })
-            .collect()
-    }
-
-    fn status(&self) -> anyhow::Result<PoolStatus> {
-        let st = self.call(control::Request::Status)?;
-        let n = |v: &serde_json::Value| v.as_u64().unwrap_or(0);
-        let bs = n(&st["block_bytes"]);
-        let mb = crate::pdata::disk::BLOCK_SIZE as u64;
-        Ok(PoolStatus {
-            pool_dir: self.dir.display().to_string(),
-            data_file: self.dir.join(FilePool::DATA).display().to_string(),
-            metadata_file: self.dir.join(FilePool::METADATA).display().to_string(),
-            block_size: bs,
-            data_used: n(&st["data"]["used"]) * bs,
-            data_total: n(&st["data"]["total"]) * bs,
-            data_available: n(&st["data"]["free"]) * bs,
-            metadata_used: n(&st["metadata"]["used"]) * mb,
-            metadata_total: n(&st["metadata"]["total"]) * mb,
-            metadata_available: n(&st["metadata"]["free"]) * mb,
-            transaction_id: n(&st["transaction_id"]),
-            volumes: n(&st["volumes"]) as usize,
-            docker: serde_json::from_value(st["devicemapper"].clone()).ok(),
-        })
-    }
 }
 
 impl LocalPool {
@@ -371,8 +295,7 @@ pub(super) fn remove(a: &RemoveArgs) -> anyhow::Result<ExitCode> {
 pub(super) fn list(a: &ListArgs) -> anyhow::Result<ExitCode> {
     if a.lvs {
         // lvs-like: the pool row (Data%, Meta%) and every visible volume.
-        let m = open_pool(&a.pool.dir, Access::Shared)?;
-        let rows = m.svc.list()?;
+        let rows = open_pool(&a.pool.dir, Access::Shared)?.svc.list()?;
         let text = crate::service::status::format_list(&rows);
         print!("{}", if a.json { to_json(&rows) } else { text });
         return Ok(ExitCode::SUCCESS);
@@ -386,4 +309,82 @@ pub(super) fn status(a: &StatusArgs) -> anyhow::Result<ExitCode> {
     let st = manage(&a.pool.dir, Access::Shared)?.status()?;
     print!("{}", if a.json { to_json(&st) } else { status_text(&st) });
     Ok(ExitCode::SUCCESS)
+}
+
+/// Management verbs sent to the `thinpool serve` daemon that owns the pool.
+struct DaemonPool {
+    dir: PathBuf,
+    /// The daemon's state directory (its lock and control socket).
+    state: PathBuf,
+}
+
+impl DaemonPool {
+    fn call(&self, req: control::Request) -> anyhow::Result<serde_json::Value> {
+        let resp = control::request(&self.state, &req)?;
+        match (resp.ok, resp.error) {
+            (true, _) => Ok(resp.data),
+            (false, Some(e)) => bail!("{e}"),
+            (false, None) => bail!("the pool daemon refused the request without a reason"),
+        }
+    }
+
+    fn thin_id(v: &serde_json::Value) -> anyhow::Result<u64> {
+        v["thin_id"].as_u64().ok_or_else(|| anyhow!("the pool daemon answered without a thin_id"))
+    }
+}
+
+impl Manage for DaemonPool {
+    fn create_volume(&self, name: &str, size: u64) -> anyhow::Result<u64> {
+        Self::thin_id(&self.call(control::Request::Create { name: name.into(), size })?)
+    }
+
+    fn snapshot_volume(&self, origin: &str, name: &str) -> anyhow::Result<u64> {
+        let req = control::Request::Snapshot { origin: origin.into(), name: name.into() };
+        Self::thin_id(&self.call(req)?)
+    }
+
+    fn remove_volume(&self, name: &str) -> anyhow::Result<()> {
+        self.call(control::Request::Remove { name: name.into() }).map(drop)
+    }
+
+    fn volumes(&self) -> anyhow::Result<Vec<VolumeRow>> {
+        let bs = self.call(control::Request::Status)?["block_bytes"].as_u64().unwrap_or(0);
+        let list = self.call(control::Request::List)?;
+        let bad = || anyhow!("the pool daemon sent a malformed volume list");
+        list.as_array()
+            .ok_or_else(bad)?
+            .iter()
+            .map(|v| {
+                Ok(VolumeRow::new(
+                    v["name"].as_str().ok_or_else(bad)?.to_owned(),
+                    v["thin_id"].as_u64().ok_or_else(bad)?,
+                    v["size"].as_u64().ok_or_else(bad)?,
+                    v["mapped_blocks"].as_u64().ok_or_else(bad)?,
+                    bs,
+                ))
+            })
+            .collect()
+    }
+
+    fn status(&self) -> anyhow::Result<PoolStatus> {
+        let st = self.call(control::Request::Status)?;
+        let n = |v: &serde_json::Value| v.as_u64().unwrap_or(0);
+        let bs = n(&st["block_bytes"]);
+        let mb = crate::pdata::disk::BLOCK_SIZE as u64;
+        Ok(PoolStatus {
+            pool_dir: self.dir.display().to_string(),
+            data_file: self.dir.join(FilePool::DATA).display().to_string(),
+            metadata_file: self.dir.join(FilePool::METADATA).display().to_string(),
+            block_size: bs,
+            data_used: n(&st["data"]["used"]) * bs,
+            data_total: n(&st["data"]["total"]) * bs,
+            data_available: n(&st["data"]["free"]) * bs,
+            metadata_used: n(&st["metadata"]["used"]) * mb,
+            metadata_total: n(&st["metadata"]["total"]) * mb,
+            metadata_available: n(&st["metadata"]["free"]) * mb,
+            transaction_id: n(&st["transaction_id"]),
+            volumes: n(&st["volumes"]) as usize,
+            docker: serde_json::from_value(st["devicemapper"].clone()).ok(),
+        })
+    }
 }

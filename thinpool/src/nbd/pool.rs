@@ -43,10 +43,10 @@ struct Inner {
 }
 
 impl Inner {
-    /// Commits the pool; `sync_data` also makes overwrites of mapped blocks durable.
-    fn commit(&self, sync_data: bool) -> Result<(), service::Error> {
+    /// Commits the pool and syncs its data device (see the module doc).
+    fn commit(&self) -> Result<(), service::Error> {
         let was = self.dirty.swap(false, Ordering::SeqCst);
-        let r = if sync_data { self.svc.flush() } else { self.svc.commit() };
+        let r = self.svc.flush();
         if r.is_err() && was {
             self.dirty.store(true, Ordering::SeqCst);
         }
@@ -72,9 +72,9 @@ impl PoolCatalog {
         self.inner.svc.pool()
     }
 
-    /// Commits now and syncs the data device (after management verbs and at shutdown).
+    /// Commits now (used after management verbs and at shutdown).
     pub fn commit(&self) -> Result<(), service::Error> {
-        self.inner.commit(true)
+        self.inner.commit()
     }
 }
 
@@ -105,7 +105,7 @@ impl Catalog for PoolCatalog {
         if !self.inner.dirty.load(Ordering::SeqCst) {
             return Ok(());
         }
-        self.inner.commit(false).map_err(|e| err("commit", 0, 0, e))
+        self.inner.commit().map_err(|e| err("commit", 0, 0, e))
     }
 }
 
@@ -120,7 +120,7 @@ impl VolumeExport {
     fn changed(&self, fua: bool, op: &'static str, offset: u64, len: u64) -> ExportResult<()> {
         self.inner.dirty.store(true, Ordering::SeqCst);
         if fua {
-            self.inner.commit(true).map_err(|e| err(op, offset, len, e))?;
+            self.inner.commit().map_err(|e| err(op, offset, len, e))?;
         }
         Ok(())
     }
@@ -181,7 +181,7 @@ impl Export for VolumeExport {
     }
 
     fn flush(&self) -> ExportResult<()> {
-        self.inner.commit(true).map_err(|e| err("flush", 0, 0, e))
+        self.inner.commit().map_err(|e| err("flush", 0, 0, e))
     }
 
     fn extents(&self, offset: u64, len: u64) -> ExportResult<Vec<Extent>> {

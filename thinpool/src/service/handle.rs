@@ -77,7 +77,7 @@ impl VolumeHandle {
     }
 
     pub fn flush(&self) -> Result<()> {
-        self.shared.flush(true)
+        self.shared.flush()
     }
 
     /// Runs of (length, mapped) bytes, for NBD block status.

@@ -519,14 +519,14 @@ impl Service {
         Ok(self.shared.autoextend_once())
     }
 
-    /// Commits everything written so far (a no-op when no metadata changed).
+    /// Commits everything written so far and syncs the data device.
     pub fn commit(&self) -> Result<()> {
-        self.shared.flush(false)
+        self.shared.flush()
     }
 
-    /// NBD FLUSH: commits and syncs the data device even when no metadata changed.
+    /// NBD FLUSH: the same as [`Service::commit`].
     pub fn flush(&self) -> Result<()> {
-        self.shared.flush(true)
+        self.shared.flush()
     }
 }
 
@@ -830,10 +830,9 @@ impl Shared {
         }
     }
 
-    /// Commits; with `sync_data` also syncs the data device when no metadata changed (an
-    /// overwrite of a mapped block must reach the disk at FLUSH). In read-only mode,
-    /// succeeds only if everything was committed when the mode was entered.
-    pub(crate) fn flush(&self, sync_data: bool) -> Result<()> {
+    /// Makes every completed write durable. In read-only mode, succeeds only if everything
+    /// was committed when the mode was entered.
+    pub(crate) fn flush(&self) -> Result<()> {
         let g = self.ro.read().unwrap_or_else(|e| e.into_inner());
         if let Some(r) = &*g {
             return if r.durable {
@@ -845,8 +844,8 @@ impl Shared {
                 ))
             };
         }
-        let r = if sync_data { self.pool().flush() } else { self.pool().commit() };
-        r.map_err(|e| Error::pool("committing the pool", e))
+        // Pool::flush syncs the data device even when no mapping changed.
+        self.pool().flush().map_err(|e| Error::pool("flushing the pool", e))
     }
 
     /// dm-thin's answer to a metadata failure: commit what can still be committed, set

@@ -5,7 +5,7 @@
 
 use std::fmt;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{lock, Backend, Service};
 use crate::pdata::disk::BLOCK_SIZE;
@@ -13,7 +13,7 @@ use crate::pool::FilePool;
 use crate::vg::autoextend::min_free_blocks;
 
 /// Every devicemapper field of `docker info`, named as Docker names them (also in JSON).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServiceStatus {
     #[serde(rename = "Pool Name")]
     pub pool_name: String,

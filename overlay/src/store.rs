@@ -1,0 +1,813 @@
+//! The layer store: an overlay2-compatible directory tree plus JSON metadata.
+//!
+//! ```text
+//! ROOT/                         (0710) e.g. /var/lib/lamina/overlay2
+//! ├── driver                    "overlay" or "vfs": fixed when the store is created
+//! ├── .lock                     flock held by the one process using the store
+//! ├── l/                        (0700) short links, so mount options stay short
+//! │   └── <26 × A-Z2-7>  ->  ../<cache-id>/diff
+//! ├── <cache-id>/               one per image layer and per container (64 random hex)
+//! │   ├── diff/                 this layer's content = overlay upperdir
+//! │   │                         (vfs: a full copy of the parent plus this layer)
+//! │   ├── link                  its short id (overlay only)
+//! │   ├── lower                 "l/AAA:l/BBB:…", uppermost first (only with a parent)
+//! │   ├── work/                 overlay workdir (only with a parent)
+//! │   ├── merged/               mount point while mounted (removed on unmount)
+//! │   └── committed             empty; set once a child is created on this layer
+//! ├── <cache-id>-removing/      a container mid-removal; finished at the next open
+//! ├── layerdb/<chain-hex>.json  LayerMeta: chain id, diff id, parent, cache id, size
+//! ├── imagedb/<config-hex>.json ImageMeta: config/manifest/layer blobs and tags
+//! ├── containers/<name>.json    ContainerMeta ( <name>-removing.json while removing )
+//! ├── blobs/sha256/<hex>        original manifest, config and layer blobs, byte-exact,
+//! │                             so exports reproduce every digest
+//! ├── volumes/<name>/_data      named volumes
+//! └── tmp/                      staging for imports and exports; emptied at open
+//! ```
+//!
+//! Every JSON file is written with temp file + fsync + rename + fsync of the directory. A
+//! layer is staged under `tmp/` and renamed into place only when complete, and its
+//! `layerdb` entry — written last — is what makes it exist.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rustix::fd::OwnedFd;
+use serde::{Deserialize, Serialize};
+
+use crate::apply::{self, Limits, WhiteoutMode};
+use crate::digest::{Digest, HashReader, HashWriter};
+use crate::error::{Error, ErrorKind, IoContext, Result};
+use crate::fsutil;
+use crate::mount::{KernelMounter, Mounter};
+use crate::source::{Compression, Descriptor, Source, SourceImage, MT_OCI_MANIFEST};
+
+/// overlay2's limit on lower layers per mount (moby `maxDepth`).
+pub const MAX_DEPTH: usize = 128;
+
+/// Storage driver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Driver {
+    /// Layers are overlay diffs stacked at mount time.
+    Overlay,
+    /// Every layer and container is a full copy of its parent (Docker's slow baseline).
+    Vfs,
+}
+
+impl Driver {
+    pub fn name(self) -> &'static str {
+        match self {
+            Driver::Overlay => "overlay",
+            Driver::Vfs => "vfs",
+        }
+    }
+}
+
+/// One stored layer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerMeta {
+    pub chain_id: Digest,
+    pub diff_id: Digest,
+    pub parent: Option<Digest>,
+    pub cache_id: String,
+    /// Bytes of regular files in `diff/`.
+    pub size: u64,
+}
+
+/// A layer of an image: where its content is and which blob it came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageLayer {
+    pub chain_id: Digest,
+    pub diff_id: Digest,
+    pub blob: Descriptor,
+}
+
+/// One stored image; its id is the digest of its config.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageMeta {
+    pub id: Digest,
+    pub config_media_type: String,
+    pub config_size: u64,
+    pub manifest: Descriptor,
+    pub layers: Vec<ImageLayer>,
+    pub tags: Vec<String>,
+    pub created: u64,
+}
+
+impl ImageMeta {
+    pub fn top_chain(&self) -> Option<&Digest> {
+        self.layers.last().map(|l| &l.chain_id)
+    }
+}
+
+/// The store. One process uses a store at a time (an exclusive flock on `ROOT/.lock`).
+pub struct Store {
+    pub(crate) root: PathBuf,
+    pub(crate) driver: Driver,
+    pub(crate) mounter: Box<dyn Mounter>,
+    pub(crate) limits: Limits,
+    _lock: OwnedFd,
+}
+
+pub(crate) fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// Docker's name rule for containers and volumes: `[a-zA-Z0-9][a-zA-Z0-9_.-]*`.
+pub fn check_name(what: &str, name: &str) -> Result<()> {
+    let ok = name.len() <= 128
+        && name.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-')
+        && !name.ends_with("-removing");
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::new(
+            ErrorKind::Invalid,
+            format!("invalid {what} name {name:?}: use [a-zA-Z0-9][a-zA-Z0-9_.-]*"),
+        ))
+    }
+}
+
+/// `name` → `name:latest`; `host:5000/a/b:tag` stays.
+pub fn normalize_tag(tag: &str) -> Result<String> {
+    if tag.is_empty()
+        || tag.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+        || tag.contains('@')
+    {
+        return Err(Error::new(ErrorKind::Invalid, format!("invalid image reference {tag:?}")));
+    }
+    let last = tag.rsplit('/').next().unwrap_or(tag);
+    Ok(if last.contains(':') { tag.to_string() } else { format!("{tag}:latest") })
+}
+
+/// Tags compare equal with or without the implicit `docker.io/` and `docker.io/library/`.
+fn short_tag(t: &str) -> &str {
+    t.strip_prefix("docker.io/library/").or_else(|| t.strip_prefix("docker.io/")).unwrap_or(t)
+}
+
+impl Store {
+    /// Open (creating if needed) a store with the real kernel mounter.
+    pub fn open(root: &Path, driver: Driver) -> Result<Store> {
+        Store::open_with(root, driver, Box::new(KernelMounter::default()))
+    }
+
+    /// Open with a given mount seam.
+    pub fn open_with(root: &Path, driver: Driver, mounter: Box<dyn Mounter>) -> Result<Store> {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o710)
+            .create(root)
+            .ctx("create store root", root)?;
+        let root = std::fs::canonicalize(root).ctx("resolve", root)?;
+        let lockf = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(root.join(".lock"))
+            .ctx("open lock file in", &root)?;
+        let lock = OwnedFd::from(lockf);
+        rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(
+            |e| {
+                Error::with_source(
+                    ErrorKind::Conflict,
+                    format!("store {} is in use by another process", root.display()),
+                    e,
+                )
+            },
+        )?;
+        for (d, mode) in [
+            ("l", 0o700),
+            ("layerdb", 0o700),
+            ("imagedb", 0o700),
+            ("containers", 0o700),
+            ("blobs/sha256", 0o700),
+            ("volumes", 0o701),
+            ("tmp", 0o700),
+        ] {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(mode)
+                .create(root.join(d))
+                .ctx("create", &root.join(d))?;
+        }
+        match std::fs::read_to_string(root.join("driver")) {
+            Ok(s) if s.trim() == driver.name() => {}
+            Ok(s) => {
+                return Err(Error::new(
+                    ErrorKind::Conflict,
+                    format!(
+                        "store {} was created with driver {:?}, not {}",
+                        root.display(),
+                        s.trim(),
+                        driver.name()
+                    ),
+                ))
+            }
+            Err(_) => fsutil::write_atomic(&root, "driver", driver.name().as_bytes())?,
+        }
+        if driver == Driver::Overlay {
+            crate::backing::check(&root, crate::backing::supports_dtype)?;
+        }
+        let store = Store { root, driver, mounter, limits: Limits::default(), _lock: lock };
+        store.recover()?;
+        Ok(store)
+    }
+
+    /// Override the hostile-archive limits.
+    pub fn set_limits(&mut self, limits: Limits) {
+        self.limits = limits;
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn driver(&self) -> Driver {
+        self.driver
+    }
+
+    /// Finish interrupted removals, drop staging leftovers, repair missing `l/` links.
+    fn recover(&self) -> Result<()> {
+        let tmp = self.root.join("tmp");
+        for e in std::fs::read_dir(&tmp).ctx("read", &tmp)? {
+            fsutil::remove_tree(&e.ctx("read", &tmp)?.path())?;
+        }
+        let cdir = self.root.join("containers");
+        for e in std::fs::read_dir(&cdir).ctx("read", &cdir)? {
+            let p = e.ctx("read", &cdir)?.path();
+            if p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.ends_with("-removing.json"))
+            {
+                if let Ok(c) = fsutil::read_json::<crate::container::ContainerMeta>(&p) {
+                    tracing::info!(container = %c.name, "finishing interrupted removal");
+                    self.finish_remove(&c)?;
+                }
+                std::fs::remove_file(&p).ctx("remove", &p)?;
+            }
+        }
+        let mut linked = BTreeSet::new();
+        for e in std::fs::read_dir(&self.root).ctx("read", &self.root)? {
+            let e = e.ctx("read", &self.root)?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.ends_with("-removing") {
+                fsutil::remove_tree(&e.path())?;
+            } else if name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit()) {
+                if let Ok(link) = std::fs::read_to_string(e.path().join("link")) {
+                    let l = self.root.join("l").join(link.trim());
+                    if std::fs::symlink_metadata(&l).is_err() {
+                        tracing::warn!(layer = %name, "recreating missing short link");
+                        std::os::unix::fs::symlink(format!("../{name}/diff"), &l)
+                            .ctx("symlink", &l)?;
+                    }
+                    linked.insert(link.trim().to_string());
+                }
+            }
+        }
+        // Links whose layer is gone (a removal interrupted before it unlinked them).
+        let ldir = self.root.join("l");
+        for e in std::fs::read_dir(&ldir).ctx("read", &ldir)? {
+            let e = e.ctx("read", &ldir)?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !linked.contains(&name) {
+                tracing::warn!(link = %name, "removing dangling short link");
+                std::fs::remove_file(e.path()).ctx("remove", &e.path())?;
+            }
+        }
+        Ok(())
+    }
+
+    // ---- paths and metadata ------------------------------------------------------------
+
+    pub(crate) fn layer_dir(&self, cache_id: &str) -> PathBuf {
+        self.root.join(cache_id)
+    }
+
+    fn layer_meta_path(&self, chain: &Digest) -> PathBuf {
+        self.root.join("layerdb").join(format!("{}.json", chain.hex()))
+    }
+
+    pub fn layer(&self, chain: &Digest) -> Result<Option<LayerMeta>> {
+        match fsutil::read_json(&self.layer_meta_path(chain)) {
+            Ok(m) => Ok(Some(m)),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub fn layers(&self) -> Result<Vec<LayerMeta>> {
+        read_all(&self.root.join("layerdb"))
+    }
+
+    pub(crate) fn blob_path(&self, d: &Digest) -> PathBuf {
+        self.root.join("blobs/sha256").join(d.hex())
+    }
+
+    /// Store bytes as a blob; returns its digest.
+    pub(crate) fn put_blob(&self, bytes: &[u8]) -> Result<Digest> {
+        let d = Digest::of(bytes);
+        if !self.blob_path(&d).exists() {
+            fsutil::write_atomic(&self.root.join("blobs/sha256"), d.hex(), bytes)?;
+        }
+        Ok(d)
+    }
+
+    /// Number of stored blobs.
+    pub fn blob_count(&self) -> usize {
+        std::fs::read_dir(self.root.join("blobs/sha256")).map(|r| r.count()).unwrap_or(0)
+    }
+
+    pub(crate) fn read_blob(&self, d: &Digest) -> Result<Vec<u8>> {
+        std::fs::read(self.blob_path(d)).ctx("read blob", &self.blob_path(d))
+    }
+
+    pub fn images(&self) -> Result<Vec<ImageMeta>> {
+        let mut v: Vec<ImageMeta> = read_all(&self.root.join("imagedb"))?;
+        v.sort_by(|a, b| a.tags.cmp(&b.tags).then(a.id.cmp(&b.id)));
+        Ok(v)
+    }
+
+    pub(crate) fn save_image(&self, img: &ImageMeta) -> Result<()> {
+        fsutil::write_json(&self.root.join("imagedb"), &format!("{}.json", img.id.hex()), img)
+    }
+
+    /// Find an image by tag, `sha256:` id, or id prefix (≥ 4 hex digits).
+    pub fn resolve_image(&self, name: &str) -> Result<ImageMeta> {
+        let images = self.images()?;
+        if let Ok(tag) = normalize_tag(name) {
+            if let Some(i) =
+                images.iter().find(|i| i.tags.iter().any(|t| short_tag(t) == short_tag(&tag)))
+            {
+                return Ok(i.clone());
+            }
+        }
+        let hex = name.strip_prefix("sha256:").unwrap_or(name);
+        if hex.len() >= 4 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            let hits: Vec<&ImageMeta> =
+                images.iter().filter(|i| i.id.hex().starts_with(hex)).collect();
+            if hits.len() == 1 {
+                return Ok(hits[0].clone());
+            }
+            if hits.len() > 1 {
+                return Err(Error::new(
+                    ErrorKind::Conflict,
+                    format!("image id prefix {name:?} is ambiguous"),
+                ));
+            }
+        }
+        Err(Error::new(ErrorKind::NotFound, format!("no such image: {name}")))
+    }
+
+    /// Point `tag` at `id`, removing it from any other image.
+    pub fn tag_image(&self, id: &Digest, tag: &str) -> Result<()> {
+        let tag = normalize_tag(tag)?;
+        for mut img in self.images()? {
+            let before = img.tags.len();
+            if &img.id == id {
+                if !img.tags.iter().any(|t| short_tag(t) == short_tag(&tag)) {
+                    img.tags.push(tag.clone());
+                    img.tags.sort();
+                    self.save_image(&img)?;
+                }
+            } else {
+                img.tags.retain(|t| short_tag(t) != short_tag(&tag));
+                if img.tags.len() != before {
+                    self.save_image(&img)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    // ---- layers ------------------------------------------------------------------------
+
+    /// Create a layer on `parent` from an uncompressed tar stream. The DiffID is the sha256 of
+    /// the stream exactly as read (including bytes after the end-of-archive marker); when
+    /// `expect` is given it must match. Nothing is visible unless everything succeeded.
+    pub(crate) fn add_layer(
+        &self,
+        parent: Option<&LayerMeta>,
+        tar: impl Read,
+        expect: Option<&Digest>,
+    ) -> Result<LayerMeta> {
+        let parent_lowers: Vec<String> = match (self.driver, parent) {
+            (Driver::Overlay, Some(p)) => self.lowers_of(p)?,
+            _ => Vec::new(),
+        };
+        let parent_link = match (self.driver, parent) {
+            (Driver::Overlay, Some(p)) => Some(self.link_of(&p.cache_id)?),
+            _ => None,
+        };
+        if parent_link.is_some() && parent_lowers.len() + 1 > MAX_DEPTH {
+            return Err(Error::new(
+                ErrorKind::Limit,
+                format!("max depth exceeded: a layer may have at most {MAX_DEPTH} lower layers"),
+            ));
+        }
+        let staging = tempfile::Builder::new()
+            .prefix("layer-")
+            .tempdir_in(self.root.join("tmp"))
+            .map_err(|e| Error::io("create staging dir in", &self.root.join("tmp"), e))?;
+        let diff = staging.path().join("diff");
+        let mode = match (self.driver, parent) {
+            (Driver::Vfs, Some(p)) => {
+                fsutil::copy_tree(&self.layer_dir(&p.cache_id).join("diff"), &diff)?;
+                WhiteoutMode::Vfs
+            }
+            (Driver::Vfs, None) => {
+                mkdir(&diff, 0o755)?;
+                WhiteoutMode::Vfs
+            }
+            (Driver::Overlay, _) => {
+                mkdir(&diff, 0o755)?;
+                WhiteoutMode::Overlay
+            }
+        };
+        let lower_dirs: Vec<PathBuf> = match (self.driver, parent) {
+            (Driver::Overlay, Some(p)) => {
+                let mut v = vec![self.layer_dir(&p.cache_id).join("diff")];
+                v.extend(parent_lowers.iter().map(|l| self.root.join(l)));
+                v
+            }
+            _ => Vec::new(),
+        };
+        let mut hr = HashReader::new(tar);
+        apply::apply_tar_over(apply::PadTail::new(&mut hr), &diff, &lower_dirs, mode, self.limits)?;
+        let (diff_id, _) = hr.finish().ctx("read layer stream for", &diff)?;
+        if let Some(e) = expect {
+            if e != &diff_id {
+                return Err(Error::new(
+                    ErrorKind::DigestMismatch,
+                    format!("invalid diffID for layer: expected {e}, got {diff_id}"),
+                ));
+            }
+        }
+        let chain_id = Digest::chain(parent.map(|p| &p.chain_id), &diff_id);
+        if let Some(existing) = self.layer(&chain_id)? {
+            return Ok(existing);
+        }
+        let cache_id = fsutil::random_hex(32);
+        let link = if self.driver == Driver::Overlay {
+            let link = fsutil::short_id();
+            std::fs::write(staging.path().join("link"), &link)
+                .ctx("write link in", staging.path())?;
+            if let Some(pl) = &parent_link {
+                let mut lower = vec![format!("l/{pl}")];
+                lower.extend(parent_lowers);
+                std::fs::write(staging.path().join("lower"), lower.join(":"))
+                    .ctx("write lower in", staging.path())?;
+                mkdir(&staging.path().join("work"), 0o700)?;
+            }
+            Some(link)
+        } else {
+            None
+        };
+        let size = fsutil::tree_size(&diff)?;
+        let staged = staging.keep();
+        let dir = self.layer_dir(&cache_id);
+        std::fs::rename(&staged, &dir).ctx("move layer into place", &dir)?;
+        if let Some(link) = &link {
+            let l = self.root.join("l").join(link);
+            std::os::unix::fs::symlink(format!("../{cache_id}/diff"), &l).ctx("symlink", &l)?;
+        }
+        if let Some(p) = parent {
+            self.mark_committed(&p.cache_id)?;
+        }
+        fsutil::fsync_dir(&self.root)?;
+        let meta = LayerMeta {
+            chain_id,
+            diff_id,
+            parent: parent.map(|p| p.chain_id.clone()),
+            cache_id,
+            size,
+        };
+        fsutil::write_json(
+            &self.root.join("layerdb"),
+            &format!("{}.json", meta.chain_id.hex()),
+            &meta,
+        )?;
+        Ok(meta)
+    }
+
+    pub(crate) fn mark_committed(&self, cache_id: &str) -> Result<()> {
+        let p = self.layer_dir(cache_id).join("committed");
+        if !p.exists() {
+            File::create(&p).ctx("create", &p)?;
+            rustix::fs::chmod(&p, rustix::fs::Mode::from_raw_mode(0o600)).ctx("chmod", &p)?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn link_of(&self, cache_id: &str) -> Result<String> {
+        let p = self.layer_dir(cache_id).join("link");
+        let s = std::fs::read_to_string(&p).ctx("read", &p)?;
+        let s = s.trim();
+        if s.len() != 26 || !s.bytes().all(|b| b.is_ascii_uppercase() || (b'2'..=b'7').contains(&b))
+        {
+            return Err(Error::new(
+                ErrorKind::Invalid,
+                format!("{}: bad short link {s:?}", p.display()),
+            ));
+        }
+        Ok(s.to_string())
+    }
+
+    /// The `lower` entries of a layer dir (empty for a base layer).
+    pub(crate) fn lowers_of(&self, layer: &LayerMeta) -> Result<Vec<String>> {
+        self.lowers_of_dir(&layer.cache_id)
+    }
+
+    pub(crate) fn lowers_of_dir(&self, cache_id: &str) -> Result<Vec<String>> {
+        let p = self.layer_dir(cache_id).join("lower");
+        match std::fs::read_to_string(&p) {
+            Ok(s) => {
+                let v: Vec<String> =
+                    s.trim().split(':').filter(|x| !x.is_empty()).map(str::to_string).collect();
+                for l in &v {
+                    let ok = l.strip_prefix("l/").is_some_and(|id| {
+                        id.len() == 26 && id.bytes().all(|b| b.is_ascii_alphanumeric())
+                    });
+                    if !ok {
+                        return Err(Error::new(
+                            ErrorKind::Invalid,
+                            format!("{}: bad lower entry {l:?}", p.display()),
+                        ));
+                    }
+                }
+                Ok(v)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(Error::io("read", &p, e)),
+        }
+    }
+
+    // ---- import ------------------------------------------------------------------------
+
+    /// Import every image of an OCI layout (dir or tar) or docker-save archive at `path`.
+    /// `tag` names the image (only allowed when the source holds exactly one).
+    pub fn import(&self, path: &Path, tag: Option<&str>) -> Result<Vec<ImageMeta>> {
+        self.import_image(path, None, tag)
+    }
+
+    /// Import from `path`; with `select`, only the image whose name in the source (OCI
+    /// `ref.name`, containerd image name, or docker `RepoTags` entry) equals it.
+    pub fn import_image(
+        &self,
+        path: &Path,
+        select: Option<&str>,
+        tag: Option<&str>,
+    ) -> Result<Vec<ImageMeta>> {
+        let src = Source::open(path, &self.root.join("tmp"), self.limits)?;
+        let mut images = src.images()?;
+        if let Some(sel) = select {
+            images.retain(|i| {
+                i.tags.iter().any(|t| {
+                    t == sel || normalize_tag(sel).is_ok_and(|n| short_tag(&n) == short_tag(t))
+                })
+            });
+            if images.is_empty() {
+                return Err(Error::new(
+                    ErrorKind::NotFound,
+                    format!("no image named {sel:?} in {}", path.display()),
+                ));
+            }
+        }
+        if tag.is_some() && images.len() != 1 {
+            return Err(Error::new(
+                ErrorKind::Invalid,
+                format!(
+                    "--tag needs a source with one image; {} has {}",
+                    path.display(),
+                    images.len()
+                ),
+            ));
+        }
+        let mut out = Vec::new();
+        for img in images {
+            let meta = self.import_one(&src, img, tag)?;
+            out.push(meta);
+        }
+        Ok(out)
+    }
+
+    fn import_one(&self, src: &Source, img: SourceImage, tag: Option<&str>) -> Result<ImageMeta> {
+        let chain_ids = Digest::chain_ids(&img.diff_ids);
+        let mut layers = Vec::with_capacity(img.layers.len());
+        let mut parent: Option<LayerMeta> = None;
+        for (i, l) in img.layers.iter().enumerate() {
+            let existing = self.layer(&chain_ids[i])?;
+            let have_blob =
+                l.descriptor.as_ref().is_some_and(|d| self.blob_path(&d.digest).exists());
+            let (layer, blob) = match existing {
+                Some(layer) if have_blob => (layer, l.descriptor.clone().expect("checked above")),
+                Some(layer) => {
+                    let blob = self.copy_blob(src, l, None)?;
+                    (layer, blob)
+                }
+                None => {
+                    let mut layer = None;
+                    let blob = self.copy_blob(
+                        src,
+                        l,
+                        Some((&mut layer, parent.as_ref(), &img.diff_ids[i])),
+                    )?;
+                    (layer.expect("set by copy_blob"), blob)
+                }
+            };
+            if layer.chain_id != chain_ids[i] {
+                return Err(Error::new(
+                    ErrorKind::DigestMismatch,
+                    format!("layer {i}: chain id {} != {}", layer.chain_id, chain_ids[i]),
+                ));
+            }
+            layers.push(crate::store::ImageLayer {
+                chain_id: layer.chain_id.clone(),
+                diff_id: layer.diff_id.clone(),
+                blob,
+            });
+            parent = Some(layer);
+        }
+        let config_digest = self.put_blob(&img.config)?;
+        if config_digest != img.config_digest {
+            return Err(Error::new(
+                ErrorKind::DigestMismatch,
+                format!("config {} hashes to {config_digest}", img.config_digest),
+            ));
+        }
+        let manifest = match img.manifest {
+            Some((desc, bytes)) => {
+                self.put_blob(&bytes)?;
+                desc
+            }
+            None => {
+                let m = serde_json::json!({
+                    "schemaVersion": 2,
+                    "mediaType": MT_OCI_MANIFEST,
+                    "config": { "mediaType": img.config_media_type, "digest": config_digest, "size": img.config.len() },
+                    "layers": layers.iter().map(|l| &l.blob).collect::<Vec<_>>(),
+                });
+                let bytes = serde_json::to_vec(&m)
+                    .map_err(|e| Error::with_source(ErrorKind::Invalid, "serialize manifest", e))?;
+                let digest = self.put_blob(&bytes)?;
+                Descriptor {
+                    media_type: MT_OCI_MANIFEST.into(),
+                    digest,
+                    size: bytes.len() as u64,
+                    annotations: None,
+                    platform: None,
+                }
+            }
+        };
+        let id = config_digest;
+        let prev = self.images()?.into_iter().find(|i| i.id == id);
+        let meta = match prev {
+            Some(p) => p,
+            None => ImageMeta {
+                id: id.clone(),
+                config_media_type: img.config_media_type,
+                config_size: img.config.len() as u64,
+                manifest,
+                layers,
+                tags: Vec::new(),
+                created: now(),
+            },
+        };
+        self.save_image(&meta)?;
+        let tags: Vec<String> = match tag {
+            Some(t) => vec![t.to_string()],
+            None => img.tags,
+        };
+        for t in tags {
+            self.tag_image(&id, &t)?;
+        }
+        self.resolve_image(id.as_str())
+    }
+
+    /// Copy a layer blob into `blobs/`, hashing it; when `extract` is given, decompress and
+    /// apply it at the same time (one read of the source).
+    fn copy_blob(
+        &self,
+        src: &Source,
+        l: &crate::source::SourceLayer,
+        extract: Option<(&mut Option<LayerMeta>, Option<&LayerMeta>, &Digest)>,
+    ) -> Result<Descriptor> {
+        let rel = l.rel.to_string_lossy().into_owned();
+        let (file, _) = src.open_file(&rel)?;
+        let tmp = tempfile::NamedTempFile::new_in(self.root.join("tmp"))
+            .ctx("create temp blob in", &self.root.join("tmp"))?;
+        let out = tmp.as_file().try_clone().ctx("dup", tmp.path())?;
+        let tee =
+            Tee { r: file, w: HashWriter::new(std::io::BufWriter::with_capacity(1 << 20, out)) };
+        let mut br = BufReader::with_capacity(1 << 20, tee);
+        let head = br.fill_buf().ctx("read layer", Path::new(&rel))?.to_vec();
+        let comp = Compression::detect(&head)?;
+        if let Some((slot, parent, expect)) = extract {
+            let dec = comp.reader(&mut br)?;
+            let layer = self
+                .add_layer(parent, dec, Some(expect))
+                .map_err(|e| Error::with_source(e.kind(), format!("import layer {rel}"), e))?;
+            *slot = Some(layer);
+        }
+        std::io::copy(&mut br, &mut std::io::sink()).ctx("read layer", Path::new(&rel))?;
+        let tee = br.into_inner();
+        let (mut w, digest, size) = tee.w.finish();
+        w.flush().ctx("write", tmp.path())?;
+        drop(w);
+        if let Some(d) = &l.descriptor {
+            if d.digest != digest || d.size != size {
+                return Err(Error::new(ErrorKind::DigestMismatch, format!("layer blob {rel}: got {digest} ({size} bytes), manifest says {} ({} bytes)", d.digest, d.size)));
+            }
+        }
+        let target = self.blob_path(&digest);
+        if !target.exists() {
+            tmp.as_file().sync_all().ctx("fsync", tmp.path())?;
+            tmp.persist(&target).map_err(|e| Error::io("store blob", &target, e.error))?;
+        }
+        Ok(match &l.descriptor {
+            Some(d) => {
+                let mut d = d.clone();
+                d.annotations = None;
+                d.platform = None;
+                d
+            }
+            None => Descriptor {
+                media_type: comp.media_type().into(),
+                digest,
+                size,
+                annotations: None,
+                platform: None,
+            },
+        })
+    }
+}
+
+/// A reader that copies everything it reads into a writer.
+struct Tee<R, W: Write> {
+    r: R,
+    w: HashWriter<W>,
+}
+
+impl<R: Read, W: Write> Read for Tee<R, W> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.r.read(buf)?;
+        self.w.write_all(&buf[..n])?;
+        Ok(n)
+    }
+}
+
+pub(crate) fn mkdir(p: &Path, mode: u32) -> Result<()> {
+    rustix::fs::mkdir(p, rustix::fs::Mode::from_raw_mode(mode)).ctx("mkdir", p)?;
+    rustix::fs::chmod(p, rustix::fs::Mode::from_raw_mode(mode)).ctx("chmod", p)
+}
+
+pub(crate) fn read_all<T: serde::de::DeserializeOwned>(dir: &Path) -> Result<Vec<T>> {
+    let mut out = Vec::new();
+    let mut names: Vec<PathBuf> = Vec::new();
+    for e in std::fs::read_dir(dir).ctx("read", dir)? {
+        let p = e.ctx("read", dir)?.path();
+        let n = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if n.ends_with(".json") && !n.starts_with('.') && !n.ends_with("-removing.json") {
+            names.push(p);
+        }
+    }
+    names.sort();
+    for p in names {
+        out.push(fsutil::read_json(&p)?);
+    }
+    Ok(out)
+}
+
+/// Map of chain id → number of images using it (for du and prune).
+pub(crate) fn layer_users(images: &[ImageMeta]) -> BTreeMap<Digest, usize> {
+    let mut m = BTreeMap::new();
+    for i in images {
+        for l in &i.layers {
+            *m.entry(l.chain_id.clone()).or_insert(0) += 1;
+        }
+    }
+    m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tag_rules() {
+        assert_eq!(normalize_tag("busybox").unwrap(), "busybox:latest");
+        assert_eq!(normalize_tag("a/b:v1").unwrap(), "a/b:v1");
+        assert_eq!(normalize_tag("host:5000/a").unwrap(), "host:5000/a:latest");
+        assert!(normalize_tag("a b").is_err());
+        assert_eq!(short_tag("docker.io/library/x:1"), "x:1");
+    }
+
+    #[test]
+    fn name_rules() {
+        assert!(check_name("container", "web-1.a_b").is_ok());
+        assert!(check_name("container", "../x").is_err());
+        assert!(check_name("container", "").is_err());
+        assert!(check_name("container", "x-removing").is_err());
+    }
+}
