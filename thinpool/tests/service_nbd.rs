@@ -113,3 +113,55 @@ fn nbd_over_a_device_backed_pool() {
     assert_eq!(vp.pool().volumes().unwrap().len(), 1);
     thin_check(vp.vg().metadata_region().as_ref(), dir.path(), &[]);
 }
+
+#[test]
+fn nbd_metadata_exhaustion_answers_writes_with_eperm_and_keeps_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let pool = dir.path().join("pool");
+    {
+        let p = thinpool::pool::FilePool::create(
+            &pool,
+            1 << 30,
+            Some(64 * 4096),
+            thinpool::units::Sectors(128),
+        )
+        .unwrap();
+        p.create_volume("v", 1 << 40).unwrap();
+        p.commit().unwrap();
+    }
+    let sock = dir.path().join("nbd.sock");
+    let cfg =
+        ServeConfig { listen: "none".into(), socket: Some(sock.clone()), ..Default::default() };
+    let stop = Arc::new(AtomicBool::new(false));
+    let (d, s) = (pool.clone(), stop.clone());
+    let daemon = std::thread::spawn(move || daemon::serve_until(&d, &cfg, s));
+    wait_for("the daemon's sockets", 30, || {
+        std::os::unix::net::UnixStream::connect(&sock).is_ok()
+            && control::socket_path(&pool).exists()
+    });
+    let mut c = Client::connect_unix(&sock, "v", false, false);
+    let mut ok = Vec::new();
+    let errno = loop {
+        let i = ok.len() as u64 * 7;
+        let e = c.write(i * EXT, &i.to_le_bytes(), 0);
+        if e != 0 {
+            break e;
+        }
+        ok.push(i);
+        assert!(ok.len() < 100_000, "metadata never filled");
+    };
+    assert_eq!(errno, 1, "EPERM once the pool is read-only");
+    let st = ctl(&pool, Request::Status);
+    assert!(st["read_only"].as_str().unwrap().contains("metadata"), "{st}");
+    for &i in [ok[0], ok[ok.len() / 2], *ok.last().unwrap()].iter() {
+        assert_eq!(c.read(i * EXT, 8).unwrap(), i.to_le_bytes().to_vec(), "block {i}");
+    }
+    let r = control::request(&pool, &Request::Create { name: "w".into(), size: 1 << 20 }).unwrap();
+    assert!(!r.ok && r.error.unwrap().contains("read-only"));
+    c.disconnect();
+    stop.store(true, Ordering::SeqCst);
+    daemon.join().unwrap().unwrap();
+    let meta: Arc<dyn BlockDevice> = Arc::new(FileDevice::open(&pool.join("metadata")).unwrap());
+    assert!(thinpool::service::needs_check(meta.as_ref()).unwrap());
+    thin_check_file(&pool.join("metadata"), &[]);
+}
