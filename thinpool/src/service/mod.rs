@@ -177,6 +177,7 @@ pub(crate) struct Shared {
     /// Data size at the last threshold kick: the kick is edge-triggered per size, as the
     /// kernel's low-water-mark event is per table load.
     kicked_at_total: AtomicU64,
+    kicked_at_meta: AtomicU64,
     file_backoff: Mutex<Backoff>,
 }
 
@@ -278,6 +279,7 @@ impl Service {
             kick: Mutex::new(Kick::default()),
             kick_cv: Condvar::new(),
             kicked_at_total: AtomicU64::new(0),
+            kicked_at_meta: AtomicU64::new(0),
             file_backoff: Mutex::new(Backoff::default()),
         });
         shared.finish_deferred()?;
@@ -734,18 +736,19 @@ impl Shared {
         self.kick_cv.notify_all();
     }
 
-    /// After an allocation: kick the autoextend thread once per data size when usage reaches
-    /// the threshold (the kernel's low-water-mark event).
+    /// After an allocation: kick the autoextend thread once per region size when data or
+    /// metadata usage reaches the threshold (the kernel's low-water-mark events).
     fn after_alloc(&self) {
         let threshold = lock(&self.config).autoextend_threshold;
         if threshold >= 100 {
             return;
         }
-        let d = self.pool().data_usage();
         let t = u128::from(threshold.max(50));
-        if u128::from(d.used) * 100 >= t * u128::from(d.total)
-            && self.kicked_at_total.swap(d.total, Ordering::SeqCst) != d.total
-        {
+        let over = |u: crate::pool::SpaceUsage| u128::from(u.used) * 100 >= t * u128::from(u.total);
+        let (d, m) = (self.pool().data_usage(), self.pool().metadata_usage());
+        let data = over(d) && self.kicked_at_total.swap(d.total, Ordering::SeqCst) != d.total;
+        let meta = over(m) && self.kicked_at_meta.swap(m.total, Ordering::SeqCst) != m.total;
+        if data || meta {
             self.kick();
         }
     }
