@@ -168,8 +168,10 @@ pub(crate) struct Shared {
     file_data_max: Option<u64>,
     vols: Mutex<Volumes>,
     ro: RwLock<Option<ReadOnly>>,
-    /// Bumped (and `space_cv` notified) whenever data space may have become available.
-    space: Mutex<u64>,
+    /// Bumped (under `space`, with `space_cv` notified) whenever data space may have become
+    /// available; read without the lock on the write path.
+    space_gen: AtomicU64,
+    space: Mutex<()>,
     space_cv: Condvar,
     waiting: AtomicUsize,
     kick: Mutex<Kick>,
@@ -273,7 +275,8 @@ impl Service {
             file_data_max: opts.file_data_max,
             vols: Mutex::new(Volumes::default()),
             ro: RwLock::new(None),
-            space: Mutex::new(0),
+            space_gen: AtomicU64::new(0),
+            space: Mutex::new(()),
             space_cv: Condvar::new(),
             waiting: AtomicUsize::new(0),
             kick: Mutex::new(Kick::default()),
@@ -704,18 +707,19 @@ impl Shared {
     // -- space waiting ---------------------------------------------------------------------
 
     fn space_gen(&self) -> u64 {
-        *lock(&self.space)
+        self.space_gen.load(Ordering::SeqCst)
     }
 
     pub(crate) fn notify_space(&self) {
-        *lock(&self.space) += 1;
+        let _g = lock(&self.space);
+        self.space_gen.fetch_add(1, Ordering::SeqCst);
         self.space_cv.notify_all();
     }
 
     /// Waits until the space generation moves past `gen` or `deadline`; false on timeout.
     fn wait_space(&self, gen: u64, deadline: Option<Instant>) -> bool {
         let mut g = lock(&self.space);
-        while *g == gen {
+        while self.space_gen.load(Ordering::SeqCst) == gen {
             match deadline {
                 None => g = self.space_cv.wait(g).unwrap_or_else(|e| e.into_inner()),
                 Some(d) => {
@@ -766,13 +770,18 @@ impl Shared {
         let mut quick = 0;
         loop {
             let gen = self.space_gen();
+            let allocs = self.pool().data_allocations();
             let r = {
                 let _g = self.writable()?;
                 f(self.pool())
             };
             let e = match r {
                 Ok(v) => {
-                    self.after_alloc();
+                    // Thresholds only move when something was allocated; an in-place write
+                    // takes no further lock.
+                    if self.pool().data_allocations() != allocs {
+                        self.after_alloc();
+                    }
                     return Ok(v);
                 }
                 Err(e) => e,
