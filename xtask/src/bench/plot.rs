@@ -48,7 +48,8 @@ pub fn suite_bars(dir: &Path, suite: &str, rows: &[&Comparison]) -> Result<PathB
             bars.push((ci, si, ratio(value, best.1, r.better).unwrap_or(0.0)));
         }
     }
-    let max_rel = bars.iter().map(|b| b.2).fold(1.2f64, f64::max) * 1.1;
+    // Headroom above the tallest bar keeps the legend (upper right) clear of the bars.
+    let max_rel = bars.iter().map(|b| b.2).fold(1.2f64, f64::max) * 1.45;
     draw_bars(&path, suite, rows, &subjects, &bars, max_rel)?;
     Ok(path)
 }
@@ -109,6 +110,7 @@ fn draw_bars(
         .map_err(plot_err)?;
     chart
         .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
         .background_style(WHITE.mix(0.8))
         .border_style(BLACK)
         .draw()
