@@ -64,10 +64,7 @@ pub const DM: Variant = Variant {
         },
     ],
     programs: &[("dmsetup", "sbin/dmsetup")],
-    config: &[
-        ("CONFIG_BLK_DEV_DM", &["y", "m"]),
-        ("CONFIG_DM_THIN_PROVISIONING", &["y", "m"]),
-    ],
+    config: &[("CONFIG_BLK_DEV_DM", &["y", "m"]), ("CONFIG_DM_THIN_PROVISIONING", &["y", "m"])],
 };
 
 /// Looks a variant up by name.
@@ -203,6 +200,9 @@ mod tests {
         let cfg = "CONFIG_BLK_DEV_DM=m\n# CONFIG_DM_THIN_PROVISIONING is not set\n";
         let err = check_options(cfg, DM.config).unwrap_err();
         assert!(err.contains("CONFIG_DM_THIN_PROVISIONING") && !err.contains("BLK_DEV_DM "));
-        assert_eq!(check_options("CONFIG_BLK_DEV_DM=y\nCONFIG_DM_THIN_PROVISIONING=m\n", DM.config), Ok(()));
+        assert_eq!(
+            check_options("CONFIG_BLK_DEV_DM=y\nCONFIG_DM_THIN_PROVISIONING=m\n", DM.config),
+            Ok(())
+        );
     }
 }

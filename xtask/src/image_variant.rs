@@ -13,7 +13,8 @@ pub fn task_image_variant(root: &Path, name: &str, kernel_deb: Option<PathBuf>) 
     let variant = image::variant::by_name(name)
         .with_context(|| format!("no image variant {name:?} (known: dm)"))?;
     let t = Instant::now();
-    let progress = |msg: &str| eprintln!("[image-{name} {:>5.1}s] {msg}", t.elapsed().as_secs_f64());
+    let progress =
+        |msg: &str| eprintln!("[image-{name} {:>5.1}s] {msg}", t.elapsed().as_secs_f64());
     progress("building static lamina-init (release, crt-static)");
     let bins = build_static(root)?;
     let cache = lamina_dir(root).join("cache");
