@@ -71,10 +71,18 @@ pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
     out
 }
 
-/// What `yes LINE | head -c LEN` prints (the guest writes this with busybox).
-pub fn yes_bytes(line: &str, len: usize) -> Vec<u8> {
-    let l = format!("{line}\n");
-    l.as_bytes().iter().copied().cycle().take(len).collect()
+/// What `seq FROM TO | head -c LEN` prints (the guest writes this with busybox; `yes` would
+/// never end there, since PID 1 leaves SIGPIPE ignored for its children).
+pub fn seq_bytes(from: u64, to: u64, len: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len + 16);
+    for n in from..=to {
+        if out.len() >= len {
+            break;
+        }
+        out.extend_from_slice(format!("{n}\n").as_bytes());
+    }
+    out.truncate(len);
+    out
 }
 
 pub fn sha256_hex(data: &[u8]) -> String {
@@ -168,6 +176,6 @@ mod tests {
     fn patterns_are_deterministic() {
         assert_eq!(pattern(1, 100), pattern(1, 100));
         assert_ne!(pattern(1, 100), pattern(2, 100));
-        assert_eq!(yes_bytes("ab", 7), b"ab\nab\na");
+        assert_eq!(seq_bytes(9, 11, 7), b"9\n10\n11");
     }
 }

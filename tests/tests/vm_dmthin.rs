@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use tests::dmthin::{
-    dm_image_dir, parse_tables, pattern, run, sha256_file, sha256_hex, thinpool_bin, yes_bytes,
+    dm_image_dir, parse_tables, pattern, run, seq_bytes, sha256_file, sha256_hex, thinpool_bin,
     DmDevice,
 };
 use tests::{lamina_home, Opts, TestVm};
@@ -109,6 +109,9 @@ fn guest_sha(vm: &mut TestVm, log: &mut String, dev: &str) -> Result<String> {
 fn create(vm: &mut TestVm, log: &mut String, d: &DmDevice) -> Result<()> {
     let table = d.table.join("\n");
     gexec(vm, log, &["/sbin/dmsetup", "create", "--noudevsync", &d.name, "--table", &table])?;
+    // No udev in the appliance: /dev/mapper/NAME (which the thin-pool and thin tables name)
+    // is made by dmsetup itself.
+    gexec(vm, log, &["/sbin/dmsetup", "mknodes", &d.name])?;
     Ok(())
 }
 
@@ -160,8 +163,8 @@ fn vm_dmthin_interop() -> Result<()> {
     let exp_c = concat(&[&c0, &zeros(VOL - 4 * MIB)]);
     // Kernel writes: 1 MiB into a's unmapped tail at 12 MiB; 1 MiB into b at 8 MiB, a range
     // b still shares with b-snap.
-    let ka = yes_bytes("lamina-kernel-write-a", MIB);
-    let kb = yes_bytes("lamina-kernel-cow-b", MIB);
+    let ka = seq_bytes(1, 400_000, MIB);
+    let kb = seq_bytes(1_000_000, 1_400_000, MIB);
     let exp_a2 = concat(&[&exp_a[..12 * MIB], &ka, &exp_a[13 * MIB..]]);
     let exp_b2 = concat(&[&exp_b[..8 * MIB], &kb, &exp_b[9 * MIB..]]);
 
@@ -295,11 +298,20 @@ fn run_guest(
     // (a) new blocks, (b) a write into shared blocks (CoW), then (c) a thin delete.
     let a = dev("a")?;
     let b = dev("b")?;
+    gexec(
+        vm,
+        log,
+        &[
+            BB,
+            "sh",
+            "-c",
+            &format!(
+        "{BB} seq 1 400000 | {BB} head -c 1048576 | {BB} dd of={a} bs=65536 seek=192 conv=fsync"
+    ),
+        ],
+    )?;
     gexec(vm, log, &[BB, "sh", "-c", &format!(
-        "{BB} yes lamina-kernel-write-a | {BB} head -c 1048576 | {BB} dd of={a} bs=65536 seek=192 conv=fsync"
-    )])?;
-    gexec(vm, log, &[BB, "sh", "-c", &format!(
-        "{BB} yes lamina-kernel-cow-b | {BB} head -c 1048576 | {BB} dd of={b} bs=65536 seek=128 conv=fsync"
+        "{BB} seq 1000000 1400000 | {BB} head -c 1048576 | {BB} dd of={b} bs=65536 seek=128 conv=fsync"
     )])?;
     gexec(vm, log, &[BB, "sync"])?;
     for (v, _, after) in sums.iter().filter(|s| !s.2.is_empty()) {
