@@ -15,7 +15,7 @@ use crate::deb::unpack_cached;
 use crate::elf::closure;
 use crate::fetch::fetch;
 use crate::modules::ModuleTree;
-use crate::pins::{self, DebPin};
+use crate::pins::DebPin;
 
 /// One image variant: what it adds to the default image.
 #[derive(Debug, Clone, Copy)]
@@ -184,6 +184,7 @@ fn check_options(config: &str, wanted: &[(&str, &[&str])]) -> Result<(), String>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pins;
 
     #[test]
     fn dm_variant_is_named_and_pins_its_program() {

@@ -256,6 +256,11 @@ fn vm_dmthin_interop() -> Result<()> {
     // same copy of the metadata region as thin_check.
     let tc = thin_check("after")?;
     tpc(&["check", "meta-after.bin"])?;
+    // The kernel's delete reached the metadata (not just lamina's name table).
+    let xml = tpc(&["dump", "meta-after.bin"])?;
+    let devs = xml.matches("<device ").count();
+    assert_eq!(devs, 3, "three thins left after the kernel's delete:\n{xml}");
+    assert!(!xml.contains(&format!("dev_id=\"{c_id}\"")), "thin {c_id} still in:\n{xml}");
     eprintln!("[{NAME}] thinpool check clean; thin_check: {}", tc.trim());
     eprintln!("[{NAME}] PASS in {:.1}s", t0.elapsed().as_secs_f64());
     let _ = std::fs::remove_file(&disk);
