@@ -301,6 +301,10 @@ fn run_guest(
         "[{NAME}] kernel reads every volume as lamina wrote it ({:.1}s)",
         t.elapsed().as_secs_f64()
     );
+    // 64 KiB blocks: a 8 MiB + b 16 MiB + c 4 MiB + b's 4 MiB after the snapshot.
+    let blocks = |mib: usize| (mib * MIB / (64 << 10)) as u64;
+    let used0 = pool_data_used(vm, log, &pool.name)?;
+    ensure!(used0 == blocks(8 + 16 + 4 + 4), "pool data used {used0} blocks as lamina left it");
 
     // (a) new blocks, (b) a write into shared blocks (CoW), then (c) a thin delete.
     let a = dev("a")?;
@@ -328,7 +332,9 @@ fn run_guest(
     let c = &thins.iter().find(|(n, _)| n == "c").context("no c")?.1;
     gexec(vm, log, &["/sbin/dmsetup", "remove", "--noudevsync", &c.name])?;
     gexec(vm, log, &["/sbin/dmsetup", "message", &pool.name, "0", &format!("delete {c_id}")])?;
-    gexec(vm, log, &["/sbin/dmsetup", "status", &pool.name])?;
+    // 1 MiB new in a, 1 MiB copied out of b's shared range, c's 4 MiB freed.
+    let used1 = pool_data_used(vm, log, &pool.name)?;
+    ensure!(used1 == used0 + blocks(2) - blocks(4), "pool data used {used1} after writes+delete");
     for (v, d) in thins.iter().filter(|(n, _)| n != "c") {
         gexec(vm, log, &["/sbin/dmsetup", "remove", "--noudevsync", &d.name])
             .with_context(|| format!("removing {v}"))?;
@@ -343,4 +349,14 @@ fn run_guest(
         t.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// Used data blocks from the thin-pool status line (`… thin-pool TID m/M d/D …`).
+fn pool_data_used(vm: &mut TestVm, log: &mut String, pool: &str) -> Result<u64> {
+    let st = gexec(vm, log, &["/sbin/dmsetup", "status", pool])?;
+    st.split_whitespace()
+        .nth(5)
+        .and_then(|f| f.split('/').next())
+        .and_then(|u| u.parse().ok())
+        .with_context(|| format!("unexpected thin-pool status {st:?}"))
 }
