@@ -56,7 +56,7 @@ fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> BuildEr
 }
 
 /// Dynamically linked programs shipped from Debian packages: (package, path in the package).
-const DYNAMIC_PROGRAMS: &[(&str, &str)] = &[("xfsprogs", "sbin/mkfs.xfs")];
+pub(crate) const DYNAMIC_PROGRAMS: &[(&str, &str)] = &[("xfsprogs", "sbin/mkfs.xfs")];
 /// busybox applets linked in `bin/` for debug sessions.
 const BUSYBOX_APPLETS: &[&str] = &[
     "cat", "dmesg", "echo", "free", "grep", "head", "ls", "mount", "ps", "sh", "sleep", "tail",
@@ -111,7 +111,7 @@ pub fn fetch_pinned(
     Ok((kernel, userland))
 }
 
-fn file_entry(path: &str, perm: u32, src: &Path) -> Result<Entry, BuildError> {
+pub(crate) fn file_entry(path: &str, perm: u32, src: &Path) -> Result<Entry, BuildError> {
     let data = std::fs::read(src).map_err(io("reading", src))?;
     Ok(Entry { path: path.into(), perm, kind: Kind::File(data) })
 }
@@ -248,7 +248,7 @@ pub fn check_config(config: &str) -> Result<(), String> {
     }
 }
 
-fn write_atomic(path: &Path, data: &[u8]) -> Result<(), BuildError> {
+pub(crate) fn write_atomic(path: &Path, data: &[u8]) -> Result<(), BuildError> {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, data).map_err(io("writing", &tmp))?;
     std::fs::rename(&tmp, path).map_err(io("renaming into place", path))
@@ -263,6 +263,18 @@ pub fn build(
 ) -> Result<Artefacts, BuildError> {
     std::fs::create_dir_all(out).map_err(io("creating", out))?;
     let (archive, kernel) = initramfs(inputs, cache, progress)?;
+    write_artefacts(inputs, &archive, kernel, out, progress)
+}
+
+/// Writes an assembled initramfs, the kernel images and the manifest into `out`.
+pub fn write_artefacts(
+    inputs: &Inputs,
+    archive: &Archive,
+    kernel: KernelInfo,
+    out: &Path,
+    progress: &mut dyn FnMut(&str),
+) -> Result<Artefacts, BuildError> {
+    std::fs::create_dir_all(out).map_err(io("creating", out))?;
     progress("writing initramfs.cpio");
     let cpio = archive.encode();
     let initramfs_sha256 = hex::encode(Sha256::digest(&cpio));

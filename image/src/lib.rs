@@ -12,6 +12,7 @@ pub mod elf;
 pub mod fetch;
 pub mod modules;
 pub mod pins;
+pub mod variant;
 pub mod vmlinux;
 
 pub use build::{build, fetch_pinned, initramfs, Artefacts, BuildError, Inputs, KernelInfo};

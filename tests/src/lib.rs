@@ -26,6 +26,8 @@ use qemu::cmdline::{host_tsc_khz, Disk, Machine, VmConfig};
 use qemu::vm::{probe_accel, Ready, Vm};
 use serde_json::Value;
 
+pub mod dmthin;
+
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
 }
@@ -77,6 +79,10 @@ pub struct Opts {
     pub deadline: Duration,
     pub ready_timeout: Duration,
     pub disk_size: u64,
+    /// Boot artefacts other than [`image_dir`] (e.g. a test variant such as `image-dm`).
+    pub image: Option<PathBuf>,
+    /// An existing disk image to attach instead of a fresh `disk.raw` in the log directory.
+    pub disk: Option<PathBuf>,
 }
 
 impl Default for Opts {
@@ -88,6 +94,8 @@ impl Default for Opts {
             deadline: Duration::from_secs(180),
             ready_timeout: Duration::from_secs(90),
             disk_size: 1 << 30,
+            image: None,
+            disk: None,
         }
     }
 }
@@ -111,7 +119,10 @@ pub struct TestVm {
 impl TestVm {
     /// Takes the VM lock, prepares `target/lamina/test-logs/<name>` and launches QEMU.
     pub fn boot(name: &str, opts: Opts) -> Result<TestVm> {
-        let img = image_dir()?;
+        let img = match &opts.image {
+            Some(d) => d.clone(),
+            None => image_dir()?,
+        };
         let lock = vm_lock()?;
         let log_dir = lamina_home().join("test-logs").join(name);
         let _ = std::fs::remove_dir_all(&log_dir);
@@ -125,7 +136,10 @@ impl TestVm {
             kernel: img.join("vmlinux"),
             initrd: img.join("initramfs.cpio"),
             append: opts.append.clone(),
-            disks: vec![Disk { path: log_dir.join("disk.raw"), size: opts.disk_size }],
+            disks: vec![Disk {
+                path: opts.disk.clone().unwrap_or_else(|| log_dir.join("disk.raw")),
+                size: opts.disk_size,
+            }],
             nbd_port: None,
             tsc_khz: host_tsc_khz(),
             verbose_kernel: false,

@@ -3,6 +3,7 @@
 
 mod bench;
 mod image;
+mod image_variant;
 mod setup;
 
 use std::path::PathBuf;
@@ -47,6 +48,10 @@ enum Task {
         /// Use this kernel .deb instead of the pinned one (also env LAMINA_KERNEL_DEB).
         #[arg(long)]
         kernel_deb: Option<PathBuf>,
+        /// Build a test variant into target/lamina/image-VARIANT instead (dm: device-mapper
+        /// thin-pool modules and dmsetup).
+        #[arg(long)]
+        variant: Option<String>,
     },
     /// Builds the image and boots it on target/lamina/disk.raw (8 GiB sparse), console attached.
     Run {
@@ -61,7 +66,12 @@ fn main() -> Result<()> {
         Task::Test { host_only, args } => task_test(host_only, &args),
         Task::Ci => task_ci(),
         Task::Setup => setup::install_missing(),
-        Task::Image { kernel_deb } => image::task_image(&workspace_root(), kernel_deb).map(drop),
+        Task::Image { kernel_deb, variant: None } => {
+            image::task_image(&workspace_root(), kernel_deb).map(drop)
+        }
+        Task::Image { kernel_deb, variant: Some(v) } => {
+            image_variant::task_image_variant(&workspace_root(), &v, kernel_deb).map(drop)
+        }
         Task::Run { args } => task_run(&args),
         Task::Bench { report_only: true, .. } => {
             bench::summarize(&workspace_root().join("target/bench"))
@@ -84,6 +94,8 @@ fn task_test(host_only: bool, args: &[String]) -> Result<()> {
     }
     eprintln!("== VM tier (one VM at a time; builds the image first)");
     image::task_image(&workspace_root(), None)?;
+    // vm_dmthin boots the dm variant; a failed variant build stops the tier here.
+    image_variant::task_image_variant(&workspace_root(), "dm", None)?;
     cargo(&["test", "-p", "tests", "--test", "vm_*"], args)
 }
 

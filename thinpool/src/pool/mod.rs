@@ -221,17 +221,26 @@ impl Pool {
                         ),
                     )
                 })?;
-            for v in &t.volumes {
-                if !m.devices.contains_key(&v.id) {
-                    return Err(Error::new(
-                        ErrorKind::Corrupt { block: crate::units::MetaBlock(0) },
-                        format!(
-                            "volume {:?} names thin device {} which does not exist",
-                            v.name, v.id
-                        ),
-                    ));
+            // dm-thin knows only ids: a thin deleted by the kernel (`dmsetup message POOL 0
+            // "delete ID"`) leaves its name behind, under the same trans_id since the kernel
+            // commits without changing it. Such names are dropped with a warning (and the
+            // table is rewritten at the next commit), as `lvs` would no longer show the LV.
+            let mut t = t;
+            let before = t.volumes.len();
+            t.volumes.retain(|v| {
+                let keep = m.devices.contains_key(&v.id);
+                if !keep {
+                    tracing::warn!(
+                        volume = %v.name,
+                        thin_id = v.id,
+                        names = %store.describe(),
+                        "volume names a thin device that no longer exists (deleted outside \
+                         lamina?); dropping the name"
+                    );
                 }
-            }
+                keep
+            });
+            m.names_dirty = !read_only && t.volumes.len() != before;
             m.names = Some(t);
         }
         Ok(Pool::new(m, meta_dev, data_dev, names))

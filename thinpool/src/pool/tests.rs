@@ -213,3 +213,40 @@ fn flush_syncs_overwrites_that_change_no_mapping() {
     pool.flush().unwrap();
     assert_eq!(data.flushes.load(SeqCst), before + 1, "flush syncs the data device");
 }
+
+/// The kernel deletes thins by id (`dmsetup message POOL 0 "delete ID"`) and commits without
+/// changing the transaction id, so the name table still matches but names a missing thin.
+#[test]
+fn name_of_a_thin_deleted_outside_lamina_is_dropped_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = || Box::new(names::DirNameStore::new(dir.path()));
+    let meta = Arc::new(MemDevice::new(4 << 20, "meta"));
+    let data = Arc::new(MemDevice::new(64 * 65536, "data"));
+    let pool = Pool::format_with_names(meta.clone(), data.clone(), Sectors(128), store()).unwrap();
+    pool.create_volume("keep", 1 << 20).unwrap();
+    let gone = pool.create_volume("gone", 1 << 20).unwrap();
+    pool.commit().unwrap();
+    drop(pool);
+
+    // What dm-thin does: delete by id, commit under the same trans_id, names untouched.
+    let raw = Pool::open(meta.clone(), data.clone()).unwrap();
+    let tid = raw.transaction_id();
+    raw.delete(gone).unwrap();
+    raw.commit().unwrap();
+    assert_eq!(raw.transaction_id(), tid);
+    drop(raw);
+
+    let ro = Pool::open_read_only_with_names(meta.clone(), data.clone(), store()).unwrap();
+    let names: Vec<String> = ro.volumes().unwrap().into_iter().map(|v| v.name).collect();
+    assert_eq!(names, ["keep"]);
+    drop(ro);
+    let pool = Pool::open_with_names(meta.clone(), data.clone(), store()).unwrap();
+    assert!(pool.volume("gone").is_err());
+    pool.commit().unwrap();
+    assert!(pool.transaction_id() > tid, "the cleaned name table is committed");
+    drop(pool);
+    let pool = Pool::open_with_names(meta, data, store()).unwrap();
+    assert_eq!(pool.volumes().unwrap().len(), 1);
+    // The name is free again.
+    pool.create_volume("gone", 1 << 20).unwrap();
+}
