@@ -8,7 +8,39 @@ use anyhow::{bail, Context};
 
 use super::output::to_json;
 use super::{CheckArgs, DumpArgs};
-use crate::io::FileDevice;
+use std::sync::Arc;
+
+use crate::io::{BlockDevice, FileDevice};
+use crate::vg::VolumeGroup;
+
+/// The metadata of POOL, read-only: a pool directory's metadata file, the metadata region of
+/// a device-backed pool (its group directory, a device of the group, or a comma-separated
+/// device list), or a bare metadata file or device as thin_check takes it.
+fn open_metadata(p: &Path) -> anyhow::Result<(String, Arc<dyn BlockDevice>)> {
+    let arg = p.to_string_lossy();
+    let is_pool_dir = p.join(crate::pool::FilePool::METADATA).exists();
+    if !is_pool_dir && (arg.contains(',') || p.is_dir()) {
+        let vg = if p.is_dir() {
+            VolumeGroup::open_dir(p)
+        } else {
+            VolumeGroup::open(&arg.split(',').map(PathBuf::from).collect::<Vec<_>>())
+        }
+        .with_context(|| {
+            format!("{} is not a pool directory (no metadata file) nor a volume group", p.display())
+        })?;
+        return Ok((format!("{} (metadata region)", p.display()), vg.metadata_region()));
+    }
+    if !is_pool_dir {
+        // A single device or image: a volume group member, or a bare metadata file.
+        if let Ok(vg) = VolumeGroup::open(&[p.to_owned()]) {
+            return Ok((format!("{} (metadata region)", p.display()), vg.metadata_region()));
+        }
+    }
+    let path = metadata_path(p)?;
+    let dev = FileDevice::open_read_only(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    Ok((path.display().to_string(), Arc::new(dev)))
+}
 
 /// The metadata file of a pool directory, or the path itself when it is a file or device.
 pub(super) fn metadata_path(p: &Path) -> anyhow::Result<PathBuf> {
@@ -25,10 +57,8 @@ pub(super) fn metadata_path(p: &Path) -> anyhow::Result<PathBuf> {
 }
 
 pub(super) fn check(a: &CheckArgs) -> anyhow::Result<ExitCode> {
-    let path = metadata_path(&a.dir)?;
-    let dev = FileDevice::open_read_only(&path)
-        .with_context(|| format!("cannot open {}", path.display()))?;
-    let report = crate::check::check(&dev);
+    let (path, dev) = open_metadata(&a.dir)?;
+    let report = crate::check::check(dev.as_ref());
     let ok = if a.allow_hints { report.is_consistent() } else { report.is_clean() };
     let mut out = std::io::stdout().lock();
     if a.json {
@@ -45,7 +75,7 @@ pub(super) fn check(a: &CheckArgs) -> anyhow::Result<ExitCode> {
         writeln!(
             out,
             "{}: {} ({} devices, {} mappings, metadata {}/{} blocks, data {}/{} blocks)",
-            path.display(),
+            path,
             if ok { "clean" } else { "DAMAGED" },
             s.devices,
             s.mappings,
@@ -59,10 +89,8 @@ pub(super) fn check(a: &CheckArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub(super) fn dump(a: &DumpArgs) -> anyhow::Result<ExitCode> {
-    let path = metadata_path(&a.dir)?;
-    let dev = FileDevice::open_read_only(&path)
-        .with_context(|| format!("cannot open {}", path.display()))?;
-    let xml = crate::xml::dump(&dev)?;
+    let (_, dev) = open_metadata(&a.dir)?;
+    let xml = crate::xml::dump(dev.as_ref())?;
     match &a.output {
         Some(o) => {
             std::fs::write(o, xml).with_context(|| format!("cannot write {}", o.display()))?
