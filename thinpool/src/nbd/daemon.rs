@@ -251,7 +251,8 @@ pub fn serve_catalog(
     let catalog_for_kernel = catalog.clone();
     let server = Server::new(catalog, cfg.server_options());
     let handler = make_handler(&server);
-    let _kernel = super::kernel::start(&catalog_for_kernel, &cfg.kernel_fd, cfg.workers.max(1))?;
+    let _kernel =
+        super::kernel::start(&catalog_for_kernel, &cfg.kernel_fd, cfg.workers.max(1), &stop)?;
     if let Some(addr) = tcp {
         let bound = server.listen_tcp(addr).map_err(|source| DaemonError::Io {
             what: "listening on",

@@ -11,8 +11,8 @@
 //! wait for the daemon while the daemon waits for reclaim (appliance.md §4.4, nbd.md §2.7):
 //! [`protect_from_reclaim`] sets PR_SET_IO_FLUSHER and locks the daemon's memory.
 
-use std::os::unix::net::UnixStream;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -44,10 +44,16 @@ impl FromStr for KernelFd {
 
 /// Starts one thread per inherited socket end, each serving its export until the kernel
 /// disconnects. Every fd is checked (a stream socket we own) before any thread starts.
+///
+/// When a kernel connection ends, `stop` is set: the daemon exists for that client, so it
+/// commits and exits, and its supervisor restarts it and hands the kernel new sockets
+/// (NBD_CMD_RECONFIGURE). This covers the kernel dropping a socket after a request timeout
+/// as well as the disconnect at shutdown.
 pub fn start(
     catalog: &Arc<dyn Catalog>,
     fds: &[KernelFd],
     workers: usize,
+    stop: &Arc<AtomicBool>,
 ) -> Result<Vec<JoinHandle<()>>, DaemonError> {
     let mut ready = Vec::with_capacity(fds.len());
     for k in fds {
@@ -61,12 +67,14 @@ pub fn start(
     let mut threads = Vec::with_capacity(ready.len());
     for (k, stream, export) in ready {
         let name = format!("nbd-kernel-{}", k.fd);
+        let stop = stop.clone();
         tracing::info!("nbd: serving {:?} to the kernel on fd {}", k.export, k.fd);
         let t = std::thread::Builder::new()
             .name(name.clone())
             .spawn(move || {
                 serve_connected(stream, export, false, workers);
-                tracing::info!("nbd: kernel connection on fd {} ended", k.fd);
+                tracing::warn!("nbd: kernel connection on fd {} ended; stopping", k.fd);
+                stop.store(true, Ordering::SeqCst);
             })
             .map_err(|source| DaemonError::Io { what: "spawning", path: name.into(), source })?;
         threads.push(t);
@@ -139,6 +147,7 @@ pub fn check_unique(fds: &[KernelFd]) -> Result<(), DaemonError> {
 mod tests {
     use std::io::{Read, Write};
     use std::os::fd::{AsRawFd, IntoRawFd};
+    use std::os::unix::net::UnixStream;
 
     use super::*;
     use crate::nbd::mem::MemCatalog;
@@ -173,7 +182,10 @@ mod tests {
         let catalog: Arc<dyn Catalog> = Arc::new(cat);
         let (ours, mut kernel) = UnixStream::pair().unwrap();
         let fd = ours.into_raw_fd();
-        let threads = start(&catalog, &[KernelFd { fd, export: "store".into() }], 2).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads =
+            start(&catalog, &[KernelFd { fd, export: "store".into() }], 2, &stop).unwrap();
+        assert!(!stop.load(Ordering::SeqCst));
         // WRITE 4 KiB at 8192, then READ it back.
         let data = vec![0xabu8; 4096];
         kernel.write_all(&request(1, 0, 7, 8192, 4096)).unwrap();
@@ -189,7 +201,9 @@ mod tests {
         for t in threads {
             t.join().unwrap();
         }
-        assert!(start(&catalog, &[KernelFd { fd: 1000, export: "nope".into() }], 1).is_err());
+        assert!(stop.load(Ordering::SeqCst), "the daemon stops when its kernel client leaves");
+        let nope = [KernelFd { fd: 1000, export: "nope".into() }];
+        assert!(start(&catalog, &nope, 1, &stop).is_err());
     }
 
     fn request(ty: u16, flags: u16, cookie: u64, offset: u64, len: u32) -> Vec<u8> {

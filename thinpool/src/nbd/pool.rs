@@ -255,6 +255,10 @@ impl control::Handler for PoolControl {
                 let v = svc.volumes().map_err(s)?;
                 serde_json::Value::Array(v.iter().map(Self::volume_json).collect())
             }
+            R::Extend { device } => {
+                let events = svc.extend_device(std::path::Path::new(&device)).map_err(s)?;
+                serde_json::json!({ "device": device, "events": events })
+            }
             R::Status => {
                 let d = pool.data_usage();
                 let m = pool.metadata_usage();
