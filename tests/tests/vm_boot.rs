@@ -25,11 +25,9 @@ fn vm_boots_to_ready_and_agent_answers() -> Result<()> {
     assert!(status["memory"]["total_kib"].as_u64().unwrap_or(0) > 100_000);
     let mounts: Vec<&str> =
         status["mounts"].as_array().unwrap().iter().filter_map(|m| m["target"].as_str()).collect();
-    let xfs = status["mounts"].as_array().unwrap().iter().find(|m| m["target"] == "/var/lib/lamina");
-    assert!(
-        xfs.is_some_and(|m| m["source"] == "/dev/nbd0" && m["fstype"] == "xfs"),
-        "{status}"
-    );
+    let xfs =
+        status["mounts"].as_array().unwrap().iter().find(|m| m["target"] == "/var/lib/lamina");
+    assert!(xfs.is_some_and(|m| m["source"] == "/dev/nbd0" && m["fstype"] == "xfs"), "{status}");
     for m in ["/proc", "/sys", "/dev", "/run", "/tmp"] {
         assert!(mounts.contains(&m), "{m} not mounted: {mounts:?}");
     }
