@@ -198,7 +198,11 @@ fn spawn_daemon(reaper: &Reaper, d: &Daemon) -> Result<(Spawned, Vec<OwnedFd>), 
         fcntl_setfd(s, FdFlags::empty()).map_err(|e| fail(format!("F_SETFD: {e}")))?;
     }
     let spawned = reaper.spawn(
-        Command::new(&argv[0]).args(&argv[1..]).stdin(Stdio::null()).env("THINPOOL_LOG", "info").env("NO_COLOR", "1"),
+        Command::new(&argv[0])
+            .args(&argv[1..])
+            .stdin(Stdio::null())
+            .env("THINPOOL_LOG", "info")
+            .env("NO_COLOR", "1"),
     );
     drop(ours);
     let spawned = spawned.map_err(|e| fail(format!("starting {THINPOOL} serve: {e}")))?;
