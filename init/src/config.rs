@@ -125,7 +125,13 @@ mod tests {
         assert!(!c.debug);
         assert_eq!(c.network.address, "10.0.2.15/24");
         assert_eq!(c.agent.port, "org.lamina.agent.0");
-        assert!(!c.pool.enabled);
+        assert!(c.pool.enabled);
+        assert_eq!(c.pool.basesize, "10G");
+        assert!(!c.pool.force, "never overwrite foreign data by default");
+        let c =
+            load(FILE, &cmdline_overrides("lamina.pool.force=1 lamina.pool.basesize=2G")).unwrap();
+        assert!(c.pool.force);
+        assert_eq!(c.pool.basesize, "2G");
     }
 
     #[test]
