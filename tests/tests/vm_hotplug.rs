@@ -49,7 +49,7 @@ fn vm_hotplugged_disk_extends_the_pool() -> Result<()> {
     vm.wait_ready()?;
     let before = data_total(&mut vm)?;
     // ~85% of the data space, incompressible (zero writes would stay thin).
-    let mib = before * 85 / 100 >> 20;
+    let mib = (before * 85 / 100) >> 20;
     let r = vm.vm.agent()?.exec(
         &[
             "sh",
