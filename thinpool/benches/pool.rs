@@ -4,7 +4,7 @@
 //! lookups, 4 KiB random reads, provisioning writes and commit latency. Metadata lives in
 //! memory (MemDevice); the data device is a sparse null device (reads zeros, drops writes), so
 //! the figures are the engine's CPU cost, not a disk's. Prints a table; with BENCH_OUT set,
-//! appends one JSON object per pool size to that file.
+//! appends xtask's JSON-lines records (suite "thinpool", x = mapped blocks) to that file.
 
 use std::io::Write;
 use std::sync::Arc;
@@ -135,6 +135,11 @@ fn run(n: u64) -> Row {
 }
 
 fn main() {
+    // `cargo test --all-targets` runs bench targets too; measure only under `cargo bench`.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("benchmark: run with `cargo bench` or `cargo xtask bench`");
+        return;
+    }
     let sizes: Vec<u64> = match std::env::var("BENCH_SIZES") {
         Ok(s) => s.split(',').filter_map(|x| x.trim().parse().ok()).collect(),
         Err(_) => vec![1_000, 10_000, 100_000, 1_000_000],
@@ -169,18 +174,26 @@ fn main() {
             r.meta_blocks
         );
         if let Some(f) = out.as_mut() {
-            let line = serde_json::json!({
-                "bench": "pool",
-                "mapped_blocks": r.mapped,
-                "build_s": r.build_s,
-                "snapshot_us": r.snapshot_us,
-                "snapshot_commit_ms": r.snapshot_commit_ms,
-                "lookups_per_s": r.lookups_per_s,
-                "reads_4k_per_s": r.reads_4k_per_s,
-                "provision_writes_per_s": r.provision_per_s,
-                "commit_ms_per_1000_writes": r.commit_ms,
-                "metadata_blocks_used": r.meta_blocks,
-            });
+            // xtask's record format: one scaling series per figure, x = mapped blocks.
+            let series: [(&str, &str, f64, &str, &str); 6] = [
+                ("snapshot", "latency", r.snapshot_us, "us", "lower"),
+                ("snapshot + commit", "latency", r.snapshot_commit_ms * 1000.0, "us", "lower"),
+                ("commit of 1000 writes", "latency", r.commit_ms * 1000.0, "us", "lower"),
+                ("lookup", "rate", r.lookups_per_s, "ops/s", "higher"),
+                ("4K read", "rate", r.reads_4k_per_s, "ops/s", "higher"),
+                ("provisioning write", "rate", r.provision_per_s, "ops/s", "higher"),
+            ];
+            let line = series
+                .iter()
+                .map(|(case, metric, value, unit, better)| {
+                    serde_json::json!({
+                        "suite": "thinpool", "case": case, "subject": "lamina", "metric": metric,
+                        "value": value, "unit": unit, "better": better, "x": r.mapped,
+                    })
+                    .to_string()
+                })
+                .collect::<Vec<_>>()
+                .join("\n");
             writeln!(f, "{line}").expect("writing BENCH_OUT");
         }
     }

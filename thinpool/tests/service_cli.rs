@@ -106,6 +106,25 @@ fn file_pool_resize_grows_the_data_file() {
     assert_eq!(json(&["status", pool, "--json"])["data_total"], 192 * MIB);
     fails(&["resize", pool, "--data", "64M"], "never shrink");
     fails(&["dmsetup-table", pool], "file-backed pool");
+    fails(&["init", pool, "--data-size", "64M", "--opt", "dm.min_free_space=x"], "min_free_space");
+
+    // Options of a file pool live in DIR/config.toml and reach status.
+    let opts = dir.path().join("fp2");
+    let opts = opts.to_str().unwrap();
+    ok(&[
+        "init",
+        opts,
+        "--data-size",
+        "64M",
+        "--opt",
+        "dm.min_free_space=50%",
+        "--opt",
+        "dm.use_deferred_deletion=false",
+    ]);
+    let st = json(&["status", opts, "--json"]);
+    assert_eq!(st["Thin Pool Minimum Free Space"], "33.55MB");
+    assert_eq!(st["Deferred Deletion Enabled"], false);
+    ok(&["create", opts, "a", "--size", "1G"]);
     let st = json(&["status", pool, "--json"]);
     assert!(st["Data file"].as_str().unwrap().ends_with("/fp/data"));
 }

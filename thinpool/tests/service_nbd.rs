@@ -30,11 +30,12 @@ fn nbd_over_a_device_backed_pool() {
     let pool = dir.path().join("pool");
     std::fs::create_dir(&pool).unwrap();
     {
-        // data 120, metadata 40, 40 free extents of 64 KiB; writes wait at most 2 s.
+        // data 120, metadata 40, 40 free extents of 64 KiB; writes wait at most 4 s (enough for
+        // autoextend on a loaded machine).
         let p = device(&pool, "dev0", 200);
         let opts = ["dm.thinp_percent=60", "dm.thinp_metapercent=20", "dm.min_free_space=0%"];
         let config =
-            PoolConfig::from_opts(opts.iter().copied().chain(["lamina.no_space_timeout=2"]))
+            PoolConfig::from_opts(opts.iter().copied().chain(["lamina.no_space_timeout=4"]))
                 .unwrap();
         let dev: Arc<dyn BlockDevice> = Arc::new(FileDevice::open(&p).unwrap());
         let vg = VolumeGroup::create_sized(vec![dev], config, false, EXT).unwrap();
@@ -53,6 +54,16 @@ fn nbd_over_a_device_backed_pool() {
         std::os::unix::net::UnixStream::connect(&sock).is_ok()
             && control::socket_path(&pool).exists()
     });
+
+    // The CLI goes through the daemon's control socket while it serves the pool.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_thinpool"))
+        .args(["status", pool.to_str().unwrap(), "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let st: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(st["Pool Name"], "lamina-thinpool");
+    assert_eq!(st["data_total"], 120 * EXT);
 
     // Deferred deletion: "b" is removed while a client has it open.
     let mut cb = Client::connect_unix(&sock, "b", false, false);
@@ -88,7 +99,7 @@ fn nbd_over_a_device_backed_pool() {
         assert!(n < 1000, "never filled");
     };
     assert_eq!(errno, 28, "ENOSPC");
-    assert!(took >= Duration::from_secs(2), "{took:?}");
+    assert!(took >= Duration::from_secs(4), "{took:?}");
     assert_eq!(n, 160, "120 data extents + 40 grown into");
     let ev = events(&pool);
     assert!(ev.iter().any(|e| e.action == ExtendAction::Extended), "{ev:?}");
@@ -102,4 +113,56 @@ fn nbd_over_a_device_backed_pool() {
     let vp = VgPool::open(std::slice::from_ref(&pool)).unwrap();
     assert_eq!(vp.pool().volumes().unwrap().len(), 1);
     thin_check(vp.vg().metadata_region().as_ref(), dir.path(), &[]);
+}
+
+#[test]
+fn nbd_metadata_exhaustion_answers_writes_with_eperm_and_keeps_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let pool = dir.path().join("pool");
+    {
+        let p = thinpool::pool::FilePool::create(
+            &pool,
+            1 << 30,
+            Some(64 * 4096),
+            thinpool::units::Sectors(128),
+        )
+        .unwrap();
+        p.create_volume("v", 1 << 40).unwrap();
+        p.commit().unwrap();
+    }
+    let sock = dir.path().join("nbd.sock");
+    let cfg =
+        ServeConfig { listen: "none".into(), socket: Some(sock.clone()), ..Default::default() };
+    let stop = Arc::new(AtomicBool::new(false));
+    let (d, s) = (pool.clone(), stop.clone());
+    let daemon = std::thread::spawn(move || daemon::serve_until(&d, &cfg, s));
+    wait_for("the daemon's sockets", 30, || {
+        std::os::unix::net::UnixStream::connect(&sock).is_ok()
+            && control::socket_path(&pool).exists()
+    });
+    let mut c = Client::connect_unix(&sock, "v", false, false);
+    let mut ok = Vec::new();
+    let errno = loop {
+        let i = ok.len() as u64 * 7;
+        let e = c.write(i * EXT, &i.to_le_bytes(), 0);
+        if e != 0 {
+            break e;
+        }
+        ok.push(i);
+        assert!(ok.len() < 100_000, "metadata never filled");
+    };
+    assert_eq!(errno, 1, "EPERM once the pool is read-only");
+    let st = ctl(&pool, Request::Status);
+    assert!(st["read_only"].as_str().unwrap().contains("metadata"), "{st}");
+    for &i in [ok[0], ok[ok.len() / 2], *ok.last().unwrap()].iter() {
+        assert_eq!(c.read(i * EXT, 8).unwrap(), i.to_le_bytes().to_vec(), "block {i}");
+    }
+    let r = control::request(&pool, &Request::Create { name: "w".into(), size: 1 << 20 }).unwrap();
+    assert!(!r.ok && r.error.unwrap().contains("read-only"));
+    c.disconnect();
+    stop.store(true, Ordering::SeqCst);
+    daemon.join().unwrap().unwrap();
+    let meta: Arc<dyn BlockDevice> = Arc::new(FileDevice::open(&pool.join("metadata")).unwrap());
+    assert!(thinpool::service::needs_check(meta.as_ref()).unwrap());
+    thin_check_file(&pool.join("metadata"), &[]);
 }

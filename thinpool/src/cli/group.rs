@@ -23,7 +23,7 @@ use crate::service::PoolSource;
 use crate::vg::{EventLog, PoolConfig, VgPool};
 
 /// The options: the TOML file (if any), then each `--opt` over it.
-fn config(a: &InitArgs) -> anyhow::Result<PoolConfig> {
+pub(super) fn config(a: &InitArgs) -> anyhow::Result<PoolConfig> {
     let mut c = match &a.config {
         Some(f) => {
             let text = std::fs::read_to_string(f)
@@ -39,6 +39,37 @@ fn config(a: &InitArgs) -> anyhow::Result<PoolConfig> {
     }
     c.validate()?;
     Ok(c)
+}
+
+/// A file pool's options as DIR/config.toml: the `--opt` values as quoted top-level keys,
+/// then the `--config` file's text (tables must come after top-level keys). Checked by
+/// parsing it back.
+pub(super) fn file_pool_config(a: &InitArgs) -> anyhow::Result<Option<String>> {
+    if a.opt.is_empty() && a.config.is_none() {
+        return Ok(None);
+    }
+    let wanted = config(a)?;
+    let mut text = String::from("# dm.* options of this pool (see thinpool init --help)\n");
+    for o in &a.opt {
+        let (k, v) =
+            o.split_once('=').with_context(|| format!("--opt {o}: expected dm.key=value"))?;
+        let key = if k.contains('.') { k.trim().to_owned() } else { format!("dm.{}", k.trim()) };
+        text.push_str(&format!(
+            "{} = {}\n",
+            toml::Value::String(key),
+            toml::Value::String(v.trim().into())
+        ));
+    }
+    if let Some(f) = &a.config {
+        text.push_str(
+            &std::fs::read_to_string(f).with_context(|| format!("cannot read {}", f.display()))?,
+        );
+    }
+    let back = PoolConfig::from_toml(&text)?;
+    if back != wanted {
+        bail!("--opt and --config set the same option differently; give it once");
+    }
+    Ok(Some(text))
 }
 
 /// Links `device` into the pool directory as the next free `devN` (once per device).

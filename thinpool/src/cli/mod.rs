@@ -90,11 +90,11 @@ pub struct InitArgs {
     /// Lay a volume group over these devices (Docker's direct-lvm layout) instead of files.
     #[arg(long, value_delimiter = ',')]
     pub device: Vec<PathBuf>,
-    /// A dm.* option (dm.key=value), repeatable; with --device.
-    #[arg(long, requires = "device")]
+    /// A dm.* option (dm.key=value), repeatable. A file pool keeps them in DIR/config.toml.
+    #[arg(long)]
     pub opt: Vec<String>,
-    /// A TOML file of dm.* options ([dm] and [lamina] tables); with --device.
-    #[arg(long, requires = "device")]
+    /// A TOML file of dm.* options ([dm] and [lamina] tables).
+    #[arg(long)]
     pub config: Option<PathBuf>,
     /// Overwrite devices that hold other signatures.
     #[arg(long, requires = "device")]

@@ -240,6 +240,8 @@ pub(super) fn init(a: &InitArgs) -> anyhow::Result<ExitCode> {
     if !u32::try_from(sectors.0).is_ok_and(crate::pdata::disk::valid_data_block_size) {
         bail!("block size {}: dm-thin needs a multiple of 64K from 64K to 1G", a.block_size);
     }
+    // Options are checked before anything is created.
+    let config_text = super::group::file_pool_config(a)?;
     let files = [dir.join(FilePool::METADATA), dir.join(FilePool::DATA)];
     let existed = files.clone().map(|f| f.exists());
     let pool = match FilePool::create(dir, data_size, a.metadata_size, sectors) {
@@ -254,6 +256,10 @@ pub(super) fn init(a: &InitArgs) -> anyhow::Result<ExitCode> {
             return Err(e).with_context(|| format!("cannot create a pool in {}", dir.display()));
         }
     };
+    if let Some(text) = config_text {
+        let p = dir.join("config.toml");
+        std::fs::write(&p, text).with_context(|| format!("cannot write {}", p.display()))?;
+    }
     let meta = pool.metadata_usage();
     println!(
         "created pool in {}: data {}, metadata {}, block size {}",

@@ -70,32 +70,7 @@ pub fn binary_size(bytes: u64) -> String {
     format!("{bytes}b")
 }
 
-/// Docker's `units.HumanSize`: decimal units, 4 significant digits (`65.54kB`, `10.74GB`).
-pub fn human_size(bytes: u64) -> String {
-    const UNITS: [&str; 7] = ["B", "kB", "MB", "GB", "TB", "PB", "EB"];
-    let mut v = bytes as f64;
-    let mut i = 0;
-    while v >= 1000.0 && i + 1 < UNITS.len() {
-        v /= 1000.0;
-        i += 1;
-    }
-    format!("{}{}", significant4(v), UNITS[i])
-}
-
-/// `%.4g` for 0 <= v < 1000: four significant digits, trailing zeros dropped.
-fn significant4(v: f64) -> String {
-    if v == 0.0 {
-        return "0".to_owned();
-    }
-    let digits = v.abs().log10().floor() as i32 + 1;
-    let decimals = (4 - digits).max(0) as usize;
-    let s = format!("{v:.decimals$}");
-    if s.contains('.') {
-        s.trim_end_matches('0').trim_end_matches('.').to_owned()
-    } else {
-        s
-    }
-}
+pub use crate::units::human_size;
 
 #[cfg(test)]
 mod tests {

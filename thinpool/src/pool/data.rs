@@ -117,6 +117,7 @@ impl Pool {
                 let mut m = self.meta();
                 m.writable()?;
                 if let Some(b) = m.data.reserve() {
+                    self.data_allocations.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     return Ok(DataBlock(b));
                 }
                 let free = m.data.nr_blocks() - m.data.nr_allocated() - m.data.nr_reserved();

@@ -74,6 +74,9 @@ pub struct Pool {
     stripes: Box<[Mutex<()>]>,
     commit_lock: Mutex<()>,
     block_bytes: u64,
+    /// Data blocks handed out so far: lets callers tell, without taking the metadata lock,
+    /// whether a write allocated (and so whether space thresholds need looking at).
+    data_allocations: std::sync::atomic::AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -97,6 +100,7 @@ impl Pool {
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             commit_lock: Mutex::new(()),
             block_bytes,
+            data_allocations: 0.into(),
         }
     }
 
@@ -244,6 +248,11 @@ impl Pool {
     }
 
     /// Data block size in sectors.
+    /// How many data blocks this pool has handed out since it was opened (never decreases).
+    pub fn data_allocations(&self) -> u64 {
+        self.data_allocations.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     pub fn data_block_size(&self) -> Sectors {
         Sectors(self.block_bytes / Sectors::SIZE)
     }

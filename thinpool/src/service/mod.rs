@@ -168,8 +168,10 @@ pub(crate) struct Shared {
     file_data_max: Option<u64>,
     vols: Mutex<Volumes>,
     ro: RwLock<Option<ReadOnly>>,
-    /// Bumped (and `space_cv` notified) whenever data space may have become available.
-    space: Mutex<u64>,
+    /// Bumped (under `space`, with `space_cv` notified) whenever data space may have become
+    /// available; read without the lock on the write path.
+    space_gen: AtomicU64,
+    space: Mutex<()>,
     space_cv: Condvar,
     waiting: AtomicUsize,
     kick: Mutex<Kick>,
@@ -177,6 +179,7 @@ pub(crate) struct Shared {
     /// Data size at the last threshold kick: the kick is edge-triggered per size, as the
     /// kernel's low-water-mark event is per table load.
     kicked_at_total: AtomicU64,
+    kicked_at_meta: AtomicU64,
     file_backoff: Mutex<Backoff>,
 }
 
@@ -272,12 +275,14 @@ impl Service {
             file_data_max: opts.file_data_max,
             vols: Mutex::new(Volumes::default()),
             ro: RwLock::new(None),
-            space: Mutex::new(0),
+            space_gen: AtomicU64::new(0),
+            space: Mutex::new(()),
             space_cv: Condvar::new(),
             waiting: AtomicUsize::new(0),
             kick: Mutex::new(Kick::default()),
             kick_cv: Condvar::new(),
             kicked_at_total: AtomicU64::new(0),
+            kicked_at_meta: AtomicU64::new(0),
             file_backoff: Mutex::new(Backoff::default()),
         });
         shared.finish_deferred()?;
@@ -702,18 +707,19 @@ impl Shared {
     // -- space waiting ---------------------------------------------------------------------
 
     fn space_gen(&self) -> u64 {
-        *lock(&self.space)
+        self.space_gen.load(Ordering::SeqCst)
     }
 
     pub(crate) fn notify_space(&self) {
-        *lock(&self.space) += 1;
+        let _g = lock(&self.space);
+        self.space_gen.fetch_add(1, Ordering::SeqCst);
         self.space_cv.notify_all();
     }
 
     /// Waits until the space generation moves past `gen` or `deadline`; false on timeout.
     fn wait_space(&self, gen: u64, deadline: Option<Instant>) -> bool {
         let mut g = lock(&self.space);
-        while *g == gen {
+        while self.space_gen.load(Ordering::SeqCst) == gen {
             match deadline {
                 None => g = self.space_cv.wait(g).unwrap_or_else(|e| e.into_inner()),
                 Some(d) => {
@@ -734,18 +740,19 @@ impl Shared {
         self.kick_cv.notify_all();
     }
 
-    /// After an allocation: kick the autoextend thread once per data size when usage reaches
-    /// the threshold (the kernel's low-water-mark event).
+    /// After an allocation: kick the autoextend thread once per region size when data or
+    /// metadata usage reaches the threshold (the kernel's low-water-mark events).
     fn after_alloc(&self) {
         let threshold = lock(&self.config).autoextend_threshold;
         if threshold >= 100 {
             return;
         }
-        let d = self.pool().data_usage();
         let t = u128::from(threshold.max(50));
-        if u128::from(d.used) * 100 >= t * u128::from(d.total)
-            && self.kicked_at_total.swap(d.total, Ordering::SeqCst) != d.total
-        {
+        let over = |u: crate::pool::SpaceUsage| u128::from(u.used) * 100 >= t * u128::from(u.total);
+        let (d, m) = (self.pool().data_usage(), self.pool().metadata_usage());
+        let data = over(d) && self.kicked_at_total.swap(d.total, Ordering::SeqCst) != d.total;
+        let meta = over(m) && self.kicked_at_meta.swap(m.total, Ordering::SeqCst) != m.total;
+        if data || meta {
             self.kick();
         }
     }
@@ -763,13 +770,18 @@ impl Shared {
         let mut quick = 0;
         loop {
             let gen = self.space_gen();
+            let allocs = self.pool().data_allocations();
             let r = {
                 let _g = self.writable()?;
                 f(self.pool())
             };
             let e = match r {
                 Ok(v) => {
-                    self.after_alloc();
+                    // Thresholds only move when something was allocated; an in-place write
+                    // takes no further lock.
+                    if self.pool().data_allocations() != allocs {
+                        self.after_alloc();
+                    }
                     return Ok(v);
                 }
                 Err(e) => e,

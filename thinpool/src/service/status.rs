@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::{lock, Backend, Service};
 use crate::pdata::disk::BLOCK_SIZE;
 use crate::pool::FilePool;
+pub use crate::units::human_size;
 use crate::vg::autoextend::min_free_blocks;
 
 /// Every devicemapper field of `docker info`, named as Docker names them (also in JSON).
@@ -82,33 +83,6 @@ impl fmt::Display for ServiceStatus {
         row("Deferred Deletion Enabled", &self.deferred_deletion_enabled)?;
         row("Deferred Deleted Device Count", &self.deferred_deleted_device_count)?;
         row("Library Version", &self.library_version)
-    }
-}
-
-/// Docker's `units.HumanSize`: decimal units, `%.4g`.
-pub fn human_size(bytes: u64) -> String {
-    const UNITS: [&str; 9] = ["B", "kB", "MB", "GB", "TB", "PB", "EB", "ZB", "YB"];
-    let mut v = bytes as f64;
-    let mut i = 0;
-    while v >= 1000.0 && i < UNITS.len() - 1 {
-        v /= 1000.0;
-        i += 1;
-    }
-    format!("{}{}", g4(v), UNITS[i])
-}
-
-/// C's `%.4g` for 0 <= v < 10000: four significant digits, trailing zeros dropped.
-fn g4(v: f64) -> String {
-    if v == 0.0 {
-        return "0".into();
-    }
-    let digits = v.abs().log10().floor() as i32 + 1;
-    let decimals = (4 - digits).max(0) as usize;
-    let s = format!("{v:.decimals$}");
-    if s.contains('.') {
-        s.trim_end_matches('0').trim_end_matches('.').to_owned()
-    } else {
-        s
     }
 }
 
