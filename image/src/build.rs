@@ -59,8 +59,28 @@ fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> BuildEr
 pub(crate) const DYNAMIC_PROGRAMS: &[(&str, &str)] = &[("xfsprogs", "sbin/mkfs.xfs")];
 /// busybox applets linked in `bin/` for debug sessions.
 const BUSYBOX_APPLETS: &[&str] = &[
-    "cat", "dmesg", "echo", "free", "grep", "head", "ls", "mount", "ps", "sh", "sleep", "tail",
-    "true", "umount",
+    "cat",
+    "dd",
+    "df",
+    "dmesg",
+    "echo",
+    "free",
+    "grep",
+    "head",
+    "kill",
+    "ls",
+    "mount",
+    "pidof",
+    "ps",
+    "rm",
+    "sh",
+    "sha256sum",
+    "sleep",
+    "stat",
+    "sync",
+    "tail",
+    "true",
+    "umount",
 ];
 
 /// What goes into the image besides the pinned packages.

@@ -45,6 +45,15 @@ pub struct Shutdown {
 pub struct Pool {
     pub enabled: bool,
     pub nbd_port: u16,
+    /// Size of the base volume `store` (dm.basesize), e.g. "10G".
+    pub basesize: String,
+    /// dm.directlvm_device_force: overwrite disks that hold a foreign signature, and format
+    /// a store volume that holds a foreign filesystem.
+    pub force: bool,
+    /// Kernel nbd connections (socketpairs) to the daemon.
+    pub connections: u32,
+    /// Seconds the kernel keeps I/O queued while the daemon restarts.
+    pub dead_conn_timeout_secs: u64,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -116,7 +125,13 @@ mod tests {
         assert!(!c.debug);
         assert_eq!(c.network.address, "10.0.2.15/24");
         assert_eq!(c.agent.port, "org.lamina.agent.0");
-        assert!(!c.pool.enabled);
+        assert!(c.pool.enabled);
+        assert_eq!(c.pool.basesize, "10G");
+        assert!(!c.pool.force, "never overwrite foreign data by default");
+        let c =
+            load(FILE, &cmdline_overrides("lamina.pool.force=1 lamina.pool.basesize=2G")).unwrap();
+        assert!(c.pool.force);
+        assert_eq!(c.pool.basesize, "2G");
     }
 
     #[test]

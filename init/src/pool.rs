@@ -1,23 +1,57 @@
-//! The slot where the storage pool comes up. Not wired yet: the lead connects `thinpool` here.
+//! The storage pool as PID 1 brings it up and tears it down (appliance.md §0, nbd.md §2.8).
 //!
-//! Bring-up, once wired (appliance.md §0, nbd.md §2.8), in this order:
-//! 1. open or create the volume group on the data disks (`/dev/vd*`) and the thin pool,
-//!    base volume `store`;
-//! 2. start `thinpool serve` as a supervised child via [`crate::reaper::Reaper::spawn`]
-//!    (restart on exit, then [`crate::nbd::NbdClient::reconfigure`] with new sockets);
-//! 3. `socketpair(AF_UNIX, SOCK_STREAM)` per connection, handshake, then
-//!    [`crate::nbd::NbdClient::connect`] → `/dev/nbdN`;
-//! 4. `mkfs.xfs -f -q -K` on first boot only (no XFS superblock), mount at /var/lib/lamina with
-//!    `prjquota`;
-//! 5. report through [`Pool::status`] (the agent's `status.pool`) and [`Pool::summary`] (the
-//!    READY line).
+//! Bring-up, each step on the console:
+//! 1. the data disks are the virtio disks present at boot (`/dev/vd*`; the initramfs is the
+//!    root, so the first one is `/dev/vda`); first boot: `thinpool init --device` lays the
+//!    volume group and pool over them with Docker's direct-lvm defaults (a foreign signature
+//!    is refused unless `pool.force`); later boots find the pool there;
+//! 2. the base volume `store` of `pool.basesize` is created if absent;
+//! 3. `socketpair(AF_UNIX, SOCK_STREAM)` per kernel connection; `thinpool serve` starts as a
+//!    supervised child with the server ends inherited (`--kernel-fd FD:store`,
+//!    `--io-flusher`), then netlink NBD_CMD_CONNECT hands the client ends to the kernel →
+//!    `/dev/nbd0`;
+//! 4. `mkfs.xfs` only when the device holds no filesystem, mount at /var/lib/lamina with
+//!    `prjquota`, `overlay2/` inside.
 //!
-//! Shutdown calls the `stop_*`/`unmount_*` steps in the order [`crate::shutdown`] documents.
+//! Supervision: when the daemon exits while the pool is up, a thread starts it again with
+//! fresh socketpairs and NBD_CMD_RECONFIGUREs /dev/nbd0; the kernel keeps I/O queued for
+//! `dead_conn_timeout_secs` meanwhile, so XFS never sees an error.
+//!
+//! Shutdown (driven by [`crate::shutdown`]): sync + unmount XFS → NBD disconnect (the
+//! daemon's kernel connection ends, so it commits and exits by itself) → wait for the daemon
+//! (SIGTERM if it is still there).
 
-use serde_json::Value;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use thinpool::nbd::control::{self, Request};
 
 use crate::config::Config;
-use crate::reaper::Reaper;
+use crate::nbd::NbdClient;
+use crate::netlink::nbd::Connect;
+use crate::reaper::{Exit, Reaper, Spawned};
+
+/// The daemon's lock, control socket and event log (tmpfs: the pool itself is on the disks).
+pub const STATE_DIR: &str = "/run/lamina/pool";
+/// Where the store's XFS is mounted.
+pub const MOUNT: &str = "/var/lib/lamina";
+pub const THINPOOL: &str = "/sbin/thinpool";
+pub const MKFS_XFS: &str = "/sbin/mkfs.xfs";
+/// The base volume attached as /dev/nbd0.
+pub const STORE: &str = "store";
+/// NBD_ATTR_BACKEND_IDENTIFIER: RECONFIGURE must repeat it.
+const BACKEND: &str = "lamina-pool-store";
+const NBD_INDEX: u32 = 0;
+const BLOCK_SIZE: u64 = 4096;
+/// Per-request timeout: after it the kernel requeues a request whose socket died, so it waits
+/// for the restarted daemon instead of hanging on a dead socket forever (nbd.md §2.2).
+const REQUEST_TIMEOUT_SECS: u64 = 30;
 
 /// Result of one shutdown step.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,53 +67,557 @@ pub enum PoolError {
     Failed(String),
 }
 
-/// The pool as PID 1 sees it.
-#[derive(Debug, Default)]
-pub struct Pool {
-    wired: bool,
+fn fail(msg: impl Into<String>) -> PoolError {
+    PoolError::Failed(msg.into())
 }
 
-const NOT_WIRED: &str = "pool not wired yet";
+/// What the supervisor and the shutdown steps share.
+struct Daemon {
+    argv_base: Vec<String>,
+    connections: u32,
+    dead_conn_timeout_secs: u64,
+    pid: AtomicU32,
+    stopping: AtomicBool,
+    restarts: AtomicU32,
+    last_exit: Mutex<Option<Exit>>,
+}
+
+/// The pool as PID 1 sees it.
+#[derive(Default)]
+pub struct Pool {
+    wired: bool,
+    devices: Vec<PathBuf>,
+    size: u64,
+    mounted: bool,
+    attached: bool,
+    created: bool,
+    daemon: Option<Arc<Daemon>>,
+    supervisor: Option<JoinHandle<()>>,
+    reaper: Option<Arc<Reaper>>,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool").field("wired", &self.wired).field("devices", &self.devices).finish()
+    }
+}
+
+/// The virtio disks present now, in name order (vda, vdb, …, vdaa).
+pub fn data_disks(sys_block: &Path) -> Vec<PathBuf> {
+    let mut names: Vec<String> = std::fs::read_dir(sys_block)
+        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    names.retain(|n| n.starts_with("vd") && n[2..].chars().all(|c| c.is_ascii_lowercase()));
+    names.sort_by(|a, b| (a.len(), a).cmp(&(b.len(), b)));
+    names.into_iter().map(|n| PathBuf::from("/dev").join(n)).collect()
+}
+
+/// Parses "10G", "512M", "4096" (binary units).
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().last()? {
+        (i, 'K' | 'k') => (&s[..i], 1u64 << 10),
+        (i, 'M' | 'm') => (&s[..i], 1 << 20),
+        (i, 'G' | 'g') => (&s[..i], 1 << 30),
+        (i, 'T' | 't') => (&s[..i], 1 << 40),
+        _ => (s, 1),
+    };
+    num.parse::<u64>().ok()?.checked_mul(mult)
+}
+
+/// Runs a helper to completion, reaping meanwhile (before READY the main loop does not run;
+/// after it, reaping from two threads is harmless: the reaper serialises `waitpid`).
+fn run(reaper: &Reaper, argv: &[String], timeout: Duration) -> Result<String, PoolError> {
+    let args = crate::agent::proto::ExecArgs {
+        argv: argv.to_vec(),
+        timeout_secs: Some(timeout.as_secs().max(1)),
+    };
+    let done = AtomicBool::new(false);
+    let r = std::thread::scope(|sc| {
+        sc.spawn(|| {
+            while !done.load(Ordering::SeqCst) {
+                let _ = reaper.reap();
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        });
+        let r = crate::agent::exec(&args, timeout.as_secs().max(1), reaper);
+        done.store(true, Ordering::SeqCst);
+        r
+    });
+    let r = r.map_err(|e| fail(format!("{}: {e}", argv[0])))?;
+    if r.exit_code != Some(0) {
+        let how = match (r.exit_code, r.signal, r.timed_out) {
+            (_, _, true) => "timed out".to_owned(),
+            (Some(c), _, _) => format!("exit {c}"),
+            (_, Some(s), _) => format!("signal {s}"),
+            _ => "no status".to_owned(),
+        };
+        return Err(fail(format!("`{}` failed ({how}): {}", argv.join(" "), r.stderr.trim())));
+    }
+    Ok(r.stdout)
+}
+
+fn strings(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+fn dev_list(devices: &[PathBuf]) -> String {
+    devices.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(",")
+}
+
+/// The pool's volumes through the CLI (before the daemon runs).
+fn cli_volumes(reaper: &Reaper, devs: &str) -> Result<Vec<Value>, PoolError> {
+    let out = run(reaper, &strings(&[THINPOOL, "list", devs, "--json"]), Duration::from_secs(60))?;
+    match serde_json::from_str::<Value>(&out) {
+        Ok(Value::Array(v)) => Ok(v),
+        _ => Err(fail(format!("`thinpool list --json` printed {out:?}"))),
+    }
+}
+
+/// Starts the daemon with fresh socketpairs; returns it and the kernel's ends.
+fn spawn_daemon(reaper: &Reaper, d: &Daemon) -> Result<(Spawned, Vec<OwnedFd>), PoolError> {
+    use rustix::io::{fcntl_setfd, FdFlags};
+    use rustix::net::{socketpair, AddressFamily, SocketFlags, SocketType};
+    let mut ours = Vec::new();
+    let mut kernel = Vec::new();
+    for _ in 0..d.connections.max(1) {
+        let (k, s) =
+            socketpair(AddressFamily::UNIX, SocketType::STREAM, SocketFlags::CLOEXEC, None)
+                .map_err(|e| fail(format!("socketpair: {e}")))?;
+        kernel.push(k);
+        ours.push(s);
+    }
+    let _ = std::fs::remove_file(control::socket_path(Path::new(STATE_DIR)));
+    let mut argv = d.argv_base.clone();
+    for s in &ours {
+        argv.push("--kernel-fd".into());
+        argv.push(format!("{}:{STORE}", s.as_raw_fd()));
+    }
+    // Only the server ends lose CLOEXEC, just before the spawn; our copies close right after.
+    for s in &ours {
+        fcntl_setfd(s, FdFlags::empty()).map_err(|e| fail(format!("F_SETFD: {e}")))?;
+    }
+    let spawned = reaper.spawn(
+        Command::new(&argv[0])
+            .args(&argv[1..])
+            .stdin(Stdio::null())
+            .env("THINPOOL_LOG", "info")
+            .env("NO_COLOR", "1"),
+    );
+    drop(ours);
+    let spawned = spawned.map_err(|e| fail(format!("starting {THINPOOL} serve: {e}")))?;
+    // Ready when its control socket exists (created after the kernel connections are served).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let sock = control::socket_path(Path::new(STATE_DIR));
+    while !sock.exists() {
+        if let Ok(e) = spawned.exit.try_recv() {
+            return Err(fail(format!("{THINPOOL} serve exited at start: {e:?}")));
+        }
+        if Instant::now() > deadline {
+            return Err(fail(format!("{THINPOOL} serve: no {} after 60 s", sock.display())));
+        }
+        let _ = reaper.reap();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    d.pid.store(spawned.pid as u32, Ordering::SeqCst);
+    reaper.spare(spawned.pid);
+    Ok((spawned, kernel))
+}
+
+/// One control-socket request; the daemon's error text on failure.
+pub fn control_request(req: &Request) -> Result<Value, String> {
+    let r = control::request(Path::new(STATE_DIR), req).map_err(|e| e.to_string())?;
+    if r.ok {
+        Ok(r.data)
+    } else {
+        Err(r.error.unwrap_or_else(|| "failed".into()))
+    }
+}
+
+/// Starts the daemon again and hands the kernel its new sockets.
+fn restart(d: &Daemon, reaper: &Reaper) -> Result<Spawned, PoolError> {
+    let (s, kernel) = spawn_daemon(reaper, d)?;
+    let fds: Vec<_> = kernel.iter().map(|k| k.as_fd()).collect();
+    NbdClient::open()
+        .and_then(|mut c| c.reconfigure(NBD_INDEX, Some(BACKEND), d.dead_conn_timeout_secs, &fds))
+        .map_err(|e| fail(format!("nbd reconfigure: {e}")))?;
+    Ok(s)
+}
+
+/// Restarts the daemon whenever it exits while the pool is up.
+fn supervise(d: Arc<Daemon>, reaper: Arc<Reaper>, first: Spawned) {
+    let mut exit_rx = first.exit;
+    loop {
+        let Ok(exit) = exit_rx.recv() else { return };
+        *d.last_exit.lock().unwrap_or_else(|p| p.into_inner()) = Some(exit);
+        if d.stopping.load(Ordering::SeqCst) {
+            crate::say(&format!("pool: daemon exited ({exit:?})"));
+            return;
+        }
+        let n = d.restarts.fetch_add(1, Ordering::SeqCst) + 1;
+        crate::say(&format!("pool: daemon exited unexpectedly ({exit:?}); restart #{n}"));
+        let t = Instant::now();
+        loop {
+            if d.stopping.load(Ordering::SeqCst) {
+                return;
+            }
+            match restart(&d, &reaper) {
+                Ok(s) => {
+                    crate::say(&format!(
+                        "pool: daemon restarted (pid {}), /dev/nbd{NBD_INDEX} reconfigured in \
+                         {:.2}s",
+                        s.pid,
+                        t.elapsed().as_secs_f64()
+                    ));
+                    exit_rx = s.exit;
+                    break;
+                }
+                Err(e) => {
+                    crate::say(&format!("pool: restart failed: {e}; retrying in 1 s"));
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            }
+        }
+    }
+}
+
+/// The first 64 KiB of `dev`: XFS superblock, all zeroes, or something else.
+#[derive(Debug, PartialEq, Eq)]
+enum Contents {
+    Xfs,
+    Empty,
+    Other,
+}
+
+fn probe(dev: &Path) -> std::io::Result<Contents> {
+    use std::io::Read;
+    let mut buf = vec![0u8; 64 << 10];
+    std::fs::File::open(dev)?.read_exact(&mut buf)?;
+    Ok(if buf.starts_with(b"XFSB") {
+        Contents::Xfs
+    } else if buf.iter().all(|&b| b == 0) {
+        Contents::Empty
+    } else {
+        Contents::Other
+    })
+}
+
+/// XFS usage of the mounted store.
+fn xfs_usage() -> Option<Value> {
+    let st = rustix::fs::statvfs(MOUNT).ok()?;
+    let bs = st.f_frsize;
+    Some(json!({
+        "mount": MOUNT,
+        "total_bytes": st.f_blocks * bs,
+        "free_bytes": st.f_bfree * bs,
+        "available_bytes": st.f_bavail * bs,
+        "files": st.f_files,
+        "files_free": st.f_ffree,
+    }))
+}
+
+/// The agent's `status.pool`, asked live from the daemon and the filesystem.
+pub fn live_status() -> Value {
+    json!({
+        "pool": control_request(&Request::Status).unwrap_or_else(|e| json!({"error": e})),
+        "volumes": control_request(&Request::List).unwrap_or_else(|e| json!({"error": e})),
+        "xfs": xfs_usage(),
+        "nbd_device": format!("/dev/nbd{NBD_INDEX}"),
+    })
+}
 
 impl Pool {
-    /// Brings the pool up (today: records that it is not wired).
-    pub fn bring_up(cfg: &Config, _reaper: &Reaper) -> Result<Pool, PoolError> {
-        if cfg.pool.enabled {
-            tracing::warn!("pool.enabled is set but this build has no pool bring-up yet");
+    /// Brings the pool up; each step is printed on the console.
+    pub fn bring_up(cfg: &Config, reaper: &Arc<Reaper>) -> Result<Pool, PoolError> {
+        let mut pool = Pool { reaper: Some(reaper.clone()), ..Pool::default() };
+        if !cfg.pool.enabled {
+            return Ok(pool);
         }
-        Ok(Pool { wired: false })
+        let step = |m: &str| crate::say(&format!("pool: {m}"));
+        let t = Instant::now();
+        // 1. Disks, volume group, pool.
+        let devices = data_disks(Path::new("/sys/block"));
+        if devices.is_empty() {
+            return Err(fail("no virtio data disk (/dev/vd*)"));
+        }
+        let devs = dev_list(&devices);
+        pool.devices = devices;
+        let existing = cli_volumes(reaper, &devs);
+        let volumes = match existing {
+            Ok(v) => {
+                step(&format!("found the pool on {devs} ({} volume(s))", v.len()));
+                v
+            }
+            Err(why) => {
+                step(&format!("no pool on {devs} ({why}); creating one (direct-lvm defaults)"));
+                let mut argv = strings(&[THINPOOL, "init", STATE_DIR, "--device", &devs]);
+                argv.extend(strings(&["--opt", &format!("dm.basesize={}", cfg.pool.basesize)]));
+                if cfg.pool.force {
+                    argv.push("--force".into());
+                }
+                let out = run(reaper, &argv, Duration::from_secs(120))?;
+                step(out.trim());
+                pool.created = true;
+                Vec::new()
+            }
+        };
+        // 2. The base volume.
+        let basesize = parse_size(&cfg.pool.basesize)
+            .ok_or_else(|| fail(format!("pool.basesize {:?} is not a size", cfg.pool.basesize)))?;
+        if !volumes.iter().any(|v| v["name"] == STORE) {
+            let size = basesize.to_string();
+            run(
+                reaper,
+                &strings(&[THINPOOL, "create", &devs, STORE, "--size", &size]),
+                Duration::from_secs(60),
+            )?;
+            step(&format!("created volume {STORE} ({})", cfg.pool.basesize));
+        }
+        // 3. Daemon and kernel attach.
+        let d = Arc::new(Daemon {
+            argv_base: strings(&[
+                THINPOOL,
+                "serve",
+                &devs,
+                "--state-dir",
+                STATE_DIR,
+                "--listen",
+                &format!("0.0.0.0:{}", cfg.pool.nbd_port),
+                "--io-flusher",
+            ]),
+            connections: cfg.pool.connections.max(1),
+            dead_conn_timeout_secs: cfg.pool.dead_conn_timeout_secs,
+            pid: AtomicU32::new(0),
+            stopping: AtomicBool::new(false),
+            restarts: AtomicU32::new(0),
+            last_exit: Mutex::new(None),
+        });
+        let (spawned, kernel) = spawn_daemon(reaper, &d)?;
+        step(&format!("daemon started (pid {}, NBD on port {})", spawned.pid, cfg.pool.nbd_port));
+        pool.daemon = Some(d.clone());
+        let list = control_request(&Request::List).map_err(|e| fail(format!("list: {e}")))?;
+        pool.size = list
+            .as_array()
+            .and_then(|a| a.iter().find(|v| v["name"] == STORE))
+            .and_then(|v| v["size"].as_u64())
+            .ok_or_else(|| fail(format!("volume {STORE} missing from {list}")))?;
+        let flags = thinpool::nbd::transmission_flags(false, false);
+        let connect = Connect {
+            index: Some(NBD_INDEX),
+            size_bytes: pool.size,
+            block_size: BLOCK_SIZE,
+            server_flags: u64::from(flags),
+            timeout_secs: REQUEST_TIMEOUT_SECS,
+            dead_conn_timeout_secs: cfg.pool.dead_conn_timeout_secs,
+            client_flags: 0,
+            backend: Some(BACKEND.into()),
+        };
+        let fds: Vec<_> = kernel.iter().map(|k| k.as_fd()).collect();
+        let index = NbdClient::open()
+            .and_then(|mut c| c.connect(&connect, &fds))
+            .map_err(|e| fail(format!("nbd connect: {e}")))?;
+        let n_conns = fds.len();
+        drop(fds);
+        drop(kernel);
+        pool.attached = true;
+        let nbd = PathBuf::from(format!("/dev/nbd{index}"));
+        step(&format!(
+            "{} attached ({} bytes, {} connection(s))",
+            nbd.display(),
+            pool.size,
+            n_conns
+        ));
+        let (d2, r2) = (d.clone(), reaper.clone());
+        pool.supervisor = Some(
+            std::thread::Builder::new()
+                .name("pool-supervisor".into())
+                .spawn(move || supervise(d2, r2, spawned))
+                .map_err(|e| fail(format!("supervisor thread: {e}")))?,
+        );
+        // 4. XFS.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::fs::read_to_string(format!("/sys/block/nbd{index}/size"))
+            .map(|s| s.trim() == "0")
+            .unwrap_or(true)
+        {
+            if Instant::now() > deadline {
+                return Err(fail(format!("{} has no size after 10 s", nbd.display())));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        match probe(&nbd).map_err(|e| fail(format!("reading {}: {e}", nbd.display())))? {
+            Contents::Xfs => step(&format!("{} holds XFS", nbd.display())),
+            c @ (Contents::Empty | Contents::Other) => {
+                if c == Contents::Other && !cfg.pool.force {
+                    return Err(fail(format!(
+                        "{} holds something that is not XFS; refusing to format it \
+                         (lamina.pool.force=1 overrides)",
+                        nbd.display()
+                    )));
+                }
+                let t = Instant::now();
+                let nbd_s = nbd.display().to_string();
+                let mut argv = strings(&[MKFS_XFS, "-q", "-K", "-n", "ftype=1", "-m", "crc=1"]);
+                if c == Contents::Other {
+                    argv.push("-f".into());
+                }
+                argv.push(nbd_s);
+                run(reaper, &argv, Duration::from_secs(300))?;
+                step(&format!("mkfs.xfs {} in {:.2}s", nbd.display(), t.elapsed().as_secs_f64()));
+            }
+        }
+        std::fs::create_dir_all(MOUNT).map_err(|e| fail(format!("mkdir {MOUNT}: {e}")))?;
+        use rustix::mount::{mount, MountFlags};
+        let quota = match mount(&nbd, MOUNT, "xfs", MountFlags::NOATIME, Some(c"prjquota")) {
+            Ok(()) => "prjquota",
+            Err(e) => {
+                step(&format!("mount with prjquota failed ({e}); mounting without quotas"));
+                mount(&nbd, MOUNT, "xfs", MountFlags::NOATIME, None)
+                    .map_err(|e| fail(format!("mount {} on {MOUNT}: {e}", nbd.display())))?;
+                "no quota"
+            }
+        };
+        pool.mounted = true;
+        let overlay = Path::new(MOUNT).join("overlay2");
+        std::fs::create_dir_all(&overlay)
+            .map_err(|e| fail(format!("mkdir {}: {e}", overlay.display())))?;
+        step(&format!("XFS on {} mounted at {MOUNT} ({quota})", nbd.display()));
+        pool.wired = true;
+        step(&format!("up in {:.2}s", t.elapsed().as_secs_f64()));
+        Ok(pool)
     }
 
-    /// The agent's `status.pool` (`null` until wired).
+    /// The agent's `status.pool` (`null` when the pool is not up).
     pub fn status(&self) -> Option<Value> {
-        None
+        self.wired.then(live_status)
     }
 
     /// For the READY line.
     pub fn summary(&self) -> String {
         if self.wired {
-            "pool: up".into()
+            format!(
+                "pool: store on /dev/nbd{NBD_INDEX} ({} GiB) at {MOUNT} over {}",
+                self.size >> 30,
+                dev_list(&self.devices)
+            )
         } else {
-            format!("pool: {NOT_WIRED}")
+            "pool: not up".into()
         }
     }
 
     pub fn unmount_overlays(&mut self) -> Step {
-        Step::Skipped(NOT_WIRED)
+        Step::Skipped("no overlays mounted by init")
     }
 
     /// syncfs + unmount /var/lib/lamina (fallback: remount read-only).
     pub fn unmount_filesystem(&mut self) -> Step {
-        Step::Skipped(NOT_WIRED)
+        if !self.mounted {
+            return Step::Skipped("not mounted");
+        }
+        use rustix::mount::{mount_remount, unmount, MountFlags, UnmountFlags};
+        if let Ok(f) = std::fs::File::open(MOUNT) {
+            let _ = rustix::fs::syncfs(&f);
+        }
+        match unmount(MOUNT, UnmountFlags::empty()) {
+            Ok(()) => {
+                self.mounted = false;
+                Step::Done(format!("{MOUNT} unmounted"))
+            }
+            Err(e) => match mount_remount(MOUNT, MountFlags::RDONLY, "") {
+                Ok(()) => Step::Failed(format!("unmount {MOUNT}: {e}; remounted read-only")),
+                Err(e2) => Step::Failed(format!("unmount {MOUNT}: {e}; remount ro: {e2}")),
+            },
+        }
     }
 
-    /// NBD_CMD_DISCONNECT of the pool's device.
+    /// NBD_CMD_DISCONNECT of the pool's device; the daemon then commits and exits.
     pub fn detach_nbd(&mut self) -> Step {
-        Step::Skipped(NOT_WIRED)
+        if let Some(d) = &self.daemon {
+            d.stopping.store(true, Ordering::SeqCst);
+        }
+        if !self.attached {
+            return Step::Skipped("not attached");
+        }
+        match NbdClient::open().and_then(|mut c| c.disconnect(NBD_INDEX)) {
+            Ok(()) => {
+                self.attached = false;
+                Step::Done(format!("/dev/nbd{NBD_INDEX} disconnected"))
+            }
+            Err(e) => Step::Failed(format!("nbd disconnect: {e}")),
+        }
     }
 
-    /// Stop `thinpool serve` so it flushes and commits its metadata.
+    /// Waits for `thinpool serve` to commit and exit (SIGTERM if it has not begun to).
     pub fn stop_daemon(&mut self) -> Step {
-        Step::Skipped(NOT_WIRED)
+        let (Some(d), Some(reaper)) = (&self.daemon, &self.reaper) else {
+            return Step::Skipped("no daemon");
+        };
+        d.stopping.store(true, Ordering::SeqCst);
+        let pid = d.pid.load(Ordering::SeqCst) as i32;
+        let t = Instant::now();
+        let finished = |s: &Option<JoinHandle<()>>| s.as_ref().is_none_or(|h| h.is_finished());
+        // Give it a moment to notice the disconnect by itself, then ask.
+        let mut termed = false;
+        while !finished(&self.supervisor) && t.elapsed() < Duration::from_secs(30) {
+            let _ = reaper.reap();
+            if !termed && t.elapsed() > Duration::from_secs(2) {
+                if let Some(p) = rustix::process::Pid::from_raw(pid) {
+                    let _ = rustix::process::kill_process(p, rustix::process::Signal::TERM);
+                }
+                termed = true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if !finished(&self.supervisor) {
+            return Step::Failed(format!("daemon pid {pid} still running after 30 s"));
+        }
+        if let Some(h) = self.supervisor.take() {
+            let _ = h.join();
+        }
+        let exit = *d.last_exit.lock().unwrap_or_else(|p| p.into_inner());
+        let how = format!("pid {pid} exited {exit:?} after {:.2}s", t.elapsed().as_secs_f64());
+        match exit {
+            Some(Exit::Code(0)) => Step::Done(how),
+            _ => Step::Failed(how),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_size("10G"), Some(10 << 30));
+        assert_eq!(parse_size("512M"), Some(512 << 20));
+        assert_eq!(parse_size("4096"), Some(4096));
+        assert_eq!(parse_size("x"), None);
+        assert_eq!(parse_size(""), None);
+    }
+
+    #[test]
+    fn disks_in_name_order() {
+        let d = tempfile::tempdir().unwrap();
+        for n in ["vdb", "vda", "vdaa", "loop0", "nbd0", "vda1"] {
+            std::fs::create_dir(d.path().join(n)).unwrap();
+        }
+        let got = data_disks(d.path());
+        assert_eq!(got, [Path::new("/dev/vda"), Path::new("/dev/vdb"), Path::new("/dev/vdaa")]);
+    }
+
+    #[test]
+    fn probe_tells_xfs_empty_and_other() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("dev");
+        std::fs::write(&f, vec![0u8; 65536]).unwrap();
+        assert_eq!(probe(&f).unwrap(), Contents::Empty);
+        let mut x = vec![0u8; 65536];
+        x[..4].copy_from_slice(b"XFSB");
+        std::fs::write(&f, &x).unwrap();
+        assert_eq!(probe(&f).unwrap(), Contents::Xfs);
+        x[..4].copy_from_slice(b"EXT4");
+        std::fs::write(&f, &x).unwrap();
+        assert_eq!(probe(&f).unwrap(), Contents::Other);
     }
 }

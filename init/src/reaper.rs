@@ -27,6 +27,9 @@ pub struct Spawned {
 #[derive(Default)]
 pub struct Reaper {
     waiting: Mutex<HashMap<i32, Sender<Exit>>>,
+    /// Storage daemons: not workloads, stopped by their own shutdown step after the
+    /// filesystem they back is unmounted (systemd's `@` argv[0] convention, by pid).
+    spared: Mutex<std::collections::HashSet<i32>>,
 }
 
 impl Reaper {
@@ -45,9 +48,21 @@ impl Reaper {
         Ok(Spawned { pid, child, exit: rx })
     }
 
-    /// PIDs of registered children still running.
+    /// Marks `pid` as a storage daemon: [`Reaper::running`] leaves it out.
+    pub fn spare(&self, pid: i32) {
+        self.spared.lock().unwrap_or_else(|p| p.into_inner()).insert(pid);
+    }
+
+    /// PIDs of registered children still running, storage daemons excepted.
     pub fn running(&self) -> Vec<i32> {
-        self.waiting.lock().unwrap_or_else(|p| p.into_inner()).keys().copied().collect()
+        let spared = self.spared.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        self.waiting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .copied()
+            .filter(|p| !spared.contains(p))
+            .collect()
     }
 
     /// Reaps every exited child without blocking. Registered ones get their status; the

@@ -110,6 +110,6 @@ mod tests {
             ]
         );
         assert!(lines[1].ends_with("ok (no workloads)"));
-        assert!(lines[4].contains("skipped (pool not wired yet)"));
+        assert!(lines[4].contains("skipped (not attached)"), "{}", lines[4]);
     }
 }

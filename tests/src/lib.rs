@@ -81,8 +81,11 @@ pub struct Opts {
     pub disk_size: u64,
     /// Boot artefacts other than [`image_dir`] (e.g. a test variant such as `image-dm`).
     pub image: Option<PathBuf>,
-    /// An existing disk image to attach instead of a fresh `disk.raw` in the log directory.
-    pub disk: Option<PathBuf>,
+    /// Boot on these disk image files (created sparse at `disk_size` when missing) instead of
+    /// a fresh `disk.raw` in the log directory: for tests that reboot on the same disk.
+    pub disks: Vec<PathBuf>,
+    /// Forward host 127.0.0.1:PORT to the guest's NBD port.
+    pub nbd_port: Option<u16>,
 }
 
 impl Default for Opts {
@@ -95,7 +98,8 @@ impl Default for Opts {
             ready_timeout: Duration::from_secs(90),
             disk_size: 1 << 30,
             image: None,
-            disk: None,
+            disks: Vec::new(),
+            nbd_port: None,
         }
     }
 }
@@ -136,11 +140,12 @@ impl TestVm {
             kernel: img.join("vmlinux"),
             initrd: img.join("initramfs.cpio"),
             append: opts.append.clone(),
-            disks: vec![Disk {
-                path: opts.disk.clone().unwrap_or_else(|| log_dir.join("disk.raw")),
-                size: opts.disk_size,
-            }],
-            nbd_port: None,
+            disks: if opts.disks.is_empty() {
+                vec![Disk { path: log_dir.join("disk.raw"), size: opts.disk_size }]
+            } else {
+                opts.disks.iter().map(|p| Disk { path: p.clone(), size: opts.disk_size }).collect()
+            },
+            nbd_port: opts.nbd_port,
             tsc_khz: host_tsc_khz(),
             verbose_kernel: false,
         };
@@ -212,4 +217,58 @@ impl Drop for TestVm {
             let _ = tx.send(());
         }
     }
+}
+
+/// The static `thinpool` that went into the image (built by `cargo xtask image`).
+pub fn thinpool_bin() -> Result<PathBuf> {
+    let p = workspace_root().join("target/static/x86_64-unknown-linux-gnu/release/thinpool");
+    if !p.is_file() {
+        bail!("{} is missing; build the image first: `cargo xtask image`", p.display());
+    }
+    Ok(p)
+}
+
+/// Runs a host tool; fails with its output unless it exits 0.
+pub fn host_run(cmd: &mut std::process::Command) -> Result<String> {
+    let out = cmd.output().with_context(|| format!("running {cmd:?} (is it installed?)"))?;
+    let text =
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    if !out.status.success() {
+        bail!("{cmd:?} failed ({}): {text}", out.status);
+    }
+    Ok(text)
+}
+
+/// Checks the pool metadata on a guest's data disk from the host: the metadata region's place
+/// comes from `thinpool dmsetup-table` (the `_tmeta` linear target), is copied out, and must
+/// pass Debian's `thin_check` and `thinpool check`. Returns both reports.
+pub fn check_pool_disk(disk: &Path) -> Result<String> {
+    let tables =
+        host_run(std::process::Command::new(thinpool_bin()?).arg("dmsetup-table").arg(disk))?;
+    let mut lines = tables.lines();
+    let (mut len, mut off) = (None, None);
+    while let Some(l) = lines.next() {
+        if l.starts_with('#') && l.ends_with("_tmeta") {
+            let t: Vec<&str> = lines.next().unwrap_or("").split_whitespace().collect();
+            // "0 LEN linear DEV OFFSET", in 512-byte sectors.
+            if t.len() == 5 && t[2] == "linear" {
+                len = t[1].parse::<u64>().ok();
+                off = t[4].parse::<u64>().ok();
+            }
+        }
+    }
+    let (Some(len), Some(off)) = (len, off) else {
+        bail!("no single linear _tmeta table in:\n{tables}");
+    };
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(disk)?;
+    f.seek(SeekFrom::Start(off * 512))?;
+    let mut meta = vec![0u8; (len * 512) as usize];
+    f.read_exact(&mut meta)?;
+    let dir = tempfile::tempdir()?;
+    let m = dir.path().join("tmeta");
+    std::fs::write(&m, &meta)?;
+    let debian = host_run(std::process::Command::new("thin_check").arg(&m))?;
+    let ours = host_run(std::process::Command::new(thinpool_bin()?).arg("check").arg(&m))?;
+    Ok(format!("thin_check: {debian}\nthinpool check: {ours}"))
 }

@@ -10,18 +10,24 @@ fn vm_boots_to_ready_and_agent_answers() -> Result<()> {
     let mut vm = TestVm::boot("vm_boots_to_ready_and_agent_answers", Opts::debug())?;
     let ready = vm.wait_ready()?;
     assert!(ready.line.contains("modules 20/20"), "{}", ready.line);
-    assert!(ready.line.contains("pool: pool not wired yet"), "{}", ready.line);
+    assert!(ready.line.contains("pool: store on /dev/nbd0"), "{}", ready.line);
     assert!(ready.after < Duration::from_secs(60), "READY took {:?}", ready.after);
 
     let status = vm.status()?;
     assert_eq!(status["ready"], true, "{status}");
     assert_eq!(status["kernel"], "6.1.0-56-cloud-amd64");
-    assert_eq!(status["pool"], serde_json::Value::Null);
+    // The pool is up: daemon answers, XFS of the store is mounted.
+    assert_eq!(status["pool"]["volumes"][0]["name"], "store", "{status}");
+    assert!(status["pool"]["pool"]["data"]["total"].as_u64().unwrap_or(0) > 0, "{status}");
+    assert!(status["pool"]["xfs"]["total_bytes"].as_u64().unwrap_or(0) > 9 << 30, "{status}");
     assert_eq!(status["debug"], true);
     assert!(status["uptime_secs"].as_f64().unwrap_or(0.0) > 0.0);
     assert!(status["memory"]["total_kib"].as_u64().unwrap_or(0) > 100_000);
     let mounts: Vec<&str> =
         status["mounts"].as_array().unwrap().iter().filter_map(|m| m["target"].as_str()).collect();
+    let xfs =
+        status["mounts"].as_array().unwrap().iter().find(|m| m["target"] == "/var/lib/lamina");
+    assert!(xfs.is_some_and(|m| m["source"] == "/dev/nbd0" && m["fstype"] == "xfs"), "{status}");
     for m in ["/proc", "/sys", "/dev", "/run", "/tmp"] {
         assert!(mounts.contains(&m), "{m} not mounted: {mounts:?}");
     }

@@ -201,7 +201,7 @@ fn vm_dmthin_interop() -> Result<()> {
     // GUEST: the kernel's dm-thin over the same bytes.
     let mut opts = Opts::debug();
     opts.image = Some(image);
-    opts.disk = Some(disk.clone());
+    opts.disks = vec![disk.clone()];
     opts.disk_size = 1 << 30;
     opts.deadline = Duration::from_secs(600);
     opts.memory_mib = 512;

@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use qemu::Machine;
+use serde_json::json;
 use tests::{Opts, TestVm};
 
 #[test]
@@ -27,6 +28,60 @@ fn vm_q35_disk_hotplug_appears_in_the_guest() -> Result<()> {
         }
     };
     assert_eq!(size.trim(), (64u64 << 20 >> 9).to_string());
+    let st = vm.vm.stop(Duration::from_secs(20))?;
+    assert!(st.success(), "QEMU exited with {st}");
+    Ok(())
+}
+
+/// Data Space Total as bytes from the daemon's status (the `data.total` field).
+fn data_total(vm: &mut TestVm) -> Result<u64> {
+    let s = vm.vm.agent()?.call("pool.status", None, Duration::from_secs(30))?;
+    Ok(s["data"]["total"].as_u64().unwrap_or(0) * s["block_bytes"].as_u64().unwrap_or(0))
+}
+
+/// A small pool filled past the autoextend threshold has nowhere to grow; after a disk is
+/// hot-plugged and added through the agent (`pool.extend`), autoextend grows the pool's data
+/// into it at once.
+#[test]
+fn vm_hotplugged_disk_extends_the_pool() -> Result<()> {
+    let opts = Opts { machine: Machine::Q35, disk_size: 256 << 20, ..Opts::debug() };
+    let mut vm = TestVm::boot("vm_hotplugged_disk_extends_the_pool", opts)?;
+    vm.wait_ready()?;
+    let before = data_total(&mut vm)?;
+    // ~85% of the data space, incompressible (zero writes would stay thin).
+    let mib = (before * 85 / 100) >> 20;
+    let r = vm.vm.agent()?.exec(
+        &[
+            "sh",
+            "-c",
+            &format!("dd if=/dev/urandom of=/var/lib/lamina/fill bs=1M count={mib} 2>&1 && sync"),
+        ],
+        Duration::from_secs(110),
+    )?;
+    assert_eq!(r["exit_code"], 0, "{r}");
+    // Autoextend may already have used the group's few free extents; the rest must wait for
+    // the new disk.
+    let before = data_total(&mut vm)?;
+    let disk = vm.log_dir.join("hotplug.raw");
+    std::fs::File::create(&disk)?.set_len(256 << 20)?;
+    let mut qmp = vm.vm.qmp()?;
+    qmp.hotplug_disk("vd1", &disk, Some("rp1"))?;
+    drop(qmp);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while vm.exec(&["cat", "/sys/block/vdb/size"]).is_err() {
+        if Instant::now() > deadline {
+            bail!("vdb never appeared");
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let r = vm.vm.agent()?.call(
+        "pool.extend",
+        Some(json!({"device": "/dev/vdb"})),
+        Duration::from_secs(60),
+    )?;
+    let after = data_total(&mut vm)?;
+    eprintln!("[hotplug] data total {before} -> {after}; extend said {r}");
+    assert!(after > before, "Data Space Total did not grow: {before} -> {after}; {r}");
     let st = vm.vm.stop(Duration::from_secs(20))?;
     assert!(st.success(), "QEMU exited with {st}");
     Ok(())

@@ -41,6 +41,11 @@ fn vm_power_button_shuts_down_cleanly() -> Result<()> {
     for (got, want) in steps.iter().zip(want) {
         assert!(got.contains(want), "expected {want:?}, got {got:?}");
     }
+    // The pool's steps really ran (not skipped) and the daemon committed and exited 0.
+    for (i, step) in steps.iter().enumerate().skip(3).take(3) {
+        assert!(step.contains(": ok ("), "step {i} not ok: {step}");
+    }
+    assert!(steps[5].contains("Code(0)"), "{}", steps[5]);
     Ok(())
 }
 

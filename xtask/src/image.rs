@@ -19,7 +19,8 @@ pub fn build_static(root: &Path) -> Result<Vec<(String, PathBuf)>> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let target_dir = root.join("target/static");
     let mut cmd = Command::new(&cargo);
-    cmd.args(["build", "--release", "-p", "init", "--target", STATIC_TARGET, "--target-dir"])
+    cmd.args(["build", "--release", "-p", "init", "-p", "thinpool", "--target", STATIC_TARGET])
+        .arg("--target-dir")
         .arg(&target_dir)
         .env("RUSTFLAGS", "-C target-feature=+crt-static")
         // PID 1 needs no debug info in the initramfs (18 MB → ~2 MB).
@@ -31,8 +32,10 @@ pub fn build_static(root: &Path) -> Result<Vec<(String, PathBuf)>> {
         bail!("static build failed ({status})");
     }
     let init = target_dir.join(STATIC_TARGET).join("release/lamina-init");
+    let thinpool = target_dir.join(STATIC_TARGET).join("release/thinpool");
     check_static(&init)?;
-    Ok(vec![("lamina-init".into(), init)])
+    check_static(&thinpool)?;
+    Ok(vec![("lamina-init".into(), init), ("thinpool".into(), thinpool)])
 }
 
 /// A static binary has no PT_INTERP and no DT_NEEDED.

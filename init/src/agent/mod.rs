@@ -55,6 +55,16 @@ pub fn handle(
             }
         }
         Cmd::Shutdown => (Reply::ok(id, serde_json::json!({"shutting_down": true})), true),
+        Cmd::Pool(req) => {
+            let up = shared.lock().unwrap_or_else(|p| p.into_inner()).pool.is_some();
+            if !up {
+                return (Reply::err(id, ErrorCode::ExecFailed, "the pool is not up"), false);
+            }
+            match crate::pool::control_request(&req) {
+                Ok(v) => (Reply::ok(id, v), false),
+                Err(e) => (Reply::err(id, ErrorCode::ExecFailed, e), false),
+            }
+        }
         Cmd::Exec(args) => {
             let (debug, max) = {
                 let s = shared.lock().unwrap_or_else(|p| p.into_inner());
@@ -115,7 +125,7 @@ fn status(s: &Shared) -> Status {
         kernel,
         memory: Memory { total_kib: kib("MemTotal"), available_kib: kib("MemAvailable") },
         mounts,
-        pool: s.pool.clone(),
+        pool: s.pool.as_ref().map(|_| crate::pool::live_status()),
         ready: s.ready,
         summary: s.summary.clone(),
         debug: s.debug,

@@ -2,6 +2,9 @@
 //!
 //! ```text
 //! host → guest  {"execute": "status" | "shutdown" | "exec", "arguments": {…}?, "id": N?}
+//!                pool verbs, answered by the pool daemon's control socket:
+//!                "volume.create" {name, size} | "volume.snapshot" {origin, name} |
+//!                "volume.remove" {name} | "volume.list" | "pool.status" | "pool.extend" {device}
 //! guest → host  {"return": …, "id": N?}   or   {"error": {"code": "...", "message": "..."}, "id": N?}
 //! ```
 //! Pure types and parsing; no I/O.
@@ -18,7 +21,19 @@ pub enum Command {
     Status,
     Shutdown,
     Exec(ExecArgs),
+    /// A pool verb, forwarded to the daemon.
+    Pool(thinpool::nbd::control::Request),
 }
+
+/// Agent command names of the pool verbs and their control-socket `op`.
+const POOL_VERBS: &[(&str, &str)] = &[
+    ("volume.create", "create"),
+    ("volume.snapshot", "snapshot"),
+    ("volume.remove", "remove"),
+    ("volume.list", "list"),
+    ("pool.status", "status"),
+    ("pool.extend", "extend"),
+];
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -149,6 +164,25 @@ pub fn parse_request(line: &str) -> Result<(Option<Value>, Command), Reply> {
             }
             Command::Exec(args)
         }
+        verb if POOL_VERBS.iter().any(|(n, _)| *n == verb) => {
+            let op = POOL_VERBS.iter().find(|(n, _)| *n == verb).map(|(_, o)| *o).unwrap_or("");
+            let mut obj = match raw.arguments {
+                Some(Value::Object(m)) => m,
+                None => serde_json::Map::new(),
+                Some(_) => {
+                    return Err(Reply::err(
+                        id,
+                        ErrorCode::BadRequest,
+                        "arguments must be an object",
+                    ))
+                }
+            };
+            obj.insert("op".into(), Value::from(op));
+            let req = serde_json::from_value(Value::Object(obj)).map_err(|e| {
+                Reply::err(id.clone(), ErrorCode::BadRequest, format!("{verb} arguments: {e}"))
+            })?;
+            Command::Pool(req)
+        }
         other => {
             return Err(Reply::err(
                 id,
@@ -166,6 +200,15 @@ pub fn request_line(id: u64, cmd: &Command) -> String {
         Command::Status => ("status", None),
         Command::Shutdown => ("shutdown", None),
         Command::Exec(a) => ("exec", Some(serde_json::to_value(a).unwrap_or(Value::Null))),
+        Command::Pool(r) => {
+            let mut v = serde_json::to_value(r).unwrap_or(Value::Null);
+            let op = v.get("op").and_then(Value::as_str).unwrap_or("").to_owned();
+            if let Some(m) = v.as_object_mut() {
+                m.remove("op");
+            }
+            let name = POOL_VERBS.iter().find(|(_, o)| *o == op).map(|(n, _)| *n).unwrap_or("?");
+            (name, Some(v))
+        }
     };
     let raw = RawRequest { execute: execute.into(), arguments, id: Some(Value::from(id)) };
     let mut s = serde_json::to_string(&raw).unwrap_or_default();
@@ -183,7 +226,17 @@ mod tests {
             argv: vec!["cat".into(), "/proc/modules".into()],
             timeout_secs: Some(5),
         });
-        for (i, c) in [Command::Status, Command::Shutdown, exec].into_iter().enumerate() {
+        use thinpool::nbd::control::Request as R;
+        let pool = [
+            Command::Pool(R::Create { name: "v".into(), size: 1 << 30 }),
+            Command::Pool(R::Snapshot { origin: "v".into(), name: "s".into() }),
+            Command::Pool(R::Remove { name: "s".into() }),
+            Command::Pool(R::List),
+            Command::Pool(R::Status),
+            Command::Pool(R::Extend { device: "/dev/vdb".into() }),
+        ];
+        let all = [Command::Status, Command::Shutdown, exec].into_iter().chain(pool);
+        for (i, c) in all.enumerate() {
             let line = request_line(i as u64, &c);
             assert!(line.ends_with('\n'));
             let (id, back) = parse_request(line.trim_end()).unwrap();

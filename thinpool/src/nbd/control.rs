@@ -35,11 +35,23 @@ pub const IDLE: Duration = Duration::from_secs(30);
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Request {
-    Create { name: String, size: u64 },
-    Snapshot { origin: String, name: String },
-    Remove { name: String },
+    Create {
+        name: String,
+        size: u64,
+    },
+    Snapshot {
+        origin: String,
+        name: String,
+    },
+    Remove {
+        name: String,
+    },
     List,
     Status,
+    /// vgextend: add a device to a device-backed pool's volume group.
+    Extend {
+        device: String,
+    },
 }
 
 /// The daemon's answer.

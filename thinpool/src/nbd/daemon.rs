@@ -52,6 +52,14 @@ pub struct ServeConfig {
     /// File pools: let autoextend grow the data file up to this size (e.g. 100G).
     #[arg(long, value_parser = data_max_arg)]
     pub data_max: Option<u64>,
+    /// Serve EXPORT to the kernel nbd client on inherited socket FD (no handshake; see
+    /// nbd::kernel). Repeatable.
+    #[arg(long = "kernel-fd", value_name = "FD:EXPORT")]
+    pub kernel_fd: Vec<super::kernel::KernelFd>,
+    /// Set PR_SET_IO_FLUSHER and mlockall: for a daemon whose clients' filesystems live in
+    /// the same machine (the appliance).
+    #[arg(long)]
+    pub io_flusher: bool,
 }
 
 fn data_max_arg(s: &str) -> Result<u64, String> {
@@ -69,6 +77,8 @@ impl Default for ServeConfig {
             workers: 8,
             state_dir: None,
             data_max: None,
+            kernel_fd: Vec::new(),
+            io_flusher: false,
         }
     }
 }
@@ -169,6 +179,13 @@ fn read_pid(file: &mut File) -> Option<u32> {
 /// list) exclusively and serves its volumes over NBD until SIGTERM or SIGINT; then lets
 /// clients finish, commits, and returns.
 pub fn serve(pool: &Path, cfg: ServeConfig) -> Result<(), DaemonError> {
+    if cfg.io_flusher {
+        // First, before any thread exists: the flag is inherited by threads created later.
+        for w in super::kernel::protect_from_reclaim() {
+            tracing::warn!("nbd: {w}");
+        }
+    }
+    super::kernel::check_unique(&cfg.kernel_fd)?;
     let stop = Arc::new(AtomicBool::new(false));
     stop_on_signals(&stop)?;
     serve_until(pool, &cfg, stop)
@@ -231,8 +248,11 @@ pub fn serve_catalog(
     make_handler: impl FnOnce(&Arc<Server>) -> Arc<dyn control::Handler>,
 ) -> Result<(), DaemonError> {
     let tcp = cfg.tcp_addr()?;
+    let catalog_for_kernel = catalog.clone();
     let server = Server::new(catalog, cfg.server_options());
     let handler = make_handler(&server);
+    let _kernel =
+        super::kernel::start(&catalog_for_kernel, &cfg.kernel_fd, cfg.workers.max(1), &stop)?;
     if let Some(addr) = tcp {
         let bound = server.listen_tcp(addr).map_err(|source| DaemonError::Io {
             what: "listening on",

@@ -179,6 +179,15 @@ pub struct ExportInfo {
 pub trait Catalog: Send + Sync {
     fn list(&self) -> Vec<ExportInfo>;
     fn open(&self, name: &str) -> Option<Arc<dyn Export>>;
+    /// The export for a client in the same machine whose page cache outlives this server
+    /// process (the kernel nbd client of the appliance). Such a client marks data clean once
+    /// a write is acknowledged; if the server dies before committing, the mapping of that
+    /// write would be lost while nothing above notices. So every acknowledged change must
+    /// survive the process dying (data and metadata written to the backing devices; a FLUSH
+    /// still decides durability against power loss). Default: [`Catalog::open`].
+    fn open_for_local_client(&self, name: &str) -> Option<Arc<dyn Export>> {
+        self.open(name)
+    }
     /// The export an empty name refers to, if any.
     fn default_name(&self) -> Option<String> {
         None

@@ -12,6 +12,7 @@
 //! pool        Export/Catalog over the thin pool; management verbs
 //! control     the daemon's JSON-lines control socket and its client
 //! daemon      `thinpool serve`: pool lock, listeners, control socket, signals
+//! kernel      --kernel-fd: inherited socketpair ends for the kernel client; --io-flusher
 //! ```
 //!
 //! Negotiated features: fixed newstyle + NO_ZEROES, EXPORT_NAME, GO, INFO (NAME,
@@ -30,6 +31,7 @@ pub mod control;
 pub mod daemon;
 pub mod export;
 pub mod file;
+pub mod kernel;
 pub mod mem;
 pub mod msg;
 mod negotiate;

@@ -78,6 +78,14 @@ impl PoolCatalog {
     }
 }
 
+impl PoolCatalog {
+    fn open_volume(&self, name: &str, commit_mappings: bool) -> Option<Arc<dyn Export>> {
+        let handle = self.inner.svc.open_volume(name).ok()?;
+        let size = handle.size().ok()?;
+        Some(Arc::new(VolumeExport { inner: self.inner.clone(), handle, size, commit_mappings }))
+    }
+}
+
 impl Catalog for PoolCatalog {
     fn list(&self) -> Vec<ExportInfo> {
         match self.inner.svc.volumes() {
@@ -96,9 +104,11 @@ impl Catalog for PoolCatalog {
     }
 
     fn open(&self, name: &str) -> Option<Arc<dyn Export>> {
-        let handle = self.inner.svc.open_volume(name).ok()?;
-        let size = handle.size().ok()?;
-        Some(Arc::new(VolumeExport { inner: self.inner.clone(), handle, size }))
+        self.open_volume(name, false)
+    }
+
+    fn open_for_local_client(&self, name: &str) -> Option<Arc<dyn Export>> {
+        self.open_volume(name, true)
     }
 
     fn commit_if_dirty(&self) -> ExportResult<()> {
@@ -114,6 +124,9 @@ pub struct VolumeExport {
     inner: Arc<Inner>,
     handle: VolumeHandle,
     size: u64,
+    /// Commit every mapping change before acknowledging it (see
+    /// [`Catalog::open_for_local_client`]).
+    commit_mappings: bool,
 }
 
 impl VolumeExport {
@@ -121,6 +134,14 @@ impl VolumeExport {
         self.inner.dirty.store(true, Ordering::SeqCst);
         if fua {
             self.inner.commit().map_err(|e| err(op, offset, len, e))?;
+        } else if self.commit_mappings {
+            // A no-op unless this request changed a mapping. Concurrent requests share the
+            // commit (the pool serialises commits and each includes every change so far).
+            self.inner
+                .svc
+                .pool()
+                .commit()
+                .map_err(|e| err(op, offset, len, service::Error::pool("committing", e)))?;
         }
         Ok(())
     }
@@ -254,6 +275,10 @@ impl control::Handler for PoolControl {
             R::List => {
                 let v = svc.volumes().map_err(s)?;
                 serde_json::Value::Array(v.iter().map(Self::volume_json).collect())
+            }
+            R::Extend { device } => {
+                let events = svc.extend_device(std::path::Path::new(&device)).map_err(s)?;
+                serde_json::json!({ "device": device, "events": events })
             }
             R::Status => {
                 let d = pool.data_usage();

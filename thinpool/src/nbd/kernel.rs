@@ -1,0 +1,229 @@
+//! Serving the kernel nbd client over inherited socket ends (`thinpool serve --kernel-fd
+//! FD:EXPORT`), and protecting the daemon from memory-reclaim deadlocks (`--io-flusher`).
+//!
+//! The appliance's PID 1 makes one `socketpair(AF_UNIX, SOCK_STREAM)` per kernel connection,
+//! starts the daemon with one end of each inherited, and hands the other ends to the kernel
+//! with netlink NBD_CMD_CONNECT (nbd.md §2.8). The kernel speaks only transmission, so each
+//! inherited end is served with [`serve_connected`] on the export opened through the daemon's
+//! own catalog: writes go through the pool's Service like any TCP client's.
+//!
+//! When the filesystem on `/dev/nbdN` lives in the same machine as this daemon, writeback can
+//! wait for the daemon while the daemon waits for reclaim (appliance.md §4.4, nbd.md §2.7):
+//! [`protect_from_reclaim`] sets PR_SET_IO_FLUSHER and locks the daemon's memory.
+
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use super::daemon::DaemonError;
+use super::export::Catalog;
+use super::server::serve_connected;
+
+/// One `--kernel-fd FD:EXPORT` argument.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelFd {
+    pub fd: i32,
+    pub export: String,
+}
+
+impl FromStr for KernelFd {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (fd, export) =
+            s.split_once(':').ok_or_else(|| format!("--kernel-fd {s:?}: expected FD:EXPORT"))?;
+        let fd: i32 = fd.parse().map_err(|_| format!("--kernel-fd {s:?}: {fd:?} is not an fd"))?;
+        // 0..2 are stdio: never take them over.
+        if fd < 3 || export.is_empty() {
+            return Err(format!("--kernel-fd {s:?}: need FD >= 3 and an export name"));
+        }
+        Ok(Self { fd, export: export.to_owned() })
+    }
+}
+
+/// Starts one thread per inherited socket end, each serving its export until the kernel
+/// disconnects. Every fd is checked (a stream socket we own) before any thread starts.
+///
+/// When a kernel connection ends, `stop` is set: the daemon exists for that client, so it
+/// commits and exits, and its supervisor restarts it and hands the kernel new sockets
+/// (NBD_CMD_RECONFIGURE). This covers the kernel dropping a socket after a request timeout
+/// as well as the disconnect at shutdown.
+pub fn start(
+    catalog: &Arc<dyn Catalog>,
+    fds: &[KernelFd],
+    workers: usize,
+    stop: &Arc<AtomicBool>,
+) -> Result<Vec<JoinHandle<()>>, DaemonError> {
+    let mut ready = Vec::with_capacity(fds.len());
+    for k in fds {
+        let export = catalog.open(&k.export).ok_or_else(|| {
+            DaemonError::Config(format!("--kernel-fd {}: no volume {:?}", k.fd, k.export))
+        })?;
+        let stream = adopt::unix_stream(k.fd)
+            .map_err(|e| DaemonError::Config(format!("--kernel-fd {}: {e}", k.fd)))?;
+        ready.push((k.clone(), stream, export));
+    }
+    let mut threads = Vec::with_capacity(ready.len());
+    for (k, stream, export) in ready {
+        let name = format!("nbd-kernel-{}", k.fd);
+        let stop = stop.clone();
+        tracing::info!("nbd: serving {:?} to the kernel on fd {}", k.export, k.fd);
+        let t = std::thread::Builder::new()
+            .name(name.clone())
+            .spawn(move || {
+                serve_connected(stream, export, false, workers);
+                tracing::warn!("nbd: kernel connection on fd {} ended; stopping", k.fd);
+                stop.store(true, Ordering::SeqCst);
+            })
+            .map_err(|source| DaemonError::Io { what: "spawning", path: name.into(), source })?;
+        threads.push(t);
+    }
+    Ok(threads)
+}
+
+/// PR_SET_IO_FLUSHER (allocations never recurse into filesystem/block I/O; dirty throttling
+/// only counts our own pages) and mlockall(CURRENT|FUTURE) (no page faults into reclaim).
+/// Call before spawning threads: the flag is per task and inherited by new threads.
+/// Failures are returned as warnings: the daemon still works, only less safely.
+pub fn protect_from_reclaim() -> Vec<String> {
+    use rustix::mm::{mlockall, MlockAllFlags};
+    let mut warnings = Vec::new();
+    if let Err(e) = rustix::process::configure_io_flusher_behavior(true) {
+        warnings.push(format!("prctl(PR_SET_IO_FLUSHER): {e}"));
+    }
+    if let Err(e) = mlockall(MlockAllFlags::CURRENT | MlockAllFlags::FUTURE) {
+        warnings.push(format!("mlockall(MCL_CURRENT|MCL_FUTURE): {e}"));
+    }
+    warnings
+}
+
+mod adopt {
+    //! Taking ownership of a file descriptor inherited from the parent process.
+    #![allow(unsafe_code)]
+
+    use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+    use std::os::unix::net::UnixStream;
+
+    /// Adopts inherited `fd` as a Unix stream socket. Checked first with fstat (a socket) and
+    /// getsockopt(SO_TYPE) (stream) on a borrowed view, so a wrong number fails cleanly.
+    pub fn unix_stream(fd: i32) -> Result<UnixStream, String> {
+        // SAFETY: `fd` comes from our command line, whose contract is that the parent left it
+        // open for us; fcntl(F_GETFD) below fails with EBADF if it is not an open descriptor.
+        // The borrow does not outlive this function.
+        let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        rustix::io::fcntl_getfd(borrowed).map_err(|e| format!("not an open descriptor: {e}"))?;
+        let st = rustix::fs::fstat(borrowed).map_err(|e| format!("fstat: {e}"))?;
+        if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::Socket {
+            return Err("not a socket".into());
+        }
+        let ty = rustix::net::sockopt::socket_type(borrowed.as_fd())
+            .map_err(|e| format!("SO_TYPE: {e}"))?;
+        if ty != rustix::net::SocketType::STREAM {
+            return Err("not a stream socket".into());
+        }
+        // SAFETY: the descriptor is open (checked above) and nothing else in this process
+        // owns it: the parent passed it for this one purpose, and start() adopts each fd once
+        // (duplicates in the arguments are rejected by the caller's check below).
+        let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+        rustix::io::fcntl_setfd(&owned, rustix::io::FdFlags::CLOEXEC)
+            .map_err(|e| format!("F_SETFD: {e}"))?;
+        Ok(UnixStream::from(owned))
+    }
+}
+
+/// Rejects an fd given twice (it would be owned twice).
+pub fn check_unique(fds: &[KernelFd]) -> Result<(), DaemonError> {
+    let mut seen = std::collections::HashSet::new();
+    for k in fds {
+        if !seen.insert(k.fd) {
+            return Err(DaemonError::Config(format!("--kernel-fd {} given twice", k.fd)));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::os::fd::{AsRawFd, IntoRawFd};
+    use std::os::unix::net::UnixStream;
+
+    use super::*;
+    use crate::nbd::mem::MemCatalog;
+
+    #[test]
+    fn parses_fd_and_export() {
+        assert_eq!(
+            "5:store".parse::<KernelFd>().unwrap(),
+            KernelFd { fd: 5, export: "store".into() }
+        );
+        assert!("1:store".parse::<KernelFd>().is_err());
+        assert!("x:store".parse::<KernelFd>().is_err());
+        assert!("7:".parse::<KernelFd>().is_err());
+        assert!("7".parse::<KernelFd>().is_err());
+        let twice =
+            [KernelFd { fd: 5, export: "a".into() }, KernelFd { fd: 5, export: "b".into() }];
+        assert!(check_unique(&twice).is_err());
+    }
+
+    #[test]
+    fn a_regular_file_is_refused() {
+        let f = tempfile::tempfile().unwrap();
+        let e = adopt::unix_stream(f.as_raw_fd()).unwrap_err();
+        assert!(e.contains("not a socket"), "{e}");
+    }
+
+    /// The kernel's side of the protocol by hand: compact request, simple reply.
+    #[test]
+    fn serves_transmission_on_an_inherited_end() {
+        let cat = MemCatalog::new();
+        cat.insert("store", "", Arc::new(crate::nbd::mem::MemExport::new(1 << 20)));
+        let catalog: Arc<dyn Catalog> = Arc::new(cat);
+        let (ours, mut kernel) = UnixStream::pair().unwrap();
+        let fd = ours.into_raw_fd();
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads =
+            start(&catalog, &[KernelFd { fd, export: "store".into() }], 2, &stop).unwrap();
+        assert!(!stop.load(Ordering::SeqCst));
+        // WRITE 4 KiB at 8192, then READ it back.
+        let data = vec![0xabu8; 4096];
+        kernel.write_all(&request(1, 0, 7, 8192, 4096)).unwrap();
+        kernel.write_all(&data).unwrap();
+        assert_eq!(reply(&mut kernel), (0, 7));
+        kernel.write_all(&request(0, 0, 8, 8192, 4096)).unwrap();
+        assert_eq!(reply(&mut kernel), (0, 8));
+        let mut back = vec![0u8; 4096];
+        kernel.read_exact(&mut back).unwrap();
+        assert_eq!(back, data);
+        // DISC ends the thread.
+        kernel.write_all(&request(2, 0, 9, 0, 0)).unwrap();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert!(stop.load(Ordering::SeqCst), "the daemon stops when its kernel client leaves");
+        let nope = [KernelFd { fd: 1000, export: "nope".into() }];
+        assert!(start(&catalog, &nope, 1, &stop).is_err());
+    }
+
+    fn request(ty: u16, flags: u16, cookie: u64, offset: u64, len: u32) -> Vec<u8> {
+        let mut b = Vec::with_capacity(28);
+        b.extend_from_slice(&0x2560_9513u32.to_be_bytes());
+        b.extend_from_slice(&flags.to_be_bytes());
+        b.extend_from_slice(&ty.to_be_bytes());
+        b.extend_from_slice(&cookie.to_be_bytes());
+        b.extend_from_slice(&offset.to_be_bytes());
+        b.extend_from_slice(&len.to_be_bytes());
+        b
+    }
+
+    fn reply(s: &mut UnixStream) -> (u32, u64) {
+        let mut h = [0u8; 16];
+        s.read_exact(&mut h).unwrap();
+        assert_eq!(u32::from_be_bytes(h[0..4].try_into().unwrap()), 0x6744_6698);
+        (
+            u32::from_be_bytes(h[4..8].try_into().unwrap()),
+            u64::from_be_bytes(h[8..16].try_into().unwrap()),
+        )
+    }
+}
