@@ -35,6 +35,14 @@ fn check_and_dump_read_a_device_backed_pool() {
         // 4 MiB in 64 KiB blocks: 64 mapped blocks on thin 0.
         assert!(xml.contains(r#"<device dev_id="0" mapped_blocks="64""#), "{xml}");
     }
+    // Restore never creates a file pool inside a group directory (it would hide the group).
+    let xml = tmp.path().join("pool.xml");
+    std::fs::write(&xml, ok(&["dump", p])).unwrap();
+    let out = thinpool(&["restore", p, "--input", xml.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("holds a device-backed pool"));
+    assert!(!pool.join("metadata").exists(), "no file pool was made beside the group");
+    assert!(ok(&["list", p]).contains('v'), "the group still opens");
     // A path that is neither a pool nor a group is refused with one clear line.
     let empty = tmp.path().join("empty");
     std::fs::create_dir(&empty).unwrap();

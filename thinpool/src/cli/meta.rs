@@ -114,6 +114,16 @@ pub(super) fn restore(a: &super::RestoreArgs) -> anyhow::Result<ExitCode> {
     if meta_path.exists() {
         bail!("{} already holds a pool; restore into a new directory", dir.display());
     }
+    // A group directory holds device links, not pool files: restoring here would create a
+    // file pool beside the group that hides it. Restoring onto a group's metadata region is
+    // not supported yet.
+    if dir.is_dir() && VolumeGroup::open_dir(dir).is_ok() {
+        bail!(
+            "{} holds a device-backed pool; restore writes a new pool directory (DIR/metadata, \
+             DIR/data): give a new directory",
+            dir.display()
+        );
+    }
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let bs = Sectors(u64::from(md.data_block_size));
     let data_size = md.nr_data_blocks.checked_mul(bs.bytes()).with_context(|| {
