@@ -382,12 +382,7 @@ impl Service {
     pub fn create_volume(&self, name: &str, size: u64) -> Result<ThinId> {
         let v = lock(&self.shared.vols);
         let _g = self.shared.writable()?;
-        if v.deferred.contains(name) {
-            return Err(Error::new(
-                ErrorKind::Exists,
-                format!("volume {name:?} is still being removed (deferred deletion)"),
-            ));
-        }
+        refuse_deferred(&v, name)?;
         self.shared.check_min_free_space()?;
         let doing = format!("creating volume {name:?}");
         let id = self.pool().create_volume(name, size).map_err(|e| Error::pool(&doing, e))?;
@@ -401,12 +396,7 @@ impl Service {
         let v = lock(&self.shared.vols);
         self.shared.visible(&v, origin)?;
         let _g = self.shared.writable()?;
-        if v.deferred.contains(name) {
-            return Err(Error::new(
-                ErrorKind::Exists,
-                format!("volume {name:?} is still being removed (deferred deletion)"),
-            ));
-        }
+        refuse_deferred(&v, name)?;
         self.shared.check_min_free_space()?;
         let doing = format!("snapshotting {origin:?} as {name:?}");
         let id = self.pool().snapshot_volume(origin, name).map_err(|e| Error::pool(&doing, e))?;
@@ -916,4 +906,15 @@ pub fn check_and_clear(meta: Arc<dyn BlockDevice>, data: Arc<dyn BlockDevice>) -
     info!(?report, "metadata check clean; clearing needs_check");
     drop(pool);
     set_needs_check(meta.as_ref(), false)
+}
+
+/// A new volume may not take the name of one still waiting for deferred deletion.
+fn refuse_deferred(v: &Volumes, name: &str) -> Result<()> {
+    if v.deferred.contains(name) {
+        return Err(Error::new(
+            ErrorKind::Exists,
+            format!("volume {name:?} is still being removed (deferred deletion)"),
+        ));
+    }
+    Ok(())
 }
