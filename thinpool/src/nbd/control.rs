@@ -109,13 +109,20 @@ pub fn serve(
     handler: Arc<dyn Handler>,
     stop: Arc<AtomicBool>,
 ) -> io::Result<JoinHandle<()>> {
-    match std::fs::remove_file(path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
+    // The socket appears under its name only once it listens, with its final mode: bind
+    // creates the file before listen, and a client (init waiting for the daemon) that sees
+    // the file would otherwise get ECONNREFUSED.
+    let tmp = path.with_extension("sock.tmp");
+    for p in [path, tmp.as_path()] {
+        match std::fs::remove_file(p) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
     }
-    let listener = UnixListener::bind(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    let listener = UnixListener::bind(&tmp)?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
+    std::fs::rename(&tmp, path)?;
     listener.set_nonblocking(true)?;
     let path = path.to_owned();
     std::thread::Builder::new().name("control".into()).spawn(move || {
