@@ -48,10 +48,14 @@ fn check_static(path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The whole image. `kernel_deb` overrides the pinned kernel (also env LAMINA_KERNEL_DEB).
-pub fn task_image(root: &Path, kernel_deb: Option<PathBuf>) -> Result<image::Artefacts> {
-    let t = Instant::now();
-    let progress = |msg: &str| eprintln!("[image {:>5.1}s] {msg}", t.elapsed().as_secs_f64());
+/// What every image is built from: the static binaries, the pinned Debian packages (in the
+/// cache, which is returned too) and init's config. `kernel_deb` overrides the pinned kernel
+/// (also env LAMINA_KERNEL_DEB).
+pub fn inputs(
+    root: &Path,
+    kernel_deb: Option<PathBuf>,
+    progress: &dyn Fn(&str),
+) -> Result<(image::Inputs, PathBuf)> {
     progress("building static lamina-init (release, crt-static)");
     let bins = build_static(root)?;
     let cache = lamina_dir(root).join("cache");
@@ -68,6 +72,14 @@ pub fn task_image(root: &Path, kernel_deb: Option<PathBuf>) -> Result<image::Art
         extra_binaries: bins[1..].to_vec(),
         config,
     };
+    Ok((inputs, cache))
+}
+
+/// The whole image. `kernel_deb` overrides the pinned kernel (also env LAMINA_KERNEL_DEB).
+pub fn task_image(root: &Path, kernel_deb: Option<PathBuf>) -> Result<image::Artefacts> {
+    let t = Instant::now();
+    let progress = |msg: &str| eprintln!("[image {:>5.1}s] {msg}", t.elapsed().as_secs_f64());
+    let (inputs, cache) = inputs(root, kernel_deb, &progress)?;
     let out = lamina_dir(root).join("image");
     let mut p = |m: &str| progress(m);
     let a = image::build(&inputs, &cache, &out, &mut p)?;

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 
-use crate::image::{build_static, lamina_dir};
+use crate::image::lamina_dir;
 
 /// Builds variant `name` into `target/lamina/image-<name>`; returns that directory.
 pub fn task_image_variant(root: &Path, name: &str, kernel_deb: Option<PathBuf>) -> Result<PathBuf> {
@@ -15,21 +15,7 @@ pub fn task_image_variant(root: &Path, name: &str, kernel_deb: Option<PathBuf>) 
     let t = Instant::now();
     let progress =
         |msg: &str| eprintln!("[image-{name} {:>5.1}s] {msg}", t.elapsed().as_secs_f64());
-    progress("building static lamina-init (release, crt-static)");
-    let bins = build_static(root)?;
-    let cache = lamina_dir(root).join("cache");
-    let kernel_deb =
-        kernel_deb.or_else(|| std::env::var_os("LAMINA_KERNEL_DEB").map(PathBuf::from));
-    let (kdeb, userland) = image::fetch_pinned(&cache, kernel_deb.as_deref())?;
-    let config =
-        std::fs::read(root.join("init/config.toml")).context("reading init/config.toml")?;
-    let inputs = image::Inputs {
-        kernel_deb: kdeb,
-        userland_debs: userland,
-        init: bins[0].1.clone(),
-        extra_binaries: bins[1..].to_vec(),
-        config,
-    };
+    let (inputs, cache) = crate::image::inputs(root, kernel_deb, &progress)?;
     let out = lamina_dir(root).join(format!("image-{name}"));
     let mut p = |m: &str| progress(m);
     let a = image::variant::build_variant(&inputs, &variant, &cache, &out, &mut p)
