@@ -52,12 +52,15 @@ pub fn image_dir() -> Result<PathBuf> {
     Ok(dir)
 }
 
-/// An exclusive lock on `target/lamina/vm-tests.lock`, held while a VM runs.
+/// An exclusive machine-wide lock, held while a VM runs: TCG guests on a small host time out
+/// when several boot at once, also when they come from different checkouts. The path is
+/// `$LAMINA_VM_LOCK`, else `lamina-vm.lock` in the temporary directory.
 pub struct VmLock(#[allow(dead_code)] std::fs::File);
 
 pub fn vm_lock() -> Result<VmLock> {
-    let p = lamina_home().join("vm-tests.lock");
-    std::fs::create_dir_all(lamina_home())?;
+    let p = std::env::var_os("LAMINA_VM_LOCK")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| std::env::temp_dir().join("lamina-vm.lock"));
     let f = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
