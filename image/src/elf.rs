@@ -1,10 +1,10 @@
-//! "ldd without executing": reads PT_INTERP and DT_NEEDED from ELF files and resolves the
-//! libraries inside unpacked package trees (never on the host).
+//! "ldd without executing": reads PT_INTERP, DT_NEEDED and DT_RUNPATH/DT_RPATH from ELF files
+//! and resolves the libraries inside unpacked package trees (never on the host).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use object::elf::{FileHeader64, DT_NEEDED, PT_INTERP};
+use object::elf::{FileHeader64, DT_NEEDED, DT_RPATH, DT_RUNPATH, PT_INTERP};
 use object::read::elf::{Dyn, FileHeader, ProgramHeader};
 use object::Endianness;
 use thiserror::Error;
@@ -24,6 +24,8 @@ pub enum ElfError {
 pub struct Dynamic {
     pub interp: Option<String>,
     pub needed: Vec<String>,
+    /// DT_RUNPATH and DT_RPATH directories (e.g. librados' `/usr/lib/x86_64-linux-gnu/ceph`).
+    pub runpath: Vec<String>,
 }
 
 pub fn read_dynamic(path: &Path, data: &[u8]) -> Result<Dynamic, ElfError> {
@@ -43,9 +45,14 @@ pub fn read_dynamic(path: &Path, data: &[u8]) -> Result<Dynamic, ElfError> {
     if let Some((dyns, link)) = sections.dynamic(endian, data).map_err(|e| bad(e.to_string()))? {
         let strings = sections.strings(endian, data, link).map_err(|e| bad(e.to_string()))?;
         for d in dyns {
-            if d.tag32(endian) == Some(DT_NEEDED) {
+            let tag = d.tag32(endian);
+            if tag == Some(DT_NEEDED) {
                 let name = d.string(endian, strings).map_err(|e| bad(e.to_string()))?;
                 out.needed.push(String::from_utf8_lossy(name).into_owned());
+            } else if tag == Some(DT_RUNPATH) || tag == Some(DT_RPATH) {
+                let dirs = d.string(endian, strings).map_err(|e| bad(e.to_string()))?;
+                let dirs = String::from_utf8_lossy(dirs);
+                out.runpath.extend(dirs.split(':').filter(|s| !s.is_empty()).map(str::to_owned));
             }
         }
     }
@@ -74,7 +81,10 @@ fn resolve_in(root: &Path, rel: &str) -> Option<PathBuf> {
 }
 
 /// Files to copy for running `binaries` (paths inside `roots`): archive path → source file.
-/// Libraries go to `lib/x86_64-linux-gnu/<soname>`, the loader to its PT_INTERP path.
+/// Libraries go to `lib/x86_64-linux-gnu/<soname>`, the loader to its PT_INTERP path. A
+/// library is looked up in the needing file's absolute RUNPATH directories first, then in the
+/// standard ones; it is installed in the standard directory either way, where the loader falls
+/// back to when the RUNPATH directory does not exist in the image.
 pub fn closure(
     roots: &[PathBuf],
     binaries: &[(&Path, &str)],
@@ -98,9 +108,16 @@ pub fn closure(
                 continue;
             }
             let sn = soname.as_str();
+            let dirs: Vec<&str> = dynamic
+                .runpath
+                .iter()
+                .filter(|d| d.starts_with('/'))
+                .map(|d| d.trim_start_matches('/'))
+                .chain(LIB_DIRS.iter().copied())
+                .collect();
             let src = roots
                 .iter()
-                .flat_map(|r| LIB_DIRS.iter().map(move |d| (r, format!("{d}/{sn}"))))
+                .flat_map(|r| dirs.iter().map(move |d| (r, format!("{d}/{sn}"))))
                 .find_map(|(r, rel)| resolve_in(r, &rel))
                 .ok_or_else(|| ElfError::Unresolved {
                     needed: soname.clone(),

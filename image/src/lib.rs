@@ -12,6 +12,7 @@ pub mod elf;
 pub mod fetch;
 pub mod modules;
 pub mod pins;
+pub mod pins_fio;
 pub mod variant;
 pub mod vmlinux;
 

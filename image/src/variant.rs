@@ -5,7 +5,9 @@
 //! and `dmsetup`, for the interop test that hands a lamina pool to the kernel's dm-thin
 //! (`tests/tests/vm_dmthin.rs`). The Debian cloud kernel builds all of dm as modules
 //! (`CONFIG_BLK_DEV_DM=m`, `CONFIG_DM_THIN_PROVISIONING=m`, with `dm-persistent-data`,
-//! `dm-bio-prison` and `dm-bufio` pulled in from `.modinfo` `depends=`).
+//! `dm-bio-prison` and `dm-bufio` pulled in from `.modinfo` `depends=`). It also carries
+//! Debian's `fio` for `cargo xtask bench guest` (pins in [`crate::pins_fio`]): the closure of
+//! its libraries is ~85 MB, so the variant's initramfs is ~100 MB and its VMs want ≥ 768 MiB.
 
 use std::path::Path;
 
@@ -24,8 +26,8 @@ pub struct Variant {
     pub name: &'static str,
     /// Kernel modules loaded after the default ones (dependencies added from `.modinfo`).
     pub modules: &'static [(&'static str, &'static str)],
-    /// `.deb`s providing the programs and their libraries.
-    pub debs: &'static [DebPin],
+    /// `.deb`s providing the programs and their libraries, in groups (one per purpose).
+    pub debs: &'static [&'static [DebPin]],
     /// Dynamically linked programs: (package, path in the package), installed at that path.
     pub programs: &'static [(&'static str, &'static str)],
     /// Kernel options the variant needs (checked against the package's `config-*`).
@@ -36,36 +38,46 @@ pub struct Variant {
 pub const DM: Variant = Variant {
     name: "dm",
     modules: &[("dm_thin_pool", "")],
-    debs: &[
-        DebPin {
-            package: "dmsetup",
-            version: "2:1.02.185-2",
-            sha256: "c73fc490b93c83550ed272de69ec96c5da30d4456b889f9e93c7fd8e53860b85",
-        },
-        DebPin {
-            package: "libdevmapper1.02.1",
-            version: "2:1.02.185-2",
-            sha256: "aaa78ca236055fedccf637eacf7bda02bf1980b2db668dccd202b04d0d2cfe04",
-        },
-        DebPin {
-            package: "libselinux1",
-            version: "3.4-1+b6",
-            sha256: "2b07f5287b9105f40158b56e4d70cc1652dac56a408f3507b4ab3d061eed425f",
-        },
-        DebPin {
-            package: "libudev1",
-            version: "252.39-1~deb12u2",
-            sha256: "6f7e08f11c4809d2e5998c775f7b423ab5ec2ce0309494b4a2615037052245e2",
-        },
-        DebPin {
-            package: "libpcre2-8-0",
-            version: "10.42-1+deb12u2",
-            sha256: "d2f7edfcc7689b9e0761c2742cc824ac86a20768bc5e8057818dc6875291fe76",
-        },
-    ],
-    programs: &[("dmsetup", "sbin/dmsetup")],
+    debs: &[DM_DEBS, crate::pins_fio::FIO],
+    programs: &[("dmsetup", "sbin/dmsetup"), ("fio", "usr/bin/fio")],
     config: &[("CONFIG_BLK_DEV_DM", &["y", "m"]), ("CONFIG_DM_THIN_PROVISIONING", &["y", "m"])],
 };
+
+/// `dmsetup` and its libraries.
+const DM_DEBS: &[DebPin] = &[
+    DebPin {
+        package: "dmsetup",
+        version: "2:1.02.185-2",
+        sha256: "c73fc490b93c83550ed272de69ec96c5da30d4456b889f9e93c7fd8e53860b85",
+    },
+    DebPin {
+        package: "libdevmapper1.02.1",
+        version: "2:1.02.185-2",
+        sha256: "aaa78ca236055fedccf637eacf7bda02bf1980b2db668dccd202b04d0d2cfe04",
+    },
+    DebPin {
+        package: "libselinux1",
+        version: "3.4-1+b6",
+        sha256: "2b07f5287b9105f40158b56e4d70cc1652dac56a408f3507b4ab3d061eed425f",
+    },
+    DebPin {
+        package: "libudev1",
+        version: "252.39-1~deb12u2",
+        sha256: "6f7e08f11c4809d2e5998c775f7b423ab5ec2ce0309494b4a2615037052245e2",
+    },
+    DebPin {
+        package: "libpcre2-8-0",
+        version: "10.42-1+deb12u2",
+        sha256: "d2f7edfcc7689b9e0761c2742cc824ac86a20768bc5e8057818dc6875291fe76",
+    },
+];
+
+impl Variant {
+    /// Every pinned `.deb` of the variant, groups concatenated.
+    pub fn all_debs(&self) -> impl Iterator<Item = &'static DebPin> {
+        self.debs.iter().flat_map(|g| g.iter())
+    }
+}
 
 /// Looks a variant up by name.
 pub fn by_name(name: &str) -> Option<Variant> {
@@ -133,13 +145,13 @@ pub fn build_variant(
         .map(|d| unpack_cached(d, cache))
         .collect::<Result<Vec<_>, _>>()?;
     let own = roots.len();
-    for pin in variant.debs {
+    let pins: Vec<&DebPin> = variant.all_debs().collect();
+    for pin in &pins {
         roots.push(unpack_cached(&fetch(pin, cache)?, cache)?);
     }
     let mut programs = Vec::new();
     for (pkg, rel) in variant.programs {
-        let i = variant
-            .debs
+        let i = pins
             .iter()
             .position(|p| p.package == *pkg)
             .ok_or_else(|| kerr(format!("variant {}: {pkg} is not pinned", variant.name)))?;
@@ -149,7 +161,19 @@ pub fn build_variant(
     }
     let bins: Vec<(&Path, &str)> =
         programs.iter().map(|(p, n)| (p.as_path(), n.as_str())).collect();
-    for (dest, src) in closure(&roots, &bins)? {
+    let files = closure(&roots, &bins)?;
+    // A pin that provides nothing is stale (a dependency dropped upstream): say so.
+    for (pin, root) in pins.iter().zip(&roots[own..]) {
+        let used =
+            files.values().chain(programs.iter().map(|(p, _)| p)).any(|f| f.starts_with(root));
+        if !used {
+            return Err(kerr(format!(
+                "variant {}: the pinned {} provides nothing the programs load",
+                variant.name, pin.package
+            )));
+        }
+    }
+    for (dest, src) in files {
         a.add(file_entry(&dest, 0o755, &src)?)?;
     }
 
@@ -157,7 +181,7 @@ pub fn build_variant(
     let manifest = out.join("manifest.txt");
     let mut text = std::fs::read_to_string(&manifest).unwrap_or_default();
     text.push_str(&format!("variant {}\n", variant.name));
-    for p in variant.debs {
+    for p in &pins {
         text.push_str(&format!("pin {}={} {}\n", p.package, p.version, p.sha256));
     }
     crate::build::write_atomic(&manifest, text.as_bytes())?;
@@ -189,10 +213,17 @@ mod tests {
     #[test]
     fn dm_variant_is_named_and_pins_its_program() {
         let v = by_name("dm").unwrap();
-        assert!(v.programs.iter().all(|(pkg, _)| v.debs.iter().any(|p| p.package == *pkg)));
-        assert!(v.debs.iter().all(|p| p.sha256.len() == 64));
-        // No variant pin duplicates a default pin (the closure would pick either copy).
-        assert!(v.debs.iter().all(|d| pins::USERLAND.iter().all(|u| u.package != d.package)));
+        assert!(v.programs.iter().all(|(pkg, _)| v.all_debs().any(|p| p.package == *pkg)));
+        assert!(v.all_debs().all(|p| p.sha256.len() == 64));
+        // No variant pin duplicates a default pin or another variant pin (the closure would
+        // pick either copy).
+        assert!(v.all_debs().all(|d| pins::USERLAND.iter().all(|u| u.package != d.package)));
+        let mut names: Vec<&str> = v.all_debs().map(|p| p.package).collect();
+        names.sort();
+        let n = names.len();
+        names.dedup();
+        assert_eq!(names.len(), n, "a package is pinned twice");
+        assert!(v.programs.contains(&("fio", "usr/bin/fio")), "the guest bench needs fio");
         assert!(by_name("nope").is_none());
     }
 
