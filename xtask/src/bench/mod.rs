@@ -6,6 +6,7 @@
 //! here from the medians, never typed in.
 
 mod boot;
+mod guest;
 mod plot;
 pub mod record;
 pub mod report;
@@ -82,8 +83,10 @@ pub fn run(root: &Path, suites: &[Suite]) -> Result<()> {
 }
 
 fn run_suite(root: &Path, suite: Suite, jsonl: &Path) -> Result<()> {
-    if suite == Suite::Boot {
-        return boot::run(root, jsonl);
+    match suite {
+        Suite::Boot => return boot::run(root, jsonl),
+        Suite::Guest => return guest::run(root, jsonl),
+        _ => {}
     }
     let Some((package, bench)) = suite.cargo_bench() else {
         bail!("the {} suite is not built yet", suite.name());

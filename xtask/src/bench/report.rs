@@ -10,6 +10,47 @@ use super::record::{Better, Record};
 /// The subject every comparison is about.
 pub const LAMINA: &str = "lamina";
 
+/// Stated goals: (suite, peer, least acceptable ratio of lamina to that peer). A suite's best
+/// peer is not always the one a goal is about (in `guest` the raw disk beats both thin
+/// providers), so goals name their peer.
+pub const GOALS: &[(&str, &str, f64)] = &[("guest", "kernel dm-thin", 0.8)];
+
+/// One goal checked on one row.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GoalCheck {
+    pub suite: String,
+    pub case: String,
+    pub peer: String,
+    pub goal: f64,
+    pub ratio: f64,
+}
+
+impl GoalCheck {
+    pub fn met(&self) -> bool {
+        self.ratio >= self.goal
+    }
+}
+
+/// Every goal of [`GOALS`] on the rows that measured its peer.
+pub fn goals(rows: &[Comparison]) -> Vec<GoalCheck> {
+    let mut out = Vec::new();
+    for (suite, peer, goal) in GOALS {
+        for r in rows.iter().filter(|r| r.suite == *suite) {
+            let Some((_, v)) = r.peers.iter().find(|(p, _)| p == peer) else { continue };
+            if let Some(ratio) = ratio(r.lamina, *v, r.better) {
+                out.push(GoalCheck {
+                    suite: r.suite.clone(),
+                    case: r.case.clone(),
+                    peer: peer.to_string(),
+                    goal: *goal,
+                    ratio,
+                });
+            }
+        }
+    }
+    out
+}
+
 /// One row of the comparison table: lamina against the peers on one case.
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct Comparison {
@@ -129,6 +170,22 @@ pub fn markdown(rows: &[Comparison], header: &str) -> String {
             ratio
         );
     }
+    let checks = goals(rows);
+    if !checks.is_empty() {
+        let _ = writeln!(s, "\nGoals:\n");
+        for g in &checks {
+            let _ = writeln!(
+                s,
+                "- {} {}: lamina {:.2}x {} (goal ≥ {:.2}x): {}",
+                g.suite,
+                g.case,
+                g.ratio,
+                g.peer,
+                g.goal,
+                if g.met() { "met" } else { "NOT met" }
+            );
+        }
+    }
     s
 }
 
@@ -179,6 +236,25 @@ mod tests {
         ]);
         assert_eq!(rows[0].lamina, 5.0);
         assert_eq!(rows[0].ratio_vs_best, Some(1.0));
+    }
+
+    #[test]
+    fn goals_name_their_peer_not_the_best_one() {
+        let g = |subject: &str, value: f64| Record {
+            suite: "guest".into(),
+            ..rec("4k", subject, value, Better::Higher)
+        };
+        let rows =
+            compare(&[g("lamina", 90.0), g("kernel dm-thin", 100.0), g("raw virtio", 300.0)]);
+        assert_eq!(rows[0].best_peer.as_deref(), Some("raw virtio"));
+        let checks = goals(&rows);
+        assert_eq!(checks.len(), 1);
+        assert!((checks[0].ratio - 0.9).abs() < 1e-9 && checks[0].met());
+        let md = markdown(&rows, "h");
+        assert!(md.contains("- guest 4k: lamina 0.90x kernel dm-thin (goal ≥ 0.80x): met"), "{md}");
+        let slow = compare(&[g("lamina", 70.0), g("kernel dm-thin", 100.0)]);
+        assert!(markdown(&slow, "h").contains("0.70x kernel dm-thin (goal ≥ 0.80x): NOT met"));
+        assert!(goals(&compare(&[rec("a", "lamina", 1.0, Better::Higher)])).is_empty());
     }
 
     #[test]

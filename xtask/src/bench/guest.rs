@@ -1,0 +1,475 @@
+//! `bench guest`: block I/O inside one appliance VM (the `dm` image variant, which carries
+//! `dmsetup` and Debian's `fio`), on one fresh sparse virtio disk, three ways:
+//!
+//! - **lamina**: the base volume `store` through the kernel's nbd driver (`/dev/nbd0`), attached
+//!   by init exactly as the appliance runs it (socketpairs, `--io-flusher`, supervised daemon).
+//!   Init has no setting that attaches without mounting, so its XFS is unmounted first;
+//! - **kernel dm-thin**: the same pool, handed to the guest kernel: lamina's daemon is stopped
+//!   (SIGTERM: it commits and exits) and `dmsetup create` activates the tables of
+//!   `thinpool dmsetup-table`, so the very same thin (same mapped blocks) is measured;
+//! - **raw virtio**: `/dev/vda` itself, in the free tail that the volume group leaves unused
+//!   (direct-lvm keeps ~4 % of the disk for autoextend).
+//!
+//! Workloads are the host `nbd` suite's (thinpool/benches/nbd.rs): 4k randread qd16, 4k
+//! randwrite qd16, 1M read qd4, 1M write qd4 on an allocated region (written once before
+//! measuring, for all three), with `ioengine=libaio`, `direct=1` and a fixed runtime. Rounds
+//! are interleaved (lamina, dm-thin, raw, lamina, …) so drift hits every subject alike.
+//!
+//! Switching between lamina and dm-thin inside one boot: init's supervisor restarts the daemon
+//! whenever it exits. While dm-thin owns the pool, `/sbin/thinpool` is renamed away, so each
+//! restart attempt fails at once (one failed spawn a second, nothing executes); renaming it
+//! back lets the next attempt open the pool as the kernel committed it and reconfigure
+//! `/dev/nbd0`. That also checks, every round, that lamina reads what dm-thin wrote.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use serde_json::Value;
+
+use super::record::{Better, Record};
+use crate::image;
+
+pub const SUITE: &str = "guest";
+pub const LAMINA: &str = super::report::LAMINA;
+pub const DM_THIN: &str = "kernel dm-thin";
+pub const RAW: &str = "raw virtio";
+
+/// Interleaved rounds (each subject runs every load once per round).
+const ROUNDS: usize = 3;
+/// Seconds per measured job, after one second of ramp-up.
+const RUNTIME_SECS: u32 = 6;
+/// The region every subject is measured on (allocated before measuring).
+const REGION: u64 = 256 << 20;
+/// The sparse data disk; 4 % of it (~650 MiB) stays outside the volume group.
+const DISK: u64 = 16 << 30;
+const MEMORY_MIB: u32 = 1024;
+const BB: &str = "/bin/busybox";
+const THINPOOL: &str = "/sbin/thinpool";
+/// Where `/sbin/thinpool` waits while the kernel owns the pool.
+const PARKED: &str = "/sbin/thinpool.bench";
+const DAEMON_LOCK: &str = "/run/lamina/pool/lock";
+const GUEST_DISK: &str = "/dev/vda";
+const NBD: &str = "/dev/nbd0";
+
+/// One fio workload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Load {
+    /// The case name, shared with the host `nbd` suite.
+    pub name: &'static str,
+    /// fio job name (no spaces).
+    pub job: &'static str,
+    pub rw: &'static str,
+    pub bs: &'static str,
+    pub depth: u32,
+}
+
+pub const LOADS: [Load; 4] = [
+    Load { name: "4k randread qd16", job: "randread4k", rw: "randread", bs: "4k", depth: 16 },
+    Load { name: "4k randwrite qd16", job: "randwrite4k", rw: "randwrite", bs: "4k", depth: 16 },
+    Load { name: "1M read qd4", job: "read1m", rw: "read", bs: "1M", depth: 4 },
+    Load { name: "1M write qd4", job: "write1m", rw: "write", bs: "1M", depth: 4 },
+];
+
+impl Load {
+    fn is_read(&self) -> bool {
+        self.rw.contains("read")
+    }
+
+    /// IOPS for 4k loads, MiB/s for 1M loads (as the host suite reports them).
+    pub fn unit(&self) -> &'static str {
+        if self.bs == "4k" {
+            "IOPS"
+        } else {
+            "MiB/s"
+        }
+    }
+}
+
+/// One fio invocation running every load in turn (`stonewall`) on `dev` at `offset`.
+pub fn fio_argv(dev: &str, offset: u64, size: u64, runtime: u32, loads: &[Load]) -> Vec<String> {
+    let mut v: Vec<String> = [
+        "/usr/bin/fio",
+        "--output-format=json",
+        "--ioengine=libaio",
+        "--direct=1",
+        "--randrepeat=0",
+        "--time_based",
+        "--ramp_time=1",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    v.push(format!("--runtime={runtime}"));
+    v.push(format!("--filename={dev}"));
+    v.push(format!("--offset={offset}"));
+    v.push(format!("--size={size}"));
+    for l in loads {
+        v.push(format!("--name={}", l.job));
+        v.push(format!("--rw={}", l.rw));
+        v.push(format!("--bs={}", l.bs));
+        v.push(format!("--iodepth={}", l.depth));
+        v.push("--stonewall".into());
+    }
+    v
+}
+
+/// Writes the region once, so every later job runs on allocated blocks.
+pub fn fill_argv(dev: &str, offset: u64, size: u64) -> Vec<String> {
+    [
+        "/usr/bin/fio",
+        "--output-format=json",
+        "--name=fill",
+        "--ioengine=libaio",
+        "--direct=1",
+        "--rw=write",
+        "--bs=1M",
+        "--iodepth=4",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain([format!("--filename={dev}"), format!("--offset={offset}"), format!("--size={size}")])
+    .collect()
+}
+
+/// Parses fio's JSON report (anything fio printed before the JSON is skipped) and returns each
+/// load's result in its unit; a job missing, failed or without I/O is an error.
+pub fn parse_fio(text: &str, loads: &[Load]) -> Result<Vec<f64>> {
+    let start = text.find('{').context("fio printed no JSON")?;
+    let v: Value = serde_json::from_str(&text[start..]).context("fio's JSON does not parse")?;
+    let jobs = v["jobs"].as_array().context("fio's JSON has no jobs array")?;
+    loads
+        .iter()
+        .map(|l| {
+            let job = jobs
+                .iter()
+                .find(|j| j["jobname"] == l.job)
+                .with_context(|| format!("fio's JSON has no job {}", l.job))?;
+            let err = job["error"].as_i64().unwrap_or(0);
+            ensure!(err == 0, "fio job {} failed with error {err}", l.job);
+            let side = if l.is_read() { &job["read"] } else { &job["write"] };
+            let value = if l.unit() == "IOPS" {
+                side["iops"].as_f64()
+            } else {
+                side["bw"].as_f64().map(|kib| kib / 1024.0)
+            }
+            .with_context(|| format!("fio job {} reports no {} result", l.job, l.rw))?;
+            ensure!(value > 0.0, "fio job {} did no I/O", l.job);
+            Ok(value)
+        })
+        .collect()
+}
+
+/// The records of one subject's run of every load.
+pub fn records(subject: &str, loads: &[Load], values: &[f64]) -> Vec<Record> {
+    loads
+        .iter()
+        .zip(values)
+        .map(|(l, v)| Record {
+            suite: SUITE.into(),
+            case: l.name.into(),
+            subject: subject.into(),
+            metric: "throughput".into(),
+            value: *v,
+            unit: l.unit().into(),
+            better: Better::Higher,
+            x: None,
+        })
+        .collect()
+}
+
+/// First byte past every linear segment of `thinpool dmsetup-table` output, rounded up to
+/// 1 MiB: where the disk's unused tail starts.
+pub fn free_tail(tables: &str) -> Result<u64> {
+    let mut end = 0u64;
+    let mut any = false;
+    for l in tables.lines().filter(|l| !l.trim_start().starts_with('#')) {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        if f.get(2) == Some(&"linear") {
+            let len: u64 = f.get(1).and_then(|s| s.parse().ok()).context("linear length")?;
+            let off: u64 = f.get(4).and_then(|s| s.parse().ok()).context("linear offset")?;
+            end = end.max((off + len) * 512);
+            any = true;
+        }
+    }
+    ensure!(any, "no linear segment in:\n{tables}");
+    Ok(end.div_ceil(1 << 20) << 20)
+}
+
+/// The guest-side steps, over the agent; every command is logged.
+struct Guest<'a> {
+    vm: &'a mut ::tests::TestVm,
+    log: String,
+}
+
+impl Guest<'_> {
+    fn exec(&mut self, argv: &[&str], timeout: Duration) -> Result<String> {
+        let t = Instant::now();
+        let r = self.vm.vm.agent()?.exec(argv, timeout)?;
+        let out = r["stdout"].as_str().unwrap_or("").to_owned();
+        let err = r["stderr"].as_str().unwrap_or("");
+        self.log.push_str(&format!(
+            "$ {} ({:.2}s, exit {})\n{}{err}\n",
+            argv.join(" "),
+            t.elapsed().as_secs_f64(),
+            r["exit_code"],
+            if out.len() > 4000 { "(output kept in the records)\n" } else { out.as_str() },
+        ));
+        if r["exit_code"] != 0 {
+            bail!("{argv:?} in the guest: exit {}: {err}", r["exit_code"]);
+        }
+        Ok(out)
+    }
+
+    fn sh(&mut self, script: &str) -> Result<String> {
+        self.exec(&[BB, "sh", "-c", script], Duration::from_secs(120))
+    }
+
+    fn fio(&mut self, dev: &str, offset: u64) -> Result<Vec<f64>> {
+        let argv = fio_argv(dev, offset, REGION, RUNTIME_SECS, &LOADS);
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        let budget = Duration::from_secs(60 + 4 * u64::from(RUNTIME_SECS + 1) * 3);
+        let out = self.exec(&argv, budget)?;
+        parse_fio(&out, &LOADS).with_context(|| format!("fio on {dev}"))
+    }
+
+    /// SIGTERM to the daemon (it commits and exits) with `/sbin/thinpool` parked so init's
+    /// supervisor cannot start it again.
+    fn stop_lamina(&mut self) -> Result<()> {
+        self.sh(&format!(
+            "set -e; p=$({BB} cat {DAEMON_LOCK}); {BB} mv {THINPOOL} {PARKED}; kill -TERM $p; \
+             n=0; while [ -e /proc/$p ] && ! {BB} grep -q '^State:.*Z' /proc/$p/status; do \
+             n=$((n+1)); [ $n -lt 600 ] || exit 9; {BB} usleep 50000; done"
+        ))?;
+        Ok(())
+    }
+
+    /// Unparks `/sbin/thinpool` and waits for the supervisor's `restarted` line number `n`
+    /// and for `/dev/nbd0` to answer again.
+    fn start_lamina(&mut self, n: usize) -> Result<()> {
+        self.sh(&format!("{BB} mv {PARKED} {THINPOOL}"))?;
+        let t = Instant::now();
+        while self.vm.console().matches("daemon restarted").count() < n {
+            ensure!(t.elapsed() < Duration::from_secs(90), "lamina's daemon did not restart");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        self.sh(&format!("{BB} dd if={NBD} of=/dev/null bs=4096 count=1 iflag=direct"))?;
+        Ok(())
+    }
+
+    fn dm_create(&mut self, d: &::tests::dmthin::DmDevice) -> Result<()> {
+        let table = d.table.join("\n");
+        self.exec(
+            &["/sbin/dmsetup", "create", "--noudevsync", &d.name, "--table", &table],
+            Duration::from_secs(60),
+        )?;
+        // No udev: dmsetup makes /dev/mapper/NAME itself.
+        self.exec(&["/sbin/dmsetup", "mknodes", &d.name], Duration::from_secs(60))?;
+        Ok(())
+    }
+
+    fn dm_remove(&mut self, name: &str) -> Result<()> {
+        self.exec(&["/sbin/dmsetup", "remove", "--noudevsync", name], Duration::from_secs(60))?;
+        Ok(())
+    }
+}
+
+/// The dm devices for `store`, in creation order, mapped onto the guest's disk.
+fn dm_stack(tables: &str) -> Result<Vec<::tests::dmthin::DmDevice>> {
+    let all = ::tests::dmthin::parse_tables(tables);
+    let find = |pred: &dyn Fn(&::tests::dmthin::DmDevice) -> bool, what: &str| {
+        all.iter().find(|d| pred(d)).cloned().with_context(|| format!("no {what} in:\n{tables}"))
+    };
+    let tmeta = find(&|d| d.name.ends_with("_tmeta"), "_tmeta")?;
+    let tdata = find(&|d| d.name.ends_with("_tdata"), "_tdata")?;
+    let pool = find(&|d| d.target() == "thin-pool", "thin-pool")?;
+    let store = find(&|d| d.name == format!("{}-store", pool.name), "store thin")?;
+    Ok(vec![tmeta.on_device(GUEST_DISK), tdata.on_device(GUEST_DISK), pool, store])
+}
+
+pub fn run(root: &Path, jsonl: &Path) -> Result<()> {
+    let t0 = Instant::now();
+    let say = |m: &str| eprintln!("bench guest [{:6.1}s] {m}", t0.elapsed().as_secs_f64());
+    say("building the dm image variant (dmsetup, fio) if it is out of date");
+    let img = crate::image_variant::task_image_variant(root, "dm", None)?;
+    let home = image::lamina_dir(root);
+    let dir = home.join("bench");
+    std::fs::create_dir_all(&dir)?;
+    let disk = dir.join("guest-disk.raw");
+    let _ = std::fs::remove_file(&disk);
+    let mut opts = ::tests::Opts::debug();
+    opts.image = Some(img);
+    opts.disks = vec![disk.clone()];
+    opts.disk_size = DISK;
+    opts.memory_mib = MEMORY_MIB;
+    opts.deadline = Duration::from_secs(40 * 60);
+    opts.append.extend(["lamina.pool.basesize=1G".into(), "lamina.agent.max_exec_secs=600".into()]);
+    say("waiting for the machine-wide VM lock, then booting the dm variant");
+    let mut vm = ::tests::TestVm::boot("bench_guest", opts)?;
+    let ready = vm.wait_ready()?;
+    say(&format!("READY after {:.1}s", ready.after.as_secs_f64()));
+    let log_dir = vm.log_dir.clone();
+    let mut g = Guest { vm: &mut vm, log: String::new() };
+    let result = measure(&mut g, &say);
+    std::fs::write(log_dir.join("guest.log"), &g.log)?;
+    let records = result.with_context(|| format!("guest steps (log: {})", log_dir.display()))?;
+    let st = vm.vm.stop(Duration::from_secs(60));
+    say(&format!("VM stopped ({st:?})"));
+    drop(vm);
+    let _ = std::fs::remove_file(&disk);
+    let text: Vec<String> = records.iter().map(serde_json::to_string).collect::<Result<_, _>>()?;
+    std::fs::write(jsonl, text.join("\n") + "\n")
+        .with_context(|| format!("writing {}", jsonl.display()))
+}
+
+fn measure(g: &mut Guest<'_>, say: &dyn Fn(&str)) -> Result<Vec<Record>> {
+    g.sh(&format!("{BB} umount /var/lib/lamina"))?;
+    say("XFS unmounted; writing the measured region of the lamina volume once");
+    let fill = |g: &mut Guest<'_>, dev: &str, off: u64| -> Result<()> {
+        let argv = fill_argv(dev, off, REGION);
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        g.exec(&argv, Duration::from_secs(600))?;
+        Ok(())
+    };
+    fill(g, NBD, 0)?;
+    g.stop_lamina()?;
+    let tables = g.exec(&[PARKED, "dmsetup-table", GUEST_DISK], Duration::from_secs(60))?;
+    let stack = dm_stack(&tables)?;
+    let raw_off = free_tail(&tables)? + (1 << 20);
+    let size: u64 = g
+        .exec(&[BB, "cat", "/sys/block/vda/size"], Duration::from_secs(30))?
+        .trim()
+        .parse::<u64>()
+        .context("/sys/block/vda/size")?
+        * 512;
+    ensure!(raw_off + REGION <= size, "no {REGION}-byte free tail on the disk ({tables})");
+    say(&format!("raw region at {} MiB of {} MiB; writing it once", raw_off >> 20, size >> 20));
+    fill(g, GUEST_DISK, raw_off)?;
+    let mut restarts = 1;
+    g.start_lamina(restarts)?;
+
+    let mut records = Vec::new();
+    for round in 1..=ROUNDS {
+        let v = g.fio(NBD, 0)?;
+        report(say, round, LAMINA, &v);
+        records.extend(records_of(LAMINA, &v));
+
+        g.stop_lamina()?;
+        for d in &stack {
+            g.dm_create(d)?;
+        }
+        let thin = format!("/dev/mapper/{}", stack[3].name);
+        let v = g.fio(&thin, 0);
+        for d in stack.iter().rev() {
+            g.dm_remove(&d.name)?;
+        }
+        let v = v?;
+        report(say, round, DM_THIN, &v);
+        records.extend(records_of(DM_THIN, &v));
+        restarts += 1;
+        g.start_lamina(restarts)?;
+
+        let v = g.fio(GUEST_DISK, raw_off)?;
+        report(say, round, RAW, &v);
+        records.extend(records_of(RAW, &v));
+    }
+    Ok(records)
+}
+
+fn records_of(subject: &str, v: &[f64]) -> Vec<Record> {
+    records(subject, &LOADS, v)
+}
+
+fn report(say: &dyn Fn(&str), round: usize, subject: &str, v: &[f64]) {
+    let cells: Vec<String> =
+        LOADS.iter().zip(v).map(|(l, v)| format!("{} {v:.0} {}", l.name, l.unit())).collect();
+    say(&format!("round {round}/{ROUNDS} {subject}: {}", cells.join(", ")));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The shape of `fio --output-format=json` 3.33 (trimmed to the fields read here).
+    fn fio_json(jobs: &[(&str, f64, f64, f64, f64)]) -> String {
+        let jobs: Vec<Value> = jobs
+            .iter()
+            .map(|(name, riops, rbw, wiops, wbw)| {
+                serde_json::json!({
+                    "jobname": name, "groupid": 0, "error": 0,
+                    "read": {"io_bytes": 1, "bw": rbw, "iops": riops},
+                    "write": {"io_bytes": 1, "bw": wbw, "iops": wiops},
+                })
+            })
+            .collect();
+        format!(
+            "fio: note: something fio warns about\n{}",
+            serde_json::json!({"fio version": "fio-3.33", "jobs": jobs})
+        )
+    }
+
+    #[test]
+    fn fio_json_gives_iops_for_4k_and_mib_for_1m() {
+        let text = fio_json(&[
+            ("randread4k", 5000.5, 20002.0, 0.0, 0.0),
+            ("randwrite4k", 0.0, 0.0, 3000.0, 12000.0),
+            ("read1m", 200.0, 204800.0, 0.0, 0.0),
+            ("write1m", 0.0, 0.0, 100.0, 102400.0),
+        ]);
+        let v = parse_fio(&text, &LOADS).unwrap();
+        assert_eq!(v, [5000.5, 3000.0, 200.0, 100.0]);
+        let recs = records(DM_THIN, &LOADS, &v);
+        assert_eq!(recs.len(), 4);
+        assert_eq!(recs[0].case, "4k randread qd16");
+        assert_eq!(recs[0].unit, "IOPS");
+        assert_eq!(recs[2].unit, "MiB/s");
+        assert!(recs.iter().all(|r| r.suite == "guest" && r.subject == DM_THIN));
+        assert!(recs.iter().all(|r| r.better == Better::Higher && r.x.is_none()));
+    }
+
+    #[test]
+    fn fio_json_errors_are_reported() {
+        assert!(parse_fio("no json here", &LOADS).is_err());
+        let one = fio_json(&[("randread4k", 10.0, 40.0, 0.0, 0.0)]);
+        let e = parse_fio(&one, &LOADS).unwrap_err().to_string();
+        assert!(e.contains("randwrite4k"), "{e}");
+        let idle = fio_json(&[("read1m", 0.0, 0.0, 0.0, 0.0)]);
+        assert!(parse_fio(&idle, &LOADS[2..3]).is_err(), "a job without I/O is an error");
+        let failed =
+            fio_json(&[("read1m", 1.0, 1024.0, 0.0, 0.0)]).replace("\"error\":0", "\"error\":5");
+        assert!(parse_fio(&failed, &LOADS[2..3]).unwrap_err().to_string().contains("error 5"));
+    }
+
+    #[test]
+    fn one_fio_run_holds_every_load_in_turn() {
+        let a = fio_argv("/dev/nbd0", 0, REGION, 6, &LOADS);
+        assert!(a.contains(&"--ioengine=libaio".to_string()) && a.contains(&"--direct=1".into()));
+        assert!(a.contains(&"--runtime=6".to_string()) && a.contains(&"--time_based".into()));
+        assert_eq!(a.iter().filter(|s| s.starts_with("--name=")).count(), 4);
+        assert_eq!(a.iter().filter(|s| *s == "--stonewall").count(), 4);
+        // Global options precede the first job.
+        let first_job = a.iter().position(|s| s.starts_with("--name=")).unwrap();
+        let filename = a.iter().position(|s| s == "--filename=/dev/nbd0").unwrap();
+        assert!(filename < first_job);
+        let f = fill_argv("/dev/vda", 1 << 30, REGION);
+        assert!(f.contains(&"--offset=1073741824".to_string()) && f.contains(&"--rw=write".into()));
+        assert!(!f.contains(&"--time_based".to_string()), "the fill writes the region once");
+    }
+
+    #[test]
+    fn free_tail_is_past_every_linear_segment() {
+        let t = "# lamina-thinpool_tmeta\n0 16384 linear /dev/vda 8192\n\
+                 # lamina-thinpool_tdata\n0 1982464 linear /dev/vda 24576\n\
+                 # lamina-thinpool\n0 1982464 thin-pool /dev/mapper/a /dev/mapper/b 128 3097 1\n";
+        // (24576 + 1982464) sectors = 1027604480 bytes, rounded up to a MiB.
+        assert_eq!(free_tail(t).unwrap(), 980 << 20);
+        assert!(free_tail("# x\n0 8 thin-pool a b 128 1 1\n").is_err());
+        let stack = dm_stack(&format!(
+            "{t}# lamina-thinpool-store\n0 2097152 thin /dev/mapper/lamina-thinpool 1\n"
+        ))
+        .unwrap();
+        assert_eq!(stack.len(), 4);
+        assert_eq!(stack[3].thin_id(), Some(1));
+        assert!(dm_stack(t).is_err(), "no store thin");
+    }
+}
