@@ -5,7 +5,7 @@
 //!   by init exactly as the appliance runs it (socketpairs, `--io-flusher`, supervised daemon).
 //!   Init has no setting that attaches without mounting, so its XFS is unmounted first;
 //! - **kernel dm-thin**: the same pool, handed to the guest kernel: lamina's daemon is stopped
-//!   (SIGTERM: it commits and exits) and `dmsetup create` activates the tables of
+//!   (flush, so it commits, then SIGKILL: see [`Guest::stop_lamina`]) and `dmsetup create` activates the tables of
 //!   `thinpool dmsetup-table`, so the very same thin (same mapped blocks) is measured;
 //! - **raw virtio**: `/dev/vda` itself, in the free tail that the volume group leaves unused
 //!   (direct-lvm keeps ~4 % of the disk for autoextend).
@@ -233,21 +233,27 @@ impl Guest<'_> {
         parse_fio(&out, &LOADS).with_context(|| format!("fio on {dev}"))
     }
 
-    /// SIGTERM to the daemon (it commits and exits) with `/sbin/thinpool` parked so init's
-    /// supervisor cannot start it again.
+    /// Stops lamina's daemon with `/sbin/thinpool` parked so init's supervisor cannot start it
+    /// again. SIGTERM would not do: the daemon serves the kernel's connection until the kernel
+    /// disconnects, and only init can disconnect /dev/nbd0. So: an fsync of /dev/nbd0 (NBD
+    /// FLUSH: the daemon commits and syncs the data disk), two seconds more than its commit
+    /// interval, SIGKILL, and the guest's page cache of /dev/vda dropped (dm-thin writes
+    /// below it).
     fn stop_lamina(&mut self) -> Result<()> {
         self.sh(&format!(
-            "set -e; p=$({BB} cat {DAEMON_LOCK}); {BB} mv {THINPOOL} {PARKED}; kill -TERM $p; \
-             n=0; while [ -e /proc/$p ] && ! {BB} grep -q '^State:.*Z' /proc/$p/status; do \
-             n=$((n+1)); [ $n -lt 600 ] || exit 9; {BB} usleep 50000; done"
+            "set -e; p=$({BB} cat {DAEMON_LOCK}); {BB} sync -d {NBD}; {BB} sleep 2; \
+             {BB} mv {THINPOOL} {PARKED}; kill -KILL $p; n=0; \
+             while [ -e /proc/$p ] && ! {BB} grep -q '^State:.*Z' /proc/$p/status; do \
+             n=$((n+1)); [ $n -lt 600 ] || exit 9; {BB} usleep 50000; done; \
+             {BB} blockdev --flushbufs {GUEST_DISK}"
         ))?;
         Ok(())
     }
 
-    /// Unparks `/sbin/thinpool` and waits for the supervisor's `restarted` line number `n`
-    /// and for `/dev/nbd0` to answer again.
+    /// Drops the page cache of /dev/vda (dm-thin wrote below it), unparks `/sbin/thinpool`
+    /// and waits for the supervisor's `restarted` line number `n` and for /dev/nbd0 to answer.
     fn start_lamina(&mut self, n: usize) -> Result<()> {
-        self.sh(&format!("{BB} mv {PARKED} {THINPOOL}"))?;
+        self.sh(&format!("{BB} blockdev --flushbufs {GUEST_DISK}; {BB} mv {PARKED} {THINPOOL}"))?;
         let t = Instant::now();
         while self.vm.console().matches("daemon restarted").count() < n {
             ensure!(t.elapsed() < Duration::from_secs(90), "lamina's daemon did not restart");
