@@ -66,15 +66,24 @@ pub fn run(root: &Path, suites: &[Suite]) -> Result<()> {
     let out = root.join("target/bench");
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let mut failed = Vec::new();
+    let mut times = Vec::new();
+    let t_all = std::time::Instant::now();
     for suite in &chosen {
         eprintln!("bench: running {}", suite.name());
         let jsonl = out.join(format!("{}.jsonl", suite.name()));
         let _ = std::fs::remove_file(&jsonl);
+        let t = std::time::Instant::now();
         if let Err(e) = run_suite(root, *suite, &jsonl) {
             eprintln!("bench: {} failed: {e:#}", suite.name());
             failed.push(suite.name());
         }
+        times.push(format!("{} {}", suite.name(), mm_ss(t.elapsed().as_secs())));
+        eprintln!("bench: {} took {}", suite.name(), mm_ss(t.elapsed().as_secs()));
     }
+    // Wall time per suite, builds included (cargo bench compiles before it measures).
+    let line = format!("{}; total {}", times.join(", "), mm_ss(t_all.elapsed().as_secs()));
+    eprintln!("bench: suite times: {line}");
+    std::fs::write(out.join("times.txt"), format!("{line}\n"))?;
     summarize(&out)?;
     if !failed.is_empty() {
         bail!("bench suites failed: {}", failed.join(", "));
@@ -104,6 +113,10 @@ fn run_suite(root: &Path, suite: Suite, jsonl: &Path) -> Result<()> {
         bail!("cargo bench -p {package} --bench {bench} wrote no records to {}", jsonl.display());
     }
     Ok(())
+}
+
+fn mm_ss(secs: u64) -> String {
+    format!("{}m{:02}s", secs / 60, secs % 60)
 }
 
 /// Reads every `*.jsonl` under `out` and writes the comparisons, the table and the plots.
