@@ -143,6 +143,19 @@ mod tests {
         assert!(d.interp.as_deref().is_some_and(|i| i.contains("ld-linux")), "{d:?}");
     }
 
+    /// librados (Debian's fio pulls it in) finds libceph-common through its RUNPATH only.
+    /// Needs librados2, which `cargo xtask setup` installs with fio.
+    #[test]
+    fn runpath_directories_are_searched() {
+        let lib = Path::new("/usr/lib/x86_64-linux-gnu/librados.so.2");
+        assert!(lib.exists(), "{} is missing: run `cargo xtask setup` (fio)", lib.display());
+        let d = read_dynamic(lib, &std::fs::read(lib).unwrap()).unwrap();
+        assert!(d.runpath.iter().any(|p| p.ends_with("/ceph")), "{d:?}");
+        let files = closure(&[PathBuf::from("/")], &[(lib, "librados.so.2")]).unwrap();
+        let ceph = &files["lib/x86_64-linux-gnu/libceph-common.so.2"];
+        assert!(ceph.to_string_lossy().contains("/ceph/"), "{ceph:?}");
+    }
+
     #[test]
     fn garbage_is_an_error() {
         assert!(read_dynamic(Path::new("x"), b"\x7fELF junk").is_err());
