@@ -196,6 +196,20 @@ pub fn free_tail(tables: &str) -> Result<u64> {
     Ok(end.div_ceil(1 << 20) << 20)
 }
 
+/// Share of non-idle CPU time between two `cpu ...` lines of /proc/stat (idle and iowait
+/// count as idle).
+pub fn cpu_busy(before: &str, after: &str) -> Option<f64> {
+    let parse = |l: &str| -> Option<Vec<u64>> {
+        let f = l.trim().strip_prefix("cpu ")?;
+        f.split_whitespace().map(|x| x.parse().ok()).collect()
+    };
+    let (a, b) = (parse(before)?, parse(after)?);
+    let d: Vec<u64> = b.iter().zip(&a).map(|(b, a)| b.saturating_sub(*a)).collect();
+    let total: u64 = d.iter().sum();
+    let idle = d.get(3)? + d.get(4).copied().unwrap_or(0);
+    (total > 0).then(|| (total - idle) as f64 / total as f64)
+}
+
 /// The guest-side steps, over the agent; every command is logged.
 struct Guest<'a> {
     vm: &'a mut ::tests::TestVm,
@@ -225,12 +239,17 @@ impl Guest<'_> {
         self.exec(&[BB, "sh", "-c", script], Duration::from_secs(120))
     }
 
-    fn fio(&mut self, dev: &str, offset: u64) -> Result<Vec<f64>> {
+    /// Runs every load on `dev`; also returns how busy the guest's CPU was meanwhile (share of
+    /// non-idle time in /proc/stat), which tells a CPU-bound path from a device-bound one.
+    fn fio(&mut self, dev: &str, offset: u64) -> Result<(Vec<f64>, f64)> {
         let argv = fio_argv(dev, offset, REGION, RUNTIME_SECS, &LOADS);
         let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
         let budget = Duration::from_secs(60 + 4 * u64::from(RUNTIME_SECS + 1) * 3);
+        let before = self.exec(&[BB, "head", "-n1", "/proc/stat"], Duration::from_secs(30))?;
         let out = self.exec(&argv, budget)?;
-        parse_fio(&out, &LOADS).with_context(|| format!("fio on {dev}"))
+        let after = self.exec(&[BB, "head", "-n1", "/proc/stat"], Duration::from_secs(30))?;
+        let busy = cpu_busy(&before, &after).unwrap_or(f64::NAN);
+        Ok((parse_fio(&out, &LOADS).with_context(|| format!("fio on {dev}"))?, busy))
     }
 
     /// Stops lamina's daemon with `/sbin/thinpool` parked so init's supervisor cannot start it
@@ -358,6 +377,7 @@ fn measure(g: &mut Guest<'_>, say: &dyn Fn(&str)) -> Result<Vec<Record>> {
     for round in 1..=ROUNDS {
         let v = g.fio(NBD, 0)?;
         report(say, round, LAMINA, &v);
+        let v = v.0;
         records.extend(records_of(LAMINA, &v));
 
         g.stop_lamina()?;
@@ -371,12 +391,14 @@ fn measure(g: &mut Guest<'_>, say: &dyn Fn(&str)) -> Result<Vec<Record>> {
         }
         let v = v?;
         report(say, round, DM_THIN, &v);
+        let v = v.0;
         records.extend(records_of(DM_THIN, &v));
         restarts += 1;
         g.start_lamina(restarts)?;
 
         let v = g.fio(GUEST_DISK, raw_off)?;
         report(say, round, RAW, &v);
+        let v = v.0;
         records.extend(records_of(RAW, &v));
     }
     Ok(records)
@@ -386,10 +408,14 @@ fn records_of(subject: &str, v: &[f64]) -> Vec<Record> {
     records(subject, &LOADS, v)
 }
 
-fn report(say: &dyn Fn(&str), round: usize, subject: &str, v: &[f64]) {
+fn report(say: &dyn Fn(&str), round: usize, subject: &str, (v, busy): &(Vec<f64>, f64)) {
     let cells: Vec<String> =
         LOADS.iter().zip(v).map(|(l, v)| format!("{} {v:.0} {}", l.name, l.unit())).collect();
-    say(&format!("round {round}/{ROUNDS} {subject}: {}", cells.join(", ")));
+    say(&format!(
+        "round {round}/{ROUNDS} {subject}: {} (guest CPU {:.0}% busy)",
+        cells.join(", "),
+        busy * 100.0
+    ));
 }
 
 #[cfg(test)]
@@ -460,6 +486,16 @@ mod tests {
         let f = fill_argv("/dev/vda", 1 << 30, REGION);
         assert!(f.contains(&"--offset=1073741824".to_string()) && f.contains(&"--rw=write".into()));
         assert!(!f.contains(&"--time_based".to_string()), "the fill writes the region once");
+    }
+
+    #[test]
+    fn cpu_busy_counts_idle_and_iowait_as_idle() {
+        let a = "cpu  100 0 100 800 0 0 0 0 0 0\n";
+        let b = "cpu  175 0 125 850 50 0 0 0 0 0";
+        // Δ user 75 + system 25 busy, Δ idle 50 + iowait 50: half busy.
+        assert_eq!(cpu_busy(a, b), Some(0.5));
+        assert_eq!(cpu_busy(a, a), None);
+        assert_eq!(cpu_busy("intr 1", b), None);
     }
 
     #[test]
