@@ -196,9 +196,9 @@ pub fn free_tail(tables: &str) -> Result<u64> {
     Ok(end.div_ceil(1 << 20) << 20)
 }
 
-/// Share of non-idle CPU time between two `cpu ...` lines of /proc/stat (idle and iowait
-/// count as idle).
-pub fn cpu_busy(before: &str, after: &str) -> Option<f64> {
+/// (busy, total) CPU ticks between two `cpu ...` lines of /proc/stat (idle and iowait count
+/// as idle).
+pub fn cpu_ticks(before: &str, after: &str) -> Option<(u64, u64)> {
     let parse = |l: &str| -> Option<Vec<u64>> {
         let f = l.trim().strip_prefix("cpu ")?;
         f.split_whitespace().map(|x| x.parse().ok()).collect()
@@ -207,7 +207,23 @@ pub fn cpu_busy(before: &str, after: &str) -> Option<f64> {
     let d: Vec<u64> = b.iter().zip(&a).map(|(b, a)| b.saturating_sub(*a)).collect();
     let total: u64 = d.iter().sum();
     let idle = d.get(3)? + d.get(4).copied().unwrap_or(0);
-    (total > 0).then(|| (total - idle) as f64 / total as f64)
+    Some((total - idle, total))
+}
+
+/// utime + stime of a `/proc/PID/stat` line (fields 14 and 15; the name may hold spaces).
+pub fn proc_ticks(stat: &str) -> Option<u64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+}
+
+/// One subject's run of every load.
+struct Run {
+    values: Vec<f64>,
+    /// Share of non-idle guest CPU time.
+    busy: f64,
+    /// Share of all guest CPU time spent in lamina's daemon (lamina runs only).
+    daemon_share: Option<f64>,
 }
 
 /// The guest-side steps, over the agent; every command is logged.
@@ -239,17 +255,44 @@ impl Guest<'_> {
         self.exec(&[BB, "sh", "-c", script], Duration::from_secs(120))
     }
 
-    /// Runs every load on `dev`; also returns how busy the guest's CPU was meanwhile (share of
-    /// non-idle time in /proc/stat), which tells a CPU-bound path from a device-bound one.
-    fn fio(&mut self, dev: &str, offset: u64) -> Result<(Vec<f64>, f64)> {
+    /// `/proc/stat`'s `cpu` line and, for `pid`, its utime + stime in ticks.
+    fn sample(&mut self, pid: Option<&str>) -> Result<(String, Option<u64>)> {
+        let stat = self.exec(&[BB, "head", "-n1", "/proc/stat"], Duration::from_secs(30))?;
+        let ticks = match pid {
+            Some(p) => proc_ticks(
+                &self.exec(&[BB, "cat", &format!("/proc/{p}/stat")], Duration::from_secs(30))?,
+            ),
+            None => None,
+        };
+        Ok((stat, ticks))
+    }
+
+    /// Runs every load on `dev`; also measures how busy the guest's CPU was meanwhile and,
+    /// for lamina, which share of all CPU time its daemon took: under TCG every path is
+    /// CPU-bound, so these say where the time goes.
+    fn fio(&mut self, dev: &str, offset: u64, daemon: bool) -> Result<Run> {
         let argv = fio_argv(dev, offset, REGION, RUNTIME_SECS, &LOADS);
         let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
         let budget = Duration::from_secs(60 + 4 * u64::from(RUNTIME_SECS + 1) * 3);
-        let before = self.exec(&[BB, "head", "-n1", "/proc/stat"], Duration::from_secs(30))?;
+        let pid = if daemon {
+            Some(self.exec(&[BB, "cat", DAEMON_LOCK], Duration::from_secs(30))?.trim().to_owned())
+        } else {
+            None
+        };
+        let before = self.sample(pid.as_deref())?;
         let out = self.exec(&argv, budget)?;
-        let after = self.exec(&[BB, "head", "-n1", "/proc/stat"], Duration::from_secs(30))?;
-        let busy = cpu_busy(&before, &after).unwrap_or(f64::NAN);
-        Ok((parse_fio(&out, &LOADS).with_context(|| format!("fio on {dev}"))?, busy))
+        let after = self.sample(pid.as_deref())?;
+        let values = parse_fio(&out, &LOADS).with_context(|| format!("fio on {dev}"))?;
+        let daemon_share = match (before.1, after.1, cpu_ticks(&before.0, &after.0)) {
+            (Some(a), Some(b), Some((_, total))) if total > 0 => {
+                Some(b.saturating_sub(a) as f64 / total as f64)
+            }
+            _ => None,
+        };
+        let busy = cpu_ticks(&before.0, &after.0)
+            .filter(|t| t.1 > 0)
+            .map_or(f64::NAN, |(busy, total)| busy as f64 / total as f64);
+        Ok(Run { values, busy, daemon_share })
     }
 
     /// Stops lamina's daemon with `/sbin/thinpool` parked so init's supervisor cannot start it
@@ -375,9 +418,9 @@ fn measure(g: &mut Guest<'_>, say: &dyn Fn(&str)) -> Result<Vec<Record>> {
 
     let mut records = Vec::new();
     for round in 1..=ROUNDS {
-        let v = g.fio(NBD, 0)?;
+        let v = g.fio(NBD, 0, true)?;
         report(say, round, LAMINA, &v);
-        let v = v.0;
+        let v = v.values;
         records.extend(records_of(LAMINA, &v));
 
         g.stop_lamina()?;
@@ -385,20 +428,20 @@ fn measure(g: &mut Guest<'_>, say: &dyn Fn(&str)) -> Result<Vec<Record>> {
             g.dm_create(d)?;
         }
         let thin = format!("/dev/mapper/{}", stack[3].name);
-        let v = g.fio(&thin, 0);
+        let v = g.fio(&thin, 0, false);
         for d in stack.iter().rev() {
             g.dm_remove(&d.name)?;
         }
         let v = v?;
         report(say, round, DM_THIN, &v);
-        let v = v.0;
+        let v = v.values;
         records.extend(records_of(DM_THIN, &v));
         restarts += 1;
         g.start_lamina(restarts)?;
 
-        let v = g.fio(GUEST_DISK, raw_off)?;
+        let v = g.fio(GUEST_DISK, raw_off, false)?;
         report(say, round, RAW, &v);
-        let v = v.0;
+        let v = v.values;
         records.extend(records_of(RAW, &v));
     }
     Ok(records)
@@ -408,13 +451,17 @@ fn records_of(subject: &str, v: &[f64]) -> Vec<Record> {
     records(subject, &LOADS, v)
 }
 
-fn report(say: &dyn Fn(&str), round: usize, subject: &str, (v, busy): &(Vec<f64>, f64)) {
-    let cells: Vec<String> =
-        LOADS.iter().zip(v).map(|(l, v)| format!("{} {v:.0} {}", l.name, l.unit())).collect();
+fn report(say: &dyn Fn(&str), round: usize, subject: &str, r: &Run) {
+    let cells: Vec<String> = LOADS
+        .iter()
+        .zip(&r.values)
+        .map(|(l, v)| format!("{} {v:.0} {}", l.name, l.unit()))
+        .collect();
+    let daemon = r.daemon_share.map(|d| format!(", daemon {:.0}%", d * 100.0)).unwrap_or_default();
     say(&format!(
-        "round {round}/{ROUNDS} {subject}: {} (guest CPU {:.0}% busy)",
+        "round {round}/{ROUNDS} {subject}: {} (guest CPU {:.0}% busy{daemon})",
         cells.join(", "),
-        busy * 100.0
+        r.busy * 100.0
     ));
 }
 
@@ -489,13 +536,15 @@ mod tests {
     }
 
     #[test]
-    fn cpu_busy_counts_idle_and_iowait_as_idle() {
+    fn cpu_ticks_count_idle_and_iowait_as_idle() {
         let a = "cpu  100 0 100 800 0 0 0 0 0 0\n";
         let b = "cpu  175 0 125 850 50 0 0 0 0 0";
-        // Δ user 75 + system 25 busy, Δ idle 50 + iowait 50: half busy.
-        assert_eq!(cpu_busy(a, b), Some(0.5));
-        assert_eq!(cpu_busy(a, a), None);
-        assert_eq!(cpu_busy("intr 1", b), None);
+        // Δ user 75 + system 25 busy, Δ idle 50 + iowait 50.
+        assert_eq!(cpu_ticks(a, b), Some((100, 200)));
+        assert_eq!(cpu_ticks("intr 1", b), None);
+        let stat = "166 (thin pool) S 1 166 0 0 -1 4194624 900 0 0 0 250 130 0 0 20 0 9 0";
+        assert_eq!(proc_ticks(stat), Some(380));
+        assert_eq!(proc_ticks("166 (x) S 1"), None);
     }
 
     #[test]
