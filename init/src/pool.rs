@@ -74,6 +74,7 @@ fn fail(msg: impl Into<String>) -> PoolError {
 /// What the supervisor and the shutdown steps share.
 struct Daemon {
     argv_base: Vec<String>,
+    log: String,
     connections: u32,
     dead_conn_timeout_secs: u64,
     pid: AtomicU32,
@@ -201,7 +202,7 @@ fn spawn_daemon(reaper: &Reaper, d: &Daemon) -> Result<(Spawned, Vec<OwnedFd>), 
         Command::new(&argv[0])
             .args(&argv[1..])
             .stdin(Stdio::null())
-            .env("THINPOOL_LOG", "info")
+            .env("THINPOOL_LOG", &d.log)
             .env("NO_COLOR", "1"),
     );
     drop(ours);
@@ -385,6 +386,7 @@ impl Pool {
                 &format!("0.0.0.0:{}", cfg.pool.nbd_port),
                 "--io-flusher",
             ]),
+            log: cfg.pool.log.clone(),
             connections: cfg.pool.connections.max(1),
             dead_conn_timeout_secs: cfg.pool.dead_conn_timeout_secs,
             pid: AtomicU32::new(0),

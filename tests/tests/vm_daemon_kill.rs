@@ -15,7 +15,8 @@ use tests::{check_pool_disk, Opts, TestVm};
 fn vm_daemon_sigkill_under_writes_is_survived() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let disk = dir.path().join("data.raw");
-    let opts = Opts { disks: vec![disk.clone()], ..Opts::debug() };
+    let mut opts = Opts { disks: vec![disk.clone()], ..Opts::debug() };
+    opts.append.push("lamina.pool.log=info,thinpool::nbd::pool=debug".into());
     let mut vm = TestVm::boot("vm_daemon_sigkill_under_writes_is_survived", opts)?;
     vm.wait_ready()?;
     // Source data in tmpfs, then a background writer copying it into the store 6 times with a

@@ -57,7 +57,10 @@ pub fn start(
 ) -> Result<Vec<JoinHandle<()>>, DaemonError> {
     let mut ready = Vec::with_capacity(fds.len());
     for k in fds {
-        let export = catalog.open(&k.export).ok_or_else(|| {
+        // The kernel's page cache outlives this process: every acknowledged mapping change
+        // must be committed before its reply, or a crash of the daemon loses data the guest
+        // already marked clean (see Catalog::open_for_local_client).
+        let export = catalog.open_for_local_client(&k.export).ok_or_else(|| {
             DaemonError::Config(format!("--kernel-fd {}: no volume {:?}", k.fd, k.export))
         })?;
         let stream = adopt::unix_stream(k.fd)

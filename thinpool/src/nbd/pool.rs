@@ -47,6 +47,7 @@ impl Inner {
     fn commit(&self) -> Result<(), service::Error> {
         let was = self.dirty.swap(false, Ordering::SeqCst);
         let r = self.svc.flush();
+        tracing::debug!("commit (dirty: {was}): {}", if r.is_ok() { "ok" } else { "failed" });
         if r.is_err() && was {
             self.dirty.store(true, Ordering::SeqCst);
         }
@@ -143,6 +144,12 @@ impl VolumeExport {
                 .commit()
                 .map_err(|e| err(op, offset, len, service::Error::pool("committing", e)))?;
         }
+        // Request tracing for crash analysis (`THINPOOL_LOG=thinpool::nbd::pool=debug`): what
+        // was acknowledged, and whether its mapping was committed first.
+        tracing::debug!(
+            "ack {op} {offset}+{len} fua={fua} committed={}",
+            fua || self.commit_mappings
+        );
         Ok(())
     }
 }
@@ -202,7 +209,9 @@ impl Export for VolumeExport {
     }
 
     fn flush(&self) -> ExportResult<()> {
-        self.inner.commit().map_err(|e| err("flush", 0, 0, e))
+        self.inner.commit().map_err(|e| err("flush", 0, 0, e))?;
+        tracing::debug!("ack flush");
+        Ok(())
     }
 
     fn extents(&self, offset: u64, len: u64) -> ExportResult<Vec<Extent>> {
