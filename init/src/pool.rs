@@ -15,7 +15,10 @@
 //!
 //! Supervision: when the daemon exits while the pool is up, a thread starts it again with
 //! fresh socketpairs and NBD_CMD_RECONFIGUREs /dev/nbd0; the kernel keeps I/O queued for
-//! `dead_conn_timeout_secs` meanwhile, so XFS never sees an error.
+//! `dead_conn_timeout_secs` meanwhile, so XFS never sees an error. Requests the dead daemon
+//! had read but not answered are resent on the new socket within [`REQUEUE_CHECK_MS`];
+//! the daemon commits every mapping change before its reply (`--kernel-fd`), so what it had
+//! acknowledged survives its death.
 //!
 //! Shutdown (driven by [`crate::shutdown`]): sync + unmount XFS → NBD disconnect (the
 //! daemon's kernel connection ends, so it commits and exits by itself) → wait for the daemon
@@ -49,9 +52,16 @@ pub const STORE: &str = "store";
 const BACKEND: &str = "lamina-pool-store";
 const NBD_INDEX: u32 = 0;
 const BLOCK_SIZE: u64 = 4096;
-/// Per-request timeout: after it the kernel requeues a request whose socket died, so it waits
-/// for the restarted daemon instead of hanging on a dead socket forever (nbd.md §2.2).
-const REQUEST_TIMEOUT_SECS: u64 = 30;
+/// No per-request timeout (NBD_ATTR_TIMEOUT 0): with one connection the 6.1 driver then never
+/// fails or drops a slow request; its timer only logs "Possible stuck request" and re-arms,
+/// except that a request sent on a socket since replaced by NBD_CMD_RECONFIGURE is requeued
+/// onto the new one (nbd_xmit_timeout compares the request's socket cookie). A non-zero
+/// timeout would instead shut the live socket down after one slow request (a daemon restart).
+const REQUEST_TIMEOUT_SECS: u64 = 0;
+/// The block layer's timer period for /dev/nbd0 (`queue/io_timeout`, default 30 s): requests
+/// that were in flight when the daemon died are resent this long after their start at most,
+/// once the restarted daemon's socket is in place.
+const REQUEUE_CHECK_MS: u64 = 2000;
 
 /// Result of one shutdown step.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -423,6 +433,11 @@ impl Pool {
         drop(kernel);
         pool.attached = true;
         let nbd = PathBuf::from(format!("/dev/nbd{index}"));
+        let io_timeout = format!("/sys/block/nbd{index}/queue/io_timeout");
+        if let Err(e) = std::fs::write(&io_timeout, REQUEUE_CHECK_MS.to_string()) {
+            // Still correct, only slower: requests in flight at a daemon crash wait 30 s.
+            step(&format!("writing {io_timeout}: {e}"));
+        }
         step(&format!(
             "{} attached ({} bytes, {} connection(s))",
             nbd.display(),

@@ -240,7 +240,8 @@ impl Export for VolumeExport {
 /// Management verbs executed by the daemon on its pool.
 pub struct PoolControl {
     catalog: Arc<PoolCatalog>,
-    server_connections: Box<dyn Fn() -> usize + Send + Sync>,
+    /// NBD connections being served: TCP and unix clients and the kernel's socketpairs.
+    connections: Box<dyn Fn() -> usize + Send + Sync>,
 }
 
 impl PoolControl {
@@ -248,7 +249,7 @@ impl PoolControl {
         catalog: Arc<PoolCatalog>,
         connections: Box<dyn Fn() -> usize + Send + Sync>,
     ) -> Self {
-        Self { catalog, server_connections: connections }
+        Self { catalog, connections }
     }
 
     fn volume_json(v: &crate::pool::VolumeInfo) -> serde_json::Value {
@@ -299,7 +300,7 @@ impl control::Handler for PoolControl {
                     "data": { "total": d.total, "used": d.used, "free": d.free },
                     "metadata": { "total": m.total, "used": m.used, "free": m.free },
                     "volumes": svc.volumes().map_err(s)?.len(),
-                    "nbd_connections": (self.server_connections)(),
+                    "nbd_connections": (self.connections)(),
                     "read_only": svc.read_only(),
                     "devicemapper": svc.status(),
                 })
