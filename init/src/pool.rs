@@ -339,13 +339,19 @@ pub fn live_status() -> Value {
 
 impl Pool {
     /// Brings the pool up; each step is printed on the console.
-    pub fn bring_up(cfg: &Config, reaper: &Arc<Reaper>) -> Result<Pool, PoolError> {
+    /// `before_mount` is called before the XFS mount (it waits for the filesystem modules).
+    pub fn bring_up(
+        cfg: &Config,
+        reaper: &Arc<Reaper>,
+        before_mount: &mut dyn FnMut(),
+    ) -> Result<Pool, PoolError> {
         let mut pool = Pool { reaper: Some(reaper.clone()), ..Pool::default() };
         if !cfg.pool.enabled {
             return Ok(pool);
         }
-        let step = |m: &str| crate::say(&format!("pool: {m}"));
         let t = Instant::now();
+        // Each step with the time since bring-up began, for boot-time analysis.
+        let step = |m: &str| crate::say(&format!("pool: {m} [+{:.2}s]", t.elapsed().as_secs_f64()));
         // 1. Disks, volume group, pool.
         let devices = data_disks(Path::new("/sys/block"));
         if devices.is_empty() {
@@ -484,6 +490,7 @@ impl Pool {
             }
         }
         std::fs::create_dir_all(MOUNT).map_err(|e| fail(format!("mkdir {MOUNT}: {e}")))?;
+        before_mount();
         use rustix::mount::{mount, MountFlags};
         let quota = match mount(&nbd, MOUNT, "xfs", MountFlags::NOATIME, Some(c"prjquota")) {
             Ok(()) => "prjquota",

@@ -102,7 +102,10 @@ pub fn start(
 }
 
 /// PR_SET_IO_FLUSHER (allocations never recurse into filesystem/block I/O; dirty throttling
-/// only counts our own pages) and mlockall(CURRENT|FUTURE) (no page faults into reclaim).
+/// only counts our own pages) and mlockall (no page faults into reclaim): what is mapped now
+/// is populated and locked (MCL_CURRENT), later mappings lock each page as it is first touched
+/// (MCL_FUTURE|MCL_ONFAULT). Plain MCL_FUTURE would populate every new mapping in full, e.g.
+/// each thread's whole 2 MiB stack, which costs boot time and memory for pages never used.
 /// Call before spawning threads: the flag is per task and inherited by new threads.
 /// Failures are returned as warnings: the daemon still works, only less safely.
 pub fn protect_from_reclaim() -> Vec<String> {
@@ -111,8 +114,13 @@ pub fn protect_from_reclaim() -> Vec<String> {
     if let Err(e) = rustix::process::configure_io_flusher_behavior(true) {
         warnings.push(format!("prctl(PR_SET_IO_FLUSHER): {e}"));
     }
-    if let Err(e) = mlockall(MlockAllFlags::CURRENT | MlockAllFlags::FUTURE) {
-        warnings.push(format!("mlockall(MCL_CURRENT|MCL_FUTURE): {e}"));
+    // The second call keeps the first one's locks (without MCL_CURRENT it leaves the current
+    // mappings alone) and changes only the rule for future mappings.
+    if let Err(e) = mlockall(MlockAllFlags::CURRENT) {
+        warnings.push(format!("mlockall(MCL_CURRENT): {e}"));
+    }
+    if let Err(e) = mlockall(MlockAllFlags::FUTURE | MlockAllFlags::ONFAULT) {
+        warnings.push(format!("mlockall(MCL_FUTURE|MCL_ONFAULT): {e}"));
     }
     warnings
 }
