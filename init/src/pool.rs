@@ -2,14 +2,14 @@
 //!
 //! Bring-up, each step on the console:
 //! 1. the data disks are the virtio disks present at boot (`/dev/vd*`; the initramfs is the
-//!    root, so the first one is `/dev/vda`); first boot: `thinpool init --device` lays the
-//!    volume group and pool over them with Docker's direct-lvm defaults (a foreign signature
-//!    is refused unless `pool.force`); later boots find the pool there;
-//! 2. the base volume `store` of `pool.basesize` is created if absent;
-//! 3. `socketpair(AF_UNIX, SOCK_STREAM)` per kernel connection; `thinpool serve` starts as a
-//!    supervised child with the server ends inherited (`--kernel-fd FD:store`,
-//!    `--io-flusher`), then netlink NBD_CMD_CONNECT hands the client ends to the kernel →
-//!    `/dev/nbd0`;
+//!    root, so the first one is `/dev/vda`); `socketpair(AF_UNIX, SOCK_STREAM)` per kernel
+//!    connection; `thinpool serve` starts as a supervised child with the server ends
+//!    inherited (`--kernel-fd FD:store`, `--io-flusher`) and opens the pool on them. When it
+//!    cannot (first boot), `thinpool init --device` lays the volume group and pool over them
+//!    with Docker's direct-lvm defaults (a foreign signature is refused unless `pool.force`)
+//!    and the daemon starts again;
+//! 2. the base volume `store` of `pool.basesize` is created (`thinpool create`) if absent;
+//! 3. netlink NBD_CMD_CONNECT hands the client ends to the kernel → `/dev/nbd0`;
 //! 4. `mkfs.xfs` only when the device holds no filesystem, mount at /var/lib/lamina with
 //!    `prjquota`, `overlay2/` inside.
 //!
@@ -359,38 +359,6 @@ impl Pool {
         }
         let devs = dev_list(&devices);
         pool.devices = devices;
-        let existing = cli_volumes(reaper, &devs);
-        let volumes = match existing {
-            Ok(v) => {
-                step(&format!("found the pool on {devs} ({} volume(s))", v.len()));
-                v
-            }
-            Err(why) => {
-                step(&format!("no pool on {devs} ({why}); creating one (direct-lvm defaults)"));
-                let mut argv = strings(&[THINPOOL, "init", STATE_DIR, "--device", &devs]);
-                argv.extend(strings(&["--opt", &format!("dm.basesize={}", cfg.pool.basesize)]));
-                if cfg.pool.force {
-                    argv.push("--force".into());
-                }
-                let out = run(reaper, &argv, Duration::from_secs(120))?;
-                step(out.trim());
-                pool.created = true;
-                Vec::new()
-            }
-        };
-        // 2. The base volume.
-        let basesize = parse_size(&cfg.pool.basesize)
-            .ok_or_else(|| fail(format!("pool.basesize {:?} is not a size", cfg.pool.basesize)))?;
-        if !volumes.iter().any(|v| v["name"] == STORE) {
-            let size = basesize.to_string();
-            run(
-                reaper,
-                &strings(&[THINPOOL, "create", &devs, STORE, "--size", &size]),
-                Duration::from_secs(60),
-            )?;
-            step(&format!("created volume {STORE} ({})", cfg.pool.basesize));
-        }
-        // 3. Daemon and kernel attach.
         let d = Arc::new(Daemon {
             argv_base: strings(&[
                 THINPOOL,
@@ -410,7 +378,56 @@ impl Pool {
             restarts: AtomicU32::new(0),
             last_exit: Mutex::new(None),
         });
-        let (spawned, kernel) = spawn_daemon(reaper, &d)?;
+        // Every boot after the first: the daemon opens the pool itself (one process start
+        // fewer than asking the CLI first). When it cannot (first boot: no pool, or no
+        // `store`), the CLI tells why and lays down what is missing.
+        let (spawned, kernel) = match spawn_daemon(reaper, &d) {
+            Ok(s) => {
+                step(&format!("found the pool on {devs}"));
+                s
+            }
+            Err(first) => {
+                let volumes = match cli_volumes(reaper, &devs) {
+                    Ok(v) => {
+                        step(&format!("found the pool on {devs} ({} volume(s))", v.len()));
+                        v
+                    }
+                    Err(why) => {
+                        step(&format!(
+                            "no pool on {devs} ({why}); creating one (direct-lvm defaults)"
+                        ));
+                        let mut argv = strings(&[THINPOOL, "init", STATE_DIR, "--device", &devs]);
+                        argv.extend(strings(&[
+                            "--opt",
+                            &format!("dm.basesize={}", cfg.pool.basesize),
+                        ]));
+                        if cfg.pool.force {
+                            argv.push("--force".into());
+                        }
+                        let out = run(reaper, &argv, Duration::from_secs(120))?;
+                        step(out.trim());
+                        pool.created = true;
+                        Vec::new()
+                    }
+                };
+                // 2. The base volume.
+                if volumes.iter().any(|v| v["name"] == STORE) {
+                    step(&format!("daemon did not start ({first}); trying again"));
+                } else {
+                    let size = parse_size(&cfg.pool.basesize).ok_or_else(|| {
+                        fail(format!("pool.basesize {:?} is not a size", cfg.pool.basesize))
+                    })?;
+                    let size = size.to_string();
+                    run(
+                        reaper,
+                        &strings(&[THINPOOL, "create", &devs, STORE, "--size", &size]),
+                        Duration::from_secs(60),
+                    )?;
+                    step(&format!("created volume {STORE} ({})", cfg.pool.basesize));
+                }
+                spawn_daemon(reaper, &d)?
+            }
+        };
         step(&format!("daemon started (pid {}, NBD on port {})", spawned.pid, cfg.pool.nbd_port));
         pool.daemon = Some(d.clone());
         let list = control_request(&Request::List).map_err(|e| fail(format!("list: {e}")))?;
