@@ -125,7 +125,8 @@ pub fn split_modules(lines: Vec<ModuleLine>, names: &[&str]) -> (Vec<ModuleLine>
 
 /// Modules loading on a background thread.
 pub struct Loading {
-    state: Option<Result<std::thread::JoinHandle<Vec<ModuleReport>>, Vec<ModuleReport>>>,
+    state:
+        Option<Result<std::thread::JoinHandle<(Vec<ModuleReport>, Duration)>, Vec<ModuleReport>>>,
     started: Instant,
 }
 
@@ -136,20 +137,19 @@ impl Loading {
         let mine = lines.clone();
         let spawned = std::thread::Builder::new()
             .name("modules".into())
-            .spawn(move || load_modules(&RealKernel, &mine));
+            .spawn(move || (load_modules(&RealKernel, &mine), started.elapsed()));
         let state = spawned.map_err(|_| load_modules(&RealKernel, &lines));
         Loading { state: Some(state), started }
     }
 
-    /// Waits for the modules: their reports and the time since `start`. Only the first call
-    /// returns reports.
+    /// Waits for the modules: their reports and when they were done, counted from `start`.
+    /// Only the first call returns reports.
     pub fn wait(&mut self) -> (Vec<ModuleReport>, Duration) {
-        let r = match self.state.take() {
-            Some(Ok(h)) => h.join().unwrap_or_default(),
-            Some(Err(r)) => r,
-            None => Vec::new(),
-        };
-        (r, self.started.elapsed())
+        match self.state.take() {
+            Some(Ok(h)) => h.join().unwrap_or_else(|_| (Vec::new(), self.started.elapsed())),
+            Some(Err(r)) => (r, Duration::ZERO),
+            None => (Vec::new(), Duration::ZERO),
+        }
     }
 }
 

@@ -290,7 +290,7 @@ fn run(sfd: nix::Result<SignalFd>) -> ! {
     boot.parts.insert(
         0,
         format!(
-            "modules {}/{} in {:.2}s ({} in the background until {:.2}s)",
+            "modules {}/{} in {:.2}s ({} in the background, done at {:.2}s)",
             reports.len() - failed,
             reports.len(),
             modules_took.as_secs_f64(),
