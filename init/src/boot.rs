@@ -123,10 +123,13 @@ pub fn split_modules(lines: Vec<ModuleLine>, names: &[&str]) -> (Vec<ModuleLine>
     lines.into_iter().partition(|m| !names.contains(&m.name.as_str()))
 }
 
+/// The reports of a batch of modules and when the batch was done.
+type Loaded = (Vec<ModuleReport>, Duration);
+
 /// Modules loading on a background thread.
 pub struct Loading {
-    state:
-        Option<Result<std::thread::JoinHandle<(Vec<ModuleReport>, Duration)>, Vec<ModuleReport>>>,
+    /// The thread, or the reports when no thread could be made (loaded inline).
+    state: Option<Result<std::thread::JoinHandle<Loaded>, Vec<ModuleReport>>>,
     started: Instant,
 }
 
