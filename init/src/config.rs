@@ -54,6 +54,8 @@ pub struct Pool {
     pub connections: u32,
     /// Seconds the kernel keeps I/O queued while the daemon restarts.
     pub dead_conn_timeout_secs: u64,
+    /// The daemon's THINPOOL_LOG filter.
+    pub log: String,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

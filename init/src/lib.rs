@@ -176,25 +176,12 @@ fn run(sfd: nix::Result<SignalFd>) -> ! {
         boot.problems.push(format!("/etc/lamina/modules.order: {e}"));
         String::new()
     });
-    let lines = boot::parse_module_order(&order);
+    let (now, later) = boot::split_modules(boot::parse_module_order(&order), &boot::MOUNT_MODULES);
     let t = Instant::now();
-    let reports = boot::load_modules(&kernel, &lines);
-    let mut failed = 0;
-    for r in &reports {
-        if cfg.debug {
-            say(&format!("module {} {:?} in {} ms", r.name, r.outcome, r.took.as_millis()));
-        }
-        if let ModuleOutcome::Failed(e) = &r.outcome {
-            failed += 1;
-            boot.problems.push(format!("module {}: {e}", r.name));
-        }
-    }
-    boot.parts.push(format!(
-        "modules {}/{} in {:.2}s",
-        reports.len() - failed,
-        reports.len(),
-        t.elapsed().as_secs_f64()
-    ));
+    // The mount's modules load meanwhile; the pool waits for them right before it mounts.
+    let mut mount_modules = boot::Loading::start(later);
+    let mut reports = boot::load_modules(&kernel, &now);
+    let modules_took = t.elapsed();
 
     // Network.
     let find = |name: &str, wait: Duration| {
@@ -274,13 +261,43 @@ fn run(sfd: nix::Result<SignalFd>) -> ! {
     }
 
     // Pool (the slot the pool bring-up fills).
-    let mut pool = match Pool::bring_up(&cfg, &reaper) {
+    let mut background = None;
+    let mut wait_modules = || {
+        if background.is_none() {
+            background = Some(mount_modules.wait());
+        }
+    };
+    let mut pool = match Pool::bring_up(&cfg, &reaper, &mut wait_modules) {
         Ok(p) => p,
         Err(e) => {
             boot.problems.push(e.to_string());
             Pool::default()
         }
     };
+    wait_modules();
+    let (later_reports, later_took) = background.unwrap_or_default();
+    reports.extend(later_reports);
+    let mut failed = 0;
+    for r in &reports {
+        if cfg.debug {
+            say(&format!("module {} {:?} in {} ms", r.name, r.outcome, r.took.as_millis()));
+        }
+        if let ModuleOutcome::Failed(e) = &r.outcome {
+            failed += 1;
+            boot.problems.push(format!("module {}: {e}", r.name));
+        }
+    }
+    boot.parts.insert(
+        0,
+        format!(
+            "modules {}/{} in {:.2}s ({} in the background, done at {:.2}s)",
+            reports.len() - failed,
+            reports.len(),
+            modules_took.as_secs_f64(),
+            boot::MOUNT_MODULES.join(","),
+            later_took.as_secs_f64()
+        ),
+    );
     boot.parts.push(pool.summary());
 
     let summary = format!(

@@ -2,20 +2,23 @@
 //!
 //! Bring-up, each step on the console:
 //! 1. the data disks are the virtio disks present at boot (`/dev/vd*`; the initramfs is the
-//!    root, so the first one is `/dev/vda`); first boot: `thinpool init --device` lays the
-//!    volume group and pool over them with Docker's direct-lvm defaults (a foreign signature
-//!    is refused unless `pool.force`); later boots find the pool there;
-//! 2. the base volume `store` of `pool.basesize` is created if absent;
-//! 3. `socketpair(AF_UNIX, SOCK_STREAM)` per kernel connection; `thinpool serve` starts as a
-//!    supervised child with the server ends inherited (`--kernel-fd FD:store`,
-//!    `--io-flusher`), then netlink NBD_CMD_CONNECT hands the client ends to the kernel →
-//!    `/dev/nbd0`;
+//!    root, so the first one is `/dev/vda`); `socketpair(AF_UNIX, SOCK_STREAM)` per kernel
+//!    connection; `thinpool serve` starts as a supervised child with the server ends
+//!    inherited (`--kernel-fd FD:store`, `--io-flusher`) and opens the pool on them. When it
+//!    cannot (first boot), `thinpool init --device` lays the volume group and pool over them
+//!    with Docker's direct-lvm defaults (a foreign signature is refused unless `pool.force`)
+//!    and the daemon starts again;
+//! 2. the base volume `store` of `pool.basesize` is created (`thinpool create`) if absent;
+//! 3. netlink NBD_CMD_CONNECT hands the client ends to the kernel → `/dev/nbd0`;
 //! 4. `mkfs.xfs` only when the device holds no filesystem, mount at /var/lib/lamina with
 //!    `prjquota`, `overlay2/` inside.
 //!
 //! Supervision: when the daemon exits while the pool is up, a thread starts it again with
 //! fresh socketpairs and NBD_CMD_RECONFIGUREs /dev/nbd0; the kernel keeps I/O queued for
-//! `dead_conn_timeout_secs` meanwhile, so XFS never sees an error.
+//! `dead_conn_timeout_secs` meanwhile, so XFS never sees an error. Requests the dead daemon
+//! had read but not answered are resent on the new socket within [`REQUEUE_CHECK_MS`];
+//! the daemon commits every mapping change before its reply (`--kernel-fd`), so what it had
+//! acknowledged survives its death.
 //!
 //! Shutdown (driven by [`crate::shutdown`]): sync + unmount XFS → NBD disconnect (the
 //! daemon's kernel connection ends, so it commits and exits by itself) → wait for the daemon
@@ -49,9 +52,16 @@ pub const STORE: &str = "store";
 const BACKEND: &str = "lamina-pool-store";
 const NBD_INDEX: u32 = 0;
 const BLOCK_SIZE: u64 = 4096;
-/// Per-request timeout: after it the kernel requeues a request whose socket died, so it waits
-/// for the restarted daemon instead of hanging on a dead socket forever (nbd.md §2.2).
-const REQUEST_TIMEOUT_SECS: u64 = 30;
+/// No per-request timeout (NBD_ATTR_TIMEOUT 0): with one connection the 6.1 driver then never
+/// fails or drops a slow request; its timer only logs "Possible stuck request" and re-arms,
+/// except that a request sent on a socket since replaced by NBD_CMD_RECONFIGURE is requeued
+/// onto the new one (nbd_xmit_timeout compares the request's socket cookie). A non-zero
+/// timeout would instead shut the live socket down after one slow request (a daemon restart).
+const REQUEST_TIMEOUT_SECS: u64 = 0;
+/// The block layer's timer period for /dev/nbd0 (`queue/io_timeout`, default 30 s): requests
+/// that were in flight when the daemon died are resent this long after their start at most,
+/// once the restarted daemon's socket is in place.
+const REQUEUE_CHECK_MS: u64 = 2000;
 
 /// Result of one shutdown step.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,6 +84,7 @@ fn fail(msg: impl Into<String>) -> PoolError {
 /// What the supervisor and the shutdown steps share.
 struct Daemon {
     argv_base: Vec<String>,
+    log: String,
     connections: u32,
     dead_conn_timeout_secs: u64,
     pid: AtomicU32,
@@ -201,7 +212,7 @@ fn spawn_daemon(reaper: &Reaper, d: &Daemon) -> Result<(Spawned, Vec<OwnedFd>), 
         Command::new(&argv[0])
             .args(&argv[1..])
             .stdin(Stdio::null())
-            .env("THINPOOL_LOG", "info")
+            .env("THINPOOL_LOG", &d.log)
             .env("NO_COLOR", "1"),
     );
     drop(ours);
@@ -328,13 +339,19 @@ pub fn live_status() -> Value {
 
 impl Pool {
     /// Brings the pool up; each step is printed on the console.
-    pub fn bring_up(cfg: &Config, reaper: &Arc<Reaper>) -> Result<Pool, PoolError> {
+    /// `before_mount` is called before the XFS mount (it waits for the filesystem modules).
+    pub fn bring_up(
+        cfg: &Config,
+        reaper: &Arc<Reaper>,
+        before_mount: &mut dyn FnMut(),
+    ) -> Result<Pool, PoolError> {
         let mut pool = Pool { reaper: Some(reaper.clone()), ..Pool::default() };
         if !cfg.pool.enabled {
             return Ok(pool);
         }
-        let step = |m: &str| crate::say(&format!("pool: {m}"));
         let t = Instant::now();
+        // Each step with the time since bring-up began, for boot-time analysis.
+        let step = |m: &str| crate::say(&format!("pool: {m} [+{:.2}s]", t.elapsed().as_secs_f64()));
         // 1. Disks, volume group, pool.
         let devices = data_disks(Path::new("/sys/block"));
         if devices.is_empty() {
@@ -342,38 +359,6 @@ impl Pool {
         }
         let devs = dev_list(&devices);
         pool.devices = devices;
-        let existing = cli_volumes(reaper, &devs);
-        let volumes = match existing {
-            Ok(v) => {
-                step(&format!("found the pool on {devs} ({} volume(s))", v.len()));
-                v
-            }
-            Err(why) => {
-                step(&format!("no pool on {devs} ({why}); creating one (direct-lvm defaults)"));
-                let mut argv = strings(&[THINPOOL, "init", STATE_DIR, "--device", &devs]);
-                argv.extend(strings(&["--opt", &format!("dm.basesize={}", cfg.pool.basesize)]));
-                if cfg.pool.force {
-                    argv.push("--force".into());
-                }
-                let out = run(reaper, &argv, Duration::from_secs(120))?;
-                step(out.trim());
-                pool.created = true;
-                Vec::new()
-            }
-        };
-        // 2. The base volume.
-        let basesize = parse_size(&cfg.pool.basesize)
-            .ok_or_else(|| fail(format!("pool.basesize {:?} is not a size", cfg.pool.basesize)))?;
-        if !volumes.iter().any(|v| v["name"] == STORE) {
-            let size = basesize.to_string();
-            run(
-                reaper,
-                &strings(&[THINPOOL, "create", &devs, STORE, "--size", &size]),
-                Duration::from_secs(60),
-            )?;
-            step(&format!("created volume {STORE} ({})", cfg.pool.basesize));
-        }
-        // 3. Daemon and kernel attach.
         let d = Arc::new(Daemon {
             argv_base: strings(&[
                 THINPOOL,
@@ -385,6 +370,7 @@ impl Pool {
                 &format!("0.0.0.0:{}", cfg.pool.nbd_port),
                 "--io-flusher",
             ]),
+            log: cfg.pool.log.clone(),
             connections: cfg.pool.connections.max(1),
             dead_conn_timeout_secs: cfg.pool.dead_conn_timeout_secs,
             pid: AtomicU32::new(0),
@@ -392,7 +378,56 @@ impl Pool {
             restarts: AtomicU32::new(0),
             last_exit: Mutex::new(None),
         });
-        let (spawned, kernel) = spawn_daemon(reaper, &d)?;
+        // Every boot after the first: the daemon opens the pool itself (one process start
+        // fewer than asking the CLI first). When it cannot (first boot: no pool, or no
+        // `store`), the CLI tells why and lays down what is missing.
+        let (spawned, kernel) = match spawn_daemon(reaper, &d) {
+            Ok(s) => {
+                step(&format!("found the pool on {devs}"));
+                s
+            }
+            Err(first) => {
+                let volumes = match cli_volumes(reaper, &devs) {
+                    Ok(v) => {
+                        step(&format!("found the pool on {devs} ({} volume(s))", v.len()));
+                        v
+                    }
+                    Err(why) => {
+                        step(&format!(
+                            "no pool on {devs} ({why}); creating one (direct-lvm defaults)"
+                        ));
+                        let mut argv = strings(&[THINPOOL, "init", STATE_DIR, "--device", &devs]);
+                        argv.extend(strings(&[
+                            "--opt",
+                            &format!("dm.basesize={}", cfg.pool.basesize),
+                        ]));
+                        if cfg.pool.force {
+                            argv.push("--force".into());
+                        }
+                        let out = run(reaper, &argv, Duration::from_secs(120))?;
+                        step(out.trim());
+                        pool.created = true;
+                        Vec::new()
+                    }
+                };
+                // 2. The base volume.
+                if volumes.iter().any(|v| v["name"] == STORE) {
+                    step(&format!("daemon did not start ({first}); trying again"));
+                } else {
+                    let size = parse_size(&cfg.pool.basesize).ok_or_else(|| {
+                        fail(format!("pool.basesize {:?} is not a size", cfg.pool.basesize))
+                    })?;
+                    let size = size.to_string();
+                    run(
+                        reaper,
+                        &strings(&[THINPOOL, "create", &devs, STORE, "--size", &size]),
+                        Duration::from_secs(60),
+                    )?;
+                    step(&format!("created volume {STORE} ({})", cfg.pool.basesize));
+                }
+                spawn_daemon(reaper, &d)?
+            }
+        };
         step(&format!("daemon started (pid {}, NBD on port {})", spawned.pid, cfg.pool.nbd_port));
         pool.daemon = Some(d.clone());
         let list = control_request(&Request::List).map_err(|e| fail(format!("list: {e}")))?;
@@ -421,6 +456,11 @@ impl Pool {
         drop(kernel);
         pool.attached = true;
         let nbd = PathBuf::from(format!("/dev/nbd{index}"));
+        let io_timeout = format!("/sys/block/nbd{index}/queue/io_timeout");
+        if let Err(e) = std::fs::write(&io_timeout, REQUEUE_CHECK_MS.to_string()) {
+            // Still correct, only slower: requests in flight at a daemon crash wait 30 s.
+            step(&format!("writing {io_timeout}: {e}"));
+        }
         step(&format!(
             "{} attached ({} bytes, {} connection(s))",
             nbd.display(),
@@ -467,6 +507,7 @@ impl Pool {
             }
         }
         std::fs::create_dir_all(MOUNT).map_err(|e| fail(format!("mkdir {MOUNT}: {e}")))?;
+        before_mount();
         use rustix::mount::{mount, MountFlags};
         let quota = match mount(&nbd, MOUNT, "xfs", MountFlags::NOATIME, Some(c"prjquota")) {
             Ok(()) => "prjquota",

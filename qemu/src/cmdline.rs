@@ -139,9 +139,14 @@ impl VmConfig {
             a.push("quiet".into());
         }
         if self.machine == Machine::Microvm {
-            // TCG cannot calibrate the TSC on microvm (no PIT/HPET reference): give it.
+            // TCG cannot calibrate the TSC on microvm (no PIT/HPET reference): give it. TCG's
+            // TSC follows the host clock, but the clocksource watchdog compares it with
+            // jiffies, which lag whenever the vCPU thread is descheduled, marks the TSC
+            // unstable and falls back to refined-jiffies (a slow, coarse guest clock):
+            // tsc=reliable skips that watchdog.
             if let Some(khz) = self.tsc_khz {
                 a.push(format!("tsc_early_khz={khz}"));
+                a.push("tsc=reliable".into());
             }
         }
         a.extend(self.append.iter().cloned());
@@ -249,7 +254,10 @@ mod tests {
         assert!(s.contains("hostfwd=tcp:127.0.0.1:10810-:10809"));
         assert!(!s.contains("pcie-root-port"));
         let append = &a[a.iter().position(|x| x == "-append").unwrap() + 1];
-        assert_eq!(append, "console=ttyS0 panic=-1 quiet tsc_early_khz=2445406 lamina.debug=1");
+        assert_eq!(
+            append,
+            "console=ttyS0 panic=-1 quiet tsc_early_khz=2445406 tsc=reliable lamina.debug=1"
+        );
     }
 
     #[test]

@@ -227,32 +227,36 @@ pub fn serve_until(
     svc.start_autoextend().map_err(|e| DaemonError::Pool(e.to_string()))?;
     let catalog = Arc::new(PoolCatalog::new(Arc::new(svc)));
     let c2 = catalog.clone();
-    serve_catalog(&state, catalog.clone(), cfg, stop, move |server| {
-        let server = Arc::downgrade(server);
-        let conns = move || server.upgrade().map(|s| s.connections()).unwrap_or(0);
-        Arc::new(PoolControl::new(c2, Box::new(conns)))
+    serve_catalog(&state, catalog.clone(), cfg, stop, move |conns| {
+        Arc::new(PoolControl::new(c2, conns))
     })?;
     catalog.commit().map_err(|e| DaemonError::Pool(format!("final commit: {e}")))?;
     tracing::info!("nbd: pool committed, exiting");
     Ok(())
 }
 
+/// Counts the NBD connections being served (TCP, unix and kernel).
+pub type ConnectionCount = Box<dyn Fn() -> usize + Send + Sync>;
+
 /// Serves `catalog` as configured until `stop` becomes true, with the control socket at
-/// `DIR/control.sock` answered by the handler `make_handler` builds; then shuts the server
-/// down (final commit included).
+/// `DIR/control.sock` answered by the handler `make_handler` builds (given a counter of the
+/// connections served); then shuts the server down (final commit included).
 pub fn serve_catalog(
     dir: &Path,
     catalog: Arc<dyn Catalog>,
     cfg: &ServeConfig,
     stop: Arc<AtomicBool>,
-    make_handler: impl FnOnce(&Arc<Server>) -> Arc<dyn control::Handler>,
+    make_handler: impl FnOnce(ConnectionCount) -> Arc<dyn control::Handler>,
 ) -> Result<(), DaemonError> {
     let tcp = cfg.tcp_addr()?;
     let catalog_for_kernel = catalog.clone();
     let server = Server::new(catalog, cfg.server_options());
-    let handler = make_handler(&server);
-    let _kernel =
+    let kernel =
         super::kernel::start(&catalog_for_kernel, &cfg.kernel_fd, cfg.workers.max(1), &stop)?;
+    let (weak, live) = (Arc::downgrade(&server), kernel.live());
+    let handler = make_handler(Box::new(move || {
+        weak.upgrade().map(|s| s.connections()).unwrap_or(0) + live.load(Ordering::SeqCst)
+    }));
     if let Some(addr) = tcp {
         let bound = server.listen_tcp(addr).map_err(|source| DaemonError::Io {
             what: "listening on",

@@ -12,7 +12,7 @@
 //! [`protect_from_reclaim`] sets PR_SET_IO_FLUSHER and locks the daemon's memory.
 
 use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -42,6 +42,19 @@ impl FromStr for KernelFd {
     }
 }
 
+/// The kernel connections being served.
+pub struct KernelConnections {
+    pub threads: Vec<JoinHandle<()>>,
+    live: Arc<AtomicUsize>,
+}
+
+impl KernelConnections {
+    /// A counter of the connections still served (shared with the serving threads).
+    pub fn live(&self) -> Arc<AtomicUsize> {
+        self.live.clone()
+    }
+}
+
 /// Starts one thread per inherited socket end, each serving its export until the kernel
 /// disconnects. Every fd is checked (a stream socket we own) before any thread starts.
 ///
@@ -54,10 +67,13 @@ pub fn start(
     fds: &[KernelFd],
     workers: usize,
     stop: &Arc<AtomicBool>,
-) -> Result<Vec<JoinHandle<()>>, DaemonError> {
+) -> Result<KernelConnections, DaemonError> {
     let mut ready = Vec::with_capacity(fds.len());
     for k in fds {
-        let export = catalog.open(&k.export).ok_or_else(|| {
+        // The kernel's page cache outlives this process: every acknowledged mapping change
+        // must be committed before its reply, or a crash of the daemon loses data the guest
+        // already marked clean (see Catalog::open_for_local_client).
+        let export = catalog.open_for_local_client(&k.export).ok_or_else(|| {
             DaemonError::Config(format!("--kernel-fd {}: no volume {:?}", k.fd, k.export))
         })?;
         let stream = adopt::unix_stream(k.fd)
@@ -65,25 +81,31 @@ pub fn start(
         ready.push((k.clone(), stream, export));
     }
     let mut threads = Vec::with_capacity(ready.len());
+    let live = Arc::new(AtomicUsize::new(ready.len()));
     for (k, stream, export) in ready {
         let name = format!("nbd-kernel-{}", k.fd);
         let stop = stop.clone();
+        let live2 = live.clone();
         tracing::info!("nbd: serving {:?} to the kernel on fd {}", k.export, k.fd);
         let t = std::thread::Builder::new()
             .name(name.clone())
             .spawn(move || {
                 serve_connected(stream, export, false, workers);
+                live2.fetch_sub(1, Ordering::SeqCst);
                 tracing::warn!("nbd: kernel connection on fd {} ended; stopping", k.fd);
                 stop.store(true, Ordering::SeqCst);
             })
             .map_err(|source| DaemonError::Io { what: "spawning", path: name.into(), source })?;
         threads.push(t);
     }
-    Ok(threads)
+    Ok(KernelConnections { threads, live })
 }
 
 /// PR_SET_IO_FLUSHER (allocations never recurse into filesystem/block I/O; dirty throttling
-/// only counts our own pages) and mlockall(CURRENT|FUTURE) (no page faults into reclaim).
+/// only counts our own pages) and mlockall (no page faults into reclaim): what is mapped now
+/// is populated and locked (MCL_CURRENT), later mappings lock each page as it is first touched
+/// (MCL_FUTURE|MCL_ONFAULT). Plain MCL_FUTURE would populate every new mapping in full, e.g.
+/// each thread's whole 2 MiB stack, which costs boot time and memory for pages never used.
 /// Call before spawning threads: the flag is per task and inherited by new threads.
 /// Failures are returned as warnings: the daemon still works, only less safely.
 pub fn protect_from_reclaim() -> Vec<String> {
@@ -92,8 +114,13 @@ pub fn protect_from_reclaim() -> Vec<String> {
     if let Err(e) = rustix::process::configure_io_flusher_behavior(true) {
         warnings.push(format!("prctl(PR_SET_IO_FLUSHER): {e}"));
     }
-    if let Err(e) = mlockall(MlockAllFlags::CURRENT | MlockAllFlags::FUTURE) {
-        warnings.push(format!("mlockall(MCL_CURRENT|MCL_FUTURE): {e}"));
+    // The second call keeps the first one's locks (without MCL_CURRENT it leaves the current
+    // mappings alone) and changes only the rule for future mappings.
+    if let Err(e) = mlockall(MlockAllFlags::CURRENT) {
+        warnings.push(format!("mlockall(MCL_CURRENT): {e}"));
+    }
+    if let Err(e) = mlockall(MlockAllFlags::FUTURE | MlockAllFlags::ONFAULT) {
+        warnings.push(format!("mlockall(MCL_FUTURE|MCL_ONFAULT): {e}"));
     }
     warnings
 }
@@ -183,8 +210,9 @@ mod tests {
         let (ours, mut kernel) = UnixStream::pair().unwrap();
         let fd = ours.into_raw_fd();
         let stop = Arc::new(AtomicBool::new(false));
-        let threads =
-            start(&catalog, &[KernelFd { fd, export: "store".into() }], 2, &stop).unwrap();
+        let conns = start(&catalog, &[KernelFd { fd, export: "store".into() }], 2, &stop).unwrap();
+        let live = conns.live();
+        assert_eq!(live.load(Ordering::SeqCst), 1);
         assert!(!stop.load(Ordering::SeqCst));
         // WRITE 4 KiB at 8192, then READ it back.
         let data = vec![0xabu8; 4096];
@@ -198,9 +226,10 @@ mod tests {
         assert_eq!(back, data);
         // DISC ends the thread.
         kernel.write_all(&request(2, 0, 9, 0, 0)).unwrap();
-        for t in threads {
+        for t in conns.threads {
             t.join().unwrap();
         }
+        assert_eq!(live.load(Ordering::SeqCst), 0, "the connection is no longer counted");
         assert!(stop.load(Ordering::SeqCst), "the daemon stops when its kernel client leaves");
         let nope = [KernelFd { fd: 1000, export: "nope".into() }];
         assert!(start(&catalog, &nope, 1, &stop).is_err());

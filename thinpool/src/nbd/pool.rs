@@ -47,6 +47,7 @@ impl Inner {
     fn commit(&self) -> Result<(), service::Error> {
         let was = self.dirty.swap(false, Ordering::SeqCst);
         let r = self.svc.flush();
+        tracing::debug!("commit (dirty: {was}): {}", if r.is_ok() { "ok" } else { "failed" });
         if r.is_err() && was {
             self.dirty.store(true, Ordering::SeqCst);
         }
@@ -143,6 +144,12 @@ impl VolumeExport {
                 .commit()
                 .map_err(|e| err(op, offset, len, service::Error::pool("committing", e)))?;
         }
+        // Request tracing for crash analysis (`THINPOOL_LOG=thinpool::nbd::pool=debug`): what
+        // was acknowledged, and whether its mapping was committed first.
+        tracing::debug!(
+            "ack {op} {offset}+{len} fua={fua} committed={}",
+            fua || self.commit_mappings
+        );
         Ok(())
     }
 }
@@ -202,7 +209,9 @@ impl Export for VolumeExport {
     }
 
     fn flush(&self) -> ExportResult<()> {
-        self.inner.commit().map_err(|e| err("flush", 0, 0, e))
+        self.inner.commit().map_err(|e| err("flush", 0, 0, e))?;
+        tracing::debug!("ack flush");
+        Ok(())
     }
 
     fn extents(&self, offset: u64, len: u64) -> ExportResult<Vec<Extent>> {
@@ -231,7 +240,8 @@ impl Export for VolumeExport {
 /// Management verbs executed by the daemon on its pool.
 pub struct PoolControl {
     catalog: Arc<PoolCatalog>,
-    server_connections: Box<dyn Fn() -> usize + Send + Sync>,
+    /// NBD connections being served: TCP and unix clients and the kernel's socketpairs.
+    connections: Box<dyn Fn() -> usize + Send + Sync>,
 }
 
 impl PoolControl {
@@ -239,7 +249,7 @@ impl PoolControl {
         catalog: Arc<PoolCatalog>,
         connections: Box<dyn Fn() -> usize + Send + Sync>,
     ) -> Self {
-        Self { catalog, server_connections: connections }
+        Self { catalog, connections }
     }
 
     fn volume_json(v: &crate::pool::VolumeInfo) -> serde_json::Value {
@@ -290,7 +300,7 @@ impl control::Handler for PoolControl {
                     "data": { "total": d.total, "used": d.used, "free": d.free },
                     "metadata": { "total": m.total, "used": m.used, "free": m.free },
                     "volumes": svc.volumes().map_err(s)?.len(),
-                    "nbd_connections": (self.server_connections)(),
+                    "nbd_connections": (self.connections)(),
                     "read_only": svc.read_only(),
                     "devicemapper": svc.status(),
                 })
