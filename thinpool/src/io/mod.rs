@@ -37,10 +37,16 @@ fn out_of_range(what: &str, offset: u64, len: usize, size: u64) -> io::Error {
     )
 }
 
-fn check_range(what: &str, offset: u64, len: usize, size: u64) -> io::Result<()> {
+/// `what` is only called for the error (naming a file allocates, and this runs per I/O).
+fn check_range(
+    what: impl FnOnce() -> String,
+    offset: u64,
+    len: usize,
+    size: u64,
+) -> io::Result<()> {
     match offset.checked_add(len as u64) {
         Some(end) if end <= size => Ok(()),
-        _ => Err(out_of_range(what, offset, len, size)),
+        _ => Err(out_of_range(&what(), offset, len, size)),
     }
 }
 
@@ -106,12 +112,12 @@ fn device_size(file: &File) -> io::Result<u64> {
 
 impl BlockDevice for FileDevice {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        check_range(&self.describe(), offset, buf.len(), self.size())?;
+        check_range(|| self.describe(), offset, buf.len(), self.size())?;
         self.file.read_exact_at(buf, offset)
     }
 
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
-        check_range(&self.describe(), offset, buf.len(), self.size())?;
+        check_range(|| self.describe(), offset, buf.len(), self.size())?;
         self.file.write_all_at(buf, offset)
     }
 
@@ -168,7 +174,7 @@ impl MemDevice {
 impl BlockDevice for MemDevice {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         let bytes = self.bytes.read().unwrap_or_else(|e| e.into_inner());
-        check_range(&self.name, offset, buf.len(), bytes.len() as u64)?;
+        check_range(|| self.name.clone(), offset, buf.len(), bytes.len() as u64)?;
         let start = offset as usize;
         buf.copy_from_slice(&bytes[start..start + buf.len()]);
         Ok(())
@@ -176,7 +182,7 @@ impl BlockDevice for MemDevice {
 
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
         let mut bytes = self.bytes.write().unwrap_or_else(|e| e.into_inner());
-        check_range(&self.name, offset, buf.len(), bytes.len() as u64)?;
+        check_range(|| self.name.clone(), offset, buf.len(), bytes.len() as u64)?;
         let start = offset as usize;
         bytes[start..start + buf.len()].copy_from_slice(buf);
         Ok(())

@@ -130,8 +130,17 @@ pub struct VolumeExport {
 }
 
 impl VolumeExport {
+    fn mark_dirty(&self) {
+        // Most writes find the flag set already: a load keeps the cache line shared. A load
+        // that sees it set happened before the commit that will clear it, so that commit
+        // covers this change.
+        if !self.inner.dirty.load(Ordering::SeqCst) {
+            self.inner.dirty.store(true, Ordering::SeqCst);
+        }
+    }
+
     fn changed(&self, fua: bool, op: &'static str, offset: u64, len: u64) -> ExportResult<()> {
-        self.inner.dirty.store(true, Ordering::SeqCst);
+        self.mark_dirty();
         if fua {
             self.inner.commit().map_err(|e| err(op, offset, len, e))?;
         } else if self.commit_mappings {
@@ -165,6 +174,22 @@ impl Export for VolumeExport {
         }
         self.handle.write(offset, data).map_err(|e| err("write", offset, len, e))?;
         self.changed(fua, "write", offset, len)
+    }
+
+    fn write_quick(&self, offset: u64, data: &[u8]) -> bool {
+        let bs = self.handle.block_bytes();
+        if data.len() as u64 >= bs && data.iter().all(|&b| b == 0) {
+            return false; // unmapped by write()
+        }
+        // A local client acknowledges only committed mappings: an overwrite needs none, but
+        // the block it lands in must not be mapped by a change still uncommitted.
+        match self.handle.write_in_place(offset, data, self.commit_mappings) {
+            Ok(true) => {
+                self.mark_dirty();
+                true
+            }
+            _ => false,
+        }
     }
 
     fn write_zeroes(

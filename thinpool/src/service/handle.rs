@@ -56,6 +56,16 @@ impl VolumeHandle {
         self.shared.with_space(&doing, &|p| p.write(self.id, offset, buf))
     }
 
+    /// Overwrites in place when that needs no allocation, copy or wait (see
+    /// [`crate::pool::Pool::write_in_place`]); `Ok(false)`, with nothing written, otherwise.
+    /// Never waits for space, so it does not go through the out-of-space rules.
+    pub fn write_in_place(&self, offset: u64, buf: &[u8], committed_only: bool) -> Result<bool> {
+        let _g = self.shared.writable()?;
+        self.shared.pool().write_in_place(self.id, offset, buf, committed_only).map_err(|e| {
+            Error::pool(&format!("writing {} bytes of {:?} at {offset}", buf.len(), self.name), e)
+        })
+    }
+
     /// Zeroes a range; without `may_unmap` mapped blocks are overwritten (which may need
     /// copy-on-write space, so it waits like a write).
     pub fn write_zeroes(&self, offset: u64, len: u64, may_unmap: bool) -> Result<()> {
