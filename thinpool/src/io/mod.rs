@@ -9,6 +9,7 @@ use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::RwLock;
 
 mod faulty;
@@ -28,6 +29,12 @@ pub trait BlockDevice: Send + Sync {
     fn grow(&self, new_size: u64) -> io::Result<()>;
     /// A name for error messages: the path, or what the device stands for.
     fn describe(&self) -> String;
+    /// As [`BlockDevice::read_at`], but only if that cannot wait for the device (the data is
+    /// in memory): `Ok(false)`, `buf` then unspecified, when it would wait or the device
+    /// cannot tell. Lets the NBD server serve cached reads inline. Default: never.
+    fn read_cached(&self, _buf: &mut [u8], _offset: u64) -> io::Result<bool> {
+        Ok(false)
+    }
 }
 
 fn out_of_range(what: &str, offset: u64, len: usize, size: u64) -> io::Error {
@@ -55,6 +62,10 @@ pub struct FileDevice {
     file: File,
     path: PathBuf,
     size: RwLock<u64>,
+    /// On tmpfs/ramfs: every read is a memory copy.
+    in_memory: bool,
+    /// preadv2(RWF_NOWAIT) answered EOPNOTSUPP once: do not ask again.
+    no_nowait: AtomicBool,
 }
 
 impl FileDevice {
@@ -84,7 +95,18 @@ impl FileDevice {
 
     fn from_file(file: File, path: &Path) -> io::Result<Self> {
         let size = device_size(&file)?;
-        Ok(Self { file, path: path.to_owned(), size: RwLock::new(size) })
+        let in_memory = rustix::fs::fstatfs(&file).is_ok_and(|st| {
+            let t = st.f_type as i64;
+            // ramfs has no libc constant: 0x858458f6 (linux/magic.h).
+            t == libc::TMPFS_MAGIC as i64 || t == 0x8584_58f6
+        });
+        Ok(Self {
+            file,
+            path: path.to_owned(),
+            size: RwLock::new(size),
+            in_memory,
+            no_nowait: AtomicBool::new(false),
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -123,6 +145,27 @@ impl BlockDevice for FileDevice {
 
     fn flush(&self) -> io::Result<()> {
         self.file.sync_data()
+    }
+
+    fn read_cached(&self, buf: &mut [u8], offset: u64) -> io::Result<bool> {
+        if self.in_memory {
+            self.read_at(buf, offset)?;
+            return Ok(true);
+        }
+        if self.no_nowait.load(Ordering::Relaxed) {
+            return Ok(false);
+        }
+        check_range(|| self.describe(), offset, buf.len(), self.size())?;
+        // RWF_NOWAIT: page-cache hits only; a short read means part of it is not cached.
+        let flags = rustix::io::ReadWriteFlags::NOWAIT;
+        match rustix::io::preadv2(&self.file, &mut [io::IoSliceMut::new(buf)], offset, flags) {
+            Ok(n) => Ok(n == buf.len()),
+            Err(rustix::io::Errno::OPNOTSUPP) => {
+                self.no_nowait.store(true, Ordering::Relaxed);
+                Ok(false)
+            }
+            Err(_) => Ok(false),
+        }
     }
 
     fn size(&self) -> u64 {
@@ -178,6 +221,11 @@ impl BlockDevice for MemDevice {
         let start = offset as usize;
         buf.copy_from_slice(&bytes[start..start + buf.len()]);
         Ok(())
+    }
+
+    fn read_cached(&self, buf: &mut [u8], offset: u64) -> io::Result<bool> {
+        self.read_at(buf, offset)?;
+        Ok(true)
     }
 
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {

@@ -2,8 +2,9 @@
 //!
 //! Shape: `workers` threads share the connection leader/follower style. The thread holding
 //! the reader lock (the leader) reads requests into its own reusable buffer (one buffered
-//! socket read brings in several requests). Quick requests (READs up to [`INLINE_MAX`], and
-//! WRITEs the export can do in place without allocating, copying or waiting, see
+//! socket read brings in several requests). Quick requests (READs up to [`INLINE_MAX`] of data
+//! in memory, and WRITEs the export can do in place without allocating, copying or waiting:
+//! [`Export::read_quick`](super::export::Export::read_quick),
 //! [`Export::write_quick`](super::export::Export::write_quick)) it serves itself, still
 //! holding the lock, and answers at once: no thread hand-off and no lock traffic per request.
 //! Any other request makes the leader release the lock (a waiting follower becomes leader)
@@ -166,7 +167,7 @@ fn inline(c: &Conn<'_>, inc: &Incoming, data: &[u8], out: &mut Vec<u8>) -> bool 
         return false;
     }
     match req.command {
-        CMD_READ => read(c, req, out).is_ok(),
+        CMD_READ => matches!(read(c, req, out, true), Ok(true)),
         _ => {
             c.neg.export.write_quick(req.offset, &data[..inc.payload_len]) && {
                 encode_ok(c, req, out);
@@ -313,7 +314,7 @@ fn execute(c: &Conn<'_>, inc: &Incoming, data: &[u8], out: &mut Vec<u8>) -> Resu
     let fua = req.flags & CMD_FLAG_FUA != 0;
     match req.command {
         CMD_READ => {
-            read(c, req, out)?;
+            read(c, req, out, false)?;
             send(c, &[out]);
             return Ok(());
         }
@@ -358,8 +359,11 @@ fn encode_error(c: &Conn<'_>, req: &Request, errno: u32, why: &str, out: &mut Ve
 }
 
 /// Appends the whole reply to a READ (headers and data) to `out`; on error `out` may hold
-/// part of it.
-fn read(c: &Conn<'_>, req: &Request, out: &mut Vec<u8>) -> Result<(), Fail> {
+/// part of it. With `quick`, data is read only if that is quick ([`Export::read_quick`]),
+/// else `Ok(false)` with `out` holding part of the reply.
+///
+/// [`Export::read_quick`]: super::export::Export::read_quick
+fn read(c: &Conn<'_>, req: &Request, out: &mut Vec<u8>, quick: bool) -> Result<bool, Fail> {
     let df = req.flags & CMD_FLAG_DF != 0;
     if req.length > u64::from(MAX_PAYLOAD) {
         let errno = if df { EOVERFLOW } else { EINVAL };
@@ -368,11 +372,14 @@ fn read(c: &Conn<'_>, req: &Request, out: &mut Vec<u8>) -> Result<(), Fail> {
     let len = req.length as usize;
     let export = &c.neg.export;
     // Data is read straight into `out` after its header: one buffer, one write.
-    let data_at = |out: &mut Vec<u8>, off: u64, n: usize| -> Result<(), Fail> {
+    let data_at = |out: &mut Vec<u8>, off: u64, n: usize| -> Result<bool, Fail> {
         let at = out.len();
         out.resize(at + n, 0);
+        if quick {
+            return Ok(export.read_quick(off, &mut out[at..]));
+        }
         export.read(off, &mut out[at..])?;
-        Ok(())
+        Ok(true)
     };
     if !c.neg.structured {
         encode_simple_reply(req.cookie, 0, out);
@@ -381,7 +388,7 @@ fn read(c: &Conn<'_>, req: &Request, out: &mut Vec<u8>) -> Result<(), Fail> {
     let mode = c.neg.mode;
     if len == 0 {
         encode_chunk(mode, true, req.cookie, req.offset, &Chunk::None, out);
-        return Ok(());
+        return Ok(true);
     }
     // Sparse read: holes become OFFSET_HOLE chunks and are not read at all. With DF the reply
     // must be a single data chunk. Short reads skip the hole lookup: it costs more than the
@@ -421,10 +428,12 @@ fn read(c: &Conn<'_>, req: &Request, out: &mut Vec<u8>) -> Result<(), Fail> {
             encode_chunk(mode, done, req.cookie, req.offset, &chunk, out);
         } else {
             encode_offset_data_prefix(mode, done, req.cookie, req.offset, off, (e - s) as u64, out);
-            data_at(out, off, e - s)?;
+            if !data_at(out, off, e - s)? {
+                return Ok(false);
+            }
         }
     }
-    Ok(())
+    Ok(true)
 }
 
 fn block_status(c: &Conn<'_>, req: &Request, out: &mut Vec<u8>) -> Result<(), Fail> {

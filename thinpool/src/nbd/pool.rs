@@ -176,6 +176,10 @@ impl Export for VolumeExport {
         self.changed(fua, "write", offset, len)
     }
 
+    fn read_quick(&self, offset: u64, buf: &mut [u8]) -> bool {
+        matches!(self.handle.read_cached(offset, buf), Ok(true))
+    }
+
     fn write_quick(&self, offset: u64, data: &[u8]) -> bool {
         let bs = self.handle.block_bytes();
         if data.len() as u64 >= bs && data.iter().all(|&b| b == 0) {

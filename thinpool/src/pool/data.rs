@@ -78,27 +78,8 @@ impl Pool {
     /// Reads `buf.len()` bytes of volume `id` at `offset`; unmapped ranges read as zeros.
     pub fn read(&self, id: ThinId, offset: u64, buf: &mut [u8]) -> Result<()> {
         let _g = self.gate.read().unwrap_or_else(|e| e.into_inner());
-        let bs = self.block_bytes;
-        if !buf.is_empty() && offset % bs + buf.len() as u64 <= bs {
-            // Within one block (the common small read): one stripe, one metadata lock, no
-            // allocation.
-            let vb = VirtBlock(offset / bs);
-            let _s = lock(&self.stripes[self.stripe(id, vb)]);
-            let map = {
-                let mut m = self.meta();
-                self.check_range_in(&m, id, offset, buf.len() as u64)?;
-                m.lookup(id, vb)?
-            };
-            return match map {
-                None => {
-                    buf.fill(0);
-                    Ok(())
-                }
-                Some(bt) => self
-                    .data_dev
-                    .read_at(buf, self.data_offset(bt.block, offset % bs))
-                    .map_err(|e| self.data_io("reading", bt.block, e)),
-            };
+        if let Some(r) = self.read_one_block(id, offset, buf, false) {
+            return r.map(|_| ());
         }
         self.check_range(id, offset, buf.len() as u64)?;
         let segs: Vec<Seg> = segments(offset, buf.len(), self.block_bytes).collect();
@@ -123,6 +104,51 @@ impl Pool {
             }
         }
         Ok(())
+    }
+
+    /// A read within one block (the common small read): one stripe, one metadata lock, no
+    /// allocation. None if the range spans blocks. With `cached`, the data device is only
+    /// read if that cannot wait ([`crate::io::BlockDevice::read_cached`]), else `Ok(false)`.
+    fn read_one_block(
+        &self,
+        id: ThinId,
+        offset: u64,
+        buf: &mut [u8],
+        cached: bool,
+    ) -> Option<Result<bool>> {
+        let bs = self.block_bytes;
+        if buf.is_empty() || offset % bs + buf.len() as u64 > bs {
+            return None;
+        }
+        let vb = VirtBlock(offset / bs);
+        let _s = lock(&self.stripes[self.stripe(id, vb)]);
+        let map = {
+            let mut m = self.meta();
+            self.check_range_in(&m, id, offset, buf.len() as u64).and_then(|()| m.lookup(id, vb))
+        };
+        Some(match map {
+            Err(e) => Err(e),
+            Ok(None) => {
+                buf.fill(0);
+                Ok(true)
+            }
+            Ok(Some(bt)) => {
+                let at = self.data_offset(bt.block, offset % bs);
+                let r = if cached {
+                    self.data_dev.read_cached(buf, at)
+                } else {
+                    self.data_dev.read_at(buf, at).map(|()| true)
+                };
+                r.map_err(|e| self.data_io("reading", bt.block, e))
+            }
+        })
+    }
+
+    /// Reads within one block only if that cannot wait for the data device (the data is in
+    /// memory, or the block is unmapped); `Ok(false)` otherwise, `buf` then unspecified.
+    pub fn read_cached(&self, id: ThinId, offset: u64, buf: &mut [u8]) -> Result<bool> {
+        let _g = self.gate.read().unwrap_or_else(|e| e.into_inner());
+        self.read_one_block(id, offset, buf, true).unwrap_or(Ok(false))
     }
 
     /// Writes `buf` into volume `id` at `offset`, allocating and copying as needed.

@@ -49,6 +49,14 @@ impl VolumeHandle {
         })
     }
 
+    /// Reads only if that cannot wait for the data device (see
+    /// [`crate::pool::Pool::read_cached`]); `Ok(false)` otherwise.
+    pub fn read_cached(&self, offset: u64, buf: &mut [u8]) -> Result<bool> {
+        self.shared.pool().read_cached(self.id, offset, buf).map_err(|e| {
+            Error::pool(&format!("reading {} bytes of {:?} at {offset}", buf.len(), self.name), e)
+        })
+    }
+
     /// Writes, waiting for data space when the pool is full (see the module doc of
     /// [`service`](super)).
     pub fn write(&self, offset: u64, buf: &[u8]) -> Result<()> {
