@@ -275,6 +275,12 @@ pub(crate) mod contract {
         let mut back = vec![0u8; 5000];
         dev.read_at(&mut back, 1000).unwrap();
         assert_eq!(back, data);
+        let mut cached = vec![0u8; 5000];
+        if dev.read_cached(&mut cached, 1000).unwrap() {
+            assert_eq!(cached, data, "a cached read returns the data");
+        }
+        let past = dev.read_cached(&mut buf, size - 100);
+        assert!(!matches!(past, Ok(true)), "cached reads past the end do not succeed");
         dev.flush().unwrap();
         assert!(dev.read_at(&mut buf, size - 100).is_err(), "reads past the end fail");
         assert!(dev.write_at(&buf, u64::MAX - 10).is_err(), "overflowing offsets fail");
@@ -289,6 +295,17 @@ pub(crate) mod contract {
     #[test]
     fn mem_device_keeps_the_contract() {
         check(&MemDevice::new(1 << 16, "mem"));
+    }
+
+    #[test]
+    fn file_device_on_tmpfs_reads_cached() {
+        let dir = tempfile::tempdir_in("/dev/shm").unwrap();
+        let dev = FileDevice::create(&dir.path().join("dev"), 1 << 16).unwrap();
+        dev.write_at(&[7u8; 4096], 4096).unwrap();
+        let mut buf = vec![0u8; 4096];
+        assert!(dev.read_cached(&mut buf, 4096).unwrap(), "tmpfs data is always in memory");
+        assert!(buf.iter().all(|&b| b == 7));
+        assert!(dev.read_cached(&mut buf, (1 << 16) - 100).is_err(), "past the end");
     }
 
     #[test]
