@@ -96,9 +96,10 @@ impl FileDevice {
     fn from_file(file: File, path: &Path) -> io::Result<Self> {
         let size = device_size(&file)?;
         let in_memory = rustix::fs::fstatfs(&file).is_ok_and(|st| {
-            let t = st.f_type as i64;
+            // Magic numbers are 32-bit; f_type's width varies by platform.
+            let t = st.f_type as u32;
             // ramfs has no libc constant: 0x858458f6 (linux/magic.h).
-            t == libc::TMPFS_MAGIC as i64 || t == 0x8584_58f6
+            t == libc::TMPFS_MAGIC as u32 || t == 0x8584_58f6
         });
         Ok(Self {
             file,
