@@ -9,6 +9,7 @@ use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::RwLock;
 
 mod faulty;
@@ -28,6 +29,12 @@ pub trait BlockDevice: Send + Sync {
     fn grow(&self, new_size: u64) -> io::Result<()>;
     /// A name for error messages: the path, or what the device stands for.
     fn describe(&self) -> String;
+    /// As [`BlockDevice::read_at`], but only if that cannot wait for the device (the data is
+    /// in memory): `Ok(false)`, `buf` then unspecified, when it would wait or the device
+    /// cannot tell. Lets the NBD server serve cached reads inline. Default: never.
+    fn read_cached(&self, _buf: &mut [u8], _offset: u64) -> io::Result<bool> {
+        Ok(false)
+    }
 }
 
 fn out_of_range(what: &str, offset: u64, len: usize, size: u64) -> io::Error {
@@ -37,10 +44,16 @@ fn out_of_range(what: &str, offset: u64, len: usize, size: u64) -> io::Error {
     )
 }
 
-fn check_range(what: &str, offset: u64, len: usize, size: u64) -> io::Result<()> {
+/// `what` is only called for the error (naming a file allocates, and this runs per I/O).
+fn check_range(
+    what: impl FnOnce() -> String,
+    offset: u64,
+    len: usize,
+    size: u64,
+) -> io::Result<()> {
     match offset.checked_add(len as u64) {
         Some(end) if end <= size => Ok(()),
-        _ => Err(out_of_range(what, offset, len, size)),
+        _ => Err(out_of_range(&what(), offset, len, size)),
     }
 }
 
@@ -49,6 +62,10 @@ pub struct FileDevice {
     file: File,
     path: PathBuf,
     size: RwLock<u64>,
+    /// On tmpfs/ramfs: every read is a memory copy.
+    in_memory: bool,
+    /// preadv2(RWF_NOWAIT) answered EOPNOTSUPP once: do not ask again.
+    no_nowait: AtomicBool,
 }
 
 impl FileDevice {
@@ -78,7 +95,19 @@ impl FileDevice {
 
     fn from_file(file: File, path: &Path) -> io::Result<Self> {
         let size = device_size(&file)?;
-        Ok(Self { file, path: path.to_owned(), size: RwLock::new(size) })
+        let in_memory = rustix::fs::fstatfs(&file).is_ok_and(|st| {
+            // Magic numbers are 32-bit; f_type's width varies by platform.
+            let t = st.f_type as u32;
+            // ramfs has no libc constant: 0x858458f6 (linux/magic.h).
+            t == libc::TMPFS_MAGIC as u32 || t == 0x8584_58f6
+        });
+        Ok(Self {
+            file,
+            path: path.to_owned(),
+            size: RwLock::new(size),
+            in_memory,
+            no_nowait: AtomicBool::new(false),
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -106,17 +135,38 @@ fn device_size(file: &File) -> io::Result<u64> {
 
 impl BlockDevice for FileDevice {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        check_range(&self.describe(), offset, buf.len(), self.size())?;
+        check_range(|| self.describe(), offset, buf.len(), self.size())?;
         self.file.read_exact_at(buf, offset)
     }
 
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
-        check_range(&self.describe(), offset, buf.len(), self.size())?;
+        check_range(|| self.describe(), offset, buf.len(), self.size())?;
         self.file.write_all_at(buf, offset)
     }
 
     fn flush(&self) -> io::Result<()> {
         self.file.sync_data()
+    }
+
+    fn read_cached(&self, buf: &mut [u8], offset: u64) -> io::Result<bool> {
+        if self.in_memory {
+            self.read_at(buf, offset)?;
+            return Ok(true);
+        }
+        if self.no_nowait.load(Ordering::Relaxed) {
+            return Ok(false);
+        }
+        check_range(|| self.describe(), offset, buf.len(), self.size())?;
+        // RWF_NOWAIT: page-cache hits only; a short read means part of it is not cached.
+        let flags = rustix::io::ReadWriteFlags::NOWAIT;
+        match rustix::io::preadv2(&self.file, &mut [io::IoSliceMut::new(buf)], offset, flags) {
+            Ok(n) => Ok(n == buf.len()),
+            Err(rustix::io::Errno::OPNOTSUPP) => {
+                self.no_nowait.store(true, Ordering::Relaxed);
+                Ok(false)
+            }
+            Err(_) => Ok(false),
+        }
     }
 
     fn size(&self) -> u64 {
@@ -168,15 +218,20 @@ impl MemDevice {
 impl BlockDevice for MemDevice {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         let bytes = self.bytes.read().unwrap_or_else(|e| e.into_inner());
-        check_range(&self.name, offset, buf.len(), bytes.len() as u64)?;
+        check_range(|| self.name.clone(), offset, buf.len(), bytes.len() as u64)?;
         let start = offset as usize;
         buf.copy_from_slice(&bytes[start..start + buf.len()]);
         Ok(())
     }
 
+    fn read_cached(&self, buf: &mut [u8], offset: u64) -> io::Result<bool> {
+        self.read_at(buf, offset)?;
+        Ok(true)
+    }
+
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
         let mut bytes = self.bytes.write().unwrap_or_else(|e| e.into_inner());
-        check_range(&self.name, offset, buf.len(), bytes.len() as u64)?;
+        check_range(|| self.name.clone(), offset, buf.len(), bytes.len() as u64)?;
         let start = offset as usize;
         bytes[start..start + buf.len()].copy_from_slice(buf);
         Ok(())
@@ -221,6 +276,12 @@ pub(crate) mod contract {
         let mut back = vec![0u8; 5000];
         dev.read_at(&mut back, 1000).unwrap();
         assert_eq!(back, data);
+        let mut cached = vec![0u8; 5000];
+        if dev.read_cached(&mut cached, 1000).unwrap() {
+            assert_eq!(cached, data, "a cached read returns the data");
+        }
+        let past = dev.read_cached(&mut buf, size - 100);
+        assert!(!matches!(past, Ok(true)), "cached reads past the end do not succeed");
         dev.flush().unwrap();
         assert!(dev.read_at(&mut buf, size - 100).is_err(), "reads past the end fail");
         assert!(dev.write_at(&buf, u64::MAX - 10).is_err(), "overflowing offsets fail");
@@ -235,6 +296,17 @@ pub(crate) mod contract {
     #[test]
     fn mem_device_keeps_the_contract() {
         check(&MemDevice::new(1 << 16, "mem"));
+    }
+
+    #[test]
+    fn file_device_on_tmpfs_reads_cached() {
+        let dir = tempfile::tempdir_in("/dev/shm").unwrap();
+        let dev = FileDevice::create(&dir.path().join("dev"), 1 << 16).unwrap();
+        dev.write_at(&[7u8; 4096], 4096).unwrap();
+        let mut buf = vec![0u8; 4096];
+        assert!(dev.read_cached(&mut buf, 4096).unwrap(), "tmpfs data is always in memory");
+        assert!(buf.iter().all(|&b| b == 7));
+        assert!(dev.read_cached(&mut buf, (1 << 16) - 100).is_err(), "past the end");
     }
 
     #[test]

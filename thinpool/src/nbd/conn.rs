@@ -1,12 +1,17 @@
 //! The transmission phase of one connection.
 //!
-//! Shape: `workers` threads share the connection leader/follower style. A thread takes the
-//! reader lock, reads one request (header and payload) into its own reusable buffer, releases
-//! the lock so the next thread can read the next request, executes the request against the
-//! export, and writes the whole reply (header and data in one vectored write) under the writer
-//! lock. Replies therefore go out in completion order, a slow request holds up only its own
-//! thread, there is no hand-off between a reader thread and workers on the fast path, and the
-//! kernel's 128 queued requests wait in the socket buffer rather than in our memory.
+//! Shape: `workers` threads share the connection leader/follower style. The thread holding
+//! the reader lock (the leader) reads requests into its own reusable buffer (one buffered
+//! socket read brings in several requests). Quick requests (READs up to [`INLINE_MAX`] of data
+//! in memory, and WRITEs the export can do in place without allocating, copying or waiting:
+//! [`Export::read_quick`](super::export::Export::read_quick),
+//! [`Export::write_quick`](super::export::Export::write_quick)) it serves itself, still
+//! holding the lock, and answers at once: no thread hand-off and no lock traffic per request.
+//! Any other request makes the leader release the lock (a waiting follower becomes leader)
+//! and execute it, so a slow request (allocation, copy-on-write, commit, waiting for space,
+//! FLUSH) holds up only its own thread. Every reply (header and data) goes out in one write
+//! under the writer lock, in completion order; the kernel's 128 queued requests wait in the
+//! socket buffer rather than in our memory.
 //!
 //! Memory is bounded by `workers x 32 MiB` per connection: a payload longer than
 //! [`MAX_PAYLOAD`] is never allocated (READ → EINVAL, WRITE → disconnect, as the spec
@@ -25,6 +30,11 @@ use super::wire::*;
 
 /// Buffers larger than this are released after use instead of being kept by the worker.
 const KEEP_BUFFER: usize = 4 << 20;
+/// Requests up to this many bytes may be served inline by the leader.
+const INLINE_MAX: u64 = 128 << 10;
+/// Structured READs shorter than this are sent as one data chunk, holes included.
+const SPARSE_MIN: u64 = 64 << 10;
+
 /// Read-side buffering: several small request headers arrive per read syscall.
 const READ_BUFFER: usize = 256 << 10;
 
@@ -101,30 +111,68 @@ fn worker(c: &Conn<'_>) {
     let mut data: Vec<u8> = Vec::new();
     let mut out: Vec<u8> = Vec::with_capacity(512);
     loop {
-        let inc = {
-            let mut r = c.reader.lock().unwrap_or_else(|e| e.into_inner());
-            if r.done || c.dead.load(Ordering::Relaxed) {
-                return;
+        let Some(inc) = lead(c, &mut data, &mut out) else { return };
+        out.clear();
+        handle(c, &inc, &data, &mut out);
+        if data.len() > KEEP_BUFFER {
+            data = Vec::new();
+        }
+        if out.capacity() > KEEP_BUFFER {
+            out = Vec::new();
+        }
+    }
+}
+
+/// Takes the reader lock and serves quick requests inline until one needs the full way;
+/// returns that one (with the lock released), or None when the connection ends.
+fn lead(c: &Conn<'_>, data: &mut Vec<u8>, out: &mut Vec<u8>) -> Option<Incoming> {
+    let mut r = c.reader.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        if r.done || c.dead.load(Ordering::Relaxed) {
+            return None;
+        }
+        let inc = match read_request(c, &mut r.r, data) {
+            Ok(Some(inc)) => inc,
+            Ok(None) => {
+                r.done = true;
+                return None;
             }
-            match read_request(c, &mut r.r, &mut data) {
-                Ok(Some(inc)) => inc,
-                Ok(None) => {
-                    r.done = true;
-                    return;
+            Err(e) => {
+                r.done = true;
+                if e.kind() != io::ErrorKind::UnexpectedEof {
+                    c.log.warn(format_args!("export {:?}: dropping client: {e}", c.neg.name));
                 }
-                Err(e) => {
-                    r.done = true;
-                    if e.kind() != io::ErrorKind::UnexpectedEof {
-                        c.log.warn(format_args!("export {:?}: dropping client: {e}", c.neg.name));
-                    }
-                    return;
-                }
+                return None;
             }
         };
         out.clear();
-        handle(c, &inc, &mut data, &mut out);
-        if data.len() > KEEP_BUFFER {
-            data = Vec::new();
+        if !inline(c, &inc, data, out) {
+            return Some(inc);
+        }
+        // Replies go out at once rather than batched: the client can reap and resubmit
+        // while the next request is served.
+        send(c, &[out]);
+    }
+}
+
+/// Serves `inc` into `out` if it is quick (see the module doc); false, with nothing done, if
+/// it must go the full way (errors included).
+fn inline(c: &Conn<'_>, inc: &Incoming, data: &[u8], out: &mut Vec<u8>) -> bool {
+    let req = &inc.req;
+    if req.length > INLINE_MAX
+        || req.flags & CMD_FLAG_FUA != 0
+        || !matches!(req.command, CMD_READ | CMD_WRITE)
+        || check(c, inc).is_err()
+    {
+        return false;
+    }
+    match req.command {
+        CMD_READ => matches!(read(c, req, out, true), Ok(true)),
+        _ => {
+            c.neg.export.write_quick(req.offset, &data[..inc.payload_len]) && {
+                encode_ok(c, req, out);
+                true
+            }
         }
     }
 }
@@ -187,7 +235,7 @@ fn allowed_flags(c: &Conn<'_>, inc: &Incoming) -> u16 {
     f
 }
 
-fn handle(c: &Conn<'_>, inc: &Incoming, data: &mut Vec<u8>, out: &mut Vec<u8>) {
+fn handle(c: &Conn<'_>, inc: &Incoming, data: &[u8], out: &mut Vec<u8>) {
     let req = &inc.req;
     match execute(c, inc, data, out) {
         Ok(()) => {}
@@ -214,13 +262,8 @@ fn handle(c: &Conn<'_>, inc: &Incoming, data: &mut Vec<u8>, out: &mut Vec<u8>) {
     }
 }
 
-/// Executes a request and sends its success reply; errors are returned for the caller to send.
-fn execute(
-    c: &Conn<'_>,
-    inc: &Incoming,
-    data: &mut Vec<u8>,
-    out: &mut Vec<u8>,
-) -> Result<(), Fail> {
+/// Refuses malformed requests (unknown command or flag, read-only, range, alignment).
+fn check(c: &Conn<'_>, inc: &Incoming) -> Result<(), Fail> {
     let req = &inc.req;
     let neg = &c.neg;
     if let Some((errno, why)) = inc.reject {
@@ -260,9 +303,21 @@ fn execute(
             return Err(Fail::client(EINVAL, "request is not aligned to the minimum block size"));
         }
     }
+    Ok(())
+}
+
+/// Executes a request and sends its success reply; errors are returned for the caller to send.
+fn execute(c: &Conn<'_>, inc: &Incoming, data: &[u8], out: &mut Vec<u8>) -> Result<(), Fail> {
+    check(c, inc)?;
+    let req = &inc.req;
+    let export = &c.neg.export;
     let fua = req.flags & CMD_FLAG_FUA != 0;
     match req.command {
-        CMD_READ => return read(c, req, data, out),
+        CMD_READ => {
+            read(c, req, out, false)?;
+            send(c, &[out]);
+            return Ok(());
+        }
         CMD_WRITE => export.write(req.offset, &data[..inc.payload_len], fua)?,
         CMD_FLUSH => export.flush()?,
         CMD_TRIM => export.trim(req.offset, req.length, fua)?,
@@ -303,33 +358,42 @@ fn encode_error(c: &Conn<'_>, req: &Request, errno: u32, why: &str, out: &mut Ve
     encode_chunk(c.neg.mode, true, req.cookie, req.offset, &chunk, out);
 }
 
-fn read(c: &Conn<'_>, req: &Request, data: &mut Vec<u8>, out: &mut Vec<u8>) -> Result<(), Fail> {
+/// Appends the whole reply to a READ (headers and data) to `out`; on error `out` may hold
+/// part of it. With `quick`, data is read only if that is quick ([`Export::read_quick`]),
+/// else `Ok(false)` with `out` holding part of the reply.
+///
+/// [`Export::read_quick`]: super::export::Export::read_quick
+fn read(c: &Conn<'_>, req: &Request, out: &mut Vec<u8>, quick: bool) -> Result<bool, Fail> {
     let df = req.flags & CMD_FLAG_DF != 0;
     if req.length > u64::from(MAX_PAYLOAD) {
         let errno = if df { EOVERFLOW } else { EINVAL };
         return Err(Fail::client(errno, "read longer than the maximum payload"));
     }
     let len = req.length as usize;
-    if data.len() < len {
-        data.resize(len, 0);
-    }
-    let buf = &mut data[..len];
     let export = &c.neg.export;
+    // Data is read straight into `out` after its header: one buffer, one write.
+    let data_at = |out: &mut Vec<u8>, off: u64, n: usize| -> Result<bool, Fail> {
+        let at = out.len();
+        out.resize(at + n, 0);
+        if quick {
+            return Ok(export.read_quick(off, &mut out[at..]));
+        }
+        export.read(off, &mut out[at..])?;
+        Ok(true)
+    };
     if !c.neg.structured {
-        export.read(req.offset, buf)?;
         encode_simple_reply(req.cookie, 0, out);
-        send(c, &[out, buf]);
-        return Ok(());
+        return data_at(out, req.offset, len);
     }
     let mode = c.neg.mode;
     if len == 0 {
         encode_chunk(mode, true, req.cookie, req.offset, &Chunk::None, out);
-        send(c, &[out]);
-        return Ok(());
+        return Ok(true);
     }
     // Sparse read: holes become OFFSET_HOLE chunks and are not read at all. With DF the reply
-    // must be a single data chunk.
-    let sparse = !df && export.sparse_reads();
+    // must be a single data chunk. Short reads skip the hole lookup: it costs more than the
+    // few zeros it would save sending.
+    let sparse = !df && req.length >= SPARSE_MIN && export.sparse_reads();
     let extents = if sparse {
         export.extents(req.offset, req.length).unwrap_or_default()
     } else {
@@ -356,34 +420,20 @@ fn read(c: &Conn<'_>, req: &Request, data: &mut Vec<u8>, out: &mut Vec<u8>) -> R
             _ => pieces.push((pos, len, false)),
         }
     }
-    for &(s, e, hole) in &pieces {
-        if !hole {
-            export.read(req.offset + s as u64, &mut buf[s..e])?;
-        }
-    }
-    // Headers go into `out`; data slices point into `buf`.
-    let mut marks = Vec::with_capacity(pieces.len());
     for (i, &(s, e, hole)) in pieces.iter().enumerate() {
         let done = i + 1 == pieces.len();
-        let at = out.len();
         let off = req.offset + s as u64;
         if hole {
             let chunk = Chunk::OffsetHole { offset: off, len: (e - s) as u32 };
             encode_chunk(mode, done, req.cookie, req.offset, &chunk, out);
         } else {
             encode_offset_data_prefix(mode, done, req.cookie, req.offset, off, (e - s) as u64, out);
-        }
-        marks.push((at, out.len()));
-    }
-    let mut slices: Vec<&[u8]> = Vec::with_capacity(pieces.len() * 2);
-    for (&(s, e, hole), &(a, b)) in pieces.iter().zip(&marks) {
-        slices.push(&out[a..b]);
-        if !hole {
-            slices.push(&buf[s..e]);
+            if !data_at(out, off, e - s)? {
+                return Ok(false);
+            }
         }
     }
-    send(c, &slices);
-    Ok(())
+    Ok(true)
 }
 
 fn block_status(c: &Conn<'_>, req: &Request, out: &mut Vec<u8>) -> Result<(), Fail> {

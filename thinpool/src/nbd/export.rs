@@ -131,6 +131,19 @@ pub trait Export: Send + Sync {
     fn read(&self, offset: u64, buf: &mut [u8]) -> ExportResult<()>;
     /// Writes `data`; with `fua` the data (and whatever maps it) is durable on return.
     fn write(&self, offset: u64, data: &[u8], fua: bool) -> ExportResult<()>;
+    /// Reads only if that is quick and cannot block for long (the data is in memory);
+    /// returns false, `buf` then unspecified, when [`Export::read`] is needed (errors are
+    /// left to it too). Quick reads are served inline like quick writes.
+    fn read_quick(&self, _offset: u64, _buf: &mut [u8]) -> bool {
+        false
+    }
+    /// Writes `data` (without FUA) only if that is quick and cannot block for long: no
+    /// allocation, copy, commit or wait for space. Returns false, having changed nothing,
+    /// when [`Export::write`] is needed (errors are left to it too). The server serves quick
+    /// writes inline on the thread that read them, without handing them to a worker.
+    fn write_quick(&self, _offset: u64, _data: &[u8]) -> bool {
+        false
+    }
     /// Makes the range read as zeros. `may_trim`: unmapping is allowed (else the range stays
     /// provisioned). `fast`: fail with [`ErrorKind::NotSupported`], changing nothing, unless
     /// this is faster than writing zeros.

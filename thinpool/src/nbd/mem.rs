@@ -104,6 +104,14 @@ impl Export for MemExport {
         Ok(())
     }
 
+    fn read_quick(&self, offset: u64, buf: &mut [u8]) -> bool {
+        self.read(offset, buf).is_ok()
+    }
+
+    fn write_quick(&self, offset: u64, data: &[u8]) -> bool {
+        self.write(offset, data, false).is_ok()
+    }
+
     fn write_zeroes(
         &self,
         offset: u64,

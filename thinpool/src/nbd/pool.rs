@@ -131,8 +131,17 @@ pub struct VolumeExport {
 }
 
 impl VolumeExport {
+    fn mark_dirty(&self) {
+        // Most writes find the flag set already: a load keeps the cache line shared. A load
+        // that sees it set happened before the commit that will clear it, so that commit
+        // covers this change.
+        if !self.inner.dirty.load(Ordering::SeqCst) {
+            self.inner.dirty.store(true, Ordering::SeqCst);
+        }
+    }
+
     fn changed(&self, fua: bool, op: &'static str, offset: u64, len: u64) -> ExportResult<()> {
-        self.inner.dirty.store(true, Ordering::SeqCst);
+        self.mark_dirty();
         if fua {
             self.inner.commit().map_err(|e| err(op, offset, len, e))?;
         } else if self.commit_mappings {
@@ -172,6 +181,26 @@ impl Export for VolumeExport {
         }
         self.handle.write(offset, data).map_err(|e| err("write", offset, len, e))?;
         self.changed(fua, "write", offset, len)
+    }
+
+    fn read_quick(&self, offset: u64, buf: &mut [u8]) -> bool {
+        matches!(self.handle.read_cached(offset, buf), Ok(true))
+    }
+
+    fn write_quick(&self, offset: u64, data: &[u8]) -> bool {
+        let bs = self.handle.block_bytes();
+        if data.len() as u64 >= bs && data.iter().all(|&b| b == 0) {
+            return false; // unmapped by write()
+        }
+        // A local client acknowledges only committed mappings: an overwrite needs none, but
+        // the block it lands in must not be mapped by a change still uncommitted.
+        match self.handle.write_in_place(offset, data, self.commit_mappings) {
+            Ok(true) => {
+                self.mark_dirty();
+                true
+            }
+            _ => false,
+        }
     }
 
     fn write_zeroes(
@@ -306,5 +335,45 @@ impl control::Handler for PoolControl {
                 })
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::pool::FilePool;
+    use crate::service::ServiceOptions;
+    use crate::units::Sectors;
+
+    #[test]
+    fn quick_writes_of_a_local_client_need_committed_mappings() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = FilePool::create(dir.path(), 16 << 20, None, Sectors(128)).unwrap();
+        pool.create_volume("v", 8 << 20).unwrap();
+        pool.commit().unwrap();
+        let svc = Service::from_file_pool(dir.path(), pool, ServiceOptions::default()).unwrap();
+        let cat = PoolCatalog::new(Arc::new(svc));
+        let remote = cat.open("v").unwrap();
+        let local = cat.open_for_local_client("v").unwrap();
+        // Unmapped: never quick (a write there allocates).
+        assert!(!remote.write_quick(0, &[1; 4096]));
+        assert!(!local.write_quick(0, &[1; 4096]));
+        // A remote client's allocation stays uncommitted until the committer runs.
+        remote.write(0, &[2; 4096], false).unwrap();
+        assert!(remote.write_quick(4096, &[3; 4096]), "overwrite of a mapped block");
+        assert!(!local.write_quick(8192, &[4; 4096]), "its mapping is not durable yet");
+        cat.commit_if_dirty().unwrap();
+        assert!(local.write_quick(8192, &[4; 4096]));
+        // A local client's own allocation commits before it is acknowledged.
+        local.write(1 << 20, &[5; 4096], false).unwrap();
+        assert!(local.write_quick((1 << 20) + 4096, &[6; 4096]));
+        // All-zero whole blocks are unmapped by write(), never written in place.
+        assert!(!remote.write_quick(0, &[0; 65536]));
+        let mut back = vec![0u8; 3 * 4096];
+        local.read(0, &mut back).unwrap();
+        assert_eq!(&back[..4096], &[2; 4096][..]);
+        assert_eq!(&back[4096..8192], &[3; 4096][..]);
+        assert_eq!(&back[8192..], &[4; 4096][..]);
     }
 }

@@ -8,6 +8,7 @@
 //! no mapping references yet.
 
 use super::error::{Error, ErrorKind, Result};
+use super::meta::Meta;
 use super::{lock, Pool};
 use crate::pdata::disk::BlockTime;
 use crate::pdata::sm::SpaceMap;
@@ -44,7 +45,11 @@ impl Pool {
     /// Checks that `id` exists and `offset + len` fits its virtual size (named volumes) or the
     /// address space (raw thin ids).
     fn check_range(&self, id: ThinId, offset: u64, len: u64) -> Result<()> {
-        let m = self.meta();
+        self.check_range_in(&self.meta(), id, offset, len)
+    }
+
+    /// [`Pool::check_range`] under a metadata lock the caller holds.
+    fn check_range_in(&self, m: &Meta, id: ThinId, offset: u64, len: u64) -> Result<()> {
         m.dev(id)?;
         let end = offset.checked_add(len).ok_or_else(|| {
             Error::new(ErrorKind::OutOfRange, format!("range {offset}+{len} overflows"))
@@ -73,6 +78,9 @@ impl Pool {
     /// Reads `buf.len()` bytes of volume `id` at `offset`; unmapped ranges read as zeros.
     pub fn read(&self, id: ThinId, offset: u64, buf: &mut [u8]) -> Result<()> {
         let _g = self.gate.read().unwrap_or_else(|e| e.into_inner());
+        if let Some(r) = self.read_one_block(id, offset, buf, false) {
+            return r.map(|_| ());
+        }
         self.check_range(id, offset, buf.len() as u64)?;
         let segs: Vec<Seg> = segments(offset, buf.len(), self.block_bytes).collect();
         // Hold the blocks' stripes so a concurrent copy-on-write cannot free and recycle a
@@ -98,6 +106,51 @@ impl Pool {
         Ok(())
     }
 
+    /// A read within one block (the common small read): one stripe, one metadata lock, no
+    /// allocation. None if the range spans blocks. With `cached`, the data device is only
+    /// read if that cannot wait ([`crate::io::BlockDevice::read_cached`]), else `Ok(false)`.
+    fn read_one_block(
+        &self,
+        id: ThinId,
+        offset: u64,
+        buf: &mut [u8],
+        cached: bool,
+    ) -> Option<Result<bool>> {
+        let bs = self.block_bytes;
+        if buf.is_empty() || offset % bs + buf.len() as u64 > bs {
+            return None;
+        }
+        let vb = VirtBlock(offset / bs);
+        let _s = lock(&self.stripes[self.stripe(id, vb)]);
+        let map = {
+            let mut m = self.meta();
+            self.check_range_in(&m, id, offset, buf.len() as u64).and_then(|()| m.lookup(id, vb))
+        };
+        Some(match map {
+            Err(e) => Err(e),
+            Ok(None) => {
+                buf.fill(0);
+                Ok(true)
+            }
+            Ok(Some(bt)) => {
+                let at = self.data_offset(bt.block, offset % bs);
+                let r = if cached {
+                    self.data_dev.read_cached(buf, at)
+                } else {
+                    self.data_dev.read_at(buf, at).map(|()| true)
+                };
+                r.map_err(|e| self.data_io("reading", bt.block, e))
+            }
+        })
+    }
+
+    /// Reads within one block only if that cannot wait for the data device (the data is in
+    /// memory, or the block is unmapped); `Ok(false)` otherwise, `buf` then unspecified.
+    pub fn read_cached(&self, id: ThinId, offset: u64, buf: &mut [u8]) -> Result<bool> {
+        let _g = self.gate.read().unwrap_or_else(|e| e.into_inner());
+        self.read_one_block(id, offset, buf, true).unwrap_or(Ok(false))
+    }
+
     /// Writes `buf` into volume `id` at `offset`, allocating and copying as needed.
     pub fn write(&self, id: ThinId, offset: u64, buf: &[u8]) -> Result<()> {
         let _g = self.gate.read().unwrap_or_else(|e| e.into_inner());
@@ -106,6 +159,54 @@ impl Pool {
             self.write_block(id, s.vb, s.off, &buf[s.at..s.at + s.len])?;
         }
         Ok(())
+    }
+
+    /// Writes `buf` only if that is an overwrite inside one mapped, unshared block: no
+    /// allocation, copy or metadata change. `Ok(false)`, with nothing written, when the full
+    /// [`Pool::write`] is needed. With `committed_only` the block's mapping must also be
+    /// durable already (nothing uncommitted, no commit under way), so the caller may
+    /// acknowledge without committing; a commit in progress makes this answer `Ok(false)`
+    /// rather than wait for it.
+    pub fn write_in_place(
+        &self,
+        id: ThinId,
+        offset: u64,
+        buf: &[u8],
+        committed_only: bool,
+    ) -> Result<bool> {
+        let bs = self.block_bytes;
+        if buf.is_empty() || offset % bs + buf.len() as u64 > bs {
+            return Ok(false);
+        }
+        let _g = self.gate.read().unwrap_or_else(|e| e.into_inner());
+        let vb = VirtBlock(offset / bs);
+        let _s = lock(&self.stripes[self.stripe(id, vb)]);
+        let bt = {
+            // Same order as a commit: commit lock, then metadata.
+            let _c = if committed_only {
+                match self.commit_lock.try_lock() {
+                    Ok(c) => Some(c),
+                    Err(std::sync::TryLockError::Poisoned(e)) => Some(e.into_inner()),
+                    Err(std::sync::TryLockError::WouldBlock) => return Ok(false),
+                }
+            } else {
+                None
+            };
+            let mut m = self.meta();
+            m.writable()?;
+            if committed_only && m.uncommitted() {
+                return Ok(false);
+            }
+            self.check_range_in(&m, id, offset, buf.len() as u64)?;
+            match m.lookup(id, vb)? {
+                Some(bt) if !m.shared(id, &bt)? => bt,
+                _ => return Ok(false),
+            }
+        };
+        self.data_dev
+            .write_at(buf, self.data_offset(bt.block, offset % bs))
+            .map_err(|e| self.data_io("writing", bt.block, e))?;
+        Ok(true)
     }
 
     /// Hands out a data block that is free in both maps, committing once to release blocks

@@ -265,6 +265,11 @@ impl Meta {
         Ok(())
     }
 
+    /// Whether a commit has anything to write.
+    pub fn uncommitted(&self) -> bool {
+        self.changed || self.names_dirty || self.trans_id != self.committed_trans_id
+    }
+
     pub fn meta_space(&self) -> Result<()> {
         if self.tm.sm.free_now() < META_RESERVE {
             return Err(Error::new(

@@ -250,3 +250,57 @@ fn name_of_a_thin_deleted_outside_lamina_is_dropped_on_open() {
     // The name is free again.
     pool.create_volume("gone", 1 << 20).unwrap();
 }
+
+#[test]
+fn in_place_writes_only_overwrite_unshared_committed_blocks() {
+    let (_meta, _data, pool) = mem_pool(4, 64);
+    let id = ThinId(1);
+    let bs = pool.block_bytes();
+    pool.create_thin(id).unwrap();
+    // Unmapped: refused, nothing written, no mapping made.
+    assert!(!pool.write_in_place(id, 0, &[1u8; 512], false).unwrap());
+    assert_eq!(pool.lookup(id, VirtBlock(0)).unwrap(), None);
+    pool.write(id, 0, &vec![2u8; bs as usize]).unwrap();
+    // The mapping is not committed yet: a local client's write must take the full way.
+    assert!(!pool.write_in_place(id, 512, &[3u8; 512], true).unwrap());
+    assert!(pool.write_in_place(id, 512, &[3u8; 512], false).unwrap());
+    pool.commit().unwrap();
+    assert!(pool.write_in_place(id, 1024, &[4u8; 512], true).unwrap());
+    // Crossing a block boundary: refused.
+    assert!(!pool.write_in_place(id, bs - 512, &[5u8; 1024], false).unwrap());
+    let mut back = vec![0u8; 2048];
+    pool.read(id, 0, &mut back).unwrap();
+    assert_eq!(&back[..512], &[2u8; 512][..]);
+    assert_eq!(&back[512..1024], &[3u8; 512][..]);
+    assert_eq!(&back[1024..1536], &[4u8; 512][..]);
+    // Shared after a snapshot: refused (copy-on-write needed), the snapshot keeps its data.
+    pool.create_snap(ThinId(2), id).unwrap();
+    assert!(!pool.write_in_place(id, 0, &[6u8; 512], false).unwrap());
+    pool.write(id, 0, &[6u8; 512]).unwrap();
+    assert!(pool.write_in_place(id, 0, &[7u8; 512], false).unwrap());
+    pool.read(ThinId(2), 0, &mut back).unwrap();
+    assert_eq!(&back[..512], &[2u8; 512][..]);
+    pool.read(id, 0, &mut back).unwrap();
+    assert_eq!(&back[..512], &[7u8; 512][..]);
+    // Unknown devices are errors, as for write.
+    assert!(pool.write_in_place(ThinId(9), 0, &[1u8; 512], false).is_err());
+    pool.commit().unwrap();
+    pool.self_check().unwrap();
+}
+
+#[test]
+fn cached_reads_match_reads() {
+    let (_meta, _data, pool) = mem_pool(4, 64);
+    let id = ThinId(1);
+    let bs = pool.block_bytes();
+    pool.create_thin(id).unwrap();
+    pool.write(id, bs, &vec![9u8; bs as usize]).unwrap();
+    let mut buf = vec![1u8; 4096];
+    assert!(pool.read_cached(id, 0, &mut buf).unwrap(), "unmapped reads are quick");
+    assert!(buf.iter().all(|&b| b == 0));
+    assert!(pool.read_cached(id, bs + 100, &mut buf).unwrap(), "memory device");
+    assert!(buf.iter().all(|&b| b == 9));
+    let mut two = vec![0u8; 4096];
+    assert!(!pool.read_cached(id, bs - 100, &mut two).unwrap(), "spans two blocks");
+    assert!(pool.read_cached(ThinId(9), 0, &mut buf).is_err());
+}

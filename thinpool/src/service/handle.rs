@@ -49,11 +49,29 @@ impl VolumeHandle {
         })
     }
 
+    /// Reads only if that cannot wait for the data device (see
+    /// [`crate::pool::Pool::read_cached`]); `Ok(false)` otherwise.
+    pub fn read_cached(&self, offset: u64, buf: &mut [u8]) -> Result<bool> {
+        self.shared.pool().read_cached(self.id, offset, buf).map_err(|e| {
+            Error::pool(&format!("reading {} bytes of {:?} at {offset}", buf.len(), self.name), e)
+        })
+    }
+
     /// Writes, waiting for data space when the pool is full (see the module doc of
     /// [`service`](super)).
     pub fn write(&self, offset: u64, buf: &[u8]) -> Result<()> {
         let doing = || format!("writing {} bytes of {:?} at {offset}", buf.len(), self.name);
         self.shared.with_space(&doing, &|p| p.write(self.id, offset, buf))
+    }
+
+    /// Overwrites in place when that needs no allocation, copy or wait (see
+    /// [`crate::pool::Pool::write_in_place`]); `Ok(false)`, with nothing written, otherwise.
+    /// Never waits for space, so it does not go through the out-of-space rules.
+    pub fn write_in_place(&self, offset: u64, buf: &[u8], committed_only: bool) -> Result<bool> {
+        let _g = self.shared.writable()?;
+        self.shared.pool().write_in_place(self.id, offset, buf, committed_only).map_err(|e| {
+            Error::pool(&format!("writing {} bytes of {:?} at {offset}", buf.len(), self.name), e)
+        })
     }
 
     /// Zeroes a range; without `may_unmap` mapped blocks are overwritten (which may need

@@ -98,6 +98,15 @@ impl BlockDevice for Region {
         self.for_each("read", offset, len, |p, at, r| p.device.read_at(&mut buf[r], at))
     }
 
+    fn read_cached(&self, buf: &mut [u8], offset: u64) -> io::Result<bool> {
+        let mut all = true;
+        self.for_each("read", offset, buf.len(), |p, at, r| {
+            all = all && p.device.read_cached(&mut buf[r], at)?;
+            Ok(())
+        })?;
+        Ok(all)
+    }
+
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
         self.for_each("write", offset, buf.len(), |p, at, r| p.device.write_at(&buf[r], at))
     }
