@@ -32,7 +32,7 @@ pub fn run(root: &Path, jsonl: &Path) -> Result<()> {
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let disk = dir.join("disk.raw");
     // A boot measured while another VM runs measures the other VM too.
-    let _lock = tests::vm_lock()?;
+    let _lock = ::tests::vm_lock()?;
     let mut records = Vec::new();
     for pair in 1..=PAIRS {
         let _ = std::fs::remove_file(&disk);
