@@ -434,7 +434,13 @@ impl Store {
             _ => Vec::new(),
         };
         let mut hr = HashReader::new(tar);
-        apply::apply_tar_over(apply::PadTail::new(&mut hr), &diff, &lower_dirs, mode, self.limits)?;
+        let stats = apply::apply_tar_over(
+            apply::PadTail::new(&mut hr),
+            &diff,
+            &lower_dirs,
+            mode,
+            self.limits,
+        )?;
         let (diff_id, _) = hr.finish().ctx("read layer stream for", &diff)?;
         if let Some(e) = expect {
             if e != &diff_id {
@@ -464,7 +470,10 @@ impl Store {
         } else {
             None
         };
-        let size = fsutil::tree_size(&diff)?;
+        let size = match stats.file_bytes {
+            Some(b) => b,
+            None => fsutil::tree_size(&diff)?,
+        };
         let staged = staging.keep();
         let dir = self.layer_dir(&cache_id);
         std::fs::rename(&staged, &dir).ctx("move layer into place", &dir)?;
