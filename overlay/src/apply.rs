@@ -316,12 +316,17 @@ impl Applier {
                     }
                 }
                 Made::Exists => {
-                    return Err(entry_err(ErrorKind::Io, &raw, "entry reappeared while replacing it"))
+                    return Err(entry_err(
+                        ErrorKind::Io,
+                        &raw,
+                        "entry reappeared while replacing it",
+                    ))
                 }
             }
         };
         if let (true, Some(fd)) = (dir_over_dir, &own_fd) {
-            drop_stale_xattrs(fd, &meta).map_err(|e| entry_io(&raw, "replace directory xattrs", e))?;
+            drop_stale_xattrs(fd, &meta)
+                .map_err(|e| entry_io(&raw, "replace directory xattrs", e))?;
         }
         if let Some(sizes) = &mut self.sizes {
             if matches!(
@@ -480,15 +485,18 @@ impl Applier {
                 Ok(exists(r, "mknod")?.unwrap_or(Made::Node(None)))
             }
             tar::EntryType::Fifo => {
-                let r =
-                    rustix::fs::mknodat(parent, name, FileType::Fifo, Mode::from_raw_mode(0o600), 0);
+                let r = rustix::fs::mknodat(
+                    parent,
+                    name,
+                    FileType::Fifo,
+                    Mode::from_raw_mode(0o600),
+                    0,
+                );
                 Ok(exists(r, "mkfifo")?.unwrap_or(Made::Node(None)))
             }
-            other => Err(entry_err(
-                ErrorKind::Invalid,
-                raw,
-                format!("unsupported entry type {other:?}"),
-            )),
+            other => {
+                Err(entry_err(ErrorKind::Invalid, raw, format!("unsupported entry type {other:?}")))
+            }
         }
     }
 
@@ -659,7 +667,8 @@ impl Applier {
                 )?;
             }
         }
-        let (uid, gid) = (Some(rustix::fs::Uid::from_raw(m.uid)), Some(rustix::fs::Gid::from_raw(m.gid)));
+        let (uid, gid) =
+            (Some(rustix::fs::Uid::from_raw(m.uid)), Some(rustix::fs::Gid::from_raw(m.gid)));
         // Through the open fd when there is one: no second path lookup.
         match fd {
             Some(fd) => rustix::fs::fchown(fd, uid, gid),
@@ -970,7 +979,8 @@ mod tests {
     fn counted_size_covers_replacements_and_links() {
         let tar = layer_tar(&[(0, 0, 100), (3, 1, 0), (0, 0, 50), (0, 2, 10), (0, 2, 30)]);
         let d = tempfile::tempdir().unwrap();
-        let stats = apply_tar(&tar[..], d.path(), WhiteoutMode::Overlay, Limits::default()).unwrap();
+        let stats =
+            apply_tar(&tar[..], d.path(), WhiteoutMode::Overlay, Limits::default()).unwrap();
         // a (50, new inode) + b (100, the old a's inode kept by the link) + d/x (30).
         assert_eq!(stats.file_bytes, Some(180));
         assert_eq!(fsutil::tree_size(d.path()).unwrap(), 180);

@@ -118,13 +118,15 @@ fn vm_layer_store_runs_quotas_and_trims() -> Result<()> {
     );
 
     // 1. import from the block device, create, bundle, run under crun.
-    let imported = ok(&mut vm, &[LS, "import", "/dev/vdb", "--tag", "bb:1"], 120)?;
+    let imported = ok(&mut vm, &[LS, "import", "/dev/vdb", "--ref", "bb", "--tag", "bb:1"], 120)?;
     eprintln!("[vm_layers] import: {imported}");
     let images = ok(&mut vm, &[LS, "images"], 30)?;
     assert!(images.contains("bb:1"), "{images}");
     ok(&mut vm, &[LS, "create", "bb:1", "c1"], 30)?;
     ok(&mut vm, &[LS, "bundle", "c1", "/run/bundle-c1"], 30)?;
-    let r = run(&mut vm, &[CRUN, "run", "--bundle", "/run/bundle-c1", "c1"], 60)?;
+    // The appliance's root is the initramfs (rootfs), which pivot_root(2) refuses (EINVAL);
+    // like Docker on a ramdisk (DOCKER_RAMDISK), the runtime moves the rootfs and chroots.
+    let r = run(&mut vm, &[CRUN, "run", "--no-pivot", "--bundle", "/run/bundle-c1", "c1"], 60)?;
     let stdout = r["stdout"].as_str().unwrap_or("");
     assert_eq!(r["exit_code"], 0, "crun run failed: {r}");
     // Hostname is the container's (bundle sets it to the container name), pid 1 of its own
