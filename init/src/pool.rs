@@ -336,8 +336,7 @@ impl Pool {
         let step = |m: &str| crate::say(&format!("pool: {m}"));
         let t = Instant::now();
         // 1. Disks, volume group, pool.
-        let devices =
-            cfg.pool.device_list().unwrap_or_else(|| data_disks(Path::new("/sys/block")));
+        let devices = cfg.pool.device_list().unwrap_or_else(|| data_disks(Path::new("/sys/block")));
         if devices.is_empty() {
             return Err(fail("no virtio data disk (/dev/vd*)"));
         }

@@ -15,6 +15,7 @@ use std::ffi::OsStr;
 use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
+use std::rc::Rc;
 
 use rustix::fd::{AsFd, OwnedFd};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timespec, Timestamps, XattrFlags};
@@ -111,13 +112,16 @@ struct Applier {
     /// added or removed entries in it.
     dir_times: std::collections::BTreeMap<PathBuf, Timestamps>,
     /// The last parent directory opened, reused while entries stay in one directory.
-    cached_parent: Option<(PathBuf, OwnedFd)>,
+    /// Shared, not dup'ed: handing it out costs no syscall per entry.
+    cached_parent: Option<(PathBuf, Rc<OwnedFd>)>,
     /// Roots of the layers below (uppermost first): a directory this layer only implies
     /// takes its attributes from there, as an overlay copy-up would.
     lowers: Vec<OwnedFd>,
     stats: ApplyStats,
     /// Copy buffer for file data, reused across entries.
     buf: Vec<u8>,
+    /// This process's umask (all bits when unknown: every file then gets its chmod).
+    umask: u32,
     /// Bytes of each regular file (and hard link) this application created, so the layer's
     /// size needs no walk afterwards; `None` once that bookkeeping cannot be exact (a
     /// directory was replaced, or the root held files before: vfs copies, restores).
@@ -166,6 +170,7 @@ pub fn apply_tar_over<R: Read>(
         lowers,
         stats: ApplyStats::default(),
         buf: vec![0u8; COPY_BUF],
+        umask: process_umask(),
         sizes: (mode != WhiteoutMode::Vfs && fsutil::dir_is_empty(root)?)
             .then(std::collections::HashMap::new),
         size_total: 0,
@@ -290,7 +295,7 @@ impl Applier {
         let mut dir_over_dir = false;
         let mut retried = false;
         let own_fd = loop {
-            match self.create(entry, etype, &parent, &name, &raw, size, dir_over_dir)? {
+            match self.create(entry, etype, &parent, &name, &raw, size, dir_over_dir, meta.mode)? {
                 Made::Node(fd) => break fd,
                 Made::Hardlink(target) => {
                     // A hardlink shares the target's inode and metadata: nothing more to set.
@@ -337,13 +342,20 @@ impl Applier {
                 self.size_total += size;
             }
         }
+        let is_file = matches!(
+            etype,
+            tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse
+        );
+        // A new file already has its mode when it has no set-id bits and the umask kept all
+        // of them (chown does not touch plain permission bits).
+        let mode_done = is_file && !retried && meta.mode & (0o7000 | self.umask) == 0;
         self.finish_meta(
             &raw,
             &parent,
             &name,
             own_fd.as_ref(),
             &meta,
-            etype != tar::EntryType::Symlink,
+            etype != tar::EntryType::Symlink && !mode_done,
         )?;
         if is_dir {
             self.dir_times.insert(path.clone(), times(&meta));
@@ -380,6 +392,7 @@ impl Applier {
         raw: &[u8],
         size: u64,
         dir_over_dir: bool,
+        mode: u32,
     ) -> Result<Made> {
         let exists = |r: rustix::io::Result<()>, what: &str| -> Result<Option<Made>> {
             match r {
@@ -398,7 +411,9 @@ impl Applier {
                         | OFlags::EXCL
                         | OFlags::NOFOLLOW
                         | OFlags::CLOEXEC,
-                    Mode::from_raw_mode(0o600),
+                    // The final permission bits when the umask leaves them alone (then no
+                    // chmod follows, see `entry`); set-id bits always go through chmod.
+                    Mode::from_raw_mode(mode & 0o777),
                 ) {
                     Ok(fd) => fd,
                     Err(rustix::io::Errno::EXIST) => return Ok(Made::Exists),
@@ -540,10 +555,10 @@ impl Applier {
 
     /// Open (creating missing directories, mode 0755 like Docker) the parent of an entry,
     /// never leaving the root.
-    fn parent(&mut self, raw: &[u8], rel: &Path) -> Result<OwnedFd> {
+    fn parent(&mut self, raw: &[u8], rel: &Path) -> Result<Rc<OwnedFd>> {
         if let Some((p, fd)) = &self.cached_parent {
             if p == rel {
-                return fd.try_clone().map_err(|e| entry_io(raw, "dup directory fd", e));
+                return Ok(fd.clone());
             }
         }
         let fd = match open_beneath(&self.root, rel, OFlags::RDONLY | OFlags::DIRECTORY) {
@@ -592,8 +607,8 @@ impl Applier {
             self.dir_times
                 .insert(rel.to_path_buf(), Timestamps { last_access: t, last_modification: t });
         }
-        self.cached_parent =
-            Some((rel.to_path_buf(), fd.try_clone().map_err(|e| entry_io(raw, "dup", e))?));
+        let fd = Rc::new(fd);
+        self.cached_parent = Some((rel.to_path_buf(), fd.clone()));
         Ok(fd)
     }
 
@@ -854,6 +869,17 @@ impl<R: Read> Read for PadTail<R> {
         self.count += n as u64;
         Ok(n)
     }
+}
+
+/// The umask, read from /proc (setting it to read it would race with other threads).
+fn process_umask() -> u32 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let v = s.lines().find_map(|l| l.strip_prefix("Umask:"))?;
+            u32::from_str_radix(v.trim(), 8).ok()
+        })
+        .unwrap_or(0o777)
 }
 
 /// Copy entry data into `fd`, leaving all-zero chunks as holes (keeps sparse files sparse).

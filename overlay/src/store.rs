@@ -25,8 +25,8 @@
 //! ```
 //!
 //! Every JSON file is written with temp file + fsync + rename + fsync of the directory. A
-//! layer is staged under `tmp/` and renamed into place only when complete, and its
-//! `layerdb` entry — written last — is what makes it exist.
+//! layer is staged under `tmp/` and renamed into place only when complete, the filesystem is
+//! flushed once (syncfs), and its `layerdb` entry — written last — is what makes it exist.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
@@ -484,7 +484,9 @@ impl Store {
         if let Some(p) = parent {
             self.mark_committed(&p.cache_id)?;
         }
-        fsutil::fsync_dir(&self.root)?;
+        // One flush of the filesystem makes the layer's files, its rename and links durable
+        // before the layerdb entry says it exists (no fsync per file while extracting).
+        fsutil::syncfs(&self.root)?;
         let meta = LayerMeta {
             chain_id,
             diff_id,

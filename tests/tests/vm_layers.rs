@@ -134,11 +134,12 @@ fn vm_layer_store_runs_quotas_and_trims() -> Result<()> {
     assert_eq!(stdout.trim(), "hello from c1 pid 1", "{r}");
 
     // 2. --size: a writer in the merged directory stops at the quota; without it, it does not.
+    // Random data: the pool keeps all-zero blocks unmapped, and step 3 needs mapped ones.
     ok(&mut vm, &[LS, "create", "bb:1", "q", "--size", "64M"], 30)?;
     let merged_q = ok(&mut vm, &[LS, "mount", "q"], 30)?.trim().to_owned();
     let r = run(
         &mut vm,
-        &["dd", "if=/dev/zero", &format!("of={merged_q}/fill"), "bs=1M", "count=100"],
+        &["dd", "if=/dev/urandom", &format!("of={merged_q}/fill"), "bs=1M", "count=100"],
         120,
     )?;
     let err = r["stderr"].as_str().unwrap_or("");
@@ -153,7 +154,7 @@ fn vm_layer_store_runs_quotas_and_trims() -> Result<()> {
     let merged_f = ok(&mut vm, &[LS, "mount", "free"], 30)?.trim().to_owned();
     let r = run(
         &mut vm,
-        &["dd", "if=/dev/zero", &format!("of={merged_f}/fill"), "bs=1M", "count=100"],
+        &["dd", "if=/dev/urandom", &format!("of={merged_f}/fill"), "bs=1M", "count=100"],
         120,
     )?;
     assert_eq!(r["exit_code"], 0, "dd without --size failed: {r}");
