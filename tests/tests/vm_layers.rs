@@ -6,7 +6,8 @@
 //! it is booted with `lamina.pool.devices=/dev/vda`. In the guest: `layerstore import` reads
 //! the archive straight from the block device, `create` + `bundle`, and crun runs the
 //! container; `create --size` is enforced by an XFS project quota; `rm` + `prune` + `fstrim`
-//! hand the freed blocks back to the thin pool.
+//! hand the freed blocks back to the thin pool; a store on XFS V4 with ftype=0 (which the host
+//! kernel cannot mount) is refused with Docker's wording.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -100,7 +101,9 @@ fn vm_layer_store_runs_quotas_and_trims() -> Result<()> {
     let archive_size = std::fs::metadata(&archive)?.len();
     ensure!(archive_size % 512 == 0, "tar size {archive_size} is not a multiple of 512");
     let pool_disk = host.path().join("disk.raw");
-    let mut opts = Opts { disks: vec![pool_disk, archive.clone()], ..Opts::debug() };
+    // vdc: scratch disk for an XFS V4 (ftype=0) filesystem, which the host kernel cannot mount.
+    let v4_disk = host.path().join("v4.raw");
+    let mut opts = Opts { disks: vec![pool_disk, archive.clone(), v4_disk], ..Opts::debug() };
     opts.append.push("lamina.pool.devices=/dev/vda".into());
     opts.deadline = Duration::from_secs(600);
     let mut vm = TestVm::boot("vm_layer_store_runs_quotas_and_trims", opts)?;
@@ -183,6 +186,23 @@ fn vm_layer_store_runs_quotas_and_trims() -> Result<()> {
         before >= after + (100 << 20),
         "Data Space Used did not drop by 100 MiB: {before} -> {after} ({before_s} -> {after_s})"
     );
+
+    // 4. A store on XFS without d_type (V4, ftype=0) is refused with Docker's wording.
+    ok(
+        &mut vm,
+        &["/sbin/mkfs.xfs", "-f", "-q", "-K", "-m", "crc=0", "-n", "ftype=0", "/dev/vdc"],
+        120,
+    )?;
+    ok(&mut vm, &["mount", "-t", "xfs", "/dev/vdc", "/mnt"], 60)?;
+    let r = run(&mut vm, &[LS, "--root", "/mnt/overlay2", "images"], 60)?;
+    let err = r["stderr"].as_str().unwrap_or("");
+    assert_ne!(r["exit_code"], 0, "a store on ftype=0 XFS was accepted: {r}");
+    assert!(
+        err.contains("overlay2: the backing xfs filesystem is formatted without d_type support")
+            && err.contains("Reformat the filesystem with ftype=1 to enable d_type support"),
+        "{r}"
+    );
+    ok(&mut vm, &["umount", "/mnt"], 60)?;
 
     let st = vm.vm.stop(Duration::from_secs(60))?;
     assert!(st.success(), "QEMU exited with {st}");
