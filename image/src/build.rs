@@ -12,8 +12,10 @@
 //!             etc/lamina/modules.order     "name path params" per line, load order
 //!             lib/modules/<release>/*.ko   the selected modules, flattened
 //!             sbin/mkfs.xfs + lib/x86_64-linux-gnu/*.so* + lib64/ld-linux-x86-64.so.2
+//!             usr/bin/crun                 the OCI runtime for `layerstore bundle` (its libraries
+//!                                          join mkfs.xfs's in lib/x86_64-linux-gnu)
 //!             bin/busybox + applet links   debug sessions only (exec needs lamina.debug=1)
-//!             sbin/<extra>                 further static binaries (thinpool, …)
+//!             sbin/<extra>                 further static binaries (thinpool, layerstore)
 //!             dev/console, dev proc sys run tmp mnt root var/lib/lamina
 //! ```
 
@@ -56,7 +58,8 @@ fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> BuildEr
 }
 
 /// Dynamically linked programs shipped from Debian packages: (package, path in the package).
-pub(crate) const DYNAMIC_PROGRAMS: &[(&str, &str)] = &[("xfsprogs", "sbin/mkfs.xfs")];
+pub(crate) const DYNAMIC_PROGRAMS: &[(&str, &str)] =
+    &[("xfsprogs", "sbin/mkfs.xfs"), ("crun", "usr/bin/crun")];
 /// busybox applets linked in `bin/` for debug sessions.
 const BUSYBOX_APPLETS: &[&str] = &[
     "cat",

@@ -22,11 +22,13 @@ fn inputs(dir: &Path) -> image::Inputs {
     std::fs::write(&init, b"placeholder for the static lamina-init\n").unwrap();
     let thinpool = dir.join("thinpool");
     std::fs::write(&thinpool, b"placeholder for thinpool\n").unwrap();
+    let layerstore = dir.join("layerstore");
+    std::fs::write(&layerstore, b"placeholder for layerstore\n").unwrap();
     image::Inputs {
         kernel_deb,
         userland_debs,
         init,
-        extra_binaries: vec![("thinpool".into(), thinpool)],
+        extra_binaries: vec![("thinpool".into(), thinpool), ("layerstore".into(), layerstore)],
         config: b"# placeholder config\n".to_vec(),
     }
 }

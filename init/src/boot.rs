@@ -59,6 +59,22 @@ pub const EARLY_MOUNTS: &[MountSpec] = &[
         flags: MountFlags::NOSUID.union(MountFlags::NOEXEC),
         data: "newinstance,ptmxmode=0666,mode=0620",
     },
+    // POSIX shared memory for containers (OCI runtimes bind it into their mount namespace).
+    MountSpec {
+        source: "tmpfs",
+        target: "/dev/shm",
+        fstype: "tmpfs",
+        flags: NSD,
+        data: "mode=1777",
+    },
+    // The unified cgroup hierarchy: crun puts each container in a cgroup of its own.
+    MountSpec {
+        source: "cgroup2",
+        target: "/sys/fs/cgroup",
+        fstype: "cgroup2",
+        flags: NSD.union(MountFlags::NOEXEC),
+        data: "",
+    },
     MountSpec { source: "tmpfs", target: "/run", fstype: "tmpfs", flags: NSD, data: "mode=0755" },
     MountSpec { source: "tmpfs", target: "/tmp", fstype: "tmpfs", flags: NSD, data: "mode=1777" },
 ];
@@ -289,6 +305,8 @@ mod tests {
                 "mount /sys",
                 "mount /dev",
                 "mount /dev/pts",
+                "mount /dev/shm",
+                "mount /sys/fs/cgroup",
                 "mount /run",
                 "mount /tmp"
             ]

@@ -56,6 +56,25 @@ pub struct Pool {
     pub dead_conn_timeout_secs: u64,
     /// The daemon's THINPOOL_LOG filter.
     pub log: String,
+    /// dm.directlvm_device: the pool's disks, comma-separated (`/dev/vda,/dev/vdb`); empty:
+    /// every virtio disk present at boot. Other disks stay untouched (e.g. a read-only disk
+    /// carrying an image archive).
+    #[serde(default)]
+    pub devices: String,
+}
+
+impl Pool {
+    /// The configured pool disks, or `None` when every virtio disk at boot is the pool's.
+    pub fn device_list(&self) -> Option<Vec<std::path::PathBuf>> {
+        let list: Vec<std::path::PathBuf> = self
+            .devices
+            .split(',')
+            .map(str::trim)
+            .filter(|d| !d.is_empty())
+            .map(std::path::PathBuf::from)
+            .collect();
+        (!list.is_empty()).then_some(list)
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -134,6 +153,21 @@ mod tests {
             load(FILE, &cmdline_overrides("lamina.pool.force=1 lamina.pool.basesize=2G")).unwrap();
         assert!(c.pool.force);
         assert_eq!(c.pool.basesize, "2G");
+    }
+
+    #[test]
+    fn pool_devices_default_to_every_disk_and_can_be_named() {
+        let c = load(FILE, &[]).unwrap();
+        assert_eq!(c.pool.device_list(), None);
+        let c = load(FILE, &cmdline_overrides("lamina.pool.devices=/dev/vda,/dev/vdc")).unwrap();
+        assert_eq!(
+            c.pool.device_list(),
+            Some(vec!["/dev/vda".into(), "/dev/vdc".into()]),
+            "{:?}",
+            c.pool.devices
+        );
+        let c = load(FILE, &cmdline_overrides("lamina.pool.devices=,")).unwrap();
+        assert_eq!(c.pool.device_list(), None);
     }
 
     #[test]

@@ -353,7 +353,7 @@ impl Pool {
         // Each step with the time since bring-up began, for boot-time analysis.
         let step = |m: &str| crate::say(&format!("pool: {m} [+{:.2}s]", t.elapsed().as_secs_f64()));
         // 1. Disks, volume group, pool.
-        let devices = data_disks(Path::new("/sys/block"));
+        let devices = cfg.pool.device_list().unwrap_or_else(|| data_disks(Path::new("/sys/block")));
         if devices.is_empty() {
             return Err(fail("no virtio data disk (/dev/vd*)"));
         }

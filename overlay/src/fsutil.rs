@@ -126,6 +126,18 @@ pub fn clear_dir(dirfd: &OwnedFd) -> rustix::io::Result<()> {
     Ok(())
 }
 
+/// Flush the whole filesystem holding `dir` (syncfs(2)).
+pub fn syncfs(dir: &Path) -> Result<()> {
+    let fd = open_dir(dir)?;
+    rustix::fs::syncfs(&fd).ctx("syncfs", dir)
+}
+
+/// Whether the directory at `path` has no entries.
+pub fn dir_is_empty(path: &Path) -> Result<bool> {
+    let mut rd = std::fs::read_dir(path).ctx("read directory", path)?;
+    Ok(rd.next().is_none())
+}
+
 /// Names in an open directory (without `.`/`..`), sorted bytewise.
 pub fn list_dir(dirfd: &OwnedFd) -> rustix::io::Result<Vec<std::ffi::OsString>> {
     let dup = rustix::fs::openat(

@@ -17,6 +17,7 @@ pub mod export;
 pub mod fsutil;
 pub mod mount;
 pub mod quota;
+mod quota_sys;
 pub mod source;
 pub mod store;
 pub mod volume;

@@ -8,11 +8,10 @@
 //! 3. set the project id and the PROJINHERIT flag on the layer dir (FS_IOC_FSSETXATTR);
 //! 4. set the block hard and soft limit of that project (Q_XSETQLIM).
 //!
-//! The kernel calls sit behind [`ProjectQuota`]; the real implementation drives `xfs_io` and
-//! `xfs_quota` (the crate allows no unsafe code, and rustix has no quotactl/FSSETXATTR).
+//! The kernel calls sit behind [`ProjectQuota`]; the real implementation makes them directly
+//! (see [`crate::quota_sys`]), so the appliance needs neither `xfs_io` nor `xfs_quota`.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use crate::error::{Error, ErrorKind, Result};
 
@@ -99,19 +98,6 @@ fn mount_of(dir: &Path) -> Result<(PathBuf, String, String)> {
     best.ok_or_else(|| Error::new(ErrorKind::NotFound, format!("no mount holds {}", dir.display())))
 }
 
-fn run(cmd: &mut Command) -> Result<String> {
-    let out = cmd
-        .output()
-        .map_err(|e| Error::with_source(ErrorKind::Unsupported, format!("run {cmd:?}"), e))?;
-    if !out.status.success() {
-        return Err(Error::new(
-            ErrorKind::Io,
-            format!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr).trim()),
-        ));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
 impl ProjectQuota for XfsQuota {
     fn supported(&self, dir: &Path) -> Result<bool> {
         let st = rustix::fs::statfs(dir).map_err(|e| Error::io("statfs", dir, e))?;
@@ -124,34 +110,17 @@ impl ProjectQuota for XfsQuota {
     }
 
     fn project_id(&self, dir: &Path) -> Result<u32> {
-        let out = run(Command::new("xfs_io").arg("-c").arg("lsproj").arg(dir))?;
-        out.split('=').nth(1).and_then(|v| v.trim().parse().ok()).ok_or_else(|| {
-            Error::new(
-                ErrorKind::Invalid,
-                format!("xfs_io lsproj {}: unexpected output {out:?}", dir.display()),
-            )
-        })
+        crate::quota_sys::project_id(dir).map_err(|e| Error::io("read the project id of", dir, e))
     }
 
     fn set_project(&self, dir: &Path, id: u32) -> Result<()> {
-        run(Command::new("xfs_io")
-            .arg("-c")
-            .arg(format!("chproj {id}"))
-            .arg("-c")
-            .arg("chattr +P")
-            .arg(dir))?;
-        Ok(())
+        crate::quota_sys::set_project(dir, id)
+            .map_err(|e| Error::io(&format!("set project {id} on"), dir, e))
     }
 
     fn set_limit(&self, dir: &Path, id: u32, bytes: u64) -> Result<()> {
-        let (mp, _, _) = mount_of(dir)?;
-        let kib = bytes.div_ceil(1024);
-        run(Command::new("xfs_quota")
-            .arg("-x")
-            .arg("-c")
-            .arg(format!("limit -p bsoft={kib}k bhard={kib}k {id}"))
-            .arg(&mp))?;
-        Ok(())
+        crate::quota_sys::set_limit(dir, id, bytes)
+            .map_err(|e| Error::io(&format!("set the block limit of project {id} below"), dir, e))
     }
 }
 

@@ -25,8 +25,8 @@
 //! ```
 //!
 //! Every JSON file is written with temp file + fsync + rename + fsync of the directory. A
-//! layer is staged under `tmp/` and renamed into place only when complete, and its
-//! `layerdb` entry — written last — is what makes it exist.
+//! layer is staged under `tmp/` and renamed into place only when complete, the filesystem is
+//! flushed once (syncfs), and its `layerdb` entry — written last — is what makes it exist.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
@@ -434,7 +434,13 @@ impl Store {
             _ => Vec::new(),
         };
         let mut hr = HashReader::new(tar);
-        apply::apply_tar_over(apply::PadTail::new(&mut hr), &diff, &lower_dirs, mode, self.limits)?;
+        let stats = apply::apply_tar_over(
+            apply::PadTail::new(&mut hr),
+            &diff,
+            &lower_dirs,
+            mode,
+            self.limits,
+        )?;
         let (diff_id, _) = hr.finish().ctx("read layer stream for", &diff)?;
         if let Some(e) = expect {
             if e != &diff_id {
@@ -464,7 +470,10 @@ impl Store {
         } else {
             None
         };
-        let size = fsutil::tree_size(&diff)?;
+        let size = match stats.file_bytes {
+            Some(b) => b,
+            None => fsutil::tree_size(&diff)?,
+        };
         let staged = staging.keep();
         let dir = self.layer_dir(&cache_id);
         std::fs::rename(&staged, &dir).ctx("move layer into place", &dir)?;
@@ -475,7 +484,9 @@ impl Store {
         if let Some(p) = parent {
             self.mark_committed(&p.cache_id)?;
         }
-        fsutil::fsync_dir(&self.root)?;
+        // One flush of the filesystem makes the layer's files, its rename and links durable
+        // before the layerdb entry says it exists (no fsync per file while extracting).
+        fsutil::syncfs(&self.root)?;
         let meta = LayerMeta {
             chain_id,
             diff_id,

@@ -252,7 +252,8 @@ fn store_on_xfs_ftype1_works_and_has_no_project_quota_here() {
 #[test]
 #[ignore = "the host kernel refuses XFS V4 (crc=0), the only format with ftype=0 (dmesg: \
             'Deprecated V4 format (crc=0) not supported by kernel'); the refusal wording is unit-tested \
-            in backing.rs and this runs in the VM tier"]
+            in backing.rs, and tests/tests/vm_layers.rs makes such a filesystem in the appliance (whose \
+            kernel has CONFIG_XFS_SUPPORT_V4=y) and checks the refusal there"]
 fn store_on_xfs_ftype0_is_refused() {
     let t = tmp();
     let x =

@@ -14,12 +14,15 @@ pub fn lamina_dir(root: &Path) -> PathBuf {
     root.join("target/lamina")
 }
 
-/// Builds the static `lamina-init` (and, once the pool lands, `thinpool`); returns their paths.
+/// Builds the static `lamina-init`, `thinpool` and `layerstore`; returns their paths (init
+/// first, then the binaries installed under `sbin/`).
 pub fn build_static(root: &Path) -> Result<Vec<(String, PathBuf)>> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let target_dir = root.join("target/static");
     let mut cmd = Command::new(&cargo);
-    cmd.args(["build", "--release", "-p", "init", "-p", "thinpool", "--target", STATIC_TARGET])
+    cmd.args(["build", "--release", "-p", "init", "-p", "thinpool", "-p", "overlay"])
+        .args(["--bin", "lamina-init", "--bin", "thinpool", "--bin", "layerstore"])
+        .args(["--target", STATIC_TARGET])
         .arg("--target-dir")
         .arg(&target_dir)
         .env("RUSTFLAGS", "-C target-feature=+crt-static")
@@ -33,9 +36,15 @@ pub fn build_static(root: &Path) -> Result<Vec<(String, PathBuf)>> {
     }
     let init = target_dir.join(STATIC_TARGET).join("release/lamina-init");
     let thinpool = target_dir.join(STATIC_TARGET).join("release/thinpool");
-    check_static(&init)?;
-    check_static(&thinpool)?;
-    Ok(vec![("lamina-init".into(), init), ("thinpool".into(), thinpool)])
+    let layerstore = target_dir.join(STATIC_TARGET).join("release/layerstore");
+    for b in [&init, &thinpool, &layerstore] {
+        check_static(b)?;
+    }
+    Ok(vec![
+        ("lamina-init".into(), init),
+        ("thinpool".into(), thinpool),
+        ("layerstore".into(), layerstore),
+    ])
 }
 
 /// A static binary has no PT_INTERP and no DT_NEEDED.

@@ -1,0 +1,210 @@
+//! VM tier: the layer store inside the appliance, on the pool's XFS (`prjquota`) at
+//! /var/lib/lamina.
+//!
+//! An OCI image built on the host with umoci from real files (Debian's busybox-static) rides
+//! into the guest as a raw tar on a second virtio disk, which the pool leaves alone because
+//! it is booted with `lamina.pool.devices=/dev/vda`. In the guest: `layerstore import` reads
+//! the archive straight from the block device, `create` + `bundle`, and crun runs the
+//! container; `create --size` is enforced by an XFS project quota; `rm` + `prune` + `fstrim`
+//! hand the freed blocks back to the thin pool; a store on XFS V4 with ftype=0 (which the host
+//! kernel cannot mount) is refused with Docker's wording.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{bail, ensure, Context, Result};
+use serde_json::Value;
+use tests::{host_run, Opts, TestVm};
+
+const LS: &str = "/sbin/layerstore";
+const CRUN: &str = "/usr/bin/crun";
+
+fn umoci(args: &[&str]) -> Result<String> {
+    host_run(Command::new("umoci").args(args)).context("umoci (Debian package umoci) is needed")
+}
+
+/// A one-layer OCI image with busybox (static) whose command prints a line naming the
+/// container's hostname, packed as an OCI layout tar; returns the tar.
+fn busybox_archive(dir: &Path) -> Result<PathBuf> {
+    let busybox = Path::new("/bin/busybox");
+    ensure!(busybox.is_file(), "/bin/busybox is missing (Debian package busybox-static)");
+    let img = dir.join("img");
+    let bundle = dir.join("unpacked");
+    let ib = |t: &str| format!("{}:{t}", img.display());
+    umoci(&["init", "--layout", &img.to_string_lossy()])?;
+    umoci(&["new", "--image", &ib("base")])?;
+    umoci(&["unpack", "--image", &ib("base"), &bundle.to_string_lossy()])?;
+    let rootfs = bundle.join("rootfs");
+    std::fs::create_dir_all(rootfs.join("bin"))?;
+    std::fs::copy(busybox, rootfs.join("bin/busybox"))?;
+    std::os::unix::fs::symlink("busybox", rootfs.join("bin/sh"))?;
+    umoci(&["repack", "--image", &ib("bb1"), &bundle.to_string_lossy()])?;
+    umoci(&[
+        "config",
+        "--image",
+        &ib("bb1"),
+        "--tag",
+        "bb",
+        "--config.cmd",
+        "/bin/sh",
+        "--config.cmd",
+        "-c",
+        "--config.cmd",
+        "echo hello from $(/bin/busybox hostname) pid $$",
+    ])?;
+    let tar = dir.join("bb.oci.tar");
+    host_run(Command::new("tar").arg("-C").arg(&img).arg("-cf").arg(&tar).arg("."))?;
+    Ok(tar)
+}
+
+/// Runs `argv` in the guest with a longer timeout than [`TestVm::exec`]; returns the
+/// agent's reply (exit_code, stdout, stderr) whatever the exit code.
+fn run(vm: &mut TestVm, argv: &[&str], secs: u64) -> Result<Value> {
+    let r = vm.vm.agent()?.exec(argv, Duration::from_secs(secs))?;
+    eprintln!("[vm_layers] {argv:?} -> exit {}", r["exit_code"]);
+    Ok(r)
+}
+
+fn ok(vm: &mut TestVm, argv: &[&str], secs: u64) -> Result<String> {
+    let r = run(vm, argv, secs)?;
+    if r["exit_code"] != 0 {
+        bail!("{argv:?} in the guest failed: {r}");
+    }
+    Ok(r["stdout"].as_str().unwrap_or("").to_owned())
+}
+
+/// The pool's Data Space Used in bytes, and the docker-info string for the log.
+fn data_used(vm: &mut TestVm) -> Result<(u64, String)> {
+    let s = vm.vm.agent()?.call("pool.status", None, Duration::from_secs(30))?;
+    let used = s["data"]["used"].as_u64().context("pool.status without data.used")?
+        * s["block_bytes"].as_u64().context("pool.status without block_bytes")?;
+    let docker = s["devicemapper"]["Data Space Used"].as_str().unwrap_or("?").to_owned();
+    Ok((used, docker))
+}
+
+/// Whole 1 MiB blocks `dd` wrote: busybox prints "FULL+PARTIAL records out" on stderr (also
+/// after a write error).
+fn dd_mib(r: &Value) -> u64 {
+    let err = r["stderr"].as_str().unwrap_or("");
+    err.lines()
+        .filter_map(|l| l.strip_suffix(" records out"))
+        .filter_map(|n| n.split('+').next()?.trim().parse().ok())
+        .next_back()
+        .unwrap_or(0)
+}
+
+#[test]
+fn vm_layer_store_runs_quotas_and_trims() -> Result<()> {
+    let host = tempfile::tempdir()?;
+    let archive = busybox_archive(host.path())?;
+    let archive_size = std::fs::metadata(&archive)?.len();
+    ensure!(archive_size % 512 == 0, "tar size {archive_size} is not a multiple of 512");
+    let pool_disk = host.path().join("disk.raw");
+    // vdc: scratch disk for an XFS V4 (ftype=0) filesystem, which the host kernel cannot mount.
+    let v4_disk = host.path().join("v4.raw");
+    let mut opts = Opts { disks: vec![pool_disk, archive.clone(), v4_disk], ..Opts::debug() };
+    opts.append.push("lamina.pool.devices=/dev/vda".into());
+    opts.deadline = Duration::from_secs(600);
+    let mut vm = TestVm::boot("vm_layer_store_runs_quotas_and_trims", opts)?;
+    let ready = vm.wait_ready()?;
+    assert!(ready.line.contains("pool: store on /dev/nbd0"), "{}", ready.line);
+    // The pool took only vda; vdb is the archive, byte for byte.
+    assert_eq!(
+        ok(&mut vm, &["cat", "/sys/block/vdb/size"], 30)?.trim(),
+        (archive_size / 512).to_string()
+    );
+    let console = vm.console();
+    assert!(
+        !console.contains("/dev/vda,/dev/vdb"),
+        "the pool claimed the archive disk:\n{console}"
+    );
+
+    // 1. import from the block device, create, bundle, run under crun.
+    let imported = ok(&mut vm, &[LS, "import", "/dev/vdb", "--ref", "bb", "--tag", "bb:1"], 120)?;
+    eprintln!("[vm_layers] import: {imported}");
+    let images = ok(&mut vm, &[LS, "images"], 30)?;
+    assert!(images.contains("bb:1"), "{images}");
+    ok(&mut vm, &[LS, "create", "bb:1", "c1"], 30)?;
+    ok(&mut vm, &[LS, "bundle", "c1", "/run/bundle-c1"], 30)?;
+    // The appliance's root is the initramfs (rootfs), which pivot_root(2) refuses (EINVAL);
+    // like Docker on a ramdisk (DOCKER_RAMDISK), the runtime moves the rootfs and chroots.
+    let r = run(&mut vm, &[CRUN, "run", "--no-pivot", "--bundle", "/run/bundle-c1", "c1"], 60)?;
+    let stdout = r["stdout"].as_str().unwrap_or("");
+    assert_eq!(r["exit_code"], 0, "crun run failed: {r}");
+    // Hostname is the container's (bundle sets it to the container name), pid 1 of its own
+    // pid namespace.
+    assert_eq!(stdout.trim(), "hello from c1 pid 1", "{r}");
+
+    // 2. --size: a writer in the merged directory stops at the quota; without it, it does not.
+    // Random data: the pool keeps all-zero blocks unmapped, and step 3 needs mapped ones.
+    ok(&mut vm, &[LS, "create", "bb:1", "q", "--size", "64M"], 30)?;
+    let merged_q = ok(&mut vm, &[LS, "mount", "q"], 30)?.trim().to_owned();
+    let r = run(
+        &mut vm,
+        &["dd", "if=/dev/urandom", &format!("of={merged_q}/fill"), "bs=1M", "count=100"],
+        120,
+    )?;
+    let err = r["stderr"].as_str().unwrap_or("");
+    assert_ne!(r["exit_code"], 0, "dd past --size 64M succeeded: {r}");
+    assert!(
+        err.contains("Disk quota exceeded") || err.contains("No space left"),
+        "dd failed for another reason: {r}"
+    );
+    let written = dd_mib(&r);
+    assert!((56..=64).contains(&written), "wrote {written} MiB under a 64M limit: {r}");
+    ok(&mut vm, &[LS, "create", "bb:1", "free"], 30)?;
+    let merged_f = ok(&mut vm, &[LS, "mount", "free"], 30)?.trim().to_owned();
+    let r = run(
+        &mut vm,
+        &["dd", "if=/dev/urandom", &format!("of={merged_f}/fill"), "bs=1M", "count=100"],
+        120,
+    )?;
+    assert_eq!(r["exit_code"], 0, "dd without --size failed: {r}");
+    assert_eq!(dd_mib(&r), 100, "{r}");
+    ok(&mut vm, &["sync"], 60)?;
+
+    // 3. rm + prune, then fstrim: the pool's Data Space Used drops.
+    let (before, before_s) = data_used(&mut vm)?;
+    for c in ["c1", "q", "free"] {
+        ok(&mut vm, &[LS, "rm", c], 60)?;
+    }
+    ok(&mut vm, &[LS, "prune", "--all"], 60)?;
+    let images = ok(&mut vm, &[LS, "images"], 30)?;
+    assert!(!images.contains("bb:1"), "prune --all left the image: {images}");
+    ok(&mut vm, &["sync"], 60)?;
+    let (mid, _) = data_used(&mut vm)?;
+    let trimmed = ok(&mut vm, &["busybox", "fstrim", "-v", "/var/lib/lamina"], 120)?;
+    let (after, after_s) = data_used(&mut vm)?;
+    eprintln!(
+        "[vm_layers] Data Space Used: {before_s} ({before}) before rm, {mid} after rm+prune, \
+         {after_s} ({after}) after fstrim; fstrim said {}",
+        trimmed.trim()
+    );
+    // ~164 MiB of container data went away; at least 100 MiB must come back to the pool.
+    assert!(
+        before >= after + (100 << 20),
+        "Data Space Used did not drop by 100 MiB: {before} -> {after} ({before_s} -> {after_s})"
+    );
+
+    // 4. A store on XFS without d_type (V4, ftype=0) is refused with Docker's wording.
+    ok(
+        &mut vm,
+        &["/sbin/mkfs.xfs", "-f", "-q", "-K", "-m", "crc=0", "-n", "ftype=0", "/dev/vdc"],
+        120,
+    )?;
+    ok(&mut vm, &["mount", "-t", "xfs", "/dev/vdc", "/mnt"], 60)?;
+    let r = run(&mut vm, &[LS, "--root", "/mnt/overlay2", "images"], 60)?;
+    let err = r["stderr"].as_str().unwrap_or("");
+    assert_ne!(r["exit_code"], 0, "a store on ftype=0 XFS was accepted: {r}");
+    assert!(
+        err.contains("overlay2: the backing xfs filesystem is formatted without d_type support")
+            && err.contains("Reformat the filesystem with ftype=1 to enable d_type support"),
+        "{r}"
+    );
+    ok(&mut vm, &["umount", "/mnt"], 60)?;
+
+    let st = vm.vm.stop(Duration::from_secs(60))?;
+    assert!(st.success(), "QEMU exited with {st}");
+    Ok(())
+}
