@@ -1,8 +1,8 @@
 //! Pins of the benchmark-only programs in the `dm` image variant: Debian's `fio` and the
 //! closure of its DT_NEEDED libraries (fio links the rbd, gfapi, rdma, pmem and nbd engines into
 //! its binary, so the ceph, gluster, krb5, gnutls and icu libraries all load with it; pinned
-//! 2026-11-23 from bookworm). Kept apart from [`crate::pins`] and the dm pins so additions to
-//! the default image never collide with these.
+//! 2026-11-23 from bookworm). Kept apart from [`crate::pins`] and the dm pins; a library the
+//! default image already pins (liblzma5, libzstd1 for crun) is not pinned again here.
 //!
 //! A library the closure needs and no pin provides is a build error naming it; a pin whose
 //! package provides nothing the closure uses is caught by the variant's tests.
@@ -162,11 +162,6 @@ pub const FIO: &[DebPin] = &[
         sha256: "8b9c05f2d8d461a10d657b118f572af5bf8fd6c8f93dcef81e852c5ab0f428ab",
     },
     DebPin {
-        package: "liblzma5",
-        version: "5.4.1-1+deb12u2",
-        sha256: "3d8c29c8c21ec6007635e1b2591edf98b771c9572a085968f47452b33040f384",
-    },
-    DebPin {
         package: "libnbd0",
         version: "1.14.2-1",
         sha256: "775d8a88ac1d3daf9cea723fb0faca07e6167a4bcd606af37e73eb8ec5eba009",
@@ -255,11 +250,6 @@ pub const FIO: &[DebPin] = &[
         package: "libxml2",
         version: "2.9.14+dfsg-1.3~deb12u6",
         sha256: "4460e39dda10a815881374217cde08474747cfa018358cd8612c14b390eff53b",
-    },
-    DebPin {
-        package: "libzstd1",
-        version: "1.5.4+dfsg2-5",
-        sha256: "6315b5ac38b724a710fb96bf1042019398cb656718b1522279a5185ed39318fa",
     },
     DebPin {
         package: "zlib1g",
