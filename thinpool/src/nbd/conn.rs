@@ -17,7 +17,7 @@
 //! [`MAX_PAYLOAD`] is never allocated (READ → EINVAL, WRITE → disconnect, as the spec
 //! recommends when the payload cannot be skipped cheaply).
 
-use std::io::{self, BufReader, IoSlice, Read, Write};
+use std::io::{self, BufRead, BufReader, IoSlice, Read, Write};
 use std::net::Shutdown;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -203,7 +203,15 @@ fn read_request(
     if data.len() < n {
         data.resize(n, 0);
     }
-    r.read_exact(&mut data[..n])?;
+    // Take what the buffer already holds, then read the rest straight from the socket: going
+    // through the buffer would copy a large payload twice.
+    let held = r.buffer().len().min(n);
+    data[..held].copy_from_slice(&r.buffer()[..held]);
+    r.consume(held);
+    if held < n {
+        let mut sock: &Sock = r.get_ref();
+        sock.read_exact(&mut data[held..n])?;
+    }
     let reject = match (mode, req.command) {
         (HeaderMode::Extended, CMD_WRITE) if n as u64 != req.length => {
             Some((EINVAL, "extended WRITE without PAYLOAD_LEN"))
