@@ -155,10 +155,57 @@ impl Pool {
     pub fn write(&self, id: ThinId, offset: u64, buf: &[u8]) -> Result<()> {
         let _g = self.gate.read().unwrap_or_else(|e| e.into_inner());
         self.check_range(id, offset, buf.len() as u64)?;
+        if self.overwrite_blocks(id, offset, buf)? {
+            return Ok(());
+        }
         for s in segments(offset, buf.len(), self.block_bytes) {
             self.write_block(id, s.vb, s.off, &buf[s.at..s.at + s.len])?;
         }
         Ok(())
+    }
+
+    /// A write spanning several blocks that are all mapped and unshared: one stripe pass and
+    /// one metadata lock for all of them, and one device write per physically contiguous run.
+    /// `Ok(false)`, with nothing written, when any block needs allocation or copy-on-write.
+    fn overwrite_blocks(&self, id: ThinId, offset: u64, buf: &[u8]) -> Result<bool> {
+        let bs = self.block_bytes;
+        if buf.is_empty() || offset % bs + buf.len() as u64 <= bs {
+            return Ok(false);
+        }
+        let segs: Vec<Seg> = segments(offset, buf.len(), bs).collect();
+        // Same order as reads: stripes sorted, then metadata.
+        let mut idx: Vec<usize> = segs.iter().map(|s| self.stripe(id, s.vb)).collect();
+        idx.sort_unstable();
+        idx.dedup();
+        let _stripes: Vec<_> = idx.iter().map(|&i| lock(&self.stripes[i])).collect();
+        let mut blocks = Vec::with_capacity(segs.len());
+        {
+            let mut m = self.meta();
+            m.writable()?;
+            for s in &segs {
+                match m.lookup(id, s.vb)? {
+                    Some(bt) if !m.shared(id, &bt)? => blocks.push(bt.block),
+                    _ => return Ok(false),
+                }
+            }
+        }
+        // Runs of consecutive data blocks are contiguous on the device and in `buf`.
+        let mut i = 0;
+        while i < segs.len() {
+            let mut j = i + 1;
+            while j < segs.len() && blocks[j].0 == blocks[j - 1].0 + 1 {
+                j += 1;
+            }
+            let (first, last) = (&segs[i], &segs[j - 1]);
+            self.data_dev
+                .write_at(
+                    &buf[first.at..last.at + last.len],
+                    self.data_offset(blocks[i], first.off),
+                )
+                .map_err(|e| self.data_io("writing", blocks[i], e))?;
+            i = j;
+        }
+        Ok(true)
     }
 
     /// Writes `buf` only if that is an overwrite inside one mapped, unshared block: no
