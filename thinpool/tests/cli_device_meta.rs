@@ -1,19 +1,8 @@
 //! The metadata tools on a device-backed pool: `check` and `dump` read the metadata region of
 //! the volume group, named by the group directory or by one of its devices.
 
-use std::process::{Command, Output};
-
-const BIN: &str = env!("CARGO_BIN_EXE_thinpool");
-
-fn thinpool(args: &[&str]) -> Output {
-    Command::new(BIN).args(args).output().expect("running thinpool")
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = thinpool(args);
-    assert!(out.status.success(), "thinpool {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap()
-}
+mod cli_common;
+use cli_common::{ok, thinpool};
 
 #[test]
 fn check_and_dump_read_a_device_backed_pool() {

@@ -8,24 +8,16 @@ use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_thinpool");
+mod cli_common;
+use cli_common::{ok, thinpool, BIN};
+
 const CMD_READ: u16 = 0;
 const CMD_WRITE: u16 = 1;
 const CMD_FLUSH: u16 = 3;
 const CMD_TRIM: u16 = 4;
-
-fn thinpool(args: &[&str]) -> Output {
-    Command::new(BIN).args(args).output().expect("running thinpool")
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = thinpool(args);
-    assert!(out.status.success(), "thinpool {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap()
-}
 
 /// A daemon serving `vol` of pool `dir` on one inherited socket end; the other end is ours.
 struct Daemon {

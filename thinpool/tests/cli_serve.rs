@@ -3,20 +3,11 @@
 //! that need the pool files to themselves are refused with a clear message.
 
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_thinpool");
-
-fn thinpool(args: &[&str]) -> Output {
-    Command::new(BIN).args(args).output().expect("running thinpool")
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = thinpool(args);
-    assert!(out.status.success(), "thinpool {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap()
-}
+mod cli_common;
+use cli_common::{ok, thinpool, BIN};
 
 fn nbdinfo_list(sock: &Path) -> String {
     let uri = format!("nbd+unix:///?socket={}", sock.display());
