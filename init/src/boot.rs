@@ -133,10 +133,17 @@ pub fn parse_module_order(text: &str) -> Vec<ModuleLine> {
 /// by far the slowest module to load (about a second under TCG).
 pub const MOUNT_MODULES: [&str; 3] = ["libcrc32c", "xfs", "overlay"];
 
-/// Splits the image's order into (now, later): `later` holds the lines named in `names`, in
-/// their order. Sound as long as nothing in `now` depends on a module in `later`.
-pub fn split_modules(lines: Vec<ModuleLine>, names: &[&str]) -> (Vec<ModuleLine>, Vec<ModuleLine>) {
-    lines.into_iter().partition(|m| !names.contains(&m.name.as_str()))
+/// Splits the image's order into (now, later) at the first module named in `names`: the order
+/// lists dependencies first, so nothing before that point needs anything after it, while a
+/// module after it may (the dm variant's dm_persistent_data needs libcrc32c), so the whole tail
+/// loads later, in order.
+pub fn split_modules(
+    mut lines: Vec<ModuleLine>,
+    names: &[&str],
+) -> (Vec<ModuleLine>, Vec<ModuleLine>) {
+    let at = lines.iter().position(|m| names.contains(&m.name.as_str())).unwrap_or(lines.len());
+    let later = lines.split_off(at);
+    (lines, later)
 }
 
 /// The reports of a batch of modules and when the batch was done.
@@ -329,13 +336,17 @@ mod tests {
     }
 
     #[test]
-    fn mount_modules_are_split_off_in_order() {
-        let order =
-            parse_module_order("virtio a\nnbd b\nlibcrc32c c\nvirtio_net d\nxfs e\noverlay f\n");
-        let (now, later) = split_modules(order, &MOUNT_MODULES);
+    fn mount_modules_and_what_follows_them_load_later_in_order() {
         let names = |v: &[ModuleLine]| v.iter().map(|m| m.name.clone()).collect::<Vec<_>>();
-        assert_eq!(names(&now), ["virtio", "nbd", "virtio_net"]);
-        assert_eq!(names(&later), ["libcrc32c", "xfs", "overlay"]);
+        let order = parse_module_order(
+            "virtio a\nnbd b\nlibcrc32c c\nxfs e\noverlay f\ndm_mod g\ndm_persistent_data h\n",
+        );
+        let (now, later) = split_modules(order, &MOUNT_MODULES);
+        assert_eq!(names(&now), ["virtio", "nbd"]);
+        // dm_persistent_data needs libcrc32c: it must not race ahead of it.
+        assert_eq!(names(&later), ["libcrc32c", "xfs", "overlay", "dm_mod", "dm_persistent_data"]);
+        let (now, later) = split_modules(parse_module_order("virtio a\nnbd b\n"), &MOUNT_MODULES);
+        assert_eq!((names(&now).len(), later.len()), (2, 0));
     }
 
     #[test]

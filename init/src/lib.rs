@@ -179,6 +179,7 @@ fn run(sfd: nix::Result<SignalFd>) -> ! {
     let (now, later) = boot::split_modules(boot::parse_module_order(&order), &boot::MOUNT_MODULES);
     let t = Instant::now();
     // The mount's modules load meanwhile; the pool waits for them right before it mounts.
+    let later_names: Vec<String> = later.iter().map(|m| m.name.clone()).collect();
     let mut mount_modules = boot::Loading::start(later);
     let mut reports = boot::load_modules(&kernel, &now);
     let modules_took = t.elapsed();
@@ -294,7 +295,7 @@ fn run(sfd: nix::Result<SignalFd>) -> ! {
             reports.len() - failed,
             reports.len(),
             modules_took.as_secs_f64(),
-            boot::MOUNT_MODULES.join(","),
+            later_names.join(","),
             later_took.as_secs_f64()
         ),
     );
