@@ -199,19 +199,7 @@ impl Store {
             _ => mkdir(&diff, 0o755)?,
         }
         let cache_id = fsutil::random_hex(32);
-        let link = if self.driver == Driver::Overlay {
-            let link = fsutil::short_id();
-            std::fs::write(staging.path().join("link"), &link)
-                .ctx("write link in", staging.path())?;
-            if !lower.is_empty() {
-                std::fs::write(staging.path().join("lower"), lower.join(":"))
-                    .ctx("write lower in", staging.path())?;
-                mkdir(&staging.path().join("work"), 0o700)?;
-            }
-            Some(link)
-        } else {
-            None
-        };
+        let link = self.write_overlay_files(staging.path(), &lower)?;
         let dir = self.layer_dir(&cache_id);
         std::fs::rename(staging.keep(), &dir).ctx("move container layer into place", &dir)?;
         if let Some(link) = link {

@@ -281,6 +281,26 @@ impl Store {
 
     // ---- paths and metadata ------------------------------------------------------------
 
+    /// overlay2's per-layer files in a layer being built at `dir`: `link` (a fresh short id,
+    /// returned) and, above other layers, `lower` (their `l/` links, nearest first) and `work/`.
+    /// Nothing with the vfs driver.
+    pub(crate) fn write_overlay_files(
+        &self,
+        dir: &Path,
+        lower: &[String],
+    ) -> Result<Option<String>> {
+        if self.driver != Driver::Overlay {
+            return Ok(None);
+        }
+        let link = fsutil::short_id();
+        std::fs::write(dir.join("link"), &link).ctx("write link in", dir)?;
+        if !lower.is_empty() {
+            std::fs::write(dir.join("lower"), lower.join(":")).ctx("write lower in", dir)?;
+            mkdir(&dir.join("work"), 0o700)?;
+        }
+        Ok(Some(link))
+    }
+
     pub(crate) fn layer_dir(&self, cache_id: &str) -> PathBuf {
         self.root.join(cache_id)
     }
@@ -455,21 +475,11 @@ impl Store {
             return Ok(existing);
         }
         let cache_id = fsutil::random_hex(32);
-        let link = if self.driver == Driver::Overlay {
-            let link = fsutil::short_id();
-            std::fs::write(staging.path().join("link"), &link)
-                .ctx("write link in", staging.path())?;
-            if let Some(pl) = &parent_link {
-                let mut lower = vec![format!("l/{pl}")];
-                lower.extend(parent_lowers);
-                std::fs::write(staging.path().join("lower"), lower.join(":"))
-                    .ctx("write lower in", staging.path())?;
-                mkdir(&staging.path().join("work"), 0o700)?;
-            }
-            Some(link)
-        } else {
-            None
+        let lower: Vec<String> = match &parent_link {
+            Some(pl) => std::iter::once(format!("l/{pl}")).chain(parent_lowers).collect(),
+            None => Vec::new(),
         };
+        let link = self.write_overlay_files(staging.path(), &lower)?;
         let size = match stats.file_bytes {
             Some(b) => b,
             None => fsutil::tree_size(&diff)?,

@@ -79,34 +79,7 @@ fn tar_of(entries: &[E]) -> Vec<u8> {
 
 /// An OCI layout holding one image whose single layer is `layer` (uncompressed).
 fn layout_with_layer(dir: &Path, layer: &[u8]) -> PathBuf {
-    let l = dir.join("layout");
-    std::fs::create_dir_all(l.join("blobs/sha256")).unwrap();
-    let put = |bytes: &[u8]| -> Digest {
-        let d = Digest::of(bytes);
-        std::fs::write(l.join("blobs/sha256").join(d.hex()), bytes).unwrap();
-        d
-    };
-    let ld = put(layer);
-    let config = serde_json::to_vec(&serde_json::json!({
-        "architecture": "amd64", "os": "linux",
-        "rootfs": {"type": "layers", "diff_ids": [ld]},
-    }))
-    .unwrap();
-    let cd = put(&config);
-    let manifest = serde_json::to_vec(&serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd, "size": config.len()},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": ld, "size": layer.len()}],
-    }))
-    .unwrap();
-    let md = put(&manifest);
-    std::fs::write(l.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
-    let idx = serde_json::json!({"schemaVersion": 2, "manifests": [{
-        "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": md, "size": manifest.len(),
-        "annotations": {"org.opencontainers.image.ref.name": "t"}}]});
-    std::fs::write(l.join("index.json"), serde_json::to_vec(&idx).unwrap()).unwrap();
-    l
+    common::layout_with_layers(dir, &[layer.to_vec()], &[])
 }
 
 /// Everything below `p` (paths, sizes, link targets), to prove nothing changed.

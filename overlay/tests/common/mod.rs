@@ -58,6 +58,16 @@ fn mknod(p: &Path, kind: rustix::fs::FileType, dev: u64) {
         .unwrap();
 }
 
+/// `umoci init` a layout at `img` with an empty image `base`, unpacked into the bundle `b`;
+/// returns the bundle's rootfs, where the caller builds the first layer.
+fn umoci_new_base(img: &Path, b: &Path) -> PathBuf {
+    let base = format!("{}:base", img.display());
+    umoci(&["init", "--layout", img.to_str().unwrap()]);
+    umoci(&["new", "--image", &base]);
+    umoci(&["unpack", "--image", &base, b.to_str().unwrap()]);
+    b.join("rootfs")
+}
+
 /// Build a multi-layer OCI image at `dir/img` with umoci from real files. Tags:
 /// `l1` (base), `l2` (deletions), `l3` (changes), `final` (opaque dir + whiteout via umoci
 /// insert, plus a Cmd). Returns the layout path.
@@ -66,10 +76,7 @@ pub fn build_rich_image(dir: &Path) -> PathBuf {
     let img = dir.join("img");
     let b = dir.join("bundle");
     let ib = |t: &str| format!("{}:{t}", img.display());
-    umoci(&["init", "--layout", img.to_str().unwrap()]);
-    umoci(&["new", "--image", &ib("base")]);
-    umoci(&["unpack", "--image", &ib("base"), b.to_str().unwrap()]);
-    let r = b.join("rootfs");
+    let r = umoci_new_base(&img, &b);
     // Layer 1: a real static binary and a zoo of file kinds.
     std::fs::create_dir_all(r.join("bin")).unwrap();
     std::fs::copy("/bin/busybox", r.join("bin/busybox")).unwrap();
@@ -182,10 +189,7 @@ pub fn build_busybox_image(dir: &Path) -> PathBuf {
     let img = dir.join("bbimg");
     let b = dir.join("bbbundle");
     let ib = |t: &str| format!("{}:{t}", img.display());
-    umoci(&["init", "--layout", img.to_str().unwrap()]);
-    umoci(&["new", "--image", &ib("base")]);
-    umoci(&["unpack", "--image", &ib("base"), b.to_str().unwrap()]);
-    let r = b.join("rootfs");
+    let r = umoci_new_base(&img, &b);
     std::fs::create_dir_all(r.join("bin")).unwrap();
     std::fs::copy("/bin/busybox", r.join("bin/busybox")).unwrap();
     std::os::unix::fs::symlink("busybox", r.join("bin/sh")).unwrap();
