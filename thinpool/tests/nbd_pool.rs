@@ -206,6 +206,33 @@ fn pool_exports_work_with_real_clients() {
     ok("nbdcopy", &["--connections=4", &uri(&srv.sock, "vol"), bp.to_str().unwrap()], T);
     let back = std::fs::read(&bp).unwrap();
     assert!(back[..size] == src[..], "nbdcopy round trip through the pool differs");
+    // Again with other data in 1 MiB requests: the blocks are mapped now, so the server
+    // splices most payloads from the socket straight to the data file (conn.rs).
+    let src = random_bytes(size, 78);
+    std::fs::write(&sp, &src).unwrap();
+    let req = "--request-size=1048576";
+    ok(
+        "nbdcopy",
+        &["--connections=4", req, "--flush", sp.to_str().unwrap(), &uri(&srv.sock, "vol")],
+        T,
+    );
+    ok("nbdcopy", &["--connections=4", &uri(&srv.sock, "vol"), bp.to_str().unwrap()], T);
+    let back = std::fs::read(&bp).unwrap();
+    assert!(back[..size] == src[..], "spliced overwrites differ");
+
+    // A spliced payload whose request fails is dropped, and the connection goes on.
+    {
+        use thinpool::nbd::wire::ENOSPC;
+        let mut c = client::Client::connect_unix(&srv.sock, "half", true, false);
+        let (a, b) = (random_bytes(1 << 20, 5), random_bytes(1 << 20, 6));
+        assert_eq!(c.write(40 * MIB, &a, 0), 0, "allocating write");
+        assert_eq!(c.write(64 * MIB - (512 << 10), &a, 0), ENOSPC, "beyond the end");
+        assert_eq!(c.write(40 * MIB, &b, 0), 0, "overwrite");
+        assert_eq!(c.write(4 * MIB, &a, 0), 0, "overwrite of qemu-io's bytes");
+        assert!(c.read(40 * MIB, 1 << 20).unwrap() == b, "overwrite after a failed write");
+        assert!(c.read(4 * MIB, 1 << 20).unwrap() == a, "second overwrite");
+        c.disconnect();
+    }
 
     // fio with verification, 4 jobs on their own connections.
     let fu = format!("--uri={}", uri(&srv.sock, "vol"));

@@ -7,6 +7,7 @@
 
 use std::fs::File;
 use std::io;
+use std::os::fd::BorrowedFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -34,6 +35,20 @@ pub trait BlockDevice: Send + Sync {
     /// cannot tell. Lets the NBD server serve cached reads inline. Default: never.
     fn read_cached(&self, _buf: &mut [u8], _offset: u64) -> io::Result<bool> {
         Ok(false)
+    }
+    /// Whether [`BlockDevice::write_from_pipe`] works here. Default: no.
+    fn splices(&self) -> bool {
+        false
+    }
+    /// Writes the next `len` bytes waiting in the pipe `src` at `offset`, moved by the kernel
+    /// (splice) instead of copied through user space: the NBD server splices large WRITE
+    /// payloads from the socket into a pipe. The bytes must all be in the pipe already. Only
+    /// called where [`BlockDevice::splices`]; after an error, an unknown part was consumed.
+    fn write_from_pipe(&self, _src: BorrowedFd<'_>, _len: usize, _offset: u64) -> io::Result<()> {
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            format!("{}: cannot write from a pipe", self.describe()),
+        ))
     }
 }
 
@@ -146,6 +161,33 @@ impl BlockDevice for FileDevice {
 
     fn flush(&self) -> io::Result<()> {
         self.file.sync_data()
+    }
+
+    fn splices(&self) -> bool {
+        true
+    }
+
+    fn write_from_pipe(&self, src: BorrowedFd<'_>, len: usize, offset: u64) -> io::Result<()> {
+        use rustix::pipe::SpliceFlags;
+        check_range(|| self.describe(), offset, len, self.size())?;
+        let (mut at, mut left) = (offset, len);
+        while left > 0 {
+            // NONBLOCK on the pipe side: an empty pipe is a caller's bug, and must fail
+            // rather than hang. The kernel advances `at`.
+            let flags = SpliceFlags::MOVE | SpliceFlags::NONBLOCK;
+            match rustix::pipe::splice(src, None, &self.file, Some(&mut at), left, flags) {
+                Ok(0) | Err(rustix::io::Errno::AGAIN) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        format!("{}: pipe ran dry {left} bytes short", self.describe()),
+                    ))
+                }
+                Ok(n) => left -= n.min(left),
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
     }
 
     fn read_cached(&self, buf: &mut [u8], offset: u64) -> io::Result<bool> {

@@ -9,9 +9,26 @@
 //! holding the lock, and answers at once: no thread hand-off and no lock traffic per request.
 //! Any other request makes the leader release the lock (a waiting follower becomes leader)
 //! and execute it, so a slow request (allocation, copy-on-write, commit, waiting for space,
-//! FLUSH) holds up only its own thread. Every reply (header and data) goes out in one write
-//! under the writer lock, in completion order; the kernel's 128 queued requests wait in the
-//! socket buffer rather than in our memory.
+//! FLUSH) holds up only its own thread. Every reply (header and data) goes out whole under the
+//! writer lock, in completion order; the kernel's 128 queued requests wait in the socket
+//! buffer rather than in our memory.
+//!
+//! Replies to inline requests are batched while the next request already sits complete in the
+//! read buffer (up to [`BATCH_MAX`] bytes): one socket write then carries several replies, and
+//! the client wakes once for them. The batch goes out before the leader could block (the next
+//! request is not all there), before it hands the lock over, and when it is full, so a reply
+//! waits only for requests the server already holds, never for the client.
+//!
+//! A large WRITE payload (from [`SPLICE_MIN`] bytes) to an export that takes it
+//! ([`Export::splices_writes`](super::export::Export::splices_writes)) is not read into memory:
+//! the leader splices it from the socket into its own pipe, which moves page references, not
+//! bytes, and hands the lock over; the worker then has the data device take the bytes from the
+//! pipe. One copy (pipe to page cache) instead of two (socket to buffer, buffer to page cache),
+//! and the next leader reads on while the copy runs. If the export cannot take them that way
+//! (the blocks need allocation or copy-on-write), the worker reads the pipe into memory and
+//! writes as usual. The first [`SPLICE_PEEK`] bytes are read into memory anyway: a payload
+//! that starts with zeros goes the usual way, where an all-zero write unmaps rather than
+//! writes.
 //!
 //! Memory is bounded by `workers x 32 MiB` per connection: a payload longer than
 //! [`MAX_PAYLOAD`] is never allocated (READ → EINVAL, WRITE → disconnect, as the spec
@@ -19,6 +36,7 @@
 
 use std::io::{self, BufRead, BufReader, IoSlice, Read, Write};
 use std::net::Shutdown;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -27,6 +45,11 @@ use super::msg::*;
 use super::negotiate::{Negotiated, BASE_ALLOCATION_ID};
 use super::server::{RateLog, Sock};
 use super::wire::*;
+use rustix::event::{poll, PollFd, PollFlags, Timespec};
+use rustix::io::Errno;
+use rustix::pipe::{
+    fcntl_getpipe_size, fcntl_setpipe_size, pipe_with, splice, PipeFlags, SpliceFlags,
+};
 
 /// Buffers larger than this are released after use instead of being kept by the worker.
 const KEEP_BUFFER: usize = 4 << 20;
@@ -37,6 +60,15 @@ const SPARSE_MIN: u64 = 64 << 10;
 
 /// Read-side buffering: several small request headers arrive per read syscall.
 const READ_BUFFER: usize = 256 << 10;
+/// Batched inline replies are sent once they reach this many bytes.
+const BATCH_MAX: usize = 64 << 10;
+/// WRITE payloads from this long are spliced (see the module doc).
+const SPLICE_MIN: usize = 256 << 10;
+/// Bytes of a spliced payload read into memory first, to look for zeros.
+const SPLICE_PEEK: usize = 4 << 10;
+/// Capacity asked for a worker's pipe: a whole 1 MiB payload fits. This is the default
+/// `fs.pipe-max-size`; if the kernel grants less, payloads that do not fit are read into memory.
+const PIPE_SIZE: usize = 2 << 20;
 
 struct Conn<'a> {
     sock: &'a Sock,
@@ -50,13 +82,85 @@ struct Conn<'a> {
 struct Reader<'a> {
     r: BufReader<&'a Sock>,
     done: bool,
+    /// Replies to inline requests not sent yet (see the module doc).
+    batch: Vec<u8>,
 }
 
 /// A request read off the wire, with an error already decided for malformed ones.
 struct Incoming {
     req: Request,
     payload_len: usize,
+    /// The last `spliced` bytes of the payload wait in the worker's pipe, not in its buffer.
+    spliced: usize,
     reject: Option<(u32, &'static str)>,
+}
+
+/// A worker's pipe for spliced WRITE payloads.
+struct Pipe {
+    r: OwnedFd,
+    w: OwnedFd,
+    cap: usize,
+    /// Bytes in the pipe not yet consumed. Non-zero once a request is done means its write
+    /// failed half way: the pipe is then replaced, never read from again.
+    pending: usize,
+}
+
+impl Pipe {
+    fn new() -> io::Result<Pipe> {
+        let (r, w) = pipe_with(PipeFlags::CLOEXEC)?;
+        // Above fs.pipe-max-size only a privileged process may go; take what is granted.
+        let cap = fcntl_setpipe_size(&w, PIPE_SIZE)
+            .or_else(|_| fcntl_setpipe_size(&w, PIPE_SIZE / 2))
+            .or_else(|_| fcntl_getpipe_size(&w))?;
+        Ok(Pipe { r, w, cap, pending: 0 })
+    }
+
+    /// Moves up to `len` bytes from `sock` into the pipe; stops early only when the pipe is
+    /// full. Returns the bytes moved.
+    fn fill_from(&mut self, sock: &Sock, len: usize) -> io::Result<usize> {
+        let mut moved = 0;
+        while moved < len {
+            // Non-blocking on both ends: a full pipe must not block the only thread that
+            // could drain it; an empty socket is waited for with poll below.
+            let flags = SpliceFlags::MOVE | SpliceFlags::NONBLOCK;
+            match splice(sock, None, &self.w, None, len - moved, flags) {
+                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                Ok(n) => {
+                    moved += n;
+                    self.pending += n;
+                }
+                Err(Errno::INTR) => {}
+                Err(Errno::AGAIN) => {
+                    let mut pw = [PollFd::new(&self.w, PollFlags::OUT)];
+                    if poll(&mut pw, Some(&Timespec { tv_sec: 0, tv_nsec: 0 }))? == 0 {
+                        return Ok(moved); // full
+                    }
+                    let mut ps = [PollFd::new(sock, PollFlags::IN)];
+                    match poll(&mut ps, None) {
+                        Ok(_) | Err(Errno::INTR) => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(moved)
+    }
+
+    /// Reads `buf.len()` pending bytes out of the pipe.
+    fn drain_into(&mut self, buf: &mut [u8]) -> io::Result<()> {
+        let mut got = 0;
+        while got < buf.len() {
+            match rustix::io::read(&self.r, &mut buf[got..]) {
+                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                Ok(n) => got += n,
+                Err(Errno::INTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        self.pending -= got.min(self.pending);
+        Ok(())
+    }
 }
 
 /// A failed request: the errno to send and what to log.
@@ -89,6 +193,7 @@ pub(crate) fn serve(sock: Arc<Sock>, neg: Negotiated, workers: usize, log: &Rate
         reader: Mutex::new(Reader {
             r: BufReader::with_capacity(READ_BUFFER, &*sock),
             done: false,
+            batch: Vec::new(),
         }),
         writer: Mutex::new(()),
         log,
@@ -109,11 +214,15 @@ pub(crate) fn serve(sock: Arc<Sock>, neg: Negotiated, workers: usize, log: &Rate
 
 fn worker(c: &Conn<'_>) {
     let mut data: Vec<u8> = Vec::new();
+    let mut pipe: Option<Pipe> = None;
     let mut out: Vec<u8> = Vec::with_capacity(512);
     loop {
-        let Some(inc) = lead(c, &mut data, &mut out) else { return };
+        let Some(inc) = lead(c, &mut data, &mut pipe, &mut out) else { return };
         out.clear();
-        handle(c, &inc, &data, &mut out);
+        handle(c, &inc, &mut data, &mut pipe, &mut out);
+        if pipe.as_ref().is_some_and(|p| p.pending > 0) {
+            pipe = None; // what is left belongs to a failed request
+        }
         if data.len() > KEEP_BUFFER {
             data = Vec::new();
         }
@@ -124,34 +233,67 @@ fn worker(c: &Conn<'_>) {
 }
 
 /// Takes the reader lock and serves quick requests inline until one needs the full way;
-/// returns that one (with the lock released), or None when the connection ends.
-fn lead(c: &Conn<'_>, data: &mut Vec<u8>, out: &mut Vec<u8>) -> Option<Incoming> {
-    let mut r = c.reader.lock().unwrap_or_else(|e| e.into_inner());
+/// returns that one (with the lock released), or None when the connection ends. Batched
+/// replies are always sent before this returns.
+fn lead(
+    c: &Conn<'_>,
+    data: &mut Vec<u8>,
+    pipe: &mut Option<Pipe>,
+    out: &mut Vec<u8>,
+) -> Option<Incoming> {
+    let mut guard = c.reader.lock().unwrap_or_else(|e| e.into_inner());
+    let r = &mut *guard;
     loop {
         if r.done || c.dead.load(Ordering::Relaxed) {
+            flush_batch(c, &mut r.batch);
             return None;
         }
-        let inc = match read_request(c, &mut r.r, data) {
+        // A non-empty batch means the next request is already buffered: reading it cannot block.
+        let inc = match read_request(c, &mut r.r, data, pipe) {
             Ok(Some(inc)) => inc,
             Ok(None) => {
                 r.done = true;
-                return None;
+                continue;
             }
             Err(e) => {
                 r.done = true;
                 if e.kind() != io::ErrorKind::UnexpectedEof {
                     c.log.warn(format_args!("export {:?}: dropping client: {e}", c.neg.name));
                 }
-                return None;
+                continue;
             }
         };
         out.clear();
         if !inline(c, &inc, data, out) {
+            flush_batch(c, &mut r.batch);
             return Some(inc);
         }
-        // Replies go out at once rather than batched: the client can reap and resubmit
-        // while the next request is served.
-        send(c, &[out]);
+        if r.batch.len() + out.len() > BATCH_MAX || !next_request_buffered(c, &r.r) {
+            // The reply goes out with the batch in one write, without copying it in first.
+            send(c, &[&r.batch, out]);
+            r.batch.clear();
+        } else {
+            r.batch.extend_from_slice(out);
+        }
+    }
+}
+
+fn flush_batch(c: &Conn<'_>, batch: &mut Vec<u8>) {
+    if !batch.is_empty() {
+        send(c, &[batch]);
+        batch.clear();
+    }
+}
+
+/// Whether the read buffer holds the whole next request (header and payload), so reading it
+/// cannot block.
+fn next_request_buffered(c: &Conn<'_>, r: &BufReader<&Sock>) -> bool {
+    let mode = c.neg.mode;
+    let buf = r.buffer();
+    let Some(hdr) = buf.get(..mode.request_len()) else { return false };
+    match decode_request(mode, hdr) {
+        Ok(req) => (buf.len() - hdr.len()) as u64 >= req.payload_len(mode),
+        Err(_) => false,
     }
 }
 
@@ -160,6 +302,7 @@ fn lead(c: &Conn<'_>, data: &mut Vec<u8>, out: &mut Vec<u8>) -> Option<Incoming>
 fn inline(c: &Conn<'_>, inc: &Incoming, data: &[u8], out: &mut Vec<u8>) -> bool {
     let req = &inc.req;
     if req.length > INLINE_MAX
+        || inc.spliced > 0
         || req.flags & CMD_FLAG_FUA != 0
         || !matches!(req.command, CMD_READ | CMD_WRITE)
         || check(c, inc).is_err()
@@ -182,6 +325,7 @@ fn read_request(
     c: &Conn<'_>,
     r: &mut BufReader<&Sock>,
     data: &mut Vec<u8>,
+    pipe: &mut Option<Pipe>,
 ) -> io::Result<Option<Incoming>> {
     let mode = c.neg.mode;
     let mut hdr = [0u8; 32];
@@ -208,9 +352,10 @@ fn read_request(
     let held = r.buffer().len().min(n);
     data[..held].copy_from_slice(&r.buffer()[..held]);
     r.consume(held);
+    let mut spliced = 0;
     if held < n {
-        let mut sock: &Sock = r.get_ref();
-        sock.read_exact(&mut data[held..n])?;
+        let splice = req.command == CMD_WRITE && n >= SPLICE_MIN && c.neg.export.splices_writes();
+        spliced = read_payload(r.get_ref(), &mut data[..n], held, splice, pipe)?;
     }
     let reject = match (mode, req.command) {
         (HeaderMode::Extended, CMD_WRITE) if n as u64 != req.length => {
@@ -220,7 +365,45 @@ fn read_request(
         _ if n > 0 => Some((EINVAL, "unexpected payload")),
         _ => None,
     };
-    Ok(Some(Incoming { req, payload_len: n, reject }))
+    Ok(Some(Incoming { req, payload_len: n, spliced, reject }))
+}
+
+/// Reads the rest of a payload of which `held` bytes are in `data` already. With `splice`,
+/// a payload that does not start with zeros goes into the worker's pipe as far as it fits
+/// (see the module doc); returns how many bytes went there.
+fn read_payload(
+    sock: &Sock,
+    data: &mut [u8],
+    mut held: usize,
+    splice: bool,
+    pipe: &mut Option<Pipe>,
+) -> io::Result<usize> {
+    let mut sock = sock;
+    let n = data.len();
+    if splice {
+        let peek = SPLICE_PEEK.min(n);
+        if held < peek {
+            sock.read_exact(&mut data[held..peek])?;
+            held = peek;
+        }
+        if pipe.is_none() {
+            // Without a pipe the payload is just read.
+            *pipe = Pipe::new().ok();
+        }
+        let data_not_zeros = data[..held].iter().any(|&b| b != 0);
+        if let Some(p) = pipe.as_mut().filter(|p| data_not_zeros && n - held <= p.cap) {
+            let moved = p.fill_from(sock, n - held)?;
+            if moved == n - held {
+                return Ok(moved);
+            }
+            // The pipe filled up early (its slots hold partial pages): the rest goes through
+            // memory.
+            p.drain_into(&mut data[held..held + moved])?;
+            held += moved;
+        }
+    }
+    sock.read_exact(&mut data[held..n])?;
+    Ok(0)
 }
 
 fn allowed_flags(c: &Conn<'_>, inc: &Incoming) -> u16 {
@@ -243,9 +426,15 @@ fn allowed_flags(c: &Conn<'_>, inc: &Incoming) -> u16 {
     f
 }
 
-fn handle(c: &Conn<'_>, inc: &Incoming, data: &[u8], out: &mut Vec<u8>) {
+fn handle(
+    c: &Conn<'_>,
+    inc: &Incoming,
+    data: &mut [u8],
+    pipe: &mut Option<Pipe>,
+    out: &mut Vec<u8>,
+) {
     let req = &inc.req;
-    match execute(c, inc, data, out) {
+    match execute(c, inc, data, pipe, out) {
         Ok(()) => {}
         Err(f) => {
             if f.client_fault {
@@ -315,7 +504,13 @@ fn check(c: &Conn<'_>, inc: &Incoming) -> Result<(), Fail> {
 }
 
 /// Executes a request and sends its success reply; errors are returned for the caller to send.
-fn execute(c: &Conn<'_>, inc: &Incoming, data: &[u8], out: &mut Vec<u8>) -> Result<(), Fail> {
+fn execute(
+    c: &Conn<'_>,
+    inc: &Incoming,
+    data: &mut [u8],
+    pipe: &mut Option<Pipe>,
+    out: &mut Vec<u8>,
+) -> Result<(), Fail> {
     check(c, inc)?;
     let req = &inc.req;
     let export = &c.neg.export;
@@ -326,6 +521,7 @@ fn execute(c: &Conn<'_>, inc: &Incoming, data: &[u8], out: &mut Vec<u8>) -> Resu
             send(c, &[out]);
             return Ok(());
         }
+        CMD_WRITE if inc.spliced > 0 => write_spliced(c, inc, data, pipe)?,
         CMD_WRITE => export.write(req.offset, &data[..inc.payload_len], fua)?,
         CMD_FLUSH => export.flush()?,
         CMD_TRIM => export.trim(req.offset, req.length, fua)?,
@@ -342,6 +538,30 @@ fn execute(c: &Conn<'_>, inc: &Incoming, data: &[u8], out: &mut Vec<u8>) -> Resu
     }
     encode_ok(c, req, out);
     send(c, &[out]);
+    Ok(())
+}
+
+/// A WRITE whose payload ends in the worker's pipe: spliced to the data device if the export
+/// can, else read into memory and written as usual.
+fn write_spliced(
+    c: &Conn<'_>,
+    inc: &Incoming,
+    data: &mut [u8],
+    pipe: &mut Option<Pipe>,
+) -> Result<(), Fail> {
+    let req = &inc.req;
+    let fua = req.flags & CMD_FLAG_FUA != 0;
+    let internal = |why: String| Fail { errno: EIO, why, client_fault: false };
+    let p = pipe.as_mut().ok_or_else(|| internal("spliced payload without a pipe".into()))?;
+    let held = inc.payload_len - inc.spliced;
+    let export = &c.neg.export;
+    if export.write_spliced(req.offset, &data[..held], p.r.as_fd(), inc.spliced, fua)? {
+        p.pending = 0;
+        return Ok(());
+    }
+    p.drain_into(&mut data[held..inc.payload_len])
+        .map_err(|e| internal(format!("reading a spliced payload back: {e}")))?;
+    export.write(req.offset, &data[..inc.payload_len], fua)?;
     Ok(())
 }
 

@@ -3,6 +3,7 @@
 //! memory and sparse-file exports.
 
 use std::fmt;
+use std::os::fd::BorrowedFd;
 use std::sync::Arc;
 
 use thiserror::Error;
@@ -143,6 +144,25 @@ pub trait Export: Send + Sync {
     /// writes inline on the thread that read them, without handing them to a worker.
     fn write_quick(&self, _offset: u64, _data: &[u8]) -> bool {
         false
+    }
+    /// Whether large WRITE payloads should be spliced into a pipe for
+    /// [`Export::write_spliced`] rather than read into memory. Default: no.
+    fn splices_writes(&self) -> bool {
+        false
+    }
+    /// Writes a payload whose first bytes are `head` and whose other `rest` bytes wait in
+    /// `pipe` (spliced from the socket), if that needs no copy through memory; `Ok(false)`,
+    /// with nothing changed or consumed, when [`Export::write`] must get the payload in
+    /// memory. After an error the pipe holds an unknown part of `rest`.
+    fn write_spliced(
+        &self,
+        _offset: u64,
+        _head: &[u8],
+        _pipe: BorrowedFd<'_>,
+        _rest: usize,
+        _fua: bool,
+    ) -> ExportResult<bool> {
+        Ok(false)
     }
     /// Makes the range read as zeros. `may_trim`: unmapping is allowed (else the range stays
     /// provisioned). `fast`: fail with [`ErrorKind::NotSupported`], changing nothing, unless

@@ -14,6 +14,7 @@
 //! `no_space_timeout`, then ENOSPC); a pool gone read-only (metadata exhausted) answers
 //! writes with EPERM and keeps serving reads.
 
+use std::os::fd::BorrowedFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -201,6 +202,30 @@ impl Export for VolumeExport {
             }
             _ => false,
         }
+    }
+
+    fn splices_writes(&self) -> bool {
+        true
+    }
+
+    fn write_spliced(
+        &self,
+        offset: u64,
+        head: &[u8],
+        pipe: BorrowedFd<'_>,
+        rest: usize,
+        fua: bool,
+    ) -> ExportResult<bool> {
+        let len = (head.len() + rest) as u64;
+        if !self
+            .handle
+            .write_spliced(offset, head, pipe, rest)
+            .map_err(|e| err("write", offset, len, e))?
+        {
+            return Ok(false);
+        }
+        self.changed(fua, "write", offset, len)?;
+        Ok(true)
     }
 
     fn write_zeroes(

@@ -13,6 +13,8 @@ use super::{lock, Pool};
 use crate::pdata::disk::BlockTime;
 use crate::pdata::sm::SpaceMap;
 use crate::units::{DataBlock, ThinId, VirtBlock};
+use std::ops::Range;
+use std::os::fd::BorrowedFd;
 
 /// One block's share of a byte range.
 #[derive(Clone, Copy, Debug)]
@@ -155,7 +157,12 @@ impl Pool {
     pub fn write(&self, id: ThinId, offset: u64, buf: &[u8]) -> Result<()> {
         let _g = self.gate.read().unwrap_or_else(|e| e.into_inner());
         self.check_range(id, offset, buf.len() as u64)?;
-        if self.overwrite_blocks(id, offset, buf)? {
+        // Within one block the per-block path below does the same lookup.
+        if offset % self.block_bytes + buf.len() as u64 > self.block_bytes
+            && self.overwrite_blocks(id, offset, buf.len(), &mut |at, r| {
+                self.data_dev.write_at(&buf[r], at)
+            })?
+        {
             return Ok(());
         }
         for s in segments(offset, buf.len(), self.block_bytes) {
@@ -164,15 +171,53 @@ impl Pool {
         Ok(())
     }
 
-    /// A write spanning several blocks that are all mapped and unshared: one stripe pass and
-    /// one metadata lock for all of them, and one device write per physically contiguous run.
-    /// `Ok(false)`, with nothing written, when any block needs allocation or copy-on-write.
-    fn overwrite_blocks(&self, id: ThinId, offset: u64, buf: &[u8]) -> Result<bool> {
-        let bs = self.block_bytes;
-        if buf.is_empty() || offset % bs + buf.len() as u64 <= bs {
+    /// The overwrite of [`Pool::write`] for a payload whose first bytes are `head` and whose
+    /// other `rest` bytes wait in the pipe `pipe` (spliced there from a client's socket): the
+    /// data device takes them straight from the pipe, with no copy through user space.
+    /// `Ok(false)`, with nothing written or consumed, when a block needs allocation or
+    /// copy-on-write or the data device cannot splice; the caller then drains the pipe and
+    /// calls [`Pool::write`]. After an error the pipe holds an unknown part of `rest`.
+    pub fn overwrite_spliced(
+        &self,
+        id: ThinId,
+        offset: u64,
+        head: &[u8],
+        pipe: BorrowedFd<'_>,
+        rest: usize,
+    ) -> Result<bool> {
+        let _g = self.gate.read().unwrap_or_else(|e| e.into_inner());
+        let len = head.len() + rest;
+        self.check_range(id, offset, len as u64)?;
+        if len == 0 || !self.data_dev.splices() {
             return Ok(false);
         }
-        let segs: Vec<Seg> = segments(offset, buf.len(), bs).collect();
+        self.overwrite_blocks(id, offset, len, &mut |at, r| {
+            // The runs come in payload order: the head first, then the pipe.
+            let from_head = r.start.min(head.len())..r.end.min(head.len());
+            if !from_head.is_empty() {
+                self.data_dev.write_at(&head[from_head.clone()], at)?;
+            }
+            let n = r.len() - from_head.len();
+            if n > 0 {
+                self.data_dev.write_from_pipe(pipe, n, at + from_head.len() as u64)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// An overwrite of `len` bytes at `offset` whose blocks are all mapped and unshared: one
+    /// stripe pass and one metadata lock for all of them, then `write_run(device offset,
+    /// range of the payload)` once per physically contiguous run, in payload order.
+    /// `Ok(false)`, with nothing written, when any block needs allocation or copy-on-write.
+    fn overwrite_blocks(
+        &self,
+        id: ThinId,
+        offset: u64,
+        len: usize,
+        write_run: &mut dyn FnMut(u64, Range<usize>) -> std::io::Result<()>,
+    ) -> Result<bool> {
+        let bs = self.block_bytes;
+        let segs: Vec<Seg> = segments(offset, len, bs).collect();
         // Same order as reads: stripes sorted, then metadata.
         let mut idx: Vec<usize> = segs.iter().map(|s| self.stripe(id, s.vb)).collect();
         idx.sort_unstable();
@@ -189,7 +234,7 @@ impl Pool {
                 }
             }
         }
-        // Runs of consecutive data blocks are contiguous on the device and in `buf`.
+        // Runs of consecutive data blocks are contiguous on the device and in the payload.
         let mut i = 0;
         while i < segs.len() {
             let mut j = i + 1;
@@ -197,11 +242,7 @@ impl Pool {
                 j += 1;
             }
             let (first, last) = (&segs[i], &segs[j - 1]);
-            self.data_dev
-                .write_at(
-                    &buf[first.at..last.at + last.len],
-                    self.data_offset(blocks[i], first.off),
-                )
+            write_run(self.data_offset(blocks[i], first.off), first.at..last.at + last.len)
                 .map_err(|e| self.data_io("writing", blocks[i], e))?;
             i = j;
         }

@@ -1,6 +1,7 @@
 //! Pool unit tests: the golden fresh image, the basic lifecycle, reopen, errors.
 #![allow(clippy::unwrap_used)]
 
+use std::os::fd::AsFd;
 use std::sync::Arc;
 
 use super::*;
@@ -344,4 +345,62 @@ fn multi_block_overwrites_keep_every_block_and_every_snapshot() {
     assert_eq!(got[..bs], vec![9u8; bs][..], "a neighbouring volume changed");
     pool.commit().unwrap();
     pool.self_check().unwrap();
+}
+
+#[test]
+fn spliced_overwrites_take_the_pipe_or_leave_it_untouched() {
+    use crate::io::FileDevice;
+    use rustix::pipe::{fcntl_setpipe_size, pipe_with, PipeFlags};
+    let dir = tempfile::tempdir().unwrap();
+    let meta = Arc::new(FileDevice::create(&dir.path().join("meta"), 4 << 20).unwrap());
+    let data = Arc::new(FileDevice::create(&dir.path().join("data"), 64 * 65536).unwrap());
+    let pool = Pool::format(meta, data, Sectors(128)).unwrap();
+    let (id, other, snap) = (ThinId(1), ThinId(2), ThinId(3));
+    let bs = pool.block_bytes() as usize;
+    pool.create_thin(id).unwrap();
+    pool.create_thin(other).unwrap();
+    // Interleaved allocations: the volume's blocks form several runs on the device.
+    for vb in 0..6u64 {
+        pool.write(id, vb * bs as u64, &vec![1u8; bs]).unwrap();
+        if vb % 2 == 0 {
+            pool.write(other, vb * bs as u64, &vec![9u8; bs]).unwrap();
+        }
+    }
+    let (r, w) = pipe_with(PipeFlags::NONBLOCK).unwrap();
+    fcntl_setpipe_size(&w, 1 << 20).unwrap();
+    let fill = |bytes: &[u8]| assert_eq!(rustix::io::write(&w, bytes).unwrap(), bytes.len());
+    let pending = |r: &rustix::fd::OwnedFd| rustix::io::ioctl_fionread(r).unwrap() as usize;
+    let payload: Vec<u8> =
+        (0..4 * bs).map(|i| (i as u8).wrapping_mul(31).wrapping_add(3)).collect();
+    // Unaligned at both ends; the head ends inside the second run.
+    let (at, head) = (bs as u64 + 512, bs + 1000);
+    fill(&payload[head..]);
+    assert!(pool.overwrite_spliced(id, at, &payload[..head], r.as_fd(), 4 * bs - head).unwrap());
+    assert_eq!(pending(&r), 0, "the whole rest came out of the pipe");
+    let mut want = vec![1u8; 6 * bs];
+    want[at as usize..at as usize + 4 * bs].copy_from_slice(&payload);
+    let mut got = vec![0u8; 6 * bs];
+    pool.read(id, 0, &mut got).unwrap();
+    assert!(got == want, "origin differs after a spliced overwrite");
+    pool.read(other, 0, &mut got[..bs]).unwrap();
+    assert_eq!(got[..bs], vec![9u8; bs][..], "a neighbouring volume changed");
+
+    // Unmapped (beyond block 6) or shared (after a snapshot): nothing written or consumed.
+    fill(&payload[head..]);
+    assert!(!pool
+        .overwrite_spliced(id, 4 * bs as u64, &payload[..head], r.as_fd(), 4 * bs - head)
+        .unwrap());
+    pool.create_snap(snap, id).unwrap();
+    assert!(!pool.overwrite_spliced(id, 0, &payload[..head], r.as_fd(), 4 * bs - head).unwrap());
+    assert_eq!(pending(&r), 4 * bs - head, "the pipe was left alone");
+    pool.read(id, 0, &mut got).unwrap();
+    assert!(got == want, "a refused spliced write changed the volume");
+    pool.commit().unwrap();
+    pool.self_check().unwrap();
+
+    // A device that cannot splice declines too.
+    let (_m, _d, mem) = mem_pool(4, 8);
+    mem.create_thin(id).unwrap();
+    mem.write(id, 0, &vec![1u8; 2 * bs]).unwrap();
+    assert!(!mem.overwrite_spliced(id, 0, &payload[..head], r.as_fd(), bs - 1000).unwrap());
 }

@@ -1,6 +1,7 @@
 //! A volume handle: the data path of one open volume, through the service's out-of-space
 //! and read-only rules. Dropping the last handle of a volume removed meanwhile deletes it.
 
+use std::os::fd::BorrowedFd;
 use std::sync::Arc;
 
 use super::error::{Error, Result};
@@ -71,6 +72,23 @@ impl VolumeHandle {
         let _g = self.shared.writable()?;
         self.shared.pool().write_in_place(self.id, offset, buf, committed_only).map_err(|e| {
             Error::pool(&format!("writing {} bytes of {:?} at {offset}", buf.len(), self.name), e)
+        })
+    }
+
+    /// Overwrites from a payload partly waiting in a pipe (see
+    /// [`crate::pool::Pool::overwrite_spliced`]); `Ok(false)`, with nothing consumed, when
+    /// [`VolumeHandle::write`] is needed. Allocates nothing, so it never waits for space.
+    pub fn write_spliced(
+        &self,
+        offset: u64,
+        head: &[u8],
+        pipe: BorrowedFd<'_>,
+        rest: usize,
+    ) -> Result<bool> {
+        let _g = self.shared.writable()?;
+        self.shared.pool().overwrite_spliced(self.id, offset, head, pipe, rest).map_err(|e| {
+            let len = head.len() + rest;
+            Error::pool(&format!("writing {len} bytes of {:?} at {offset}", self.name), e)
         })
     }
 

@@ -4,6 +4,7 @@
 
 use crate::io::BlockDevice;
 use std::io;
+use std::os::fd::BorrowedFd;
 use std::sync::{Arc, RwLock};
 
 /// One stretch of the region: `len` bytes at region offset `start` live at `dev_offset` on
@@ -109,6 +110,15 @@ impl BlockDevice for Region {
 
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
         self.for_each("write", offset, buf.len(), |p, at, r| p.device.write_at(&buf[r], at))
+    }
+
+    fn splices(&self) -> bool {
+        self.current().pieces.iter().all(|p| p.device.splices())
+    }
+
+    fn write_from_pipe(&self, src: BorrowedFd<'_>, len: usize, offset: u64) -> io::Result<()> {
+        // Pieces come in offset order, and the pipe is consumed in that order.
+        self.for_each("write", offset, len, |p, at, r| p.device.write_from_pipe(src, r.len(), at))
     }
 
     fn flush(&self) -> io::Result<()> {
