@@ -58,16 +58,19 @@ const INLINE_MAX: u64 = 128 << 10;
 /// Structured READs shorter than this are sent as one data chunk, holes included.
 const SPARSE_MIN: u64 = 64 << 10;
 
-/// Read-side buffering: several small request headers arrive per read syscall.
-const READ_BUFFER: usize = 256 << 10;
+/// Read-side buffering: several small requests arrive per read syscall (a queue of 16 4 KiB
+/// WRITEs is 66 KiB). Not more: the buffer also takes in the start of a large payload, which
+/// is then copied once more than a spliced one.
+const READ_BUFFER: usize = 64 << 10;
 /// Batched inline replies are sent once they reach this many bytes.
 const BATCH_MAX: usize = 64 << 10;
 /// WRITE payloads from this long are spliced (see the module doc).
 const SPLICE_MIN: usize = 256 << 10;
 /// Bytes of a spliced payload read into memory first, to look for zeros.
 const SPLICE_PEEK: usize = 4 << 10;
-/// Capacity asked for a worker's pipe: a whole 1 MiB payload fits. This is the default
-/// `fs.pipe-max-size`; if the kernel grants less, payloads that do not fit are read into memory.
+/// Capacity asked for a worker's pipe: a 1 MiB payload fits even when its pages arrive split
+/// over more slots than whole pages would need. Above `fs.pipe-max-size` (1 MiB by default)
+/// only root may go; others get half, and payloads that do not fit are read into memory.
 const PIPE_SIZE: usize = 2 << 20;
 
 struct Conn<'a> {
@@ -108,7 +111,6 @@ struct Pipe {
 impl Pipe {
     fn new() -> io::Result<Pipe> {
         let (r, w) = pipe_with(PipeFlags::CLOEXEC)?;
-        // Above fs.pipe-max-size only a privileged process may go; take what is granted.
         let cap = fcntl_setpipe_size(&w, PIPE_SIZE)
             .or_else(|_| fcntl_setpipe_size(&w, PIPE_SIZE / 2))
             .or_else(|_| fcntl_getpipe_size(&w))?;
