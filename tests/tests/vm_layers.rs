@@ -145,6 +145,9 @@ fn vm_layer_store_runs_quotas_and_trims() -> Result<()> {
     // 2. --size: a writer in the merged directory stops at the quota; without it, it does not.
     // Random data: the pool keeps all-zero blocks unmapped, and step 3 needs mapped ones.
     ok(&mut vm, &[LS, "create", "bb:1", "q", "--size", "64M"], 30)?;
+    // The first project id, kept in the container's metadata (set through xfs_quota).
+    let meta_q = ok(&mut vm, &["cat", "/var/lib/lamina/overlay2/containers/q.json"], 30)?;
+    assert!(meta_q.contains("\"project_id\": 1"), "{meta_q}");
     let merged_q = ok(&mut vm, &[LS, "mount", "q"], 30)?.trim().to_owned();
     let r = run(
         &mut vm,
