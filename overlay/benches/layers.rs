@@ -142,8 +142,12 @@ fn main() {
         return;
     }
     // `cargo bench` passes flags like --bench; nothing to parse.
+    // `cargo xtask bench layers` points BENCH_DIR at a scratch XFS (the store's filesystem in
+    // the appliance); the filesystem is named in every case.
     let base = std::env::var_os("BENCH_DIR").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
-    let t = tempfile::tempdir_in(base).unwrap();
+    let fs = overlay::backing::fs_name(&base).unwrap_or("unknown fs");
+    println!("layers bench in {} ({fs})", base.display());
+    let t = tempfile::tempdir_in(&base).unwrap();
     let mut out = Out {
         rows: Vec::new(),
         file: std::env::var_os("BENCH_OUT")
@@ -183,9 +187,9 @@ fn main() {
         }
     }
     let (a, b) = (median(ours), median(theirs));
-    let case = "import 5-layer image (10k files, gzip)";
-    out.record(case, "lamina", ms(a));
-    out.record(case, "umoci unpack", ms(b));
+    let case = format!("import 5-layer image (10k files, gzip) on {fs}");
+    out.record(&case, "lamina", ms(a));
+    out.record(&case, "umoci unpack", ms(b));
 
     // 2. container create: overlay vs vfs, two image sizes
     for size_mb in [20usize, 200] {
@@ -198,7 +202,7 @@ fn main() {
             s.import(&layout, Some("big:1")).unwrap();
             let imp = t0.elapsed();
             let subject = if driver == Driver::Overlay { "lamina" } else { "vfs driver" };
-            out.record(&format!("import {size_mb} MB image"), subject, ms(imp));
+            out.record(&format!("import {size_mb} MB image on {fs}"), subject, ms(imp));
             let mut times = Vec::new();
             for i in 0..3 {
                 sync();
@@ -209,12 +213,16 @@ fn main() {
                 times.push(t0.elapsed());
                 s.remove(&name).unwrap();
             }
-            out.record(&format!("create+mount on {size_mb} MB image"), subject, ms(median(times)));
+            out.record(
+                &format!("create+mount on {size_mb} MB image on {fs}"),
+                subject,
+                ms(median(times)),
+            );
         }
     }
 
-    println!("\n{:<40} {:<14} {:>10}", "case", "subject", "ms");
+    println!("\n{:<48} {:<14} {:>10}", "case", "subject", "ms");
     for (case, subject, v) in &out.rows {
-        println!("{case:<40} {subject:<14} {v:>10.1}");
+        println!("{case:<48} {subject:<14} {v:>10.1}");
     }
 }
