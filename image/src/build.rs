@@ -12,6 +12,7 @@
 //!             etc/lamina/modules.order     "name path params" per line, load order
 //!             lib/modules/<release>/*.ko   the selected modules, flattened
 //!             sbin/mkfs.xfs + lib/x86_64-linux-gnu/*.so* + lib64/ld-linux-x86-64.so.2
+//!             usr/sbin/xfs_quota           project quotas for `layerstore create --size`
 //!             usr/bin/crun                 the OCI runtime for `layerstore bundle` (its libraries
 //!                                          join mkfs.xfs's in lib/x86_64-linux-gnu)
 //!             bin/busybox + applet links   debug sessions only (exec needs lamina.debug=1)
@@ -59,7 +60,7 @@ fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> BuildEr
 
 /// Dynamically linked programs shipped from Debian packages: (package, path in the package).
 pub(crate) const DYNAMIC_PROGRAMS: &[(&str, &str)] =
-    &[("xfsprogs", "sbin/mkfs.xfs"), ("crun", "usr/bin/crun")];
+    &[("xfsprogs", "sbin/mkfs.xfs"), ("xfsprogs", "usr/sbin/xfs_quota"), ("crun", "usr/bin/crun")];
 /// busybox applets linked in `bin/` for debug sessions.
 const BUSYBOX_APPLETS: &[&str] = &[
     "cat",

@@ -27,7 +27,7 @@ pub const KERNEL: DebPin = DebPin {
     sha256: "e7d02b943971edcb8790e256c02cfab3bca6c3d37c1bf25392a57c71300615ee",
 };
 
-/// `mkfs.xfs`, `crun` and the libraries they need (resolved from DT_NEEDED at build time; a library that
+/// `mkfs.xfs`, `xfs_quota`, `crun` and the libraries they need (resolved from DT_NEEDED at build time; a library that
 /// no pinned package provides is an error), plus busybox for debug sessions (`lamina.debug=1`).
 pub const USERLAND: &[DebPin] = &[
     DebPin {
@@ -59,6 +59,28 @@ pub const USERLAND: &[DebPin] = &[
         package: "libc6",
         version: "2.36-9+deb12u14",
         sha256: "ba4f88f73dbc3ae9055f3c20f4523bfdbaf1ad13ff95e258924f77d20b4fbedf",
+    },
+    // xfs_quota (from xfsprogs above) sets `layerstore create --size` project quotas; the
+    // libraries it needs beyond libc.
+    DebPin {
+        package: "libedit2",
+        version: "3.1-20221030-2",
+        sha256: "1cf14abf2716d3279db12d0657a5737cf70074a1e71d3bdf73206625e3c89ce6",
+    },
+    DebPin {
+        package: "libtinfo6",
+        version: "6.4-4",
+        sha256: "072d908f38f51090ca28ca5afa3b46b2957dc61fe35094c0b851426859a49a51",
+    },
+    DebPin {
+        package: "libbsd0",
+        version: "0.11.7-2",
+        sha256: "bb31cc8b40f962a85b2cec970f7f79cc704a1ae4bad24257a822055404b2c60b",
+    },
+    DebPin {
+        package: "libmd0",
+        version: "1.0.4-2",
+        sha256: "03539fd30c509e27101d13a56e52eda9062bdf1aefe337c07ab56def25a13eab",
     },
     // crun, the OCI runtime of the layer store (smaller than runc: 0.5 MB + ~3.6 MB of
     // libraries against runc's 8.8 MB Go binary), and the libraries it needs beyond libc.

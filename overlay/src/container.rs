@@ -12,7 +12,7 @@ use crate::digest::{Digest, HashWriter};
 use crate::error::{Error, ErrorKind, IoContext, Result};
 use crate::fsutil;
 use crate::mount::{kernel_has_index_param, OverlaySpec};
-use crate::quota::{ProjectQuota, QuotaCtl, XfsQuota};
+use crate::quota::{self, ProjectQuota, QuotaCtl, XfsQuota};
 use crate::source::{Descriptor, MT_OCI_CONFIG, MT_OCI_LAYER, MT_OCI_MANIFEST};
 use crate::store::{
     check_name, layer_users, mkdir, now, read_all, Driver, ImageLayer, ImageMeta, Store, MAX_DEPTH,
@@ -186,10 +186,11 @@ impl Store {
         let mut project_id = None;
         if let Some(bytes) = size {
             // Before diff/ exists, so everything below inherits the project.
-            let dirs: Vec<PathBuf> =
-                self.containers()?.iter().map(|c| self.layer_dir(&c.cache_id)).collect();
-            let mut q = QuotaCtl::open(quota, &self.root, &dirs)?;
-            project_id = Some(q.limit(staging.path(), bytes)?);
+            let q = QuotaCtl::open(quota, &self.root)?;
+            let in_use: Vec<u32> = self.containers()?.iter().filter_map(|c| c.project_id).collect();
+            let id = quota::allocate_project_id(&self.root, &in_use)?;
+            q.limit(staging.path(), id, bytes)?;
+            project_id = Some(id);
         }
         let diff = staging.path().join("diff");
         match (self.driver, &top) {

@@ -5,7 +5,9 @@
 //! OCI layouts and `docker save` archives ([`source`], [`apply`]), exports them back with
 //! identical digests ([`export`]), creates, mounts, commits and removes containers
 //! ([`container`]), and keeps named volumes ([`volume`]). Kernel edges sit behind seams:
-//! [`mount::Mounter`], [`quota::ProjectQuota`] and the d_type probe in [`backing`].
+//! [`mount::Mounter`], [`quota::ProjectQuota`] and the d_type probe in [`backing`]. No unsafe
+//! code: mounts go through rustix, project quotas through xfsprogs' `xfs_quota`.
+#![forbid(unsafe_code)]
 
 pub mod apply;
 pub mod backing;
@@ -17,7 +19,6 @@ pub mod export;
 pub mod fsutil;
 pub mod mount;
 pub mod quota;
-mod quota_sys;
 pub mod source;
 pub mod store;
 pub mod volume;

@@ -1,4 +1,5 @@
 //! `layerstore`: command-line front end of the overlay2-style layer store.
+#![forbid(unsafe_code)]
 
 use std::path::PathBuf;
 use std::process::ExitCode;

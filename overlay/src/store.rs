@@ -18,6 +18,8 @@
 //! ├── layerdb/<chain-hex>.json  LayerMeta: chain id, diff id, parent, cache id, size
 //! ├── imagedb/<config-hex>.json ImageMeta: config/manifest/layer blobs and tags
 //! ├── containers/<name>.json    ContainerMeta ( <name>-removing.json while removing )
+//! ├── quota.json                next XFS project id for `create --size` (never reused); each
+//! │                             container's id is in its ContainerMeta
 //! ├── blobs/sha256/<hex>        original manifest, config and layer blobs, byte-exact,
 //! │                             so exports reproduce every digest
 //! ├── volumes/<name>/_data      named volumes

@@ -249,6 +249,36 @@ fn store_on_xfs_ftype1_works_and_has_no_project_quota_here() {
     store.remove("c").unwrap();
 }
 
+/// The real quota edge on XFS: the host kernel has no XFS quota support, yet a project id and
+/// the inherit flag are inode attributes, so `project -s` works and `limit` must fail clearly.
+#[test]
+fn xfs_quota_sets_the_project_and_a_failed_limit_names_the_command() {
+    use overlay::quota::{ProjectQuota, XfsQuota};
+    need("xfs_io");
+    let t = tmp();
+    let x = XfsLoop::new(t.path(), &[]).expect("loop-mount XFS");
+    let dir = x.mnt.join("c");
+    std::fs::create_dir(&dir).unwrap();
+    XfsQuota.set_project(&dir, 42).unwrap();
+    let attrs = |p: &Path, cmd: &str| {
+        let out = Command::new("xfs_io").arg("-c").arg(cmd).arg(p).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(attrs(&dir, "lsproj").contains("projid = 42"), "{}", attrs(&dir, "lsproj"));
+    assert!(attrs(&dir, "lsattr -v").contains("proj-inherit"), "{}", attrs(&dir, "lsattr -v"));
+    // Children inherit the project.
+    std::fs::create_dir(dir.join("diff")).unwrap();
+    assert!(attrs(&dir.join("diff"), "lsproj").contains("projid = 42"));
+    let err = XfsQuota.set_limit(&dir, 42, 1 << 20).unwrap_err();
+    let s = err.to_string();
+    assert_eq!(err.kind(), ErrorKind::Io, "{s}");
+    assert!(
+        s.contains("-c 'limit -p bsoft=1048576 bhard=1048576 42'") && s.contains("xfs_quota:"),
+        "{s}"
+    );
+    assert!(!XfsQuota.supported(&x.mnt).unwrap(), "mounted without prjquota");
+}
+
 #[test]
 #[ignore = "the host kernel refuses XFS V4 (crc=0), the only format with ftype=0 (dmesg: \
             'Deprecated V4 format (crc=0) not supported by kernel'); the refusal wording is unit-tested \

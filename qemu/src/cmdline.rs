@@ -44,20 +44,41 @@ pub struct Disk {
     pub path: PathBuf,
     /// Size for creating a missing file (sparse).
     pub size: u64,
+    /// Attach read-only (`readonly=on`): the guest cannot write, and a missing file is an error
+    /// rather than created.
+    pub read_only: bool,
 }
 
-/// Parses `PATH[,size=8G]`.
+impl Disk {
+    /// A read-write disk.
+    pub fn new(path: impl Into<PathBuf>, size: u64) -> Disk {
+        Disk { path: path.into(), size, read_only: false }
+    }
+
+    /// A read-only disk (an existing file).
+    pub fn read_only(path: impl Into<PathBuf>) -> Disk {
+        Disk { path: path.into(), size: 0, read_only: true }
+    }
+}
+
+/// Parses `PATH[,size=8G][,readonly=on|off]`.
 pub fn parse_disk(spec: &str, default_size: u64) -> Result<Disk, String> {
     let mut parts = spec.split(',');
     let path = parts.next().filter(|p| !p.is_empty()).ok_or("empty disk path")?;
-    let mut size = default_size;
+    let mut disk = Disk::new(path, default_size);
     for p in parts {
         match p.split_once('=') {
-            Some(("size", v)) => size = parse_size(v)?,
-            _ => return Err(format!("unknown disk option {p:?} (want size=N[KMGT])")),
+            Some(("size", v)) => disk.size = parse_size(v)?,
+            Some(("readonly", "on")) => disk.read_only = true,
+            Some(("readonly", "off")) => disk.read_only = false,
+            _ => {
+                return Err(format!(
+                    "unknown disk option {p:?} (want size=N[KMGT] or readonly=on|off)"
+                ))
+            }
         }
     }
-    Ok(Disk { path: path.into(), size })
+    Ok(disk)
 }
 
 /// `8G`, `512M`, `4096` (bytes).
@@ -197,10 +218,10 @@ impl VmConfig {
             push(&["-device", "pcie-root-port,id=rp1,chassis=1,slot=1"]);
         }
         for (i, d) in self.disks.iter().enumerate() {
-            let drive = format!(
-                "if=none,id=d{i},file={},format=raw,discard=unmap,cache=writeback",
-                p(&d.path)
-            );
+            // A read-only drive has nothing to discard.
+            let mode = if d.read_only { "readonly=on" } else { "discard=unmap" };
+            let drive =
+                format!("if=none,id=d{i},file={},format=raw,{mode},cache=writeback", p(&d.path));
             push(&["-drive", &drive, "-device", &format!("{},drive=d{i}", m.virtio("blk"))]);
         }
         let mut net = "user,id=net0".to_owned();
@@ -237,7 +258,7 @@ mod tests {
             kernel: "/k/vmlinux".into(),
             initrd: "/k/initramfs.cpio".into(),
             append: vec!["lamina.debug=1".into()],
-            disks: vec![Disk { path: "/d/disk.raw".into(), size: 8 << 30 }],
+            disks: vec![Disk::new("/d/disk.raw", 8 << 30)],
             nbd_port: Some(10810),
             tsc_khz: Some(2_445_406),
             verbose_kernel: false,
@@ -277,8 +298,37 @@ mod tests {
     }
 
     #[test]
+    fn read_only_disk_gets_readonly_drive() {
+        let c = VmConfig {
+            disks: vec![Disk::new("/d/pool.raw", 1 << 30), Disk::read_only("/d/image.tar")],
+            ..cfg(Machine::Microvm)
+        };
+        let a = c.args(&VmDir("/s".into()));
+        let drives: Vec<&String> = a
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i > 0 && a[i - 1] == "-drive")
+            .map(|(_, x)| x)
+            .collect();
+        assert_eq!(
+            drives,
+            [
+                "if=none,id=d0,file=/d/pool.raw,format=raw,discard=unmap,cache=writeback",
+                "if=none,id=d1,file=/d/image.tar,format=raw,readonly=on,cache=writeback",
+            ]
+        );
+        assert!(a.join(" ").contains("virtio-blk-device,drive=d1"));
+    }
+
+    #[test]
     fn disk_specs_and_sizes() {
-        assert_eq!(parse_disk("a.raw", 5).unwrap(), Disk { path: "a.raw".into(), size: 5 });
+        assert_eq!(parse_disk("a.raw", 5).unwrap(), Disk::new("a.raw", 5));
+        assert_eq!(
+            parse_disk("a.tar,readonly=on", 5).unwrap(),
+            Disk { path: "a.tar".into(), size: 5, read_only: true }
+        );
+        assert!(!parse_disk("a.raw,readonly=on,readonly=off", 5).unwrap().read_only);
+        assert!(parse_disk("a.raw,readonly=yes", 5).is_err());
         assert_eq!(parse_disk("a.raw,size=8G", 5).unwrap().size, 8 << 30);
         assert_eq!(parse_size("512M").unwrap(), 512 << 20);
         assert_eq!(parse_size("4096").unwrap(), 4096);

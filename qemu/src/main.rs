@@ -1,7 +1,7 @@
 //! `lamina`: run and drive appliance VMs.
 //!
 //! ```text
-//! lamina run [--name NAME] [--disk PATH[,size=8G]].. [--memory MiB] [--nbd-port 10809] [--detach]
+//! lamina run [--name NAME] [--disk PATH[,size=8G][,readonly=on]].. [--memory MiB] [--nbd-port 10809] [--detach]
 //! lamina ctl VM status | shutdown | exec ARGV..
 //! lamina stop VM            power button, wait up to 20 s for QEMU to exit, then quit
 //! lamina console VM         attach to the serial console
@@ -58,7 +58,7 @@ enum Cmd {
 struct RunArgs {
     #[arg(long, default_value = "default")]
     name: String,
-    /// PATH[,size=8G]; missing files are created sparse. Default: <home>/disk.raw, 8 GiB.
+    /// PATH[,size=8G][,readonly=on]; missing files are created sparse (read-only ones must exist). Default: <home>/disk.raw, 8 GiB.
     #[arg(long)]
     disk: Vec<String>,
     #[arg(long, default_value_t = 512)]

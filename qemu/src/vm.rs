@@ -61,6 +61,13 @@ pub fn shell_quote(argv: &[String]) -> String {
 /// Creates missing disk images as sparse files of their configured size.
 pub fn ensure_disks(cfg: &VmConfig) -> Result<(), VmError> {
     for d in &cfg.disks {
+        if d.read_only && !d.path.exists() {
+            return Err(VmError::Io {
+                what: "opening read-only disk",
+                path: d.path.clone(),
+                source: std::io::ErrorKind::NotFound.into(),
+            });
+        }
         if !d.path.exists() {
             if let Some(parent) = d.path.parent() {
                 std::fs::create_dir_all(parent).map_err(|source| VmError::Io {
@@ -344,12 +351,15 @@ mod tests {
     fn missing_disks_are_created_sparse() {
         let d = tempfile::tempdir().unwrap();
         let mut cfg = crate::cmdline::tests_support::config();
-        cfg.disks =
-            vec![crate::cmdline::Disk { path: d.path().join("sub/disk.raw"), size: 8 << 30 }];
+        cfg.disks = vec![crate::cmdline::Disk::new(d.path().join("sub/disk.raw"), 8 << 30)];
         ensure_disks(&cfg).unwrap();
         let m = std::fs::metadata(d.path().join("sub/disk.raw")).unwrap();
         assert_eq!(m.len(), 8 << 30);
         use std::os::unix::fs::MetadataExt;
         assert!(m.blocks() < 1024, "not sparse: {} blocks", m.blocks());
+        cfg.disks = vec![crate::cmdline::Disk::read_only(d.path().join("absent.tar"))];
+        let err = ensure_disks(&cfg).unwrap_err().to_string();
+        assert!(err.contains("absent.tar"), "{err}");
+        assert!(!d.path().join("absent.tar").exists(), "a read-only disk is never created");
     }
 }

@@ -87,6 +87,8 @@ pub struct Opts {
     /// Boot on these disk image files (created sparse at `disk_size` when missing) instead of
     /// a fresh `disk.raw` in the log directory: for tests that reboot on the same disk.
     pub disks: Vec<PathBuf>,
+    /// Those of [`Opts::disks`] attached read-only (they must exist).
+    pub read_only: Vec<PathBuf>,
     /// Forward host 127.0.0.1:PORT to the guest's NBD port.
     pub nbd_port: Option<u16>,
 }
@@ -102,6 +104,7 @@ impl Default for Opts {
             disk_size: 1 << 30,
             image: None,
             disks: Vec::new(),
+            read_only: Vec::new(),
             nbd_port: None,
         }
     }
@@ -144,9 +147,15 @@ impl TestVm {
             initrd: img.join("initramfs.cpio"),
             append: opts.append.clone(),
             disks: if opts.disks.is_empty() {
-                vec![Disk { path: log_dir.join("disk.raw"), size: opts.disk_size }]
+                vec![Disk::new(log_dir.join("disk.raw"), opts.disk_size)]
             } else {
-                opts.disks.iter().map(|p| Disk { path: p.clone(), size: opts.disk_size }).collect()
+                opts.disks
+                    .iter()
+                    .map(|p| match opts.read_only.contains(p) {
+                        true => Disk::read_only(p),
+                        false => Disk::new(p, opts.disk_size),
+                    })
+                    .collect()
             },
             nbd_port: opts.nbd_port,
             tsc_khz: host_tsc_khz(),

@@ -2,7 +2,7 @@
 //! /var/lib/lamina.
 //!
 //! An OCI image built on the host with umoci from real files (Debian's busybox-static) rides
-//! into the guest as a raw tar on a second virtio disk, which the pool leaves alone because
+//! into the guest as a raw tar on a second, read-only virtio disk, which the pool leaves alone because
 //! it is booted with `lamina.pool.devices=/dev/vda`. In the guest: `layerstore import` reads
 //! the archive straight from the block device, `create` + `bundle`, and crun runs the
 //! container; `create --size` is enforced by an XFS project quota; `rm` + `prune` + `fstrim`
@@ -103,7 +103,11 @@ fn vm_layer_store_runs_quotas_and_trims() -> Result<()> {
     let pool_disk = host.path().join("disk.raw");
     // vdc: scratch disk for an XFS V4 (ftype=0) filesystem, which the host kernel cannot mount.
     let v4_disk = host.path().join("v4.raw");
-    let mut opts = Opts { disks: vec![pool_disk, archive.clone(), v4_disk], ..Opts::debug() };
+    let mut opts = Opts {
+        disks: vec![pool_disk, archive.clone(), v4_disk],
+        read_only: vec![archive.clone()],
+        ..Opts::debug()
+    };
     opts.append.push("lamina.pool.devices=/dev/vda".into());
     opts.deadline = Duration::from_secs(600);
     let mut vm = TestVm::boot("vm_layer_store_runs_quotas_and_trims", opts)?;
@@ -114,6 +118,8 @@ fn vm_layer_store_runs_quotas_and_trims() -> Result<()> {
         ok(&mut vm, &["cat", "/sys/block/vdb/size"], 30)?.trim(),
         (archive_size / 512).to_string()
     );
+    // …attached read-only: the guest cannot change the host's tar.
+    assert_eq!(ok(&mut vm, &["cat", "/sys/block/vdb/ro"], 30)?.trim(), "1");
     let console = vm.console();
     assert!(
         !console.contains("/dev/vda,/dev/vdb"),
@@ -139,6 +145,9 @@ fn vm_layer_store_runs_quotas_and_trims() -> Result<()> {
     // 2. --size: a writer in the merged directory stops at the quota; without it, it does not.
     // Random data: the pool keeps all-zero blocks unmapped, and step 3 needs mapped ones.
     ok(&mut vm, &[LS, "create", "bb:1", "q", "--size", "64M"], 30)?;
+    // The first project id, kept in the container's metadata (set through xfs_quota).
+    let meta_q = ok(&mut vm, &["cat", "/var/lib/lamina/overlay2/containers/q.json"], 30)?;
+    assert!(meta_q.contains("\"project_id\": 1"), "{meta_q}");
     let merged_q = ok(&mut vm, &[LS, "mount", "q"], 30)?.trim().to_owned();
     let r = run(
         &mut vm,

@@ -23,7 +23,7 @@ pub fn run(root: &Path, jsonl: &Path) -> Result<()> {
         kernel: img.vmlinux.clone(),
         initrd: img.initramfs.clone(),
         append: vec![],
-        disks: vec![qemu::Disk { path: disk.to_owned(), size: 8 << 30 }],
+        disks: vec![qemu::Disk::new(disk, 8 << 30)],
         nbd_port: None,
         tsc_khz: qemu::cmdline::host_tsc_khz(),
         verbose_kernel: false,
