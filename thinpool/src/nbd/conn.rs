@@ -165,6 +165,64 @@ impl Pipe {
     }
 }
 
+/// A reply being built: headers (and small data) in `head`, READ data in `data`, interleaved
+/// as `pieces` say. `data` keeps its high-water length between replies, so a READ lands in
+/// memory that is already initialised instead of being zero-filled first (a memset of every
+/// byte read was a tenth of the server's time on 1 MiB reads).
+#[derive(Default)]
+struct Reply {
+    head: Vec<u8>,
+    data: Vec<u8>,
+    /// (bytes of `head` before this piece, range of `data`), in order.
+    pieces: Vec<(usize, std::ops::Range<usize>)>,
+    data_len: usize,
+}
+
+impl Reply {
+    fn clear(&mut self) {
+        self.head.clear();
+        self.pieces.clear();
+        self.data_len = 0;
+    }
+
+    fn len(&self) -> usize {
+        self.head.len() + self.data_len
+    }
+
+    /// The next `n` bytes of data, placed after what `head` holds now.
+    fn data_slot(&mut self, n: usize) -> &mut [u8] {
+        let at = self.data_len;
+        if self.data.len() < at + n {
+            self.data.resize(at + n, 0);
+        }
+        self.pieces.push((self.head.len(), at..at + n));
+        self.data_len += n;
+        &mut self.data[at..at + n]
+    }
+
+    /// The reply in wire order.
+    fn slices(&self) -> impl Iterator<Item = &[u8]> {
+        let mut h = 0;
+        let last = self.pieces.last().map_or(0, |p| p.0);
+        let pieces = self.pieces.iter().flat_map(move |(end, r)| {
+            let head = &self.head[h..*end];
+            h = *end;
+            [head, &self.data[r.clone()]]
+        });
+        pieces.chain(std::iter::once(&self.head[last..]))
+    }
+
+    /// Drops buffers that grew for one unusually large reply.
+    fn trim(&mut self) {
+        if self.head.capacity() > KEEP_BUFFER {
+            self.head = Vec::new();
+        }
+        if self.data.len() > KEEP_BUFFER {
+            self.data = Vec::new();
+        }
+    }
+}
+
 /// A failed request: the errno to send and what to log.
 struct Fail {
     errno: u32,
@@ -217,7 +275,7 @@ pub(crate) fn serve(sock: Arc<Sock>, neg: Negotiated, workers: usize, log: &Rate
 fn worker(c: &Conn<'_>) {
     let mut data: Vec<u8> = Vec::new();
     let mut pipe: Option<Pipe> = None;
-    let mut out: Vec<u8> = Vec::with_capacity(512);
+    let mut out = Reply::default();
     loop {
         let Some(inc) = lead(c, &mut data, &mut pipe, &mut out) else { return };
         out.clear();
@@ -228,9 +286,7 @@ fn worker(c: &Conn<'_>) {
         if data.len() > KEEP_BUFFER {
             data = Vec::new();
         }
-        if out.capacity() > KEEP_BUFFER {
-            out = Vec::new();
-        }
+        out.trim();
     }
 }
 
@@ -241,7 +297,7 @@ fn lead(
     c: &Conn<'_>,
     data: &mut Vec<u8>,
     pipe: &mut Option<Pipe>,
-    out: &mut Vec<u8>,
+    out: &mut Reply,
 ) -> Option<Incoming> {
     let mut guard = c.reader.lock().unwrap_or_else(|e| e.into_inner());
     let r = &mut *guard;
@@ -272,17 +328,17 @@ fn lead(
         }
         if r.batch.len() + out.len() > BATCH_MAX || !next_request_buffered(c, &r.r) {
             // The reply goes out with the batch in one write, without copying it in first.
-            send(c, &[&r.batch, out]);
+            send(c, std::iter::once(&r.batch[..]).chain(out.slices()));
             r.batch.clear();
         } else {
-            r.batch.extend_from_slice(out);
+            out.slices().for_each(|p| r.batch.extend_from_slice(p));
         }
     }
 }
 
 fn flush_batch(c: &Conn<'_>, batch: &mut Vec<u8>) {
     if !batch.is_empty() {
-        send(c, &[batch]);
+        send(c, [&batch[..]]);
         batch.clear();
     }
 }
@@ -301,7 +357,7 @@ fn next_request_buffered(c: &Conn<'_>, r: &BufReader<&Sock>) -> bool {
 
 /// Serves `inc` into `out` if it is quick (see the module doc); false, with nothing done, if
 /// it must go the full way (errors included).
-fn inline(c: &Conn<'_>, inc: &Incoming, data: &[u8], out: &mut Vec<u8>) -> bool {
+fn inline(c: &Conn<'_>, inc: &Incoming, data: &[u8], out: &mut Reply) -> bool {
     let req = &inc.req;
     if req.length > INLINE_MAX
         || inc.spliced > 0
@@ -315,7 +371,7 @@ fn inline(c: &Conn<'_>, inc: &Incoming, data: &[u8], out: &mut Vec<u8>) -> bool 
         CMD_READ => matches!(read(c, req, out, true), Ok(true)),
         _ => {
             c.neg.export.write_quick(req.offset, &data[..inc.payload_len]) && {
-                encode_ok(c, req, out);
+                encode_ok(c, req, &mut out.head);
                 true
             }
         }
@@ -428,13 +484,7 @@ fn allowed_flags(c: &Conn<'_>, inc: &Incoming) -> u16 {
     f
 }
 
-fn handle(
-    c: &Conn<'_>,
-    inc: &Incoming,
-    data: &mut [u8],
-    pipe: &mut Option<Pipe>,
-    out: &mut Vec<u8>,
-) {
+fn handle(c: &Conn<'_>, inc: &Incoming, data: &mut [u8], pipe: &mut Option<Pipe>, out: &mut Reply) {
     let req = &inc.req;
     match execute(c, inc, data, pipe, out) {
         Ok(()) => {}
@@ -455,8 +505,8 @@ fn handle(
                 );
             }
             out.clear();
-            encode_error(c, req, f.errno, &f.why, out);
-            send(c, &[out]);
+            encode_error(c, req, f.errno, &f.why, &mut out.head);
+            send(c, out.slices());
         }
     }
 }
@@ -511,7 +561,7 @@ fn execute(
     inc: &Incoming,
     data: &mut [u8],
     pipe: &mut Option<Pipe>,
-    out: &mut Vec<u8>,
+    out: &mut Reply,
 ) -> Result<(), Fail> {
     check(c, inc)?;
     let req = &inc.req;
@@ -520,7 +570,7 @@ fn execute(
     match req.command {
         CMD_READ => {
             read(c, req, out, false)?;
-            send(c, &[out]);
+            send(c, out.slices());
             return Ok(());
         }
         CMD_WRITE if inc.spliced > 0 => write_spliced(c, inc, data, pipe)?,
@@ -535,11 +585,11 @@ fn execute(
             req.flags & CMD_FLAG_FAST_ZERO != 0,
             fua,
         )?,
-        CMD_BLOCK_STATUS => return block_status(c, req, out),
+        CMD_BLOCK_STATUS => return block_status(c, req, &mut out.head),
         _ => return Err(Fail::client(EINVAL, "unknown command")),
     }
-    encode_ok(c, req, out);
-    send(c, &[out]);
+    encode_ok(c, req, &mut out.head);
+    send(c, out.slices());
     Ok(())
 }
 
@@ -593,7 +643,7 @@ fn encode_error(c: &Conn<'_>, req: &Request, errno: u32, why: &str, out: &mut Ve
 /// else `Ok(false)` with `out` holding part of the reply.
 ///
 /// [`Export::read_quick`]: super::export::Export::read_quick
-fn read(c: &Conn<'_>, req: &Request, out: &mut Vec<u8>, quick: bool) -> Result<bool, Fail> {
+fn read(c: &Conn<'_>, req: &Request, out: &mut Reply, quick: bool) -> Result<bool, Fail> {
     let df = req.flags & CMD_FLAG_DF != 0;
     if req.length > u64::from(MAX_PAYLOAD) {
         let errno = if df { EOVERFLOW } else { EINVAL };
@@ -601,23 +651,22 @@ fn read(c: &Conn<'_>, req: &Request, out: &mut Vec<u8>, quick: bool) -> Result<b
     }
     let len = req.length as usize;
     let export = &c.neg.export;
-    // Data is read straight into `out` after its header: one buffer, one write.
-    let data_at = |out: &mut Vec<u8>, off: u64, n: usize| -> Result<bool, Fail> {
-        let at = out.len();
-        out.resize(at + n, 0);
+    // Data is read straight into the reply after its header: one write sends both.
+    let data_at = |out: &mut Reply, off: u64, n: usize| -> Result<bool, Fail> {
+        let buf = out.data_slot(n);
         if quick {
-            return Ok(export.read_quick(off, &mut out[at..]));
+            return Ok(export.read_quick(off, buf));
         }
-        export.read(off, &mut out[at..])?;
+        export.read(off, buf)?;
         Ok(true)
     };
     if !c.neg.structured {
-        encode_simple_reply(req.cookie, 0, out);
+        encode_simple_reply(req.cookie, 0, &mut out.head);
         return data_at(out, req.offset, len);
     }
     let mode = c.neg.mode;
     if len == 0 {
-        encode_chunk(mode, true, req.cookie, req.offset, &Chunk::None, out);
+        encode_chunk(mode, true, req.cookie, req.offset, &Chunk::None, &mut out.head);
         return Ok(true);
     }
     // Sparse read: holes become OFFSET_HOLE chunks and are not read at all. With DF the reply
@@ -655,9 +704,10 @@ fn read(c: &Conn<'_>, req: &Request, out: &mut Vec<u8>, quick: bool) -> Result<b
         let off = req.offset + s as u64;
         if hole {
             let chunk = Chunk::OffsetHole { offset: off, len: (e - s) as u32 };
-            encode_chunk(mode, done, req.cookie, req.offset, &chunk, out);
+            encode_chunk(mode, done, req.cookie, req.offset, &chunk, &mut out.head);
         } else {
-            encode_offset_data_prefix(mode, done, req.cookie, req.offset, off, (e - s) as u64, out);
+            let n = (e - s) as u64;
+            encode_offset_data_prefix(mode, done, req.cookie, req.offset, off, n, &mut out.head);
             if !data_at(out, off, e - s)? {
                 return Ok(false);
             }
@@ -709,19 +759,19 @@ fn block_status(c: &Conn<'_>, req: &Request, out: &mut Vec<u8>) -> Result<(), Fa
         },
     };
     encode_chunk(c.neg.mode, true, req.cookie, req.offset, &chunk, out);
-    send(c, &[out]);
+    send(c, [&out[..]]);
     Ok(())
 }
 
-/// Writes one complete reply; on failure the connection is torn down (a reply cut in half
-/// cannot be recovered from).
-fn send(c: &Conn<'_>, parts: &[&[u8]]) {
+/// Writes one complete reply (or batch of them), given as the parts in wire order; on failure
+/// the connection is torn down (a reply cut in half cannot be recovered from).
+fn send<'b>(c: &Conn<'_>, parts: impl IntoIterator<Item = &'b [u8]>) {
+    let mut slices: Vec<IoSlice<'_>> =
+        parts.into_iter().filter(|p| !p.is_empty()).map(IoSlice::new).collect();
     let _guard = c.writer.lock().unwrap_or_else(|e| e.into_inner());
     if c.dead.load(Ordering::Relaxed) {
         return;
     }
-    let mut slices: Vec<IoSlice<'_>> =
-        parts.iter().filter(|p| !p.is_empty()).map(|p| IoSlice::new(p)).collect();
     let mut bufs = &mut slices[..];
     let mut w = c.sock;
     while !bufs.is_empty() {
@@ -744,4 +794,36 @@ fn fail_conn(c: &Conn<'_>, e: io::Error) {
     c.log.warn(format_args!("export {:?}: reply failed, closing: {e}", c.neg.name));
     c.dead.store(true, Ordering::Relaxed);
     c.sock.shutdown(Shutdown::Both);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Reply;
+
+    fn wire(r: &Reply) -> Vec<u8> {
+        r.slices().flat_map(|p| p.iter().copied()).collect()
+    }
+
+    #[test]
+    fn reply_pieces_come_out_in_wire_order_and_reuse_their_memory() {
+        let mut r = Reply::default();
+        r.head.extend_from_slice(b"H1");
+        r.data_slot(3).copy_from_slice(b"abc");
+        r.head.extend_from_slice(b"hole");
+        r.head.extend_from_slice(b"H2");
+        r.data_slot(2).copy_from_slice(b"de");
+        r.head.extend_from_slice(b"end");
+        assert_eq!(wire(&r), b"H1abcholeH2deend");
+        assert_eq!(r.len(), 16);
+        // A smaller reply next: the data memory is reused, not zero-filled, and only what
+        // this reply wrote goes out.
+        r.clear();
+        r.head.extend_from_slice(b"S");
+        r.data_slot(1).copy_from_slice(b"x");
+        assert_eq!(wire(&r), b"Sx");
+        assert_eq!(r.data.len(), 5, "high-water length kept");
+        r.clear();
+        r.head.extend_from_slice(b"only");
+        assert_eq!(wire(&r), b"only");
+    }
 }
