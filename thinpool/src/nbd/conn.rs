@@ -62,6 +62,8 @@ const SPARSE_MIN: u64 = 64 << 10;
 /// WRITEs is 66 KiB). Not more: the buffer also takes in the start of a large payload, which
 /// is then copied once more than a spliced one.
 const READ_BUFFER: usize = 64 << 10;
+/// Send buffer asked for unix sockets (see [`serve`]).
+const SEND_BUFFER: usize = 4 << 20;
 /// Batched inline replies are sent once they reach this many bytes.
 const BATCH_MAX: usize = 64 << 10;
 /// WRITE payloads from this long are spliced (see the module doc).
@@ -247,6 +249,12 @@ impl From<ExportError> for Fail {
 /// Serves transmission on `sock` until DISC, EOF, a protocol violation or a write failure;
 /// every request read is answered (if the socket still works) before this returns.
 pub(crate) fn serve(sock: Arc<Sock>, neg: Negotiated, workers: usize, log: &RateLog) {
+    if let Sock::Unix(u) = &*sock {
+        // A unix socket queues at most its sender's buffer (208 KiB by default): a 1 MiB READ
+        // reply would make the replying worker wait, holding the writer lock, until the client
+        // has read most of it. Linux caps this at net.core.wmem_max; TCP keeps autotuning.
+        let _ = rustix::net::sockopt::set_socket_send_buffer_size(u, SEND_BUFFER);
+    }
     let conn = Conn {
         sock: &sock,
         neg,
