@@ -174,7 +174,7 @@ fn main() {
     }
     let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
     let secs: u32 = args.first().and_then(|s| s.parse().ok()).unwrap_or(4);
-    let rounds: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(3);
+    let rounds: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(5);
     let dir = tempfile::tempdir_in("/dev/shm").expect("a tmpfs directory in /dev/shm");
     let d = |name: &str| -> PathBuf { dir.path().join(name) };
     let mut res = Results {
