@@ -12,9 +12,12 @@ pub const LAMINA: &str = "lamina";
 
 /// Stated goals: (suite, peer, least acceptable ratio of lamina to that peer). A suite's best
 /// peer is not always the one a goal is about (in `guest` the raw disk beats both thin
-/// providers), so goals name their peer.
+/// providers), so goals name their peer, or [`BEST_PEER`] for whichever is best on each case.
 pub const GOALS: &[(&str, &str, f64)] =
-    &[("guest", "kernel dm-thin", 0.8), ("layers", "umoci unpack", 2.0)];
+    &[("nbd", BEST_PEER, 1.0), ("guest", "kernel dm-thin", 0.8), ("layers", "umoci unpack", 2.0)];
+
+/// A goal's peer meaning the best peer of each case.
+pub const BEST_PEER: &str = "best peer";
 
 /// One goal checked on one row.
 #[derive(Clone, Debug, PartialEq)]
@@ -37,12 +40,15 @@ pub fn goals(rows: &[Comparison]) -> Vec<GoalCheck> {
     let mut out = Vec::new();
     for (suite, peer, goal) in GOALS {
         for r in rows.iter().filter(|r| r.suite == *suite) {
-            let Some((_, v)) = r.peers.iter().find(|(p, _)| p == peer) else { continue };
+            let name = if *peer == BEST_PEER { r.best_peer.as_deref() } else { Some(*peer) };
+            let Some((p, v)) = r.peers.iter().find(|(p, _)| Some(p.as_str()) == name) else {
+                continue;
+            };
             if let Some(ratio) = ratio(r.lamina, *v, r.better) {
                 out.push(GoalCheck {
                     suite: r.suite.clone(),
                     case: r.case.clone(),
-                    peer: peer.to_string(),
+                    peer: p.clone(),
                     goal: *goal,
                     ratio,
                 });
@@ -256,6 +262,26 @@ mod tests {
         let slow = compare(&[g("lamina", 70.0), g("kernel dm-thin", 100.0)]);
         assert!(markdown(&slow, "h").contains("0.70x kernel dm-thin (goal ≥ 0.80x): NOT met"));
         assert!(goals(&compare(&[rec("a", "lamina", 1.0, Better::Higher)])).is_empty());
+    }
+
+    #[test]
+    fn a_best_peer_goal_takes_each_cases_best_peer() {
+        let n = |case: &str, subject: &str, value: f64| Record {
+            suite: "nbd".into(),
+            ..rec(case, subject, value, Better::Higher)
+        };
+        let rows = compare(&[
+            n("read", "lamina", 110.0),
+            n("read", "nbdkit file", 100.0),
+            n("read", "qemu-nbd raw", 50.0),
+            n("cow", "lamina", 90.0),
+            n("cow", "qemu-nbd qcow2", 100.0),
+        ]);
+        let checks = goals(&rows);
+        assert_eq!(checks.len(), 2);
+        let md = markdown(&rows, "h");
+        assert!(md.contains("- nbd read: lamina 1.10x nbdkit file (goal ≥ 1.00x): met"), "{md}");
+        assert!(md.contains("- nbd cow: lamina 0.90x qemu-nbd qcow2 (goal ≥ 1.00x): NOT met"));
     }
 
     #[test]
