@@ -112,7 +112,8 @@ struct Pipe {
 
 impl Pipe {
     fn new() -> io::Result<Pipe> {
-        let (r, w) = pipe_with(PipeFlags::CLOEXEC)?;
+        // Non-blocking: a read of more than the pipe holds (a bug) fails instead of hanging.
+        let (r, w) = pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK)?;
         let cap = fcntl_setpipe_size(&w, PIPE_SIZE)
             .or_else(|_| fcntl_setpipe_size(&w, PIPE_SIZE / 2))
             .or_else(|_| fcntl_getpipe_size(&w))?;
@@ -156,7 +157,7 @@ impl Pipe {
         let mut got = 0;
         while got < buf.len() {
             match rustix::io::read(&self.r, &mut buf[got..]) {
-                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                Ok(0) | Err(Errno::AGAIN) => return Err(io::ErrorKind::UnexpectedEof.into()),
                 Ok(n) => got += n,
                 Err(Errno::INTR) => {}
                 Err(e) => return Err(e.into()),

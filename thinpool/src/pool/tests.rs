@@ -306,20 +306,28 @@ fn cached_reads_match_reads() {
     assert!(pool.read_cached(ThinId(9), 0, &mut buf).is_err());
 }
 
-#[test]
-fn multi_block_overwrites_keep_every_block_and_every_snapshot() {
-    let (_meta, _data, pool) = mem_pool(4, 64);
-    let (id, snap, other) = (ThinId(1), ThinId(2), ThinId(3));
+/// Volumes 1 and 2: blocks 0..6 of volume 1 hold 1s, and every other one of them was
+/// allocated just before a block of volume 2 (9s), so volume 1's data blocks form several
+/// runs on the device. Returns the ids and the block size in bytes.
+fn interleaved_volumes(pool: &Pool) -> (ThinId, ThinId, usize) {
+    let (id, other) = (ThinId(1), ThinId(2));
     let bs = pool.block_bytes() as usize;
     pool.create_thin(id).unwrap();
     pool.create_thin(other).unwrap();
-    // Interleave allocations so the volume's data blocks are not all contiguous.
     for vb in 0..6u64 {
         pool.write(id, vb * bs as u64, &vec![1u8; bs]).unwrap();
         if vb % 2 == 0 {
             pool.write(other, vb * bs as u64, &vec![9u8; bs]).unwrap();
         }
     }
+    (id, other, bs)
+}
+
+#[test]
+fn multi_block_overwrites_keep_every_block_and_every_snapshot() {
+    let (_meta, _data, pool) = mem_pool(4, 64);
+    let (id, other, bs) = interleaved_volumes(&pool);
+    let snap = ThinId(3);
     // All mapped and unshared, unaligned at both ends: the whole-request path.
     let pattern = |n: usize, seed: u8| -> Vec<u8> {
         (0..n).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
@@ -355,17 +363,8 @@ fn spliced_overwrites_take_the_pipe_or_leave_it_untouched() {
     let meta = Arc::new(FileDevice::create(&dir.path().join("meta"), 4 << 20).unwrap());
     let data = Arc::new(FileDevice::create(&dir.path().join("data"), 64 * 65536).unwrap());
     let pool = Pool::format(meta, data, Sectors(128)).unwrap();
-    let (id, other, snap) = (ThinId(1), ThinId(2), ThinId(3));
-    let bs = pool.block_bytes() as usize;
-    pool.create_thin(id).unwrap();
-    pool.create_thin(other).unwrap();
-    // Interleaved allocations: the volume's blocks form several runs on the device.
-    for vb in 0..6u64 {
-        pool.write(id, vb * bs as u64, &vec![1u8; bs]).unwrap();
-        if vb % 2 == 0 {
-            pool.write(other, vb * bs as u64, &vec![9u8; bs]).unwrap();
-        }
-    }
+    let (id, other, bs) = interleaved_volumes(&pool);
+    let snap = ThinId(3);
     let (r, w) = pipe_with(PipeFlags::NONBLOCK).unwrap();
     fcntl_setpipe_size(&w, 1 << 20).unwrap();
     let fill = |bytes: &[u8]| assert_eq!(rustix::io::write(&w, bytes).unwrap(), bytes.len());
