@@ -337,6 +337,27 @@ impl Export for Slow {
 }
 
 #[test]
+fn stalled_workers_make_room_for_more() {
+    // A connection starts with two workers; three slow requests occupy them all, and the
+    // fast read behind them is still answered long before any slow one finishes.
+    let cat = Arc::new(MemCatalog::new());
+    cat.insert("slow", "", Arc::new(Slow(MemExport::new(16 * MIB))));
+    let srv = start(cat, ServerOptions::default());
+    let mut c = Client::connect(srv.addr, "slow", false, false);
+    let t0 = Instant::now();
+    let slow: Vec<u64> = (0..3).map(|_| c.send(CMD_READ, 0, 0, 512, &[])).collect();
+    let fast = c.send(CMD_READ, 0, 4096, 512, &[]);
+    let first = c.recv(|_| Some(512));
+    assert_eq!(first.cookie, fast, "the fast read is answered first");
+    assert!(t0.elapsed() < Duration::from_millis(600), "fast read took {:?}", t0.elapsed());
+    for _ in 0..3 {
+        let r = c.recv(|_| Some(512));
+        assert!(slow.contains(&r.cookie) && r.error == 0);
+    }
+    c.disconnect();
+}
+
+#[test]
 fn pipelined_out_of_order_and_disconnect_with_requests_in_flight() {
     let cat = Arc::new(MemCatalog::new());
     cat.insert("slow", "", Arc::new(Slow(MemExport::new(16 * MIB))));
