@@ -111,8 +111,6 @@ impl<'a> QuotaCtl<'a> {
 #[derive(Debug, Default)]
 pub struct XfsQuota;
 
-const XFS_SUPER_MAGIC: i64 = 0x5846_5342;
-
 /// Where `xfs_quota` is looked for after `PATH` (PID 1 in the appliance passes no `PATH`, and
 /// the default search path of the C library leaves out the sbin directories).
 const SBIN_DIRS: &[&str] = &["/usr/sbin", "/sbin"];
@@ -223,8 +221,7 @@ impl XfsQuota {
 }
 
 fn is_xfs(dir: &Path) -> Result<bool> {
-    let st = rustix::fs::statfs(dir).map_err(|e| Error::io("statfs", dir, e))?;
-    Ok(st.f_type as i64 == XFS_SUPER_MAGIC)
+    Ok(crate::backing::fs_name(dir)? == "xfs")
 }
 
 impl ProjectQuota for XfsQuota {

@@ -109,21 +109,6 @@ impl Conn<'_> {
     fn now_us(&self) -> u64 {
         self.epoch.elapsed().as_micros() as u64
     }
-
-    /// Whether every worker has been busy for [`STALL`]: nobody leads or waits to, and the
-    /// last leader handed over that long ago.
-    fn stalled(&self) -> bool {
-        if self.waiting.load(Ordering::SeqCst) > 0 {
-            return false;
-        }
-        let Ok(r) = self.reader.try_lock() else { return false }; // someone leads
-        if r.done {
-            return false;
-        }
-        drop(r);
-        let since = self.now_us().saturating_sub(self.handed_over.load(Ordering::SeqCst));
-        since >= STALL.as_micros() as u64
-    }
 }
 
 struct Reader<'a> {
@@ -349,15 +334,18 @@ fn spawn_worker<'scope, 'env>(c: &'env Conn<'env>, s: &'scope Scope<'scope, 'env
 fn watch<'scope, 'env>(c: &'env Conn<'env>, s: &'scope Scope<'scope, 'env>) {
     while !c.dead.load(Ordering::Relaxed) {
         std::thread::sleep(STALL);
-        if let Ok(r) = c.reader.try_lock() {
-            if r.done {
-                return;
-            }
-        }
         if c.threads.load(Ordering::SeqCst) >= c.max_threads {
             return;
         }
-        if c.stalled() {
+        // A held reader lock means someone leads; nobody leading or waiting to since the
+        // last hand-off STALL ago means every worker is stuck on a request.
+        let Ok(r) = c.reader.try_lock() else { continue };
+        if r.done {
+            return;
+        }
+        drop(r);
+        let since = c.now_us().saturating_sub(c.handed_over.load(Ordering::SeqCst));
+        if c.waiting.load(Ordering::SeqCst) == 0 && since >= STALL.as_micros() as u64 {
             spawn_worker(c, s);
         }
     }
