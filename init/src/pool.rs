@@ -33,7 +33,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use thinpool::nbd::control::{self, Request};
+use thinpool::daemon::control::{self, Request};
 
 use crate::config::Config;
 use crate::nbd::NbdClient;
@@ -235,14 +235,14 @@ fn spawn_daemon(reaper: &Reaper, d: &Daemon) -> Result<(Spawned, Vec<OwnedFd>), 
     Ok((spawned, kernel))
 }
 
-/// One control-socket request; the daemon's error text on failure.
-pub fn control_request(req: &Request) -> Result<Value, String> {
-    let r = control::request(Path::new(STATE_DIR), req).map_err(|e| e.to_string())?;
-    if r.ok {
-        Ok(r.data)
-    } else {
-        Err(r.error.unwrap_or_else(|| "failed".into()))
-    }
+/// The running daemon's control socket.
+pub fn control_client() -> control::Client {
+    control::Client::new(STATE_DIR)
+}
+
+/// One control-socket request, its reply as JSON (the agent passes it on to the host).
+pub fn control_request(req: &Request) -> Result<Value, control::ControlError> {
+    control_client().call_json(req)
 }
 
 /// Starts the daemon again and hands the kernel its new sockets.
@@ -330,8 +330,8 @@ fn xfs_usage() -> Option<Value> {
 /// The agent's `status.pool`, asked live from the daemon and the filesystem.
 pub fn live_status() -> Value {
     json!({
-        "pool": control_request(&Request::Status).unwrap_or_else(|e| json!({"error": e})),
-        "volumes": control_request(&Request::List).unwrap_or_else(|e| json!({"error": e})),
+        "pool": control_request(&Request::Status).unwrap_or_else(|e| json!({"error": e.to_string()})),
+        "volumes": control_request(&Request::List).unwrap_or_else(|e| json!({"error": e.to_string()})),
         "xfs": xfs_usage(),
         "nbd_device": format!("/dev/nbd{NBD_INDEX}"),
     })
@@ -430,12 +430,12 @@ impl Pool {
         };
         step(&format!("daemon started (pid {}, NBD on port {})", spawned.pid, cfg.pool.nbd_port));
         pool.daemon = Some(d.clone());
-        let list = control_request(&Request::List).map_err(|e| fail(format!("list: {e}")))?;
+        let list = control_client().list().map_err(|e| fail(format!("list: {e}")))?;
         pool.size = list
-            .as_array()
-            .and_then(|a| a.iter().find(|v| v["name"] == STORE))
-            .and_then(|v| v["size"].as_u64())
-            .ok_or_else(|| fail(format!("volume {STORE} missing from {list}")))?;
+            .iter()
+            .find(|v| v.name == STORE)
+            .map(|v| v.size)
+            .ok_or_else(|| fail(format!("volume {STORE} missing from the daemon's list")))?;
         let flags = thinpool::nbd::transmission_flags(false, false);
         let connect = Connect {
             index: Some(NBD_INDEX),

@@ -70,7 +70,7 @@ pub fn binary_size(bytes: u64) -> String {
     format!("{bytes}b")
 }
 
-pub use crate::units::human_size;
+pub use thinpool::units::human_size;
 
 #[cfg(test)]
 mod tests {

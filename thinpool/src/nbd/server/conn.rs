@@ -6,8 +6,8 @@
 //! the reader lock (the leader) reads requests into its own reusable buffer (one buffered
 //! socket read brings in several requests). Quick requests (READs up to [`INLINE_MAX`] of data
 //! in memory, and WRITEs the export can do in place without allocating, copying or waiting:
-//! [`Export::read_quick`](super::export::Export::read_quick),
-//! [`Export::write_quick`](super::export::Export::write_quick)) it serves itself, still
+//! [`Export::read_quick`](crate::export::Export::read_quick),
+//! [`Export::write_quick`](crate::export::Export::write_quick)) it serves itself, still
 //! holding the lock, and answers at once: no thread hand-off and no lock traffic per request.
 //! Any other request makes the leader release the lock (a waiting follower becomes leader)
 //! and execute it, so a slow request (allocation, copy-on-write, commit, waiting for space,
@@ -22,7 +22,7 @@
 //! waits only for requests the server already holds, never for the client.
 //!
 //! A large WRITE payload (from [`SPLICE_MIN`] bytes) to an export that takes it
-//! ([`Export::splices_writes`](super::export::Export::splices_writes)) is not read into memory:
+//! ([`Export::splices_writes`](crate::export::Export::splices_writes)) is not read into memory:
 //! the leader splices it from the socket into its own pipe, which moves page references, not
 //! bytes, and hands the lock over; the worker then has the data device take the bytes from the
 //! pipe. One copy (pipe to page cache) instead of two (socket to buffer, buffer to page cache),
@@ -44,11 +44,11 @@ use std::sync::{Arc, Mutex};
 use std::thread::Scope;
 use std::time::{Duration, Instant};
 
-use super::export::{ExportError, Extent};
-use super::msg::*;
 use super::negotiate::{Negotiated, BASE_ALLOCATION_ID};
-use super::server::{RateLog, Sock};
-use super::wire::*;
+use super::{RateLog, Sock};
+use crate::export::{ErrorKind, ExportError, Extent};
+use crate::nbd::proto::msg::*;
+use crate::nbd::proto::wire::*;
 use rustix::event::{poll, PollFd, PollFlags, Timespec};
 use rustix::io::Errno;
 use rustix::pipe::{
@@ -268,9 +268,8 @@ impl Fail {
 
 impl From<ExportError> for Fail {
     fn from(e: ExportError) -> Self {
-        use super::export::ErrorKind;
         let client_fault = matches!(e.kind, ErrorKind::OutOfRange | ErrorKind::ReadOnly);
-        Self { errno: e.kind.errno(), why: e.to_string(), client_fault }
+        Self { errno: errno(e.kind), why: e.to_string(), client_fault }
     }
 }
 
@@ -724,7 +723,7 @@ fn encode_error(c: &Conn<'_>, req: &Request, errno: u32, why: &str, out: &mut Ve
 /// part of it. With `quick`, data is read only if that is quick ([`Export::read_quick`]),
 /// else `Ok(false)` with `out` holding part of the reply.
 ///
-/// [`Export::read_quick`]: super::export::Export::read_quick
+/// [`Export::read_quick`]: crate::export::Export::read_quick
 fn read(c: &Conn<'_>, req: &Request, out: &mut Reply, quick: bool) -> Result<bool, Fail> {
     let df = req.flags & CMD_FLAG_DF != 0;
     if req.length > u64::from(MAX_PAYLOAD) {
@@ -833,11 +832,11 @@ fn block_status(c: &Conn<'_>, req: &Request, out: &mut Vec<u8>) -> Result<(), Fa
         HeaderMode::Compact => Chunk::BlockStatus {
             context: BASE_ALLOCATION_ID,
             // Compact requests are < 4 GiB long, so clipped extents fit in 32 bits.
-            extents: clipped.iter().map(|e| (e.len as u32, e.status())).collect(),
+            extents: clipped.iter().map(|e| (e.len as u32, allocation_status(e))).collect(),
         },
         HeaderMode::Extended => Chunk::BlockStatusExt {
             context: BASE_ALLOCATION_ID,
-            extents: clipped.iter().map(|e| (e.len, u64::from(e.status()))).collect(),
+            extents: clipped.iter().map(|e| (e.len, u64::from(allocation_status(e)))).collect(),
         },
     };
     encode_chunk(c.neg.mode, true, req.cookie, req.offset, &chunk, out);
@@ -876,6 +875,22 @@ fn fail_conn(c: &Conn<'_>, e: io::Error) {
     c.log.warn(format_args!("export {:?}: reply failed, closing: {e}", c.neg.name));
     c.dead.store(true, Ordering::Relaxed);
     c.sock.shutdown(Shutdown::Both);
+}
+
+/// The NBD error value for a backend failure (the spec's errno subset: section "Error values").
+fn errno(kind: ErrorKind) -> u32 {
+    match kind {
+        ErrorKind::NoSpace => ENOSPC,
+        ErrorKind::OutOfRange => EINVAL,
+        ErrorKind::ReadOnly => EPERM,
+        ErrorKind::NotSupported => ENOTSUP,
+        ErrorKind::Io => EIO,
+    }
+}
+
+/// `base:allocation` status bits of an extent.
+fn allocation_status(e: &Extent) -> u32 {
+    (if e.hole { STATE_HOLE } else { 0 }) | (if e.zero { STATE_ZERO } else { 0 })
 }
 
 #[cfg(test)]

@@ -16,9 +16,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use super::daemon::DaemonError;
-use super::export::Catalog;
-use super::server::serve_connected;
+use super::DaemonError;
+use crate::export::Catalog;
+use crate::nbd::server::serve_connected;
 
 /// One `--kernel-fd FD:EXPORT` argument.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -177,7 +177,7 @@ mod tests {
     use std::os::unix::net::UnixStream;
 
     use super::*;
-    use crate::nbd::mem::MemCatalog;
+    use crate::export::mem::MemCatalog;
 
     #[test]
     fn parses_fd_and_export() {
@@ -205,7 +205,7 @@ mod tests {
     #[test]
     fn serves_transmission_on_an_inherited_end() {
         let cat = MemCatalog::new();
-        cat.insert("store", "", Arc::new(crate::nbd::mem::MemExport::new(1 << 20)));
+        cat.insert("store", "", Arc::new(crate::export::mem::MemExport::new(1 << 20)));
         let catalog: Arc<dyn Catalog> = Arc::new(cat);
         let (ours, mut kernel) = UnixStream::pair().unwrap();
         let fd = ours.into_raw_fd();
