@@ -294,7 +294,7 @@ mod tests {
             (&["dm.blocksize=32K"], "dm.blocksize"),
             (&["dm.blocksize=96K"], "multiple of 64K"),
             (&["dm.blocksize=2G"], "dm.blocksize"),
-            (&["dm.blocksize=12Q"], "unknown size suffix"),
+            (&["dm.blocksize=12Q"], "unknown unit"),
             (&["dm.basesize=0"], "dm.basesize"),
             (&["dm.min_free_space=100%"], "dm.min_free_space"),
             (&["dm.use_deferred_removal=maybe"], "expected true or false"),
