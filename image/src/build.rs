@@ -10,7 +10,7 @@
 //! initramfs:  init                         static lamina-init (PID 1)
 //!             etc/lamina/config.toml       runtime config (kernel cmdline lamina.KEY=V overrides)
 //!             etc/lamina/modules.order     "name path params" per line, load order
-//!             lib/modules/<release>/*.ko   the selected modules, flattened
+//!             lib/modules/<release>/*.ko   the selected modules, flattened, uncompressed
 //!             sbin/mkfs.xfs + lib/x86_64-linux-gnu/*.so* + lib64/ld-linux-x86-64.so.2
 //!             usr/sbin/xfs_quota           project quotas for `layerstore create --size`
 //!             usr/bin/crun                 the OCI runtime for `layerstore bundle` (its libraries
@@ -174,9 +174,9 @@ pub fn initramfs(
     let mut order_txt = String::new();
     let mut modules = Vec::new();
     for name in &order {
-        let src = tree.path(name).ok_or_else(|| kerr(format!("module {name} vanished")))?;
+        let ko = tree.read(name)?.ok_or_else(|| kerr(format!("module {name} vanished")))?;
         let dest = format!("lib/modules/{release}/{name}.ko");
-        a.add(file_entry(&dest, 0o644, src)?)?;
+        a.add(Entry { path: dest.clone(), perm: 0o644, kind: Kind::File(ko) })?;
         let params = pins::MODULES.iter().find(|(n, _)| n == name).map(|(_, p)| *p).unwrap_or("");
         order_txt.push_str(format!("{name} /{dest} {params}").trim_end());
         order_txt.push('\n');

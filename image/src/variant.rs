@@ -122,9 +122,9 @@ pub fn build_variant(
         if kernel.modules.iter().any(|(n, _)| *n == name) {
             continue;
         }
-        let src = tree.path(&name).ok_or_else(|| kerr(format!("module {name} vanished")))?;
+        let ko = tree.read(&name)?.ok_or_else(|| kerr(format!("module {name} vanished")))?;
         let dest = format!("lib/modules/{}/{name}.ko", kernel.release);
-        a.add(file_entry(&dest, 0o644, src)?)?;
+        a.add(Entry { path: dest.clone(), perm: 0o644, kind: Kind::File(ko) })?;
         let params =
             variant.modules.iter().find(|(n, _)| *n == name).map(|(_, p)| *p).unwrap_or("");
         order_txt.push_str(format!("{name} /{dest} {params}").trim_end());
