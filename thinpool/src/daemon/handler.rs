@@ -36,7 +36,7 @@ fn refusal(e: service::Error) -> Refusal {
         K::Invalid | K::OutOfRange => RefusalKind::Invalid,
         K::Corrupt | K::Io | K::Group(_) => RefusalKind::Failed,
     };
-    Refusal::new(kind, e.to_string())
+    Refusal::new(kind, units::chain(&e))
 }
 
 impl control::Handler for PoolControl {

@@ -32,7 +32,7 @@ fn kind(e: &service::Error) -> ErrorKind {
 }
 
 fn err(op: &'static str, offset: u64, len: u64, e: service::Error) -> ExportError {
-    ExportError::new(kind(&e), op, offset, len, e)
+    ExportError::new(kind(&e), op, offset, len, units::chain(&e))
 }
 
 /// Shared by the catalog and its exports.
