@@ -18,6 +18,7 @@
 
 pub mod check;
 pub mod daemon;
+pub mod delta;
 pub mod export;
 pub mod io;
 pub mod nbd;

@@ -16,7 +16,7 @@ use thinpool::vg::VolumeGroup;
 /// The metadata of POOL, read-only: a pool directory's metadata file, the metadata region of
 /// a device-backed pool (its group directory, a device of the group, or a comma-separated
 /// device list), or a bare metadata file or device as thin_check takes it.
-fn open_metadata(p: &Path) -> anyhow::Result<(String, Arc<dyn BlockDevice>)> {
+pub(super) fn open_metadata(p: &Path) -> anyhow::Result<(String, Arc<dyn BlockDevice>)> {
     let arg = p.to_string_lossy();
     let is_pool_dir = p.join(thinpool::pool::FilePool::METADATA).exists();
     if !is_pool_dir && (arg.contains(',') || p.is_dir()) {

@@ -19,6 +19,7 @@ mod image;
 mod meta;
 pub mod output;
 mod pool;
+mod protect;
 mod serve;
 pub mod size;
 
@@ -68,6 +69,11 @@ pub enum Command {
     Events(EventsArgs),
     /// Print the device-mapper tables of a device-backed pool and its volumes.
     DmsetupTable(DmsetupTableArgs),
+    /// Reserve or release the pool's metadata snapshot (dm-thin's reserve_metadata_snap),
+    /// a consistent view `thin_dump --metadata-snap` reads while the pool serves.
+    MetadataSnap(MetadataSnapArgs),
+    /// The ranges where two thins (volume names or thin ids) map differently.
+    Delta(DeltaArgs),
     /// Serve the pool's volumes over NBD (with autoextend and a control socket) until
     /// SIGTERM/SIGINT.
     Serve(ServeArgs),
@@ -210,6 +216,35 @@ pub struct RestoreArgs {
     pub metadata_size: Option<u64>,
 }
 
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum SnapAction {
+    Reserve,
+    Release,
+}
+
+#[derive(Debug, Args)]
+pub struct MetadataSnapArgs {
+    #[command(flatten)]
+    pub pool: PoolDir,
+    pub action: SnapAction,
+}
+
+#[derive(Debug, Args)]
+pub struct DeltaArgs {
+    #[command(flatten)]
+    pub pool: PoolDir,
+    /// The left thin (the older one, e.g. a snapshot): volume name or thin id.
+    pub thin1: String,
+    /// The right thin: volume name or thin id.
+    pub thin2: String,
+    /// Print thin_delta 0.9.0's XML (every range, `same` included).
+    #[arg(long, conflicts_with = "json")]
+    pub xml: bool,
+    /// Print every range as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     #[command(flatten)]
@@ -279,6 +314,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Resize(a) => group::resize(&a),
         Command::Events(a) => group::events(&a),
         Command::DmsetupTable(a) => group::dmsetup_table(&a),
+        Command::MetadataSnap(a) => protect::metadata_snap(&a),
+        Command::Delta(a) => protect::delta(&a),
         Command::Serve(a) => {
             thinpool::daemon::serve(&a.pool.dir, a.serve.into_config())?;
             Ok(ExitCode::SUCCESS)

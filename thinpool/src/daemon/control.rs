@@ -52,6 +52,18 @@ pub enum Request {
     Extend {
         device: String,
     },
+    /// dm-thin's reserve_metadata_snap / release_metadata_snap messages.
+    MetadataSnap {
+        action: MetadataSnapAction,
+    },
+}
+
+/// What to do with the pool's metadata snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MetadataSnapAction {
+    Reserve,
+    Release,
 }
 
 /// One volume as the daemon lists it.
@@ -103,6 +115,8 @@ pub enum Reply {
     Status(Box<DaemonStatus>),
     /// `extend`: the device added and what the volume group did.
     Extended { device: String, events: Vec<crate::vg::ExtendEvent> },
+    /// `metadata_snap`: the metadata block holding the snapshot (reserved or released).
+    MetadataSnap { metadata_snap: u64 },
 }
 
 /// Why the daemon refused a request: a kind a client can match on, and the daemon's message
@@ -241,6 +255,17 @@ impl Client {
     pub fn status(&self) -> Result<DaemonStatus, ControlError> {
         self.call(&Request::Status)
     }
+
+    /// Reserves or releases the pool's metadata snapshot; returns its metadata block.
+    pub fn metadata_snap(&self, action: MetadataSnapAction) -> Result<u64, ControlError> {
+        let r: MetadataSnapReply = self.call(&Request::MetadataSnap { action })?;
+        Ok(r.metadata_snap)
+    }
+}
+
+#[derive(Deserialize)]
+struct MetadataSnapReply {
+    metadata_snap: u64,
 }
 
 #[derive(Deserialize)]

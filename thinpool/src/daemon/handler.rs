@@ -71,6 +71,14 @@ impl control::Handler for PoolControl {
                 let events = svc.extend_device(std::path::Path::new(&device)).map_err(refusal)?;
                 Reply::Extended { device, events }
             }
+            R::MetadataSnap { action } => {
+                let b = match action {
+                    control::MetadataSnapAction::Reserve => pool.reserve_metadata_snap(),
+                    control::MetadataSnapAction::Release => pool.release_metadata_snap(),
+                }
+                .map_err(|e| refusal(service::Error::pool("metadata snapshot", e)))?;
+                Reply::MetadataSnap { metadata_snap: b.0 }
+            }
             R::Status => {
                 let space = |u: crate::pool::SpaceUsage| SpaceEntry {
                     total: u.total,

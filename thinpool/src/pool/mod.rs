@@ -22,6 +22,7 @@ mod data;
 pub mod error;
 mod file;
 mod meta;
+mod metasnap;
 pub mod names;
 mod verify;
 

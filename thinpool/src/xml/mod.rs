@@ -19,7 +19,7 @@ mod read;
 mod restore;
 
 pub use parse::{parse, XmlError, XmlErrorKind};
-pub use read::{dump, read_metadata, DumpError};
+pub use read::{dump, read_metadata, read_metadata_at, DumpError};
 pub use restore::{restore, restore_into, RestoreError};
 
 use std::fmt::Write as _;

@@ -1,0 +1,76 @@
+//! metadata-snap, delta: reading a consistent view of a pool that may be serving.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+
+use super::pool::{manage, try_manage_local, Access};
+use super::{DeltaArgs, MetadataSnapArgs, SnapAction};
+use thinpool::daemon::control::MetadataSnapAction;
+use thinpool::delta;
+use thinpool::units::{MetaBlock, ThinId};
+
+pub(super) fn metadata_snap(a: &MetadataSnapArgs) -> anyhow::Result<ExitCode> {
+    let m = manage(&a.pool.dir, Access::Exclusive)?;
+    let action = match a.action {
+        SnapAction::Reserve => MetadataSnapAction::Reserve,
+        SnapAction::Release => MetadataSnapAction::Release,
+    };
+    let b = m.metadata_snap(action)?;
+    match a.action {
+        SnapAction::Reserve => println!("reserved a metadata snapshot at block {b}"),
+        SnapAction::Release => println!("released the metadata snapshot at block {b}"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A volume name, or a thin device id when no volume has that name.
+fn thin_id(volumes: &[super::output::VolumeRow], arg: &str) -> anyhow::Result<ThinId> {
+    if let Some(v) = volumes.iter().find(|v| v.name == arg) {
+        return Ok(ThinId(v.id));
+    }
+    match arg.parse::<u64>() {
+        Ok(id) => Ok(ThinId(id)),
+        Err(_) => bail!("no volume {arg:?} in the pool (give a volume name or a thin id)"),
+    }
+}
+
+pub(super) fn delta(a: &DeltaArgs) -> anyhow::Result<ExitCode> {
+    let dir = &a.pool.dir;
+    let (m, local) = try_manage_local(dir, Access::Shared)?;
+    let rows = m.volumes()?;
+    let (left, right) = (thin_id(&rows, &a.thin1)?, thin_id(&rows, &a.thin2)?);
+    let (_, dev) = super::meta::open_metadata(dir)?;
+    let input = if local {
+        // The pool is ours (shared lock held by `m`): its committed metadata is stable.
+        delta::read(dev.as_ref(), MetaBlock(0), left, right)
+    } else {
+        // A daemon serves the pool: read through a metadata snapshot it holds for us.
+        let b = m.metadata_snap(MetadataSnapAction::Reserve).with_context(|| {
+            "cannot reserve a metadata snapshot to read the running pool (release one still \
+             held with `thinpool metadata-snap POOL release`)"
+        })?;
+        let r = delta::read(dev.as_ref(), MetaBlock(b), left, right);
+        m.metadata_snap(MetadataSnapAction::Release)
+            .context("releasing the metadata snapshot taken for the delta")?;
+        r
+    }
+    .with_context(|| format!("cannot read the mappings of {} and {}", a.thin1, a.thin2))?;
+    let mut out = std::io::stdout().lock();
+    if a.xml {
+        let x = delta::render_xml(&input.header, left, right, &input.left, &input.right);
+        out.write_all(x.as_bytes())?;
+    } else {
+        let ranges = delta::diff(&input.left, &input.right);
+        if a.json {
+            writeln!(out, "{}", serde_json::to_string_pretty(&ranges)?)?;
+        } else {
+            for r in ranges.iter().filter(|r| r.change.changed()) {
+                let c = serde_json::to_value(r.change)?;
+                writeln!(out, "{} begin={} length={}", c.as_str().unwrap_or("?"), r.begin, r.len)?;
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
