@@ -12,9 +12,8 @@
 //!
 //! Equal data block means unchanged, whatever the time stamps say. [`diff`] gives the
 //! ranges; [`render_xml`] prints them as `thin_delta` 0.9.0 does (thin-provisioning-tools
-//! v0.9.0, `thin-provisioning/thin_delta.cc`), byte for byte, including that version's
-//! habit of dropping the unconsumed rest of a run once either side's run list is exhausted
-//! (so its output is comparable with Debian's tool; [`diff`] itself does not drop anything).
+//! v0.9.0, `thin-provisioning/thin_delta.cc`: runs of consecutive virtual and data blocks,
+//! compared pairwise, neighbouring ranges of one kind merged), byte for byte.
 
 use std::fmt::Write as _;
 
@@ -107,66 +106,49 @@ fn push(out: &mut Vec<DeltaRange>, change: Change, begin: u64, len: u64) {
     out.push(DeltaRange { change, begin: VirtBlock(begin), len });
 }
 
-/// The walk both [`diff`] and [`render_xml`] use; `lossy_tail` reproduces 0.9.0's loop,
-/// which leaves the outer loop as soon as either side has no further extent to load, so
-/// the rest of the extents in hand is never emitted.
-fn walk(left: &[Extent], right: &[Extent], lossy_tail: bool) -> Vec<DeltaRange> {
-    let mut out = Vec::new();
-    let (mut li, mut ri) = (0, 0);
-    let mut l = Extent { vbegin: 0, dbegin: 0, len: 0 };
-    let mut r = l;
-    loop {
-        let more = if lossy_tail {
-            li < left.len() && ri < right.len()
-        } else {
-            (l.len > 0 || li < left.len()) && (r.len > 0 || ri < right.len())
-        };
-        if !more {
-            break;
-        }
-        if l.len == 0 && li < left.len() {
-            l = left[li];
-            li += 1;
-        }
-        if r.len == 0 && ri < right.len() {
-            r = right[ri];
-            ri += 1;
-        }
-        while l.len > 0 && r.len > 0 {
-            if l.vbegin < r.vbegin {
-                let n = l.len.min(r.vbegin - l.vbegin);
-                push(&mut out, Change::LeftOnly, l.vbegin, n);
-                l.consume(n);
-            } else if l.vbegin > r.vbegin {
-                let n = r.len.min(l.vbegin - r.vbegin);
-                push(&mut out, Change::RightOnly, r.vbegin, n);
-                r.consume(n);
-            } else {
-                let n = l.len.min(r.len);
-                let c = if l.dbegin != r.dbegin { Change::Different } else { Change::Same };
-                push(&mut out, c, l.vbegin, n);
-                l.consume(n);
-                r.consume(n);
-            }
-        }
-    }
-    if !lossy_tail {
-        push(&mut out, Change::LeftOnly, l.vbegin, l.len);
-        push(&mut out, Change::RightOnly, r.vbegin, r.len);
-    }
-    for e in &left[li..] {
-        push(&mut out, Change::LeftOnly, e.vbegin, e.len);
-    }
-    for e in &right[ri..] {
-        push(&mut out, Change::RightOnly, e.vbegin, e.len);
-    }
-    out
-}
-
 /// Every range where `left` and `right` map differently, and where they map the same
 /// (`Same`), in ascending order; blocks unmapped in both appear in no range.
 pub fn diff(left: &[Extent], right: &[Extent]) -> Vec<DeltaRange> {
-    walk(left, right, false)
+    let mut out = Vec::new();
+    let (mut li, mut ri) = (0, 0);
+    let mut l = left.first().copied();
+    let mut r = right.first().copied();
+    // Takes `n` blocks off the head of one side, moving to its next extent when used up.
+    fn take(e: &mut Option<Extent>, i: &mut usize, all: &[Extent], n: u64) {
+        if let Some(x) = e {
+            x.consume(n);
+            if x.len == 0 {
+                *i += 1;
+                *e = all.get(*i).copied();
+            }
+        }
+    }
+    while let (Some(a), Some(b)) = (l, r) {
+        if a.vbegin < b.vbegin {
+            let n = a.len.min(b.vbegin - a.vbegin);
+            push(&mut out, Change::LeftOnly, a.vbegin, n);
+            take(&mut l, &mut li, left, n);
+        } else if a.vbegin > b.vbegin {
+            let n = b.len.min(a.vbegin - b.vbegin);
+            push(&mut out, Change::RightOnly, b.vbegin, n);
+            take(&mut r, &mut ri, right, n);
+        } else {
+            let n = a.len.min(b.len);
+            let c = if a.dbegin != b.dbegin { Change::Different } else { Change::Same };
+            push(&mut out, c, a.vbegin, n);
+            take(&mut l, &mut li, left, n);
+            take(&mut r, &mut ri, right, n);
+        }
+    }
+    while let Some(a) = l {
+        push(&mut out, Change::LeftOnly, a.vbegin, a.len);
+        take(&mut l, &mut li, left, a.len);
+    }
+    while let Some(b) = r {
+        push(&mut out, Change::RightOnly, b.vbegin, b.len);
+        take(&mut r, &mut ri, right, b.len);
+    }
+    out
 }
 
 /// The superblock fields `thin_delta` prints.
@@ -200,7 +182,7 @@ pub fn render_xml(
     }
     s.push_str("\">\n");
     let _ = writeln!(s, "  <diff left=\"{left_id}\" right=\"{right_id}\">");
-    for r in walk(left, right, true) {
+    for r in diff(left, right) {
         let _ = writeln!(s, "    <{} begin=\"{}\" length=\"{}\"/>", r.change.tag(), r.begin, r.len);
     }
     s.push_str("  </diff>\n</superblock>\n");
