@@ -18,6 +18,7 @@
 //! metadata, flushes, writes the superblock and flushes without it; blocks freed before the
 //! commit become allocatable only once it is durable.
 
+mod changes;
 mod data;
 pub mod error;
 mod file;

@@ -20,6 +20,7 @@ use allow::AllowList;
 
 pub mod allow;
 mod conn;
+mod contexts;
 mod negotiate;
 
 pub use negotiate::{transmission_flags, BASE_ALLOCATION, BASE_ALLOCATION_ID};
