@@ -106,7 +106,9 @@ fn delta_xml_equals_thin_delta_on_random_histories() {
                 let changed = |b: u64| {
                     ranges.iter().any(|r| {
                         let begin = r["begin"].as_u64().unwrap();
-                        r["change"] != "same" && begin <= b && b < begin + r["len"].as_u64().unwrap()
+                        r["change"] != "same"
+                            && begin <= b
+                            && b < begin + r["len"].as_u64().unwrap()
                     })
                 };
                 for b in 0..VOL_BLOCKS {
@@ -157,7 +159,8 @@ fn metadata_snapshot_is_what_thin_dump_reads_and_survives_changes() {
     random_history_more(&pool, &mut rng);
     drop(pool);
     support::require_tool("thin_dump");
-    let snap = Command::new("thin_dump").arg(format!("--metadata-snap={block}")).arg(&meta).output();
+    let snap =
+        Command::new("thin_dump").arg(format!("--metadata-snap={block}")).arg(&meta).output();
     let snap = String::from_utf8(snap.unwrap().stdout).unwrap();
     // The snapshot superblock carries no space maps, so 0.9.0 prints nr_data_blocks="0".
     let strip = |s: &str| s.lines().skip(1).collect::<Vec<_>>().join("\n");

@@ -215,9 +215,8 @@ pub fn read(
 ) -> Result<DeltaInput, DeltaError> {
     let md = xml::read_metadata_at(dev, location, &|id| id == left || id == right)?;
     let mut raw = disk::zeroed();
-    dev.read_at(&mut raw[..], location.0 * disk::BLOCK_SIZE as u64).map_err(|source| {
-        DumpError::Io { dev: dev.describe(), block: location.0, source }
-    })?;
+    dev.read_at(&mut raw[..], location.0 * disk::BLOCK_SIZE as u64)
+        .map_err(|source| DumpError::Io { dev: dev.describe(), block: location.0, source })?;
     // Decoded once more by read_metadata_at; this cannot fail where that succeeded.
     let sb = Superblock::decode(&raw, location).map_err(|e| DumpError::Damaged {
         dev: dev.describe(),

@@ -47,7 +47,8 @@ proptest! {
 #[test]
 fn xml_prints_every_range_as_thin_delta_does() {
     let left = [Extent { vbegin: 0, dbegin: 100, len: 20 }];
-    let right = [Extent { vbegin: 0, dbegin: 100, len: 5 }, Extent { vbegin: 5, dbegin: 7, len: 5 }];
+    let right =
+        [Extent { vbegin: 0, dbegin: 100, len: 5 }, Extent { vbegin: 5, dbegin: 7, len: 5 }];
     let h = Header {
         time: 1,
         trans_id: 2,

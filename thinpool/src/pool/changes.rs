@@ -27,9 +27,8 @@ impl Pool {
             let mut m = self.meta();
             m.dev(base)?;
             let range = |m: &mut super::meta::Meta, t| {
-                m.mappings_in(t, VirtBlock(first), Some(VirtBlock(end_vb))).map(|v| {
-                    delta::extents(v.into_iter().map(|(vb, bt)| (vb.0, bt.block.0)))
-                })
+                m.mappings_in(t, VirtBlock(first), Some(VirtBlock(end_vb)))
+                    .map(|v| delta::extents(v.into_iter().map(|(vb, bt)| (vb.0, bt.block.0))))
             };
             (range(&mut m, base)?, range(&mut m, id)?)
         };

@@ -88,7 +88,10 @@ impl Meta {
         let doing = "releasing the metadata snapshot";
         let raw = self.tm.read(h, BlockKind::Superblock).map_err(pd(doing))?;
         let copy = Superblock::decode(&raw, h).map_err(|e| {
-            Error::new(ErrorKind::Corrupt { block: h }, format!("metadata snapshot (block {h}): {e}"))
+            Error::new(
+                ErrorKind::Corrupt { block: h },
+                format!("metadata snapshot (block {h}): {e}"),
+            )
         })?;
         btree::del(&mut self.tm, &mut SubtreeRefs(&mut self.data), copy.data_mapping_root)
             .map_err(pd(doing))?;

@@ -27,7 +27,9 @@ const DIRTY: &str = "qemu:dirty-bitmap:";
 pub(crate) enum Context {
     Allocation,
     /// Blocks that differ from volume `base`.
-    Changed { base: String },
+    Changed {
+        base: String,
+    },
 }
 
 /// A context selected by SET_META_CONTEXT, with the id replies carry.
@@ -59,7 +61,9 @@ pub(crate) fn list(export: &dyn Export, queries: &[String]) -> Vec<String> {
     }
     let prefix = |q: &str| matches!(q, "base:" | "lamina:" | "qemu:") || q == CHANGED || q == DIRTY;
     all.into_iter()
-        .filter(|n| queries.iter().any(|q| if prefix(q) { n.starts_with(q.as_str()) } else { n == q }))
+        .filter(|n| {
+            queries.iter().any(|q| if prefix(q) { n.starts_with(q.as_str()) } else { n == q })
+        })
         .collect()
 }
 
@@ -69,6 +73,8 @@ pub(crate) fn list(export: &dyn Export, queries: &[String]) -> Vec<String> {
 pub(crate) fn select(export: &dyn Export, queries: &[String]) -> Vec<(String, Selected)> {
     let mut bases: Option<Vec<String>> = None;
     let mut out: Vec<(String, Selected)> = Vec::new();
+    // 2, 3, ...: ids only have to be unique within the connection.
+    let mut next_id = BASE_ALLOCATION_ID + 1;
     for q in queries {
         if out.iter().any(|(n, _)| n == q) {
             continue;
@@ -80,8 +86,8 @@ pub(crate) fn select(export: &dyn Export, queries: &[String]) -> Vec<(String, Se
                 if !bases.get_or_insert_with(|| export.change_bases()).contains(base) {
                     continue;
                 }
-                // 2, 3, ...: ids only have to be unique within the connection.
-                BASE_ALLOCATION_ID + 1 + out.len() as u32
+                next_id += 1;
+                next_id - 1
             }
         };
         out.push((q.clone(), Selected { id, context }));
