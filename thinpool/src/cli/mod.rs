@@ -74,6 +74,11 @@ pub enum Command {
     MetadataSnap(MetadataSnapArgs),
     /// The ranges where two thins (volume names or thin ids) map differently.
     Delta(DeltaArgs),
+    /// Write a volume (a snapshot) to stdout as a stream: whole, or only what differs from
+    /// an older snapshot (--from).
+    Send(SendArgs),
+    /// Read a stream from stdin into a new volume (committed only if all of it checks out).
+    Receive(ReceiveArgs),
     /// Serve the pool's volumes over NBD (with autoextend and a control socket) until
     /// SIGTERM/SIGINT.
     Serve(ServeArgs),
@@ -246,6 +251,29 @@ pub struct DeltaArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct SendArgs {
+    #[command(flatten)]
+    pub pool: PoolDir,
+    /// The volume to send (normally a snapshot nothing writes to).
+    pub snap: String,
+    /// Send only what differs from this older snapshot (the receiver must hold it).
+    #[arg(long)]
+    pub from: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ReceiveArgs {
+    #[command(flatten)]
+    pub pool: PoolDir,
+    /// Name of the new volume.
+    pub name: String,
+    /// For an incremental stream: the local volume it applies to (default: the base name
+    /// the stream carries).
+    #[arg(long)]
+    pub base: Option<String>,
+}
+
+#[derive(Debug, Args)]
 pub struct ServeArgs {
     #[command(flatten)]
     pub pool: PoolDir,
@@ -316,6 +344,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::DmsetupTable(a) => group::dmsetup_table(&a),
         Command::MetadataSnap(a) => protect::metadata_snap(&a),
         Command::Delta(a) => protect::delta(&a),
+        Command::Send(a) => protect::send_verb(&a),
+        Command::Receive(a) => protect::receive_verb(&a),
         Command::Serve(a) => {
             thinpool::daemon::serve(&a.pool.dir, a.serve.into_config())?;
             Ok(ExitCode::SUCCESS)

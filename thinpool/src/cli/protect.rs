@@ -5,10 +5,11 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 
-use super::pool::{manage, try_manage_local, Access};
-use super::{DeltaArgs, MetadataSnapArgs, SnapAction};
+use super::pool::{manage, open_pool, try_manage_local, Access};
+use super::{DeltaArgs, MetadataSnapArgs, ReceiveArgs, SendArgs, SnapAction};
 use thinpool::daemon::control::MetadataSnapAction;
 use thinpool::delta;
+use thinpool::delta::send;
 use thinpool::units::{MetaBlock, ThinId};
 
 pub(super) fn metadata_snap(a: &MetadataSnapArgs) -> anyhow::Result<ExitCode> {
@@ -72,5 +73,33 @@ pub(super) fn delta(a: &DeltaArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(super) fn send_verb(a: &SendArgs) -> anyhow::Result<ExitCode> {
+    use std::io::IsTerminal;
+    if std::io::stdout().is_terminal() {
+        bail!("the stream is binary: redirect stdout to a file or a pipe");
+    }
+    // Reading volume data needs the pool files: a serving daemon has them (refused by
+    // open_pool with a message that says so).
+    let p = open_pool(&a.pool.dir, Access::Shared)?;
+    let out = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
+    let s = send::send(p.pool(), &a.snap, a.from.as_deref(), out)?;
+    eprintln!(
+        "sent {} ({} of data in {} records, stream {} bytes)",
+        a.snap, s.data_bytes, s.records, s.stream_bytes
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(super) fn receive_verb(a: &ReceiveArgs) -> anyhow::Result<ExitCode> {
+    let p = open_pool(&a.pool.dir, Access::Exclusive)?;
+    let input = std::io::BufReader::with_capacity(1 << 20, std::io::stdin().lock());
+    let s = send::receive(p.pool(), &a.name, a.base.as_deref(), input)?;
+    eprintln!(
+        "received {} ({} of data in {} records, stream {} bytes)",
+        a.name, s.data_bytes, s.records, s.stream_bytes
+    );
     Ok(ExitCode::SUCCESS)
 }

@@ -15,6 +15,9 @@
 //! v0.9.0, `thin-provisioning/thin_delta.cc`: runs of consecutive virtual and data blocks,
 //! compared pairwise, neighbouring ranges of one kind merged), byte for byte.
 
+pub mod send;
+pub mod stream;
+
 use std::fmt::Write as _;
 
 use crate::io::BlockDevice;
