@@ -24,6 +24,7 @@ pub mod io;
 pub mod nbd;
 pub mod pdata;
 pub mod pool;
+pub mod repair;
 pub mod service;
 pub mod units;
 pub mod vg;

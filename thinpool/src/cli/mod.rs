@@ -60,6 +60,8 @@ pub enum Command {
     Dump(DumpArgs),
     /// Build pool metadata from thin_dump XML.
     Restore(RestoreArgs),
+    /// Salvage every readable mapping of damaged metadata into fresh metadata (thin_repair).
+    Repair(RepairArgs),
     /// Add a device to a device-backed pool's volume group (vgextend; autoextend may grow
     /// the pool into it at once).
     Extend(ExtendArgs),
@@ -198,6 +200,10 @@ pub struct CheckArgs {
     /// Debian's thin_restore 0.9.0 leaves them; every other damage still fails.
     #[arg(long)]
     pub allow_hints: bool,
+    /// When the metadata is clean, clear the superblock's needs_check flag (as
+    /// thin_check --clear-needs-check-flag); never while a daemon serves the pool.
+    #[arg(long)]
+    pub clear_needs_check_flag: bool,
 }
 
 #[derive(Debug, Args)]
@@ -207,6 +213,19 @@ pub struct DumpArgs {
     /// Write the XML here instead of stdout.
     #[arg(long, short)]
     pub output: Option<PathBuf>,
+    /// Dump what a repair would salvage (damaged nodes skipped) instead of failing on damage.
+    #[arg(long)]
+    pub repair: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RepairArgs {
+    /// Pool directory, or a metadata file/device (read only).
+    pub dir: PathBuf,
+    /// Where the fresh metadata goes: a new file (sized as the input) or an existing
+    /// file/device; never the input.
+    #[arg(long, short)]
+    pub output: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -338,6 +357,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Check(a) => meta::check(&a),
         Command::Dump(a) => meta::dump(&a),
         Command::Restore(a) => meta::restore(&a),
+        Command::Repair(a) => meta::repair(&a),
         Command::Extend(a) => group::extend(&a),
         Command::Resize(a) => group::resize(&a),
         Command::Events(a) => group::events(&a),
