@@ -22,6 +22,8 @@ pub mod allow;
 mod conn;
 mod contexts;
 mod negotiate;
+mod reply;
+mod splice;
 
 pub use negotiate::{transmission_flags, BASE_ALLOCATION, BASE_ALLOCATION_ID};
 
