@@ -198,7 +198,7 @@ fn apply<R: Read>(
     }
     let mut stats = Stats::default();
     loop {
-        match r.next()? {
+        match r.next_record()? {
             Record::Data { offset, data } => {
                 let end = offset.checked_add(data.len() as u64);
                 if end.is_none_or(|e| e > h.size) {

@@ -245,7 +245,7 @@ impl<R: Read> Reader<R> {
 
     /// The next record; after [`Record::End`] (checked against counts and digest) the
     /// stream is complete.
-    pub fn next(&mut self) -> Result<Record, StreamError> {
+    pub fn next_record(&mut self) -> Result<Record, StreamError> {
         let mut tag = [0u8; 1];
         self.take(&mut tag)?;
         match tag[0] {
@@ -338,7 +338,7 @@ mod tests {
         let (mut r, h) = Reader::new(b)?;
         let mut v = Vec::new();
         loop {
-            let rec = r.next()?;
+            let rec = r.next_record()?;
             let end = matches!(rec, Record::End(_));
             v.push(rec);
             if end {
