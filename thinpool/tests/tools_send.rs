@@ -198,3 +198,76 @@ fn cut_flipped_and_misapplied_streams_change_nothing() {
     let r = receive(&b, "s0", &full);
     assert!(String::from_utf8_lossy(&r.stderr).contains("already exists"));
 }
+
+struct Daemon(std::process::Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn serve(pool: &Path, sock: &Path) -> Daemon {
+    let d = Daemon(
+        Command::new(BIN)
+            .arg("serve")
+            .arg(pool)
+            .args(["--listen", "none", "--socket", sock.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !(sock.exists() && pool.join("control.sock").exists()) {
+        assert!(std::time::Instant::now() < deadline, "daemon did not start");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    d
+}
+
+#[test]
+fn send_and_receive_go_through_running_daemons() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    {
+        let p = FilePool::create(&a, 1024 * BLOCK, None, Sectors(128)).unwrap();
+        let v = p.create_volume("vol", 64 * BLOCK).unwrap();
+        p.write(v, 0, &vec![5u8; (6 * BLOCK) as usize]).unwrap();
+        p.snapshot_volume("vol", "s0").unwrap();
+        p.write(v, BLOCK, &vec![6u8; 100]).unwrap();
+        p.snapshot_volume("vol", "s1").unwrap();
+        p.commit().unwrap();
+    }
+    FilePool::create(&b, 1024 * BLOCK, None, Sectors(128)).unwrap();
+    let _da = serve(&a, &tmp.path().join("a.sock"));
+    let _db = serve(&b, &tmp.path().join("b.sock"));
+    let (s0, s1) = (tmp.path().join("s0"), tmp.path().join("s1"));
+    send(&a, "s0", None, &s0);
+    send(&a, "s1", Some("s0"), &s1);
+    // Refused before the daemon opens the stream: a clear error, no hang.
+    let missing = Command::new(BIN)
+        .arg("send")
+        .arg(&a)
+        .arg("nope")
+        .stdout(std::fs::File::create(tmp.path().join("x")).unwrap())
+        .output()
+        .unwrap();
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("\"nope\" does not exist"));
+    let inc = std::fs::read(&s1).unwrap();
+    let r = receive(&b, "s1", &inc);
+    assert!(String::from_utf8_lossy(&r.stderr).contains("finding the base volume"));
+    let r = receive(&b, "s0", &std::fs::read(&s0).unwrap());
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let before = ok(&["list", b.to_str().unwrap()]);
+    let r = receive(&b, "s1", &inc[..inc.len() / 2]);
+    assert!(String::from_utf8_lossy(&r.stderr).contains("ends early"));
+    assert_eq!(ok(&["list", b.to_str().unwrap()]), before);
+    let r = receive(&b, "s1", &inc);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    drop((_da, _db));
+    for s in ["s0", "s1"] {
+        assert_eq!(sha(&b, s), sha(&a, s), "{s}");
+    }
+}

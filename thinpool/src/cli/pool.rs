@@ -96,7 +96,7 @@ pub(super) fn try_manage_local(
     }
 }
 
-fn try_open_pool(dir: &Path, access: Access) -> Result<LocalPool, Busy> {
+pub(super) fn try_open_pool(dir: &Path, access: Access) -> Result<LocalPool, Busy> {
     let other = |e: anyhow::Error| Busy::Other(e);
     let src = source(dir);
     match &src {

@@ -5,9 +5,12 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 
-use super::pool::{manage, open_pool, try_manage_local, Access};
+use super::pool::{manage, try_manage_local, try_open_pool, Access, Busy};
 use super::{DeltaArgs, MetadataSnapArgs, ReceiveArgs, SendArgs, SnapAction};
-use thinpool::daemon::control::MetadataSnapAction;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+use thinpool::daemon::control::{self, MetadataSnapAction};
 use thinpool::delta;
 use thinpool::delta::send;
 use thinpool::units::{MetaBlock, ThinId};
@@ -81,11 +84,21 @@ pub(super) fn send_verb(a: &SendArgs) -> anyhow::Result<ExitCode> {
     if std::io::stdout().is_terminal() {
         bail!("the stream is binary: redirect stdout to a file or a pipe");
     }
-    // Reading volume data needs the pool files: a serving daemon has them (refused by
-    // open_pool with a message that says so).
-    let p = open_pool(&a.pool.dir, Access::Shared)?;
-    let out = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
-    let s = send::send(p.pool(), &a.snap, a.from.as_deref(), out)?;
+    let s = match try_open_pool(&a.pool.dir, Access::Shared) {
+        Ok(p) => {
+            let out = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
+            send::send(p.pool(), &a.snap, a.from.as_deref(), out)?
+        }
+        Err(Busy::Daemon(state)) => {
+            let req = |path: String| control::Request::Send {
+                snap: a.snap.clone(),
+                from: a.from.clone(),
+                path,
+            };
+            through_daemon(&state, req, Direction::FromDaemon)?
+        }
+        Err(Busy::Other(e)) => return Err(e),
+    };
     eprintln!(
         "sent {} ({} of data in {} records, stream {} bytes)",
         a.snap, s.data_bytes, s.records, s.stream_bytes
@@ -94,12 +107,100 @@ pub(super) fn send_verb(a: &SendArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub(super) fn receive_verb(a: &ReceiveArgs) -> anyhow::Result<ExitCode> {
-    let p = open_pool(&a.pool.dir, Access::Exclusive)?;
-    let input = std::io::BufReader::with_capacity(1 << 20, std::io::stdin().lock());
-    let s = send::receive(p.pool(), &a.name, a.base.as_deref(), input)?;
+    let s = match try_open_pool(&a.pool.dir, Access::Exclusive) {
+        Ok(p) => {
+            let input = std::io::BufReader::with_capacity(1 << 20, std::io::stdin().lock());
+            send::receive(p.pool(), &a.name, a.base.as_deref(), input)?
+        }
+        Err(Busy::Daemon(state)) => {
+            let req = |path: String| control::Request::Receive {
+                name: a.name.clone(),
+                base: a.base.clone(),
+                path,
+            };
+            through_daemon(&state, req, Direction::ToDaemon)?
+        }
+        Err(Busy::Other(e)) => return Err(e),
+    };
     eprintln!(
         "received {} ({} of data in {} records, stream {} bytes)",
         a.name, s.data_bytes, s.records, s.stream_bytes
     );
     Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    FromDaemon,
+    ToDaemon,
+}
+
+/// Runs a send or receive inside the daemon serving the pool: the stream passes through a
+/// FIFO in the daemon's state directory (mode 0600, like its control socket), copied to
+/// stdout or from stdin here while the control request waits for the daemon's answer.
+fn through_daemon(
+    state: &Path,
+    req: impl FnOnce(String) -> control::Request,
+    dir: Direction,
+) -> anyhow::Result<send::Stats> {
+    use rustix::fs::{FileType, Mode, CWD};
+    let fifo = state.join(format!("stream.{}.fifo", std::process::id()));
+    let _ = std::fs::remove_file(&fifo);
+    rustix::fs::mknodat(CWD, &fifo, FileType::Fifo, Mode::RUSR | Mode::WUSR, 0)
+        .with_context(|| format!("cannot make the FIFO {}", fifo.display()))?;
+    struct Remove<'a>(&'a Path);
+    impl Drop for Remove<'_> {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(self.0);
+        }
+    }
+    let _remove = Remove(&fifo);
+    let request = req(fifo.display().to_string());
+    let client = control::Client::new(state);
+    // Set once this side's open of the FIFO returned.
+    let opened = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|sc| {
+        let (fifo, opened) = (fifo.as_path(), &opened);
+        let answer = sc.spawn(move || {
+            let r = client.stream(&request);
+            if r.is_err() {
+                // The daemon may have refused before opening the FIFO: hold its other end
+                // open until this side's open has returned (then EOF or EPIPE follows).
+                let mut other = None;
+                while !opened.load(std::sync::atomic::Ordering::SeqCst) {
+                    if other.is_none() {
+                        other = std::fs::OpenOptions::new()
+                            .read(dir == Direction::ToDaemon)
+                            .write(dir == Direction::FromDaemon)
+                            .custom_flags(libc_nonblock())
+                            .open(fifo)
+                            .ok();
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+            }
+            r
+        });
+        let file = match dir {
+            Direction::FromDaemon => std::fs::File::open(fifo),
+            Direction::ToDaemon => std::fs::OpenOptions::new().write(true).open(fifo),
+        };
+        opened.store(true, std::sync::atomic::Ordering::SeqCst);
+        let copied = file.and_then(|mut f| match dir {
+            Direction::FromDaemon => std::io::copy(&mut f, &mut std::io::stdout().lock()),
+            Direction::ToDaemon => std::io::copy(&mut std::io::stdin().lock(), &mut f),
+        });
+        let reply = answer.join().map_err(|_| anyhow::anyhow!("the request thread panicked"))??;
+        copied.context("copying the stream")?;
+        match reply {
+            control::Reply::Streamed { stream_bytes, data_bytes, records } => {
+                Ok(send::Stats { stream_bytes, data_bytes, records })
+            }
+            other => bail!("unexpected answer from the daemon: {other:?}"),
+        }
+    })
+}
+
+fn libc_nonblock() -> i32 {
+    rustix::fs::OFlags::NONBLOCK.bits() as i32
 }
