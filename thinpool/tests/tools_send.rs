@@ -235,7 +235,7 @@ fn send_and_receive_go_through_running_daemons() {
         let v = p.create_volume("vol", 64 * BLOCK).unwrap();
         p.write(v, 0, &vec![5u8; (6 * BLOCK) as usize]).unwrap();
         p.snapshot_volume("vol", "s0").unwrap();
-        p.write(v, BLOCK, &vec![6u8; 100]).unwrap();
+        p.write(v, BLOCK, &[6u8; 100]).unwrap();
         p.snapshot_volume("vol", "s1").unwrap();
         p.commit().unwrap();
     }
