@@ -75,6 +75,7 @@ fn full_and_five_incrementals_reproduce_every_snapshot() {
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     assert_eq!(sha(&b, "s0"), sha(&a, "s0"));
     let full_len = std::fs::metadata(&full).unwrap().len();
+    eprintln!("s0 (full): stream {full_len} bytes, 4 MiB written of a {VOL}-byte volume");
     // The full stream carries the 4 MiB written, not the 16 MiB volume.
     assert!((4 << 20..(4 << 20) + 64 * 1024).contains(&full_len), "full stream {full_len}");
 
@@ -106,6 +107,7 @@ fn full_and_five_incrementals_reproduce_every_snapshot() {
         let inc = tmp.path().join(format!("{snap}.stream"));
         send(&a, &snap, Some(&base), &inc);
         let len = std::fs::metadata(&inc).unwrap().len();
+        eprintln!("{snap}: {changed_blocks} changed blocks, stream {len} bytes (volume {VOL})");
         assert!(
             len <= changed_blocks * BLOCK + 4096 && len < VOL / 8,
             "incremental {snap}: {len} bytes for {changed_blocks} changed blocks"
