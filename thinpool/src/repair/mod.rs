@@ -12,6 +12,10 @@
 //! salvaged Metadata (the XML model) ──► engine restore ──► new metadata device
 //! ```
 //!
+//! When the top level of the mapping tree cannot be reached (a wrong root in the superblock),
+//! the allocated blocks are searched for it (see [`find_top_level`]): this salvages what
+//! thin_repair 0.9.0 gives up on.
+//!
 //! A device whose details are lost but whose mappings survive gets details made up so that
 //! nothing is lost and nothing is shared unsafely: `snap_time` is the pool's time, so every
 //! write to a block it maps copies it first. A device with details but no mapping tree is
@@ -54,6 +58,9 @@ pub struct Salvage {
     pub dropped_mappings: u64,
     /// Devices whose details were made up (lost from the details tree).
     pub invented_details: usize,
+    /// The block of a top-level mapping leaf found by scanning, when the superblock's
+    /// mapping root led nowhere usable.
+    pub found_top_level: Option<u64>,
 }
 
 struct Walker<'a> {
@@ -136,6 +143,18 @@ pub fn salvage(dev: &dyn BlockDevice) -> Result<(Metadata, Salvage), RepairError
     w.walk(sb.data_mapping_root.0, 8, (0, None), 0, &mut |k, v| {
         roots.insert(k, disk::get_u64(v, 0));
     });
+    // Every device with details should reach a sound bottom-level root; when some do not,
+    // the top level may be what is lost (a wrong root in the superblock, say).
+    let lost = |w: &mut Walker<'_>, roots: &BTreeMap<u64, u64>| {
+        !details.keys().all(|k| roots.get(k).is_some_and(|&r| w.readable(r)))
+    };
+    if !details.is_empty() && lost(&mut w, &roots) {
+        let allocated = metadata_allocated(dev, &sb, nr_meta);
+        if let Some(found) = allocated.and_then(|a| find_top_level(&mut w, &details, &a)) {
+            w.stats.found_top_level = Some(found.0);
+            roots = found.1;
+        }
+    }
     let nr_data = sb.data_sm_root.nr_blocks;
     let mut md = Metadata {
         uuid: String::new(),
@@ -198,6 +217,88 @@ pub fn salvage(dev: &dyn BlockDevice) -> Result<(Metadata, Salvage), RepairError
     }
     w.stats.devices = md.devices.len();
     Ok((md, w.stats))
+}
+
+/// Which metadata blocks the metadata space map marks in use, if it can be read whole
+/// (checksums and locations verified); None otherwise (then nothing is searched for).
+fn metadata_allocated(dev: &dyn BlockDevice, sb: &Superblock, nr_meta: u64) -> Option<Vec<bool>> {
+    let read = |b: u64, kind| {
+        let mut blk = disk::zeroed();
+        dev.read_at(&mut blk[..], b.checked_mul(disk::BLOCK_SIZE as u64)?).ok()?;
+        disk::verify(&blk, kind, MetaBlock(b)).ok()?;
+        Some(blk)
+    };
+    let root = &sb.metadata_sm_root;
+    let nr = root.nr_blocks.min(nr_meta);
+    let index = read(root.bitmap_root.0, BlockKind::Index)?;
+    let mut out = vec![false; nr as usize];
+    for i in 0..nr.div_ceil(disk::ENTRIES_PER_BITMAP) {
+        let e = disk::IndexEntry::decode(&index[16 + 16 * i as usize..32 + 16 * i as usize]);
+        let bm = read(e.blocknr.0, BlockKind::Bitmap)?;
+        for j in 0..disk::ENTRIES_PER_BITMAP {
+            let b = i * disk::ENTRIES_PER_BITMAP + j;
+            if b < nr {
+                out[b as usize] = disk::bitmap_get(&bm, j) != 0;
+            }
+        }
+    }
+    Some(out)
+}
+
+/// Counts the mappings of the tree at `root` (None if any node on the way is untrustworthy).
+fn count_mappings(w: &mut Walker<'_>, root: u64) -> Option<u64> {
+    w.seen.clear();
+    let before = w.stats.damaged_nodes;
+    let mut n = 0;
+    w.walk(root, 8, (0, None), 0, &mut |_, _| n += 1);
+    let ok = w.stats.damaged_nodes == before;
+    w.stats.damaged_nodes = before;
+    ok.then_some(n)
+}
+
+/// When the top level of the mapping tree is lost, looks for it: a leaf (so at most 252
+/// devices) keyed by exactly the devices the details tree holds, each value the root of a
+/// sound tree with exactly the `mapped_blocks` its details record. Copy-on-write leaves
+/// stale copies of earlier top levels in free blocks; they are told apart by those counts,
+/// and if more than one candidate still fits, none is trusted.
+fn find_top_level(
+    w: &mut Walker<'_>,
+    details: &BTreeMap<u64, DeviceDetails>,
+    allocated: &[bool],
+) -> Option<(u64, BTreeMap<u64, u64>)> {
+    let mut found = None;
+    for b in 1..w.nr_meta {
+        // Only blocks in use: freed ones hold stale copies of earlier trees.
+        if !allocated.get(b as usize).copied().unwrap_or(false) {
+            continue;
+        }
+        let mut blk = disk::zeroed();
+        if w.dev.read_at(&mut blk[..], b * disk::BLOCK_SIZE as u64).is_err()
+            || disk::verify(&blk, BlockKind::Node, MetaBlock(b)).is_err()
+        {
+            continue;
+        }
+        let Ok(n) = Node::new(&blk) else { continue };
+        if !n.is_leaf() || n.value_size() != 8 || n.nr_entries() != details.len() {
+            continue;
+        }
+        let entries: Vec<(u64, u64)> =
+            (0..n.nr_entries()).map(|i| (n.key(i), n.value_u64(i))).collect();
+        if !entries.iter().map(|e| e.0).eq(details.keys().copied()) {
+            continue;
+        }
+        let fits = entries.iter().all(|&(id, root)| {
+            allocated.get(root as usize).copied().unwrap_or(false)
+                && count_mappings(w, root) == Some(details[&id].mapped_blocks)
+        });
+        if fits {
+            if found.is_some() {
+                return None;
+            }
+            found = Some((b, entries.into_iter().collect()));
+        }
+    }
+    found
 }
 
 /// Salvages `input` and writes fresh metadata for it onto `output` (committed, checked
