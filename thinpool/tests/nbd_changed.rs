@@ -148,3 +148,28 @@ fn one_block_status_answers_every_selected_context() {
     );
     c.disconnect();
 }
+
+/// QEMU's own NBD client reads the bitmap the way backup scripts drive it: `qemu-img map`
+/// with `x-dirty-bitmap` reports dirty ranges as `"data": false` (qemu docs/interop/nbd.rst,
+/// block/nbd.c's x-dirty-bitmap option).
+#[test]
+fn qemu_img_reads_the_dirty_bitmap() {
+    let (_tmp, srv) = served_pool();
+    let mut c = Client::connect_unix(&srv.sock, "vol", true, false);
+    assert_eq!(c.write(2 * BLOCK, &[1; 4096], 0), 0);
+    assert_eq!(c.write(33 * BLOCK, &vec![2; BLOCK as usize], 0), 0);
+    c.disconnect();
+    let opts = format!(
+        "driver=nbd,server.type=unix,server.path={},export=vol,\
+         x-dirty-bitmap=qemu:dirty-bitmap:s1",
+        srv.sock.display()
+    );
+    let out = ok("qemu-img", &["map", "--output=json", "--image-opts", &opts], T);
+    let map: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    let dirty: Vec<(u64, u64)> = map
+        .iter()
+        .filter(|e| e["data"] == false)
+        .map(|e| (e["start"].as_u64().unwrap(), e["length"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(dirty, [(2 * BLOCK, BLOCK), (33 * BLOCK, BLOCK)], "{out}");
+}
