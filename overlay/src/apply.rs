@@ -22,6 +22,7 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timespec, Timestamps, XattrFla
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::fsutil::{self, open_beneath};
+use crate::sparse::{self, PaxSparse};
 
 /// How `.wh.` entries are treated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -223,14 +224,21 @@ struct Meta {
     mode: u32,
     mtime: Timespec,
     xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+    /// A GNU PAX sparse file (regular entries only).
+    sparse: Option<PaxSparse>,
 }
 
 impl Applier {
     fn entry<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>) -> Result<()> {
-        let raw = entry.path_bytes().into_owned();
+        let mut raw = entry.path_bytes().into_owned();
         let etype = entry.header().entry_type();
         if matches!(etype, tar::EntryType::XGlobalHeader) {
             return Ok(());
+        }
+        let meta = self.meta(entry, &raw)?;
+        if let Some(name) = meta.sparse.as_ref().and_then(|s| s.name.clone()) {
+            // A PAX sparse file's header name is GNU tar's `GNUSparseFile.NNN/name`.
+            raw = name;
         }
         let path = clean_path(&raw).map_err(|why| {
             let kind =
@@ -253,7 +261,6 @@ impl Applier {
                 format!("layer exceeds {} bytes", self.limits.max_total_bytes),
             ));
         }
-        let meta = self.meta(entry, &raw)?;
 
         let name = path.file_name().map(|n| n.as_bytes().to_vec());
         if let (Some(name), true) = (&name, self.mode != WhiteoutMode::Plain) {
@@ -295,7 +302,7 @@ impl Applier {
         let mut dir_over_dir = false;
         let mut retried = false;
         let own_fd = loop {
-            match self.create(entry, etype, &parent, &name, &raw, size, dir_over_dir, meta.mode)? {
+            match self.create(entry, etype, &parent, &name, &raw, size, dir_over_dir, &meta)? {
                 Made::Node(fd) => break fd,
                 Made::Hardlink(target) => {
                     // A hardlink shares the target's inode and metadata: nothing more to set.
@@ -338,8 +345,9 @@ impl Applier {
                 etype,
                 tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse
             ) {
-                sizes.insert(path.clone(), size);
-                self.size_total += size;
+                let real = meta.sparse.as_ref().map_or(size, |sp| sp.real_size);
+                sizes.insert(path.clone(), real);
+                self.size_total += real;
             }
         }
         let is_file = matches!(
@@ -392,8 +400,9 @@ impl Applier {
         raw: &[u8],
         size: u64,
         dir_over_dir: bool,
-        mode: u32,
+        meta: &Meta,
     ) -> Result<Made> {
+        let mode = meta.mode;
         let exists = |r: rustix::io::Result<()>, what: &str| -> Result<Option<Made>> {
             match r {
                 Ok(()) => Ok(None),
@@ -419,8 +428,11 @@ impl Applier {
                     Err(rustix::io::Errno::EXIST) => return Ok(Made::Exists),
                     Err(e) => return Err(entry_io(raw, "create file", e)),
                 };
-                write_sparse(entry, &fd, size, &mut self.buf)
-                    .map_err(|e| entry_io(raw, "write data", e))?;
+                match &meta.sparse {
+                    Some(sp) => write_pax_sparse(entry, &fd, size, sp, &mut self.buf, raw)?,
+                    None => write_sparse(entry, &fd, size, &mut self.buf)
+                        .map_err(|e| entry_io(raw, "write data", e))?,
+                }
                 Ok(Made::Node(Some(fd)))
             }
             tar::EntryType::Directory => {
@@ -465,13 +477,28 @@ impl Applier {
                 let tname = tpath.file_name().ok_or_else(|| {
                     entry_err(ErrorKind::Invalid, raw, "hardlink to the layer root")
                 })?;
-                let tparent = open_beneath(
+                // A layer's hard links point at files of the same layer (a tar links to an
+                // earlier entry of itself). One to a file of a lower layer cannot be made on
+                // overlay (the file is not in this layer's diff) and Docker refuses it too;
+                // refuse it the same way on every driver, saying why.
+                let tparent = match open_beneath(
                     &self.root,
                     tpath.parent().unwrap_or(Path::new("")),
                     OFlags::PATH | OFlags::DIRECTORY,
-                )
-                .map_err(|e| entry_io(raw, "resolve hardlink target", e))?;
+                ) {
+                    Ok(fd) => fd,
+                    Err(rustix::io::Errno::NOENT) => {
+                        return Err(self.foreign_link(raw, &target, &tpath))
+                    }
+                    Err(e) => return Err(entry_io(raw, "resolve hardlink target", e)),
+                };
+                if self.mode != WhiteoutMode::Plain && !self.written.contains(&tpath) {
+                    return Err(self.foreign_link(raw, &target, &tpath));
+                }
                 let r = rustix::fs::linkat(&tparent, tname, parent, name, AtFlags::empty());
+                if r == Err(rustix::io::Errno::NOENT) {
+                    return Err(self.foreign_link(raw, &target, &tpath));
+                }
                 Ok(exists(r, "hard link")?.unwrap_or(Made::Hardlink(tpath)))
             }
             tar::EntryType::Char | tar::EntryType::Block => {
@@ -515,8 +542,37 @@ impl Applier {
         }
     }
 
+    /// The error for a hard link whose target is not a file of this layer.
+    fn foreign_link(&self, raw: &[u8], target: &[u8], tpath: &Path) -> Error {
+        let in_lower = match self.mode {
+            // The full copy holds the lower layers' files.
+            WhiteoutMode::Vfs => {
+                open_beneath(&self.root, tpath, OFlags::PATH | OFlags::NOFOLLOW).is_ok()
+            }
+            _ => self
+                .lowers
+                .iter()
+                .any(|l| open_beneath(l, tpath, OFlags::PATH | OFlags::NOFOLLOW).is_ok()),
+        };
+        let t = String::from_utf8_lossy(target);
+        let why = if in_lower {
+            format!(
+                "hard link to {t:?}, which exists only in a lower layer: a layer's hard links \
+                 must point at files of the same layer"
+            )
+        } else {
+            format!(
+                "hard link to {t:?}, which is not in the archive before it (a hard link's \
+                 target must be an earlier entry of the same layer)"
+            )
+        };
+        entry_err(ErrorKind::Invalid, raw, why)
+    }
+
     fn meta<R: Read>(&self, entry: &mut tar::Entry<'_, R>, raw: &[u8]) -> Result<Meta> {
         let h = entry.header();
+        let regular =
+            matches!(h.entry_type(), tar::EntryType::Regular | tar::EntryType::Continuous);
         let bad = |what: &str, e: std::io::Error| {
             entry_err(ErrorKind::Invalid, raw, format!("bad {what} field: {e}"))
         };
@@ -527,11 +583,14 @@ impl Applier {
         let mut mtime = Timespec { tv_sec: secs.min(i64::MAX as u64) as i64, tv_nsec: 0 };
         let (mut uid, mut gid) = (uid, gid);
         let mut xattrs = Vec::new();
+        let mut sparse_recs = Vec::new();
         if let Some(pax) = entry.pax_extensions().map_err(|e| bad("pax", e))? {
             for ext in pax {
                 let ext = ext.map_err(|e| bad("pax", e))?;
                 let key = ext.key_bytes();
-                if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {
+                if key.starts_with(b"GNU.sparse.") {
+                    sparse_recs.push((key.to_vec(), ext.value_bytes().to_vec()));
+                } else if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {
                     xattrs.push((name.to_vec(), ext.value_bytes().to_vec()));
                 } else if key == b"mtime" {
                     if let Some(ts) = parse_pax_time(ext.value_bytes()) {
@@ -550,7 +609,13 @@ impl Applier {
             .map_err(|_| entry_err(ErrorKind::Invalid, raw, "uid out of range"))?;
         let gid = u32::try_from(gid)
             .map_err(|_| entry_err(ErrorKind::Invalid, raw, "gid out of range"))?;
-        Ok(Meta { uid, gid, mode: mode & 0o7777, mtime, xattrs })
+        let sparse = match sparse_recs.is_empty() || !regular {
+            true => None,
+            false => {
+                sparse::from_pax(&sparse_recs).map_err(|e| entry_err(ErrorKind::Invalid, raw, e))?
+            }
+        };
+        Ok(Meta { uid, gid, mode: mode & 0o7777, mtime, xattrs, sparse })
     }
 
     /// Open (creating missing directories, mode 0755 like Docker) the parent of an entry,
@@ -670,6 +735,17 @@ impl Applier {
         m: &Meta,
         chmod: bool,
     ) -> Result<()> {
+        let (uid, gid) =
+            (Some(rustix::fs::Uid::from_raw(m.uid)), Some(rustix::fs::Gid::from_raw(m.gid)));
+        // Through the open fd when there is one: no second path lookup.
+        match fd {
+            Some(fd) => rustix::fs::fchown(fd, uid, gid),
+            None => rustix::fs::chownat(parent, name, uid, gid, AtFlags::SYMLINK_NOFOLLOW),
+        }
+        .map_err(|e| entry_io(raw, "chown", e))?;
+        // xattrs after the chown: the kernel drops `security.capability` on every chown
+        // (even to the same owner), so setting it first loses `ping`'s file capability.
+        // Docker's go-archive `createTarFile` orders Lchown, Lsetxattr, then chmod.
         if let Some(fd) = fd {
             for (k, v) in &m.xattrs {
                 if k.starts_with(b"trusted.overlay.") || k.starts_with(b"user.overlay.") {
@@ -682,14 +758,6 @@ impl Applier {
                 )?;
             }
         }
-        let (uid, gid) =
-            (Some(rustix::fs::Uid::from_raw(m.uid)), Some(rustix::fs::Gid::from_raw(m.gid)));
-        // Through the open fd when there is one: no second path lookup.
-        match fd {
-            Some(fd) => rustix::fs::fchown(fd, uid, gid),
-            None => rustix::fs::chownat(parent, name, uid, gid, AtFlags::SYMLINK_NOFOLLOW),
-        }
-        .map_err(|e| entry_io(raw, "chown", e))?;
         if chmod {
             // After chown, which clears set-id bits.
             match fd {
@@ -889,18 +957,35 @@ fn write_sparse(
     size: u64,
     buf: &mut [u8],
 ) -> std::io::Result<()> {
-    let mut off = 0u64;
     // Where the file's data ends so far: a trailing hole needs an explicit truncate.
-    let mut end = 0u64;
-    while off < size {
-        let want = ((size - off) as usize).min(buf.len());
+    let end = write_range(r, fd, 0, size, buf)?;
+    if end != size {
+        rustix::fs::ftruncate(fd, size)?;
+    }
+    Ok(())
+}
+
+/// Copy `len` bytes of entry data to `fd` at `start`, skipping all-zero chunks; returns where
+/// the last data written ends (`start` when all was zero).
+fn write_range(
+    r: &mut impl Read,
+    fd: &impl AsFd,
+    start: u64,
+    len: u64,
+    buf: &mut [u8],
+) -> std::io::Result<u64> {
+    let mut done_total = 0u64;
+    let mut end = start;
+    while done_total < len {
+        let off = start + done_total;
+        let want = ((len - done_total) as usize).min(buf.len());
         let mut got = 0;
         while got < want {
             let n = r.read(&mut buf[got..want])?;
             if n == 0 {
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::UnexpectedEof,
-                    format!("data ends at {} of {size} bytes", off + got as u64),
+                    format!("data ends at {} of {len} bytes", done_total + got as u64),
                 ));
             }
             got += n;
@@ -912,12 +997,48 @@ fn write_sparse(
             }
             end = off + got as u64;
         }
-        off += got as u64;
+        done_total += got as u64;
     }
-    if end != size {
-        rustix::fs::ftruncate(fd, size)?;
+    Ok(end)
+}
+
+/// Unpack a GNU PAX sparse entry (see [`crate::sparse`]) as the real sparse file: read the
+/// map (from the data for version 1.0), check it, write each chunk at its offset and size
+/// the file to its real size. `stored` is the entry's size in the archive.
+fn write_pax_sparse(
+    r: &mut impl Read,
+    fd: &impl AsFd,
+    stored: u64,
+    sp: &PaxSparse,
+    buf: &mut [u8],
+    raw: &[u8],
+) -> Result<()> {
+    let bad = |e: sparse::SparseError| entry_err(ErrorKind::Invalid, raw, e);
+    let (chunks, map_len) = match &sp.map {
+        sparse::MapSource::Records(c) => (c.clone(), 0u64),
+        sparse::MapSource::Data => {
+            let mut map = Vec::new();
+            loop {
+                if map.len() as u64 + 512 > stored {
+                    return Err(bad(sparse::SparseError::Map("map runs past the entry's data")));
+                }
+                let at = map.len();
+                map.resize(at + 512, 0);
+                r.read_exact(&mut map[at..]).map_err(|e| entry_io(raw, "read sparse map", e))?;
+                match sparse::decode_map_1_0(&map).map_err(bad)? {
+                    sparse::Decoded::NeedMore => continue,
+                    // Decoded block by block, so the map ends in the last block read.
+                    sparse::Decoded::Done { chunks, .. } => break (chunks, map.len() as u64),
+                }
+            }
+        }
+    };
+    sparse::validate(&chunks, sp.real_size, stored - map_len).map_err(bad)?;
+    for c in &chunks {
+        write_range(r, fd, c.offset, c.len, buf)
+            .map_err(|e| entry_io(raw, "write sparse data", e))?;
     }
-    Ok(())
+    rustix::fs::ftruncate(fd, sp.real_size).map_err(|e| entry_io(raw, "size sparse file", e))
 }
 
 #[cfg(test)]

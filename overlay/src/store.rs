@@ -250,6 +250,7 @@ impl Store {
                 std::fs::remove_file(&p).ctx("remove", &p)?;
             }
         }
+        self.remove_orphans()?;
         let mut linked = BTreeSet::new();
         for e in std::fs::read_dir(&self.root).ctx("read", &self.root)? {
             let e = e.ctx("read", &self.root)?;
@@ -279,6 +280,33 @@ impl Store {
             }
         }
         Ok(())
+    }
+
+    /// Layer directories nothing records: a crash after a layer (or container) was moved into
+    /// place but before its layerdb entry (or container metadata) was written leaves a whole
+    /// tree that no removal would ever find. The record is written last, so a directory
+    /// without one never existed as far as the store is concerned; its `l/` link goes with
+    /// the dangling-link pass.
+    fn remove_orphans(&self) -> Result<()> {
+        let mut known: BTreeSet<String> = self.layers()?.into_iter().map(|l| l.cache_id).collect();
+        known.extend(self.containers()?.into_iter().map(|c| c.cache_id));
+        for e in std::fs::read_dir(&self.root).ctx("read", &self.root)? {
+            let e = e.ctx("read", &self.root)?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            let is_layer_dir = name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit());
+            if is_layer_dir && !known.contains(&name) {
+                tracing::warn!(dir = %name, "removing a layer directory no record names");
+                let removing = self.root.join(format!("{name}-removing"));
+                std::fs::rename(e.path(), &removing).ctx("rename", &e.path())?;
+                self.remove_layer_tree(&removing)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Remove a layer or container directory (already renamed `-removing`).
+    pub(crate) fn remove_layer_tree(&self, dir: &Path) -> Result<()> {
+        fsutil::remove_tree(dir)
     }
 
     // ---- paths and metadata ------------------------------------------------------------
@@ -499,6 +527,7 @@ impl Store {
         // One flush of the filesystem makes the layer's files, its rename and links durable
         // before the layerdb entry says it exists (no fsync per file while extracting).
         fsutil::syncfs(&self.root)?;
+        crate::fault::point("layer-placed");
         let meta = LayerMeta {
             chain_id,
             diff_id,
@@ -616,6 +645,21 @@ impl Store {
     }
 
     fn import_one(&self, src: &Source, img: SourceImage, tag: Option<&str>) -> Result<ImageMeta> {
+        // A container's mount stacks every image layer below its own (overlay2's `lower` of
+        // the container layer), so an image of more than MAX_DEPTH layers would import and
+        // then fail at `create`. Refuse it before anything is extracted, with the words
+        // Docker's overlay2 uses (moby `daemon/graphdriver/overlay2`, `maxDepth = 128`).
+        if img.layers.len() > MAX_DEPTH {
+            return Err(Error::new(
+                ErrorKind::Limit,
+                format!(
+                    "max depth exceeded: image {} has {} layers; a container can stack at most \
+                     {MAX_DEPTH}",
+                    img.config_digest,
+                    img.layers.len()
+                ),
+            ));
+        }
         let chain_ids = Digest::chain_ids(&img.diff_ids);
         let mut layers = Vec::with_capacity(img.layers.len());
         let mut parent: Option<LayerMeta> = None;
