@@ -184,7 +184,7 @@ impl Store {
         rustix::fs::chmod(staging.path(), rustix::fs::Mode::from_raw_mode(0o700))
             .ctx("chmod", staging.path())?;
         let mut project_id = None;
-        if let Some(bytes) = size {
+        if let (Some(bytes), false) = (size, self.driver == Driver::Btrfs) {
             // Before diff/ exists, so everything below inherits the project.
             let q = QuotaCtl::open(quota, &self.root)?;
             let in_use: Vec<u32> = self.containers()?.iter().filter_map(|c| c.project_id).collect();
@@ -197,7 +197,19 @@ impl Store {
             (Driver::Vfs, Some(t)) => {
                 fsutil::copy_tree(&self.layer_dir(&t.cache_id).join("diff"), &diff)?
             }
+            (Driver::Btrfs, Some(t)) => {
+                crate::btrfs::snapshot(&self.layer_dir(&t.cache_id).join("diff"), &diff)?
+            }
+            (Driver::Btrfs, None) => {
+                crate::btrfs::create(&diff)?;
+                rustix::fs::chmod(&diff, rustix::fs::Mode::from_raw_mode(0o755))
+                    .ctx("chmod", &diff)?;
+            }
             _ => mkdir(&diff, 0o755)?,
+        }
+        if let (Some(bytes), Driver::Btrfs) = (size, self.driver) {
+            crate::btrfs::enable_quota(&self.root)?;
+            crate::btrfs::limit(&diff, bytes)?;
         }
         let cache_id = fsutil::random_hex(32);
         let link = self.write_overlay_files(staging.path(), &lower)?;
@@ -228,7 +240,7 @@ impl Store {
     pub fn mount(&self, name: &str) -> Result<PathBuf> {
         let c = self.container(name)?;
         let dir = self.layer_dir(&c.cache_id);
-        if self.driver == Driver::Vfs {
+        if self.driver.full_copies() {
             return Ok(dir.join("diff"));
         }
         let lowers = self.lowers_of_dir(&c.cache_id)?;
@@ -277,7 +289,7 @@ impl Store {
             Driver::Overlay => {
                 crate::diff::write_tree(&diff, hw, crate::diff::DiffMode::OverlayUpper)?
             }
-            Driver::Vfs => {
+            Driver::Vfs | Driver::Btrfs => {
                 let img = self.resolve_image(c.image.as_str())?;
                 let base = match img.top_chain() {
                     Some(ch) => self
@@ -418,7 +430,7 @@ impl Store {
             std::fs::rename(&dir, &removing).ctx("rename", &dir)?;
             fsutil::fsync_dir(&self.root)?;
         }
-        fsutil::remove_tree(&removing)
+        self.remove_layer_tree(&removing)
     }
 
     /// Disk usage: per image shared vs exclusive bytes, containers, volumes.
@@ -497,7 +509,7 @@ impl Store {
             if dir.exists() {
                 std::fs::rename(&dir, &removing).ctx("rename", &dir)?;
             }
-            fsutil::remove_tree(&removing)?;
+            self.remove_layer_tree(&removing)?;
             report.layers += 1;
         }
         let mut blobs: BTreeSet<String> = BTreeSet::new();

@@ -11,6 +11,7 @@
 
 pub mod apply;
 pub mod backing;
+pub mod btrfs;
 pub mod container;
 pub mod diff;
 pub mod digest;

@@ -21,10 +21,27 @@ struct Cli {
     cmd: Cmd,
 }
 
+/// Docker's driver names; aufs and zfs are refused with the reason (`Driver::from_name`).
 #[derive(Clone, Copy, ValueEnum)]
 enum DriverArg {
+    #[value(alias = "overlay2")]
     Overlay,
     Vfs,
+    Btrfs,
+    Aufs,
+    Zfs,
+}
+
+impl DriverArg {
+    fn name(self) -> &'static str {
+        match self {
+            DriverArg::Overlay => "overlay",
+            DriverArg::Vfs => "vfs",
+            DriverArg::Btrfs => "btrfs",
+            DriverArg::Aufs => "aufs",
+            DriverArg::Zfs => "zfs",
+        }
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -145,10 +162,7 @@ fn human(b: u64) -> String {
 }
 
 fn run(cli: Cli) -> Result<()> {
-    let driver = match cli.driver {
-        DriverArg::Overlay => Driver::Overlay,
-        DriverArg::Vfs => Driver::Vfs,
-    };
+    let driver = Driver::from_name(cli.driver.name())?;
     let store = Store::open(&cli.root, driver)
         .with_context(|| format!("open store {}", cli.root.display()))?;
     match cli.cmd {

@@ -56,6 +56,9 @@ pub enum Driver {
     Overlay,
     /// Every layer and container is a full copy of its parent (Docker's slow baseline).
     Vfs,
+    /// Every layer is a read-only btrfs subvolume snapshot of its parent plus the layer;
+    /// a container is a writable snapshot (see [`crate::btrfs`]).
+    Btrfs,
 }
 
 impl Driver {
@@ -63,7 +66,39 @@ impl Driver {
         match self {
             Driver::Overlay => "overlay",
             Driver::Vfs => "vfs",
+            Driver::Btrfs => "btrfs",
         }
+    }
+
+    /// A driver by the name Docker gives it. aufs and zfs are Docker drivers lamina cannot
+    /// offer: they are refused with the reason.
+    pub fn from_name(name: &str) -> Result<Driver> {
+        match name {
+            "overlay" | "overlay2" => Ok(Driver::Overlay),
+            "vfs" => Ok(Driver::Vfs),
+            "btrfs" => Ok(Driver::Btrfs),
+            "aufs" => Err(Error::new(
+                ErrorKind::Unsupported,
+                "aufs: the aufs driver needs the aufs filesystem, which was never merged into \
+                 mainline Linux (Docker removed the driver in 24.0); use overlay (overlay2)",
+            )),
+            "zfs" => Err(Error::new(
+                ErrorKind::Unsupported,
+                "zfs: the zfs driver needs the ZFS kernel module, which is not part of Debian's \
+                 kernel (OpenZFS is CDDL-licensed and built out of tree by zfs-dkms); use btrfs \
+                 for subvolume snapshots",
+            )),
+            other => Err(Error::new(
+                ErrorKind::Invalid,
+                format!("unknown storage driver {other:?}: use overlay, vfs or btrfs"),
+            )),
+        }
+    }
+
+    /// Whether every layer holds the whole tree (whiteouts delete, diffs are computed by
+    /// comparing trees) rather than only its own changes.
+    pub(crate) fn full_copies(self) -> bool {
+        matches!(self, Driver::Vfs | Driver::Btrfs)
     }
 }
 
@@ -211,8 +246,10 @@ impl Store {
             }
             Err(_) => fsutil::write_atomic(&root, "driver", driver.name().as_bytes())?,
         }
-        if driver == Driver::Overlay {
-            crate::backing::check(&root, crate::backing::supports_dtype)?;
+        match driver {
+            Driver::Overlay => crate::backing::check(&root, crate::backing::supports_dtype)?,
+            Driver::Btrfs => crate::btrfs::check_backing(&root)?,
+            Driver::Vfs => {}
         }
         let store = Store { root, driver, mounter, limits: Limits::default(), _lock: lock };
         store.recover()?;
@@ -236,7 +273,7 @@ impl Store {
     fn recover(&self) -> Result<()> {
         let tmp = self.root.join("tmp");
         for e in std::fs::read_dir(&tmp).ctx("read", &tmp)? {
-            fsutil::remove_tree(&e.ctx("read", &tmp)?.path())?;
+            self.remove_layer_tree(&e.ctx("read", &tmp)?.path())?;
         }
         let cdir = self.root.join("containers");
         for e in std::fs::read_dir(&cdir).ctx("read", &cdir)? {
@@ -256,7 +293,7 @@ impl Store {
             let e = e.ctx("read", &self.root)?;
             let name = e.file_name().to_string_lossy().into_owned();
             if name.ends_with("-removing") {
-                fsutil::remove_tree(&e.path())?;
+                self.remove_layer_tree(&e.path())?;
             } else if name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit()) {
                 if let Ok(link) = std::fs::read_to_string(e.path().join("link")) {
                     let l = self.root.join("l").join(link.trim());
@@ -306,7 +343,10 @@ impl Store {
 
     /// Remove a layer or container directory (already renamed `-removing`).
     pub(crate) fn remove_layer_tree(&self, dir: &Path) -> Result<()> {
-        fsutil::remove_tree(dir)
+        match self.driver {
+            Driver::Btrfs => crate::btrfs::remove_layer_dir(dir),
+            _ => fsutil::remove_tree(dir),
+        }
     }
 
     // ---- paths and metadata ------------------------------------------------------------
@@ -470,6 +510,16 @@ impl Store {
                 mkdir(&diff, 0o755)?;
                 WhiteoutMode::Vfs
             }
+            (Driver::Btrfs, Some(p)) => {
+                crate::btrfs::snapshot(&self.layer_dir(&p.cache_id).join("diff"), &diff)?;
+                WhiteoutMode::Vfs
+            }
+            (Driver::Btrfs, None) => {
+                crate::btrfs::create(&diff)?;
+                rustix::fs::chmod(&diff, rustix::fs::Mode::from_raw_mode(0o755))
+                    .ctx("chmod", &diff)?;
+                WhiteoutMode::Vfs
+            }
             (Driver::Overlay, _) => {
                 mkdir(&diff, 0o755)?;
                 WhiteoutMode::Overlay
@@ -509,6 +559,10 @@ impl Store {
             Some(pl) => std::iter::once(format!("l/{pl}")).chain(parent_lowers).collect(),
             None => Vec::new(),
         };
+        if self.driver == Driver::Btrfs {
+            // A finished layer is never written again (its children are snapshots).
+            crate::btrfs::set_readonly(&diff, true)?;
+        }
         let link = self.write_overlay_files(staging.path(), &lower)?;
         let size = match stats.file_bytes {
             Some(b) => b,

@@ -281,3 +281,4 @@ macro_rules! contract {
 
 contract!(overlay2, "overlay");
 contract!(vfs, "vfs");
+contract!(btrfs, "btrfs");
