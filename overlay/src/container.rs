@@ -411,6 +411,7 @@ impl Store {
         let to = self.root.join("containers").join(format!("{name}-removing.json"));
         std::fs::rename(&from, &to).ctx("rename", &from)?;
         fsutil::fsync_dir(&self.root.join("containers"))?;
+        crate::fault::point("container-removing");
         self.finish_remove(&c)?;
         std::fs::remove_file(&to).ctx("remove", &to)?;
         Ok(())

@@ -925,6 +925,19 @@ mod tests {
     }
 
     #[test]
+    fn aufs_and_zfs_are_refused_with_the_reason() {
+        let e = Driver::from_name("aufs").unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Unsupported);
+        assert!(e.to_string().contains("never merged into mainline Linux"), "{e}");
+        let e = Driver::from_name("zfs").unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Unsupported);
+        assert!(e.to_string().contains("not part of Debian's kernel"), "{e}");
+        assert_eq!(Driver::from_name("devicemapper").unwrap_err().kind(), ErrorKind::Invalid);
+        assert_eq!(Driver::from_name("overlay2").unwrap(), Driver::Overlay);
+        assert_eq!(Driver::from_name("btrfs").unwrap(), Driver::Btrfs);
+    }
+
+    #[test]
     fn name_rules() {
         assert!(check_name("container", "web-1.a_b").is_ok());
         assert!(check_name("container", "../x").is_err());

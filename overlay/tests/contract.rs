@@ -134,21 +134,48 @@ fn pax_sparse_files_unpack_as_sparse_files(env: Env) {
 
 const CRASH_ENV: &str = "LAMINA_CONTRACT_CRASH_CHILD";
 
-/// The child half of [`sigkill_during_import_leaks_nothing`]: import with a hook that
-/// SIGKILLs this process right after the layer is in place and flushed, before its layerdb
-/// entry is written.
+/// The child half of the crash cases: run `action` on the parent's store with a hook that
+/// SIGKILLs this process at crash point `point`.
+///
+/// `spec` is `point\nroot\naction\narg`: actions `import` (arg: an image layout) and `rm`
+/// (arg: a container name).
 fn crash_child(driver: overlay::Driver, spec: &str) -> ! {
+    static POINT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     fn kill_at(point: &str) {
-        if point == "layer-placed" {
+        if POINT.get().is_some_and(|p| p == point) {
             rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL)
                 .expect("SIGKILL self");
         }
     }
-    let (root, img) = spec.split_once('\n').expect("root\\nimage");
+    let parts: Vec<&str> = spec.split('\n').collect();
+    let [point, root, action, arg] = parts[..] else { panic!("bad crash spec {spec:?}") };
+    POINT.set(point.to_string()).unwrap();
     overlay::fault::set_hook(kill_at);
     let store = Store::open(Path::new(root), driver).unwrap();
-    store.import(Path::new(img), Some("crash:1")).unwrap();
-    panic!("the crash point was never reached");
+    match action {
+        "import" => drop(store.import(Path::new(arg), Some("crash:1")).unwrap()),
+        "rm" => store.remove(arg).unwrap(),
+        other => panic!("unknown crash action {other}"),
+    }
+    panic!("the crash point {point} was never reached");
+}
+
+/// Run this test binary's `test_name` again as a child that crashes at `point` while doing
+/// `action arg` on the store at `root`; assert it died of SIGKILL.
+fn crash_in_child(test_name: &str, point: &str, root: &Path, action: &str, arg: &Path) {
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args([test_name, "--exact", "--nocapture", "--test-threads=1"])
+        .env(CRASH_ENV, format!("{point}\n{}\n{action}\n{}", root.display(), arg.display()))
+        .output()
+        .unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(
+        out.status.signal(),
+        Some(9),
+        "the child died of SIGKILL at {point}: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// A SIGKILL after a layer was moved into place but before it was recorded leaves its whole
@@ -166,19 +193,7 @@ fn sigkill_during_import_leaks_nothing(driver: &str, test_name: &str) {
     );
     let root = env.store_root();
     drop(env.open());
-    let out = Command::new(std::env::current_exe().unwrap())
-        .args([test_name, "--exact", "--nocapture", "--test-threads=1"])
-        .env(CRASH_ENV, format!("{}\n{}", root.display(), img.display()))
-        .output()
-        .unwrap();
-    use std::os::unix::process::ExitStatusExt;
-    assert_eq!(
-        out.status.signal(),
-        Some(9),
-        "the child died of SIGKILL at the crash point: {}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
+    crash_in_child(test_name, "layer-placed", &root, "import", &img);
     // The window was hit: a complete layer directory that no record names.
     let leaked = layer_dirs(&root);
     assert_eq!(leaked.len(), 1, "one placed layer: {leaked:?}");
@@ -192,6 +207,44 @@ fn sigkill_during_import_leaks_nothing(driver: &str, test_name: &str) {
     store.import(&img, Some("crash:1")).unwrap();
     assert_eq!(store.layers().unwrap().len(), 2);
     assert_eq!(layer_dirs(&root).len(), 2);
+}
+
+/// `rm` killed after it marked the container as removing is finished at the next open.
+fn sigkill_during_remove_is_finished_at_open(driver: &str, test_name: &str) {
+    if let Ok(spec) = std::env::var(CRASH_ENV) {
+        crash_child(drivers::driver_of(driver), &spec);
+    }
+    let env = Env::new(driver);
+    let img = layout_with_layers(
+        &env.dir().join("img"),
+        &[simple_tar(&[("a", b"1")]), simple_tar(&[("b", b"2")])],
+        &["/bin/sh"],
+    );
+    let root = env.store_root();
+    let cache_id = {
+        let store = env.open();
+        store.import(&img, Some("x:1")).unwrap();
+        let c = store.create("x:1", "victim", None).unwrap();
+        let m = store.mount("victim").unwrap();
+        std::fs::write(m.join("written"), "by the container").unwrap();
+        store.unmount("victim").unwrap();
+        c.cache_id
+    };
+    crash_in_child(test_name, "container-removing", &root, "rm", Path::new("victim"));
+    assert!(root.join("containers/victim-removing.json").exists(), "killed mid-removal");
+    assert!(root.join(&cache_id).exists());
+    let store = env.open();
+    assert!(!root.join(&cache_id).exists() && !root.join(format!("{cache_id}-removing")).exists());
+    assert!(!root.join("containers/victim-removing.json").exists());
+    assert_eq!(store.container("victim").unwrap_err().kind(), ErrorKind::NotFound);
+    assert_eq!(layer_dirs(&root).len(), 2, "the image's layers stay");
+    // The name is free again and the image intact.
+    store.create("x:1", "victim", None).unwrap();
+    let m = store.mount("victim").unwrap();
+    assert!(!m.join("written").exists());
+    assert_eq!(std::fs::read_to_string(m.join("b")).unwrap(), "2");
+    store.unmount("victim").unwrap();
+    store.remove("victim").unwrap();
 }
 
 /// An image deeper than a container can stack is refused at import, before extraction.
@@ -239,6 +292,109 @@ fn hardlink_into_a_lower_layer_is_refused_with_a_reason(env: Env) {
     assert_eq!(count(&store.root().join("tmp")), 0, "no staging left");
 }
 
+// ---- the driver contract -----------------------------------------------------------
+
+/// The merged tree of a container equals `umoci unpack` of the same image.
+fn merged_tree_equals_umoci_unpack(env: Env) {
+    need("umoci");
+    let img = build_rich_image(env.dir());
+    let reference = umoci_unpack(&img, "final", &env.dir().join("ref"));
+    let store = env.open();
+    store.import_image(&img, Some("final"), Some("rich:final")).unwrap();
+    store.create("rich:final", "c", None).unwrap();
+    let merged = store.mount("c").unwrap();
+    let a = snapshot(&merged);
+    let b = snapshot(&reference);
+    // /d is the directory `umoci insert --opaque` replaced (see diff_trees_ignoring).
+    let d = diff_trees_ignoring(&a, &b, &["/d"]);
+    assert!(d.is_empty(), "merged tree differs from umoci unpack:\n{}", d.join("\n"));
+    assert!(a.nodes.len() > 20, "suspiciously small tree: {}", a.nodes.len());
+    store.unmount("c").unwrap();
+    store.remove("c").unwrap();
+}
+
+/// Commit, export, import into a fresh store of the same driver, export again: the same
+/// bytes, and the committed tree comes back.
+fn commit_then_export_keeps_digests(env: Env) {
+    let img = build_rich_image(env.dir());
+    let store = env.open();
+    let orig = store.import_image(&img, Some("final"), Some("rich:final")).unwrap().remove(0);
+    let first = env.dir().join("orig.tar");
+    let info = store.export("rich:final", &first, overlay::ExportFormat::Oci).unwrap();
+    assert_eq!(info.manifest.digest, orig.manifest.digest, "export keeps the manifest digest");
+    store.create("rich:final", "work", None).unwrap();
+    let m = store.mount("work").unwrap();
+    std::fs::write(m.join("etc/passwd"), "changed\n").unwrap();
+    std::fs::write(m.join("added"), "added").unwrap();
+    std::fs::remove_file(m.join("hl1")).unwrap();
+    std::fs::remove_dir_all(m.join("d")).unwrap();
+    std::fs::create_dir(m.join("d")).unwrap();
+    std::fs::write(m.join("d/fresh"), "fresh").unwrap();
+    let want = snapshot(&m);
+    let committed = store.commit("work", "rich:committed").unwrap();
+    assert_eq!(committed.layers.len(), orig.layers.len() + 1);
+    let out = env.dir().join("committed.tar");
+    let info = store.export("rich:committed", &out, overlay::ExportFormat::Docker).unwrap();
+    assert_eq!(info.config, committed.id);
+
+    let fresh = env.open_other("fresh");
+    let back = fresh.import(&out, None).unwrap().remove(0);
+    assert_eq!(back.id, committed.id, "same image id after the round trip");
+    let ids = |i: &overlay::ImageMeta| -> Vec<(String, String)> {
+        i.layers.iter().map(|l| (l.diff_id.to_string(), l.chain_id.to_string())).collect()
+    };
+    assert_eq!(ids(&back), ids(&committed), "same diff and chain ids");
+    let again = env.dir().join("again.tar");
+    fresh.export(back.id.as_str(), &again, overlay::ExportFormat::Docker).unwrap();
+    assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&again).unwrap(), "identical export");
+    fresh.create("rich:committed", "again", None).unwrap();
+    let m2 = fresh.mount("again").unwrap();
+    let d = diff_trees(&want, &snapshot(&m2));
+    assert!(d.is_empty(), "committed tree differs:\n{}", d.join("\n"));
+    assert!(!m2.join("d/only").exists(), "the recreated directory hides the lower content");
+    fresh.unmount("again").unwrap();
+    store.unmount("work").unwrap();
+}
+
+/// `--size`: enforced where the driver has quotas on this filesystem, refused with Docker's
+/// reason where it has none (overlay and vfs need XFS project quotas, which the host kernel
+/// lacks; the VM tier enforces them).
+fn size_is_enforced_or_refused(env: Env) {
+    let img = layout_with_layers(&env.dir().join("img"), &[simple_tar(&[("a", b"1")])], &["/x"]);
+    let store = env.open();
+    store.import(&img, Some("q:1")).unwrap();
+    match env.driver {
+        overlay::Driver::Btrfs => {
+            store.create("q:1", "small", Some(32 << 20)).unwrap();
+            let m = store.mount("small").unwrap();
+            let mut f = std::fs::File::create(m.join("fill")).unwrap();
+            let chunk = vec![0x5au8; 1 << 20];
+            let mut written = 0u64;
+            let err = loop {
+                use std::io::Write;
+                match f.write_all(&chunk).and_then(|()| f.sync_data()) {
+                    Ok(()) => written += chunk.len() as u64,
+                    Err(e) => break e,
+                }
+                assert!(written <= 64 << 20, "wrote {written} bytes past a 32 MiB limit");
+            };
+            assert_eq!(err.raw_os_error(), Some(122), "EDQUOT, not {err}");
+            assert!(written >= 16 << 20, "the limit is 32 MiB, stopped at {written}");
+            drop(f);
+            store.unmount("small").unwrap();
+            store.remove("small").unwrap();
+            // Without --size nothing limits the container.
+            store.create("q:1", "big", None).unwrap();
+        }
+        _ => {
+            let err = store.create("q:1", "small", Some(32 << 20)).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::Unsupported, "{err}");
+            assert!(err.to_string().contains("pquota"), "{err}");
+            assert!(store.containers().unwrap().is_empty(), "nothing half-created");
+        }
+    }
+}
+
 macro_rules! contract {
     ($module:ident, $driver:literal) => {
         mod $module {
@@ -267,6 +423,29 @@ macro_rules! contract {
             }
 
             #[test]
+            fn sigkill_during_remove_is_finished_at_open() {
+                super::sigkill_during_remove_is_finished_at_open(
+                    $driver,
+                    concat!(stringify!($module), "::sigkill_during_remove_is_finished_at_open"),
+                )
+            }
+
+            #[test]
+            fn merged_tree_equals_umoci_unpack() {
+                super::merged_tree_equals_umoci_unpack(env())
+            }
+
+            #[test]
+            fn commit_then_export_keeps_digests() {
+                super::commit_then_export_keeps_digests(env())
+            }
+
+            #[test]
+            fn size_is_enforced_or_refused() {
+                super::size_is_enforced_or_refused(env())
+            }
+
+            #[test]
             fn image_of_129_layers_is_refused_at_import() {
                 super::image_of_129_layers_is_refused_at_import(env())
             }
@@ -282,3 +461,43 @@ macro_rules! contract {
 contract!(overlay2, "overlay");
 contract!(vfs, "vfs");
 contract!(btrfs, "btrfs");
+
+/// btrfs's own shape: every layer a read-only subvolume snapshotted from its parent's, the
+/// container a writable snapshot of the top layer.
+#[test]
+fn btrfs_layers_are_readonly_snapshots_of_their_parents() {
+    let env = Env::new("btrfs");
+    let img = layout_with_layers(
+        &env.dir().join("img"),
+        &[simple_tar(&[("a", b"1")]), simple_tar(&[("b", b"2")])],
+        &["/bin/sh"],
+    );
+    let store = env.open();
+    store.import(&img, Some("x:1")).unwrap();
+    let c = store.create("x:1", "c", None).unwrap();
+    let show = |cache_id: &str| -> (String, String) {
+        let diff = store.root().join(cache_id).join("diff");
+        assert!(overlay::btrfs::is_subvolume(&diff).unwrap(), "{} is a subvolume", diff.display());
+        let out = run(Command::new("btrfs").args(["subvolume", "show"]).arg(&diff));
+        let field = |name: &str| {
+            out.lines()
+                .find_map(|l| l.trim().strip_prefix(name).map(|v| v.trim().to_string()))
+                .unwrap_or_else(|| panic!("no {name} in {out}"))
+        };
+        (field("UUID:"), format!("{} {}", field("Parent UUID:"), field("Flags:")))
+    };
+    let layers = store.layers().unwrap();
+    let base = layers.iter().find(|l| l.parent.is_none()).unwrap();
+    let top = layers.iter().find(|l| l.parent.is_some()).unwrap();
+    let (base_uuid, base_rest) = show(&base.cache_id);
+    let (top_uuid, top_rest) = show(&top.cache_id);
+    let (_, c_rest) = show(&c.cache_id);
+    assert_eq!(base_rest, "- readonly", "the base layer is a new read-only subvolume");
+    assert_eq!(top_rest, format!("{base_uuid} readonly"), "snapshot of the base, read-only");
+    assert_eq!(c_rest, format!("{top_uuid} -"), "the container: a writable snapshot of the top");
+    let err = std::fs::write(store.root().join(&top.cache_id).join("diff/x"), "x").unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(30), "EROFS writing into a layer: {err}");
+    // Removal deletes the container's subvolume.
+    store.remove("c").unwrap();
+    assert!(!store.root().join(&c.cache_id).exists());
+}

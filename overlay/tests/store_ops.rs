@@ -345,6 +345,22 @@ fn cli_end_to_end() {
         .unwrap();
     assert!(!err.status.success());
     assert!(String::from_utf8_lossy(&err.stderr).contains("no such image"));
+    // Docker drivers lamina cannot offer are refused before anything is created.
+    for (driver, why) in
+        [("aufs", "never merged into mainline Linux"), ("zfs", "not part of Debian's kernel")]
+    {
+        let r = t.path().join(driver);
+        let out = Command::new(env!("CARGO_BIN_EXE_layerstore"))
+            .arg("--root")
+            .arg(&r)
+            .args(["--driver", driver, "images"])
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(why), "{driver}: {stderr}");
+        assert!(!r.exists(), "no store made for {driver}");
+    }
 }
 
 #[test]

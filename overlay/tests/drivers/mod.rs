@@ -71,6 +71,11 @@ impl Env {
         Store::open(&self.store_root(), self.driver).unwrap()
     }
 
+    /// A second store of the same driver on the same filesystem.
+    pub fn open_other(&self, name: &str) -> Store {
+        Store::open(&self.store_root().with_file_name(name), self.driver).unwrap()
+    }
+
     /// A file of a stored layer's own content.
     pub fn layer_file(&self, store: &Store, cache_id: &str, rel: &str) -> PathBuf {
         store.root().join(cache_id).join("diff").join(rel)
