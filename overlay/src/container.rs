@@ -184,6 +184,13 @@ impl Store {
         rustix::fs::chmod(staging.path(), rustix::fs::Mode::from_raw_mode(0o700))
             .ctx("chmod", staging.path())?;
         let mut project_id = None;
+        if let (Some(_), Driver::Devicemapper) = (size, self.driver) {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                "devmapper: a container's size is its device's, dm.basesize; --size is not \
+                 supported per container",
+            ));
+        }
         if let (Some(bytes), false) = (size, self.driver == Driver::Btrfs) {
             // Before diff/ exists, so everything below inherits the project.
             let q = QuotaCtl::open(quota, &self.root)?;
@@ -194,6 +201,13 @@ impl Store {
         }
         let diff = staging.path().join("diff");
         match (self.driver, &top) {
+            (Driver::Devicemapper, _) => {
+                let origin = match &top {
+                    Some(t) => Some(self.dm_volume(&self.layer_dir(&t.cache_id))?),
+                    None => None,
+                };
+                self.dm_new_device(staging.path(), origin.as_deref())?;
+            }
             (Driver::Vfs, Some(t)) => {
                 fsutil::copy_tree(&self.layer_dir(&t.cache_id).join("diff"), &diff)?
             }
@@ -240,6 +254,9 @@ impl Store {
     pub fn mount(&self, name: &str) -> Result<PathBuf> {
         let c = self.container(name)?;
         let dir = self.layer_dir(&c.cache_id);
+        if self.driver == Driver::Devicemapper {
+            return self.dm_activate(&dir, false);
+        }
         if self.driver.full_copies() {
             return Ok(dir.join("diff"));
         }
@@ -269,6 +286,9 @@ impl Store {
     /// Unmount (lazily, like overlay2) and remove the mount point.
     pub fn unmount(&self, name: &str) -> Result<()> {
         let c = self.container(name)?;
+        if self.driver == Driver::Devicemapper {
+            return self.dm_deactivate(&self.layer_dir(&c.cache_id));
+        }
         let merged = self.layer_dir(&c.cache_id).join("merged");
         if self.mounter.is_mounted(&merged) {
             self.mounter.unmount(&merged)?;
@@ -283,13 +303,16 @@ impl Store {
     /// Write a container's changes as a layer tar with OCI whiteouts; returns the DiffID.
     pub fn container_diff<W: Write>(&self, name: &str, out: W) -> Result<(W, Digest, u64)> {
         let c = self.container(name)?;
+        if self.driver == Driver::Devicemapper {
+            return self.dm_container_diff(&c, out);
+        }
         let diff = self.layer_dir(&c.cache_id).join("diff");
         let hw = HashWriter::new(out);
         let hw = match self.driver {
             Driver::Overlay => {
                 crate::diff::write_tree(&diff, hw, crate::diff::DiffMode::OverlayUpper)?
             }
-            Driver::Vfs | Driver::Btrfs => {
+            Driver::Vfs | Driver::Btrfs | Driver::Devicemapper => {
                 let img = self.resolve_image(c.image.as_str())?;
                 let base = match img.top_chain() {
                     Some(ch) => self
@@ -462,10 +485,13 @@ impl Store {
         }
         let mut containers = Vec::new();
         for c in self.containers()? {
-            containers.push((
-                c.name.clone(),
-                fsutil::tree_size(&self.layer_dir(&c.cache_id).join("diff"))?,
-            ));
+            // A devicemapper container's tree is on its own device: counted while mounted.
+            let tree = match self.driver {
+                Driver::Devicemapper => self.layer_dir(&c.cache_id).join("mnt/rootfs"),
+                _ => self.layer_dir(&c.cache_id).join("diff"),
+            };
+            let size = if tree.exists() { fsutil::tree_size(&tree)? } else { 0 };
+            containers.push((c.name.clone(), size));
         }
         let mut volumes = Vec::new();
         for v in self.volumes()? {
@@ -636,6 +662,29 @@ impl Store {
     }
 }
 
+/// Docker's `units.HumanSize`: decimal units, four significant digits (`10.74GB`).
+pub fn human_si(bytes: u64) -> String {
+    const U: [&str; 7] = ["B", "kB", "MB", "GB", "TB", "PB", "EB"];
+    let mut v = bytes as f64;
+    let mut i = 0;
+    while v >= 1000.0 && i < U.len() - 1 {
+        v /= 1000.0;
+        i += 1;
+    }
+    let digits = if v >= 1000.0 {
+        0
+    } else if v >= 100.0 {
+        1
+    } else if v >= 10.0 {
+        2
+    } else {
+        3
+    };
+    let s = format!("{v:.digits$}");
+    let s = if s.contains('.') { s.trim_end_matches('0').trim_end_matches('.') } else { &s };
+    format!("{s}{}", U[i])
+}
+
 /// Docker's deprecated layer media types map onto the OCI ones.
 fn oci_layer_type(mt: &str) -> String {
     match mt {
@@ -668,6 +717,13 @@ fn parse_user(u: &str) -> Result<(u32, u32)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn human_si_like_docker() {
+        assert_eq!(human_si(10 << 30), "10.74GB");
+        assert_eq!(human_si(100), "100B");
+        assert_eq!(human_si(1_500_000), "1.5MB");
+    }
 
     #[test]
     fn rfc3339_known_points() {

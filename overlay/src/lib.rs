@@ -13,6 +13,7 @@ pub mod apply;
 pub mod backing;
 pub mod btrfs;
 pub mod container;
+pub mod devmapper;
 pub mod diff;
 pub mod digest;
 pub mod error;

@@ -17,6 +17,14 @@ struct Cli {
     /// Storage driver (fixed when the store is created).
     #[arg(long, value_enum, default_value_t = DriverArg::Overlay, global = true)]
     driver: DriverArg,
+    /// Driver options, Docker's names (devicemapper: dm.basesize=10G, dm.fs=xfs|ext4,
+    /// dm.mkfsarg=, dm.mountopt=, dm.use_deferred_removal=, dm.use_deferred_deletion=,
+    /// dm.min_free_space=10%). Repeatable.
+    #[arg(long = "storage-opt", global = true)]
+    storage_opts: Vec<String>,
+    /// State directory of the pool daemon the devicemapper driver asks for volumes.
+    #[arg(long, default_value = "/run/lamina/pool", global = true)]
+    pool_dir: PathBuf,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -28,6 +36,7 @@ enum DriverArg {
     Overlay,
     Vfs,
     Btrfs,
+    Devicemapper,
     Aufs,
     Zfs,
 }
@@ -38,6 +47,7 @@ impl DriverArg {
             DriverArg::Overlay => "overlay",
             DriverArg::Vfs => "vfs",
             DriverArg::Btrfs => "btrfs",
+            DriverArg::Devicemapper => "devicemapper",
             DriverArg::Aufs => "aufs",
             DriverArg::Zfs => "zfs",
         }
@@ -110,6 +120,8 @@ enum Cmd {
     Volume(VolumeCmd),
     /// Write a container's changes as a layer tar (OCI whiteouts) to a file.
     Diff { name: String, out: PathBuf },
+    /// The driver and its state, with Docker's `docker info` field names.
+    Info,
 }
 
 #[derive(Subcommand)]
@@ -163,8 +175,18 @@ fn human(b: u64) -> String {
 
 fn run(cli: Cli) -> Result<()> {
     let driver = Driver::from_name(cli.driver.name())?;
-    let store = Store::open(&cli.root, driver)
-        .with_context(|| format!("open store {}", cli.root.display()))?;
+    let store = match driver {
+        Driver::Devicemapper => Store::open_devicemapper(
+            &cli.root,
+            overlay::devmapper::DmOptions::parse(&cli.storage_opts)?,
+            Box::new(overlay::devmapper::PoolDaemon { dir: cli.pool_dir.clone() }),
+        ),
+        _ if !cli.storage_opts.is_empty() => {
+            bail!("--storage-opt: the {} driver takes no options", driver.name())
+        }
+        _ => Store::open(&cli.root, driver),
+    }
+    .with_context(|| format!("open store {}", cli.root.display()))?;
     match cli.cmd {
         Cmd::Import { path, reference, tag } => {
             for img in store.import_image(&path, reference.as_deref(), tag.as_deref())? {
@@ -276,6 +298,11 @@ fn run(cli: Cli) -> Result<()> {
             let (mut w, d, n) = store.container_diff(&name, f)?;
             std::io::Write::flush(&mut w)?;
             println!("{d} {n}");
+        }
+        Cmd::Info => {
+            for (k, v) in store.info()? {
+                println!("{k}: {v}");
+            }
         }
         Cmd::Volume(v) => match v {
             VolumeCmd::Create { name } => println!("{}", store.volume_create(&name)?.display()),

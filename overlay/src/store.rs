@@ -59,6 +59,10 @@ pub enum Driver {
     /// Every layer is a read-only btrfs subvolume snapshot of its parent plus the layer;
     /// a container is a writable snapshot (see [`crate::btrfs`]).
     Btrfs,
+    /// Every layer is a thin snapshot of its parent's volume in lamina's pool with the layer
+    /// applied; a container a snapshot mounted from its own block device (see
+    /// [`crate::devmapper`]).
+    Devicemapper,
 }
 
 impl Driver {
@@ -67,6 +71,7 @@ impl Driver {
             Driver::Overlay => "overlay",
             Driver::Vfs => "vfs",
             Driver::Btrfs => "btrfs",
+            Driver::Devicemapper => "devicemapper",
         }
     }
 
@@ -77,6 +82,7 @@ impl Driver {
             "overlay" | "overlay2" => Ok(Driver::Overlay),
             "vfs" => Ok(Driver::Vfs),
             "btrfs" => Ok(Driver::Btrfs),
+            "devicemapper" => Ok(Driver::Devicemapper),
             "aufs" => Err(Error::new(
                 ErrorKind::Unsupported,
                 "aufs: the aufs driver needs the aufs filesystem, which was never merged into \
@@ -90,7 +96,9 @@ impl Driver {
             )),
             other => Err(Error::new(
                 ErrorKind::Invalid,
-                format!("unknown storage driver {other:?}: use overlay, vfs or btrfs"),
+                format!(
+                    "unknown storage driver {other:?}: use overlay, vfs, btrfs or devicemapper"
+                ),
             )),
         }
     }
@@ -98,7 +106,7 @@ impl Driver {
     /// Whether every layer holds the whole tree (whiteouts delete, diffs are computed by
     /// comparing trees) rather than only its own changes.
     pub(crate) fn full_copies(self) -> bool {
-        matches!(self, Driver::Vfs | Driver::Btrfs)
+        matches!(self, Driver::Vfs | Driver::Btrfs | Driver::Devicemapper)
     }
 }
 
@@ -145,6 +153,8 @@ pub struct Store {
     pub(crate) driver: Driver,
     pub(crate) mounter: Box<dyn Mounter>,
     pub(crate) limits: Limits,
+    /// The devicemapper driver's options and device provider.
+    pub(crate) dm: Option<crate::devmapper::Dm>,
     _lock: OwnedFd,
 }
 
@@ -193,6 +203,36 @@ impl Store {
 
     /// Open with a given mount seam.
     pub fn open_with(root: &Path, driver: Driver, mounter: Box<dyn Mounter>) -> Result<Store> {
+        if driver == Driver::Devicemapper {
+            return Err(Error::new(
+                ErrorKind::Invalid,
+                "the devicemapper driver needs its options and pool: use Store::open_devicemapper",
+            ));
+        }
+        Store::open_inner(root, driver, mounter, None)
+    }
+
+    /// Open (creating if needed) a devicemapper store whose volumes come from `provider`.
+    /// At creation the base device is made and formatted.
+    pub fn open_devicemapper(
+        root: &Path,
+        opts: crate::devmapper::DmOptions,
+        provider: Box<dyn crate::devmapper::DeviceProvider>,
+    ) -> Result<Store> {
+        Store::open_inner(
+            root,
+            Driver::Devicemapper,
+            Box::new(KernelMounter::default()),
+            Some(crate::devmapper::Dm::new(opts, provider)),
+        )
+    }
+
+    fn open_inner(
+        root: &Path,
+        driver: Driver,
+        mounter: Box<dyn Mounter>,
+        dm: Option<crate::devmapper::Dm>,
+    ) -> Result<Store> {
         use std::os::unix::fs::DirBuilderExt;
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -249,10 +289,15 @@ impl Store {
         match driver {
             Driver::Overlay => crate::backing::check(&root, crate::backing::supports_dtype)?,
             Driver::Btrfs => crate::btrfs::check_backing(&root)?,
-            Driver::Vfs => {}
+            Driver::Vfs | Driver::Devicemapper => {}
         }
-        let store = Store { root, driver, mounter, limits: Limits::default(), _lock: lock };
+        let mut store = Store { root, driver, mounter, limits: Limits::default(), dm, _lock: lock };
+        // Recovery first: a base device whose making was interrupted is dropped with its
+        // staging directory, then made afresh.
         store.recover()?;
+        if driver == Driver::Devicemapper {
+            store.dm_init()?;
+        }
         Ok(store)
     }
 
@@ -345,6 +390,7 @@ impl Store {
     pub(crate) fn remove_layer_tree(&self, dir: &Path) -> Result<()> {
         match self.driver {
             Driver::Btrfs => crate::btrfs::remove_layer_dir(dir),
+            Driver::Devicemapper => self.dm_remove_dir(dir),
             _ => fsutil::remove_tree(dir),
         }
     }
@@ -482,6 +528,9 @@ impl Store {
         tar: impl Read,
         expect: Option<&Digest>,
     ) -> Result<LayerMeta> {
+        if self.driver == Driver::Devicemapper {
+            return self.dm_add_layer(parent, tar, expect);
+        }
         let parent_lowers: Vec<String> = match (self.driver, parent) {
             (Driver::Overlay, Some(p)) => self.lowers_of(p)?,
             _ => Vec::new(),
@@ -520,6 +569,7 @@ impl Store {
                     .ctx("chmod", &diff)?;
                 WhiteoutMode::Vfs
             }
+            (Driver::Devicemapper, _) => unreachable!("dm_add_layer"),
             (Driver::Overlay, _) => {
                 mkdir(&diff, 0o755)?;
                 WhiteoutMode::Overlay
@@ -595,6 +645,25 @@ impl Store {
             &meta,
         )?;
         Ok(meta)
+    }
+
+    /// A stored layer's tree, for reading: its own changes (overlay) or the whole tree
+    /// (vfs, btrfs; devicemapper mounts its device read-only until
+    /// [`Store::release_layer_tree`]).
+    pub fn layer_tree(&self, layer: &LayerMeta) -> Result<PathBuf> {
+        let dir = self.layer_dir(&layer.cache_id);
+        match self.driver {
+            Driver::Devicemapper => self.dm_activate(&dir, true),
+            _ => Ok(dir.join("diff")),
+        }
+    }
+
+    /// Done with [`Store::layer_tree`].
+    pub fn release_layer_tree(&self, layer: &LayerMeta) -> Result<()> {
+        match self.driver {
+            Driver::Devicemapper => self.dm_deactivate(&self.layer_dir(&layer.cache_id)),
+            _ => Ok(()),
+        }
     }
 
     pub(crate) fn mark_committed(&self, cache_id: &str) -> Result<()> {
@@ -932,7 +1001,8 @@ mod tests {
         let e = Driver::from_name("zfs").unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Unsupported);
         assert!(e.to_string().contains("not part of Debian's kernel"), "{e}");
-        assert_eq!(Driver::from_name("devicemapper").unwrap_err().kind(), ErrorKind::Invalid);
+        assert_eq!(Driver::from_name("devicemapper").unwrap(), Driver::Devicemapper);
+        assert_eq!(Driver::from_name("aufs2").unwrap_err().kind(), ErrorKind::Invalid);
         assert_eq!(Driver::from_name("overlay2").unwrap(), Driver::Overlay);
         assert_eq!(Driver::from_name("btrfs").unwrap(), Driver::Btrfs);
     }

@@ -18,7 +18,7 @@ use std::process::Command;
 
 use common::*;
 use drivers::Env;
-use overlay::{ErrorKind, Store};
+use overlay::ErrorKind;
 
 fn err_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
@@ -111,19 +111,21 @@ fn pax_sparse_files_unpack_as_sparse_files(env: Env) {
     store.import(&img, Some("sparse:1")).unwrap();
     // The stored layer: the real name, the real size, holes kept.
     let l = &store.layers().unwrap()[0];
-    let stored = env.layer_file(&store, &l.cache_id, "var/lib/db");
+    let tree = store.layer_tree(l).unwrap();
+    let stored = tree.join("var/lib/db");
     let md = std::fs::metadata(&stored).unwrap();
     assert_eq!(md.len(), 48 << 20);
     assert!(md.blocks() * 512 < 2 << 20, "still sparse: {} bytes allocated", md.blocks() * 512);
     assert!(
-        !env.layer_file(&store, &l.cache_id, "var/lib").read_dir().unwrap().any(|e| e
+        !tree.join("var/lib").read_dir().unwrap().any(|e| e
             .unwrap()
             .file_name()
             .to_string_lossy()
             .starts_with("GNUSparseFile")),
         "no raw GNUSparseFile directory"
     );
-    assert!(!env.layer_file(&store, &l.cache_id, "GNUSparseFile.0").exists());
+    assert!(!tree.join("GNUSparseFile.0").exists());
+    store.release_layer_tree(l).unwrap();
     store.create("sparse:1", "c", None).unwrap();
     let m = store.mount("c").unwrap();
     assert_eq!(std::fs::read(m.join("var/lib/db")).unwrap(), std::fs::read(&real).unwrap());
@@ -151,7 +153,7 @@ fn crash_child(driver: overlay::Driver, spec: &str) -> ! {
     let [point, root, action, arg] = parts[..] else { panic!("bad crash spec {spec:?}") };
     POINT.set(point.to_string()).unwrap();
     overlay::fault::set_hook(kill_at);
-    let store = Store::open(Path::new(root), driver).unwrap();
+    let store = drivers::open_store(driver, Path::new(root));
     match action {
         "import" => drop(store.import(Path::new(arg), Some("crash:1")).unwrap()),
         "rm" => store.remove(arg).unwrap(),
@@ -197,10 +199,19 @@ fn sigkill_during_import_leaks_nothing(driver: &str, test_name: &str) {
     // The window was hit: a complete layer directory that no record names.
     let leaked = layer_dirs(&root);
     assert_eq!(leaked.len(), 1, "one placed layer: {leaked:?}");
-    assert!(root.join(&leaked[0]).join("diff/a").exists());
+    let vols_before = env.volumes();
+    if let Some(v) = &vols_before {
+        assert_eq!(v.len(), 2, "base and the placed layer's volume: {v:?}");
+        assert!(root.join(&leaked[0]).join("device").exists());
+    } else {
+        assert!(root.join(&leaked[0]).join("diff/a").exists());
+    }
     assert_eq!(count(&root.join("layerdb")), 0, "no layerdb entry yet");
     let store = env.open();
     assert!(layer_dirs(&root).is_empty(), "the leaked layer is gone: {:?}", layer_dirs(&root));
+    if let Some(v) = env.volumes() {
+        assert_eq!(v.len(), 1, "its volume is gone from the pool, the base stays: {v:?}");
+    }
     assert_eq!(count(&root.join("l")), 0, "its short link is gone");
     assert_eq!(count(&root.join("tmp")), 0);
     // And the store still works: the import succeeds from scratch.
@@ -366,25 +377,23 @@ fn size_is_enforced_or_refused(env: Env) {
     match env.driver {
         overlay::Driver::Btrfs => {
             store.create("q:1", "small", Some(32 << 20)).unwrap();
-            let m = store.mount("small").unwrap();
-            let mut f = std::fs::File::create(m.join("fill")).unwrap();
-            let chunk = vec![0x5au8; 1 << 20];
-            let mut written = 0u64;
-            let err = loop {
-                use std::io::Write;
-                match f.write_all(&chunk).and_then(|()| f.sync_data()) {
-                    Ok(()) => written += chunk.len() as u64,
-                    Err(e) => break e,
-                }
-                assert!(written <= 64 << 20, "wrote {written} bytes past a 32 MiB limit");
-            };
+            let (written, err) = fill(&store.mount("small").unwrap(), 64 << 20);
             assert_eq!(err.raw_os_error(), Some(122), "EDQUOT, not {err}");
             assert!(written >= 16 << 20, "the limit is 32 MiB, stopped at {written}");
-            drop(f);
             store.unmount("small").unwrap();
             store.remove("small").unwrap();
-            // Without --size nothing limits the container.
-            store.create("q:1", "big", None).unwrap();
+        }
+        overlay::Driver::Devicemapper => {
+            // The size of a container is its device's: dm.basesize (96 MiB here).
+            let err = store.create("q:1", "sized", Some(32 << 20)).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::Unsupported, "{err}");
+            assert!(err.to_string().contains("dm.basesize"), "{err}");
+            store.create("q:1", "small", None).unwrap();
+            let (written, err) = fill(&store.mount("small").unwrap(), 128 << 20);
+            assert_eq!(err.raw_os_error(), Some(28), "ENOSPC, not {err}");
+            assert!(written >= 48 << 20, "the base is 96 MiB, stopped at {written}");
+            store.unmount("small").unwrap();
+            store.remove("small").unwrap();
         }
         _ => {
             let err = store.create("q:1", "small", Some(32 << 20)).unwrap_err();
@@ -392,6 +401,21 @@ fn size_is_enforced_or_refused(env: Env) {
             assert!(err.to_string().contains("pquota"), "{err}");
             assert!(store.containers().unwrap().is_empty(), "nothing half-created");
         }
+    }
+}
+
+/// Write 1 MiB chunks (each synced) into `dir/fill` until a write fails; never past `cap`.
+fn fill(dir: &Path, cap: u64) -> (u64, std::io::Error) {
+    use std::io::Write;
+    let mut f = std::fs::File::create(dir.join("fill")).unwrap();
+    let chunk = vec![0x5au8; 1 << 20];
+    let mut written = 0u64;
+    loop {
+        match f.write_all(&chunk).and_then(|()| f.sync_data()) {
+            Ok(()) => written += chunk.len() as u64,
+            Err(e) => return (written, e),
+        }
+        assert!(written <= cap, "wrote {written} bytes past the limit");
     }
 }
 
@@ -461,6 +485,7 @@ macro_rules! contract {
 contract!(overlay2, "overlay");
 contract!(vfs, "vfs");
 contract!(btrfs, "btrfs");
+contract!(devicemapper, "devicemapper");
 
 /// btrfs's own shape: every layer a read-only subvolume snapshotted from its parent's, the
 /// container a writable snapshot of the top layer.
@@ -500,4 +525,149 @@ fn btrfs_layers_are_readonly_snapshots_of_their_parents() {
     // Removal deletes the container's subvolume.
     store.remove("c").unwrap();
     assert!(!store.root().join(&c.cache_id).exists());
+}
+
+// ---- devicemapper's own shape (host: loop devices stand in for the pool's) --------------
+
+/// (source device, filesystem type, mount options + super options) of the mount at `path`.
+fn mounted_source(path: &Path) -> Option<(String, String, String)> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    info.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(' ').collect();
+        let sep = f.iter().position(|x| *x == "-")?;
+        (Path::new(f[4]) == path).then(|| {
+            (f[sep + 2].to_string(), f[sep + 1].to_string(), format!("{},{}", f[5], f[sep + 3]))
+        })
+    })
+}
+
+/// Layers are snapshots kept read-only, a container is mounted from its own block device.
+#[test]
+fn devicemapper_layers_are_snapshots_and_containers_have_their_own_device() {
+    let env = Env::new("devicemapper");
+    let img = layout_with_layers(
+        &env.dir().join("img"),
+        &[simple_tar(&[("a", b"1")]), simple_tar(&[("b", b"2")])],
+        &["/bin/sh"],
+    );
+    let store = env.open();
+    assert_eq!(env.volumes().unwrap().len(), 1, "the base device");
+    store.import(&img, Some("x:1")).unwrap();
+    assert_eq!(env.volumes().unwrap().len(), 3, "base + one per layer");
+    let c1 = store.create("x:1", "c1", None).unwrap();
+    store.create("x:1", "c2", None).unwrap();
+    assert_eq!(env.volumes().unwrap().len(), 5, "and one per container");
+    let m1 = store.mount("c1").unwrap();
+    let m2 = store.mount("c2").unwrap();
+    let (dev1, fs1, opts1) = mounted_source(m1.parent().unwrap()).expect("c1 mounted");
+    let (dev2, _, _) = mounted_source(m2.parent().unwrap()).expect("c2 mounted");
+    assert!(dev1.starts_with("/dev/loop") && dev1 != dev2, "own devices: {dev1} {dev2}");
+    assert_eq!(fs1, "ext4");
+    assert!(opts1.starts_with("rw"), "{opts1}");
+    assert_eq!(std::fs::read_to_string(m1.join("a")).unwrap(), "1");
+    std::fs::write(m1.join("only-c1"), "x").unwrap();
+    assert!(!m2.join("only-c1").exists(), "containers do not share writes");
+    assert!(store.root().join(&c1.cache_id).join("device").exists());
+    // A layer is mounted read-only when it is read.
+    let top = store.layers().unwrap().into_iter().find(|l| l.parent.is_some()).unwrap();
+    let tree = store.layer_tree(&top).unwrap();
+    assert_eq!(std::fs::read_to_string(tree.join("b")).unwrap(), "2");
+    let err = std::fs::write(tree.join("x"), "x").unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(30), "EROFS: {err}");
+    store.release_layer_tree(&top).unwrap();
+    for c in ["c1", "c2"] {
+        store.unmount(c).unwrap();
+        store.remove(c).unwrap();
+    }
+    assert_eq!(env.volumes().unwrap().len(), 3, "the containers' volumes are deleted");
+    store.prune(true, false).unwrap();
+    assert_eq!(env.volumes().unwrap().len(), 1, "prune deletes the layers' volumes");
+}
+
+/// `rm` of a container whose mount is busy: refused without dm.use_deferred_removal, done
+/// lazily with it (the device and volume go once the last user leaves).
+#[test]
+fn devicemapper_busy_rm_is_refused_or_deferred() {
+    let env = Env::new("devicemapper");
+    let img = layout_with_layers(&env.dir().join("img"), &[simple_tar(&[("a", b"1")])], &["/x"]);
+    let root = env.store_root();
+    let strict = ["dm.fs=ext4", "dm.basesize=96M"];
+    let store = drivers::open_store_with(env.driver, &root, &strict);
+    store.import(&img, Some("x:1")).unwrap();
+    store.create("x:1", "busy", None).unwrap();
+    let m = store.mount("busy").unwrap();
+    let mut user = Command::new("sleep").arg("600").current_dir(&m).spawn().unwrap();
+    let err = store.remove("busy").unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Conflict, "{err}");
+    assert!(err.to_string().contains("is busy"), "{err}");
+    assert!(err.to_string().contains("dm.use_deferred_removal"), "{err}");
+    assert!(store.container("busy").is_ok(), "still there");
+    drop(store);
+
+    let store = env.open(); // with dm.use_deferred_removal=true
+    store.remove("busy").unwrap();
+    assert_eq!(store.container("busy").unwrap_err().kind(), ErrorKind::NotFound);
+    let provider = drivers::loopdev::LoopProvider::new(&root.with_file_name("pool"), 0);
+    assert_eq!(provider.deferred(), 1, "the volume's deletion waits for its user");
+    let cwd = format!("/proc/{}/cwd/a", user.id());
+    assert_eq!(std::fs::read_to_string(cwd).unwrap(), "1", "the user still sees its tree");
+    assert!(!m.join("a").exists(), "detached from the store");
+    user.kill().unwrap();
+    user.wait().unwrap();
+    // The loop device is released by the kernel once the lazily unmounted filesystem is.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while {
+        store.info().unwrap();
+        provider.deferred() > 0
+    } {
+        assert!(std::time::Instant::now() < deadline, "deferred deletion never finished");
+        std::thread::yield_now();
+    }
+    assert_eq!(env.volumes().unwrap().len(), 2, "base + the layer");
+}
+
+/// `info` shows Docker's devicemapper fields, the driver's settings over the pool's.
+#[test]
+fn devicemapper_info_has_dockers_fields() {
+    let env = Env::new("devicemapper");
+    let store = env.open();
+    let info = store.info().unwrap();
+    let get = |k: &str| {
+        info.iter()
+            .find(|(ik, _)| ik == k)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_else(|| panic!("no {k} in {info:?}"))
+    };
+    assert_eq!(get("Storage Driver"), "devicemapper");
+    assert_eq!(get("Pool Name"), "loop-test-pool");
+    assert_eq!(get("Base Device Size"), "100.7MB", "96 MiB, printed like Docker");
+    assert_eq!(get("Backing Filesystem"), "ext4");
+    assert_eq!(get("Deferred Removal Enabled"), "true");
+    assert_eq!(get("Deferred Deletion Enabled"), "false");
+    assert_eq!(get("Thin Pool Minimum Free Space"), "859MB", "10 % of the 8 GiB pool");
+    assert!(get("Data Space Used").parse::<u64>().unwrap() > 0);
+}
+
+/// dm.fs=xfs: every snapshot carries the base's XFS UUID, so two containers mount at once
+/// only with `nouuid` (Docker adds it too).
+#[test]
+fn devicemapper_xfs_containers_mount_side_by_side() {
+    let env = Env::new("devicemapper");
+    let root = env.store_root();
+    let store = drivers::open_store_with(env.driver, &root, &["dm.fs=xfs", "dm.basesize=320M"]);
+    let img = layout_with_layers(&env.dir().join("img"), &[simple_tar(&[("a", b"1")])], &["/x"]);
+    store.import(&img, Some("x:1")).unwrap();
+    store.create("x:1", "c1", None).unwrap();
+    store.create("x:1", "c2", None).unwrap();
+    let m1 = store.mount("c1").unwrap();
+    let m2 = store.mount("c2").unwrap();
+    let (_, fs, opts) = mounted_source(m2.parent().unwrap()).unwrap();
+    assert_eq!(fs, "xfs");
+    assert!(opts.split(',').any(|o| o == "nouuid"), "{opts}");
+    assert_eq!(std::fs::read_to_string(m1.join("a")).unwrap(), "1");
+    assert_eq!(std::fs::read_to_string(m2.join("a")).unwrap(), "1");
+    for c in ["c1", "c2"] {
+        store.unmount(c).unwrap();
+        store.remove(c).unwrap();
+    }
 }

@@ -2,6 +2,8 @@
 //! root on a filesystem the driver can use.
 #![allow(dead_code)]
 
+pub mod loopdev;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -44,6 +46,28 @@ impl Drop for LoopFs {
     }
 }
 
+/// The devicemapper test options: ext4 (quick to make on a small device), a 96 MiB base.
+pub const DM_OPTS: &[&str] = &["dm.fs=ext4", "dm.basesize=96M", "dm.use_deferred_removal=true"];
+
+/// Open an existing store of `driver` at `root` (also from a crash child): devicemapper's
+/// volumes are in `pool/` next to the root.
+pub fn open_store(driver: Driver, root: &Path) -> Store {
+    open_store_with(driver, root, DM_OPTS)
+}
+
+/// [`open_store`] with other devicemapper options.
+pub fn open_store_with(driver: Driver, root: &Path, dm_opts: &[&str]) -> Store {
+    match driver {
+        Driver::Devicemapper => Store::open_devicemapper(
+            root,
+            overlay::devmapper::DmOptions::parse(dm_opts).unwrap(),
+            Box::new(loopdev::LoopProvider::new(&root.with_file_name("pool"), 8 << 30)),
+        )
+        .unwrap(),
+        d => Store::open(root, d).unwrap(),
+    }
+}
+
 impl Env {
     pub fn new(name: &str) -> Env {
         let driver = driver_of(name);
@@ -68,16 +92,20 @@ impl Env {
     }
 
     pub fn open(&self) -> Store {
-        Store::open(&self.store_root(), self.driver).unwrap()
+        open_store(self.driver, &self.store_root())
     }
 
-    /// A second store of the same driver on the same filesystem.
+    /// A second store of the same driver on the same filesystem (devicemapper: its own pool).
     pub fn open_other(&self, name: &str) -> Store {
-        Store::open(&self.store_root().with_file_name(name), self.driver).unwrap()
+        let d = self.store_root().with_file_name(name);
+        std::fs::create_dir_all(&d).unwrap();
+        open_store(self.driver, &d.join("store"))
     }
 
-    /// A file of a stored layer's own content.
-    pub fn layer_file(&self, store: &Store, cache_id: &str, rel: &str) -> PathBuf {
-        store.root().join(cache_id).join("diff").join(rel)
+    /// The devicemapper volumes of the main store's pool (`None` for other drivers).
+    pub fn volumes(&self) -> Option<Vec<String>> {
+        (self.driver == Driver::Devicemapper).then(|| {
+            loopdev::LoopProvider::new(&self.store_root().with_file_name("pool"), 0).volumes()
+        })
     }
 }
