@@ -662,29 +662,6 @@ impl Store {
     }
 }
 
-/// Docker's `units.HumanSize`: decimal units, four significant digits (`10.74GB`).
-pub fn human_si(bytes: u64) -> String {
-    const U: [&str; 7] = ["B", "kB", "MB", "GB", "TB", "PB", "EB"];
-    let mut v = bytes as f64;
-    let mut i = 0;
-    while v >= 1000.0 && i < U.len() - 1 {
-        v /= 1000.0;
-        i += 1;
-    }
-    let digits = if v >= 1000.0 {
-        0
-    } else if v >= 100.0 {
-        1
-    } else if v >= 10.0 {
-        2
-    } else {
-        3
-    };
-    let s = format!("{v:.digits$}");
-    let s = if s.contains('.') { s.trim_end_matches('0').trim_end_matches('.') } else { &s };
-    format!("{s}{}", U[i])
-}
-
 /// Docker's deprecated layer media types map onto the OCI ones.
 fn oci_layer_type(mt: &str) -> String {
     match mt {
@@ -717,13 +694,6 @@ fn parse_user(u: &str) -> Result<(u32, u32)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn human_si_like_docker() {
-        assert_eq!(human_si(10 << 30), "10.74GB");
-        assert_eq!(human_si(100), "100B");
-        assert_eq!(human_si(1_500_000), "1.5MB");
-    }
 
     #[test]
     fn rfc3339_known_points() {

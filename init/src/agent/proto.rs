@@ -22,7 +22,7 @@ pub enum Command {
     Shutdown,
     Exec(ExecArgs),
     /// A pool verb, forwarded to the daemon.
-    Pool(thinpool::nbd::control::Request),
+    Pool(thinpool::daemon::control::Request),
 }
 
 /// Agent command names of the pool verbs and their control-socket `op`.
@@ -226,7 +226,7 @@ mod tests {
             argv: vec!["cat".into(), "/proc/modules".into()],
             timeout_secs: Some(5),
         });
-        use thinpool::nbd::control::Request as R;
+        use thinpool::daemon::control::Request as R;
         let pool = [
             Command::Pool(R::Create { name: "v".into(), size: 1 << 30 }),
             Command::Pool(R::Snapshot { origin: "v".into(), name: "s".into() }),

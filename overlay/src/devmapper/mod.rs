@@ -363,13 +363,11 @@ impl Store {
         let dm = self.dm()?;
         let u = dm.provider.usage()?;
         let ours: Vec<(String, String)> = vec![
-            ("Base Device Size".into(), crate::container::human_si(dm.opts.basesize)),
+            ("Base Device Size".into(), units::human_size(dm.opts.basesize)),
             ("Backing Filesystem".into(), dm.opts.fs.name().into()),
             (
                 "Thin Pool Minimum Free Space".into(),
-                crate::container::human_si(
-                    u.data_total / 100 * u64::from(dm.opts.min_free_space_percent),
-                ),
+                units::human_size(u.data_total / 100 * u64::from(dm.opts.min_free_space_percent)),
             ),
             ("Deferred Removal Enabled".into(), dm.opts.deferred_removal.to_string()),
             ("Deferred Deletion Enabled".into(), dm.opts.deferred_deletion.to_string()),

@@ -58,25 +58,6 @@ fn bad(opt: &str, why: impl std::fmt::Display) -> Error {
     Error::new(ErrorKind::Invalid, format!("devmapper: invalid option {opt:?}: {why}"))
 }
 
-/// Docker's `units.RAMInBytes`: a number with an optional binary unit (k, m, g, t, p; an
-/// optional `b`/`ib`), so `10G` is 10 GiB.
-pub fn parse_ram_bytes(s: &str) -> Option<u64> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let v: f64 = num.parse().ok()?;
-    let mult: u64 = match unit.to_ascii_lowercase().trim_end_matches('b').trim_end_matches('i') {
-        "" => 1,
-        "k" => 1 << 10,
-        "m" => 1 << 20,
-        "g" => 1 << 30,
-        "t" => 1 << 40,
-        "p" => 1 << 50,
-        _ => return None,
-    };
-    (v >= 0.0).then_some((v * mult as f64) as u64)
-}
-
 fn parse_bool(opt: &str, v: &str) -> Result<bool> {
     match v.to_ascii_lowercase().as_str() {
         "1" | "t" | "true" => Ok(true),
@@ -96,7 +77,8 @@ impl DmOptions {
             let (k, v) = opt.split_once('=').ok_or_else(|| bad(opt, "expected key=value"))?;
             match k.trim().to_ascii_lowercase().as_str() {
                 "dm.basesize" => {
-                    let size = parse_ram_bytes(v).ok_or_else(|| bad(opt, "not a size"))?;
+                    // Docker's `units.RAMInBytes` grammar (binary units), lamina's one.
+                    let size = units::parse_size(v).map_err(|e| bad(opt, e))?;
                     // The base filesystem needs room for its own metadata.
                     if size < 16 << 20 {
                         return Err(bad(opt, "the base device must be at least 16 MiB"));
@@ -216,8 +198,7 @@ mod tests {
         assert!(e.to_string().contains("must be < 100"), "{e}");
         let e = DmOptions::parse(&["dm.thinpooldev=/dev/mapper/x"]).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Unsupported);
-        assert_eq!(parse_ram_bytes("512m"), Some(512 << 20));
-        assert_eq!(parse_ram_bytes("1.5GiB"), Some(3 << 29));
-        assert_eq!(parse_ram_bytes("x"), None);
+        assert!(DmOptions::parse(&["dm.basesize=x"]).is_err());
+        assert_eq!(DmOptions::parse(&["dm.basesize=1.5GiB"]).unwrap().basesize, 3 << 29);
     }
 }
