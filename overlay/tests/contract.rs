@@ -596,7 +596,15 @@ fn devicemapper_busy_rm_is_refused_or_deferred() {
     store.import(&img, Some("x:1")).unwrap();
     store.create("x:1", "busy", None).unwrap();
     let m = store.mount("busy").unwrap();
-    let mut user = Command::new("sleep").arg("600").current_dir(&m).spawn().unwrap();
+    /// The container's user, killed however the test ends.
+    struct User(std::process::Child);
+    impl Drop for User {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut user = User(Command::new("sleep").arg("600").current_dir(&m).spawn().unwrap());
     let err = store.remove("busy").unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Conflict, "{err}");
     assert!(err.to_string().contains("is busy"), "{err}");
@@ -609,11 +617,11 @@ fn devicemapper_busy_rm_is_refused_or_deferred() {
     assert_eq!(store.container("busy").unwrap_err().kind(), ErrorKind::NotFound);
     let provider = drivers::loopdev::LoopProvider::new(&root.with_file_name("pool"), 0);
     assert_eq!(provider.deferred(), 1, "the volume's deletion waits for its user");
-    let cwd = format!("/proc/{}/cwd/a", user.id());
+    let cwd = format!("/proc/{}/cwd/a", user.0.id());
     assert_eq!(std::fs::read_to_string(cwd).unwrap(), "1", "the user still sees its tree");
     assert!(!m.join("a").exists(), "detached from the store");
-    user.kill().unwrap();
-    user.wait().unwrap();
+    user.0.kill().unwrap();
+    user.0.wait().unwrap();
     // The loop device is released by the kernel once the lazily unmounted filesystem is.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while {

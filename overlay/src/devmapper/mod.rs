@@ -124,7 +124,14 @@ impl Store {
             .ctx("create staging in", &self.root)?
             .keep();
         std::fs::write(staging.join("device"), &base).ctx("write device in", &staging)?;
-        let dev = self.dm_attach(&staging)?;
+        let dev = match self.dm_attach(&staging) {
+            Ok(dev) => dev,
+            Err(e) => {
+                let _ = dm.provider.remove(&base);
+                let _ = fsutil::remove_tree(&staging);
+                return Err(e);
+            }
+        };
         let made = run_mkfs(&dm.opts.mkfs_argv(&dev.to_string_lossy()))
             .and_then(|()| self.dm_mount(&staging, &dev, false))
             .and_then(|tree| crate::store::mkdir(&tree, 0o755));

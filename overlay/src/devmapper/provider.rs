@@ -65,13 +65,22 @@ impl PoolDaemon {
             return Ok(v["data"].clone());
         }
         let msg = v["error"].as_str().unwrap_or("no error text").to_string();
-        let kind = if msg.starts_with("not found") {
-            ErrorKind::NotFound
-        } else if msg.contains("unknown variant") {
-            ErrorKind::Unsupported
-        } else {
-            ErrorKind::Io
+        // The daemon's refusal kinds (thinpool `daemon::control::RefusalKind`).
+        let (kind, hint) = match v["kind"].as_str().unwrap_or("") {
+            "not_found" => (ErrorKind::NotFound, ""),
+            "exists" | "busy" => (ErrorKind::Conflict, ""),
+            "no_space" | "min_free_space" => (ErrorKind::Limit, ""),
+            "invalid" => (ErrorKind::Invalid, ""),
+            // A verb this daemon does not know: `attach`/`detach` come with the daemon's
+            // block-device attach (ublk); older daemons have only the volume verbs.
+            "bad_request" => (
+                ErrorKind::Unsupported,
+                " (this pool daemon has no such verb: the devicemapper driver needs its \
+                 `attach`/`detach` verbs for a block device per volume)",
+            ),
+            _ => (ErrorKind::Io, ""),
         };
+        let msg = format!("{msg}{hint}");
         Err(Error::new(kind, format!("{}: {msg}", ctx("refused"))))
     }
 }

@@ -68,6 +68,35 @@ pub fn open_store_with(driver: Driver, root: &Path, dm_opts: &[&str]) -> Store {
     }
 }
 
+impl Drop for Env {
+    /// A failed test leaves no loop devices behind: mounts below the test directory are
+    /// detached, then every loop device backed by a file there (the kernel frees a still
+    /// busy one when it is released).
+    fn drop(&mut self) {
+        let root = self.t.path().to_path_buf();
+        if let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") {
+            let mut points: Vec<PathBuf> = info
+                .lines()
+                .filter_map(|l| l.split(' ').nth(4))
+                .map(PathBuf::from)
+                .filter(|p| p.starts_with(&root) && self.fs.as_ref().is_none_or(|f| *p != f.mnt))
+                .collect();
+            points.sort();
+            for p in points.into_iter().rev() {
+                let _ = rustix::mount::unmount(&p, rustix::mount::UnmountFlags::DETACH);
+            }
+        }
+        if let Ok(out) = Command::new("losetup").arg("-a").output() {
+            for l in String::from_utf8_lossy(&out.stdout).lines() {
+                let (dev, rest) = l.split_once(':').unwrap_or((l, ""));
+                if rest.contains(root.to_string_lossy().as_ref()) {
+                    let _ = Command::new("losetup").arg("-d").arg(dev).status();
+                }
+            }
+        }
+    }
+}
+
 impl Env {
     pub fn new(name: &str) -> Env {
         let driver = driver_of(name);
