@@ -65,7 +65,7 @@ fn pool_daemon_provider_speaks_the_control_protocol() {
     let field = |k: &str| u.fields.iter().find(|(f, _)| f == k).map(|(_, v)| v.clone());
     assert!(field("Pool Name").is_some(), "{:?}", u.fields);
     assert!(field("Data Space Used").is_some(), "{:?}", u.fields);
-    assert_eq!(p.remove("c1").unwrap(), false, "not open: deleted now");
+    assert!(!p.remove("c1").unwrap(), "not open: deleted now");
     assert_eq!(p.remove("c1").unwrap_err().kind(), ErrorKind::NotFound);
     let err = p.attach("layer1").unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Unsupported, "{err}");
