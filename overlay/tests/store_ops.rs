@@ -311,6 +311,7 @@ fn cli_end_to_end() {
     };
     assert!(ls(&["import", img.to_str().unwrap(), "--tag", "cli:1"]).contains("cli:1"));
     assert!(ls(&["images"]).contains("cli:1"));
+    assert!(ls(&["info"]).contains("Storage Driver: overlay"), "{}", ls(&["info"]));
     ls(&["create", "cli:1", "c1"]);
     let merged = ls(&["mount", "c1"]);
     let merged = Path::new(merged.trim());

@@ -270,11 +270,14 @@ impl Store {
             self.dm_deactivate(dir)?;
             let vol = self.dm_volume(dir)?;
             match self.dm()?.provider.remove(&vol) {
-                Ok(deferred) => {
-                    if deferred {
-                        tracing::info!(volume = %vol, "volume busy: deletion deferred by the pool");
-                    }
+                Ok(true) if !self.dm()?.opts.deferred_deletion => {
+                    // The pool daemon always defers deleting an open volume (its Service's
+                    // deferred deletion); Docker without dm.use_deferred_deletion would have
+                    // failed the removal instead.
+                    tracing::warn!(volume = %vol, "volume still open: the pool deletes it when released");
                 }
+                Ok(true) => tracing::info!(volume = %vol, "volume busy: deletion deferred"),
+                Ok(false) => {}
                 Err(e) if e.kind() == ErrorKind::NotFound => {}
                 Err(e) => return Err(e),
             }
