@@ -163,26 +163,19 @@ impl Bench {
 
     /// Bytes in use where the driver keeps its data: the filesystem under the store, or the
     /// pool's data space.
-    fn used(self, s: &Store, work: &Path, _pool: Option<&Path>) -> u64 {
-        if self == Bench::Devicemapper {
-            return s
-                .info()
-                .unwrap()
-                .iter()
-                .find(|(k, _)| k == "Data Space Used")
-                .and_then(|(_, v)| v.parse().ok())
-                .unwrap();
+    /// Bytes in use where the driver keeps its data: the filesystem under the store, plus for
+    /// devicemapper the btrfs under its reflinked volumes (statvfs counts shared extents once,
+    /// as a thin pool's Data Space Used counts shared blocks once).
+    fn used(self, _s: &Store, work: &Path, pool: Option<&Path>) -> u64 {
+        let used = |p: &Path| {
+            rustix::fs::syncfs(std::fs::File::open(p).unwrap()).unwrap();
+            let st = rustix::fs::statvfs(p).unwrap();
+            (st.f_blocks - st.f_bfree) * st.f_frsize
+        };
+        match (self, pool) {
+            (Bench::Devicemapper, Some(p)) => used(work) + used(p),
+            _ => used(work),
         }
-        rustix::fs::syncfs(std::fs::File::open(work).unwrap()).unwrap();
-        let st = rustix::fs::statvfs(work).unwrap();
-        (st.f_blocks - st.f_bfree) * st.f_frsize
-    }
-}
-
-fn fs_of(d: &Bench) -> &'static str {
-    match d {
-        Bench::Btrfs => "btrfs",
-        _ => "xfs",
     }
 }
 
@@ -194,8 +187,10 @@ struct Out {
 impl Out {
     /// One measurement in xtask's record format: lamina's overlay store is subject "lamina";
     /// the peers are `umoci unpack` and the vfs driver (Docker's slow baseline).
+    /// A time; `fs` names the filesystem in the case, or is empty for the driver cases
+    /// (overlay, vfs and devicemapper's store on XFS, btrfs on btrfs).
     fn record(&mut self, case: &str, subject: &str, value_ms: f64, fs: &str) {
-        let case = format!("{case} on {fs}");
+        let case = if fs.is_empty() { case.to_string() } else { format!("{case} on {fs}") };
         self.line(serde_json::json!({
             "suite": "layers", "case": case, "subject": subject, "metric": "time",
             "value": value_ms, "unit": "ms", "better": "lower",
@@ -323,7 +318,7 @@ fn main() {
             } else {
                 s.import(layout, Some("img:1")).unwrap();
             }
-            out.record(&format!("import {label}"), d.subject(), ms(t0.elapsed()), fs_of(d));
+            out.record(&format!("import {label}"), d.subject(), ms(t0.elapsed()), "");
             let mut times = Vec::new();
             for i in 0..3 {
                 sync();
@@ -336,7 +331,7 @@ fn main() {
                 s.remove(&name).unwrap();
             }
             let create = median(times);
-            out.record(&format!("create+mount on {label}"), d.subject(), ms(create), fs_of(d));
+            out.record(&format!("create+mount on {label}"), d.subject(), ms(create), "");
             if *mb > 0 {
                 out.scaling("create+mount vs image size", d.name(), ms(create), *mb as f64);
             }
@@ -346,7 +341,12 @@ fn main() {
             std::fs::write(m.join("change.bin"), vec![7u8; 1 << 20]).unwrap();
             let t0 = Instant::now();
             s.commit("w", "img:2").unwrap();
-            out.record(&format!("commit 1 MiB change on {label}"), d.subject(), ms(t0.elapsed()), fs_of(d));
+            out.record(
+                &format!("commit 1 MiB change on {label}"),
+                d.subject(),
+                ms(t0.elapsed()),
+                "",
+            );
             s.unmount("w").unwrap();
             s.remove("w").unwrap();
             if *mb == 200 {
@@ -356,7 +356,11 @@ fn main() {
                 }
                 sync();
                 let used = d.used(&s, &work, pool.as_deref()).saturating_sub(used0);
-                out.space("space used by the 200 MB image + 10 containers", d.subject(), used as f64 / 1e6);
+                out.space(
+                    "space used by the 200 MB image + 10 containers",
+                    d.subject(),
+                    used as f64 / 1e6,
+                );
                 for i in 0..10 {
                     s.unmount(&format!("ten{i}")).unwrap();
                 }
