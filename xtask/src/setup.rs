@@ -16,6 +16,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("umoci", "umoci"),
     ("skopeo", "skopeo"),
     ("mkfs.xfs", "xfsprogs"),
+    ("mkfs.btrfs", "btrfs-progs"),
+    ("setcap", "libcap2-bin"),
     ("busybox", "busybox-static"),
     ("dmsetup", "dmsetup"),
     ("runc", "runc"),
