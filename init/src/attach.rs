@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use serde_json::{json, Value};
+use thinpool::daemon::control::ControlError;
 
 pub use crate::config::Attach;
 
@@ -53,13 +54,13 @@ pub fn sys_name(dev: &Path) -> String {
 }
 
 /// Asks the running daemon to serve `volume` as a ublk device; returns `/dev/ublkbN`.
-pub fn ublk_attach(volume: &str) -> Result<PathBuf, String> {
-    crate::pool::control_client().attach(volume).map_err(|e| format!("ublk attach {volume}: {e}"))
+pub fn ublk_attach(volume: &str) -> Result<PathBuf, ControlError> {
+    crate::pool::control_client().attach(volume)
 }
 
 /// Asks the running daemon to delete `volume`'s ublk device.
-pub fn ublk_detach(volume: &str) -> Result<PathBuf, String> {
-    crate::pool::control_client().detach(volume).map_err(|e| format!("ublk detach {volume}: {e}"))
+pub fn ublk_detach(volume: &str) -> Result<PathBuf, ControlError> {
+    crate::pool::control_client().detach(volume)
 }
 
 #[cfg(test)]

@@ -449,7 +449,8 @@ impl Pool {
             }
             Attach::Ublk => {
                 drop(kernel);
-                let dev = attach::ublk_attach(STORE).map_err(fail)?;
+                let dev = attach::ublk_attach(STORE)
+                    .map_err(|e| fail(format!("ublk attach {STORE}: {e}")))?;
                 step(&format!("{} attached over ublk ({} bytes)", dev.display(), pool.size));
                 dev
             }
@@ -582,9 +583,9 @@ impl Pool {
             return Step::Skipped("not attached");
         }
         let r = match d.attach {
-            Attach::Ublk => {
-                attach::ublk_detach(STORE).map(|dev| format!("{} deleted", dev.display()))
-            }
+            Attach::Ublk => attach::ublk_detach(STORE)
+                .map(|dev| format!("{} deleted", dev.display()))
+                .map_err(|e| format!("ublk detach {STORE}: {e}")),
             Attach::Nbd => NbdClient::open()
                 .and_then(|mut c| c.disconnect(NBD_INDEX))
                 .map(|()| format!("/dev/nbd{NBD_INDEX} disconnected"))

@@ -245,6 +245,12 @@ impl Devices {
 
 use std::os::unix::fs::OpenOptionsExt;
 
+/// What a device thread reports once the kernel started its device (or why it could not).
+enum Started {
+    Id(u32),
+    Failed(String),
+}
+
 /// Creates (or, with `recover`, takes over) a device serving `export` and returns once the
 /// kernel has started it. The device's thread runs until the device is stopped.
 fn start(
@@ -256,7 +262,7 @@ fn start(
     let kernel = |what: &str, e: &dyn std::fmt::Debug| {
         AttachError::new(AttachErrorKind::Kernel, op, volume, format!("{what}: {e:?}"))
     };
-    let (tx, rx) = mpsc::channel::<Result<u32, String>>();
+    let (tx, rx) = mpsc::channel::<Started>();
     let queues = std::thread::available_parallelism().map_or(1, |n| n.get()).min(16) as u16;
     let name = format!("ublk-{volume}");
     let thread = std::thread::Builder::new()
@@ -275,13 +281,13 @@ fn start(
             let ctrl = match b.build() {
                 Ok(c) => c,
                 Err(e) => {
-                    let _ = tx.send(Err(format!("creating the device: {e:?}")));
+                    let _ = tx.send(Started::Failed(format!("creating the device: {e:?}")));
                     return;
                 }
             };
             if recover.is_some() {
                 if let Err(e) = ctrl.start_user_recover() {
-                    let _ = tx.send(Err(format!("START_USER_RECOVERY: {e:?}")));
+                    let _ = tx.send(Started::Failed(format!("START_USER_RECOVERY: {e:?}")));
                     return;
                 }
             }
@@ -294,16 +300,16 @@ fn start(
             let q_fn = move |qid: u16, dev: &UblkDev| serve_queue(qid, dev, ex.as_ref());
             let started = tx.clone();
             let r = ctrl.run_target(tgt_init, q_fn, move |c: &UblkCtrl| {
-                let _ = started.send(Ok(c.dev_info().dev_id));
+                let _ = started.send(Started::Id(c.dev_info().dev_id));
             });
             if let Err(e) = r {
-                let _ = tx.send(Err(format!("starting the device: {e:?}")));
+                let _ = tx.send(Started::Failed(format!("starting the device: {e:?}")));
             }
         })
         .map_err(|e| kernel("spawning the device thread", &e))?;
     match rx.recv_timeout(START_TIMEOUT) {
-        Ok(Ok(id)) => Ok(Device { id, thread }),
-        Ok(Err(why)) => {
+        Ok(Started::Id(id)) => Ok(Device { id, thread }),
+        Ok(Started::Failed(why)) => {
             let _ = thread.join();
             Err(AttachError::new(AttachErrorKind::Kernel, op, volume, why))
         }
