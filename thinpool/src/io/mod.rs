@@ -159,7 +159,7 @@ impl FileDevice {
 
     /// The O_DIRECT descriptor when `buf` (at `offset`) meets its alignment.
     fn direct_for(&self, buf: &[u8], offset: u64) -> Option<&File> {
-        let aligned = |v: u64| v % DIRECT_ALIGN == 0;
+        let aligned = |v: u64| v.is_multiple_of(DIRECT_ALIGN);
         let ok = aligned(buf.as_ptr() as u64) && aligned(offset) && aligned(buf.len() as u64);
         self.direct.as_ref().filter(|_| ok && !buf.is_empty())
     }

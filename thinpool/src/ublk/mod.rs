@@ -265,6 +265,7 @@ fn start(
     let (tx, rx) = mpsc::channel::<Started>();
     let queues = std::thread::available_parallelism().map_or(1, |n| n.get()).min(16) as u16;
     let name = format!("ublk-{volume}");
+    let vol = volume.to_owned();
     let thread = std::thread::Builder::new()
         .name(name)
         .spawn(move || {
@@ -302,8 +303,11 @@ fn start(
             let r = ctrl.run_target(tgt_init, q_fn, move |c: &UblkCtrl| {
                 let _ = started.send(Started::Id(c.dev_info().dev_id));
             });
-            if let Err(e) = r {
-                let _ = tx.send(Started::Failed(format!("starting the device: {e:?}")));
+            match r {
+                Ok(_) => tracing::info!("ublk: {vol}: device served until it stopped"),
+                Err(e) => {
+                    let _ = tx.send(Started::Failed(format!("starting the device: {e:?}")));
+                }
             }
         })
         .map_err(|e| kernel("spawning the device thread", &e))?;
@@ -353,7 +357,11 @@ fn serve_queue(qid: u16, dev: &UblkDev, export: &dyn Export) {
     };
     let size = export.size();
     let buf_len = dev.dev_info.max_io_buf_bytes as usize;
-    q.wait_and_handle_io(move |q, tag, _io| {
+    let id = dev.dev_info.dev_id;
+    // libublk's `wait_and_handle_io` ends the queue on any error of the wait, EINTR included;
+    // a device whose queue thread is gone hangs its users, so this loop only ends when the
+    // queue is down (device stopped, or aborted) and says why.
+    let mut serve_one = |q: &UblkQueue<'_>, tag: u16| {
         let iod = q.get_iod(tag);
         let buf = bufs[usize::from(tag)].as_mut_slice();
         let res = match queue::decode(iod.op_flags, iod.start_sector, iod.nr_sectors, size, buf_len)
@@ -363,7 +371,31 @@ fn serve_queue(qid: u16, dev: &UblkDev, export: &dyn Export) {
         };
         let desc = BufDesc::Slice(bufs[usize::from(tag)].as_slice());
         if let Err(e) = q.complete_io_cmd_unified(tag, desc, Ok(UblkIORes::Result(res))) {
-            tracing::error!("ublk: committing tag {tag}: {e:?}");
+            tracing::error!("ublk: device {id} queue {qid}: committing tag {tag}: {e:?}");
         }
-    });
+    };
+    loop {
+        // Only io commands are submitted on this ring (no target I/O), so every completion is
+        // one: UBLK_IO_RES_OK carries a request, UBLK_IO_RES_ABORT a queue going down.
+        let r = q.flush_and_wake_io_tasks(
+            |data, cqe, _last| {
+                if cqe.result() == libublk::sys::UBLK_IO_RES_OK as i32 {
+                    serve_one(&q, libublk::io::UblkIOCtx::user_data_to_tag(data) as u16);
+                }
+            },
+            1,
+        );
+        match r {
+            Ok(_) => {}
+            Err(libublk::UblkError::IOError(e)) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(libublk::UblkError::QueueIsDown) => {
+                tracing::info!("ublk: device {id} queue {qid} is down");
+                break;
+            }
+            Err(e) => {
+                tracing::error!("ublk: device {id} queue {qid} stops serving: {e:?}");
+                break;
+            }
+        }
+    }
 }

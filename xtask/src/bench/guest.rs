@@ -59,8 +59,16 @@ const DAEMON_LOCK: &str = "/run/lamina/pool/lock";
 const GUEST_DISK: &str = "/dev/vda";
 const NBD: &str = "/dev/nbd0";
 const STATE_DIR: &str = "/run/lamina/pool";
-/// vCPU counts measured, one VM each.
+/// vCPU counts measured, one VM each (`LAMINA_BENCH_GUEST_CPUS=1` limits a development run
+/// to the listed counts).
 const CPUS: [u32; 2] = [1, 2];
+
+fn cpu_counts() -> Vec<u32> {
+    match std::env::var("LAMINA_BENCH_GUEST_CPUS") {
+        Ok(v) => v.split(',').filter_map(|c| c.trim().parse().ok()).collect(),
+        Err(_) => CPUS.to_vec(),
+    }
+}
 
 /// One fio workload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -378,7 +386,7 @@ pub fn run(root: &Path, jsonl: &Path) -> Result<()> {
     std::fs::create_dir_all(&dir)?;
     let disk = dir.join("guest-disk.raw");
     let mut records = Vec::new();
-    for cpus in CPUS {
+    for cpus in cpu_counts() {
         let _ = std::fs::remove_file(&disk);
         let mut opts = ::tests::Opts::debug();
         opts.image = Some(img.clone());
