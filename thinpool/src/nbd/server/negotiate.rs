@@ -14,9 +14,9 @@
 //! are served before TLS: other options get `ERR_TLS_REQD`, EXPORT_NAME a disconnect.
 
 use std::io::{self, Read, Write};
-use std::time::Duration;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 use std::time::Instant;
 
 use thiserror::Error;
@@ -339,7 +339,8 @@ fn handle_option(
             }
             c.reply(code, &OptionReply::Ack)?;
         }
-        ClientOption::StartTls => match shared.opts.tls.as_ref().filter(|t| t.mode != TlsMode::Off) {
+        ClientOption::StartTls => match shared.opts.tls.as_ref().filter(|t| t.mode != TlsMode::Off)
+        {
             None => c.error(code, REP_ERR_POLICY, "TLS is not configured")?,
             Some(_) if c.is_tls() => c.error(code, REP_ERR_INVALID, "TLS is already on")?,
             Some(t) => {
