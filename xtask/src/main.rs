@@ -2,6 +2,7 @@
 //! and developers run the same thing.
 
 mod bench;
+mod fuzz;
 mod image;
 mod image_variant;
 mod setup;
@@ -43,6 +44,17 @@ enum Task {
     },
     /// Installs the host packages lamina's tests and tools need (apt-get, when missing).
     Setup,
+    /// Runs every fuzz target (fuzz/, cargo-fuzz on nightly) on its corpus in the repository.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        time: u64,
+        /// Keep the corpus as the run left it (no `cargo fuzz cmin` afterwards).
+        #[arg(long)]
+        no_cmin: bool,
+        /// Only these targets (default: all).
+        targets: Vec<String>,
+    },
     /// Builds the boot artefacts into target/lamina/image (static binaries, kernel, initramfs).
     Image {
         /// Use this kernel .deb instead of the pinned one (also env LAMINA_KERNEL_DEB).
@@ -66,6 +78,9 @@ fn main() -> Result<()> {
         Task::Test { host_only, args } => task_test(host_only, &args),
         Task::Ci => task_ci(),
         Task::Setup => setup::install_missing(),
+        Task::Fuzz { time, no_cmin, targets } => {
+            fuzz::task_fuzz(&workspace_root(), time, &targets, !no_cmin)
+        }
         Task::Image { kernel_deb, variant: None } => {
             image::task_image(&workspace_root(), kernel_deb).map(drop)
         }

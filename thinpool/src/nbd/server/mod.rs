@@ -263,6 +263,12 @@ impl Server {
         Ok(())
     }
 
+    /// Serves one already-connected unix-socket client from the handshake on, as a listener
+    /// would (socket activation, an embedding that accepts itself, the handshake fuzzer).
+    pub fn serve_unix(self: &Arc<Self>, stream: UnixStream) {
+        spawn_connection(&self.shared, Sock::Unix(stream), None, "unix".to_owned());
+    }
+
     /// Number of connections currently open.
     pub fn connections(&self) -> usize {
         self.shared.conns.lock().unwrap_or_else(|e| e.into_inner()).len()
