@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 use thinpool::daemon::ServeConfig;
-use thinpool::nbd::server::allow::Cidr;
+use thinpool::nbd::server::allow::{Cidr, ExportAllow};
 use thinpool::nbd::server::tls::TlsMode;
 
 /// The flags of `thinpool serve`; see [`ServeConfig`] for what they configure.
@@ -21,6 +21,14 @@ pub struct ServeOpts {
     /// clients are always allowed.
     #[arg(long, value_delimiter = ',')]
     pub allow: Vec<Cidr>,
+    /// Only these TCP clients see EXPORT (EXPORT=CIDR[,CIDR...]; repeatable). Others find it
+    /// unknown and unlisted.
+    #[arg(long, value_name = "EXPORT=CIDRS")]
+    pub export_allow: Vec<ExportAllow>,
+    /// Volumes never offered to NBD clients, only to --kernel-fd attaches (comma-separated).
+    /// Volumes attached with --kernel-fd are always read-only to NBD clients.
+    #[arg(long, value_delimiter = ',')]
+    pub local_only: Vec<String>,
     /// Most NBD connections served at once.
     #[arg(long, default_value_t = 256)]
     pub max_connections: usize,
@@ -76,6 +84,8 @@ impl ServeOpts {
             socket: self.socket,
             read_only: self.read_only,
             allow: self.allow,
+            export_allow: self.export_allow,
+            local_only: self.local_only,
             max_connections: self.max_connections,
             max_per_address: self.max_per_address,
             tls: match self.tls {

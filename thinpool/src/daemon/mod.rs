@@ -18,7 +18,7 @@ use thiserror::Error;
 
 use crate::export::pool::PoolCatalog;
 use crate::export::Catalog;
-use crate::nbd::server::allow::{AllowList, Cidr};
+use crate::nbd::server::allow::{AllowList, Cidr, ExportAllow};
 use crate::nbd::server::tls::{self, Tls, TlsMode};
 use crate::nbd::server::{Server, ServerOptions};
 use handler::PoolControl;
@@ -41,6 +41,10 @@ pub struct ServeConfig {
     /// TCP clients allowed to connect (comma-separated CIDRs; default: everyone). Unix-socket
     /// clients are always allowed.
     pub allow: Vec<Cidr>,
+    /// Per export: the only TCP clients that may see it.
+    pub export_allow: Vec<ExportAllow>,
+    /// Volumes never offered to NBD clients (only to `--kernel-fd` attaches).
+    pub local_only: Vec<String>,
     /// Most NBD connections served at once.
     pub max_connections: usize,
     /// Most NBD connections one client address may hold.
@@ -73,6 +77,8 @@ impl Default for ServeConfig {
             socket: None,
             read_only: Vec::new(),
             allow: Vec::new(),
+            export_allow: Vec::new(),
+            local_only: Vec::new(),
             max_connections: 256,
             max_per_address: 32,
             tls: TlsMode::Off,
@@ -101,9 +107,18 @@ impl ServeConfig {
                 return Err(DaemonError::Config("--tls needs --tls-certificates DIR".into()))
             }
         };
+        // A volume this machine attached itself (its filesystem is mounted here) is never
+        // writable to anyone else: a remote write would corrupt it under the kernel's feet.
+        let read_only = self.read_only.iter().chain(self.kernel_fd.iter().map(|k| &k.export));
         Ok(ServerOptions {
-            read_only: self.read_only.iter().cloned().collect(),
+            read_only: read_only.cloned().collect(),
+            hidden: self.local_only.iter().cloned().collect(),
             allow: AllowList(self.allow.clone()),
+            export_allow: self
+                .export_allow
+                .iter()
+                .map(|e| (e.export.clone(), e.allow.clone()))
+                .collect(),
             max_connections: self.max_connections,
             max_per_address: self.max_per_address,
             workers: self.workers.max(1),

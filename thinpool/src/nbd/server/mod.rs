@@ -11,7 +11,7 @@
 //! handshake deadline (one total deadline, not per read) and is the first to go when slots run
 //! out.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsFd;
@@ -43,8 +43,14 @@ pub const MAX_OPTIONS: u32 = 1024;
 pub struct ServerOptions {
     /// Exports served read-only whatever the backend says.
     pub read_only: BTreeSet<String>,
+    /// Exports not offered at all: not listed, and opening them fails as for an unknown name
+    /// (volumes only local clients use, such as the appliance's own store).
+    pub hidden: BTreeSet<String>,
     /// TCP clients allowed to connect (empty: all). Unix-socket clients are always allowed.
     pub allow: AllowList,
+    /// Per export: the TCP clients that may see it (others find it unknown, and it is not
+    /// listed for them). Exports not named here follow `allow` alone.
+    pub export_allow: BTreeMap<String, AllowList>,
     /// Connections served at once. When all are taken, a newcomer evicts the connection that
     /// has been in its handshake longest, or is closed right after accept if none is.
     pub max_connections: usize,
@@ -64,7 +70,9 @@ impl Default for ServerOptions {
     fn default() -> Self {
         Self {
             read_only: BTreeSet::new(),
+            hidden: BTreeSet::new(),
             allow: AllowList::default(),
+            export_allow: BTreeMap::new(),
             max_connections: 256,
             max_per_address: 32,
             handshake_timeout: Duration::from_secs(10),
@@ -194,6 +202,17 @@ pub(crate) struct Shared {
 impl Shared {
     pub fn is_read_only(&self, name: &str, export: &dyn Export) -> bool {
         export.read_only() || self.opts.read_only.contains(name)
+    }
+
+    /// Whether the export policy offers `name` to a client at `peer` (None: unix socket).
+    pub fn visible(&self, name: &str, peer: Option<IpAddr>) -> bool {
+        if self.opts.hidden.contains(name) {
+            return false;
+        }
+        match (self.opts.export_allow.get(name), peer) {
+            (Some(list), Some(ip)) => list.allows(ip),
+            _ => true,
+        }
     }
 }
 
@@ -409,7 +428,7 @@ fn spawn_connection(shared: &Arc<Shared>, sock: Sock, ip: Option<IpAddr>, who: S
     }
     let shared2 = shared.clone();
     let res = std::thread::Builder::new().name("nbd-conn".into()).spawn(move || {
-        serve_client(&shared2, id, &sock, &who);
+        serve_client(&shared2, id, &sock, ip, &who);
         sock.shutdown(Shutdown::Both);
         shared2.conns.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
     });
@@ -419,12 +438,12 @@ fn spawn_connection(shared: &Arc<Shared>, sock: Sock, ip: Option<IpAddr>, who: S
     }
 }
 
-fn serve_client(shared: &Arc<Shared>, id: u64, sock: &Arc<Sock>, who: &str) {
+fn serve_client(shared: &Arc<Shared>, id: u64, sock: &Arc<Sock>, peer: Option<IpAddr>, who: &str) {
     if let Sock::Tcp(t) = &**sock {
         let _ = t.set_nodelay(true);
     }
     let deadline = Instant::now() + shared.opts.handshake_timeout;
-    let hs = match negotiate::negotiate(shared, sock, deadline) {
+    let hs = match negotiate::negotiate(shared, sock, peer, deadline) {
         Ok(Some(hs)) => hs,
         Ok(None) => return,
         Err(e) => {

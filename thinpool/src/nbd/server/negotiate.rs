@@ -14,6 +14,7 @@
 //! are served before TLS: other options get `ERR_TLS_REQD`, EXPORT_NAME a disconnect.
 
 use std::io::{self, Read, Write};
+use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -216,8 +217,12 @@ struct State {
     aborted: bool,
 }
 
-fn resolve(shared: &Shared, name: &str) -> Option<(String, Arc<dyn Export>)> {
+/// The export a client asked for, if it exists and the export policy lets this peer see it.
+fn resolve(shared: &Shared, peer: Option<IpAddr>, name: &str) -> Option<(String, Arc<dyn Export>)> {
     let name = if name.is_empty() { shared.catalog.default_name()? } else { name.to_owned() };
+    if !shared.visible(&name, peer) {
+        return None;
+    }
     let export = shared.catalog.open(&name)?;
     Some((name, export))
 }
@@ -233,6 +238,7 @@ pub(crate) struct Handshake {
 pub(crate) fn negotiate(
     shared: &Shared,
     sock: &Sock,
+    peer: Option<IpAddr>,
     deadline: Instant,
 ) -> Result<Option<Handshake>, HandshakeError> {
     let mut c = Conn { chan: Channel::Plain(Deadline { sock, deadline }) };
@@ -295,7 +301,7 @@ pub(crate) fn negotiate(
                 continue;
             }
         };
-        if let Some(neg) = handle_option(shared, &mut c, &mut st, opt)? {
+        if let Some(neg) = handle_option(shared, &mut c, &mut st, peer, opt)? {
             return Ok(Some(Handshake { neg, tls: c.into_tls() }));
         }
         if st.aborted {
@@ -309,6 +315,7 @@ fn handle_option(
     shared: &Shared,
     c: &mut Conn<'_>,
     st: &mut State,
+    peer: Option<IpAddr>,
     opt: ClientOption,
 ) -> Result<Option<Negotiated>, HandshakeError> {
     let code = opt.code();
@@ -317,7 +324,7 @@ fn handle_option(
             if st.extended {
                 return Err(HandshakeError::Refused("EXPORT_NAME after EXTENDED_HEADERS".into()));
             }
-            let Some((name, export)) = resolve(shared, &name) else {
+            let Some((name, export)) = resolve(shared, peer, &name) else {
                 // The only error signal EXPORT_NAME has is a hard disconnect.
                 return Err(HandshakeError::Refused(format!("unknown export {name:?}")));
             };
@@ -334,7 +341,7 @@ fn handle_option(
             st.aborted = true;
         }
         ClientOption::List => {
-            for e in shared.catalog.list() {
+            for e in shared.catalog.list().into_iter().filter(|e| shared.visible(&e.name, peer)) {
                 c.reply(code, &OptionReply::Server { name: e.name, description: e.description })?;
             }
             c.reply(code, &OptionReply::Ack)?;
@@ -352,7 +359,7 @@ fn handle_option(
         },
         ClientOption::Info(q) | ClientOption::Go(q) => {
             let go = code == OPT_GO;
-            let Some((name, export)) = resolve(shared, &q.name) else {
+            let Some((name, export)) = resolve(shared, peer, &q.name) else {
                 c.error(code, REP_ERR_UNKNOWN, "no such export")?;
                 return Ok(None);
             };
@@ -416,7 +423,7 @@ fn handle_option(
                 c.error(code, REP_ERR_INVALID, "negotiate structured replies first")?;
                 return Ok(None);
             }
-            let Some((resolved, _)) = resolve(shared, &q.export) else {
+            let Some((resolved, _)) = resolve(shared, peer, &q.export) else {
                 c.error(code, REP_ERR_UNKNOWN, "no such export")?;
                 return Ok(None);
             };
