@@ -123,19 +123,6 @@ pub fn data_disks(sys_block: &Path) -> Vec<PathBuf> {
     names.into_iter().map(|n| PathBuf::from("/dev").join(n)).collect()
 }
 
-/// Parses "10G", "512M", "4096" (binary units).
-pub fn parse_size(s: &str) -> Option<u64> {
-    let s = s.trim();
-    let (num, mult) = match s.char_indices().last()? {
-        (i, 'K' | 'k') => (&s[..i], 1u64 << 10),
-        (i, 'M' | 'm') => (&s[..i], 1 << 20),
-        (i, 'G' | 'g') => (&s[..i], 1 << 30),
-        (i, 'T' | 't') => (&s[..i], 1 << 40),
-        _ => (s, 1),
-    };
-    num.parse::<u64>().ok()?.checked_mul(mult)
-}
-
 /// Runs a helper to completion, reaping meanwhile (before READY the main loop does not run;
 /// after it, reaping from two threads is harmless: the reaper serialises `waitpid`).
 fn run(reaper: &Reaper, argv: &[String], timeout: Duration) -> Result<String, PoolError> {
@@ -414,9 +401,8 @@ impl Pool {
                 if volumes.iter().any(|v| v["name"] == STORE) {
                     step(&format!("daemon did not start ({first}); trying again"));
                 } else {
-                    let size = parse_size(&cfg.pool.basesize).ok_or_else(|| {
-                        fail(format!("pool.basesize {:?} is not a size", cfg.pool.basesize))
-                    })?;
+                    let size = units::parse_size(&cfg.pool.basesize)
+                        .map_err(|e| fail(format!("pool.basesize: {e}")))?;
                     let size = size.to_string();
                     run(
                         reaper,
@@ -640,15 +626,6 @@ fn mounted_at(dir: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sizes_parse() {
-        assert_eq!(parse_size("10G"), Some(10 << 30));
-        assert_eq!(parse_size("512M"), Some(512 << 20));
-        assert_eq!(parse_size("4096"), Some(4096));
-        assert_eq!(parse_size("x"), None);
-        assert_eq!(parse_size(""), None);
-    }
 
     #[test]
     fn disks_in_name_order() {

@@ -327,6 +327,6 @@ mod tests {
         let Command::Init(a) = c.command else { panic!("not init") };
         assert_eq!((a.data_size, a.block_size, a.metadata_size), (Some(1 << 30), 64 << 10, None));
         let e = Cli::try_parse_from(["thinpool", "create", "/p", "v", "--size", "3Q"]).unwrap_err();
-        assert!(e.to_string().contains("unknown suffix"), "{e}");
+        assert!(e.to_string().contains("unknown unit"), "{e}");
     }
 }

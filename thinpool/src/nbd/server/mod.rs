@@ -28,6 +28,8 @@ use allow::AllowList;
 pub mod allow;
 mod conn;
 mod negotiate;
+mod reply;
+mod splice;
 pub mod tls;
 
 pub use negotiate::{transmission_flags, BASE_ALLOCATION, BASE_ALLOCATION_ID};
