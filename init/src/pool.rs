@@ -1,4 +1,4 @@
-//! The storage pool as PID 1 brings it up and tears it down (appliance.md §0, nbd.md §2.8).
+//! The storage pool as PID 1 brings it up and tears it down.
 //!
 //! Bring-up, each step on the console:
 //! 1. the data disks are the virtio disks present at boot (`/dev/vd*`; the initramfs is the

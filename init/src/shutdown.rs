@@ -1,4 +1,4 @@
-//! Orderly shutdown, NBD-aware (appliance.md §0): the storage daemon outlives the filesystem it
+//! Orderly shutdown, NBD-aware: the storage daemon outlives the filesystem it
 //! backs, so nothing is "killed everywhere" before XFS is unmounted.
 //!
 //! 1. stop workloads PID 1 started (SIGTERM, grace, SIGKILL)

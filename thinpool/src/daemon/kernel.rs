@@ -3,12 +3,13 @@
 //!
 //! The appliance's PID 1 makes one `socketpair(AF_UNIX, SOCK_STREAM)` per kernel connection,
 //! starts the daemon with one end of each inherited, and hands the other ends to the kernel
-//! with netlink NBD_CMD_CONNECT (nbd.md §2.8). The kernel speaks only transmission, so each
+//! with generic-netlink NBD_CMD_CONNECT (Linux include/uapi/linux/nbd-netlink.h). The kernel speaks only transmission, so each
 //! inherited end is served with [`serve_connected`] on the export opened through the daemon's
 //! own catalog: writes go through the pool's Service like any TCP client's.
 //!
 //! When the filesystem on `/dev/nbdN` lives in the same machine as this daemon, writeback can
-//! wait for the daemon while the daemon waits for reclaim (appliance.md §4.4, nbd.md §2.7):
+//! wait for the daemon while the daemon waits for reclaim (why prctl(2) has PR_SET_IO_FLUSHER,
+//! since Linux 5.6, for userspace block drivers):
 //! [`protect_from_reclaim`] sets PR_SET_IO_FLUSHER and locks the daemon's memory.
 
 use std::str::FromStr;
