@@ -14,6 +14,7 @@ pub mod boot;
 pub mod config;
 pub mod evdev;
 pub mod nbd;
+pub mod nbd_tls;
 pub mod netlink;
 pub mod pool;
 pub mod reaper;

@@ -128,6 +128,7 @@ pub fn data_disks(sys_block: &Path) -> Vec<PathBuf> {
         .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
         .unwrap_or_default();
     names.retain(|n| n.starts_with("vd") && n[2..].chars().all(|c| c.is_ascii_lowercase()));
+    names.retain(|n| !crate::nbd_tls::is_config_disk(sys_block, n));
     names.sort_by(|a, b| (a.len(), a).cmp(&(b.len(), b)));
     names.into_iter().map(|n| PathBuf::from("/dev").join(n)).collect()
 }
@@ -363,17 +364,24 @@ impl Pool {
         }
         let devs = dev_list(&devices);
         pool.devices = devices;
+        let mut argv_base = strings(&[
+            THINPOOL,
+            "serve",
+            &devs,
+            "--state-dir",
+            STATE_DIR,
+            "--listen",
+            &format!("0.0.0.0:{}", cfg.pool.nbd_port),
+            "--io-flusher",
+        ]);
+        if let Some(dev) = crate::nbd_tls::find(Path::new("/sys/block")) {
+            let dir = Path::new(crate::nbd_tls::DIR);
+            crate::nbd_tls::unpack(&dev, dir).map_err(|e| fail(e.to_string()))?;
+            argv_base.extend(crate::nbd_tls::serve_args(dir));
+            step(&format!("NBD over TLS only, client certificates checked ({})", dev.display()));
+        }
         let d = Arc::new(Daemon {
-            argv_base: strings(&[
-                THINPOOL,
-                "serve",
-                &devs,
-                "--state-dir",
-                STATE_DIR,
-                "--listen",
-                &format!("0.0.0.0:{}", cfg.pool.nbd_port),
-                "--io-flusher",
-            ]),
+            argv_base,
             log: cfg.pool.log.clone(),
             connections: cfg.pool.connections.max(1),
             dead_conn_timeout_secs: cfg.pool.dead_conn_timeout_secs,

@@ -47,17 +47,20 @@ pub struct Disk {
     /// Attach read-only (`readonly=on`): the guest cannot write, and a missing file is an error
     /// rather than created.
     pub read_only: bool,
+    /// virtio-blk serial the guest reads from /sys/block/vdX/serial (config disks say what
+    /// they are this way, so the pool never takes them).
+    pub serial: Option<String>,
 }
 
 impl Disk {
     /// A read-write disk.
     pub fn new(path: impl Into<PathBuf>, size: u64) -> Disk {
-        Disk { path: path.into(), size, read_only: false }
+        Disk { path: path.into(), size, read_only: false, serial: None }
     }
 
     /// A read-only disk (an existing file).
     pub fn read_only(path: impl Into<PathBuf>) -> Disk {
-        Disk { path: path.into(), size: 0, read_only: true }
+        Disk { path: path.into(), size: 0, read_only: true, serial: None }
     }
 }
 
@@ -216,7 +219,11 @@ impl VmConfig {
             let mode = if d.read_only { "readonly=on" } else { "discard=unmap" };
             let drive =
                 format!("if=none,id=d{i},file={},format=raw,{mode},cache=writeback", p(&d.path));
-            push(&["-drive", &drive, "-device", &format!("{},drive=d{i}", m.virtio("blk"))]);
+            let mut dev = format!("{},drive=d{i}", m.virtio("blk"));
+            if let Some(serial) = &d.serial {
+                dev.push_str(&format!(",serial={serial}"));
+            }
+            push(&["-drive", &drive, "-device", &dev]);
         }
         let mut net = "user,id=net0".to_owned();
         if let Some(port) = self.nbd_port {
@@ -320,7 +327,7 @@ mod tests {
         assert_eq!(parse_disk("a.raw", 5).unwrap(), Disk::new("a.raw", 5));
         assert_eq!(
             parse_disk("a.tar,readonly=on", 5).unwrap(),
-            Disk { path: "a.tar".into(), size: 5, read_only: true }
+            Disk { path: "a.tar".into(), size: 5, read_only: true, serial: None }
         );
         assert!(!parse_disk("a.raw,readonly=on,readonly=off", 5).unwrap().read_only);
         assert_eq!(

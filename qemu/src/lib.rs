@@ -6,6 +6,7 @@ pub mod agent;
 pub mod cmdline;
 pub mod console;
 pub mod qmp;
+pub mod tlsdisk;
 pub mod vm;
 
 pub use cmdline::{Accel, Disk, Machine, VmConfig, VmDir};

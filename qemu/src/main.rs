@@ -90,6 +90,10 @@ struct RunArgs {
     /// Seconds to wait for READY.
     #[arg(long, default_value_t = 120)]
     ready_timeout: u64,
+    /// Serve NBD over TLS only, with client certificates checked: DIR holds ca-cert.pem,
+    /// server-cert.pem and server-key.pem (packed into a read-only config disk).
+    #[arg(long, value_name = "DIR")]
+    nbd_tls: Option<PathBuf>,
 }
 
 fn home(cli: &Option<PathBuf>) -> PathBuf {
@@ -142,6 +146,11 @@ fn run(home: &Path, a: RunArgs) -> Result<()> {
             .collect::<Result<_, _>>()
             .map_err(anyhow::Error::msg)?
     };
+    let mut disks = disks;
+    if let Some(dir) = &a.nbd_tls {
+        std::fs::create_dir_all(home).with_context(|| format!("creating {}", home.display()))?;
+        disks.push(qemu::tlsdisk::build(dir, &home.join(format!("{}-nbd-tls.tar", a.name)))?);
+    }
     let mut append = a.append.clone();
     if a.debug {
         append.push("lamina.debug=1".into());

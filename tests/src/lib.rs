@@ -93,6 +93,8 @@ pub struct Opts {
     pub read_only: Vec<PathBuf>,
     /// Forward host 127.0.0.1:PORT to the guest's NBD port.
     pub nbd_port: Option<u16>,
+    /// Attached after the others (config disks, e.g. `qemu::tlsdisk`).
+    pub extra_disks: Vec<Disk>,
 }
 
 impl Default for Opts {
@@ -109,6 +111,7 @@ impl Default for Opts {
             disks: Vec::new(),
             read_only: Vec::new(),
             nbd_port: None,
+            extra_disks: Vec::new(),
         }
     }
 }
@@ -159,7 +162,10 @@ impl TestVm {
                         false => Disk::new(p, opts.disk_size),
                     })
                     .collect()
-            },
+            }
+            .into_iter()
+            .chain(opts.extra_disks.iter().cloned())
+            .collect(),
             nbd_port: opts.nbd_port,
             tsc_khz: host_tsc_khz(),
             verbose_kernel: false,

@@ -2,6 +2,7 @@
 //! and developers run the same thing.
 
 mod bench;
+mod fuzz;
 mod image;
 mod image_variant;
 mod lint;
@@ -47,6 +48,17 @@ enum Task {
     },
     /// Installs the host packages lamina's tests and tools need (apt-get, when missing).
     Setup,
+    /// Runs every fuzz target (fuzz/, cargo-fuzz on nightly) on its corpus in the repository.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        time: u64,
+        /// Keep the corpus as the run left it (no `cargo fuzz cmin` afterwards).
+        #[arg(long)]
+        no_cmin: bool,
+        /// Only these targets (default: all).
+        targets: Vec<String>,
+    },
     /// Builds the boot artefacts into target/lamina/image (static binaries, kernel, initramfs).
     Image {
         /// Use this kernel .deb instead of the pinned one (also env LAMINA_KERNEL_DEB).
@@ -71,6 +83,9 @@ fn main() -> Result<()> {
         Task::Ci => task_test(false, &[]),
         Task::Lint => task_lint(),
         Task::Setup => setup::install_missing(),
+        Task::Fuzz { time, no_cmin, targets } => {
+            fuzz::task_fuzz(&workspace_root(), time, &targets, !no_cmin)
+        }
         Task::Image { kernel_deb, variant: None } => {
             image::task_image(&workspace_root(), kernel_deb).map(drop)
         }

@@ -26,6 +26,10 @@ const PACKAGES: &[(&str, &str)] = &[
     ("qemu-img", "qemu-utils"),
     ("qemu-io", "qemu-utils"),
     ("qemu-nbd", "qemu-utils"),
+    // x509 certificates for the NBD-over-TLS tests.
+    ("certtool", "gnutls-bin"),
+    // LUKS2 headers read back through NBD.
+    ("cryptsetup", "cryptsetup-bin"),
 ];
 
 /// Build-time libraries, checked by a file they install: (path, Debian package). libclang is

@@ -2,7 +2,8 @@
 
 use std::path::PathBuf;
 use thinpool::daemon::ServeConfig;
-use thinpool::nbd::server::allow::Cidr;
+use thinpool::nbd::server::allow::{Cidr, ExportAllow};
+use thinpool::nbd::server::tls::TlsMode;
 
 /// The flags of `thinpool serve`; see [`ServeConfig`] for what they configure.
 #[derive(Debug, Clone, clap::Args)]
@@ -20,9 +21,30 @@ pub struct ServeOpts {
     /// clients are always allowed.
     #[arg(long, value_delimiter = ',')]
     pub allow: Vec<Cidr>,
+    /// Only these TCP clients see EXPORT (EXPORT=CIDR[,CIDR...]; repeatable). Others find it
+    /// unknown and unlisted.
+    #[arg(long, value_name = "EXPORT=CIDRS")]
+    pub export_allow: Vec<ExportAllow>,
+    /// Volumes never offered to NBD clients, only to --kernel-fd attaches (comma-separated).
+    /// Volumes attached with --kernel-fd are always read-only to NBD clients.
+    #[arg(long, value_delimiter = ',')]
+    pub local_only: Vec<String>,
     /// Most NBD connections served at once.
     #[arg(long, default_value_t = 256)]
     pub max_connections: usize,
+    /// Most NBD connections one client address may hold at once.
+    #[arg(long, default_value_t = 32)]
+    pub max_per_address: usize,
+    /// NBD over TLS (STARTTLS, TLS 1.3): off, on (clients may upgrade) or require.
+    #[arg(long, value_enum, default_value_t = TlsArg::Off)]
+    pub tls: TlsArg,
+    /// Directory with ca-cert.pem, server-cert.pem and server-key.pem (nbdkit's and qemu's
+    /// layout).
+    #[arg(long, value_name = "DIR")]
+    pub tls_certificates: Option<PathBuf>,
+    /// Require a client certificate signed by the directory's ca-cert.pem.
+    #[arg(long)]
+    pub tls_verify_peer: bool,
     /// Worker threads per NBD connection.
     #[arg(long, default_value_t = 8)]
     pub workers: usize,
@@ -43,6 +65,14 @@ pub struct ServeOpts {
     pub io_flusher: bool,
 }
 
+/// `--tls` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TlsArg {
+    Off,
+    On,
+    Require,
+}
+
 fn data_max_arg(s: &str) -> Result<u64, String> {
     super::size::parse_size(s).map_err(|e| e.to_string())
 }
@@ -54,7 +84,17 @@ impl ServeOpts {
             socket: self.socket,
             read_only: self.read_only,
             allow: self.allow,
+            export_allow: self.export_allow,
+            local_only: self.local_only,
             max_connections: self.max_connections,
+            max_per_address: self.max_per_address,
+            tls: match self.tls {
+                TlsArg::Off => TlsMode::Off,
+                TlsArg::On => TlsMode::On,
+                TlsArg::Require => TlsMode::Require,
+            },
+            tls_certificates: self.tls_certificates,
+            tls_verify_peer: self.tls_verify_peer,
             workers: self.workers,
             state_dir: self.state_dir,
             data_max: self.data_max,
@@ -81,12 +121,16 @@ mod tests {
             .into_config();
         assert_eq!(c.listen, "127.0.0.1:10809");
         assert_eq!(c.read_only, ["a", "b"]);
-        let o = c.server_options();
+        let o = c.server_options().unwrap();
         assert!(o.allow.allows("10.1.2.3".parse().unwrap()));
         assert!(!o.allow.allows("192.168.0.1".parse().unwrap()));
         assert!(o.read_only.contains("b"));
         let c = Cli::parse_from(["x", "--listen", "none"]).serve.into_config();
         assert_eq!(c.tcp_addr().unwrap(), None);
         assert!(Cli::try_parse_from(["x", "--allow", "10.0.0.0/99"]).is_err());
+        let c = Cli::parse_from(["x", "--tls", "require", "--max-per-address", "3"]);
+        assert_eq!(c.serve.max_per_address, 3);
+        let err = c.serve.into_config().server_options().unwrap_err().to_string();
+        assert!(err.contains("--tls needs --tls-certificates"), "{err}");
     }
 }

@@ -19,7 +19,8 @@ use thiserror::Error;
 
 use crate::export::pool::PoolCatalog;
 use crate::export::Catalog;
-use crate::nbd::server::allow::{AllowList, Cidr};
+use crate::nbd::server::allow::{AllowList, Cidr, ExportAllow};
+use crate::nbd::server::tls::{self, Tls, TlsMode};
 use crate::nbd::server::{Server, ServerOptions};
 use handler::PoolControl;
 
@@ -42,8 +43,20 @@ pub struct ServeConfig {
     /// TCP clients allowed to connect (comma-separated CIDRs; default: everyone). Unix-socket
     /// clients are always allowed.
     pub allow: Vec<Cidr>,
+    /// Per export: the only TCP clients that may see it.
+    pub export_allow: Vec<ExportAllow>,
+    /// Volumes never offered to NBD clients (only to `--kernel-fd` attaches).
+    pub local_only: Vec<String>,
     /// Most NBD connections served at once.
     pub max_connections: usize,
+    /// Most NBD connections one client address may hold.
+    pub max_per_address: usize,
+    /// STARTTLS: off, on (optional) or require.
+    pub tls: TlsMode,
+    /// Certificates directory (ca-cert.pem, server-cert.pem, server-key.pem).
+    pub tls_certificates: Option<PathBuf>,
+    /// Require a client certificate signed by the directory's CA.
+    pub tls_verify_peer: bool,
     /// Worker threads per NBD connection.
     pub workers: usize,
     /// Where the lock, control socket and event log live when POOL is a device list (a pool
@@ -66,7 +79,13 @@ impl Default for ServeConfig {
             socket: None,
             read_only: Vec::new(),
             allow: Vec::new(),
+            export_allow: Vec::new(),
+            local_only: Vec::new(),
             max_connections: 256,
+            max_per_address: 32,
+            tls: TlsMode::Off,
+            tls_certificates: None,
+            tls_verify_peer: false,
             workers: 8,
             state_dir: None,
             data_max: None,
@@ -77,14 +96,37 @@ impl Default for ServeConfig {
 }
 
 impl ServeConfig {
-    pub fn server_options(&self) -> ServerOptions {
-        ServerOptions {
-            read_only: self.read_only.iter().cloned().collect(),
+    /// The server's options; loads the TLS certificates when TLS is on.
+    pub fn server_options(&self) -> Result<ServerOptions, DaemonError> {
+        let tls = match (self.tls, &self.tls_certificates) {
+            (TlsMode::Off, _) => None,
+            (mode, Some(dir)) => {
+                let config = tls::load(dir, self.tls_verify_peer)
+                    .map_err(|e| DaemonError::Config(format!("--tls-certificates: {e}")))?;
+                Some(Tls { mode, config })
+            }
+            (_, None) => {
+                return Err(DaemonError::Config("--tls needs --tls-certificates DIR".into()))
+            }
+        };
+        // A volume this machine attached itself (its filesystem is mounted here) is never
+        // writable to anyone else: a remote write would corrupt it under the kernel's feet.
+        let read_only = self.read_only.iter().chain(self.kernel_fd.iter().map(|k| &k.export));
+        Ok(ServerOptions {
+            read_only: read_only.cloned().collect(),
+            hidden: self.local_only.iter().cloned().collect(),
             allow: AllowList(self.allow.clone()),
+            export_allow: self
+                .export_allow
+                .iter()
+                .map(|e| (e.export.clone(), e.allow.clone()))
+                .collect(),
             max_connections: self.max_connections,
+            max_per_address: self.max_per_address,
             workers: self.workers.max(1),
+            tls,
             ..ServerOptions::default()
-        }
+        })
     }
 
     /// The TCP address, or `None` when TCP is disabled.
@@ -255,7 +297,7 @@ pub fn serve_catalog(
 ) -> Result<(), DaemonError> {
     let tcp = cfg.tcp_addr()?;
     let catalog_for_kernel = catalog.clone();
-    let server = Server::new(catalog, cfg.server_options());
+    let server = Server::new(catalog, cfg.server_options()?);
     let kernel = kernel::start(&catalog_for_kernel, &cfg.kernel_fd, cfg.workers.max(1), &stop)?;
     let (weak, live) = (Arc::downgrade(&server), kernel.live());
     let handler = make_handler(Box::new(move || {

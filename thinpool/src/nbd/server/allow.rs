@@ -100,6 +100,28 @@ impl AllowList {
     }
 }
 
+/// One export's allowlist, written `NAME=CIDR[,CIDR...]` on the command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExportAllow {
+    pub export: String,
+    pub allow: AllowList,
+}
+
+impl FromStr for ExportAllow {
+    type Err = CidrError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let Some((export, list)) = s.split_once('=').filter(|(e, _)| !e.is_empty()) else {
+            return Err(CidrError { text: s.to_owned(), why: "expected EXPORT=CIDR[,CIDR...]" });
+        };
+        let allow = AllowList::parse(list)?;
+        if allow.0.is_empty() {
+            return Err(CidrError { text: s.to_owned(), why: "no address given" });
+        }
+        Ok(Self { export: export.to_owned(), allow })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -119,6 +141,18 @@ mod tests {
         assert!(odd.allows("10.0.0.200".parse().unwrap()));
         assert!(!odd.allows("10.0.0.127".parse().unwrap()));
         assert!(AllowList::parse("0.0.0.0/0").unwrap().allows("1.2.3.4".parse().unwrap()));
+    }
+
+    #[test]
+    fn export_allowlists_parse() {
+        let e: ExportAllow = "vol1=10.0.0.0/8,::1".parse().unwrap();
+        assert_eq!(e.export, "vol1");
+        assert!(e.allow.allows("10.9.9.9".parse().unwrap()));
+        assert!(!e.allow.allows("11.0.0.1".parse().unwrap()));
+        assert!(e.allow.allows("::1".parse().unwrap()));
+        for bad in ["vol1", "=10.0.0.1", "vol1=", "vol1=300.0.0.1"] {
+            assert!(bad.parse::<ExportAllow>().is_err(), "{bad} must be rejected");
+        }
     }
 
     #[test]

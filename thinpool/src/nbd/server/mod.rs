@@ -1,12 +1,19 @@
-//! Listeners, connection admission (allowlist, connection cap, handshake deadline), the
+//! Listeners, connection admission (allowlist, connection caps, handshake deadline), the
 //! periodic committer, and shutdown.
 //!
 //! Threads: one accept thread per listener, one thread per connection for the handshake that
 //! then becomes the first of the connection's workers (see [`super::conn`]), and one committer.
+//!
+//! Admission: a TCP address holds at most `max_per_address` connections. When all
+//! `max_connections` slots are taken, a newcomer takes the slot of the connection that has been
+//! in its handshake longest (if any is): a client in transmission is never evicted, and clients
+//! that trickle their handshake cannot keep a well-behaved one out, since each has at most the
+//! handshake deadline (one total deadline, not per read) and is the first to go when slots run
+//! out.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -24,6 +31,7 @@ mod contexts;
 mod negotiate;
 mod reply;
 mod splice;
+pub mod tls;
 
 pub use negotiate::{transmission_flags, BASE_ALLOCATION, BASE_ALLOCATION_ID};
 
@@ -38,27 +46,42 @@ pub const MAX_OPTIONS: u32 = 1024;
 pub struct ServerOptions {
     /// Exports served read-only whatever the backend says.
     pub read_only: BTreeSet<String>,
+    /// Exports not offered at all: not listed, and opening them fails as for an unknown name
+    /// (volumes only local clients use, such as the appliance's own store).
+    pub hidden: BTreeSet<String>,
     /// TCP clients allowed to connect (empty: all). Unix-socket clients are always allowed.
     pub allow: AllowList,
-    /// Connections served at once; more are closed right after accept.
+    /// Per export: the TCP clients that may see it (others find it unknown, and it is not
+    /// listed for them). Exports not named here follow `allow` alone.
+    pub export_allow: BTreeMap<String, AllowList>,
+    /// Connections served at once. When all are taken, a newcomer evicts the connection that
+    /// has been in its handshake longest, or is closed right after accept if none is.
     pub max_connections: usize,
-    /// Time a client has to finish the handshake.
+    /// Connections one TCP client address may hold at once (in handshake or transmission).
+    pub max_per_address: usize,
+    /// Time a client has to finish the whole handshake (one deadline, not per read).
     pub handshake_timeout: Duration,
     /// Worker threads per connection (each reads, executes and answers one request at a time).
     pub workers: usize,
     /// How often the committer asks the catalog to commit pending changes.
     pub commit_interval: Duration,
+    /// STARTTLS (see [`tls`]); `None` answers it with `ERR_POLICY`.
+    pub tls: Option<tls::Tls>,
 }
 
 impl Default for ServerOptions {
     fn default() -> Self {
         Self {
             read_only: BTreeSet::new(),
+            hidden: BTreeSet::new(),
             allow: AllowList::default(),
+            export_allow: BTreeMap::new(),
             max_connections: 256,
+            max_per_address: 32,
             handshake_timeout: Duration::from_secs(10),
             workers: 8,
             commit_interval: Duration::from_millis(500),
+            tls: None,
         }
     }
 }
@@ -160,19 +183,39 @@ impl RateLog {
     }
 }
 
+/// One open connection as admission sees it.
+struct Slot {
+    sock: Arc<Sock>,
+    /// TCP peer address (none for unix-socket clients).
+    ip: Option<IpAddr>,
+    /// When its handshake started; `None` once it is in transmission.
+    handshaking: Option<Instant>,
+}
+
 /// State shared by all connections of a server.
 pub(crate) struct Shared {
     pub catalog: Arc<dyn Catalog>,
     pub opts: ServerOptions,
     pub shutting_down: AtomicBool,
     pub log: RateLog,
-    conns: Mutex<HashMap<u64, Arc<Sock>>>,
+    conns: Mutex<HashMap<u64, Slot>>,
     next_id: AtomicU64,
 }
 
 impl Shared {
     pub fn is_read_only(&self, name: &str, export: &dyn Export) -> bool {
         export.read_only() || self.opts.read_only.contains(name)
+    }
+
+    /// Whether the export policy offers `name` to a client at `peer` (None: unix socket).
+    pub fn visible(&self, name: &str, peer: Option<IpAddr>) -> bool {
+        if self.opts.hidden.contains(name) {
+            return false;
+        }
+        match (self.opts.export_allow.get(name), peer) {
+            (Some(list), Some(ip)) => list.allows(ip),
+            _ => true,
+        }
     }
 }
 
@@ -242,6 +285,12 @@ impl Server {
         Ok(())
     }
 
+    /// Serves one already-connected unix-socket client from the handshake on, as a listener
+    /// would (socket activation, an embedding that accepts itself, the handshake fuzzer).
+    pub fn serve_unix(self: &Arc<Self>, stream: UnixStream) {
+        spawn_connection(&self.shared, Sock::Unix(stream), None, "unix".to_owned());
+    }
+
     /// Number of connections currently open.
     pub fn connections(&self) -> usize {
         self.shared.conns.lock().unwrap_or_else(|e| e.into_inner()).len()
@@ -252,14 +301,14 @@ impl Server {
     pub fn shutdown(&self, grace: Duration) {
         self.shared.shutting_down.store(true, Ordering::SeqCst);
         for s in self.shared.conns.lock().unwrap_or_else(|e| e.into_inner()).values() {
-            s.shutdown(Shutdown::Read);
+            s.sock.shutdown(Shutdown::Read);
         }
         let deadline = Instant::now() + grace;
         while self.connections() > 0 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));
         }
         for s in self.shared.conns.lock().unwrap_or_else(|e| e.into_inner()).values() {
-            s.shutdown(Shutdown::Both);
+            s.sock.shutdown(Shutdown::Both);
         }
         let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
         for t in threads {
@@ -329,26 +378,60 @@ fn accept_loop<L: AsFd>(
             }
         }
         let who = peer.map(|p| p.to_string()).unwrap_or_else(|| "unix".to_owned());
-        spawn_connection(shared, sock, who);
+        spawn_connection(shared, sock, peer.map(|p| p.ip()), who);
     }
 }
 
-fn spawn_connection(shared: &Arc<Shared>, sock: Sock, who: String) {
+/// Why a connection was not admitted.
+#[derive(Debug, PartialEq, Eq)]
+enum Refusal {
+    PerAddress,
+    Full,
+}
+
+/// Takes a slot for a new connection (see the module doc), evicting the longest handshake
+/// when the server is full.
+fn admit(shared: &Shared, id: u64, sock: &Arc<Sock>, ip: Option<IpAddr>) -> Result<(), Refusal> {
+    let mut conns = shared.conns.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(ip) = ip {
+        let same = conns.values().filter(|s| s.ip == Some(ip)).count();
+        if same >= shared.opts.max_per_address {
+            return Err(Refusal::PerAddress);
+        }
+    }
+    if conns.len() >= shared.opts.max_connections {
+        let oldest = conns
+            .iter()
+            .filter_map(|(id, s)| s.handshaking.map(|t| (t, *id)))
+            .min()
+            .map(|(_, id)| id);
+        let Some(victim) = oldest.and_then(|id| conns.remove(&id)) else {
+            return Err(Refusal::Full);
+        };
+        // Its thread sees the socket fail and ends; removing its slot again is harmless.
+        victim.sock.shutdown(Shutdown::Both);
+        shared.log.warn(format_args!("server full: evicted a connection still in its handshake"));
+    }
+    let slot = Slot { sock: sock.clone(), ip, handshaking: Some(Instant::now()) };
+    conns.insert(id, slot);
+    Ok(())
+}
+
+fn spawn_connection(shared: &Arc<Shared>, sock: Sock, ip: Option<IpAddr>, who: String) {
     let sock = Arc::new(sock);
     let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
-    {
-        let mut conns = shared.conns.lock().unwrap_or_else(|e| e.into_inner());
-        if conns.len() >= shared.opts.max_connections {
-            drop(conns);
-            shared.log.warn(format_args!("refused {who}: connection limit reached"));
-            sock.shutdown(Shutdown::Both);
-            return;
-        }
-        conns.insert(id, sock.clone());
+    if let Err(why) = admit(shared, id, &sock, ip) {
+        let why = match why {
+            Refusal::PerAddress => "connection limit per address reached",
+            Refusal::Full => "connection limit reached",
+        };
+        shared.log.warn(format_args!("refused {who}: {why}"));
+        sock.shutdown(Shutdown::Both);
+        return;
     }
     let shared2 = shared.clone();
     let res = std::thread::Builder::new().name("nbd-conn".into()).spawn(move || {
-        serve_client(&shared2, &sock, &who);
+        serve_client(&shared2, id, &sock, ip, &who);
         sock.shutdown(Shutdown::Both);
         shared2.conns.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
     });
@@ -358,24 +441,54 @@ fn spawn_connection(shared: &Arc<Shared>, sock: Sock, who: String) {
     }
 }
 
-fn serve_client(shared: &Arc<Shared>, sock: &Arc<Sock>, who: &str) {
+fn serve_client(shared: &Arc<Shared>, id: u64, sock: &Arc<Sock>, peer: Option<IpAddr>, who: &str) {
     if let Sock::Tcp(t) = &**sock {
         let _ = t.set_nodelay(true);
     }
     let deadline = Instant::now() + shared.opts.handshake_timeout;
-    let neg = match negotiate::negotiate(shared, sock, deadline) {
-        Ok(Some(n)) => n,
+    let hs = match negotiate::negotiate(shared, sock, peer, deadline) {
+        Ok(Some(hs)) => hs,
         Ok(None) => return,
         Err(e) => {
             shared.log.warn(format_args!("{who}: handshake ended: {e}"));
             return;
         }
     };
-    if sock.set_read_timeout(None).is_err() {
+    // Transmission has no deadline: a client may pause, or stop reading replies for a while.
+    if sock.set_read_timeout(None).is_err() || sock.set_write_timeout(None).is_err() {
         return;
     }
-    tracing::debug!("nbd: {who} serving export {:?}", neg.name);
-    conn::serve(sock.clone(), neg, shared.opts.workers, &shared.log);
+    {
+        let mut conns = shared.conns.lock().unwrap_or_else(|e| e.into_inner());
+        match conns.get_mut(&id) {
+            Some(slot) => slot.handshaking = None,
+            None => return, // evicted just as its handshake ended
+        }
+    }
+    tracing::debug!("nbd: {who} serving export {:?}", hs.neg.name);
+    let Some(tls) = hs.tls else {
+        conn::serve(sock.clone(), hs.neg, shared.opts.workers, &shared.log);
+        return;
+    };
+    // Over TLS, transmission runs on a socketpair that the relay connects to the session.
+    let (outer, inner) = match UnixStream::pair() {
+        Ok(p) => p,
+        Err(e) => {
+            shared.log.warn(format_args!("{who}: cannot make a socketpair for TLS: {e}"));
+            return;
+        }
+    };
+    std::thread::scope(|s| {
+        let inner_sock = Arc::new(Sock::Unix(inner));
+        let workers = shared.opts.workers;
+        let log = &shared.log;
+        s.spawn(move || conn::serve(inner_sock, hs.neg, workers, log));
+        if let Err(e) = tls::relay(sock, tls, &outer) {
+            shared.log.warn(format_args!("{who}: TLS session ended: {e}"));
+        }
+        // However the relay ended, the transmission side must see EOF.
+        let _ = outer.shutdown(Shutdown::Both);
+    });
 }
 
 /// Serves `export` on an already-connected socket with no handshake: the peer (the Linux

@@ -2,16 +2,29 @@
 //! until EXPORT_NAME, a successful GO, ABORT or a disconnect.
 //!
 //! Bounds (see [`super`]): an option longer than `MAX_OPTION_LEN` or more than
-//! `MAX_OPTIONS` options end the connection, and so does the handshake deadline. Nothing is
-//! read past an option's declared length, and nothing past the final ACK of GO.
+//! `MAX_OPTIONS` options end the connection, and so does the handshake deadline, which is one
+//! deadline for the whole handshake: every socket call gets only the time that is left, so a
+//! client trickling a byte at a time is dropped on time. Nothing is read past an option's
+//! declared length, and nothing past the final ACK of GO (over TLS, rustls may hold records
+//! read past it; they go to transmission with the session).
+//!
+//! STARTTLS (NBD spec, "TLS support"): ACK in plaintext, then the TLS handshake on the same
+//! socket, after which everything negotiated before is forgotten (CVE-2021-3716 was plaintext
+//! state surviving into the TLS session). Under [`TlsMode::Require`] only STARTTLS and ABORT
+//! are served before TLS: other options get `ERR_TLS_REQD`, EXPORT_NAME a disconnect.
 
 use std::io::{self, Read, Write};
+use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 use std::time::Instant;
 
 use thiserror::Error;
 
+use rustls::ServerConnection;
+
+use super::tls::TlsMode;
 use super::{Shared, Sock, MAX_OPTIONS, MAX_OPTION_LEN};
 use crate::export::{BlockSize, Export};
 use crate::nbd::proto::msg::HeaderMode;
@@ -73,41 +86,122 @@ pub(crate) enum HandshakeError {
     Proto(#[from] ProtoError),
     #[error("{0}")]
     Refused(String),
+    #[error("TLS: {0}")]
+    Tls(rustls::Error),
 }
 
-struct Conn<'a> {
+/// The socket with the handshake's deadline: every call waits at most for the time left.
+struct Deadline<'a> {
     sock: &'a Sock,
     deadline: Instant,
 }
 
-impl Conn<'_> {
-    fn arm(&self) -> io::Result<()> {
+impl Deadline<'_> {
+    fn arm(&self) -> io::Result<Duration> {
         let left = self.deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return Err(io::Error::new(io::ErrorKind::TimedOut, "handshake deadline passed"));
         }
-        self.sock.set_read_timeout(Some(left))?;
-        self.sock.set_write_timeout(Some(left))
+        Ok(left)
     }
 
-    fn read_exact(&self, buf: &mut [u8]) -> io::Result<()> {
-        self.arm()?;
-        (&mut &*self.sock).read_exact(buf)
+    fn timed_out(e: io::Error) -> io::Error {
+        // SO_RCVTIMEO/SO_SNDTIMEO expiry shows up as EAGAIN.
+        if e.kind() == io::ErrorKind::WouldBlock {
+            io::Error::new(io::ErrorKind::TimedOut, "handshake deadline passed")
+        } else {
+            e
+        }
+    }
+}
+
+impl Read for Deadline<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.sock.set_read_timeout(Some(self.arm()?))?;
+        (&mut { self.sock }).read(buf).map_err(Self::timed_out)
+    }
+}
+
+impl Write for Deadline<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.sock.set_write_timeout(Some(self.arm()?))?;
+        (&mut { self.sock }).write(buf).map_err(Self::timed_out)
     }
 
-    fn send(&self, buf: &[u8]) -> io::Result<()> {
-        self.arm()?;
-        (&mut &*self.sock).write_all(buf)
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The handshake's channel: the socket, or the TLS session on it after STARTTLS.
+enum Channel<'a> {
+    Plain(Deadline<'a>),
+    Tls(Box<rustls::StreamOwned<ServerConnection, Deadline<'a>>>),
+}
+
+struct Conn<'a> {
+    chan: Channel<'a>,
+}
+
+impl<'a> Conn<'a> {
+    fn read_exact(&mut self, buf: &mut [u8]) -> io::Result<()> {
+        match &mut self.chan {
+            Channel::Plain(d) => d.read_exact(buf),
+            Channel::Tls(t) => t.read_exact(buf),
+        }
     }
 
-    fn reply(&self, option: u32, r: &OptionReply) -> io::Result<()> {
+    fn send(&mut self, buf: &[u8]) -> io::Result<()> {
+        match &mut self.chan {
+            Channel::Plain(d) => d.write_all(buf),
+            Channel::Tls(t) => {
+                t.write_all(buf)?;
+                // StreamOwned encrypts on write; make sure the records are on the wire.
+                while t.conn.wants_write() {
+                    t.conn.write_tls(&mut t.sock)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn reply(&mut self, option: u32, r: &OptionReply) -> io::Result<()> {
         let mut out = Vec::new();
         encode_option_reply(option, r, &mut out);
         self.send(&out)
     }
 
-    fn error(&self, option: u32, code: u32, message: &str) -> io::Result<()> {
+    fn error(&mut self, option: u32, code: u32, message: &str) -> io::Result<()> {
         self.reply(option, &OptionReply::Error { code, message: message.to_owned() })
+    }
+
+    fn is_tls(&self) -> bool {
+        matches!(self.chan, Channel::Tls(_))
+    }
+
+    /// Runs the TLS handshake on the plaintext channel (after STARTTLS's ACK).
+    fn start_tls(&mut self, config: Arc<rustls::ServerConfig>) -> Result<(), HandshakeError> {
+        let Channel::Plain(d) = &mut self.chan else {
+            return Err(HandshakeError::Refused("TLS is already on".into()));
+        };
+        let mut d = Deadline { sock: d.sock, deadline: d.deadline };
+        let mut tls = ServerConnection::new(config).map_err(HandshakeError::Tls)?;
+        while tls.is_handshaking() {
+            tls.complete_io(&mut d).map_err(|e| match e.kind() {
+                io::ErrorKind::InvalidData => HandshakeError::Refused(format!("TLS: {e}")),
+                _ => HandshakeError::Io(e),
+            })?;
+        }
+        self.chan = Channel::Tls(Box::new(rustls::StreamOwned::new(tls, d)));
+        Ok(())
+    }
+
+    /// The TLS session, if any, for the transmission phase.
+    fn into_tls(self) -> Option<ServerConnection> {
+        match self.chan {
+            Channel::Plain(_) => None,
+            Channel::Tls(t) => Some(t.conn),
+        }
     }
 }
 
@@ -122,19 +216,31 @@ struct State {
     aborted: bool,
 }
 
-fn resolve(shared: &Shared, name: &str) -> Option<(String, Arc<dyn Export>)> {
+/// The export a client asked for, if it exists and the export policy lets this peer see it.
+fn resolve(shared: &Shared, peer: Option<IpAddr>, name: &str) -> Option<(String, Arc<dyn Export>)> {
     let name = if name.is_empty() { shared.catalog.default_name()? } else { name.to_owned() };
+    if !shared.visible(&name, peer) {
+        return None;
+    }
     let export = shared.catalog.open(&name)?;
     Some((name, export))
+}
+
+/// What a finished handshake hands to transmission.
+pub(crate) struct Handshake {
+    pub neg: Negotiated,
+    /// The TLS session, when the client upgraded with STARTTLS.
+    pub tls: Option<ServerConnection>,
 }
 
 /// Runs the handshake; `Ok(None)` means the client left cleanly (ABORT or EOF between options).
 pub(crate) fn negotiate(
     shared: &Shared,
     sock: &Sock,
+    peer: Option<IpAddr>,
     deadline: Instant,
-) -> Result<Option<Negotiated>, HandshakeError> {
-    let c = Conn { sock, deadline };
+) -> Result<Option<Handshake>, HandshakeError> {
+    let mut c = Conn { chan: Channel::Plain(Deadline { sock, deadline }) };
     c.send(&encode_greeting(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES))?;
     let mut cf = [0u8; 4];
     c.read_exact(&mut cf)?;
@@ -144,6 +250,7 @@ pub(crate) fn negotiate(
     }
     let fixed = client_flags & FLAG_C_FIXED_NEWSTYLE != 0;
     let mut st = State { no_zeroes: client_flags & FLAG_C_NO_ZEROES != 0, ..State::default() };
+    let require_tls = shared.opts.tls.as_ref().is_some_and(|t| t.mode == TlsMode::Require);
 
     let mut payload = Vec::new();
     let mut count = 0u32;
@@ -167,6 +274,18 @@ pub(crate) fn negotiate(
                 "option other than EXPORT_NAME without fixed newstyle".into(),
             ));
         }
+        if require_tls && !c.is_tls() {
+            match h.option {
+                OPT_STARTTLS | OPT_ABORT => {}
+                OPT_EXPORT_NAME => {
+                    return Err(HandshakeError::Refused("EXPORT_NAME before TLS".into()));
+                }
+                _ => {
+                    c.error(h.option, REP_ERR_TLS_REQD, "TLS is required")?;
+                    continue;
+                }
+            }
+        }
         if shared.shutting_down.load(Ordering::SeqCst) {
             c.error(h.option, REP_ERR_SHUTDOWN, "server is shutting down")?;
             continue;
@@ -181,8 +300,8 @@ pub(crate) fn negotiate(
                 continue;
             }
         };
-        if let Some(n) = handle_option(shared, &c, &mut st, opt)? {
-            return Ok(Some(n));
+        if let Some(neg) = handle_option(shared, &mut c, &mut st, peer, opt)? {
+            return Ok(Some(Handshake { neg, tls: c.into_tls() }));
         }
         if st.aborted {
             return Ok(None);
@@ -193,8 +312,9 @@ pub(crate) fn negotiate(
 /// Handles one decoded option; returns the negotiated session when transmission starts.
 fn handle_option(
     shared: &Shared,
-    c: &Conn<'_>,
+    c: &mut Conn<'_>,
     st: &mut State,
+    peer: Option<IpAddr>,
     opt: ClientOption,
 ) -> Result<Option<Negotiated>, HandshakeError> {
     let code = opt.code();
@@ -203,7 +323,7 @@ fn handle_option(
             if st.extended {
                 return Err(HandshakeError::Refused("EXPORT_NAME after EXTENDED_HEADERS".into()));
             }
-            let Some((name, export)) = resolve(shared, &name) else {
+            let Some((name, export)) = resolve(shared, peer, &name) else {
                 // The only error signal EXPORT_NAME has is a hard disconnect.
                 return Err(HandshakeError::Refused(format!("unknown export {name:?}")));
             };
@@ -220,15 +340,25 @@ fn handle_option(
             st.aborted = true;
         }
         ClientOption::List => {
-            for e in shared.catalog.list() {
+            for e in shared.catalog.list().into_iter().filter(|e| shared.visible(&e.name, peer)) {
                 c.reply(code, &OptionReply::Server { name: e.name, description: e.description })?;
             }
             c.reply(code, &OptionReply::Ack)?;
         }
-        ClientOption::StartTls => c.error(code, REP_ERR_POLICY, "TLS is not configured")?,
+        ClientOption::StartTls => match shared.opts.tls.as_ref().filter(|t| t.mode != TlsMode::Off)
+        {
+            None => c.error(code, REP_ERR_POLICY, "TLS is not configured")?,
+            Some(_) if c.is_tls() => c.error(code, REP_ERR_INVALID, "TLS is already on")?,
+            Some(t) => {
+                c.reply(code, &OptionReply::Ack)?;
+                c.start_tls(t.config.clone())?;
+                // Nothing negotiated in plaintext survives into the TLS session.
+                *st = State { no_zeroes: st.no_zeroes, ..State::default() };
+            }
+        },
         ClientOption::Info(q) | ClientOption::Go(q) => {
             let go = code == OPT_GO;
-            let Some((name, export)) = resolve(shared, &q.name) else {
+            let Some((name, export)) = resolve(shared, peer, &q.name) else {
                 c.error(code, REP_ERR_UNKNOWN, "no such export")?;
                 return Ok(None);
             };
@@ -292,7 +422,7 @@ fn handle_option(
                 c.error(code, REP_ERR_INVALID, "negotiate structured replies first")?;
                 return Ok(None);
             }
-            let Some((resolved, export)) = resolve(shared, &q.export) else {
+            let Some((resolved, export)) = resolve(shared, peer, &q.export) else {
                 c.error(code, REP_ERR_UNKNOWN, "no such export")?;
                 return Ok(None);
             };

@@ -1,0 +1,48 @@
+//! The handshake state machine as a client meets it: fuzz bytes are everything a unix-socket
+//! client sends (client flags, options, then possibly a TLS ClientHello after STARTTLS and
+//! transmission requests) to a server with TLS on (first byte even) or required (odd), over
+//! a 1 MiB memory export. The server must answer, refuse or disconnect: never panic or hang.
+#![no_main]
+
+use std::io::{Read, Write};
+use std::net::Shutdown;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
+
+use libfuzzer_sys::fuzz_target;
+use thinpool::export::mem::{MemCatalog, MemExport};
+use thinpool::nbd::server::tls::{self, Tls, TlsMode};
+use thinpool::nbd::{Server, ServerOptions};
+
+fn server(mode: TlsMode) -> Arc<Server> {
+    let cat = Arc::new(MemCatalog::new());
+    cat.insert("vol", "fuzz", Arc::new(MemExport::new(1 << 20)));
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tls");
+    let config = tls::load(&dir, false).expect("fuzz/tls certificates");
+    let opts = ServerOptions { tls: Some(Tls { mode, config }), ..ServerOptions::default() };
+    Server::new(cat, opts)
+}
+
+static ON: OnceLock<Arc<Server>> = OnceLock::new();
+static REQUIRE: OnceLock<Arc<Server>> = OnceLock::new();
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&pick, input)) = data.split_first() else { return };
+    let srv = if pick & 1 == 0 {
+        ON.get_or_init(|| server(TlsMode::On))
+    } else {
+        REQUIRE.get_or_init(|| server(TlsMode::Require))
+    };
+    let (mut ours, theirs) = UnixStream::pair().expect("socketpair");
+    srv.serve_unix(theirs);
+    let mut rx = ours.try_clone().expect("clone");
+    let drain = std::thread::spawn(move || {
+        let mut sink = Vec::new();
+        let _ = rx.read_to_end(&mut sink);
+    });
+    let _ = ours.write_all(input);
+    let _ = ours.shutdown(Shutdown::Write);
+    // The server closes its end when it is done with the client.
+    drain.join().expect("drain thread panicked");
+});

@@ -1,0 +1,99 @@
+//! Export policy of `thinpool serve`, checked with nbdinfo and qemu-io: a volume the machine
+//! attached itself (`--kernel-fd`) is listed read-only and refuses writes; `--local-only`
+//! volumes are neither listed nor opened; `--export-allow` hides an export from addresses
+//! outside its list (over TCP) while unix-socket clients still see it.
+
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+mod cli_common;
+use cli_common::{ok, BIN};
+
+struct Serve(Child);
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn tool(prog: &str, args: &[&str]) -> Output {
+    let out = Command::new(prog).args(args).stdin(Stdio::null()).output();
+    out.unwrap_or_else(|e| panic!("`{prog}` could not run ({e}); install it (cargo xtask setup)"))
+}
+
+fn text(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr)
+}
+
+#[test]
+fn attached_volumes_are_read_only_local_only_hidden_and_allowlists_per_export() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("pool");
+    let d = dir.to_str().unwrap();
+    ok(&["init", d, "--data-size", "64M"]);
+    for v in ["store", "vol1", "secret", "lan"] {
+        ok(&["create", d, v, "--size", "16M"]);
+    }
+    let (_kernel, ours) = UnixStream::pair().unwrap();
+    rustix::io::fcntl_setfd(&ours, rustix::io::FdFlags::empty()).unwrap();
+    let port = free_port();
+    let sock = tmp.path().join("nbd.sock");
+    let child = Command::new(BIN)
+        .args(["serve", d, "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--socket", sock.to_str().unwrap()])
+        .args(["--kernel-fd", &format!("{}:store", ours.as_raw_fd())])
+        .args(["--local-only", "secret", "--export-allow", "lan=10.0.0.0/8"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _serve = Serve(child);
+    drop(ours);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() || !sock.exists() {
+        assert!(Instant::now() < deadline, "thinpool serve did not start listening");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let tcp = |name: &str| format!("nbd://127.0.0.1:{port}/{name}");
+    let unix = |name: &str| format!("nbd+unix:///{name}?socket={}", sock.display());
+
+    // Listed over TCP: store (read-only) and vol1; not secret, not lan (wrong address).
+    let list = tool("nbdinfo", &["--list", "--json", &tcp("")]);
+    let l = text(&list);
+    assert!(list.status.success(), "{l}");
+    assert!(l.contains("\"store\"") && l.contains("\"vol1\""), "{l}");
+    assert!(!l.contains("\"secret\"") && !l.contains("\"lan\""), "{l}");
+    let info = tool("nbdinfo", &["--json", &tcp("store")]);
+    assert!(text(&info).contains("\"is_read_only\": true"), "{}", text(&info));
+    let info = tool("nbdinfo", &["--json", &tcp("vol1")]);
+    assert!(text(&info).contains("\"is_read_only\": false"), "{}", text(&info));
+    // qemu will not even open the attached volume writable (the export says read-only).
+    let w = tool("qemu-io", &["-f", "raw", "-c", "write -P 0x55 0 64k", &tcp("store")]);
+    let t = text(&w);
+    assert!(!w.status.success(), "{t}");
+    assert!(t.contains("Could not open image: Permission denied"), "{t}");
+    // Hidden and not-allowed exports are unknown, over TCP.
+    for name in ["secret", "lan"] {
+        let o = tool("nbdinfo", &[&tcp(name)]);
+        assert!(!o.status.success(), "{name} must not open over TCP: {}", text(&o));
+        assert!(text(&o).contains("unknown") || text(&o).contains("No such"), "{}", text(&o));
+    }
+    // The unix socket has no address: the per-export allowlist does not apply, local-only does.
+    ok_tool("nbdinfo", &[&unix("lan")]);
+    assert!(!tool("nbdinfo", &[&unix("secret")]).status.success());
+    // Unaffected volumes stay writable.
+    ok_tool("qemu-io", &["-f", "raw", "-c", "write -P 0x55 0 64k", &tcp("vol1")]);
+}
+
+fn ok_tool(prog: &str, args: &[&str]) {
+    let o = tool(prog, args);
+    assert!(o.status.success(), "`{prog} {}` failed: {}", args.join(" "), text(&o));
+}
