@@ -9,7 +9,7 @@
 //!
 //! When the filesystem on `/dev/nbdN` lives in the same machine as this daemon, writeback can
 //! wait for the daemon while the daemon waits for reclaim (why prctl(2) has PR_SET_IO_FLUSHER,
-since Linux 5.6, for userspace block drivers):
+//! since Linux 5.6, for userspace block drivers):
 //! [`protect_from_reclaim`] sets PR_SET_IO_FLUSHER and locks the daemon's memory.
 
 use std::str::FromStr;
