@@ -28,6 +28,10 @@ const PACKAGES: &[(&str, &str)] = &[
     ("qemu-nbd", "qemu-utils"),
 ];
 
+/// Build-time libraries, checked by a file they install: (path, Debian package). libclang is
+/// what bindgen loads to generate libublk's kernel bindings (`libublk-rs-sys`'s build script).
+const LIBRARIES: &[(&str, &str)] = &[("/usr/lib/llvm-14/lib/libclang.so", "libclang-dev")];
+
 /// Python modules, checked by import: (module, Debian package).
 const PYTHON: &[(&str, &str)] = &[("nbd", "python3-libnbd")];
 
@@ -52,6 +56,7 @@ pub fn install_missing() -> Result<()> {
         .filter(|(cmd, _)| !have_command(cmd))
         .map(|(_, pkg)| *pkg)
         .chain(PYTHON.iter().filter(|(m, _)| !have_python_module(m)).map(|(_, p)| *p))
+        .chain(LIBRARIES.iter().filter(|(f, _)| !std::path::Path::new(f).exists()).map(|(_, p)| *p))
         .collect();
     missing.dedup();
     if missing.is_empty() {
