@@ -108,10 +108,8 @@ impl DeviceProvider for PoolDaemon {
     }
 
     fn detach(&self, name: &str, device: &Path) -> Result<()> {
-        self.request(
-            serde_json::json!({"op": "detach", "name": name, "device": device.to_string_lossy()}),
-        )
-        .map(drop)
+        let _ = device;
+        self.request(serde_json::json!({"op": "detach", "name": name})).map(drop)
     }
 
     fn usage(&self) -> Result<PoolUsage> {
