@@ -14,9 +14,11 @@ pub mod config;
 pub mod evdev;
 pub mod nbd;
 pub mod netlink;
+pub mod options;
 pub mod pool;
 pub mod reaper;
 pub mod shutdown;
+pub mod wait;
 
 use std::io::{Read, Write};
 use std::os::fd::AsFd;
@@ -245,9 +247,11 @@ fn run(sfd: nix::Result<SignalFd>) -> ! {
         }
     };
     let mut wake_rx = None;
-    match (agent::find_port(Path::new("/sys/class/virtio-ports"), &cfg.agent.port), wake) {
-        (Some(port), Some((rx, tx))) => {
-            boot.parts.push(format!("agent {}", port.display()));
+    let port =
+        agent::find_port(Path::new("/sys/class/virtio-ports"), &cfg.agent.port, wait::DEVICE_WAIT);
+    match (port, wake) {
+        (Ok((port, waited)), Some((rx, tx))) => {
+            boot.parts.push(format!("agent {} ({} ms)", port.display(), waited.as_millis()));
             let (s, r) = (shared.clone(), reaper.clone());
             wake_rx = Some(rx);
             if let Err(e) = std::thread::Builder::new()
@@ -257,7 +261,7 @@ fn run(sfd: nix::Result<SignalFd>) -> ! {
                 boot.problems.push(format!("agent thread: {e}"));
             }
         }
-        (None, _) => boot.problems.push(format!("agent port {} not found", cfg.agent.port)),
+        (Err(e), _) => boot.problems.push(e.to_string()),
         _ => {}
     }
 
@@ -268,10 +272,17 @@ fn run(sfd: nix::Result<SignalFd>) -> ! {
             background = Some(mount_modules.wait());
         }
     };
-    let mut pool = match Pool::bring_up(&cfg, &reaper, &mut wait_modules) {
-        Ok(p) => p,
+    let mut pool = match store_options(&cmdline, cfg.pool.enabled) {
+        Ok(opts) => match Pool::bring_up(&cfg, &opts, &reaper, &mut wait_modules) {
+            Ok(p) => p,
+            Err(e) => {
+                boot.problems.push(e.to_string());
+                Pool::default()
+            }
+        },
+        // A bad option leaves the pool alone rather than bringing it up with other settings.
         Err(e) => {
-            boot.problems.push(e.to_string());
+            boot.problems.push(format!("{e}; the pool was not brought up"));
             Pool::default()
         }
     };
@@ -332,6 +343,25 @@ fn run(sfd: nix::Result<SignalFd>) -> ! {
         &mut |l| say(&l),
     );
     power_off()
+}
+
+/// The store's options (config disk, then `lamina.opt.*`), once the disks are there.
+fn store_options(
+    cmdline: &str,
+    pool_enabled: bool,
+) -> Result<options::StoreOptions, options::OptionsError> {
+    if pool_enabled {
+        // The config disk is a virtio disk like the pool's: give the disks their deadline.
+        let sys_block = Path::new("/sys/block");
+        let _ = wait::until(&wait::RealClock, "a virtio disk", wait::DEVICE_WAIT, || {
+            if pool::data_disks(sys_block).is_empty() {
+                wait::Look::Missing
+            } else {
+                wait::Look::Found(())
+            }
+        });
+    }
+    options::load(Path::new("/sys/block"), cmdline)
 }
 
 trait NonBlock {

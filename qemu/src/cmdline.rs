@@ -47,17 +47,23 @@ pub struct Disk {
     /// Attach read-only (`readonly=on`): the guest cannot write, and a missing file is an error
     /// rather than created.
     pub read_only: bool,
+    /// The virtio-blk serial the guest sees in /sys/block/vdX/serial (the config disk's is
+    /// [`CONFIG_DISK_SERIAL`]).
+    pub serial: Option<String>,
 }
+
+/// The serial that marks the config disk of the store's options.
+pub const CONFIG_DISK_SERIAL: &str = "lamina-config";
 
 impl Disk {
     /// A read-write disk.
     pub fn new(path: impl Into<PathBuf>, size: u64) -> Disk {
-        Disk { path: path.into(), size, read_only: false }
+        Disk { path: path.into(), size, read_only: false, serial: None }
     }
 
     /// A read-only disk (an existing file).
     pub fn read_only(path: impl Into<PathBuf>) -> Disk {
-        Disk { path: path.into(), size: 0, read_only: true }
+        Disk { path: path.into(), size: 0, read_only: true, serial: None }
     }
 }
 
@@ -222,7 +228,11 @@ impl VmConfig {
             let mode = if d.read_only { "readonly=on" } else { "discard=unmap" };
             let drive =
                 format!("if=none,id=d{i},file={},format=raw,{mode},cache=writeback", p(&d.path));
-            push(&["-drive", &drive, "-device", &format!("{},drive=d{i}", m.virtio("blk"))]);
+            let mut dev = format!("{},drive=d{i}", m.virtio("blk"));
+            if let Some(s) = &d.serial {
+                dev.push_str(&format!(",serial={s}"));
+            }
+            push(&["-drive", &drive, "-device", &dev]);
         }
         let mut net = "user,id=net0".to_owned();
         if let Some(port) = self.nbd_port {
@@ -321,11 +331,22 @@ mod tests {
     }
 
     #[test]
+    fn config_disk_carries_its_serial() {
+        let mut c = cfg(Machine::Microvm);
+        let mut d = Disk::read_only("/d/config.disk");
+        d.serial = Some(CONFIG_DISK_SERIAL.into());
+        c.disks.push(d);
+        let a = c.args(&VmDir("/d".into())).join(" ");
+        assert!(a.contains("virtio-blk-device,drive=d1,serial=lamina-config"), "{a}");
+        assert!(a.contains("file=/d/config.disk,format=raw,readonly=on"), "{a}");
+    }
+
+    #[test]
     fn disk_specs_and_sizes() {
         assert_eq!(parse_disk("a.raw", 5).unwrap(), Disk::new("a.raw", 5));
         assert_eq!(
             parse_disk("a.tar,readonly=on", 5).unwrap(),
-            Disk { path: "a.tar".into(), size: 5, read_only: true }
+            Disk { path: "a.tar".into(), size: 5, read_only: true, serial: None }
         );
         assert!(!parse_disk("a.raw,readonly=on,readonly=off", 5).unwrap().read_only);
         assert!(parse_disk("a.raw,readonly=yes", 5).is_err());

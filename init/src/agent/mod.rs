@@ -25,14 +25,15 @@ pub struct Shared {
     pub pool: Option<Value>,
 }
 
-/// Finds `/dev/<vportNpM>` whose port name is `name` (no udev, so no /dev/virtio-ports links).
-pub fn find_port(sys_class_virtio_ports: &Path, name: &str) -> Option<PathBuf> {
-    let mut entries: Vec<_> =
-        std::fs::read_dir(sys_class_virtio_ports).ok()?.flatten().map(|e| e.file_name()).collect();
-    entries.sort();
-    entries.into_iter().find_map(|e| {
-        let n = std::fs::read_to_string(sys_class_virtio_ports.join(&e).join("name")).ok()?;
-        (n.trim() == name).then(|| PathBuf::from("/dev").join(e))
+/// Finds `/dev/<vportNpM>` whose port name is `name` (no udev, so no /dev/virtio-ports links),
+/// waiting up to `timeout` for the port and its name to appear.
+pub fn find_port(
+    sys_class_virtio_ports: &Path,
+    name: &str,
+    timeout: Duration,
+) -> Result<(PathBuf, Duration), crate::wait::WaitError> {
+    crate::wait::until(&crate::wait::RealClock, &format!("agent port {name}"), timeout, || {
+        crate::wait::look_port(sys_class_virtio_ports, name)
     })
 }
 
@@ -45,6 +46,7 @@ pub fn handle(
     reaper: &Reaper,
 ) -> (Reply, bool) {
     match cmd {
+        Cmd::Help => (Reply::ok(id, proto::help()), false),
         Cmd::Status => {
             let s = shared.lock().unwrap_or_else(|p| p.into_inner());
             let st = status(&s);
@@ -122,6 +124,7 @@ fn status(s: &Shared) -> Status {
         .collect();
     Status {
         uptime_secs,
+        cpus: std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(0),
         kernel,
         memory: Memory { total_kib: kib("MemTotal"), available_kib: kib("MemAvailable") },
         mounts,
@@ -282,7 +285,9 @@ mod tests {
             std::fs::create_dir_all(d.path().join(p)).unwrap();
             std::fs::write(d.path().join(p).join("name"), format!("{n}\n")).unwrap();
         }
-        assert_eq!(find_port(d.path(), "org.lamina.agent.0"), Some(PathBuf::from("/dev/vport0p1")));
-        assert_eq!(find_port(d.path(), "nope"), None);
+        let found = find_port(d.path(), "org.lamina.agent.0", Duration::ZERO).unwrap();
+        assert_eq!(found.0, PathBuf::from("/dev/vport0p1"));
+        let e = find_port(d.path(), "nope", Duration::from_millis(30)).unwrap_err();
+        assert_eq!(e.what, "agent port nope");
     }
 }

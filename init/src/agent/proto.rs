@@ -1,7 +1,7 @@
 //! The guest agent's wire format: one JSON object per line, in the qemu-guest-agent shape.
 //!
 //! ```text
-//! host → guest  {"execute": "status" | "shutdown" | "exec", "arguments": {…}?, "id": N?}
+//! host → guest  {"execute": "help" | "status" | "shutdown" | "exec", "arguments": {…}?, "id": N?}
 //!                pool verbs, answered by the pool daemon's control socket:
 //!                "volume.create" {name, size} | "volume.snapshot" {origin, name} |
 //!                "volume.remove" {name} | "volume.list" | "pool.status" | "pool.extend" {device}
@@ -18,11 +18,37 @@ pub const MAX_LINE: usize = 64 * 1024;
 /// A parsed request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
+    /// The verbs this agent answers ([`VERBS`]).
+    Help,
     Status,
     Shutdown,
     Exec(ExecArgs),
     /// A pool verb, forwarded to the daemon.
     Pool(thinpool::nbd::control::Request),
+}
+
+/// Every verb with its arguments and what it does, as `help` lists them.
+pub const VERBS: &[(&str, &str, &str)] = &[
+    ("help", "", "lists the agent's verbs"),
+    ("status", "", "uptime, kernel, memory, mounts, pool and XFS usage, READY summary"),
+    ("shutdown", "", "orderly shutdown, then power off"),
+    ("exec", "{argv, timeout_secs?}", "runs a command in the guest (lamina.debug=1 boots only)"),
+    ("volume.create", "{name, size}", "creates a thin volume (bytes)"),
+    ("volume.snapshot", "{origin, name}", "snapshots a volume"),
+    ("volume.remove", "{name}", "removes a volume or snapshot"),
+    ("volume.list", "", "lists the pool's volumes"),
+    ("pool.status", "", "the pool's docker-info fields"),
+    ("pool.extend", "{device}", "adds a disk to the volume group and grows the pool"),
+];
+
+/// The `help` reply: `[{verb, arguments, description}]`.
+pub fn help() -> Value {
+    Value::Array(
+        VERBS
+            .iter()
+            .map(|(v, a, d)| serde_json::json!({"verb": v, "arguments": a, "description": d}))
+            .collect(),
+    )
 }
 
 /// Agent command names of the pool verbs and their control-socket `op`.
@@ -58,6 +84,9 @@ pub struct ExecResult {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Status {
     pub uptime_secs: f64,
+    /// Online CPUs.
+    #[serde(default)]
+    pub cpus: u32,
     pub kernel: String,
     pub memory: Memory,
     pub mounts: Vec<Mount>,
@@ -150,6 +179,7 @@ pub fn parse_request(line: &str) -> Result<(Option<Value>, Command), Reply> {
     })?;
     let id = raw.id.clone();
     let cmd = match raw.execute.as_str() {
+        "help" => Command::Help,
         "status" => Command::Status,
         "shutdown" => Command::Shutdown,
         "exec" => {
@@ -197,6 +227,7 @@ pub fn parse_request(line: &str) -> Result<(Option<Value>, Command), Reply> {
 /// Encodes a request line (host side).
 pub fn request_line(id: u64, cmd: &Command) -> String {
     let (execute, arguments) = match cmd {
+        Command::Help => ("help", None),
         Command::Status => ("status", None),
         Command::Shutdown => ("shutdown", None),
         Command::Exec(a) => ("exec", Some(serde_json::to_value(a).unwrap_or(Value::Null))),
@@ -235,7 +266,7 @@ mod tests {
             Command::Pool(R::Status),
             Command::Pool(R::Extend { device: "/dev/vdb".into() }),
         ];
-        let all = [Command::Status, Command::Shutdown, exec].into_iter().chain(pool);
+        let all = [Command::Help, Command::Status, Command::Shutdown, exec].into_iter().chain(pool);
         for (i, c) in all.enumerate() {
             let line = request_line(i as u64, &c);
             assert!(line.ends_with('\n'));
@@ -263,6 +294,7 @@ mod tests {
     fn rt_status_and_exec_result() {
         let s = Status {
             uptime_secs: 1.5,
+            cpus: 2,
             kernel: "6.1".into(),
             memory: Memory { total_kib: 1, available_kib: 2 },
             mounts: vec![Mount {
@@ -304,6 +336,30 @@ mod tests {
         );
         assert_eq!(parse_request(r#"{"execute":"reboot","id":3}"#).unwrap_err().id, Some(3.into()));
         assert_eq!(code(&"x".repeat(MAX_LINE + 1)), ErrorCode::BadRequest);
+    }
+
+    #[test]
+    fn help_lists_every_verb_parse_request_accepts() {
+        let h = help();
+        let verbs: Vec<&str> =
+            h.as_array().unwrap().iter().map(|v| v["verb"].as_str().unwrap()).collect();
+        assert!(verbs.contains(&"help") && verbs.contains(&"volume.create"), "{verbs:?}");
+        for v in verbs {
+            let args = match v {
+                "exec" => r#","arguments":{"argv":["true"]}"#,
+                "volume.create" => r#","arguments":{"name":"a","size":1}"#,
+                "volume.snapshot" => r#","arguments":{"origin":"a","name":"b"}"#,
+                "volume.remove" => r#","arguments":{"name":"a"}"#,
+                "pool.extend" => r#","arguments":{"device":"/dev/vdb"}"#,
+                _ => "",
+            };
+            let line = format!(r#"{{"execute":"{v}"{args}}}"#);
+            assert!(parse_request(&line).is_ok(), "{line}");
+        }
+        // Every pool verb is listed.
+        for (name, _) in POOL_VERBS {
+            assert!(VERBS.iter().any(|(v, ..)| v == name), "{name} missing from VERBS");
+        }
     }
 
     proptest::proptest! {
