@@ -63,7 +63,7 @@ pub struct RunArgs {
     memory: u32,
     #[arg(long, default_value_t = 1)]
     cpus: u32,
-    /// Host port on 127.0.0.1 forwarded to the guest's NBD port 10809.
+    /// Host port on 127.0.0.1 forwarded to the guest's NBD port 10809 (0: none).
     #[arg(long, default_value_t = 10809)]
     nbd_port: u16,
     #[arg(long, default_value = "microvm")]
@@ -211,7 +211,7 @@ fn run(home: &Path, a: RunArgs) -> Result<()> {
         initrd,
         append,
         disks,
-        nbd_port: Some(a.nbd_port),
+        nbd_port: (a.nbd_port != 0).then_some(a.nbd_port),
         tsc_khz: host_tsc_khz(),
         verbose_kernel: a.verbose_kernel,
     };
