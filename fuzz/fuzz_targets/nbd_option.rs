@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use thinpool::nbd::opt::{
+use thinpool::nbd::proto::opt::{
     decode_option, decode_option_header, decode_option_reply, OPTION_HEADER_LEN,
 };
 
@@ -18,8 +18,8 @@ fuzz_target!(|data: &[u8]| {
     let payload = &data[4..];
     if let Ok(opt) = decode_option(code, payload) {
         // Whatever decodes must re-encode to the same payload (ABORT ignores its payload).
-        let enc = thinpool::nbd::opt::encode_option(&opt);
-        if code != thinpool::nbd::wire::OPT_ABORT {
+        let enc = thinpool::nbd::proto::opt::encode_option(&opt);
+        if code != thinpool::nbd::proto::wire::OPT_ABORT {
             assert_eq!(&enc[OPTION_HEADER_LEN..], payload);
         }
     }

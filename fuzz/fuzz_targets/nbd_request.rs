@@ -2,7 +2,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use thinpool::nbd::msg::{
+use thinpool::nbd::proto::msg::{
     decode_chunk, decode_reply_header, decode_request, encode_request, HeaderMode,
 };
 

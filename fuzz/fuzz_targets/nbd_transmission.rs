@@ -9,7 +9,7 @@ use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 
 use libfuzzer_sys::fuzz_target;
-use thinpool::nbd::mem::MemExport;
+use thinpool::export::mem::MemExport;
 
 fuzz_target!(|data: &[u8]| {
     let (mut ours, theirs) = UnixStream::pair().expect("socketpair");

@@ -10,7 +10,7 @@
 //! initramfs:  init                         static lamina-init (PID 1)
 //!             etc/lamina/config.toml       runtime config (kernel cmdline lamina.KEY=V overrides)
 //!             etc/lamina/modules.order     "name path params" per line, load order
-//!             lib/modules/<release>/*.ko   the selected modules, flattened
+//!             lib/modules/<release>/*.ko   the selected modules, flattened, uncompressed
 //!             sbin/mkfs.xfs + lib/x86_64-linux-gnu/*.so* + lib64/ld-linux-x86-64.so.2
 //!             usr/sbin/xfs_quota           project quotas for `layerstore create --size`
 //!             usr/bin/crun                 the OCI runtime for `layerstore bundle` (its libraries
@@ -164,7 +164,7 @@ pub fn initramfs(
     };
     let config_path = ktree.join(format!("boot/config-{release}"));
     let config = std::fs::read_to_string(&config_path).map_err(io("reading", &config_path))?;
-    check_config(&config).map_err(kerr)?;
+    check_config(&config, pins::REQUIRED_CONFIG).map_err(|e| kerr(e.to_string()))?;
 
     progress("ordering kernel modules");
     let tree = ModuleTree::scan(&mods_root.join(release))?;
@@ -174,9 +174,9 @@ pub fn initramfs(
     let mut order_txt = String::new();
     let mut modules = Vec::new();
     for name in &order {
-        let src = tree.path(name).ok_or_else(|| kerr(format!("module {name} vanished")))?;
+        let ko = tree.read(name)?.ok_or_else(|| kerr(format!("module {name} vanished")))?;
         let dest = format!("lib/modules/{release}/{name}.ko");
-        a.add(file_entry(&dest, 0o644, src)?)?;
+        a.add(Entry { path: dest.clone(), perm: 0o644, kind: Kind::File(ko) })?;
         let params = pins::MODULES.iter().find(|(n, _)| n == name).map(|(_, p)| *p).unwrap_or("");
         order_txt.push_str(format!("{name} /{dest} {params}").trim_end());
         order_txt.push('\n');
@@ -252,23 +252,32 @@ pub fn initramfs(
     Ok((a, KernelInfo { release: release.clone(), bzimage, modules }))
 }
 
-/// Checks the kernel's `config-*` for the options in [`pins::REQUIRED_CONFIG`].
-pub fn check_config(config: &str) -> Result<(), String> {
-    let mut bad = Vec::new();
-    for (opt, allowed) in pins::REQUIRED_CONFIG {
-        let val =
-            config.lines().find_map(|l| l.strip_prefix(opt).and_then(|r| r.strip_prefix('=')));
-        match val {
-            Some(v) if allowed.contains(&v) => {}
-            other => {
-                bad.push(format!("{opt}={} (need {})", other.unwrap_or("unset"), allowed.join("|")))
+/// Kernel options a build needs but the kernel's `config-*` does not have, each as
+/// `CONFIG_X=value (need a|b)`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("kernel config lacks: {}", .0.join(", "))]
+pub struct MissingConfig(pub Vec<String>);
+
+/// Checks a kernel's `config-*` text for options (`(name, allowed values)`): the default
+/// image's [`pins::REQUIRED_CONFIG`], or a variant's own.
+pub fn check_config(config: &str, wanted: &[(&str, &[&str])]) -> Result<(), MissingConfig> {
+    let bad: Vec<String> = wanted
+        .iter()
+        .filter_map(|(opt, allowed)| {
+            let val =
+                config.lines().find_map(|l| l.strip_prefix(opt).and_then(|r| r.strip_prefix('=')));
+            match val {
+                Some(v) if allowed.contains(&v) => None,
+                other => {
+                    Some(format!("{opt}={} (need {})", other.unwrap_or("unset"), allowed.join("|")))
+                }
             }
-        }
-    }
+        })
+        .collect();
     if bad.is_empty() {
         Ok(())
     } else {
-        Err(format!("kernel config lacks: {}", bad.join(", ")))
+        Err(MissingConfig(bad))
     }
 }
 
@@ -338,11 +347,13 @@ mod tests {
     fn config_check_reports_every_missing_option() {
         let ok: String =
             pins::REQUIRED_CONFIG.iter().map(|(o, v)| format!("{o}={}\n", v[0])).collect();
-        assert_eq!(check_config(&ok), Ok(()));
+        assert_eq!(check_config(&ok, pins::REQUIRED_CONFIG), Ok(()));
         let broken = ok
             .replace("CONFIG_PVH=y", "# CONFIG_PVH is not set")
             .replace("CONFIG_XFS_FS=y", "CONFIG_XFS_FS=n");
-        let err = check_config(&broken).unwrap_err();
-        assert!(err.contains("CONFIG_PVH=unset") && err.contains("CONFIG_XFS_FS=n"), "{err}");
+        let MissingConfig(bad) = check_config(&broken, pins::REQUIRED_CONFIG).unwrap_err();
+        assert_eq!(bad.len(), 2, "{bad:?}");
+        assert!(bad[0].starts_with("CONFIG_PVH=unset") || bad[1].starts_with("CONFIG_PVH=unset"));
+        assert!(bad.iter().any(|b| b.starts_with("CONFIG_XFS_FS=n (need")), "{bad:?}");
     }
 }

@@ -99,7 +99,7 @@ fn gone(pin: &DebPin, apt: String) -> FetchError {
     let kernel = pin.package.starts_with("linux-image-");
     let available = if kernel {
         let out = Command::new("apt-cache")
-            .args(["search", "--names-only", r"^linux-image-6\.1\.0-[0-9]+-cloud-amd64$"])
+            .args(["search", "--names-only", r"^linux-image-6\.12\.[0-9]+\+deb12-cloud-amd64$"])
             .output();
         let mut names: Vec<String> = out
             .map(|o| {
@@ -123,8 +123,8 @@ fn gone(pin: &DebPin, apt: String) -> FetchError {
         .unwrap_or_default()
     };
     let repin = if kernel {
-        "apt-get update && apt-cache show linux-image-6.1.0-NN-cloud-amd64 | grep -E '^(Package|Version|SHA256):' \
-         (NN = the highest ABI above), then edit image/src/pins.rs"
+        "apt-get update && apt-cache show linux-image-6.12.NN+deb12-cloud-amd64 | grep -E '^(Package|Version|SHA256):' \
+         (NN = the highest above), then edit image/src/pins.rs"
             .to_owned()
     } else {
         format!("apt-get update && apt-cache show {} | grep -E '^(Version|SHA256):', then edit image/src/pins.rs", pin.package)
@@ -142,10 +142,11 @@ fn gone(pin: &DebPin, apt: String) -> FetchError {
     }
 }
 
-/// The ABI number NN of `linux-image-6.1.0-NN-cloud-amd64` (0 when the name has another shape).
+/// The patch level NN of `linux-image-6.12.NN+deb12-cloud-amd64` (0 when the name has another
+/// shape).
 fn abi_number(name: &str) -> u32 {
-    name.strip_prefix("linux-image-6.1.0-")
-        .and_then(|r| r.split('-').next())
+    name.strip_prefix("linux-image-6.12.")
+        .and_then(|r| r.split('+').next())
         .and_then(|n| n.parse().ok())
         .unwrap_or(0)
 }
@@ -157,16 +158,20 @@ mod tests {
     #[test]
     fn abi_numbers_sort_numerically() {
         let mut v =
-            vec!["linux-image-6.1.0-9-cloud-amd64", "linux-image-6.1.0-56-cloud-amd64", "x"];
+            vec!["linux-image-6.12.118+deb12-cloud-amd64", "linux-image-6.12.9+deb12-cloud-amd64", "x"];
         v.sort_by_key(|n| abi_number(n));
-        assert_eq!(v, ["x", "linux-image-6.1.0-9-cloud-amd64", "linux-image-6.1.0-56-cloud-amd64"]);
+        assert_eq!(
+            v,
+            ["x", "linux-image-6.12.9+deb12-cloud-amd64", "linux-image-6.12.118+deb12-cloud-amd64"]
+        );
     }
 
     #[test]
     fn gone_error_tells_how_to_repin() {
-        let pin = DebPin { package: "linux-image-6.1.0-1-cloud-amd64", version: "0", sha256: "00" };
+        let pin =
+            DebPin { package: "linux-image-6.12.1+deb12-cloud-amd64", version: "0", sha256: "00" };
         let msg = gone(&pin, "E: Version '0' not found".into()).to_string();
-        assert!(msg.contains("apt-cache show linux-image-6.1.0-NN-cloud-amd64"), "{msg}");
+        assert!(msg.contains("apt-cache show linux-image-6.12.NN+deb12-cloud-amd64"), "{msg}");
         assert!(msg.contains("--kernel-deb PATH"), "{msg}");
         assert!(msg.contains("LAMINA_KERNEL_DEB"), "{msg}");
     }

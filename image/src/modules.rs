@@ -1,6 +1,11 @@
 //! Kernel module selection and load order, computed at image-build time from each module's
 //! `.modinfo` section (NUL-separated `key=value` strings: `name=`, `depends=a,b`,
 //! `softdep=pre: x post: y`), so the guest needs neither `modules.dep` nor kmod.
+//!
+//! Debian's 6.12 kernels ship modules as `.ko.xz` (`CONFIG_MODULE_COMPRESS_XZ`). They are
+//! decompressed here, at build time, and stored as plain `.ko` in the initramfs: the guest then
+//! loads them with a plain `finit_module` and spends no boot time in the kernel's xz decoder
+//! (slow under TCG), at the price of a larger (uncompressed) initramfs that QEMU copies once.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -72,12 +77,23 @@ pub fn read_modinfo(path: &Path, bytes: &[u8]) -> Result<ModInfo, ModuleError> {
     let mut info = parse_modinfo(data);
     if info.name.is_empty() {
         // Older modules lack name=; the file name is the name.
-        info.name = canonical(path.file_stem().and_then(|s| s.to_str()).unwrap_or_default());
+        let file = path.file_name().and_then(|s| s.to_str()).unwrap_or_default();
+        info.name = canonical(module_stem(file).map_or(file, |(stem, _)| stem));
     }
     Ok(info)
 }
 
-/// The modules of one kernel tree: `.ko` files by canonical name, plus the built-in list.
+/// Splits a module file name into its stem and whether it is xz-compressed (`None` for any
+/// other file).
+fn module_stem(file: &str) -> Option<(&str, bool)> {
+    if let Some(stem) = file.strip_suffix(".ko.xz") {
+        Some((stem, true))
+    } else {
+        file.strip_suffix(".ko").map(|stem| (stem, false))
+    }
+}
+
+/// The modules of one kernel tree: `.ko`/`.ko.xz` files by canonical name, plus the built-in list.
 pub struct ModuleTree {
     pub dir: PathBuf,
     files: BTreeMap<String, PathBuf>,
@@ -85,7 +101,7 @@ pub struct ModuleTree {
 }
 
 impl ModuleTree {
-    /// Scans `lib/modules/<release>` (the `.ko` files and `modules.builtin`).
+    /// Scans `lib/modules/<release>` (the `.ko`/`.ko.xz` files and `modules.builtin`).
     pub fn scan(dir: &Path) -> Result<Self, ModuleError> {
         let io = |source| ModuleError::Io { dir: dir.to_owned(), source };
         let mut files = BTreeMap::new();
@@ -95,10 +111,10 @@ impl ModuleTree {
                 let p = e.map_err(io)?.path();
                 if p.is_dir() {
                     stack.push(p);
-                } else if p.extension().is_some_and(|x| x == "ko") {
-                    let name =
-                        canonical(p.file_stem().and_then(|s| s.to_str()).unwrap_or_default());
-                    files.insert(name, p);
+                } else if let Some((stem, _)) =
+                    p.file_name().and_then(|f| f.to_str()).and_then(module_stem)
+                {
+                    files.insert(canonical(stem), p);
                 }
             }
         }
@@ -106,7 +122,7 @@ impl ModuleTree {
             .map_err(io)?
             .lines()
             .filter_map(|l| l.rsplit('/').next())
-            .map(|f| canonical(f.trim_end_matches(".ko")))
+            .map(|f| canonical(module_stem(f).map_or(f, |(stem, _)| stem)))
             .collect();
         Ok(Self { dir: dir.to_owned(), files, builtin })
     }
@@ -119,10 +135,24 @@ impl ModuleTree {
         self.files.get(&canonical(name)).map(PathBuf::as_path)
     }
 
-    fn info(&self, name: &str) -> Result<Option<ModInfo>, ModuleError> {
+    /// The uncompressed ELF object of module `name` (`None` when the tree has no such file).
+    pub fn read(&self, name: &str) -> Result<Option<Vec<u8>>, ModuleError> {
         let Some(p) = self.path(name) else { return Ok(None) };
-        let bytes =
+        let raw =
             std::fs::read(p).map_err(|source| ModuleError::Io { dir: p.to_owned(), source })?;
+        let file = p.file_name().and_then(|f| f.to_str()).unwrap_or_default();
+        if !module_stem(file).is_some_and(|(_, xz)| xz) {
+            return Ok(Some(raw));
+        }
+        let mut out = Vec::with_capacity(raw.len() * 4);
+        std::io::Read::read_to_end(&mut xz2::read::XzDecoder::new(raw.as_slice()), &mut out)
+            .map_err(|e| ModuleError::Bad { path: p.to_owned(), what: format!("xz: {e}") })?;
+        Ok(Some(out))
+    }
+
+    fn info(&self, name: &str) -> Result<Option<ModInfo>, ModuleError> {
+        let Some(bytes) = self.read(name)? else { return Ok(None) };
+        let p = self.path(name).unwrap_or(&self.dir);
         read_modinfo(p, &bytes).map(Some)
     }
 
@@ -284,6 +314,26 @@ mod tests {
         );
         assert_eq!(order(&["c"], &infos, |_| false, |_| false).unwrap(), ["c"]);
         assert_eq!(order(&["a"], &infos, |n| n == "a", |_| false).unwrap(), Vec::<String>::new());
+    }
+
+    #[test]
+    fn xz_modules_are_found_and_decompressed() {
+        use std::io::Write;
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("kernel/drivers/block");
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut xz = xz2::write::XzEncoder::new(Vec::new(), 1);
+        xz.write_all(b"\x7fELF pretend object").unwrap();
+        std::fs::write(dir.join("ublk_drv.ko.xz"), xz.finish().unwrap()).unwrap();
+        std::fs::write(dir.join("plain.ko"), b"plain").unwrap();
+        std::fs::write(d.path().join("modules.builtin"), "kernel/fs/ext4/ext4.ko\n").unwrap();
+        let tree = ModuleTree::scan(d.path()).unwrap();
+        assert_eq!(tree.read("ublk-drv").unwrap().unwrap(), b"\x7fELF pretend object");
+        assert_eq!(tree.read("plain").unwrap().unwrap(), b"plain");
+        assert_eq!(tree.read("absent").unwrap(), None);
+        assert!(tree.is_builtin("ext4"));
+        assert_eq!(module_stem("a.ko.xz"), Some(("a", true)));
+        assert_eq!(module_stem("a.ko.zst"), None);
     }
 
     #[test]

@@ -5,8 +5,8 @@
 //!
 //! ```text
 //! apt-get update
-//! apt-cache search --names-only '^linux-image-6\.1\.0-[0-9]+-cloud-amd64$' | sort -V | tail -1
-//! apt-cache show linux-image-6.1.0-NN-cloud-amd64 | grep -E '^(Package|Version|SHA256):'
+//! apt-cache search --names-only '^linux-image-6\.12\.[0-9]+\+deb12-cloud-amd64$' | sort -V | tail -1
+//! apt-cache show linux-image-6.12.NN+deb12-cloud-amd64 | grep -E '^(Package|Version|SHA256):'
 //! ```
 //! then edit the constants below and regenerate the listing snapshot
 //! (`LAMINA_UPDATE_LISTING=1 cargo test -p image --test listing`).
@@ -20,11 +20,13 @@ pub struct DebPin {
     pub sha256: &'static str,
 }
 
-/// The Debian 12 cloud kernel (pinned 2026-11-22, newest ABI in bookworm-security then).
+/// Debian 12's 6.12 cloud kernel from bookworm-security (pinned 2026-12-04, the newest then):
+/// the first Debian 12 kernel with ublk (`CONFIG_BLK_DEV_UBLK=m`). Its modules are `.ko.xz`
+/// and its bzImage payload is Zstandard; [`crate::modules`] and [`crate::vmlinux`] unpack both.
 pub const KERNEL: DebPin = DebPin {
-    package: "linux-image-6.1.0-56-cloud-amd64",
-    version: "6.1.192-2",
-    sha256: "e7d02b943971edcb8790e256c02cfab3bca6c3d37c1bf25392a57c71300615ee",
+    package: "linux-image-6.12.118+deb12-cloud-amd64",
+    version: "6.12.118-1~deb12u1",
+    sha256: "0ba1bf9b2f7b1b8eefc59e8e25c0f3c788cbdfd67061c088b332d443354e9800",
 };
 
 /// `mkfs.xfs`, `xfs_quota`, `crun` and the libraries they need (resolved from DT_NEEDED at build time; a library that
@@ -155,6 +157,8 @@ pub const MODULES: &[(&str, &str)] = &[
     ("pvpanic_mmio", ""),
     // Two devices: one for the pool volume, one spare for re-attach/tests (default is 16).
     ("nbd", "nbds_max=2"),
+    // The appliance's own store attaches through ublk (`/dev/ublkbN`) unless `lamina.attach=nbd`.
+    ("ublk_drv", ""),
     ("xfs", ""),
     ("overlay", ""),
 ];
@@ -170,6 +174,8 @@ pub const REQUIRED_CONFIG: &[(&str, &[&str])] = &[
     ("CONFIG_CRYPTO_CRC32C", &["y", "m"]),
     ("CONFIG_XFS_QUOTA", &["y"]),
     ("CONFIG_BLK_DEV_NBD", &["y", "m"]),
+    ("CONFIG_BLK_DEV_UBLK", &["y", "m"]),
+    ("CONFIG_IO_URING", &["y"]),
     ("CONFIG_XFS_FS", &["y", "m"]),
     ("CONFIG_OVERLAY_FS", &["y", "m"]),
     ("CONFIG_VIRTIO_CONSOLE", &["y", "m"]),

@@ -101,7 +101,7 @@ pub fn build_variant(
         path: config_path.clone(),
         source,
     })?;
-    check_options(&config, variant.config).map_err(kerr)?;
+    crate::build::check_config(&config, variant.config).map_err(|e| kerr(e.to_string()))?;
 
     progress(&format!("variant {}: ordering kernel modules", variant.name));
     let tree = ModuleTree::scan(&ktree.join("lib/modules").join(&kernel.release))?;
@@ -122,9 +122,9 @@ pub fn build_variant(
         if kernel.modules.iter().any(|(n, _)| *n == name) {
             continue;
         }
-        let src = tree.path(&name).ok_or_else(|| kerr(format!("module {name} vanished")))?;
+        let ko = tree.read(&name)?.ok_or_else(|| kerr(format!("module {name} vanished")))?;
         let dest = format!("lib/modules/{}/{name}.ko", kernel.release);
-        a.add(file_entry(&dest, 0o644, src)?)?;
+        a.add(Entry { path: dest.clone(), perm: 0o644, kind: Kind::File(ko) })?;
         let params =
             variant.modules.iter().find(|(n, _)| *n == name).map(|(_, p)| *p).unwrap_or("");
         order_txt.push_str(format!("{name} /{dest} {params}").trim_end());
@@ -188,23 +188,6 @@ pub fn build_variant(
     Ok(art)
 }
 
-fn check_options(config: &str, wanted: &[(&str, &[&str])]) -> Result<(), String> {
-    let bad: Vec<String> = wanted
-        .iter()
-        .filter(|(opt, allowed)| {
-            let val =
-                config.lines().find_map(|l| l.strip_prefix(opt).and_then(|r| r.strip_prefix('=')));
-            !val.is_some_and(|v| allowed.contains(&v))
-        })
-        .map(|(opt, allowed)| format!("{opt} (need {})", allowed.join("|")))
-        .collect();
-    if bad.is_empty() {
-        Ok(())
-    } else {
-        Err(format!("kernel config lacks: {}", bad.join(", ")))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -230,10 +213,14 @@ mod tests {
     #[test]
     fn option_check_names_what_is_missing() {
         let cfg = "CONFIG_BLK_DEV_DM=m\n# CONFIG_DM_THIN_PROVISIONING is not set\n";
-        let err = check_options(cfg, DM.config).unwrap_err();
-        assert!(err.contains("CONFIG_DM_THIN_PROVISIONING") && !err.contains("BLK_DEV_DM "));
+        let crate::build::MissingConfig(bad) =
+            crate::build::check_config(cfg, DM.config).unwrap_err();
+        assert_eq!(bad, ["CONFIG_DM_THIN_PROVISIONING=unset (need y|m)"]);
         assert_eq!(
-            check_options("CONFIG_BLK_DEV_DM=y\nCONFIG_DM_THIN_PROVISIONING=m\n", DM.config),
+            crate::build::check_config(
+                "CONFIG_BLK_DEV_DM=y\nCONFIG_DM_THIN_PROVISIONING=m\n",
+                DM.config
+            ),
             Ok(())
         );
     }

@@ -33,7 +33,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use thinpool::nbd::control::{self, Request};
+use thinpool::daemon::control::{self, Request};
 
 use crate::config::Config;
 use crate::nbd::NbdClient;
@@ -122,19 +122,6 @@ pub fn data_disks(sys_block: &Path) -> Vec<PathBuf> {
     names.retain(|n| n.starts_with("vd") && n[2..].chars().all(|c| c.is_ascii_lowercase()));
     names.sort_by(|a, b| (a.len(), a).cmp(&(b.len(), b)));
     names.into_iter().map(|n| PathBuf::from("/dev").join(n)).collect()
-}
-
-/// Parses "10G", "512M", "4096" (binary units).
-pub fn parse_size(s: &str) -> Option<u64> {
-    let s = s.trim();
-    let (num, mult) = match s.char_indices().last()? {
-        (i, 'K' | 'k') => (&s[..i], 1u64 << 10),
-        (i, 'M' | 'm') => (&s[..i], 1 << 20),
-        (i, 'G' | 'g') => (&s[..i], 1 << 30),
-        (i, 'T' | 't') => (&s[..i], 1 << 40),
-        _ => (s, 1),
-    };
-    num.parse::<u64>().ok()?.checked_mul(mult)
 }
 
 /// Runs a helper to completion, reaping meanwhile (before READY the main loop does not run;
@@ -240,14 +227,14 @@ fn spawn_daemon(reaper: &Reaper, d: &Daemon) -> Result<(Spawned, Vec<OwnedFd>), 
     Ok((spawned, kernel))
 }
 
-/// One control-socket request; the daemon's error text on failure.
-pub fn control_request(req: &Request) -> Result<Value, String> {
-    let r = control::request(Path::new(STATE_DIR), req).map_err(|e| e.to_string())?;
-    if r.ok {
-        Ok(r.data)
-    } else {
-        Err(r.error.unwrap_or_else(|| "failed".into()))
-    }
+/// The running daemon's control socket.
+pub fn control_client() -> control::Client {
+    control::Client::new(STATE_DIR)
+}
+
+/// One control-socket request, its reply as JSON (the agent passes it on to the host).
+pub fn control_request(req: &Request) -> Result<Value, control::ControlError> {
+    control_client().call_json(req)
 }
 
 /// Starts the daemon again and hands the kernel its new sockets.
@@ -335,8 +322,8 @@ fn xfs_usage() -> Option<Value> {
 /// The agent's `status.pool`, asked live from the daemon and the filesystem.
 pub fn live_status() -> Value {
     json!({
-        "pool": control_request(&Request::Status).unwrap_or_else(|e| json!({"error": e})),
-        "volumes": control_request(&Request::List).unwrap_or_else(|e| json!({"error": e})),
+        "pool": control_request(&Request::Status).unwrap_or_else(|e| json!({"error": e.to_string()})),
+        "volumes": control_request(&Request::List).unwrap_or_else(|e| json!({"error": e.to_string()})),
         "xfs": xfs_usage(),
         "nbd_device": format!("/dev/nbd{NBD_INDEX}"),
     })
@@ -418,8 +405,8 @@ impl Pool {
                     step(&format!("daemon did not start ({first}); trying again"));
                 } else {
                     let basesize = opts.dm_value("dm.basesize").unwrap_or(&cfg.pool.basesize);
-                    let size = parse_size(basesize)
-                        .ok_or_else(|| fail(format!("pool.basesize {basesize:?} is not a size")))?;
+                    let size = units::parse_size(basesize)
+                        .map_err(|e| fail(format!("pool.basesize {basesize:?}: {e}")))?;
                     let size = size.to_string();
                     run(
                         reaper,
@@ -433,12 +420,12 @@ impl Pool {
         };
         step(&format!("daemon started (pid {}, NBD on port {})", spawned.pid, cfg.pool.nbd_port));
         pool.daemon = Some(d.clone());
-        let list = control_request(&Request::List).map_err(|e| fail(format!("list: {e}")))?;
+        let list = control_client().list().map_err(|e| fail(format!("list: {e}")))?;
         pool.size = list
-            .as_array()
-            .and_then(|a| a.iter().find(|v| v["name"] == STORE))
-            .and_then(|v| v["size"].as_u64())
-            .ok_or_else(|| fail(format!("volume {STORE} missing from {list}")))?;
+            .iter()
+            .find(|v| v.name == STORE)
+            .map(|v| v.size)
+            .ok_or_else(|| fail(format!("volume {STORE} missing from the daemon's list")))?;
         let flags = thinpool::nbd::transmission_flags(false, false);
         let connect = Connect {
             index: Some(NBD_INDEX),
@@ -634,15 +621,6 @@ fn mounted_at(dir: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sizes_parse() {
-        assert_eq!(parse_size("10G"), Some(10 << 30));
-        assert_eq!(parse_size("512M"), Some(512 << 20));
-        assert_eq!(parse_size("4096"), Some(4096));
-        assert_eq!(parse_size("x"), None);
-        assert_eq!(parse_size(""), None);
-    }
 
     #[test]
     fn disks_in_name_order() {

@@ -104,29 +104,14 @@ enum VolumeCmd {
     Restore { name: String, input: PathBuf },
 }
 
-/// `10G`, `512M`, `4096`, binary units like Docker's `size=`.
+/// A `--size`: the one size grammar of every lamina binary (Docker's `RAMInBytes`); zero is
+/// no limit and so refused here.
 fn parse_size(s: &str) -> Result<u64> {
-    let s = s.trim();
-    let (num, mult) = match s.char_indices().find(|(_, c)| !c.is_ascii_digit() && *c != '.') {
-        Some((i, _)) => {
-            let unit = s[i..].trim().to_ascii_lowercase();
-            let m: u64 = match unit.trim_end_matches('b').trim_end_matches('i') {
-                "" => 1,
-                "k" => 1 << 10,
-                "m" => 1 << 20,
-                "g" => 1 << 30,
-                "t" => 1 << 40,
-                _ => bail!("bad size unit in {s:?}"),
-            };
-            (&s[..i], m)
-        }
-        None => (s, 1),
-    };
-    let v: f64 = num.parse().with_context(|| format!("bad size {s:?}"))?;
-    if v.is_nan() || v <= 0.0 {
+    let n = units::parse_size(s)?;
+    if n == 0 {
         bail!("size must be positive: {s:?}");
     }
-    Ok((v * mult as f64) as u64)
+    Ok(n)
 }
 
 fn human(b: u64) -> String {
@@ -305,7 +290,7 @@ mod tests {
         assert_eq!(parse_size("512m").unwrap(), 512 << 20);
         assert_eq!(parse_size("4096").unwrap(), 4096);
         assert_eq!(parse_size("1.5GiB").unwrap(), 3 << 29);
-        assert!(parse_size("0").is_err());
-        assert!(parse_size("1Q").is_err());
+        assert!(parse_size("0").unwrap_err().to_string().contains("must be positive"));
+        assert!(parse_size("1Q").unwrap_err().to_string().contains("unknown unit"));
     }
 }

@@ -12,13 +12,13 @@ pub enum Machine {
 }
 
 impl std::str::FromStr for Machine {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = ArgError;
+    fn from_str(s: &str) -> Result<Self, ArgError> {
         match s {
             "microvm" => Ok(Machine::Microvm),
             "q35" => Ok(Machine::Q35),
             "pc" => Ok(Machine::Pc),
-            _ => Err(format!("unknown machine {s:?} (microvm, q35, pc)")),
+            _ => Err(ArgError::Machine(s.to_owned())),
         }
     }
 }
@@ -68,38 +68,32 @@ impl Disk {
 }
 
 /// Parses `PATH[,size=8G][,readonly=on|off]`.
-pub fn parse_disk(spec: &str, default_size: u64) -> Result<Disk, String> {
+pub fn parse_disk(spec: &str, default_size: u64) -> Result<Disk, ArgError> {
     let mut parts = spec.split(',');
-    let path = parts.next().filter(|p| !p.is_empty()).ok_or("empty disk path")?;
+    let path = parts.next().filter(|p| !p.is_empty()).ok_or(ArgError::EmptyPath)?;
     let mut disk = Disk::new(path, default_size);
     for p in parts {
         match p.split_once('=') {
-            Some(("size", v)) => disk.size = parse_size(v)?,
+            Some(("size", v)) => disk.size = units::parse_size(v)?,
             Some(("readonly", "on")) => disk.read_only = true,
             Some(("readonly", "off")) => disk.read_only = false,
-            _ => {
-                return Err(format!(
-                    "unknown disk option {p:?} (want size=N[KMGT] or readonly=on|off)"
-                ))
-            }
+            _ => return Err(ArgError::DiskOption(p.to_owned())),
         }
     }
     Ok(disk)
 }
 
-/// `8G`, `512M`, `4096` (bytes).
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    let (num, mult) = match s.chars().last() {
-        Some('K' | 'k') => (&s[..s.len() - 1], 1u64 << 10),
-        Some('M' | 'm') => (&s[..s.len() - 1], 1 << 20),
-        Some('G' | 'g') => (&s[..s.len() - 1], 1 << 30),
-        Some('T' | 't') => (&s[..s.len() - 1], 1 << 40),
-        _ => (s, 1),
-    };
-    num.parse::<u64>()
-        .ok()
-        .and_then(|n| n.checked_mul(mult))
-        .ok_or_else(|| format!("bad size {s:?}"))
+/// Why a command-line value was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ArgError {
+    #[error("empty disk path")]
+    EmptyPath,
+    #[error("disk size: {0}")]
+    Size(#[from] units::SizeError),
+    #[error("unknown disk option {0:?} (want size=N[KMGT] or readonly=on|off)")]
+    DiskOption(String),
+    #[error("unknown machine {0:?} (want microvm, q35 or pc)")]
+    Machine(String),
 }
 
 /// Everything that shapes one VM.
@@ -349,16 +343,18 @@ mod tests {
             Disk { path: "a.tar".into(), size: 5, read_only: true, serial: None }
         );
         assert!(!parse_disk("a.raw,readonly=on,readonly=off", 5).unwrap().read_only);
-        assert!(parse_disk("a.raw,readonly=yes", 5).is_err());
+        assert_eq!(
+            parse_disk("a.raw,readonly=yes", 5),
+            Err(ArgError::DiskOption("readonly=yes".into()))
+        );
         assert_eq!(parse_disk("a.raw,size=8G", 5).unwrap().size, 8 << 30);
-        assert_eq!(parse_size("512M").unwrap(), 512 << 20);
-        assert_eq!(parse_size("4096").unwrap(), 4096);
-        assert!(parse_disk(",size=1G", 1).is_err());
-        assert!(parse_disk("a,bogus=1", 1).is_err());
-        assert!(parse_size("xG").is_err());
-        assert!(parse_size("99999999999T").is_err());
+        assert_eq!(parse_disk("a.raw,size=10GiB", 5).unwrap().size, 10 << 30);
+        assert_eq!(parse_disk(",size=1G", 1), Err(ArgError::EmptyPath));
+        assert_eq!(parse_disk("a,bogus=1", 1), Err(ArgError::DiskOption("bogus=1".into())));
+        assert!(matches!(parse_disk("a,size=xG", 1), Err(ArgError::Size(_))));
+        assert!(matches!(parse_disk("a,size=99999999999T", 1), Err(ArgError::Size(_))));
         assert_eq!("q35".parse::<Machine>(), Ok(Machine::Q35));
-        assert!("arm".parse::<Machine>().is_err());
+        assert_eq!("arm".parse::<Machine>(), Err(ArgError::Machine("arm".into())));
     }
 }
 

@@ -15,7 +15,7 @@ fn vm_daemon_sigkill_under_writes_is_survived() -> Result<()> {
     let disk = dir.path().join("data.raw");
     let mut opts = Opts { disks: vec![disk.clone()], ..Opts::debug() };
     // Every acknowledged request on the console, for the post-mortem when data goes missing.
-    opts.append.push("lamina.pool.log=info,thinpool::nbd::pool=debug".into());
+    opts.append.push("lamina.pool.log=info,thinpool::export::pool=debug".into());
     let mut vm = TestVm::boot("vm_daemon_sigkill_under_writes_is_survived", opts)?;
     vm.wait_ready()?;
     // Requests in flight at the kill are resent within this period of the block layer's timer,

@@ -8,14 +8,17 @@
 //! pool    thin volumes: create, snapshot, delete, map, CoW, discard, commit, names
 //! vg      volume group under the pool: devices, extents, tmeta/tdata regions, autoextend
 //! service what a daemon runs: handles, deferred deletion, waiting writes, autoextend thread
-//! nbd     NBD protocol codec and server over an Export/Catalog seam
+//! export  the frontend seam: Export (one volume), Catalog (the set); memory, file and pool backends
+//! nbd     the NBD frontend: pure protocol codecs, then the server (handshake, transmission)
+//! daemon  `thinpool serve`: pool lock, listeners, kernel handoff, signals, the control socket
 //! ```
 //!
-//! Beside the layers: `check` (an independent metadata checker reading the device bytes),
-//! `xml` (thin_dump / thin_restore XML) and `cli` (the `thinpool` command line).
+//! Beside the layers: `check` (an independent metadata checker reading the device bytes) and
+//! `xml` (thin_dump / thin_restore XML). The `thinpool` command line lives in the binary.
 
 pub mod check;
-pub mod cli;
+pub mod daemon;
+pub mod export;
 pub mod io;
 pub mod nbd;
 pub mod pdata;

@@ -3,7 +3,9 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use thinpool::cli::{error_line, run, Cli};
+use cli::{error_line, run, Cli};
+
+mod cli;
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()

@@ -61,30 +61,4 @@ impl Sectors {
 /// Largest thin id the kernel's message interface accepts.
 pub const MAX_THIN_ID: u64 = (1 << 24) - 1;
 
-/// Docker's `units.HumanSize`: decimal units, four significant digits (`65.54kB`, `10.74GB`),
-/// as `docker info` prints sizes.
-pub fn human_size(bytes: u64) -> String {
-    const UNITS: [&str; 9] = ["B", "kB", "MB", "GB", "TB", "PB", "EB", "ZB", "YB"];
-    let mut v = bytes as f64;
-    let mut i = 0;
-    while v >= 1000.0 && i < UNITS.len() - 1 {
-        v /= 1000.0;
-        i += 1;
-    }
-    format!("{}{}", g4(v), UNITS[i])
-}
-
-/// C's `%.4g` for 0 <= v < 10000: four significant digits, trailing zeros dropped.
-fn g4(v: f64) -> String {
-    if v == 0.0 {
-        return "0".into();
-    }
-    let digits = v.abs().log10().floor() as i32 + 1;
-    let decimals = (4 - digits).max(0) as usize;
-    let s = format!("{v:.decimals$}");
-    if s.contains('.') {
-        s.trim_end_matches('0').trim_end_matches('.').to_owned()
-    } else {
-        s
-    }
-}
+pub use units::{human_size, parse_size, Bytes, SizeError};

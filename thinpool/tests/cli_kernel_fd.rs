@@ -111,7 +111,7 @@ fn acknowledged_changes_survive_a_sigkilled_daemon() {
     // Round 1: first writes into unmapped blocks (each allocates), acknowledged, then SIGKILL.
     let mut dm = Daemon::start(&dir, "store");
     // The daemon's status counts its kernel connection.
-    let st = thinpool::nbd::control::request(&dir, &thinpool::nbd::control::Request::Status)
+    let st = thinpool::daemon::control::request(&dir, &thinpool::daemon::control::Request::Status)
         .expect("status through the control socket");
     assert!(st.ok, "{:?}", st.error);
     assert_eq!(st.data["nbd_connections"], 1, "{}", st.data);

@@ -84,7 +84,7 @@ fn dump_matches_thin_dump() {
 fn bad_arguments_fail_clearly() {
     assert_clear_failure(
         &thinpool(&["init", "/tmp/x", "--data-size", "10Q"]),
-        "unknown suffix \"Q\"",
+        "unknown unit \"Q\"",
     );
     assert_clear_failure(&thinpool(&["check", "/nonexistent/pool"]), "/nonexistent/pool");
     assert_clear_failure(&thinpool(&["list", "/nonexistent/pool"]), "/nonexistent/pool");

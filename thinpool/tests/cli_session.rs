@@ -194,7 +194,7 @@ fn bad_input_fails_with_one_clear_line() {
     let tmp = tempfile::tempdir().unwrap();
     let pool_dir = tmp.path().join("pool");
     let pool = pool_dir.to_str().unwrap();
-    fails(&["init", pool, "--data-size", "64Z"], "unknown suffix");
+    fails(&["init", pool, "--data-size", "64Z"], "unknown unit");
     fails(&["list", pool], "does not exist");
     fails(&["create", pool, "v", "--size", "1M"], "does not exist");
     fails(&["init", pool, "--data-size", "64M", "--block-size", "100K"], "multiple of 64K");

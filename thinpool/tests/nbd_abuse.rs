@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use client::Client;
 use common::*;
-use thinpool::nbd::mem::{MemCatalog, MemExport};
+use thinpool::export::mem::{MemCatalog, MemExport};
 use thinpool::nbd::ServerOptions;
 
 #[test]

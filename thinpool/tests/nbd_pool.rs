@@ -14,8 +14,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use thinpool::nbd::control::{self, Request};
-use thinpool::nbd::daemon::{self, DaemonError, PoolLock, ServeConfig};
+use thinpool::daemon::control::{self, Request};
+use thinpool::daemon::{self, DaemonError, PoolLock, ServeConfig};
 use thinpool::pool::FilePool;
 use thinpool::units::Sectors;
 
@@ -160,7 +160,7 @@ fn pool_exports_work_with_real_clients() {
     // WRITE_ZEROES without NO_HOLE unmaps; with NO_HOLE mapped blocks stay mapped. (Raw
     // client: qemu skips zeroing ranges that block status already reports as zero.)
     {
-        use thinpool::nbd::wire::{CMD_FLAG_NO_HOLE, CMD_WRITE_ZEROES};
+        use thinpool::nbd::proto::wire::{CMD_FLAG_NO_HOLE, CMD_WRITE_ZEROES};
         let mut c = client::Client::connect_unix(&srv.sock, "half", true, false);
         assert_eq!(c.cmd(CMD_WRITE_ZEROES, CMD_FLAG_NO_HOLE, 32 * MIB, 4096).error, 0);
         assert_eq!(c.cmd(CMD_WRITE_ZEROES, 0, 0, 4 * MIB).error, 0);
@@ -222,7 +222,7 @@ fn pool_exports_work_with_real_clients() {
 
     // A spliced payload whose request fails is dropped, and the connection goes on.
     {
-        use thinpool::nbd::wire::ENOSPC;
+        use thinpool::nbd::proto::wire::ENOSPC;
         let mut c = client::Client::connect_unix(&srv.sock, "half", true, false);
         let (a, b) = (random_bytes(1 << 20, 5), random_bytes(1 << 20, 6));
         assert_eq!(c.write(40 * MIB, &a, 0), 0, "allocating write");
@@ -298,39 +298,28 @@ fn pool_exports_work_with_real_clients() {
     assert!(PoolLock::holder(d).is_none(), "lock released after shutdown");
 }
 
-fn example_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap().parent().unwrap();
-    let bin = dir.join("examples").join("nbd_serve");
-    if !bin.exists() {
-        // `cargo test --test nbd_pool` does not build examples; build it now.
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let st = Command::new(cargo)
-            .args(["build", "-p", "thinpool", "--example", "nbd_serve", "--profile", "test"])
-            .status()
-            .expect("running cargo to build the nbd_serve example");
-        assert!(st.success(), "building the nbd_serve example failed");
-    }
-    assert!(bin.exists(), "{} missing", bin.display());
-    bin
+/// The `thinpool` binary; `serve` is the daemon under test.
+fn thinpool_binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_thinpool"))
 }
 
 fn spawn_daemon(bin: &Path, dir: &Path, sock: &Path) -> Child {
     let child = Command::new(bin)
+        .arg("serve")
         .arg(dir)
         .args(["--listen", "none", "--socket"])
         .arg(sock)
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
-        .expect("spawn nbd_serve");
+        .expect("spawn thinpool serve");
     wait_socket(sock);
     child
 }
 
 #[test]
 fn flushed_data_survives_sigkill_and_metadata_stays_clean() {
-    let bin = example_binary();
+    let bin = thinpool_binary();
     let dir = scratch();
     let d = dir.path();
     make_pool(d, 128 * MIB, &[("v", 32 * MIB)]);

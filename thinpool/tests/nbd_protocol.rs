@@ -13,11 +13,11 @@ use std::time::{Duration, Instant};
 
 use client::*;
 use common::*;
-use thinpool::nbd::allow::AllowList;
-use thinpool::nbd::mem::{MemCatalog, MemExport};
-use thinpool::nbd::msg::*;
-use thinpool::nbd::opt::*;
-use thinpool::nbd::wire::*;
+use thinpool::export::mem::{MemCatalog, MemExport};
+use thinpool::nbd::proto::msg::*;
+use thinpool::nbd::proto::opt::*;
+use thinpool::nbd::proto::wire::*;
+use thinpool::nbd::server::allow::AllowList;
 use thinpool::nbd::{Export, ExportResult, Extent, ServerOptions};
 
 const MIB: u64 = 1 << 20;

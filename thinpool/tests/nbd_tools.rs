@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use thinpool::nbd::mem::{MemCatalog, MemExport};
+use thinpool::export::mem::{MemCatalog, MemExport};
 use thinpool::nbd::Export;
 
 const T: Duration = Duration::from_secs(60);
@@ -79,7 +79,7 @@ fn nbdinfo_map_shows_holes_where_nothing_was_written() {
 
 #[test]
 fn nbdcopy_round_trip_256mib_over_4_connections() {
-    use thinpool::nbd::file::FileExport;
+    use thinpool::export::file::FileExport;
     let dir = scratch();
     let size = 256usize << 20;
     let mut src = random_bytes(size, 0x5eed);

@@ -12,9 +12,9 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use thinpool::daemon::control::{self, Request};
+use thinpool::daemon::{self, ServeConfig};
 use thinpool::io::{BlockDevice, FileDevice};
-use thinpool::nbd::control::{self, Request};
-use thinpool::nbd::daemon::{self, ServeConfig};
 use thinpool::vg::autoextend::ExtendAction;
 use thinpool::vg::{PoolConfig, VgPool, VolumeGroup};
 

@@ -4,6 +4,7 @@
 mod bench;
 mod image;
 mod image_variant;
+mod lint;
 mod setup;
 
 use std::path::PathBuf;
@@ -21,7 +22,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
-    /// Installs what the tests need, then runs every test: host tier, then VM tier.
+    /// What CI runs: fmt --check, clippy -D warnings, the code-shape check, then every
+    /// test (host tier, then VM tier), installing what the tests need first.
     Test {
         /// Skip the VM tier (host tests only).
         #[arg(long)]
@@ -30,8 +32,10 @@ enum Task {
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
     },
-    /// What CI runs: fmt --check, clippy -D warnings, then `test`.
+    /// The same as `test` (kept for muscle memory).
     Ci,
+    /// Only the static checks: fmt --check, clippy -D warnings, the code-shape check.
+    Lint,
     /// Runs benchmarks against the peers and writes JSON, a Markdown table and SVG plots
     /// under target/bench/.
     Bench {
@@ -64,7 +68,8 @@ enum Task {
 fn main() -> Result<()> {
     match Cli::parse().task {
         Task::Test { host_only, args } => task_test(host_only, &args),
-        Task::Ci => task_ci(),
+        Task::Ci => task_test(false, &[]),
+        Task::Lint => task_lint(),
         Task::Setup => setup::install_missing(),
         Task::Image { kernel_deb, variant: None } => {
             image::task_image(&workspace_root(), kernel_deb).map(drop)
@@ -84,6 +89,7 @@ fn main() -> Result<()> {
 }
 
 fn task_test(host_only: bool, args: &[String]) -> Result<()> {
+    task_lint()?;
     setup::install_missing()?;
     eprintln!("== host tier");
     cargo(&["test", "--workspace", "--all-targets", "--exclude", "tests"], args)?;
@@ -99,10 +105,11 @@ fn task_test(host_only: bool, args: &[String]) -> Result<()> {
     cargo(&["test", "-p", "tests", "--test", "vm_*"], args)
 }
 
-fn task_ci() -> Result<()> {
+fn task_lint() -> Result<()> {
+    eprintln!("== static checks");
     cargo(&["fmt", "--all", "--check"], &[])?;
     cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"], &[])?;
-    task_test(false, &[])
+    lint::check(&workspace_root())
 }
 
 fn task_run(args: &[String]) -> Result<()> {

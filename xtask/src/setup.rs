@@ -76,6 +76,8 @@ pub fn install_missing() -> Result<()> {
 fn apt_install() -> Command {
     let mut c = Command::new("apt-get");
     c.env("DEBIAN_FRONTEND", "noninteractive").args(["install", "-y", "-q"]);
+    // Another apt run (a second checkout's setup) holds the dpkg lock for a while: wait for it.
+    c.args(["-o", "DPkg::Lock::Timeout=600"]);
     c
 }
 

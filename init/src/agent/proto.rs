@@ -24,7 +24,7 @@ pub enum Command {
     Shutdown,
     Exec(ExecArgs),
     /// A pool verb, forwarded to the daemon.
-    Pool(thinpool::nbd::control::Request),
+    Pool(thinpool::daemon::control::Request),
 }
 
 /// Every verb with its arguments and what it does, as `help` lists them.
@@ -257,7 +257,7 @@ mod tests {
             argv: vec!["cat".into(), "/proc/modules".into()],
             timeout_secs: Some(5),
         });
-        use thinpool::nbd::control::Request as R;
+        use thinpool::daemon::control::Request as R;
         let pool = [
             Command::Pool(R::Create { name: "v".into(), size: 1 << 30 }),
             Command::Pool(R::Snapshot { origin: "v".into(), name: "s".into() }),

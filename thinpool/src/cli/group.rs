@@ -19,8 +19,8 @@ use super::output::to_json;
 use super::pool::{open_pool, source, Access};
 use super::size::{binary_size, parse_size};
 use super::{DmsetupTableArgs, EventsArgs, ExtendArgs, InitArgs, ResizeArgs};
-use crate::service::PoolSource;
-use crate::vg::{EventLog, PoolConfig, VgPool};
+use thinpool::service::PoolSource;
+use thinpool::vg::{EventLog, PoolConfig, VgPool};
 
 /// The options: the TOML file (if any), then each `--opt` over it.
 pub(super) fn config(a: &InitArgs) -> anyhow::Result<PoolConfig> {
@@ -152,13 +152,13 @@ pub(super) fn resize(a: &ResizeArgs) -> anyhow::Result<ExitCode> {
         m.svc.resize_data(growth(d, cur)?)?;
     }
     if let Some(md) = &a.metadata {
-        let cur = pool.metadata_usage().total * crate::pdata::disk::BLOCK_SIZE as u64;
+        let cur = pool.metadata_usage().total * thinpool::pdata::disk::BLOCK_SIZE as u64;
         m.svc.resize_metadata(growth(md, cur)?)?;
     }
     println!(
         "data {}, metadata {}",
         binary_size(pool.data_usage().total * pool.block_bytes()),
-        binary_size(pool.metadata_usage().total * crate::pdata::disk::BLOCK_SIZE as u64)
+        binary_size(pool.metadata_usage().total * thinpool::pdata::disk::BLOCK_SIZE as u64)
     );
     Ok(ExitCode::SUCCESS)
 }

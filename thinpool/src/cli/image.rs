@@ -10,7 +10,7 @@ use anyhow::{bail, Context};
 use super::pool::{open_pool, Access};
 use super::size::binary_size;
 use super::{ExportArgs, ImportArgs};
-use crate::pool::ErrorKind;
+use thinpool::pool::ErrorKind;
 
 /// Bytes moved per read or write.
 const CHUNK: usize = 1 << 20;

@@ -10,15 +10,15 @@ use super::output::to_json;
 use super::{CheckArgs, DumpArgs};
 use std::sync::Arc;
 
-use crate::io::{BlockDevice, FileDevice};
-use crate::vg::VolumeGroup;
+use thinpool::io::{BlockDevice, FileDevice};
+use thinpool::vg::VolumeGroup;
 
 /// The metadata of POOL, read-only: a pool directory's metadata file, the metadata region of
 /// a device-backed pool (its group directory, a device of the group, or a comma-separated
 /// device list), or a bare metadata file or device as thin_check takes it.
 fn open_metadata(p: &Path) -> anyhow::Result<(String, Arc<dyn BlockDevice>)> {
     let arg = p.to_string_lossy();
-    let is_pool_dir = p.join(crate::pool::FilePool::METADATA).exists();
+    let is_pool_dir = p.join(thinpool::pool::FilePool::METADATA).exists();
     if !is_pool_dir && (arg.contains(',') || p.is_dir()) {
         let vg = if p.is_dir() {
             VolumeGroup::open_dir(p)
@@ -46,7 +46,7 @@ fn open_metadata(p: &Path) -> anyhow::Result<(String, Arc<dyn BlockDevice>)> {
 pub(super) fn metadata_path(p: &Path) -> anyhow::Result<PathBuf> {
     let meta = std::fs::metadata(p).with_context(|| format!("cannot open {}", p.display()))?;
     if meta.is_dir() {
-        let m = p.join(crate::pool::FilePool::METADATA);
+        let m = p.join(thinpool::pool::FilePool::METADATA);
         if !m.exists() {
             bail!("{} is not a pool directory: it has no {}", p.display(), m.display());
         }
@@ -58,7 +58,7 @@ pub(super) fn metadata_path(p: &Path) -> anyhow::Result<PathBuf> {
 
 pub(super) fn check(a: &CheckArgs) -> anyhow::Result<ExitCode> {
     let (path, dev) = open_metadata(&a.dir)?;
-    let report = crate::check::check(dev.as_ref());
+    let report = thinpool::check::check(dev.as_ref());
     let ok = if a.allow_hints { report.is_consistent() } else { report.is_clean() };
     let mut out = std::io::stdout().lock();
     if a.json {
@@ -90,7 +90,7 @@ pub(super) fn check(a: &CheckArgs) -> anyhow::Result<ExitCode> {
 
 pub(super) fn dump(a: &DumpArgs) -> anyhow::Result<ExitCode> {
     let (_, dev) = open_metadata(&a.dir)?;
-    let xml = crate::xml::dump(dev.as_ref())?;
+    let xml = thinpool::xml::dump(dev.as_ref())?;
     match &a.output {
         Some(o) => {
             std::fs::write(o, xml).with_context(|| format!("cannot write {}", o.display()))?
@@ -103,13 +103,13 @@ pub(super) fn dump(a: &DumpArgs) -> anyhow::Result<ExitCode> {
 pub(super) fn restore(a: &super::RestoreArgs) -> anyhow::Result<ExitCode> {
     use std::sync::Arc;
 
-    use crate::pool::{names::NameEntry, DirNameStore, FilePool, NameStore, NameTable};
-    use crate::units::Sectors;
+    use thinpool::pool::{names::NameEntry, DirNameStore, FilePool, NameStore, NameTable};
+    use thinpool::units::Sectors;
 
     let dir = &a.pool.dir;
     let xml = std::fs::read_to_string(&a.input)
         .with_context(|| format!("cannot read {}", a.input.display()))?;
-    let md = crate::xml::parse(&xml).with_context(|| a.input.display().to_string())?;
+    let md = thinpool::xml::parse(&xml).with_context(|| a.input.display().to_string())?;
     let meta_path = dir.join(FilePool::METADATA);
     if meta_path.exists() {
         bail!("{} already holds a pool; restore into a new directory", dir.display());
@@ -136,7 +136,7 @@ pub(super) fn restore(a: &super::RestoreArgs) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("cannot create {}", meta_path.display()))?;
         let data = FileDevice::create(&data_path, data_size)
             .with_context(|| format!("cannot create {}", data_path.display()))?;
-        crate::xml::restore_into(&md, Arc::new(meta), Arc::new(data))?;
+        thinpool::xml::restore_into(&md, Arc::new(meta), Arc::new(data))?;
         // dm-thin keeps no names or virtual sizes: name each device after its id and size it
         // to its last mapped block.
         let volumes = md

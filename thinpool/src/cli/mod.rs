@@ -4,7 +4,7 @@
 //! cli/mod.rs     argument definitions and dispatch
 //! cli/pool.rs    init, create, snapshot, remove, list, status (the management verbs)
 //! cli/group.rs   init --device, extend, resize, events, dmsetup-table (device-backed pools)
-//! serve          nbd::daemon over the service (see crate::service)
+//! serve          daemon over the service (see thinpool::service)
 //! cli/image.rs   import, export (raw images in and out of volumes)
 //! cli/meta.rs    check, dump, restore (metadata tools; they never need a running pool)
 //! cli/size.rs    size parsing and printing;  cli/output.rs  list/status formats
@@ -19,6 +19,7 @@ mod image;
 mod meta;
 pub mod output;
 mod pool;
+mod serve;
 pub mod size;
 
 use std::path::PathBuf;
@@ -214,7 +215,7 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub pool: PoolDir,
     #[command(flatten)]
-    pub serve: crate::nbd::daemon::ServeConfig,
+    pub serve: serve::ServeOpts,
 }
 
 #[derive(Debug, Args)]
@@ -279,7 +280,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Events(a) => group::events(&a),
         Command::DmsetupTable(a) => group::dmsetup_table(&a),
         Command::Serve(a) => {
-            crate::nbd::daemon::serve(&a.pool.dir, a.serve)?;
+            thinpool::daemon::serve(&a.pool.dir, a.serve.into_config())?;
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -326,6 +327,6 @@ mod tests {
         let Command::Init(a) = c.command else { panic!("not init") };
         assert_eq!((a.data_size, a.block_size, a.metadata_size), (Some(1 << 30), 64 << 10, None));
         let e = Cli::try_parse_from(["thinpool", "create", "/p", "v", "--size", "3Q"]).unwrap_err();
-        assert!(e.to_string().contains("unknown suffix"), "{e}");
+        assert!(e.to_string().contains("unknown unit"), "{e}");
     }
 }

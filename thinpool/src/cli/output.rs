@@ -45,7 +45,7 @@ pub struct PoolStatus {
     pub volumes: usize,
     /// `docker info`'s devicemapper fields (their own names in JSON, beside the raw numbers).
     #[serde(flatten)]
-    pub docker: Option<crate::service::ServiceStatus>,
+    pub docker: Option<thinpool::service::ServiceStatus>,
 }
 
 pub fn list_table(rows: &[VolumeRow]) -> String {

@@ -9,12 +9,12 @@ use anyhow::{anyhow, bail, Context};
 use super::output::{list_table, status_text, to_json, PoolStatus, VolumeRow};
 use super::size::binary_size;
 use super::{CreateArgs, InitArgs, ListArgs, RemoveArgs, SnapshotArgs, StatusArgs};
-use crate::nbd::control;
-use crate::nbd::daemon::PoolLock;
-use crate::pool::{FilePool, Pool};
-use crate::service::{PoolSource, Service, ServiceOptions};
-use crate::units::Sectors;
 use rustix::fs::FlockOperation;
+use thinpool::daemon::control;
+use thinpool::daemon::PoolLock;
+use thinpool::pool::{FilePool, Pool};
+use thinpool::service::{PoolSource, Service, ServiceOptions};
+use thinpool::units::Sectors;
 
 /// The management operations. Today they open the pool files directly ([`LocalPool`]); a
 /// client that forwards them to a running `thinpool serve` implements the same trait.
@@ -204,7 +204,7 @@ impl Manage for LocalPool {
         let meta = pool.metadata_usage();
         let file = matches!(source(&self.dir), PoolSource::Dir(_));
         let cap = if file { fs_available(&self.dir).unwrap_or(u64::MAX) } else { u64::MAX };
-        let mb = crate::pdata::disk::BLOCK_SIZE as u64;
+        let mb = thinpool::pdata::disk::BLOCK_SIZE as u64;
         let docker = self.svc.status();
         Ok(PoolStatus {
             pool_dir: self.dir.display().to_string(),
@@ -237,7 +237,7 @@ pub(super) fn init(a: &InitArgs) -> anyhow::Result<ExitCode> {
         bail!("data size {} is smaller than one block ({})", data_size, a.block_size);
     }
     let sectors = Sectors(a.block_size / Sectors::SIZE);
-    if !u32::try_from(sectors.0).is_ok_and(crate::pdata::disk::valid_data_block_size) {
+    if !u32::try_from(sectors.0).is_ok_and(thinpool::pdata::disk::valid_data_block_size) {
         bail!("block size {}: dm-thin needs a multiple of 64K from 64K to 1G", a.block_size);
     }
     // Options are checked before anything is created.
@@ -265,7 +265,7 @@ pub(super) fn init(a: &InitArgs) -> anyhow::Result<ExitCode> {
         "created pool in {}: data {}, metadata {}, block size {}",
         dir.display(),
         binary_size(pool.data_usage().total * pool.block_bytes()),
-        binary_size(meta.total * crate::pdata::disk::BLOCK_SIZE as u64),
+        binary_size(meta.total * thinpool::pdata::disk::BLOCK_SIZE as u64),
         binary_size(pool.block_bytes())
     );
     Ok(ExitCode::SUCCESS)
@@ -296,7 +296,7 @@ pub(super) fn list(a: &ListArgs) -> anyhow::Result<ExitCode> {
     if a.lvs {
         // lvs-like: the pool row (Data%, Meta%) and every visible volume.
         let rows = open_pool(&a.pool.dir, Access::Shared)?.svc.list()?;
-        let text = crate::service::status::format_list(&rows);
+        let text = thinpool::service::status::format_list(&rows);
         print!("{}", if a.json { to_json(&rows) } else { text });
         return Ok(ExitCode::SUCCESS);
     }
@@ -319,72 +319,52 @@ struct DaemonPool {
 }
 
 impl DaemonPool {
-    fn call(&self, req: control::Request) -> anyhow::Result<serde_json::Value> {
-        let resp = control::request(&self.state, &req)?;
-        match (resp.ok, resp.error) {
-            (true, _) => Ok(resp.data),
-            (false, Some(e)) => bail!("{e}"),
-            (false, None) => bail!("the pool daemon refused the request without a reason"),
-        }
-    }
-
-    fn thin_id(v: &serde_json::Value) -> anyhow::Result<u64> {
-        v["thin_id"].as_u64().ok_or_else(|| anyhow!("the pool daemon answered without a thin_id"))
+    fn client(&self) -> control::Client {
+        control::Client::new(&self.state)
     }
 }
 
 impl Manage for DaemonPool {
     fn create_volume(&self, name: &str, size: u64) -> anyhow::Result<u64> {
-        Self::thin_id(&self.call(control::Request::Create { name: name.into(), size })?)
+        Ok(self.client().create(name, size)?)
     }
 
     fn snapshot_volume(&self, origin: &str, name: &str) -> anyhow::Result<u64> {
-        let req = control::Request::Snapshot { origin: origin.into(), name: name.into() };
-        Self::thin_id(&self.call(req)?)
+        Ok(self.client().snapshot(origin, name)?)
     }
 
     fn remove_volume(&self, name: &str) -> anyhow::Result<()> {
-        self.call(control::Request::Remove { name: name.into() }).map(drop)
+        self.client().remove(name)?;
+        Ok(())
     }
 
     fn volumes(&self) -> anyhow::Result<Vec<VolumeRow>> {
-        let bs = self.call(control::Request::Status)?["block_bytes"].as_u64().unwrap_or(0);
-        let list = self.call(control::Request::List)?;
-        let bad = || anyhow!("the pool daemon sent a malformed volume list");
-        list.as_array()
-            .ok_or_else(bad)?
-            .iter()
-            .map(|v| {
-                Ok(VolumeRow::new(
-                    v["name"].as_str().ok_or_else(bad)?.to_owned(),
-                    v["thin_id"].as_u64().ok_or_else(bad)?,
-                    v["size"].as_u64().ok_or_else(bad)?,
-                    v["mapped_blocks"].as_u64().ok_or_else(bad)?,
-                    bs,
-                ))
-            })
-            .collect()
+        let c = self.client();
+        let bs = c.status()?.block_bytes;
+        Ok(c.list()?
+            .into_iter()
+            .map(|v| VolumeRow::new(v.name, v.thin_id, v.size, v.mapped_blocks, bs))
+            .collect())
     }
 
     fn status(&self) -> anyhow::Result<PoolStatus> {
-        let st = self.call(control::Request::Status)?;
-        let n = |v: &serde_json::Value| v.as_u64().unwrap_or(0);
-        let bs = n(&st["block_bytes"]);
-        let mb = crate::pdata::disk::BLOCK_SIZE as u64;
+        let st = self.client().status()?;
+        let bs = st.block_bytes;
+        let mb = thinpool::pdata::disk::BLOCK_SIZE as u64;
         Ok(PoolStatus {
             pool_dir: self.dir.display().to_string(),
             data_file: self.dir.join(FilePool::DATA).display().to_string(),
             metadata_file: self.dir.join(FilePool::METADATA).display().to_string(),
             block_size: bs,
-            data_used: n(&st["data"]["used"]) * bs,
-            data_total: n(&st["data"]["total"]) * bs,
-            data_available: n(&st["data"]["free"]) * bs,
-            metadata_used: n(&st["metadata"]["used"]) * mb,
-            metadata_total: n(&st["metadata"]["total"]) * mb,
-            metadata_available: n(&st["metadata"]["free"]) * mb,
-            transaction_id: n(&st["transaction_id"]),
-            volumes: n(&st["volumes"]) as usize,
-            docker: serde_json::from_value(st["devicemapper"].clone()).ok(),
+            data_used: st.data.used * bs,
+            data_total: st.data.total * bs,
+            data_available: st.data.free * bs,
+            metadata_used: st.metadata.used * mb,
+            metadata_total: st.metadata.total * mb,
+            metadata_available: st.metadata.free * mb,
+            transaction_id: st.transaction_id,
+            volumes: st.volumes,
+            docker: Some(st.devicemapper),
         })
     }
 }

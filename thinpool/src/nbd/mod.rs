@@ -1,18 +1,10 @@
-//! The NBD export: a protocol codec and a multi-threaded server over a backend seam.
+//! The NBD frontend: the protocol's codecs and the server that speaks it over TCP, unix
+//! sockets and the kernel client's socketpairs, in front of the export seam (`crate::export`).
 //!
 //! ```text
-//! wire        constants, ProtoError, bounds-checked cursor
-//! opt, msg    pure codecs: handshake/options, requests/replies (rt_* tests, proptest, fuzz)
-//! export      the seam: Export (one volume) and Catalog (the set of volumes)
-//! mem, file   memory- and sparse-file-backed exports for tests and benchmarks
-//! negotiate   fixed-newstyle handshake state machine
-//! conn        transmission phase: leader/follower workers, vectored replies
-//! server      listeners, allowlist, limits, committer, shutdown, serve_connected (kernel)
-//! allow       CIDR allowlist
-//! pool        Export/Catalog over the thin pool; management verbs
-//! control     the daemon's JSON-lines control socket and its client
-//! daemon      `thinpool serve`: pool lock, listeners, control socket, signals
-//! kernel      --kernel-fd: inherited socketpair ends for the kernel client; --io-flusher
+//! proto    pure codecs: wire constants, options, requests, replies (round-trip, proptest, fuzz)
+//! server   listeners, allowlist, limits, committer, shutdown; negotiate (the handshake state
+//!          machine) and conn (the transmission phase: leader/follower workers, batched replies)
 //! ```
 //!
 //! Negotiated features: fixed newstyle + NO_ZEROES, EXPORT_NAME, GO, INFO (NAME,
@@ -25,26 +17,13 @@
 //! out-of-range requests → EINVAL, writes to a read-only export → EPERM, FAST_ZERO that would
 //! not be fast → ENOTSUP, backend I/O failures → EIO.
 
-pub mod allow;
-mod conn;
-pub mod control;
-pub mod daemon;
-pub mod export;
-pub mod file;
-pub mod kernel;
-pub mod mem;
-pub mod msg;
-mod negotiate;
-pub mod opt;
-pub mod pool;
+pub mod proto;
 pub mod server;
-pub mod wire;
 
-#[cfg(test)]
-mod codec_tests;
-
-pub use export::{
+pub use crate::export::{
     BlockSize, Catalog, ErrorKind, Export, ExportError, ExportInfo, ExportResult, Extent,
 };
-pub use negotiate::{transmission_flags, BASE_ALLOCATION, BASE_ALLOCATION_ID};
-pub use server::{kernel_flags, serve_connected, Server, ServerOptions};
+pub use server::{
+    kernel_flags, serve_connected, transmission_flags, Server, ServerOptions, BASE_ALLOCATION,
+    BASE_ALLOCATION_ID,
+};

@@ -8,12 +8,14 @@
 //! tm       transaction manager: block cache, shadowing, metadata space map, write-out
 //! btree    copy-on-write btree over value sizes 4/8/16/24 with inc/dec/equal hooks
 //! sm_disk  persisting both space maps: bitmaps, index block / index btree, overflow trees
+//! superblock  flags set outside a transaction (needs_check)
 //! ```
 
 pub mod btree;
 pub mod disk;
 pub mod sm;
 pub mod sm_disk;
+pub mod superblock;
 pub mod tm;
 
 use crate::units::MetaBlock;

@@ -31,8 +31,10 @@
 //! either.
 
 mod autoextend;
+mod deferred;
 pub mod error;
 mod handle;
+mod space;
 pub mod status;
 
 use std::collections::{BTreeSet, HashMap};
@@ -40,19 +42,22 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 pub use error::{Error, ErrorKind, Result};
 pub use handle::VolumeHandle;
 pub use status::{human_size, ListRow, ServiceStatus};
 
+/// Superblock flag I/O lives with the format (pdata); re-exported for the service's callers.
+pub use crate::pdata::superblock::{needs_check, set_needs_check};
+
 use crate::io::{BlockDevice, FileDevice};
-use crate::pdata::disk::{self, Superblock, BLOCK_SIZE};
+use crate::pdata::disk::BLOCK_SIZE;
 use crate::pool::{FilePool, Pool, VolumeInfo};
-use crate::units::{MetaBlock, ThinId};
+use crate::units::ThinId;
 use crate::vg::autoextend::{self as policy, Backoff};
 use crate::vg::{EventLog, ExtendEvent, PoolConfig, VgPool};
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 /// How often the autoextend thread checks without being kicked (dmeventd's 10 s timeout).
 pub const AUTOEXTEND_INTERVAL: Duration = Duration::from_secs(10);
@@ -382,7 +387,7 @@ impl Service {
     pub fn create_volume(&self, name: &str, size: u64) -> Result<ThinId> {
         let v = lock(&self.shared.vols);
         let _g = self.shared.writable()?;
-        refuse_deferred(&v, name)?;
+        deferred::refuse_deferred(&v, name)?;
         self.shared.check_min_free_space()?;
         let doing = format!("creating volume {name:?}");
         let id = self.pool().create_volume(name, size).map_err(|e| Error::pool(&doing, e))?;
@@ -396,7 +401,7 @@ impl Service {
         let v = lock(&self.shared.vols);
         self.shared.visible(&v, origin)?;
         let _g = self.shared.writable()?;
-        refuse_deferred(&v, name)?;
+        deferred::refuse_deferred(&v, name)?;
         self.shared.check_min_free_space()?;
         let doing = format!("snapshotting {origin:?} as {name:?}");
         let id = self.pool().snapshot_volume(origin, name).map_err(|e| Error::pool(&doing, e))?;
@@ -600,88 +605,6 @@ impl Shared {
             .map_err(|e| Error::new(ErrorKind::MinFreeSpace, e.to_string()))
     }
 
-    /// Deletes a volume and commits, then wakes writers waiting for space.
-    fn delete_now(&self, name: &str) -> Result<()> {
-        let _g = self.writable()?;
-        let doing = format!("removing volume {name:?}");
-        self.pool().remove_volume(name).map_err(|e| Error::pool(&doing, e))?;
-        self.pool().commit().map_err(|e| Error::pool(&doing, e))?;
-        drop(_g);
-        self.notify_space();
-        Ok(())
-    }
-
-    /// The last handle on `name` closed.
-    pub(crate) fn release(&self, name: &str) {
-        let mut v = lock(&self.vols);
-        let Some(e) = v.open.get_mut(name) else { return };
-        e.1 = e.1.saturating_sub(1);
-        if e.1 > 0 {
-            return;
-        }
-        v.open.remove(name);
-        if !v.deferred.contains(name) {
-            return;
-        }
-        match self.delete_now(name) {
-            Ok(()) => {
-                v.deferred.remove(name);
-                info!(volume = name, "deferred deletion done");
-                if let Err(e) = self.save_deferred(&v) {
-                    warn!(error = %e, "could not update the deferred deletion list");
-                }
-            }
-            // Stays in the list: retried at the next start, as Docker's worker does.
-            Err(e) => error!(volume = name, error = %e, "deferred deletion failed"),
-        }
-    }
-
-    fn deferred_path(&self) -> Option<PathBuf> {
-        self.state_dir.as_ref().map(|d| d.join("deferred.json"))
-    }
-
-    fn save_deferred(&self, v: &Volumes) -> Result<()> {
-        let Some(p) = self.deferred_path() else { return Ok(()) };
-        let list: Vec<&String> = v.deferred.iter().collect();
-        let text = serde_json::to_vec(&list)
-            .map_err(|e| Error::io(format!("encoding {}", p.display()), e.into()))?;
-        let tmp = p.with_extension("json.tmp");
-        let write = || -> std::io::Result<()> {
-            let f = std::fs::File::create(&tmp)?;
-            std::io::Write::write_all(&mut &f, &text)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &p)
-        };
-        write().map_err(|e| Error::io(format!("writing {}", p.display()), e))
-    }
-
-    /// Deletes what a previous run left in the deferred list.
-    fn finish_deferred(&self) -> Result<()> {
-        let Some(p) = self.deferred_path() else { return Ok(()) };
-        let names: Vec<String> = match std::fs::read(&p) {
-            Ok(b) => serde_json::from_slice(&b).unwrap_or_else(|e| {
-                warn!(path = %p.display(), "ignoring an unreadable deferred list: {e}");
-                Vec::new()
-            }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(Error::io(format!("reading {}", p.display()), e)),
-        };
-        let mut v = lock(&self.vols);
-        for n in names {
-            if self.pool().volume(&n).is_err() {
-                continue;
-            }
-            match self.delete_now(&n) {
-                Ok(()) => info!(volume = %n, "finished a deferred deletion"),
-                Err(e) => {
-                    warn!(volume = %n, error = %e, "deferred deletion still pending");
-                    v.deferred.insert(n);
-                }
-            }
-        }
-        self.save_deferred(&v)
-    }
-
     fn metadata_device(&self) -> Result<Arc<dyn BlockDevice>> {
         match &self.backend {
             Backend::Group(g) => Ok(g.vg().metadata_region()),
@@ -693,208 +616,6 @@ impl Shared {
             }
         }
     }
-
-    // -- space waiting ---------------------------------------------------------------------
-
-    fn space_gen(&self) -> u64 {
-        self.space_gen.load(Ordering::SeqCst)
-    }
-
-    pub(crate) fn notify_space(&self) {
-        let _g = lock(&self.space);
-        self.space_gen.fetch_add(1, Ordering::SeqCst);
-        self.space_cv.notify_all();
-    }
-
-    /// Waits until the space generation moves past `gen` or `deadline`; false on timeout.
-    fn wait_space(&self, gen: u64, deadline: Option<Instant>) -> bool {
-        let mut g = lock(&self.space);
-        while self.space_gen.load(Ordering::SeqCst) == gen {
-            match deadline {
-                None => g = self.space_cv.wait(g).unwrap_or_else(|e| e.into_inner()),
-                Some(d) => {
-                    let now = Instant::now();
-                    if now >= d {
-                        return false;
-                    }
-                    g = self.space_cv.wait_timeout(g, d - now).unwrap_or_else(|e| e.into_inner()).0;
-                }
-            }
-        }
-        true
-    }
-
-    pub(crate) fn kick(&self) {
-        let mut k = lock(&self.kick);
-        k.kicked = true;
-        self.kick_cv.notify_all();
-    }
-
-    /// After an allocation: kick the autoextend thread once per region size when data or
-    /// metadata usage reaches the threshold (the kernel's low-water-mark events).
-    fn after_alloc(&self) {
-        let threshold = lock(&self.config).autoextend_threshold;
-        if threshold >= 100 {
-            return;
-        }
-        let t = u128::from(threshold.max(50));
-        let over = |u: crate::pool::SpaceUsage| u128::from(u.used) * 100 >= t * u128::from(u.total);
-        let (d, m) = (self.pool().data_usage(), self.pool().metadata_usage());
-        let data = over(d) && self.kicked_at_total.swap(d.total, Ordering::SeqCst) != d.total;
-        let meta = over(m) && self.kicked_at_meta.swap(m.total, Ordering::SeqCst) != m.total;
-        if data || meta {
-            self.kick();
-        }
-    }
-
-    /// Runs a pool change that may need new data blocks. On NoSpace: metadata exhaustion
-    /// makes the pool read-only; a full data space kicks autoextend and waits for room (or
-    /// fails at once with error_if_no_space). `f` runs with no service lock held across the
-    /// wait, and is retried from the start (pool writes are idempotent).
-    pub(crate) fn with_space<T>(
-        &self,
-        doing: &dyn Fn() -> String,
-        f: &dyn Fn(&Pool) -> crate::pool::Result<T>,
-    ) -> Result<T> {
-        let mut deadline: Option<Option<Instant>> = None;
-        let mut quick = 0;
-        loop {
-            let gen = self.space_gen();
-            let allocs = self.pool().data_allocations();
-            let r = {
-                let _g = self.writable()?;
-                f(self.pool())
-            };
-            let e = match r {
-                Ok(v) => {
-                    // Thresholds only move when something was allocated; an in-place write
-                    // takes no further lock.
-                    if self.pool().data_allocations() != allocs {
-                        self.after_alloc();
-                    }
-                    return Ok(v);
-                }
-                Err(e) => e,
-            };
-            match e.kind() {
-                crate::pool::ErrorKind::NoSpace => {}
-                crate::pool::ErrorKind::ReadOnly => {
-                    self.enter_read_only(&format!("{}: {e}", doing()));
-                    return Err(Error::pool(&doing(), e));
-                }
-                _ => return Err(Error::pool(&doing(), e)),
-            }
-            if self.pool().data_usage().free > 0 {
-                // Not the data space: either blocks came free meanwhile (retry) or the
-                // metadata is exhausted.
-                quick += 1;
-                if quick <= 2 {
-                    continue;
-                }
-                let why = format!("metadata space exhausted while {}: {e}", doing());
-                self.enter_read_only(&why);
-                return Err(Error::new(
-                    ErrorKind::ReadOnly,
-                    format!("pool {} is read-only: {why}", self.name),
-                ));
-            }
-            self.kick();
-            let (error_now, secs) = {
-                let c = lock(&self.config);
-                (c.error_if_no_space, c.no_space_timeout)
-            };
-            if error_now {
-                return Err(Error::new(
-                    ErrorKind::NoSpace,
-                    format!("{}: the pool's data space is full (error_if_no_space)", doing()),
-                ));
-            }
-            let d = *deadline.get_or_insert_with(|| {
-                (secs > 0).then(|| Instant::now() + Duration::from_secs(secs))
-            });
-            self.waiting.fetch_add(1, Ordering::SeqCst);
-            let woke = self.wait_space(gen, d);
-            self.waiting.fetch_sub(1, Ordering::SeqCst);
-            if !woke {
-                warn!(timeout = secs, "a write waited for data space and timed out");
-                return Err(Error::new(
-                    ErrorKind::NoSpace,
-                    format!(
-                        "{}: the pool's data space stayed full for {secs} s (no_space_timeout)",
-                        doing()
-                    ),
-                ));
-            }
-            quick = 0;
-        }
-    }
-
-    /// Makes every completed write durable. In read-only mode, succeeds only if everything
-    /// was committed when the mode was entered.
-    pub(crate) fn flush(&self) -> Result<()> {
-        let g = self.ro.read().unwrap_or_else(|e| e.into_inner());
-        if let Some(r) = &*g {
-            return if r.durable {
-                Ok(())
-            } else {
-                Err(Error::new(
-                    ErrorKind::ReadOnly,
-                    format!("pool {} failed before its last commit: {}", self.name, r.why),
-                ))
-            };
-        }
-        // Pool::flush syncs the data device even when no mapping changed.
-        self.pool().flush().map_err(|e| Error::pool("flushing the pool", e))
-    }
-
-    /// dm-thin's answer to a metadata failure: commit what can still be committed, set
-    /// needs_check in the superblock and refuse every change from now on. Reads go on.
-    pub(crate) fn enter_read_only(&self, why: &str) {
-        let mut g = self.ro.write().unwrap_or_else(|e| e.into_inner());
-        if g.is_some() {
-            return;
-        }
-        // A pool that failed half-way refuses the commit: its last commit stays on disk.
-        let durable = match self.pool().commit() {
-            Ok(()) => true,
-            Err(e) => {
-                warn!(error = %e, "could not commit before going read-only");
-                false
-            }
-        };
-        if let Err(e) = self.metadata_device().and_then(|d| set_needs_check(d.as_ref(), true)) {
-            error!(error = %e, "could not set needs_check in the superblock");
-        }
-        error!(pool = %self.name, reason = why, "pool is now read-only; needs_check is set");
-        *g = Some(ReadOnly { why: why.to_owned(), durable });
-    }
-}
-
-/// Sets or clears needs_check in the superblock of `dev` (re-sealing its checksum).
-pub fn set_needs_check(dev: &dyn BlockDevice, on: bool) -> Result<()> {
-    let mut raw = disk::zeroed();
-    let what = || format!("the superblock (block 0) of {}", dev.describe());
-    dev.read_at(&mut raw[..], 0).map_err(|e| Error::io(format!("reading {}", what()), e))?;
-    let mut sb = Superblock::decode(&raw, MetaBlock(0))
-        .map_err(|e| Error::new(ErrorKind::Corrupt, format!("{}: {e}", what())))?;
-    if on {
-        sb.flags |= disk::NEEDS_CHECK;
-    } else {
-        sb.flags &= !disk::NEEDS_CHECK;
-    }
-    let out = sb.encode();
-    dev.write_at(&out[..], 0).map_err(|e| Error::io(format!("writing {}", what()), e))?;
-    dev.flush().map_err(|e| Error::io(format!("flushing {}", what()), e))
-}
-
-/// Whether the pool's superblock has needs_check set.
-pub fn needs_check(dev: &dyn BlockDevice) -> Result<bool> {
-    let mut raw = disk::zeroed();
-    dev.read_at(&mut raw[..], 0)
-        .map_err(|e| Error::io(format!("reading the superblock of {}", dev.describe()), e))?;
-    let sb = Superblock::decode(&raw, MetaBlock(0))
-        .map_err(|e| Error::new(ErrorKind::Corrupt, format!("superblock: {e}")))?;
-    Ok(sb.needs_check())
 }
 
 /// Checks a pool whose superblock has needs_check set (the engine's full metadata check,
@@ -905,16 +626,7 @@ pub fn check_and_clear(meta: Arc<dyn BlockDevice>, data: Arc<dyn BlockDevice>) -
     let report = pool.self_check().map_err(|e| Error::pool("checking the metadata", e))?;
     info!(?report, "metadata check clean; clearing needs_check");
     drop(pool);
-    set_needs_check(meta.as_ref(), false)
-}
-
-/// A new volume may not take the name of one still waiting for deferred deletion.
-fn refuse_deferred(v: &Volumes, name: &str) -> Result<()> {
-    if v.deferred.contains(name) {
-        return Err(Error::new(
-            ErrorKind::Exists,
-            format!("volume {name:?} is still being removed (deferred deletion)"),
-        ));
-    }
-    Ok(())
+    set_needs_check(meta.as_ref(), false).map_err(|e| {
+        Error::pool("clearing needs_check", crate::pool::Error::pdata("clearing needs_check", e))
+    })
 }

@@ -221,25 +221,9 @@ fn parse_bool(key: &str, value: &str) -> Result<bool> {
     }
 }
 
-/// Parses a size the way Docker's `RAMInBytes` does: binary multiples, case-insensitive
-/// suffixes k/m/g/t/p with an optional trailing "b" or "ib", or plain bytes.
-pub fn parse_size(key: &str, value: &str) -> Result<u64> {
-    let v = value.trim().to_ascii_lowercase();
-    let split = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
-    let (num, unit) = v.split_at(split);
-    let n: u64 = num.parse().map_err(|_| invalid(key, value, "expected a size such as 64K"))?;
-    let unit = unit.trim();
-    let unit = unit.strip_suffix("ib").or_else(|| unit.strip_suffix('b')).unwrap_or(unit);
-    let shift = match unit {
-        "" => 0,
-        "k" => 10,
-        "m" => 20,
-        "g" => 30,
-        "t" => 40,
-        "p" => 50,
-        _ => return Err(invalid(key, value, "unknown size suffix")),
-    };
-    n.checked_mul(1u64 << shift).ok_or_else(|| invalid(key, value, "size overflows"))
+/// A dm.* size, in the one grammar every lamina binary reads (Docker's `RAMInBytes`).
+fn parse_size(key: &str, value: &str) -> Result<u64> {
+    units::parse_size(value).map_err(|e| invalid(key, value, &e.to_string()))
 }
 
 fn parse_seconds(key: &str, value: &str) -> Result<u64> {
@@ -310,7 +294,7 @@ mod tests {
             (&["dm.blocksize=32K"], "dm.blocksize"),
             (&["dm.blocksize=96K"], "multiple of 64K"),
             (&["dm.blocksize=2G"], "dm.blocksize"),
-            (&["dm.blocksize=12Q"], "unknown size suffix"),
+            (&["dm.blocksize=12Q"], "unknown unit"),
             (&["dm.basesize=0"], "dm.basesize"),
             (&["dm.min_free_space=100%"], "dm.min_free_space"),
             (&["dm.use_deferred_removal=maybe"], "expected true or false"),
@@ -354,8 +338,10 @@ mod tests {
         {
             assert_eq!(parse_size("k", s).unwrap(), v, "{s}");
         }
-        assert!(parse_size("k", "99999999999P").is_err());
-        assert!(parse_size("k", "").is_err());
+        let e = parse_size("k", "99999999999P").unwrap_err().to_string();
+        assert!(e.contains("too large"), "{e}");
+        let e = parse_size("k", "").unwrap_err().to_string();
+        assert!(e.contains("empty size"), "{e}");
     }
 
     #[test]

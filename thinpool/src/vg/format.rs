@@ -314,7 +314,7 @@ impl Slot {
         let seq = get_u64(b, 16);
         let meta: GroupMeta = serde_json::from_slice(&b[SLOT_HEADER_SIZE..total])
             .map_err(|e| FormatError::Field(e.to_string()))?;
-        meta.validate().map_err(FormatError::Field)?;
+        meta.validate()?;
         Ok(Self { seq, meta })
     }
 }
@@ -435,41 +435,55 @@ impl GroupMeta {
 
     /// Semantic checks a decoded body must pass: segments inside their devices, non-empty,
     /// no extent used twice, both regions present.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), FormatError> {
         if self.extent_size < 4096 || !self.extent_size.is_multiple_of(4096) {
-            return Err(format!("extent size {} is not a multiple of 4096", self.extent_size));
+            return Err(FormatError::Field(format!(
+                "extent size {} is not a multiple of 4096",
+                self.extent_size
+            )));
         }
         if self.devices.is_empty() {
-            return Err("no devices".into());
+            return Err(FormatError::Field("no devices".into()));
         }
         if self.tmeta.is_empty() || self.tdata.is_empty() {
-            return Err("a pool region is empty".into());
+            return Err(FormatError::Field("a pool region is empty".into()));
         }
         self.devices
             .iter()
             .try_fold(0u64, |acc, d| acc.checked_add(d.extents.0))
             .and_then(|n| n.checked_mul(self.extent_size))
             .and_then(|n| n.checked_add(DATA_START))
-            .ok_or("group size overflows")?;
+            .ok_or_else(|| FormatError::Field("group size overflows".into()))?;
         // Later arithmetic (sums, byte offsets) relies on the whole group fitting in u64 bytes.
         let mut spans: Vec<(u32, u64, u64)> = Vec::new();
         for s in self.tmeta.iter().chain(&self.tdata) {
             let dev = self.devices.get(s.device as usize).ok_or_else(|| {
-                format!("segment names device {} of {}", s.device, self.devices.len())
+                FormatError::Field(format!(
+                    "segment names device {} of {}",
+                    s.device,
+                    self.devices.len()
+                ))
             })?;
-            let end = s.start.0.checked_add(s.len.0).ok_or("segment end overflows")?;
+            let end = s
+                .start
+                .0
+                .checked_add(s.len.0)
+                .ok_or_else(|| FormatError::Field("segment end overflows".into()))?;
             if s.len.0 == 0 || end > dev.extents.0 {
-                return Err(format!(
+                return Err(FormatError::Field(format!(
                     "segment {}:{}+{} outside device of {} extents",
                     s.device, s.start, s.len, dev.extents
-                ));
+                )));
             }
             spans.push((s.device, s.start.0, end));
         }
         spans.sort_unstable();
         for w in spans.windows(2) {
             if w[0].0 == w[1].0 && w[1].1 < w[0].2 {
-                return Err(format!("extents {}:{} are used twice", w[1].0, w[1].1));
+                return Err(FormatError::Field(format!(
+                    "extents {}:{} are used twice",
+                    w[1].0, w[1].1
+                )));
             }
         }
         Ok(())

@@ -115,16 +115,16 @@ fn validate_catches_overlap_and_range() {
     let mut m = sample_meta();
     m.validate().unwrap();
     m.tdata[0].start = Extents(0);
-    assert!(m.validate().unwrap_err().contains("used twice"));
+    assert!(m.validate().unwrap_err().to_string().contains("used twice"));
     let mut m = sample_meta();
     m.tdata[1].len = Extents(51);
-    assert!(m.validate().unwrap_err().contains("outside"));
+    assert!(m.validate().unwrap_err().to_string().contains("outside"));
     let mut m = sample_meta();
     m.tdata[1].device = 9;
-    assert!(m.validate().is_err());
+    assert!(matches!(m.validate(), Err(FormatError::Field(_))));
     let mut m = sample_meta();
     m.devices[0].extents = Extents(u64::MAX);
-    assert!(m.validate().unwrap_err().contains("overflows"));
+    assert!(m.validate().unwrap_err().to_string().contains("overflows"));
 }
 
 #[test]

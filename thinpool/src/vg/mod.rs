@@ -377,7 +377,7 @@ impl VolumeGroup {
         }
         allocate(&mut meta, RegionKind::Metadata, meta_ext)?;
         allocate(&mut meta, RegionKind::Data, data_ext)?;
-        meta.validate().map_err(|e| VgError::new(VgErrorKind::Corrupt, e))?;
+        meta.validate().map_err(|e| VgError::new(VgErrorKind::Corrupt, e.to_string()))?;
         let slot = Slot { seq: 1, meta };
         for (d, l) in devs.iter().zip(&labels) {
             label_device(d.as_ref(), l, &slot)?;
@@ -542,7 +542,7 @@ impl VolumeGroup {
         let mut inner = self.lock();
         let mut meta = inner.meta.clone();
         change(&mut meta)?;
-        meta.validate().map_err(|e| VgError::new(VgErrorKind::Corrupt, e))?;
+        meta.validate().map_err(|e| VgError::new(VgErrorKind::Corrupt, e.to_string()))?;
         let slot = Slot { seq: inner.seq + 1, meta };
         inner.seq += 1;
         for d in &inner.devs {
@@ -630,7 +630,7 @@ impl VolumeGroup {
         }
         let mut meta = inner.meta.clone();
         meta.devices.push(DeviceEntry { uuid: dev_uuid, extents: label.extents() });
-        meta.validate().map_err(|e| VgError::new(VgErrorKind::Corrupt, e))?;
+        meta.validate().map_err(|e| VgError::new(VgErrorKind::Corrupt, e.to_string()))?;
         let slot = Slot { seq: inner.seq + 1, meta };
         inner.seq += 1;
         // The new device first carries the new layout, then the old devices switch to it: a

@@ -8,9 +8,9 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
 
-use thinpool::nbd::msg::*;
-use thinpool::nbd::opt::*;
-use thinpool::nbd::wire::*;
+use thinpool::nbd::proto::msg::*;
+use thinpool::nbd::proto::opt::*;
+use thinpool::nbd::proto::wire::*;
 
 /// A client socket of either family.
 pub enum Stream {

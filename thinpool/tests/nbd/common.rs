@@ -8,7 +8,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use thinpool::nbd::mem::MemCatalog;
+use thinpool::export::mem::MemCatalog;
 use thinpool::nbd::{Catalog, Server, ServerOptions};
 
 pub struct Running {

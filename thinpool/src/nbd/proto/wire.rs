@@ -114,8 +114,9 @@ pub const ESHUTDOWN: u32 = 108;
 
 /// Longest string the protocol allows (names, descriptions, queries, messages).
 pub const MAX_STRING: usize = 4096;
-/// Largest READ/WRITE payload we accept: the spec's portable maximum.
-pub const MAX_PAYLOAD: u32 = 32 << 20;
+/// Largest READ/WRITE payload we accept (the spec's portable maximum), shared with every
+/// frontend through the export seam.
+pub use crate::export::MAX_PAYLOAD;
 /// Most extents put in one block-status chunk (the spec allows 2^20; fewer is always legal and
 /// keeps a reply to a 1 TiB query small).
 pub const MAX_EXTENTS: usize = 1 << 16;

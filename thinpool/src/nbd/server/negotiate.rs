@@ -1,7 +1,7 @@
 //! The fixed-newstyle handshake as a server runs it: greeting, client flags, then options
 //! until EXPORT_NAME, a successful GO, ABORT or a disconnect.
 //!
-//! Bounds (see [`super::server`]): an option longer than `MAX_OPTION_LEN` or more than
+//! Bounds (see [`super`]): an option longer than `MAX_OPTION_LEN` or more than
 //! `MAX_OPTIONS` options end the connection, and so does the handshake deadline. Nothing is
 //! read past an option's declared length, and nothing past the final ACK of GO.
 
@@ -12,11 +12,11 @@ use std::time::Instant;
 
 use thiserror::Error;
 
-use super::export::{BlockSize, Export};
-use super::msg::HeaderMode;
-use super::opt::*;
-use super::server::{Shared, Sock, MAX_OPTIONS, MAX_OPTION_LEN};
-use super::wire::*;
+use super::{Shared, Sock, MAX_OPTIONS, MAX_OPTION_LEN};
+use crate::export::{BlockSize, Export};
+use crate::nbd::proto::msg::HeaderMode;
+use crate::nbd::proto::opt::*;
+use crate::nbd::proto::wire::*;
 
 /// Id we give `base:allocation` when a client selects it.
 pub const BASE_ALLOCATION_ID: u32 = 1;

@@ -6,8 +6,8 @@
 //! the reader lock (the leader) reads requests into its own reusable buffer (one buffered
 //! socket read brings in several requests). Quick requests (READs up to [`INLINE_MAX`] of data
 //! in memory, and WRITEs the export can do in place without allocating, copying or waiting:
-//! [`Export::read_quick`](super::export::Export::read_quick),
-//! [`Export::write_quick`](super::export::Export::write_quick)) it serves itself, still
+//! [`Export::read_quick`](crate::export::Export::read_quick),
+//! [`Export::write_quick`](crate::export::Export::write_quick)) it serves itself, still
 //! holding the lock, and answers at once: no thread hand-off and no lock traffic per request.
 //! Any other request makes the leader release the lock (a waiting follower becomes leader)
 //! and execute it, so a slow request (allocation, copy-on-write, commit, waiting for space,
@@ -22,7 +22,7 @@
 //! waits only for requests the server already holds, never for the client.
 //!
 //! A large WRITE payload (from [`SPLICE_MIN`] bytes) to an export that takes it
-//! ([`Export::splices_writes`](super::export::Export::splices_writes)) is not read into memory:
+//! ([`Export::splices_writes`](crate::export::Export::splices_writes)) is not read into memory:
 //! the leader splices it from the socket into its own pipe, which moves page references, not
 //! bytes, and hands the lock over; the worker then has the data device take the bytes from the
 //! pipe. One copy (pipe to page cache) instead of two (socket to buffer, buffer to page cache),
@@ -38,25 +38,20 @@
 
 use std::io::{self, BufRead, BufReader, IoSlice, Read, Write};
 use std::net::Shutdown;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::Scope;
 use std::time::{Duration, Instant};
 
-use super::export::{ExportError, Extent};
-use super::msg::*;
 use super::negotiate::{Negotiated, BASE_ALLOCATION_ID};
-use super::server::{RateLog, Sock};
-use super::wire::*;
-use rustix::event::{poll, PollFd, PollFlags, Timespec};
-use rustix::io::Errno;
-use rustix::pipe::{
-    fcntl_getpipe_size, fcntl_setpipe_size, pipe_with, splice, PipeFlags, SpliceFlags,
-};
+use super::reply::{allocation_status, Fail, Reply, KEEP_BUFFER};
+use super::splice::Pipe;
+use super::{RateLog, Sock};
+use crate::export::Extent;
+use crate::nbd::proto::msg::*;
+use crate::nbd::proto::wire::*;
 
-/// Buffers larger than this are released after use instead of being kept by the worker.
-const KEEP_BUFFER: usize = 4 << 20;
 /// Requests up to this many bytes may be served inline by the leader.
 const INLINE_MAX: u64 = 128 << 10;
 /// Structured READs shorter than this are sent as one data chunk, holes included.
@@ -83,10 +78,6 @@ const BATCH_MAX: usize = 64 << 10;
 const SPLICE_MIN: usize = 256 << 10;
 /// Bytes of a spliced payload read into memory first, to look for zeros.
 const SPLICE_PEEK: usize = 4 << 10;
-/// Capacity asked for a worker's pipe: a 1 MiB payload fits even when its pages arrive split
-/// over more slots than whole pages would need. Above `fs.pipe-max-size` (1 MiB by default)
-/// only root may go; others get half, and payloads that do not fit are read into memory.
-const PIPE_SIZE: usize = 2 << 20;
 
 struct Conn<'a> {
     sock: &'a Sock,
@@ -125,153 +116,6 @@ struct Incoming {
     /// The last `spliced` bytes of the payload wait in the worker's pipe, not in its buffer.
     spliced: usize,
     reject: Option<(u32, &'static str)>,
-}
-
-/// A worker's pipe for spliced WRITE payloads.
-struct Pipe {
-    r: OwnedFd,
-    w: OwnedFd,
-    cap: usize,
-    /// Bytes in the pipe not yet consumed. Non-zero once a request is done means its write
-    /// failed half way: the pipe is then replaced, never read from again.
-    pending: usize,
-}
-
-impl Pipe {
-    fn new() -> io::Result<Pipe> {
-        // Non-blocking: a read of more than the pipe holds (a bug) fails instead of hanging.
-        let (r, w) = pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK)?;
-        let cap = fcntl_setpipe_size(&w, PIPE_SIZE)
-            .or_else(|_| fcntl_setpipe_size(&w, PIPE_SIZE / 2))
-            .or_else(|_| fcntl_getpipe_size(&w))?;
-        Ok(Pipe { r, w, cap, pending: 0 })
-    }
-
-    /// Moves up to `len` bytes from `sock` into the pipe; stops early only when the pipe is
-    /// full. Returns the bytes moved.
-    fn fill_from(&mut self, sock: &Sock, len: usize) -> io::Result<usize> {
-        let mut moved = 0;
-        while moved < len {
-            // Non-blocking on both ends: a full pipe must not block the only thread that
-            // could drain it; an empty socket is waited for with poll below.
-            let flags = SpliceFlags::MOVE | SpliceFlags::NONBLOCK;
-            match splice(sock, None, &self.w, None, len - moved, flags) {
-                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
-                Ok(n) => {
-                    moved += n;
-                    self.pending += n;
-                }
-                Err(Errno::INTR) => {}
-                Err(Errno::AGAIN) => {
-                    let mut pw = [PollFd::new(&self.w, PollFlags::OUT)];
-                    if poll(&mut pw, Some(&Timespec { tv_sec: 0, tv_nsec: 0 }))? == 0 {
-                        return Ok(moved); // full
-                    }
-                    let mut ps = [PollFd::new(sock, PollFlags::IN)];
-                    match poll(&mut ps, None) {
-                        Ok(_) | Err(Errno::INTR) => {}
-                        Err(e) => return Err(e.into()),
-                    }
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Ok(moved)
-    }
-
-    /// Reads `buf.len()` pending bytes out of the pipe.
-    fn drain_into(&mut self, buf: &mut [u8]) -> io::Result<()> {
-        let mut got = 0;
-        while got < buf.len() {
-            match rustix::io::read(&self.r, &mut buf[got..]) {
-                Ok(0) | Err(Errno::AGAIN) => return Err(io::ErrorKind::UnexpectedEof.into()),
-                Ok(n) => got += n,
-                Err(Errno::INTR) => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-        self.pending -= got.min(self.pending);
-        Ok(())
-    }
-}
-
-/// A reply being built: headers (and small data) in `head`, READ data in `data`, interleaved
-/// as `pieces` say. `data` keeps its high-water length between replies, so a READ lands in
-/// memory that is already initialised instead of being zero-filled first (a memset of every
-/// byte read was a tenth of the server's time on 1 MiB reads).
-#[derive(Default)]
-struct Reply {
-    head: Vec<u8>,
-    data: Vec<u8>,
-    /// (bytes of `head` before this piece, range of `data`), in order.
-    pieces: Vec<(usize, std::ops::Range<usize>)>,
-    data_len: usize,
-}
-
-impl Reply {
-    fn clear(&mut self) {
-        self.head.clear();
-        self.pieces.clear();
-        self.data_len = 0;
-    }
-
-    fn len(&self) -> usize {
-        self.head.len() + self.data_len
-    }
-
-    /// The next `n` bytes of data, placed after what `head` holds now.
-    fn data_slot(&mut self, n: usize) -> &mut [u8] {
-        let at = self.data_len;
-        if self.data.len() < at + n {
-            self.data.resize(at + n, 0);
-        }
-        self.pieces.push((self.head.len(), at..at + n));
-        self.data_len += n;
-        &mut self.data[at..at + n]
-    }
-
-    /// The reply in wire order.
-    fn slices(&self) -> impl Iterator<Item = &[u8]> {
-        let mut h = 0;
-        let last = self.pieces.last().map_or(0, |p| p.0);
-        let pieces = self.pieces.iter().flat_map(move |(end, r)| {
-            let head = &self.head[h..*end];
-            h = *end;
-            [head, &self.data[r.clone()]]
-        });
-        pieces.chain(std::iter::once(&self.head[last..]))
-    }
-
-    /// Drops buffers that grew for one unusually large reply.
-    fn trim(&mut self) {
-        if self.head.capacity() > KEEP_BUFFER {
-            self.head = Vec::new();
-        }
-        if self.data.len() > KEEP_BUFFER {
-            self.data = Vec::new();
-        }
-    }
-}
-
-/// A failed request: the errno to send and what to log.
-struct Fail {
-    errno: u32,
-    why: String,
-    client_fault: bool,
-}
-
-impl Fail {
-    fn client(errno: u32, why: &str) -> Self {
-        Self { errno, why: why.to_owned(), client_fault: true }
-    }
-}
-
-impl From<ExportError> for Fail {
-    fn from(e: ExportError) -> Self {
-        use super::export::ErrorKind;
-        let client_fault = matches!(e.kind, ErrorKind::OutOfRange | ErrorKind::ReadOnly);
-        Self { errno: e.kind.errno(), why: e.to_string(), client_fault }
-    }
 }
 
 /// Serves transmission on `sock` until DISC, EOF, a protocol violation or a write failure;
@@ -724,7 +568,7 @@ fn encode_error(c: &Conn<'_>, req: &Request, errno: u32, why: &str, out: &mut Ve
 /// part of it. With `quick`, data is read only if that is quick ([`Export::read_quick`]),
 /// else `Ok(false)` with `out` holding part of the reply.
 ///
-/// [`Export::read_quick`]: super::export::Export::read_quick
+/// [`Export::read_quick`]: crate::export::Export::read_quick
 fn read(c: &Conn<'_>, req: &Request, out: &mut Reply, quick: bool) -> Result<bool, Fail> {
     let df = req.flags & CMD_FLAG_DF != 0;
     if req.length > u64::from(MAX_PAYLOAD) {
@@ -833,11 +677,11 @@ fn block_status(c: &Conn<'_>, req: &Request, out: &mut Vec<u8>) -> Result<(), Fa
         HeaderMode::Compact => Chunk::BlockStatus {
             context: BASE_ALLOCATION_ID,
             // Compact requests are < 4 GiB long, so clipped extents fit in 32 bits.
-            extents: clipped.iter().map(|e| (e.len as u32, e.status())).collect(),
+            extents: clipped.iter().map(|e| (e.len as u32, allocation_status(e))).collect(),
         },
         HeaderMode::Extended => Chunk::BlockStatusExt {
             context: BASE_ALLOCATION_ID,
-            extents: clipped.iter().map(|e| (e.len, u64::from(e.status()))).collect(),
+            extents: clipped.iter().map(|e| (e.len, u64::from(allocation_status(e)))).collect(),
         },
     };
     encode_chunk(c.neg.mode, true, req.cookie, req.offset, &chunk, out);
@@ -876,36 +720,4 @@ fn fail_conn(c: &Conn<'_>, e: io::Error) {
     c.log.warn(format_args!("export {:?}: reply failed, closing: {e}", c.neg.name));
     c.dead.store(true, Ordering::Relaxed);
     c.sock.shutdown(Shutdown::Both);
-}
-
-#[cfg(test)]
-mod tests {
-    use super::Reply;
-
-    fn wire(r: &Reply) -> Vec<u8> {
-        r.slices().flat_map(|p| p.iter().copied()).collect()
-    }
-
-    #[test]
-    fn reply_pieces_come_out_in_wire_order_and_reuse_their_memory() {
-        let mut r = Reply::default();
-        r.head.extend_from_slice(b"H1");
-        r.data_slot(3).copy_from_slice(b"abc");
-        r.head.extend_from_slice(b"hole");
-        r.head.extend_from_slice(b"H2");
-        r.data_slot(2).copy_from_slice(b"de");
-        r.head.extend_from_slice(b"end");
-        assert_eq!(wire(&r), b"H1abcholeH2deend");
-        assert_eq!(r.len(), 16);
-        // A smaller reply next: the data memory is reused, not zero-filled, and only what
-        // this reply wrote goes out.
-        r.clear();
-        r.head.extend_from_slice(b"S");
-        r.data_slot(1).copy_from_slice(b"x");
-        assert_eq!(wire(&r), b"Sx");
-        assert_eq!(r.data.len(), 5, "high-water length kept");
-        r.clear();
-        r.head.extend_from_slice(b"only");
-        assert_eq!(wire(&r), b"only");
-    }
 }

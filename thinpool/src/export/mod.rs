@@ -1,6 +1,15 @@
-//! The backend seam: what the NBD server needs from a volume ([`Export`]) and from the set of
-//! volumes ([`Catalog`]). The server knows nothing else about the pool; tests run it over
-//! memory and sparse-file exports.
+//! The export seam: what a frontend (the NBD server, the ublk queues) needs from a volume
+//! ([`Export`]) and from the set of volumes ([`Catalog`]), and its backends.
+//!
+//! ```text
+//! mod.rs   Export, Catalog, ExportError (a kind a frontend maps to its errno), Extent
+//! mem      memory-backed exports (tests, benchmarks)
+//! file     sparse-file exports (tests, benchmarks, the peers' bench setup)
+//! pool     every volume of the thin pool, through the service's gates
+//! ```
+//!
+//! Frontends know nothing else about the pool; the protocol's error numbers and status bits
+//! are theirs (see `nbd::server`), so this room has no NBD in it.
 
 use std::fmt;
 use std::os::fd::BorrowedFd;
@@ -8,7 +17,9 @@ use std::sync::Arc;
 
 use thiserror::Error;
 
-use super::wire;
+pub mod file;
+pub mod mem;
+pub mod pool;
 
 /// What went wrong, as far as an NBD client can be told.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,19 +34,6 @@ pub enum ErrorKind {
     NotSupported,
     /// Anything else.
     Io,
-}
-
-impl ErrorKind {
-    /// The NBD error value for this kind.
-    pub fn errno(self) -> u32 {
-        match self {
-            Self::NoSpace => wire::ENOSPC,
-            Self::OutOfRange => wire::EINVAL,
-            Self::ReadOnly => wire::EPERM,
-            Self::NotSupported => wire::ENOTSUP,
-            Self::Io => wire::EIO,
-        }
-    }
 }
 
 /// A backend failure: a kind the protocol edge maps to an errno, plus context for the log.
@@ -92,12 +90,6 @@ impl Extent {
     pub fn hole(len: u64) -> Self {
         Self { len, hole: true, zero: true }
     }
-
-    /// `base:allocation` status bits.
-    pub fn status(&self) -> u32 {
-        (if self.hole { wire::STATE_HOLE } else { 0 })
-            | (if self.zero { wire::STATE_ZERO } else { 0 })
-    }
 }
 
 /// Appends `e` to `v`, merging it into the last extent when the state is equal.
@@ -111,6 +103,10 @@ pub fn push_extent(v: &mut Vec<Extent>, e: Extent) {
     }
 }
 
+/// Largest request payload a frontend passes to an export (the NBD server's limit too; the
+/// spec lets a server refuse more than 32 MiB).
+pub const MAX_PAYLOAD: u32 = 32 << 20;
+
 /// Block-size constraints advertised with `NBD_INFO_BLOCK_SIZE`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BlockSize {
@@ -121,7 +117,7 @@ pub struct BlockSize {
 
 impl Default for BlockSize {
     fn default() -> Self {
-        Self { minimum: 1, preferred: 4096, maximum: wire::MAX_PAYLOAD }
+        Self { minimum: 1, preferred: 4096, maximum: MAX_PAYLOAD }
     }
 }
 

@@ -15,10 +15,16 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::allow::AllowList;
-use super::conn;
-use super::export::{Catalog, Export};
-use super::negotiate;
+use crate::export::{Catalog, Export};
+use allow::AllowList;
+
+pub mod allow;
+mod conn;
+mod negotiate;
+mod reply;
+mod splice;
+
+pub use negotiate::{transmission_flags, BASE_ALLOCATION, BASE_ALLOCATION_ID};
 
 /// Cap on one option's payload. Options carry at most a name and a few context queries
 /// (each string ≤ 4096 bytes); 64 KiB is generous, and a larger claim is a disconnect.

@@ -18,8 +18,7 @@ use std::os::fd::BorrowedFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use super::control;
-use super::export::*;
+use super::*;
 use crate::pool::Pool;
 use crate::service::{self, Service, VolumeHandle};
 
@@ -154,7 +153,7 @@ impl VolumeExport {
                 .commit()
                 .map_err(|e| err(op, offset, len, service::Error::pool("committing", e)))?;
         }
-        // Request tracing for crash analysis (`THINPOOL_LOG=thinpool::nbd::pool=debug`): what
+        // Request tracing for crash analysis (`THINPOOL_LOG=thinpool::export::pool=debug`): what
         // was acknowledged, and whether its mapping was committed first.
         tracing::debug!(
             "ack {op} {offset}+{len} fua={fua} committed={}",
@@ -283,84 +282,7 @@ impl Export for VolumeExport {
 
     fn block_size(&self) -> BlockSize {
         let pref = u32::try_from(self.handle.block_bytes()).unwrap_or(1 << 20);
-        BlockSize {
-            minimum: 1,
-            preferred: pref.clamp(512, 1 << 20),
-            maximum: super::wire::MAX_PAYLOAD,
-        }
-    }
-}
-
-/// Management verbs executed by the daemon on its pool.
-pub struct PoolControl {
-    catalog: Arc<PoolCatalog>,
-    /// NBD connections being served: TCP and unix clients and the kernel's socketpairs.
-    connections: Box<dyn Fn() -> usize + Send + Sync>,
-}
-
-impl PoolControl {
-    pub fn new(
-        catalog: Arc<PoolCatalog>,
-        connections: Box<dyn Fn() -> usize + Send + Sync>,
-    ) -> Self {
-        Self { catalog, connections }
-    }
-
-    fn volume_json(v: &crate::pool::VolumeInfo) -> serde_json::Value {
-        serde_json::json!({
-            "name": v.name,
-            "thin_id": v.id.0,
-            "size": v.size,
-            "mapped_blocks": v.mapped_blocks,
-        })
-    }
-}
-
-impl control::Handler for PoolControl {
-    fn handle(&self, req: control::Request) -> Result<serde_json::Value, String> {
-        use control::Request as R;
-        let svc = self.catalog.service();
-        let pool = svc.pool();
-        let s = |e: service::Error| e.to_string();
-        // The service commits each change before returning (one Docker transaction).
-        Ok(match req {
-            R::Create { name, size } => {
-                let id = svc.create_volume(&name, size).map_err(s)?;
-                serde_json::json!({ "thin_id": id.0 })
-            }
-            R::Snapshot { origin, name } => {
-                let id = svc.snapshot_volume(&origin, &name).map_err(s)?;
-                serde_json::json!({ "thin_id": id.0 })
-            }
-            R::Remove { name } => {
-                let deferred = svc.remove_volume(&name).map_err(s)?;
-                serde_json::json!({ "deferred": deferred })
-            }
-            R::List => {
-                let v = svc.volumes().map_err(s)?;
-                serde_json::Value::Array(v.iter().map(Self::volume_json).collect())
-            }
-            R::Extend { device } => {
-                let events = svc.extend_device(std::path::Path::new(&device)).map_err(s)?;
-                serde_json::json!({ "device": device, "events": events })
-            }
-            R::Status => {
-                let d = pool.data_usage();
-                let m = pool.metadata_usage();
-                serde_json::json!({
-                    "pid": std::process::id(),
-                    "transaction_id": pool.transaction_id().0,
-                    "block_bytes": pool.block_bytes(),
-                    "data": { "total": d.total, "used": d.used, "free": d.free },
-                    "metadata": { "total": m.total, "used": m.used, "free": m.free },
-                    "volumes": svc.volumes().map_err(s)?.len(),
-                    "nbd_connections": (self.connections)(),
-                    "read_only": svc.read_only(),
-                    "devicemapper": svc.status(),
-                    "options": svc.config(),
-                })
-            }
-        })
+        BlockSize { minimum: 1, preferred: pref.clamp(512, 1 << 20), maximum: MAX_PAYLOAD }
     }
 }
 

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
-use super::export::*;
+use super::*;
 
 const CHUNK: u64 = 64 << 10;
 

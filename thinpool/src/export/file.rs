@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use rustix::fs::{FallocateFlags, SeekFrom};
 
-use super::export::*;
+use super::*;
 
 /// Most extents returned by one `extents` call; clients ask again for the rest.
 const MAX_EXTENTS_PER_CALL: usize = 4096;

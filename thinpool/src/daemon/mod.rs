@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! DIR/lock          flock(LOCK_EX) held for the daemon's lifetime; contains its pid
-//! DIR/control.sock  management verbs (see super::control)
+//! DIR/control.sock  management verbs (see [`control`])
 //! ```
 
 use std::fs::File;
@@ -16,54 +16,45 @@ use std::time::Duration;
 
 use thiserror::Error;
 
-use super::allow::{AllowList, Cidr};
-use super::control;
-use super::export::Catalog;
-use super::pool::{PoolCatalog, PoolControl};
-use super::server::{Server, ServerOptions};
+use crate::export::pool::PoolCatalog;
+use crate::export::Catalog;
+use crate::nbd::server::allow::{AllowList, Cidr};
+use crate::nbd::server::{Server, ServerOptions};
+use handler::PoolControl;
+
 use crate::service::{PoolSource, Service, ServiceOptions};
 
-/// Command-line configuration of `thinpool serve`.
-#[derive(Debug, Clone, clap::Args)]
+pub mod control;
+mod handler;
+pub mod kernel;
+
+/// What `thinpool serve` runs with (the binary parses its flags into this).
+#[derive(Debug, Clone)]
 pub struct ServeConfig {
     /// TCP address to serve NBD on; "none" disables TCP.
-    #[arg(long, default_value = "127.0.0.1:10809")]
     pub listen: String,
     /// Also serve NBD on this unix socket.
-    #[arg(long)]
     pub socket: Option<PathBuf>,
     /// Volumes exported read-only (comma-separated names).
-    #[arg(long, value_delimiter = ',')]
     pub read_only: Vec<String>,
     /// TCP clients allowed to connect (comma-separated CIDRs; default: everyone). Unix-socket
     /// clients are always allowed.
-    #[arg(long, value_delimiter = ',')]
     pub allow: Vec<Cidr>,
     /// Most NBD connections served at once.
-    #[arg(long, default_value_t = 256)]
     pub max_connections: usize,
     /// Worker threads per NBD connection.
-    #[arg(long, default_value_t = 8)]
     pub workers: usize,
     /// Where the lock, control socket and event log live when POOL is a device list (a pool
     /// or group directory keeps them inside itself).
-    #[arg(long)]
     pub state_dir: Option<PathBuf>,
     /// File pools: let autoextend grow the data file up to this size (e.g. 100G).
-    #[arg(long, value_parser = data_max_arg)]
     pub data_max: Option<u64>,
     /// Serve EXPORT to the kernel nbd client on inherited socket FD (no handshake; see
-    /// nbd::kernel). Repeatable.
-    #[arg(long = "kernel-fd", value_name = "FD:EXPORT")]
-    pub kernel_fd: Vec<super::kernel::KernelFd>,
+    /// daemon::kernel). Repeatable.
+    pub kernel_fd: Vec<kernel::KernelFd>,
     /// Set PR_SET_IO_FLUSHER and mlockall: for a daemon whose clients' filesystems live in
     /// the same machine (the appliance).
-    #[arg(long)]
     pub io_flusher: bool,
-}
-
-fn data_max_arg(s: &str) -> Result<u64, String> {
-    crate::vg::config::parse_size("--data-max", s).map_err(|e| e.to_string())
 }
 
 impl Default for ServeConfig {
@@ -181,11 +172,11 @@ fn read_pid(file: &mut File) -> Option<u32> {
 pub fn serve(pool: &Path, cfg: ServeConfig) -> Result<(), DaemonError> {
     if cfg.io_flusher {
         // First, before any thread exists: the flag is inherited by threads created later.
-        for w in super::kernel::protect_from_reclaim() {
+        for w in kernel::protect_from_reclaim() {
             tracing::warn!("nbd: {w}");
         }
     }
-    super::kernel::check_unique(&cfg.kernel_fd)?;
+    kernel::check_unique(&cfg.kernel_fd)?;
     let stop = Arc::new(AtomicBool::new(false));
     stop_on_signals(&stop)?;
     serve_until(pool, &cfg, stop)
@@ -251,8 +242,7 @@ pub fn serve_catalog(
     let tcp = cfg.tcp_addr()?;
     let catalog_for_kernel = catalog.clone();
     let server = Server::new(catalog, cfg.server_options());
-    let kernel =
-        super::kernel::start(&catalog_for_kernel, &cfg.kernel_fd, cfg.workers.max(1), &stop)?;
+    let kernel = kernel::start(&catalog_for_kernel, &cfg.kernel_fd, cfg.workers.max(1), &stop)?;
     let (weak, live) = (Arc::downgrade(&server), kernel.live());
     let handler = make_handler(Box::new(move || {
         weak.upgrade().map(|s| s.connections()).unwrap_or(0) + live.load(Ordering::SeqCst)
@@ -320,25 +310,5 @@ mod tests {
         drop(lock);
         assert_eq!(PoolLock::holder(dir.path()), None);
         PoolLock::acquire(dir.path()).unwrap();
-    }
-
-    #[test]
-    fn serve_config_parses_like_the_cli() {
-        use clap::Parser;
-        #[derive(clap::Parser)]
-        struct Cli {
-            #[command(flatten)]
-            serve: ServeConfig,
-        }
-        let c = Cli::parse_from(["x", "--read-only", "a,b", "--allow", "10.0.0.0/8,::1"]).serve;
-        assert_eq!(c.listen, "127.0.0.1:10809");
-        assert_eq!(c.read_only, ["a", "b"]);
-        let o = c.server_options();
-        assert!(o.allow.allows("10.1.2.3".parse().unwrap()));
-        assert!(!o.allow.allows("192.168.0.1".parse().unwrap()));
-        assert!(o.read_only.contains("b"));
-        let c = Cli::parse_from(["x", "--listen", "none"]).serve;
-        assert_eq!(c.tcp_addr().unwrap(), None);
-        assert!(Cli::try_parse_from(["x", "--allow", "10.0.0.0/99"]).is_err());
     }
 }

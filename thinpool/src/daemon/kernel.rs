@@ -16,9 +16,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use super::daemon::DaemonError;
-use super::export::Catalog;
-use super::server::serve_connected;
+use super::DaemonError;
+use crate::export::Catalog;
+use crate::nbd::server::serve_connected;
 
 /// One `--kernel-fd FD:EXPORT` argument.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,16 +27,26 @@ pub struct KernelFd {
     pub export: String,
 }
 
-impl FromStr for KernelFd {
-    type Err = String;
+/// Why a `--kernel-fd` argument or its descriptor was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KernelFdError {
+    #[error("--kernel-fd {0:?}: expected FD:EXPORT")]
+    Syntax(String),
+    #[error("--kernel-fd {0:?}: need a descriptor >= 3 (not stdio) and an export name")]
+    Range(String),
+    #[error("fd {fd}: {why}")]
+    Descriptor { fd: i32, why: &'static str, errno: Option<rustix::io::Errno> },
+}
 
-    fn from_str(s: &str) -> Result<Self, String> {
-        let (fd, export) =
-            s.split_once(':').ok_or_else(|| format!("--kernel-fd {s:?}: expected FD:EXPORT"))?;
-        let fd: i32 = fd.parse().map_err(|_| format!("--kernel-fd {s:?}: {fd:?} is not an fd"))?;
+impl FromStr for KernelFd {
+    type Err = KernelFdError;
+
+    fn from_str(s: &str) -> Result<Self, KernelFdError> {
+        let (fd, export) = s.split_once(':').ok_or_else(|| KernelFdError::Syntax(s.into()))?;
+        let fd: i32 = fd.parse().map_err(|_| KernelFdError::Syntax(s.into()))?;
         // 0..2 are stdio: never take them over.
         if fd < 3 || export.is_empty() {
-            return Err(format!("--kernel-fd {s:?}: need FD >= 3 and an export name"));
+            return Err(KernelFdError::Range(s.into()));
         }
         Ok(Self { fd, export: export.to_owned() })
     }
@@ -76,8 +86,13 @@ pub fn start(
         let export = catalog.open_for_local_client(&k.export).ok_or_else(|| {
             DaemonError::Config(format!("--kernel-fd {}: no volume {:?}", k.fd, k.export))
         })?;
-        let stream = adopt::unix_stream(k.fd)
-            .map_err(|e| DaemonError::Config(format!("--kernel-fd {}: {e}", k.fd)))?;
+        let stream = adopt::unix_stream(k.fd).map_err(|e| {
+            let errno = match &e {
+                KernelFdError::Descriptor { errno: Some(n), .. } => format!(" ({n})"),
+                _ => String::new(),
+            };
+            DaemonError::Config(format!("--kernel-fd {}: {e}{errno}", k.fd))
+        })?;
         ready.push((k.clone(), stream, export));
     }
     let mut threads = Vec::with_capacity(ready.len());
@@ -132,29 +147,32 @@ mod adopt {
     use std::os::fd::{AsFd, FromRawFd, OwnedFd};
     use std::os::unix::net::UnixStream;
 
+    use super::KernelFdError;
+
     /// Adopts inherited `fd` as a Unix stream socket. Checked first with fstat (a socket) and
     /// getsockopt(SO_TYPE) (stream) on a borrowed view, so a wrong number fails cleanly.
-    pub fn unix_stream(fd: i32) -> Result<UnixStream, String> {
+    pub fn unix_stream(fd: i32) -> Result<UnixStream, KernelFdError> {
+        let bad = |why, errno| KernelFdError::Descriptor { fd, why, errno };
         // SAFETY: `fd` comes from our command line, whose contract is that the parent left it
         // open for us; fcntl(F_GETFD) below fails with EBADF if it is not an open descriptor.
         // The borrow does not outlive this function.
         let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
-        rustix::io::fcntl_getfd(borrowed).map_err(|e| format!("not an open descriptor: {e}"))?;
-        let st = rustix::fs::fstat(borrowed).map_err(|e| format!("fstat: {e}"))?;
+        rustix::io::fcntl_getfd(borrowed).map_err(|e| bad("not an open descriptor", Some(e)))?;
+        let st = rustix::fs::fstat(borrowed).map_err(|e| bad("fstat failed", Some(e)))?;
         if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::Socket {
-            return Err("not a socket".into());
+            return Err(bad("not a socket", None));
         }
         let ty = rustix::net::sockopt::socket_type(borrowed.as_fd())
-            .map_err(|e| format!("SO_TYPE: {e}"))?;
+            .map_err(|e| bad("getsockopt(SO_TYPE) failed", Some(e)))?;
         if ty != rustix::net::SocketType::STREAM {
-            return Err("not a stream socket".into());
+            return Err(bad("not a stream socket", None));
         }
         // SAFETY: the descriptor is open (checked above) and nothing else in this process
         // owns it: the parent passed it for this one purpose, and start() adopts each fd once
         // (duplicates in the arguments are rejected by the caller's check below).
         let owned = unsafe { OwnedFd::from_raw_fd(fd) };
         rustix::io::fcntl_setfd(&owned, rustix::io::FdFlags::CLOEXEC)
-            .map_err(|e| format!("F_SETFD: {e}"))?;
+            .map_err(|e| bad("fcntl(F_SETFD) failed", Some(e)))?;
         Ok(UnixStream::from(owned))
     }
 }
@@ -177,7 +195,7 @@ mod tests {
     use std::os::unix::net::UnixStream;
 
     use super::*;
-    use crate::nbd::mem::MemCatalog;
+    use crate::export::mem::MemCatalog;
 
     #[test]
     fn parses_fd_and_export() {
@@ -185,27 +203,33 @@ mod tests {
             "5:store".parse::<KernelFd>().unwrap(),
             KernelFd { fd: 5, export: "store".into() }
         );
-        assert!("1:store".parse::<KernelFd>().is_err());
-        assert!("x:store".parse::<KernelFd>().is_err());
+        assert_eq!("1:store".parse::<KernelFd>(), Err(KernelFdError::Range("1:store".into())));
+        assert_eq!("x:store".parse::<KernelFd>(), Err(KernelFdError::Syntax("x:store".into())));
         assert!("7:".parse::<KernelFd>().is_err());
         assert!("7".parse::<KernelFd>().is_err());
         let twice =
             [KernelFd { fd: 5, export: "a".into() }, KernelFd { fd: 5, export: "b".into() }];
-        assert!(check_unique(&twice).is_err());
+        assert!(
+            matches!(check_unique(&twice), Err(DaemonError::Config(m)) if m.contains("twice")),
+            "fd 5 given twice"
+        );
     }
 
     #[test]
     fn a_regular_file_is_refused() {
         let f = tempfile::tempfile().unwrap();
         let e = adopt::unix_stream(f.as_raw_fd()).unwrap_err();
-        assert!(e.contains("not a socket"), "{e}");
+        assert!(
+            matches!(e, KernelFdError::Descriptor { why: "not a socket", errno: None, .. }),
+            "{e}"
+        );
     }
 
     /// The kernel's side of the protocol by hand: compact request, simple reply.
     #[test]
     fn serves_transmission_on_an_inherited_end() {
         let cat = MemCatalog::new();
-        cat.insert("store", "", Arc::new(crate::nbd::mem::MemExport::new(1 << 20)));
+        cat.insert("store", "", Arc::new(crate::export::mem::MemExport::new(1 << 20)));
         let catalog: Arc<dyn Catalog> = Arc::new(cat);
         let (ours, mut kernel) = UnixStream::pair().unwrap();
         let fd = ours.into_raw_fd();

@@ -1,0 +1,92 @@
+//! `thinpool serve`'s flags, parsed into the library's [`ServeConfig`].
+
+use std::path::PathBuf;
+use thinpool::daemon::ServeConfig;
+use thinpool::nbd::server::allow::Cidr;
+
+/// The flags of `thinpool serve`; see [`ServeConfig`] for what they configure.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeOpts {
+    /// TCP address to serve NBD on; "none" disables TCP.
+    #[arg(long, default_value = "127.0.0.1:10809")]
+    pub listen: String,
+    /// Also serve NBD on this unix socket.
+    #[arg(long)]
+    pub socket: Option<PathBuf>,
+    /// Volumes exported read-only (comma-separated names).
+    #[arg(long, value_delimiter = ',')]
+    pub read_only: Vec<String>,
+    /// TCP clients allowed to connect (comma-separated CIDRs; default: everyone). Unix-socket
+    /// clients are always allowed.
+    #[arg(long, value_delimiter = ',')]
+    pub allow: Vec<Cidr>,
+    /// Most NBD connections served at once.
+    #[arg(long, default_value_t = 256)]
+    pub max_connections: usize,
+    /// Worker threads per NBD connection.
+    #[arg(long, default_value_t = 8)]
+    pub workers: usize,
+    /// Where the lock, control socket and event log live when POOL is a device list (a pool
+    /// or group directory keeps them inside itself).
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// File pools: let autoextend grow the data file up to this size (e.g. 100G).
+    #[arg(long, value_parser = data_max_arg)]
+    pub data_max: Option<u64>,
+    /// Serve EXPORT to the kernel nbd client on inherited socket FD (no handshake; see
+    /// daemon::kernel). Repeatable.
+    #[arg(long = "kernel-fd", value_name = "FD:EXPORT")]
+    pub kernel_fd: Vec<thinpool::daemon::kernel::KernelFd>,
+    /// Set PR_SET_IO_FLUSHER and mlockall: for a daemon whose clients' filesystems live in
+    /// the same machine (the appliance).
+    #[arg(long)]
+    pub io_flusher: bool,
+}
+
+fn data_max_arg(s: &str) -> Result<u64, String> {
+    super::size::parse_size(s).map_err(|e| e.to_string())
+}
+
+impl ServeOpts {
+    pub fn into_config(self) -> ServeConfig {
+        ServeConfig {
+            listen: self.listen,
+            socket: self.socket,
+            read_only: self.read_only,
+            allow: self.allow,
+            max_connections: self.max_connections,
+            workers: self.workers,
+            state_dir: self.state_dir,
+            data_max: self.data_max,
+            kernel_fd: self.kernel_fd,
+            io_flusher: self.io_flusher,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serve_config_parses_like_the_cli() {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            serve: ServeOpts,
+        }
+        let c = Cli::parse_from(["x", "--read-only", "a,b", "--allow", "10.0.0.0/8,::1"])
+            .serve
+            .into_config();
+        assert_eq!(c.listen, "127.0.0.1:10809");
+        assert_eq!(c.read_only, ["a", "b"]);
+        let o = c.server_options();
+        assert!(o.allow.allows("10.1.2.3".parse().unwrap()));
+        assert!(!o.allow.allows("192.168.0.1".parse().unwrap()));
+        assert!(o.read_only.contains("b"));
+        let c = Cli::parse_from(["x", "--listen", "none"]).serve.into_config();
+        assert_eq!(c.tcp_addr().unwrap(), None);
+        assert!(Cli::try_parse_from(["x", "--allow", "10.0.0.0/99"]).is_err());
+    }
+}

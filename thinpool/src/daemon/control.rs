@@ -1,0 +1,457 @@
+//! The daemon's control socket: `DIR/control.sock`, one JSON object per line each way.
+//!
+//! While `thinpool serve` holds the pool lock no other process may open the pool for writing,
+//! so management verbs (create, snapshot, remove, list, status) are sent here and executed by
+//! the daemon itself.
+//!
+//! ```text
+//! → {"op":"create","name":"vol1","size":10737418240}
+//! ← {"ok":true,"data":{"thin_id":1}}
+//! → {"op":"remove","name":"nope"}
+//! ← {"ok":false,"error":"not found: volume nope"}
+//! ```
+//!
+//! The socket is created mode 0600 (root's tool talks to root's daemon). Lines are capped at
+//! [`MAX_LINE`] bytes and idle clients are dropped after [`IDLE`].
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// Longest request or response line.
+pub const MAX_LINE: u64 = 1 << 20;
+/// A control client that sends nothing for this long is dropped.
+pub const IDLE: Duration = Duration::from_secs(30);
+
+/// A management verb.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    Create {
+        name: String,
+        size: u64,
+    },
+    Snapshot {
+        origin: String,
+        name: String,
+    },
+    Remove {
+        name: String,
+    },
+    List,
+    Status,
+    /// vgextend: add a device to a device-backed pool's volume group.
+    Extend {
+        device: String,
+    },
+}
+
+/// One volume as the daemon lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeEntry {
+    pub name: String,
+    pub thin_id: u64,
+    /// Virtual size in bytes.
+    pub size: u64,
+    pub mapped_blocks: u64,
+}
+
+/// Blocks of one space (data: pool blocks; metadata: 4 KiB blocks).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpaceEntry {
+    pub total: u64,
+    pub used: u64,
+    pub free: u64,
+}
+
+/// The running daemon's state: the pool's, the service's (Docker's devicemapper fields) and
+/// its frontends'.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DaemonStatus {
+    pub pid: u32,
+    pub transaction_id: u64,
+    pub block_bytes: u64,
+    pub data: SpaceEntry,
+    pub metadata: SpaceEntry,
+    pub volumes: usize,
+    pub nbd_connections: usize,
+    /// Why the pool takes no changes, when it does not.
+    pub read_only: Option<String>,
+    pub devicemapper: crate::service::ServiceStatus,
+    /// The `dm.*` options the pool runs with.
+    #[serde(default)]
+    pub options: crate::vg::PoolConfig,
+}
+
+/// The daemon's answer to one [`Request`]; on the wire it is the `data` member of the
+/// response line, shaped by the request it answers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Reply {
+    /// `create`, `snapshot`.
+    Created { thin_id: u64 },
+    /// `remove`: deleted now, or when its last user closes it.
+    Removed { deferred: bool },
+    /// `list`.
+    Volumes(Vec<VolumeEntry>),
+    /// `status`.
+    Status(Box<DaemonStatus>),
+    /// `extend`: the device added and what the volume group did.
+    Extended { device: String, events: Vec<crate::vg::ExtendEvent> },
+}
+
+/// Why the daemon refused a request: a kind a client can match on, and the daemon's message
+/// (which names the volume or device concerned).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Error)]
+#[error("{message}")]
+pub struct Refusal {
+    pub kind: RefusalKind,
+    pub message: String,
+}
+
+/// What kind of refusal; mirrors the service's error kinds at the process edge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RefusalKind {
+    NotFound,
+    Exists,
+    NoSpace,
+    MinFreeSpace,
+    ReadOnly,
+    Busy,
+    Invalid,
+    /// The request line was not a request this daemon knows.
+    BadRequest,
+    Failed,
+}
+
+impl Refusal {
+    pub fn new(kind: RefusalKind, message: impl Into<String>) -> Self {
+        Self { kind, message: message.into() }
+    }
+}
+
+/// The line the daemon sends back: `{"ok":true,"data":REPLY}` or
+/// `{"ok":false,"kind":KIND,"error":MESSAGE}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Response {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<RefusalKind>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default)]
+    pub data: serde_json::Value,
+}
+
+impl Response {
+    /// The reply as a typed value, or the daemon's refusal.
+    pub fn into_result<T: serde::de::DeserializeOwned>(self) -> Result<T, ControlError> {
+        if !self.ok {
+            return Err(ControlError::Refused(Refusal {
+                kind: self.kind.unwrap_or(RefusalKind::Failed),
+                message: self.error.unwrap_or_else(|| "refused without a reason".into()),
+            }));
+        }
+        serde_json::from_value(self.data).map_err(|e| ControlError::Protocol {
+            path: PathBuf::new(),
+            why: format!("unexpected reply: {e}"),
+        })
+    }
+}
+
+/// Executes requests inside the daemon.
+pub trait Handler: Send + Sync {
+    fn handle(&self, req: Request) -> Result<Reply, Refusal>;
+}
+
+#[derive(Debug, Error)]
+pub enum ControlError {
+    #[error("cannot connect to the pool daemon at {path}")]
+    Connect { path: PathBuf, source: io::Error },
+    #[error("talking to the pool daemon at {path}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("bad answer from the pool daemon at {path}: {why}")]
+    Protocol { path: PathBuf, why: String },
+    #[error("the pool daemon refused: {0}")]
+    Refused(Refusal),
+}
+
+impl ControlError {
+    /// The refusal's kind, when the daemon refused (rather than could not be reached).
+    pub fn refusal_kind(&self) -> Option<RefusalKind> {
+        match self {
+            Self::Refused(r) => Some(r.kind),
+            _ => None,
+        }
+    }
+}
+
+/// A typed client of the daemon serving the pool whose state directory is `dir`.
+#[derive(Debug, Clone)]
+pub struct Client {
+    dir: PathBuf,
+}
+
+impl Client {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self { dir: dir.into() }
+    }
+
+    /// Whether a daemon's socket is there (it may still refuse connections if it died).
+    pub fn socket_exists(&self) -> bool {
+        socket_path(&self.dir).exists()
+    }
+
+    fn call<T: serde::de::DeserializeOwned>(&self, req: &Request) -> Result<T, ControlError> {
+        request(&self.dir, req)?.into_result()
+    }
+
+    /// The reply as JSON, for callers that pass it on (the appliance's agent).
+    pub fn call_json(&self, req: &Request) -> Result<serde_json::Value, ControlError> {
+        self.call(req)
+    }
+
+    pub fn create(&self, name: &str, size: u64) -> Result<u64, ControlError> {
+        let r: CreatedReply = self.call(&Request::Create { name: name.into(), size })?;
+        Ok(r.thin_id)
+    }
+
+    pub fn snapshot(&self, origin: &str, name: &str) -> Result<u64, ControlError> {
+        let req = Request::Snapshot { origin: origin.into(), name: name.into() };
+        let r: CreatedReply = self.call(&req)?;
+        Ok(r.thin_id)
+    }
+
+    /// Removes a volume; true when its deletion was deferred until its last user closes it.
+    pub fn remove(&self, name: &str) -> Result<bool, ControlError> {
+        let r: RemovedReply = self.call(&Request::Remove { name: name.into() })?;
+        Ok(r.deferred)
+    }
+
+    pub fn list(&self) -> Result<Vec<VolumeEntry>, ControlError> {
+        self.call(&Request::List)
+    }
+
+    pub fn status(&self) -> Result<DaemonStatus, ControlError> {
+        self.call(&Request::Status)
+    }
+}
+
+#[derive(Deserialize)]
+struct CreatedReply {
+    thin_id: u64,
+}
+
+#[derive(Deserialize)]
+struct RemovedReply {
+    deferred: bool,
+}
+
+pub fn socket_path(dir: &Path) -> PathBuf {
+    dir.join("control.sock")
+}
+
+/// Sends one request to the daemon serving the pool in `dir` and waits for its answer.
+pub fn request(dir: &Path, req: &Request) -> Result<Response, ControlError> {
+    let path = socket_path(dir);
+    let io_err = |source| ControlError::Io { path: path.clone(), source };
+    let mut s = UnixStream::connect(&path)
+        .map_err(|source| ControlError::Connect { path: path.clone(), source })?;
+    s.set_read_timeout(Some(Duration::from_secs(300))).map_err(io_err)?;
+    let mut line = serde_json::to_vec(req)
+        .map_err(|e| ControlError::Protocol { path: path.clone(), why: e.to_string() })?;
+    line.push(b'\n');
+    s.write_all(&line).map_err(io_err)?;
+    let mut answer = String::new();
+    BufReader::new((&s).take(MAX_LINE)).read_line(&mut answer).map_err(io_err)?;
+    if answer.is_empty() {
+        return Err(ControlError::Protocol { path, why: "connection closed".into() });
+    }
+    serde_json::from_str(&answer)
+        .map_err(|e| ControlError::Protocol { path: path.clone(), why: e.to_string() })
+}
+
+/// Serves the control socket at `path` until `stop` is set.
+pub fn serve(
+    path: &Path,
+    handler: Arc<dyn Handler>,
+    stop: Arc<AtomicBool>,
+) -> io::Result<JoinHandle<()>> {
+    // The socket appears under its name only once it listens, with its final mode: bind
+    // creates the file before listen, and a client (init waiting for the daemon) that sees
+    // the file would otherwise get ECONNREFUSED.
+    let tmp = path.with_extension("sock.tmp");
+    for p in [path, tmp.as_path()] {
+        match std::fs::remove_file(p) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let listener = UnixListener::bind(&tmp)?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
+    std::fs::rename(&tmp, path)?;
+    listener.set_nonblocking(true)?;
+    let path = path.to_owned();
+    std::thread::Builder::new().name("control".into()).spawn(move || {
+        while !stop.load(Ordering::SeqCst) {
+            match listener.accept() {
+                Ok((s, _)) => {
+                    let h = handler.clone();
+                    let _ = std::thread::Builder::new()
+                        .name("control-conn".into())
+                        .spawn(move || serve_client(s, h.as_ref()));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(e) => {
+                    tracing::warn!("control: accept failed: {e}");
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            }
+        }
+        let _ = std::fs::remove_file(&path);
+    })
+}
+
+fn serve_client(s: UnixStream, handler: &dyn Handler) {
+    if s.set_nonblocking(false).is_err() || s.set_read_timeout(Some(IDLE)).is_err() {
+        return;
+    }
+    let mut reader = BufReader::new(&s);
+    loop {
+        let mut line = String::new();
+        match (&mut reader).take(MAX_LINE).read_line(&mut line) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        if !line.ends_with('\n') {
+            // Over-long line: answer once and drop the client.
+            let _ = reply(&s, &failure(RefusalKind::BadRequest, "request line too long".into()));
+            return;
+        }
+        let resp = match serde_json::from_str::<Request>(&line) {
+            Ok(req) => match handler.handle(req).map(serde_json::to_value) {
+                Ok(Ok(data)) => Response { ok: true, kind: None, error: None, data },
+                Ok(Err(e)) => failure(RefusalKind::Failed, format!("encoding the reply: {e}")),
+                Err(r) => failure(r.kind, r.message),
+            },
+            Err(e) => failure(RefusalKind::BadRequest, format!("bad request: {e}")),
+        };
+        if reply(&s, &resp).is_err() {
+            return;
+        }
+    }
+}
+
+fn failure(kind: RefusalKind, error: String) -> Response {
+    Response { ok: false, kind: Some(kind), error: Some(error), data: serde_json::Value::Null }
+}
+
+fn reply(mut s: &UnixStream, r: &Response) -> io::Result<()> {
+    let mut out = serde_json::to_vec(r).map_err(io::Error::other)?;
+    out.push(b'\n');
+    s.write_all(&out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    struct Names(Mutex<Vec<String>>);
+
+    impl Handler for Names {
+        fn handle(&self, req: Request) -> Result<Reply, Refusal> {
+            let mut v = self.0.lock().unwrap();
+            match req {
+                Request::Create { name, size } => {
+                    if v.contains(&name) {
+                        return Err(Refusal::new(RefusalKind::Exists, format!("exists: {name}")));
+                    }
+                    v.push(name);
+                    Ok(Reply::Created { thin_id: size })
+                }
+                Request::List => Ok(Reply::Volumes(
+                    v.iter()
+                        .map(|n| VolumeEntry {
+                            name: n.clone(),
+                            thin_id: 1,
+                            size: 4096,
+                            mapped_blocks: 0,
+                        })
+                        .collect(),
+                )),
+                _ => Err(Refusal::new(RefusalKind::Invalid, "unsupported")),
+            }
+        }
+    }
+
+    #[test]
+    fn rt_control_messages() {
+        let r = Request::Snapshot { origin: "a".into(), name: "b".into() };
+        let s = serde_json::to_string(&r).unwrap();
+        assert_eq!(s, r#"{"op":"snapshot","origin":"a","name":"b"}"#);
+        assert_eq!(serde_json::from_str::<Request>(&s).unwrap(), r);
+        let ok = Response {
+            ok: true,
+            kind: None,
+            error: None,
+            data: serde_json::to_value(Reply::Removed { deferred: true }).unwrap(),
+        };
+        let line = serde_json::to_string(&ok).unwrap();
+        assert_eq!(line, r#"{"ok":true,"data":{"deferred":true}}"#);
+        assert_eq!(serde_json::from_str::<Response>(&line).unwrap(), ok);
+        let no = failure(RefusalKind::NotFound, "not found: volume x".into());
+        let line = serde_json::to_string(&no).unwrap();
+        assert_eq!(
+            line,
+            r#"{"ok":false,"kind":"not_found","error":"not found: volume x","data":null}"#
+        );
+        let back = serde_json::from_str::<Response>(&line).unwrap().into_result::<Reply>();
+        assert_eq!(back.unwrap_err().refusal_kind(), Some(RefusalKind::NotFound));
+    }
+
+    #[test]
+    fn control_socket_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let h = serve(&socket_path(dir.path()), Arc::new(Names(Mutex::new(vec![]))), stop.clone())
+            .unwrap();
+        let mode = std::fs::metadata(socket_path(dir.path())).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let c = Client::new(dir.path());
+        assert_eq!(c.create("v", 7).unwrap(), 7);
+        match c.create("v", 7) {
+            Err(ControlError::Refused(r)) => {
+                assert_eq!((r.kind, r.message.as_str()), (RefusalKind::Exists, "exists: v"))
+            }
+            other => panic!("expected an Exists refusal, got {other:?}"),
+        }
+        assert_eq!(c.list().unwrap().iter().map(|v| v.name.as_str()).collect::<Vec<_>>(), ["v"]);
+        // A reply of the wrong shape is a protocol error, not a panic or a default.
+        assert!(
+            matches!(c.status(), Err(ControlError::Refused(r)) if r.kind == RefusalKind::Invalid)
+        );
+        // Garbage gets an error answer, not a hang.
+        let mut s = UnixStream::connect(socket_path(dir.path())).unwrap();
+        s.write_all(b"{nonsense}\n").unwrap();
+        let mut line = String::new();
+        BufReader::new(&s).read_line(&mut line).unwrap();
+        let r: Response = serde_json::from_str(&line).unwrap();
+        assert_eq!(r.kind, Some(RefusalKind::BadRequest), "{line}");
+        stop.store(true, Ordering::SeqCst);
+        h.join().unwrap();
+        assert!(matches!(c.list(), Err(ControlError::Connect { .. })));
+    }
+}

@@ -1,0 +1,95 @@
+//! The daemon's answers to control verbs, executed on its pool through the service (so every
+//! change passes the same gates as NBD and ublk I/O: read-only, deferred deletion, space).
+
+use std::sync::Arc;
+
+use super::control::{self, DaemonStatus, Refusal, RefusalKind, Reply, SpaceEntry, VolumeEntry};
+use crate::export::pool::PoolCatalog;
+use crate::service;
+
+/// Management verbs executed by the daemon on its pool.
+pub struct PoolControl {
+    catalog: Arc<PoolCatalog>,
+    /// NBD connections being served: TCP and unix clients and the kernel's socketpairs.
+    connections: Box<dyn Fn() -> usize + Send + Sync>,
+}
+
+impl PoolControl {
+    pub fn new(
+        catalog: Arc<PoolCatalog>,
+        connections: Box<dyn Fn() -> usize + Send + Sync>,
+    ) -> Self {
+        Self { catalog, connections }
+    }
+}
+
+/// The refusal a client sees for a service error.
+fn refusal(e: service::Error) -> Refusal {
+    use service::ErrorKind as K;
+    let kind = match e.kind() {
+        K::NotFound => RefusalKind::NotFound,
+        K::Exists => RefusalKind::Exists,
+        K::NoSpace => RefusalKind::NoSpace,
+        K::MinFreeSpace => RefusalKind::MinFreeSpace,
+        K::ReadOnly => RefusalKind::ReadOnly,
+        K::Busy => RefusalKind::Busy,
+        K::Invalid | K::OutOfRange => RefusalKind::Invalid,
+        K::Corrupt | K::Io | K::Group(_) => RefusalKind::Failed,
+    };
+    Refusal::new(kind, e.to_string())
+}
+
+impl control::Handler for PoolControl {
+    fn handle(&self, req: control::Request) -> Result<Reply, Refusal> {
+        use control::Request as R;
+        let svc = self.catalog.service();
+        let pool = svc.pool();
+        // The service commits each change before returning (one Docker transaction).
+        Ok(match req {
+            R::Create { name, size } => {
+                Reply::Created { thin_id: svc.create_volume(&name, size).map_err(refusal)?.0 }
+            }
+            R::Snapshot { origin, name } => {
+                Reply::Created { thin_id: svc.snapshot_volume(&origin, &name).map_err(refusal)?.0 }
+            }
+            R::Remove { name } => {
+                Reply::Removed { deferred: svc.remove_volume(&name).map_err(refusal)? }
+            }
+            R::List => Reply::Volumes(
+                svc.volumes()
+                    .map_err(refusal)?
+                    .iter()
+                    .map(|v| VolumeEntry {
+                        name: v.name.clone(),
+                        thin_id: v.id.0,
+                        size: v.size,
+                        mapped_blocks: v.mapped_blocks,
+                    })
+                    .collect(),
+            ),
+            R::Extend { device } => {
+                let events = svc.extend_device(std::path::Path::new(&device)).map_err(refusal)?;
+                Reply::Extended { device, events }
+            }
+            R::Status => {
+                let space = |u: crate::pool::SpaceUsage| SpaceEntry {
+                    total: u.total,
+                    used: u.used,
+                    free: u.free,
+                };
+                Reply::Status(Box::new(DaemonStatus {
+                    pid: std::process::id(),
+                    transaction_id: pool.transaction_id().0,
+                    block_bytes: pool.block_bytes(),
+                    data: space(pool.data_usage()),
+                    metadata: space(pool.metadata_usage()),
+                    volumes: svc.volumes().map_err(refusal)?.len(),
+                    nbd_connections: (self.connections)(),
+                    read_only: svc.read_only(),
+                    devicemapper: svc.status(),
+                    options: svc.config(),
+                }))
+            }
+        })
+    }
+}
