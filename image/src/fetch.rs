@@ -157,8 +157,11 @@ mod tests {
 
     #[test]
     fn abi_numbers_sort_numerically() {
-        let mut v =
-            vec!["linux-image-6.12.118+deb12-cloud-amd64", "linux-image-6.12.9+deb12-cloud-amd64", "x"];
+        let mut v = vec![
+            "linux-image-6.12.118+deb12-cloud-amd64",
+            "linux-image-6.12.9+deb12-cloud-amd64",
+            "x",
+        ];
         v.sort_by_key(|n| abi_number(n));
         assert_eq!(
             v,

@@ -53,7 +53,11 @@ fn zstd_frame(data: &[u8]) -> Option<Vec<u8>> {
 
 /// Tries every occurrence of `magic` in `bzimage` with `decode` (given the bytes from the magic
 /// on) and returns the first result that is an ELF file.
-fn scan(bzimage: &[u8], magic: [u8; 4], decode: impl Fn(&[u8]) -> Option<Vec<u8>>) -> Option<Vec<u8>> {
+fn scan(
+    bzimage: &[u8],
+    magic: [u8; 4],
+    decode: impl Fn(&[u8]) -> Option<Vec<u8>>,
+) -> Option<Vec<u8>> {
     let mut from = 0;
     while let Some(pos) = bzimage[from..].windows(4).position(|w| w == magic) {
         let start = from + pos;

@@ -11,6 +11,7 @@
 pub mod agent;
 pub mod boot;
 pub mod config;
+pub mod containers;
 pub mod evdev;
 pub mod nbd;
 pub mod netlink;
@@ -272,8 +273,9 @@ fn run(sfd: nix::Result<SignalFd>) -> ! {
             background = Some(mount_modules.wait());
         }
     };
-    let mut pool = match store_options(&cmdline, cfg.pool.enabled) {
-        Ok(opts) => match Pool::bring_up(&cfg, &opts, &reaper, &mut wait_modules) {
+    let opts = store_options(&cmdline, cfg.pool.enabled);
+    let mut pool = match &opts {
+        Ok(opts) => match Pool::bring_up(&cfg, opts, &reaper, &mut wait_modules) {
             Ok(p) => p,
             Err(e) => {
                 boot.problems.push(e.to_string());
@@ -287,6 +289,12 @@ fn run(sfd: nix::Result<SignalFd>) -> ! {
         }
     };
     wait_modules();
+    if let (Ok(opts), true) = (&opts, pool.is_up()) {
+        match start_store(opts, &shared, &reaper) {
+            Ok(s) => boot.parts.push(s),
+            Err(e) => boot.problems.push(e.to_string()),
+        }
+    }
     let (later_reports, later_took) = background.unwrap_or_default();
     reports.extend(later_reports);
     let mut failed = 0;
@@ -335,6 +343,17 @@ fn run(sfd: nix::Result<SignalFd>) -> ! {
 
     // The loop.
     let trigger = event_loop(sfd.as_mut(), button.as_mut(), wake_rx.as_ref(), &reaper);
+    // Containers stop (newest first) and the store closes before XFS is unmounted.
+    let (images, ctrs) = {
+        let s = shared.lock().unwrap_or_else(|p| p.into_inner());
+        (s.images.clone(), s.containers.clone())
+    };
+    if let Some(c) = ctrs.get() {
+        c.stop_all(Duration::from_secs(cfg.shutdown.grace_secs), &mut |l| say(&l));
+    }
+    if let Some(images) = images.get() {
+        images.close();
+    }
     shutdown::sequence(
         &trigger,
         &mut pool,
@@ -343,6 +362,40 @@ fn run(sfd: nix::Result<SignalFd>) -> ! {
         &mut |l| say(&l),
     );
     power_off()
+}
+
+/// Opens the layer store on the pool's XFS and serves the data channel for it.
+fn start_store(
+    opts: &options::StoreOptions,
+    shared: &Mutex<agent::Shared>,
+    reaper: &Arc<Reaper>,
+) -> Result<String, containers::error::StoreError> {
+    use containers::error::{Kind, StoreError};
+    let images = containers::Images::open(
+        Path::new(containers::STORE_ROOT),
+        Path::new(containers::INCOMING),
+        opts.driver,
+    )
+    .map_err(|e| StoreError::new(e.kind, format!("layer store {}: {e}", containers::STORE_ROOT)))?;
+    let (cell, ctrs) = {
+        let s = shared.lock().unwrap_or_else(|p| p.into_inner());
+        (s.images.clone(), s.containers.clone())
+    };
+    let _ = cell.set(images);
+    let _ = ctrs.set(containers::service::Containers::open(cell.clone(), reaper.clone()));
+    let (port, _) = agent::find_port(
+        Path::new("/sys/class/virtio-ports"),
+        containers::DATA_PORT,
+        wait::DEVICE_WAIT,
+    )
+    .map_err(|e| StoreError::new(Kind::Unavailable, e.to_string()))?;
+    let msg =
+        format!("store {:?} at {}, data {}", opts.driver, containers::STORE_ROOT, port.display());
+    std::thread::Builder::new()
+        .name("data".into())
+        .spawn(move || containers::serve_data(port, cell))
+        .map_err(|e| StoreError::io("data thread", e))?;
+    Ok(msg)
 }
 
 /// The store's options (config disk, then `lamina.opt.*`), once the disks are there.

@@ -137,7 +137,8 @@ pub fn merge(pairs: &[(String, String)]) -> Result<StoreOptions, OptionsError> {
                 }
             }
             "overlay2.size" => {
-                let n = crate::pool::parse_size(v)
+                let n = units::parse_size(v)
+                    .ok()
                     .filter(|n| *n > 0)
                     .ok_or_else(|| bad(k, v, "expected a size such as 2G".into()))?;
                 o.overlay2_size = Some(n);

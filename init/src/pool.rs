@@ -509,6 +509,11 @@ impl Pool {
         Ok(pool)
     }
 
+    /// Whether the store's XFS is mounted.
+    pub fn is_up(&self) -> bool {
+        self.wired
+    }
+
     /// The agent's `status.pool` (`null` when the pool is not up).
     pub fn status(&self) -> Option<Value> {
         self.wired.then(live_status)

@@ -128,6 +128,10 @@ impl VmDir {
     pub fn agent(&self) -> PathBuf {
         self.0.join("agent.sock")
     }
+    /// The data channel's chardev (bulk transfers: `image load`, `image save`).
+    pub fn data(&self) -> PathBuf {
+        self.0.join("data.sock")
+    }
     pub fn console_sock(&self) -> PathBuf {
         self.0.join("console.sock")
     }
@@ -146,6 +150,8 @@ impl VmDir {
 }
 
 pub const AGENT_PORT: &str = "org.lamina.agent.0";
+/// The data channel's virtio-serial port.
+pub const DATA_PORT: &str = "org.lamina.data.0";
 pub const GUEST_NBD_PORT: u16 = 10809;
 
 fn p(path: &Path) -> String {
@@ -236,6 +242,9 @@ impl VmConfig {
         let agent = format!("socket,id=agent0,path={},server=on,wait=off", p(&dir.agent()));
         push(&["-chardev", &agent, "-device", &format!("{},id=vser0", m.virtio("serial"))]);
         push(&["-device", &format!("virtserialport,bus=vser0.0,chardev=agent0,name={AGENT_PORT}")]);
+        let data = format!("socket,id=data0,path={},server=on,wait=off", p(&dir.data()));
+        push(&["-chardev", &data]);
+        push(&["-device", &format!("virtserialport,bus=vser0.0,chardev=data0,name={DATA_PORT}")]);
         v
     }
 }

@@ -131,7 +131,7 @@ impl Vm {
         };
         std::fs::create_dir_all(dir).map_err(io("creating", dir))?;
         let d = VmDir(dir.to_owned());
-        for f in [d.qmp(), d.agent(), d.console_sock(), d.pid()] {
+        for f in [d.qmp(), d.agent(), d.data(), d.console_sock(), d.pid()] {
             let _ = std::fs::remove_file(f);
         }
         std::fs::write(d.console_log(), b"").map_err(io("truncating", &d.console_log()))?;

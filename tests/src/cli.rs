@@ -22,7 +22,8 @@ use serde_json::Value;
 
 use crate::{image_dir, lamina_home, vm_lock, workspace_root, VmLock};
 
-/// `target/debug/lamina`, built (once per process) from this checkout so it is never stale.
+/// `target/debug/lamina`, built (once per process) from this checkout so it is never stale,
+/// and copied to `test-bin/lamina.PID`.
 pub fn lamina_bin() -> Result<PathBuf> {
     static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     BUILT
@@ -39,7 +40,28 @@ pub fn lamina_bin() -> Result<PathBuf> {
                     String::from_utf8_lossy(&out.stderr)
                 ));
             }
-            Ok(workspace_root().join("target/debug/lamina"))
+            // A copy of its own, so a rebuild while the test runs does not swap it.
+            let dir = lamina_home().join("test-bin");
+            std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            // Copies of test processes that are gone.
+            for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                let pid = e
+                    .file_name()
+                    .to_string_lossy()
+                    .strip_prefix("lamina.")
+                    .and_then(|p| p.parse::<u32>().ok());
+                if pid.is_some_and(|p| !Path::new(&format!("/proc/{p}")).exists()) {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+            let copy = dir.join(format!("lamina.{}", std::process::id()));
+            let built = workspace_root().join("target/debug/lamina");
+            // A hard link keeps this inode even when cargo replaces the file; a copy otherwise.
+            let _ = std::fs::remove_file(&copy);
+            std::fs::hard_link(&built, &copy)
+                .or_else(|_| std::fs::copy(&built, &copy).map(drop))
+                .map_err(|e| format!("copying lamina to {}: {e}", copy.display()))?;
+            Ok(copy)
         })
         .clone()
         .map_err(anyhow::Error::msg)

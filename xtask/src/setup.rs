@@ -15,6 +15,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("fio", "fio"),
     ("umoci", "umoci"),
     ("skopeo", "skopeo"),
+    ("zstd", "zstd"),
     ("mkfs.xfs", "xfsprogs"),
     ("busybox", "busybox-static"),
     ("dmsetup", "dmsetup"),

@@ -23,6 +23,10 @@ pub struct Shared {
     pub debug: bool,
     pub max_exec_secs: u64,
     pub pool: Option<Value>,
+    /// The layer store, once the pool's XFS is up.
+    pub images: Arc<std::sync::OnceLock<crate::containers::Images>>,
+    /// The containers, once the store is open.
+    pub containers: Arc<std::sync::OnceLock<Arc<crate::containers::service::Containers>>>,
 }
 
 /// Finds `/dev/<vportNpM>` whose port name is `name` (no udev, so no /dev/virtio-ports links),
@@ -35,6 +39,17 @@ pub fn find_port(
     crate::wait::until(&crate::wait::RealClock, &format!("agent port {name}"), timeout, || {
         crate::wait::look_port(sys_class_virtio_ports, name)
     })
+}
+
+/// The agent's code for a container-store error.
+fn store_code(e: &crate::containers::error::StoreError) -> ErrorCode {
+    use crate::containers::error::Kind;
+    match e.kind {
+        Kind::NotFound => ErrorCode::NotFound,
+        Kind::Conflict | Kind::State => ErrorCode::Conflict,
+        Kind::Invalid => ErrorCode::BadRequest,
+        Kind::Unavailable | Kind::Io => ErrorCode::ExecFailed,
+    }
 }
 
 /// Answers one request. The bool is true when the caller must start the shutdown (after the
@@ -57,6 +72,45 @@ pub fn handle(
             }
         }
         Cmd::Shutdown => (Reply::ok(id, serde_json::json!({"shutting_down": true})), true),
+        Cmd::Container(req) => {
+            let c = shared.lock().unwrap_or_else(|p| p.into_inner()).containers.clone();
+            let Some(c) = c.get() else {
+                return (Reply::err(id, ErrorCode::ExecFailed, "the store is not up"), false);
+            };
+            use proto::ContainerRequest as C;
+            let r = match req {
+                C::Run { spec } => c.run(spec),
+                C::Start { name } => c.start(&name),
+                C::Stop { name, timeout_secs } => {
+                    c.stop(&name, Duration::from_secs(timeout_secs.unwrap_or(10)))
+                }
+                C::Remove { name, force } => c.remove(&name, force),
+                C::List { all } => Ok(c.list(all)),
+                C::Logs { name, offset } => c.logs(&name, offset),
+                C::Exec { name, argv, timeout_secs } => {
+                    c.exec(&name, &argv, timeout_secs.unwrap_or(30))
+                }
+                C::Commit { name, image } => c.commit(&name, &image),
+            };
+            match r {
+                Ok(v) => (Reply::ok(id, v), false),
+                Err(e) => (Reply::err(id, store_code(&e), e.to_string()), false),
+            }
+        }
+        Cmd::Image(req) => {
+            let images = shared.lock().unwrap_or_else(|p| p.into_inner()).images.clone();
+            let Some(images) = images.get() else {
+                return (Reply::err(id, ErrorCode::ExecFailed, "the store is not up"), false);
+            };
+            let r = match req {
+                proto::ImageRequest::List => images.list(),
+                proto::ImageRequest::Remove { name } => images.remove(&name),
+            };
+            match r {
+                Ok(v) => (Reply::ok(id, v), false),
+                Err(e) => (Reply::err(id, store_code(&e), e.to_string()), false),
+            }
+        }
         Cmd::Pool(req) => {
             let up = shared.lock().unwrap_or_else(|p| p.into_inner()).pool.is_some();
             if !up {
@@ -261,7 +315,13 @@ mod tests {
     use super::*;
 
     fn shared(debug: bool) -> Mutex<Shared> {
-        Mutex::new(Shared { ready: true, summary: "s".into(), debug, max_exec_secs: 5, pool: None })
+        Mutex::new(Shared {
+            ready: true,
+            summary: "s".into(),
+            debug,
+            max_exec_secs: 5,
+            ..Default::default()
+        })
     }
 
     #[test]

@@ -25,6 +25,62 @@ pub enum Command {
     Exec(ExecArgs),
     /// A pool verb, forwarded to the daemon.
     Pool(thinpool::daemon::control::Request),
+    /// A layer-store verb.
+    Image(ImageRequest),
+    /// A container verb.
+    Container(ContainerRequest),
+}
+
+/// The container verbs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", deny_unknown_fields)]
+pub enum ContainerRequest {
+    #[serde(rename = "container.run")]
+    Run { spec: crate::containers::spec::RunSpec },
+    #[serde(rename = "container.start")]
+    Start { name: String },
+    #[serde(rename = "container.stop")]
+    Stop {
+        name: String,
+        #[serde(default)]
+        timeout_secs: Option<u64>,
+    },
+    #[serde(rename = "container.rm")]
+    Remove {
+        name: String,
+        #[serde(default)]
+        force: bool,
+    },
+    #[serde(rename = "container.ls")]
+    List {
+        #[serde(default)]
+        all: bool,
+    },
+    #[serde(rename = "container.logs")]
+    Logs {
+        name: String,
+        #[serde(default)]
+        offset: u64,
+    },
+    #[serde(rename = "container.exec")]
+    Exec {
+        name: String,
+        argv: Vec<String>,
+        #[serde(default)]
+        timeout_secs: Option<u64>,
+    },
+    #[serde(rename = "container.commit")]
+    Commit { name: String, image: String },
+}
+
+/// The layer store's agent verbs (bulk bytes go over the data channel instead).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", deny_unknown_fields)]
+pub enum ImageRequest {
+    #[serde(rename = "image.ls")]
+    List,
+    #[serde(rename = "image.rm")]
+    Remove { name: String },
 }
 
 /// Every verb with its arguments and what it does, as `help` lists them.
@@ -39,6 +95,16 @@ pub const VERBS: &[(&str, &str, &str)] = &[
     ("volume.list", "", "lists the pool's volumes"),
     ("pool.status", "", "the pool's docker-info fields"),
     ("pool.extend", "{device}", "adds a disk to the volume group and grows the pool"),
+    ("image.ls", "", "lists the layer store's images"),
+    ("image.rm", "{name}", "removes an image (by tag or id) and the layers only it used"),
+    ("container.run", "{spec}", "creates and starts a container (crun, cgroup v2 limits)"),
+    ("container.start", "{name}", "starts a stopped container"),
+    ("container.stop", "{name, timeout_secs?}", "SIGTERM, then SIGKILL after the timeout"),
+    ("container.rm", "{name, force?}", "removes a container (force: stops it first)"),
+    ("container.ls", "{all?}", "lists running (all: every) container"),
+    ("container.logs", "{name, offset?}", "a container's output from a byte offset"),
+    ("container.exec", "{name, argv, timeout_secs?}", "runs a command inside a container"),
+    ("container.commit", "{name, image}", "commits a container's changes as an image"),
 ];
 
 /// The `help` reply: `[{verb, arguments, description}]`.
@@ -119,6 +185,10 @@ pub enum ErrorCode {
     Forbidden,
     ExecFailed,
     Internal,
+    /// No such image, container or volume.
+    NotFound,
+    /// In use, or in the wrong state for the request.
+    Conflict,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -165,6 +235,44 @@ impl Reply {
     }
 }
 
+/// The arguments object of a verb whose request type is tagged by `op` (the verb's name).
+fn tagged<T: serde::de::DeserializeOwned>(
+    verb: &str,
+    arguments: Option<Value>,
+    id: &Option<Value>,
+) -> Result<T, Reply> {
+    let mut obj = match arguments {
+        Some(Value::Object(m)) => m,
+        None => serde_json::Map::new(),
+        Some(_) => {
+            return Err(Reply::err(
+                id.clone(),
+                ErrorCode::BadRequest,
+                "arguments must be an object",
+            ))
+        }
+    };
+    obj.insert("op".into(), Value::from(verb));
+    serde_json::from_value(Value::Object(obj)).map_err(|e| {
+        let code = if e.to_string().contains("unknown variant") {
+            ErrorCode::UnknownCommand
+        } else {
+            ErrorCode::BadRequest
+        };
+        Reply::err(id.clone(), code, format!("{verb}: {e}"))
+    })
+}
+
+/// Untags a tagged request into (verb, arguments).
+fn untag<T: Serialize>(r: &T) -> (String, Value) {
+    let mut v = serde_json::to_value(r).unwrap_or(Value::Null);
+    let op = v.get("op").and_then(Value::as_str).unwrap_or("").to_owned();
+    if let Some(m) = v.as_object_mut() {
+        m.remove("op");
+    }
+    (op, v)
+}
+
 /// Parses a request line; on failure returns the error reply to send (with the id if found).
 pub fn parse_request(line: &str) -> Result<(Option<Value>, Command), Reply> {
     if line.len() > MAX_LINE {
@@ -193,6 +301,10 @@ pub fn parse_request(line: &str) -> Result<(Option<Value>, Command), Reply> {
                 return Err(Reply::err(id, ErrorCode::BadRequest, "exec argv is empty"));
             }
             Command::Exec(args)
+        }
+        verb if verb.starts_with("image.") => Command::Image(tagged(verb, raw.arguments, &id)?),
+        verb if verb.starts_with("container.") => {
+            Command::Container(tagged(verb, raw.arguments, &id)?)
         }
         verb if POOL_VERBS.iter().any(|(n, _)| *n == verb) => {
             let op = POOL_VERBS.iter().find(|(n, _)| *n == verb).map(|(_, o)| *o).unwrap_or("");
@@ -231,6 +343,14 @@ pub fn request_line(id: u64, cmd: &Command) -> String {
         Command::Status => ("status", None),
         Command::Shutdown => ("shutdown", None),
         Command::Exec(a) => ("exec", Some(serde_json::to_value(a).unwrap_or(Value::Null))),
+        Command::Image(r) => {
+            let (op, v) = untag(r);
+            return encode(id, &op, Some(v));
+        }
+        Command::Container(r) => {
+            let (op, v) = untag(r);
+            return encode(id, &op, Some(v));
+        }
         Command::Pool(r) => {
             let mut v = serde_json::to_value(r).unwrap_or(Value::Null);
             let op = v.get("op").and_then(Value::as_str).unwrap_or("").to_owned();
@@ -241,6 +361,10 @@ pub fn request_line(id: u64, cmd: &Command) -> String {
             (name, Some(v))
         }
     };
+    encode(id, execute, arguments)
+}
+
+fn encode(id: u64, execute: &str, arguments: Option<Value>) -> String {
     let raw = RawRequest { execute: execute.into(), arguments, id: Some(Value::from(id)) };
     let mut s = serde_json::to_string(&raw).unwrap_or_default();
     s.push('\n');
@@ -266,7 +390,23 @@ mod tests {
             Command::Pool(R::Status),
             Command::Pool(R::Extend { device: "/dev/vdb".into() }),
         ];
-        let all = [Command::Help, Command::Status, Command::Shutdown, exec].into_iter().chain(pool);
+        let images = [
+            Command::Image(ImageRequest::List),
+            Command::Image(ImageRequest::Remove { name: "busybox:1".into() }),
+            Command::Container(ContainerRequest::Run {
+                spec: crate::containers::spec::RunSpec {
+                    name: "c".into(),
+                    image: "bb".into(),
+                    ..Default::default()
+                },
+            }),
+            Command::Container(ContainerRequest::Logs { name: "c".into(), offset: 7 }),
+            Command::Container(ContainerRequest::List { all: true }),
+        ];
+        let all = [Command::Help, Command::Status, Command::Shutdown, exec]
+            .into_iter()
+            .chain(pool)
+            .chain(images);
         for (i, c) in all.enumerate() {
             let line = request_line(i as u64, &c);
             assert!(line.ends_with('\n'));
@@ -351,6 +491,11 @@ mod tests {
                 "volume.snapshot" => r#","arguments":{"origin":"a","name":"b"}"#,
                 "volume.remove" => r#","arguments":{"name":"a"}"#,
                 "pool.extend" => r#","arguments":{"device":"/dev/vdb"}"#,
+                "image.rm" | "container.start" | "container.stop" | "container.rm"
+                | "container.logs" => r#","arguments":{"name":"x"}"#,
+                "container.run" => r#","arguments":{"spec":{"name":"x","image":"y"}}"#,
+                "container.exec" => r#","arguments":{"name":"x","argv":["true"]}"#,
+                "container.commit" => r#","arguments":{"name":"x","image":"y"}"#,
                 _ => "",
             };
             let line = format!(r#"{{"execute":"{v}"{args}}}"#);

@@ -65,6 +65,22 @@ pub fn cell(v: &Value) -> String {
     }
 }
 
+/// Bytes in Docker's human units (1000-based, as `docker images` prints them).
+pub fn human(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1000.0 && u + 1 < UNITS.len() {
+        v /= 1000.0;
+        u += 1;
+    }
+    if u == 0 {
+        return format!("{bytes}B");
+    }
+    let n = format!("{v:.3}");
+    format!("{}{}", n.trim_end_matches('0').trim_end_matches('.'), UNITS[u])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -75,5 +91,12 @@ mod tests {
         t.row(vec!["default".into(), "running".into()]);
         t.row(vec!["b".into(), "stopped".into()]);
         assert_eq!(t.render(), "NAME      STATE\ndefault   running\nb         stopped\n");
+    }
+
+    #[test]
+    fn human_units() {
+        assert_eq!(human(512), "512B");
+        assert_eq!(human(1_500_000), "1.5MB");
+        assert_eq!(human(2_000_000_000), "2GB");
     }
 }
