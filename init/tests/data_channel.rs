@@ -151,3 +151,49 @@ fn save_sends_an_archive_that_loads_again() {
     })
     .unwrap();
 }
+
+#[test]
+fn volume_backup_and_restore_round_trip() {
+    let d = tempfile::tempdir().unwrap();
+    let images = store(d.path());
+    // A volume with a file, made through the store, then backed up over the channel.
+    init::containers::system::volume_create(&images, "v").unwrap();
+    let vdir = d.path().join("store/volumes/v/_data");
+    assert!(vdir.is_dir(), "the store's volume layout");
+    std::fs::create_dir_all(vdir.join("sub")).unwrap();
+    std::fs::write(vdir.join("sub/f"), "two").unwrap();
+    let mut tar = Vec::new();
+    session(&images, |mut h| {
+        h.write_all(b"{\"op\":\"volume.backup\",\"name\":\"v\"}\n").unwrap();
+        let mut r = BufReader::new(h);
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["ok"], true, "{v}");
+        r.take(v["size"].as_u64().unwrap()).read_to_end(&mut tar).unwrap();
+    })
+    .unwrap();
+    // Restored into a new volume through the channel, the file is back.
+    let mut reply = String::new();
+    session(&images, |mut h| {
+        h.write_all(b"{\"op\":\"volume.restore\",\"name\":\"w\"}\n").unwrap();
+        let mut r = BufReader::new(h.try_clone().unwrap());
+        r.read_line(&mut reply).unwrap();
+        h.write_all(&frame(&tar)).unwrap();
+        h.write_all(&frame(b"")).unwrap();
+        reply.clear();
+        r.read_line(&mut reply).unwrap();
+    })
+    .unwrap();
+    assert!(reply.contains("\"ok\":true"), "{reply}");
+    let w = d.path().join("store/volumes/w/_data/sub/f");
+    assert_eq!(std::fs::read_to_string(w).unwrap(), "two");
+    // An unknown volume is named.
+    session(&images, |mut h| {
+        h.write_all(b"{\"op\":\"volume.backup\",\"name\":\"ghost\"}\n").unwrap();
+        let mut line = String::new();
+        BufReader::new(h).read_line(&mut line).unwrap();
+        assert!(line.contains("\"ok\":false") && line.contains("ghost"), "{line}");
+    })
+    .unwrap();
+}

@@ -86,7 +86,37 @@ impl DataClient {
         src: &mut dyn Read,
         sent: &mut dyn FnMut(u64),
     ) -> Result<Value, DataError> {
-        let header = format!("{}\n", json!({"op": "image.load"}));
+        self.upload(&json!({"op": "image.load"}), src, sent)
+    }
+
+    /// Streams a tar into a named volume (`lamina volume restore`).
+    pub fn restore(
+        &mut self,
+        volume: &str,
+        src: &mut dyn Read,
+        sent: &mut dyn FnMut(u64),
+    ) -> Result<Value, DataError> {
+        self.upload(&json!({"op": "volume.restore", "name": volume}), src, sent)
+    }
+
+    /// Fetches a named volume's content as a tar (`lamina volume backup`).
+    pub fn backup(
+        &mut self,
+        volume: &str,
+        out: &mut dyn Write,
+        got: &mut dyn FnMut(u64, u64),
+    ) -> Result<u64, DataError> {
+        self.download(&json!({"op": "volume.backup", "name": volume}), out, got)
+    }
+
+    /// A header, then `src` as frames; the guest's answer.
+    fn upload(
+        &mut self,
+        header: &Value,
+        src: &mut dyn Read,
+        sent: &mut dyn FnMut(u64),
+    ) -> Result<Value, DataError> {
+        let header = format!("{header}\n");
         self.stream.write_all(header.as_bytes()).map_err(self.io("write"))?;
         let v = self.line()?;
         if v["ready"] != true {
@@ -123,7 +153,17 @@ impl DataClient {
         out: &mut dyn Write,
         got: &mut dyn FnMut(u64, u64),
     ) -> Result<u64, DataError> {
-        let header = format!("{}\n", json!({"op": "image.save", "image": image, "format": format}));
+        self.download(&json!({"op": "image.save", "image": image, "format": format}), out, got)
+    }
+
+    /// A header, then the guest's sized answer into `out`.
+    fn download(
+        &mut self,
+        header: &Value,
+        out: &mut dyn Write,
+        got: &mut dyn FnMut(u64, u64),
+    ) -> Result<u64, DataError> {
+        let header = format!("{header}\n");
         self.stream.write_all(header.as_bytes()).map_err(self.io("write"))?;
         let v = self.line()?;
         let v = self.result(v)?;

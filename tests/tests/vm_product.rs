@@ -112,6 +112,63 @@ fn interrupted_load(l: &Lamina, vm: &str, archive: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The pool's used data bytes from `vm ctl status`.
+fn data_used(st: &serde_json::Value) -> Result<u64> {
+    st["pool"]["pool"]["data"]["used"].as_u64().with_context(|| format!("no data.used in {st}"))
+}
+
+/// Named volumes (backup/restore round trip, in-use refusal), `system df` and `info`.
+fn volumes_and_info(l: &Lamina, vm: &str) -> Result<()> {
+    l.ok(&["volume", "create", "--vm", vm, "v2"])?;
+    l.ok(&[
+        "run",
+        "--vm",
+        vm,
+        "--rm",
+        "-v",
+        "v2:/d",
+        "bb",
+        "sh",
+        "-c",
+        "echo one > /d/a; mkdir /d/sub; echo two > /d/sub/b",
+    ])?;
+    let ls = l.json(&["volume", "ls", "--vm", vm, "--json"])?;
+    let names: Vec<&str> =
+        ls.as_array().into_iter().flatten().filter_map(|v| v["name"].as_str()).collect();
+    assert_eq!(names, ["data", "v2"], "{ls}");
+    let backup = l.home.join("v2.tar");
+    l.ok(&["volume", "backup", "--vm", vm, "v2", "-o", &backup.display().to_string()])?;
+    let listing = host_run(Command::new("tar").arg("-tvf").arg(&backup))?;
+    assert!(listing.contains("sub/b"), "{listing}");
+    l.ok(&["volume", "rm", "--vm", vm, "v2"])?;
+    let e = l.fails(&["volume", "rm", "--vm", vm, "v2"])?;
+    assert!(e.contains("v2"), "{e}");
+    l.ok(&["volume", "restore", "--vm", vm, "v2", "-i", &backup.display().to_string()])?;
+    let out =
+        l.ok(&["run", "--vm", vm, "--rm", "-v", "v2:/d", "bb", "sh", "-c", "cat /d/a /d/sub/b"])?;
+    assert_eq!(out, "one\ntwo\n", "backup/restore round trip");
+    // A volume a container uses is refused, naming the container.
+    l.ok(&["run", "--vm", vm, "-d", "--name", "holder", "-v", "v2:/d", "bb", "sleep", "600"])?;
+    let e = l.fails(&["volume", "rm", "--vm", vm, "v2"])?;
+    assert!(e.contains("volume is in use") && e.contains("holder"), "{e}");
+    l.ok(&["rm", "--vm", vm, "-f", "holder"])?;
+    l.ok(&["volume", "rm", "--vm", vm, "v2"])?;
+
+    let df = l.ok(&["system", "df", "--vm", vm])?;
+    assert!(
+        df.starts_with("TYPE") && df.contains("Images") && df.contains("Local Volumes"),
+        "{df}"
+    );
+    let info = l.ok(&["info", "--vm", vm])?;
+    assert!(info.contains("Storage Driver: overlay2"), "{info}");
+    assert!(info.contains("dm.thinp_autoextend_threshold: 60"), "{info}");
+    assert!(info.contains("Data Space Used:"), "{info}");
+    let j = l.json(&["info", "--vm", vm, "--json"])?;
+    assert_eq!(j["Thin Pool Options"]["dm.thinp_autoextend_threshold"], 60, "{j}");
+    assert_eq!(j["Images"], 2, "{j}");
+    Ok(())
+}
+
 /// The container's entry in `ps -a --json`.
 fn ps(l: &Lamina, vm: &str, name: &str) -> Result<serde_json::Value> {
     let all = l.json(&["ps", "--vm", vm, "-a", "--json"])?;
@@ -316,6 +373,7 @@ fn vm_product_options_are_applied_and_a_changed_setup_is_refused() -> Result<()>
     // 1. First boot.
     l.ok(&first)?;
     let st = l.json(&["vm", "ctl", "p", "status"])?;
+    let used_first_boot = data_used(&st)?;
     assert_eq!(st["ready"], true, "{st}");
     assert_eq!(st["debug"], false, "production boot expected: {st}");
     let opts = &st["pool"]["pool"]["options"];
@@ -382,6 +440,7 @@ fn vm_product_options_are_applied_and_a_changed_setup_is_refused() -> Result<()>
     assert_eq!(tags(&l, "p")?, ["bb:latest"]);
 
     containers(&l, "p")?;
+    volumes_and_info(&l, "p")?;
 
     let ls = l.json(&["vm", "ls", "--json"])?;
     assert_eq!(ls[0]["name"], "p");
@@ -422,6 +481,23 @@ fn vm_product_options_are_applied_and_a_changed_setup_is_refused() -> Result<()>
     assert_eq!(tags(&l, "p")?, ["bb:committed", "bb:latest"], "images must survive reboots");
     let out = l.ok(&["run", "--vm", "p", "--rm", "-v", "data:/data", "bb", "cat", "/data/f"])?;
     assert_eq!(out, "persisted\n", "the volume lost its data across the reboot");
+    // prune -a --volumes, ending with fstrim, gives the pool its blocks back.
+    let before = data_used(&l.json(&["vm", "ctl", "p", "status"])?)?;
+    let out = l.ok(&["system", "prune", "--vm", "p", "-a", "--volumes"])?;
+    assert!(out.contains("Deleted image: sha256:"), "{out}");
+    assert!(out.contains("Deleted volume: data"), "{out}");
+    assert!(out.contains("trimmed"), "fstrim's report: {out}");
+    assert_eq!(tags(&l, "p")?, Vec::<String>::new());
+    let after = data_used(&l.json(&["vm", "ctl", "p", "status"])?)?;
+    eprintln!(
+        "[vm_product] Data Space Used: first boot {used_first_boot}, before prune {before}, \
+         after prune {after}"
+    );
+    assert!(after < before, "prune freed nothing: {before} -> {after}");
+    assert!(
+        after <= used_first_boot + (16 << 20),
+        "Data Space Used {after} not back near the first boot's {used_first_boot}"
+    );
     l.ok(&["vm", "stop", "p"])?;
     let report = tests::check_pool_disk(&disk)?;
     assert!(report.contains("thin_check"), "{report}");

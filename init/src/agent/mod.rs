@@ -72,6 +72,28 @@ pub fn handle(
             }
         }
         Cmd::Shutdown => (Reply::ok(id, serde_json::json!({"shutting_down": true})), true),
+        Cmd::System(req) => {
+            let (images, ctrs) = {
+                let s = shared.lock().unwrap_or_else(|p| p.into_inner());
+                (s.images.clone(), s.containers.clone())
+            };
+            let (Some(images), Some(ctrs)) = (images.get(), ctrs.get()) else {
+                return (Reply::err(id, ErrorCode::ExecFailed, "the store is not up"), false);
+            };
+            use crate::containers::system;
+            use proto::SystemRequest as S;
+            let r = match req {
+                S::VolumeCreate { name } => system::volume_create(images, &name),
+                S::VolumeList => system::volume_list(images, ctrs),
+                S::VolumeRemove { name } => system::volume_remove(images, ctrs, &name),
+                S::Df => system::df(images),
+                S::Prune { all, volumes } => system::prune(images, ctrs, reaper, all, volumes),
+            };
+            match r {
+                Ok(v) => (Reply::ok(id, v), false),
+                Err(e) => (Reply::err(id, store_code(&e), e.to_string()), false),
+            }
+        }
         Cmd::Container(req) => {
             let c = shared.lock().unwrap_or_else(|p| p.into_inner()).containers.clone();
             let Some(c) = c.get() else {

@@ -29,6 +29,30 @@ pub enum Command {
     Image(ImageRequest),
     /// A container verb.
     Container(ContainerRequest),
+    /// A named-volume or whole-store verb.
+    System(SystemRequest),
+}
+
+/// Named volumes (Docker's, in the layer store; not the pool's thin `volume.*`) and the
+/// store as a whole.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", deny_unknown_fields)]
+pub enum SystemRequest {
+    #[serde(rename = "store.volume.create")]
+    VolumeCreate { name: String },
+    #[serde(rename = "store.volume.ls")]
+    VolumeList,
+    #[serde(rename = "store.volume.rm")]
+    VolumeRemove { name: String },
+    #[serde(rename = "system.df")]
+    Df,
+    #[serde(rename = "system.prune")]
+    Prune {
+        #[serde(default)]
+        all: bool,
+        #[serde(default)]
+        volumes: bool,
+    },
 }
 
 /// The container verbs.
@@ -105,6 +129,11 @@ pub const VERBS: &[(&str, &str, &str)] = &[
     ("container.logs", "{name, offset?}", "a container's output from a byte offset"),
     ("container.exec", "{name, argv, timeout_secs?}", "runs a command inside a container"),
     ("container.commit", "{name, image}", "commits a container's changes as an image"),
+    ("store.volume.create", "{name}", "creates a named volume"),
+    ("store.volume.ls", "", "lists named volumes, their size and users"),
+    ("store.volume.rm", "{name}", "removes a named volume no container uses"),
+    ("system.df", "", "space taken by images, containers and volumes"),
+    ("system.prune", "{all?, volumes?}", "removes what is unused, then fstrim"),
 ];
 
 /// The `help` reply: `[{verb, arguments, description}]`.
@@ -306,6 +335,9 @@ pub fn parse_request(line: &str) -> Result<(Option<Value>, Command), Reply> {
         verb if verb.starts_with("container.") => {
             Command::Container(tagged(verb, raw.arguments, &id)?)
         }
+        verb if verb.starts_with("store.") || verb.starts_with("system.") => {
+            Command::System(tagged(verb, raw.arguments, &id)?)
+        }
         verb if POOL_VERBS.iter().any(|(n, _)| *n == verb) => {
             let op = POOL_VERBS.iter().find(|(n, _)| *n == verb).map(|(_, o)| *o).unwrap_or("");
             let mut obj = match raw.arguments {
@@ -348,6 +380,10 @@ pub fn request_line(id: u64, cmd: &Command) -> String {
             return encode(id, &op, Some(v));
         }
         Command::Container(r) => {
+            let (op, v) = untag(r);
+            return encode(id, &op, Some(v));
+        }
+        Command::System(r) => {
             let (op, v) = untag(r);
             return encode(id, &op, Some(v));
         }
@@ -402,6 +438,9 @@ mod tests {
             }),
             Command::Container(ContainerRequest::Logs { name: "c".into(), offset: 7 }),
             Command::Container(ContainerRequest::List { all: true }),
+            Command::System(SystemRequest::VolumeRemove { name: "data".into() }),
+            Command::System(SystemRequest::Prune { all: true, volumes: true }),
+            Command::System(SystemRequest::Df),
         ];
         let all = [Command::Help, Command::Status, Command::Shutdown, exec]
             .into_iter()
@@ -496,6 +535,7 @@ mod tests {
                 "container.run" => r#","arguments":{"spec":{"name":"x","image":"y"}}"#,
                 "container.exec" => r#","arguments":{"name":"x","argv":["true"]}"#,
                 "container.commit" => r#","arguments":{"name":"x","image":"y"}"#,
+                "store.volume.create" | "store.volume.rm" => r#","arguments":{"name":"x"}"#,
                 _ => "",
             };
             let line = format!(r#"{{"execute":"{v}"{args}}}"#);

@@ -5,6 +5,8 @@
 //! host → guest  {"op":"image.load"}\n                then frames: u32 big-endian length,
 //!                                                    that many bytes; a 0 length ends them
 //!               {"op":"image.save","image":NAME,"format":"docker"|"oci"}\n
+//!               {"op":"volume.restore","name":NAME}\n   then frames, as a load
+//!               {"op":"volume.backup","name":NAME}\n    answered as a save
 //! guest → host  {"ready":true}\n                     (load: header read, send the frames)
 //!               {"ok":true,"result":…}\n   or   {"ok":false,"error":"…"}\n
 //!               save: {"ok":true,"size":N}\n and then N bytes
@@ -35,6 +37,12 @@ pub enum Header {
         #[serde(default = "docker")]
         format: String,
     },
+    /// A named volume's content as a tar (`lamina volume backup`), sent like a save.
+    #[serde(rename = "volume.backup")]
+    VolumeBackup { name: String },
+    /// A tar into a named volume (`lamina volume restore`), received like a load.
+    #[serde(rename = "volume.restore")]
+    VolumeRestore { name: String },
 }
 
 fn docker() -> String {

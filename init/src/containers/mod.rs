@@ -17,6 +17,7 @@ pub mod data;
 pub mod error;
 pub mod service;
 pub mod spec;
+pub mod system;
 
 use std::io::{BufReader, Read, Write};
 use std::path::{Path, PathBuf};
@@ -167,31 +168,11 @@ impl Images {
             }
         };
         match header {
-            Header::ImageLoad => {
-                write(s, "{\"ready\":true}\n")?;
-                let raw = self.staging("load").with_extension("raw");
-                let got = std::fs::File::create(&raw)
-                    .map_err(|source| DataError::Io { what: "create staging", source })
-                    .and_then(|mut f| {
-                        let n = data::copy_frames(s, &mut f)?;
-                        f.sync_all().map_err(|source| DataError::Io { what: "sync", source })?;
-                        Ok(n)
-                    });
-                let reply = match got {
-                    Ok(n) => {
-                        tracing::info!("image load: {n} bytes received");
-                        self.import_file(&raw)
-                    }
-                    Err(e) => {
-                        // Cut short: drop what arrived; nothing reached the store.
-                        let _ = std::fs::remove_file(&raw);
-                        crate::say(&format!("image load interrupted ({e}); nothing imported"));
-                        return Err(e);
-                    }
-                };
-                let _ = std::fs::remove_file(&raw);
-                write(s, &data::reply_line(&reply))
-            }
+            Header::ImageLoad => self.receive(s, "image load", |raw| self.import_file(raw)),
+            Header::VolumeRestore { name } => self.receive(s, "volume restore", |raw| {
+                self.with(|st| st.volume_restore(&name, raw))?;
+                Ok(json!({ "restored": name }))
+            }),
             Header::ImageSave { image, format } => {
                 let fmt = match format.as_str() {
                     "docker" | "docker-archive" => ExportFormat::Docker,
@@ -201,27 +182,68 @@ impl Images {
                         return write(s, &data::reply_line(&e));
                     }
                 };
-                let out = self.staging("save").with_extension("tar");
-                let r = self.with(|s| s.export(&image, &out, fmt));
-                let size = r.and_then(|_| {
-                    std::fs::metadata(&out)
-                        .map(|m| m.len())
-                        .map_err(|e| StoreError::io(out.display(), e))
-                });
-                let res = match size {
-                    Ok(n) => {
-                        write(s, &format!("{}\n", json!({"ok": true, "size": n})))?;
-                        let copied = std::fs::File::open(&out)
-                            .and_then(|mut f| std::io::copy(&mut f, s))
-                            .map_err(|source| DataError::Io { what: "send", source });
-                        copied.map(drop)
-                    }
-                    Err(e) => write(s, &data::reply_line(&Err(e))),
-                };
-                let _ = std::fs::remove_file(&out);
-                res
+                self.send(s, |out| self.with(|st| st.export(&image, out, fmt)).map(drop))
+            }
+            Header::VolumeBackup { name } => {
+                self.send(s, |out| self.with(|st| st.volume_backup(&name, out)))
             }
         }
+    }
+
+    /// The host's frames into a staging file, then `act` on it; the file goes either way.
+    /// A transfer cut short is dropped before `act`: nothing of it reaches the store.
+    fn receive<S: Read + Write>(
+        &self,
+        s: &mut S,
+        what: &str,
+        act: impl FnOnce(&Path) -> Result<Value>,
+    ) -> std::result::Result<(), DataError> {
+        write(s, "{\"ready\":true}\n")?;
+        let raw = self.staging("in").with_extension("raw");
+        let got = std::fs::File::create(&raw)
+            .map_err(|source| DataError::Io { what: "create staging", source })
+            .and_then(|mut f| {
+                let n = data::copy_frames(s, &mut f)?;
+                f.sync_all().map_err(|source| DataError::Io { what: "sync", source })?;
+                Ok(n)
+            });
+        let reply = match got {
+            Ok(n) => {
+                tracing::info!("{what}: {n} bytes received");
+                act(&raw)
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(&raw);
+                crate::say(&format!("{what} interrupted ({e}); nothing imported"));
+                return Err(e);
+            }
+        };
+        let _ = std::fs::remove_file(&raw);
+        write(s, &data::reply_line(&reply))
+    }
+
+    /// `make` writes a staging file, which is sent after a line with its size.
+    fn send<S: Read + Write>(
+        &self,
+        s: &mut S,
+        make: impl FnOnce(&Path) -> Result<()>,
+    ) -> std::result::Result<(), DataError> {
+        let out = self.staging("out").with_extension("tar");
+        let size = make(&out).and_then(|()| {
+            std::fs::metadata(&out).map(|m| m.len()).map_err(|e| StoreError::io(out.display(), e))
+        });
+        let res = match size {
+            Ok(n) => {
+                write(s, &format!("{}\n", json!({"ok": true, "size": n})))?;
+                std::fs::File::open(&out)
+                    .and_then(|mut f| std::io::copy(&mut f, s))
+                    .map(drop)
+                    .map_err(|source| DataError::Io { what: "send", source })
+            }
+            Err(e) => write(s, &data::reply_line(&Err(e))),
+        };
+        let _ = std::fs::remove_file(&out);
+        res
     }
 }
 

@@ -438,6 +438,25 @@ impl Containers {
         Ok(json!({"id": img.id.to_string(), "tags": img.tags}))
     }
 
+    /// (volume, container) for every named volume a container (running or not) binds.
+    pub fn volumes_in_use(&self) -> Vec<(String, String)> {
+        self.lock()
+            .iter()
+            .flat_map(|(n, e)| e.spec.volume_binds().into_iter().map(|v| (v.name, n.clone())))
+            .collect()
+    }
+
+    /// Removes every container that is not running; their names.
+    pub fn prune_stopped(&self) -> Vec<String> {
+        let stopped: Vec<String> = self
+            .lock()
+            .iter()
+            .filter(|(_, e)| matches!(e.state.status, Status::Exited | Status::Created))
+            .map(|(n, _)| n.clone())
+            .collect();
+        stopped.into_iter().filter(|n| self.remove(n, false).is_ok()).collect()
+    }
+
     /// At shutdown: every running container stopped, newest first; then none starts again.
     pub fn stop_all(&self, grace: Duration, say: &mut dyn FnMut(String)) {
         self.down.store(true, std::sync::atomic::Ordering::SeqCst);

@@ -7,6 +7,7 @@
 mod container;
 mod image;
 mod out;
+mod system;
 mod vm;
 
 use std::path::PathBuf;
@@ -32,6 +33,19 @@ enum Cmd {
     /// Images: load, ls, rm, save.
     #[command(subcommand)]
     Image(image::ImageCmd),
+    /// Named volumes: create, ls, rm, backup, restore.
+    #[command(subcommand)]
+    Volume(system::VolumeCmd),
+    /// The store as a whole: df, prune.
+    #[command(subcommand)]
+    System(system::SystemCmd),
+    /// The store's and the thin pool's Docker fields.
+    Info {
+        #[command(flatten)]
+        vm: image::VmArg,
+        #[arg(long)]
+        json: bool,
+    },
     /// Creates and starts a container.
     Run(container::RunArgs),
     /// Lists containers.
@@ -125,6 +139,9 @@ fn run(home: &std::path::Path, cmd: Cmd) -> Result<()> {
     match cmd {
         Cmd::Vm(c) => vm::main(&home, c),
         Cmd::Image(c) => image::main(&home, c),
+        Cmd::Volume(c) => system::volume(&home, c),
+        Cmd::System(c) => system::system(&home, c),
+        Cmd::Info { vm, json } => system::info(&home, &vm.name, json),
         Cmd::Run(a) => container::run(&home, a),
         Cmd::Ps { vm, all, json } => container::ps(&home, &vm.name, all, json),
         Cmd::Logs { vm, follow, container } => container::logs(&home, &vm.name, &container, follow),
@@ -164,7 +181,7 @@ mod tests {
     #[test]
     fn every_container_verb_takes_vm() {
         let cli = super::Cli::command();
-        for verb in ["run", "ps", "logs", "stop", "start", "rm", "commit", "exec"] {
+        for verb in ["run", "ps", "logs", "stop", "start", "rm", "commit", "exec", "info"] {
             let c = cli.find_subcommand(verb).unwrap();
             assert!(c.get_arguments().any(|a| a.get_long() == Some("vm")), "{verb}");
         }
