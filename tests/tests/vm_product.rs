@@ -441,6 +441,20 @@ fn vm_product_options_are_applied_and_a_changed_setup_is_refused() -> Result<()>
 
     containers(&l, "p")?;
     volumes_and_info(&l, "p")?;
+    // A service left running: shutdown stops it before XFS goes; `always` brings it back.
+    l.ok(&[
+        "run",
+        "--vm",
+        "p",
+        "-d",
+        "--name",
+        "svc",
+        "--restart",
+        "always",
+        "bb",
+        "sleep",
+        "3600",
+    ])?;
 
     let ls = l.json(&["vm", "ls", "--json"])?;
     assert_eq!(ls[0]["name"], "p");
@@ -450,8 +464,13 @@ fn vm_product_options_are_applied_and_a_changed_setup_is_refused() -> Result<()>
         table.lines().nth(1).is_some_and(|r| r.starts_with("p ") && r.contains("running")),
         "{table}"
     );
-    l.ok(&["vm", "stop", "p"])?;
+    // svc (sleep as PID 1 ignores SIGTERM) takes the grace period to go.
+    l.ok(&["vm", "stop", "p", "--timeout", "60"])?;
     assert_eq!(l.json(&["vm", "ls", "--json"])?[0]["state"], "stopped");
+    let console = l.console("p");
+    let stopped = console.find("container svc stopped").context("svc was not stopped")?;
+    let unmounted = console.find("/var/lib/lamina unmounted").context("XFS not unmounted")?;
+    assert!(stopped < unmounted, "containers stop before XFS is unmounted:\n{console}");
 
     // 2. A changed direct-lvm setting: refused with Docker's message, nothing written.
     let before = sha256(&disk)?;
@@ -479,6 +498,10 @@ fn vm_product_options_are_applied_and_a_changed_setup_is_refused() -> Result<()>
     assert!(names.contains(&"keep") && names.contains(&"store"), "{st}");
     assert_eq!(st["pool"]["pool"]["options"]["autoextend_threshold"], 60, "{st}");
     assert_eq!(tags(&l, "p")?, ["bb:committed", "bb:latest"], "images must survive reboots");
+    let svc =
+        wait_ps(&l, "p", "svc", "running after the reboot", |c| c["state"]["status"] == "running")?;
+    assert_eq!(svc["restart"], "always", "{svc}");
+    l.ok(&["rm", "--vm", "p", "-f", "svc"])?;
     let out = l.ok(&["run", "--vm", "p", "--rm", "-v", "data:/data", "bb", "cat", "/data/f"])?;
     assert_eq!(out, "persisted\n", "the volume lost its data across the reboot");
     // prune -a --volumes, ending with fstrim, gives the pool its blocks back.

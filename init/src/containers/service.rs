@@ -45,6 +45,9 @@ struct Entry {
     seq: u64,
     /// Set by stop/rm/shutdown: the exit that follows is not restarted.
     stopping: bool,
+    /// A `--rm` container that exited and is being removed: `logs` still says running, so
+    /// a foreground `run` returns only once the container (and its volumes) are free.
+    removing: bool,
 }
 
 /// Every container of the store.
@@ -104,7 +107,10 @@ impl Containers {
                 if spec.restart == Restart::Always {
                     again.push(spec.name.clone());
                 }
-                c.lock().insert(spec.name.clone(), Entry { spec, state, seq: 0, stopping: false });
+                c.lock().insert(
+                    spec.name.clone(),
+                    Entry { spec, state, seq: 0, stopping: false, removing: false },
+                );
             }
         }
         for n in again {
@@ -163,7 +169,7 @@ impl Containers {
             s.create(&spec.image, &spec.name, spec.size).map(drop)
         })?;
         let name = spec.name.clone();
-        let e = Entry { spec, state: State::default(), seq: 0, stopping: false };
+        let e = Entry { spec, state: State::default(), seq: 0, stopping: false, removing: false };
         self.save(&name, &e);
         self.lock().insert(name.clone(), e);
         self.start(&name)?;
@@ -284,8 +290,10 @@ impl Containers {
                 e.state.status = Status::Restarting;
                 e.state.restarts += 1;
             }
+            let rm = e.spec.rm && !restart && !down;
+            e.removing = rm;
             self.save(name, e);
-            (restart, e.spec.rm && !restart && !down)
+            (restart, rm)
         };
         crate::say(&format!(
             "container {name} exited with {code}{}{}",
@@ -306,7 +314,12 @@ impl Containers {
                 }
             }
         } else if rm {
-            let _ = self.remove(name, false);
+            if let Err(e) = self.remove(name, false) {
+                crate::say(&format!("container {name}: --rm removal failed: {e}"));
+                if let Some(e) = self.lock().get_mut(name) {
+                    e.removing = false;
+                }
+            }
         }
     }
 
@@ -394,8 +407,12 @@ impl Containers {
         let running = {
             let m = self.lock();
             let e = m.get(name).ok_or_else(|| no_such(name))?;
-            matches!(e.state.status, Status::Running | Status::Restarting)
+            (
+                matches!(e.state.status, Status::Running | Status::Restarting) || e.removing,
+                e.state.exit_code,
+            )
         };
+        let (running, exit_code) = running;
         let log = self.cdir(name).join("log");
         let mut text = Vec::new();
         if from == 0 {
@@ -412,7 +429,8 @@ impl Containers {
             let _ = f.take(1 << 20).read_to_end(&mut text);
             end = at + (text.len() as u64).min(end - at.min(end));
         }
-        Ok(json!({"text": String::from_utf8_lossy(&text), "offset": end, "running": running}))
+        Ok(json!({"text": String::from_utf8_lossy(&text), "offset": end, "running": running,
+                  "exit_code": exit_code}))
     }
 
     /// `lamina exec`: a command inside the running container (`crun exec`).

@@ -77,17 +77,26 @@ fn state(home: &Path, vm: &str, name: &str) -> Result<Value> {
         .with_context(|| format!("no such container: {name}"))
 }
 
-/// Prints a container's log from `offset`; with `follow`, until it stops running.
-fn follow_logs(home: &Path, vm: &str, name: &str, follow: bool) -> Result<()> {
+/// Prints a container's log from `offset`; with `follow`, until it stops running (or, run
+/// with `--rm`, is gone). Returns the last exit code seen.
+fn follow_logs(home: &Path, vm: &str, name: &str, follow: bool) -> Result<Option<i64>> {
     let mut offset = 0u64;
+    let mut code = None;
     loop {
-        let v = call(home, vm, "container.logs", Some(json!({"name": name, "offset": offset})))?;
+        let args = Some(json!({"name": name, "offset": offset}));
+        let v = match call(home, vm, "container.logs", args) {
+            Ok(v) => v,
+            // Removed (`--rm`) after we saw it: its exit code came with the last reply.
+            Err(_) if code.is_some() => return Ok(code),
+            Err(e) => return Err(e),
+        };
+        code = v["exit_code"].as_i64().or(code);
         let text = v["text"].as_str().unwrap_or("");
         print!("{text}");
         std::io::stdout().flush()?;
         offset = v["offset"].as_u64().unwrap_or(offset);
         if !follow || (v["running"] != true && text.is_empty()) {
-            return Ok(());
+            return Ok(code);
         }
         if text.is_empty() {
             std::thread::sleep(Duration::from_millis(200));
@@ -138,11 +147,11 @@ pub fn run(home: &Path, a: RunArgs) -> Result<()> {
         println!("{name}");
         return Ok(());
     }
-    follow_logs(home, &a.vm.name, &name, true)?;
+    let seen = follow_logs(home, &a.vm.name, &name, true)?;
     // Docker's `run` exits with the container's exit code.
     let code = match state(home, &a.vm.name, &name) {
         Ok(st) => st["exit_code"].as_i64().unwrap_or(0),
-        Err(_) => 0, // --rm removed it
+        Err(_) => seen.unwrap_or(0), // --rm removed it
     };
     if code != 0 {
         std::process::exit(code.clamp(1, 255) as i32);
@@ -170,7 +179,7 @@ pub fn ps(home: &Path, vm: &str, all: bool, json: bool) -> Result<()> {
 }
 
 pub fn logs(home: &Path, vm: &str, name: &str, follow: bool) -> Result<()> {
-    follow_logs(home, vm, name, follow)
+    follow_logs(home, vm, name, follow).map(drop)
 }
 
 /// Runs one verb per name; every failure is reported, the exit is non-zero if any failed.
