@@ -18,11 +18,13 @@
 
 pub mod check;
 pub mod daemon;
+pub mod delta;
 pub mod export;
 pub mod io;
 pub mod nbd;
 pub mod pdata;
 pub mod pool;
+pub mod repair;
 pub mod service;
 pub mod units;
 pub mod vg;

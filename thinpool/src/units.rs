@@ -61,4 +61,4 @@ impl Sectors {
 /// Largest thin id the kernel's message interface accepts.
 pub const MAX_THIN_ID: u64 = (1 << 24) - 1;
 
-pub use units::{human_size, parse_size, Bytes, SizeError};
+pub use units::{chain, human_size, parse_size, Bytes, SizeError};

@@ -113,7 +113,8 @@ fn garbage_pointers_are_refused_not_followed() {
     bad[..4096].copy_from_slice(&sb);
     let e = open_and_read_all(&bad, data).unwrap();
     assert!(matches!(e.kind(), ErrorKind::Corrupt { .. }), "{e}");
-    assert!(e.to_string().contains("beyond the metadata device"), "{e}");
+    let line = thinpool::units::chain(&e);
+    assert!(line.contains("beyond the metadata device"), "{line}");
 }
 
 #[test]

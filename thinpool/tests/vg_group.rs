@@ -78,7 +78,7 @@ fn changing_setup_values_is_refused_and_same_values_reopen() {
     ] {
         let changed = PoolConfig::from_opts([opt]).unwrap();
         let err = VolumeGroup::create(std::slice::from_ref(&a), changed, false).err().unwrap();
-        assert_eq!(err.kind, VgErrorKind::ConfigChanged, "{opt}");
+        assert_eq!(err.kind(), VgErrorKind::ConfigChanged, "{opt}");
         assert_eq!(err.to_string(), "changing direct-lvm config is not supported");
     }
     let again =
@@ -121,7 +121,7 @@ fn xfs_device_is_refused_unless_forced() {
 
     let err =
         VolumeGroup::create(std::slice::from_ref(&a), PoolConfig::default(), false).err().unwrap();
-    assert_eq!(err.kind, VgErrorKind::Signature);
+    assert_eq!(err.kind(), VgErrorKind::Signature);
     assert!(err.to_string().contains("xfs"), "{err}");
     assert!(err.to_string().contains("dm.directlvm_device_force"), "{err}");
     // Nothing was written: the filesystem is still there.
@@ -148,7 +148,7 @@ fn extend_then_grow_data_from_the_new_device() {
     vg.data_region().write_at(&[0xA5; 4096], 90 * 4 * MIB).unwrap();
     assert_eq!(vg.free_extents(), Extents(4));
     let err = vg.grow_data(Extents(5)).unwrap_err();
-    assert_eq!(err.kind, VgErrorKind::NoSpace);
+    assert_eq!(err.kind(), VgErrorKind::NoSpace);
     assert_eq!(vg.status().data.extents, Extents(95), "a failed grow changes nothing");
 
     vg.extend(&b).unwrap();
@@ -179,9 +179,9 @@ fn extend_then_grow_data_from_the_new_device() {
     assert_eq!(buf, [0xA5; 4096]);
     // Missing the second device: the group cannot be assembled.
     let err = VolumeGroup::open(std::slice::from_ref(&a)).err().unwrap();
-    assert_eq!(err.kind, VgErrorKind::MissingDevice);
+    assert_eq!(err.kind(), VgErrorKind::MissingDevice);
     // Extending with a member again is refused.
-    assert_eq!(vg.extend(&b).unwrap_err().kind, VgErrorKind::Usage);
+    assert_eq!(vg.extend(&b).unwrap_err().kind(), VgErrorKind::Usage);
 }
 
 #[test]
@@ -191,7 +191,7 @@ fn extend_refuses_a_filesystem_unless_the_group_is_forced() {
     let x = sparse(dir.path(), "x", 512 * MIB);
     mkfs_xfs(&x);
     let vg = VolumeGroup::create(std::slice::from_ref(&a), PoolConfig::default(), false).unwrap();
-    assert_eq!(vg.extend(&x).unwrap_err().kind, VgErrorKind::Signature);
+    assert_eq!(vg.extend(&x).unwrap_err().kind(), VgErrorKind::Signature);
     vg.extend_with(Arc::new(FileDevice::open(&x).unwrap()), true).unwrap();
     assert_eq!(vg.status().devices.len(), 2);
 }
@@ -206,14 +206,14 @@ fn metadata_is_capped_at_the_dm_thin_maximum() {
     let vg = VolumeGroup::create(std::slice::from_ref(&a), config, false).unwrap();
     assert_eq!(vg.status().metadata.extents, Extents(cap), "50 % would be 5000 extents");
     assert_eq!(vg.metadata_headroom(), Extents(0));
-    assert_eq!(vg.grow_metadata(Extents(1)).unwrap_err().kind, VgErrorKind::Limit);
+    assert_eq!(vg.grow_metadata(Extents(1)).unwrap_err().kind(), VgErrorKind::Limit);
 
     let b = sparse(dir.path(), "b", dev_size(10_000));
     let half = PoolConfig::from_opts(["dm.thinp_percent=50"]).unwrap();
     let vg = VolumeGroup::create(std::slice::from_ref(&b), half, false).unwrap();
     assert_eq!(vg.status().metadata.extents, Extents(100));
     vg.grow_metadata(Extents(cap - 100)).unwrap();
-    assert_eq!(vg.grow_metadata(Extents(1)).unwrap_err().kind, VgErrorKind::Limit);
+    assert_eq!(vg.grow_metadata(Extents(1)).unwrap_err().kind(), VgErrorKind::Limit);
 }
 
 #[test]
@@ -223,13 +223,13 @@ fn tiny_and_unlabelled_devices_are_refused() {
     let err = VolumeGroup::create(std::slice::from_ref(&small), PoolConfig::default(), false)
         .err()
         .unwrap();
-    assert_eq!(err.kind, VgErrorKind::TooSmall);
+    assert_eq!(err.kind(), VgErrorKind::TooSmall);
     let err = VolumeGroup::open(std::slice::from_ref(&small)).err().unwrap();
-    assert_eq!(err.kind, VgErrorKind::NotAGroup);
-    assert_eq!(VolumeGroup::open_dir(dir.path()).err().unwrap().kind, VgErrorKind::NotAGroup);
+    assert_eq!(err.kind(), VgErrorKind::NotAGroup);
+    assert_eq!(VolumeGroup::open_dir(dir.path()).err().unwrap().kind(), VgErrorKind::NotAGroup);
     let a = sparse(dir.path(), "a", dev_size(20));
     let err = VolumeGroup::create(&[a.clone(), a], PoolConfig::default(), false).err().unwrap();
-    assert_eq!(err.kind, VgErrorKind::Usage);
+    assert_eq!(err.kind(), VgErrorKind::Usage);
 }
 
 /// Presents a file under a stable name, so tables do not carry the tempdir path.
@@ -333,7 +333,7 @@ fn real_ext4_swap_and_thin_metadata_are_detected_and_refused() {
         let err = VolumeGroup::create(std::slice::from_ref(path), PoolConfig::default(), false)
             .err()
             .unwrap();
-        assert_eq!(err.kind, VgErrorKind::Signature, "{}", path.display());
+        assert_eq!(err.kind(), VgErrorKind::Signature, "{}", path.display());
     }
     assert_eq!(thinpool::vg::signature::detect(&head(&data)), None);
 }

@@ -140,7 +140,7 @@ pub fn handle(
             }
             match crate::pool::control_request(&req) {
                 Ok(v) => (Reply::ok(id, v), false),
-                Err(e) => (Reply::err(id, ErrorCode::ExecFailed, error_chain(&e)), false),
+                Err(e) => (Reply::err(id, ErrorCode::ExecFailed, units::chain(&e)), false),
             }
         }
         Cmd::Exec(args) => {
@@ -318,18 +318,6 @@ pub fn serve(port: PathBuf, shared: Arc<Mutex<Shared>>, reaper: Arc<Reaper>, wak
             pending.clear();
         }
     }
-}
-
-/// An error and its sources on one line, for the host to read.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut line = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        line.push_str(": ");
-        line.push_str(&s.to_string());
-        cur = s.source();
-    }
-    line
 }
 
 #[cfg(test)]

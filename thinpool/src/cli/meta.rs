@@ -16,7 +16,7 @@ use thinpool::vg::VolumeGroup;
 /// The metadata of POOL, read-only: a pool directory's metadata file, the metadata region of
 /// a device-backed pool (its group directory, a device of the group, or a comma-separated
 /// device list), or a bare metadata file or device as thin_check takes it.
-fn open_metadata(p: &Path) -> anyhow::Result<(String, Arc<dyn BlockDevice>)> {
+pub(super) fn open_metadata(p: &Path) -> anyhow::Result<(String, Arc<dyn BlockDevice>)> {
     let arg = p.to_string_lossy();
     let is_pool_dir = p.join(thinpool::pool::FilePool::METADATA).exists();
     if !is_pool_dir && (arg.contains(',') || p.is_dir()) {
@@ -57,9 +57,14 @@ pub(super) fn metadata_path(p: &Path) -> anyhow::Result<PathBuf> {
 }
 
 pub(super) fn check(a: &CheckArgs) -> anyhow::Result<ExitCode> {
+    // Clearing the flag writes the superblock: the pool must be ours alone.
+    let _lock = if a.clear_needs_check_flag { Some(lock_for_writing(&a.dir)?) } else { None };
     let (path, dev) = open_metadata(&a.dir)?;
     let report = thinpool::check::check(dev.as_ref());
     let ok = if a.allow_hints { report.is_consistent() } else { report.is_clean() };
+    if ok && a.clear_needs_check_flag {
+        clear_needs_check(&a.dir)?;
+    }
     let mut out = std::io::stdout().lock();
     if a.json {
         write!(out, "{}", to_json(&report))?;
@@ -90,7 +95,11 @@ pub(super) fn check(a: &CheckArgs) -> anyhow::Result<ExitCode> {
 
 pub(super) fn dump(a: &DumpArgs) -> anyhow::Result<ExitCode> {
     let (_, dev) = open_metadata(&a.dir)?;
-    let xml = thinpool::xml::dump(dev.as_ref())?;
+    let xml = if a.repair {
+        thinpool::repair::dump(dev.as_ref())?
+    } else {
+        thinpool::xml::dump(dev.as_ref())?
+    };
     match &a.output {
         Some(o) => {
             std::fs::write(o, xml).with_context(|| format!("cannot write {}", o.display()))?
@@ -167,6 +176,67 @@ pub(super) fn restore(a: &super::RestoreArgs) -> anyhow::Result<ExitCode> {
         md.devices.len(),
         a.input.display(),
         dir.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The pool lock of a pool directory (refusing while a daemon holds it); nothing for a bare
+/// metadata file, whose user vouches that nothing else writes it.
+fn lock_for_writing(p: &Path) -> anyhow::Result<Option<thinpool::daemon::PoolLock>> {
+    if !p.join(thinpool::pool::FilePool::METADATA).exists() {
+        return Ok(None);
+    }
+    let l = thinpool::daemon::PoolLock::acquire(p)
+        .with_context(|| format!("{} is in use (stop thinpool serve first)", p.display()))?;
+    Ok(Some(l))
+}
+
+/// Rewrites the superblock with needs_check cleared (and nothing else changed).
+fn clear_needs_check(p: &Path) -> anyhow::Result<()> {
+    use thinpool::pdata::disk::{self, Superblock, NEEDS_CHECK};
+    use thinpool::units::MetaBlock;
+    let path = metadata_path(p)?;
+    let dev = FileDevice::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut raw = disk::zeroed();
+    dev.read_at(&mut raw[..], 0)?;
+    let mut sb = Superblock::decode(&raw, MetaBlock(0))
+        .map_err(|e| anyhow::anyhow!("superblock of {}: {e}", path.display()))?;
+    if sb.flags & NEEDS_CHECK == 0 {
+        return Ok(());
+    }
+    sb.flags &= !NEEDS_CHECK;
+    dev.write_at(&sb.encode()[..], 0)?;
+    dev.flush()?;
+    eprintln!("cleared needs_check in {}", path.display());
+    Ok(())
+}
+
+pub(super) fn repair(a: &super::RepairArgs) -> anyhow::Result<ExitCode> {
+    let (path, input) = open_metadata(&a.dir)?;
+    if std::fs::canonicalize(&a.output).ok() == std::fs::canonicalize(&path).ok() {
+        bail!("--output must not be the damaged metadata itself ({path})");
+    }
+    let out: Arc<dyn BlockDevice> = if a.output.exists() {
+        Arc::new(
+            FileDevice::open(&a.output)
+                .with_context(|| format!("cannot open {}", a.output.display()))?,
+        )
+    } else {
+        Arc::new(
+            FileDevice::create(&a.output, input.size())
+                .with_context(|| format!("cannot create {}", a.output.display()))?,
+        )
+    };
+    let s = thinpool::repair::repair(input.as_ref(), out)?;
+    println!(
+        "repaired {path} into {}: {} devices, {} mappings salvaged ({} damaged nodes skipped, \
+         {} impossible mappings dropped, {} devices given new details)",
+        a.output.display(),
+        s.devices,
+        s.mappings,
+        s.damaged_nodes,
+        s.dropped_mappings,
+        s.invented_details
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -19,6 +19,7 @@ mod image;
 mod meta;
 pub mod output;
 mod pool;
+mod protect;
 mod serve;
 pub mod size;
 
@@ -59,6 +60,8 @@ pub enum Command {
     Dump(DumpArgs),
     /// Build pool metadata from thin_dump XML.
     Restore(RestoreArgs),
+    /// Salvage every readable mapping of damaged metadata into fresh metadata (thin_repair).
+    Repair(RepairArgs),
     /// Add a device to a device-backed pool's volume group (vgextend; autoextend may grow
     /// the pool into it at once).
     Extend(ExtendArgs),
@@ -68,6 +71,16 @@ pub enum Command {
     Events(EventsArgs),
     /// Print the device-mapper tables of a device-backed pool and its volumes.
     DmsetupTable(DmsetupTableArgs),
+    /// Reserve or release the pool's metadata snapshot (dm-thin's reserve_metadata_snap),
+    /// a consistent view `thin_dump --metadata-snap` reads while the pool serves.
+    MetadataSnap(MetadataSnapArgs),
+    /// The ranges where two thins (volume names or thin ids) map differently.
+    Delta(DeltaArgs),
+    /// Write a volume (a snapshot) to stdout as a stream: whole, or only what differs from
+    /// an older snapshot (--from).
+    Send(SendArgs),
+    /// Read a stream from stdin into a new volume (committed only if all of it checks out).
+    Receive(ReceiveArgs),
     /// Serve the pool's volumes over NBD (with autoextend and a control socket) until
     /// SIGTERM/SIGINT.
     Serve(ServeArgs),
@@ -187,6 +200,10 @@ pub struct CheckArgs {
     /// Debian's thin_restore 0.9.0 leaves them; every other damage still fails.
     #[arg(long)]
     pub allow_hints: bool,
+    /// When the metadata is clean, clear the superblock's needs_check flag (as
+    /// thin_check --clear-needs-check-flag); never while a daemon serves the pool.
+    #[arg(long)]
+    pub clear_needs_check_flag: bool,
 }
 
 #[derive(Debug, Args)]
@@ -196,6 +213,19 @@ pub struct DumpArgs {
     /// Write the XML here instead of stdout.
     #[arg(long, short)]
     pub output: Option<PathBuf>,
+    /// Dump what a repair would salvage (damaged nodes skipped) instead of failing on damage.
+    #[arg(long)]
+    pub repair: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RepairArgs {
+    /// Pool directory, or a metadata file/device (read only).
+    pub dir: PathBuf,
+    /// Where the fresh metadata goes: a new file (sized as the input) or an existing
+    /// file/device; never the input.
+    #[arg(long, short)]
+    pub output: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -208,6 +238,58 @@ pub struct RestoreArgs {
     /// Size of the metadata file when DIR has none yet (default as for init).
     #[arg(long, value_parser = size_arg)]
     pub metadata_size: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum SnapAction {
+    Reserve,
+    Release,
+}
+
+#[derive(Debug, Args)]
+pub struct MetadataSnapArgs {
+    #[command(flatten)]
+    pub pool: PoolDir,
+    pub action: SnapAction,
+}
+
+#[derive(Debug, Args)]
+pub struct DeltaArgs {
+    #[command(flatten)]
+    pub pool: PoolDir,
+    /// The left thin (the older one, e.g. a snapshot): volume name or thin id.
+    pub thin1: String,
+    /// The right thin: volume name or thin id.
+    pub thin2: String,
+    /// Print thin_delta 0.9.0's XML (every range, `same` included).
+    #[arg(long, conflicts_with = "json")]
+    pub xml: bool,
+    /// Print every range as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SendArgs {
+    #[command(flatten)]
+    pub pool: PoolDir,
+    /// The volume to send (normally a snapshot nothing writes to).
+    pub snap: String,
+    /// Send only what differs from this older snapshot (the receiver must hold it).
+    #[arg(long)]
+    pub from: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ReceiveArgs {
+    #[command(flatten)]
+    pub pool: PoolDir,
+    /// Name of the new volume.
+    pub name: String,
+    /// For an incremental stream: the local volume it applies to (default: the base name
+    /// the stream carries).
+    #[arg(long)]
+    pub base: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -275,10 +357,15 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Check(a) => meta::check(&a),
         Command::Dump(a) => meta::dump(&a),
         Command::Restore(a) => meta::restore(&a),
+        Command::Repair(a) => meta::repair(&a),
         Command::Extend(a) => group::extend(&a),
         Command::Resize(a) => group::resize(&a),
         Command::Events(a) => group::events(&a),
         Command::DmsetupTable(a) => group::dmsetup_table(&a),
+        Command::MetadataSnap(a) => protect::metadata_snap(&a),
+        Command::Delta(a) => protect::delta(&a),
+        Command::Send(a) => protect::send_verb(&a),
+        Command::Receive(a) => protect::receive_verb(&a),
         Command::Serve(a) => {
             thinpool::daemon::serve(&a.pool.dir, a.serve.into_config())?;
             Ok(ExitCode::SUCCESS)

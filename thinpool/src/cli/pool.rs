@@ -25,6 +25,8 @@ pub(super) trait Manage {
     fn remove_volume(&self, name: &str) -> anyhow::Result<()>;
     fn volumes(&self) -> anyhow::Result<Vec<VolumeRow>>;
     fn status(&self) -> anyhow::Result<PoolStatus>;
+    /// Reserves or releases the metadata snapshot; returns its metadata block.
+    fn metadata_snap(&self, action: control::MetadataSnapAction) -> anyhow::Result<u64>;
 }
 
 /// A pool (directory, group directory or device list) opened in this process through the
@@ -76,14 +78,25 @@ pub(super) fn open_pool(dir: &Path, access: Access) -> anyhow::Result<LocalPool>
 
 /// The management verbs' way in: the daemon when one serves the pool, else the files.
 pub(super) fn manage(dir: &Path, access: Access) -> anyhow::Result<Box<dyn Manage>> {
+    Ok(try_manage_local(dir, access)?.0)
+}
+
+/// As [`manage`], and whether the pool was opened in this process (true) or a daemon
+/// serves it (false).
+pub(super) fn try_manage_local(
+    dir: &Path,
+    access: Access,
+) -> anyhow::Result<(Box<dyn Manage>, bool)> {
     match try_open_pool(dir, access) {
-        Ok(p) => Ok(Box::new(p)),
-        Err(Busy::Daemon(state)) => Ok(Box::new(DaemonPool { dir: dir.to_owned(), state })),
+        Ok(p) => Ok((Box::new(p), true)),
+        Err(Busy::Daemon(state)) => {
+            Ok((Box::new(DaemonPool { dir: dir.to_owned(), state }), false))
+        }
         Err(Busy::Other(e)) => Err(e),
     }
 }
 
-fn try_open_pool(dir: &Path, access: Access) -> Result<LocalPool, Busy> {
+pub(super) fn try_open_pool(dir: &Path, access: Access) -> Result<LocalPool, Busy> {
     let other = |e: anyhow::Error| Busy::Other(e);
     let src = source(dir);
     match &src {
@@ -221,6 +234,15 @@ impl Manage for LocalPool {
             volumes: self.svc.volumes()?.len(),
             docker: Some(docker),
         })
+    }
+
+    fn metadata_snap(&self, action: control::MetadataSnapAction) -> anyhow::Result<u64> {
+        let pool = self.pool();
+        let b = match action {
+            control::MetadataSnapAction::Reserve => pool.reserve_metadata_snap()?,
+            control::MetadataSnapAction::Release => pool.release_metadata_snap()?,
+        };
+        Ok(b.0)
     }
 }
 
@@ -366,5 +388,9 @@ impl Manage for DaemonPool {
             volumes: st.volumes,
             docker: Some(st.devicemapper),
         })
+    }
+
+    fn metadata_snap(&self, action: control::MetadataSnapAction) -> anyhow::Result<u64> {
+        Ok(self.client().metadata_snap(action)?)
     }
 }

@@ -52,6 +52,32 @@ pub enum Request {
     Extend {
         device: String,
     },
+    /// dm-thin's reserve_metadata_snap / release_metadata_snap messages.
+    MetadataSnap {
+        action: MetadataSnapAction,
+    },
+    /// `thinpool send`: the daemon writes the stream into `path` (a FIFO the client reads).
+    Send {
+        snap: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        from: Option<String>,
+        path: String,
+    },
+    /// `thinpool receive`: the daemon reads the stream from `path` (a FIFO the client fills).
+    Receive {
+        name: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        base: Option<String>,
+        path: String,
+    },
+}
+
+/// What to do with the pool's metadata snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MetadataSnapAction {
+    Reserve,
+    Release,
 }
 
 /// One volume as the daemon lists it.
@@ -106,6 +132,10 @@ pub enum Reply {
     Status(Box<DaemonStatus>),
     /// `extend`: the device added and what the volume group did.
     Extended { device: String, events: Vec<crate::vg::ExtendEvent> },
+    /// `metadata_snap`: the metadata block holding the snapshot (reserved or released).
+    MetadataSnap { metadata_snap: u64 },
+    /// `send`, `receive`: the size of the stream and the volume data it carried.
+    Streamed { stream_bytes: u64, data_bytes: u64, records: u64 },
 }
 
 /// Why the daemon refused a request: a kind a client can match on, and the daemon's message
@@ -215,6 +245,12 @@ impl Client {
         request(&self.dir, req)?.into_result()
     }
 
+    /// A `send` or `receive`, answered when the whole stream has passed (no reply deadline:
+    /// the stream's own end, or the peer closing the FIFO, ends it).
+    pub fn stream(&self, req: &Request) -> Result<Reply, ControlError> {
+        request_with(&self.dir, req, None)?.into_result()
+    }
+
     /// The reply as JSON, for callers that pass it on (the appliance's agent).
     pub fn call_json(&self, req: &Request) -> Result<serde_json::Value, ControlError> {
         self.call(req)
@@ -244,6 +280,17 @@ impl Client {
     pub fn status(&self) -> Result<DaemonStatus, ControlError> {
         self.call(&Request::Status)
     }
+
+    /// Reserves or releases the pool's metadata snapshot; returns its metadata block.
+    pub fn metadata_snap(&self, action: MetadataSnapAction) -> Result<u64, ControlError> {
+        let r: MetadataSnapReply = self.call(&Request::MetadataSnap { action })?;
+        Ok(r.metadata_snap)
+    }
+}
+
+#[derive(Deserialize)]
+struct MetadataSnapReply {
+    metadata_snap: u64,
 }
 
 #[derive(Deserialize)]
@@ -262,11 +309,20 @@ pub fn socket_path(dir: &Path) -> PathBuf {
 
 /// Sends one request to the daemon serving the pool in `dir` and waits for its answer.
 pub fn request(dir: &Path, req: &Request) -> Result<Response, ControlError> {
+    request_with(dir, req, Some(Duration::from_secs(300)))
+}
+
+/// As [`request`], waiting at most `timeout` for the answer (None: as long as it takes).
+pub fn request_with(
+    dir: &Path,
+    req: &Request,
+    timeout: Option<Duration>,
+) -> Result<Response, ControlError> {
     let path = socket_path(dir);
     let io_err = |source| ControlError::Io { path: path.clone(), source };
     let mut s = UnixStream::connect(&path)
         .map_err(|source| ControlError::Connect { path: path.clone(), source })?;
-    s.set_read_timeout(Some(Duration::from_secs(300))).map_err(io_err)?;
+    s.set_read_timeout(timeout).map_err(io_err)?;
     let mut line = serde_json::to_vec(req)
         .map_err(|e| ControlError::Protocol { path: path.clone(), why: e.to_string() })?;
     line.push(b'\n');

@@ -36,7 +36,46 @@ fn refusal(e: service::Error) -> Refusal {
         K::Invalid | K::OutOfRange => RefusalKind::Invalid,
         K::Corrupt | K::Io | K::Group(_) => RefusalKind::Failed,
     };
-    Refusal::new(kind, e.to_string())
+    Refusal::new(kind, units::chain(&e))
+}
+
+/// Streams pass through a FIFO the client made: the daemon never writes or reads a
+/// regular file or device a client names.
+fn only_fifo(path: &str) -> Result<(), Refusal> {
+    use std::os::unix::fs::FileTypeExt;
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_fifo() => Ok(()),
+        Ok(_) => Err(Refusal::new(RefusalKind::Invalid, format!("{path} is not a FIFO"))),
+        Err(e) => Err(Refusal::new(RefusalKind::Invalid, format!("{path}: {e}"))),
+    }
+}
+
+/// The reply (or refusal) of a send or receive.
+fn streamed(
+    r: Result<crate::delta::send::Stats, crate::delta::send::SendError>,
+) -> Result<Reply, Refusal> {
+    use crate::delta::send::SendError as E;
+    match r {
+        Ok(s) => Ok(Reply::Streamed {
+            stream_bytes: s.stream_bytes,
+            data_bytes: s.data_bytes,
+            records: s.records,
+        }),
+        Err(e) => {
+            let kind = match &e {
+                E::Exists(_) => RefusalKind::Exists,
+                E::Pool { source, .. } if source.kind() == crate::pool::ErrorKind::NotFound => {
+                    RefusalKind::NotFound
+                }
+                E::Pool { .. } | E::Write(_) => RefusalKind::Failed,
+                E::Stream(_)
+                | E::BaseMismatch { .. }
+                | E::Invalid(_)
+                | E::ContentMismatch { .. } => RefusalKind::Invalid,
+            };
+            Err(Refusal::new(kind, e.to_string()))
+        }
+    }
 }
 
 impl control::Handler for PoolControl {
@@ -70,6 +109,30 @@ impl control::Handler for PoolControl {
             R::Extend { device } => {
                 let events = svc.extend_device(std::path::Path::new(&device)).map_err(refusal)?;
                 Reply::Extended { device, events }
+            }
+            R::MetadataSnap { action } => {
+                let b = match action {
+                    control::MetadataSnapAction::Reserve => pool.reserve_metadata_snap(),
+                    control::MetadataSnapAction::Release => pool.release_metadata_snap(),
+                }
+                .map_err(|e| refusal(service::Error::pool("metadata snapshot", e)))?;
+                Reply::MetadataSnap { metadata_snap: b.0 }
+            }
+            R::Send { snap, from, path } => {
+                only_fifo(&path)?;
+                let out = std::fs::OpenOptions::new().write(true).open(&path).map_err(|e| {
+                    Refusal::new(RefusalKind::Invalid, format!("opening {path}: {e}"))
+                })?;
+                let w = std::io::BufWriter::with_capacity(1 << 20, out);
+                streamed(crate::delta::send::send(pool, &snap, from.as_deref(), w))?
+            }
+            R::Receive { name, base, path } => {
+                only_fifo(&path)?;
+                let input = std::fs::File::open(&path).map_err(|e| {
+                    Refusal::new(RefusalKind::Invalid, format!("opening {path}: {e}"))
+                })?;
+                let r = std::io::BufReader::with_capacity(1 << 20, input);
+                streamed(crate::delta::send::receive(pool, &name, base.as_deref(), r))?
             }
             R::Status => {
                 let space = |u: crate::pool::SpaceUsage| SpaceEntry {

@@ -103,6 +103,13 @@ pub fn push_extent(v: &mut Vec<Extent>, e: Extent) {
     }
 }
 
+/// A run of bytes that differs, or not, from the same bytes of a base volume.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Changed {
+    pub len: u64,
+    pub changed: bool,
+}
+
 /// Largest request payload a frontend passes to an export (the NBD server's limit too; the
 /// spec lets a server refuse more than 32 MiB).
 pub const MAX_PAYLOAD: u32 = 32 << 20;
@@ -193,6 +200,22 @@ pub trait Export: Send + Sync {
     }
     fn block_size(&self) -> BlockSize {
         BlockSize::default()
+    }
+    /// Names of the volumes [`Export::changes_since`] can compare this export with (the
+    /// other volumes of its pool). Default: none.
+    fn change_bases(&self) -> Vec<String> {
+        Vec::new()
+    }
+    /// Which bytes from `offset` differ from volume `base` (a snapshot taken earlier, say),
+    /// covering at least one byte and at most `len`; `Ok(None)` when `base` is not a volume
+    /// this export can be compared with. Default: none can.
+    fn changes_since(
+        &self,
+        _base: &str,
+        _offset: u64,
+        _len: u64,
+    ) -> ExportResult<Option<Vec<Changed>>> {
+        Ok(None)
     }
 }
 

@@ -32,7 +32,7 @@ fn kind(e: &service::Error) -> ErrorKind {
 }
 
 fn err(op: &'static str, offset: u64, len: u64, e: service::Error) -> ExportError {
-    ExportError::new(kind(&e), op, offset, len, e)
+    ExportError::new(kind(&e), op, offset, len, units::chain(&e))
 }
 
 /// Shared by the catalog and its exports.
@@ -278,6 +278,34 @@ impl Export for VolumeExport {
 
     fn sparse_reads(&self) -> bool {
         true
+    }
+
+    fn change_bases(&self) -> Vec<String> {
+        let own = self.handle.name();
+        match self.inner.svc.pool().volumes() {
+            Ok(v) => v.into_iter().map(|v| v.name).filter(|n| n != own).collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    fn changes_since(
+        &self,
+        base: &str,
+        offset: u64,
+        len: u64,
+    ) -> ExportResult<Option<Vec<Changed>>> {
+        let pool = self.inner.svc.pool();
+        // Resolved at every request: a base removed meanwhile is an error, never another
+        // thin that reused its id.
+        let b = match pool.volume(base) {
+            Ok(b) => b,
+            Err(e) if e.kind() == crate::pool::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(ExportError::new(ErrorKind::Io, "changes", offset, len, e)),
+        };
+        let runs = pool
+            .changes_since(self.handle.id(), b.id, offset, len)
+            .map_err(|e| err("changes", offset, len, service::Error::pool("comparing", e)))?;
+        Ok(Some(runs.into_iter().map(|(len, changed)| Changed { len, changed }).collect()))
     }
 
     fn block_size(&self) -> BlockSize {

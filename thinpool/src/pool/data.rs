@@ -46,7 +46,7 @@ fn segments(offset: u64, len: usize, bs: u64) -> impl Iterator<Item = Seg> {
 impl Pool {
     /// Checks that `id` exists and `offset + len` fits its virtual size (named volumes) or the
     /// address space (raw thin ids).
-    fn check_range(&self, id: ThinId, offset: u64, len: u64) -> Result<()> {
+    pub(super) fn check_range(&self, id: ThinId, offset: u64, len: u64) -> Result<()> {
         self.check_range_in(&self.meta(), id, offset, len)
     }
 

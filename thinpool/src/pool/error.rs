@@ -41,49 +41,14 @@ impl fmt::Display for ErrorKind {
     }
 }
 
-/// A pool error. `Display` prints the kind and the context; the cause is the `source`.
-#[derive(Debug)]
-pub struct Error {
-    kind: ErrorKind,
-    context: String,
-    source: Option<Box<dyn std::error::Error + Send + Sync>>,
-}
-
-impl fmt::Display for Error {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.kind, self.context)
-    }
-}
-
-impl std::error::Error for Error {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.source.as_deref().map(|e| e as &(dyn std::error::Error + 'static))
-    }
-}
+units::error_type!(
+    /// A pool error. `Display` prints the kind and the context; the cause is the `source`.
+    pub struct Error(ErrorKind);
+);
 
 impl Error {
-    pub fn new(kind: ErrorKind, context: impl Into<String>) -> Self {
-        Error { kind, context: context.into(), source: None }
-    }
-
-    pub fn with_source(
-        kind: ErrorKind,
-        context: impl Into<String>,
-        source: impl std::error::Error + Send + Sync + 'static,
-    ) -> Self {
-        Error { kind, context: context.into(), source: Some(Box::new(source)) }
-    }
-
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
         Self::with_source(ErrorKind::Io, context, source)
-    }
-
-    pub fn kind(&self) -> ErrorKind {
-        self.kind
-    }
-
-    pub fn context(&self) -> &str {
-        &self.context
     }
 
     /// Wraps a persistent-data error with what the pool was doing.
@@ -94,9 +59,7 @@ impl Error {
             pdata::Error::Io { .. } => ErrorKind::Io,
             pdata::Error::NoSpace(_) => ErrorKind::NoSpace,
         };
-        // The pdata message carries the block and what was read; keep it in the context so
-        // `Display` alone explains the failure.
-        Error { kind, context: format!("{doing}: {e}"), source: Some(Box::new(e)) }
+        Error::with_source(kind, doing, e)
     }
 }
 

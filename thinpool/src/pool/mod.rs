@@ -18,10 +18,12 @@
 //! metadata, flushes, writes the superblock and flushes without it; blocks freed before the
 //! commit become allocatable only once it is durable.
 
+mod changes;
 mod data;
 pub mod error;
 mod file;
 mod meta;
+mod metasnap;
 pub mod names;
 mod verify;
 
@@ -553,6 +555,24 @@ impl Pool {
         if let Some(e) = t.volumes.iter_mut().find(|e| e.name == name) {
             e.size = size;
         }
+        m.names_dirty = true;
+        Ok(())
+    }
+
+    /// Renames volume `from` to `to` (which must not exist); takes effect with the next
+    /// commit, like every name change.
+    pub fn rename_volume(&self, from: &str, to: &str) -> Result<()> {
+        check_name(to)?;
+        let mut m = self.meta();
+        m.writable()?;
+        let t = m.names.as_mut().ok_or_else(Self::no_names)?;
+        if t.get(to).is_some() {
+            return Err(Error::new(ErrorKind::Exists, format!("volume {to:?} already exists")));
+        }
+        let e = t.volumes.iter_mut().find(|e| e.name == from).ok_or_else(|| {
+            Error::new(ErrorKind::NotFound, format!("volume {from:?} does not exist"))
+        })?;
+        e.name = to.to_owned();
         m.names_dirty = true;
         Ok(())
     }

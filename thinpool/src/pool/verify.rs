@@ -84,6 +84,13 @@ fn check_meta(m: &mut Meta) -> Result<CheckReport> {
     if m.changed || m.devices.values().any(|d| d.dirty) || !m.deleted.is_empty() {
         return Err(Error::new(ErrorKind::Invalid, "self-check needs a committed pool"));
     }
+    if m.sb.held_root.0 != 0 {
+        // The held copy's trees add references this recount does not follow.
+        return Err(Error::new(
+            ErrorKind::Invalid,
+            "self-check does not count a held metadata snapshot (crate::check does)",
+        ));
+    }
     let nr_meta = m.tm.sm.nr_blocks() as usize;
     let mut meta = vec![0u32; nr_meta];
     let mut data = vec![0u32; m.data.nr_blocks() as usize];

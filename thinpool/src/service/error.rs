@@ -47,41 +47,13 @@ impl fmt::Display for ErrorKind {
     }
 }
 
-/// A service error. `Display` prints the kind and the context; the cause is the `source`.
-#[derive(Debug)]
-pub struct Error {
-    kind: ErrorKind,
-    context: String,
-    source: Option<Box<dyn std::error::Error + Send + Sync>>,
-}
-
-impl fmt::Display for Error {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.kind, self.context)
-    }
-}
-
-impl std::error::Error for Error {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.source.as_deref().map(|e| e as &(dyn std::error::Error + 'static))
-    }
-}
+units::error_type!(
+    /// A service error. `Display` prints the kind and the context; the cause is the `source`.
+    pub struct Error(ErrorKind);
+);
 
 impl Error {
-    pub fn new(kind: ErrorKind, context: impl Into<String>) -> Self {
-        Error { kind, context: context.into(), source: None }
-    }
-
-    pub fn kind(&self) -> ErrorKind {
-        self.kind
-    }
-
-    pub fn context(&self) -> &str {
-        &self.context
-    }
-
-    /// Wraps a pool error with what the service was doing; the pool's message stays in the
-    /// context so `Display` alone explains the failure.
+    /// Wraps a pool error with what the service was doing (the pool's error is the source).
     pub fn pool(doing: &str, e: pool::Error) -> Self {
         let kind = match e.kind() {
             PoolKind::NoSpace => ErrorKind::NoSpace,
@@ -93,19 +65,15 @@ impl Error {
             PoolKind::Corrupt { .. } => ErrorKind::Corrupt,
             PoolKind::Io => ErrorKind::Io,
         };
-        Error { kind, context: format!("{doing}: {e}"), source: Some(Box::new(e)) }
+        Error::with_source(kind, doing, e)
     }
 
     pub fn vg(doing: &str, e: VgError) -> Self {
-        Error {
-            kind: ErrorKind::Group(e.kind),
-            context: format!("{doing}: {e}"),
-            source: Some(Box::new(e)),
-        }
+        Error::with_source(ErrorKind::Group(e.kind()), doing, e)
     }
 
     pub fn io(doing: impl Into<String>, e: std::io::Error) -> Self {
-        Error { kind: ErrorKind::Io, context: doing.into(), source: Some(Box::new(e)) }
+        Error::with_source(ErrorKind::Io, doing, e)
     }
 }
 

@@ -303,7 +303,7 @@ mod tests {
         ];
         for (opts, needle) in cases {
             let err = PoolConfig::from_opts(opts.iter().copied()).unwrap_err();
-            assert_eq!(err.kind, VgErrorKind::InvalidConfig, "{opts:?}");
+            assert_eq!(err.kind(), VgErrorKind::InvalidConfig, "{opts:?}");
             assert!(err.to_string().contains(needle), "{opts:?}: {err}");
         }
         // 100 disables autoextend; percent 0 is then fine.

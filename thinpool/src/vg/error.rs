@@ -53,46 +53,14 @@ impl fmt::Display for VgErrorKind {
     }
 }
 
-/// A volume group error: kind, where and what, and the I/O error underneath if any.
-#[derive(Debug)]
-pub struct VgError {
-    pub kind: VgErrorKind,
-    pub context: String,
-    pub source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
-}
+units::error_type!(
+    /// A volume group error: kind, where and what, and the I/O error underneath if any.
+    pub struct VgError(VgErrorKind);
+);
 
 impl VgError {
-    pub fn new(kind: VgErrorKind, context: impl Into<String>) -> Self {
-        Self { kind, context: context.into(), source: None }
-    }
-
     pub fn io(context: impl Into<String>, source: io::Error) -> Self {
-        Self { kind: VgErrorKind::Io, context: context.into(), source: Some(Box::new(source)) }
-    }
-
-    /// An error from a lower layer, kept as the source; `context` says what was being done.
-    pub fn with_source(
-        kind: VgErrorKind,
-        context: impl Into<String>,
-        source: impl std::error::Error + Send + Sync + 'static,
-    ) -> Self {
-        Self { kind, context: context.into(), source: Some(Box::new(source)) }
-    }
-}
-
-impl fmt::Display for VgError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.context.is_empty() {
-            write!(f, "{}", self.kind)
-        } else {
-            write!(f, "{}: {}", self.kind, self.context)
-        }
-    }
-}
-
-impl std::error::Error for VgError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.source.as_deref().map(|e| e as _)
+        Self::with_source(VgErrorKind::Io, context, source)
     }
 }
 

@@ -95,7 +95,7 @@ fn metadata_region_starts_zeroed_and_capped() {
     )
     .err()
     .unwrap();
-    assert_eq!(err.kind, VgErrorKind::TooSmall);
+    assert_eq!(err.kind(), VgErrorKind::TooSmall);
 }
 
 #[derive(Clone, Debug)]

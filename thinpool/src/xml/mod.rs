@@ -19,8 +19,8 @@ mod read;
 mod restore;
 
 pub use parse::{parse, XmlError, XmlErrorKind};
-pub use read::{dump, read_metadata, DumpError};
-pub use restore::{restore, restore_into, RestoreError};
+pub use read::{dump, read_metadata, read_metadata_at, DumpError};
+pub use restore::{restore, restore_into, restore_metadata, RestoreError};
 
 use std::fmt::Write as _;
 

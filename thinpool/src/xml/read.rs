@@ -106,10 +106,21 @@ impl Reader<'_> {
 
 /// Reads the live metadata on `dev` into the XML model.
 pub fn read_metadata(dev: &dyn BlockDevice) -> Result<Metadata, DumpError> {
+    read_metadata_at(dev, MetaBlock(0), &|_| true)
+}
+
+/// Reads the metadata whose superblock is at `location` (0, or a held metadata snapshot's
+/// block) into the XML model, with the mappings of the devices `want` selects (the others
+/// keep their details and no mappings).
+pub fn read_metadata_at(
+    dev: &dyn BlockDevice,
+    location: MetaBlock,
+    want: &dyn Fn(ThinId) -> bool,
+) -> Result<Metadata, DumpError> {
     let r = Reader { dev };
-    let sb_block = r.read(0)?;
-    let sb =
-        Superblock::decode(&sb_block, MetaBlock(0)).map_err(|e| r.damaged(0, "superblock", e))?;
+    let sb_block = r.read(location.0)?;
+    let sb = Superblock::decode(&sb_block, location)
+        .map_err(|e| r.damaged(location.0, "superblock", e))?;
 
     let mut details = BTreeMap::new();
     r.walk(sb.device_details_root.0, DeviceDetails::SIZE, "device details tree", &mut |k, v| {
@@ -151,6 +162,10 @@ pub fn read_metadata(dev: &dyn BlockDevice) -> Result<Metadata, DumpError> {
             snap_time: d.snapshotted_time,
             mappings: Vec::new(),
         };
+        if !want(ThinId(id)) {
+            md.devices.push(dev);
+            continue;
+        }
         let what = format!("mapping tree of device {id}");
         r.walk(root, 8, &what, &mut |k, v| {
             let bt = BlockTime::unpack(disk::get_u64(v, 0));

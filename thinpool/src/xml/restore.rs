@@ -94,6 +94,15 @@ pub fn restore(
     Ok(())
 }
 
+/// Builds metadata for `md` on `meta` alone (the data device is only sized, never touched).
+pub fn restore_metadata(md: &Metadata, meta: Arc<dyn BlockDevice>) -> Result<(), RestoreError> {
+    let bytes = md.nr_data_blocks.checked_mul(Sectors(u64::from(md.data_block_size)).bytes());
+    let size =
+        bytes.ok_or_else(|| RestoreError::Invalid("the data device size overflows".into()))?;
+    restore_into(md, meta, Arc::new(NoData { size }))?;
+    Ok(())
+}
+
 /// A data device of a given size that is never read or written: restoring builds metadata only.
 struct NoData {
     size: u64,

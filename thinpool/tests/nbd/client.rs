@@ -125,6 +125,11 @@ impl Client {
         Self::handshake(Stream::Unix(s), name, structured, extended)
     }
 
+    /// A client on a stream whose handshake (ending in GO) the caller ran itself.
+    pub fn after_handshake(s: Stream, mode: HeaderMode, size: u64, flags: u16) -> Client {
+        Client { s, mode, structured: true, size, flags, next_cookie: 1 }
+    }
+
     fn handshake(mut s: Stream, name: &str, structured: bool, extended: bool) -> Client {
         if extended {
             assert_eq!(option(&mut s, &ClientOption::ExtendedHeaders), [OptionReply::Ack]);

@@ -8,8 +8,13 @@
 //! Every unit is binary (`10G` = `10GB` = `10GiB` = 10 × 2^30 bytes), as in Docker and LVM.
 //! A fraction must come out as whole bytes (`1.5G` is fine, `1.1` is not).
 //!
+//! Also the one error shape every library's error type takes ([`error_type!`]).
+//!
 //! Sizes print two ways: lvs-style binary (`64.00m`) and Docker's decimal `HumanSize`
 //! (`65.54kB`), as `docker info` prints its devicemapper fields.
+
+mod error;
+pub use error::chain;
 
 use std::fmt;
 use std::ops::{Add, AddAssign, Div, Mul, Sub, SubAssign};

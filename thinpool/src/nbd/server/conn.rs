@@ -44,11 +44,11 @@ use std::sync::{Arc, Mutex};
 use std::thread::Scope;
 use std::time::{Duration, Instant};
 
-use super::negotiate::{Negotiated, BASE_ALLOCATION_ID};
+use super::contexts::Context;
+use super::negotiate::Negotiated;
 use super::reply::{allocation_status, Fail, Reply, KEEP_BUFFER};
 use super::splice::Pipe;
 use super::{RateLog, Sock};
-use crate::export::Extent;
 use crate::nbd::proto::msg::*;
 use crate::nbd::proto::wire::*;
 
@@ -643,50 +643,84 @@ fn read(c: &Conn<'_>, req: &Request, out: &mut Reply, quick: bool) -> Result<boo
 }
 
 fn block_status(c: &Conn<'_>, req: &Request, out: &mut Vec<u8>) -> Result<(), Fail> {
-    if !c.neg.base_allocation {
+    if c.neg.contexts.is_empty() {
         return Err(Fail::client(EINVAL, "no metadata context selected"));
     }
     if req.length == 0 {
         return Err(Fail::client(EINVAL, "zero-length block status"));
     }
-    let mut extents = c.neg.export.extents(req.offset, req.length)?;
+    // One chunk per selected context; the last one ends the reply. Each is computed before
+    // anything is sent, so a failure is still a clean error reply.
+    let mut chunks = Vec::with_capacity(c.neg.contexts.len());
+    for sel in &c.neg.contexts {
+        let extents: Vec<(u64, u32)> = match &sel.context {
+            Context::Allocation => c
+                .neg
+                .export
+                .extents(req.offset, req.length)?
+                .iter()
+                .map(|e| (e.len, allocation_status(e)))
+                .collect(),
+            Context::Changed { base } => c
+                .neg
+                .export
+                .changes_since(base, req.offset, req.length)?
+                .ok_or_else(|| Fail {
+                    errno: EIO,
+                    why: format!("volume {base:?} is gone"),
+                    client_fault: false,
+                })?
+                .iter()
+                .map(|e| (e.len, u32::from(e.changed)))
+                .collect(),
+        };
+        let clipped = clip(extents, req);
+        if clipped.is_empty() {
+            return Err(Fail {
+                errno: EIO,
+                why: "backend returned no extents".into(),
+                client_fault: false,
+            });
+        }
+        chunks.push(match c.neg.mode {
+            HeaderMode::Compact => Chunk::BlockStatus {
+                context: sel.id,
+                // Compact requests are < 4 GiB long, so clipped extents fit in 32 bits.
+                extents: clipped.iter().map(|&(n, f)| (n as u32, f)).collect(),
+            },
+            HeaderMode::Extended => Chunk::BlockStatusExt {
+                context: sel.id,
+                extents: clipped.iter().map(|&(n, f)| (n, u64::from(f))).collect(),
+            },
+        });
+    }
+    let last = chunks.len() - 1;
+    for (i, chunk) in chunks.iter().enumerate() {
+        encode_chunk(c.neg.mode, i == last, req.cookie, req.offset, chunk, out);
+    }
+    send(c, [&out[..]]);
+    Ok(())
+}
+
+/// Extents cut to the request (at most [`MAX_EXTENTS`], one with REQ_ONE), empty ones dropped.
+fn clip(extents: Vec<(u64, u32)>, req: &Request) -> Vec<(u64, u32)> {
     let mut total = 0u64;
-    let mut clipped: Vec<Extent> = Vec::new();
-    for mut e in extents.drain(..) {
+    let mut clipped = Vec::new();
+    for (len, flags) in extents {
         if total >= req.length || clipped.len() >= MAX_EXTENTS {
             break;
         }
-        e.len = e.len.min(req.length - total);
-        if e.len == 0 {
+        let len = len.min(req.length - total);
+        if len == 0 {
             continue;
         }
-        total += e.len;
-        clipped.push(e);
+        total += len;
+        clipped.push((len, flags));
         if req.flags & CMD_FLAG_REQ_ONE != 0 {
             break;
         }
     }
-    if clipped.is_empty() {
-        return Err(Fail {
-            errno: EIO,
-            why: "backend returned no extents".into(),
-            client_fault: false,
-        });
-    }
-    let chunk = match c.neg.mode {
-        HeaderMode::Compact => Chunk::BlockStatus {
-            context: BASE_ALLOCATION_ID,
-            // Compact requests are < 4 GiB long, so clipped extents fit in 32 bits.
-            extents: clipped.iter().map(|e| (e.len as u32, allocation_status(e))).collect(),
-        },
-        HeaderMode::Extended => Chunk::BlockStatusExt {
-            context: BASE_ALLOCATION_ID,
-            extents: clipped.iter().map(|e| (e.len, u64::from(allocation_status(e)))).collect(),
-        },
-    };
-    encode_chunk(c.neg.mode, true, req.cookie, req.offset, &chunk, out);
-    send(c, [&out[..]]);
-    Ok(())
+    clipped
 }
 
 /// Writes one complete reply (or batch of them), given as the parts in wire order; on failure

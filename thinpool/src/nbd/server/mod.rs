@@ -20,6 +20,7 @@ use allow::AllowList;
 
 pub mod allow;
 mod conn;
+mod contexts;
 mod negotiate;
 mod reply;
 mod splice;

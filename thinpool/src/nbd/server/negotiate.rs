@@ -18,9 +18,8 @@ use crate::nbd::proto::msg::HeaderMode;
 use crate::nbd::proto::opt::*;
 use crate::nbd::proto::wire::*;
 
-/// Id we give `base:allocation` when a client selects it.
-pub const BASE_ALLOCATION_ID: u32 = 1;
-pub const BASE_ALLOCATION: &str = "base:allocation";
+use super::contexts::{self, Selected};
+pub use super::contexts::{BASE_ALLOCATION, BASE_ALLOCATION_ID};
 
 /// What the handshake settled for the transmission phase.
 pub(crate) struct Negotiated {
@@ -29,8 +28,8 @@ pub(crate) struct Negotiated {
     pub read_only: bool,
     pub mode: HeaderMode,
     pub structured: bool,
-    /// Whether `base:allocation` was selected for this export.
-    pub base_allocation: bool,
+    /// The metadata contexts selected for this export, in id order of selection.
+    pub contexts: Vec<Selected>,
     pub flags: u16,
     /// Block-size constraints, enforced only if the client asked for them.
     pub block_size: Option<BlockSize>,
@@ -45,7 +44,7 @@ impl Negotiated {
             read_only,
             mode: HeaderMode::Compact,
             structured: false,
-            base_allocation: false,
+            contexts: Vec::new(),
             flags: transmission_flags(read_only, false),
             block_size: None,
         }
@@ -118,8 +117,8 @@ struct State {
     no_zeroes: bool,
     structured: bool,
     extended: bool,
-    /// Export name the last SET_META_CONTEXT selected `base:allocation` for.
-    meta: Option<String>,
+    /// Export name the last SET_META_CONTEXT selected contexts for, and those contexts.
+    meta: Option<(String, Vec<Selected>)>,
     aborted: bool,
 }
 
@@ -293,22 +292,22 @@ fn handle_option(
                 c.error(code, REP_ERR_INVALID, "negotiate structured replies first")?;
                 return Ok(None);
             }
-            let Some((resolved, _)) = resolve(shared, &q.export) else {
+            let Some((resolved, export)) = resolve(shared, &q.export) else {
                 c.error(code, REP_ERR_UNKNOWN, "no such export")?;
                 return Ok(None);
             };
-            // LIST: no queries or `base:` lists everything; SET: only the exact name selects.
-            let matches = if set {
-                q.queries.iter().any(|s| s == BASE_ALLOCATION)
+            // LIST: no queries or a namespace lists all of it; SET: exact names select.
+            if set {
+                let chosen = contexts::select(export.as_ref(), &q.queries);
+                for (name, s) in &chosen {
+                    c.reply(code, &OptionReply::MetaContext { id: s.id, name: name.clone() })?;
+                }
+                if !chosen.is_empty() {
+                    st.meta = Some((resolved, chosen.into_iter().map(|(_, s)| s).collect()));
+                }
             } else {
-                q.queries.is_empty()
-                    || q.queries.iter().any(|s| s == "base:" || s == BASE_ALLOCATION)
-            };
-            if matches {
-                let id = if set { BASE_ALLOCATION_ID } else { 0 };
-                c.reply(code, &OptionReply::MetaContext { id, name: BASE_ALLOCATION.into() })?;
-                if set {
-                    st.meta = Some(resolved);
+                for name in contexts::list(export.as_ref(), &q.queries) {
+                    c.reply(code, &OptionReply::MetaContext { id: 0, name })?;
                 }
             }
             c.reply(code, &OptionReply::Ack)?;
@@ -327,14 +326,17 @@ fn session(
     block_size: Option<BlockSize>,
 ) -> Negotiated {
     // A selection counts only for the export finally chosen (empty name = default export).
-    let base_allocation = st.structured && st.meta.as_deref() == Some(name.as_str());
+    let contexts = match &st.meta {
+        Some((n, sel)) if st.structured && *n == name => sel.clone(),
+        _ => Vec::new(),
+    };
     Negotiated {
         name,
         export,
         read_only,
         mode: if st.extended { HeaderMode::Extended } else { HeaderMode::Compact },
         structured: st.structured,
-        base_allocation,
+        contexts,
         flags,
         block_size,
     }

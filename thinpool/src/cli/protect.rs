@@ -1,0 +1,206 @@
+//! metadata-snap, delta: reading a consistent view of a pool that may be serving.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+
+use super::pool::{manage, try_manage_local, try_open_pool, Access, Busy};
+use super::{DeltaArgs, MetadataSnapArgs, ReceiveArgs, SendArgs, SnapAction};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+use thinpool::daemon::control::{self, MetadataSnapAction};
+use thinpool::delta;
+use thinpool::delta::send;
+use thinpool::units::{MetaBlock, ThinId};
+
+pub(super) fn metadata_snap(a: &MetadataSnapArgs) -> anyhow::Result<ExitCode> {
+    let m = manage(&a.pool.dir, Access::Exclusive)?;
+    let action = match a.action {
+        SnapAction::Reserve => MetadataSnapAction::Reserve,
+        SnapAction::Release => MetadataSnapAction::Release,
+    };
+    let b = m.metadata_snap(action)?;
+    match a.action {
+        SnapAction::Reserve => println!("reserved a metadata snapshot at block {b}"),
+        SnapAction::Release => println!("released the metadata snapshot at block {b}"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A volume name, or a thin device id when no volume has that name.
+fn thin_id(volumes: &[super::output::VolumeRow], arg: &str) -> anyhow::Result<ThinId> {
+    if let Some(v) = volumes.iter().find(|v| v.name == arg) {
+        return Ok(ThinId(v.id));
+    }
+    match arg.parse::<u64>() {
+        Ok(id) => Ok(ThinId(id)),
+        Err(_) => bail!("no volume {arg:?} in the pool (give a volume name or a thin id)"),
+    }
+}
+
+pub(super) fn delta(a: &DeltaArgs) -> anyhow::Result<ExitCode> {
+    let dir = &a.pool.dir;
+    let (m, local) = try_manage_local(dir, Access::Shared)?;
+    let rows = m.volumes()?;
+    let (left, right) = (thin_id(&rows, &a.thin1)?, thin_id(&rows, &a.thin2)?);
+    let (_, dev) = super::meta::open_metadata(dir)?;
+    let input = if local {
+        // The pool is ours (shared lock held by `m`): its committed metadata is stable.
+        delta::read(dev.as_ref(), MetaBlock(0), left, right)
+    } else {
+        // A daemon serves the pool: read through a metadata snapshot it holds for us.
+        let b = m.metadata_snap(MetadataSnapAction::Reserve).with_context(|| {
+            "cannot reserve a metadata snapshot to read the running pool (release one still \
+             held with `thinpool metadata-snap POOL release`)"
+        })?;
+        let r = delta::read(dev.as_ref(), MetaBlock(b), left, right);
+        m.metadata_snap(MetadataSnapAction::Release)
+            .context("releasing the metadata snapshot taken for the delta")?;
+        r
+    }
+    .with_context(|| format!("cannot read the mappings of {} and {}", a.thin1, a.thin2))?;
+    let mut out = std::io::stdout().lock();
+    if a.xml {
+        let x = delta::render_xml(&input.header, left, right, &input.left, &input.right);
+        out.write_all(x.as_bytes())?;
+    } else {
+        let ranges = delta::diff(&input.left, &input.right);
+        if a.json {
+            writeln!(out, "{}", serde_json::to_string_pretty(&ranges)?)?;
+        } else {
+            for r in ranges.iter().filter(|r| r.change.changed()) {
+                let c = serde_json::to_value(r.change)?;
+                writeln!(out, "{} begin={} length={}", c.as_str().unwrap_or("?"), r.begin, r.len)?;
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(super) fn send_verb(a: &SendArgs) -> anyhow::Result<ExitCode> {
+    use std::io::IsTerminal;
+    if std::io::stdout().is_terminal() {
+        bail!("the stream is binary: redirect stdout to a file or a pipe");
+    }
+    let s = match try_open_pool(&a.pool.dir, Access::Shared) {
+        Ok(p) => {
+            let out = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
+            send::send(p.pool(), &a.snap, a.from.as_deref(), out)?
+        }
+        Err(Busy::Daemon(state)) => {
+            let req = |path: String| control::Request::Send {
+                snap: a.snap.clone(),
+                from: a.from.clone(),
+                path,
+            };
+            through_daemon(&state, req, Direction::FromDaemon)?
+        }
+        Err(Busy::Other(e)) => return Err(e),
+    };
+    eprintln!(
+        "sent {} ({} of data in {} records, stream {} bytes)",
+        a.snap, s.data_bytes, s.records, s.stream_bytes
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(super) fn receive_verb(a: &ReceiveArgs) -> anyhow::Result<ExitCode> {
+    let s = match try_open_pool(&a.pool.dir, Access::Exclusive) {
+        Ok(p) => {
+            let input = std::io::BufReader::with_capacity(1 << 20, std::io::stdin().lock());
+            send::receive(p.pool(), &a.name, a.base.as_deref(), input)?
+        }
+        Err(Busy::Daemon(state)) => {
+            let req = |path: String| control::Request::Receive {
+                name: a.name.clone(),
+                base: a.base.clone(),
+                path,
+            };
+            through_daemon(&state, req, Direction::ToDaemon)?
+        }
+        Err(Busy::Other(e)) => return Err(e),
+    };
+    eprintln!(
+        "received {} ({} of data in {} records, stream {} bytes)",
+        a.name, s.data_bytes, s.records, s.stream_bytes
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    FromDaemon,
+    ToDaemon,
+}
+
+/// Runs a send or receive inside the daemon serving the pool: the stream passes through a
+/// FIFO in the daemon's state directory (mode 0600, like its control socket), copied to
+/// stdout or from stdin here while the control request waits for the daemon's answer.
+fn through_daemon(
+    state: &Path,
+    req: impl FnOnce(String) -> control::Request,
+    dir: Direction,
+) -> anyhow::Result<send::Stats> {
+    use rustix::fs::{FileType, Mode, CWD};
+    let fifo = state.join(format!("stream.{}.fifo", std::process::id()));
+    let _ = std::fs::remove_file(&fifo);
+    rustix::fs::mknodat(CWD, &fifo, FileType::Fifo, Mode::RUSR | Mode::WUSR, 0)
+        .with_context(|| format!("cannot make the FIFO {}", fifo.display()))?;
+    struct Remove<'a>(&'a Path);
+    impl Drop for Remove<'_> {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(self.0);
+        }
+    }
+    let _remove = Remove(&fifo);
+    let request = req(fifo.display().to_string());
+    let client = control::Client::new(state);
+    // Set once this side's open of the FIFO returned.
+    let opened = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|sc| {
+        let (fifo, opened) = (fifo.as_path(), &opened);
+        let answer = sc.spawn(move || {
+            let r = client.stream(&request);
+            if r.is_err() {
+                // The daemon may have refused before opening the FIFO: hold its other end
+                // open until this side's open has returned (then EOF or EPIPE follows).
+                let mut other = None;
+                while !opened.load(std::sync::atomic::Ordering::SeqCst) {
+                    if other.is_none() {
+                        other = std::fs::OpenOptions::new()
+                            .read(dir == Direction::ToDaemon)
+                            .write(dir == Direction::FromDaemon)
+                            .custom_flags(libc_nonblock())
+                            .open(fifo)
+                            .ok();
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+            }
+            r
+        });
+        let file = match dir {
+            Direction::FromDaemon => std::fs::File::open(fifo),
+            Direction::ToDaemon => std::fs::OpenOptions::new().write(true).open(fifo),
+        };
+        opened.store(true, std::sync::atomic::Ordering::SeqCst);
+        let copied = file.and_then(|mut f| match dir {
+            Direction::FromDaemon => std::io::copy(&mut f, &mut std::io::stdout().lock()),
+            Direction::ToDaemon => std::io::copy(&mut std::io::stdin().lock(), &mut f),
+        });
+        let reply = answer.join().map_err(|_| anyhow::anyhow!("the request thread panicked"))??;
+        copied.context("copying the stream")?;
+        match reply {
+            control::Reply::Streamed { stream_bytes, data_bytes, records } => {
+                Ok(send::Stats { stream_bytes, data_bytes, records })
+            }
+            other => bail!("unexpected answer from the daemon: {other:?}"),
+        }
+    })
+}
+
+fn libc_nonblock() -> i32 {
+    rustix::fs::OFlags::NONBLOCK.bits() as i32
+}
