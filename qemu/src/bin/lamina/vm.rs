@@ -116,6 +116,14 @@ pub fn main(home: &Path, cmd: VmCmd) -> Result<()> {
         VmCmd::Stop { vm, timeout } => {
             let dir = vm_dir(home, &vm);
             if stop_dir(&dir, Duration::from_secs(timeout))? {
+                // QMP closes while QEMU is still tearing down: wait for the process itself.
+                let deadline = std::time::Instant::now() + Duration::from_secs(10);
+                while running_pid(&dir).is_some() && std::time::Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                if let Some(pid) = running_pid(&dir) {
+                    bail!("{}: QEMU (pid {pid}) still runs 10 s after powering off", dir.display());
+                }
                 eprintln!("lamina: {} powered off", dir.display());
                 Ok(())
             } else {
@@ -131,8 +139,10 @@ pub fn main(home: &Path, cmd: VmCmd) -> Result<()> {
 fn running_pid(dir: &Path) -> Option<i32> {
     let pid: i32 =
         std::fs::read_to_string(VmDir(dir.to_owned()).pid()).ok()?.trim().parse().ok()?;
-    let p = rustix::process::Pid::from_raw(pid)?;
-    rustix::process::test_kill_process(p).ok().map(|()| pid)
+    // The pid must still be this VM's QEMU (its command line names the VM's directory; a
+    // zombie's is empty, a reused pid's is another program's).
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    String::from_utf8_lossy(&cmdline).contains(&*dir.to_string_lossy()).then_some(pid)
 }
 
 fn ls(home: &Path, json: bool) -> Result<()> {
