@@ -60,7 +60,12 @@ pub struct Containers {
     seq: std::sync::atomic::AtomicU64,
     /// Shutdown began: nothing starts any more.
     down: std::sync::atomic::AtomicBool,
+    /// Exit codes of `--rm` containers already removed (the last [`GONE_KEPT`]), so a
+    /// foreground `run` that polls after the removal still learns how it ended.
+    gone: Mutex<Vec<(String, i32, Vec<u8>)>>,
 }
+
+const GONE_KEPT: usize = 64;
 
 impl std::fmt::Debug for Containers {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -85,6 +90,7 @@ impl Containers {
             map: Mutex::new(BTreeMap::new()),
             seq: Default::default(),
             down: Default::default(),
+            gone: Mutex::new(Vec::new()),
         });
         let _ = std::fs::create_dir_all(&c.dir);
         let mut again = Vec::new();
@@ -169,6 +175,7 @@ impl Containers {
             s.create(&spec.image, &spec.name, spec.size).map(drop)
         })?;
         let name = spec.name.clone();
+        self.gone.lock().unwrap_or_else(|p| p.into_inner()).retain(|(n, ..)| *n != name);
         let e = Entry { spec, state: State::default(), seq: 0, stopping: false, removing: false };
         self.save(&name, &e);
         self.lock().insert(name.clone(), e);
@@ -314,6 +321,16 @@ impl Containers {
                 }
             }
         } else if rm {
+            // Its output too (the tail), for a `run` that had not read it all yet.
+            let log = self.cdir(name).join("log");
+            let mut text = std::fs::read(&log).unwrap_or_default();
+            let cut = text.len().saturating_sub(64 << 10);
+            text.drain(..cut);
+            let mut gone = self.gone.lock().unwrap_or_else(|p| p.into_inner());
+            gone.push((name.to_owned(), code, text));
+            let extra = gone.len().saturating_sub(GONE_KEPT);
+            gone.drain(..extra);
+            drop(gone);
             if let Err(e) = self.remove(name, false) {
                 crate::say(&format!("container {name}: --rm removal failed: {e}"));
                 if let Some(e) = self.lock().get_mut(name) {
@@ -404,6 +421,15 @@ impl Containers {
 
     /// `lamina logs`: the log from byte `from` on (both files when `from` is 0).
     pub fn logs(&self, name: &str, from: u64) -> R<Value> {
+        let gone = {
+            let g = self.gone.lock().unwrap_or_else(|p| p.into_inner());
+            g.iter().rev().find(|(n, ..)| n == name).map(|(_, c, t)| (*c, t.clone()))
+        };
+        if let (Some((code, text)), false) = (gone, self.lock().contains_key(name)) {
+            let at = (from as usize).min(text.len());
+            return Ok(json!({"text": String::from_utf8_lossy(&text[at..]),
+                             "offset": text.len(), "running": false, "exit_code": code}));
+        }
         let running = {
             let m = self.lock();
             let e = m.get(name).ok_or_else(|| no_such(name))?;
