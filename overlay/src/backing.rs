@@ -1,5 +1,6 @@
-//! Checks on the filesystem under the store (docker-storage.md §1.5): it must report file
-//! types in directory entries (`d_type`; XFS ftype=1), or overlay whiteouts break.
+//! Checks on the filesystem under the store (Docker's OverlayFS driver documentation, "Prerequisites";
+//! moby daemon/graphdriver/overlay2 `supportsDType`): it must report file types in directory
+//! entries (`d_type`; XFS ftype=1), or overlay whiteouts break.
 
 use std::path::Path;
 

@@ -1,5 +1,6 @@
 //! One error type for the store: a small matchable kind, what was being done, where, and the
-//! underlying cause (style.md §3). `Display` prints kind and context, never the source again.
+//! underlying cause, as cloud-hypervisor's `block` errors are built. `Display` prints kind and
+//! context, never the source again.
 
 use std::fmt;
 use std::path::Path;

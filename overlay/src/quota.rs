@@ -367,7 +367,7 @@ mod tests {
 
     #[test]
     fn real_probe_says_no_on_a_plain_directory() {
-        // The host has no XFS project quotas (docker-storage.md §0), so this must say "no".
+        // This host's kernel has no XFS quota support (CONFIG_XFS_QUOTA is off), so this must say "no".
         let d = tempfile::tempdir().unwrap();
         assert!(!XfsQuota.supported(d.path()).unwrap());
     }

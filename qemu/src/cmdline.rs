@@ -250,7 +250,8 @@ impl VmConfig {
 }
 
 /// The host's TSC frequency in kHz, from /proc/cpuinfo ("cpu MHz"); the guest only needs a
-/// plausible value to get past calibration (appliance.md §3.8).
+/// plausible value to get past calibration (QEMU's `tsc-frequency` CPU property; Linux
+/// arch/x86/kernel/tsc.c skips calibration when the frequency is known).
 pub fn host_tsc_khz() -> Option<u64> {
     let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
     let mhz: f64 =

@@ -79,6 +79,7 @@ pub struct Opts {
     pub machine: Machine,
     pub append: Vec<String>,
     pub memory_mib: u32,
+    /// vCPUs (`-smp`).
     pub cpus: u32,
     /// Hard deadline for the whole VM (the watchdog kills QEMU after it).
     pub deadline: Duration,

@@ -1,5 +1,6 @@
 //! The kernel nbd client's generic netlink family ("nbd", version 1): pure builders for
-//! CONNECT / RECONFIGURE / DISCONNECT and the CONNECT reply parser (nbd.md §2.4).
+//! CONNECT / RECONFIGURE / DISCONNECT and the CONNECT reply parser (Linux
+//! include/uapi/linux/nbd-netlink.h, drivers/block/nbd.c).
 //!
 //! ```text
 //! CONNECT      SIZE_BYTES u64 (required) BLOCK_SIZE_BYTES u64 SERVER_FLAGS u64 TIMEOUT u64

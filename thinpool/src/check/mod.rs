@@ -3,7 +3,8 @@
 //! It walks every structure reachable from the superblock straight from the device bytes (no
 //! engine state), recounts every reference and compares with the space maps. It checks the
 //! union of what `thin_check` 0.9.0 and 1.x verify plus what both skip
-//! (`shared/design/dm-thin-format.md` §8.6, §14):
+//! (thin-provisioning-tools' src/thin/check.rs, and the kernel's own checks in
+//! drivers/md/persistent-data/dm-btree.c and dm-space-map-common.c):
 //!
 //! ```text
 //! superblock ── details tree ─────────────────────────── device details (mapped_blocks, …)

@@ -3,12 +3,13 @@
 //!
 //! The appliance's PID 1 makes one `socketpair(AF_UNIX, SOCK_STREAM)` per kernel connection,
 //! starts the daemon with one end of each inherited, and hands the other ends to the kernel
-//! with netlink NBD_CMD_CONNECT (nbd.md §2.8). The kernel speaks only transmission, so each
+//! with generic-netlink NBD_CMD_CONNECT (Linux include/uapi/linux/nbd-netlink.h). The kernel speaks only transmission, so each
 //! inherited end is served with [`serve_connected`] on the export opened through the daemon's
 //! own catalog: writes go through the pool's Service like any TCP client's.
 //!
 //! When the filesystem on `/dev/nbdN` lives in the same machine as this daemon, writeback can
-//! wait for the daemon while the daemon waits for reclaim (appliance.md §4.4, nbd.md §2.7):
+//! wait for the daemon while the daemon waits for reclaim (why prctl(2) has PR_SET_IO_FLUSHER,
+//! since Linux 5.6, for userspace block drivers):
 //! [`protect_from_reclaim`] sets PR_SET_IO_FLUSHER and locks the daemon's memory.
 
 use std::str::FromStr;
@@ -138,6 +139,71 @@ pub fn protect_from_reclaim() -> Vec<String> {
         warnings.push(format!("mlockall(MCL_FUTURE|MCL_ONFAULT): {e}"));
     }
     warnings
+}
+
+/// Unblocks SIGTERM and SIGINT in the calling thread (threads spawned later inherit it). A
+/// parent may hand its children a blocked mask: the appliance's PID 1 blocks every signal
+/// into its signalfd and its children inherit that across exec, so without this the daemon
+/// never saw the SIGTERM that asks it to commit and exit. Call before spawning threads.
+pub fn unblock_stop_signals() -> Result<(), std::io::Error> {
+    mask::unblock(&[libc::SIGTERM, libc::SIGINT])
+}
+
+mod mask {
+    //! pthread_sigmask, which rustix does not offer outside its runtime module.
+    #![allow(unsafe_code)]
+
+    pub fn unblock(signals: &[i32]) -> Result<(), std::io::Error> {
+        // SAFETY: sigset_t is plain data; sigemptyset initialises it before any other use.
+        let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+        // SAFETY: `set` is a valid, exclusively borrowed sigset_t.
+        unsafe { libc::sigemptyset(&mut set) };
+        for &s in signals {
+            // SAFETY: as above; an invalid signal number makes sigaddset fail, checked.
+            if unsafe { libc::sigaddset(&mut set, s) } != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+        // SAFETY: `set` is initialised; a null old-set pointer is allowed.
+        let r = unsafe { libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut()) };
+        if r != 0 {
+            return Err(std::io::Error::from_raw_os_error(r));
+        }
+        Ok(())
+    }
+
+    #[cfg(test)]
+    mod tests {
+        /// Whether `sig` is blocked in the calling thread.
+        fn blocked(sig: i32) -> bool {
+            // SAFETY: plain data, initialised by pthread_sigmask (a null new set only queries).
+            let mut cur: libc::sigset_t = unsafe { std::mem::zeroed() };
+            // SAFETY: valid pointers to an exclusively borrowed sigset_t.
+            unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, std::ptr::null(), &mut cur) };
+            // SAFETY: `cur` was filled in above.
+            unsafe { libc::sigismember(&cur, sig) == 1 }
+        }
+
+        #[test]
+        fn a_blocked_sigterm_is_unblocked() {
+            // In a thread of its own: the mask is per thread, the test harness's stays alone.
+            std::thread::spawn(|| {
+                // SAFETY: as in `unblock`, with SIG_BLOCK.
+                let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+                // SAFETY: valid, exclusively borrowed sigset_t; null old set allowed.
+                unsafe {
+                    libc::sigemptyset(&mut set);
+                    libc::sigaddset(&mut set, libc::SIGTERM);
+                    libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+                }
+                assert!(blocked(libc::SIGTERM));
+                super::unblock(&[libc::SIGTERM, libc::SIGINT]).unwrap();
+                assert!(!blocked(libc::SIGTERM) && !blocked(libc::SIGINT));
+            })
+            .join()
+            .unwrap();
+        }
+    }
 }
 
 mod adopt {

@@ -25,8 +25,10 @@
 //! 352 compat, compat_ro, incompat flags      mapping: data_block << 24 | time (24 bits)
 //! ```
 //!
-//! Field meanings and the rules the kernel and `thin_check` apply are in
-//! `shared/design/dm-thin-format.md`; the tests below carry its golden vectors.
+//! Field meanings and the rules the kernel and `thin_check` apply: Linux
+//! drivers/md/dm-thin-metadata.c and drivers/md/persistent-data/, and thin-provisioning-tools
+//! (src/thin/superblock.rs, src/pdata/); the tests below carry golden vectors made with
+//! Debian's thin_restore.
 
 use crate::units::{DataBlock, MetaBlock};
 

@@ -1,4 +1,5 @@
-//! Golden vectors from `dm-thin-format.md` §3 and §16, plus round trips.
+//! Golden vectors (superblock, node and bitmap bytes as Debian's thin_restore writes them), plus
+//! round trips.
 
 use super::*;
 use proptest::prelude::*;
