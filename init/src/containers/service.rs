@@ -356,7 +356,11 @@ impl Containers {
         if !running {
             return Ok(json!({"name": name, "was": "not running"}));
         }
-        let alive = || self.lock().get(name).is_some_and(|e| e.state.status == Status::Running);
+        // Reap while waiting: at shutdown the main loop, which reaps on SIGCHLD, has ended.
+        let alive = || {
+            let _ = self.reaper.reap();
+            self.lock().get(name).is_some_and(|e| e.state.status == Status::Running)
+        };
         let kill = |sig: &str| {
             let _ = Command::new(CRUN).args(["kill", name, sig]).output();
         };
