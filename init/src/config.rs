@@ -104,6 +104,8 @@ pub fn cmdline_overrides(cmdline: &str) -> Vec<(String, String)> {
     cmdline
         .split_whitespace()
         .filter_map(|w| w.strip_prefix("lamina."))
+        // lamina.opt.KEY=VALUE are the store's options (crate::options), not config keys.
+        .filter(|kv| !kv.starts_with("opt."))
         .map(|kv| match kv.split_once('=') {
             Some((k, v)) => (k.to_owned(), v.to_owned()),
             None => (kv.to_owned(), "1".to_owned()), // bare flag: lamina.debug
@@ -193,6 +195,7 @@ mod tests {
         assert_eq!(c.network.address, "10.0.2.16/24");
         assert_eq!(c.shutdown.grace_secs, 3);
         assert_eq!(cmdline_overrides("lamina.debug"), [("debug".to_string(), "1".to_string())]);
+        assert!(cmdline_overrides("lamina.opt.dm.thinp_percent=90").is_empty());
     }
 
     #[test]

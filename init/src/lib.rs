@@ -12,13 +12,16 @@ pub mod agent;
 pub mod attach;
 pub mod boot;
 pub mod config;
+pub mod containers;
 pub mod evdev;
 pub mod nbd;
 pub mod nbd_tls;
 pub mod netlink;
+pub mod options;
 pub mod pool;
 pub mod reaper;
 pub mod shutdown;
+pub mod wait;
 
 use std::io::{Read, Write};
 use std::os::fd::AsFd;
@@ -247,9 +250,11 @@ fn run(sfd: nix::Result<SignalFd>) -> ! {
         }
     };
     let mut wake_rx = None;
-    match (agent::find_port(Path::new("/sys/class/virtio-ports"), &cfg.agent.port), wake) {
-        (Some(port), Some((rx, tx))) => {
-            boot.parts.push(format!("agent {}", port.display()));
+    let port =
+        agent::find_port(Path::new("/sys/class/virtio-ports"), &cfg.agent.port, wait::DEVICE_WAIT);
+    match (port, wake) {
+        (Ok((port, waited)), Some((rx, tx))) => {
+            boot.parts.push(format!("agent {} ({} ms)", port.display(), waited.as_millis()));
             let (s, r) = (shared.clone(), reaper.clone());
             wake_rx = Some(rx);
             if let Err(e) = std::thread::Builder::new()
@@ -259,7 +264,7 @@ fn run(sfd: nix::Result<SignalFd>) -> ! {
                 boot.problems.push(format!("agent thread: {e}"));
             }
         }
-        (None, _) => boot.problems.push(format!("agent port {} not found", cfg.agent.port)),
+        (Err(e), _) => boot.problems.push(e.to_string()),
         _ => {}
     }
 
@@ -270,14 +275,28 @@ fn run(sfd: nix::Result<SignalFd>) -> ! {
             background = Some(mount_modules.wait());
         }
     };
-    let mut pool = match Pool::bring_up(&cfg, &reaper, &mut wait_modules) {
-        Ok(p) => p,
+    let opts = store_options(&cmdline, cfg.pool.enabled);
+    let mut pool = match &opts {
+        Ok(opts) => match Pool::bring_up(&cfg, opts, &reaper, &mut wait_modules) {
+            Ok(p) => p,
+            Err(e) => {
+                boot.problems.push(e.to_string());
+                Pool::default()
+            }
+        },
+        // A bad option leaves the pool alone rather than bringing it up with other settings.
         Err(e) => {
-            boot.problems.push(e.to_string());
+            boot.problems.push(format!("{e}; the pool was not brought up"));
             Pool::default()
         }
     };
     wait_modules();
+    if let (Ok(opts), true) = (&opts, pool.is_up()) {
+        match start_store(opts, &shared, &reaper) {
+            Ok(s) => boot.parts.push(s),
+            Err(e) => boot.problems.push(e.to_string()),
+        }
+    }
     let (later_reports, later_took) = background.unwrap_or_default();
     reports.extend(later_reports);
     let mut failed = 0;
@@ -326,6 +345,17 @@ fn run(sfd: nix::Result<SignalFd>) -> ! {
 
     // The loop.
     let trigger = event_loop(sfd.as_mut(), button.as_mut(), wake_rx.as_ref(), &reaper);
+    // Containers stop (newest first) and the store closes before XFS is unmounted.
+    let (images, ctrs) = {
+        let s = shared.lock().unwrap_or_else(|p| p.into_inner());
+        (s.images.clone(), s.containers.clone())
+    };
+    if let Some(c) = ctrs.get() {
+        c.stop_all(Duration::from_secs(cfg.shutdown.grace_secs), &mut |l| say(&l));
+    }
+    if let Some(images) = images.get() {
+        images.close();
+    }
     shutdown::sequence(
         &trigger,
         &mut pool,
@@ -334,6 +364,59 @@ fn run(sfd: nix::Result<SignalFd>) -> ! {
         &mut |l| say(&l),
     );
     power_off()
+}
+
+/// Opens the layer store on the pool's XFS and serves the data channel for it.
+fn start_store(
+    opts: &options::StoreOptions,
+    shared: &Mutex<agent::Shared>,
+    reaper: &Arc<Reaper>,
+) -> Result<String, containers::error::StoreError> {
+    use containers::error::{Kind, StoreError};
+    let images = containers::Images::open(
+        Path::new(containers::STORE_ROOT),
+        Path::new(containers::INCOMING),
+        opts.driver,
+    )
+    .map_err(|e| StoreError::new(e.kind, format!("layer store {}: {e}", containers::STORE_ROOT)))?;
+    let (cell, ctrs) = {
+        let s = shared.lock().unwrap_or_else(|p| p.into_inner());
+        (s.images.clone(), s.containers.clone())
+    };
+    let _ = cell.set(images);
+    let _ = ctrs.set(containers::service::Containers::open(cell.clone(), reaper.clone()));
+    let (port, _) = agent::find_port(
+        Path::new("/sys/class/virtio-ports"),
+        containers::DATA_PORT,
+        wait::DEVICE_WAIT,
+    )
+    .map_err(|e| StoreError::new(Kind::Unavailable, e.to_string()))?;
+    let msg =
+        format!("store {:?} at {}, data {}", opts.driver, containers::STORE_ROOT, port.display());
+    std::thread::Builder::new()
+        .name("data".into())
+        .spawn(move || containers::serve_data(port, cell))
+        .map_err(|e| StoreError::io("data thread", e))?;
+    Ok(msg)
+}
+
+/// The store's options (config disk, then `lamina.opt.*`), once the disks are there.
+fn store_options(
+    cmdline: &str,
+    pool_enabled: bool,
+) -> Result<options::StoreOptions, options::OptionsError> {
+    if pool_enabled {
+        // The config disk is a virtio disk like the pool's: give the disks their deadline.
+        let sys_block = Path::new("/sys/block");
+        let _ = wait::until(&wait::RealClock, "a virtio disk", wait::DEVICE_WAIT, || {
+            if pool::data_disks(sys_block).is_empty() {
+                wait::Look::Missing
+            } else {
+                wait::Look::Found(())
+            }
+        });
+    }
+    options::load(Path::new("/sys/block"), cmdline)
 }
 
 trait NonBlock {

@@ -43,6 +43,7 @@ use crate::attach::{self, Attach};
 use crate::config::Config;
 use crate::nbd::NbdClient;
 use crate::netlink::nbd::Connect;
+use crate::options::StoreOptions;
 use crate::reaper::{Exit, Reaper, Spawned};
 
 /// The daemon's lock, control socket and event log (tmpfs: the pool itself is on the disks).
@@ -135,7 +136,11 @@ pub fn data_disks(sys_block: &Path) -> Vec<PathBuf> {
 
 /// Runs a helper to completion, reaping meanwhile (before READY the main loop does not run;
 /// after it, reaping from two threads is harmless: the reaper serialises `waitpid`).
-fn run(reaper: &Reaper, argv: &[String], timeout: Duration) -> Result<String, PoolError> {
+pub(crate) fn run(
+    reaper: &Reaper,
+    argv: &[String],
+    timeout: Duration,
+) -> Result<String, PoolError> {
     let args = crate::agent::proto::ExecArgs {
         argv: argv.to_vec(),
         timeout_secs: Some(timeout.as_secs().max(1)),
@@ -165,7 +170,7 @@ fn run(reaper: &Reaper, argv: &[String], timeout: Duration) -> Result<String, Po
     Ok(r.stdout)
 }
 
-fn strings(v: &[&str]) -> Vec<String> {
+pub(crate) fn strings(v: &[&str]) -> Vec<String> {
     v.iter().map(|s| s.to_string()).collect()
 }
 
@@ -347,6 +352,7 @@ impl Pool {
     /// `before_mount` is called before the XFS mount (it waits for the filesystem modules).
     pub fn bring_up(
         cfg: &Config,
+        opts: &StoreOptions,
         reaper: &Arc<Reaper>,
         before_mount: &mut dyn FnMut(),
     ) -> Result<Pool, PoolError> {
@@ -358,10 +364,7 @@ impl Pool {
         // Each step with the time since bring-up began, for boot-time analysis.
         let step = |m: &str| crate::say(&format!("pool: {m} [+{:.2}s]", t.elapsed().as_secs_f64()));
         // 1. Disks, volume group, pool.
-        let devices = cfg.pool.device_list().unwrap_or_else(|| data_disks(Path::new("/sys/block")));
-        if devices.is_empty() {
-            return Err(fail("no virtio data disk (/dev/vd*)"));
-        }
+        let devices = crate::wait::pool_disks(&cfg.pool).map_err(|e| fail(e.to_string()))?;
         let devs = dev_list(&devices);
         pool.devices = devices;
         let mut argv_base = strings(&[
@@ -391,6 +394,12 @@ impl Pool {
             restarts: AtomicU32::new(0),
             last_exit: Mutex::new(None),
         });
+        // dm.* options given: `thinpool init` checks them against the group (Docker's refusal
+        // of a changed direct-lvm setting) before the daemon opens it.
+        if let Some(out) = crate::options::check_pool(cfg, opts, reaper, &devs)? {
+            step(&out);
+            pool.created = out.starts_with("created");
+        }
         // Every boot after the first: the daemon opens the pool itself (one process start
         // fewer than asking the CLI first). When it cannot (first boot: no pool, or no
         // `store`), the CLI tells why and lays down what is missing.
@@ -410,13 +419,7 @@ impl Pool {
                             "no pool on {devs} ({why}); creating one (direct-lvm defaults)"
                         ));
                         let mut argv = strings(&[THINPOOL, "init", STATE_DIR, "--device", &devs]);
-                        argv.extend(strings(&[
-                            "--opt",
-                            &format!("dm.basesize={}", cfg.pool.basesize),
-                        ]));
-                        if cfg.pool.force {
-                            argv.push("--force".into());
-                        }
+                        argv.extend(opts.init_args(&cfg.pool.basesize, cfg.pool.force));
                         let out = run(reaper, &argv, Duration::from_secs(120))?;
                         step(out.trim());
                         pool.created = true;
@@ -427,15 +430,16 @@ impl Pool {
                 if volumes.iter().any(|v| v["name"] == STORE) {
                     step(&format!("daemon did not start ({first}); trying again"));
                 } else {
-                    let size = units::parse_size(&cfg.pool.basesize)
-                        .map_err(|e| fail(format!("pool.basesize: {e}")))?;
+                    let basesize = opts.dm_value("dm.basesize").unwrap_or(&cfg.pool.basesize);
+                    let size = units::parse_size(basesize)
+                        .map_err(|e| fail(format!("pool.basesize {basesize:?}: {e}")))?;
                     let size = size.to_string();
                     run(
                         reaper,
                         &strings(&[THINPOOL, "create", &devs, STORE, "--size", &size]),
                         Duration::from_secs(60),
                     )?;
-                    step(&format!("created volume {STORE} ({})", cfg.pool.basesize));
+                    step(&format!("created volume {STORE} ({basesize})"));
                 }
                 spawn_daemon(reaper, &d)?
             }
@@ -476,16 +480,7 @@ impl Pool {
                 .map_err(|e| fail(format!("supervisor thread: {e}")))?,
         );
         // 4. XFS.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::fs::read_to_string(format!("/sys/block/{sys}/size"))
-            .map(|s| s.trim() == "0")
-            .unwrap_or(true)
-        {
-            if Instant::now() > deadline {
-                return Err(fail(format!("{} has no size after 10 s", nbd.display())));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        crate::wait::block_device(&sys).map_err(|e| fail(e.to_string()))?;
         match probe(&nbd).map_err(|e| fail(format!("reading {}: {e}", nbd.display())))? {
             Contents::Xfs => step(&format!("{} holds XFS", nbd.display())),
             c @ (Contents::Empty | Contents::Other) => {
@@ -527,6 +522,11 @@ impl Pool {
         pool.wired = true;
         step(&format!("up in {:.2}s", t.elapsed().as_secs_f64()));
         Ok(pool)
+    }
+
+    /// Whether the store's XFS is mounted.
+    pub fn is_up(&self) -> bool {
+        self.wired
     }
 
     /// The agent's `status.pool` (`null` when the pool is not up).

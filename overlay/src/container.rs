@@ -17,6 +17,7 @@ use crate::source::{Descriptor, MT_OCI_CONFIG, MT_OCI_LAYER, MT_OCI_MANIFEST};
 use crate::store::{
     check_name, layer_users, mkdir, now, read_all, Driver, ImageLayer, ImageMeta, Store, MAX_DEPTH,
 };
+use crate::store::{normalize_tag, short_tag};
 
 /// One container.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -498,6 +499,35 @@ impl Store {
             volumes.push((v.clone(), fsutil::tree_size(&self.volume_dir(&v))?));
         }
         Ok(DiskUsage { images: out, containers, volumes, layers_total: layers.values().sum() })
+    }
+
+    /// `docker rmi`: removes an image by tag or id, then the layers and blobs nothing
+    /// references any more. An image a container uses is refused (Docker's conflict), naming
+    /// the container. A tag of an image that has other tags only loses that tag.
+    pub fn remove_image(&self, name: &str) -> Result<ImageMeta> {
+        let img = self.resolve_image(name)?;
+        if let Some(c) = self.containers()?.into_iter().find(|c| c.image == img.id) {
+            return Err(Error::new(
+                ErrorKind::Conflict,
+                format!(
+                    "unable to remove image {name}: image is being used by container {}",
+                    c.name
+                ),
+            ));
+        }
+        let by_tag = normalize_tag(name)
+            .ok()
+            .and_then(|t| img.tags.iter().find(|x| short_tag(x) == short_tag(&t)).cloned());
+        if let Some(tag) = by_tag.filter(|_| img.tags.len() > 1) {
+            let mut left = img.clone();
+            left.tags.retain(|t| *t != tag);
+            self.save_image(&left)?;
+            return Ok(ImageMeta { tags: vec![tag], ..img });
+        }
+        let meta = self.root.join("imagedb").join(format!("{}.json", img.id.hex()));
+        std::fs::remove_file(&meta).ctx("remove image", &meta)?;
+        self.prune(false, false)?;
+        Ok(img)
     }
 
     /// Remove unused images (untagged ones; with `all`, every image no container uses), the

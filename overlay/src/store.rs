@@ -191,7 +191,7 @@ pub fn normalize_tag(tag: &str) -> Result<String> {
 }
 
 /// Tags compare equal with or without the implicit `docker.io/` and `docker.io/library/`.
-fn short_tag(t: &str) -> &str {
+pub(crate) fn short_tag(t: &str) -> &str {
     t.strip_prefix("docker.io/library/").or_else(|| t.strip_prefix("docker.io/")).unwrap_or(t)
 }
 

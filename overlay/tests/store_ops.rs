@@ -148,6 +148,30 @@ fn prune_keeps_what_is_used() {
 }
 
 #[test]
+fn remove_image_untags_refuses_used_and_frees_layers() {
+    let t = tmp();
+    let a = layout_with_layers(&t.path().join("a"), &many_layers(2), &["/bin/sh"]);
+    let store = Store::open(&t.path().join("s"), Driver::Overlay).unwrap();
+    let id = store.import(&a, Some("a:1")).unwrap()[0].id.clone();
+    store.tag_image(&id, "a:2").unwrap();
+    // A second tag goes alone.
+    let r = store.remove_image("a:2").unwrap();
+    assert_eq!(r.tags, ["a:2"]);
+    assert!(store.resolve_image("a:1").is_ok() && store.resolve_image("a:2").is_err());
+    store.create("a:1", "c1", None).unwrap();
+    let e = store.remove_image("a:1").unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Conflict);
+    assert!(e.to_string().contains("being used by container c1"), "{e}");
+    store.remove("c1").unwrap();
+    store.remove_image("a:1").unwrap();
+    assert!(store.images().unwrap().is_empty());
+    assert!(store.layers().unwrap().is_empty(), "its layers go with it");
+    let e = store.remove_image("nope:1").unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NotFound);
+    assert!(e.to_string().contains("nope:1"), "{e}");
+}
+
+#[test]
 fn volumes_backup_and_restore() {
     let t = tmp();
     let store = Store::open(&t.path().join("s"), Driver::Overlay).unwrap();

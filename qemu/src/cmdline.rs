@@ -52,6 +52,9 @@ pub struct Disk {
     pub serial: Option<String>,
 }
 
+/// The serial that marks the config disk of the store's options.
+pub const CONFIG_DISK_SERIAL: &str = "lamina-config";
+
 impl Disk {
     /// A read-write disk.
     pub fn new(path: impl Into<PathBuf>, size: u64) -> Disk {
@@ -125,6 +128,10 @@ impl VmDir {
     pub fn agent(&self) -> PathBuf {
         self.0.join("agent.sock")
     }
+    /// The data channel's chardev (bulk transfers: `image load`, `image save`).
+    pub fn data(&self) -> PathBuf {
+        self.0.join("data.sock")
+    }
     pub fn console_sock(&self) -> PathBuf {
         self.0.join("console.sock")
     }
@@ -143,6 +150,8 @@ impl VmDir {
 }
 
 pub const AGENT_PORT: &str = "org.lamina.agent.0";
+/// The data channel's virtio-serial port.
+pub const DATA_PORT: &str = "org.lamina.data.0";
 pub const GUEST_NBD_PORT: u16 = 10809;
 
 fn p(path: &Path) -> String {
@@ -233,6 +242,9 @@ impl VmConfig {
         let agent = format!("socket,id=agent0,path={},server=on,wait=off", p(&dir.agent()));
         push(&["-chardev", &agent, "-device", &format!("{},id=vser0", m.virtio("serial"))]);
         push(&["-device", &format!("virtserialport,bus=vser0.0,chardev=agent0,name={AGENT_PORT}")]);
+        let data = format!("socket,id=data0,path={},server=on,wait=off", p(&dir.data()));
+        push(&["-chardev", &data]);
+        push(&["-device", &format!("virtserialport,bus=vser0.0,chardev=data0,name={DATA_PORT}")]);
         v
     }
 }
@@ -320,6 +332,17 @@ mod tests {
             ]
         );
         assert!(a.join(" ").contains("virtio-blk-device,drive=d1"));
+    }
+
+    #[test]
+    fn config_disk_carries_its_serial() {
+        let mut c = cfg(Machine::Microvm);
+        let mut d = Disk::read_only("/d/config.disk");
+        d.serial = Some(CONFIG_DISK_SERIAL.into());
+        c.disks.push(d);
+        let a = c.args(&VmDir("/d".into())).join(" ");
+        assert!(a.contains("virtio-blk-device,drive=d1,serial=lamina-config"), "{a}");
+        assert!(a.contains("file=/d/config.disk,format=raw,readonly=on"), "{a}");
     }
 
     #[test]

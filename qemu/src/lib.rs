@@ -5,6 +5,7 @@
 pub mod agent;
 pub mod cmdline;
 pub mod console;
+pub mod data;
 pub mod qmp;
 pub mod tlsdisk;
 pub mod vm;

@@ -1,4 +1,4 @@
-//! The NBD TLS config disk: `lamina run --nbd-tls DIR` packs the guest NBD server's
+//! The NBD TLS config disk: `lamina vm run --nbd-tls DIR` packs the guest NBD server's
 //! certificates into a small read-only disk, a ustar archive of
 //!
 //! ```text

@@ -91,6 +91,21 @@ pub fn ensure_disks(cfg: &VmConfig) -> Result<(), VmError> {
     Ok(())
 }
 
+/// Writes the config disk: `text` NUL-padded to whole 4 KiB blocks (the guest reads up to the
+/// first NUL), attached read-only with the config serial.
+pub fn write_config_disk(path: &Path, text: &str) -> Result<crate::Disk, VmError> {
+    let io = |what| move |source| VmError::Io { what, path: path.to_owned(), source };
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(io("creating"))?;
+    }
+    let mut bytes = text.as_bytes().to_vec();
+    bytes.resize(bytes.len().div_ceil(4096).max(1) * 4096, 0);
+    std::fs::write(path, bytes).map_err(io("writing config disk"))?;
+    let mut d = crate::Disk::read_only(path);
+    d.serial = Some(crate::cmdline::CONFIG_DISK_SERIAL.to_owned());
+    Ok(d)
+}
+
 /// A VM this process started (or found through its state dir).
 pub struct Vm {
     pub dir: VmDir,
@@ -116,7 +131,7 @@ impl Vm {
         };
         std::fs::create_dir_all(dir).map_err(io("creating", dir))?;
         let d = VmDir(dir.to_owned());
-        for f in [d.qmp(), d.agent(), d.console_sock(), d.pid()] {
+        for f in [d.qmp(), d.agent(), d.data(), d.console_sock(), d.pid()] {
             let _ = std::fs::remove_file(f);
         }
         std::fs::write(d.console_log(), b"").map_err(io("truncating", &d.console_log()))?;

@@ -71,7 +71,7 @@ enum Task {
     },
     /// Builds the image and boots it on target/lamina/disk.raw (8 GiB sparse), console attached.
     Run {
-        /// Arguments for `lamina run` (e.g. --debug, --machine q35, --memory 1024).
+        /// Arguments for `lamina vm run` (e.g. --debug, --machine q35, --memory 1024).
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
     },
@@ -138,13 +138,13 @@ fn task_run(args: &[String]) -> Result<()> {
     let status = Command::new(&lamina)
         .arg("--home")
         .arg(&home)
-        .arg("run")
+        .args(["vm", "run"])
         .args(args)
         .current_dir(&root)
         .status()
         .with_context(|| format!("running {}", lamina.display()))?;
     if !status.success() {
-        bail!("lamina run failed ({status})");
+        bail!("lamina vm run failed ({status})");
     }
     Ok(())
 }

@@ -15,6 +15,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("fio", "fio"),
     ("umoci", "umoci"),
     ("skopeo", "skopeo"),
+    ("zstd", "zstd"),
     ("mkfs.xfs", "xfsprogs"),
     ("mkfs.btrfs", "btrfs-progs"),
     ("setcap", "libcap2-bin"),

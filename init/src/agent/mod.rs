@@ -23,17 +23,33 @@ pub struct Shared {
     pub debug: bool,
     pub max_exec_secs: u64,
     pub pool: Option<Value>,
+    /// The layer store, once the pool's XFS is up.
+    pub images: Arc<std::sync::OnceLock<crate::containers::Images>>,
+    /// The containers, once the store is open.
+    pub containers: Arc<std::sync::OnceLock<Arc<crate::containers::service::Containers>>>,
 }
 
-/// Finds `/dev/<vportNpM>` whose port name is `name` (no udev, so no /dev/virtio-ports links).
-pub fn find_port(sys_class_virtio_ports: &Path, name: &str) -> Option<PathBuf> {
-    let mut entries: Vec<_> =
-        std::fs::read_dir(sys_class_virtio_ports).ok()?.flatten().map(|e| e.file_name()).collect();
-    entries.sort();
-    entries.into_iter().find_map(|e| {
-        let n = std::fs::read_to_string(sys_class_virtio_ports.join(&e).join("name")).ok()?;
-        (n.trim() == name).then(|| PathBuf::from("/dev").join(e))
+/// Finds `/dev/<vportNpM>` whose port name is `name` (no udev, so no /dev/virtio-ports links),
+/// waiting up to `timeout` for the port and its name to appear.
+pub fn find_port(
+    sys_class_virtio_ports: &Path,
+    name: &str,
+    timeout: Duration,
+) -> Result<(PathBuf, Duration), crate::wait::WaitError> {
+    crate::wait::until(&crate::wait::RealClock, &format!("agent port {name}"), timeout, || {
+        crate::wait::look_port(sys_class_virtio_ports, name)
     })
+}
+
+/// The agent's code for a container-store error.
+fn store_code(e: &crate::containers::error::StoreError) -> ErrorCode {
+    use crate::containers::error::Kind;
+    match e.kind {
+        Kind::NotFound => ErrorCode::NotFound,
+        Kind::Conflict | Kind::State => ErrorCode::Conflict,
+        Kind::Invalid => ErrorCode::BadRequest,
+        Kind::Unavailable | Kind::Io => ErrorCode::ExecFailed,
+    }
 }
 
 /// Answers one request. The bool is true when the caller must start the shutdown (after the
@@ -45,6 +61,7 @@ pub fn handle(
     reaper: &Reaper,
 ) -> (Reply, bool) {
     match cmd {
+        Cmd::Help => (Reply::ok(id, proto::help()), false),
         Cmd::Status => {
             let s = shared.lock().unwrap_or_else(|p| p.into_inner());
             let st = status(&s);
@@ -55,6 +72,67 @@ pub fn handle(
             }
         }
         Cmd::Shutdown => (Reply::ok(id, serde_json::json!({"shutting_down": true})), true),
+        Cmd::System(req) => {
+            let (images, ctrs) = {
+                let s = shared.lock().unwrap_or_else(|p| p.into_inner());
+                (s.images.clone(), s.containers.clone())
+            };
+            let (Some(images), Some(ctrs)) = (images.get(), ctrs.get()) else {
+                return (Reply::err(id, ErrorCode::ExecFailed, "the store is not up"), false);
+            };
+            use crate::containers::system;
+            use proto::SystemRequest as S;
+            let r = match req {
+                S::VolumeCreate { name } => system::volume_create(images, &name),
+                S::VolumeList => system::volume_list(images, ctrs),
+                S::VolumeRemove { name } => system::volume_remove(images, ctrs, &name),
+                S::Df => system::df(images),
+                S::Prune { all, volumes } => system::prune(images, ctrs, reaper, all, volumes),
+            };
+            match r {
+                Ok(v) => (Reply::ok(id, v), false),
+                Err(e) => (Reply::err(id, store_code(&e), e.to_string()), false),
+            }
+        }
+        Cmd::Container(req) => {
+            let c = shared.lock().unwrap_or_else(|p| p.into_inner()).containers.clone();
+            let Some(c) = c.get() else {
+                return (Reply::err(id, ErrorCode::ExecFailed, "the store is not up"), false);
+            };
+            use proto::ContainerRequest as C;
+            let r = match req {
+                C::Run { spec } => c.run(spec),
+                C::Start { name } => c.start(&name),
+                C::Stop { name, timeout_secs } => {
+                    c.stop(&name, Duration::from_secs(timeout_secs.unwrap_or(10)))
+                }
+                C::Remove { name, force } => c.remove(&name, force),
+                C::List { all } => Ok(c.list(all)),
+                C::Logs { name, offset } => c.logs(&name, offset),
+                C::Exec { name, argv, timeout_secs } => {
+                    c.exec(&name, &argv, timeout_secs.unwrap_or(30))
+                }
+                C::Commit { name, image } => c.commit(&name, &image),
+            };
+            match r {
+                Ok(v) => (Reply::ok(id, v), false),
+                Err(e) => (Reply::err(id, store_code(&e), e.to_string()), false),
+            }
+        }
+        Cmd::Image(req) => {
+            let images = shared.lock().unwrap_or_else(|p| p.into_inner()).images.clone();
+            let Some(images) = images.get() else {
+                return (Reply::err(id, ErrorCode::ExecFailed, "the store is not up"), false);
+            };
+            let r = match req {
+                proto::ImageRequest::List => images.list(),
+                proto::ImageRequest::Remove { name } => images.remove(&name),
+            };
+            match r {
+                Ok(v) => (Reply::ok(id, v), false),
+                Err(e) => (Reply::err(id, store_code(&e), e.to_string()), false),
+            }
+        }
         Cmd::Pool(req) => {
             let up = shared.lock().unwrap_or_else(|p| p.into_inner()).pool.is_some();
             if !up {
@@ -122,6 +200,7 @@ fn status(s: &Shared) -> Status {
         .collect();
     Status {
         uptime_secs,
+        cpus: std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(0),
         kernel,
         memory: Memory { total_kib: kib("MemTotal"), available_kib: kib("MemAvailable") },
         mounts,
@@ -246,7 +325,13 @@ mod tests {
     use super::*;
 
     fn shared(debug: bool) -> Mutex<Shared> {
-        Mutex::new(Shared { ready: true, summary: "s".into(), debug, max_exec_secs: 5, pool: None })
+        Mutex::new(Shared {
+            ready: true,
+            summary: "s".into(),
+            debug,
+            max_exec_secs: 5,
+            ..Default::default()
+        })
     }
 
     #[test]
@@ -282,7 +367,9 @@ mod tests {
             std::fs::create_dir_all(d.path().join(p)).unwrap();
             std::fs::write(d.path().join(p).join("name"), format!("{n}\n")).unwrap();
         }
-        assert_eq!(find_port(d.path(), "org.lamina.agent.0"), Some(PathBuf::from("/dev/vport0p1")));
-        assert_eq!(find_port(d.path(), "nope"), None);
+        let found = find_port(d.path(), "org.lamina.agent.0", Duration::ZERO).unwrap();
+        assert_eq!(found.0, PathBuf::from("/dev/vport0p1"));
+        let e = find_port(d.path(), "nope", Duration::from_millis(30)).unwrap_err();
+        assert_eq!(e.what, "agent port nope");
     }
 }

@@ -1,7 +1,7 @@
 //! The guest agent's wire format: one JSON object per line, in the qemu-guest-agent shape.
 //!
 //! ```text
-//! host → guest  {"execute": "status" | "shutdown" | "exec", "arguments": {…}?, "id": N?}
+//! host → guest  {"execute": "help" | "status" | "shutdown" | "exec", "arguments": {…}?, "id": N?}
 //!                pool verbs, answered by the pool daemon's control socket:
 //!                "volume.create" {name, size} | "volume.snapshot" {origin, name} |
 //!                "volume.remove" {name} | "volume.list" | "pool.status" | "pool.extend" {device}
@@ -18,11 +18,132 @@ pub const MAX_LINE: usize = 64 * 1024;
 /// A parsed request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
+    /// The verbs this agent answers ([`VERBS`]).
+    Help,
     Status,
     Shutdown,
     Exec(ExecArgs),
     /// A pool verb, forwarded to the daemon.
     Pool(thinpool::daemon::control::Request),
+    /// A layer-store verb.
+    Image(ImageRequest),
+    /// A container verb.
+    Container(ContainerRequest),
+    /// A named-volume or whole-store verb.
+    System(SystemRequest),
+}
+
+/// Named volumes (Docker's, in the layer store; not the pool's thin `volume.*`) and the
+/// store as a whole.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", deny_unknown_fields)]
+pub enum SystemRequest {
+    #[serde(rename = "store.volume.create")]
+    VolumeCreate { name: String },
+    #[serde(rename = "store.volume.ls")]
+    VolumeList,
+    #[serde(rename = "store.volume.rm")]
+    VolumeRemove { name: String },
+    #[serde(rename = "system.df")]
+    Df,
+    #[serde(rename = "system.prune")]
+    Prune {
+        #[serde(default)]
+        all: bool,
+        #[serde(default)]
+        volumes: bool,
+    },
+}
+
+/// The container verbs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", deny_unknown_fields)]
+pub enum ContainerRequest {
+    #[serde(rename = "container.run")]
+    Run { spec: crate::containers::spec::RunSpec },
+    #[serde(rename = "container.start")]
+    Start { name: String },
+    #[serde(rename = "container.stop")]
+    Stop {
+        name: String,
+        #[serde(default)]
+        timeout_secs: Option<u64>,
+    },
+    #[serde(rename = "container.rm")]
+    Remove {
+        name: String,
+        #[serde(default)]
+        force: bool,
+    },
+    #[serde(rename = "container.ls")]
+    List {
+        #[serde(default)]
+        all: bool,
+    },
+    #[serde(rename = "container.logs")]
+    Logs {
+        name: String,
+        #[serde(default)]
+        offset: u64,
+    },
+    #[serde(rename = "container.exec")]
+    Exec {
+        name: String,
+        argv: Vec<String>,
+        #[serde(default)]
+        timeout_secs: Option<u64>,
+    },
+    #[serde(rename = "container.commit")]
+    Commit { name: String, image: String },
+}
+
+/// The layer store's agent verbs (bulk bytes go over the data channel instead).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", deny_unknown_fields)]
+pub enum ImageRequest {
+    #[serde(rename = "image.ls")]
+    List,
+    #[serde(rename = "image.rm")]
+    Remove { name: String },
+}
+
+/// Every verb with its arguments and what it does, as `help` lists them.
+pub const VERBS: &[(&str, &str, &str)] = &[
+    ("help", "", "lists the agent's verbs"),
+    ("status", "", "uptime, kernel, memory, mounts, pool and XFS usage, READY summary"),
+    ("shutdown", "", "orderly shutdown, then power off"),
+    ("exec", "{argv, timeout_secs?}", "runs a command in the guest (lamina.debug=1 boots only)"),
+    ("volume.create", "{name, size}", "creates a thin volume (bytes)"),
+    ("volume.snapshot", "{origin, name}", "snapshots a volume"),
+    ("volume.remove", "{name}", "removes a volume or snapshot"),
+    ("volume.list", "", "lists the pool's volumes"),
+    ("pool.status", "", "the pool's docker-info fields"),
+    ("pool.extend", "{device}", "adds a disk to the volume group and grows the pool"),
+    ("image.ls", "", "lists the layer store's images"),
+    ("image.rm", "{name}", "removes an image (by tag or id) and the layers only it used"),
+    ("container.run", "{spec}", "creates and starts a container (crun, cgroup v2 limits)"),
+    ("container.start", "{name}", "starts a stopped container"),
+    ("container.stop", "{name, timeout_secs?}", "SIGTERM, then SIGKILL after the timeout"),
+    ("container.rm", "{name, force?}", "removes a container (force: stops it first)"),
+    ("container.ls", "{all?}", "lists running (all: every) container"),
+    ("container.logs", "{name, offset?}", "a container's output from a byte offset"),
+    ("container.exec", "{name, argv, timeout_secs?}", "runs a command inside a container"),
+    ("container.commit", "{name, image}", "commits a container's changes as an image"),
+    ("store.volume.create", "{name}", "creates a named volume"),
+    ("store.volume.ls", "", "lists named volumes, their size and users"),
+    ("store.volume.rm", "{name}", "removes a named volume no container uses"),
+    ("system.df", "", "space taken by images, containers and volumes"),
+    ("system.prune", "{all?, volumes?}", "removes what is unused, then fstrim"),
+];
+
+/// The `help` reply: `[{verb, arguments, description}]`.
+pub fn help() -> Value {
+    Value::Array(
+        VERBS
+            .iter()
+            .map(|(v, a, d)| serde_json::json!({"verb": v, "arguments": a, "description": d}))
+            .collect(),
+    )
 }
 
 /// Agent command names of the pool verbs and their control-socket `op`.
@@ -58,6 +179,9 @@ pub struct ExecResult {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Status {
     pub uptime_secs: f64,
+    /// Online CPUs.
+    #[serde(default)]
+    pub cpus: u32,
     pub kernel: String,
     pub memory: Memory,
     pub mounts: Vec<Mount>,
@@ -90,6 +214,10 @@ pub enum ErrorCode {
     Forbidden,
     ExecFailed,
     Internal,
+    /// No such image, container or volume.
+    NotFound,
+    /// In use, or in the wrong state for the request.
+    Conflict,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -136,6 +264,44 @@ impl Reply {
     }
 }
 
+/// The arguments object of a verb whose request type is tagged by `op` (the verb's name).
+fn tagged<T: serde::de::DeserializeOwned>(
+    verb: &str,
+    arguments: Option<Value>,
+    id: &Option<Value>,
+) -> Result<T, Reply> {
+    let mut obj = match arguments {
+        Some(Value::Object(m)) => m,
+        None => serde_json::Map::new(),
+        Some(_) => {
+            return Err(Reply::err(
+                id.clone(),
+                ErrorCode::BadRequest,
+                "arguments must be an object",
+            ))
+        }
+    };
+    obj.insert("op".into(), Value::from(verb));
+    serde_json::from_value(Value::Object(obj)).map_err(|e| {
+        let code = if e.to_string().contains("unknown variant") {
+            ErrorCode::UnknownCommand
+        } else {
+            ErrorCode::BadRequest
+        };
+        Reply::err(id.clone(), code, format!("{verb}: {e}"))
+    })
+}
+
+/// Untags a tagged request into (verb, arguments).
+fn untag<T: Serialize>(r: &T) -> (String, Value) {
+    let mut v = serde_json::to_value(r).unwrap_or(Value::Null);
+    let op = v.get("op").and_then(Value::as_str).unwrap_or("").to_owned();
+    if let Some(m) = v.as_object_mut() {
+        m.remove("op");
+    }
+    (op, v)
+}
+
 /// Parses a request line; on failure returns the error reply to send (with the id if found).
 pub fn parse_request(line: &str) -> Result<(Option<Value>, Command), Reply> {
     if line.len() > MAX_LINE {
@@ -150,6 +316,7 @@ pub fn parse_request(line: &str) -> Result<(Option<Value>, Command), Reply> {
     })?;
     let id = raw.id.clone();
     let cmd = match raw.execute.as_str() {
+        "help" => Command::Help,
         "status" => Command::Status,
         "shutdown" => Command::Shutdown,
         "exec" => {
@@ -163,6 +330,13 @@ pub fn parse_request(line: &str) -> Result<(Option<Value>, Command), Reply> {
                 return Err(Reply::err(id, ErrorCode::BadRequest, "exec argv is empty"));
             }
             Command::Exec(args)
+        }
+        verb if verb.starts_with("image.") => Command::Image(tagged(verb, raw.arguments, &id)?),
+        verb if verb.starts_with("container.") => {
+            Command::Container(tagged(verb, raw.arguments, &id)?)
+        }
+        verb if verb.starts_with("store.") || verb.starts_with("system.") => {
+            Command::System(tagged(verb, raw.arguments, &id)?)
         }
         verb if POOL_VERBS.iter().any(|(n, _)| *n == verb) => {
             let op = POOL_VERBS.iter().find(|(n, _)| *n == verb).map(|(_, o)| *o).unwrap_or("");
@@ -197,9 +371,22 @@ pub fn parse_request(line: &str) -> Result<(Option<Value>, Command), Reply> {
 /// Encodes a request line (host side).
 pub fn request_line(id: u64, cmd: &Command) -> String {
     let (execute, arguments) = match cmd {
+        Command::Help => ("help", None),
         Command::Status => ("status", None),
         Command::Shutdown => ("shutdown", None),
         Command::Exec(a) => ("exec", Some(serde_json::to_value(a).unwrap_or(Value::Null))),
+        Command::Image(r) => {
+            let (op, v) = untag(r);
+            return encode(id, &op, Some(v));
+        }
+        Command::Container(r) => {
+            let (op, v) = untag(r);
+            return encode(id, &op, Some(v));
+        }
+        Command::System(r) => {
+            let (op, v) = untag(r);
+            return encode(id, &op, Some(v));
+        }
         Command::Pool(r) => {
             let mut v = serde_json::to_value(r).unwrap_or(Value::Null);
             let op = v.get("op").and_then(Value::as_str).unwrap_or("").to_owned();
@@ -210,6 +397,10 @@ pub fn request_line(id: u64, cmd: &Command) -> String {
             (name, Some(v))
         }
     };
+    encode(id, execute, arguments)
+}
+
+fn encode(id: u64, execute: &str, arguments: Option<Value>) -> String {
     let raw = RawRequest { execute: execute.into(), arguments, id: Some(Value::from(id)) };
     let mut s = serde_json::to_string(&raw).unwrap_or_default();
     s.push('\n');
@@ -235,7 +426,26 @@ mod tests {
             Command::Pool(R::Status),
             Command::Pool(R::Extend { device: "/dev/vdb".into() }),
         ];
-        let all = [Command::Status, Command::Shutdown, exec].into_iter().chain(pool);
+        let images = [
+            Command::Image(ImageRequest::List),
+            Command::Image(ImageRequest::Remove { name: "busybox:1".into() }),
+            Command::Container(ContainerRequest::Run {
+                spec: crate::containers::spec::RunSpec {
+                    name: "c".into(),
+                    image: "bb".into(),
+                    ..Default::default()
+                },
+            }),
+            Command::Container(ContainerRequest::Logs { name: "c".into(), offset: 7 }),
+            Command::Container(ContainerRequest::List { all: true }),
+            Command::System(SystemRequest::VolumeRemove { name: "data".into() }),
+            Command::System(SystemRequest::Prune { all: true, volumes: true }),
+            Command::System(SystemRequest::Df),
+        ];
+        let all = [Command::Help, Command::Status, Command::Shutdown, exec]
+            .into_iter()
+            .chain(pool)
+            .chain(images);
         for (i, c) in all.enumerate() {
             let line = request_line(i as u64, &c);
             assert!(line.ends_with('\n'));
@@ -263,6 +473,7 @@ mod tests {
     fn rt_status_and_exec_result() {
         let s = Status {
             uptime_secs: 1.5,
+            cpus: 2,
             kernel: "6.1".into(),
             memory: Memory { total_kib: 1, available_kib: 2 },
             mounts: vec![Mount {
@@ -304,6 +515,36 @@ mod tests {
         );
         assert_eq!(parse_request(r#"{"execute":"reboot","id":3}"#).unwrap_err().id, Some(3.into()));
         assert_eq!(code(&"x".repeat(MAX_LINE + 1)), ErrorCode::BadRequest);
+    }
+
+    #[test]
+    fn help_lists_every_verb_parse_request_accepts() {
+        let h = help();
+        let verbs: Vec<&str> =
+            h.as_array().unwrap().iter().map(|v| v["verb"].as_str().unwrap()).collect();
+        assert!(verbs.contains(&"help") && verbs.contains(&"volume.create"), "{verbs:?}");
+        for v in verbs {
+            let args = match v {
+                "exec" => r#","arguments":{"argv":["true"]}"#,
+                "volume.create" => r#","arguments":{"name":"a","size":1}"#,
+                "volume.snapshot" => r#","arguments":{"origin":"a","name":"b"}"#,
+                "volume.remove" => r#","arguments":{"name":"a"}"#,
+                "pool.extend" => r#","arguments":{"device":"/dev/vdb"}"#,
+                "image.rm" | "container.start" | "container.stop" | "container.rm"
+                | "container.logs" => r#","arguments":{"name":"x"}"#,
+                "container.run" => r#","arguments":{"spec":{"name":"x","image":"y"}}"#,
+                "container.exec" => r#","arguments":{"name":"x","argv":["true"]}"#,
+                "container.commit" => r#","arguments":{"name":"x","image":"y"}"#,
+                "store.volume.create" | "store.volume.rm" => r#","arguments":{"name":"x"}"#,
+                _ => "",
+            };
+            let line = format!(r#"{{"execute":"{v}"{args}}}"#);
+            assert!(parse_request(&line).is_ok(), "{line}");
+        }
+        // Every pool verb is listed.
+        for (name, _) in POOL_VERBS {
+            assert!(VERBS.iter().any(|(v, ..)| v == name), "{name} missing from VERBS");
+        }
     }
 
     proptest::proptest! {

@@ -128,6 +128,9 @@ pub struct DaemonStatus {
     /// Why the pool takes no changes, when it does not.
     pub read_only: Option<String>,
     pub devicemapper: crate::service::ServiceStatus,
+    /// The `dm.*` options the pool runs with.
+    #[serde(default)]
+    pub options: crate::vg::PoolConfig,
     /// Volumes served as ublk devices.
     #[serde(default)]
     pub ublk: Vec<AttachEntry>,

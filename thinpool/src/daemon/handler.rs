@@ -175,6 +175,7 @@ impl control::Handler for PoolControl {
                     nbd_connections: (self.connections)(),
                     read_only: svc.read_only(),
                     devicemapper: svc.status(),
+                    options: svc.config(),
                     ublk: self
                         .ublk
                         .list()

@@ -1,10 +1,12 @@
-//! `lamina`: run and drive appliance VMs.
+//! `lamina vm`: the appliance VMs themselves.
 //!
 //! ```text
-//! lamina run [--name NAME] [--disk PATH[,size=8G][,readonly=on]].. [--memory MiB] [--nbd-port 10809] [--detach]
-//! lamina ctl VM status | shutdown | exec ARGV..
-//! lamina stop VM            power button, wait up to 20 s for QEMU to exit, then quit
-//! lamina console VM         attach to the serial console
+//! lamina vm run [--name NAME] [--disk PATH[,size=8G][,readonly=on]].. [--memory MiB] [--cpus N]
+//!               [--nbd-port 10809] [--detach]
+//! lamina vm ctl NAME help | status | shutdown | exec ARGV.. | VERB [JSON]
+//! lamina vm stop NAME       power button, wait up to 20 s for QEMU to exit, then quit
+//! lamina vm console NAME    attach to the serial console
+//! lamina vm ls [--json]
 //! ```
 //! A VM is its state dir: `<home>/vms/NAME` (home: --home, $LAMINA_HOME, ./target/lamina).
 
@@ -13,28 +15,19 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use clap::{Parser, Subcommand};
+use clap::Subcommand;
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use qemu::cmdline::{host_tsc_khz, parse_disk, Machine, VmConfig, VmDir};
 use qemu::vm::{probe_accel, stop_dir, Vm};
 use serde_json::json;
 
-#[derive(Parser)]
-#[command(name = "lamina", about = "Run and drive lamina appliance VMs")]
-struct Cli {
-    /// Where images and VM state live (default: $LAMINA_HOME or ./target/lamina).
-    #[arg(long, global = true)]
-    home: Option<PathBuf>,
-    #[command(subcommand)]
-    cmd: Cmd,
-}
-
 #[derive(Subcommand)]
-enum Cmd {
+pub enum VmCmd {
     /// Boots an appliance VM.
     Run(RunArgs),
-    /// Sends a guest-agent command: status, shutdown, exec ARGV...
+    /// Sends a guest-agent command (`help` lists them): status, shutdown, exec ARGV..,
+    /// volume.list, VERB 'JSON-ARGUMENTS'.
     Ctl {
         vm: String,
         command: String,
@@ -52,10 +45,15 @@ enum Cmd {
     },
     /// Attaches to the serial console (history first, then live).
     Console { vm: String },
+    /// Lists the VMs under the home directory and whether they run.
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(clap::Args)]
-struct RunArgs {
+pub struct RunArgs {
     #[arg(long, default_value = "default")]
     name: String,
     /// PATH[,size=8G][,readonly=on]; missing files are created sparse (read-only ones must exist). Default: <home>/disk.raw, 8 GiB.
@@ -65,7 +63,7 @@ struct RunArgs {
     memory: u32,
     #[arg(long, default_value_t = 1)]
     cpus: u32,
-    /// Host port on 127.0.0.1 forwarded to the guest's NBD port 10809.
+    /// Host port on 127.0.0.1 forwarded to the guest's NBD port 10809 (0: none).
     #[arg(long, default_value_t = 10809)]
     nbd_port: u16,
     #[arg(long, default_value = "microvm")]
@@ -76,6 +74,14 @@ struct RunArgs {
     /// Boot with lamina.debug=1 (enables `ctl exec`).
     #[arg(long)]
     debug: bool,
+    /// A store option: Docker's dm.KEY=VALUE of the pool, driver=overlay2|vfs, or
+    /// overlay2.size=SIZE (passed as lamina.opt.KEY=VALUE on the kernel command line).
+    #[arg(long = "opt", value_name = "KEY=VALUE")]
+    opts: Vec<String>,
+    /// A daemon.json-shaped file of store options ({"storage-driver": …, "storage-opts":
+    /// […]}), attached as the VM's small config disk.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
     /// Extra kernel arguments (e.g. lamina.network.enabled=0).
     #[arg(long)]
     append: Vec<String>,
@@ -96,13 +102,8 @@ struct RunArgs {
     nbd_tls: Option<PathBuf>,
 }
 
-fn home(cli: &Option<PathBuf>) -> PathBuf {
-    cli.clone()
-        .or_else(|| std::env::var_os("LAMINA_HOME").map(PathBuf::from))
-        .unwrap_or_else(|| PathBuf::from("target/lamina"))
-}
-
-fn vm_dir(home: &Path, vm: &str) -> PathBuf {
+/// Where a VM's state lives: `<home>/vms/NAME`, or NAME itself when it is a path.
+pub fn vm_dir(home: &Path, vm: &str) -> PathBuf {
     if vm.contains('/') {
         PathBuf::from(vm)
     } else {
@@ -110,29 +111,71 @@ fn vm_dir(home: &Path, vm: &str) -> PathBuf {
     }
 }
 
-fn main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(tracing_subscriber::EnvFilter::from_env("LAMINA_LOG"))
-        .init();
-    let cli = Cli::parse();
-    let home = home(&cli.home);
-    match cli.cmd {
-        Cmd::Run(a) => run(&home, a),
-        Cmd::Ctl { vm, command, args, timeout } => {
-            ctl(&vm_dir(&home, &vm), &command, &args, timeout)
+pub fn main(home: &Path, cmd: VmCmd) -> Result<()> {
+    match cmd {
+        VmCmd::Run(a) => run(home, a),
+        VmCmd::Ctl { vm, command, args, timeout } => {
+            ctl(&vm_dir(home, &vm), &command, &args, timeout)
         }
-        Cmd::Stop { vm, timeout } => {
-            let dir = vm_dir(&home, &vm);
+        VmCmd::Stop { vm, timeout } => {
+            let dir = vm_dir(home, &vm);
             if stop_dir(&dir, Duration::from_secs(timeout))? {
+                // QMP closes while QEMU is still tearing down: wait for the process itself.
+                let deadline = std::time::Instant::now() + Duration::from_secs(10);
+                while running_pid(&dir).is_some() && std::time::Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                if let Some(pid) = running_pid(&dir) {
+                    bail!("{}: QEMU (pid {pid}) still runs 10 s after powering off", dir.display());
+                }
                 eprintln!("lamina: {} powered off", dir.display());
                 Ok(())
             } else {
                 bail!("{} ignored the power button for {timeout} s; sent quit", dir.display())
             }
         }
-        Cmd::Console { vm } => console(&vm_dir(&home, &vm)),
+        VmCmd::Console { vm } => console(&vm_dir(home, &vm)),
+        VmCmd::Ls { json } => ls(home, json),
     }
+}
+
+/// The QEMU pid of a VM dir when that process still exists.
+fn running_pid(dir: &Path) -> Option<i32> {
+    let pid: i32 =
+        std::fs::read_to_string(VmDir(dir.to_owned()).pid()).ok()?.trim().parse().ok()?;
+    // The pid must still be this VM's QEMU (its command line names the VM's directory; a
+    // zombie's is empty, a reused pid's is another program's).
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    String::from_utf8_lossy(&cmdline).contains(&*dir.to_string_lossy()).then_some(pid)
+}
+
+fn ls(home: &Path, json: bool) -> Result<()> {
+    let mut vms = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(home.join("vms")) {
+        let mut names: Vec<String> =
+            rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+        names.sort();
+        for name in names {
+            let dir = vm_dir(home, &name);
+            let pid = running_pid(&dir);
+            let ready = pid.is_some()
+                && std::fs::read_to_string(VmDir(dir.clone()).console_log())
+                    .is_ok_and(|c| c.contains("LAMINA READY"));
+            let state = match (pid, ready) {
+                (Some(_), true) => "running",
+                (Some(_), false) => "starting",
+                (None, _) => "stopped",
+            };
+            vms.push(json!({"name": name, "state": state, "pid": pid, "dir": dir}));
+        }
+    }
+    crate::out::print(json, &json!(vms), |v| {
+        let mut t = crate::out::Table::new(&["NAME", "STATE", "PID", "DIR"]);
+        for vm in v.as_array().into_iter().flatten() {
+            t.row(["name", "state", "pid", "dir"].map(|k| crate::out::cell(&vm[k])).to_vec());
+        }
+        t
+    })
 }
 
 fn run(home: &Path, a: RunArgs) -> Result<()> {
@@ -152,6 +195,13 @@ fn run(home: &Path, a: RunArgs) -> Result<()> {
         disks.push(qemu::tlsdisk::build(dir, &home.join(format!("{}-nbd-tls.tar", a.name)))?);
     }
     let mut append = a.append.clone();
+    for o in &a.opts {
+        let (k, v) = o.split_once('=').with_context(|| format!("--opt {o}: expected KEY=VALUE"))?;
+        if k.is_empty() || v.is_empty() || o.contains(char::is_whitespace) {
+            bail!("--opt {o:?}: expected KEY=VALUE without spaces");
+        }
+        append.push(format!("lamina.opt.{o}"));
+    }
     if a.debug {
         append.push("lamina.debug=1".into());
     }
@@ -163,6 +213,14 @@ fn run(home: &Path, a: RunArgs) -> Result<()> {
         }
     }
     std::fs::create_dir_all(home).with_context(|| format!("creating {}", home.display()))?;
+    let dir = vm_dir(home, &a.name);
+    if let Some(f) = &a.config {
+        let text =
+            std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
+        serde_json::from_str::<serde_json::Value>(&text)
+            .with_context(|| format!("{} is not JSON", f.display()))?;
+        disks.push(qemu::vm::write_config_disk(&dir.join("config.disk"), &text)?);
+    }
     let cfg = VmConfig {
         machine: a.machine,
         accel: probe_accel(&kernel, Some(&home.join("accel-probe"))),
@@ -172,11 +230,10 @@ fn run(home: &Path, a: RunArgs) -> Result<()> {
         initrd,
         append,
         disks,
-        nbd_port: Some(a.nbd_port),
+        nbd_port: (a.nbd_port != 0).then_some(a.nbd_port),
         tsc_khz: host_tsc_khz(),
         verbose_kernel: a.verbose_kernel,
     };
-    let dir = vm_dir(home, &a.name);
     // Block Ctrl-C before QEMU starts; it becomes a power-button press below.
     let mut mask = SigSet::empty();
     mask.add(Signal::SIGINT);
@@ -193,9 +250,17 @@ fn run(home: &Path, a: RunArgs) -> Result<()> {
         dir.display()
     );
     if a.detach {
-        let r = vm.wait_ready(Duration::from_secs(a.ready_timeout))?;
+        let r = match vm.wait_ready(Duration::from_secs(a.ready_timeout)) {
+            Ok(r) => r,
+            // Left running, so `vm console` and `vm ctl status` can show what went wrong.
+            Err(e @ qemu::VmError::Degraded { .. }) => {
+                vm.detach();
+                bail!("VM {} is up but degraded (`lamina vm stop {}`): {e}", a.name, a.name);
+            }
+            Err(e) => return Err(e.into()),
+        };
         eprintln!("lamina: {} after {:.2}s", r.line, r.after.as_secs_f64());
-        eprintln!("lamina: stop with `lamina stop {}`; NBD on 127.0.0.1:{}", a.name, a.nbd_port);
+        eprintln!("lamina: stop with `lamina vm stop {}`; NBD on 127.0.0.1:{}", a.name, a.nbd_port);
         vm.detach();
         return Ok(());
     }
@@ -244,6 +309,20 @@ fn ctl(dir: &Path, command: &str, args: &[String], timeout: u64) -> Result<()> {
         .with_context(|| format!("is VM {} running?", dir.display()))?;
     let t = Duration::from_secs(timeout);
     let v = match command {
+        "help" => {
+            let v = c.call("help", None, t)?;
+            return crate::out::print(false, &v, |v| {
+                let mut tb = crate::out::Table::new(&["VERB", "ARGUMENTS", "DESCRIPTION"]);
+                for verb in v.as_array().into_iter().flatten() {
+                    tb.row(
+                        ["verb", "arguments", "description"]
+                            .map(|k| crate::out::cell(&verb[k]))
+                            .to_vec(),
+                    );
+                }
+                tb
+            });
+        }
         "status" => c.status()?,
         "shutdown" => c.shutdown()?,
         "exec" => {

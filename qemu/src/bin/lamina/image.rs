@@ -1,0 +1,261 @@
+//! `lamina image load | ls | rm | save`: the appliance's images, with Docker's habits.
+//! Bytes travel over the data channel ([`qemu::data`]), listings over the agent.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::Subcommand;
+use indicatif::{ProgressBar, ProgressStyle};
+use qemu::cmdline::VmDir;
+use qemu::data::DataClient;
+use serde_json::{json, Value};
+
+use crate::out::{cell, human, print, Table};
+use crate::vm::vm_dir;
+
+#[derive(Subcommand)]
+pub enum ImageCmd {
+    /// Loads an image archive from stdin (or -i FILE): OCI layout tar, oci-archive or
+    /// docker-archive; gzip, zstd or uncompressed.
+    Load {
+        #[command(flatten)]
+        vm: VmArg,
+        /// Read from this file instead of stdin.
+        #[arg(short, long)]
+        input: Option<PathBuf>,
+        /// No progress bar.
+        #[arg(short, long)]
+        quiet: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Lists images.
+    Ls {
+        #[command(flatten)]
+        vm: VmArg,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Removes images (by tag or id) and the layers only they used.
+    Rm {
+        #[command(flatten)]
+        vm: VmArg,
+        #[arg(required = true)]
+        images: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Writes an image archive to stdout (or -o FILE).
+    Save {
+        #[command(flatten)]
+        vm: VmArg,
+        image: String,
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        /// docker (docker-archive, as `docker save`) or oci (oci-archive).
+        #[arg(long, default_value = "docker")]
+        format: String,
+    },
+}
+
+/// The VM a container verb talks to.
+#[derive(clap::Args)]
+pub struct VmArg {
+    /// The appliance VM.
+    #[arg(long = "vm", id = "vm", value_name = "NAME", default_value = "default")]
+    pub name: String,
+}
+
+/// The agent of a running VM, or an error naming the VM.
+pub fn agent(home: &Path, vm: &str) -> Result<qemu::agent::AgentClient> {
+    let d = VmDir(vm_dir(home, vm));
+    qemu::agent::AgentClient::connect(&d.agent(), Duration::from_secs(2))
+        .with_context(|| format!("VM {vm} is not running (`lamina vm run --name {vm}`)"))
+}
+
+/// Calls an agent verb with a timeout fit for store work.
+pub fn call(home: &Path, vm: &str, verb: &str, args: Option<Value>) -> Result<Value> {
+    Ok(agent(home, vm)?.call(verb, args, Duration::from_secs(120))?)
+}
+
+fn data(home: &Path, vm: &str) -> Result<DataClient> {
+    let d = VmDir(vm_dir(home, vm));
+    if !d.agent().exists() {
+        bail!("VM {vm} is not running (`lamina vm run --name {vm}`)");
+    }
+    DataClient::connect(&d.data(), Duration::from_secs(2))
+        .with_context(|| format!("VM {vm}: no data channel"))
+}
+
+fn bar(len: Option<u64>, quiet: bool) -> ProgressBar {
+    if quiet {
+        return ProgressBar::hidden();
+    }
+    let b = match len {
+        Some(n) => ProgressBar::new(n),
+        None => ProgressBar::new_spinner(),
+    };
+    let style = ProgressStyle::with_template(
+        "{spinner} {bytes}/{total_bytes} {wide_bar} {bytes_per_sec} {eta}",
+    )
+    .unwrap_or_else(|_| ProgressStyle::default_bar());
+    b.set_style(style);
+    b
+}
+
+/// `REPOSITORY` and `TAG` of a tag (the tag is after the last ':' that follows the last '/').
+fn split_tag(t: &str) -> (&str, &str) {
+    // Docker Hub's official images are shown by their short name.
+    let t = t.strip_prefix("docker.io/library/").unwrap_or(t);
+    match t.rfind(':').filter(|i| !t[*i..].contains('/')) {
+        Some(i) => (&t[..i], &t[i + 1..]),
+        None => (t, "latest"),
+    }
+}
+
+fn ago(unix: u64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let s = now.saturating_sub(unix);
+    match s {
+        0..=59 => format!("{s} seconds ago"),
+        60..=3599 => format!("{} minutes ago", s / 60),
+        3600..=86399 => format!("{} hours ago", s / 3600),
+        _ => format!("{} days ago", s / 86400),
+    }
+}
+
+fn short_id(id: &Value) -> String {
+    let id = cell(id);
+    id.strip_prefix("sha256:").unwrap_or(&id).chars().take(12).collect()
+}
+
+pub fn main(home: &Path, cmd: ImageCmd) -> Result<()> {
+    match cmd {
+        ImageCmd::Load { vm, input, quiet, json } => {
+            let mut c = data(home, &vm.name)?;
+            let (mut src, len): (Box<dyn std::io::Read>, Option<u64>) = match &input {
+                Some(f) => {
+                    let file = std::fs::File::open(f)
+                        .with_context(|| format!("opening {}", f.display()))?;
+                    let len = file.metadata().ok().map(|m| m.len());
+                    (Box::new(file), len)
+                }
+                None => {
+                    let stdin = std::io::stdin();
+                    let len = std::fs::File::open("/proc/self/fd/0")
+                        .and_then(|f| f.metadata())
+                        .ok()
+                        .filter(|m| m.is_file())
+                        .map(|m| m.len());
+                    (Box::new(stdin), len)
+                }
+            };
+            let b = bar(len, quiet);
+            let r = c.load(&mut src, &mut |n| b.set_position(n));
+            b.finish_and_clear();
+            let v = r?;
+            print(json, &v, |v| {
+                let mut t = Table::new(&["LOADED IMAGE", "IMAGE ID"]);
+                for i in v.as_array().into_iter().flatten() {
+                    let tags = i["tags"].as_array().cloned().unwrap_or_default();
+                    let tag = tags.first().map(cell).unwrap_or_else(|| "<none>".into());
+                    t.row(vec![tag, short_id(&i["id"])]);
+                }
+                t
+            })
+        }
+        ImageCmd::Ls { vm, json } => {
+            let v = call(home, &vm.name, "image.ls", None)?;
+            print(json, &v, |v| {
+                let mut t = Table::new(&["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"]);
+                for i in v.as_array().into_iter().flatten() {
+                    let mut tags: Vec<String> =
+                        i["tags"].as_array().into_iter().flatten().map(cell).collect();
+                    if tags.is_empty() {
+                        tags.push("<none>:<none>".into());
+                    }
+                    for tag in tags {
+                        let (repo, t2) = split_tag(&tag);
+                        t.row(vec![
+                            repo.into(),
+                            t2.into(),
+                            short_id(&i["id"]),
+                            ago(i["created"].as_u64().unwrap_or(0)),
+                            human(i["size"].as_u64().unwrap_or(0)),
+                        ]);
+                    }
+                }
+                t
+            })
+        }
+        ImageCmd::Rm { vm, images, json } => {
+            let mut done = Vec::new();
+            let mut failed = Vec::new();
+            for i in &images {
+                match call(home, &vm.name, "image.rm", Some(json!({"name": i}))) {
+                    Ok(v) => done.push(v),
+                    Err(e) => failed.push(format!("{i}: {e}")),
+                }
+            }
+            print(json, &json!(done), |v| {
+                let mut t = Table::new(&["DELETED", "UNTAGGED"]);
+                for r in v.as_array().into_iter().flatten() {
+                    let tags: Vec<String> =
+                        r["tags"].as_array().into_iter().flatten().map(cell).collect();
+                    t.row(vec![cell(&r["removed"]), tags.join(",")]);
+                }
+                t
+            })?;
+            if !failed.is_empty() {
+                bail!("{}", failed.join("\n"));
+            }
+            Ok(())
+        }
+        ImageCmd::Save { vm, image, output, format } => {
+            if output.is_none() && std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+                bail!("refusing to write an archive to a terminal; use -o FILE or redirect");
+            }
+            let mut c = data(home, &vm.name)?;
+            // Only a file this call creates is removed again on failure (never a device
+            // such as /dev/null, nor a file that was there before).
+            let created = output.as_ref().is_some_and(|f| !f.exists());
+            let b = bar(Some(0), output.is_none());
+            let mut sink: Box<dyn std::io::Write> = match &output {
+                Some(f) => Box::new(
+                    std::fs::File::create(f)
+                        .with_context(|| format!("creating {}", f.display()))?,
+                ),
+                None => Box::new(std::io::stdout().lock()),
+            };
+            let r = c.save(&image, &format, &mut sink, &mut |n, total| {
+                b.set_length(total);
+                b.set_position(n);
+            });
+            b.finish_and_clear();
+            if r.is_err() && created {
+                if let Some(f) = output.as_ref().filter(|f| f.is_file()) {
+                    let _ = std::fs::remove_file(f);
+                }
+            }
+            r?;
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tags_split_like_docker_images() {
+        assert_eq!(split_tag("busybox:1"), ("busybox", "1"));
+        assert_eq!(split_tag("docker.io/library/bb2:latest"), ("bb2", "latest"));
+        assert_eq!(split_tag("localhost:5000/bb"), ("localhost:5000/bb", "latest"));
+        assert_eq!(split_tag("localhost:5000/bb:2"), ("localhost:5000/bb", "2"));
+    }
+}

@@ -1,0 +1,253 @@
+//! `lamina volume create|ls|rm|backup|restore`, `lamina system df|prune`, `lamina info`.
+//! (Named volumes live in the layer store; the pool's thin volumes stay `vm ctl … volume.*`.)
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::Subcommand;
+use qemu::cmdline::VmDir;
+use qemu::data::DataClient;
+use serde_json::{json, Value};
+
+use crate::image::{call, VmArg};
+use crate::out::{cell, human, print, Table};
+use crate::vm::vm_dir;
+
+#[derive(Subcommand)]
+pub enum VolumeCmd {
+    /// Creates a named volume.
+    Create {
+        #[command(flatten)]
+        vm: VmArg,
+        name: String,
+    },
+    /// Lists named volumes.
+    Ls {
+        #[command(flatten)]
+        vm: VmArg,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Removes named volumes no container uses.
+    Rm {
+        #[command(flatten)]
+        vm: VmArg,
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Writes a volume's content as a tar to stdout (or -o FILE).
+    Backup {
+        #[command(flatten)]
+        vm: VmArg,
+        name: String,
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
+    /// Replaces a volume's content with a tar from stdin (or -i FILE); creates it if needed.
+    Restore {
+        #[command(flatten)]
+        vm: VmArg,
+        name: String,
+        #[arg(short, long)]
+        input: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum SystemCmd {
+    /// Space taken by images, containers and volumes.
+    Df {
+        #[command(flatten)]
+        vm: VmArg,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Removes stopped containers and dangling images (-a: every unused image; --volumes:
+    /// unused volumes too), then trims the store so the pool gets the blocks back.
+    Prune {
+        #[command(flatten)]
+        vm: VmArg,
+        #[arg(short, long)]
+        all: bool,
+        #[arg(long)]
+        volumes: bool,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn data(home: &Path, vm: &str) -> Result<DataClient> {
+    let d = VmDir(vm_dir(home, vm));
+    if !d.agent().exists() {
+        bail!("VM {vm} is not running (`lamina vm run --name {vm}`)");
+    }
+    DataClient::connect(&d.data(), Duration::from_secs(2))
+        .with_context(|| format!("VM {vm}: no data channel"))
+}
+
+pub fn volume(home: &Path, cmd: VolumeCmd) -> Result<()> {
+    match cmd {
+        VolumeCmd::Create { vm, name } => {
+            call(home, &vm.name, "store.volume.create", Some(json!({ "name": name })))?;
+            println!("{name}");
+            Ok(())
+        }
+        VolumeCmd::Ls { vm, json } => {
+            let v = call(home, &vm.name, "store.volume.ls", None)?;
+            print(json, &v, |v| {
+                let mut t = Table::new(&["DRIVER", "VOLUME NAME", "SIZE", "CONTAINERS"]);
+                for x in v.as_array().into_iter().flatten() {
+                    let users: Vec<String> =
+                        x["containers"].as_array().into_iter().flatten().map(cell).collect();
+                    t.row(vec![
+                        cell(&x["driver"]),
+                        cell(&x["name"]),
+                        human(x["size"].as_u64().unwrap_or(0)),
+                        users.join(","),
+                    ]);
+                }
+                t
+            })
+        }
+        VolumeCmd::Rm { vm, names } => {
+            crate::container::each(home, &vm.name, "store.volume.rm", &names, json!({}))
+        }
+        VolumeCmd::Backup { vm, name, output } => {
+            if output.is_none() && std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+                bail!("refusing to write a tar to a terminal; use -o FILE or redirect");
+            }
+            let created = output.as_ref().is_some_and(|f| !f.exists());
+            let mut sink: Box<dyn std::io::Write> = match &output {
+                Some(f) => Box::new(
+                    std::fs::File::create(f)
+                        .with_context(|| format!("creating {}", f.display()))?,
+                ),
+                None => Box::new(std::io::stdout().lock()),
+            };
+            let r = data(home, &vm.name)?.backup(&name, &mut sink, &mut |_, _| {});
+            if r.is_err() && created {
+                if let Some(f) = output.as_ref().filter(|f| f.is_file()) {
+                    let _ = std::fs::remove_file(f);
+                }
+            }
+            r?;
+            Ok(())
+        }
+        VolumeCmd::Restore { vm, name, input } => {
+            let mut src: Box<dyn std::io::Read> = match &input {
+                Some(f) => Box::new(
+                    std::fs::File::open(f).with_context(|| format!("opening {}", f.display()))?,
+                ),
+                None => Box::new(std::io::stdin()),
+            };
+            data(home, &vm.name)?.restore(&name, &mut src, &mut |_| {})?;
+            println!("{name}");
+            Ok(())
+        }
+    }
+}
+
+pub fn system(home: &Path, cmd: SystemCmd) -> Result<()> {
+    match cmd {
+        SystemCmd::Df { vm, json } => {
+            let v = call(home, &vm.name, "system.df", None)?;
+            print(json, &v, |v| {
+                let mut t = Table::new(&["TYPE", "TOTAL", "SIZE"]);
+                for (k, label) in [
+                    ("images", "Images"),
+                    ("containers", "Containers"),
+                    ("volumes", "Local Volumes"),
+                ] {
+                    t.row(vec![
+                        label.into(),
+                        cell(&v[k]["count"]),
+                        human(v[k]["size"].as_u64().unwrap_or(0)),
+                    ]);
+                }
+                t
+            })
+        }
+        SystemCmd::Prune { vm, all, volumes, json } => {
+            let v = call(
+                home,
+                &vm.name,
+                "system.prune",
+                Some(json!({"all": all, "volumes": volumes})),
+            )?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                for (k, what) in
+                    [("containers", "container"), ("images", "image"), ("volumes", "volume")]
+                {
+                    for x in v[k].as_array().into_iter().flatten() {
+                        println!("Deleted {what}: {}", cell(x));
+                    }
+                }
+                println!("Total reclaimed space: {}", human(v["reclaimed"].as_u64().unwrap_or(0)));
+                println!("{}", cell(&v["fstrim"]));
+            }
+            Ok(())
+        }
+    }
+}
+
+/// `lamina info`: Docker's `info` fields for the store and its devicemapper pool.
+pub fn info(home: &Path, vm: &str, json: bool) -> Result<()> {
+    let st = call(home, vm, "status", None)?;
+    let ctrs = call(home, vm, "container.ls", Some(json!({"all": true})))?;
+    let imgs = call(home, vm, "image.ls", None)?;
+    let list = ctrs.as_array().cloned().unwrap_or_default();
+    let running = list.iter().filter(|c| c["state"]["status"] == "running").count();
+    let pool = &st["pool"]["pool"];
+    let o = &pool["options"];
+    let v = json!({
+        "Containers": list.len(),
+        "Running": running,
+        "Stopped": list.len() - running,
+        "Images": imgs.as_array().map_or(0, Vec::len),
+        "Storage Driver": "overlay2",
+        "Backing Filesystem": "xfs",
+        "Supports d_type": true,
+        "Kernel Version": st["kernel"],
+        "Total Memory": st["memory"]["total_kib"].as_u64().unwrap_or(0) * 1024,
+        "CPUs": st["cpus"],
+        "Thin Pool": pool["devicemapper"],
+        "Thin Pool Options": {
+            "dm.thinp_percent": o["thinp_percent"],
+            "dm.thinp_metapercent": o["thinp_metapercent"],
+            "dm.thinp_autoextend_threshold": o["autoextend_threshold"],
+            "dm.thinp_autoextend_percent": o["autoextend_percent"],
+            "dm.min_free_space": o["min_free_space"],
+            "dm.basesize": o["basesize"],
+            "dm.blocksize": o["blocksize"],
+        },
+    });
+    if json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    let line = |k: &str, x: &Value| println!("{k}: {}", cell(x));
+    for k in ["Containers", "Running", "Stopped", "Images", "Storage Driver"] {
+        line(k, &v[k]);
+    }
+    for k in ["Backing Filesystem", "Supports d_type"] {
+        println!(" {k}: {}", cell(&v[k]));
+    }
+    println!(" Thin Pool:");
+    if let Some(m) = v["Thin Pool"].as_object() {
+        for (k, x) in m {
+            println!("  {k}: {}", cell(x));
+        }
+    }
+    if let Some(m) = v["Thin Pool Options"].as_object() {
+        for (k, x) in m {
+            println!("  {k}: {}", cell(x));
+        }
+    }
+    for k in ["Kernel Version", "CPUs", "Total Memory"] {
+        line(k, &v[k]);
+    }
+    Ok(())
+}
