@@ -10,10 +10,24 @@ pub const PATH: &str = "/etc/lamina/config.toml";
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub debug: bool,
+    /// How the store volume reaches the kernel (see [`crate::attach`]).
+    #[serde(default)]
+    pub attach: Attach,
     pub network: Network,
     pub agent: Agent,
     pub shutdown: Shutdown,
     pub pool: Pool,
+}
+
+/// `attach = "ublk" | "nbd"`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Attach {
+    /// `/dev/ublkbN`, served by the pool daemon's ublk queues.
+    #[default]
+    Ublk,
+    /// `/dev/nbd0`, the kernel nbd client over socketpairs to the pool daemon.
+    Nbd,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -179,6 +193,15 @@ mod tests {
         assert_eq!(c.network.address, "10.0.2.16/24");
         assert_eq!(c.shutdown.grace_secs, 3);
         assert_eq!(cmdline_overrides("lamina.debug"), [("debug".to_string(), "1".to_string())]);
+    }
+
+    #[test]
+    fn attach_defaults_to_ublk_and_nbd_is_one_override_away() {
+        assert_eq!(load(FILE, &[]).unwrap().attach, Attach::Ublk);
+        let c = load(FILE, &cmdline_overrides("quiet lamina.attach=nbd")).unwrap();
+        assert_eq!(c.attach, Attach::Nbd);
+        let bad = load(FILE, &cmdline_overrides("lamina.attach=iscsi")).unwrap_err();
+        assert!(matches!(bad, ConfigError::Parse(ref m) if m.contains("iscsi")), "{bad:?}");
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! never exits, so the console, agent and power button stay usable.
 
 pub mod agent;
+pub mod attach;
 pub mod boot;
 pub mod config;
 pub mod evdev;

@@ -9,20 +9,24 @@
 //!    with Docker's direct-lvm defaults (a foreign signature is refused unless `pool.force`)
 //!    and the daemon starts again;
 //! 2. the base volume `store` of `pool.basesize` is created (`thinpool create`) if absent;
-//! 3. netlink NBD_CMD_CONNECT hands the client ends to the kernel → `/dev/nbd0`;
+//! 3. the store reaches the kernel ([`crate::attach`]): by default the daemon serves it as
+//!    `/dev/ublkb0` (ublk); with `lamina.attach=nbd`, netlink NBD_CMD_CONNECT hands the
+//!    socketpairs' client ends to the kernel → `/dev/nbd0`;
 //! 4. `mkfs.xfs` only when the device holds no filesystem, mount at /var/lib/lamina with
 //!    `prjquota`, `overlay2/` inside.
 //!
-//! Supervision: when the daemon exits while the pool is up, a thread starts it again with
-//! fresh socketpairs and NBD_CMD_RECONFIGUREs /dev/nbd0; the kernel keeps I/O queued for
+//! Supervision: when the daemon exits while the pool is up, a thread starts it again. Over
+//! ublk the new daemon takes the quiesced /dev/ublkb0 over by itself (user recovery; requests
+//! the dead one had taken are reissued to it). Over nbd it gets fresh socketpairs and
+//! NBD_CMD_RECONFIGUREs /dev/nbd0; the kernel keeps I/O queued for
 //! `dead_conn_timeout_secs` meanwhile, so XFS never sees an error. Requests the dead daemon
 //! had read but not answered are resent on the new socket within [`REQUEUE_CHECK_MS`];
 //! the daemon commits every mapping change before its reply (`--kernel-fd`), so what it had
 //! acknowledged survives its death.
 //!
-//! Shutdown (driven by [`crate::shutdown`]): sync + unmount XFS → NBD disconnect (the
-//! daemon's kernel connection ends, so it commits and exits by itself) → wait for the daemon
-//! (SIGTERM if it is still there).
+//! Shutdown (driven by [`crate::shutdown`]): sync + unmount XFS → detach the store (ublk:
+//! the daemon deletes /dev/ublkb0; nbd: NBD disconnect, the daemon's kernel connection ends,
+//! so it commits and exits by itself) → wait for the daemon (SIGTERM if it is still there).
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -35,6 +39,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use thinpool::daemon::control::{self, Request};
 
+use crate::attach::{self, Attach};
 use crate::config::Config;
 use crate::nbd::NbdClient;
 use crate::netlink::nbd::Connect;
@@ -87,6 +92,8 @@ struct Daemon {
     log: String,
     connections: u32,
     dead_conn_timeout_secs: u64,
+    /// How the store is attached: nbd needs socketpairs at every (re)start, ublk none.
+    attach: Attach,
     pid: AtomicU32,
     stopping: AtomicBool,
     restarts: AtomicU32,
@@ -101,6 +108,8 @@ pub struct Pool {
     size: u64,
     mounted: bool,
     attached: bool,
+    /// The store's block device (/dev/ublkb0 or /dev/nbd0) once attached.
+    device: Option<PathBuf>,
     created: bool,
     daemon: Option<Arc<Daemon>>,
     supervisor: Option<JoinHandle<()>>,
@@ -179,7 +188,8 @@ fn spawn_daemon(reaper: &Reaper, d: &Daemon) -> Result<(Spawned, Vec<OwnedFd>), 
     use rustix::net::{socketpair, AddressFamily, SocketFlags, SocketType};
     let mut ours = Vec::new();
     let mut kernel = Vec::new();
-    for _ in 0..d.connections.max(1) {
+    let n = if d.attach == Attach::Nbd { d.connections.max(1) } else { 0 };
+    for _ in 0..n {
         let (k, s) =
             socketpair(AddressFamily::UNIX, SocketType::STREAM, SocketFlags::CLOEXEC, None)
                 .map_err(|e| fail(format!("socketpair: {e}")))?;
@@ -233,9 +243,13 @@ pub fn control_request(req: &Request) -> Result<Value, control::ControlError> {
     control_client().call_json(req)
 }
 
-/// Starts the daemon again and hands the kernel its new sockets.
+/// Starts the daemon again; over nbd, hands the kernel its new sockets (over ublk the daemon
+/// has taken its devices over by the time its control socket appears).
 fn restart(d: &Daemon, reaper: &Reaper) -> Result<Spawned, PoolError> {
     let (s, kernel) = spawn_daemon(reaper, d)?;
+    if d.attach == Attach::Ublk {
+        return Ok(s);
+    }
     let fds: Vec<_> = kernel.iter().map(|k| k.as_fd()).collect();
     NbdClient::open()
         .and_then(|mut c| c.reconfigure(NBD_INDEX, Some(BACKEND), d.dead_conn_timeout_secs, &fds))
@@ -262,9 +276,12 @@ fn supervise(d: Arc<Daemon>, reaper: Arc<Reaper>, first: Spawned) {
             }
             match restart(&d, &reaper) {
                 Ok(s) => {
+                    let what = match d.attach {
+                        Attach::Ublk => "its ublk devices taken over",
+                        Attach::Nbd => "/dev/nbd0 reconfigured",
+                    };
                     crate::say(&format!(
-                        "pool: daemon restarted (pid {}), /dev/nbd{NBD_INDEX} reconfigured in \
-                         {:.2}s",
+                        "pool: daemon restarted (pid {}), {what} in {:.2}s",
                         s.pid,
                         t.elapsed().as_secs_f64()
                     ));
@@ -321,7 +338,7 @@ pub fn live_status() -> Value {
         "pool": control_request(&Request::Status).unwrap_or_else(|e| json!({"error": e.to_string()})),
         "volumes": control_request(&Request::List).unwrap_or_else(|e| json!({"error": e.to_string()})),
         "xfs": xfs_usage(),
-        "nbd_device": format!("/dev/nbd{NBD_INDEX}"),
+        "store": attach::status(),
     })
 }
 
@@ -368,6 +385,7 @@ impl Pool {
             log: cfg.pool.log.clone(),
             connections: cfg.pool.connections.max(1),
             dead_conn_timeout_secs: cfg.pool.dead_conn_timeout_secs,
+            attach: cfg.attach,
             pid: AtomicU32::new(0),
             stopping: AtomicBool::new(false),
             restarts: AtomicU32::new(0),
@@ -430,37 +448,26 @@ impl Pool {
             .find(|v| v.name == STORE)
             .map(|v| v.size)
             .ok_or_else(|| fail(format!("volume {STORE} missing from the daemon's list")))?;
-        let flags = thinpool::nbd::transmission_flags(false, false);
-        let connect = Connect {
-            index: Some(NBD_INDEX),
-            size_bytes: pool.size,
-            block_size: BLOCK_SIZE,
-            server_flags: u64::from(flags),
-            timeout_secs: REQUEST_TIMEOUT_SECS,
-            dead_conn_timeout_secs: cfg.pool.dead_conn_timeout_secs,
-            client_flags: 0,
-            backend: Some(BACKEND.into()),
+        // 3. The store's block device.
+        let dev = match cfg.attach {
+            Attach::Nbd => {
+                let dev = attach_nbd(cfg, &pool, &kernel, &step)?;
+                drop(kernel);
+                dev
+            }
+            Attach::Ublk => {
+                drop(kernel);
+                let dev = attach::ublk_attach(STORE)
+                    .map_err(|e| fail(format!("ublk attach {STORE}: {e}")))?;
+                step(&format!("{} attached over ublk ({} bytes)", dev.display(), pool.size));
+                dev
+            }
         };
-        let fds: Vec<_> = kernel.iter().map(|k| k.as_fd()).collect();
-        let index = NbdClient::open()
-            .and_then(|mut c| c.connect(&connect, &fds))
-            .map_err(|e| fail(format!("nbd connect: {e}")))?;
-        let n_conns = fds.len();
-        drop(fds);
-        drop(kernel);
         pool.attached = true;
-        let nbd = PathBuf::from(format!("/dev/nbd{index}"));
-        let io_timeout = format!("/sys/block/nbd{index}/queue/io_timeout");
-        if let Err(e) = std::fs::write(&io_timeout, REQUEUE_CHECK_MS.to_string()) {
-            // Still correct, only slower: requests in flight at a daemon crash wait 30 s.
-            step(&format!("writing {io_timeout}: {e}"));
-        }
-        step(&format!(
-            "{} attached ({} bytes, {} connection(s))",
-            nbd.display(),
-            pool.size,
-            n_conns
-        ));
+        attach::record(cfg.attach, &dev);
+        pool.device = Some(dev.clone());
+        let nbd = dev;
+        let sys = attach::sys_name(&nbd);
         let (d2, r2) = (d.clone(), reaper.clone());
         pool.supervisor = Some(
             std::thread::Builder::new()
@@ -470,7 +477,7 @@ impl Pool {
         );
         // 4. XFS.
         let deadline = Instant::now() + Duration::from_secs(10);
-        while std::fs::read_to_string(format!("/sys/block/nbd{index}/size"))
+        while std::fs::read_to_string(format!("/sys/block/{sys}/size"))
             .map(|s| s.trim() == "0")
             .unwrap_or(true)
         {
@@ -531,7 +538,8 @@ impl Pool {
     pub fn summary(&self) -> String {
         if self.wired {
             format!(
-                "pool: store on /dev/nbd{NBD_INDEX} ({} GiB) at {MOUNT} over {}",
+                "pool: store on {} ({} GiB) at {MOUNT} over {}",
+                self.device.as_deref().unwrap_or(Path::new("?")).display(),
                 self.size >> 30,
                 dev_list(&self.devices)
             )
@@ -570,20 +578,34 @@ impl Pool {
         }
     }
 
-    /// NBD_CMD_DISCONNECT of the pool's device; the daemon then commits and exits.
-    pub fn detach_nbd(&mut self) -> Step {
-        if let Some(d) = &self.daemon {
+    /// Detaches the store: ublk: the daemon deletes its device; nbd: NBD_CMD_DISCONNECT, after
+    /// which the daemon commits and exits.
+    pub fn detach_store(&mut self) -> Step {
+        let Some(d) = self.daemon.clone() else {
+            return Step::Skipped("not attached");
+        };
+        if d.attach == Attach::Nbd {
             d.stopping.store(true, Ordering::SeqCst);
         }
         if !self.attached {
             return Step::Skipped("not attached");
         }
-        match NbdClient::open().and_then(|mut c| c.disconnect(NBD_INDEX)) {
-            Ok(()) => {
+        let r = match d.attach {
+            Attach::Ublk => attach::ublk_detach(STORE)
+                .map(|dev| format!("{} deleted", dev.display()))
+                .map_err(|e| format!("ublk detach {STORE}: {e}")),
+            Attach::Nbd => NbdClient::open()
+                .and_then(|mut c| c.disconnect(NBD_INDEX))
+                .map(|()| format!("/dev/nbd{NBD_INDEX} disconnected"))
+                .map_err(|e| format!("nbd disconnect: {e}")),
+        };
+        match r {
+            Ok(done) => {
                 self.attached = false;
-                Step::Done(format!("/dev/nbd{NBD_INDEX} disconnected"))
+                attach::forget();
+                Step::Done(done)
             }
-            Err(e) => Step::Failed(format!("nbd disconnect: {e}")),
+            Err(e) => Step::Failed(e),
         }
     }
 
@@ -596,11 +618,12 @@ impl Pool {
         let pid = d.pid.load(Ordering::SeqCst) as i32;
         let t = Instant::now();
         let finished = |s: &Option<JoinHandle<()>>| s.as_ref().is_none_or(|h| h.is_finished());
-        // Give it a moment to notice the disconnect by itself, then ask.
+        // Over nbd, give it a moment to notice the disconnect by itself, then ask.
         let mut termed = false;
         while !finished(&self.supervisor) && t.elapsed() < Duration::from_secs(30) {
             let _ = reaper.reap();
-            if !termed && t.elapsed() > Duration::from_secs(2) {
+            // Over ublk nothing tells the daemon to go (its device was deleted): ask at once.
+            if !termed && (d.attach == Attach::Ublk || t.elapsed() > Duration::from_secs(2)) {
                 if let Some(p) = rustix::process::Pid::from_raw(pid) {
                     let _ = rustix::process::kill_process(p, rustix::process::Signal::TERM);
                 }
@@ -621,6 +644,41 @@ impl Pool {
             _ => Step::Failed(how),
         }
     }
+}
+
+/// Hands the socketpairs' client ends to the kernel nbd client (`lamina.attach=nbd`);
+/// returns `/dev/nbd0`.
+fn attach_nbd(
+    cfg: &Config,
+    pool: &Pool,
+    kernel: &[OwnedFd],
+    step: &dyn Fn(&str),
+) -> Result<PathBuf, PoolError> {
+    let flags = thinpool::nbd::transmission_flags(false, false);
+    let connect = Connect {
+        index: Some(NBD_INDEX),
+        size_bytes: pool.size,
+        block_size: BLOCK_SIZE,
+        server_flags: u64::from(flags),
+        timeout_secs: REQUEST_TIMEOUT_SECS,
+        dead_conn_timeout_secs: cfg.pool.dead_conn_timeout_secs,
+        client_flags: 0,
+        backend: Some(BACKEND.into()),
+    };
+    let fds: Vec<_> = kernel.iter().map(|k| k.as_fd()).collect();
+    let index = NbdClient::open()
+        .and_then(|mut c| c.connect(&connect, &fds))
+        .map_err(|e| fail(format!("nbd connect: {e}")))?;
+    let n_conns = fds.len();
+    drop(fds);
+    let nbd = PathBuf::from(format!("/dev/nbd{index}"));
+    let io_timeout = format!("/sys/block/nbd{index}/queue/io_timeout");
+    if let Err(e) = std::fs::write(&io_timeout, REQUEUE_CHECK_MS.to_string()) {
+        // Still correct, only slower: requests in flight at a daemon crash wait 30 s.
+        step(&format!("writing {io_timeout}: {e}"));
+    }
+    step(&format!("{} attached ({} bytes, {} connection(s))", nbd.display(), pool.size, n_conns));
+    Ok(nbd)
 }
 
 /// Whether something is mounted at `dir` (per /proc/mounts; mount points there have no

@@ -3,7 +3,7 @@
 //!
 //! 1. stop workloads PID 1 started (SIGTERM, grace, SIGKILL)
 //! 2. unmount overlays            3. sync + unmount XFS
-//! 4. NBD disconnect              5. stop the pool daemon (flushes, commits)
+//! 4. detach the store            5. stop the pool daemon (flushes, commits)
 //! 6. sync                        7. reboot(POWER_OFF)
 
 use std::time::{Duration, Instant};
@@ -77,7 +77,7 @@ pub fn sequence(
     report(1, "stop workloads", stop_workloads(reaper, grace));
     report(2, "unmount overlays", pool.unmount_overlays());
     report(3, "sync and unmount XFS", pool.unmount_filesystem());
-    report(4, "NBD disconnect", pool.detach_nbd());
+    report(4, "detach the store", pool.detach_store());
     report(5, "stop pool daemon", pool.stop_daemon());
     rustix::fs::sync();
     report(6, "sync", Step::Done("done".into()));
@@ -103,7 +103,7 @@ mod tests {
                 "shutdown [1/7] stop workloads",
                 "shutdown [2/7] unmount overlays",
                 "shutdown [3/7] sync and unmount XFS",
-                "shutdown [4/7] NBD disconnect",
+                "shutdown [4/7] detach the store",
                 "shutdown [5/7] stop pool daemon",
                 "shutdown [6/7] sync",
                 "shutdown [7/7] power off",

@@ -2,8 +2,10 @@
 //!
 //! 1. Import of a multi-layer image built with umoci vs `umoci unpack` of the same image
 //!    (goal: import ≥ 2× faster).
-//! 2. Container create (+ mount) on an image holding one big file, overlay vs vfs, for two
-//!    file sizes, and on the 10k-file image (goal: overlay < 50 ms and flat in image size).
+//! 2. The drivers (overlay, vfs, btrfs, devicemapper) on the same images (one big file of
+//!    20 or 200 MB, and the 10k-file image): import, create+mount (goal: overlay < 50 ms, and
+//!    overlay and devicemapper flat in image size), commit of a 1 MiB change, and the space
+//!    the 200 MB image plus 10 containers take.
 //!
 //! Prints a table; with `BENCH_OUT=file`, appends one JSON line per figure.
 
@@ -13,6 +15,10 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use overlay::{Driver, Store};
+
+#[allow(dead_code)]
+#[path = "../tests/drivers/loopdev.rs"]
+mod loopdev;
 
 fn run(cmd: &mut Command) {
     let out = cmd.output().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
@@ -111,6 +117,68 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
+/// The drivers compared. devicemapper runs over loop devices whose volumes are reflinked
+/// files on btrfs (`tests/drivers/loopdev.rs`): thin-snapshot-like sharing on the host, where
+/// the appliance's pool cannot attach block devices; the VM tier runs it on the pool.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Bench {
+    Overlay,
+    Vfs,
+    Btrfs,
+    Devicemapper,
+}
+
+impl Bench {
+    fn name(self) -> &'static str {
+        match self {
+            Bench::Overlay => "overlay",
+            Bench::Vfs => "vfs",
+            Bench::Btrfs => "btrfs",
+            Bench::Devicemapper => "devicemapper",
+        }
+    }
+
+    fn subject(self) -> &'static str {
+        match self {
+            Bench::Overlay => "lamina",
+            Bench::Vfs => "vfs driver",
+            Bench::Btrfs => "btrfs driver",
+            Bench::Devicemapper => "devicemapper driver",
+        }
+    }
+
+    fn open(self, root: &Path, pool: Option<&Path>) -> Store {
+        match self {
+            Bench::Overlay => Store::open(root, Driver::Overlay).unwrap(),
+            Bench::Vfs => Store::open(root, Driver::Vfs).unwrap(),
+            Bench::Btrfs => Store::open(root, Driver::Btrfs).unwrap(),
+            Bench::Devicemapper => Store::open_devicemapper(
+                root,
+                overlay::devmapper::DmOptions::parse(&["dm.basesize=1G", "dm.fs=xfs"]).unwrap(),
+                Box::new(loopdev::LoopProvider::new(pool.unwrap(), 8 << 30)),
+            )
+            .unwrap(),
+        }
+    }
+
+    /// Bytes in use where the driver keeps its data: the filesystem under the store, or the
+    /// pool's data space.
+    /// Bytes in use where the driver keeps its data: the filesystem under the store, plus for
+    /// devicemapper the btrfs under its reflinked volumes (statvfs counts shared extents once,
+    /// as a thin pool's Data Space Used counts shared blocks once).
+    fn used(self, _s: &Store, work: &Path, pool: Option<&Path>) -> u64 {
+        let used = |p: &Path| {
+            rustix::fs::syncfs(std::fs::File::open(p).unwrap()).unwrap();
+            let st = rustix::fs::statvfs(p).unwrap();
+            (st.f_blocks - st.f_bfree) * st.f_frsize
+        };
+        match (self, pool) {
+            (Bench::Devicemapper, Some(p)) => used(work) + used(p),
+            _ => used(work),
+        }
+    }
+}
+
 struct Out {
     rows: Vec<(String, String, f64)>,
     file: Option<std::fs::File>,
@@ -119,14 +187,37 @@ struct Out {
 impl Out {
     /// One measurement in xtask's record format: lamina's overlay store is subject "lamina";
     /// the peers are `umoci unpack` and the vfs driver (Docker's slow baseline).
-    fn record(&mut self, case: &str, subject: &str, value_ms: f64) {
-        self.rows.push((case.to_string(), subject.to_string(), value_ms));
+    /// A time; `fs` names the filesystem in the case, or is empty for the driver cases
+    /// (overlay, vfs and devicemapper's store on XFS, btrfs on btrfs).
+    fn record(&mut self, case: &str, subject: &str, value_ms: f64, fs: &str) {
+        let case = if fs.is_empty() { case.to_string() } else { format!("{case} on {fs}") };
+        self.line(serde_json::json!({
+            "suite": "layers", "case": case, "subject": subject, "metric": "time",
+            "value": value_ms, "unit": "ms", "better": "lower",
+        }));
+        self.rows.push((case, subject.to_string(), value_ms));
+    }
+
+    /// Space in MB (lower is better).
+    fn space(&mut self, case: &str, subject: &str, mb: f64) {
+        self.line(serde_json::json!({
+            "suite": "layers", "case": case, "subject": subject, "metric": "space",
+            "value": mb, "unit": "MB", "better": "lower",
+        }));
+        self.rows.push((case.to_string(), format!("{subject} (MB)"), mb));
+    }
+
+    /// A point of a line plot: `value_ms` at image size `x` (MB), one line per driver.
+    fn scaling(&mut self, metric: &str, driver: &str, value_ms: f64, x: f64) {
+        self.line(serde_json::json!({
+            "suite": "layers", "case": driver, "subject": "lamina", "metric": metric,
+            "value": value_ms, "unit": "ms", "better": "lower", "x": x,
+        }));
+    }
+
+    fn line(&mut self, v: serde_json::Value) {
         if let Some(f) = &mut self.file {
-            let line = serde_json::json!({
-                "suite": "layers", "case": case, "subject": subject, "metric": "time",
-                "value": value_ms, "unit": "ms", "better": "lower",
-            });
-            writeln!(f, "{line}").unwrap();
+            writeln!(f, "{v}").unwrap();
         }
     }
 }
@@ -187,49 +278,99 @@ fn main() {
         }
     }
     let (a, b) = (median(ours), median(theirs));
-    let case = format!("import 5-layer image (10k files, gzip) on {fs}");
-    out.record(&case, "lamina", ms(a));
-    out.record(&case, "umoci unpack", ms(b));
+    let case = "import 5-layer image (10k files, gzip)";
+    out.record(case, "lamina", ms(a), fs);
+    out.record(case, "umoci unpack", ms(b), fs);
 
-    // 2. container create: overlay vs vfs, two sizes of a one-file image, then the 10k-file
-    // image. On XFS (reflink=1, mkfs.xfs's default and the appliance's) the vfs copy shares
-    // file data, so its cost grows with the number of files rather than the bytes.
-    let create_mount = |out: &mut Out, s: &Store, image: &str, case: &str, subject: &str| {
-        let mut times = Vec::new();
-        for i in 0..3 {
-            sync();
-            let name = format!("c{i}");
-            let t0 = Instant::now();
-            s.create(image, &name, None).unwrap();
-            s.mount(&name).unwrap();
-            times.push(t0.elapsed());
-            s.remove(&name).unwrap();
-        }
-        out.record(case, subject, ms(median(times)));
-    };
-    let subject_of = |d: Driver| if d == Driver::Overlay { "lamina" } else { "vfs driver" };
-    for size_mb in [20usize, 200] {
-        let dir = t.path().join(format!("big{size_mb}"));
-        let layout = big_file_image(&dir, size_mb << 20);
-        for driver in [Driver::Overlay, Driver::Vfs] {
-            let root = dir.join(format!("store-{}", driver.name()));
-            let s = Store::open(&root, driver).unwrap();
-            let t0 = Instant::now();
-            s.import(&layout, Some("big:1")).unwrap();
-            let imp = t0.elapsed();
-            out.record(&format!("import {size_mb} MB image on {fs}"), subject_of(driver), ms(imp));
-            let case = format!("create+mount on {size_mb} MB image on {fs}");
-            create_mount(&mut out, &s, "big:1", &case, subject_of(driver));
-            drop(s);
-            std::fs::remove_dir_all(&root).unwrap();
-        }
+    // 2. The drivers on the same images: import, create+mount, commit, and the space one
+    // image plus 10 containers take. overlay ("lamina", the default) against vfs, btrfs and
+    // devicemapper. On XFS (reflink=1, mkfs.xfs's default and the appliance's) the vfs copy
+    // shares file data, so its cost grows with the number of files rather than the bytes.
+    let btrfs_dir = std::env::var_os("BENCH_BTRFS_DIR").map(PathBuf::from);
+    if btrfs_dir.is_none() {
+        println!("BENCH_BTRFS_DIR unset: btrfs and devicemapper are left out");
     }
-    for driver in [Driver::Overlay, Driver::Vfs] {
-        let root = t.path().join(format!("files-{}", driver.name()));
-        let s = Store::open(&root, driver).unwrap();
-        s.import_image(&img, Some("t5"), Some("bench:5")).unwrap();
-        let case = format!("create+mount on 5-layer image (10k files) on {fs}");
-        create_mount(&mut out, &s, "bench:5", &case, subject_of(driver));
+    let mut drivers = vec![Bench::Overlay, Bench::Vfs];
+    if btrfs_dir.is_some() {
+        drivers.extend([Bench::Btrfs, Bench::Devicemapper]);
+    }
+    let bt = btrfs_dir.as_ref().map(|d| tempfile::tempdir_in(d).unwrap());
+    let images: Vec<(String, PathBuf, u64)> = [20usize, 200]
+        .iter()
+        .map(|&mb| {
+            let dir = t.path().join(format!("big{mb}"));
+            (format!("{mb} MB image"), big_file_image(&dir, mb << 20), mb as u64)
+        })
+        .chain(std::iter::once(("5-layer image (10k files)".to_string(), img.clone(), 0)))
+        .collect();
+    for d in &drivers {
+        for (label, layout, mb) in &images {
+            let work = match d {
+                Bench::Btrfs => bt.as_ref().unwrap().path().join(format!("s-{mb}")),
+                _ => t.path().join(format!("s-{}-{mb}", d.name())),
+            };
+            let pool = bt.as_ref().map(|b| b.path().join(format!("pool-{}-{mb}", d.name())));
+            let s = d.open(&work.join("store"), pool.as_deref());
+            let used0 = d.used(&s, &work, pool.as_deref());
+            let t0 = Instant::now();
+            if *mb == 0 {
+                s.import_image(layout, Some("t5"), Some("img:1")).unwrap();
+            } else {
+                s.import(layout, Some("img:1")).unwrap();
+            }
+            out.record(&format!("import {label}"), d.subject(), ms(t0.elapsed()), "");
+            let mut times = Vec::new();
+            for i in 0..3 {
+                sync();
+                let name = format!("c{i}");
+                let t0 = Instant::now();
+                s.create("img:1", &name, None).unwrap();
+                s.mount(&name).unwrap();
+                times.push(t0.elapsed());
+                s.unmount(&name).unwrap();
+                s.remove(&name).unwrap();
+            }
+            let create = median(times);
+            out.record(&format!("create+mount on {label}"), d.subject(), ms(create), "");
+            if *mb > 0 {
+                out.scaling("create+mount vs image size", d.name(), ms(create), *mb as f64);
+            }
+            // Commit of a 1 MiB change.
+            s.create("img:1", "w", None).unwrap();
+            let m = s.mount("w").unwrap();
+            std::fs::write(m.join("change.bin"), vec![7u8; 1 << 20]).unwrap();
+            let t0 = Instant::now();
+            s.commit("w", "img:2").unwrap();
+            out.record(
+                &format!("commit 1 MiB change on {label}"),
+                d.subject(),
+                ms(t0.elapsed()),
+                "",
+            );
+            s.unmount("w").unwrap();
+            s.remove("w").unwrap();
+            if *mb == 200 {
+                for i in 0..10 {
+                    s.create("img:1", &format!("ten{i}"), None).unwrap();
+                    s.mount(&format!("ten{i}")).unwrap();
+                }
+                sync();
+                let used = d.used(&s, &work, pool.as_deref()).saturating_sub(used0);
+                out.space(
+                    "space used by the 200 MB image + 10 containers",
+                    d.subject(),
+                    used as f64 / 1e6,
+                );
+                for i in 0..10 {
+                    s.unmount(&format!("ten{i}")).unwrap();
+                }
+            }
+            drop(s);
+            let _ = std::fs::remove_dir_all(&work);
+            if let Some(p) = &pool {
+                let _ = std::fs::remove_dir_all(p);
+            }
+        }
     }
 
     println!("\n{:<48} {:<14} {:>10}", "case", "subject", "ms");

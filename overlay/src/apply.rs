@@ -22,6 +22,7 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timespec, Timestamps, XattrFla
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::fsutil::{self, open_beneath};
+use crate::sparse::{self, PaxSparse};
 
 /// How `.wh.` entries are treated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -223,14 +224,21 @@ struct Meta {
     mode: u32,
     mtime: Timespec,
     xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+    /// A GNU PAX sparse file (regular entries only).
+    sparse: Option<PaxSparse>,
 }
 
 impl Applier {
     fn entry<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>) -> Result<()> {
-        let raw = entry.path_bytes().into_owned();
+        let mut raw = entry.path_bytes().into_owned();
         let etype = entry.header().entry_type();
         if matches!(etype, tar::EntryType::XGlobalHeader) {
             return Ok(());
+        }
+        let meta = self.meta(entry, &raw)?;
+        if let Some(name) = meta.sparse.as_ref().and_then(|s| s.name.clone()) {
+            // A PAX sparse file's header name is GNU tar's `GNUSparseFile.NNN/name`.
+            raw = name;
         }
         let path = clean_path(&raw).map_err(|why| {
             let kind =
@@ -253,7 +261,6 @@ impl Applier {
                 format!("layer exceeds {} bytes", self.limits.max_total_bytes),
             ));
         }
-        let meta = self.meta(entry, &raw)?;
 
         let name = path.file_name().map(|n| n.as_bytes().to_vec());
         if let (Some(name), true) = (&name, self.mode != WhiteoutMode::Plain) {
@@ -295,7 +302,7 @@ impl Applier {
         let mut dir_over_dir = false;
         let mut retried = false;
         let own_fd = loop {
-            match self.create(entry, etype, &parent, &name, &raw, size, dir_over_dir, meta.mode)? {
+            match self.create(entry, etype, &parent, &name, &raw, size, dir_over_dir, &meta)? {
                 Made::Node(fd) => break fd,
                 Made::Hardlink(target) => {
                     // A hardlink shares the target's inode and metadata: nothing more to set.
@@ -338,8 +345,9 @@ impl Applier {
                 etype,
                 tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse
             ) {
-                sizes.insert(path.clone(), size);
-                self.size_total += size;
+                let real = meta.sparse.as_ref().map_or(size, |sp| sp.real_size);
+                sizes.insert(path.clone(), real);
+                self.size_total += real;
             }
         }
         let is_file = matches!(
@@ -392,8 +400,9 @@ impl Applier {
         raw: &[u8],
         size: u64,
         dir_over_dir: bool,
-        mode: u32,
+        meta: &Meta,
     ) -> Result<Made> {
+        let mode = meta.mode;
         let exists = |r: rustix::io::Result<()>, what: &str| -> Result<Option<Made>> {
             match r {
                 Ok(()) => Ok(None),
@@ -419,8 +428,11 @@ impl Applier {
                     Err(rustix::io::Errno::EXIST) => return Ok(Made::Exists),
                     Err(e) => return Err(entry_io(raw, "create file", e)),
                 };
-                write_sparse(entry, &fd, size, &mut self.buf)
-                    .map_err(|e| entry_io(raw, "write data", e))?;
+                match &meta.sparse {
+                    Some(sp) => write_pax_sparse(entry, &fd, size, sp, &mut self.buf, raw)?,
+                    None => write_sparse(entry, &fd, size, &mut self.buf)
+                        .map_err(|e| entry_io(raw, "write data", e))?,
+                }
                 Ok(Made::Node(Some(fd)))
             }
             tar::EntryType::Directory => {
@@ -465,13 +477,28 @@ impl Applier {
                 let tname = tpath.file_name().ok_or_else(|| {
                     entry_err(ErrorKind::Invalid, raw, "hardlink to the layer root")
                 })?;
-                let tparent = open_beneath(
+                // A layer's hard links point at files of the same layer (a tar links to an
+                // earlier entry of itself). One to a file of a lower layer cannot be made on
+                // overlay (the file is not in this layer's diff) and Docker refuses it too;
+                // refuse it the same way on every driver, saying why.
+                let tparent = match open_beneath(
                     &self.root,
                     tpath.parent().unwrap_or(Path::new("")),
                     OFlags::PATH | OFlags::DIRECTORY,
-                )
-                .map_err(|e| entry_io(raw, "resolve hardlink target", e))?;
+                ) {
+                    Ok(fd) => fd,
+                    Err(rustix::io::Errno::NOENT) => {
+                        return Err(self.foreign_link(raw, &target, &tpath))
+                    }
+                    Err(e) => return Err(entry_io(raw, "resolve hardlink target", e)),
+                };
+                if self.mode != WhiteoutMode::Plain && !self.written.contains(&tpath) {
+                    return Err(self.foreign_link(raw, &target, &tpath));
+                }
                 let r = rustix::fs::linkat(&tparent, tname, parent, name, AtFlags::empty());
+                if r == Err(rustix::io::Errno::NOENT) {
+                    return Err(self.foreign_link(raw, &target, &tpath));
+                }
                 Ok(exists(r, "hard link")?.unwrap_or(Made::Hardlink(tpath)))
             }
             tar::EntryType::Char | tar::EntryType::Block => {
@@ -515,42 +542,31 @@ impl Applier {
         }
     }
 
-    fn meta<R: Read>(&self, entry: &mut tar::Entry<'_, R>, raw: &[u8]) -> Result<Meta> {
-        let h = entry.header();
-        let bad = |what: &str, e: std::io::Error| {
-            entry_err(ErrorKind::Invalid, raw, format!("bad {what} field: {e}"))
-        };
-        let uid = h.uid().map_err(|e| bad("uid", e))?;
-        let gid = h.gid().map_err(|e| bad("gid", e))?;
-        let mode = h.mode().map_err(|e| bad("mode", e))?;
-        let secs = h.mtime().map_err(|e| bad("mtime", e))?;
-        let mut mtime = Timespec { tv_sec: secs.min(i64::MAX as u64) as i64, tv_nsec: 0 };
-        let (mut uid, mut gid) = (uid, gid);
-        let mut xattrs = Vec::new();
-        if let Some(pax) = entry.pax_extensions().map_err(|e| bad("pax", e))? {
-            for ext in pax {
-                let ext = ext.map_err(|e| bad("pax", e))?;
-                let key = ext.key_bytes();
-                if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {
-                    xattrs.push((name.to_vec(), ext.value_bytes().to_vec()));
-                } else if key == b"mtime" {
-                    if let Some(ts) = parse_pax_time(ext.value_bytes()) {
-                        mtime = ts;
-                    }
-                } else if key == b"uid" {
-                    uid = parse_num(ext.value_bytes())
-                        .ok_or_else(|| entry_err(ErrorKind::Invalid, raw, "bad pax uid"))?;
-                } else if key == b"gid" {
-                    gid = parse_num(ext.value_bytes())
-                        .ok_or_else(|| entry_err(ErrorKind::Invalid, raw, "bad pax gid"))?;
-                }
+    /// The error for a hard link whose target is not a file of this layer.
+    fn foreign_link(&self, raw: &[u8], target: &[u8], tpath: &Path) -> Error {
+        let in_lower = match self.mode {
+            // The full copy holds the lower layers' files.
+            WhiteoutMode::Vfs => {
+                open_beneath(&self.root, tpath, OFlags::PATH | OFlags::NOFOLLOW).is_ok()
             }
-        }
-        let uid = u32::try_from(uid)
-            .map_err(|_| entry_err(ErrorKind::Invalid, raw, "uid out of range"))?;
-        let gid = u32::try_from(gid)
-            .map_err(|_| entry_err(ErrorKind::Invalid, raw, "gid out of range"))?;
-        Ok(Meta { uid, gid, mode: mode & 0o7777, mtime, xattrs })
+            _ => self
+                .lowers
+                .iter()
+                .any(|l| open_beneath(l, tpath, OFlags::PATH | OFlags::NOFOLLOW).is_ok()),
+        };
+        let t = String::from_utf8_lossy(target);
+        let why = if in_lower {
+            format!(
+                "hard link to {t:?}, which exists only in a lower layer: a layer's hard links \
+                 must point at files of the same layer"
+            )
+        } else {
+            format!(
+                "hard link to {t:?}, which is not in the archive before it (a hard link's \
+                 target must be an earlier entry of the same layer)"
+            )
+        };
+        entry_err(ErrorKind::Invalid, raw, why)
     }
 
     /// Open (creating missing directories, mode 0755 like Docker) the parent of an entry,
@@ -670,6 +686,17 @@ impl Applier {
         m: &Meta,
         chmod: bool,
     ) -> Result<()> {
+        let (uid, gid) =
+            (Some(rustix::fs::Uid::from_raw(m.uid)), Some(rustix::fs::Gid::from_raw(m.gid)));
+        // Through the open fd when there is one: no second path lookup.
+        match fd {
+            Some(fd) => rustix::fs::fchown(fd, uid, gid),
+            None => rustix::fs::chownat(parent, name, uid, gid, AtFlags::SYMLINK_NOFOLLOW),
+        }
+        .map_err(|e| entry_io(raw, "chown", e))?;
+        // xattrs after the chown: the kernel drops `security.capability` on every chown
+        // (even to the same owner), so setting it first loses `ping`'s file capability.
+        // Docker's go-archive `createTarFile` orders Lchown, Lsetxattr, then chmod.
         if let Some(fd) = fd {
             for (k, v) in &m.xattrs {
                 if k.starts_with(b"trusted.overlay.") || k.starts_with(b"user.overlay.") {
@@ -682,14 +709,6 @@ impl Applier {
                 )?;
             }
         }
-        let (uid, gid) =
-            (Some(rustix::fs::Uid::from_raw(m.uid)), Some(rustix::fs::Gid::from_raw(m.gid)));
-        // Through the open fd when there is one: no second path lookup.
-        match fd {
-            Some(fd) => rustix::fs::fchown(fd, uid, gid),
-            None => rustix::fs::chownat(parent, name, uid, gid, AtFlags::SYMLINK_NOFOLLOW),
-        }
-        .map_err(|e| entry_io(raw, "chown", e))?;
         if chmod {
             // After chown, which clears set-id bits.
             match fd {
@@ -705,88 +724,6 @@ impl Applier {
             None => rustix::fs::utimensat(parent, name, &times(m), AtFlags::SYMLINK_NOFOLLOW),
         }
         .map_err(|e| entry_io(raw, "set mtime", e))?;
-        Ok(())
-    }
-
-    fn whiteout(&mut self, raw: &[u8], path: &Path, name: &[u8], meta: &Meta) -> Result<()> {
-        let parent_rel = path.parent().unwrap_or(Path::new("")).to_path_buf();
-        if name == WH_OPAQUE {
-            let parent = self.parent(raw, &parent_rel)?;
-            match self.mode {
-                WhiteoutMode::Overlay => {
-                    rustix::fs::fsetxattr(&parent, OPAQUE_XATTR, b"y", XattrFlags::empty())
-                        .map_err(|e| entry_io(raw, "set opaque xattr", e))?;
-                }
-                WhiteoutMode::Vfs => self.clear_lower(raw, &parent, &parent_rel)?,
-                WhiteoutMode::Plain => unreachable!("plain mode never converts"),
-            }
-            return Ok(());
-        }
-        let target = &name[WH_PREFIX.len()..];
-        if target.is_empty() || target == b"." || target == b".." || target.starts_with(WH_PREFIX) {
-            return Err(entry_err(ErrorKind::Invalid, raw, "invalid whiteout name"));
-        }
-        let target = OsStr::from_bytes(target);
-        let target_path = parent_rel.join(target);
-        if self.written.contains(&target_path) {
-            // Whiteouts hide lower layers only; this layer's own entry stays.
-            return Ok(());
-        }
-        let parent = self.parent(raw, &parent_rel)?;
-        match self.mode {
-            WhiteoutMode::Overlay => {
-                if let Ok(st) = rustix::fs::statat(&parent, target, AtFlags::SYMLINK_NOFOLLOW) {
-                    self.forget_size(&target_path, &st);
-                }
-                match fsutil::remove_at(&parent, target) {
-                    Ok(()) | Err(rustix::io::Errno::NOENT) => {}
-                    Err(e) => return Err(entry_io(raw, "remove whited-out entry", e)),
-                }
-                rustix::fs::mknodat(
-                    &parent,
-                    target,
-                    FileType::CharacterDevice,
-                    Mode::from_raw_mode(0o600),
-                    0,
-                )
-                .map_err(|e| entry_io(raw, "mknod whiteout", e))?;
-                rustix::fs::chownat(
-                    &parent,
-                    target,
-                    Some(rustix::fs::Uid::from_raw(meta.uid)),
-                    Some(rustix::fs::Gid::from_raw(meta.gid)),
-                    AtFlags::SYMLINK_NOFOLLOW,
-                )
-                .map_err(|e| entry_io(raw, "chown whiteout", e))?;
-            }
-            WhiteoutMode::Vfs => match fsutil::remove_at(&parent, target) {
-                Ok(()) | Err(rustix::io::Errno::NOENT) => {}
-                Err(e) => return Err(entry_io(raw, "remove whited-out entry", e)),
-            },
-            WhiteoutMode::Plain => unreachable!("plain mode never converts"),
-        }
-        self.cached_parent = None;
-        Ok(())
-    }
-
-    /// vfs opaque directory: drop everything below `dir` that this layer did not write.
-    fn clear_lower(&mut self, raw: &[u8], dir: &OwnedFd, rel: &Path) -> Result<()> {
-        let names = fsutil::list_dir(dir).map_err(|e| entry_io(raw, "list opaque directory", e))?;
-        for n in names {
-            let child = rel.join(&n);
-            if !self.written.contains(&child) {
-                fsutil::remove_at(dir, &n)
-                    .map_err(|e| entry_io(raw, "clear opaque directory", e))?;
-            } else if let Ok(sub) = rustix::fs::openat(
-                dir,
-                &n,
-                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                Mode::empty(),
-            ) {
-                self.clear_lower(raw, &sub, &child)?;
-            }
-        }
-        self.cached_parent = None;
         Ok(())
     }
 }
@@ -812,212 +749,11 @@ fn times(m: &Meta) -> Timestamps {
     Timestamps { last_access: m.mtime, last_modification: m.mtime }
 }
 
-fn parse_num(v: &[u8]) -> Option<u64> {
-    std::str::from_utf8(v).ok()?.trim().parse().ok()
-}
-
-/// PAX times are decimal seconds with an optional fraction.
-fn parse_pax_time(v: &[u8]) -> Option<Timespec> {
-    let s = std::str::from_utf8(v).ok()?;
-    let (secs, frac) = s.split_once('.').unwrap_or((s, ""));
-    let secs: i64 = secs.parse().ok()?;
-    let mut nsec = 0i64;
-    for (i, c) in frac.bytes().take(9).enumerate() {
-        if !c.is_ascii_digit() {
-            return None;
-        }
-        nsec += i64::from(c - b'0') * 10i64.pow(8 - i as u32);
-    }
-    if secs < 0 && nsec > 0 {
-        return Some(Timespec { tv_sec: secs - 1, tv_nsec: (1_000_000_000 - nsec) as _ });
-    }
-    Some(Timespec { tv_sec: secs, tv_nsec: nsec as _ })
-}
-
-/// A reader that, once its inner stream ends, supplies zeros up to the next 512-byte record
-/// plus a 1024-byte end-of-archive marker. Tar writers with a missing trailer or an unpadded
-/// last block (umoci 0.4.7 `insert`, umoci#436) then read as complete archives; after a proper
-/// trailer the extra zeros are never reached. DiffIDs are hashed below this wrapper, over
-/// the stream exactly as stored.
-pub struct PadTail<R> {
-    inner: R,
-    count: u64,
-    pad_left: Option<u64>,
-}
-
-impl<R: Read> PadTail<R> {
-    pub fn new(inner: R) -> Self {
-        PadTail { inner, count: 0, pad_left: None }
-    }
-}
-
-impl<R: Read> Read for PadTail<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        if let Some(left) = &mut self.pad_left {
-            let n = (*left).min(buf.len() as u64) as usize;
-            buf[..n].fill(0);
-            *left -= n as u64;
-            return Ok(n);
-        }
-        let n = self.inner.read(buf)?;
-        if n == 0 && !buf.is_empty() {
-            let partial = self.count % 512;
-            let pad = if partial == 0 { 0 } else { 512 - partial };
-            self.pad_left = Some(pad + 1024);
-            return self.read(buf);
-        }
-        self.count += n as u64;
-        Ok(n)
-    }
-}
-
-/// The umask, read from /proc (setting it to read it would race with other threads).
-fn process_umask() -> u32 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            let v = s.lines().find_map(|l| l.strip_prefix("Umask:"))?;
-            u32::from_str_radix(v.trim(), 8).ok()
-        })
-        .unwrap_or(0o777)
-}
-
-/// Copy entry data into `fd`, leaving all-zero chunks as holes (keeps sparse files sparse).
-fn write_sparse(
-    r: &mut impl Read,
-    fd: &impl AsFd,
-    size: u64,
-    buf: &mut [u8],
-) -> std::io::Result<()> {
-    let mut off = 0u64;
-    // Where the file's data ends so far: a trailing hole needs an explicit truncate.
-    let mut end = 0u64;
-    while off < size {
-        let want = ((size - off) as usize).min(buf.len());
-        let mut got = 0;
-        while got < want {
-            let n = r.read(&mut buf[got..want])?;
-            if n == 0 {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    format!("data ends at {} of {size} bytes", off + got as u64),
-                ));
-            }
-            got += n;
-        }
-        if buf[..got].iter().any(|b| *b != 0) {
-            let mut done = 0;
-            while done < got {
-                done += rustix::io::pwrite(fd, &buf[done..got], off + done as u64)?;
-            }
-            end = off + got as u64;
-        }
-        off += got as u64;
-    }
-    if end != size {
-        rustix::fs::ftruncate(fd, size)?;
-    }
-    Ok(())
-}
-
+mod data;
+mod meta;
 #[cfg(test)]
-mod tests {
-    use super::*;
+mod tests;
+mod whiteout;
 
-    #[test]
-    fn clean_path_rules() {
-        assert_eq!(clean_path(b"./a/b").unwrap(), PathBuf::from("a/b"));
-        assert_eq!(clean_path(b"a/./b/").unwrap(), PathBuf::from("a/b"));
-        assert_eq!(clean_path(b"./").unwrap(), PathBuf::new());
-        assert!(clean_path(b"../x").is_err());
-        assert!(clean_path(b"a/../../x").is_err());
-        assert!(clean_path(b"/etc/passwd").is_err());
-        assert!(clean_path(b"a\0b").is_err());
-    }
-
-    #[test]
-    fn pad_tail_completes_records() {
-        let mut out = Vec::new();
-        PadTail::new(&[1u8; 700][..]).read_to_end(&mut out).unwrap();
-        assert_eq!(out.len(), 1024 + 1024);
-        assert!(out[700..].iter().all(|b| *b == 0));
-        let mut out = Vec::new();
-        PadTail::new(&[1u8; 1024][..]).read_to_end(&mut out).unwrap();
-        assert_eq!(out.len(), 2048);
-    }
-
-    /// One tar entry of the generated layers: (kind, path index, size or link target index).
-    fn layer_tar(ops: &[(u8, u8, u16)]) -> Vec<u8> {
-        let names = ["a", "b", "d/x", "d/y", "d", "e/f/g", ".wh.a", "d/.wh.x", "e"];
-        let mut b = tar::Builder::new(Vec::new());
-        for &(kind, p, n) in ops {
-            let path = names[p as usize % names.len()];
-            let mut h = tar::Header::new_gnu();
-            h.set_mode(0o644);
-            h.set_mtime(1_000_000);
-            h.set_uid(0);
-            h.set_gid(0);
-            match kind % 4 {
-                0 | 1 => {
-                    let data = vec![7u8; n as usize];
-                    h.set_entry_type(tar::EntryType::Regular);
-                    h.set_size(data.len() as u64);
-                    b.append_data(&mut h, path, &data[..]).unwrap();
-                }
-                2 => {
-                    h.set_entry_type(tar::EntryType::Directory);
-                    h.set_mode(0o755);
-                    h.set_size(0);
-                    b.append_data(&mut h, path, &[][..]).unwrap();
-                }
-                _ => {
-                    h.set_entry_type(tar::EntryType::Link);
-                    h.set_size(0);
-                    let target = names[n as usize % 6];
-                    b.append_link(&mut h, path, target).unwrap();
-                }
-            }
-        }
-        b.into_inner().unwrap()
-    }
-
-    proptest::proptest! {
-        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
-        /// The running size equals a walk of the result, whatever the entries replace.
-        #[test]
-        fn counted_size_matches_a_walk(
-            ops in proptest::collection::vec((0u8..4, 0u8..9, 0u16..3000), 1..24)
-        ) {
-            let tar = layer_tar(&ops);
-            let d = tempfile::tempdir().unwrap();
-            // Entries may be rejected (hardlink to a missing target, dir over file…): only
-            // successful applications are compared.
-            if let Ok(stats) = apply_tar(&tar[..], d.path(), WhiteoutMode::Overlay, Limits::default()) {
-                let walked = fsutil::tree_size(d.path()).unwrap();
-                if let Some(counted) = stats.file_bytes {
-                    proptest::prop_assert_eq!(counted, walked);
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn counted_size_covers_replacements_and_links() {
-        let tar = layer_tar(&[(0, 0, 100), (3, 1, 0), (0, 0, 50), (0, 2, 10), (0, 2, 30)]);
-        let d = tempfile::tempdir().unwrap();
-        let stats =
-            apply_tar(&tar[..], d.path(), WhiteoutMode::Overlay, Limits::default()).unwrap();
-        // a (50, new inode) + b (100, the old a's inode kept by the link) + d/x (30).
-        assert_eq!(stats.file_bytes, Some(180));
-        assert_eq!(fsutil::tree_size(d.path()).unwrap(), 180);
-    }
-
-    #[test]
-    fn pax_time_parsing() {
-        let t = parse_pax_time(b"1700000000.5").unwrap();
-        assert_eq!((t.tv_sec, t.tv_nsec), (1_700_000_000, 500_000_000));
-        let t = parse_pax_time(b"12").unwrap();
-        assert_eq!((t.tv_sec, t.tv_nsec), (12, 0));
-        assert!(parse_pax_time(b"1.x").is_none());
-    }
-}
+pub use data::PadTail;
+use data::{parse_num, parse_pax_time, process_umask, write_pax_sparse, write_sparse};

@@ -184,7 +184,14 @@ impl Store {
         rustix::fs::chmod(staging.path(), rustix::fs::Mode::from_raw_mode(0o700))
             .ctx("chmod", staging.path())?;
         let mut project_id = None;
-        if let Some(bytes) = size {
+        if let (Some(_), Driver::Devicemapper) = (size, self.driver) {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                "devmapper: a container's size is its device's, dm.basesize; --size is not \
+                 supported per container",
+            ));
+        }
+        if let (Some(bytes), false) = (size, self.driver == Driver::Btrfs) {
             // Before diff/ exists, so everything below inherits the project.
             let q = QuotaCtl::open(quota, &self.root)?;
             let in_use: Vec<u32> = self.containers()?.iter().filter_map(|c| c.project_id).collect();
@@ -194,10 +201,29 @@ impl Store {
         }
         let diff = staging.path().join("diff");
         match (self.driver, &top) {
+            (Driver::Devicemapper, _) => {
+                let origin = match &top {
+                    Some(t) => Some(self.dm_volume(&self.layer_dir(&t.cache_id))?),
+                    None => None,
+                };
+                self.dm_new_device(staging.path(), origin.as_deref())?;
+            }
             (Driver::Vfs, Some(t)) => {
                 fsutil::copy_tree(&self.layer_dir(&t.cache_id).join("diff"), &diff)?
             }
+            (Driver::Btrfs, Some(t)) => {
+                crate::btrfs::snapshot(&self.layer_dir(&t.cache_id).join("diff"), &diff)?
+            }
+            (Driver::Btrfs, None) => {
+                crate::btrfs::create(&diff)?;
+                rustix::fs::chmod(&diff, rustix::fs::Mode::from_raw_mode(0o755))
+                    .ctx("chmod", &diff)?;
+            }
             _ => mkdir(&diff, 0o755)?,
+        }
+        if let (Some(bytes), Driver::Btrfs) = (size, self.driver) {
+            crate::btrfs::enable_quota(&self.root)?;
+            crate::btrfs::limit(&diff, bytes)?;
         }
         let cache_id = fsutil::random_hex(32);
         let link = self.write_overlay_files(staging.path(), &lower)?;
@@ -228,7 +254,10 @@ impl Store {
     pub fn mount(&self, name: &str) -> Result<PathBuf> {
         let c = self.container(name)?;
         let dir = self.layer_dir(&c.cache_id);
-        if self.driver == Driver::Vfs {
+        if self.driver == Driver::Devicemapper {
+            return self.dm_activate(&dir, false);
+        }
+        if self.driver.full_copies() {
             return Ok(dir.join("diff"));
         }
         let lowers = self.lowers_of_dir(&c.cache_id)?;
@@ -257,6 +286,9 @@ impl Store {
     /// Unmount (lazily, like overlay2) and remove the mount point.
     pub fn unmount(&self, name: &str) -> Result<()> {
         let c = self.container(name)?;
+        if self.driver == Driver::Devicemapper {
+            return self.dm_deactivate(&self.layer_dir(&c.cache_id));
+        }
         let merged = self.layer_dir(&c.cache_id).join("merged");
         if self.mounter.is_mounted(&merged) {
             self.mounter.unmount(&merged)?;
@@ -271,13 +303,16 @@ impl Store {
     /// Write a container's changes as a layer tar with OCI whiteouts; returns the DiffID.
     pub fn container_diff<W: Write>(&self, name: &str, out: W) -> Result<(W, Digest, u64)> {
         let c = self.container(name)?;
+        if self.driver == Driver::Devicemapper {
+            return self.dm_container_diff(&c, out);
+        }
         let diff = self.layer_dir(&c.cache_id).join("diff");
         let hw = HashWriter::new(out);
         let hw = match self.driver {
             Driver::Overlay => {
                 crate::diff::write_tree(&diff, hw, crate::diff::DiffMode::OverlayUpper)?
             }
-            Driver::Vfs => {
+            Driver::Vfs | Driver::Btrfs | Driver::Devicemapper => {
                 let img = self.resolve_image(c.image.as_str())?;
                 let base = match img.top_chain() {
                     Some(ch) => self
@@ -399,6 +434,7 @@ impl Store {
         let to = self.root.join("containers").join(format!("{name}-removing.json"));
         std::fs::rename(&from, &to).ctx("rename", &from)?;
         fsutil::fsync_dir(&self.root.join("containers"))?;
+        crate::fault::point("container-removing");
         self.finish_remove(&c)?;
         std::fs::remove_file(&to).ctx("remove", &to)?;
         Ok(())
@@ -418,7 +454,7 @@ impl Store {
             std::fs::rename(&dir, &removing).ctx("rename", &dir)?;
             fsutil::fsync_dir(&self.root)?;
         }
-        fsutil::remove_tree(&removing)
+        self.remove_layer_tree(&removing)
     }
 
     /// Disk usage: per image shared vs exclusive bytes, containers, volumes.
@@ -449,10 +485,13 @@ impl Store {
         }
         let mut containers = Vec::new();
         for c in self.containers()? {
-            containers.push((
-                c.name.clone(),
-                fsutil::tree_size(&self.layer_dir(&c.cache_id).join("diff"))?,
-            ));
+            // A devicemapper container's tree is on its own device: counted while mounted.
+            let tree = match self.driver {
+                Driver::Devicemapper => self.layer_dir(&c.cache_id).join("mnt/rootfs"),
+                _ => self.layer_dir(&c.cache_id).join("diff"),
+            };
+            let size = if tree.exists() { fsutil::tree_size(&tree)? } else { 0 };
+            containers.push((c.name.clone(), size));
         }
         let mut volumes = Vec::new();
         for v in self.volumes()? {
@@ -497,7 +536,7 @@ impl Store {
             if dir.exists() {
                 std::fs::rename(&dir, &removing).ctx("rename", &dir)?;
             }
-            fsutil::remove_tree(&removing)?;
+            self.remove_layer_tree(&removing)?;
             report.layers += 1;
         }
         let mut blobs: BTreeSet<String> = BTreeSet::new();

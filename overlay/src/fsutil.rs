@@ -284,6 +284,15 @@ fn copy_entry(
         };
         rustix::fs::mknodat(rustix::fs::CWD, dst, kind, mode, md.rdev()).ctx("mknod", dst)?;
     }
+    rustix::fs::chownat(
+        rustix::fs::CWD,
+        dst,
+        Some(rustix::fs::Uid::from_raw(md.uid())),
+        Some(rustix::fs::Gid::from_raw(md.gid())),
+        AtFlags::SYMLINK_NOFOLLOW,
+    )
+    .ctx("chown", dst)?;
+    // After the chown, which drops `security.capability`.
     for name in list_xattrs(src)? {
         if let Some(v) = get_xattr(src, &name)? {
             rustix::fs::lsetxattr(
@@ -295,14 +304,6 @@ fn copy_entry(
             .ctx("set xattr on", dst)?;
         }
     }
-    rustix::fs::chownat(
-        rustix::fs::CWD,
-        dst,
-        Some(rustix::fs::Uid::from_raw(md.uid())),
-        Some(rustix::fs::Gid::from_raw(md.gid())),
-        AtFlags::SYMLINK_NOFOLLOW,
-    )
-    .ctx("chown", dst)?;
     if !ft.is_symlink() {
         rustix::fs::chmod(dst, mode).ctx("chmod", dst)?;
     }

@@ -11,15 +11,19 @@
 
 pub mod apply;
 pub mod backing;
+pub mod btrfs;
 pub mod container;
+pub mod devmapper;
 pub mod diff;
 pub mod digest;
 pub mod error;
 pub mod export;
+pub mod fault;
 pub mod fsutil;
 pub mod mount;
 pub mod quota;
 pub mod source;
+pub mod sparse;
 pub mod store;
 pub mod volume;
 

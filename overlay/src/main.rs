@@ -17,14 +17,41 @@ struct Cli {
     /// Storage driver (fixed when the store is created).
     #[arg(long, value_enum, default_value_t = DriverArg::Overlay, global = true)]
     driver: DriverArg,
+    /// Driver options, Docker's names (devicemapper: dm.basesize=10G, dm.fs=xfs|ext4,
+    /// dm.mkfsarg=, dm.mountopt=, dm.use_deferred_removal=, dm.use_deferred_deletion=,
+    /// dm.min_free_space=10%). Repeatable.
+    #[arg(long = "storage-opt", global = true)]
+    storage_opts: Vec<String>,
+    /// State directory of the pool daemon the devicemapper driver asks for volumes.
+    #[arg(long, default_value = "/run/lamina/pool", global = true)]
+    pool_dir: PathBuf,
     #[command(subcommand)]
     cmd: Cmd,
 }
 
+/// Docker's driver names; aufs and zfs are refused with the reason (`Driver::from_name`).
 #[derive(Clone, Copy, ValueEnum)]
 enum DriverArg {
+    #[value(alias = "overlay2")]
     Overlay,
     Vfs,
+    Btrfs,
+    Devicemapper,
+    Aufs,
+    Zfs,
+}
+
+impl DriverArg {
+    fn name(self) -> &'static str {
+        match self {
+            DriverArg::Overlay => "overlay",
+            DriverArg::Vfs => "vfs",
+            DriverArg::Btrfs => "btrfs",
+            DriverArg::Devicemapper => "devicemapper",
+            DriverArg::Aufs => "aufs",
+            DriverArg::Zfs => "zfs",
+        }
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -93,6 +120,8 @@ enum Cmd {
     Volume(VolumeCmd),
     /// Write a container's changes as a layer tar (OCI whiteouts) to a file.
     Diff { name: String, out: PathBuf },
+    /// The driver and its state, with Docker's `docker info` field names.
+    Info,
 }
 
 #[derive(Subcommand)]
@@ -130,12 +159,19 @@ fn human(b: u64) -> String {
 }
 
 fn run(cli: Cli) -> Result<()> {
-    let driver = match cli.driver {
-        DriverArg::Overlay => Driver::Overlay,
-        DriverArg::Vfs => Driver::Vfs,
-    };
-    let store = Store::open(&cli.root, driver)
-        .with_context(|| format!("open store {}", cli.root.display()))?;
+    let driver = Driver::from_name(cli.driver.name())?;
+    let store = match driver {
+        Driver::Devicemapper => Store::open_devicemapper(
+            &cli.root,
+            overlay::devmapper::DmOptions::parse(&cli.storage_opts)?,
+            Box::new(overlay::devmapper::PoolDaemon { dir: cli.pool_dir.clone() }),
+        ),
+        _ if !cli.storage_opts.is_empty() => {
+            bail!("--storage-opt: the {} driver takes no options", driver.name())
+        }
+        _ => Store::open(&cli.root, driver),
+    }
+    .with_context(|| format!("open store {}", cli.root.display()))?;
     match cli.cmd {
         Cmd::Import { path, reference, tag } => {
             for img in store.import_image(&path, reference.as_deref(), tag.as_deref())? {
@@ -247,6 +283,11 @@ fn run(cli: Cli) -> Result<()> {
             let (mut w, d, n) = store.container_diff(&name, f)?;
             std::io::Write::flush(&mut w)?;
             println!("{d} {n}");
+        }
+        Cmd::Info => {
+            for (k, v) in store.info()? {
+                println!("{k}: {v}");
+            }
         }
         Cmd::Volume(v) => match v {
             VolumeCmd::Create { name } => println!("{}", store.volume_create(&name)?.display()),

@@ -56,6 +56,13 @@ pub enum Driver {
     Overlay,
     /// Every layer and container is a full copy of its parent (Docker's slow baseline).
     Vfs,
+    /// Every layer is a read-only btrfs subvolume snapshot of its parent plus the layer;
+    /// a container is a writable snapshot (see [`crate::btrfs`]).
+    Btrfs,
+    /// Every layer is a thin snapshot of its parent's volume in lamina's pool with the layer
+    /// applied; a container a snapshot mounted from its own block device (see
+    /// [`crate::devmapper`]).
+    Devicemapper,
 }
 
 impl Driver {
@@ -63,7 +70,43 @@ impl Driver {
         match self {
             Driver::Overlay => "overlay",
             Driver::Vfs => "vfs",
+            Driver::Btrfs => "btrfs",
+            Driver::Devicemapper => "devicemapper",
         }
+    }
+
+    /// A driver by the name Docker gives it. aufs and zfs are Docker drivers lamina cannot
+    /// offer: they are refused with the reason.
+    pub fn from_name(name: &str) -> Result<Driver> {
+        match name {
+            "overlay" | "overlay2" => Ok(Driver::Overlay),
+            "vfs" => Ok(Driver::Vfs),
+            "btrfs" => Ok(Driver::Btrfs),
+            "devicemapper" => Ok(Driver::Devicemapper),
+            "aufs" => Err(Error::new(
+                ErrorKind::Unsupported,
+                "aufs: the aufs driver needs the aufs filesystem, which was never merged into \
+                 mainline Linux (Docker removed the driver in 24.0); use overlay (overlay2)",
+            )),
+            "zfs" => Err(Error::new(
+                ErrorKind::Unsupported,
+                "zfs: the zfs driver needs the ZFS kernel module, which is not part of Debian's \
+                 kernel (OpenZFS is CDDL-licensed and built out of tree by zfs-dkms); use btrfs \
+                 for subvolume snapshots",
+            )),
+            other => Err(Error::new(
+                ErrorKind::Invalid,
+                format!(
+                    "unknown storage driver {other:?}: use overlay, vfs, btrfs or devicemapper"
+                ),
+            )),
+        }
+    }
+
+    /// Whether every layer holds the whole tree (whiteouts delete, diffs are computed by
+    /// comparing trees) rather than only its own changes.
+    pub(crate) fn full_copies(self) -> bool {
+        matches!(self, Driver::Vfs | Driver::Btrfs | Driver::Devicemapper)
     }
 }
 
@@ -110,6 +153,8 @@ pub struct Store {
     pub(crate) driver: Driver,
     pub(crate) mounter: Box<dyn Mounter>,
     pub(crate) limits: Limits,
+    /// The devicemapper driver's options and device provider.
+    pub(crate) dm: Option<crate::devmapper::Dm>,
     _lock: OwnedFd,
 }
 
@@ -158,6 +203,36 @@ impl Store {
 
     /// Open with a given mount seam.
     pub fn open_with(root: &Path, driver: Driver, mounter: Box<dyn Mounter>) -> Result<Store> {
+        if driver == Driver::Devicemapper {
+            return Err(Error::new(
+                ErrorKind::Invalid,
+                "the devicemapper driver needs its options and pool: use Store::open_devicemapper",
+            ));
+        }
+        Store::open_inner(root, driver, mounter, None)
+    }
+
+    /// Open (creating if needed) a devicemapper store whose volumes come from `provider`.
+    /// At creation the base device is made and formatted.
+    pub fn open_devicemapper(
+        root: &Path,
+        opts: crate::devmapper::DmOptions,
+        provider: Box<dyn crate::devmapper::DeviceProvider>,
+    ) -> Result<Store> {
+        Store::open_inner(
+            root,
+            Driver::Devicemapper,
+            Box::new(KernelMounter::default()),
+            Some(crate::devmapper::Dm::new(opts, provider)),
+        )
+    }
+
+    fn open_inner(
+        root: &Path,
+        driver: Driver,
+        mounter: Box<dyn Mounter>,
+        dm: Option<crate::devmapper::Dm>,
+    ) -> Result<Store> {
         use std::os::unix::fs::DirBuilderExt;
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -211,11 +286,18 @@ impl Store {
             }
             Err(_) => fsutil::write_atomic(&root, "driver", driver.name().as_bytes())?,
         }
-        if driver == Driver::Overlay {
-            crate::backing::check(&root, crate::backing::supports_dtype)?;
+        match driver {
+            Driver::Overlay => crate::backing::check(&root, crate::backing::supports_dtype)?,
+            Driver::Btrfs => crate::btrfs::check_backing(&root)?,
+            Driver::Vfs | Driver::Devicemapper => {}
         }
-        let store = Store { root, driver, mounter, limits: Limits::default(), _lock: lock };
+        let mut store = Store { root, driver, mounter, limits: Limits::default(), dm, _lock: lock };
+        // Recovery first: a base device whose making was interrupted is dropped with its
+        // staging directory, then made afresh.
         store.recover()?;
+        if driver == Driver::Devicemapper {
+            store.dm_init()?;
+        }
         Ok(store)
     }
 
@@ -236,7 +318,7 @@ impl Store {
     fn recover(&self) -> Result<()> {
         let tmp = self.root.join("tmp");
         for e in std::fs::read_dir(&tmp).ctx("read", &tmp)? {
-            fsutil::remove_tree(&e.ctx("read", &tmp)?.path())?;
+            self.remove_layer_tree(&e.ctx("read", &tmp)?.path())?;
         }
         let cdir = self.root.join("containers");
         for e in std::fs::read_dir(&cdir).ctx("read", &cdir)? {
@@ -250,12 +332,13 @@ impl Store {
                 std::fs::remove_file(&p).ctx("remove", &p)?;
             }
         }
+        self.remove_orphans()?;
         let mut linked = BTreeSet::new();
         for e in std::fs::read_dir(&self.root).ctx("read", &self.root)? {
             let e = e.ctx("read", &self.root)?;
             let name = e.file_name().to_string_lossy().into_owned();
             if name.ends_with("-removing") {
-                fsutil::remove_tree(&e.path())?;
+                self.remove_layer_tree(&e.path())?;
             } else if name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit()) {
                 if let Ok(link) = std::fs::read_to_string(e.path().join("link")) {
                     let l = self.root.join("l").join(link.trim());
@@ -279,6 +362,37 @@ impl Store {
             }
         }
         Ok(())
+    }
+
+    /// Layer directories nothing records: a crash after a layer (or container) was moved into
+    /// place but before its layerdb entry (or container metadata) was written leaves a whole
+    /// tree that no removal would ever find. The record is written last, so a directory
+    /// without one never existed as far as the store is concerned; its `l/` link goes with
+    /// the dangling-link pass.
+    fn remove_orphans(&self) -> Result<()> {
+        let mut known: BTreeSet<String> = self.layers()?.into_iter().map(|l| l.cache_id).collect();
+        known.extend(self.containers()?.into_iter().map(|c| c.cache_id));
+        for e in std::fs::read_dir(&self.root).ctx("read", &self.root)? {
+            let e = e.ctx("read", &self.root)?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            let is_layer_dir = name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit());
+            if is_layer_dir && !known.contains(&name) {
+                tracing::warn!(dir = %name, "removing a layer directory no record names");
+                let removing = self.root.join(format!("{name}-removing"));
+                std::fs::rename(e.path(), &removing).ctx("rename", &e.path())?;
+                self.remove_layer_tree(&removing)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Remove a layer or container directory (already renamed `-removing`).
+    pub(crate) fn remove_layer_tree(&self, dir: &Path) -> Result<()> {
+        match self.driver {
+            Driver::Btrfs => crate::btrfs::remove_layer_dir(dir),
+            Driver::Devicemapper => self.dm_remove_dir(dir),
+            _ => fsutil::remove_tree(dir),
+        }
     }
 
     // ---- paths and metadata ------------------------------------------------------------
@@ -414,6 +528,9 @@ impl Store {
         tar: impl Read,
         expect: Option<&Digest>,
     ) -> Result<LayerMeta> {
+        if self.driver == Driver::Devicemapper {
+            return self.dm_add_layer(parent, tar, expect);
+        }
         let parent_lowers: Vec<String> = match (self.driver, parent) {
             (Driver::Overlay, Some(p)) => self.lowers_of(p)?,
             _ => Vec::new(),
@@ -442,6 +559,17 @@ impl Store {
                 mkdir(&diff, 0o755)?;
                 WhiteoutMode::Vfs
             }
+            (Driver::Btrfs, Some(p)) => {
+                crate::btrfs::snapshot(&self.layer_dir(&p.cache_id).join("diff"), &diff)?;
+                WhiteoutMode::Vfs
+            }
+            (Driver::Btrfs, None) => {
+                crate::btrfs::create(&diff)?;
+                rustix::fs::chmod(&diff, rustix::fs::Mode::from_raw_mode(0o755))
+                    .ctx("chmod", &diff)?;
+                WhiteoutMode::Vfs
+            }
+            (Driver::Devicemapper, _) => unreachable!("dm_add_layer"),
             (Driver::Overlay, _) => {
                 mkdir(&diff, 0o755)?;
                 WhiteoutMode::Overlay
@@ -481,6 +609,10 @@ impl Store {
             Some(pl) => std::iter::once(format!("l/{pl}")).chain(parent_lowers).collect(),
             None => Vec::new(),
         };
+        if self.driver == Driver::Btrfs {
+            // A finished layer is never written again (its children are snapshots).
+            crate::btrfs::set_readonly(&diff, true)?;
+        }
         let link = self.write_overlay_files(staging.path(), &lower)?;
         let size = match stats.file_bytes {
             Some(b) => b,
@@ -499,6 +631,7 @@ impl Store {
         // One flush of the filesystem makes the layer's files, its rename and links durable
         // before the layerdb entry says it exists (no fsync per file while extracting).
         fsutil::syncfs(&self.root)?;
+        crate::fault::point("layer-placed");
         let meta = LayerMeta {
             chain_id,
             diff_id,
@@ -512,6 +645,25 @@ impl Store {
             &meta,
         )?;
         Ok(meta)
+    }
+
+    /// A stored layer's tree, for reading: its own changes (overlay) or the whole tree
+    /// (vfs, btrfs; devicemapper mounts its device read-only until
+    /// [`Store::release_layer_tree`]).
+    pub fn layer_tree(&self, layer: &LayerMeta) -> Result<PathBuf> {
+        let dir = self.layer_dir(&layer.cache_id);
+        match self.driver {
+            Driver::Devicemapper => self.dm_activate(&dir, true),
+            _ => Ok(dir.join("diff")),
+        }
+    }
+
+    /// Done with [`Store::layer_tree`].
+    pub fn release_layer_tree(&self, layer: &LayerMeta) -> Result<()> {
+        match self.driver {
+            Driver::Devicemapper => self.dm_deactivate(&self.layer_dir(&layer.cache_id)),
+            _ => Ok(()),
+        }
     }
 
     pub(crate) fn mark_committed(&self, cache_id: &str) -> Result<()> {
@@ -565,219 +717,6 @@ impl Store {
             Err(e) => Err(Error::io("read", &p, e)),
         }
     }
-
-    // ---- import ------------------------------------------------------------------------
-
-    /// Import every image of an OCI layout (dir or tar) or docker-save archive at `path`.
-    /// `tag` names the image (only allowed when the source holds exactly one).
-    pub fn import(&self, path: &Path, tag: Option<&str>) -> Result<Vec<ImageMeta>> {
-        self.import_image(path, None, tag)
-    }
-
-    /// Import from `path`; with `select`, only the image whose name in the source (OCI
-    /// `ref.name`, containerd image name, or docker `RepoTags` entry) equals it.
-    pub fn import_image(
-        &self,
-        path: &Path,
-        select: Option<&str>,
-        tag: Option<&str>,
-    ) -> Result<Vec<ImageMeta>> {
-        let src = Source::open(path, &self.root.join("tmp"), self.limits)?;
-        let mut images = src.images()?;
-        if let Some(sel) = select {
-            images.retain(|i| {
-                i.tags.iter().any(|t| {
-                    t == sel || normalize_tag(sel).is_ok_and(|n| short_tag(&n) == short_tag(t))
-                })
-            });
-            if images.is_empty() {
-                return Err(Error::new(
-                    ErrorKind::NotFound,
-                    format!("no image named {sel:?} in {}", path.display()),
-                ));
-            }
-        }
-        if tag.is_some() && images.len() != 1 {
-            return Err(Error::new(
-                ErrorKind::Invalid,
-                format!(
-                    "--tag needs a source with one image; {} has {}",
-                    path.display(),
-                    images.len()
-                ),
-            ));
-        }
-        let mut out = Vec::new();
-        for img in images {
-            let meta = self.import_one(&src, img, tag)?;
-            out.push(meta);
-        }
-        Ok(out)
-    }
-
-    fn import_one(&self, src: &Source, img: SourceImage, tag: Option<&str>) -> Result<ImageMeta> {
-        let chain_ids = Digest::chain_ids(&img.diff_ids);
-        let mut layers = Vec::with_capacity(img.layers.len());
-        let mut parent: Option<LayerMeta> = None;
-        for (i, l) in img.layers.iter().enumerate() {
-            let existing = self.layer(&chain_ids[i])?;
-            let have_blob =
-                l.descriptor.as_ref().is_some_and(|d| self.blob_path(&d.digest).exists());
-            let (layer, blob) = match existing {
-                Some(layer) if have_blob => (layer, l.descriptor.clone().expect("checked above")),
-                Some(layer) => {
-                    let blob = self.copy_blob(src, l, None)?;
-                    (layer, blob)
-                }
-                None => {
-                    let mut layer = None;
-                    let blob = self.copy_blob(
-                        src,
-                        l,
-                        Some((&mut layer, parent.as_ref(), &img.diff_ids[i])),
-                    )?;
-                    (layer.expect("set by copy_blob"), blob)
-                }
-            };
-            if layer.chain_id != chain_ids[i] {
-                return Err(Error::new(
-                    ErrorKind::DigestMismatch,
-                    format!("layer {i}: chain id {} != {}", layer.chain_id, chain_ids[i]),
-                ));
-            }
-            layers.push(crate::store::ImageLayer {
-                chain_id: layer.chain_id.clone(),
-                diff_id: layer.diff_id.clone(),
-                blob,
-            });
-            parent = Some(layer);
-        }
-        let config_digest = self.put_blob(&img.config)?;
-        if config_digest != img.config_digest {
-            return Err(Error::new(
-                ErrorKind::DigestMismatch,
-                format!("config {} hashes to {config_digest}", img.config_digest),
-            ));
-        }
-        let manifest = match img.manifest {
-            Some((desc, bytes)) => {
-                self.put_blob(&bytes)?;
-                desc
-            }
-            None => {
-                let m = serde_json::json!({
-                    "schemaVersion": 2,
-                    "mediaType": MT_OCI_MANIFEST,
-                    "config": { "mediaType": img.config_media_type, "digest": config_digest, "size": img.config.len() },
-                    "layers": layers.iter().map(|l| &l.blob).collect::<Vec<_>>(),
-                });
-                let bytes = serde_json::to_vec(&m)
-                    .map_err(|e| Error::with_source(ErrorKind::Invalid, "serialize manifest", e))?;
-                let digest = self.put_blob(&bytes)?;
-                Descriptor {
-                    media_type: MT_OCI_MANIFEST.into(),
-                    digest,
-                    size: bytes.len() as u64,
-                    annotations: None,
-                    platform: None,
-                }
-            }
-        };
-        let id = config_digest;
-        let prev = self.images()?.into_iter().find(|i| i.id == id);
-        let meta = match prev {
-            Some(p) => p,
-            None => ImageMeta {
-                id: id.clone(),
-                config_media_type: img.config_media_type,
-                config_size: img.config.len() as u64,
-                manifest,
-                layers,
-                tags: Vec::new(),
-                created: now(),
-            },
-        };
-        self.save_image(&meta)?;
-        let tags: Vec<String> = match tag {
-            Some(t) => vec![t.to_string()],
-            None => img.tags,
-        };
-        for t in tags {
-            self.tag_image(&id, &t)?;
-        }
-        self.resolve_image(id.as_str())
-    }
-
-    /// Copy a layer blob into `blobs/`, hashing it; when `extract` is given, decompress and
-    /// apply it at the same time (one read of the source).
-    fn copy_blob(
-        &self,
-        src: &Source,
-        l: &crate::source::SourceLayer,
-        extract: Option<(&mut Option<LayerMeta>, Option<&LayerMeta>, &Digest)>,
-    ) -> Result<Descriptor> {
-        let rel = l.rel.to_string_lossy().into_owned();
-        let (file, _) = src.open_file(&rel)?;
-        let tmp = tempfile::NamedTempFile::new_in(self.root.join("tmp"))
-            .ctx("create temp blob in", &self.root.join("tmp"))?;
-        let out = tmp.as_file().try_clone().ctx("dup", tmp.path())?;
-        let tee =
-            Tee { r: file, w: HashWriter::new(std::io::BufWriter::with_capacity(1 << 20, out)) };
-        let mut br = BufReader::with_capacity(1 << 20, tee);
-        let head = br.fill_buf().ctx("read layer", Path::new(&rel))?.to_vec();
-        let comp = Compression::detect(&head)?;
-        if let Some((slot, parent, expect)) = extract {
-            let dec = comp.reader(&mut br)?;
-            let layer = self
-                .add_layer(parent, dec, Some(expect))
-                .map_err(|e| Error::with_source(e.kind(), format!("import layer {rel}"), e))?;
-            *slot = Some(layer);
-        }
-        std::io::copy(&mut br, &mut std::io::sink()).ctx("read layer", Path::new(&rel))?;
-        let tee = br.into_inner();
-        let (mut w, digest, size) = tee.w.finish();
-        w.flush().ctx("write", tmp.path())?;
-        drop(w);
-        if let Some(d) = &l.descriptor {
-            if d.digest != digest || d.size != size {
-                return Err(Error::new(ErrorKind::DigestMismatch, format!("layer blob {rel}: got {digest} ({size} bytes), manifest says {} ({} bytes)", d.digest, d.size)));
-            }
-        }
-        let target = self.blob_path(&digest);
-        if !target.exists() {
-            tmp.as_file().sync_all().ctx("fsync", tmp.path())?;
-            tmp.persist(&target).map_err(|e| Error::io("store blob", &target, e.error))?;
-        }
-        Ok(match &l.descriptor {
-            Some(d) => {
-                let mut d = d.clone();
-                d.annotations = None;
-                d.platform = None;
-                d
-            }
-            None => Descriptor {
-                media_type: comp.media_type().into(),
-                digest,
-                size,
-                annotations: None,
-                platform: None,
-            },
-        })
-    }
-}
-
-/// A reader that copies everything it reads into a writer.
-struct Tee<R, W: Write> {
-    r: R,
-    w: HashWriter<W>,
-}
-
-impl<R: Read, W: Write> Read for Tee<R, W> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.r.read(buf)?;
-        self.w.write_all(&buf[..n])?;
-        Ok(n)
-    }
 }
 
 pub(crate) fn mkdir(p: &Path, mode: u32) -> Result<()> {
@@ -813,24 +752,6 @@ pub(crate) fn layer_users(images: &[ImageMeta]) -> BTreeMap<Digest, usize> {
     m
 }
 
+mod import;
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tag_rules() {
-        assert_eq!(normalize_tag("busybox").unwrap(), "busybox:latest");
-        assert_eq!(normalize_tag("a/b:v1").unwrap(), "a/b:v1");
-        assert_eq!(normalize_tag("host:5000/a").unwrap(), "host:5000/a:latest");
-        assert!(normalize_tag("a b").is_err());
-        assert_eq!(short_tag("docker.io/library/x:1"), "x:1");
-    }
-
-    #[test]
-    fn name_rules() {
-        assert!(check_name("container", "web-1.a_b").is_ok());
-        assert!(check_name("container", "../x").is_err());
-        assert!(check_name("container", "").is_err());
-        assert!(check_name("container", "x-removing").is_err());
-    }
-}
+mod tests;

@@ -78,6 +78,8 @@ pub struct Opts {
     pub machine: Machine,
     pub append: Vec<String>,
     pub memory_mib: u32,
+    /// vCPUs (`-smp`).
+    pub cpus: u32,
     /// Hard deadline for the whole VM (the watchdog kills QEMU after it).
     pub deadline: Duration,
     pub ready_timeout: Duration,
@@ -101,6 +103,7 @@ impl Default for Opts {
             machine: Machine::Microvm,
             append: Vec::new(),
             memory_mib: 512,
+            cpus: 1,
             deadline: Duration::from_secs(180),
             ready_timeout: Duration::from_secs(90),
             disk_size: 1 << 30,
@@ -145,7 +148,7 @@ impl TestVm {
             machine: opts.machine,
             accel: probe_accel(&img.join("vmlinux"), Some(&home.join("accel-probe"))),
             memory_mib: opts.memory_mib,
-            cpus: 1,
+            cpus: opts.cpus,
             kernel: img.join("vmlinux"),
             initrd: img.join("initramfs.cpio"),
             append: opts.append.clone(),

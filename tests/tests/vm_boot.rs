@@ -11,7 +11,7 @@ fn vm_boots_to_ready_and_agent_answers() -> Result<()> {
     let ready = vm.wait_ready()?;
     // 6.12 builds virtio_pci and virtio_console in; the rest are loaded from the initramfs.
     assert!(ready.line.contains("modules 15/15"), "{}", ready.line);
-    assert!(ready.line.contains("pool: store on /dev/nbd0"), "{}", ready.line);
+    assert!(ready.line.contains("pool: store on /dev/ublkb0"), "{}", ready.line);
     assert!(ready.after < Duration::from_secs(60), "READY took {:?}", ready.after);
 
     let status = vm.status()?;
@@ -28,7 +28,11 @@ fn vm_boots_to_ready_and_agent_answers() -> Result<()> {
         status["mounts"].as_array().unwrap().iter().filter_map(|m| m["target"].as_str()).collect();
     let xfs =
         status["mounts"].as_array().unwrap().iter().find(|m| m["target"] == "/var/lib/lamina");
-    assert!(xfs.is_some_and(|m| m["source"] == "/dev/nbd0" && m["fstype"] == "xfs"), "{status}");
+    assert!(xfs.is_some_and(|m| m["source"] == "/dev/ublkb0" && m["fstype"] == "xfs"), "{status}");
+    // The store is attached over ublk (the default), and the daemon says so too.
+    assert_eq!(status["pool"]["store"]["attach"], "ublk", "{status}");
+    assert_eq!(status["pool"]["store"]["device"], "/dev/ublkb0", "{status}");
+    assert_eq!(status["pool"]["pool"]["ublk"][0]["device"], "/dev/ublkb0", "{status}");
     for m in ["/proc", "/sys", "/dev", "/run", "/tmp"] {
         assert!(mounts.contains(&m), "{m} not mounted: {mounts:?}");
     }

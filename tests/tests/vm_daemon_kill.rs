@@ -1,8 +1,14 @@
-//! VM tier: the in-guest pool daemon is killed with SIGKILL while a writer runs on the store.
-//! PID 1 restarts it and hands the kernel new sockets (NBD_CMD_RECONFIGURE); the kernel kept
-//! the I/O queued, so the writer finishes without an error, XFS stays up and the data is
-//! intact when read back from the device: the daemon committed every mapping it acknowledged,
-//! and the requests it had read but not answered were resent on the new socket.
+//! VM tier: the in-guest pool daemon is killed with SIGKILL while a writer runs on the store,
+//! once per attach:
+//! - ublk (the default): the driver quiesces /dev/ublkb0 (user recovery); PID 1 restarts the
+//!   daemon, which takes the device over (START/END_USER_RECOVERY) and is reissued the
+//!   requests the dead one had taken;
+//! - nbd (`lamina.attach=nbd`): PID 1 hands the kernel new sockets (NBD_CMD_RECONFIGURE) and
+//!   the requests the dead daemon had read but not answered are resent on them.
+//!
+//! Either way the kernel kept the I/O queued, so the writer finishes without an error, XFS
+//! stays up and the data is intact when read back from the device: the daemon committed
+//! every mapping it acknowledged.
 
 use std::time::{Duration, Instant};
 
@@ -11,17 +17,45 @@ use tests::{check_pool_disk, Opts, TestVm};
 
 #[test]
 fn vm_daemon_sigkill_under_writes_is_survived() -> Result<()> {
+    sigkill_under_writes("vm_daemon_sigkill_under_writes_is_survived", Attach::Ublk)
+}
+
+#[test]
+fn vm_daemon_sigkill_under_writes_is_survived_over_nbd() -> Result<()> {
+    sigkill_under_writes("vm_daemon_sigkill_under_writes_is_survived_over_nbd", Attach::Nbd)
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Attach {
+    Ublk,
+    Nbd,
+}
+
+fn sigkill_under_writes(name: &str, attach: Attach) -> Result<()> {
     let dir = tempfile::tempdir()?;
     let disk = dir.path().join("data.raw");
     let mut opts = Opts { disks: vec![disk.clone()], ..Opts::debug() };
     // Every acknowledged request on the console, for the post-mortem when data goes missing.
     opts.append.push("lamina.pool.log=info,thinpool::export::pool=debug".into());
-    let mut vm = TestVm::boot("vm_daemon_sigkill_under_writes_is_survived", opts)?;
-    vm.wait_ready()?;
-    // Requests in flight at the kill are resent within this period of the block layer's timer,
-    // not after a 30 s request timeout.
-    let period = vm.exec(&["cat", "/sys/block/nbd0/queue/io_timeout"])?;
-    assert_eq!(period.trim(), "2000", "nbd0's timer period (ms)");
+    if attach == Attach::Nbd {
+        opts.append.push("lamina.attach=nbd".into());
+    }
+    let mut vm = TestVm::boot(name, opts)?;
+    let ready = vm.wait_ready()?;
+    match attach {
+        Attach::Ublk => {
+            assert!(ready.line.contains("store on /dev/ublkb0"), "{}", ready.line);
+            let st = vm.status()?;
+            assert_eq!(st["pool"]["store"]["device"], "/dev/ublkb0", "{st}");
+        }
+        Attach::Nbd => {
+            assert!(ready.line.contains("store on /dev/nbd0"), "{}", ready.line);
+            // Requests in flight at the kill are resent within this period of the block
+            // layer's timer, not after a 30 s request timeout.
+            let period = vm.exec(&["cat", "/sys/block/nbd0/queue/io_timeout"])?;
+            assert_eq!(period.trim(), "2000", "nbd0's timer period (ms)");
+        }
+    }
     // Source data in tmpfs, then a background writer copying it into the store 6 times with a
     // sync after each copy.
     let sum = vm.exec(&[
@@ -38,7 +72,11 @@ fn vm_daemon_sigkill_under_writes_is_survived() -> Result<()> {
     let pid = vm.exec(&["pidof", "thinpool"])?;
     let t = Instant::now();
     vm.exec(&["sh", "-c", "kill -9 $(pidof thinpool)"])?;
-    vm.wait_for("pool: daemon restarted", Duration::from_secs(60))?;
+    let restarted = match attach {
+        Attach::Ublk => "its ublk devices taken over",
+        Attach::Nbd => "/dev/nbd0 reconfigured",
+    };
+    vm.wait_for(restarted, Duration::from_secs(60))?;
     eprintln!("[daemon_kill] killed pid {}; restarted after {:?}", pid.trim(), t.elapsed());
     let deadline = Instant::now() + Duration::from_secs(150);
     let done = loop {
@@ -55,9 +93,13 @@ fn vm_daemon_sigkill_under_writes_is_survived() -> Result<()> {
     assert_eq!(done.trim(), "ok", "writer failed: {errs}");
     let dmesg = vm.exec(&["dmesg"])?;
     // "Connection timed out": a request timeout fired (30 s, and it shuts a live socket down).
-    for bad in
-        ["Filesystem has been shut down", "I/O error", "metadata I/O error", "Connection timed out"]
-    {
+    for bad in [
+        "Filesystem has been shut down",
+        "I/O error",
+        "metadata I/O error",
+        "Connection timed out",
+        "error, dev ublkb0",
+    ] {
         assert!(!dmesg.contains(bad), "dmesg has {bad:?}:\n{dmesg}");
     }
     // Read back from the device, not the page cache.

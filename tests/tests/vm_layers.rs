@@ -112,7 +112,7 @@ fn vm_layer_store_runs_quotas_and_trims() -> Result<()> {
     opts.deadline = Duration::from_secs(600);
     let mut vm = TestVm::boot("vm_layer_store_runs_quotas_and_trims", opts)?;
     let ready = vm.wait_ready()?;
-    assert!(ready.line.contains("pool: store on /dev/nbd0"), "{}", ready.line);
+    assert!(ready.line.contains("pool: store on /dev/ublkb0"), "{}", ready.line);
     // The pool took only vda; vdb is the archive, byte for byte.
     assert_eq!(
         ok(&mut vm, &["cat", "/sys/block/vdb/size"], 30)?.trim(),

@@ -1,6 +1,7 @@
-//! VM tier: QEMU is killed (SIGKILL, a power cut) while a writer runs on the store. The next
-//! boot on the same disk reaches READY, data synced before the cut is intact, and the pool
-//! metadata on the disk passes thin_check and thinpool check.
+//! VM tier: QEMU is killed (SIGKILL, a power cut) while a writer runs on the store (over
+//! ublk, the default). The next boot on the same disk, over nbd (`lamina.attach=nbd`: one boot
+//! checks that the other attach reads the same XFS), reaches READY, data synced before the cut
+//! is intact, and the pool metadata on the disk passes thin_check and thinpool check.
 
 use std::time::Duration;
 
@@ -14,7 +15,8 @@ fn vm_power_cut_keeps_synced_data_and_clean_metadata() -> Result<()> {
     let opts = Opts { disks: vec![disk.clone()], ..Opts::debug() };
     let sum = {
         let mut vm = TestVm::boot("vm_power_cut_boot1", opts.clone())?;
-        vm.wait_ready()?;
+        let ready = vm.wait_ready()?;
+        assert!(ready.line.contains("pool: store on /dev/ublkb0"), "{}", ready.line);
         let sum = vm.exec(&[
             "sh",
             "-c",
@@ -32,6 +34,8 @@ fn vm_power_cut_keeps_synced_data_and_clean_metadata() -> Result<()> {
         vm.vm.kill();
         sum
     };
+    let mut opts = opts;
+    opts.append.push("lamina.attach=nbd".into());
     let mut vm = TestVm::boot("vm_power_cut_boot2", opts)?;
     let ready = vm.wait_ready()?;
     assert!(ready.line.contains("pool: store on /dev/nbd0"), "{}", ready.line);

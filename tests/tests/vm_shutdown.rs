@@ -32,7 +32,7 @@ fn vm_power_button_shuts_down_cleanly() -> Result<()> {
         "[1/7] stop workloads",
         "[2/7] unmount overlays",
         "[3/7] sync and unmount XFS",
-        "[4/7] NBD disconnect",
+        "[4/7] detach the store",
         "[5/7] stop pool daemon",
         "[6/7] sync",
         "[7/7] power off",

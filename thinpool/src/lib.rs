@@ -10,6 +10,7 @@
 //! service what a daemon runs: handles, deferred deletion, waiting writes, autoextend thread
 //! export  the frontend seam: Export (one volume), Catalog (the set); memory, file and pool backends
 //! nbd     the NBD frontend: pure protocol codecs, then the server (handshake, transmission)
+//! ublk    the ublk frontend: volumes as /dev/ublkbN in the daemon's own machine (io_uring)
 //! daemon  `thinpool serve`: pool lock, listeners, kernel handoff, signals, the control socket
 //! ```
 //!
@@ -26,6 +27,7 @@ pub mod pdata;
 pub mod pool;
 pub mod repair;
 pub mod service;
+pub mod ublk;
 pub mod units;
 pub mod vg;
 pub mod xml;

@@ -91,3 +91,44 @@ fn management_verbs_go_through_the_running_daemon() {
     let check = thinpool(&["check", d]);
     assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stdout));
 }
+
+/// attach/detach go to the daemon (a ublk device needs a server process). Without a daemon
+/// they are refused with a clear line; with one, on a kernel without ublk (this host tier)
+/// attach fails naming the control device, and the VM tier (`vm_boot`) attaches for real.
+#[test]
+fn attach_goes_through_the_daemon() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("pool");
+    let d = dir.to_str().unwrap();
+    ok(&["init", d, "--data-size", "256M"]);
+    ok(&["create", d, "vol", "--size", "64M"]);
+    let no_daemon = thinpool(&["attach", d, "vol"]);
+    assert!(!no_daemon.status.success());
+    let err = String::from_utf8_lossy(&no_daemon.stderr);
+    assert!(err.contains("no thinpool serve is running"), "{err}");
+
+    let _daemon = Daemon(
+        Command::new(BIN)
+            .args(["serve", d, "--listen", "none"])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for("the control socket", || dir.join("control.sock").exists());
+    let missing = thinpool(&["attach", d, "nope"]);
+    let err = String::from_utf8_lossy(&missing.stderr);
+    assert!(!missing.status.success() && err.contains("no such volume"), "{err}");
+    let not_attached = thinpool(&["detach", d, "vol"]);
+    let err = String::from_utf8_lossy(&not_attached.stderr);
+    assert!(!not_attached.status.success() && err.contains("not attached"), "{err}");
+    if Path::new("/dev/ublk-control").exists() {
+        let dev = ok(&["attach", d, "vol"]);
+        assert!(dev.trim().starts_with("/dev/ublkb"), "{dev}");
+        assert!(ok(&["detach", d, "vol"]).contains(dev.trim()));
+    } else {
+        let out = thinpool(&["attach", d, "vol"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "attach without ublk_drv succeeded");
+        assert!(err.contains("ublk attach vol") && err.contains("creating the device"), "{err}");
+    }
+}

@@ -81,7 +81,7 @@ fn main() -> Result<()> {
     match Cli::parse().task {
         Task::Test { host_only, args } => task_test(host_only, &args),
         Task::Ci => task_test(false, &[]),
-        Task::Lint => task_lint(),
+        Task::Lint => setup::install_missing().and_then(|()| task_lint()),
         Task::Setup => setup::install_missing(),
         Task::Fuzz { time, no_cmin, targets } => {
             fuzz::task_fuzz(&workspace_root(), time, &targets, !no_cmin)
@@ -104,8 +104,9 @@ fn main() -> Result<()> {
 }
 
 fn task_test(host_only: bool, args: &[String]) -> Result<()> {
-    task_lint()?;
+    // Packages first: clippy builds libublk's bindings, which need libclang.
     setup::install_missing()?;
+    task_lint()?;
     eprintln!("== host tier");
     cargo(&["test", "--workspace", "--all-targets", "--exclude", "tests"], args)?;
     cargo(&["test", "-p", "tests", "--lib"], args)?;

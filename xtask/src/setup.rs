@@ -16,6 +16,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("umoci", "umoci"),
     ("skopeo", "skopeo"),
     ("mkfs.xfs", "xfsprogs"),
+    ("mkfs.btrfs", "btrfs-progs"),
+    ("setcap", "libcap2-bin"),
     ("busybox", "busybox-static"),
     ("dmsetup", "dmsetup"),
     ("runc", "runc"),
@@ -29,6 +31,10 @@ const PACKAGES: &[(&str, &str)] = &[
     // LUKS2 headers read back through NBD.
     ("cryptsetup", "cryptsetup-bin"),
 ];
+
+/// Build-time libraries, checked by a file they install: (path, Debian package). libclang is
+/// what bindgen loads to generate libublk's kernel bindings (`libublk-rs-sys`'s build script).
+const LIBRARIES: &[(&str, &str)] = &[("/usr/lib/llvm-14/lib/libclang.so", "libclang-dev")];
 
 /// Python modules, checked by import: (module, Debian package).
 const PYTHON: &[(&str, &str)] = &[("nbd", "python3-libnbd")];
@@ -54,6 +60,7 @@ pub fn install_missing() -> Result<()> {
         .filter(|(cmd, _)| !have_command(cmd))
         .map(|(_, pkg)| *pkg)
         .chain(PYTHON.iter().filter(|(m, _)| !have_python_module(m)).map(|(_, p)| *p))
+        .chain(LIBRARIES.iter().filter(|(f, _)| !std::path::Path::new(f).exists()).map(|(_, p)| *p))
         .collect();
     missing.dedup();
     if missing.is_empty() {

@@ -84,6 +84,23 @@ pub enum Command {
     /// Serve the pool's volumes over NBD (with autoextend and a control socket) until
     /// SIGTERM/SIGINT.
     Serve(ServeArgs),
+    /// Attach a volume as a ublk block device of this machine, served by the running
+    /// `thinpool serve`; prints the device (/dev/ublkbN).
+    Attach(AttachArgs),
+    /// Detach a volume's ublk device (refused while it is in use, e.g. mounted).
+    Detach(AttachArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AttachArgs {
+    #[command(flatten)]
+    pub pool: PoolDir,
+    /// Volume name.
+    pub name: String,
+    /// The daemon's state directory, when POOL is a device list (`thinpool serve
+    /// --state-dir`); a pool or group directory is its own.
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
 }
 
 /// The pool directory every verb takes first.
@@ -370,6 +387,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             thinpool::daemon::serve(&a.pool.dir, a.serve.into_config())?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Attach(a) => pool::attach(&a),
+        Command::Detach(a) => pool::detach(&a),
     }
 }
 

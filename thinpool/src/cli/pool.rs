@@ -8,7 +8,7 @@ use anyhow::{anyhow, bail, Context};
 
 use super::output::{list_table, status_text, to_json, PoolStatus, VolumeRow};
 use super::size::binary_size;
-use super::{CreateArgs, InitArgs, ListArgs, RemoveArgs, SnapshotArgs, StatusArgs};
+use super::{AttachArgs, CreateArgs, InitArgs, ListArgs, RemoveArgs, SnapshotArgs, StatusArgs};
 use rustix::fs::FlockOperation;
 use thinpool::daemon::control;
 use thinpool::daemon::PoolLock;
@@ -330,6 +330,40 @@ pub(super) fn list(a: &ListArgs) -> anyhow::Result<ExitCode> {
 pub(super) fn status(a: &StatusArgs) -> anyhow::Result<ExitCode> {
     let st = manage(&a.pool.dir, Access::Shared)?.status()?;
     print!("{}", if a.json { to_json(&st) } else { status_text(&st) });
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The control client of the daemon serving `a`'s pool: a ublk device needs a server process,
+/// so attach and detach only work through a running `thinpool serve`.
+fn serving_daemon(a: &AttachArgs) -> anyhow::Result<control::Client> {
+    let state = a.state_dir.clone().or_else(|| source(&a.pool.dir).default_state_dir());
+    let Some(state) = state else {
+        anyhow::bail!(
+            "{} is a device list: give --state-dir (the daemon's, as passed to thinpool serve)",
+            a.pool.dir.display()
+        );
+    };
+    let client = control::Client::new(&state);
+    if PoolLock::holder(&state).is_none() || !client.socket_exists() {
+        anyhow::bail!(
+            "no thinpool serve is running for {} (state directory {}): ublk devices are served \
+             by the daemon; start it first",
+            a.pool.dir.display(),
+            state.display()
+        );
+    }
+    Ok(client)
+}
+
+pub(super) fn attach(a: &AttachArgs) -> anyhow::Result<ExitCode> {
+    let dev = serving_daemon(a)?.attach(&a.name)?;
+    println!("{}", dev.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(super) fn detach(a: &AttachArgs) -> anyhow::Result<ExitCode> {
+    let dev = serving_daemon(a)?.detach(&a.name)?;
+    println!("detached {} from {}", a.name, dev.display());
     Ok(ExitCode::SUCCESS)
 }
 

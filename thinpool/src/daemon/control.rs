@@ -70,6 +70,22 @@ pub enum Request {
         base: Option<String>,
         path: String,
     },
+    /// Serve a volume as a ublk block device of this machine (`/dev/ublkbN`).
+    Attach {
+        name: String,
+    },
+    /// Stop and delete a volume's ublk device (refused while it is open, e.g. mounted).
+    Detach {
+        name: String,
+    },
+}
+
+/// A volume served as a ublk block device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttachEntry {
+    pub name: String,
+    /// `/dev/ublkbN`.
+    pub device: String,
 }
 
 /// What to do with the pool's metadata snapshot.
@@ -112,6 +128,9 @@ pub struct DaemonStatus {
     /// Why the pool takes no changes, when it does not.
     pub read_only: Option<String>,
     pub devicemapper: crate::service::ServiceStatus,
+    /// Volumes served as ublk devices.
+    #[serde(default)]
+    pub ublk: Vec<AttachEntry>,
 }
 
 /// The daemon's answer to one [`Request`]; on the wire it is the `data` member of the
@@ -129,6 +148,8 @@ pub enum Reply {
     Status(Box<DaemonStatus>),
     /// `extend`: the device added and what the volume group did.
     Extended { device: String, events: Vec<crate::vg::ExtendEvent> },
+    /// `attach`, `detach`: the ublk block device.
+    Attached { device: String },
     /// `metadata_snap`: the metadata block holding the snapshot (reserved or released).
     MetadataSnap { metadata_snap: u64 },
     /// `send`, `receive`: the size of the stream and the volume data it carried.
@@ -278,11 +299,28 @@ impl Client {
         self.call(&Request::Status)
     }
 
+    /// Attaches a volume as a ublk device; returns its path (`/dev/ublkbN`).
+    pub fn attach(&self, name: &str) -> Result<PathBuf, ControlError> {
+        let r: AttachedReply = self.call(&Request::Attach { name: name.into() })?;
+        Ok(r.device.into())
+    }
+
+    /// Detaches a volume's ublk device; returns the path it had.
+    pub fn detach(&self, name: &str) -> Result<PathBuf, ControlError> {
+        let r: AttachedReply = self.call(&Request::Detach { name: name.into() })?;
+        Ok(r.device.into())
+    }
+
     /// Reserves or releases the pool's metadata snapshot; returns its metadata block.
     pub fn metadata_snap(&self, action: MetadataSnapAction) -> Result<u64, ControlError> {
         let r: MetadataSnapReply = self.call(&Request::MetadataSnap { action })?;
         Ok(r.metadata_snap)
     }
+}
+
+#[derive(Deserialize)]
+struct AttachedReply {
+    device: String,
 }
 
 #[derive(Deserialize)]
@@ -473,6 +511,18 @@ mod tests {
         );
         let back = serde_json::from_str::<Response>(&line).unwrap().into_result::<Reply>();
         assert_eq!(back.unwrap_err().refusal_kind(), Some(RefusalKind::NotFound));
+    }
+
+    #[test]
+    fn rt_attach_messages() {
+        let r = Request::Attach { name: "store".into() };
+        let s = serde_json::to_string(&r).unwrap();
+        assert_eq!(s, r#"{"op":"attach","name":"store"}"#);
+        assert_eq!(serde_json::from_str::<Request>(&s).unwrap(), r);
+        let d = Request::Detach { name: "store".into() };
+        assert_eq!(serde_json::to_string(&d).unwrap(), r#"{"op":"detach","name":"store"}"#);
+        let a = serde_json::to_value(Reply::Attached { device: "/dev/ublkb0".into() }).unwrap();
+        assert_eq!(a, serde_json::json!({"device": "/dev/ublkb0"}));
     }
 
     #[test]

@@ -3,24 +3,43 @@
 
 use std::sync::Arc;
 
-use super::control::{self, DaemonStatus, Refusal, RefusalKind, Reply, SpaceEntry, VolumeEntry};
+use super::control::{
+    self, AttachEntry, DaemonStatus, Refusal, RefusalKind, Reply, SpaceEntry, VolumeEntry,
+};
 use crate::export::pool::PoolCatalog;
 use crate::service;
+use crate::ublk;
 
 /// Management verbs executed by the daemon on its pool.
 pub struct PoolControl {
     catalog: Arc<PoolCatalog>,
     /// NBD connections being served: TCP and unix clients and the kernel's socketpairs.
     connections: Box<dyn Fn() -> usize + Send + Sync>,
+    /// The volumes served as ublk devices.
+    ublk: Arc<ublk::Devices>,
 }
 
 impl PoolControl {
     pub fn new(
         catalog: Arc<PoolCatalog>,
         connections: Box<dyn Fn() -> usize + Send + Sync>,
+        ublk: Arc<ublk::Devices>,
     ) -> Self {
-        Self { catalog, connections }
+        Self { catalog, connections, ublk }
     }
+}
+
+/// The refusal a client sees for a ublk attach/detach error.
+fn ublk_refusal(e: ublk::AttachError) -> Refusal {
+    use ublk::AttachErrorKind as K;
+    let kind = match (e.kind, e.op) {
+        (K::NotFound, _) => RefusalKind::NotFound,
+        (K::State, "attach") => RefusalKind::Exists,
+        (K::State, _) => RefusalKind::Invalid,
+        (K::Busy, _) => RefusalKind::Busy,
+        (K::Kernel | K::Io, _) => RefusalKind::Failed,
+    };
+    Refusal::new(kind, e.to_string())
 }
 
 /// The refusal a client sees for a service error.
@@ -106,6 +125,12 @@ impl control::Handler for PoolControl {
                     })
                     .collect(),
             ),
+            R::Attach { name } => Reply::Attached {
+                device: self.ublk.attach(&name).map_err(ublk_refusal)?.display().to_string(),
+            },
+            R::Detach { name } => Reply::Attached {
+                device: self.ublk.detach(&name).map_err(ublk_refusal)?.display().to_string(),
+            },
             R::Extend { device } => {
                 let events = svc.extend_device(std::path::Path::new(&device)).map_err(refusal)?;
                 Reply::Extended { device, events }
@@ -150,6 +175,12 @@ impl control::Handler for PoolControl {
                     nbd_connections: (self.connections)(),
                     read_only: svc.read_only(),
                     devicemapper: svc.status(),
+                    ublk: self
+                        .ublk
+                        .list()
+                        .into_iter()
+                        .map(|(name, dev)| AttachEntry { name, device: dev.display().to_string() })
+                        .collect(),
                 }))
             }
         })

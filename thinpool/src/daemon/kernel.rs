@@ -141,6 +141,71 @@ pub fn protect_from_reclaim() -> Vec<String> {
     warnings
 }
 
+/// Unblocks SIGTERM and SIGINT in the calling thread (threads spawned later inherit it). A
+/// parent may hand its children a blocked mask: the appliance's PID 1 blocks every signal
+/// into its signalfd and its children inherit that across exec, so without this the daemon
+/// never saw the SIGTERM that asks it to commit and exit. Call before spawning threads.
+pub fn unblock_stop_signals() -> Result<(), std::io::Error> {
+    mask::unblock(&[libc::SIGTERM, libc::SIGINT])
+}
+
+mod mask {
+    //! pthread_sigmask, which rustix does not offer outside its runtime module.
+    #![allow(unsafe_code)]
+
+    pub fn unblock(signals: &[i32]) -> Result<(), std::io::Error> {
+        // SAFETY: sigset_t is plain data; sigemptyset initialises it before any other use.
+        let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+        // SAFETY: `set` is a valid, exclusively borrowed sigset_t.
+        unsafe { libc::sigemptyset(&mut set) };
+        for &s in signals {
+            // SAFETY: as above; an invalid signal number makes sigaddset fail, checked.
+            if unsafe { libc::sigaddset(&mut set, s) } != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+        // SAFETY: `set` is initialised; a null old-set pointer is allowed.
+        let r = unsafe { libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut()) };
+        if r != 0 {
+            return Err(std::io::Error::from_raw_os_error(r));
+        }
+        Ok(())
+    }
+
+    #[cfg(test)]
+    mod tests {
+        /// Whether `sig` is blocked in the calling thread.
+        fn blocked(sig: i32) -> bool {
+            // SAFETY: plain data, initialised by pthread_sigmask (a null new set only queries).
+            let mut cur: libc::sigset_t = unsafe { std::mem::zeroed() };
+            // SAFETY: valid pointers to an exclusively borrowed sigset_t.
+            unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, std::ptr::null(), &mut cur) };
+            // SAFETY: `cur` was filled in above.
+            unsafe { libc::sigismember(&cur, sig) == 1 }
+        }
+
+        #[test]
+        fn a_blocked_sigterm_is_unblocked() {
+            // In a thread of its own: the mask is per thread, the test harness's stays alone.
+            std::thread::spawn(|| {
+                // SAFETY: as in `unblock`, with SIG_BLOCK.
+                let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+                // SAFETY: valid, exclusively borrowed sigset_t; null old set allowed.
+                unsafe {
+                    libc::sigemptyset(&mut set);
+                    libc::sigaddset(&mut set, libc::SIGTERM);
+                    libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+                }
+                assert!(blocked(libc::SIGTERM));
+                super::unblock(&[libc::SIGTERM, libc::SIGINT]).unwrap();
+                assert!(!blocked(libc::SIGTERM) && !blocked(libc::SIGINT));
+            })
+            .join()
+            .unwrap();
+        }
+    }
+}
+
 mod adopt {
     //! Taking ownership of a file descriptor inherited from the parent process.
     #![allow(unsafe_code)]

@@ -4,6 +4,7 @@
 //! ```text
 //! DIR/lock          flock(LOCK_EX) held for the daemon's lifetime; contains its pid
 //! DIR/control.sock  management verbs (see [`control`])
+//! DIR/ublk.json     volumes served as ublk devices (see [`crate::ublk`])
 //! ```
 
 use std::fs::File;
@@ -24,6 +25,7 @@ use crate::nbd::server::{Server, ServerOptions};
 use handler::PoolControl;
 
 use crate::service::{PoolSource, Service, ServiceOptions};
+use crate::ublk::Devices;
 
 pub mod control;
 mod handler;
@@ -212,6 +214,9 @@ fn read_pid(file: &mut File) -> Option<u32> {
 /// list) exclusively and serves its volumes over NBD until SIGTERM or SIGINT; then lets
 /// clients finish, commits, and returns.
 pub fn serve(pool: &Path, cfg: ServeConfig) -> Result<(), DaemonError> {
+    if let Err(e) = kernel::unblock_stop_signals() {
+        tracing::warn!("nbd: unblocking SIGTERM/SIGINT: {e}");
+    }
     if cfg.io_flusher {
         // First, before any thread exists: the flag is inherited by threads created later.
         for w in kernel::protect_from_reclaim() {
@@ -259,10 +264,19 @@ pub fn serve_until(
     }
     svc.start_autoextend().map_err(|e| DaemonError::Pool(e.to_string()))?;
     let catalog = Arc::new(PoolCatalog::new(Arc::new(svc)));
-    let c2 = catalog.clone();
+    // ublk devices a previous daemon of this pool served (it died): take them over before
+    // anything else, their users are blocked until then.
+    let ublk = Arc::new(Devices::new(catalog.clone(), &state));
+    for (volume, r) in ublk.recover() {
+        if let Err(e) = r {
+            tracing::error!("ublk: could not take over {volume}'s device: {e}");
+        }
+    }
+    let (c2, u2) = (catalog.clone(), ublk.clone());
     serve_catalog(&state, catalog.clone(), cfg, stop, move |conns| {
-        Arc::new(PoolControl::new(c2, conns))
+        Arc::new(PoolControl::new(c2, conns, u2))
     })?;
+    ublk.shutdown();
     catalog.commit().map_err(|e| DaemonError::Pool(format!("final commit: {e}")))?;
     tracing::info!("nbd: pool committed, exiting");
     Ok(())

@@ -75,6 +75,13 @@ fn check_range(
 /// A regular file (or a block device node) used through pread/pwrite/fdatasync.
 pub struct FileDevice {
     file: File,
+    /// The same block device opened with O_DIRECT, for reads and writes whose buffer, offset
+    /// and length are [`DIRECT_ALIGN`]-aligned (the ublk queues' buffers are): the device
+    /// DMAs into or out of the caller's buffer, with no copy through a second page cache of
+    /// the data device. Others use `file`; the kernel keeps the two coherent (a direct read
+    /// writes back dirty cached pages of its range first, a direct write invalidates them).
+    /// `None` for regular files and for devices that refuse O_DIRECT.
+    direct: Option<File>,
     path: PathBuf,
     size: RwLock<u64>,
     /// On tmpfs/ramfs: every read is a memory copy.
@@ -84,10 +91,21 @@ pub struct FileDevice {
 }
 
 impl FileDevice {
-    /// Opens an existing file read-write.
+    /// Opens an existing file read-write (a block device also with O_DIRECT, see `direct`).
     pub fn open(path: &Path) -> io::Result<Self> {
+        use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
         let file = std::fs::OpenOptions::new().read(true).write(true).open(path)?;
-        Self::from_file(file, path)
+        let mut dev = Self::from_file(file, path)?;
+        // Block devices only (a node on devtmpfs, so `in_memory` says nothing about them).
+        if dev.file.metadata()?.file_type().is_block_device() {
+            dev.direct = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .custom_flags(libc::O_DIRECT)
+                .open(path)
+                .ok();
+        }
+        Ok(dev)
     }
 
     /// Opens an existing file read-only; writes then fail with EBADF from the kernel.
@@ -118,6 +136,7 @@ impl FileDevice {
         });
         Ok(Self {
             file,
+            direct: None,
             path: path.to_owned(),
             size: RwLock::new(size),
             in_memory,
@@ -132,7 +151,23 @@ impl FileDevice {
     pub fn file(&self) -> &File {
         &self.file
     }
+
+    /// Whether aligned I/O goes through an O_DIRECT descriptor.
+    pub fn direct_io(&self) -> bool {
+        self.direct.is_some()
+    }
+
+    /// The O_DIRECT descriptor when `buf` (at `offset`) meets its alignment.
+    fn direct_for(&self, buf: &[u8], offset: u64) -> Option<&File> {
+        let aligned = |v: u64| v.is_multiple_of(DIRECT_ALIGN);
+        let ok = aligned(buf.as_ptr() as u64) && aligned(offset) && aligned(buf.len() as u64);
+        self.direct.as_ref().filter(|_| ok && !buf.is_empty())
+    }
 }
+
+/// Alignment of buffer address, offset and length for O_DIRECT (covers every logical block
+/// size up to 4 KiB).
+pub const DIRECT_ALIGN: u64 = 4096;
 
 /// Size of a regular file, or of a block device (whose metadata length is 0).
 fn device_size(file: &File) -> io::Result<u64> {
@@ -151,12 +186,18 @@ fn device_size(file: &File) -> io::Result<u64> {
 impl BlockDevice for FileDevice {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         check_range(|| self.describe(), offset, buf.len(), self.size())?;
-        self.file.read_exact_at(buf, offset)
+        match self.direct_for(buf, offset) {
+            Some(d) => d.read_exact_at(buf, offset),
+            None => self.file.read_exact_at(buf, offset),
+        }
     }
 
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
         check_range(|| self.describe(), offset, buf.len(), self.size())?;
-        self.file.write_all_at(buf, offset)
+        match self.direct_for(buf, offset) {
+            Some(d) => d.write_all_at(buf, offset),
+            None => self.file.write_all_at(buf, offset),
+        }
     }
 
     fn flush(&self) -> io::Result<()> {

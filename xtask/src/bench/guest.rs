@@ -1,9 +1,14 @@
 //! `bench guest`: block I/O inside one appliance VM (the `dm` image variant, which carries
-//! `dmsetup` and Debian's `fio`), on one fresh sparse virtio disk, three ways:
+//! `dmsetup` and Debian's `fio`), on one fresh sparse virtio disk, four ways, once with 1 vCPU
+//! and once with 2 (one VM each; cases are named with the vCPU count):
 //!
-//! - **lamina**: the base volume `store` through the kernel's nbd driver (`/dev/nbd0`), attached
-//!   by init exactly as the appliance runs it (socketpairs, `--io-flusher`, supervised daemon).
-//!   Init has no setting that attaches without mounting, so its XFS is unmounted first;
+//! - **lamina** (over ublk, the appliance's default): the base volume `store` as
+//!   `/dev/ublkbN`, attached by `thinpool attach` through the daemon's control socket;
+//! - **lamina over nbd**: the same volume through the kernel's nbd driver (`/dev/nbd0`),
+//!   attached by init exactly as the appliance runs it with `lamina.attach=nbd` (socketpairs,
+//!   `--io-flusher`, supervised daemon). The VM boots that way so both frontends of the one
+//!   daemon serve the same volume. Init has no setting that attaches without mounting, so its
+//!   XFS is unmounted first;
 //! - **kernel dm-thin**: the same pool, handed to the guest kernel: lamina's daemon is stopped
 //!   (flush, so it commits, then SIGKILL: see [`Guest::stop_lamina`]) and `dmsetup create` activates the tables of
 //!   `thinpool dmsetup-table`, so the very same thin (same mapped blocks) is measured;
@@ -13,13 +18,14 @@
 //! Workloads are the host `nbd` suite's (thinpool/benches/nbd.rs): 4k randread qd16, 4k
 //! randwrite qd16, 1M read qd4, 1M write qd4 on an allocated region (written once before
 //! measuring, for all three), with `ioengine=libaio`, `direct=1` and a fixed runtime. Rounds
-//! are interleaved (lamina, dm-thin, raw, lamina, …) so drift hits every subject alike.
+//! are interleaved (ublk, nbd, dm-thin, raw, ublk, …) so drift hits every subject alike.
 //!
 //! Switching between lamina and dm-thin inside one boot: init's supervisor restarts the daemon
 //! whenever it exits. While dm-thin owns the pool, `/sbin/thinpool` is renamed away, so each
 //! restart attempt fails at once (one failed spawn a second, nothing executes); renaming it
-//! back lets the next attempt open the pool as the kernel committed it and reconfigure
-//! `/dev/nbd0`. That also checks, every round, that lamina reads what dm-thin wrote.
+//! back lets the next attempt open the pool as the kernel committed it, reconfigure
+//! `/dev/nbd0` and take the quiesced ublk device over (user recovery). That also checks, every
+//! round, that lamina reads what dm-thin wrote.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -32,6 +38,7 @@ use crate::image;
 
 pub const SUITE: &str = "guest";
 pub const LAMINA: &str = super::report::LAMINA;
+pub const OVER_NBD: &str = "lamina over nbd";
 pub const DM_THIN: &str = "kernel dm-thin";
 pub const RAW: &str = "raw virtio";
 
@@ -51,6 +58,17 @@ const PARKED: &str = "/sbin/thinpool.bench";
 const DAEMON_LOCK: &str = "/run/lamina/pool/lock";
 const GUEST_DISK: &str = "/dev/vda";
 const NBD: &str = "/dev/nbd0";
+const STATE_DIR: &str = "/run/lamina/pool";
+/// vCPU counts measured, one VM each (`LAMINA_BENCH_GUEST_CPUS=1` limits a development run
+/// to the listed counts).
+const CPUS: [u32; 2] = [1, 2];
+
+fn cpu_counts() -> Vec<u32> {
+    match std::env::var("LAMINA_BENCH_GUEST_CPUS") {
+        Ok(v) => v.split(',').filter_map(|c| c.trim().parse().ok()).collect(),
+        Err(_) => CPUS.to_vec(),
+    }
+}
 
 /// One fio workload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -160,14 +178,14 @@ pub fn parse_fio(text: &str, loads: &[Load]) -> Result<Vec<f64>> {
         .collect()
 }
 
-/// The records of one subject's run of every load.
-pub fn records(subject: &str, loads: &[Load], values: &[f64]) -> Vec<Record> {
+/// The records of one subject's run of every load with `cpus` vCPUs.
+pub fn records(subject: &str, loads: &[Load], values: &[f64], cpus: u32) -> Vec<Record> {
     loads
         .iter()
         .zip(values)
         .map(|(l, v)| Record {
             suite: SUITE.into(),
-            case: l.name.into(),
+            case: format!("{} ({cpus} vCPU)", l.name),
             subject: subject.into(),
             metric: "throughput".into(),
             value: *v,
@@ -301,9 +319,10 @@ impl Guest<'_> {
     /// FLUSH: the daemon commits and syncs the data disk), two seconds more than its commit
     /// interval, SIGKILL, and the guest's page cache of /dev/vda dropped (dm-thin writes
     /// below it).
-    fn stop_lamina(&mut self) -> Result<()> {
+    fn stop_lamina(&mut self, ublk: &str) -> Result<()> {
         self.sh(&format!(
-            "set -e; p=$({BB} cat {DAEMON_LOCK}); {BB} sync -d {NBD}; {BB} sleep 2; \
+            "set -e; p=$({BB} cat {DAEMON_LOCK}); {BB} sync -d {NBD}; {BB} sync -d {ublk}; \
+             {BB} sleep 2; \
              {BB} mv {THINPOOL} {PARKED}; kill -KILL $p; n=0; \
              while [ -e /proc/$p ] && ! {BB} grep -q '^State:.*Z' /proc/$p/status; do \
              n=$((n+1)); [ $n -lt 600 ] || exit 9; {BB} usleep 50000; done; \
@@ -313,8 +332,9 @@ impl Guest<'_> {
     }
 
     /// Drops the page cache of /dev/vda (dm-thin wrote below it), unparks `/sbin/thinpool`
-    /// and waits for the supervisor's `restarted` line number `n` and for /dev/nbd0 to answer.
-    fn start_lamina(&mut self, n: usize) -> Result<()> {
+    /// and waits for the supervisor's `restarted` line number `n` and for /dev/nbd0 and the
+    /// ublk device (taken over by the new daemon) to answer.
+    fn start_lamina(&mut self, n: usize, ublk: &str) -> Result<()> {
         self.sh(&format!("{BB} blockdev --flushbufs {GUEST_DISK}; {BB} mv {PARKED} {THINPOOL}"))?;
         let t = Instant::now();
         while self.vm.console().matches("daemon restarted").count() < n {
@@ -322,6 +342,7 @@ impl Guest<'_> {
             std::thread::sleep(Duration::from_millis(200));
         }
         self.sh(&format!("{BB} dd if={NBD} of=/dev/null bs=4096 count=1 iflag=direct"))?;
+        self.sh(&format!("{BB} dd if={ublk} of=/dev/null bs=4096 count=1 iflag=direct"))?;
         Ok(())
     }
 
@@ -364,33 +385,42 @@ pub fn run(root: &Path, jsonl: &Path) -> Result<()> {
     let dir = home.join("bench");
     std::fs::create_dir_all(&dir)?;
     let disk = dir.join("guest-disk.raw");
-    let _ = std::fs::remove_file(&disk);
-    let mut opts = ::tests::Opts::debug();
-    opts.image = Some(img);
-    opts.disks = vec![disk.clone()];
-    opts.disk_size = DISK;
-    opts.memory_mib = MEMORY_MIB;
-    opts.deadline = Duration::from_secs(40 * 60);
-    opts.append.extend(["lamina.pool.basesize=1G".into(), "lamina.agent.max_exec_secs=600".into()]);
-    say("waiting for the machine-wide VM lock, then booting the dm variant");
-    let mut vm = ::tests::TestVm::boot("bench_guest", opts)?;
-    let ready = vm.wait_ready()?;
-    say(&format!("READY after {:.1}s", ready.after.as_secs_f64()));
-    let log_dir = vm.log_dir.clone();
-    let mut g = Guest { vm: &mut vm, log: String::new() };
-    let result = measure(&mut g, &say);
-    std::fs::write(log_dir.join("guest.log"), &g.log)?;
-    let records = result.with_context(|| format!("guest steps (log: {})", log_dir.display()))?;
-    let st = vm.vm.stop(Duration::from_secs(60));
-    say(&format!("VM stopped ({st:?})"));
-    drop(vm);
+    let mut records = Vec::new();
+    for cpus in cpu_counts() {
+        let _ = std::fs::remove_file(&disk);
+        let mut opts = ::tests::Opts::debug();
+        opts.image = Some(img.clone());
+        opts.disks = vec![disk.clone()];
+        opts.disk_size = DISK;
+        opts.memory_mib = MEMORY_MIB;
+        opts.cpus = cpus;
+        opts.deadline = Duration::from_secs(40 * 60);
+        opts.append.extend([
+            "lamina.pool.basesize=1G".into(),
+            "lamina.agent.max_exec_secs=600".into(),
+            "lamina.attach=nbd".into(),
+        ]);
+        say(&format!("waiting for the VM lock, then booting the dm variant ({cpus} vCPU)"));
+        let mut vm = ::tests::TestVm::boot(&format!("bench_guest_{cpus}cpu"), opts)?;
+        let ready = vm.wait_ready()?;
+        say(&format!("READY after {:.1}s", ready.after.as_secs_f64()));
+        let log_dir = vm.log_dir.clone();
+        let mut g = Guest { vm: &mut vm, log: String::new() };
+        let result = measure(&mut g, cpus, &say);
+        std::fs::write(log_dir.join("guest.log"), &g.log)?;
+        records
+            .extend(result.with_context(|| format!("guest steps (log: {})", log_dir.display()))?);
+        let st = vm.vm.stop(Duration::from_secs(60));
+        say(&format!("VM stopped ({st:?})"));
+        drop(vm);
+    }
     let _ = std::fs::remove_file(&disk);
     let text: Vec<String> = records.iter().map(serde_json::to_string).collect::<Result<_, _>>()?;
     std::fs::write(jsonl, text.join("\n") + "\n")
         .with_context(|| format!("writing {}", jsonl.display()))
 }
 
-fn measure(g: &mut Guest<'_>, say: &dyn Fn(&str)) -> Result<Vec<Record>> {
+fn measure(g: &mut Guest<'_>, cpus: u32, say: &dyn Fn(&str)) -> Result<Vec<Record>> {
     g.sh(&format!("{BB} umount /var/lib/lamina"))?;
     say("XFS unmounted; writing the measured region of the lamina volume once");
     let fill = |g: &mut Guest<'_>, dev: &str, off: u64| -> Result<()> {
@@ -400,7 +430,17 @@ fn measure(g: &mut Guest<'_>, say: &dyn Fn(&str)) -> Result<Vec<Record>> {
         Ok(())
     };
     fill(g, NBD, 0)?;
-    g.stop_lamina()?;
+    // The same volume through the daemon's ublk frontend as well.
+    let ublk = g
+        .exec(
+            &[THINPOOL, "attach", GUEST_DISK, "store", "--state-dir", STATE_DIR],
+            Duration::from_secs(60),
+        )?
+        .trim()
+        .to_owned();
+    ensure!(ublk.starts_with("/dev/ublkb"), "thinpool attach printed {ublk:?}");
+    say(&format!("store attached over ublk as {ublk} too"));
+    g.stop_lamina(&ublk)?;
     let tables = g.exec(&[PARKED, "dmsetup-table", GUEST_DISK], Duration::from_secs(60))?;
     let stack = dm_stack(&tables)?;
     let raw_off = free_tail(&tables)? + (1 << 20);
@@ -414,16 +454,19 @@ fn measure(g: &mut Guest<'_>, say: &dyn Fn(&str)) -> Result<Vec<Record>> {
     say(&format!("raw region at {} MiB of {} MiB; writing it once", raw_off >> 20, size >> 20));
     fill(g, GUEST_DISK, raw_off)?;
     let mut restarts = 1;
-    g.start_lamina(restarts)?;
+    g.start_lamina(restarts, &ublk)?;
 
-    let mut records = Vec::new();
+    let mut out = Vec::new();
     for round in 1..=ROUNDS {
-        let v = g.fio(NBD, 0, true)?;
+        let v = g.fio(&ublk, 0, true)?;
         report(say, round, LAMINA, &v);
-        let v = v.values;
-        records.extend(records_of(LAMINA, &v));
+        out.extend(records(LAMINA, &LOADS, &v.values, cpus));
 
-        g.stop_lamina()?;
+        let v = g.fio(NBD, 0, true)?;
+        report(say, round, OVER_NBD, &v);
+        out.extend(records(OVER_NBD, &LOADS, &v.values, cpus));
+
+        g.stop_lamina(&ublk)?;
         for d in &stack {
             g.dm_create(d)?;
         }
@@ -434,21 +477,15 @@ fn measure(g: &mut Guest<'_>, say: &dyn Fn(&str)) -> Result<Vec<Record>> {
         }
         let v = v?;
         report(say, round, DM_THIN, &v);
-        let v = v.values;
-        records.extend(records_of(DM_THIN, &v));
+        out.extend(records(DM_THIN, &LOADS, &v.values, cpus));
         restarts += 1;
-        g.start_lamina(restarts)?;
+        g.start_lamina(restarts, &ublk)?;
 
         let v = g.fio(GUEST_DISK, raw_off, false)?;
         report(say, round, RAW, &v);
-        let v = v.values;
-        records.extend(records_of(RAW, &v));
+        out.extend(records(RAW, &LOADS, &v.values, cpus));
     }
-    Ok(records)
-}
-
-fn records_of(subject: &str, v: &[f64]) -> Vec<Record> {
-    records(subject, &LOADS, v)
+    Ok(out)
 }
 
 fn report(say: &dyn Fn(&str), round: usize, subject: &str, r: &Run) {
@@ -497,9 +534,9 @@ mod tests {
         ]);
         let v = parse_fio(&text, &LOADS).unwrap();
         assert_eq!(v, [5000.5, 3000.0, 200.0, 100.0]);
-        let recs = records(DM_THIN, &LOADS, &v);
+        let recs = records(DM_THIN, &LOADS, &v, 1);
         assert_eq!(recs.len(), 4);
-        assert_eq!(recs[0].case, "4k randread qd16");
+        assert_eq!(recs[0].case, "4k randread qd16 (1 vCPU)");
         assert_eq!(recs[0].unit, "IOPS");
         assert_eq!(recs[2].unit, "MiB/s");
         assert!(recs.iter().all(|r| r.suite == "guest" && r.subject == DM_THIN));

@@ -113,6 +113,20 @@ fn run_suite(root: &Path, suite: Suite, jsonl: &Path) -> Result<()> {
         cmd.env("BENCH_DIR", x.path());
         _scratch = Some(x);
     }
+    // The btrfs driver needs btrfs (and the devicemapper stand-in's reflinked volumes use it).
+    let mut _scratch_btrfs = None;
+    if suite == Suite::Layers && std::env::var_os("BENCH_BTRFS_DIR").is_none() {
+        let dir = root.join("target/bench");
+        let b = xfs::ScratchXfs::create_with(
+            &dir,
+            "layers-btrfs",
+            8 << 30,
+            &["mkfs.btrfs", "-q", "-f"],
+        )?;
+        eprintln!("bench: btrfs driver on a scratch btrfs at {}", b.path().display());
+        cmd.env("BENCH_BTRFS_DIR", b.path());
+        _scratch_btrfs = Some(b);
+    }
     let status = cmd.status().context("running cargo bench")?;
     if !status.success() {
         bail!("cargo bench -p {package} --bench {bench} failed ({status})");

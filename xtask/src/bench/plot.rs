@@ -151,7 +151,7 @@ fn draw_lines(path: &Path, suite: &str, metric: &str, recs: &[&Record]) -> Resul
         .map_err(plot_err)?;
     chart
         .configure_mesh()
-        .x_desc("mapped blocks")
+        .x_desc(if suite == "layers" { "image size (MB)" } else { "mapped blocks" })
         .x_label_formatter(&|x| format!("1e{}", x.log10().round()))
         .y_desc(unit)
         .draw()

@@ -35,6 +35,11 @@ fn is_mounted(mnt: &Path) -> bool {
 impl ScratchXfs {
     /// Formats `<dir>/NAME.img` (sparse, `size` bytes) and mounts it at `<dir>/NAME`.
     pub fn create(dir: &Path, name: &str, size: u64) -> Result<ScratchXfs> {
+        ScratchXfs::create_with(dir, name, size, &["mkfs.xfs", "-q", "-f"])
+    }
+
+    /// [`ScratchXfs::create`] with another mkfs (the drivers comparison also needs btrfs).
+    pub fn create_with(dir: &Path, name: &str, size: u64, mkfs: &[&str]) -> Result<ScratchXfs> {
         let image = dir.join(format!("{name}.img"));
         let mnt = dir.join(name);
         if is_mounted(&mnt) {
@@ -48,8 +53,8 @@ impl ScratchXfs {
         drop(f);
         // From here on, drop cleans up whatever was made.
         let x = ScratchXfs { image, mnt };
-        run(Command::new("mkfs.xfs").args(["-q", "-f"]).arg(&x.image))
-            .context("mkfs.xfs (Debian package xfsprogs) is needed")?;
+        run(Command::new(mkfs[0]).args(&mkfs[1..]).arg(&x.image))
+            .with_context(|| format!("{} (xfsprogs / btrfs-progs) is needed", mkfs[0]))?;
         run(Command::new("mount").args(["-o", "loop"]).arg(&x.image).arg(&x.mnt))
             .context("loop-mounting the scratch XFS needs root and the loop and xfs modules")?;
         Ok(x)

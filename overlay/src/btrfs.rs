@@ -1,0 +1,155 @@
+//! The btrfs driver's kernel edge: subvolumes, snapshots and qgroups through btrfs-progs'
+//! `btrfs` command (the crate has no unsafe code, so no ioctls of its own; the appliance
+//! ships `btrfs` with its libraries).
+//!
+//! Like Docker's btrfs graph driver (moby `daemon/graphdriver/btrfs`): every layer's `diff/`
+//! is a subvolume, a snapshot of its parent's with the layer applied, then made read-only;
+//! a container's `diff/` is a writable snapshot of its image's top layer; `--size` is a
+//! qgroup limit on the container's subvolume (its referenced bytes: the whole filesystem
+//! the container sees, as with Docker's btrfs `size`, not only its own changes).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::error::{Error, ErrorKind, IoContext, Result};
+
+/// The objectid of every subvolume's root directory (`BTRFS_FIRST_FREE_OBJECTID`, Linux
+/// `include/uapi/linux/btrfs_tree.h`): a directory with this inode number on btrfs is a
+/// subvolume.
+const SUBVOL_ROOT_INO: u64 = 256;
+
+/// Find `btrfs` on PATH, or in the sbin dirs a minimal PATH may lack.
+fn program() -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/bin".into(), "/bin".into(), "/usr/sbin".into(), "/sbin".into()])
+        .map(|d| d.join("btrfs"))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| PathBuf::from("btrfs"))
+}
+
+/// Run `btrfs ARGS`; a failure names the command and carries its stderr.
+fn btrfs(args: &[&std::ffi::OsStr]) -> Result<String> {
+    let prog = program();
+    let shown = || {
+        let mut s = String::from("btrfs");
+        for a in args {
+            s.push(' ');
+            s.push_str(&a.to_string_lossy());
+        }
+        s
+    };
+    let out = Command::new(&prog).args(args).output().map_err(|e| {
+        let kind = if e.kind() == std::io::ErrorKind::NotFound {
+            ErrorKind::Unsupported
+        } else {
+            ErrorKind::Io
+        };
+        Error::with_source(kind, format!("run `{}` (btrfs-progs)", shown()), e)
+    })?;
+    if !out.status.success() {
+        return Err(Error::new(
+            ErrorKind::Io,
+            format!(
+                "`{}` failed ({}): {}",
+                shown(),
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A new empty subvolume at `path`.
+pub fn create(path: &Path) -> Result<()> {
+    btrfs(&["subvolume".as_ref(), "create".as_ref(), path.as_os_str()]).map(drop)
+}
+
+/// A writable snapshot of subvolume `src` at `dst`.
+pub fn snapshot(src: &Path, dst: &Path) -> Result<()> {
+    btrfs(&["subvolume".as_ref(), "snapshot".as_ref(), src.as_os_str(), dst.as_os_str()]).map(drop)
+}
+
+/// Make a subvolume read-only (a finished layer) or writable again.
+pub fn set_readonly(path: &Path, ro: bool) -> Result<()> {
+    let v = if ro { "true" } else { "false" };
+    btrfs(&["property".as_ref(), "set".as_ref(), path.as_os_str(), "ro".as_ref(), v.as_ref()])
+        .map(drop)
+}
+
+/// Whether `path` is the root of a subvolume.
+pub fn is_subvolume(path: &Path) -> Result<bool> {
+    match rustix::fs::lstat(path) {
+        Ok(st) => Ok(st.st_ino == SUBVOL_ROOT_INO
+            && rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Directory
+            && crate::backing::fs_name(path)? == "btrfs"),
+        Err(rustix::io::Errno::NOENT | rustix::io::Errno::NOTDIR) => Ok(false),
+        Err(e) => Err(Error::io("stat", path, e)),
+    }
+}
+
+/// Delete subvolume `path` and the subvolumes a container may have made below it (deepest
+/// first: btrfs refuses to delete a subvolume that still holds others). A read-only one is
+/// deleted as it is. The space is freed by the filesystem's cleaner in the background.
+pub fn delete(path: &Path) -> Result<()> {
+    let mut nested = Vec::new();
+    find_nested(path, &mut nested)?;
+    for p in nested.iter().rev() {
+        if is_subvolume(p)? {
+            btrfs(&["subvolume".as_ref(), "delete".as_ref(), p.as_os_str()])?;
+        }
+    }
+    btrfs(&["subvolume".as_ref(), "delete".as_ref(), path.as_os_str()]).map(drop)
+}
+
+/// Subvolume roots below `dir`, parents before children.
+fn find_nested(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+    for e in std::fs::read_dir(dir).ctx("read", dir)? {
+        let e = e.ctx("read", dir)?;
+        if !e.file_type().ctx("stat", &e.path())?.is_dir() {
+            continue;
+        }
+        let p = e.path();
+        if is_subvolume(&p)? {
+            out.push(p.clone());
+        }
+        find_nested(&p, out)?;
+    }
+    Ok(())
+}
+
+/// Turn quota accounting on for the filesystem holding `path` (idempotent).
+pub fn enable_quota(path: &Path) -> Result<()> {
+    btrfs(&["quota".as_ref(), "enable".as_ref(), path.as_os_str()]).map(drop)
+}
+
+/// Limit subvolume `path`'s referenced bytes.
+pub fn limit(path: &Path, bytes: u64) -> Result<()> {
+    let b = bytes.to_string();
+    btrfs(&["qgroup".as_ref(), "limit".as_ref(), b.as_ref(), path.as_os_str()]).map(drop)
+}
+
+/// Remove a layer or container directory whose `diff/` may be a (read-only) subvolume.
+pub fn remove_layer_dir(dir: &Path) -> Result<()> {
+    let diff = dir.join("diff");
+    if is_subvolume(&diff)? {
+        delete(&diff)?;
+    }
+    crate::fsutil::remove_tree(dir)
+}
+
+/// Refuse a store that is not on btrfs.
+pub fn check_backing(root: &Path) -> Result<()> {
+    match crate::backing::fs_name(root)? {
+        "btrfs" => Ok(()),
+        other => Err(Error::new(
+            ErrorKind::Unsupported,
+            format!(
+                "btrfs: the store {} is on {other}, not btrfs: the btrfs driver needs its root \
+                 on a btrfs filesystem (mkfs.btrfs, then mount it there)",
+                root.display()
+            ),
+        )),
+    }
+}
