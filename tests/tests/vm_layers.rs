@@ -18,6 +18,10 @@ use serde_json::Value;
 use tests::{host_run, Opts, TestVm};
 
 const LS: &str = "/sbin/layerstore";
+/// The store this test drives with the `layerstore` CLI. Init keeps the appliance's own store
+/// (`/var/lib/lamina/overlay2`) open for `lamina run`, and a store has one writer at a time,
+/// so the CLI works on a second store on the same XFS (same project quotas, same trims).
+const ROOT: &str = "/var/lib/lamina/cli-store";
 const CRUN: &str = "/usr/bin/crun";
 
 fn umoci(args: &[&str]) -> Result<String> {
@@ -127,12 +131,16 @@ fn vm_layer_store_runs_quotas_and_trims() -> Result<()> {
     );
 
     // 1. import from the block device, create, bundle, run under crun.
-    let imported = ok(&mut vm, &[LS, "import", "/dev/vdb", "--ref", "bb", "--tag", "bb:1"], 120)?;
+    let imported = ok(
+        &mut vm,
+        &[LS, "--root", ROOT, "import", "/dev/vdb", "--ref", "bb", "--tag", "bb:1"],
+        120,
+    )?;
     eprintln!("[vm_layers] import: {imported}");
-    let images = ok(&mut vm, &[LS, "images"], 30)?;
+    let images = ok(&mut vm, &[LS, "--root", ROOT, "images"], 30)?;
     assert!(images.contains("bb:1"), "{images}");
-    ok(&mut vm, &[LS, "create", "bb:1", "c1"], 30)?;
-    ok(&mut vm, &[LS, "bundle", "c1", "/run/bundle-c1"], 30)?;
+    ok(&mut vm, &[LS, "--root", ROOT, "create", "bb:1", "c1"], 30)?;
+    ok(&mut vm, &[LS, "--root", ROOT, "bundle", "c1", "/run/bundle-c1"], 30)?;
     // The appliance's root is the initramfs (rootfs), which pivot_root(2) refuses (EINVAL);
     // like Docker on a ramdisk (DOCKER_RAMDISK), the runtime moves the rootfs and chroots.
     let r = run(&mut vm, &[CRUN, "run", "--no-pivot", "--bundle", "/run/bundle-c1", "c1"], 60)?;
@@ -144,11 +152,11 @@ fn vm_layer_store_runs_quotas_and_trims() -> Result<()> {
 
     // 2. --size: a writer in the merged directory stops at the quota; without it, it does not.
     // Random data: the pool keeps all-zero blocks unmapped, and step 3 needs mapped ones.
-    ok(&mut vm, &[LS, "create", "bb:1", "q", "--size", "64M"], 30)?;
+    ok(&mut vm, &[LS, "--root", ROOT, "create", "bb:1", "q", "--size", "64M"], 30)?;
     // The first project id, kept in the container's metadata (set through xfs_quota).
-    let meta_q = ok(&mut vm, &["cat", "/var/lib/lamina/overlay2/containers/q.json"], 30)?;
+    let meta_q = ok(&mut vm, &["cat", "/var/lib/lamina/cli-store/containers/q.json"], 30)?;
     assert!(meta_q.contains("\"project_id\": 1"), "{meta_q}");
-    let merged_q = ok(&mut vm, &[LS, "mount", "q"], 30)?.trim().to_owned();
+    let merged_q = ok(&mut vm, &[LS, "--root", ROOT, "mount", "q"], 30)?.trim().to_owned();
     let r = run(
         &mut vm,
         &["dd", "if=/dev/urandom", &format!("of={merged_q}/fill"), "bs=1M", "count=100"],
@@ -162,8 +170,8 @@ fn vm_layer_store_runs_quotas_and_trims() -> Result<()> {
     );
     let written = dd_mib(&r);
     assert!((56..=64).contains(&written), "wrote {written} MiB under a 64M limit: {r}");
-    ok(&mut vm, &[LS, "create", "bb:1", "free"], 30)?;
-    let merged_f = ok(&mut vm, &[LS, "mount", "free"], 30)?.trim().to_owned();
+    ok(&mut vm, &[LS, "--root", ROOT, "create", "bb:1", "free"], 30)?;
+    let merged_f = ok(&mut vm, &[LS, "--root", ROOT, "mount", "free"], 30)?.trim().to_owned();
     let r = run(
         &mut vm,
         &["dd", "if=/dev/urandom", &format!("of={merged_f}/fill"), "bs=1M", "count=100"],
@@ -176,10 +184,10 @@ fn vm_layer_store_runs_quotas_and_trims() -> Result<()> {
     // 3. rm + prune, then fstrim: the pool's Data Space Used drops.
     let (before, before_s) = data_used(&mut vm)?;
     for c in ["c1", "q", "free"] {
-        ok(&mut vm, &[LS, "rm", c], 60)?;
+        ok(&mut vm, &[LS, "--root", ROOT, "rm", c], 60)?;
     }
-    ok(&mut vm, &[LS, "prune", "--all"], 60)?;
-    let images = ok(&mut vm, &[LS, "images"], 30)?;
+    ok(&mut vm, &[LS, "--root", ROOT, "prune", "--all"], 60)?;
+    let images = ok(&mut vm, &[LS, "--root", ROOT, "images"], 30)?;
     assert!(!images.contains("bb:1"), "prune --all left the image: {images}");
     ok(&mut vm, &["sync"], 60)?;
     let (mid, _) = data_used(&mut vm)?;
