@@ -446,7 +446,19 @@ impl Pool {
         };
         step(&format!("daemon started (pid {}, NBD on port {})", spawned.pid, cfg.pool.nbd_port));
         pool.daemon = Some(d.clone());
-        let list = control_client().list().map_err(|e| fail(format!("list: {e}")))?;
+        let mut list = control_client().list().map_err(|e| fail(format!("list: {e}")))?;
+        if !list.iter().any(|v| v.name == STORE) {
+            // The daemon opened a pool without `store`: `thinpool init` just laid the pool
+            // down (dm.* options checked above), and a ublk attach needs nothing at start.
+            let basesize = opts.dm_value("dm.basesize").unwrap_or(&cfg.pool.basesize);
+            let size = units::parse_size(basesize)
+                .map_err(|e| fail(format!("pool.basesize {basesize:?}: {e}")))?;
+            control_client()
+                .create(STORE, size)
+                .map_err(|e| fail(format!("creating volume {STORE}: {}", units::chain(&e))))?;
+            step(&format!("created volume {STORE} ({basesize})"));
+            list = control_client().list().map_err(|e| fail(format!("list: {e}")))?;
+        }
         pool.size = list
             .iter()
             .find(|v| v.name == STORE)
