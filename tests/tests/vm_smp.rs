@@ -13,7 +13,8 @@ fn vm_boots_ready_with_1_2_and_4_vcpus() -> Result<()> {
         let ready = vm.wait_ready()?;
         assert!(ready.line.contains("LAMINA READY"), "{cpus} vCPUs: {}", ready.line);
         assert!(ready.line.contains("agent /dev/vport"), "{cpus} vCPUs: {}", ready.line);
-        assert!(ready.line.contains("pool: store on /dev/nbd0"), "{cpus} vCPUs: {}", ready.line);
+        // ublk is the default attach; its queues are one per vCPU.
+        assert!(ready.line.contains("pool: store on /dev/ublkb0"), "{cpus} vCPUs: {}", ready.line);
         let status = vm.status()?;
         assert_eq!(status["cpus"], cpus, "{status}");
         assert_eq!(status["ready"], true, "{status}");
