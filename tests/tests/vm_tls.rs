@@ -65,7 +65,6 @@ fn make_pki(dir: &Path) -> Result<()> {
 }
 
 #[test]
-#[ignore = "written but not yet run in a VM: the image did not rebuild before the deadline; run with --ignored"]
 fn vm_tls_export_through_the_forwarded_port_and_store_read_only() -> Result<()> {
     let pki = tempfile::tempdir()?;
     make_pki(pki.path())?;

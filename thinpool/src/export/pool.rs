@@ -40,6 +40,9 @@ struct Inner {
     svc: Arc<Service>,
     /// Set by every change; cleared by a commit.
     dirty: AtomicBool,
+    /// Volumes open for a client of this machine (ublk, kernel nbd) and how many times: the
+    /// guest's own filesystem sits on them, so other clients get them read-only.
+    local: std::sync::Mutex<std::collections::HashMap<String, usize>>,
 }
 
 impl Inner {
@@ -62,7 +65,13 @@ pub struct PoolCatalog {
 
 impl PoolCatalog {
     pub fn new(svc: Arc<Service>) -> Self {
-        Self { inner: Arc::new(Inner { svc, dirty: AtomicBool::new(false) }) }
+        Self {
+            inner: Arc::new(Inner {
+                svc,
+                dirty: AtomicBool::new(false),
+                local: std::sync::Mutex::new(std::collections::HashMap::new()),
+            }),
+        }
     }
 
     pub fn service(&self) -> &Arc<Service> {
@@ -80,10 +89,25 @@ impl PoolCatalog {
 }
 
 impl PoolCatalog {
-    fn open_volume(&self, name: &str, commit_mappings: bool) -> Option<Arc<dyn Export>> {
+    /// `local`: the client is in this machine (see [`Catalog::open_for_local_client`]). A
+    /// remote client of a volume that a local client has open gets it read-only, so nothing
+    /// over the network writes under the feet of the filesystem mounted on it.
+    fn open_volume(&self, name: &str, local: bool) -> Option<Arc<dyn Export>> {
         let handle = self.inner.svc.open_volume(name).ok()?;
         let size = handle.size().ok()?;
-        Some(Arc::new(VolumeExport { inner: self.inner.clone(), handle, size, commit_mappings }))
+        let mut attached = self.inner.local.lock().unwrap_or_else(|p| p.into_inner());
+        let read_only = !local && attached.get(name).is_some_and(|n| *n > 0);
+        if local {
+            *attached.entry(name.to_owned()).or_insert(0) += 1;
+        }
+        drop(attached);
+        Some(Arc::new(VolumeExport {
+            inner: self.inner.clone(),
+            handle,
+            size,
+            commit_mappings: local,
+            read_only,
+        }))
     }
 }
 
@@ -126,8 +150,25 @@ pub struct VolumeExport {
     handle: VolumeHandle,
     size: u64,
     /// Commit every mapping change before acknowledging it (see
-    /// [`Catalog::open_for_local_client`]).
+    /// [`Catalog::open_for_local_client`]); also marks the export as a local client's.
     commit_mappings: bool,
+    /// A remote client's export of a volume the machine itself has attached.
+    read_only: bool,
+}
+
+impl Drop for VolumeExport {
+    fn drop(&mut self) {
+        if !self.commit_mappings {
+            return;
+        }
+        let mut attached = self.inner.local.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = attached.get_mut(self.handle.name()) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                attached.remove(self.handle.name());
+            }
+        }
+    }
 }
 
 impl VolumeExport {
@@ -276,6 +317,10 @@ impl Export for VolumeExport {
         Ok(v)
     }
 
+    fn read_only(&self) -> bool {
+        self.read_only
+    }
+
     fn sparse_reads(&self) -> bool {
         true
     }
@@ -351,5 +396,23 @@ mod tests {
         assert_eq!(&back[..4096], &[2; 4096][..]);
         assert_eq!(&back[4096..8192], &[3; 4096][..]);
         assert_eq!(&back[8192..], &[4; 4096][..]);
+    }
+
+    #[test]
+    fn a_volume_the_machine_has_attached_is_read_only_to_other_clients() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = FilePool::create(dir.path(), 16 << 20, None, Sectors(128)).unwrap();
+        pool.create_volume("store", 8 << 20).unwrap();
+        pool.commit().unwrap();
+        let svc = Service::from_file_pool(dir.path(), pool, ServiceOptions::default()).unwrap();
+        let cat = PoolCatalog::new(Arc::new(svc));
+        assert!(!cat.open("store").unwrap().read_only(), "nothing local yet");
+        let local = cat.open_for_local_client("store").unwrap();
+        assert!(!local.read_only(), "the machine's own client writes");
+        let remote = cat.open("store").unwrap();
+        assert!(remote.read_only(), "a remote client of an attached volume must not write");
+        drop(local);
+        assert!(!cat.open("store").unwrap().read_only(), "detached: writable again");
+        drop(remote);
     }
 }
