@@ -625,13 +625,6 @@ impl Store {
             let l = self.root.join("l").join(link);
             std::os::unix::fs::symlink(format!("../{cache_id}/diff"), &l).ctx("symlink", &l)?;
         }
-        if let Some(p) = parent {
-            self.mark_committed(&p.cache_id)?;
-        }
-        // One flush of the filesystem makes the layer's files, its rename and links durable
-        // before the layerdb entry says it exists (no fsync per file while extracting).
-        fsutil::syncfs(&self.root)?;
-        crate::fault::point("layer-placed");
         let meta = LayerMeta {
             chain_id,
             diff_id,
@@ -639,6 +632,22 @@ impl Store {
             cache_id,
             size,
         };
+        self.record_layer(meta, parent.map(|p| p.cache_id.as_str()))
+    }
+
+    /// The last steps of placing a layer, for every driver: its parent becomes committed, one
+    /// flush of the filesystem makes the layer's files, its rename and links durable before
+    /// the layerdb entry says it exists (no fsync per file while extracting), then the entry.
+    pub(crate) fn record_layer(
+        &self,
+        meta: LayerMeta,
+        parent_cache_id: Option<&str>,
+    ) -> Result<LayerMeta> {
+        if let Some(p) = parent_cache_id {
+            self.mark_committed(p)?;
+        }
+        fsutil::syncfs(&self.root)?;
+        crate::fault::point("layer-placed");
         fsutil::write_json(
             &self.root.join("layerdb"),
             &format!("{}.json", meta.chain_id.hex()),

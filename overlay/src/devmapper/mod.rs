@@ -342,11 +342,6 @@ impl Store {
         let cache_id = fsutil::random_hex(32);
         let dir = self.layer_dir(&cache_id);
         std::fs::rename(&staging, &dir).ctx("move layer into place", &dir)?;
-        if let Some(p) = parent {
-            self.mark_committed(&p.cache_id)?;
-        }
-        fsutil::syncfs(&self.root)?;
-        crate::fault::point("layer-placed");
         let meta = LayerMeta {
             chain_id,
             diff_id,
@@ -354,12 +349,7 @@ impl Store {
             cache_id,
             size,
         };
-        fsutil::write_json(
-            &self.root.join("layerdb"),
-            &format!("{}.json", meta.chain_id.hex()),
-            &meta,
-        )?;
-        Ok(meta)
+        self.record_layer(meta, parent.map(|p| p.cache_id.as_str()))
     }
 
     /// Docker's `info` for this store: the driver, and for devicemapper the pool's fields with
