@@ -376,6 +376,10 @@ impl Pool {
             "--listen",
             &format!("0.0.0.0:{}", cfg.pool.nbd_port),
             "--io-flusher",
+            // Only volumes created for export reach the network: the store and a storage
+            // driver's devices are the appliance's own.
+            "--exports",
+            "flagged",
         ]);
         if let Some(dev) = crate::nbd_tls::find(Path::new("/sys/block")) {
             let dir = Path::new(crate::nbd_tls::DIR);

@@ -1,8 +1,8 @@
 //! VM tier: the appliance booted with an NBD TLS config disk (what `lamina run --nbd-tls DIR`
 //! attaches) serves NBD only over TLS with client certificates, through the forwarded port:
 //! nbdcopy round-trips a volume over TLS; plaintext and a client without a certificate are
-//! refused; and the guest's own `store` (attached by its kernel) cannot be opened writable
-//! from the host.
+//! refused; the guest's own `store` (attached by its kernel) is neither listed nor openable
+//! from the host, and only volumes created for export are offered.
 
 use std::path::Path;
 use std::process::Command;
@@ -65,7 +65,7 @@ fn make_pki(dir: &Path) -> Result<()> {
 }
 
 #[test]
-fn vm_tls_export_through_the_forwarded_port_and_store_read_only() -> Result<()> {
+fn vm_tls_export_through_the_forwarded_port_and_only_volumes_for_export() -> Result<()> {
     let pki = tempfile::tempdir()?;
     make_pki(pki.path())?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
@@ -100,9 +100,24 @@ fn vm_tls_export_through_the_forwarded_port_and_store_read_only() -> Result<()> 
     let err = String::from_utf8_lossy(&out.stderr);
     ensure!(err.contains("TLS fatal alert"), "refused by the TLS handshake: {err}");
 
-    // The guest's store: listed read-only, and qemu cannot open it writable.
-    let info = host_run(Command::new("nbdinfo").arg("--json").arg(tls("store", &certs)))?;
-    ensure!(info.contains("\"is_read_only\": true"), "store must be read-only: {info}");
+    // Only volumes created for export are offered: the guest's store is neither listed nor
+    // openable, and qemu cannot write it. A volume made with export: false appears once it
+    // is marked.
+    agent.call("volume.create", Some(json!({"name": "own", "size": size, "export": false})), t)?;
+    let listed = |certs: &str| -> Result<String> {
+        host_run(Command::new("nbdinfo").args(["--list", "--json"]).arg(tls("", certs)))
+    };
+    let list = listed(&certs)?;
+    ensure!(list.contains("\"tlsvol\""), "tlsvol must be listed: {list}");
+    for hidden in ["store", "own"] {
+        ensure!(!list.contains(&format!("\"{hidden}\"")), "{hidden} must not be listed: {list}");
+    }
+    let open = Command::new("nbdinfo").arg(tls("store", &certs)).output()?;
+    let err = String::from_utf8_lossy(&open.stderr);
+    ensure!(
+        !open.status.success() && (err.contains("unknown") || err.contains("No such")),
+        "store must be unknown: {err}"
+    );
     let w = Command::new("qemu-io")
         .args(["--object", &format!("tls-creds-x509,id=t0,dir={certs},endpoint=client")])
         .args([
@@ -114,10 +129,12 @@ fn vm_tls_export_through_the_forwarded_port_and_store_read_only() -> Result<()> 
         .context("qemu-io")?;
     let text =
         String::from_utf8_lossy(&w.stderr).into_owned() + &String::from_utf8_lossy(&w.stdout);
-    ensure!(
-        !w.status.success() && text.contains("Permission denied"),
-        "store opened writable: {text}"
-    );
+    ensure!(!w.status.success(), "qemu-io wrote to the store: {text}");
+    agent.call("volume.export", Some(json!({"name": "own", "export": true})), t)?;
+    let list = listed(&certs)?;
+    ensure!(list.contains("\"own\""), "own must be listed once marked: {list}");
+    ensure!(!list.contains("\"store\""), "store must stay unlisted: {list}");
+    agent.call("volume.remove", Some(json!({"name": "own"})), t)?;
 
     agent.call("volume.remove", Some(json!({"name": "tlsvol"})), t)?;
     let st = vm.vm.stop(Duration::from_secs(20))?;

@@ -1,7 +1,8 @@
 //! Export policy of `thinpool serve`, checked with nbdinfo and qemu-io: a volume the machine
 //! attached itself (`--kernel-fd`) is listed read-only and refuses writes; `--local-only`
 //! volumes are neither listed nor opened; `--export-allow` hides an export from addresses
-//! outside its list (over TCP) while unix-socket clients still see it.
+//! outside its list (over TCP) while unix-socket clients still see it; `--exports flagged`
+//! offers only volumes created for export (`create --export`, `offer`).
 
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
@@ -96,4 +97,57 @@ fn attached_volumes_are_read_only_local_only_hidden_and_allowlists_per_export() 
 fn ok_tool(prog: &str, args: &[&str]) {
     let o = tool(prog, args);
     assert!(o.status.success(), "`{prog} {}` failed: {}", args.join(" "), text(&o));
+}
+
+#[test]
+fn exports_flagged_offers_only_volumes_created_for_export() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("pool");
+    let d = dir.to_str().unwrap();
+    ok(&["init", d, "--data-size", "64M"]);
+    ok(&["create", d, "store", "--size", "16M"]);
+    let made = ok(&["create", d, "shared", "--size", "16M", "--export"]);
+    assert!(made.contains("for export"), "{made}");
+    let list = ok(&["list", d, "--json"]);
+    let rows: serde_json::Value = serde_json::from_str(&list).unwrap();
+    let flags: Vec<_> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["name"].as_str().unwrap().to_owned(), r["export"].as_bool().unwrap()))
+        .collect();
+    assert_eq!(flags, [("shared".to_owned(), true), ("store".to_owned(), false)]);
+    let sock = tmp.path().join("nbd.sock");
+    let child = Command::new(BIN)
+        .args(["serve", d, "--listen", "none", "--exports", "flagged"])
+        .args(["--socket", sock.to_str().unwrap()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _serve = Serve(child);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !sock.exists() {
+        assert!(Instant::now() < deadline, "thinpool serve did not start listening");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let unix = |name: &str| format!("nbd+unix:///{name}?socket={}", sock.display());
+    let listed = || text(&tool("nbdinfo", &["--list", "--json", &unix("")]));
+    let l = listed();
+    assert!(l.contains("\"shared\"") && !l.contains("\"store\""), "{l}");
+    let o = tool("nbdinfo", &[&unix("store")]);
+    assert!(!o.status.success(), "store must not open: {}", text(&o));
+    assert!(text(&o).contains("unknown") || text(&o).contains("No such"), "{}", text(&o));
+    ok_tool("qemu-io", &["-f", "raw", "-c", "write -P 0x55 0 64k", &unix("shared")]);
+    // Marked through the running daemon's control socket, then unmarked.
+    ok(&["offer", d, "store"]);
+    let l = listed();
+    assert!(l.contains("\"store\""), "{l}");
+    ok(&["offer", d, "shared", "--off"]);
+    let l = listed();
+    assert!(!l.contains("\"shared\"") && l.contains("\"store\""), "{l}");
+    let bad = Command::new(BIN).args(["offer", d, "nope"]).output().unwrap();
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("\"nope\" does not exist"), "{err}");
 }

@@ -113,7 +113,12 @@ pub const VERBS: &[(&str, &str, &str)] = &[
     ("status", "", "uptime, kernel, memory, mounts, pool and XFS usage, READY summary"),
     ("shutdown", "", "orderly shutdown, then power off"),
     ("exec", "{argv, timeout_secs?}", "runs a command in the guest (lamina.debug=1 boots only)"),
-    ("volume.create", "{name, size}", "creates a thin volume (bytes)"),
+    (
+        "volume.create",
+        "{name, size, export?}",
+        "creates a thin volume (bytes), for export unless export: false",
+    ),
+    ("volume.export", "{name, export}", "offers a volume to NBD clients, or stops offering it"),
     ("volume.snapshot", "{origin, name}", "snapshots a volume"),
     ("volume.remove", "{name}", "removes a volume or snapshot"),
     ("volume.list", "", "lists the pool's volumes"),
@@ -149,6 +154,7 @@ pub fn help() -> Value {
 /// Agent command names of the pool verbs and their control-socket `op`.
 const POOL_VERBS: &[(&str, &str)] = &[
     ("volume.create", "create"),
+    ("volume.export", "export"),
     ("volume.snapshot", "snapshot"),
     ("volume.remove", "remove"),
     ("volume.list", "list"),
@@ -352,6 +358,11 @@ pub fn parse_request(line: &str) -> Result<(Option<Value>, Command), Reply> {
                 }
             };
             obj.insert("op".into(), Value::from(op));
+            // A volume the host asks for is for export: the appliance's daemon serves only
+            // those (`--exports flagged`), never the volumes it makes for itself.
+            if op == "create" {
+                obj.entry("export").or_insert(Value::Bool(true));
+            }
             let req = serde_json::from_value(Value::Object(obj)).map_err(|e| {
                 Reply::err(id.clone(), ErrorCode::BadRequest, format!("{verb} arguments: {e}"))
             })?;
@@ -419,7 +430,8 @@ mod tests {
         });
         use thinpool::daemon::control::Request as R;
         let pool = [
-            Command::Pool(R::Create { name: "v".into(), size: 1 << 30 }),
+            Command::Pool(R::Create { name: "v".into(), size: 1 << 30, export: true }),
+            Command::Pool(R::Export { name: "v".into(), export: false }),
             Command::Pool(R::Snapshot { origin: "v".into(), name: "s".into() }),
             Command::Pool(R::Remove { name: "s".into() }),
             Command::Pool(R::List),
@@ -453,6 +465,26 @@ mod tests {
             assert_eq!(id, Some(Value::from(i as u64)));
             assert_eq!(back, c);
         }
+    }
+
+    #[test]
+    fn host_volumes_are_for_export_unless_asked_otherwise() {
+        use thinpool::daemon::control::Request as R;
+        let create = |args: &str| {
+            let line = format!(r#"{{"execute":"volume.create","arguments":{args}}}"#);
+            match parse_request(&line).unwrap().1 {
+                Command::Pool(r) => r,
+                other => panic!("volume.create parsed as {other:?}"),
+            }
+        };
+        assert_eq!(
+            create(r#"{"name":"v","size":4096}"#),
+            R::Create { name: "v".into(), size: 4096, export: true }
+        );
+        assert_eq!(
+            create(r#"{"name":"v","size":4096,"export":false}"#),
+            R::Create { name: "v".into(), size: 4096, export: false }
+        );
     }
 
     #[test]
@@ -529,6 +561,7 @@ mod tests {
                 "volume.create" => r#","arguments":{"name":"a","size":1}"#,
                 "volume.snapshot" => r#","arguments":{"origin":"a","name":"b"}"#,
                 "volume.remove" => r#","arguments":{"name":"a"}"#,
+                "volume.export" => r#","arguments":{"name":"a","export":true}"#,
                 "pool.extend" => r#","arguments":{"device":"/dev/vdb"}"#,
                 "image.rm" | "container.start" | "container.stop" | "container.rm"
                 | "container.logs" => r#","arguments":{"name":"x"}"#,

@@ -157,6 +157,7 @@ pub(super) fn restore(a: &super::RestoreArgs) -> anyhow::Result<ExitCode> {
                     name: format!("thin-{}", d.dev_id),
                     id: d.dev_id.0,
                     size: end.saturating_mul(bs.bytes()),
+                    export: false,
                 }
             })
             .collect();

@@ -42,6 +42,8 @@ pub enum Command {
     Init(InitArgs),
     /// Create an empty thin volume.
     Create(CreateArgs),
+    /// Mark a volume as created for export (offered under `thinpool serve --exports flagged`).
+    Offer(OfferArgs),
     /// Snapshot a volume as a new volume.
     Snapshot(SnapshotArgs),
     /// Remove a volume and free the blocks only it used.
@@ -147,6 +149,21 @@ pub struct CreateArgs {
     /// Virtual size (bytes, or K/M/G/T).
     #[arg(long, value_parser = size_arg)]
     pub size: u64,
+    /// Create it for export: offered to NBD clients even by a daemon serving
+    /// `--exports flagged` (the appliance's default).
+    #[arg(long)]
+    pub export: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct OfferArgs {
+    #[command(flatten)]
+    pub pool: PoolDir,
+    /// The volume.
+    pub name: String,
+    /// Take the mark away instead.
+    #[arg(long)]
+    pub off: bool,
 }
 
 #[derive(Debug, Args)]
@@ -365,6 +382,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Init(a) => pool::init(&a),
         Command::Create(a) => pool::create(&a),
+        Command::Offer(a) => pool::offer(&a),
         Command::Snapshot(a) => pool::snapshot(&a),
         Command::Remove(a) => pool::remove(&a),
         Command::List(a) => pool::list(&a),

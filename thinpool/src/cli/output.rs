@@ -16,6 +16,8 @@ pub struct VolumeRow {
     pub mapped_bytes: u64,
     /// Mapped bytes as a percentage of the virtual size (lvs `Data%`).
     pub data_percent: f64,
+    /// Created for export (offered by `thinpool serve --exports flagged`).
+    pub export: bool,
 }
 
 impl VolumeRow {
@@ -23,7 +25,11 @@ impl VolumeRow {
         let mapped_bytes = mapped_blocks.saturating_mul(block_bytes);
         let data_percent =
             if size == 0 { 0.0 } else { (mapped_bytes as f64 / size as f64 * 100.0).min(100.0) };
-        VolumeRow { name, id, size, mapped_blocks, mapped_bytes, data_percent }
+        VolumeRow { name, id, size, mapped_blocks, mapped_bytes, data_percent, export: false }
+    }
+
+    pub fn exported(self, export: bool) -> Self {
+        Self { export, ..self }
     }
 }
 
@@ -49,8 +55,8 @@ pub struct PoolStatus {
 }
 
 pub fn list_table(rows: &[VolumeRow]) -> String {
-    let header = ["NAME", "ID", "VSIZE", "MAPPED", "DATA%"];
-    let cells: Vec<[String; 5]> = rows
+    let header = ["NAME", "ID", "VSIZE", "MAPPED", "DATA%", "EXPORT"];
+    let cells: Vec<[String; 6]> = rows
         .iter()
         .map(|r| {
             [
@@ -59,6 +65,7 @@ pub fn list_table(rows: &[VolumeRow]) -> String {
                 binary_size(r.size),
                 binary_size(r.mapped_bytes),
                 format!("{:.2}", r.data_percent),
+                if r.export { "yes" } else { "-" }.to_owned(),
             ]
         })
         .collect();
@@ -68,7 +75,7 @@ pub fn list_table(rows: &[VolumeRow]) -> String {
             *w = (*w).max(c.len());
         }
     }
-    let line = |cols: [&str; 5]| {
+    let line = |cols: [&str; 6]| {
         let mut s = format!("{:<w$}", cols[0], w = width[0]);
         for (i, c) in cols.iter().enumerate().skip(1) {
             s.push_str(&format!("  {c:>w$}", w = width[i]));
@@ -78,7 +85,7 @@ pub fn list_table(rows: &[VolumeRow]) -> String {
     };
     let mut out = line(header);
     for row in &cells {
-        out.push_str(&line([&row[0], &row[1], &row[2], &row[3], &row[4]]));
+        out.push_str(&line(row.each_ref().map(String::as_str)));
     }
     out
 }
@@ -117,7 +124,7 @@ mod tests {
     fn rows() -> Vec<VolumeRow> {
         vec![
             VolumeRow::new("base".into(), 0, 64 << 20, 512, 64 << 10),
-            VolumeRow::new("snap-of-base".into(), 1, 64 << 20, 1024, 64 << 10),
+            VolumeRow::new("snap-of-base".into(), 1, 64 << 20, 1024, 64 << 10).exported(true),
         ]
     }
 
@@ -125,9 +132,9 @@ mod tests {
     fn list_is_an_aligned_table() {
         let t = list_table(&rows());
         let lines: Vec<&str> = t.lines().collect();
-        assert_eq!(lines[0], "NAME          ID   VSIZE  MAPPED   DATA%");
-        assert_eq!(lines[1], "base           0  64.00m  32.00m   50.00");
-        assert_eq!(lines[2], "snap-of-base   1  64.00m  64.00m  100.00");
+        assert_eq!(lines[0], "NAME          ID   VSIZE  MAPPED   DATA%  EXPORT");
+        assert_eq!(lines[1], "base           0  64.00m  32.00m   50.00       -");
+        assert_eq!(lines[2], "snap-of-base   1  64.00m  64.00m  100.00     yes");
     }
 
     #[test]
@@ -136,6 +143,7 @@ mod tests {
         assert_eq!(v[0]["name"], "base");
         assert_eq!(v[0]["mapped_bytes"], 32u64 << 20);
         assert_eq!(v[1]["data_percent"], 100.0);
+        assert_eq!((v[0]["export"].as_bool(), v[1]["export"].as_bool()), (Some(false), Some(true)));
     }
 
     #[test]

@@ -8,7 +8,9 @@ use anyhow::{anyhow, bail, Context};
 
 use super::output::{list_table, status_text, to_json, PoolStatus, VolumeRow};
 use super::size::binary_size;
-use super::{AttachArgs, CreateArgs, InitArgs, ListArgs, RemoveArgs, SnapshotArgs, StatusArgs};
+use super::{
+    AttachArgs, CreateArgs, InitArgs, ListArgs, OfferArgs, RemoveArgs, SnapshotArgs, StatusArgs,
+};
 use rustix::fs::FlockOperation;
 use thinpool::daemon::control;
 use thinpool::daemon::PoolLock;
@@ -19,8 +21,10 @@ use thinpool::units::Sectors;
 /// The management operations. Today they open the pool files directly ([`LocalPool`]); a
 /// client that forwards them to a running `thinpool serve` implements the same trait.
 pub(super) trait Manage {
-    /// Creates a volume and returns its thin id.
-    fn create_volume(&self, name: &str, size: u64) -> anyhow::Result<u64>;
+    /// Creates a volume (marked as created for export when `export`) and returns its thin id.
+    fn create_volume(&self, name: &str, size: u64, export: bool) -> anyhow::Result<u64>;
+    /// Marks a volume as created for export, or takes the mark away.
+    fn set_export(&self, name: &str, export: bool) -> anyhow::Result<()>;
     fn snapshot_volume(&self, origin: &str, name: &str) -> anyhow::Result<u64>;
     fn remove_volume(&self, name: &str) -> anyhow::Result<()>;
     fn volumes(&self) -> anyhow::Result<Vec<VolumeRow>>;
@@ -187,8 +191,12 @@ fn fs_available(path: &Path) -> Option<u64> {
 }
 
 impl Manage for LocalPool {
-    fn create_volume(&self, name: &str, size: u64) -> anyhow::Result<u64> {
-        Ok(self.svc.create_volume(name, size)?.0)
+    fn create_volume(&self, name: &str, size: u64, export: bool) -> anyhow::Result<u64> {
+        Ok(self.svc.create_volume_for(name, size, export)?.0)
+    }
+
+    fn set_export(&self, name: &str, export: bool) -> anyhow::Result<()> {
+        Ok(self.svc.set_export(name, export)?)
     }
 
     fn snapshot_volume(&self, origin: &str, name: &str) -> anyhow::Result<u64> {
@@ -206,7 +214,7 @@ impl Manage for LocalPool {
             .svc
             .volumes()?
             .into_iter()
-            .map(|v| VolumeRow::new(v.name, v.id.0, v.size, v.mapped_blocks, bs))
+            .map(|v| VolumeRow::new(v.name, v.id.0, v.size, v.mapped_blocks, bs).exported(v.export))
             .collect())
     }
 
@@ -295,8 +303,17 @@ pub(super) fn init(a: &InitArgs) -> anyhow::Result<ExitCode> {
 
 pub(super) fn create(a: &CreateArgs) -> anyhow::Result<ExitCode> {
     let m = manage(&a.pool.dir, Access::Exclusive)?;
-    let id = m.create_volume(&a.name, a.size)?;
-    println!("created volume {} (id {id}, {})", a.name, binary_size(a.size));
+    let id = m.create_volume(&a.name, a.size, a.export)?;
+    let how = if a.export { ", for export" } else { "" };
+    println!("created volume {} (id {id}, {}{how})", a.name, binary_size(a.size));
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(super) fn offer(a: &OfferArgs) -> anyhow::Result<ExitCode> {
+    let m = manage(&a.pool.dir, Access::Exclusive)?;
+    m.set_export(&a.name, !a.off)?;
+    let how = if a.off { "no longer offered" } else { "offered" };
+    println!("volume {} is {how} to NBD clients under --exports flagged", a.name);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -381,8 +398,13 @@ impl DaemonPool {
 }
 
 impl Manage for DaemonPool {
-    fn create_volume(&self, name: &str, size: u64) -> anyhow::Result<u64> {
-        Ok(self.client().create(name, size)?)
+    fn create_volume(&self, name: &str, size: u64, export: bool) -> anyhow::Result<u64> {
+        let c = self.client();
+        Ok(if export { c.create_for_export(name, size)? } else { c.create(name, size)? })
+    }
+
+    fn set_export(&self, name: &str, export: bool) -> anyhow::Result<()> {
+        Ok(self.client().set_export(name, export)?)
     }
 
     fn snapshot_volume(&self, origin: &str, name: &str) -> anyhow::Result<u64> {
@@ -399,7 +421,9 @@ impl Manage for DaemonPool {
         let bs = c.status()?.block_bytes;
         Ok(c.list()?
             .into_iter()
-            .map(|v| VolumeRow::new(v.name, v.thin_id, v.size, v.mapped_blocks, bs))
+            .map(|v| {
+                VolumeRow::new(v.name, v.thin_id, v.size, v.mapped_blocks, bs).exported(v.export)
+            })
             .collect())
     }
 

@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 use thinpool::daemon::ServeConfig;
+use thinpool::export::pool::ExportScope;
 use thinpool::nbd::server::allow::{Cidr, ExportAllow};
 use thinpool::nbd::server::tls::TlsMode;
 
@@ -29,6 +30,11 @@ pub struct ServeOpts {
     /// Volumes attached with --kernel-fd are always read-only to NBD clients.
     #[arg(long, value_delimiter = ',')]
     pub local_only: Vec<String>,
+    /// Which volumes NBD clients see: all, or flagged (only volumes created for export, with
+    /// `thinpool create --export` or `thinpool offer`). This machine's own attaches (ublk,
+    /// --kernel-fd) reach every volume either way.
+    #[arg(long, value_enum, default_value_t = ExportsArg::All)]
+    pub exports: ExportsArg,
     /// Most NBD connections served at once.
     #[arg(long, default_value_t = 256)]
     pub max_connections: usize,
@@ -65,6 +71,13 @@ pub struct ServeOpts {
     pub io_flusher: bool,
 }
 
+/// `--exports` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExportsArg {
+    All,
+    Flagged,
+}
+
 /// `--tls` values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum TlsArg {
@@ -86,6 +99,10 @@ impl ServeOpts {
             allow: self.allow,
             export_allow: self.export_allow,
             local_only: self.local_only,
+            exports: match self.exports {
+                ExportsArg::All => ExportScope::All,
+                ExportsArg::Flagged => ExportScope::Flagged,
+            },
             max_connections: self.max_connections,
             max_per_address: self.max_per_address,
             tls: match self.tls {

@@ -38,6 +38,15 @@ pub enum Request {
     Create {
         name: String,
         size: u64,
+        /// Created for export: offered to NBD clients by a daemon serving `--exports
+        /// flagged` (the appliance). Volumes the machine makes for itself leave it unset.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        export: bool,
+    },
+    /// Marks a volume as created for export, or takes the mark away.
+    Export {
+        name: String,
+        export: bool,
     },
     Snapshot {
         origin: String,
@@ -104,6 +113,9 @@ pub struct VolumeEntry {
     /// Virtual size in bytes.
     pub size: u64,
     pub mapped_blocks: u64,
+    /// Created for export (see [`Request::Create`]).
+    #[serde(default)]
+    pub export: bool,
 }
 
 /// Blocks of one space (data: pool blocks; metadata: 4 KiB blocks).
@@ -143,6 +155,8 @@ pub struct DaemonStatus {
 pub enum Reply {
     /// `create`, `snapshot`.
     Created { thin_id: u64 },
+    /// `export`: the volume and its mark.
+    Exported { name: String, export: bool },
     /// `remove`: deleted now, or when its last user closes it.
     Removed { deferred: bool },
     /// `list`.
@@ -277,9 +291,24 @@ impl Client {
         self.call(req)
     }
 
+    /// Creates a volume for this machine's own use (not offered under `--exports flagged`).
     pub fn create(&self, name: &str, size: u64) -> Result<u64, ControlError> {
-        let r: CreatedReply = self.call(&Request::Create { name: name.into(), size })?;
+        let r: CreatedReply =
+            self.call(&Request::Create { name: name.into(), size, export: false })?;
         Ok(r.thin_id)
+    }
+
+    /// Creates a volume for export to NBD clients.
+    pub fn create_for_export(&self, name: &str, size: u64) -> Result<u64, ControlError> {
+        let r: CreatedReply =
+            self.call(&Request::Create { name: name.into(), size, export: true })?;
+        Ok(r.thin_id)
+    }
+
+    /// Marks a volume as created for export, or takes the mark away.
+    pub fn set_export(&self, name: &str, export: bool) -> Result<(), ControlError> {
+        let _: ExportedReply = self.call(&Request::Export { name: name.into(), export })?;
+        Ok(())
     }
 
     pub fn snapshot(&self, origin: &str, name: &str) -> Result<u64, ControlError> {
@@ -329,6 +358,14 @@ struct AttachedReply {
 #[derive(Deserialize)]
 struct MetadataSnapReply {
     metadata_snap: u64,
+}
+
+/// Checks the reply's shape only; its fields echo the request.
+#[derive(Deserialize)]
+#[allow(dead_code)]
+struct ExportedReply {
+    name: String,
+    export: bool,
 }
 
 #[derive(Deserialize)]
@@ -469,7 +506,7 @@ mod tests {
         fn handle(&self, req: Request) -> Result<Reply, Refusal> {
             let mut v = self.0.lock().unwrap();
             match req {
-                Request::Create { name, size } => {
+                Request::Create { name, size, .. } => {
                     if v.contains(&name) {
                         return Err(Refusal::new(RefusalKind::Exists, format!("exists: {name}")));
                     }
@@ -483,6 +520,7 @@ mod tests {
                             thin_id: 1,
                             size: 4096,
                             mapped_blocks: 0,
+                            export: false,
                         })
                         .collect(),
                 )),

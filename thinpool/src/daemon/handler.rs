@@ -104,8 +104,12 @@ impl control::Handler for PoolControl {
         let pool = svc.pool();
         // The service commits each change before returning (one Docker transaction).
         Ok(match req {
-            R::Create { name, size } => {
-                Reply::Created { thin_id: svc.create_volume(&name, size).map_err(refusal)?.0 }
+            R::Create { name, size, export } => Reply::Created {
+                thin_id: svc.create_volume_for(&name, size, export).map_err(refusal)?.0,
+            },
+            R::Export { name, export } => {
+                svc.set_export(&name, export).map_err(refusal)?;
+                Reply::Exported { name, export }
             }
             R::Snapshot { origin, name } => {
                 Reply::Created { thin_id: svc.snapshot_volume(&origin, &name).map_err(refusal)?.0 }
@@ -122,6 +126,7 @@ impl control::Handler for PoolControl {
                         thin_id: v.id.0,
                         size: v.size,
                         mapped_blocks: v.mapped_blocks,
+                        export: v.export,
                     })
                     .collect(),
             ),

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use thiserror::Error;
 
-use crate::export::pool::PoolCatalog;
+use crate::export::pool::{ExportScope, PoolCatalog};
 use crate::export::Catalog;
 use crate::nbd::server::allow::{AllowList, Cidr, ExportAllow};
 use crate::nbd::server::tls::{self, Tls, TlsMode};
@@ -47,6 +47,8 @@ pub struct ServeConfig {
     pub export_allow: Vec<ExportAllow>,
     /// Volumes never offered to NBD clients (only to `--kernel-fd` attaches).
     pub local_only: Vec<String>,
+    /// Every volume, or only those created for export.
+    pub exports: ExportScope,
     /// Most NBD connections served at once.
     pub max_connections: usize,
     /// Most NBD connections one client address may hold.
@@ -81,6 +83,7 @@ impl Default for ServeConfig {
             allow: Vec::new(),
             export_allow: Vec::new(),
             local_only: Vec::new(),
+            exports: ExportScope::All,
             max_connections: 256,
             max_per_address: 32,
             tls: TlsMode::Off,
@@ -263,7 +266,7 @@ pub fn serve_until(
         tracing::warn!("nbd: serving the pool read-only: {why}");
     }
     svc.start_autoextend().map_err(|e| DaemonError::Pool(e.to_string()))?;
-    let catalog = Arc::new(PoolCatalog::new(Arc::new(svc)));
+    let catalog = Arc::new(PoolCatalog::with_scope(Arc::new(svc), cfg.exports));
     // ublk devices a previous daemon of this pool served (it died): take them over before
     // anything else, their users are blocked until then.
     let ublk = Arc::new(Devices::new(catalog.clone(), &state));

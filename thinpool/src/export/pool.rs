@@ -58,20 +58,43 @@ impl Inner {
     }
 }
 
+/// Which volumes are offered to NBD clients (`thinpool serve --exports`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ExportScope {
+    /// Every volume (a pool served on its own, as nbdkit serves its files).
+    #[default]
+    All,
+    /// Only volumes created for export (see [`crate::pool::names::NameEntry::export`]): in an
+    /// appliance, the volumes it makes for itself (its store, a storage driver's devices) are
+    /// no one else's business. The machine's own clients (ublk, kernel nbd) see every volume.
+    Flagged,
+}
+
 /// The pool's volumes as NBD exports.
 pub struct PoolCatalog {
     inner: Arc<Inner>,
+    scope: ExportScope,
 }
 
 impl PoolCatalog {
     pub fn new(svc: Arc<Service>) -> Self {
+        Self::with_scope(svc, ExportScope::All)
+    }
+
+    pub fn with_scope(svc: Arc<Service>, scope: ExportScope) -> Self {
         Self {
             inner: Arc::new(Inner {
                 svc,
                 dirty: AtomicBool::new(false),
                 local: std::sync::Mutex::new(std::collections::HashMap::new()),
             }),
+            scope,
         }
+    }
+
+    /// Whether a remote client may see a volume with this mark.
+    fn offered(&self, export: bool) -> bool {
+        export || self.scope == ExportScope::All
     }
 
     pub fn service(&self) -> &Arc<Service> {
@@ -93,6 +116,9 @@ impl PoolCatalog {
     /// remote client of a volume that a local client has open gets it read-only, so nothing
     /// over the network writes under the feet of the filesystem mounted on it.
     fn open_volume(&self, name: &str, local: bool) -> Option<Arc<dyn Export>> {
+        if !local && !self.offered(self.inner.svc.volume(name).ok()?.export) {
+            return None;
+        }
         let handle = self.inner.svc.open_volume(name).ok()?;
         let size = handle.size().ok()?;
         let mut attached = self.inner.local.lock().unwrap_or_else(|p| p.into_inner());
@@ -116,6 +142,7 @@ impl Catalog for PoolCatalog {
         match self.inner.svc.volumes() {
             Ok(v) => v
                 .into_iter()
+                .filter(|v| self.offered(v.export))
                 .map(|v| ExportInfo {
                     description: format!("thin volume {} ({} bytes)", v.id, v.size),
                     name: v.name,
@@ -414,5 +441,34 @@ mod tests {
         drop(local);
         assert!(!cat.open("store").unwrap().read_only(), "detached: writable again");
         drop(remote);
+    }
+
+    #[test]
+    fn flagged_scope_offers_only_volumes_created_for_export() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = FilePool::create(dir.path(), 16 << 20, None, Sectors(128)).unwrap();
+        pool.commit().unwrap();
+        let svc =
+            Arc::new(Service::from_file_pool(dir.path(), pool, ServiceOptions::default()).unwrap());
+        svc.create_volume("store", 8 << 20).unwrap();
+        svc.create_volume_for("shared", 8 << 20, true).unwrap();
+        svc.snapshot_volume("shared", "shared-snap").unwrap();
+        svc.snapshot_volume("store", "store-snap").unwrap();
+        let names = |c: &PoolCatalog| c.list().into_iter().map(|e| e.name).collect::<Vec<_>>();
+        let all = PoolCatalog::with_scope(svc.clone(), ExportScope::All);
+        assert_eq!(names(&all), ["shared", "shared-snap", "store", "store-snap"]);
+        let cat = PoolCatalog::with_scope(svc.clone(), ExportScope::Flagged);
+        assert_eq!(names(&cat), ["shared", "shared-snap"], "a snapshot inherits the mark");
+        assert!(cat.open("store").is_none() && cat.open("store-snap").is_none());
+        assert!(cat.open("shared").is_some());
+        // The machine's own attach reaches every volume.
+        assert!(cat.open_for_local_client("store").is_some());
+        // The mark is persistent and can be changed while serving.
+        svc.set_export("store", true).unwrap();
+        assert!(cat.open("store").is_some());
+        svc.set_export("shared", false).unwrap();
+        assert_eq!(names(&cat), ["shared-snap", "store"]);
+        let e = svc.set_export("nope", true).unwrap_err();
+        assert_eq!(e.kind(), service::ErrorKind::NotFound, "{e}");
     }
 }

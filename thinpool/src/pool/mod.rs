@@ -62,6 +62,8 @@ pub struct VolumeInfo {
     pub size: u64,
     pub mapped_blocks: u64,
     pub details: DeviceDetails,
+    /// Created for export (see [`names::NameEntry::export`]).
+    pub export: bool,
 }
 
 /// A thin pool over a metadata device and a data device.
@@ -514,7 +516,7 @@ impl Pool {
         }
         let id = free_id(&m)?;
         m.change(|m| m.create_thin(id))?;
-        push_name(&mut m, name, id, size);
+        push_name(&mut m, name, id, size, false);
         Ok(id)
     }
 
@@ -532,7 +534,9 @@ impl Pool {
         }
         let id = free_id(&m)?;
         m.change(|m| m.create_snap(id, ThinId(o.id)))?;
-        push_name(&mut m, name, id, o.size);
+        // A snapshot holds its origin's data, so it is offered to exactly the clients the
+        // origin is.
+        push_name(&mut m, name, id, o.size, o.export);
         Ok(id)
     }
 
@@ -556,6 +560,21 @@ impl Pool {
             e.size = size;
         }
         m.names_dirty = true;
+        Ok(())
+    }
+
+    /// Marks a volume as created for export, or not; takes effect with the next commit.
+    pub fn set_export(&self, name: &str, export: bool) -> Result<()> {
+        let mut m = self.meta();
+        m.writable()?;
+        let t = m.names.as_mut().ok_or_else(Self::no_names)?;
+        let e = t.volumes.iter_mut().find(|e| e.name == name).ok_or_else(|| {
+            Error::new(ErrorKind::NotFound, format!("volume {name:?} does not exist"))
+        })?;
+        if e.export != export {
+            e.export = export;
+            m.names_dirty = true;
+        }
         Ok(())
     }
 
@@ -618,9 +637,9 @@ fn free_id(m: &Meta) -> Result<ThinId> {
         .ok_or_else(|| Error::new(ErrorKind::NoSpace, "every thin device id is in use"))
 }
 
-fn push_name(m: &mut Meta, name: &str, id: ThinId, size: u64) {
+fn push_name(m: &mut Meta, name: &str, id: ThinId, size: u64, export: bool) {
     if let Some(t) = m.names.as_mut() {
-        t.volumes.push(names::NameEntry { name: name.to_owned(), id: id.0, size });
+        t.volumes.push(names::NameEntry { name: name.to_owned(), id: id.0, size, export });
         m.names_dirty = true;
     }
 }
@@ -633,5 +652,6 @@ fn volume_info(m: &Meta, e: &names::NameEntry) -> Result<VolumeInfo> {
         size: e.size,
         mapped_blocks: d.details.mapped_blocks,
         details: d.details,
+        export: e.export,
     })
 }

@@ -24,6 +24,10 @@ pub struct NameEntry {
     pub id: u64,
     /// Virtual size in bytes.
     pub size: u64,
+    /// Created for export: a daemon serving with `--exports flagged` (the appliance) offers
+    /// only these to NBD clients. Absent in tables written before the flag existed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub export: bool,
 }
 
 /// The whole table, stamped with the trans_id it belongs to.
@@ -144,7 +148,7 @@ mod tests {
         let mut t = NameTable { trans_id: 1, volumes: vec![] };
         s.store(&t, 0).unwrap();
         t.trans_id = 2;
-        t.volumes.push(NameEntry { name: "v".into(), id: 3, size: 4096 });
+        t.volumes.push(NameEntry { name: "v".into(), id: 3, size: 4096, export: false });
         s.store(&t, 1).unwrap();
         assert_eq!(s.load(1).unwrap().unwrap().volumes.len(), 0);
         assert_eq!(s.load(2).unwrap().unwrap().volumes.len(), 1);

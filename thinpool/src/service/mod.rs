@@ -385,14 +385,33 @@ impl Service {
 
     /// Creates a volume of `size` bytes and commits (one Docker transaction).
     pub fn create_volume(&self, name: &str, size: u64) -> Result<ThinId> {
+        self.create_volume_for(name, size, false)
+    }
+
+    /// Creates a volume, marked as created for export when `export` (see
+    /// [`crate::pool::names::NameEntry::export`]), in one commit: a crash never leaves it half-marked.
+    pub fn create_volume_for(&self, name: &str, size: u64, export: bool) -> Result<ThinId> {
         let v = lock(&self.shared.vols);
         let _g = self.shared.writable()?;
         deferred::refuse_deferred(&v, name)?;
         self.shared.check_min_free_space()?;
         let doing = format!("creating volume {name:?}");
         let id = self.pool().create_volume(name, size).map_err(|e| Error::pool(&doing, e))?;
+        if export {
+            self.pool().set_export(name, true).map_err(|e| Error::pool(&doing, e))?;
+        }
         self.pool().commit().map_err(|e| Error::pool(&doing, e))?;
         Ok(id)
+    }
+
+    /// Marks a volume as created for export, or not, and commits.
+    pub fn set_export(&self, name: &str, export: bool) -> Result<()> {
+        let v = lock(&self.shared.vols);
+        self.shared.visible(&v, name)?;
+        let _g = self.shared.writable()?;
+        let doing = format!("marking {name:?} for export");
+        self.pool().set_export(name, export).map_err(|e| Error::pool(&doing, e))?;
+        self.pool().commit().map_err(|e| Error::pool(&doing, e))
     }
 
     /// Snapshots `origin` as `name` and commits. A volume waiting for deletion cannot be a

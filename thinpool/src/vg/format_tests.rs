@@ -18,7 +18,7 @@ fn sample_meta() -> GroupMeta {
         config: PoolConfig::default(),
         names: vec![NameTable {
             trans_id: 3,
-            volumes: vec![NameEntry { name: "base".into(), id: 1, size: 1 << 30 }],
+            volumes: vec![NameEntry { name: "base".into(), id: 1, size: 1 << 30, export: true }],
         }],
     }
 }
@@ -95,7 +95,12 @@ fn with_docker_names(n: u64) -> GroupMeta {
     let table = |t| NameTable {
         trans_id: t,
         volumes: (0..n)
-            .map(|i| NameEntry { name: format!("{i:064x}"), id: 0xFF_FFFF - i, size: 10 << 30 })
+            .map(|i| NameEntry {
+                name: format!("{i:064x}"),
+                id: 0xFF_FFFF - i,
+                size: 10 << 30,
+                export: false,
+            })
             .collect(),
     };
     meta.names = vec![table(1), table(2)];
@@ -179,7 +184,7 @@ proptest! {
             config: PoolConfig::default(),
             names: vec![NameTable {
                 trans_id: seq,
-                volumes: names.into_iter().map(|(name, id, size)| NameEntry { name, id, size }).collect(),
+                volumes: names.into_iter().map(|(name, id, size)| NameEntry { name, id, size, export: false }).collect(),
             }],
         };
         let s = Slot { seq, meta };
