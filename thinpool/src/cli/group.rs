@@ -19,6 +19,7 @@ use super::output::to_json;
 use super::pool::{open_pool, source, Access};
 use super::size::{binary_size, parse_size};
 use super::{DmsetupTableArgs, EventsArgs, ExtendArgs, InitArgs, ResizeArgs};
+use thinpool::pool::Pool;
 use thinpool::service::PoolSource;
 use thinpool::vg::{EventLog, PoolConfig, VgPool};
 
@@ -152,13 +153,13 @@ pub(super) fn resize(a: &ResizeArgs) -> anyhow::Result<ExitCode> {
         m.svc.resize_data(growth(d, cur)?)?;
     }
     if let Some(md) = &a.metadata {
-        let cur = pool.metadata_usage().total * thinpool::pdata::disk::BLOCK_SIZE as u64;
+        let cur = pool.metadata_usage().total * Pool::METADATA_BLOCK_BYTES;
         m.svc.resize_metadata(growth(md, cur)?)?;
     }
     println!(
         "data {}, metadata {}",
         binary_size(pool.data_usage().total * pool.block_bytes()),
-        binary_size(pool.metadata_usage().total * thinpool::pdata::disk::BLOCK_SIZE as u64)
+        binary_size(pool.metadata_usage().total * Pool::METADATA_BLOCK_BYTES)
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -192,23 +192,17 @@ fn lock_for_writing(p: &Path) -> anyhow::Result<Option<thinpool::daemon::PoolLoc
     Ok(Some(l))
 }
 
-/// Rewrites the superblock with needs_check cleared (and nothing else changed).
+/// Clears needs_check in the superblock (nothing else changes), as
+/// `thin_check --clear-needs-check-flag` does once the metadata is clean.
 fn clear_needs_check(p: &Path) -> anyhow::Result<()> {
-    use thinpool::pdata::disk::{self, Superblock, NEEDS_CHECK};
-    use thinpool::units::MetaBlock;
+    use thinpool::pdata::superblock::{needs_check, set_needs_check};
     let path = metadata_path(p)?;
     let dev = FileDevice::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
-    let mut raw = disk::zeroed();
-    dev.read_at(&mut raw[..], 0)?;
-    let mut sb = Superblock::decode(&raw, MetaBlock(0))
-        .map_err(|e| anyhow::anyhow!("superblock of {}: {e}", path.display()))?;
-    if sb.flags & NEEDS_CHECK == 0 {
-        return Ok(());
+    let what = || format!("superblock of {}", path.display());
+    if needs_check(&dev).with_context(what)? {
+        set_needs_check(&dev, false).with_context(what)?;
+        eprintln!("cleared needs_check in {}", path.display());
     }
-    sb.flags &= !NEEDS_CHECK;
-    dev.write_at(&sb.encode()[..], 0)?;
-    dev.flush()?;
-    eprintln!("cleared needs_check in {}", path.display());
     Ok(())
 }
 

@@ -225,7 +225,7 @@ impl Manage for LocalPool {
         let meta = pool.metadata_usage();
         let file = matches!(source(&self.dir), PoolSource::Dir(_));
         let cap = if file { fs_available(&self.dir).unwrap_or(u64::MAX) } else { u64::MAX };
-        let mb = thinpool::pdata::disk::BLOCK_SIZE as u64;
+        let mb = Pool::METADATA_BLOCK_BYTES;
         let docker = self.svc.status();
         Ok(PoolStatus {
             pool_dir: self.dir.display().to_string(),
@@ -267,7 +267,7 @@ pub(super) fn init(a: &InitArgs) -> anyhow::Result<ExitCode> {
         bail!("data size {} is smaller than one block ({})", data_size, a.block_size);
     }
     let sectors = Sectors(a.block_size / Sectors::SIZE);
-    if !u32::try_from(sectors.0).is_ok_and(thinpool::pdata::disk::valid_data_block_size) {
+    if !Pool::valid_block_bytes(a.block_size) {
         bail!("block size {}: dm-thin needs a multiple of 64K from 64K to 1G", a.block_size);
     }
     // Options are checked before anything is created.
@@ -295,7 +295,7 @@ pub(super) fn init(a: &InitArgs) -> anyhow::Result<ExitCode> {
         "created pool in {}: data {}, metadata {}, block size {}",
         dir.display(),
         binary_size(pool.data_usage().total * pool.block_bytes()),
-        binary_size(meta.total * thinpool::pdata::disk::BLOCK_SIZE as u64),
+        binary_size(meta.total * Pool::METADATA_BLOCK_BYTES),
         binary_size(pool.block_bytes())
     );
     Ok(ExitCode::SUCCESS)
@@ -430,7 +430,7 @@ impl Manage for DaemonPool {
     fn status(&self) -> anyhow::Result<PoolStatus> {
         let st = self.client().status()?;
         let bs = st.block_bytes;
-        let mb = thinpool::pdata::disk::BLOCK_SIZE as u64;
+        let mb = Pool::METADATA_BLOCK_BYTES;
         Ok(PoolStatus {
             pool_dir: self.dir.display().to_string(),
             data_file: self.dir.join(FilePool::DATA).display().to_string(),

@@ -86,6 +86,16 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Pool {
+    /// Bytes per metadata block (dm-thin's fixed 4 KiB); [`SpaceUsage`] of the metadata
+    /// counts these.
+    pub const METADATA_BLOCK_BYTES: u64 = BLOCK_SIZE as u64;
+
+    /// Whether dm-thin accepts a data block of `bytes` (64 KiB to 1 GiB, multiples of 64 KiB).
+    pub fn valid_block_bytes(bytes: u64) -> bool {
+        bytes.is_multiple_of(Sectors::SIZE)
+            && u32::try_from(bytes / Sectors::SIZE).is_ok_and(disk::valid_data_block_size)
+    }
+
     fn new(
         meta: Meta,
         meta_dev: Arc<dyn BlockDevice>,

@@ -53,8 +53,8 @@ impl Shared {
         if threshold >= 100 {
             return;
         }
-        let t = u128::from(threshold.max(50));
-        let over = |u: crate::pool::SpaceUsage| u128::from(u.used) * 100 >= t * u128::from(u.total);
+        let over =
+            |u: crate::pool::SpaceUsage| crate::vg::autoextend::reached(u.used, u.total, threshold);
         let (d, m) = (self.pool().data_usage(), self.pool().metadata_usage());
         let data = over(d) && self.kicked_at_total.swap(d.total, Ordering::SeqCst) != d.total;
         let meta = over(m) && self.kicked_at_meta.swap(m.total, Ordering::SeqCst) != m.total;

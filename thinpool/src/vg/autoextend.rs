@@ -43,15 +43,28 @@ pub enum AutoextendDecision {
     NoSpace { wanted: Extents },
 }
 
+/// The threshold in force: LVM raises a policy threshold below 50 % to 50 % (lvm.conf(5),
+/// `thin_pool_autoextend_threshold`).
+fn effective(threshold: u32) -> u128 {
+    u128::from(threshold.max(50))
+}
+
+/// Whether `used` of `size` has reached `threshold` percent (as raised by LVM); never for an
+/// empty region or a threshold of 100 or more (autoextend off). The pool's low-water events
+/// and the autoextend decision share this test.
+pub fn reached(used: u64, size: u64, threshold: u32) -> bool {
+    threshold < 100 && size > 0 && u128::from(used) * 100 >= effective(threshold) * u128::from(size)
+}
+
 fn decide(i: &AutoextendInput, threshold: u32, extra_percent: u32) -> AutoextendDecision {
     if i.threshold >= 100 || i.percent == 0 || i.extent_size == 0 {
         return AutoextendDecision::Disabled;
     }
-    let t = threshold.max(50) as u128;
-    let (used, size) = (i.used as u128, i.size as u128);
-    if size == 0 || used * 100 < t * size {
+    if !reached(i.used, i.size, threshold) {
         return AutoextendDecision::Below;
     }
+    let t = effective(threshold);
+    let (used, size) = (i.used as u128, i.size as u128);
     // Smallest size with used/size strictly under the threshold.
     let target = used * 100 / t + 1;
     let needed = target.saturating_sub(size);
