@@ -26,7 +26,6 @@ use tests::cli::{lamina_bin, Lamina};
 use tests::host_run;
 
 const SIZE: usize = 64 << 20;
-const BLOCK: usize = 64 << 10;
 const MIB: usize = 1 << 20;
 
 /// One round of changes to the volume.
@@ -101,7 +100,7 @@ fn apply(url: &str, model: &mut [u8], round: &[Change], dir: &Path) -> Result<()
 }
 
 /// Bytes of whole pool blocks a round touches (what an incremental must carry at most).
-fn changed_blocks(round: &[Change]) -> usize {
+fn changed_blocks(round: &[Change], block: usize) -> usize {
     let mut blocks = std::collections::BTreeSet::new();
     for c in round {
         let (offset, len) = match *c {
@@ -109,9 +108,9 @@ fn changed_blocks(round: &[Change]) -> usize {
             // A discard travels as one zero record, not as data.
             Change::Discard { .. } => continue,
         };
-        blocks.extend(offset / BLOCK..(offset + len).div_ceil(BLOCK));
+        blocks.extend(offset / block..(offset + len).div_ceil(block));
     }
-    blocks.len() * BLOCK
+    blocks.len() * block
 }
 
 /// The sha256 of an export, read whole over NBD with nbdcopy.
@@ -192,6 +191,8 @@ fn vm_send_receive_between_appliances() -> Result<()> {
     // Appliance A: the volume, its snapshots and their streams.
     boot("a", &l.home.join("a.raw"))?;
     l.json(&["vm", "ctl", "a", "volume.create", &format!(r#"{{"name":"vol","size":{SIZE}}}"#)])?;
+    let st = l.json(&["vm", "ctl", "a", "pool.status"])?;
+    let block = st["block_bytes"].as_u64().with_context(|| format!("{st}"))? as usize;
     let mut model = vec![0u8; SIZE];
     let mut digests = Vec::new();
     let url = format!("nbd://127.0.0.1:{port}/vol");
@@ -220,11 +221,11 @@ fn vm_send_receive_between_appliances() -> Result<()> {
         eprintln!(
             "[vm_send] s{i}: stream {len} bytes for {written} bytes written \
              ({} changed blocks' bytes)",
-            changed_blocks(round)
+            changed_blocks(round, block)
         );
         assert!(len >= written, "s{i}: a {len}-byte stream cannot carry {written} bytes");
         assert!(
-            len <= changed_blocks(round) + 8192,
+            len <= changed_blocks(round, block) + 8192,
             "s{i}: the stream ({len} bytes) is more than the changed blocks"
         );
         if i > 0 {
