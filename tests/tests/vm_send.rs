@@ -71,6 +71,15 @@ fn sha256(b: &[u8]) -> String {
     hex::encode(Sha256::digest(b))
 }
 
+/// libnbd's Python shell on `url` running `code`, under Debian's python (which has the nbd
+/// module; a python3 earlier in PATH may not).
+fn nbdsh(url: &str, code: &str) -> Command {
+    let mut c = Command::new("/usr/bin/python3");
+    // nbdsh is a shell wrapper around `python3 -m nbd`.
+    c.args(["-m", "nbd", "-u", url, "-c", code]);
+    c
+}
+
 /// Applies a round to the export over NBD (nbdsh, libnbd's Python shell) and to the model.
 fn apply(url: &str, model: &mut [u8], round: &[Change], dir: &Path) -> Result<()> {
     for c in round {
@@ -85,13 +94,13 @@ fn apply(url: &str, model: &mut [u8], round: &[Change], dir: &Path) -> Result<()
                      h.flush()",
                     f.display().to_string()
                 );
-                host_run(Command::new("nbdsh").args(["-u", url, "-c", &code]))
-                    .context("nbdsh (Debian package python3-libnbd / libnbd-bin)")?;
+                host_run(&mut nbdsh(url, &code))
+                    .context("nbdsh (Debian packages python3-libnbd, libnbd-bin)")?;
                 model[offset..offset + len].copy_from_slice(&data);
             }
             Change::Discard { offset, len } => {
                 let code = format!("h.trim({len}, {offset})\nh.flush()");
-                host_run(Command::new("nbdsh").args(["-u", url, "-c", &code]))?;
+                host_run(&mut nbdsh(url, &code))?;
                 model[offset..offset + len].fill(0);
             }
         }
