@@ -7,10 +7,17 @@
 //!               {"op":"image.save","image":NAME,"format":"docker"|"oci"}\n
 //!               {"op":"volume.restore","name":NAME}\n   then frames, as a load
 //!               {"op":"volume.backup","name":NAME}\n    answered as a save
+//!               {"op":"volume.receive","name":NAME,"base":B?}\n  then frames, as a load
+//!               {"op":"volume.send","name":SNAP,"from":B?}\n
 //! guest → host  {"ready":true}\n                     (load: header read, send the frames)
 //!               {"ok":true,"result":…}\n   or   {"ok":false,"error":"…"}\n
 //!               save: {"ok":true,"size":N}\n and then N bytes
+//!               volume.send: {"ready":true}\n, frames as a load's, then the result line
 //! ```
+//! `volume.send`/`volume.receive` carry the pool daemon's send stream (thinpool's
+//! `delta::stream`) straight between the port and the daemon, never staged: its size is not
+//! known up front (hence frames both ways), and a receive may be refused before its end
+//! (the result line then comes early, and the guest drops the frames still on their way).
 //! The host going away shows as a read of 0 bytes (virtio-serial: the port reports POLLHUP
 //! once the host side of the chardev is closed). A load whose end frame never came is
 //! dropped with its staging files: nothing of a half-streamed image reaches the store.
@@ -43,6 +50,21 @@ pub enum Header {
     /// A tar into a named volume (`lamina volume restore`), received like a load.
     #[serde(rename = "volume.restore")]
     VolumeRestore { name: String },
+    /// A pool volume (snapshot) as the daemon's send stream, whole or from `from`.
+    #[serde(rename = "volume.send")]
+    VolumeSend {
+        name: String,
+        #[serde(default)]
+        from: Option<String>,
+    },
+    /// A send stream into a new pool volume `name` (an incremental onto `base`, default the
+    /// base the stream names).
+    #[serde(rename = "volume.receive")]
+    VolumeReceive {
+        name: String,
+        #[serde(default)]
+        base: Option<String>,
+    },
 }
 
 fn docker() -> String {
@@ -116,6 +138,128 @@ pub fn copy_frames<R: Read + ?Sized>(r: &mut R, out: &mut dyn Write) -> Result<u
     }
 }
 
+/// The bytes of the host's frames as a `Read`: 0 at the end frame, an error when the host
+/// went away before it (so a consumer never takes a cut transfer for a whole one).
+pub struct FrameReader<'a, R: Read + ?Sized> {
+    inner: &'a mut R,
+    /// Bytes left in the current frame.
+    left: u32,
+    ended: bool,
+}
+
+impl<'a, R: Read + ?Sized> FrameReader<'a, R> {
+    pub fn new(inner: &'a mut R) -> Self {
+        Self { inner, left: 0, ended: false }
+    }
+
+    /// The port, e.g. to answer before the frames have ended.
+    pub fn get_mut(&mut self) -> &mut R {
+        self.inner
+    }
+
+    /// Whether the end frame was read.
+    pub fn ended(&self) -> bool {
+        self.ended
+    }
+
+    /// Reads and drops the frames still to come, up to the end frame.
+    pub fn drain(&mut self) -> Result<u64, DataError> {
+        let mut rest = 0u64;
+        loop {
+            let mut buf = [0u8; 64 << 10];
+            match self.read(&mut buf) {
+                Ok(0) => return Ok(rest),
+                Ok(n) => rest += n as u64,
+                Err(e) => return Err(DataError::Io { what: "drain", source: e }),
+            }
+        }
+    }
+
+    fn next_frame(&mut self) -> Result<(), DataError> {
+        let mut len = [0u8; 4];
+        read_full(self.inner, &mut len, "in the middle of the stream")?;
+        let len = u32::from_be_bytes(len);
+        if len > MAX_FRAME {
+            return Err(DataError::Protocol(format!("frame of {len} bytes (max {MAX_FRAME})")));
+        }
+        self.left = len;
+        self.ended = len == 0;
+        Ok(())
+    }
+}
+
+impl<R: Read + ?Sized> Read for FrameReader<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.left == 0 {
+            if self.ended || buf.is_empty() {
+                return Ok(0);
+            }
+            self.next_frame().map_err(std::io::Error::other)?;
+        }
+        let want = buf.len().min(self.left as usize);
+        let n = self.inner.read(&mut buf[..want])?;
+        if n == 0 {
+            let e = DataError::HostGone("in the middle of a frame");
+            return Err(std::io::Error::other(e));
+        }
+        self.left -= n as u32;
+        Ok(n)
+    }
+}
+
+/// Bytes written as frames of at most `FRAME_OUT` bytes; [`FrameWriter::finish`] writes
+/// what is buffered and the end frame.
+pub struct FrameWriter<'a, W: Write + ?Sized> {
+    inner: &'a mut W,
+    buf: Vec<u8>,
+    /// Payload bytes written so far.
+    pub written: u64,
+}
+
+/// Frame size the guest sends.
+pub const FRAME_OUT: usize = 256 << 10;
+
+impl<'a, W: Write + ?Sized> FrameWriter<'a, W> {
+    pub fn new(inner: &'a mut W) -> Self {
+        Self { inner, buf: Vec::with_capacity(FRAME_OUT), written: 0 }
+    }
+
+    fn emit(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        self.inner.write_all(&(self.buf.len() as u32).to_be_bytes())?;
+        self.inner.write_all(&self.buf)?;
+        self.written += self.buf.len() as u64;
+        self.buf.clear();
+        Ok(())
+    }
+
+    /// The last frame and the end frame.
+    pub fn finish(mut self) -> std::io::Result<u64> {
+        self.emit()?;
+        self.inner.write_all(&0u32.to_be_bytes())?;
+        self.inner.flush()?;
+        Ok(self.written)
+    }
+}
+
+impl<W: Write + ?Sized> Write for FrameWriter<'_, W> {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        let n = b.len().min(FRAME_OUT - self.buf.len());
+        self.buf.extend_from_slice(&b[..n]);
+        if self.buf.len() == FRAME_OUT {
+            self.emit()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.emit()?;
+        self.inner.flush()
+    }
+}
+
 /// Encodes one frame (host side, and tests).
 pub fn frame(bytes: &[u8]) -> Vec<u8> {
     let mut v = Vec::with_capacity(4 + bytes.len());
@@ -164,6 +308,43 @@ mod tests {
         assert_eq!(copy_frames(&mut r, &mut out).unwrap(), 11);
         assert_eq!(out, b"hello world");
         assert_eq!(r, b"next", "the end frame is the last byte read");
+    }
+
+    #[test]
+    fn rt_frame_reader_and_writer() {
+        let payload: Vec<u8> = (0..(FRAME_OUT * 2 + 77) as u32).map(|i| i as u8).collect();
+        let mut wire = Vec::new();
+        let mut w = FrameWriter::new(&mut wire);
+        for c in payload.chunks(10_000) {
+            w.write_all(c).unwrap();
+        }
+        assert_eq!(w.finish().unwrap(), payload.len() as u64);
+        wire.extend(b"{\"ok\":true}\n");
+        let mut r = &wire[..];
+        let mut fr = FrameReader::new(&mut r);
+        let mut back = Vec::new();
+        fr.read_to_end(&mut back).unwrap();
+        assert!(fr.ended() && back == payload);
+        assert_eq!(read_line(&mut r).unwrap(), r#"{"ok":true}"#, "the line after the frames");
+        // Drain after a consumer stopped early: up to the end frame, no further.
+        let mut r = &wire[..];
+        let mut fr = FrameReader::new(&mut r);
+        fr.read_exact(&mut [0u8; 100]).unwrap();
+        assert_eq!(fr.drain().unwrap(), payload.len() as u64 - 100);
+        assert_eq!(r, b"{\"ok\":true}\n");
+        // A cut is an error, never an end.
+        let cut = &wire[..FRAME_OUT + 100];
+        let e = FrameReader::new(&mut &cut[..]).read_to_end(&mut Vec::new()).unwrap_err();
+        assert!(e.to_string().contains("host went away"), "{e}");
+    }
+
+    #[test]
+    fn rt_volume_stream_headers() {
+        let h: Header =
+            serde_json::from_str(r#"{"op":"volume.send","name":"s2","from":"s1"}"#).unwrap();
+        assert_eq!(h, Header::VolumeSend { name: "s2".into(), from: Some("s1".into()) });
+        let h: Header = serde_json::from_str(r#"{"op":"volume.receive","name":"s1"}"#).unwrap();
+        assert_eq!(h, Header::VolumeReceive { name: "s1".into(), base: None });
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub mod error;
 pub mod service;
 pub mod spec;
 pub mod system;
+pub mod thin;
 
 use std::io::{BufReader, Read, Write};
 use std::path::{Path, PathBuf};
@@ -187,6 +188,9 @@ impl Images {
             Header::VolumeBackup { name } => {
                 self.send(s, |out| self.with(|st| st.volume_backup(&name, out)))
             }
+            // The pool's volumes: through the pool daemon, not the layer store.
+            Header::VolumeSend { name, from } => thin::send(s, &name, from.as_deref()),
+            Header::VolumeReceive { name, base } => thin::receive(s, &name, base.as_deref()),
         }
     }
 
@@ -274,8 +278,22 @@ impl Read for Port {
 }
 
 impl Write for Port {
+    /// Fails once the host is gone: a blocking write would otherwise wait for the next host
+    /// and hand it the rest of this session's bytes (virtio_console's `will_write_block`
+    /// blocks while `!host_connected`; its poll reports EPOLLHUP then).
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.write(buf)
+        use rustix::event::{poll, PollFd, PollFlags};
+        loop {
+            let mut fds = [PollFd::new(&self.0, PollFlags::OUT)];
+            poll(&mut fds, None)?;
+            let ev = fds[0].revents();
+            if ev.contains(PollFlags::OUT) {
+                return self.0.write(buf);
+            }
+            if ev.contains(PollFlags::HUP) {
+                return Err(std::io::ErrorKind::BrokenPipe.into());
+            }
+        }
     }
     fn flush(&mut self) -> std::io::Result<()> {
         self.0.flush()

@@ -1,4 +1,5 @@
-//! metadata-snap, delta: reading a consistent view of a pool that may be serving.
+//! metadata-snap, delta, send, receive: a pool that may be serving, read consistently and
+//! streamed (through its daemon when one serves it).
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -7,8 +8,6 @@ use anyhow::{bail, Context};
 
 use super::pool::{manage, try_manage_local, try_open_pool, Access, Busy};
 use super::{DeltaArgs, MetadataSnapArgs, ReceiveArgs, SendArgs, SnapAction};
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
 
 use thinpool::daemon::control::{self, MetadataSnapAction};
 use thinpool::delta;
@@ -89,14 +88,12 @@ pub(super) fn send_verb(a: &SendArgs) -> anyhow::Result<ExitCode> {
             let out = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
             send::send(p.pool(), &a.snap, a.from.as_deref(), out)?
         }
-        Err(Busy::Daemon(state)) => {
-            let req = |path: String| control::Request::Send {
-                snap: a.snap.clone(),
-                from: a.from.clone(),
-                path,
-            };
-            through_daemon(&state, req, Direction::FromDaemon)?
-        }
+        // A daemon serves the pool: it makes the stream (see daemon::transfer).
+        Err(Busy::Daemon(state)) => control::Client::new(state).send_to(
+            &a.snap,
+            a.from.as_deref(),
+            &mut std::io::stdout().lock(),
+        )?,
         Err(Busy::Other(e)) => return Err(e),
     };
     eprintln!(
@@ -112,14 +109,11 @@ pub(super) fn receive_verb(a: &ReceiveArgs) -> anyhow::Result<ExitCode> {
             let input = std::io::BufReader::with_capacity(1 << 20, std::io::stdin().lock());
             send::receive(p.pool(), &a.name, a.base.as_deref(), input)?
         }
-        Err(Busy::Daemon(state)) => {
-            let req = |path: String| control::Request::Receive {
-                name: a.name.clone(),
-                base: a.base.clone(),
-                path,
-            };
-            through_daemon(&state, req, Direction::ToDaemon)?
-        }
+        Err(Busy::Daemon(state)) => control::Client::new(state).receive_from(
+            &a.name,
+            a.base.as_deref(),
+            &mut std::io::stdin().lock(),
+        )?,
         Err(Busy::Other(e)) => return Err(e),
     };
     eprintln!(
@@ -127,80 +121,4 @@ pub(super) fn receive_verb(a: &ReceiveArgs) -> anyhow::Result<ExitCode> {
         a.name, s.data_bytes, s.records, s.stream_bytes
     );
     Ok(ExitCode::SUCCESS)
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Direction {
-    FromDaemon,
-    ToDaemon,
-}
-
-/// Runs a send or receive inside the daemon serving the pool: the stream passes through a
-/// FIFO in the daemon's state directory (mode 0600, like its control socket), copied to
-/// stdout or from stdin here while the control request waits for the daemon's answer.
-fn through_daemon(
-    state: &Path,
-    req: impl FnOnce(String) -> control::Request,
-    dir: Direction,
-) -> anyhow::Result<send::Stats> {
-    use rustix::fs::{FileType, Mode, CWD};
-    let fifo = state.join(format!("stream.{}.fifo", std::process::id()));
-    let _ = std::fs::remove_file(&fifo);
-    rustix::fs::mknodat(CWD, &fifo, FileType::Fifo, Mode::RUSR | Mode::WUSR, 0)
-        .with_context(|| format!("cannot make the FIFO {}", fifo.display()))?;
-    struct Remove<'a>(&'a Path);
-    impl Drop for Remove<'_> {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_file(self.0);
-        }
-    }
-    let _remove = Remove(&fifo);
-    let request = req(fifo.display().to_string());
-    let client = control::Client::new(state);
-    // Set once this side's open of the FIFO returned.
-    let opened = std::sync::atomic::AtomicBool::new(false);
-    std::thread::scope(|sc| {
-        let (fifo, opened) = (fifo.as_path(), &opened);
-        let answer = sc.spawn(move || {
-            let r = client.stream(&request);
-            if r.is_err() {
-                // The daemon may have refused before opening the FIFO: hold its other end
-                // open until this side's open has returned (then EOF or EPIPE follows).
-                let mut other = None;
-                while !opened.load(std::sync::atomic::Ordering::SeqCst) {
-                    if other.is_none() {
-                        other = std::fs::OpenOptions::new()
-                            .read(dir == Direction::ToDaemon)
-                            .write(dir == Direction::FromDaemon)
-                            .custom_flags(libc_nonblock())
-                            .open(fifo)
-                            .ok();
-                    }
-                    std::thread::sleep(std::time::Duration::from_millis(5));
-                }
-            }
-            r
-        });
-        let file = match dir {
-            Direction::FromDaemon => std::fs::File::open(fifo),
-            Direction::ToDaemon => std::fs::OpenOptions::new().write(true).open(fifo),
-        };
-        opened.store(true, std::sync::atomic::Ordering::SeqCst);
-        let copied = file.and_then(|mut f| match dir {
-            Direction::FromDaemon => std::io::copy(&mut f, &mut std::io::stdout().lock()),
-            Direction::ToDaemon => std::io::copy(&mut std::io::stdin().lock(), &mut f),
-        });
-        let reply = answer.join().map_err(|_| anyhow::anyhow!("the request thread panicked"))??;
-        copied.context("copying the stream")?;
-        match reply {
-            control::Reply::Streamed { stream_bytes, data_bytes, records } => {
-                Ok(send::Stats { stream_bytes, data_bytes, records })
-            }
-            other => bail!("unexpected answer from the daemon: {other:?}"),
-        }
-    })
-}
-
-fn libc_nonblock() -> i32 {
-    rustix::fs::OFlags::NONBLOCK.bits() as i32
 }

@@ -271,6 +271,11 @@ impl Client {
         Self { dir: dir.into() }
     }
 
+    /// The daemon's state directory (its control socket, and the FIFOs of streams).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// Whether a daemon's socket is there (it may still refuse connections if it died).
     pub fn socket_exists(&self) -> bool {
         socket_path(&self.dir).exists()

@@ -30,6 +30,7 @@ use crate::ublk::Devices;
 pub mod control;
 mod handler;
 pub mod kernel;
+pub mod transfer;
 
 /// What `thinpool serve` runs with (the binary parses its flags into this).
 #[derive(Debug, Clone)]

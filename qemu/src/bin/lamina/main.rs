@@ -8,6 +8,7 @@ mod container;
 mod image;
 mod out;
 mod system;
+mod thin;
 mod vm;
 
 use std::path::PathBuf;
@@ -33,7 +34,8 @@ enum Cmd {
     /// Images: load, ls, rm, save.
     #[command(subcommand)]
     Image(image::ImageCmd),
-    /// Named volumes: create, ls, rm, backup, restore.
+    /// Named volumes: create, ls, rm, backup, restore; the pool's thin volumes: snapshot,
+    /// send, receive, ls --pool.
     #[command(subcommand)]
     Volume(system::VolumeCmd),
     /// The store as a whole: df, prune.
@@ -184,6 +186,11 @@ mod tests {
         for verb in ["run", "ps", "logs", "stop", "start", "rm", "commit", "exec", "info"] {
             let c = cli.find_subcommand(verb).unwrap();
             assert!(c.get_arguments().any(|a| a.get_long() == Some("vm")), "{verb}");
+        }
+        let volume = cli.find_subcommand("volume").unwrap();
+        for verb in ["create", "ls", "rm", "backup", "restore", "snapshot", "send", "receive"] {
+            let c = volume.find_subcommand(verb).unwrap();
+            assert!(c.get_arguments().any(|a| a.get_long() == Some("vm")), "volume {verb}");
         }
         let image = cli.find_subcommand("image").unwrap();
         for verb in ["load", "ls", "rm", "save"] {

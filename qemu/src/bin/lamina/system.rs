@@ -1,5 +1,6 @@
 //! `lamina volume create|ls|rm|backup|restore`, `lamina system df|prune`, `lamina info`.
-//! (Named volumes live in the layer store; the pool's thin volumes stay `vm ctl … volume.*`.)
+//! (Named volumes live in the layer store; the pool's thin volumes, the NBD exports, have
+//! `volume snapshot|send|receive` and `volume ls --pool`, see [`crate::thin`].)
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -22,12 +23,15 @@ pub enum VolumeCmd {
         vm: VmArg,
         name: String,
     },
-    /// Lists named volumes.
+    /// Lists named volumes (--pool: the pool's thin volumes and snapshots, the NBD exports).
     Ls {
         #[command(flatten)]
         vm: VmArg,
         #[arg(long)]
         json: bool,
+        /// The thin pool's volumes and snapshots instead of the named volumes.
+        #[arg(long)]
+        pool: bool,
     },
     /// Removes named volumes no container uses.
     Rm {
@@ -51,6 +55,53 @@ pub enum VolumeCmd {
         name: String,
         #[arg(short, long)]
         input: Option<PathBuf>,
+    },
+    /// Snapshots one of the pool's thin volumes (an NBD export), like `lvcreate --snapshot`:
+    /// instant, sharing every block until either side changes it.
+    Snapshot {
+        #[command(flatten)]
+        vm: VmArg,
+        /// The thin volume (or snapshot) to snapshot.
+        volume: String,
+        /// Name of the new snapshot.
+        snapshot: String,
+    },
+    /// Writes a thin volume of the pool (normally a snapshot) as a send stream to stdout (or
+    /// -o FILE): whole, or with --from only what changed since an older snapshot.
+    /// `lamina volume receive` recreates it in another appliance.
+    Send {
+        #[command(flatten)]
+        vm: VmArg,
+        /// The snapshot (or volume) to send; a volume written meanwhile gives a stream the
+        /// receiver refuses.
+        name: String,
+        /// Send only what differs from this older snapshot (the receiver must hold it).
+        #[arg(long, value_name = "BASE")]
+        from: Option<String>,
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        /// No progress and no summary on stderr.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Creates thin volume NAME in the pool from a send stream on stdin (or -i FILE); kept
+    /// only when all of it checks out (a cut or corrupt stream is refused, nothing changes).
+    Receive {
+        #[command(flatten)]
+        vm: VmArg,
+        /// Name of the new volume.
+        name: String,
+        /// For an incremental stream: the volume here it applies to (default: the base name
+        /// the stream carries).
+        #[arg(long)]
+        base: Option<String>,
+        #[arg(short, long)]
+        input: Option<PathBuf>,
+        /// No progress and no summary on stderr.
+        #[arg(short, long)]
+        quiet: bool,
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -77,7 +128,7 @@ pub enum SystemCmd {
     },
 }
 
-fn data(home: &Path, vm: &str) -> Result<DataClient> {
+pub fn data(home: &Path, vm: &str) -> Result<DataClient> {
     let d = VmDir(vm_dir(home, vm));
     if !d.agent().exists() {
         bail!("VM {vm} is not running (`lamina vm run --name {vm}`)");
@@ -93,7 +144,8 @@ pub fn volume(home: &Path, cmd: VolumeCmd) -> Result<()> {
             println!("{name}");
             Ok(())
         }
-        VolumeCmd::Ls { vm, json } => {
+        VolumeCmd::Ls { vm, json, pool: true } => crate::thin::ls(home, &vm.name, json),
+        VolumeCmd::Ls { vm, json, pool: false } => {
             let v = call(home, &vm.name, "store.volume.ls", None)?;
             print(json, &v, |v| {
                 let mut t = Table::new(&["DRIVER", "VOLUME NAME", "SIZE", "CONTAINERS"]);
@@ -145,6 +197,21 @@ pub fn volume(home: &Path, cmd: VolumeCmd) -> Result<()> {
             println!("{name}");
             Ok(())
         }
+        VolumeCmd::Snapshot { vm, volume, snapshot } => {
+            crate::thin::snapshot(home, &vm.name, &volume, &snapshot)
+        }
+        VolumeCmd::Send { vm, name, from, output, quiet } => {
+            crate::thin::send(home, &vm.name, &name, from.as_deref(), output.as_ref(), quiet)
+        }
+        VolumeCmd::Receive { vm, name, base, input, quiet, json } => crate::thin::receive(
+            home,
+            &vm.name,
+            &name,
+            base.as_deref(),
+            input.as_ref(),
+            quiet,
+            json,
+        ),
     }
 }
 
