@@ -56,7 +56,13 @@ pub fn receive<S: Read + Write>(
     }
     write(s, "{\"ready\":true}\n")?;
     let mut frames = FrameReader::new(s);
-    let r = client.receive_from(name, base, &mut frames);
+    // A volume the host sends in is the host's: offered over NBD like the ones it creates
+    // (the daemon serves `--exports flagged`). Marked after the receive's own commit, so a
+    // crash in between leaves it unoffered, never the other way round.
+    let r = client.receive_from(name, base, &mut frames).and_then(|st| {
+        client.set_export(name, true).map_err(thinpool::daemon::transfer::TransferError::from)?;
+        Ok(st)
+    });
     let reply = r
         .map(|st| {
             tracing::info!("volume receive {name}: {} stream bytes", st.stream_bytes);
