@@ -157,7 +157,11 @@ fn nbd_metadata_exhaustion_answers_writes_with_eperm_and_keeps_reads() {
     for &i in [ok[0], ok[ok.len() / 2], *ok.last().unwrap()].iter() {
         assert_eq!(c.read(i * EXT, 8).unwrap(), i.to_le_bytes().to_vec(), "block {i}");
     }
-    let r = control::request(&pool, &Request::Create { name: "w".into(), size: 1 << 20 }).unwrap();
+    let r = control::request(
+        &pool,
+        &Request::Create { name: "w".into(), size: 1 << 20, encrypted: false, luks_header: None },
+    )
+    .unwrap();
     assert!(!r.ok && r.error.unwrap().contains("read-only"));
     c.disconnect();
     stop.store(true, Ordering::SeqCst);

@@ -3,7 +3,7 @@
 //! ```text
 //! host → guest  {"execute": "help" | "status" | "shutdown" | "exec", "arguments": {…}?, "id": N?}
 //!                pool verbs, answered by the pool daemon's control socket:
-//!                "volume.create" {name, size} | "volume.snapshot" {origin, name} |
+//!                "volume.create" {name, size, encrypted?} | "volume.snapshot" {origin, name} |
 //!                "volume.remove" {name} | "volume.list" | "pool.status" | "pool.extend" {device}
 //! guest → host  {"return": …, "id": N?}   or   {"error": {"code": "...", "message": "..."}, "id": N?}
 //! ```
@@ -31,6 +31,21 @@ pub enum Command {
     Container(ContainerRequest),
     /// A named-volume or whole-store verb.
     System(SystemRequest),
+    /// `store.unlock {passphrase}`: the encrypted store's passphrase for a waiting boot.
+    Unlock(Passphrase),
+}
+
+/// A passphrase; `Debug` does not print it (requests may be logged).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Passphrase {
+    pub passphrase: String,
+}
+
+impl std::fmt::Debug for Passphrase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Passphrase(<{} bytes>)", self.passphrase.len())
+    }
 }
 
 /// Named volumes (Docker's, in the layer store; not the pool's thin `volume.*`) and the
@@ -113,7 +128,11 @@ pub const VERBS: &[(&str, &str, &str)] = &[
     ("status", "", "uptime, kernel, memory, mounts, pool and XFS usage, READY summary"),
     ("shutdown", "", "orderly shutdown, then power off"),
     ("exec", "{argv, timeout_secs?}", "runs a command in the guest (lamina.debug=1 boots only)"),
-    ("volume.create", "{name, size}", "creates a thin volume (bytes)"),
+    (
+        "volume.create",
+        "{name, size, encrypted?}",
+        "creates a thin volume (bytes); encrypted: LUKS2 with the appliance's key",
+    ),
     ("volume.snapshot", "{origin, name}", "snapshots a volume"),
     ("volume.remove", "{name}", "removes a volume or snapshot"),
     ("volume.list", "", "lists the pool's volumes"),
@@ -129,6 +148,11 @@ pub const VERBS: &[(&str, &str, &str)] = &[
     ("container.logs", "{name, offset?}", "a container's output from a byte offset"),
     ("container.exec", "{name, argv, timeout_secs?}", "runs a command inside a container"),
     ("container.commit", "{name, image}", "commits a container's changes as an image"),
+    (
+        "store.unlock",
+        "{passphrase}",
+        "the encrypted store's passphrase, for a boot that waits for it",
+    ),
     ("store.volume.create", "{name}", "creates a named volume"),
     ("store.volume.ls", "", "lists named volumes, their size and users"),
     ("store.volume.rm", "{name}", "removes a named volume no container uses"),
@@ -335,6 +359,14 @@ pub fn parse_request(line: &str) -> Result<(Option<Value>, Command), Reply> {
         verb if verb.starts_with("container.") => {
             Command::Container(tagged(verb, raw.arguments, &id)?)
         }
+        "store.unlock" => {
+            let args = raw.arguments.ok_or_else(|| {
+                Reply::err(id.clone(), ErrorCode::BadRequest, "store.unlock needs {passphrase}")
+            })?;
+            Command::Unlock(serde_json::from_value(args).map_err(|e| {
+                Reply::err(id.clone(), ErrorCode::BadRequest, format!("store.unlock: {e}"))
+            })?)
+        }
         verb if verb.starts_with("store.") || verb.starts_with("system.") => {
             Command::System(tagged(verb, raw.arguments, &id)?)
         }
@@ -375,6 +407,9 @@ pub fn request_line(id: u64, cmd: &Command) -> String {
         Command::Status => ("status", None),
         Command::Shutdown => ("shutdown", None),
         Command::Exec(a) => ("exec", Some(serde_json::to_value(a).unwrap_or(Value::Null))),
+        Command::Unlock(p) => {
+            ("store.unlock", Some(serde_json::to_value(p).unwrap_or(Value::Null)))
+        }
         Command::Image(r) => {
             let (op, v) = untag(r);
             return encode(id, &op, Some(v));
@@ -419,7 +454,12 @@ mod tests {
         });
         use thinpool::daemon::control::Request as R;
         let pool = [
-            Command::Pool(R::Create { name: "v".into(), size: 1 << 30 }),
+            Command::Pool(R::Create {
+                name: "v".into(),
+                size: 1 << 30,
+                encrypted: false,
+                luks_header: None,
+            }),
             Command::Pool(R::Snapshot { origin: "v".into(), name: "s".into() }),
             Command::Pool(R::Remove { name: "s".into() }),
             Command::Pool(R::List),
@@ -536,6 +576,7 @@ mod tests {
                 "container.exec" => r#","arguments":{"name":"x","argv":["true"]}"#,
                 "container.commit" => r#","arguments":{"name":"x","image":"y"}"#,
                 "store.volume.create" | "store.volume.rm" => r#","arguments":{"name":"x"}"#,
+                "store.unlock" => r#","arguments":{"passphrase":"p"}"#,
                 _ => "",
             };
             let line = format!(r#"{{"execute":"{v}"{args}}}"#);
@@ -545,6 +586,17 @@ mod tests {
         for (name, _) in POOL_VERBS {
             assert!(VERBS.iter().any(|(v, ..)| v == name), "{name} missing from VERBS");
         }
+    }
+
+    #[test]
+    fn unlock_round_trips_and_never_prints_the_passphrase() {
+        let cmd = Command::Unlock(Passphrase { passphrase: "hunter2".into() });
+        let line = request_line(7, &cmd);
+        let (_, back) = parse_request(&line).unwrap();
+        assert_eq!(back, cmd);
+        assert!(!format!("{cmd:?}").contains("hunter2"));
+        let e = parse_request(r#"{"execute":"store.unlock"}"#).unwrap_err();
+        assert_eq!(e.id, None);
     }
 
     proptest::proptest! {

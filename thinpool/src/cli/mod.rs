@@ -147,6 +147,16 @@ pub struct CreateArgs {
     /// Virtual size (bytes, or K/M/G/T).
     #[arg(long, value_parser = size_arg)]
     pub size: u64,
+    /// Start the volume with a LUKS2 header made by `cryptsetup luksFormat` (Debian's
+    /// cryptsetup-bin), so `cryptsetup open` and dm-crypt read it. Needs --key-file.
+    #[arg(long, requires = "key_file")]
+    pub encrypt: bool,
+    /// The key (a file readable only by its owner; cryptsetup reads all of it).
+    #[arg(long, requires = "encrypt")]
+    pub key_file: Option<PathBuf>,
+    /// cryptsetup's --iter-time: milliseconds the key derivation takes when opening.
+    #[arg(long, requires = "encrypt")]
+    pub iter_time: Option<u32>,
 }
 
 #[derive(Debug, Args)]

@@ -21,6 +21,13 @@ use thinpool::units::Sectors;
 pub(super) trait Manage {
     /// Creates a volume and returns its thin id.
     fn create_volume(&self, name: &str, size: u64) -> anyhow::Result<u64>;
+    /// Creates a volume that starts with a LUKS2 header; returns its thin id.
+    fn create_encrypted(
+        &self,
+        name: &str,
+        size: u64,
+        header: &thinpool::luks::Header,
+    ) -> anyhow::Result<u64>;
     fn snapshot_volume(&self, origin: &str, name: &str) -> anyhow::Result<u64>;
     fn remove_volume(&self, name: &str) -> anyhow::Result<()>;
     fn volumes(&self) -> anyhow::Result<Vec<VolumeRow>>;
@@ -191,6 +198,15 @@ impl Manage for LocalPool {
         Ok(self.svc.create_volume(name, size)?.0)
     }
 
+    fn create_encrypted(
+        &self,
+        name: &str,
+        size: u64,
+        header: &thinpool::luks::Header,
+    ) -> anyhow::Result<u64> {
+        Ok(self.svc.create_encrypted_volume(name, size, header)?.0)
+    }
+
     fn snapshot_volume(&self, origin: &str, name: &str) -> anyhow::Result<u64> {
         Ok(self.svc.snapshot_volume(origin, name)?.0)
     }
@@ -295,8 +311,23 @@ pub(super) fn init(a: &InitArgs) -> anyhow::Result<ExitCode> {
 
 pub(super) fn create(a: &CreateArgs) -> anyhow::Result<ExitCode> {
     let m = manage(&a.pool.dir, Access::Exclusive)?;
-    let id = m.create_volume(&a.name, a.size)?;
-    println!("created volume {} (id {id}, {})", a.name, binary_size(a.size));
+    let Some(key) = a.key_file.as_deref().filter(|_| a.encrypt) else {
+        let id = m.create_volume(&a.name, a.size)?;
+        println!("created volume {} (id {id}, {})", a.name, binary_size(a.size));
+        return Ok(ExitCode::SUCCESS);
+    };
+    // The header is cryptsetup's own output; the key never leaves this process's cryptsetup
+    // child (a daemon gets only the header).
+    let opts = thinpool::luks::FormatOptions { iter_time_ms: a.iter_time, ..Default::default() };
+    let header = thinpool::luks::format(key, a.size, &opts)
+        .with_context(|| format!("cannot make a LUKS2 header for {}", a.name))?;
+    let id = m.create_encrypted(&a.name, a.size, &header)?;
+    println!(
+        "created encrypted volume {} (id {id}, {}, LUKS2 header {})",
+        a.name,
+        binary_size(a.size),
+        binary_size(header.len())
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -383,6 +414,15 @@ impl DaemonPool {
 impl Manage for DaemonPool {
     fn create_volume(&self, name: &str, size: u64) -> anyhow::Result<u64> {
         Ok(self.client().create(name, size)?)
+    }
+
+    fn create_encrypted(
+        &self,
+        name: &str,
+        size: u64,
+        header: &thinpool::luks::Header,
+    ) -> anyhow::Result<u64> {
+        Ok(self.client().create_encrypted(name, size, header)?)
     }
 
     fn snapshot_volume(&self, origin: &str, name: &str) -> anyhow::Result<u64> {

@@ -38,6 +38,12 @@ pub enum Request {
     Create {
         name: String,
         size: u64,
+        /// A LUKS2 volume: its header (cryptsetup's, see [`crate::luks`]) is read from the
+        /// FIFO `luks_header` names and written at offset 0 before the create commits.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        encrypted: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        luks_header: Option<String>,
     },
     Snapshot {
         origin: String,
@@ -278,8 +284,68 @@ impl Client {
     }
 
     pub fn create(&self, name: &str, size: u64) -> Result<u64, ControlError> {
-        let r: CreatedReply = self.call(&Request::Create { name: name.into(), size })?;
+        let req = Request::Create { name: name.into(), size, encrypted: false, luks_header: None };
+        let r: CreatedReply = self.call(&req)?;
         Ok(r.thin_id)
+    }
+
+    /// Creates a volume that starts with `header`. The header (16 MiB by cryptsetup's
+    /// defaults) is too large for a request line, so it passes through a FIFO in the
+    /// daemon's state directory (mode 0600, like the socket), written here while the daemon
+    /// reads it.
+    pub fn create_encrypted(
+        &self,
+        name: &str,
+        size: u64,
+        header: &crate::luks::Header,
+    ) -> Result<u64, ControlError> {
+        use std::os::unix::fs::OpenOptionsExt;
+        use std::sync::atomic::AtomicU32;
+        static SEQ: AtomicU32 = AtomicU32::new(0);
+        let n = SEQ.fetch_add(1, Ordering::Relaxed);
+        let fifo = self.dir.join(format!("luks.{}.{n}.fifo", std::process::id()));
+        let _ = std::fs::remove_file(&fifo);
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &fifo,
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::RUSR | rustix::fs::Mode::WUSR,
+            0,
+        )
+        .map_err(|e| ControlError::Io { path: fifo.clone(), source: e.into() })?;
+        let req = Request::Create {
+            name: name.into(),
+            size,
+            encrypted: true,
+            luks_header: Some(fifo.display().to_string()),
+        };
+        let opened = AtomicBool::new(false);
+        let r = std::thread::scope(|sc| {
+            let writer = sc.spawn(|| {
+                let f = std::fs::OpenOptions::new().write(true).open(&fifo);
+                opened.store(true, Ordering::SeqCst);
+                f.and_then(|mut f| f.write_all(header.bytes()))
+            });
+            let r: Result<CreatedReply, ControlError> = self.call(&req);
+            // A daemon that refused before opening the FIFO leaves the writer blocked in its
+            // open: open the other end until it returns (its writes then fail with EPIPE).
+            let mut other = None;
+            while !opened.load(Ordering::SeqCst) {
+                if other.is_none() {
+                    other = std::fs::OpenOptions::new()
+                        .read(true)
+                        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+                        .open(&fifo)
+                        .ok();
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            drop(other);
+            let _ = writer.join();
+            r
+        });
+        let _ = std::fs::remove_file(&fifo);
+        Ok(r?.thin_id)
     }
 
     pub fn snapshot(&self, origin: &str, name: &str) -> Result<u64, ControlError> {
@@ -469,7 +535,7 @@ mod tests {
         fn handle(&self, req: Request) -> Result<Reply, Refusal> {
             let mut v = self.0.lock().unwrap();
             match req {
-                Request::Create { name, size } => {
+                Request::Create { name, size, .. } => {
                     if v.contains(&name) {
                         return Err(Refusal::new(RefusalKind::Exists, format!("exists: {name}")));
                     }
