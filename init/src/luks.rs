@@ -176,6 +176,14 @@ pub fn plan(found: Found, key: bool, dev: &Path) -> Plan {
     }
 }
 
+/// cryptsetup's lock directory (its default, `/run/cryptsetup`): without it cryptsetup warns
+/// and cannot take its per-device locks.
+fn lock_dir() {
+    let mut b = std::fs::DirBuilder::new();
+    std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
+    let _ = b.recursive(true).create("/run/cryptsetup");
+}
+
 fn read_first(dev: &Path) -> Result<Vec<u8>, PoolError> {
     let mut buf = vec![0u8; 64 << 10];
     std::fs::File::open(dev)
@@ -272,6 +280,7 @@ pub fn unlock_store(
     step: &dyn Fn(&str),
 ) -> Result<(PathBuf, bool, bool), PoolError> {
     let found = classify(&read_first(dev)?);
+    lock_dir();
     let dev_s = dev.display().to_string();
     let plan = plan(found, *key != KeySource::None, dev);
     let format = match plan {
@@ -353,6 +362,7 @@ pub fn volume_header(size: u64, reaper: &Reaper) -> Result<thinpool::luks::Heade
         cryptsetup: Some(PathBuf::from(CRYPTSETUP)),
         ..Default::default()
     };
+    lock_dir();
     let (f, argv) = thinpool::luks::start(key, size, &opts)?;
     run(reaper, &argv, CRYPTSETUP_TIMEOUT)?;
     Ok(f.finish()?)

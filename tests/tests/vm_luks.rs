@@ -87,6 +87,10 @@ fn judge(hdr: &Path, key: &Path, wrong: &Path) -> Result<String> {
     Ok(dump)
 }
 
+fn args(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
 #[test]
 fn vm_luks_store_reboot_refusal_host_judge_volume_and_discards() -> Result<()> {
     let l = Lamina::new("vm_luks", Duration::from_secs(1800))?;
@@ -111,7 +115,6 @@ fn vm_luks_store_reboot_refusal_host_judge_volume_and_discards() -> Result<()> {
         }
         v.into_iter().map(str::to_owned).collect::<Vec<_>>()
     };
-    let args = |v: &[String]| v.iter().map(String::as_str).collect::<Vec<_>>().clone();
     let port_n: u16 = port.parse()?;
 
     // 0. A key file others can read is refused before anything starts.
@@ -148,7 +151,7 @@ fn vm_luks_store_reboot_refusal_host_judge_volume_and_discards() -> Result<()> {
 
     // volume.create {"encrypted": true}: a LUKS2 volume with the appliance's key.
     let req = r#"{"name":"encvol","size":67108864,"encrypted":true}"#;
-    let out = l.ok(&["vm", "ctl", "c", "volume.create", req])?;
+    let out = l.ok(&["vm", "ctl", "--timeout", "300", "c", "volume.create", req])?;
     ensure!(out.contains("thin_id"), "{out}");
     let vhdr = work.path().join("encvol.hdr");
     header_over_nbd(port_n, "encvol", &vhdr)?;
@@ -156,6 +159,8 @@ fn vm_luks_store_reboot_refusal_host_judge_volume_and_discards() -> Result<()> {
     let plain = l.fails(&[
         "vm",
         "ctl",
+        "--timeout",
+        "300",
         "c",
         "volume.create",
         r#"{"name":"x","size":1048576,"encrypted":true}"#,
