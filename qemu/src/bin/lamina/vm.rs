@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! lamina vm run [--name NAME] [--disk PATH[,size=8G][,readonly=on]].. [--memory MiB] [--cpus N]
-//!               [--nbd-port 10809] [--detach]
+//!               [--nbd-port 10809] [--detach] [--encrypt-key FILE | --unlock-wait SECS]
 //! lamina vm ctl NAME help | status | shutdown | exec ARGV.. | VERB [JSON]
 //! lamina vm stop NAME       power button, wait up to 20 s for QEMU to exit, then quit
 //! lamina vm unlock NAME     the encrypted store's passphrase (stdin) for a waiting boot
