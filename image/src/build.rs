@@ -59,8 +59,13 @@ fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> BuildEr
 }
 
 /// Dynamically linked programs shipped from Debian packages: (package, path in the package).
-pub(crate) const DYNAMIC_PROGRAMS: &[(&str, &str)] =
-    &[("xfsprogs", "sbin/mkfs.xfs"), ("xfsprogs", "usr/sbin/xfs_quota"), ("crun", "usr/bin/crun")];
+pub(crate) const DYNAMIC_PROGRAMS: &[(&str, &str)] = &[
+    ("xfsprogs", "sbin/mkfs.xfs"),
+    ("xfsprogs", "usr/sbin/xfs_quota"),
+    ("crun", "usr/bin/crun"),
+    // LUKS2 at rest (init's `luks`): format and open the store and encrypted volumes.
+    ("cryptsetup-bin", "sbin/cryptsetup"),
+];
 /// busybox applets linked in `bin/` for debug sessions.
 const BUSYBOX_APPLETS: &[&str] = &[
     "cat",

@@ -2,7 +2,8 @@
 //! closure of its DT_NEEDED libraries (fio links the rbd, gfapi, rdma, pmem and nbd engines into
 //! its binary, so the ceph, gluster, krb5, gnutls and icu libraries all load with it; pinned
 //! 2026-11-23 from bookworm). Kept apart from [`crate::pins`] and the dm pins; a library the
-//! default image already pins (liblzma5, libzstd1 for crun) is not pinned again here.
+//! default image already pins (liblzma5, libzstd1 for crun; libssl3, libargon2-1, libjson-c5,
+//! libcryptsetup12 for cryptsetup) is not pinned again here.
 //!
 //! A library the closure needs and no pin provides is a build error naming it; a pin whose
 //! package provides nothing the closure uses is caught by the variant's tests.
@@ -27,11 +28,6 @@ pub const FIO: &[DebPin] = &[
         sha256: "d1476e4beab3d85f8a7d31de94c27472711ed3ef399ce70708e24b259426125b",
     },
     DebPin {
-        package: "libargon2-1",
-        version: "0~20171227-0.3+deb12u1",
-        sha256: "4a8155b06270b88eed34d132acfc8ccc0b85499e1c4bfd7f31f8b199af42b1de",
-    },
-    DebPin {
         package: "libboost-iostreams1.74.0",
         version: "1.74.0+ds1-21",
         sha256: "231d7e7a14f0ea88942f926f13f1bb3f49404201dee2229cb16d664f96902d86",
@@ -50,11 +46,6 @@ pub const FIO: &[DebPin] = &[
         package: "libcom-err2",
         version: "1.47.0-2+b2",
         sha256: "a2bac7015e78fbc0c504df3e441f3a22292f1d2d77f9ccda760057f3690e22f2",
-    },
-    DebPin {
-        package: "libcryptsetup12",
-        version: "2:2.6.1-4~deb12u2",
-        sha256: "b9a607c219be5ef04bc0fcfaec3752d9a1ba07df8d3bb2aed9bf348f90d1b6cc",
     },
     DebPin {
         package: "libdaxctl1",
@@ -130,11 +121,6 @@ pub const FIO: &[DebPin] = &[
         package: "libidn2-0",
         version: "2.3.3-1+b1",
         sha256: "d50716d5824083d667427817d506b45d3f59dc77e1ca52de000f3f62d4918afa",
-    },
-    DebPin {
-        package: "libjson-c5",
-        version: "0.16-2",
-        sha256: "d0e1ed8637d1c26b9720f6057d6355f18378bba5cc2553e459d1632783c00d70",
     },
     DebPin {
         package: "libk5crypto3",
@@ -220,11 +206,6 @@ pub const FIO: &[DebPin] = &[
         package: "librdmacm1",
         version: "44.0-2",
         sha256: "16b18625834371d023b81477823074ea0d34c478d58dbef3f01107984f47d034",
-    },
-    DebPin {
-        package: "libssl3",
-        version: "3.0.22-1~deb12u2",
-        sha256: "cb4784740daa9b3b0eaea2b444bbefa686794afbbf3d678d238c1fd9875f2efd",
     },
     DebPin {
         package: "libstdc++6",

@@ -43,34 +43,12 @@ pub const DM: Variant = Variant {
     config: &[("CONFIG_BLK_DEV_DM", &["y", "m"]), ("CONFIG_DM_THIN_PROVISIONING", &["y", "m"])],
 };
 
-/// `dmsetup` and its libraries.
-const DM_DEBS: &[DebPin] = &[
-    DebPin {
-        package: "dmsetup",
-        version: "2:1.02.185-2",
-        sha256: "c73fc490b93c83550ed272de69ec96c5da30d4456b889f9e93c7fd8e53860b85",
-    },
-    DebPin {
-        package: "libdevmapper1.02.1",
-        version: "2:1.02.185-2",
-        sha256: "aaa78ca236055fedccf637eacf7bda02bf1980b2db668dccd202b04d0d2cfe04",
-    },
-    DebPin {
-        package: "libselinux1",
-        version: "3.4-1+b6",
-        sha256: "2b07f5287b9105f40158b56e4d70cc1652dac56a408f3507b4ab3d061eed425f",
-    },
-    DebPin {
-        package: "libudev1",
-        version: "252.39-1~deb12u2",
-        sha256: "6f7e08f11c4809d2e5998c775f7b423ab5ec2ce0309494b4a2615037052245e2",
-    },
-    DebPin {
-        package: "libpcre2-8-0",
-        version: "10.42-1+deb12u2",
-        sha256: "d2f7edfcc7689b9e0761c2742cc824ac86a20768bc5e8057818dc6875291fe76",
-    },
-];
+/// `dmsetup` (its libraries are in the default image: cryptsetup needs them too).
+const DM_DEBS: &[DebPin] = &[DebPin {
+    package: "dmsetup",
+    version: "2:1.02.185-2",
+    sha256: "c73fc490b93c83550ed272de69ec96c5da30d4456b889f9e93c7fd8e53860b85",
+}];
 
 impl Variant {
     /// Every pinned `.deb` of the variant, groups concatenated.

@@ -75,6 +75,10 @@ pub struct Pool {
     /// carrying an image archive).
     #[serde(default)]
     pub devices: String,
+    /// Seconds an encrypted store without a key disk waits for its passphrase through the
+    /// agent (`store.unlock`); 0: no wait (see [`crate::luks`]).
+    #[serde(default)]
+    pub passphrase_wait_secs: u64,
 }
 
 impl Pool {

@@ -14,6 +14,7 @@ pub mod boot;
 pub mod config;
 pub mod containers;
 pub mod evdev;
+pub mod luks;
 pub mod nbd;
 pub mod nbd_tls;
 pub mod netlink;
@@ -175,6 +176,8 @@ fn run(sfd: nix::Result<SignalFd>) -> ! {
             .unwrap_or_else(|e| panic!("built-in config is broken: {e}"))
     });
     say(&format!("lamina-init {} starting (debug={})", env!("CARGO_PKG_VERSION"), cfg.debug));
+    // cryptsetup's libdevmapper makes the /dev/mapper nodes itself: no udev runs here.
+    std::env::set_var("DM_DISABLE_UDEV", "1");
 
     // Modules.
     let order = std::fs::read_to_string("/etc/lamina/modules.order").unwrap_or_else(|e| {

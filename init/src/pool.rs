@@ -111,6 +111,8 @@ pub struct Pool {
     attached: bool,
     /// The store's block device (/dev/ublkb0 or /dev/nbd0) once attached.
     device: Option<PathBuf>,
+    /// The store is LUKS2, open as /dev/mapper/lamina-store ([`crate::luks`]).
+    crypt: bool,
     created: bool,
     daemon: Option<Arc<Daemon>>,
     supervisor: Option<JoinHandle<()>>,
@@ -367,6 +369,18 @@ impl Pool {
         let devices = crate::wait::pool_disks(&cfg.pool).map_err(|e| fail(e.to_string()))?;
         let devs = dev_list(&devices);
         pool.devices = devices;
+        let key = match crate::luks::find(Path::new("/sys/block")) {
+            Some(dev) => {
+                let key = PathBuf::from(crate::luks::KEY);
+                crate::luks::unpack(&dev, &key).map_err(|e| fail(e.to_string()))?;
+                step(&format!("store key from {}", dev.display()));
+                crate::luks::KeySource::File(key)
+            }
+            None if cfg.pool.passphrase_wait_secs > 0 => {
+                crate::luks::KeySource::Agent(Duration::from_secs(cfg.pool.passphrase_wait_secs))
+            }
+            None => crate::luks::KeySource::None,
+        };
         let mut argv_base = strings(&[
             THINPOOL,
             "serve",
@@ -497,7 +511,19 @@ impl Pool {
         );
         // 4. XFS.
         crate::wait::block_device(&sys).map_err(|e| fail(e.to_string()))?;
-        match probe(&nbd).map_err(|e| fail(format!("reading {}: {e}", nbd.display())))? {
+        if key != crate::luks::KeySource::None {
+            // dm-crypt and its crypto modules load in the background with the mount's.
+            before_mount();
+        }
+        let (nbd, crypt, fresh) = crate::luks::unlock_store(&nbd, &key, reaper, &step)?;
+        pool.crypt = crypt;
+        // A store just formatted LUKS2 decrypts its unwritten blocks to noise: it is new.
+        let contents = if fresh {
+            Contents::Empty
+        } else {
+            probe(&nbd).map_err(|e| fail(format!("reading {}: {e}", nbd.display())))?
+        };
+        match contents {
             Contents::Xfs => step(&format!("{} holds XFS", nbd.display())),
             c @ (Contents::Empty | Contents::Other) => {
                 if c == Contents::Other && !cfg.pool.force {
@@ -554,8 +580,9 @@ impl Pool {
     pub fn summary(&self) -> String {
         if self.wired {
             format!(
-                "pool: store on {} ({} GiB) at {MOUNT} over {}",
+                "pool: store on {}{} ({} GiB) at {MOUNT} over {}",
                 self.device.as_deref().unwrap_or(Path::new("?")).display(),
+                if self.crypt { " (LUKS2)" } else { "" },
                 self.size >> 30,
                 dev_list(&self.devices)
             )
@@ -605,6 +632,13 @@ impl Pool {
         }
         if !self.attached {
             return Step::Skipped("not attached");
+        }
+        if self.crypt {
+            match self.reaper.as_deref().map(crate::luks::close) {
+                Some(Ok(_)) => self.crypt = false,
+                Some(Err(e)) => return Step::Failed(e.to_string()),
+                None => {}
+            }
         }
         let r = match d.attach {
             Attach::Ublk => attach::ublk_detach(STORE)

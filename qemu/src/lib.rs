@@ -6,6 +6,7 @@ pub mod agent;
 pub mod cmdline;
 pub mod console;
 pub mod data;
+pub mod keydisk;
 pub mod qmp;
 pub mod tlsdisk;
 pub mod vm;

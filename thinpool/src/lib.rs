@@ -15,13 +15,15 @@
 //! ```
 //!
 //! Beside the layers: `check` (an independent metadata checker reading the device bytes) and
-//! `xml` (thin_dump / thin_restore XML). The `thinpool` command line lives in the binary.
+//! `xml` (thin_dump / thin_restore XML), and `luks` (LUKS2 headers for encrypted volumes, written
+//! by Debian's cryptsetup). The `thinpool` command line lives in the binary.
 
 pub mod check;
 pub mod daemon;
 pub mod delta;
 pub mod export;
 pub mod io;
+pub mod luks;
 pub mod nbd;
 pub mod pdata;
 pub mod pool;

@@ -23,9 +23,12 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Err(e) => {
-            // clap's message is several lines (error, blank, hint): keep the error line.
+            // clap's message is several lines (error, the arguments concerned indented below
+            // it, blank, hint): keep the error and its arguments, on one line.
             let msg = e.to_string();
-            let line = msg.lines().next().unwrap_or("bad arguments");
+            let line: Vec<&str> =
+                msg.lines().take_while(|l| !l.trim().is_empty()).map(str::trim).collect();
+            let line = if line.is_empty() { "bad arguments".to_owned() } else { line.join(" ") };
             eprintln!("thinpool: {} (see --help)", line.trim_start_matches("error: "));
             return ExitCode::from(2);
         }

@@ -72,6 +72,10 @@ pub fn handle(
             }
         }
         Cmd::Shutdown => (Reply::ok(id, serde_json::json!({"shutting_down": true})), true),
+        Cmd::Unlock(p) => match crate::luks::accept_passphrase(&p.passphrase) {
+            Ok(()) => (Reply::ok(id, serde_json::json!({"accepted": true})), false),
+            Err(e) => (Reply::err(id, ErrorCode::ExecFailed, e.to_string()), false),
+        },
         Cmd::System(req) => {
             let (images, ctrs) = {
                 let s = shared.lock().unwrap_or_else(|p| p.into_inner());
@@ -137,6 +141,24 @@ pub fn handle(
             let up = shared.lock().unwrap_or_else(|p| p.into_inner()).pool.is_some();
             if !up {
                 return (Reply::err(id, ErrorCode::ExecFailed, "the pool is not up"), false);
+            }
+            use thinpool::daemon::control::Request as R;
+            // An encrypted volume's LUKS2 header is made here, by cryptsetup with the
+            // appliance's key; the daemon only gets the header.
+            if let R::Create { name, size, export, encrypted: true, luks_header: None } = &req {
+                let r = crate::luks::volume_header(*size, reaper)
+                    .map_err(|e| units::chain(&e))
+                    .and_then(|h| {
+                        crate::pool::control_client()
+                            .create_encrypted(name, *size, &h, *export)
+                            .map_err(|e| units::chain(&e))
+                    });
+                return match r {
+                    Ok(thin_id) => {
+                        (Reply::ok(id, serde_json::json!({ "thin_id": thin_id })), false)
+                    }
+                    Err(e) => (Reply::err(id, ErrorCode::ExecFailed, e), false),
+                };
             }
             match crate::pool::control_request(&req) {
                 Ok(v) => (Reply::ok(id, v), false),
@@ -206,7 +228,11 @@ fn status(s: &Shared) -> Status {
         mounts,
         pool: s.pool.as_ref().map(|_| crate::pool::live_status()),
         ready: s.ready,
-        summary: s.summary.clone(),
+        // Before READY the summary is empty; say what the boot waits for, if anything.
+        summary: match crate::luks::waiting() {
+            Some(w) if s.summary.is_empty() => w,
+            _ => s.summary.clone(),
+        },
         debug: s.debug,
     }
 }

@@ -3,8 +3,9 @@
 //! ```text
 //! host → guest  {"execute": "help" | "status" | "shutdown" | "exec", "arguments": {…}?, "id": N?}
 //!                pool verbs, answered by the pool daemon's control socket:
-//!                "volume.create" {name, size} | "volume.snapshot" {origin, name} |
-//!                "volume.remove" {name} | "volume.list" | "pool.status" | "pool.extend" {device}
+//!                "volume.create" {name, size, export?, encrypted?} | "volume.export" {name, export} |
+//!                "volume.snapshot" {origin, name} | "volume.remove" {name} | "volume.list" |
+//!                "pool.status" | "pool.extend" {device}
 //! guest → host  {"return": …, "id": N?}   or   {"error": {"code": "...", "message": "..."}, "id": N?}
 //! ```
 //! Pure types and parsing; no I/O.
@@ -31,6 +32,21 @@ pub enum Command {
     Container(ContainerRequest),
     /// A named-volume or whole-store verb.
     System(SystemRequest),
+    /// `store.unlock {passphrase}`: the encrypted store's passphrase for a waiting boot.
+    Unlock(Passphrase),
+}
+
+/// A passphrase; `Debug` does not print it (requests may be logged).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Passphrase {
+    pub passphrase: String,
+}
+
+impl std::fmt::Debug for Passphrase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Passphrase(<{} bytes>)", self.passphrase.len())
+    }
 }
 
 /// Named volumes (Docker's, in the layer store; not the pool's thin `volume.*`) and the
@@ -115,8 +131,9 @@ pub const VERBS: &[(&str, &str, &str)] = &[
     ("exec", "{argv, timeout_secs?}", "runs a command in the guest (lamina.debug=1 boots only)"),
     (
         "volume.create",
-        "{name, size, export?}",
-        "creates a thin volume (bytes), for export unless export: false",
+        "{name, size, export?, encrypted?}",
+        "creates a thin volume (bytes), for export unless export: false; encrypted: LUKS2 with \
+         the appliance's key",
     ),
     ("volume.export", "{name, export}", "offers a volume to NBD clients, or stops offering it"),
     ("volume.snapshot", "{origin, name}", "snapshots a volume"),
@@ -134,6 +151,11 @@ pub const VERBS: &[(&str, &str, &str)] = &[
     ("container.logs", "{name, offset?}", "a container's output from a byte offset"),
     ("container.exec", "{name, argv, timeout_secs?}", "runs a command inside a container"),
     ("container.commit", "{name, image}", "commits a container's changes as an image"),
+    (
+        "store.unlock",
+        "{passphrase}",
+        "the encrypted store's passphrase, for a boot that waits for it",
+    ),
     ("store.volume.create", "{name}", "creates a named volume"),
     ("store.volume.ls", "", "lists named volumes, their size and users"),
     ("store.volume.rm", "{name}", "removes a named volume no container uses"),
@@ -341,6 +363,14 @@ pub fn parse_request(line: &str) -> Result<(Option<Value>, Command), Reply> {
         verb if verb.starts_with("container.") => {
             Command::Container(tagged(verb, raw.arguments, &id)?)
         }
+        "store.unlock" => {
+            let args = raw.arguments.ok_or_else(|| {
+                Reply::err(id.clone(), ErrorCode::BadRequest, "store.unlock needs {passphrase}")
+            })?;
+            Command::Unlock(serde_json::from_value(args).map_err(|e| {
+                Reply::err(id.clone(), ErrorCode::BadRequest, format!("store.unlock: {e}"))
+            })?)
+        }
         verb if verb.starts_with("store.") || verb.starts_with("system.") => {
             Command::System(tagged(verb, raw.arguments, &id)?)
         }
@@ -386,6 +416,9 @@ pub fn request_line(id: u64, cmd: &Command) -> String {
         Command::Status => ("status", None),
         Command::Shutdown => ("shutdown", None),
         Command::Exec(a) => ("exec", Some(serde_json::to_value(a).unwrap_or(Value::Null))),
+        Command::Unlock(p) => {
+            ("store.unlock", Some(serde_json::to_value(p).unwrap_or(Value::Null)))
+        }
         Command::Image(r) => {
             let (op, v) = untag(r);
             return encode(id, &op, Some(v));
@@ -430,7 +463,13 @@ mod tests {
         });
         use thinpool::daemon::control::Request as R;
         let pool = [
-            Command::Pool(R::Create { name: "v".into(), size: 1 << 30, export: true }),
+            Command::Pool(R::Create {
+                name: "v".into(),
+                size: 1 << 30,
+                export: true,
+                encrypted: false,
+                luks_header: None,
+            }),
             Command::Pool(R::Export { name: "v".into(), export: false }),
             Command::Pool(R::Snapshot { origin: "v".into(), name: "s".into() }),
             Command::Pool(R::Remove { name: "s".into() }),
@@ -479,11 +518,23 @@ mod tests {
         };
         assert_eq!(
             create(r#"{"name":"v","size":4096}"#),
-            R::Create { name: "v".into(), size: 4096, export: true }
+            R::Create {
+                name: "v".into(),
+                size: 4096,
+                export: true,
+                encrypted: false,
+                luks_header: None
+            }
         );
         assert_eq!(
             create(r#"{"name":"v","size":4096,"export":false}"#),
-            R::Create { name: "v".into(), size: 4096, export: false }
+            R::Create {
+                name: "v".into(),
+                size: 4096,
+                export: false,
+                encrypted: false,
+                luks_header: None
+            }
         );
     }
 
@@ -569,6 +620,7 @@ mod tests {
                 "container.exec" => r#","arguments":{"name":"x","argv":["true"]}"#,
                 "container.commit" => r#","arguments":{"name":"x","image":"y"}"#,
                 "store.volume.create" | "store.volume.rm" => r#","arguments":{"name":"x"}"#,
+                "store.unlock" => r#","arguments":{"passphrase":"p"}"#,
                 _ => "",
             };
             let line = format!(r#"{{"execute":"{v}"{args}}}"#);
@@ -578,6 +630,17 @@ mod tests {
         for (name, _) in POOL_VERBS {
             assert!(VERBS.iter().any(|(v, ..)| v == name), "{name} missing from VERBS");
         }
+    }
+
+    #[test]
+    fn unlock_round_trips_and_never_prints_the_passphrase() {
+        let cmd = Command::Unlock(Passphrase { passphrase: "hunter2".into() });
+        let line = request_line(7, &cmd);
+        let (_, back) = parse_request(&line).unwrap();
+        assert_eq!(back, cmd);
+        assert!(!format!("{cmd:?}").contains("hunter2"));
+        let e = parse_request(r#"{"execute":"store.unlock"}"#).unwrap_err();
+        assert_eq!(e.id, None);
     }
 
     proptest::proptest! {

@@ -153,6 +153,16 @@ pub struct CreateArgs {
     /// `--exports flagged` (the appliance's default).
     #[arg(long)]
     pub export: bool,
+    /// Start the volume with a LUKS2 header made by `cryptsetup luksFormat` (Debian's
+    /// cryptsetup-bin), so `cryptsetup open` and dm-crypt read it. Needs --key-file.
+    #[arg(long, requires = "key_file")]
+    pub encrypt: bool,
+    /// The key (a file readable only by its owner; cryptsetup reads all of it).
+    #[arg(long, requires = "encrypt")]
+    pub key_file: Option<PathBuf>,
+    /// cryptsetup's --iter-time: milliseconds the key derivation takes when opening.
+    #[arg(long, requires = "encrypt")]
+    pub iter_time: Option<u32>,
 }
 
 #[derive(Debug, Args)]

@@ -25,6 +25,14 @@ pub(super) trait Manage {
     fn create_volume(&self, name: &str, size: u64, export: bool) -> anyhow::Result<u64>;
     /// Marks a volume as created for export, or takes the mark away.
     fn set_export(&self, name: &str, export: bool) -> anyhow::Result<()>;
+    /// Creates a volume that starts with a LUKS2 header; returns its thin id.
+    fn create_encrypted(
+        &self,
+        name: &str,
+        size: u64,
+        header: &thinpool::luks::Header,
+        export: bool,
+    ) -> anyhow::Result<u64>;
     fn snapshot_volume(&self, origin: &str, name: &str) -> anyhow::Result<u64>;
     fn remove_volume(&self, name: &str) -> anyhow::Result<()>;
     fn volumes(&self) -> anyhow::Result<Vec<VolumeRow>>;
@@ -199,6 +207,16 @@ impl Manage for LocalPool {
         Ok(self.svc.set_export(name, export)?)
     }
 
+    fn create_encrypted(
+        &self,
+        name: &str,
+        size: u64,
+        header: &thinpool::luks::Header,
+        export: bool,
+    ) -> anyhow::Result<u64> {
+        Ok(self.svc.create_encrypted_volume(name, size, header, export)?.0)
+    }
+
     fn snapshot_volume(&self, origin: &str, name: &str) -> anyhow::Result<u64> {
         Ok(self.svc.snapshot_volume(origin, name)?.0)
     }
@@ -303,9 +321,24 @@ pub(super) fn init(a: &InitArgs) -> anyhow::Result<ExitCode> {
 
 pub(super) fn create(a: &CreateArgs) -> anyhow::Result<ExitCode> {
     let m = manage(&a.pool.dir, Access::Exclusive)?;
-    let id = m.create_volume(&a.name, a.size, a.export)?;
     let how = if a.export { ", for export" } else { "" };
-    println!("created volume {} (id {id}, {}{how})", a.name, binary_size(a.size));
+    let Some(key) = a.key_file.as_deref().filter(|_| a.encrypt) else {
+        let id = m.create_volume(&a.name, a.size, a.export)?;
+        println!("created volume {} (id {id}, {}{how})", a.name, binary_size(a.size));
+        return Ok(ExitCode::SUCCESS);
+    };
+    // The header is cryptsetup's own output; the key never leaves this process's cryptsetup
+    // child (a daemon gets only the header).
+    let opts = thinpool::luks::FormatOptions { iter_time_ms: a.iter_time, ..Default::default() };
+    let header = thinpool::luks::format(key, a.size, &opts)
+        .with_context(|| format!("cannot make a LUKS2 header for {}", a.name))?;
+    let id = m.create_encrypted(&a.name, a.size, &header, a.export)?;
+    println!(
+        "created encrypted volume {} (id {id}, {}, LUKS2 header {}{how})",
+        a.name,
+        binary_size(a.size),
+        binary_size(header.len())
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -405,6 +438,16 @@ impl Manage for DaemonPool {
 
     fn set_export(&self, name: &str, export: bool) -> anyhow::Result<()> {
         Ok(self.client().set_export(name, export)?)
+    }
+
+    fn create_encrypted(
+        &self,
+        name: &str,
+        size: u64,
+        header: &thinpool::luks::Header,
+        export: bool,
+    ) -> anyhow::Result<u64> {
+        Ok(self.client().create_encrypted(name, size, header, export)?)
     }
 
     fn snapshot_volume(&self, origin: &str, name: &str) -> anyhow::Result<u64> {

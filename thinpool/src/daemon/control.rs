@@ -42,6 +42,12 @@ pub enum Request {
         /// flagged` (the appliance). Volumes the machine makes for itself leave it unset.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         export: bool,
+        /// A LUKS2 volume: its header (cryptsetup's, see [`crate::luks`]) is read from the
+        /// FIFO `luks_header` names and written at offset 0 before the create commits.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        encrypted: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        luks_header: Option<String>,
     },
     /// Marks a volume as created for export, or takes the mark away.
     Export {
@@ -299,14 +305,26 @@ impl Client {
     /// Creates a volume for this machine's own use (not offered under `--exports flagged`).
     pub fn create(&self, name: &str, size: u64) -> Result<u64, ControlError> {
         let r: CreatedReply =
-            self.call(&Request::Create { name: name.into(), size, export: false })?;
+            self.call(&Request::Create {
+            name: name.into(),
+            size,
+            export: false,
+            encrypted: false,
+            luks_header: None,
+        })?;
         Ok(r.thin_id)
     }
 
     /// Creates a volume for export to NBD clients.
     pub fn create_for_export(&self, name: &str, size: u64) -> Result<u64, ControlError> {
         let r: CreatedReply =
-            self.call(&Request::Create { name: name.into(), size, export: true })?;
+            self.call(&Request::Create {
+            name: name.into(),
+            size,
+            export: true,
+            encrypted: false,
+            luks_header: None,
+        })?;
         Ok(r.thin_id)
     }
 

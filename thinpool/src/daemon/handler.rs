@@ -69,6 +69,21 @@ fn only_fifo(path: &str) -> Result<(), Refusal> {
     }
 }
 
+/// Reads a LUKS2 header from the FIFO a `create` names (at most [`crate::luks::HEADER_MAX`]
+/// bytes) and checks that it is one.
+fn read_luks_header(path: &str) -> Result<crate::luks::Header, Refusal> {
+    use std::io::Read;
+    only_fifo(path)?;
+    let f = std::fs::File::open(path)
+        .map_err(|e| Refusal::new(RefusalKind::Invalid, format!("opening {path}: {e}")))?;
+    let mut bytes = Vec::new();
+    f.take(crate::luks::HEADER_MAX + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| Refusal::new(RefusalKind::Invalid, format!("reading {path}: {e}")))?;
+    crate::luks::Header::from_bytes(bytes)
+        .map_err(|e| Refusal::new(RefusalKind::Invalid, format!("luks_header: {e}")))
+}
+
 /// The reply (or refusal) of a send or receive.
 fn streamed(
     r: Result<crate::delta::send::Stats, crate::delta::send::SendError>,
@@ -104,12 +119,26 @@ impl control::Handler for PoolControl {
         let pool = svc.pool();
         // The service commits each change before returning (one Docker transaction).
         Ok(match req {
-            R::Create { name, size, export } => Reply::Created {
-                thin_id: svc.create_volume_for(&name, size, export).map_err(refusal)?.0,
-            },
+            R::Create { name, size, export, encrypted: false, luks_header: None } => {
+                Reply::Created {
+                    thin_id: svc.create_volume_for(&name, size, export).map_err(refusal)?.0,
+                }
+            }
             R::Export { name, export } => {
                 svc.set_export(&name, export).map_err(refusal)?;
                 Reply::Exported { name, export }
+            }
+            R::Create { name, size, export, encrypted: true, luks_header: Some(path) } => {
+                let header = read_luks_header(&path)?;
+                let id = svc.create_encrypted_volume(&name, size, &header, export);
+                Reply::Created { thin_id: id.map_err(refusal)?.0 }
+            }
+            R::Create { .. } => {
+                return Err(Refusal::new(
+                    RefusalKind::Invalid,
+                    "an encrypted volume needs its LUKS2 header (written by cryptsetup) through \
+                     luks_header, and luks_header goes only with encrypted",
+                ))
             }
             R::Snapshot { origin, name } => {
                 Reply::Created { thin_id: svc.snapshot_volume(&origin, &name).map_err(refusal)?.0 }

@@ -63,7 +63,7 @@ impl Client {
         out: &mut dyn Write,
     ) -> Result<Stats, TransferError> {
         let req = |path| Request::Send { snap: snap.into(), from: from.map(Into::into), path };
-        self.through_fifo(req, Direction::FromDaemon, &mut io::empty(), out)
+        streamed(self.through_fifo(req, Direction::FromDaemon, &mut io::empty(), out)?)
     }
 
     /// `receive`: the daemon reads a stream from `input` into a new volume `name`, committed
@@ -76,16 +76,42 @@ impl Client {
         input: &mut dyn Read,
     ) -> Result<Stats, TransferError> {
         let req = |path| Request::Receive { name: name.into(), base: base.map(Into::into), path };
-        self.through_fifo(req, Direction::ToDaemon, input, &mut io::sink())
+        streamed(self.through_fifo(req, Direction::ToDaemon, input, &mut io::sink())?)
     }
 
+    /// Creates a volume that starts with `header` (see [`crate::luks`]); returns its thin id.
+    /// The header (16 MiB by cryptsetup's defaults) is too large for a request line, so it
+    /// passes through a FIFO like a receive's stream. `export`: see [`Request::Create`].
+    pub fn create_encrypted(
+        &self,
+        name: &str,
+        size: u64,
+        header: &crate::luks::Header,
+        export: bool,
+    ) -> Result<u64, TransferError> {
+        let req = |path| Request::Create {
+            name: name.into(),
+            size,
+            export,
+            encrypted: true,
+            luks_header: Some(path),
+        };
+        let mut bytes = header.bytes();
+        match self.through_fifo(req, Direction::ToDaemon, &mut bytes, &mut io::sink())? {
+            Reply::Created { thin_id } => Ok(thin_id),
+            other => Err(TransferError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// Sends the request `req(FIFO)` and moves the bytes through the FIFO (`input` to the
+    /// daemon, or the daemon's to `out`) while it answers; returns the daemon's reply.
     fn through_fifo(
         &self,
         req: impl FnOnce(String) -> Request,
         dir: Direction,
         input: &mut dyn Read,
         out: &mut dyn Write,
-    ) -> Result<Stats, TransferError> {
+    ) -> Result<Reply, TransferError> {
         use rustix::fs::{FileType, Mode, CWD};
         let n = NEXT.fetch_add(1, Ordering::SeqCst);
         let fifo = self.dir().join(format!("stream.{}.{n}.fifo", std::process::id()));
@@ -142,13 +168,17 @@ impl Client {
                 .map_err(|_| TransferError::Unexpected("the request thread panicked".into()))??;
             // The daemon's answer first: when it refused, the copy failed because of that.
             copied.map_err(TransferError::Copy)?;
-            match reply {
-                Reply::Streamed { stream_bytes, data_bytes, records } => {
-                    Ok(Stats { stream_bytes, data_bytes, records })
-                }
-                other => Err(TransferError::Unexpected(format!("{other:?}"))),
-            }
+            Ok(reply)
         })
+    }
+}
+
+fn streamed(reply: Reply) -> Result<Stats, TransferError> {
+    match reply {
+        Reply::Streamed { stream_bytes, data_bytes, records } => {
+            Ok(Stats { stream_bytes, data_bytes, records })
+        }
+        other => Err(TransferError::Unexpected(format!("{other:?}"))),
     }
 }
 

@@ -414,6 +414,38 @@ impl Service {
         self.pool().commit().map_err(|e| Error::pool(&doing, e))
     }
 
+    /// Creates a volume that starts with `header` (a LUKS2 header cryptsetup wrote, see
+    /// [`crate::luks`]) and commits; a volume the header does not fit in, or a failed write,
+    /// leaves no volume behind.
+    pub fn create_encrypted_volume(
+        &self,
+        name: &str,
+        size: u64,
+        header: &crate::luks::Header,
+        export: bool,
+    ) -> Result<ThinId> {
+        if size <= header.len() {
+            return Err(Error::new(
+                ErrorKind::Invalid,
+                format!(
+                    "creating encrypted volume {name:?}: {size} bytes leave no room for data \
+                     after the {}-byte LUKS2 header",
+                    header.len()
+                ),
+            ));
+        }
+        let id = self.create_volume_for(name, size, export)?;
+        let written = self.open_volume(name).and_then(|h| {
+            h.write(0, header.bytes())?;
+            self.commit()
+        });
+        if let Err(e) = written {
+            let _ = self.remove_volume(name);
+            return Err(e);
+        }
+        Ok(id)
+    }
+
     /// Snapshots `origin` as `name` and commits. A volume waiting for deletion cannot be a
     /// parent (Docker's rule for deleted devices).
     pub fn snapshot_volume(&self, origin: &str, name: &str) -> Result<ThinId> {

@@ -2,9 +2,10 @@
 //!
 //! ```text
 //! lamina vm run [--name NAME] [--disk PATH[,size=8G][,readonly=on]].. [--memory MiB] [--cpus N]
-//!               [--nbd-port 10809] [--detach]
+//!               [--nbd-port 10809] [--detach] [--encrypt-key FILE | --unlock-wait SECS]
 //! lamina vm ctl NAME help | status | shutdown | exec ARGV.. | VERB [JSON]
 //! lamina vm stop NAME       power button, wait up to 20 s for QEMU to exit, then quit
+//! lamina vm unlock NAME     the encrypted store's passphrase (stdin) for a waiting boot
 //! lamina vm console NAME    attach to the serial console
 //! lamina vm ls [--json]
 //! ```
@@ -43,6 +44,9 @@ pub enum VmCmd {
         #[arg(long, default_value_t = 20)]
         timeout: u64,
     },
+    /// Gives a boot that waits for it (`run --unlock-wait`) the encrypted store's passphrase,
+    /// read from stdin (one line; the newline is not part of it).
+    Unlock { vm: String },
     /// Attaches to the serial console (history first, then live).
     Console { vm: String },
     /// Lists the VMs under the home directory and whether they run.
@@ -100,6 +104,15 @@ pub struct RunArgs {
     /// server-cert.pem and server-key.pem (packed into a read-only config disk).
     #[arg(long, value_name = "DIR")]
     nbd_tls: Option<PathBuf>,
+    /// Encrypt the store (LUKS2, dm-crypt in the guest) with the key in FILE (mode 0600):
+    /// a new store is formatted with it, an encrypted one opened. Attached as a read-only
+    /// key disk that is deleted from the host once QEMU has opened it.
+    #[arg(long, value_name = "FILE")]
+    encrypt_key: Option<PathBuf>,
+    /// Without --encrypt-key: an encrypted store waits this long for its passphrase through
+    /// the agent (`lamina vm unlock NAME`); a new store is then formatted with it.
+    #[arg(long, value_name = "SECS", conflicts_with = "encrypt_key")]
+    unlock_wait: Option<u64>,
 }
 
 /// Where a VM's state lives: `<home>/vms/NAME`, or NAME itself when it is a path.
@@ -134,6 +147,7 @@ pub fn main(home: &Path, cmd: VmCmd) -> Result<()> {
                 bail!("{} ignored the power button for {timeout} s; sent quit", dir.display())
             }
         }
+        VmCmd::Unlock { vm } => unlock(&vm_dir(home, &vm)),
         VmCmd::Console { vm } => console(&vm_dir(home, &vm)),
         VmCmd::Ls { json } => ls(home, json),
     }
@@ -194,6 +208,14 @@ fn run(home: &Path, a: RunArgs) -> Result<()> {
         std::fs::create_dir_all(home).with_context(|| format!("creating {}", home.display()))?;
         disks.push(qemu::tlsdisk::build(dir, &home.join(format!("{}-nbd-tls.tar", a.name)))?);
     }
+    let mut key_disk = None;
+    if let Some(key) = &a.encrypt_key {
+        let dir = vm_dir(home, &a.name);
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let out = dir.join("key.disk");
+        disks.push(qemu::keydisk::build(key, &out)?);
+        key_disk = Some(qemu::keydisk::Remove(out));
+    }
     let mut append = a.append.clone();
     for o in &a.opts {
         let (k, v) = o.split_once('=').with_context(|| format!("--opt {o}: expected KEY=VALUE"))?;
@@ -204,6 +226,9 @@ fn run(home: &Path, a: RunArgs) -> Result<()> {
     }
     if a.debug {
         append.push("lamina.debug=1".into());
+    }
+    if let Some(secs) = a.unlock_wait {
+        append.push(format!("lamina.pool.passphrase_wait_secs={secs}"));
     }
     let kernel = a.kernel.unwrap_or_else(|| home.join("image/vmlinux"));
     let initrd = a.initrd.unwrap_or_else(|| home.join("image/initramfs.cpio"));
@@ -242,6 +267,12 @@ fn run(home: &Path, a: RunArgs) -> Result<()> {
     let sfd = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
         .context("signalfd")?;
     let mut vm = Vm::launch(&cfg, &dir)?;
+    if key_disk.is_some() {
+        // QMP greets once QEMU's main loop runs, i.e. after it opened every drive: then the
+        // host's copy of the key can go.
+        let _ = vm.qmp();
+        drop(key_disk);
+    }
     eprintln!(
         "lamina: VM {} starting ({:?}, {:?}); state in {}",
         a.name,
@@ -301,6 +332,24 @@ fn follow(vm: &mut Vm, sfd: &SignalFd) -> Result<()> {
             Some(&rustix::event::Timespec { tv_sec: 0, tv_nsec: 100_000_000 }),
         );
     }
+}
+
+/// `store.unlock` with a passphrase read from stdin (never from the command line, where
+/// other users' `ps` would see it).
+fn unlock(dir: &Path) -> Result<()> {
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line).context("reading the passphrase from stdin")?;
+    let passphrase = line.strip_suffix('\n').unwrap_or(&line);
+    let passphrase = passphrase.strip_suffix('\r').unwrap_or(passphrase);
+    if passphrase.is_empty() {
+        bail!("no passphrase on stdin");
+    }
+    let d = VmDir(dir.to_owned());
+    let mut c = qemu::agent::AgentClient::connect(&d.agent(), Duration::from_secs(2))
+        .with_context(|| format!("is VM {} running?", dir.display()))?;
+    c.call("store.unlock", Some(json!({ "passphrase": passphrase })), Duration::from_secs(10))?;
+    eprintln!("lamina: passphrase given to {}", dir.display());
+    Ok(())
 }
 
 fn ctl(dir: &Path, command: &str, args: &[String], timeout: u64) -> Result<()> {
