@@ -426,7 +426,9 @@ impl Networks {
             return Ok((a.netns.clone(), self.hosts(&a.network), self.resolv()));
         }
         self.check_ports(container, ports)?;
+        let t = std::time::Instant::now();
         self.load_modules()?;
+        let modules = t.elapsed();
         let resolv = self.resolv();
         std::fs::create_dir_all(&self.run)
             .and_then(|()| std::fs::write(&resolv, format!("nameserver {GUEST_DNS}\n")))
@@ -443,6 +445,7 @@ impl Networks {
         });
         let cni = Cni { reaper, plugin_dir: cni::PLUGIN_DIR.into() };
         let nsp = ns.to_string_lossy();
+        let t = std::time::Instant::now();
         let result = match cni.add(&list, container, &nsp, ports) {
             Ok(r) => r,
             Err(e) => {
@@ -472,7 +475,15 @@ impl Networks {
             },
         );
         self.write_hosts(network)?;
-        crate::say(&format!("container {container}: {ip} on network {network}"));
+        crate::say(&format!(
+            "container {container}: {ip} on network {network} (CNI ADD {:.1}s{})",
+            t.elapsed().as_secs_f64(),
+            if modules.as_millis() > 50 {
+                format!(", modules {:.1}s", modules.as_secs_f64())
+            } else {
+                String::new()
+            }
+        ));
         Ok((ns, self.hosts(network), resolv))
     }
 

@@ -26,7 +26,7 @@ pub fn path(name: &str) -> PathBuf {
 
 /// Whether `p` is a namespace bind mount (nsfs), not just the empty file under it.
 pub fn is_mounted(p: &Path) -> bool {
-    rustix::fs::statfs(p).is_ok_and(|s| s.f_type as i64 == 0x6e73_6673) // NSFS_MAGIC
+    rustix::fs::statfs(p).is_ok_and(|s| s.f_type == 0x6e73_6673) // NSFS_MAGIC
 }
 
 /// Makes the namespace file of `name` (an existing one is kept).
