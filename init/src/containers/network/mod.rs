@@ -69,9 +69,17 @@ pub struct Attachment {
     result: Value,
 }
 
+/// A `--subnet` that is not a network in CIDR form.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid subnet {input:?}: {why}")]
+pub struct SubnetError {
+    pub input: String,
+    pub why: String,
+}
+
 /// `a.b.c.d/p` with the host bits clear.
-pub fn parse_subnet(s: &str) -> std::result::Result<(Ipv4Addr, u8), String> {
-    let bad = |why: &str| format!("invalid subnet {s:?}: {why}");
+pub fn parse_subnet(s: &str) -> std::result::Result<(Ipv4Addr, u8), SubnetError> {
+    let bad = |why: &str| SubnetError { input: s.into(), why: why.into() };
     let (a, p) = s.split_once('/').ok_or_else(|| bad("want a.b.c.d/prefix"))?;
     let a: Ipv4Addr = a.parse().map_err(|_| bad("not an IPv4 address"))?;
     let p: u8 =
@@ -151,7 +159,7 @@ pub struct Networks {
     /// only once the address is free.
     ops: Mutex<()>,
     /// The networking modules, loaded on first use; the error of a failed load.
-    modules: Mutex<Option<std::result::Result<(), String>>>,
+    modules: Mutex<Option<Result<()>>>,
 }
 
 impl std::fmt::Debug for Networks {
@@ -231,7 +239,8 @@ impl Networks {
             defs.values().filter_map(|n| parse_subnet(&n.subnet).ok()).collect();
         let net = match subnet {
             Some(s) => {
-                let c = parse_subnet(s).map_err(|e| StoreError::new(Kind::Invalid, e))?;
+                let c =
+                    parse_subnet(s).map_err(|e| StoreError::new(Kind::Invalid, e.to_string()))?;
                 if let Some(o) =
                     defs.values().find(|n| parse_subnet(&n.subnet).is_ok_and(|u| overlaps(c, u)))
                 {
@@ -373,7 +382,7 @@ impl Networks {
         let mut m = self.modules.lock().unwrap_or_else(|p| p.into_inner());
         let r = m.get_or_insert_with(|| {
             let text = std::fs::read_to_string("/etc/lamina/modules.network")
-                .map_err(|e| format!("/etc/lamina/modules.network: {e}"))?;
+                .map_err(|e| StoreError::io("/etc/lamina/modules.network", e))?;
             let lines = crate::boot::parse_module_order(&text);
             let failed: Vec<String> = crate::boot::load_modules(&crate::boot::RealKernel, &lines)
                 .into_iter()
@@ -385,10 +394,13 @@ impl Networks {
             if failed.is_empty() {
                 Ok(())
             } else {
-                Err(format!("networking modules failed to load: {}", failed.join(", ")))
+                Err(StoreError::new(
+                    Kind::Io,
+                    format!("networking modules failed to load: {}", failed.join(", ")),
+                ))
             }
         });
-        r.clone().map_err(|e| StoreError::new(Kind::Io, e))
+        r.clone()
     }
 
     /// Refuses a host port another attached container publishes (Docker's message).
@@ -539,11 +551,12 @@ mod tests {
     #[test]
     fn subnets_are_checked_and_allocated_from_dockers_pools() {
         assert_eq!(parse_subnet("172.20.0.0/16"), Ok((Ipv4Addr::new(172, 20, 0, 0), 16)));
-        let e = parse_subnet("172.20.0.1/16").unwrap_err();
+        let e = parse_subnet("172.20.0.1/16").unwrap_err().to_string();
         assert!(e.contains("host bits set") && e.contains("172.20.0.0/16"), "{e}");
-        assert!(parse_subnet("172.20.0.0").unwrap_err().contains("a.b.c.d/prefix"));
-        assert!(parse_subnet("172.20.0.0/31").unwrap_err().contains("prefix 8-30"));
-        assert!(parse_subnet("300.1.0.0/16").unwrap_err().contains("not an IPv4"));
+        let why = |s: &str| parse_subnet(s).unwrap_err().why;
+        assert!(why("172.20.0.0").contains("a.b.c.d/prefix"));
+        assert!(why("172.20.0.0/31").contains("prefix 8-30"));
+        assert!(why("300.1.0.0/16").contains("not an IPv4"));
         let used = [(Ipv4Addr::new(172, 17, 0, 0), 16), (Ipv4Addr::new(172, 18, 0, 0), 16)];
         assert_eq!(free_subnet(&used), Some((Ipv4Addr::new(172, 19, 0, 0), 16)));
         // A /8 over all of 172.x leaves only the 192.168 pools.

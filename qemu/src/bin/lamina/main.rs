@@ -180,9 +180,9 @@ mod tests {
 
     #[test]
     fn vm_run_takes_port_forwards() {
-        assert_eq!(super::vm::parse_vm_port("18080:8080"), Ok((18080, 8080)));
+        assert_eq!(super::vm::parse_vm_port("18080:8080").unwrap(), (18080, 8080));
         for bad in ["8080", "0:80", "a:80", "80:70000"] {
-            let e = super::vm::parse_vm_port(bad).unwrap_err();
+            let e = super::vm::parse_vm_port(bad).unwrap_err().to_string();
             assert!(e.contains(bad) && e.contains("HOSTPORT:GUESTPORT"), "{e}");
         }
         assert!(super::Cli::try_parse_from(["lamina", "vm", "run", "--vm-port", "1:2"]).is_ok());

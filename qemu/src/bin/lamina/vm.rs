@@ -108,11 +108,11 @@ pub struct RunArgs {
 
 /// Where a VM's state lives: `<home>/vms/NAME`, or NAME itself when it is a path.
 /// `--vm-port HOSTPORT:GUESTPORT`.
-pub fn parse_vm_port(s: &str) -> Result<(u16, u16), String> {
+pub fn parse_vm_port(s: &str) -> Result<(u16, u16)> {
     let port = |p: &str| p.parse::<u16>().ok().filter(|n| *n > 0);
     match s.split_once(':').map(|(h, g)| (port(h), port(g))) {
         Some((Some(h), Some(g))) => Ok((h, g)),
-        _ => Err(format!("invalid --vm-port {s:?} (want HOSTPORT:GUESTPORT, ports 1-65535)")),
+        _ => bail!("invalid --vm-port {s:?} (want HOSTPORT:GUESTPORT, ports 1-65535)"),
     }
 }
 
