@@ -16,6 +16,8 @@
 //!             usr/bin/crun                 the OCI runtime for `layerstore bundle` (its libraries
 //!                                          join mkfs.xfs's in lib/x86_64-linux-gnu)
 //!             bin/busybox + applet links   debug sessions only (exec needs lamina.debug=1)
+//!             usr/lib/cni, usr/sbin/ipt…   container networking (see [`crate::net`]),
+//!             etc/lamina/modules.network   its modules, loaded on first use
 //!             sbin/<extra>                 further static binaries (thinpool, layerstore)
 //!             dev/console, dev proc sys run tmp mnt root var/lib/lamina
 //! ```
@@ -30,6 +32,7 @@ use crate::deb::{unpack_cached, DebError};
 use crate::elf::{closure, ElfError};
 use crate::fetch::{fetch, FetchError};
 use crate::modules::{ModuleError, ModuleTree};
+use crate::net;
 use crate::pins;
 use crate::vmlinux::{self, VmlinuxError};
 
@@ -66,6 +69,15 @@ pub(crate) const DYNAMIC_PROGRAMS: &[(&str, &str)] = &[
     // LUKS2 at rest (init's `luks`): format and open the store and encrypted volumes.
     ("cryptsetup-bin", "sbin/cryptsetup"),
 ];
+/// The networking programs ([`net`]): (package, path in the package), resolved like
+/// [`DYNAMIC_PROGRAMS`]; the xtables extensions go through the same DT_NEEDED closure.
+fn net_programs() -> impl Iterator<Item = (&'static str, String)> {
+    let plugins =
+        net::PLUGINS.iter().map(|p| ("containernetworking-plugins", format!("usr/lib/cni/{p}")));
+    let xt = net::XTABLES.iter().map(|x| ("iptables", format!("{}/{x}", net::XTABLES_DIR)));
+    plugins.chain(std::iter::once(("iptables", "usr/sbin/xtables-nft-multi".to_owned()))).chain(xt)
+}
+
 /// busybox applets linked in `bin/` for debug sessions.
 const BUSYBOX_APPLETS: &[&str] = &[
     "cat",
@@ -192,6 +204,22 @@ pub fn initramfs(
         perm: 0o644,
         kind: Kind::File(order_txt.into_bytes()),
     })?;
+    // Networking's modules, in their own order file: init loads them when the first
+    // container joins a network. Those the boot order already has are listed, not copied.
+    let mut net_txt = String::new();
+    for name in tree.order(net::MODULES)? {
+        let dest = format!("lib/modules/{release}/{name}.ko");
+        if !order.contains(&name) {
+            let ko = tree.read(&name)?.ok_or_else(|| kerr(format!("module {name} vanished")))?;
+            a.add(Entry { path: dest.clone(), perm: 0o644, kind: Kind::File(ko) })?;
+        }
+        net_txt.push_str(&format!("{name} /{dest}\n"));
+    }
+    a.add(Entry {
+        path: net::MODULES_FILE.into(),
+        perm: 0o644,
+        kind: Kind::File(net_txt.into_bytes()),
+    })?;
 
     progress("unpacking userland packages");
     let roots = inputs
@@ -207,10 +235,19 @@ pub fn initramfs(
         roots.get(i).ok_or_else(|| kerr(format!("no .deb given for {pkg}")))
     };
     let mut programs = Vec::new();
-    for (pkg, rel) in DYNAMIC_PROGRAMS {
-        let src = pkg_root(pkg)?.join(rel);
-        a.add(file_entry(rel, 0o755, &src)?)?;
-        programs.push((src, rel.to_string()));
+    for (pkg, rel) in
+        DYNAMIC_PROGRAMS.iter().map(|(p, r)| (*p, r.to_string())).chain(net_programs())
+    {
+        let src = pkg_root(pkg)?.join(&rel);
+        a.add(file_entry(&rel, 0o755, &src)?)?;
+        programs.push((src, rel));
+    }
+    for link in net::IPTABLES_LINKS {
+        a.add(Entry {
+            path: (*link).into(),
+            perm: 0o777,
+            kind: Kind::Symlink("xtables-nft-multi".into()),
+        })?;
     }
     let bins: Vec<(&Path, &str)> =
         programs.iter().map(|(p, n)| (p.as_path(), n.as_str())).collect();

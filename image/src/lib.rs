@@ -11,6 +11,7 @@ pub mod deb;
 pub mod elf;
 pub mod fetch;
 pub mod modules;
+pub mod net;
 pub mod pins;
 pub mod pins_fio;
 pub mod variant;

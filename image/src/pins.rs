@@ -189,6 +189,33 @@ pub const USERLAND: &[DebPin] = &[
         version: "10.42-1+deb12u2",
         sha256: "d2f7edfcc7689b9e0761c2742cc824ac86a20768bc5e8057818dc6875291fe76",
     },
+    // Container networking (see `crate::net`): Debian's CNI plugins, the iptables-nft they
+    // run (`xtables-nft-multi`), and its libraries beyond libc.
+    DebPin {
+        package: "containernetworking-plugins",
+        version: "1.1.1+ds1-3+b5",
+        sha256: "4cac8143474d1249b19f7b0e80b8d0daaa6dfdaa8bd514bc468d38d4a108099f",
+    },
+    DebPin {
+        package: "iptables",
+        version: "1.8.9-2",
+        sha256: "2928d3ca6ca8a3dc3f423f6752822b1f3614a5ba609ff7806bcba4449ffe90e1",
+    },
+    DebPin {
+        package: "libxtables12",
+        version: "1.8.9-2",
+        sha256: "cb841d66950a43af4a398625313d2f3da9065299c9738538de6c2c3495857040",
+    },
+    DebPin {
+        package: "libnftnl11",
+        version: "1.2.4-2",
+        sha256: "9e619e1470a1915264e906020f3bfc046fd8458043b1342686d997b5078213af",
+    },
+    DebPin {
+        package: "libmnl0",
+        version: "1.0.4-3",
+        sha256: "4581f42e3373cb72f9ea4e88163b17873afca614a6c6f54637e95aa75983ea7c",
+    },
     DebPin {
         package: "busybox-static",
         version: "1:1.35.0-4+deb12u1+b1",

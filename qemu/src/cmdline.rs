@@ -111,6 +111,9 @@ pub struct VmConfig {
     pub disks: Vec<Disk>,
     /// Host port forwarded (127.0.0.1) to the guest's NBD port 10809; `None`: no forward.
     pub nbd_port: Option<u16>,
+    /// Further TCP forwards (host port on 127.0.0.1, guest port): `--vm-port`, e.g. to a
+    /// port a container publishes on the guest (`lamina run -p`).
+    pub guest_ports: Vec<(u16, u16)>,
     /// Guest TSC frequency hint for microvm under TCG (kHz).
     pub tsc_khz: Option<u64>,
     /// Keep kernel messages (drop `quiet`).
@@ -238,6 +241,11 @@ impl VmConfig {
         if let Some(port) = self.nbd_port {
             net.push_str(&format!(",hostfwd=tcp:127.0.0.1:{port}-:{GUEST_NBD_PORT}"));
         }
+        // QEMU's user network (docs: "-netdev user,hostfwd="): connections to the host's
+        // port reach the guest's address on the guest port.
+        for (host, guest) in &self.guest_ports {
+            net.push_str(&format!(",hostfwd=tcp:127.0.0.1:{host}-:{guest}"));
+        }
         push(&["-netdev", &net, "-device", &format!("{},netdev=net0", m.virtio("net"))]);
         let agent = format!("socket,id=agent0,path={},server=on,wait=off", p(&dir.agent()));
         push(&["-chardev", &agent, "-device", &format!("{},id=vser0", m.virtio("serial"))]);
@@ -274,6 +282,7 @@ mod tests {
             append: vec!["lamina.debug=1".into()],
             disks: vec![Disk::new("/d/disk.raw", 8 << 30)],
             nbd_port: Some(10810),
+            guest_ports: vec![(8080, 80)],
             tsc_khz: Some(2_445_406),
             verbose_kernel: false,
         }
@@ -287,6 +296,7 @@ mod tests {
         assert!(s.contains("virtio-blk-device,drive=d0"));
         assert!(s.contains("virtio-serial-device,id=vser0"));
         assert!(s.contains("hostfwd=tcp:127.0.0.1:10810-:10809"));
+        assert!(s.contains("-:10809,hostfwd=tcp:127.0.0.1:8080-:80 "), "{s}");
         assert!(!s.contains("pcie-root-port"));
         let append = &a[a.iter().position(|x| x == "-append").unwrap() + 1];
         assert_eq!(
@@ -297,7 +307,12 @@ mod tests {
 
     #[test]
     fn q35_has_pci_devices_and_a_root_port() {
-        let c = VmConfig { nbd_port: None, verbose_kernel: true, ..cfg(Machine::Q35) };
+        let c = VmConfig {
+            nbd_port: None,
+            guest_ports: vec![],
+            verbose_kernel: true,
+            ..cfg(Machine::Q35)
+        };
         let a = c.args(&VmDir("/s".into()));
         let s = a.join(" ");
         assert!(s.contains("virtio-blk-pci,drive=d0") && s.contains("pcie-root-port,id=rp1"));
@@ -383,6 +398,7 @@ pub(crate) mod tests_support {
             append: vec![],
             disks: vec![],
             nbd_port: None,
+            guest_ports: vec![],
             tsc_khz: None,
             verbose_kernel: false,
         }

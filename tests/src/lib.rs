@@ -168,6 +168,7 @@ impl TestVm {
             .chain(opts.extra_disks.iter().cloned())
             .collect(),
             nbd_port: opts.nbd_port,
+            guest_ports: vec![],
             tsc_khz: host_tsc_khz(),
             verbose_kernel: false,
         };

@@ -123,6 +123,23 @@ pub fn handle(
                 Err(e) => (Reply::err(id, store_code(&e), e.to_string()), false),
             }
         }
+        Cmd::Network(req) => {
+            let c = shared.lock().unwrap_or_else(|p| p.into_inner()).containers.clone();
+            let Some(c) = c.get() else {
+                return (Reply::err(id, ErrorCode::ExecFailed, "the store is not up"), false);
+            };
+            use proto::NetworkRequest as N;
+            let r = match req {
+                N::Create { name, subnet } => c.net.create(&name, subnet.as_deref()),
+                N::List => Ok(c.net.list()),
+                N::Remove { name } => c.network_remove(&name),
+                N::Inspect { name } => c.net.inspect(&name),
+            };
+            match r {
+                Ok(v) => (Reply::ok(id, v), false),
+                Err(e) => (Reply::err(id, store_code(&e), e.to_string()), false),
+            }
+        }
         Cmd::Image(req) => {
             let images = shared.lock().unwrap_or_else(|p| p.into_inner()).images.clone();
             let Some(images) = images.get() else {

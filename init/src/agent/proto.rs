@@ -34,6 +34,26 @@ pub enum Command {
     System(SystemRequest),
     /// `store.unlock {passphrase}`: the encrypted store's passphrase for a waiting boot.
     Unlock(Passphrase),
+    /// A network verb.
+    Network(NetworkRequest),
+}
+
+/// Docker's `network create|ls|rm|inspect`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", deny_unknown_fields)]
+pub enum NetworkRequest {
+    #[serde(rename = "network.create")]
+    Create {
+        name: String,
+        #[serde(default)]
+        subnet: Option<String>,
+    },
+    #[serde(rename = "network.ls")]
+    List,
+    #[serde(rename = "network.rm")]
+    Remove { name: String },
+    #[serde(rename = "network.inspect")]
+    Inspect { name: String },
 }
 
 /// A passphrase; `Debug` does not print it (requests may be logged).
@@ -161,6 +181,10 @@ pub const VERBS: &[(&str, &str, &str)] = &[
     ("store.volume.rm", "{name}", "removes a named volume no container uses"),
     ("system.df", "", "space taken by images, containers and volumes"),
     ("system.prune", "{all?, volumes?}", "removes what is unused, then fstrim"),
+    ("network.create", "{name, subnet?}", "creates a bridge network (CNI bridge, host-local)"),
+    ("network.ls", "", "lists the networks"),
+    ("network.rm", "{name}", "removes a network no container is on"),
+    ("network.inspect", "{name}", "a network, its members' addresses, host-local's store"),
 ];
 
 /// The `help` reply: `[{verb, arguments, description}]`.
@@ -371,6 +395,7 @@ pub fn parse_request(line: &str) -> Result<(Option<Value>, Command), Reply> {
                 Reply::err(id.clone(), ErrorCode::BadRequest, format!("store.unlock: {e}"))
             })?)
         }
+        verb if verb.starts_with("network.") => Command::Network(tagged(verb, raw.arguments, &id)?),
         verb if verb.starts_with("store.") || verb.starts_with("system.") => {
             Command::System(tagged(verb, raw.arguments, &id)?)
         }
@@ -428,6 +453,10 @@ pub fn request_line(id: u64, cmd: &Command) -> String {
             return encode(id, &op, Some(v));
         }
         Command::System(r) => {
+            let (op, v) = untag(r);
+            return encode(id, &op, Some(v));
+        }
+        Command::Network(r) => {
             let (op, v) = untag(r);
             return encode(id, &op, Some(v));
         }
@@ -492,6 +521,12 @@ mod tests {
             Command::System(SystemRequest::VolumeRemove { name: "data".into() }),
             Command::System(SystemRequest::Prune { all: true, volumes: true }),
             Command::System(SystemRequest::Df),
+            Command::Network(NetworkRequest::Create {
+                name: "n".into(),
+                subnet: Some("10.9.0.0/16".into()),
+            }),
+            Command::Network(NetworkRequest::List),
+            Command::Network(NetworkRequest::Remove { name: "n".into() }),
         ];
         let all = [Command::Help, Command::Status, Command::Shutdown, exec]
             .into_iter()
@@ -621,6 +656,9 @@ mod tests {
                 "container.commit" => r#","arguments":{"name":"x","image":"y"}"#,
                 "store.volume.create" | "store.volume.rm" => r#","arguments":{"name":"x"}"#,
                 "store.unlock" => r#","arguments":{"passphrase":"p"}"#,
+                "network.create" | "network.rm" | "network.inspect" => {
+                    r#","arguments":{"name":"x"}"#
+                }
                 _ => "",
             };
             let line = format!(r#"{{"execute":"{v}"{args}}}"#);

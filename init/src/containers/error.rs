@@ -18,7 +18,7 @@ pub enum Kind {
     Io,
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[error("{msg}")]
 pub struct StoreError {
     pub kind: Kind,

@@ -15,6 +15,7 @@
 pub mod cgroup;
 pub mod data;
 pub mod error;
+pub mod network;
 pub mod service;
 pub mod spec;
 pub mod system;

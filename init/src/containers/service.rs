@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use super::cgroup;
+use super::network::{self, Networks};
 use super::spec::{Restart, RunSpec, State, Status};
 use super::Images;
 use crate::reaper::{Exit, Reaper};
@@ -63,6 +64,8 @@ pub struct Containers {
     /// Exit codes of `--rm` containers already removed (the last [`GONE_KEPT`]), so a
     /// foreground `run` that polls after the removal still learns how it ended.
     gone: Mutex<Vec<(String, i32, Vec<u8>)>>,
+    /// The networks containers join ([`super::network`]).
+    pub net: Networks,
 }
 
 const GONE_KEPT: usize = 64;
@@ -91,6 +94,7 @@ impl Containers {
             seq: Default::default(),
             down: Default::default(),
             gone: Mutex::new(Vec::new()),
+            net: Networks::open(Path::new(network::DIR), Path::new(network::RUN)),
         });
         let _ = std::fs::create_dir_all(&c.dir);
         let mut again = Vec::new();
@@ -158,6 +162,10 @@ impl Containers {
     /// `lamina run`: creates the container on its image and starts it.
     pub fn run(self: &Arc<Self>, spec: RunSpec) -> R<Value> {
         spec.check().map_err(|e| StoreError::new(Kind::Invalid, e.to_string()))?;
+        if spec.network_name() != network::NONE {
+            self.net.get(spec.network_name())?;
+            self.net.check_ports(&spec.name, &spec.port_maps())?;
+        }
         if self.lock().contains_key(&spec.name) {
             return Err(StoreError::new(
                 Kind::Conflict,
@@ -219,6 +227,11 @@ impl Containers {
             .and_then(|b| serde_json::from_slice(&b).ok())
             .ok_or_else(|| StoreError::io(cfg_path.display(), "unreadable"))?;
         spec.apply(&mut cfg, &cg);
+        if spec.network_name() != network::NONE {
+            let (ns, hosts, resolv) =
+                self.net.attach(&self.reaper, name, spec.network_name(), &spec.port_maps())?;
+            network::apply_oci(&mut cfg, &ns, &hosts, &resolv);
+        }
         std::fs::write(&cfg_path, serde_json::to_vec_pretty(&cfg).unwrap_or_default())
             .map_err(|e| StoreError::io(cfg_path.display(), e))?;
         // A container of that name left in crun's state by a crash would make `run` fail.
@@ -235,7 +248,10 @@ impl Containers {
                     .stdout(Stdio::piped())
                     .stderr(Stdio::piped()),
             )
-            .map_err(|e| StoreError::io(format!("starting {CRUN}"), e))?;
+            .map_err(|e| {
+                let _ = self.net.detach(&self.reaper, name);
+                StoreError::io(format!("starting {CRUN}"), e)
+            })?;
         let log = self.cdir(name).join("log");
         for r in [
             s.child.stdout.take().map(|x| Box::new(x) as Box<dyn Read + Send>),
@@ -309,6 +325,13 @@ impl Containers {
         ));
         let _ = self.images().and_then(|i| i.with(|s| s.unmount(name)));
         cgroup::remove(&self.cgroot, name);
+        // Off its network (its address freed) unless it restarts, or the appliance is
+        // going down (attachments live in /run and end with the boot).
+        if !restart && !self.down.load(std::sync::atomic::Ordering::SeqCst) {
+            if let Err(e) = self.net.detach(&self.reaper, name) {
+                crate::say(&format!("container {name}: leaving its network: {e}"));
+            }
+        }
         if restart {
             // Docker waits 100 ms before the first restart (doubling after that).
             std::thread::sleep(Duration::from_millis(100));
@@ -399,6 +422,9 @@ impl Containers {
             self.stop(name, Duration::ZERO)?;
         }
         let _ = Command::new(CRUN).args(["delete", "-f", name]).output();
+        if let Err(e) = self.net.detach(&self.reaper, name) {
+            crate::say(&format!("container {name}: leaving its network: {e}"));
+        }
         self.images()?.with(|s| {
             let _ = s.unmount(name);
             s.remove(name)
@@ -416,8 +442,10 @@ impl Containers {
             m.iter()
                 .filter(|(_, e)| all || e.state.status == Status::Running)
                 .map(|(n, e)| {
+                    let ip = self.net.address(n).map(|(_, ip)| ip.to_string());
                     json!({"name": n, "image": e.spec.image, "command": e.spec.cmd,
-                           "restart": e.spec.restart, "state": e.state})
+                           "restart": e.spec.restart, "state": e.state,
+                           "network": e.spec.network_name(), "ip": ip, "ports": e.spec.ports})
                 })
                 .collect(),
         )
@@ -484,6 +512,20 @@ impl Containers {
         }
         let img = self.images()?.with(|s| s.commit(name, tag))?;
         Ok(json!({"id": img.id.to_string(), "tags": img.tags}))
+    }
+
+    /// The containers (running or not) on `network`.
+    pub fn network_users(&self, network: &str) -> Vec<String> {
+        self.lock()
+            .iter()
+            .filter(|(_, e)| e.spec.network_name() == network)
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+
+    /// `network rm`: refused while a container is on it.
+    pub fn network_remove(&self, name: &str) -> R<Value> {
+        self.net.remove(name, &self.network_users(name))
     }
 
     /// (volume, container) for every named volume a container (running or not) binds.

@@ -46,6 +46,12 @@ pub struct RunSpec {
     /// Remove the container when it exits (and is not restarted).
     #[serde(default)]
     pub rm: bool,
+    /// `--network`: a network's name (default Docker's `bridge`), or `none`.
+    #[serde(default)]
+    pub network: Option<String>,
+    /// `-p HOSTPORT:PORT[/tcp|/udp]`: published on the guest's addresses (CNI portmap).
+    #[serde(default)]
+    pub ports: Vec<String>,
 }
 
 /// Where a container is in its life.
@@ -83,6 +89,8 @@ pub enum SpecError {
     Volume(String),
     #[error("invalid {what} {value}")]
     Limit { what: &'static str, value: String },
+    #[error(transparent)]
+    Port(#[from] super::network::cni::PortError),
 }
 
 /// Docker's container name rule: `[a-zA-Z0-9][a-zA-Z0-9_.-]+`.
@@ -109,6 +117,9 @@ impl RunSpec {
         for v in &self.volumes {
             overlay::VolumeBind::parse(v).map_err(|_| SpecError::Volume(v.clone()))?;
         }
+        for p in &self.ports {
+            super::network::cni::PortMap::parse(p)?;
+        }
         if self.memory.is_some_and(|m| m < 6 << 20) {
             // Docker's floor: "Minimum memory limit allowed is 6MB".
             return Err(SpecError::Limit {
@@ -126,6 +137,16 @@ impl RunSpec {
             });
         }
         Ok(())
+    }
+
+    /// The network it joins (`none`: only `lo`).
+    pub fn network_name(&self) -> &str {
+        self.network.as_deref().unwrap_or(super::network::DEFAULT)
+    }
+
+    /// The published ports (checked by [`RunSpec::check`]).
+    pub fn port_maps(&self) -> Vec<super::network::cni::PortMap> {
+        self.ports.iter().filter_map(|p| super::network::cni::PortMap::parse(p).ok()).collect()
     }
 
     /// The named volumes.
@@ -195,6 +216,12 @@ mod tests {
         let e = RunSpec { memory: Some(1 << 20), ..spec() }.check().unwrap_err();
         assert!(e.to_string().contains("6MB"), "{e}");
         assert!(RunSpec { nano_cpus: Some(0), ..spec() }.check().is_err());
+        let e = RunSpec { ports: vec!["8080".into()], ..spec() }.check().unwrap_err();
+        assert!(e.to_string().contains("HOSTPORT:PORT"), "{e}");
+        let ok = RunSpec { ports: vec!["8080:80".into()], ..spec() };
+        assert_eq!(ok.check(), Ok(()));
+        assert_eq!(ok.port_maps()[0].container_port, 80);
+        assert_eq!(ok.network_name(), "bridge");
     }
 
     #[test]

@@ -25,6 +25,7 @@ pub fn run(root: &Path, jsonl: &Path) -> Result<()> {
         append: vec![],
         disks: vec![qemu::Disk::new(disk, 8 << 30)],
         nbd_port: None,
+        guest_ports: vec![],
         tsc_khz: qemu::cmdline::host_tsc_khz(),
         verbose_kernel: false,
     };

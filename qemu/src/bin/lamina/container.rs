@@ -42,6 +42,13 @@ pub struct RunArgs {
     /// no, on-failure or always.
     #[arg(long, default_value = "no")]
     restart: String,
+    /// HOSTPORT:PORT[/tcp|/udp], repeatable: published on the guest's addresses (forward
+    /// it to this machine with `lamina vm run --vm-port`).
+    #[arg(short = 'p', long = "publish")]
+    publish: Vec<String>,
+    /// The network to join (default: bridge; none: no network).
+    #[arg(long)]
+    network: Option<String>,
     /// The image.
     image: String,
     /// Command and arguments (default: the image's).
@@ -105,11 +112,7 @@ fn follow_logs(home: &Path, vm: &str, name: &str, follow: bool) -> Result<Option
 }
 
 pub fn run(home: &Path, a: RunArgs) -> Result<()> {
-    let restart = match a.restart.as_str() {
-        "no" | "on-failure" | "always" => a.restart.clone(),
-        other => bail!("invalid restart policy {other:?} (no, on-failure, always)"),
-    };
-    let name = match a.name {
+    let name = match a.name.clone() {
         Some(n) => n,
         None => {
             let base: String = a
@@ -130,18 +133,7 @@ pub fn run(home: &Path, a: RunArgs) -> Result<()> {
             format!("{base}-{t}")
         }
     };
-    let spec = json!({
-        "name": name,
-        "image": a.image,
-        "cmd": a.cmd,
-        "env": a.env,
-        "volumes": a.volume,
-        "memory": a.memory.as_deref().map(|m| size("memory", m)).transpose()?,
-        "nano_cpus": a.cpus.map(|c| (c * 1e9) as u64),
-        "size": a.size.as_deref().map(|s| size("size", s)).transpose()?,
-        "restart": restart,
-        "rm": a.rm,
-    });
+    let spec = spec_of(&a, name.clone())?;
     call(home, &a.vm.name, "container.run", Some(json!({ "spec": spec })))?;
     if a.detach {
         println!("{name}");
@@ -157,6 +149,44 @@ pub fn run(home: &Path, a: RunArgs) -> Result<()> {
         std::process::exit(code.clamp(1, 255) as i32);
     }
     Ok(())
+}
+
+/// `-p` as Docker writes it: HOSTPORT:PORT[/tcp|/udp] (no host address, no ranges).
+fn check_publish(p: &str) -> Result<()> {
+    let (ports, proto) = p.split_once('/').unwrap_or((p, "tcp"));
+    let ok = matches!(proto, "tcp" | "udp")
+        && ports
+            .split_once(':')
+            .is_some_and(|(h, c)| [h, c].iter().all(|x| x.parse::<u16>().is_ok_and(|n| n > 0)));
+    if !ok {
+        bail!("invalid port mapping {p:?} (want HOSTPORT:PORT[/tcp|/udp], ports 1-65535)");
+    }
+    Ok(())
+}
+
+/// The agent's `RunSpec` for `run`'s flags.
+pub fn spec_of(a: &RunArgs, name: String) -> Result<Value> {
+    let restart = match a.restart.as_str() {
+        "no" | "on-failure" | "always" => a.restart.clone(),
+        other => bail!("invalid restart policy {other:?} (no, on-failure, always)"),
+    };
+    for p in &a.publish {
+        check_publish(p)?;
+    }
+    Ok(json!({
+        "name": name,
+        "image": a.image,
+        "cmd": a.cmd,
+        "env": a.env,
+        "volumes": a.volume,
+        "memory": a.memory.as_deref().map(|m| size("memory", m)).transpose()?,
+        "nano_cpus": a.cpus.map(|c| (c * 1e9) as u64),
+        "size": a.size.as_deref().map(|s| size("size", s)).transpose()?,
+        "restart": restart,
+        "rm": a.rm,
+        "network": a.network,
+        "ports": a.publish,
+    }))
 }
 
 pub fn ps(home: &Path, vm: &str, all: bool, json: bool) -> Result<()> {

@@ -6,6 +6,7 @@
 
 mod container;
 mod image;
+mod network;
 mod out;
 mod system;
 mod thin;
@@ -38,6 +39,9 @@ enum Cmd {
     /// send, receive, ls --pool.
     #[command(subcommand)]
     Volume(system::VolumeCmd),
+    /// Networks: create, ls, rm, inspect.
+    #[command(subcommand)]
+    Network(network::NetworkCmd),
     /// The store as a whole: df, prune.
     #[command(subcommand)]
     System(system::SystemCmd),
@@ -143,6 +147,7 @@ fn run(home: &std::path::Path, cmd: Cmd) -> Result<()> {
         Cmd::Image(c) => image::main(&home, c),
         Cmd::Volume(c) => system::volume(&home, c),
         Cmd::System(c) => system::system(&home, c),
+        Cmd::Network(c) => network::main(&home, c),
         Cmd::Info { vm, json } => system::info(&home, &vm.name, json),
         Cmd::Run(a) => container::run(&home, a),
         Cmd::Ps { vm, all, json } => container::ps(&home, &vm.name, all, json),
@@ -173,7 +178,46 @@ fn run(home: &std::path::Path, cmd: Cmd) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use clap::CommandFactory;
+    use clap::{CommandFactory, Parser};
+
+    #[test]
+    fn vm_run_takes_port_forwards() {
+        assert_eq!(super::vm::parse_vm_port("18080:8080").unwrap(), (18080, 8080));
+        for bad in ["8080", "0:80", "a:80", "80:70000"] {
+            let e = super::vm::parse_vm_port(bad).unwrap_err().to_string();
+            assert!(e.contains(bad) && e.contains("HOSTPORT:GUESTPORT"), "{e}");
+        }
+        assert!(super::Cli::try_parse_from(["lamina", "vm", "run", "--vm-port", "1:2"]).is_ok());
+        assert!(super::Cli::try_parse_from(["lamina", "vm", "run", "--vm-port", "x"]).is_err());
+    }
+
+    #[test]
+    fn run_takes_docker_network_flags() {
+        let cli = super::Cli::try_parse_from([
+            "lamina",
+            "run",
+            "-d",
+            "-p",
+            "8080:80",
+            "-p",
+            "53:53/udp",
+            "--network",
+            "appnet",
+            "busybox",
+            "httpd",
+            "-f",
+        ])
+        .unwrap();
+        let super::Cmd::Run(a) = cli.cmd else { panic!("not run") };
+        let spec = super::container::spec_of(&a, "web".into()).unwrap();
+        assert_eq!(spec["ports"], serde_json::json!(["8080:80", "53:53/udp"]));
+        assert_eq!(spec["network"], "appnet");
+        assert_eq!(spec["cmd"], serde_json::json!(["httpd", "-f"]));
+        let cli = super::Cli::try_parse_from(["lamina", "run", "-p", "80", "busybox"]).unwrap();
+        let super::Cmd::Run(a) = cli.cmd else { panic!("not run") };
+        let e = super::container::spec_of(&a, "x".into()).unwrap_err().to_string();
+        assert!(e.contains("\"80\"") && e.contains("HOSTPORT:PORT"), "{e}");
+    }
 
     #[test]
     fn cli_is_well_formed() {
@@ -196,6 +240,11 @@ mod tests {
         for verb in ["load", "ls", "rm", "save"] {
             let c = image.find_subcommand(verb).unwrap();
             assert!(c.get_arguments().any(|a| a.get_long() == Some("vm")), "image {verb}");
+        }
+        let network = cli.find_subcommand("network").unwrap();
+        for verb in ["create", "ls", "rm", "inspect"] {
+            let c = network.find_subcommand(verb).unwrap();
+            assert!(c.get_arguments().any(|a| a.get_long() == Some("vm")), "network {verb}");
         }
     }
 }

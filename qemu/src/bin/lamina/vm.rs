@@ -70,6 +70,10 @@ pub struct RunArgs {
     /// Host port on 127.0.0.1 forwarded to the guest's NBD port 10809 (0: none).
     #[arg(long, default_value_t = 10809)]
     nbd_port: u16,
+    /// HOSTPORT:GUESTPORT, repeatable: 127.0.0.1:HOSTPORT reaches the guest's GUESTPORT
+    /// (TCP), e.g. a port a container publishes with `lamina run -p`.
+    #[arg(long = "vm-port", value_name = "HOSTPORT:GUESTPORT", value_parser = parse_vm_port)]
+    vm_ports: Vec<(u16, u16)>,
     #[arg(long, default_value = "microvm")]
     machine: Machine,
     /// Return once the VM is READY and leave it running.
@@ -116,6 +120,15 @@ pub struct RunArgs {
 }
 
 /// Where a VM's state lives: `<home>/vms/NAME`, or NAME itself when it is a path.
+/// `--vm-port HOSTPORT:GUESTPORT`.
+pub fn parse_vm_port(s: &str) -> Result<(u16, u16)> {
+    let port = |p: &str| p.parse::<u16>().ok().filter(|n| *n > 0);
+    match s.split_once(':').map(|(h, g)| (port(h), port(g))) {
+        Some((Some(h), Some(g))) => Ok((h, g)),
+        _ => bail!("invalid --vm-port {s:?} (want HOSTPORT:GUESTPORT, ports 1-65535)"),
+    }
+}
+
 pub fn vm_dir(home: &Path, vm: &str) -> PathBuf {
     if vm.contains('/') {
         PathBuf::from(vm)
@@ -256,6 +269,7 @@ fn run(home: &Path, a: RunArgs) -> Result<()> {
         append,
         disks,
         nbd_port: (a.nbd_port != 0).then_some(a.nbd_port),
+        guest_ports: a.vm_ports.clone(),
         tsc_khz: host_tsc_khz(),
         verbose_kernel: a.verbose_kernel,
     };
