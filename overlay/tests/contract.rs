@@ -634,6 +634,69 @@ fn devicemapper_busy_rm_is_refused_or_deferred() {
     assert_eq!(env.volumes().unwrap().len(), 2, "base + the layer");
 }
 
+/// A container's filesystem that another mount namespace still holds (a running container
+/// copied the store's mounts when it started): unmounting here succeeds, but the device is
+/// still open. `rm` is refused with the driver's busy error without dm.use_deferred_removal
+/// (the pool daemon refuses the detach), and with it the device is detached at its last close
+/// (the daemon's deferred detach; before, `rm` failed on the daemon's refusal even with
+/// deferral on).
+#[test]
+fn devicemapper_rm_of_a_mount_another_namespace_holds() {
+    need("unshare");
+    let env = Env::new("devicemapper");
+    let img = layout_with_layers(&env.dir().join("img"), &[simple_tar(&[("a", b"1")])], &["/x"]);
+    let root = env.store_root();
+    let store = drivers::open_store_with(env.driver, &root, &["dm.fs=ext4", "dm.basesize=96M"]);
+    store.import(&img, Some("x:1")).unwrap();
+    store.create("x:1", "held", None).unwrap();
+    let m = store.mount("held").unwrap();
+    struct Holder(std::process::Child);
+    impl Drop for Holder {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    // A private copy of every mount, so unmounting ours does not propagate into it.
+    let mut holder = Holder(
+        Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sh", "-c", "echo up; exec sleep 600"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(holder.0.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line.trim(), "up");
+    let err = store.remove("held").unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Conflict, "{err}");
+    assert!(err.to_string().contains("is busy"), "{err}");
+    assert!(err.to_string().contains("mount namespace"), "{err}");
+    assert!(store.container("held").is_ok(), "still there");
+    drop(store);
+
+    let store = env.open(); // with dm.use_deferred_removal=true
+    store.remove("held").unwrap();
+    assert_eq!(store.container("held").unwrap_err().kind(), ErrorKind::NotFound);
+    assert!(!m.exists(), "gone from the store");
+    let provider = drivers::loopdev::LoopProvider::new(&root.with_file_name("pool"), 0);
+    assert_eq!(provider.deferred(), 1, "the volume's deletion waits for the other namespace");
+    drop(holder);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while {
+        store.info().unwrap();
+        provider.deferred() > 0
+    } {
+        assert!(std::time::Instant::now() < deadline, "deferred deletion never finished");
+        std::thread::yield_now();
+    }
+    assert_eq!(env.volumes().unwrap().len(), 2, "base + the layer");
+}
+
 /// `info` shows Docker's devicemapper fields, the driver's settings over the pool's.
 #[test]
 fn devicemapper_info_has_dockers_fields() {
