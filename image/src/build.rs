@@ -15,6 +15,7 @@
 //!             usr/sbin/xfs_quota           project quotas for `layerstore create --size`
 //!             usr/bin/crun                 the OCI runtime for `layerstore bundle` (its libraries
 //!                                          join mkfs.xfs's in lib/x86_64-linux-gnu)
+//!             bin/btrfs, sbin/mkfs.btrfs   btrfs-progs, for `layerstore --driver btrfs`
 //!             bin/busybox + applet links   debug sessions only (exec needs lamina.debug=1)
 //!             sbin/<extra>                 further static binaries (thinpool, layerstore)
 //!             dev/console, dev proc sys run tmp mnt root var/lib/lamina
@@ -59,8 +60,14 @@ fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> BuildEr
 }
 
 /// Dynamically linked programs shipped from Debian packages: (package, path in the package).
-pub(crate) const DYNAMIC_PROGRAMS: &[(&str, &str)] =
-    &[("xfsprogs", "sbin/mkfs.xfs"), ("xfsprogs", "usr/sbin/xfs_quota"), ("crun", "usr/bin/crun")];
+pub(crate) const DYNAMIC_PROGRAMS: &[(&str, &str)] = &[
+    ("xfsprogs", "sbin/mkfs.xfs"),
+    ("xfsprogs", "usr/sbin/xfs_quota"),
+    ("crun", "usr/bin/crun"),
+    // The btrfs driver's tools (Debian 12 installs them under /bin and /sbin).
+    ("btrfs-progs", "bin/btrfs"),
+    ("btrfs-progs", "sbin/mkfs.btrfs"),
+];
 /// busybox applets linked in `bin/` for debug sessions.
 const BUSYBOX_APPLETS: &[&str] = &[
     "cat",
