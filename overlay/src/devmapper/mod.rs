@@ -54,8 +54,17 @@ impl Dm {
     }
 }
 
+/// Runs the mkfs command line `argv`. The program is looked up on `PATH` and then in the sbin
+/// directories, which a minimal `PATH` (the appliance's agent and init pass none) leaves out.
 fn run_mkfs(argv: &[String]) -> Result<()> {
-    let out = Command::new(&argv[0]).args(&argv[1..]).output().map_err(|e| {
+    let package = if argv[0].starts_with("mkfs.xfs") { "xfsprogs" } else { "e2fsprogs" };
+    let prog = crate::quota::find_program(
+        &argv[0],
+        package,
+        "the devicemapper base device",
+        std::env::var_os("PATH"),
+    )?;
+    let out = Command::new(&prog).args(&argv[1..]).output().map_err(|e| {
         Error::with_source(ErrorKind::Unsupported, format!("run `{}`", argv.join(" ")), e)
     })?;
     if !out.status.success() {
