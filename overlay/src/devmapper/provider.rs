@@ -112,8 +112,8 @@ impl DeviceProvider for PoolDaemon {
 
     fn detach(&self, name: &str, device: &Path, deferred: bool) -> Result<bool> {
         let _ = device;
-        let v = self
-            .request(serde_json::json!({"op": "detach", "name": name, "deferred": deferred}))?;
+        let v =
+            self.request(serde_json::json!({"op": "detach", "name": name, "deferred": deferred}))?;
         Ok(v["deferred"].as_bool().unwrap_or(false))
     }
 

@@ -125,7 +125,11 @@ impl DeviceProvider for LoopProvider {
         // Held (mounted, or a lazily unmounted filesystem not yet released): the exclusive
         // open a mount also takes fails with EBUSY, as the pool daemon's detach checks.
         let held = matches!(
-            rustix::fs::open(device, rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::EXCL, 0.into()),
+            rustix::fs::open(
+                device,
+                rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::EXCL,
+                0.into()
+            ),
             Err(rustix::io::Errno::BUSY)
         );
         if held && !deferred {

@@ -320,7 +320,8 @@ impl Client {
 
     /// Detaches a volume's ublk device; returns the path it had.
     pub fn detach(&self, name: &str) -> Result<PathBuf, ControlError> {
-        let r: AttachedReply = self.call(&Request::Detach { name: name.into(), deferred: false })?;
+        let r: AttachedReply =
+            self.call(&Request::Detach { name: name.into(), deferred: false })?;
         Ok(r.device.into())
     }
 
@@ -548,7 +549,10 @@ mod tests {
         assert_eq!(serde_json::from_str::<Request>(&s).unwrap(), r);
         let d = Request::Detach { name: "store".into(), deferred: false };
         assert_eq!(serde_json::to_string(&d).unwrap(), r#"{"op":"detach","name":"store"}"#);
-        assert_eq!(serde_json::from_str::<Request>(r#"{"op":"detach","name":"store"}"#).unwrap(), d);
+        assert_eq!(
+            serde_json::from_str::<Request>(r#"{"op":"detach","name":"store"}"#).unwrap(),
+            d
+        );
         let dd = Request::Detach { name: "c1".into(), deferred: true };
         let s = serde_json::to_string(&dd).unwrap();
         assert_eq!(s, r#"{"op":"detach","name":"c1","deferred":true}"#);
