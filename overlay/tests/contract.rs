@@ -527,6 +527,54 @@ fn btrfs_layers_are_readonly_snapshots_of_their_parents() {
     assert!(!store.root().join(&c.cache_id).exists());
 }
 
+/// `rm` of a container whose subvolume a running container uses (here: a private mount
+/// namespace with the subvolume bind-mounted, as crun does with a rootfs) is refused: deleting
+/// the subvolume would have pulled the tree, and every mount made inside it, from under the
+/// running container (seen in the VM: its /proc vanished). Once it exits, `rm` works.
+#[test]
+fn btrfs_rm_of_a_subvolume_in_use_is_refused() {
+    need("unshare");
+    let env = Env::new("btrfs");
+    let img = layout_with_layers(&env.dir().join("img"), &[simple_tar(&[("a", b"1")])], &["/x"]);
+    let store = env.open();
+    store.import(&img, Some("x:1")).unwrap();
+    let c = store.create("x:1", "held", None).unwrap();
+    let diff = store.root().join(&c.cache_id).join("diff");
+    assert!(overlay::btrfs::users(&diff).unwrap().is_empty(), "nobody uses it yet");
+    struct Holder(std::process::Child);
+    impl Drop for Holder {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let script = format!("mount --bind {0} {0} && echo up && exec sleep 600", diff.display());
+    let mut holder = Holder(
+        Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(holder.0.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line.trim(), "up");
+    let users = overlay::btrfs::users(&diff).unwrap();
+    assert!(users.iter().any(|u| u.starts_with(&format!("pid {}", holder.0.id()))), "{users:?}");
+    let err = store.remove("held").unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Conflict, "{err}");
+    assert!(err.to_string().contains("is in use"), "{err}");
+    assert!(store.container("held").is_ok(), "still there");
+    assert!(diff.join("a").exists(), "its tree is untouched");
+    drop(holder);
+    store.remove("held").unwrap();
+    assert!(!store.root().join(&c.cache_id).exists());
+}
+
 // ---- devicemapper's own shape (host: loop devices stand in for the pool's) --------------
 
 /// (source device, filesystem type, mount options + super options) of the mount at `path`.
