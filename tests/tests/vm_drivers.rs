@@ -402,9 +402,9 @@ fn space(
             mib(f.used_before_import)
         );
     } else {
-        // btrfs leaves pool blocks mapped that its own `df` says are free (see the README:
-        // probably async discards of extents smaller than a pool block, which fstrim then
-        // skips): at least two thirds of what the run took above the baseline must come back.
+        // btrfs leaves pool blocks mapped that its own `df` says are free (also when mounted
+        // `nodiscard`; see the README): at least two thirds of what the run took above the
+        // baseline must come back.
         let df = ok(vm, &["btrfs", "filesystem", "df", BTRFS_MNT], 60)?;
         eprintln!("[vm_drivers] btrfs filesystem df:\n{df}");
         let took = f.used_full.saturating_sub(f.used_before_import);
