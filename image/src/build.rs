@@ -15,6 +15,7 @@
 //!             usr/sbin/xfs_quota           project quotas for `layerstore create --size`
 //!             usr/bin/crun                 the OCI runtime for `layerstore bundle` (its libraries
 //!                                          join mkfs.xfs's in lib/x86_64-linux-gnu)
+//!             bin/btrfs, sbin/mkfs.btrfs   btrfs-progs, for `layerstore --driver btrfs`
 //!             bin/busybox + applet links   debug sessions only (exec needs lamina.debug=1)
 //!             usr/lib/cni, usr/sbin/ipt…   container networking (see [`crate::net`]),
 //!             etc/lamina/modules.network   its modules, loaded on first use
@@ -68,6 +69,9 @@ pub(crate) const DYNAMIC_PROGRAMS: &[(&str, &str)] = &[
     ("crun", "usr/bin/crun"),
     // LUKS2 at rest (init's `luks`): format and open the store and encrypted volumes.
     ("cryptsetup-bin", "sbin/cryptsetup"),
+    // The btrfs driver's tools (Debian 12 installs them under /bin and /sbin).
+    ("btrfs-progs", "bin/btrfs"),
+    ("btrfs-progs", "sbin/mkfs.btrfs"),
 ];
 /// The networking programs ([`net`]): (package, path in the package), resolved like
 /// [`DYNAMIC_PROGRAMS`]; the xtables extensions go through the same DT_NEEDED closure.

@@ -29,7 +29,7 @@ pub const KERNEL: DebPin = DebPin {
     sha256: "0ba1bf9b2f7b1b8eefc59e8e25c0f3c788cbdfd67061c088b332d443354e9800",
 };
 
-/// `mkfs.xfs`, `xfs_quota`, `crun` and the libraries they need (resolved from DT_NEEDED at build time; a library that
+/// `mkfs.xfs`, `xfs_quota`, `crun`, btrfs-progs and the libraries they need (resolved from DT_NEEDED at build time; a library that
 /// no pinned package provides is an error), plus busybox for debug sessions (`lamina.debug=1`).
 pub const USERLAND: &[DebPin] = &[
     DebPin {
@@ -179,6 +179,15 @@ pub const USERLAND: &[DebPin] = &[
         version: "3.4-1+b6",
         sha256: "2b07f5287b9105f40158b56e4d70cc1652dac56a408f3507b4ab3d061eed425f",
     },
+    // btrfs-progs: `mkfs.btrfs` formats the btrfs driver's store (a thin volume) and `btrfs`
+    // makes its subvolumes, snapshots and qgroups (`layerstore --driver btrfs`); the libraries
+    // they need beyond the ones above (DT_NEEDED: libudev, zlib, lzo2; libuuid, libblkid and
+    // libzstd are already here).
+    DebPin {
+        package: "btrfs-progs",
+        version: "6.2-1+deb12u2",
+        sha256: "8b9f4223957c327ea355c66876014f8a0ba6c74964c237266442fffa02fbf62e",
+    },
     DebPin {
         package: "libudev1",
         version: "252.39-1~deb12u2",
@@ -217,6 +226,16 @@ pub const USERLAND: &[DebPin] = &[
         sha256: "4581f42e3373cb72f9ea4e88163b17873afca614a6c6f54637e95aa75983ea7c",
     },
     DebPin {
+        package: "zlib1g",
+        version: "1:1.2.13.dfsg-1+deb12u1",
+        sha256: "ad9f1ea0537a32c9eaecc619563a9db596a5dee33afce8393b1083f22d301e1d",
+    },
+    DebPin {
+        package: "liblzo2-2",
+        version: "2.10-2",
+        sha256: "4f08e092c76e425295a498cd547dc9b8f6a595473f3020ab8c96309b29872636",
+    },
+    DebPin {
         package: "busybox-static",
         version: "1:1.35.0-4+deb12u1+b1",
         sha256: "3d3fdbe91d4660c873e14b092c213fe81c1da6362daa236eb25d0171eb108744",
@@ -249,6 +268,10 @@ pub const MODULES: &[(&str, &str)] = &[
     ("dm_crypt", ""),
     ("xts", ""),
     ("algif_skcipher", ""),
+    // The btrfs driver's filesystem (`layerstore --driver btrfs`); its dependencies (xor,
+    // raid6_pq, blake2b, ...) come from its `.modinfo`. After xfs, so it loads with the
+    // background tail.
+    ("btrfs", ""),
 ];
 
 /// Kernel options the appliance relies on, checked against the package's `config-*`.
@@ -266,6 +289,7 @@ pub const REQUIRED_CONFIG: &[(&str, &[&str])] = &[
     ("CONFIG_IO_URING", &["y"]),
     ("CONFIG_XFS_FS", &["y", "m"]),
     ("CONFIG_OVERLAY_FS", &["y", "m"]),
+    ("CONFIG_BTRFS_FS", &["y", "m"]),
     ("CONFIG_VIRTIO_CONSOLE", &["y", "m"]),
     ("CONFIG_BLK_DEV_DM", &["y", "m"]),
     ("CONFIG_DM_CRYPT", &["y", "m"]),

@@ -232,9 +232,4 @@ pub const FIO: &[DebPin] = &[
         version: "2.9.14+dfsg-1.3~deb12u6",
         sha256: "4460e39dda10a815881374217cde08474747cfa018358cd8612c14b390eff53b",
     },
-    DebPin {
-        package: "zlib1g",
-        version: "1:1.2.13.dfsg-1",
-        sha256: "d7dd1d1411fedf27f5e27650a6eff20ef294077b568f4c8c5e51466dc7c08ce4",
-    },
 ];

@@ -130,6 +130,102 @@ pub fn limit(path: &Path, bytes: u64) -> Result<()> {
     btrfs(&["qgroup".as_ref(), "limit".as_ref(), b.as_ref(), path.as_os_str()]).map(drop)
 }
 
+/// One line of `/proc/PID/mountinfo` (proc(5)): the mount's device (`major:minor`), the path
+/// of its root inside that filesystem, its mount point and its type. Paths are unescaped
+/// (`\040` and the other octal escapes).
+pub fn parse_mountinfo_line(line: &str) -> Option<(String, String, String, String)> {
+    let (left, right) = line.split_once(" - ")?;
+    let f: Vec<&str> = left.split(' ').collect();
+    let fstype = right.split(' ').next()?;
+    Some((f.get(2)?.to_string(), unescape(f.get(3)?), unescape(f.get(4)?), fstype.to_string()))
+}
+
+fn unescape(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let oct = b
+            .get(i + 1..i + 4)
+            .filter(|d| b[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        match oct {
+            Some(d) => {
+                out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
+                i += 4;
+            }
+            None => {
+                out.push(b[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Mounts in any mount namespace whose root lies inside subvolume `path`, as "pid P: mount
+/// point": a running container's root (crun bind-mounts its rootfs) and whatever it mounted
+/// there. Deleting the subvolume would take its tree, and every mount made inside it, away
+/// from under it (the kernel detaches them), so `rm` refuses.
+pub fn users(path: &Path) -> Result<Vec<String>> {
+    let path = &std::fs::canonicalize(path).ctx("resolve", path)?;
+    let own = std::fs::read_to_string("/proc/self/mountinfo")
+        .ctx("read", Path::new("/proc/self/mountinfo"))?;
+    // The btrfs mount holding `path` here: the longest mount point that is a prefix of it.
+    let (dev, rel) = own
+        .lines()
+        .filter_map(parse_mountinfo_line)
+        .filter(|(_, _, mnt, fs)| fs == "btrfs" && path.starts_with(mnt))
+        .max_by_key(|(_, _, mnt, _)| mnt.len())
+        .map(|(dev, root, mnt, _)| {
+            let below = path.strip_prefix(&mnt).unwrap_or(path);
+            (dev, Path::new(&root).join(below))
+        })
+        .ok_or_else(|| {
+            Error::new(
+                ErrorKind::Invalid,
+                format!("btrfs: {} is on no btrfs mount", path.display()),
+            )
+        })?;
+    let mut found = Vec::new();
+    for e in std::fs::read_dir("/proc").ctx("read", Path::new("/proc"))?.flatten() {
+        let pid = e.file_name().to_string_lossy().into_owned();
+        if !pid.bytes().all(|c| c.is_ascii_digit()) {
+            continue;
+        }
+        // A process that exits meanwhile has nothing to say.
+        let Ok(text) = std::fs::read_to_string(e.path().join("mountinfo")) else { continue };
+        for (d, root, mnt, _) in text.lines().filter_map(parse_mountinfo_line) {
+            if d == dev && Path::new(&root).starts_with(&rel) {
+                let user = format!("pid {pid}: {mnt}");
+                if !found.contains(&user) {
+                    found.push(user);
+                }
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// Refuse to delete subvolume `path` while a mount uses it (see [`users`]).
+pub fn check_unused(path: &Path) -> Result<()> {
+    if !is_subvolume(path)? {
+        return Ok(());
+    }
+    let users = users(path)?;
+    if users.is_empty() {
+        return Ok(());
+    }
+    Err(Error::new(
+        ErrorKind::Conflict,
+        format!(
+            "btrfs: subvolume {} is in use ({}): deleting it would pull the tree from under a \
+             running container; stop it first (Docker refuses to remove a running container too)",
+            path.display(),
+            users.join(", ")
+        ),
+    ))
+}
+
 /// Remove a layer or container directory whose `diff/` may be a (read-only) subvolume.
 pub fn remove_layer_dir(dir: &Path) -> Result<()> {
     let diff = dir.join("diff");
@@ -151,5 +247,20 @@ pub fn check_backing(root: &Path) -> Result<()> {
                 root.display()
             ),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_lines_parse_with_escapes() {
+        let l = "36 35 0:41 /store/ab\\040c/diff /run/rootfs rw,relatime shared:1 - btrfs /dev/ublkb1 rw";
+        let (dev, root, mnt, fs) = parse_mountinfo_line(l).unwrap();
+        assert_eq!((dev.as_str(), fs.as_str()), ("0:41", "btrfs"));
+        assert_eq!(root, "/store/ab c/diff");
+        assert_eq!(mnt, "/run/rootfs");
+        assert_eq!(parse_mountinfo_line("garbage"), None);
     }
 }

@@ -430,6 +430,9 @@ impl Store {
     /// layer dir to `<cache-id>-removing`, so a crash part-way is finished at the next open.
     pub fn remove(&self, name: &str) -> Result<()> {
         let c = self.container(name)?;
+        if self.driver == Driver::Btrfs {
+            crate::btrfs::check_unused(&self.layer_dir(&c.cache_id).join("diff"))?;
+        }
         self.unmount(name)?;
         let from = self.container_path(name);
         let to = self.root.join("containers").join(format!("{name}-removing.json"));

@@ -118,15 +118,26 @@ const SBIN_DIRS: &[&str] = &["/usr/sbin", "/sbin"];
 /// The `xfs_quota` program: the first executable one on `path_var` (a `PATH` value) or in
 /// [`SBIN_DIRS`].
 pub fn find_xfs_quota(path_var: Option<OsString>) -> Result<PathBuf> {
+    find_program("xfs_quota", "xfsprogs", "--size", path_var)
+}
+
+/// An administration program (`name`, from Debian package `package`, needed for `purpose`):
+/// the first executable one on `path_var` (a `PATH` value) or in [`SBIN_DIRS`].
+pub fn find_program(
+    name: &str,
+    package: &str,
+    purpose: &str,
+    path_var: Option<OsString>,
+) -> Result<PathBuf> {
     let mut dirs: Vec<PathBuf> =
         path_var.map(|p| std::env::split_paths(&p).collect()).unwrap_or_default();
     dirs.extend(SBIN_DIRS.iter().map(PathBuf::from));
-    find_in(&dirs)
+    find_in(&dirs, name, package, purpose)
 }
 
-fn find_in(dirs: &[PathBuf]) -> Result<PathBuf> {
+fn find_in(dirs: &[PathBuf], name: &str, package: &str, purpose: &str) -> Result<PathBuf> {
     dirs.iter()
-        .map(|d| d.join("xfs_quota"))
+        .map(|d| d.join(name))
         .find(|p| {
             use std::os::unix::fs::PermissionsExt;
             std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
@@ -135,7 +146,7 @@ fn find_in(dirs: &[PathBuf]) -> Result<PathBuf> {
             Error::new(
                 ErrorKind::Unsupported,
                 format!(
-                    "xfs_quota (Debian package xfsprogs) is needed for --size and was not found \
+                    "{name} (Debian package {package}) is needed for {purpose} and was not found \
                      in {}",
                     dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(":")
                 ),
@@ -346,6 +357,22 @@ mod tests {
         }
     }
 
+    /// The devicemapper driver's mkfs under a PATH without the sbin directories (the
+    /// appliance's agent passes none): found there, as `xfs_quota` is. Before, the driver ran
+    /// a bare `mkfs.xfs` and failed with ENOENT in the VM.
+    #[test]
+    fn mkfs_is_found_in_sbin_without_path() {
+        let empty = tempfile::tempdir().unwrap();
+        for (name, pkg) in [("mkfs.xfs", "xfsprogs"), ("mkfs.ext4", "e2fsprogs")] {
+            let p = empty.path().as_os_str().to_owned();
+            let found = find_program(name, pkg, "the base device", Some(p))
+                .unwrap_or_else(|e| panic!("{name} (Debian {pkg}) is needed on the host: {e}"));
+            assert!(found.starts_with("/usr/sbin") || found.starts_with("/sbin"), "{found:?}");
+        }
+        let e = find_program("mkfs.nope", "nopeprogs", "the base device", None).unwrap_err();
+        assert!(e.to_string().contains("mkfs.nope (Debian package nopeprogs) is needed"), "{e}");
+    }
+
     #[test]
     fn xfs_quota_is_found_in_sbin_without_path_and_missing_is_clear() {
         // Debian's xfsprogs installs /usr/sbin/xfs_quota (`cargo xtask setup`).
@@ -360,7 +387,7 @@ mod tests {
         rustix::fs::chmod(&bin, rustix::fs::Mode::from_raw_mode(0o755)).unwrap();
         assert_eq!(find_xfs_quota(Some(empty.path().as_os_str().to_owned())).unwrap(), bin);
         let none = tempfile::tempdir().unwrap();
-        let e = find_in(&[none.path().to_owned()]).unwrap_err();
+        let e = find_in(&[none.path().to_owned()], "xfs_quota", "xfsprogs", "--size").unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Unsupported);
         assert!(e.to_string().contains("xfs_quota (Debian package xfsprogs) is needed"), "{e}");
     }

@@ -527,6 +527,54 @@ fn btrfs_layers_are_readonly_snapshots_of_their_parents() {
     assert!(!store.root().join(&c.cache_id).exists());
 }
 
+/// `rm` of a container whose subvolume a running container uses (here: a private mount
+/// namespace with the subvolume bind-mounted, as crun does with a rootfs) is refused: deleting
+/// the subvolume would have pulled the tree, and every mount made inside it, from under the
+/// running container (seen in the VM: its /proc vanished). Once it exits, `rm` works.
+#[test]
+fn btrfs_rm_of_a_subvolume_in_use_is_refused() {
+    need("unshare");
+    let env = Env::new("btrfs");
+    let img = layout_with_layers(&env.dir().join("img"), &[simple_tar(&[("a", b"1")])], &["/x"]);
+    let store = env.open();
+    store.import(&img, Some("x:1")).unwrap();
+    let c = store.create("x:1", "held", None).unwrap();
+    let diff = store.root().join(&c.cache_id).join("diff");
+    assert!(overlay::btrfs::users(&diff).unwrap().is_empty(), "nobody uses it yet");
+    struct Holder(std::process::Child);
+    impl Drop for Holder {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let script = format!("mount --bind {0} {0} && echo up && exec sleep 600", diff.display());
+    let mut holder = Holder(
+        Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(holder.0.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line.trim(), "up");
+    let users = overlay::btrfs::users(&diff).unwrap();
+    assert!(users.iter().any(|u| u.starts_with(&format!("pid {}", holder.0.id()))), "{users:?}");
+    let err = store.remove("held").unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Conflict, "{err}");
+    assert!(err.to_string().contains("is in use"), "{err}");
+    assert!(store.container("held").is_ok(), "still there");
+    assert!(diff.join("a").exists(), "its tree is untouched");
+    drop(holder);
+    store.remove("held").unwrap();
+    assert!(!store.root().join(&c.cache_id).exists());
+}
+
 // ---- devicemapper's own shape (host: loop devices stand in for the pool's) --------------
 
 /// (source device, filesystem type, mount options + super options) of the mount at `path`.
@@ -623,6 +671,69 @@ fn devicemapper_busy_rm_is_refused_or_deferred() {
     user.0.kill().unwrap();
     user.0.wait().unwrap();
     // The loop device is released by the kernel once the lazily unmounted filesystem is.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while {
+        store.info().unwrap();
+        provider.deferred() > 0
+    } {
+        assert!(std::time::Instant::now() < deadline, "deferred deletion never finished");
+        std::thread::yield_now();
+    }
+    assert_eq!(env.volumes().unwrap().len(), 2, "base + the layer");
+}
+
+/// A container's filesystem that another mount namespace still holds (a running container
+/// copied the store's mounts when it started): unmounting here succeeds, but the device is
+/// still open. `rm` is refused with the driver's busy error without dm.use_deferred_removal
+/// (the pool daemon refuses the detach), and with it the device is detached at its last close
+/// (the daemon's deferred detach; before, `rm` failed on the daemon's refusal even with
+/// deferral on).
+#[test]
+fn devicemapper_rm_of_a_mount_another_namespace_holds() {
+    need("unshare");
+    let env = Env::new("devicemapper");
+    let img = layout_with_layers(&env.dir().join("img"), &[simple_tar(&[("a", b"1")])], &["/x"]);
+    let root = env.store_root();
+    let store = drivers::open_store_with(env.driver, &root, &["dm.fs=ext4", "dm.basesize=96M"]);
+    store.import(&img, Some("x:1")).unwrap();
+    store.create("x:1", "held", None).unwrap();
+    let m = store.mount("held").unwrap();
+    struct Holder(std::process::Child);
+    impl Drop for Holder {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    // A private copy of every mount, so unmounting ours does not propagate into it.
+    let mut holder = Holder(
+        Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sh", "-c", "echo up; exec sleep 600"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(holder.0.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line.trim(), "up");
+    let err = store.remove("held").unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Conflict, "{err}");
+    assert!(err.to_string().contains("is busy"), "{err}");
+    assert!(err.to_string().contains("mount namespace"), "{err}");
+    assert!(store.container("held").is_ok(), "still there");
+    drop(store);
+
+    let store = env.open(); // with dm.use_deferred_removal=true
+    store.remove("held").unwrap();
+    assert_eq!(store.container("held").unwrap_err().kind(), ErrorKind::NotFound);
+    assert!(!m.exists(), "gone from the store");
+    let provider = drivers::loopdev::LoopProvider::new(&root.with_file_name("pool"), 0);
+    assert_eq!(provider.deferred(), 1, "the volume's deletion waits for the other namespace");
+    drop(holder);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while {
         store.info().unwrap();

@@ -54,8 +54,17 @@ impl Dm {
     }
 }
 
+/// Runs the mkfs command line `argv`. The program is looked up on `PATH` and then in the sbin
+/// directories, which a minimal `PATH` (the appliance's agent and init pass none) leaves out.
 fn run_mkfs(argv: &[String]) -> Result<()> {
-    let out = Command::new(&argv[0]).args(&argv[1..]).output().map_err(|e| {
+    let package = if argv[0].starts_with("mkfs.xfs") { "xfsprogs" } else { "e2fsprogs" };
+    let prog = crate::quota::find_program(
+        &argv[0],
+        package,
+        "the devicemapper base device",
+        std::env::var_os("PATH"),
+    )?;
+    let out = Command::new(&prog).args(&argv[1..]).output().map_err(|e| {
         Error::with_source(ErrorKind::Unsupported, format!("run `{}`", argv.join(" ")), e)
     })?;
     if !out.status.success() {
@@ -85,6 +94,24 @@ fn unmount_retrying(mnt: &Path) -> rustix::io::Result<()> {
             r => return r,
         }
     }
+}
+
+/// A device that cannot be removed because it is in use, with Docker's remedy.
+fn busy(
+    volume: &str,
+    dir: &Path,
+    source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+) -> Error {
+    Error::with_source(
+        ErrorKind::Conflict,
+        format!(
+            "devmapper: device {volume} is busy (mounted at {} and in use, or held by a running \
+             container's mount namespace); stop its users, or set dm.use_deferred_removal=true \
+             to remove it when the last one leaves",
+            dir.join("mnt").display()
+        ),
+        source,
+    )
 }
 
 impl Store {
@@ -222,7 +249,16 @@ impl Store {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(Error::io("read", &p, e)),
         };
-        self.dm()?.provider.detach(&self.dm_volume(dir)?, &dev)?;
+        let dm = self.dm()?;
+        let vol = self.dm_volume(dir)?;
+        match dm.provider.detach(&vol, &dev, dm.opts.deferred_removal) {
+            Ok(false) => {}
+            Ok(true) => tracing::info!(volume = %vol, "device in use: removed at its last close"),
+            // Unmounted here, but still open: another mount namespace (a running container's,
+            // which copied our mounts when it started) holds the filesystem.
+            Err(e) if e.kind() == ErrorKind::Conflict => return Err(busy(&vol, dir, e)),
+            Err(e) => return Err(e),
+        }
         std::fs::remove_file(&p).ctx("remove", &p)
     }
 
@@ -240,17 +276,7 @@ impl Store {
                         .ctx("lazily unmount", &mnt)?;
                 }
                 Err(rustix::io::Errno::BUSY) => {
-                    return Err(Error::with_source(
-                        ErrorKind::Conflict,
-                        format!(
-                            "devmapper: device {} is busy (mounted at {} and in use); stop its \
-                             users, or set dm.use_deferred_removal=true to remove it when the \
-                             last one leaves",
-                            self.dm_volume(dir)?,
-                            mnt.display()
-                        ),
-                        rustix::io::Errno::BUSY,
-                    ))
+                    return Err(busy(&self.dm_volume(dir)?, dir, rustix::io::Errno::BUSY))
                 }
                 Err(e) => return Err(Error::io("unmount", &mnt, e)),
             }

@@ -29,8 +29,11 @@ pub trait DeviceProvider: Send + Sync {
     fn remove(&self, name: &str) -> Result<bool>;
     /// A block device for the volume.
     fn attach(&self, name: &str) -> Result<PathBuf>;
-    /// Release the block device `attach` gave.
-    fn detach(&self, name: &str, device: &Path) -> Result<()>;
+    /// Release the block device `attach` gave. A device still open (a lazily unmounted
+    /// filesystem, or a mount another mount namespace holds) is refused as
+    /// [`ErrorKind::Conflict`], or with `deferred` released once its last user closes it
+    /// (dm's deferred remove); `Ok(true)` then.
+    fn detach(&self, name: &str, device: &Path, deferred: bool) -> Result<bool>;
     fn usage(&self) -> Result<PoolUsage>;
 }
 
@@ -107,9 +110,11 @@ impl DeviceProvider for PoolDaemon {
         })
     }
 
-    fn detach(&self, name: &str, device: &Path) -> Result<()> {
+    fn detach(&self, name: &str, device: &Path, deferred: bool) -> Result<bool> {
         let _ = device;
-        self.request(serde_json::json!({"op": "detach", "name": name})).map(drop)
+        let v =
+            self.request(serde_json::json!({"op": "detach", "name": name, "deferred": deferred}))?;
+        Ok(v["deferred"].as_bool().unwrap_or(false))
     }
 
     fn usage(&self) -> Result<PoolUsage> {

@@ -121,11 +121,28 @@ impl DeviceProvider for LoopProvider {
         Ok(PathBuf::from(out.trim()))
     }
 
-    fn detach(&self, _name: &str, device: &Path) -> Result<()> {
-        // Of a device still open (a lazily unmounted filesystem) the kernel only sets
-        // autoclear: it goes when released, like dm's deferred remove.
+    fn detach(&self, name: &str, device: &Path, deferred: bool) -> Result<bool> {
+        // Held (mounted, or a lazily unmounted filesystem not yet released): the exclusive
+        // open a mount also takes fails with EBUSY, as the pool daemon's detach checks.
+        let held = matches!(
+            rustix::fs::open(
+                device,
+                rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::EXCL,
+                0.into()
+            ),
+            Err(rustix::io::Errno::BUSY)
+        );
+        if held && !deferred {
+            return Err(Error::new(
+                ErrorKind::Conflict,
+                format!("loop detach {name}: {} is in use", device.display()),
+            ));
+        }
+        // Of a device still open the kernel only sets autoclear: it goes when released, like
+        // dm's deferred remove.
         sh(Command::new("losetup").arg("-d").arg(device)).map(drop)?;
-        self.reap()
+        self.reap()?;
+        Ok(held)
     }
 
     fn usage(&self) -> Result<PoolUsage> {

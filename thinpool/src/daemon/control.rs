@@ -89,9 +89,13 @@ pub enum Request {
     Attach {
         name: String,
     },
-    /// Stop and delete a volume's ublk device (refused while it is open, e.g. mounted).
+    /// Stop and delete a volume's ublk device. While it is open (e.g. mounted) this is
+    /// refused, or with `deferred` done as soon as its last user closes it (Docker's
+    /// deferred removal).
     Detach {
         name: String,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        deferred: bool,
     },
 }
 
@@ -101,6 +105,9 @@ pub struct AttachEntry {
     pub name: String,
     /// `/dev/ublkbN`.
     pub device: String,
+    /// Still open, and detached as soon as its last user closes it (deferred removal).
+    #[serde(default)]
+    pub deferred_removal: bool,
 }
 
 /// What to do with the pool's metadata snapshot.
@@ -171,7 +178,10 @@ pub enum Reply {
     Status(Box<DaemonStatus>),
     /// `extend`: the device added and what the volume group did.
     Extended { device: String, events: Vec<crate::vg::ExtendEvent> },
-    /// `attach`, `detach`: the ublk block device.
+    /// `detach`: the device the volume had; `deferred` when it is still open and goes at its
+    /// last close.
+    Detached { device: String, deferred: bool },
+    /// `attach`: the ublk block device.
     Attached { device: String },
     /// `metadata_snap`: the metadata block holding the snapshot (reserved or released).
     MetadataSnap { metadata_snap: u64 },
@@ -362,8 +372,16 @@ impl Client {
 
     /// Detaches a volume's ublk device; returns the path it had.
     pub fn detach(&self, name: &str) -> Result<PathBuf, ControlError> {
-        let r: AttachedReply = self.call(&Request::Detach { name: name.into() })?;
+        let r: AttachedReply =
+            self.call(&Request::Detach { name: name.into(), deferred: false })?;
         Ok(r.device.into())
+    }
+
+    /// Detaches a volume's ublk device, or when it is still open, as soon as its last user
+    /// closes it; returns the path it had and whether the removal was deferred.
+    pub fn detach_deferred(&self, name: &str) -> Result<(PathBuf, bool), ControlError> {
+        let r: DetachedReply = self.call(&Request::Detach { name: name.into(), deferred: true })?;
+        Ok((r.device.into(), r.deferred))
     }
 
     /// Reserves or releases the pool's metadata snapshot; returns its metadata block.
@@ -376,6 +394,13 @@ impl Client {
 #[derive(Deserialize)]
 struct AttachedReply {
     device: String,
+}
+
+#[derive(Deserialize)]
+struct DetachedReply {
+    device: String,
+    #[serde(default)]
+    deferred: bool,
 }
 
 #[derive(Deserialize)]
@@ -583,10 +608,21 @@ mod tests {
         let s = serde_json::to_string(&r).unwrap();
         assert_eq!(s, r#"{"op":"attach","name":"store"}"#);
         assert_eq!(serde_json::from_str::<Request>(&s).unwrap(), r);
-        let d = Request::Detach { name: "store".into() };
+        let d = Request::Detach { name: "store".into(), deferred: false };
         assert_eq!(serde_json::to_string(&d).unwrap(), r#"{"op":"detach","name":"store"}"#);
+        assert_eq!(
+            serde_json::from_str::<Request>(r#"{"op":"detach","name":"store"}"#).unwrap(),
+            d
+        );
+        let dd = Request::Detach { name: "c1".into(), deferred: true };
+        let s = serde_json::to_string(&dd).unwrap();
+        assert_eq!(s, r#"{"op":"detach","name":"c1","deferred":true}"#);
+        assert_eq!(serde_json::from_str::<Request>(&s).unwrap(), dd);
         let a = serde_json::to_value(Reply::Attached { device: "/dev/ublkb0".into() }).unwrap();
         assert_eq!(a, serde_json::json!({"device": "/dev/ublkb0"}));
+        let r = Reply::Detached { device: "/dev/ublkb3".into(), deferred: true };
+        let v = serde_json::to_value(r).unwrap();
+        assert_eq!(v, serde_json::json!({"device": "/dev/ublkb3", "deferred": true}));
     }
 
     #[test]

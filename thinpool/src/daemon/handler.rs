@@ -162,9 +162,14 @@ impl control::Handler for PoolControl {
             R::Attach { name } => Reply::Attached {
                 device: self.ublk.attach(&name).map_err(ublk_refusal)?.display().to_string(),
             },
-            R::Detach { name } => Reply::Attached {
+            R::Detach { name, deferred: false } => Reply::Detached {
                 device: self.ublk.detach(&name).map_err(ublk_refusal)?.display().to_string(),
+                deferred: false,
             },
+            R::Detach { name, deferred: true } => {
+                let d = self.ublk.detach_deferred(&name).map_err(ublk_refusal)?;
+                Reply::Detached { device: d.device.display().to_string(), deferred: d.deferred }
+            }
             R::Extend { device } => {
                 let events = svc.extend_device(std::path::Path::new(&device)).map_err(refusal)?;
                 Reply::Extended { device, events }
@@ -194,6 +199,7 @@ impl control::Handler for PoolControl {
                 streamed(crate::delta::send::receive(pool, &name, base.as_deref(), r))?
             }
             R::Status => {
+                let marked = self.ublk.deferred();
                 let space = |u: crate::pool::SpaceUsage| SpaceEntry {
                     total: u.total,
                     used: u.used,
@@ -214,7 +220,11 @@ impl control::Handler for PoolControl {
                         .ublk
                         .list()
                         .into_iter()
-                        .map(|(name, dev)| AttachEntry { name, device: dev.display().to_string() })
+                        .map(|(name, dev)| AttachEntry {
+                            deferred_removal: marked.contains(&name),
+                            device: dev.display().to_string(),
+                            name,
+                        })
                         .collect(),
                 }))
             }

@@ -20,12 +20,24 @@
 //! `DIR/ublk.json` and takes the devices over (`START_USER_RECOVERY`, new queues,
 //! `END_USER_RECOVERY`), after which the reissued requests are served by it.
 //!
+//! Deferred removal (Docker's `dm.use_deferred_removal`, which sets dm's deferred-remove flag
+//! so the kernel removes a device at its last close): [`Devices::detach_deferred`] of a device
+//! still open (a lazily unmounted filesystem whose last user has not left) marks it, and a
+//! watcher thread detaches it once nobody holds it. ublk tells its server nothing about
+//! opens and closes, so the watcher tries the exclusive open `detach` does, every
+//! [`DEFERRED_POLL`], while something is marked. Detaching drops the device's handle on the
+//! volume, which completes a deletion the pool deferred for it.
+//!
 //! ```text
-//! DIR/ublk.json   {"store":0}   volume → ublk device id, rewritten on every attach/detach
+//! DIR/ublk.json            {"store":0}   volume → ublk device id, rewritten on every attach/detach
+//! DIR/ublk-deferred.json   ["v1"]        devices to detach at their last close (kept across a
+//!                                        daemon restart: the successor takes them over and
+//!                                        watches them again)
 //! ```
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -49,6 +61,8 @@ pub const BUF_BYTES: u32 = 512 << 10;
 const BLOCK_SHIFT: u8 = 12;
 /// How long attach waits for the kernel to bring a device up.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// How often the deferred-removal watcher looks whether a marked device was released.
+pub const DEFERRED_POLL: Duration = Duration::from_millis(200);
 
 /// The `ctrl_flags` of every device: user recovery with reissue (see the module doc).
 fn ctrl_flags() -> u64 {
@@ -95,6 +109,20 @@ pub fn records_path(state_dir: &Path) -> PathBuf {
     state_dir.join("ublk.json")
 }
 
+/// The deferred-removal list in a daemon's state directory.
+pub fn deferred_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("ublk-deferred.json")
+}
+
+/// What [`Devices::detach_deferred`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Detached {
+    /// The device the volume had.
+    pub device: PathBuf,
+    /// Still open: it goes when its last user closes it.
+    pub deferred: bool,
+}
+
 struct Device {
     id: u32,
     thread: JoinHandle<()>,
@@ -105,11 +133,28 @@ pub struct Devices {
     catalog: Arc<dyn Catalog>,
     records: PathBuf,
     devices: Mutex<BTreeMap<String, Device>>,
+    /// Volumes whose device is detached at its last close, and whether a watcher runs.
+    deferred: Mutex<(BTreeSet<String>, bool)>,
+    deferred_file: PathBuf,
+    /// Set by [`Devices::shutdown`]: the watcher leaves what is marked to the next daemon.
+    stopping: AtomicBool,
 }
 
 impl Devices {
     pub fn new(catalog: Arc<dyn Catalog>, state_dir: &Path) -> Self {
-        Self { catalog, records: records_path(state_dir), devices: Mutex::new(BTreeMap::new()) }
+        Self {
+            catalog,
+            records: records_path(state_dir),
+            devices: Mutex::new(BTreeMap::new()),
+            deferred: Mutex::new((BTreeSet::new(), false)),
+            deferred_file: deferred_path(state_dir),
+            stopping: AtomicBool::new(false),
+        }
+    }
+
+    /// Volumes whose device waits for its last close to be detached.
+    pub fn deferred(&self) -> BTreeSet<String> {
+        self.deferred.lock().unwrap_or_else(|p| p.into_inner()).0.clone()
     }
 
     /// Volume → device path of every attached volume.
@@ -168,9 +213,102 @@ impl Devices {
         Ok(path)
     }
 
+    /// Detaches `volume`'s device, or, when it is still open, marks it to be detached as soon
+    /// as nobody holds it (deferred removal).
+    pub fn detach_deferred(self: &Arc<Self>, volume: &str) -> Result<Detached, AttachError> {
+        match self.detach(volume) {
+            Ok(device) => Ok(Detached { device, deferred: false }),
+            Err(e) if e.kind == AttachErrorKind::Busy => {
+                let device = self
+                    .list()
+                    .into_iter()
+                    .find(|(v, _)| v == volume)
+                    .map(|(_, d)| d)
+                    .ok_or_else(|| {
+                        AttachError::new(AttachErrorKind::State, "detach", volume, "not attached")
+                    })?;
+                self.defer(volume)?;
+                tracing::info!("ublk: {} is in use: detached at its last close", device.display());
+                Ok(Detached { device, deferred: true })
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Marks `volume` for deferred removal and makes sure the watcher runs.
+    fn defer(self: &Arc<Self>, volume: &str) -> Result<(), AttachError> {
+        let mut d = self.deferred.lock().unwrap_or_else(|p| p.into_inner());
+        d.0.insert(volume.to_owned());
+        self.save_deferred(&d.0, volume)?;
+        if !d.1 {
+            let me = self.clone();
+            std::thread::Builder::new()
+                .name("ublk-deferred".into())
+                .spawn(move || me.watch_deferred())
+                .map_err(|e| {
+                    let msg = format!("starting the deferred-removal watcher: {e}");
+                    AttachError::new(AttachErrorKind::Io, "detach", volume, msg)
+                })?;
+            d.1 = true;
+        }
+        Ok(())
+    }
+
+    /// The watcher: detaches each marked device once it is no longer open; ends when none
+    /// is left (or the daemon stops).
+    fn watch_deferred(&self) {
+        loop {
+            std::thread::sleep(DEFERRED_POLL);
+            let marked = self.deferred();
+            let mut done = Vec::new();
+            for volume in &marked {
+                if self.stopping.load(Ordering::SeqCst) {
+                    break;
+                }
+                match self.detach(volume) {
+                    Ok(dev) => {
+                        tracing::info!("ublk: deferred removal of {} done", dev.display());
+                        done.push(volume.clone());
+                    }
+                    Err(e) if e.kind == AttachErrorKind::Busy => {}
+                    // Detached meanwhile by someone else, or failing for good: stop watching.
+                    Err(e) => {
+                        if e.kind != AttachErrorKind::State {
+                            tracing::error!("ublk: deferred removal: {e}");
+                        }
+                        done.push(volume.clone());
+                    }
+                }
+            }
+            let mut d = self.deferred.lock().unwrap_or_else(|p| p.into_inner());
+            if !done.is_empty() {
+                d.0.retain(|v| !done.contains(v));
+                if let Err(e) = self.save_deferred(&d.0, "") {
+                    tracing::error!("{e}");
+                }
+            }
+            if d.0.is_empty() || self.stopping.load(Ordering::SeqCst) {
+                d.1 = false;
+                return;
+            }
+        }
+    }
+
+    fn save_deferred(&self, set: &BTreeSet<String>, volume: &str) -> Result<(), AttachError> {
+        let io = |e: std::io::Error| {
+            let msg = format!("writing {}: {e}", self.deferred_file.display());
+            AttachError::new(AttachErrorKind::Io, "detach", volume, msg)
+        };
+        let tmp = self.deferred_file.with_extension("json.tmp");
+        let body = serde_json::to_vec(set).map_err(|e| io(std::io::Error::other(e)))?;
+        std::fs::write(&tmp, body).map_err(io)?;
+        std::fs::rename(&tmp, &self.deferred_file).map_err(io)
+    }
+
     /// Takes over the devices a previous daemon recorded (after it died); records whose
-    /// device is gone are dropped. Returns what was recovered and what failed.
-    pub fn recover(&self) -> Vec<(String, Result<PathBuf, AttachError>)> {
+    /// device is gone are dropped, and those it was to detach at their last close are
+    /// watched again. Returns what was recovered and what failed.
+    pub fn recover(self: &Arc<Self>) -> Vec<(String, Result<PathBuf, AttachError>)> {
         let recorded: BTreeMap<String, u32> = std::fs::read(&self.records)
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
@@ -208,12 +346,28 @@ impl Devices {
         if let Err(e) = self.save(&d, "recover", "") {
             tracing::error!("{e}");
         }
+        drop(d);
+        let marked: BTreeSet<String> = std::fs::read(&self.deferred_file)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        for volume in marked {
+            if out.iter().any(|(v, r)| *v == volume && r.is_ok()) {
+                if let Err(e) = self.defer(&volume) {
+                    tracing::error!("{e}");
+                }
+            }
+        }
+        if self.deferred().is_empty() {
+            let _ = std::fs::remove_file(&self.deferred_file);
+        }
         out
     }
 
     /// Detaches every device nobody uses; devices in use (a mounted file system) are left to
     /// a successor daemon to take over.
     pub fn shutdown(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
         for (volume, path) in self.list() {
             match self.detach(&volume) {
                 Ok(_) => {}
