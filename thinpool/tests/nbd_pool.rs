@@ -112,7 +112,13 @@ fn pool_exports_work_with_real_clients() {
     // Management through the control socket while serving.
     let r = control::request(
         d,
-        &Request::Create { name: "new".into(), size: 8 * MIB, export: false, encrypted: false, luks_header: None },
+        &Request::Create {
+            name: "new".into(),
+            size: 8 * MIB,
+            export: false,
+            encrypted: false,
+            luks_header: None,
+        },
     )
     .unwrap();
     assert!(r.ok, "{r:?}");
@@ -120,7 +126,13 @@ fn pool_exports_work_with_real_clients() {
     assert!(out.contains("\"new\""), "created volume is exported:\n{out}");
     let r = control::request(
         d,
-        &Request::Create { name: "new".into(), size: 8 * MIB, export: false, encrypted: false, luks_header: None },
+        &Request::Create {
+            name: "new".into(),
+            size: 8 * MIB,
+            export: false,
+            encrypted: false,
+            luks_header: None,
+        },
     )
     .unwrap();
     assert!(!r.ok && r.error.as_deref().unwrap_or("").contains("exists"), "{r:?}");

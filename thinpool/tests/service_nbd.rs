@@ -159,7 +159,13 @@ fn nbd_metadata_exhaustion_answers_writes_with_eperm_and_keeps_reads() {
     }
     let r = control::request(
         &pool,
-        &Request::Create { name: "w".into(), size: 1 << 20, export: false, encrypted: false, luks_header: None },
+        &Request::Create {
+            name: "w".into(),
+            size: 1 << 20,
+            export: false,
+            encrypted: false,
+            luks_header: None,
+        },
     )
     .unwrap();
     assert!(!r.ok && r.error.unwrap().contains("read-only"));

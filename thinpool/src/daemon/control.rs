@@ -314,8 +314,7 @@ impl Client {
 
     /// Creates a volume for this machine's own use (not offered under `--exports flagged`).
     pub fn create(&self, name: &str, size: u64) -> Result<u64, ControlError> {
-        let r: CreatedReply =
-            self.call(&Request::Create {
+        let r: CreatedReply = self.call(&Request::Create {
             name: name.into(),
             size,
             export: false,
@@ -327,8 +326,7 @@ impl Client {
 
     /// Creates a volume for export to NBD clients.
     pub fn create_for_export(&self, name: &str, size: u64) -> Result<u64, ControlError> {
-        let r: CreatedReply =
-            self.call(&Request::Create {
+        let r: CreatedReply = self.call(&Request::Create {
             name: name.into(),
             size,
             export: true,
