@@ -295,3 +295,35 @@ pub fn check_pool_disk(disk: &Path) -> Result<String> {
     let ours = host_run(std::process::Command::new(thinpool_bin()?).arg("check").arg(&m))?;
     Ok(format!("thin_check: {debian}\nthinpool check: {ours}"))
 }
+
+/// busybox (Debian's busybox-static) as a one-layer OCI image built with umoci in the layout
+/// `dir/img`, tagged `bb`, with `applets` linked in `/bin` and `/bin/sh` as its command.
+/// Returns the layout packed as a gzip-compressed tar (`dir/bb.oci.tar.gz`); the layout
+/// itself stays for other tools (skopeo).
+pub fn busybox_oci(dir: &Path, applets: &[&str]) -> Result<PathBuf> {
+    use std::process::Command;
+    let busybox = Path::new("/bin/busybox");
+    anyhow::ensure!(busybox.is_file(), "/bin/busybox is missing (Debian package busybox-static)");
+    let img = dir.join("img");
+    let bundle = dir.join("unpacked");
+    let ib = |t: &str| format!("{}:{t}", img.display());
+    let umoci = |args: &[&str]| {
+        host_run(Command::new("umoci").args(args)).context("umoci (Debian package umoci)")
+    };
+    umoci(&["init", "--layout", &img.to_string_lossy()])?;
+    umoci(&["new", "--image", &ib("base")])?;
+    umoci(&["unpack", "--image", &ib("base"), &bundle.to_string_lossy()])?;
+    let rootfs = bundle.join("rootfs");
+    std::fs::create_dir_all(rootfs.join("bin"))?;
+    std::fs::copy(busybox, rootfs.join("bin/busybox"))?;
+    for applet in applets {
+        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet))?;
+    }
+    umoci(&["repack", "--image", &ib("bb"), &bundle.to_string_lossy()])?;
+    umoci(&["config", "--image", &ib("bb"), "--config.cmd", "/bin/sh"])?;
+    umoci(&["rm", "--image", &ib("base")])?;
+    let oci = dir.join("bb.oci.tar");
+    host_run(Command::new("tar").arg("-C").arg(&img).arg("-cf").arg(&oci).arg("."))?;
+    host_run(Command::new("gzip").arg("-1").arg(&oci))?;
+    Ok(dir.join("bb.oci.tar.gz"))
+}

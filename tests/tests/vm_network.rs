@@ -12,41 +12,16 @@
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 use serde_json::Value;
 use tests::cli::Lamina;
-use tests::host_run;
 
-/// busybox (Debian's busybox-static) as a one-layer OCI image built with umoci, tagged `bb`;
-/// the layout tar, gzip-compressed.
+/// busybox as a one-layer OCI image tagged `bb` (see [`tests::busybox_oci`]).
 fn busybox_oci(dir: &Path) -> Result<PathBuf> {
-    let busybox = Path::new("/bin/busybox");
-    ensure!(busybox.is_file(), "/bin/busybox is missing (Debian package busybox-static)");
-    let img = dir.join("img");
-    let bundle = dir.join("unpacked");
-    let ib = |t: &str| format!("{}:{t}", img.display());
-    let umoci = |args: &[&str]| {
-        host_run(Command::new("umoci").args(args)).context("umoci (Debian package umoci)")
-    };
-    umoci(&["init", "--layout", &img.to_string_lossy()])?;
-    umoci(&["new", "--image", &ib("base")])?;
-    umoci(&["unpack", "--image", &ib("base"), &bundle.to_string_lossy()])?;
-    let rootfs = bundle.join("rootfs");
-    std::fs::create_dir_all(rootfs.join("bin"))?;
-    std::fs::copy(busybox, rootfs.join("bin/busybox"))?;
-    for applet in ["sh", "cat", "echo", "mkdir", "sleep", "httpd", "wget", "hostname"] {
-        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet))?;
-    }
-    umoci(&["repack", "--image", &ib("bb"), &bundle.to_string_lossy()])?;
-    umoci(&["config", "--image", &ib("bb"), "--config.cmd", "/bin/sh"])?;
-    umoci(&["rm", "--image", &ib("base")])?;
-    let oci = dir.join("bb.oci.tar");
-    host_run(Command::new("tar").arg("-C").arg(&img).arg("-cf").arg(&oci).arg("."))?;
-    host_run(Command::new("gzip").arg("-1").arg(&oci))?;
-    Ok(dir.join("bb.oci.tar.gz"))
+    let applets = ["sh", "cat", "echo", "mkdir", "sleep", "httpd", "wget", "hostname"];
+    tests::busybox_oci(dir, &applets)
 }
 
 /// A TCP port nobody listens on here now.

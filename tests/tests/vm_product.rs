@@ -36,29 +36,9 @@ fn sha256(p: &Path) -> Result<String> {
 /// returns (OCI layout tar gzip-compressed, docker-archive tar zstd-compressed); the
 /// uncompressed docker-archive stays beside them as `bb.docker.tar`.
 fn busybox_archives(dir: &Path) -> Result<(PathBuf, PathBuf)> {
-    let busybox = Path::new("/bin/busybox");
-    ensure!(busybox.is_file(), "/bin/busybox is missing (Debian package busybox-static)");
+    let applets = ["sh", "cat", "sleep", "hostname", "httpd", "wget", "nslookup", "ping"];
+    let oci = tests::busybox_oci(dir, &applets)?;
     let img = dir.join("img");
-    let bundle = dir.join("unpacked");
-    let ib = |t: &str| format!("{}:{t}", img.display());
-    let umoci = |args: &[&str]| {
-        host_run(Command::new("umoci").args(args)).context("umoci (Debian package umoci)")
-    };
-    umoci(&["init", "--layout", &img.to_string_lossy()])?;
-    umoci(&["new", "--image", &ib("base")])?;
-    umoci(&["unpack", "--image", &ib("base"), &bundle.to_string_lossy()])?;
-    let rootfs = bundle.join("rootfs");
-    std::fs::create_dir_all(rootfs.join("bin"))?;
-    std::fs::copy(busybox, rootfs.join("bin/busybox"))?;
-    for applet in ["sh", "cat", "sleep", "hostname", "httpd", "wget", "nslookup", "ping"] {
-        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet))?;
-    }
-    umoci(&["repack", "--image", &ib("bb"), &bundle.to_string_lossy()])?;
-    umoci(&["config", "--image", &ib("bb"), "--config.cmd", "/bin/sh"])?;
-    umoci(&["rm", "--image", &ib("base")])?;
-    let oci = dir.join("bb.oci.tar");
-    host_run(Command::new("tar").arg("-C").arg(&img).arg("-cf").arg(&oci).arg("."))?;
-    host_run(Command::new("gzip").arg("-1").arg(&oci))?;
     let docker = dir.join("bb.docker.tar");
     host_run(Command::new("skopeo").args([
         "copy",
@@ -67,7 +47,7 @@ fn busybox_archives(dir: &Path) -> Result<(PathBuf, PathBuf)> {
     ]))
     .context("skopeo (Debian package skopeo)")?;
     host_run(Command::new("zstd").arg("-q").arg("-k").arg(&docker)).context("zstd")?;
-    Ok((dir.join("bb.oci.tar.gz"), dir.join("bb.docker.tar.zst")))
+    Ok((oci, dir.join("bb.docker.tar.zst")))
 }
 
 /// The tags `image ls --json` shows.
