@@ -13,10 +13,17 @@ pub struct Config {
     /// How the store volume reaches the kernel (see [`crate::attach`]).
     #[serde(default)]
     pub attach: Attach,
+    /// The container service and its layer store (false: storage only).
+    #[serde(default = "yes")]
+    pub containers: bool,
     pub network: Network,
     pub agent: Agent,
     pub shutdown: Shutdown,
     pub pool: Pool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// `attach = "ublk" | "nbd"`.
@@ -169,6 +176,8 @@ mod tests {
         assert!(c.pool.enabled);
         assert_eq!(c.pool.basesize, "10G");
         assert!(!c.pool.force, "never overwrite foreign data by default");
+        assert!(c.containers, "the container service is on by default");
+        assert!(!load(FILE, &cmdline_overrides("lamina.containers=0")).unwrap().containers);
         let c =
             load(FILE, &cmdline_overrides("lamina.pool.force=1 lamina.pool.basesize=2G")).unwrap();
         assert!(c.pool.force);

@@ -294,11 +294,13 @@ fn run(sfd: nix::Result<SignalFd>) -> ! {
         }
     };
     wait_modules();
-    if let (Ok(opts), true) = (&opts, pool.is_up()) {
-        match start_store(opts, &shared, &reaper) {
+    match (&opts, pool.is_up(), cfg.containers) {
+        (Ok(opts), true, true) => match start_store(opts, &shared, &reaper) {
             Ok(s) => boot.parts.push(s),
             Err(e) => boot.problems.push(e.to_string()),
-        }
+        },
+        (_, _, false) => boot.parts.push("containers off".into()),
+        _ => {}
     }
     let (later_reports, later_took) = background.unwrap_or_default();
     reports.extend(later_reports);

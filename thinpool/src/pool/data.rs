@@ -95,15 +95,27 @@ impl Pool {
             let mut m = self.meta();
             segs.iter().map(|s| m.lookup(id, s.vb)).collect::<Result<Vec<_>>>()?
         };
-        for (s, map) in segs.iter().zip(maps) {
-            let out = &mut buf[s.at..s.at + s.len];
-            match map {
-                None => out.fill(0),
-                Some(bt) => self
-                    .data_dev
-                    .read_at(out, self.data_offset(bt.block, s.off))
-                    .map_err(|e| self.data_io("reading", bt.block, e))?,
+        // Runs of consecutive data blocks are contiguous on the device and in the buffer: one
+        // read each (a volume written sequentially is mostly such runs).
+        let mut i = 0;
+        while i < segs.len() {
+            let Some(first) = maps[i] else {
+                let s = &segs[i];
+                buf[s.at..s.at + s.len].fill(0);
+                i += 1;
+                continue;
+            };
+            let mut j = i + 1;
+            while j < segs.len()
+                && maps[j].is_some_and(|bt| bt.block.0 == first.block.0 + (j - i) as u64)
+            {
+                j += 1;
             }
+            let (s, last) = (&segs[i], &segs[j - 1]);
+            self.data_dev
+                .read_at(&mut buf[s.at..last.at + last.len], self.data_offset(first.block, s.off))
+                .map_err(|e| self.data_io("reading", first.block, e))?;
+            i = j;
         }
         Ok(())
     }

@@ -3,12 +3,14 @@
 //!
 //! ```text
 //! mod.rs    Devices: attach / detach / recover / shutdown, the records file
+//! serve.rs  a queue at work: its thread commits, its workers serve requests concurrently
 //! queue.rs  one request: descriptor → export call → result (pure decode, host-tested)
 //! ```
 //!
 //! Each device has one queue per CPU (the block layer maps each CPU's submissions to one
-//! queue), [`DEPTH`] tags per queue and one thread per queue that serves its requests through
-//! the same [`Export`] the NBD server uses, opened with [`Catalog::open_for_local_client`]:
+//! queue), [`DEPTH`] tags per queue, one thread per queue that owns its io_uring and
+//! [`serve::WORKERS`] workers per queue that serve its requests, concurrently, through the
+//! same [`Export`] the NBD server uses, opened with [`Catalog::open_for_local_client`]:
 //! the machine's page cache outlives this process, so every acknowledged write is committed
 //! before it completes; FLUSH (the device advertises a volatile cache) decides durability
 //! against power loss, FUA makes one write durable before it completes.
@@ -43,13 +45,14 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use libublk::ctrl::{UblkCtrl, UblkCtrlBuilder};
-use libublk::io::{BufDescList, UblkDev, UblkQueue};
-use libublk::{BufDesc, UblkFlags, UblkIORes};
+use libublk::io::UblkDev;
+use libublk::UblkFlags;
 use thiserror::Error;
 
 use crate::export::{Catalog, Export};
 
 pub mod queue;
+mod serve;
 
 /// Tags (requests in flight) per queue.
 pub const DEPTH: u16 = 64;
@@ -452,7 +455,7 @@ fn start(
                 Ok(())
             };
             let ex = export.clone();
-            let q_fn = move |qid: u16, dev: &UblkDev| serve_queue(qid, dev, ex.as_ref());
+            let q_fn = move |qid: u16, dev: &UblkDev| serve::serve_queue(qid, dev, ex.as_ref());
             let started = tx.clone();
             let r = ctrl.run_target(tgt_init, q_fn, move |c: &UblkCtrl| {
                 let _ = started.send(Started::Id(c.dev_info().dev_id));
@@ -494,62 +497,4 @@ fn set_params(dev: &mut UblkDev, size: u64) {
         max_discard_segments: 1,
         ..Default::default()
     };
-}
-
-/// One queue's thread: fetch requests, serve each through the export, commit its result.
-/// Returns when the device is stopped (or its daemon's io_uring is torn down).
-fn serve_queue(qid: u16, dev: &UblkDev, export: &dyn Export) {
-    let mut bufs = dev.alloc_queue_io_bufs();
-    let q = match UblkQueue::new(qid, dev)
-        .and_then(|q| q.submit_fetch_commands_unified(BufDescList::Slices(Some(&bufs))))
-    {
-        Ok(q) => q,
-        Err(e) => {
-            tracing::error!("ublk: queue {qid} of device {}: {e:?}", dev.dev_info.dev_id);
-            return;
-        }
-    };
-    let size = export.size();
-    let buf_len = dev.dev_info.max_io_buf_bytes as usize;
-    let id = dev.dev_info.dev_id;
-    // libublk's `wait_and_handle_io` ends the queue on any error of the wait, EINTR included;
-    // a device whose queue thread is gone hangs its users, so this loop only ends when the
-    // queue is down (device stopped, or aborted) and says why.
-    let mut serve_one = |q: &UblkQueue<'_>, tag: u16| {
-        let iod = q.get_iod(tag);
-        let buf = bufs[usize::from(tag)].as_mut_slice();
-        let res = match queue::decode(iod.op_flags, iod.start_sector, iod.nr_sectors, size, buf_len)
-        {
-            Ok(req) => queue::serve(export, req, buf),
-            Err(e) => e.errno(),
-        };
-        let desc = BufDesc::Slice(bufs[usize::from(tag)].as_slice());
-        if let Err(e) = q.complete_io_cmd_unified(tag, desc, Ok(UblkIORes::Result(res))) {
-            tracing::error!("ublk: device {id} queue {qid}: committing tag {tag}: {e:?}");
-        }
-    };
-    loop {
-        // Only io commands are submitted on this ring (no target I/O), so every completion is
-        // one: UBLK_IO_RES_OK carries a request, UBLK_IO_RES_ABORT a queue going down.
-        let r = q.flush_and_wake_io_tasks(
-            |data, cqe, _last| {
-                if cqe.result() == libublk::sys::UBLK_IO_RES_OK as i32 {
-                    serve_one(&q, libublk::io::UblkIOCtx::user_data_to_tag(data) as u16);
-                }
-            },
-            1,
-        );
-        match r {
-            Ok(_) => {}
-            Err(libublk::UblkError::IOError(e)) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(libublk::UblkError::QueueIsDown) => {
-                tracing::info!("ublk: device {id} queue {qid} is down");
-                break;
-            }
-            Err(e) => {
-                tracing::error!("ublk: device {id} queue {qid} stops serving: {e:?}");
-                break;
-            }
-        }
-    }
 }

@@ -8,7 +8,8 @@
 //!   attached by init exactly as the appliance runs it with `lamina.attach=nbd` (socketpairs,
 //!   `--io-flusher`, supervised daemon). The VM boots that way so both frontends of the one
 //!   daemon serve the same volume. Init has no setting that attaches without mounting, so its
-//!   XFS is unmounted first;
+//!   XFS is unmounted first (the VM runs storage-only, `lamina.containers=0`, so nothing
+//!   holds it);
 //! - **kernel dm-thin**: the same pool, handed to the guest kernel: lamina's daemon is stopped
 //!   (flush, so it commits, then SIGKILL: see [`Guest::stop_lamina`]) and `dmsetup create` activates the tables of
 //!   `thinpool dmsetup-table`, so the very same thin (same mapped blocks) is measured;
@@ -399,6 +400,9 @@ pub fn run(root: &Path, jsonl: &Path) -> Result<()> {
             "lamina.pool.basesize=1G".into(),
             "lamina.agent.max_exec_secs=600".into(),
             "lamina.attach=nbd".into(),
+            // Storage only: the container service would hold its layer store's lock on the
+            // store's XFS, which the measurement unmounts.
+            "lamina.containers=0".into(),
         ]);
         say(&format!("waiting for the VM lock, then booting the dm variant ({cpus} vCPU)"));
         let mut vm = ::tests::TestVm::boot(&format!("bench_guest_{cpus}cpu"), opts)?;
