@@ -319,8 +319,14 @@ impl Export for Slow {
         }
         self.0.read(offset, buf)
     }
-    fn write(&self, o: u64, d: &[u8], f: bool) -> ExportResult<()> {
-        self.0.write(o, d, f)
+    fn write(
+        &self,
+        o: u64,
+        p: &thinpool::export::Payload<'_>,
+        f: bool,
+        q: bool,
+    ) -> ExportResult<thinpool::export::Written> {
+        self.0.write(o, p, f, q)
     }
     fn write_zeroes(&self, o: u64, l: u64, t: bool, fast: bool, f: bool) -> ExportResult<()> {
         self.0.write_zeroes(o, l, t, fast, f)

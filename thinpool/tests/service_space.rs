@@ -7,7 +7,9 @@ mod service_common;
 use service_common::*;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use thinpool::io::Payload;
 use thinpool::pool::FilePool;
+use thinpool::pool::Mode;
 use thinpool::service::{ErrorKind, PoolSource, Service, ServiceOptions};
 use thinpool::units::Sectors;
 use thinpool::vg::autoextend::ExtendAction;
@@ -23,7 +25,7 @@ fn writer_past_the_threshold_sees_the_data_region_grow_by_20_percent() {
     svc.create_volume("v", 1 << 30).unwrap();
     let h = svc.open_volume("v").unwrap();
     for i in 0..95 {
-        h.write(i * EXT, &pattern(i, 1)).unwrap();
+        h.write(i * EXT, &Payload::mem(&pattern(i, 1)), Mode::Full).unwrap();
     }
     // The kick at 80 blocks grows the region once by 20 % (95 used never needs more).
     // The log line is appended after the resize: wait for it.
@@ -52,7 +54,7 @@ fn spawn_write(
     let svc = svc.clone();
     std::thread::spawn(move || {
         let h = svc.open_volume("a")?;
-        h.write(i * EXT, &pattern(i, 2))
+        h.write(i * EXT, &Payload::mem(&pattern(i, 2)), Mode::Full).map(drop)
     })
 }
 
@@ -79,7 +81,7 @@ fn full_group_queues_writes_until_space_is_freed_or_added() {
     {
         let h = svc.open_volume("scratch").unwrap();
         for i in 0..10 {
-            h.write(i * EXT, &pattern(i, 9)).unwrap();
+            h.write(i * EXT, &Payload::mem(&pattern(i, 9)), Mode::Full).unwrap();
         }
     }
     svc.snapshot_volume("scratch", "snap").unwrap();
@@ -94,8 +96,8 @@ fn full_group_queues_writes_until_space_is_freed_or_added() {
     let mut i = 0;
     let (err, took) = loop {
         let t = Instant::now();
-        match h.write(i * EXT, &pattern(i, 1)) {
-            Ok(()) => written.push((i, 1u8)),
+        match h.write(i * EXT, &Payload::mem(&pattern(i, 1)), Mode::Full) {
+            Ok(_) => written.push((i, 1u8)),
             Err(e) => break (e, t.elapsed()),
         }
         i += 1;
@@ -114,7 +116,7 @@ fn full_group_queues_writes_until_space_is_freed_or_added() {
     // error_if_no_space: at once.
     svc.set_no_space_policy(true, Duration::from_secs(60));
     let t = Instant::now();
-    let e = h.write(i * EXT, &pattern(i, 1)).unwrap_err();
+    let e = h.write(i * EXT, &Payload::mem(&pattern(i, 1)), Mode::Full).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::NoSpace);
     assert!(e.to_string().contains("error_if_no_space"), "{e}");
     assert!(t.elapsed() < Duration::from_secs(1));
@@ -133,7 +135,7 @@ fn full_group_queues_writes_until_space_is_freed_or_added() {
     written.push((i, 2));
     i += 1;
     for _ in 0..9 {
-        h.write(i * EXT, &pattern(i, 1)).unwrap();
+        h.write(i * EXT, &Payload::mem(&pattern(i, 1)), Mode::Full).unwrap();
         written.push((i, 1));
         i += 1;
     }
@@ -146,7 +148,7 @@ fn full_group_queues_writes_until_space_is_freed_or_added() {
     written.retain(|&(b, _)| b >= 2);
     written.push((i, 2));
     i += 1;
-    h.write(i * EXT, &pattern(i, 1)).unwrap();
+    h.write(i * EXT, &Payload::mem(&pattern(i, 1)), Mode::Full).unwrap();
     written.push((i, 1));
     i += 1;
 
@@ -185,15 +187,15 @@ fn file_pool_grows_its_data_file_up_to_the_maximum() {
     svc.create_volume("v", 1 << 30).unwrap();
     let h = svc.open_volume("v").unwrap();
     for i in 0..85 {
-        h.write(i * EXT, &pattern(i, 1)).unwrap();
+        h.write(i * EXT, &Payload::mem(&pattern(i, 1)), Mode::Full).unwrap();
     }
     wait_for("the data file to grow", 10, || svc.pool().data_usage().total == 120);
     assert_eq!(std::fs::metadata(pd.join("data")).unwrap().len(), 120 * EXT);
     // Up to the maximum, then writes time out.
     let mut n = 85;
     let err = loop {
-        match h.write(n * EXT, &pattern(n, 1)) {
-            Ok(()) => n += 1,
+        match h.write(n * EXT, &Payload::mem(&pattern(n, 1)), Mode::Full) {
+            Ok(_) => n += 1,
             Err(e) => break e,
         }
         assert!(n < 200);

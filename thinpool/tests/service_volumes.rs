@@ -6,8 +6,10 @@ mod service_common;
 
 use service_common::*;
 use std::time::Duration;
+use thinpool::io::Payload;
 use thinpool::io::{BlockDevice, FileDevice};
 use thinpool::pool::FilePool;
+use thinpool::pool::Mode;
 use thinpool::service::{self, ErrorKind, PoolSource, Service, ServiceOptions};
 use thinpool::units::Sectors;
 use thinpool::vg::PoolConfig;
@@ -33,7 +35,7 @@ fn min_free_space_refuses_new_volumes_with_dockers_message() {
     svc.create_volume("a", 1 << 30).unwrap();
     let h = svc.open_volume("a").unwrap();
     for i in 0..95 {
-        h.write(i * EXT, &pattern(i, 1)).unwrap();
+        h.write(i * EXT, &Payload::mem(&pattern(i, 1)), Mode::Full).unwrap();
     }
     let msg = "Thin Pool has 5 free data blocks which is less than minimum required 10 free data \
                blocks. Create more free space in thin pool or use dm.min_free_space option to \
@@ -44,7 +46,7 @@ fn min_free_space_refuses_new_volumes_with_dockers_message() {
     assert_eq!((e.kind(), e.context()), (ErrorKind::MinFreeSpace, msg));
     assert!(svc.volume("b").is_err());
     // Writes inside existing volumes are not gated (Docker's rule).
-    h.write(95 * EXT, &pattern(95, 1)).unwrap();
+    h.write(95 * EXT, &Payload::mem(&pattern(95, 1)), Mode::Full).unwrap();
     // Freeing space lifts the refusal.
     h.discard(0, 50 * EXT).unwrap();
     svc.commit().unwrap();
@@ -59,7 +61,7 @@ fn deferred_deletion_hides_counts_and_deletes_on_last_close() {
     let h = svc.open_volume("v").unwrap();
     let h2 = svc.open_volume("v").unwrap();
     for i in 0..5 {
-        h.write(i * EXT, &pattern(i, 1)).unwrap();
+        h.write(i * EXT, &Payload::mem(&pattern(i, 1)), Mode::Full).unwrap();
     }
     svc.commit().unwrap();
     assert_eq!(svc.pool().data_usage().used, 5);
@@ -108,7 +110,7 @@ fn a_deferred_deletion_interrupted_by_a_restart_finishes_at_the_next_start() {
     svc.create_volume("v", 1 << 30).unwrap();
     svc.create_volume("keep", 1 << 30).unwrap();
     let h = svc.open_volume("v").unwrap();
-    h.write(0, &pattern(0, 1)).unwrap();
+    h.write(0, &Payload::mem(&pattern(0, 1)), Mode::Full).unwrap();
     assert!(svc.remove_volume("v").unwrap());
     // The daemon dies with the handle open.
     std::mem::forget(h);
@@ -128,7 +130,7 @@ fn status_has_every_docker_info_field() {
     let svc = group_service(dir.path(), 200, &["dm.thinp_percent=50", "dm.thinp_metapercent=20"]);
     svc.create_volume("base", 10 << 20).unwrap();
     let h = svc.open_volume("base").unwrap();
-    h.write(0, b"XFSB").unwrap();
+    h.write(0, &Payload::mem(b"XFSB"), Mode::Full).unwrap();
     let s = svc.status();
     assert_eq!(s.pool_name, "lamina-thinpool");
     assert_eq!(s.pool_blocksize, "65.54kB");
@@ -197,8 +199,8 @@ fn metadata_exhaustion_makes_the_pool_read_only_with_needs_check() {
     let err = loop {
         // Spread blocks so every leaf gets its share; 4 KiB writes still map whole blocks.
         let i = ok.len() as u64 * 7;
-        match h.write(i * EXT, &i.to_le_bytes()) {
-            Ok(()) => ok.push(i),
+        match h.write(i * EXT, &Payload::mem(&i.to_le_bytes()), Mode::Full) {
+            Ok(_) => ok.push(i),
             Err(e) => break e,
         }
         if ok.len() % 256 == 0 {
@@ -216,7 +218,7 @@ fn metadata_exhaustion_makes_the_pool_read_only_with_needs_check() {
         assert_eq!(u64::from_le_bytes(b), i, "block {i}");
     }
     // Every change is refused, even an overwrite in place.
-    let e = h.write(ok[0] * EXT, b"x").unwrap_err();
+    let e = h.write(ok[0] * EXT, &Payload::mem(b"x"), Mode::Full).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::ReadOnly);
     assert_eq!(svc.create_volume("w", 1 << 20).unwrap_err().kind(), ErrorKind::ReadOnly);
     h.flush().unwrap();
@@ -232,7 +234,10 @@ fn metadata_exhaustion_makes_the_pool_read_only_with_needs_check() {
     let h = svc.open_volume("v").unwrap();
     h.read(ok[1] * EXT, &mut b).unwrap();
     assert_eq!(u64::from_le_bytes(b), ok[1]);
-    assert_eq!(h.write(ok[1] * EXT, b"no").unwrap_err().kind(), ErrorKind::ReadOnly);
+    assert_eq!(
+        h.write(ok[1] * EXT, &Payload::mem(b"no"), Mode::Full).unwrap_err().kind(),
+        ErrorKind::ReadOnly
+    );
     assert_eq!(svc.remove_volume("v").unwrap_err().kind(), ErrorKind::ReadOnly);
     drop(h);
     drop(svc);
@@ -247,5 +252,5 @@ fn metadata_exhaustion_makes_the_pool_read_only_with_needs_check() {
     h.read(last * EXT, &mut b).unwrap();
     assert_eq!(u64::from_le_bytes(b), last);
     // Mapped, unshared blocks can be overwritten again (no metadata needed).
-    h.write(ok[0] * EXT, b"again").unwrap();
+    h.write(ok[0] * EXT, &Payload::mem(b"again"), Mode::Full).unwrap();
 }

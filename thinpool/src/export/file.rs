@@ -102,14 +102,27 @@ impl Export for FileExport {
             .map_err(|e| self.io("read", offset, buf.len() as u64, e))
     }
 
-    fn write(&self, offset: u64, data: &[u8], fua: bool) -> ExportResult<()> {
-        let len = data.len() as u64;
+    fn write(
+        &self,
+        offset: u64,
+        payload: &Payload<'_>,
+        fua: bool,
+        quick: bool,
+    ) -> ExportResult<Written> {
+        if quick {
+            // pwrite on a file may wait for the disk (dirty-page throttling).
+            return Ok(Written::Declined);
+        }
+        let len = payload.len() as u64;
         self.check("write", offset, len, true)?;
-        self.file.write_all_at(data, offset).map_err(|e| self.io("write", offset, len, e))?;
+        payload
+            .bytes(|data| self.file.write_all_at(data, offset))
+            .and_then(|r| r)
+            .map_err(|e| self.io("write", offset, len, e))?;
         if fua {
             self.sync("write", offset, len)?;
         }
-        Ok(())
+        Ok(Written::Done)
     }
 
     fn write_zeroes(

@@ -94,22 +94,31 @@ impl Export for MemExport {
         Ok(())
     }
 
-    fn write(&self, offset: u64, data: &[u8], _fua: bool) -> ExportResult<()> {
-        self.check_writable("write", offset, data.len() as u64)?;
-        Self::pieces(offset, data.len() as u64, |idx, within, r| {
-            let mut c = self.chunks[idx].write().unwrap_or_else(lock_err);
-            let chunk = c.get_or_insert_with(|| vec![0u8; CHUNK as usize].into_boxed_slice());
-            chunk[within..within + r.len()].copy_from_slice(&data[r]);
-        });
-        Ok(())
+    /// Memory never waits: every write is quick.
+    fn write(
+        &self,
+        offset: u64,
+        payload: &Payload<'_>,
+        _fua: bool,
+        _quick: bool,
+    ) -> ExportResult<Written> {
+        let len = payload.len() as u64;
+        self.check_writable("write", offset, len)?;
+        payload
+            .bytes(|data| {
+                Self::pieces(offset, len, |idx, within, r| {
+                    let mut c = self.chunks[idx].write().unwrap_or_else(lock_err);
+                    let chunk =
+                        c.get_or_insert_with(|| vec![0u8; CHUNK as usize].into_boxed_slice());
+                    chunk[within..within + r.len()].copy_from_slice(&data[r]);
+                })
+            })
+            .map_err(|e| ExportError::new(ErrorKind::Io, "write", offset, len, e))?;
+        Ok(Written::Done)
     }
 
     fn read_quick(&self, offset: u64, buf: &mut [u8]) -> bool {
         self.read(offset, buf).is_ok()
-    }
-
-    fn write_quick(&self, offset: u64, data: &[u8]) -> bool {
-        self.write(offset, data, false).is_ok()
     }
 
     fn write_zeroes(

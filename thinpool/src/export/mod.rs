@@ -12,10 +12,11 @@
 //! are theirs (see `nbd::server`), so this room has no NBD in it.
 
 use std::fmt;
-use std::os::fd::BorrowedFd;
 use std::sync::Arc;
 
 use thiserror::Error;
+
+pub use crate::io::{Payload, Written};
 
 pub mod file;
 pub mod mem;
@@ -133,39 +134,30 @@ impl Default for BlockSize {
 pub trait Export: Send + Sync {
     fn size(&self) -> u64;
     fn read(&self, offset: u64, buf: &mut [u8]) -> ExportResult<()>;
-    /// Writes `data`; with `fua` the data (and whatever maps it) is durable on return.
-    fn write(&self, offset: u64, data: &[u8], fua: bool) -> ExportResult<()>;
+    /// The write entry of every frontend (NBD connection, kernel nbd, ublk): writes
+    /// `payload` at `offset`; with `fua` the data (and whatever maps it) is durable on return.
+    /// With `quick`, only if that cannot block for long (no allocation, copy, commit or wait
+    /// for space, so never with `fua`): [`Written::Declined`], nothing changed, otherwise,
+    /// and errors may be answered that way too (the full write reports them). The NBD server
+    /// serves quick writes inline on the thread that read them. Without `quick` the answer is
+    /// [`Written::Done`] or an error.
+    fn write(
+        &self,
+        offset: u64,
+        payload: &Payload<'_>,
+        fua: bool,
+        quick: bool,
+    ) -> ExportResult<Written>;
     /// Reads only if that is quick and cannot block for long (the data is in memory);
     /// returns false, `buf` then unspecified, when [`Export::read`] is needed (errors are
     /// left to it too). Quick reads are served inline like quick writes.
     fn read_quick(&self, _offset: u64, _buf: &mut [u8]) -> bool {
         false
     }
-    /// Writes `data` (without FUA) only if that is quick and cannot block for long: no
-    /// allocation, copy, commit or wait for space. Returns false, having changed nothing,
-    /// when [`Export::write`] is needed (errors are left to it too). The server serves quick
-    /// writes inline on the thread that read them, without handing them to a worker.
-    fn write_quick(&self, _offset: u64, _data: &[u8]) -> bool {
-        false
-    }
-    /// Whether large WRITE payloads should be spliced into a pipe for
-    /// [`Export::write_spliced`] rather than read into memory. Default: no.
+    /// Whether large WRITE payloads should be spliced into a pipe (a [`Payload::piped`])
+    /// rather than read into memory. Default: no.
     fn splices_writes(&self) -> bool {
         false
-    }
-    /// Writes a payload whose first bytes are `head` and whose other `rest` bytes wait in
-    /// `pipe` (spliced from the socket), if that needs no copy through memory; `Ok(false)`,
-    /// with nothing changed or consumed, when [`Export::write`] must get the payload in
-    /// memory. After an error the pipe holds an unknown part of `rest`.
-    fn write_spliced(
-        &self,
-        _offset: u64,
-        _head: &[u8],
-        _pipe: BorrowedFd<'_>,
-        _rest: usize,
-        _fua: bool,
-    ) -> ExportResult<bool> {
-        Ok(false)
     }
     /// Makes the range read as zeros. `may_trim`: unmapping is allowed (else the range stays
     /// provisioned). `fast`: fail with [`ErrorKind::NotSupported`], changing nothing, unless

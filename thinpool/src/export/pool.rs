@@ -14,12 +14,11 @@
 //! `no_space_timeout`, then ENOSPC); a pool gone read-only (metadata exhausted) answers
 //! writes with EPERM and keeps serving reads.
 
-use std::os::fd::BorrowedFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use super::*;
-use crate::pool::Pool;
+use crate::pool::{Mode, Pool};
 use crate::service::{self, Service, VolumeHandle};
 
 fn kind(e: &service::Error) -> ErrorKind {
@@ -241,58 +240,56 @@ impl Export for VolumeExport {
         self.handle.read(offset, buf).map_err(|e| err("read", offset, len, e))
     }
 
-    fn write(&self, offset: u64, data: &[u8], fua: bool) -> ExportResult<()> {
-        let len = data.len() as u64;
-        let bs = self.handle.block_bytes();
-        if len >= bs && data.iter().all(|&b| b == 0) {
-            return self.write_zeroes(offset, len, true, false, fua);
+    fn write(
+        &self,
+        offset: u64,
+        payload: &Payload<'_>,
+        fua: bool,
+        quick: bool,
+    ) -> ExportResult<Written> {
+        let len = payload.len() as u64;
+        if quick && fua {
+            return Ok(Written::Declined);
         }
-        self.handle.write(offset, data).map_err(|e| err("write", offset, len, e))?;
-        self.changed(fua, "write", offset, len)
+        // A write of whole blocks of zeros unmaps them (as WRITE_ZEROES may): it frees space
+        // rather than taking it. Unmapping changes metadata, so it is never quick.
+        let zeros = len >= self.handle.block_bytes()
+            && payload
+                .is_zeros()
+                .map_err(|e| ExportError::new(ErrorKind::Io, "write", offset, len, e))?;
+        if zeros {
+            if quick {
+                return Ok(Written::Declined);
+            }
+            self.write_zeroes(offset, len, true, false, fua)?;
+            return Ok(Written::Done);
+        }
+        // Quick: an overwrite; a local client acknowledges only committed mappings, so the
+        // blocks it lands in must not be mapped by a change still uncommitted.
+        let mode = match (quick, self.commit_mappings) {
+            (false, _) => Mode::Full,
+            (true, false) => Mode::Overwrite,
+            (true, true) => Mode::OverwriteCommitted,
+        };
+        match self.handle.write(offset, payload, mode).map_err(|e| err("write", offset, len, e))? {
+            Written::Declined => Ok(Written::Declined),
+            Written::Done if quick => {
+                self.mark_dirty();
+                Ok(Written::Done)
+            }
+            Written::Done => {
+                self.changed(fua, "write", offset, len)?;
+                Ok(Written::Done)
+            }
+        }
     }
 
     fn read_quick(&self, offset: u64, buf: &mut [u8]) -> bool {
         matches!(self.handle.read_cached(offset, buf), Ok(true))
     }
 
-    fn write_quick(&self, offset: u64, data: &[u8]) -> bool {
-        let bs = self.handle.block_bytes();
-        if data.len() as u64 >= bs && data.iter().all(|&b| b == 0) {
-            return false; // unmapped by write()
-        }
-        // A local client acknowledges only committed mappings: an overwrite needs none, but
-        // the block it lands in must not be mapped by a change still uncommitted.
-        match self.handle.write_in_place(offset, data, self.commit_mappings) {
-            Ok(true) => {
-                self.mark_dirty();
-                true
-            }
-            _ => false,
-        }
-    }
-
     fn splices_writes(&self) -> bool {
         true
-    }
-
-    fn write_spliced(
-        &self,
-        offset: u64,
-        head: &[u8],
-        pipe: BorrowedFd<'_>,
-        rest: usize,
-        fua: bool,
-    ) -> ExportResult<bool> {
-        let len = (head.len() + rest) as u64;
-        if !self
-            .handle
-            .write_spliced(offset, head, pipe, rest)
-            .map_err(|e| err("write", offset, len, e))?
-        {
-            return Ok(false);
-        }
-        self.changed(fua, "write", offset, len)?;
-        Ok(true)
     }
 
     fn write_zeroes(
@@ -404,20 +401,31 @@ mod tests {
         let cat = PoolCatalog::new(Arc::new(svc));
         let remote = cat.open("v").unwrap();
         let local = cat.open_for_local_client("v").unwrap();
+        let quick = |e: &Arc<dyn Export>, off, data: &[u8]| {
+            e.write(off, &Payload::mem(data), false, true).unwrap() == Written::Done
+        };
+        let full = |e: &Arc<dyn Export>, off, data: &[u8]| {
+            assert_eq!(e.write(off, &Payload::mem(data), false, false).unwrap(), Written::Done)
+        };
         // Unmapped: never quick (a write there allocates).
-        assert!(!remote.write_quick(0, &[1; 4096]));
-        assert!(!local.write_quick(0, &[1; 4096]));
+        assert!(!quick(&remote, 0, &[1; 4096]));
+        assert!(!quick(&local, 0, &[1; 4096]));
         // A remote client's allocation stays uncommitted until the committer runs.
-        remote.write(0, &[2; 4096], false).unwrap();
-        assert!(remote.write_quick(4096, &[3; 4096]), "overwrite of a mapped block");
-        assert!(!local.write_quick(8192, &[4; 4096]), "its mapping is not durable yet");
+        full(&remote, 0, &[2; 4096]);
+        assert!(quick(&remote, 4096, &[3; 4096]), "overwrite of a mapped block");
+        assert!(!quick(&local, 8192, &[4; 4096]), "its mapping is not durable yet");
         cat.commit_if_dirty().unwrap();
-        assert!(local.write_quick(8192, &[4; 4096]));
+        assert!(quick(&local, 8192, &[4; 4096]));
         // A local client's own allocation commits before it is acknowledged.
-        local.write(1 << 20, &[5; 4096], false).unwrap();
-        assert!(local.write_quick((1 << 20) + 4096, &[6; 4096]));
-        // All-zero whole blocks are unmapped by write(), never written in place.
-        assert!(!remote.write_quick(0, &[0; 65536]));
+        full(&local, 1 << 20, &[5; 4096]);
+        assert!(quick(&local, (1 << 20) + 4096, &[6; 4096]));
+        // All-zero whole blocks are unmapped by a full write, never written in place; FUA is
+        // never quick.
+        assert!(!quick(&remote, 0, &[0; 65536]));
+        assert_eq!(
+            remote.write(4096, &Payload::mem(&[3; 4096]), true, true).unwrap(),
+            Written::Declined
+        );
         let mut back = vec![0u8; 3 * 4096];
         local.read(0, &mut back).unwrap();
         assert_eq!(&back[..4096], &[2; 4096][..]);

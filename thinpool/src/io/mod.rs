@@ -14,7 +14,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::RwLock;
 
 mod faulty;
+mod payload;
 pub use faulty::{FaultPlan, FaultyDevice, Power};
+pub use payload::{Payload, Written};
 
 /// A byte-addressed device with an explicit durability barrier.
 pub trait BlockDevice: Send + Sync {

@@ -1,33 +1,23 @@
-//! The data path: byte-granular reads and writes on thin volumes.
-//!
-//! A write to an unmapped block allocates a data block, writes the whole block (zeros around
-//! the new bytes) and then inserts the mapping; a write to a shared block (the kernel's time
-//! rule: `snapshotted_time > mapping.time`) does the same starting from a copy of the old
-//! block. Writes to unshared mapped blocks go straight to the data device. New blocks are
-//! *reserved* while being written, so a concurrent commit never records a counted block that
-//! no mapping references yet.
+//! The data path: byte-granular reads, zeroing and discards on thin volumes, and the ranges
+//! and segments every request is cut into. Writes are in [`super::write`].
 
 use super::error::{Error, ErrorKind, Result};
 use super::meta::Meta;
 use super::{lock, Pool};
-use crate::pdata::disk::BlockTime;
-use crate::pdata::sm::SpaceMap;
 use crate::units::{DataBlock, ThinId, VirtBlock};
-use std::ops::Range;
-use std::os::fd::BorrowedFd;
 
 /// One block's share of a byte range.
 #[derive(Clone, Copy, Debug)]
-struct Seg {
-    vb: VirtBlock,
+pub(super) struct Seg {
+    pub(super) vb: VirtBlock,
     /// Offset inside the block.
-    off: u64,
-    len: usize,
+    pub(super) off: u64,
+    pub(super) len: usize,
     /// Offset inside the caller's buffer.
-    at: usize,
+    pub(super) at: usize,
 }
 
-fn segments(offset: u64, len: usize, bs: u64) -> impl Iterator<Item = Seg> {
+pub(super) fn segments(offset: u64, len: usize, bs: u64) -> impl Iterator<Item = Seg> {
     let end = offset + len as u64;
     let mut pos = offset;
     std::iter::from_fn(move || {
@@ -51,7 +41,7 @@ impl Pool {
     }
 
     /// [`Pool::check_range`] under a metadata lock the caller holds.
-    fn check_range_in(&self, m: &Meta, id: ThinId, offset: u64, len: u64) -> Result<()> {
+    pub(super) fn check_range_in(&self, m: &Meta, id: ThinId, offset: u64, len: u64) -> Result<()> {
         m.dev(id)?;
         let end = offset.checked_add(len).ok_or_else(|| {
             Error::new(ErrorKind::OutOfRange, format!("range {offset}+{len} overflows"))
@@ -69,11 +59,11 @@ impl Pool {
         Ok(())
     }
 
-    fn data_offset(&self, b: DataBlock, off: u64) -> u64 {
+    pub(super) fn data_offset(&self, b: DataBlock, off: u64) -> u64 {
         b.0 * self.block_bytes + off
     }
 
-    fn data_io(&self, what: &str, b: DataBlock, e: std::io::Error) -> Error {
+    pub(super) fn data_io(&self, what: &str, b: DataBlock, e: std::io::Error) -> Error {
         Error::io(format!("{what} data block {b} of {}", self.data_dev.describe()), e)
     }
 
@@ -163,243 +153,6 @@ impl Pool {
     pub fn read_cached(&self, id: ThinId, offset: u64, buf: &mut [u8]) -> Result<bool> {
         let _g = self.gate.read().unwrap_or_else(|e| e.into_inner());
         self.read_one_block(id, offset, buf, true).unwrap_or(Ok(false))
-    }
-
-    /// Writes `buf` into volume `id` at `offset`, allocating and copying as needed.
-    pub fn write(&self, id: ThinId, offset: u64, buf: &[u8]) -> Result<()> {
-        let _g = self.gate.read().unwrap_or_else(|e| e.into_inner());
-        self.check_range(id, offset, buf.len() as u64)?;
-        // Within one block the per-block path below does the same lookup.
-        if offset % self.block_bytes + buf.len() as u64 > self.block_bytes
-            && self.overwrite_blocks(id, offset, buf.len(), &mut |at, r| {
-                self.data_dev.write_at(&buf[r], at)
-            })?
-        {
-            return Ok(());
-        }
-        for s in segments(offset, buf.len(), self.block_bytes) {
-            self.write_block(id, s.vb, s.off, &buf[s.at..s.at + s.len])?;
-        }
-        Ok(())
-    }
-
-    /// The overwrite of [`Pool::write`] for a payload whose first bytes are `head` and whose
-    /// other `rest` bytes wait in the pipe `pipe` (spliced there from a client's socket): the
-    /// data device takes them straight from the pipe, with no copy through user space.
-    /// `Ok(false)`, with nothing written or consumed, when a block needs allocation or
-    /// copy-on-write or the data device cannot splice; the caller then drains the pipe and
-    /// calls [`Pool::write`]. After an error the pipe holds an unknown part of `rest`.
-    pub fn overwrite_spliced(
-        &self,
-        id: ThinId,
-        offset: u64,
-        head: &[u8],
-        pipe: BorrowedFd<'_>,
-        rest: usize,
-    ) -> Result<bool> {
-        let _g = self.gate.read().unwrap_or_else(|e| e.into_inner());
-        let len = head.len() + rest;
-        self.check_range(id, offset, len as u64)?;
-        if len == 0 || !self.data_dev.splices() {
-            return Ok(false);
-        }
-        self.overwrite_blocks(id, offset, len, &mut |at, r| {
-            // The runs come in payload order: the head first, then the pipe.
-            let from_head = r.start.min(head.len())..r.end.min(head.len());
-            if !from_head.is_empty() {
-                self.data_dev.write_at(&head[from_head.clone()], at)?;
-            }
-            let n = r.len() - from_head.len();
-            if n > 0 {
-                self.data_dev.write_from_pipe(pipe, n, at + from_head.len() as u64)?;
-            }
-            Ok(())
-        })
-    }
-
-    /// An overwrite of `len` bytes at `offset` whose blocks are all mapped and unshared: one
-    /// stripe pass and one metadata lock for all of them, then `write_run(device offset,
-    /// range of the payload)` once per physically contiguous run, in payload order.
-    /// `Ok(false)`, with nothing written, when any block needs allocation or copy-on-write.
-    fn overwrite_blocks(
-        &self,
-        id: ThinId,
-        offset: u64,
-        len: usize,
-        write_run: &mut dyn FnMut(u64, Range<usize>) -> std::io::Result<()>,
-    ) -> Result<bool> {
-        let bs = self.block_bytes;
-        let segs: Vec<Seg> = segments(offset, len, bs).collect();
-        // Same order as reads: stripes sorted, then metadata.
-        let mut idx: Vec<usize> = segs.iter().map(|s| self.stripe(id, s.vb)).collect();
-        idx.sort_unstable();
-        idx.dedup();
-        let _stripes: Vec<_> = idx.iter().map(|&i| lock(&self.stripes[i])).collect();
-        let mut blocks = Vec::with_capacity(segs.len());
-        {
-            let mut m = self.meta();
-            m.writable()?;
-            for s in &segs {
-                match m.lookup(id, s.vb)? {
-                    Some(bt) if !m.shared(id, &bt)? => blocks.push(bt.block),
-                    _ => return Ok(false),
-                }
-            }
-        }
-        // Runs of consecutive data blocks are contiguous on the device and in the payload.
-        let mut i = 0;
-        while i < segs.len() {
-            let mut j = i + 1;
-            while j < segs.len() && blocks[j].0 == blocks[j - 1].0 + 1 {
-                j += 1;
-            }
-            let (first, last) = (&segs[i], &segs[j - 1]);
-            write_run(self.data_offset(blocks[i], first.off), first.at..last.at + last.len)
-                .map_err(|e| self.data_io("writing", blocks[i], e))?;
-            i = j;
-        }
-        Ok(true)
-    }
-
-    /// Writes `buf` only if that is an overwrite inside one mapped, unshared block: no
-    /// allocation, copy or metadata change. `Ok(false)`, with nothing written, when the full
-    /// [`Pool::write`] is needed. With `committed_only` the block's mapping must also be
-    /// durable already (nothing uncommitted, no commit under way), so the caller may
-    /// acknowledge without committing; a commit in progress makes this answer `Ok(false)`
-    /// rather than wait for it.
-    pub fn write_in_place(
-        &self,
-        id: ThinId,
-        offset: u64,
-        buf: &[u8],
-        committed_only: bool,
-    ) -> Result<bool> {
-        let bs = self.block_bytes;
-        if buf.is_empty() || offset % bs + buf.len() as u64 > bs {
-            return Ok(false);
-        }
-        let _g = self.gate.read().unwrap_or_else(|e| e.into_inner());
-        let vb = VirtBlock(offset / bs);
-        let _s = lock(&self.stripes[self.stripe(id, vb)]);
-        let bt = {
-            // Same order as a commit: commit lock, then metadata.
-            let _c = if committed_only {
-                match self.commit_lock.try_lock() {
-                    Ok(c) => Some(c),
-                    Err(std::sync::TryLockError::Poisoned(e)) => Some(e.into_inner()),
-                    Err(std::sync::TryLockError::WouldBlock) => return Ok(false),
-                }
-            } else {
-                None
-            };
-            let mut m = self.meta();
-            m.writable()?;
-            if committed_only && m.uncommitted() {
-                return Ok(false);
-            }
-            self.check_range_in(&m, id, offset, buf.len() as u64)?;
-            match m.lookup(id, vb)? {
-                Some(bt) if !m.shared(id, &bt)? => bt,
-                _ => return Ok(false),
-            }
-        };
-        self.data_dev
-            .write_at(buf, self.data_offset(bt.block, offset % bs))
-            .map_err(|e| self.data_io("writing", bt.block, e))?;
-        Ok(true)
-    }
-
-    /// Hands out a data block that is free in both maps, committing once to release blocks
-    /// freed in this transaction if that is what stands in the way.
-    fn reserve_data(&self) -> Result<DataBlock> {
-        let mut committed = false;
-        loop {
-            {
-                let mut m = self.meta();
-                m.writable()?;
-                if let Some(b) = m.data.reserve() {
-                    self.data_allocations.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    return Ok(DataBlock(b));
-                }
-                let free = m.data.nr_blocks() - m.data.nr_allocated() - m.data.nr_reserved();
-                if committed || free == 0 {
-                    return Err(Error::new(
-                        ErrorKind::NoSpace,
-                        format!("all {} data blocks are in use", m.data.nr_blocks()),
-                    ));
-                }
-            }
-            self.commit()?;
-            committed = true;
-        }
-    }
-
-    fn write_block(&self, id: ThinId, vb: VirtBlock, off: u64, data: &[u8]) -> Result<()> {
-        let bs = self.block_bytes;
-        let _s = lock(&self.stripes[self.stripe(id, vb)]);
-        let (map, shared) = {
-            let mut m = self.meta();
-            m.writable()?;
-            let map = m.lookup(id, vb)?;
-            let shared = match &map {
-                Some(bt) => m.shared(id, bt)?,
-                None => false,
-            };
-            (map, shared)
-        };
-        match map {
-            Some(bt) if !shared => {
-                return self
-                    .data_dev
-                    .write_at(data, self.data_offset(bt.block, off))
-                    .map_err(|e| self.data_io("writing", bt.block, e));
-            }
-            None if data.iter().all(|&b| b == 0) => return Ok(()),
-            _ => {}
-        }
-        let new = self.reserve_data()?;
-        let r = self.fill_new_block(new, map, off, data, bs);
-        let mut m = self.meta();
-        if let Err(e) = r.and_then(|_| {
-            m.writable()?;
-            m.meta_space()
-        }) {
-            let _ = m.data.unreserve(new.0, false);
-            return Err(e);
-        }
-        m.change(|m| {
-            m.data.unreserve(new.0, true).map_err(|e| Error::pdata("counting a data block", e))?;
-            let time = m.time;
-            m.insert_owned(id, vb, new, time)
-        })
-    }
-
-    /// Writes the new block's full contents: the old block (copy-on-write) or zeros, with
-    /// `data` at `off`.
-    fn fill_new_block(
-        &self,
-        new: DataBlock,
-        old: Option<BlockTime>,
-        off: u64,
-        data: &[u8],
-        bs: u64,
-    ) -> Result<()> {
-        if off == 0 && data.len() as u64 == bs {
-            return self
-                .data_dev
-                .write_at(data, self.data_offset(new, 0))
-                .map_err(|e| self.data_io("writing", new, e));
-        }
-        let mut block = vec![0u8; bs as usize];
-        if let Some(bt) = old {
-            self.data_dev
-                .read_at(&mut block, self.data_offset(bt.block, 0))
-                .map_err(|e| self.data_io("copying", bt.block, e))?;
-        }
-        block[off as usize..off as usize + data.len()].copy_from_slice(data);
-        self.data_dev
-            .write_at(&block, self.data_offset(new, 0))
-            .map_err(|e| self.data_io("writing", new, e))
     }
 
     /// Unmaps the fully covered blocks in `begin..end` (virtual blocks).

@@ -26,6 +26,7 @@ mod meta;
 mod metasnap;
 pub mod names;
 mod verify;
+mod write;
 
 #[cfg(test)]
 mod tests;
@@ -36,6 +37,7 @@ pub use error::{Error, ErrorKind, Result};
 pub use file::FilePool;
 pub use names::{DirNameStore, NameStore, NameTable};
 pub use verify::CheckReport;
+pub use write::Mode;
 
 use crate::io::BlockDevice;
 use crate::pdata::disk::{self, BlockTime, DeviceDetails, BLOCK_SIZE};

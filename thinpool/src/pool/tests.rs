@@ -5,7 +5,7 @@ use std::os::fd::AsFd;
 use std::sync::Arc;
 
 use super::*;
-use crate::io::MemDevice;
+use crate::io::{MemDevice, Payload, Written};
 use crate::units::{DataBlock, MetaBlock, ThinId, VirtBlock};
 
 pub(crate) fn mem_pool(meta_mib: u64, data_blocks: u64) -> (Arc<MemDevice>, Arc<MemDevice>, Pool) {
@@ -253,38 +253,44 @@ fn name_of_a_thin_deleted_outside_lamina_is_dropped_on_open() {
 }
 
 #[test]
-fn in_place_writes_only_overwrite_unshared_committed_blocks() {
+fn overwrite_modes_only_overwrite_unshared_committed_blocks() {
     let (_meta, _data, pool) = mem_pool(4, 64);
     let id = ThinId(1);
     let bs = pool.block_bytes();
     pool.create_thin(id).unwrap();
-    // Unmapped: refused, nothing written, no mapping made.
-    assert!(!pool.write_in_place(id, 0, &[1u8; 512], false).unwrap());
+    let over = |id, off, data: &[u8], committed| {
+        let mode = if committed { Mode::OverwriteCommitted } else { Mode::Overwrite };
+        pool.write_with(id, off, &Payload::mem(data), mode).map(|w| w == Written::Done)
+    };
+    // Unmapped: declined, nothing written, no mapping made.
+    assert!(!over(id, 0, &[1u8; 512], false).unwrap());
     assert_eq!(pool.lookup(id, VirtBlock(0)).unwrap(), None);
     pool.write(id, 0, &vec![2u8; bs as usize]).unwrap();
     // The mapping is not committed yet: a local client's write must take the full way.
-    assert!(!pool.write_in_place(id, 512, &[3u8; 512], true).unwrap());
-    assert!(pool.write_in_place(id, 512, &[3u8; 512], false).unwrap());
+    assert!(!over(id, 512, &[3u8; 512], true).unwrap());
+    assert!(over(id, 512, &[3u8; 512], false).unwrap());
     pool.commit().unwrap();
-    assert!(pool.write_in_place(id, 1024, &[4u8; 512], true).unwrap());
-    // Crossing a block boundary: refused.
-    assert!(!pool.write_in_place(id, bs - 512, &[5u8; 1024], false).unwrap());
+    assert!(over(id, 1024, &[4u8; 512], true).unwrap());
+    // Into an unmapped neighbouring block: declined as a whole, the mapped part untouched.
+    assert!(!over(id, bs - 512, &[5u8; 1024], false).unwrap());
     let mut back = vec![0u8; 2048];
     pool.read(id, 0, &mut back).unwrap();
     assert_eq!(&back[..512], &[2u8; 512][..]);
     assert_eq!(&back[512..1024], &[3u8; 512][..]);
     assert_eq!(&back[1024..1536], &[4u8; 512][..]);
-    // Shared after a snapshot: refused (copy-on-write needed), the snapshot keeps its data.
+    pool.read(id, bs - 512, &mut back[..512]).unwrap();
+    assert_eq!(&back[..512], &[2u8; 512][..]);
+    // Shared after a snapshot: declined (copy-on-write needed), the snapshot keeps its data.
     pool.create_snap(ThinId(2), id).unwrap();
-    assert!(!pool.write_in_place(id, 0, &[6u8; 512], false).unwrap());
+    assert!(!over(id, 0, &[6u8; 512], false).unwrap());
     pool.write(id, 0, &[6u8; 512]).unwrap();
-    assert!(pool.write_in_place(id, 0, &[7u8; 512], false).unwrap());
+    assert!(over(id, 0, &[7u8; 512], false).unwrap());
     pool.read(ThinId(2), 0, &mut back).unwrap();
     assert_eq!(&back[..512], &[2u8; 512][..]);
     pool.read(id, 0, &mut back).unwrap();
     assert_eq!(&back[..512], &[7u8; 512][..]);
-    // Unknown devices are errors, as for write.
-    assert!(pool.write_in_place(ThinId(9), 0, &[1u8; 512], false).is_err());
+    // Unknown devices are errors, as for a full write.
+    assert_eq!(over(ThinId(9), 0, &[1u8; 512], false).unwrap_err().kind(), ErrorKind::NotFound);
     pool.commit().unwrap();
     pool.self_check().unwrap();
 }
@@ -356,7 +362,7 @@ fn multi_block_overwrites_keep_every_block_and_every_snapshot() {
 }
 
 #[test]
-fn spliced_overwrites_take_the_pipe_or_leave_it_untouched() {
+fn piped_payloads_are_spliced_when_overwriting_and_read_once_otherwise() {
     use crate::io::FileDevice;
     use rustix::pipe::{fcntl_setpipe_size, pipe_with, PipeFlags};
     let dir = tempfile::tempdir().unwrap();
@@ -373,8 +379,16 @@ fn spliced_overwrites_take_the_pipe_or_leave_it_untouched() {
         (0..4 * bs).map(|i| (i as u8).wrapping_mul(31).wrapping_add(3)).collect();
     // Unaligned at both ends; the head ends inside the second run.
     let (at, head) = (bs as u64 + 512, bs + 1000);
-    fill(&payload[head..]);
-    assert!(pool.overwrite_spliced(id, at, &payload[..head], r.as_fd(), 4 * bs - head).unwrap());
+    let mut buf = vec![0u8; 4 * bs];
+    let piped = |buf: &mut Vec<u8>| {
+        fill(&payload[head..]);
+        buf.copy_from_slice(&payload);
+        buf[head..].fill(0xee); // what is not read from the pipe stays as it is
+    };
+    piped(&mut buf);
+    let p = Payload::piped(&mut buf, head, r.as_fd());
+    assert_eq!(pool.write_with(id, at, &p, Mode::Overwrite).unwrap(), Written::Done);
+    assert!(p.in_pipe(), "an overwrite splices: nothing was read into memory");
     assert_eq!(pending(&r), 0, "the whole rest came out of the pipe");
     let mut want = vec![1u8; 6 * bs];
     want[at as usize..at as usize + 4 * bs].copy_from_slice(&payload);
@@ -384,22 +398,33 @@ fn spliced_overwrites_take_the_pipe_or_leave_it_untouched() {
     pool.read(other, 0, &mut got[..bs]).unwrap();
     assert_eq!(got[..bs], vec![9u8; bs][..], "a neighbouring volume changed");
 
-    // Unmapped (beyond block 6) or shared (after a snapshot): nothing written or consumed.
-    fill(&payload[head..]);
-    assert!(!pool
-        .overwrite_spliced(id, 4 * bs as u64, &payload[..head], r.as_fd(), 4 * bs - head)
-        .unwrap());
+    // Shared after a snapshot: an overwrite-only write declines and leaves the pipe alone;
+    // the full write then reads the pipe once and copies on write.
     pool.create_snap(snap, id).unwrap();
-    assert!(!pool.overwrite_spliced(id, 0, &payload[..head], r.as_fd(), 4 * bs - head).unwrap());
+    piped(&mut buf);
+    let p = Payload::piped(&mut buf, head, r.as_fd());
+    assert_eq!(pool.write_with(id, 0, &p, Mode::Overwrite).unwrap(), Written::Declined);
     assert_eq!(pending(&r), 4 * bs - head, "the pipe was left alone");
-    pool.read(id, 0, &mut got).unwrap();
-    assert!(got == want, "a refused spliced write changed the volume");
+    assert_eq!(pool.write_with(id, 0, &p, Mode::Full).unwrap(), Written::Done);
+    assert!(!p.in_pipe());
+    assert_eq!(pending(&r), 0);
+    pool.read(id, 0, &mut got[..4 * bs]).unwrap();
+    assert!(got[..4 * bs] == payload[..], "the full write of a piped payload differs");
+    pool.read(snap, 0, &mut got).unwrap();
+    assert!(got == want, "the snapshot changed");
     pool.commit().unwrap();
     pool.self_check().unwrap();
 
-    // A device that cannot splice declines too.
+    // A device that cannot splice: the pipe is read into memory for an overwrite too.
     let (_m, _d, mem) = mem_pool(4, 8);
     mem.create_thin(id).unwrap();
     mem.write(id, 0, &vec![1u8; 2 * bs]).unwrap();
-    assert!(!mem.overwrite_spliced(id, 0, &payload[..head], r.as_fd(), bs - 1000).unwrap());
+    let mut buf = vec![0u8; bs];
+    fill(&payload[1000..bs]);
+    buf[..1000].copy_from_slice(&payload[..1000]);
+    let p = Payload::piped(&mut buf, 1000, r.as_fd());
+    assert_eq!(mem.write_with(id, 0, &p, Mode::Overwrite).unwrap(), Written::Done);
+    assert!(!p.in_pipe());
+    mem.read(id, 0, &mut got[..bs]).unwrap();
+    assert!(got[..bs] == payload[..bs]);
 }

@@ -1,11 +1,12 @@
 //! A volume handle: the data path of one open volume, through the service's out-of-space
 //! and read-only rules. Dropping the last handle of a volume removed meanwhile deletes it.
 
-use std::os::fd::BorrowedFd;
 use std::sync::Arc;
 
 use super::error::{Error, Result};
 use super::Shared;
+use crate::io::{Payload, Written};
+use crate::pool::Mode;
 use crate::units::ThinId;
 
 /// One open volume. Cheap to share between the threads of one connection (`&self`).
@@ -58,38 +59,23 @@ impl VolumeHandle {
         })
     }
 
-    /// Writes, waiting for data space when the pool is full (see the module doc of
-    /// [`service`](super)).
-    pub fn write(&self, offset: u64, buf: &[u8]) -> Result<()> {
-        let doing = || format!("writing {} bytes of {:?} at {offset}", buf.len(), self.name);
-        self.shared.with_space(&doing, &|p| p.write(self.id, offset, buf))
-    }
-
-    /// Overwrites in place when that needs no allocation, copy or wait (see
-    /// [`crate::pool::Pool::write_in_place`]); `Ok(false)`, with nothing written, otherwise.
-    /// Never waits for space, so it does not go through the out-of-space rules.
-    pub fn write_in_place(&self, offset: u64, buf: &[u8], committed_only: bool) -> Result<bool> {
+    /// The volume's write entry: [`crate::pool::Pool::write_with`] through the service's
+    /// rules. A [`Mode::Full`] write may need data space, so it waits for space when the pool
+    /// is full (see the module doc of [`service`](super)) and is retried from the start (the
+    /// payload keeps what it read from a pipe); an overwrite allocates nothing and never
+    /// waits.
+    pub fn write(&self, offset: u64, payload: &Payload<'_>, mode: Mode) -> Result<Written> {
+        let doing = || format!("writing {} bytes of {:?} at {offset}", payload.len(), self.name);
+        if mode == Mode::Full {
+            return self
+                .shared
+                .with_space(&doing, &|p| p.write_with(self.id, offset, payload, mode));
+        }
         let _g = self.shared.writable()?;
-        self.shared.pool().write_in_place(self.id, offset, buf, committed_only).map_err(|e| {
-            Error::pool(&format!("writing {} bytes of {:?} at {offset}", buf.len(), self.name), e)
-        })
-    }
-
-    /// Overwrites from a payload partly waiting in a pipe (see
-    /// [`crate::pool::Pool::overwrite_spliced`]); `Ok(false)`, with nothing consumed, when
-    /// [`VolumeHandle::write`] is needed. Allocates nothing, so it never waits for space.
-    pub fn write_spliced(
-        &self,
-        offset: u64,
-        head: &[u8],
-        pipe: BorrowedFd<'_>,
-        rest: usize,
-    ) -> Result<bool> {
-        let _g = self.shared.writable()?;
-        self.shared.pool().overwrite_spliced(self.id, offset, head, pipe, rest).map_err(|e| {
-            let len = head.len() + rest;
-            Error::pool(&format!("writing {len} bytes of {:?} at {offset}", self.name), e)
-        })
+        self.shared
+            .pool()
+            .write_with(self.id, offset, payload, mode)
+            .map_err(|e| Error::pool(&doing(), e))
     }
 
     /// Zeroes a range; without `may_unmap` mapped blocks are overwritten (which may need

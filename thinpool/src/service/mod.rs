@@ -51,7 +51,7 @@ pub use status::{human_size, ListRow, ServiceStatus};
 /// Superblock flag I/O lives with the format (pdata); re-exported for the service's callers.
 pub use crate::pdata::superblock::{needs_check, set_needs_check};
 
-use crate::io::{BlockDevice, FileDevice};
+use crate::io::{BlockDevice, FileDevice, Payload};
 use crate::pdata::disk::BLOCK_SIZE;
 use crate::pool::{FilePool, Pool, VolumeInfo};
 use crate::units::ThinId;
@@ -436,7 +436,7 @@ impl Service {
         }
         let id = self.create_volume_for(name, size, export)?;
         let written = self.open_volume(name).and_then(|h| {
-            h.write(0, header.bytes())?;
+            h.write(0, &Payload::mem(header.bytes()), crate::pool::Mode::Full)?;
             self.commit()
         });
         if let Err(e) = written {

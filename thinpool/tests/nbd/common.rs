@@ -152,11 +152,17 @@ impl thinpool::nbd::Export for Probe {
     fn read(&self, offset: u64, buf: &mut [u8]) -> thinpool::nbd::ExportResult<()> {
         self.inner.read(offset, buf)
     }
-    fn write(&self, offset: u64, data: &[u8], fua: bool) -> thinpool::nbd::ExportResult<()> {
+    fn write(
+        &self,
+        offset: u64,
+        payload: &thinpool::export::Payload<'_>,
+        fua: bool,
+        quick: bool,
+    ) -> thinpool::nbd::ExportResult<thinpool::export::Written> {
         if fua {
             bump(&self.fua_writes);
         }
-        self.inner.write(offset, data, fua)
+        self.inner.write(offset, payload, fua, quick)
     }
     fn write_zeroes(
         &self,

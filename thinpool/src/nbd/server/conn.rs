@@ -6,8 +6,8 @@
 //! the reader lock (the leader) reads requests into its own reusable buffer (one buffered
 //! socket read brings in several requests). Quick requests (READs up to [`INLINE_MAX`] of data
 //! in memory, and WRITEs the export can do in place without allocating, copying or waiting:
-//! [`Export::read_quick`](crate::export::Export::read_quick),
-//! [`Export::write_quick`](crate::export::Export::write_quick)) it serves itself, still
+//! [`Export::read_quick`](crate::export::Export::read_quick), and
+//! [`Export::write`](crate::export::Export::write) with `quick`) it serves itself, still
 //! holding the lock, and answers at once: no thread hand-off and no lock traffic per request.
 //! Any other request makes the leader release the lock (a waiting follower becomes leader)
 //! and execute it, so a slow request (allocation, copy-on-write, commit, waiting for space,
@@ -24,11 +24,12 @@
 //! A large WRITE payload (from [`SPLICE_MIN`] bytes) to an export that takes it
 //! ([`Export::splices_writes`](crate::export::Export::splices_writes)) is not read into memory:
 //! the leader splices it from the socket into its own pipe, which moves page references, not
-//! bytes, and hands the lock over; the worker then has the data device take the bytes from the
-//! pipe. One copy (pipe to page cache) instead of two (socket to buffer, buffer to page cache),
-//! and the next leader reads on while the copy runs. If the export cannot take them that way
-//! (the blocks need allocation or copy-on-write), the worker reads the pipe into memory and
-//! writes as usual. The first [`SPLICE_PEEK`] bytes are read into memory anyway: a payload
+//! bytes, and hands the lock over; the worker passes the export a
+//! [`Payload::piped`](crate::export::Payload::piped), and an overwrite has the data device take
+//! the bytes from the pipe. One copy (pipe to page cache) instead of two (socket to buffer,
+//! buffer to page cache), and the next leader reads on while the copy runs. A write that needs
+//! the bytes in memory (allocation, copy-on-write) has the pool read the pipe into the
+//! worker's buffer, in the same call. The first [`SPLICE_PEEK`] bytes are read into memory anyway: a payload
 //! that starts with zeros goes the usual way, where an all-zero write unmaps rather than
 //! writes.
 //!
@@ -49,6 +50,7 @@ use super::negotiate::Negotiated;
 use super::reply::{allocation_status, Fail, Reply, KEEP_BUFFER};
 use super::splice::Pipe;
 use super::{RateLog, Sock};
+use crate::export::{Payload, Written};
 use crate::nbd::proto::msg::*;
 use crate::nbd::proto::wire::*;
 
@@ -296,7 +298,8 @@ fn inline(c: &Conn<'_>, inc: &Incoming, data: &[u8], out: &mut Reply) -> bool {
     match req.command {
         CMD_READ => matches!(read(c, req, out, true), Ok(true)),
         _ => {
-            c.neg.export.write_quick(req.offset, &data[..inc.payload_len]) && {
+            let payload = Payload::mem(&data[..inc.payload_len]);
+            matches!(c.neg.export.write(req.offset, &payload, false, true), Ok(Written::Done)) && {
                 encode_ok(c, req, &mut out.head);
                 true
             }
@@ -499,8 +502,7 @@ fn execute(
             send(c, out.slices());
             return Ok(());
         }
-        CMD_WRITE if inc.spliced > 0 => write_spliced(c, inc, data, pipe)?,
-        CMD_WRITE => export.write(req.offset, &data[..inc.payload_len], fua)?,
+        CMD_WRITE => write(c, inc, data, pipe)?,
         CMD_FLUSH => export.flush()?,
         CMD_TRIM => export.trim(req.offset, req.length, fua)?,
         CMD_CACHE => export.cache(req.offset, req.length)?,
@@ -519,9 +521,9 @@ fn execute(
     Ok(())
 }
 
-/// A WRITE whose payload ends in the worker's pipe: spliced to the data device if the export
-/// can, else read into memory and written as usual.
-fn write_spliced(
+/// A WRITE, its payload in memory or, spliced from the socket, partly in the worker's pipe
+/// (the export takes it from there straight to its device, or reads it into `data`).
+fn write(
     c: &Conn<'_>,
     inc: &Incoming,
     data: &mut [u8],
@@ -530,17 +532,23 @@ fn write_spliced(
     let req = &inc.req;
     let fua = req.flags & CMD_FLAG_FUA != 0;
     let internal = |why: String| Fail { errno: EIO, why, client_fault: false };
-    let p = pipe.as_mut().ok_or_else(|| internal("spliced payload without a pipe".into()))?;
-    let held = inc.payload_len - inc.spliced;
-    let export = &c.neg.export;
-    if export.write_spliced(req.offset, &data[..held], p.r.as_fd(), inc.spliced, fua)? {
+    let data = &mut data[..inc.payload_len];
+    let written = if inc.spliced > 0 {
+        let p = pipe.as_mut().ok_or_else(|| internal("spliced payload without a pipe".into()))?;
+        let held = inc.payload_len - inc.spliced;
+        let w =
+            c.neg.export.write(req.offset, &Payload::piped(data, held, p.r.as_fd()), fua, false)?;
+        // The export took every byte out of the pipe (after an error, an unknown part: the
+        // worker then drops the pipe).
         p.pending = 0;
-        return Ok(());
+        w
+    } else {
+        c.neg.export.write(req.offset, &Payload::mem(data), fua, false)?
+    };
+    match written {
+        Written::Done => Ok(()),
+        Written::Declined => Err(internal("the export declined a full write".into())),
     }
-    p.drain_into(&mut data[held..inc.payload_len])
-        .map_err(|e| internal(format!("reading a spliced payload back: {e}")))?;
-    export.write(req.offset, &data[..inc.payload_len], fua)?;
-    Ok(())
 }
 
 fn encode_ok(c: &Conn<'_>, req: &Request, out: &mut Vec<u8>) {
