@@ -23,9 +23,9 @@ use thinpool::pool::Pool;
 use thinpool::service::PoolSource;
 use thinpool::vg::{EventLog, PoolConfig, VgPool};
 
-/// The options: the TOML file (if any), then each `--opt` over it.
+/// The options: the TOML file (if any), then each `--opt` over it, parsed once.
 pub(super) fn config(a: &InitArgs) -> anyhow::Result<PoolConfig> {
-    let mut c = match &a.config {
+    let file = match &a.config {
         Some(f) => {
             let text = std::fs::read_to_string(f)
                 .with_context(|| format!("cannot read {}", f.display()))?;
@@ -33,44 +33,16 @@ pub(super) fn config(a: &InitArgs) -> anyhow::Result<PoolConfig> {
         }
         None => PoolConfig::default(),
     };
-    for o in &a.opt {
-        let (k, v) =
-            o.split_once('=').with_context(|| format!("--opt {o}: expected dm.key=value"))?;
-        c.set(k.trim(), v.trim())?;
-    }
-    c.validate()?;
-    Ok(c)
+    Ok(file.with_opts(a.opt.iter().map(String::as_str))?)
 }
 
-/// A file pool's options as DIR/config.toml: the `--opt` values as quoted top-level keys,
-/// then the `--config` file's text (tables must come after top-level keys). Checked by
-/// parsing it back.
+/// A file pool's options as DIR/config.toml, when any were given: the one parsed
+/// configuration written out whole.
 pub(super) fn file_pool_config(a: &InitArgs) -> anyhow::Result<Option<String>> {
     if a.opt.is_empty() && a.config.is_none() {
         return Ok(None);
     }
-    let wanted = config(a)?;
-    let mut text = String::from("# dm.* options of this pool (see thinpool init --help)\n");
-    for o in &a.opt {
-        let (k, v) =
-            o.split_once('=').with_context(|| format!("--opt {o}: expected dm.key=value"))?;
-        let key = if k.contains('.') { k.trim().to_owned() } else { format!("dm.{}", k.trim()) };
-        text.push_str(&format!(
-            "{} = {}\n",
-            toml::Value::String(key),
-            toml::Value::String(v.trim().into())
-        ));
-    }
-    if let Some(f) = &a.config {
-        text.push_str(
-            &std::fs::read_to_string(f).with_context(|| format!("cannot read {}", f.display()))?,
-        );
-    }
-    let back = PoolConfig::from_toml(&text)?;
-    if back != wanted {
-        bail!("--opt and --config set the same option differently; give it once");
-    }
-    Ok(Some(text))
+    Ok(Some(config(a)?.to_toml()))
 }
 
 /// Links `device` into the pool directory as the next free `devN` (once per device).

@@ -91,14 +91,52 @@ impl PoolConfig {
     /// Applies `dm.key=value` options (the `dm.` prefix is optional; lamina's own options may
     /// be written `lamina.key=value`) over the defaults and validates the result.
     pub fn from_opts<'a>(opts: impl IntoIterator<Item = &'a str>) -> Result<Self> {
-        let mut config = Self::default();
+        Self::default().with_opts(opts)
+    }
+
+    /// Applies `dm.key=value` options over `self` (a file's settings, say) and validates the
+    /// result.
+    pub fn with_opts<'a>(mut self, opts: impl IntoIterator<Item = &'a str>) -> Result<Self> {
         for opt in opts {
             let (key, value) =
                 opt.split_once('=').ok_or_else(|| invalid(opt, "", "expected dm.key=value"))?;
-            config.set(key.trim(), value.trim())?;
+            self.set(key.trim(), value.trim())?;
         }
-        config.validate()?;
-        Ok(config)
+        self.validate()?;
+        Ok(self)
+    }
+
+    /// The whole configuration as the TOML [`PoolConfig::from_toml`] reads (Docker's option
+    /// names in `[dm]`, lamina's in `[lamina]`), for a file pool's `config.toml`.
+    pub fn to_toml(&self) -> String {
+        format!(
+            "[dm]\n\
+             thinp_percent = {}\n\
+             thinp_metapercent = {}\n\
+             thinp_autoextend_threshold = {}\n\
+             thinp_autoextend_percent = {}\n\
+             blocksize = {}\n\
+             basesize = {}\n\
+             min_free_space = \"{}%\"\n\
+             use_deferred_removal = {}\n\
+             use_deferred_deletion = {}\n\
+             directlvm_device_force = {}\n\
+             [lamina]\n\
+             error_if_no_space = {}\n\
+             no_space_timeout = \"{}s\"\n",
+            self.thinp_percent,
+            self.thinp_metapercent,
+            self.autoextend_threshold,
+            self.autoextend_percent,
+            self.blocksize,
+            self.basesize,
+            self.min_free_space,
+            self.use_deferred_removal,
+            self.use_deferred_deletion,
+            self.directlvm_device_force,
+            self.error_if_no_space,
+            self.no_space_timeout,
+        )
     }
 
     /// Parses a TOML file's text: `[dm]` and `[lamina]` tables (or top-level keys, or quoted
@@ -353,5 +391,24 @@ mod tests {
         assert!(!a.same_setup(&c));
         let d = PoolConfig { blocksize: 512 << 10, ..a.clone() };
         assert!(!a.same_setup(&d));
+    }
+
+    #[test]
+    fn to_toml_reads_back_as_the_same_config() {
+        let c = PoolConfig::default();
+        assert_eq!(PoolConfig::from_toml(&c.to_toml()).unwrap(), c);
+        let c = PoolConfig::from_opts([
+            "dm.thinp_percent=90",
+            "dm.thinp_autoextend_threshold=100",
+            "dm.blocksize=512K",
+            "dm.basesize=3G",
+            "dm.min_free_space=0%",
+            "dm.use_deferred_removal=false",
+            "lamina.error_if_no_space=true",
+            "lamina.no_space_timeout=2m",
+        ])
+        .unwrap();
+        assert_eq!(PoolConfig::from_toml(&c.to_toml()).unwrap(), c);
+        assert!(c.to_toml().contains("blocksize = 524288\n"), "{}", c.to_toml());
     }
 }
