@@ -287,8 +287,9 @@ impl Server {
 
     /// Serves one already-connected unix-socket client from the handshake on, as a listener
     /// would (socket activation, an embedding that accepts itself, the handshake fuzzer).
-    pub fn serve_unix(self: &Arc<Self>, stream: UnixStream) {
-        spawn_connection(&self.shared, Sock::Unix(stream), None, "unix".to_owned());
+    /// Returns the connection's thread (dropping it detaches it), `None` when refused.
+    pub fn serve_unix(self: &Arc<Self>, stream: UnixStream) -> Option<JoinHandle<()>> {
+        spawn_connection(&self.shared, Sock::Unix(stream), None, "unix".to_owned())
     }
 
     /// Number of connections currently open.
@@ -378,7 +379,8 @@ fn accept_loop<L: AsFd>(
             }
         }
         let who = peer.map(|p| p.to_string()).unwrap_or_else(|| "unix".to_owned());
-        spawn_connection(shared, sock, peer.map(|p| p.ip()), who);
+        // Detached: the connection ends on its own (the registry tracks it).
+        drop(spawn_connection(shared, sock, peer.map(|p| p.ip()), who));
     }
 }
 
@@ -417,7 +419,13 @@ fn admit(shared: &Shared, id: u64, sock: &Arc<Sock>, ip: Option<IpAddr>) -> Resu
     Ok(())
 }
 
-fn spawn_connection(shared: &Arc<Shared>, sock: Sock, ip: Option<IpAddr>, who: String) {
+/// Admits and starts a connection; its thread, or `None` when refused or not started.
+fn spawn_connection(
+    shared: &Arc<Shared>,
+    sock: Sock,
+    ip: Option<IpAddr>,
+    who: String,
+) -> Option<JoinHandle<()>> {
     let sock = Arc::new(sock);
     let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
     if let Err(why) = admit(shared, id, &sock, ip) {
@@ -427,7 +435,7 @@ fn spawn_connection(shared: &Arc<Shared>, sock: Sock, ip: Option<IpAddr>, who: S
         };
         shared.log.warn(format_args!("refused {who}: {why}"));
         sock.shutdown(Shutdown::Both);
-        return;
+        return None;
     }
     let shared2 = shared.clone();
     let res = std::thread::Builder::new().name("nbd-conn".into()).spawn(move || {
@@ -435,9 +443,13 @@ fn spawn_connection(shared: &Arc<Shared>, sock: Sock, ip: Option<IpAddr>, who: S
         sock.shutdown(Shutdown::Both);
         shared2.conns.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
     });
-    if let Err(e) = res {
-        shared.log.warn(format_args!("cannot spawn a connection thread: {e}"));
-        shared.conns.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+    match res {
+        Ok(t) => Some(t),
+        Err(e) => {
+            shared.log.warn(format_args!("cannot spawn a connection thread: {e}"));
+            shared.conns.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+            None
+        }
     }
 }
 
