@@ -371,8 +371,12 @@ mod tests {
 
     #[test]
     fn decode_rejects_garbage_without_panicking() {
-        assert!(decode(b"").is_err());
-        assert!(decode(b"070702").is_err());
+        assert_eq!(decode(b""), Err(CpioError::Truncated { offset: 0, what: "header" }));
+        assert_eq!(decode(b"070701"), Err(CpioError::Truncated { offset: 0, what: "header" }));
+        let mut crc_format = b"070702".to_vec();
+        crc_format.resize(110, b'0');
+        let magic = CpioError::BadHeader { offset: 0, why: "magic is not 070701" };
+        assert_eq!(decode(&crc_format), Err(magic));
         let mut a = Archive::new(0);
         a.add(file("abc", b"hello")).unwrap();
         let b = a.encode();

@@ -122,6 +122,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("x.deb");
         std::fs::write(&p, b"not an ar archive").unwrap();
-        assert!(unpack(&p, d.path()).is_err());
+        let e = unpack(&p, d.path()).unwrap_err();
+        assert!(matches!(e, DebError::Io { what: "reading the ar archive", .. }), "{e}");
     }
 }

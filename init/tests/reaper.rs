@@ -101,7 +101,8 @@ fn agent_exec_collects_output_and_enforces_the_timeout() {
     let slow = init::agent::exec(&args(&["sleep", "30"], 1), 60, r).unwrap();
     assert!(slow.timed_out && slow.exit_code.is_none() && slow.signal == Some(9), "{slow:?}");
     assert!(t.elapsed() < Duration::from_secs(10));
-    assert!(init::agent::exec(&args(&["/nonexistent"], 1), 60, r).is_err());
+    let e = init::agent::exec(&args(&["/nonexistent"], 1), 60, r).unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::NotFound, "{e}");
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     reaping.join().unwrap();
 }

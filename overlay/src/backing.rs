@@ -83,6 +83,8 @@ mod tests {
              Reformat the filesystem with ftype=1 to enable d_type support."
         ));
         let d = tempfile::tempdir().unwrap();
-        assert!(check(d.path(), |_| Ok(false)).is_err());
+        let err = check(d.path(), |_| Ok(false)).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Unsupported);
+        assert!(err.to_string().contains("formatted without d_type support"), "{err}");
     }
 }

@@ -742,15 +742,22 @@ mod tests {
             VolumeBind { name: "data".into(), dest: "/srv".into(), read_only: true }
         );
         assert!(!VolumeBind::parse("data:/srv").unwrap().read_only);
-        assert!(VolumeBind::parse("data:srv").is_err());
-        assert!(VolumeBind::parse("../x:/srv").is_err());
-        assert!(VolumeBind::parse("d:/a/../b").is_err());
+        let refused = |s: &str| {
+            let e = VolumeBind::parse(s).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Invalid, "{e}");
+            e.to_string()
+        };
+        assert!(refused("data:srv").contains("expected NAME:/path[:ro|:rw]"));
+        assert!(refused("../x:/srv").contains("invalid volume name \"../x\""));
+        assert!(refused("d:/a/../b").contains("expected NAME:/path[:ro|:rw]"));
     }
 
     #[test]
     fn user_parse() {
         assert_eq!(parse_user("").unwrap(), (0, 0));
         assert_eq!(parse_user("1000:100").unwrap(), (1000, 100));
-        assert!(parse_user("nobody").is_err());
+        let e = parse_user("nobody").unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Unsupported);
+        assert!(e.to_string().contains("only numeric uid[:gid]"), "{e}");
     }
 }

@@ -174,9 +174,14 @@ mod tests {
 
     #[test]
     fn parse_rejects_bad_digests() {
-        assert!(Digest::parse("sha512:00").is_err());
-        assert!(Digest::parse("sha256:../../etc/passwd").is_err());
-        assert!(Digest::parse(&format!("sha256:{}", "A".repeat(64))).is_err());
+        let refused = |s: &str| {
+            let e = Digest::parse(s).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Invalid, "{e}");
+            e.to_string()
+        };
+        assert!(refused("sha512:00").contains("only sha256 is supported"));
+        assert!(refused("sha256:../../etc/passwd").contains("not 64 lowercase hex digits"));
+        assert!(refused(&format!("sha256:{}", "A".repeat(64))).contains("not 64 lowercase hex"));
         let ok = format!("sha256:{}", "a".repeat(64));
         assert_eq!(Digest::parse(&ok).unwrap().hex(), "a".repeat(64));
     }

@@ -416,7 +416,9 @@ mod tests {
         assert_eq!(Compression::detect(&[0x1f, 0x8b, 8]).unwrap(), Compression::Gzip);
         assert_eq!(Compression::detect(&[0x28, 0xb5, 0x2f, 0xfd]).unwrap(), Compression::Zstd);
         assert_eq!(Compression::detect(b"bin/\0\0").unwrap(), Compression::None);
-        assert!(Compression::detect(b"BZh9").is_err());
+        let err = Compression::detect(b"BZh9").unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Unsupported);
+        assert!(err.to_string().contains("bzip2"), "{err}");
     }
 
     #[test]

@@ -262,7 +262,9 @@ mod tests {
             rec("GNU.sparse.numbytes", "5"),
         ];
         assert_eq!(from_pax(&r00).unwrap().unwrap().map, MapSource::Records(want));
-        assert!(from_pax(&[rec("GNU.sparse.map", "1,2,3")]).is_err());
+        let odd = [rec("GNU.sparse.size", "100"), rec("GNU.sparse.map", "1,2,3")];
+        assert_eq!(from_pax(&odd).unwrap_err(), SparseError::Map("odd number of values"));
+        assert_eq!(from_pax(&[rec("GNU.sparse.map", "1,2")]).unwrap_err(), SparseError::NoSize);
     }
 
     #[test]
@@ -270,18 +272,25 @@ mod tests {
         let enc = encode_map_1_0(&[Chunk { offset: 4096, len: 5 }]);
         assert_eq!(&enc[..10], b"1\n4096\n5\n\0");
         assert_eq!(decode_map_1_0(b"1\n40").unwrap(), Decoded::NeedMore);
-        assert!(decode_map_1_0(b"1\nx\n").is_err());
+        let not_decimal = SparseError::Map("map line is not a decimal number");
+        assert_eq!(decode_map_1_0(b"1\nx\n").unwrap_err(), not_decimal);
+        let non_digit = SparseError::Map("non-digit in a map line");
+        assert_eq!(decode_map_1_0(b"1\n4x").unwrap_err(), non_digit);
     }
 
     #[test]
     fn validate_rules() {
         let c = |o, l| Chunk { offset: o, len: l };
         assert!(validate(&[c(0, 10), c(10, 5)], 20, 15).is_ok());
-        assert!(validate(&[c(10, 5), c(0, 10)], 20, 15).is_err(), "out of order");
-        assert!(validate(&[c(0, 10), c(5, 5)], 20, 15).is_err(), "overlap");
-        assert!(validate(&[c(15, 10)], 20, 10).is_err(), "beyond size");
-        assert!(validate(&[c(0, 10)], 20, 11).is_err(), "unreferenced data");
-        assert!(validate(&[c(u64::MAX, 10)], u64::MAX, 10).is_err(), "overflow");
+        let order = Err(SparseError::Map("chunks overlap or are out of order"));
+        assert_eq!(validate(&[c(10, 5), c(0, 10)], 20, 15), order, "out of order");
+        assert_eq!(validate(&[c(0, 10), c(5, 5)], 20, 15), order, "overlap");
+        let beyond = Err(SparseError::Map("chunk beyond the real size"));
+        assert_eq!(validate(&[c(15, 10)], 20, 10), beyond);
+        let unreferenced = Err(SparseError::Map("chunks do not add up to the stored data"));
+        assert_eq!(validate(&[c(0, 10)], 20, 11), unreferenced);
+        let overflow = Err(SparseError::Map("chunk end overflows"));
+        assert_eq!(validate(&[c(u64::MAX, 10)], u64::MAX, 10), overflow);
     }
 
     proptest::proptest! {

@@ -20,17 +20,6 @@ use common::*;
 use drivers::Env;
 use overlay::ErrorKind;
 
-fn err_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(" <- ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
-
 /// 64-hex directories in the store root (layers and containers).
 fn layer_dirs(root: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(root)
@@ -292,7 +281,7 @@ fn hardlink_into_a_lower_layer_is_refused_with_a_reason(env: Env) {
     );
     let store = env.open();
     let err = store.import(&img, Some("hl:1")).unwrap_err();
-    let chain = err_chain(&err);
+    let chain = units::chain(&err);
     assert!(chain.contains("tar entry \"etc/alias\""), "names the entry: {chain}");
     assert!(
         chain.contains("hard link to \"etc/base\", which exists only in a lower layer"),

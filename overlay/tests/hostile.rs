@@ -194,9 +194,9 @@ fn hostile_layers_are_rejected_and_nothing_escapes() {
         let err = store.import(&layout, None).expect_err(what);
         assert_eq!(err.kind(), kind, "{what}: {err}");
         assert!(
-            format!("{err:#}").contains(needle) || err_chain(&err).contains(needle),
+            format!("{err:#}").contains(needle) || units::chain(&err).contains(needle),
             "{what}: error does not name the entry: {}",
-            err_chain(&err)
+            units::chain(&err)
         );
         assert_eq!(listing(&canary), before, "{what}: canary changed");
         assert!(
@@ -222,17 +222,6 @@ fn hostile_layers_are_rejected_and_nothing_escapes() {
             "{what}: staging left behind"
         );
     }
-}
-
-fn err_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(" <- ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 #[test]
@@ -276,7 +265,7 @@ fn entry_count_limit_is_enforced() {
     store.set_limits(Limits { max_entries: 10, ..Limits::default() });
     let err = store.import(&layout, None).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Limit, "{err}");
-    assert!(err_chain(&err).contains("f10"), "{}", err_chain(&err));
+    assert!(units::chain(&err).contains("f10"), "{}", units::chain(&err));
 }
 
 #[test]

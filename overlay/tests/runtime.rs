@@ -6,7 +6,7 @@ mod common;
 use std::process::Command;
 
 use common::*;
-use overlay::{Driver, Store, VolumeBind};
+use overlay::{Driver, ErrorKind, Store, VolumeBind};
 
 fn run_in(runtime: &str) {
     need(runtime);
@@ -33,7 +33,9 @@ fn run_in(runtime: &str) {
     assert_eq!(spec["process"]["args"][0], "/bin/sh");
     assert_eq!(store.container("r1").unwrap().volumes, vec!["shared".to_string()]);
     // A volume in use cannot be removed.
-    assert!(store.volume_remove("shared").is_err());
+    let e = store.volume_remove("shared").unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Conflict);
+    assert!(e.to_string().contains("volume shared is in use by container r1"), "{e}");
 
     let state = t.path().join("state");
     let out = Command::new(runtime)

@@ -135,7 +135,9 @@ fn file_pool_names_round_trip() {
     pool.flush().unwrap();
     pool.create_volume("never-committed", BS).unwrap();
     drop(pool);
-    assert!(FilePool::create(dir.path(), BS, None, Sectors(128)).is_err(), "no overwrite");
+    let e = FilePool::create(dir.path(), BS, None, Sectors(128)).err().expect("no overwrite");
+    assert_eq!(e.kind(), ErrorKind::Exists, "{e}");
+    assert!(e.to_string().contains("already holds a pool"), "{e}");
 
     let pool = FilePool::open(dir.path()).unwrap();
     let vols = pool.volumes().unwrap();

@@ -8,8 +8,7 @@ use service_common::*;
 use std::time::Duration;
 use thinpool::io::Payload;
 use thinpool::io::{BlockDevice, FileDevice};
-use thinpool::pool::FilePool;
-use thinpool::pool::Mode;
+use thinpool::pool::{ErrorKind as PoolKind, FilePool, Mode};
 use thinpool::service::{self, ErrorKind, PoolSource, Service, ServiceOptions};
 use thinpool::units::Sectors;
 use thinpool::vg::PoolConfig;
@@ -44,7 +43,9 @@ fn min_free_space_refuses_new_volumes_with_dockers_message() {
     assert_eq!((e.kind(), e.context()), (ErrorKind::MinFreeSpace, msg));
     let e = svc.snapshot_volume("a", "s").unwrap_err();
     assert_eq!((e.kind(), e.context()), (ErrorKind::MinFreeSpace, msg));
-    assert!(svc.volume("b").is_err());
+    let e = svc.volume("b").unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
+    assert!(units::chain(&e).contains("volume \"b\" does not exist"), "{e}");
     // Writes inside existing volumes are not gated (Docker's rule).
     h.write(95 * EXT, &Payload::mem(&pattern(95, 1)), Mode::Full).unwrap();
     // Freeing space lifts the refusal.
@@ -80,7 +81,8 @@ fn deferred_deletion_hides_counts_and_deletes_on_last_close() {
     assert_eq!(svc.status().deferred_deleted_device_count, 1, "one handle still open");
     assert!(svc.pool().volume("v").is_ok());
     drop(h2);
-    assert!(svc.pool().volume("v").is_err(), "deleted with the last handle");
+    let e = svc.pool().volume("v").unwrap_err();
+    assert_eq!(e.kind(), PoolKind::NotFound, "deleted with the last handle: {e}");
     assert_eq!(svc.pool().data_usage().used, 0, "space freed after the commit");
     assert_eq!(svc.status().deferred_deleted_device_count, 0);
     assert_eq!(std::fs::read_to_string(pd.join("deferred.json")).unwrap(), "[]");
@@ -116,7 +118,8 @@ fn a_deferred_deletion_interrupted_by_a_restart_finishes_at_the_next_start() {
     std::mem::forget(h);
     drop(svc);
     let svc = Service::open(&PoolSource::Dir(pd.clone()), ServiceOptions::default()).unwrap();
-    assert!(svc.pool().volume("v").is_err());
+    let e = svc.pool().volume("v").unwrap_err();
+    assert_eq!(e.kind(), PoolKind::NotFound, "{e}");
     assert_eq!(
         svc.volumes().unwrap().iter().map(|v| v.name.as_str()).collect::<Vec<_>>(),
         ["keep"]

@@ -150,6 +150,7 @@ mod tests {
     fn executions_come_from_the_final_stats() {
         let log = "#1000 DONE cov: 10\nstat::number_of_executed_units: 123456\nstat::x: 1\n";
         assert_eq!(super::executions(log).unwrap(), 123456);
-        assert!(super::executions("no stats").is_err());
+        let e = super::executions("no stats").unwrap_err().to_string();
+        assert_eq!(e, "libFuzzer printed no stat::number_of_executed_units");
     }
 }

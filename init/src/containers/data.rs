@@ -292,7 +292,8 @@ mod tests {
         }
         let h: Header = serde_json::from_str(r#"{"op":"image.save","image":"x"}"#).unwrap();
         assert_eq!(h, Header::ImageSave { image: "x".into(), format: "docker".into() });
-        assert!(serde_json::from_str::<Header>(r#"{"op":"image.nope"}"#).is_err());
+        let e = serde_json::from_str::<Header>(r#"{"op":"image.nope"}"#).unwrap_err();
+        assert!(e.to_string().contains("unknown variant `image.nope`"), "{e}");
     }
 
     #[test]

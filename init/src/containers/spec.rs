@@ -130,10 +130,10 @@ impl RunSpec {
                 ),
             });
         }
-        if self.nano_cpus.is_some_and(|c| c == 0 || c > 1024 * NANO) {
+        if let Some(c) = self.nano_cpus.filter(|&c| c == 0 || c > 1024 * NANO) {
             return Err(SpecError::Limit {
                 what: "cpus",
-                value: format!("{:?}", self.nano_cpus.map(|c| c as f64 / NANO as f64)),
+                value: format!("{} (want more than 0 and at most 1024)", c as f64 / NANO as f64),
             });
         }
         Ok(())
@@ -215,7 +215,13 @@ mod tests {
         ));
         let e = RunSpec { memory: Some(1 << 20), ..spec() }.check().unwrap_err();
         assert!(e.to_string().contains("6MB"), "{e}");
-        assert!(RunSpec { nano_cpus: Some(0), ..spec() }.check().is_err());
+        assert_eq!(
+            RunSpec { nano_cpus: Some(0), ..spec() }.check(),
+            Err(SpecError::Limit {
+                what: "cpus",
+                value: "0 (want more than 0 and at most 1024)".into()
+            })
+        );
         let e = RunSpec { ports: vec!["8080".into()], ..spec() }.check().unwrap_err();
         assert!(e.to_string().contains("HOSTPORT:PORT"), "{e}");
         let ok = RunSpec { ports: vec!["8080:80".into()], ..spec() };

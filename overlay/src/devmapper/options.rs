@@ -198,7 +198,9 @@ mod tests {
         assert!(e.to_string().contains("must be < 100"), "{e}");
         let e = DmOptions::parse(&["dm.thinpooldev=/dev/mapper/x"]).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Unsupported);
-        assert!(DmOptions::parse(&["dm.basesize=x"]).is_err());
+        let e = DmOptions::parse(&["dm.basesize=x"]).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Invalid);
+        assert!(e.to_string().contains("\"dm.basesize=x\": size \"x\": unknown unit"), "{e}");
         assert_eq!(DmOptions::parse(&["dm.basesize=1.5GiB"]).unwrap().basesize, 3 << 29);
     }
 }

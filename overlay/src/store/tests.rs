@@ -7,7 +7,9 @@ fn tag_rules() {
     assert_eq!(normalize_tag("busybox").unwrap(), "busybox:latest");
     assert_eq!(normalize_tag("a/b:v1").unwrap(), "a/b:v1");
     assert_eq!(normalize_tag("host:5000/a").unwrap(), "host:5000/a:latest");
-    assert!(normalize_tag("a b").is_err());
+    let e = normalize_tag("a b").unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Invalid);
+    assert!(e.to_string().contains("invalid image reference \"a b\""), "{e}");
     assert_eq!(short_tag("docker.io/library/x:1"), "x:1");
 }
 
@@ -28,7 +30,9 @@ fn aufs_and_zfs_are_refused_with_the_reason() {
 #[test]
 fn name_rules() {
     assert!(check_name("container", "web-1.a_b").is_ok());
-    assert!(check_name("container", "../x").is_err());
-    assert!(check_name("container", "").is_err());
-    assert!(check_name("container", "x-removing").is_err());
+    for bad in ["../x", "", "x-removing"] {
+        let e = check_name("container", bad).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Invalid, "{bad}");
+        assert!(e.to_string().contains(&format!("invalid container name {bad:?}")), "{e}");
+    }
 }

@@ -144,7 +144,11 @@ mod tests {
         assert!(o.read_only.contains("b"));
         let c = Cli::parse_from(["x", "--listen", "none"]).serve.into_config();
         assert_eq!(c.tcp_addr().unwrap(), None);
-        assert!(Cli::try_parse_from(["x", "--allow", "10.0.0.0/99"]).is_err());
+        let Err(e) = Cli::try_parse_from(["x", "--allow", "10.0.0.0/99"]) else {
+            panic!("--allow 10.0.0.0/99 accepted");
+        };
+        assert_eq!(e.kind(), clap::error::ErrorKind::ValueValidation);
+        assert!(e.to_string().contains("prefix is longer than the address"), "{e}");
         let c = Cli::parse_from(["x", "--tls", "require", "--max-per-address", "3"]);
         assert_eq!(c.serve.max_per_address, 3);
         let err = c.serve.into_config().server_options().unwrap_err().to_string();

@@ -271,8 +271,8 @@ mod tests {
         );
         assert_eq!("1:store".parse::<KernelFd>(), Err(KernelFdError::Range("1:store".into())));
         assert_eq!("x:store".parse::<KernelFd>(), Err(KernelFdError::Syntax("x:store".into())));
-        assert!("7:".parse::<KernelFd>().is_err());
-        assert!("7".parse::<KernelFd>().is_err());
+        assert_eq!("7:".parse::<KernelFd>(), Err(KernelFdError::Range("7:".into())));
+        assert_eq!("7".parse::<KernelFd>(), Err(KernelFdError::Syntax("7".into())));
         let twice =
             [KernelFd { fd: 5, export: "a".into() }, KernelFd { fd: 5, export: "b".into() }];
         assert!(
@@ -322,7 +322,11 @@ mod tests {
         assert_eq!(live.load(Ordering::SeqCst), 0, "the connection is no longer counted");
         assert!(stop.load(Ordering::SeqCst), "the daemon stops when its kernel client leaves");
         let nope = [KernelFd { fd: 1000, export: "nope".into() }];
-        assert!(start(&catalog, &nope, 1, &stop).is_err());
+        let e = start(&catalog, &nope, 1, &stop).err().expect("an unknown export is refused");
+        assert!(
+            matches!(&e, DaemonError::Config(m) if m == "--kernel-fd 1000: no volume \"nope\""),
+            "{e}"
+        );
     }
 
     fn request(ty: u16, flags: u16, cookie: u64, offset: u64, len: u32) -> Vec<u8> {

@@ -254,8 +254,10 @@ mod tests {
         let dev = FaultyDevice::new(Arc::new(MemDevice::new(1 << 16, "mem")), plan);
         let mut buf = [0u8; 512];
         dev.read_at(&mut buf, 0).unwrap();
-        assert!(dev.read_at(&mut buf, 8000).is_err());
-        assert!(dev.write_at(&buf, 9600).is_err());
+        let e = dev.read_at(&mut buf, 8000).unwrap_err();
+        assert!(e.to_string().contains("injected EIO on read of 512 bytes at 8000"), "{e}");
+        let e = dev.write_at(&buf, 9600).unwrap_err();
+        assert!(e.to_string().contains("injected EIO on write of 512 bytes at 9600"), "{e}");
         dev.write_at(&buf, 10_001).unwrap();
         dev.set_plan(FaultPlan::default());
         dev.read_at(&mut buf, 8000).unwrap();

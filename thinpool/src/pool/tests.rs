@@ -242,7 +242,9 @@ fn name_of_a_thin_deleted_outside_lamina_is_dropped_on_open() {
     assert_eq!(names, ["keep"]);
     drop(ro);
     let pool = Pool::open_with_names(meta.clone(), data.clone(), store()).unwrap();
-    assert!(pool.volume("gone").is_err());
+    let e = pool.volume("gone").unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NotFound);
+    assert!(e.to_string().contains("volume \"gone\" does not exist"), "{e}");
     pool.commit().unwrap();
     assert!(pool.transaction_id() > tid, "the cleaned name table is committed");
     drop(pool);
@@ -290,7 +292,9 @@ fn overwrite_modes_only_overwrite_unshared_committed_blocks() {
     pool.read(id, 0, &mut back).unwrap();
     assert_eq!(&back[..512], &[7u8; 512][..]);
     // Unknown devices are errors, as for a full write.
-    assert_eq!(over(ThinId(9), 0, &[1u8; 512], false).unwrap_err().kind(), ErrorKind::NotFound);
+    let e = over(ThinId(9), 0, &[1u8; 512], false).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NotFound);
+    assert!(e.to_string().contains("thin device 9 does not exist"), "{e}");
     pool.commit().unwrap();
     pool.self_check().unwrap();
 }
@@ -309,7 +313,9 @@ fn cached_reads_match_reads() {
     assert!(buf.iter().all(|&b| b == 9));
     let mut two = vec![0u8; 4096];
     assert!(!pool.read_cached(id, bs - 100, &mut two).unwrap(), "spans two blocks");
-    assert!(pool.read_cached(ThinId(9), 0, &mut buf).is_err());
+    let e = pool.read_cached(ThinId(9), 0, &mut buf).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NotFound);
+    assert!(e.to_string().contains("thin device 9 does not exist"), "{e}");
 }
 
 /// Volumes 1 and 2: blocks 0..6 of volume 1 hold 1s, and every other one of them was

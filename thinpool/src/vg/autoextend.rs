@@ -383,7 +383,7 @@ mod tests {
         );
         // At least one block is required whenever the option is on; 0 % turns it off.
         assert_eq!(min_free_blocks(5, 10), 1);
-        assert!(check_min_free_space(0, 5, 1, 5, 10).is_err());
+        assert_eq!(check_min_free_space(0, 5, 1, 5, 10).unwrap_err().space, Space::Data);
         assert_eq!(check_min_free_space(0, 5, 0, 5, 0), Ok(()));
     }
 

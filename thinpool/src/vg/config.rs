@@ -366,8 +366,15 @@ mod tests {
         assert_eq!(c.no_space_timeout, 0);
         let q = PoolConfig::from_toml("\"dm.basesize\" = \"1G\"\n").unwrap();
         assert_eq!(q.basesize, 1 << 30);
-        assert!(PoolConfig::from_toml("[dm]\nblocksize = [1]\n").is_err());
-        assert!(PoolConfig::from_toml("not toml =").is_err());
+        let e = PoolConfig::from_toml("[dm]\nblocksize = [1]\n").unwrap_err();
+        assert_eq!(e.kind(), VgErrorKind::InvalidConfig);
+        assert!(
+            e.to_string().contains("blocksize=[1]: expected a string, integer or boolean"),
+            "{e}"
+        );
+        let e = PoolConfig::from_toml("not toml =").unwrap_err();
+        assert_eq!(e.kind(), VgErrorKind::InvalidConfig);
+        assert!(e.to_string().contains("toml=: "), "{e}");
     }
 
     #[test]

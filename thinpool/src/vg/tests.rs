@@ -130,7 +130,9 @@ proptest! {
                         res.unwrap();
                         model[o..o + data.len()].copy_from_slice(&data);
                     } else {
-                        prop_assert!(res.is_err());
+                        let e = res.unwrap_err();
+                        prop_assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof, "{}", e);
+                        prop_assert!(e.to_string().contains("is beyond the end"), "{}", e);
                     }
                 }
                 Op::Read(o, len) => {
@@ -141,7 +143,9 @@ proptest! {
                         res.unwrap();
                         prop_assert_eq!(&buf[..], &model[o..o + len]);
                     } else {
-                        prop_assert!(res.is_err());
+                        let e = res.unwrap_err();
+                        prop_assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof, "{}", e);
+                        prop_assert!(e.to_string().contains("is beyond the end"), "{}", e);
                     }
                 }
             }

@@ -549,12 +549,16 @@ mod tests {
 
     #[test]
     fn fio_json_errors_are_reported() {
-        assert!(parse_fio("no json here", &LOADS).is_err());
+        assert_eq!(
+            parse_fio("no json here", &LOADS).unwrap_err().to_string(),
+            "fio printed no JSON"
+        );
         let one = fio_json(&[("randread4k", 10.0, 40.0, 0.0, 0.0)]);
         let e = parse_fio(&one, &LOADS).unwrap_err().to_string();
         assert!(e.contains("randwrite4k"), "{e}");
         let idle = fio_json(&[("read1m", 0.0, 0.0, 0.0, 0.0)]);
-        assert!(parse_fio(&idle, &LOADS[2..3]).is_err(), "a job without I/O is an error");
+        let e = parse_fio(&idle, &LOADS[2..3]).unwrap_err().to_string();
+        assert_eq!(e, "fio job read1m did no I/O", "a job without I/O is an error");
         let failed =
             fio_json(&[("read1m", 1.0, 1024.0, 0.0, 0.0)]).replace("\"error\":0", "\"error\":5");
         assert!(parse_fio(&failed, &LOADS[2..3]).unwrap_err().to_string().contains("error 5"));
@@ -595,13 +599,15 @@ mod tests {
                  # lamina-thinpool\n0 1982464 thin-pool /dev/mapper/a /dev/mapper/b 128 3097 1\n";
         // (24576 + 1982464) sectors = 1027604480 bytes, rounded up to a MiB.
         assert_eq!(free_tail(t).unwrap(), 980 << 20);
-        assert!(free_tail("# x\n0 8 thin-pool a b 128 1 1\n").is_err());
+        let e = free_tail("# x\n0 8 thin-pool a b 128 1 1\n").unwrap_err().to_string();
+        assert!(e.starts_with("no linear segment in:"), "{e}");
         let stack = dm_stack(&format!(
             "{t}# lamina-thinpool-store\n0 2097152 thin /dev/mapper/lamina-thinpool 1\n"
         ))
         .unwrap();
         assert_eq!(stack.len(), 4);
         assert_eq!(stack[3].thin_id(), Some(1));
-        assert!(dm_stack(t).is_err(), "no store thin");
+        let e = dm_stack(t).unwrap_err().to_string();
+        assert!(e.starts_with("no store thin in:"), "{e}");
     }
 }

@@ -188,7 +188,11 @@ mod tests {
             assert!(e.contains(bad) && e.contains("HOSTPORT:GUESTPORT"), "{e}");
         }
         assert!(super::Cli::try_parse_from(["lamina", "vm", "run", "--vm-port", "1:2"]).is_ok());
-        assert!(super::Cli::try_parse_from(["lamina", "vm", "run", "--vm-port", "x"]).is_err());
+        let Err(e) = super::Cli::try_parse_from(["lamina", "vm", "run", "--vm-port", "x"]) else {
+            panic!("--vm-port x accepted");
+        };
+        assert_eq!(e.kind(), clap::error::ErrorKind::ValueValidation);
+        assert!(e.to_string().contains("invalid --vm-port \"x\""), "{e}");
     }
 
     #[test]

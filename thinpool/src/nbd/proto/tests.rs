@@ -230,17 +230,24 @@ fn option_decoders_reject_inconsistent_lengths() {
     p.put_u32(1000);
     p.extend_from_slice(b"abc");
     p.put_u16(0);
-    assert!(decode_option(OPT_GO, &p).is_err());
+    let too_long = "name length exceeds the option length";
+    assert_eq!(decode_option(OPT_GO, &p), Err(invalid("GO", too_long)));
     // GO whose info count disagrees with the option length.
     let mut p = Vec::new();
     p.put_u32(1);
     p.push(b'a');
     p.put_u16(3);
     p.put_u16(INFO_NAME);
-    assert!(decode_option(OPT_INFO, &p).is_err());
+    let count = "info request count disagrees with the option length";
+    assert_eq!(decode_option(OPT_INFO, &p), Err(invalid("INFO", count)));
     // Payload on LIST / STRUCTURED_REPLY / EXTENDED_HEADERS / STARTTLS.
-    for o in [OPT_LIST, OPT_STRUCTURED_REPLY, OPT_EXTENDED_HEADERS, OPT_STARTTLS] {
-        assert!(decode_option(o, &[0]).is_err());
+    for (o, what) in [
+        (OPT_LIST, "LIST"),
+        (OPT_STRUCTURED_REPLY, "STRUCTURED_REPLY"),
+        (OPT_EXTENDED_HEADERS, "EXTENDED_HEADERS"),
+        (OPT_STARTTLS, "STARTTLS"),
+    ] {
+        assert_eq!(decode_option(o, &[0]), Err(invalid(what, "option takes no payload")));
     }
     // A 5000-byte name is over the protocol's string limit.
     let mut p = Vec::new();
@@ -249,13 +256,16 @@ fn option_decoders_reject_inconsistent_lengths() {
     p.put_u16(0);
     assert!(matches!(decode_option(OPT_GO, &p), Err(ProtoError::TooLong { .. })));
     // NUL and invalid UTF-8 in names.
-    assert!(decode_option(OPT_EXPORT_NAME, b"a\0b").is_err());
-    assert!(decode_option(OPT_EXPORT_NAME, &[0xff, 0xfe]).is_err());
+    let nul = invalid("EXPORT_NAME", "string contains NUL");
+    assert_eq!(decode_option(OPT_EXPORT_NAME, b"a\0b"), Err(nul));
+    let utf8 = invalid("EXPORT_NAME", "string is not UTF-8");
+    assert_eq!(decode_option(OPT_EXPORT_NAME, &[0xff, 0xfe]), Err(utf8));
     // Meta-context query count larger than present.
     let mut p = Vec::new();
     p.put_u32(0);
     p.put_u32(0xffff_ffff);
-    assert!(decode_option(OPT_SET_META_CONTEXT, &p).is_err());
+    let short = ProtoError::Truncated { what: "SET_META_CONTEXT", need: 4, have: 0 };
+    assert_eq!(decode_option(OPT_SET_META_CONTEXT, &p), Err(short));
     // Option header with an absurd length is refused before any payload is read.
     let mut h = Vec::new();
     h.put_u64(IHAVEOPT);

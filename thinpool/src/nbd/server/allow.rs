@@ -150,15 +150,29 @@ mod tests {
         assert!(e.allow.allows("10.9.9.9".parse().unwrap()));
         assert!(!e.allow.allows("11.0.0.1".parse().unwrap()));
         assert!(e.allow.allows("::1".parse().unwrap()));
-        for bad in ["vol1", "=10.0.0.1", "vol1=", "vol1=300.0.0.1"] {
-            assert!(bad.parse::<ExportAllow>().is_err(), "{bad} must be rejected");
+        let shape = "expected EXPORT=CIDR[,CIDR...]";
+        for (bad, text, why) in [
+            ("vol1", "vol1", shape),
+            ("=10.0.0.1", "=10.0.0.1", shape),
+            ("vol1=", "vol1=", "no address given"),
+            ("vol1=300.0.0.1", "300.0.0.1", "not an IP address"),
+        ] {
+            let want = CidrError { text: text.into(), why };
+            assert_eq!(bad.parse::<ExportAllow>(), Err(want), "{bad} must be rejected");
         }
     }
 
     #[test]
     fn cidr_rejects_garbage() {
-        for bad in ["10.0.0.0/33", "::/129", "abc", "1.2.3.4/x", "1.2.3/8"] {
-            assert!(AllowList::parse(bad).is_err(), "{bad} must be rejected");
+        for (bad, why) in [
+            ("10.0.0.0/33", "prefix is longer than the address"),
+            ("::/129", "prefix is longer than the address"),
+            ("abc", "not an IP address"),
+            ("1.2.3.4/x", "prefix is not a number"),
+            ("1.2.3/8", "not an IP address"),
+        ] {
+            let want = CidrError { text: bad.into(), why };
+            assert_eq!(AllowList::parse(bad), Err(want), "{bad} must be rejected");
         }
         assert_eq!(Cidr::from_str("::1").unwrap().to_string(), "::1/128");
     }

@@ -131,16 +131,21 @@ fn corrupt_blocks_are_refused() {
     let mut n = zeroed();
     NodeMut::init(&mut n, MetaBlock(9), true, 8);
     put_u32(&mut n[..], 4, 3);
-    assert!(Node::new(&n).is_err(), "flags 3 is neither internal nor leaf");
+    let why = |n: &Block| Node::new(n).err();
+    let flags = DecodeError::Node("flags are neither internal nor leaf");
+    assert_eq!(why(&n), Some(flags), "flags 3 is neither internal nor leaf");
     NodeMut::init(&mut n, MetaBlock(9), true, 8);
     put_u32(&mut n[..], 16, 253);
-    assert!(Node::new(&n).is_err(), "nr_entries above max");
+    let over = DecodeError::Node("nr_entries exceeds max_entries");
+    assert_eq!(why(&n), Some(over), "nr_entries above max");
     NodeMut::init(&mut n, MetaBlock(9), true, 8);
     put_u32(&mut n[..], 20, 4000);
-    assert!(Node::new(&n).is_err(), "max_entries beyond the block");
+    let max = DecodeError::Node("max_entries does not fit the block");
+    assert_eq!(why(&n), Some(max), "max_entries beyond the block");
     put_u32(&mut n[..], 20, 0);
     put_u32(&mut n[..], 24, u32::MAX);
-    assert!(Node::new(&n).is_err(), "value size beyond the block");
+    let vs = DecodeError::Node("value size is impossible");
+    assert_eq!(why(&n), Some(vs), "value size beyond the block");
 }
 
 #[test]

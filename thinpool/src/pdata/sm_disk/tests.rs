@@ -153,9 +153,16 @@ fn contract(h: &mut dyn Harness) {
     let again = h.sm().alloc().unwrap();
     assert!(grabbed.contains(&again), "only this transaction's own frees are reusable");
     h.sm().dec(again).unwrap();
-    assert!(h.sm().dec(a[2]).is_err(), "counts never go below zero");
-    assert!(h.sm().count(n + 5).is_err(), "out-of-range blocks are refused");
-    assert!(h.sm().inc(n + 5).is_err());
+    let bad_ref = |e: Error, block: u64, why: &str| {
+        assert!(
+            matches!(e, Error::BadRef { block: b, what, .. } if b == block && what == why),
+            "{e}"
+        );
+    };
+    bad_ref(h.sm().dec(a[2]).unwrap_err(), a[2], "reference count would drop below zero");
+    let beyond = "is beyond the end of the space map";
+    bad_ref(h.sm().count(n + 5).unwrap_err(), n + 5, beyond);
+    bad_ref(h.sm().inc(n + 5).unwrap_err(), n + 5, beyond);
     h.commit();
     let mut found = false;
     while let Some(b) = h.sm().alloc() {
