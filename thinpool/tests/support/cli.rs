@@ -1,5 +1,4 @@
-//! Running the `thinpool` binary from the CLI tests.
-#![allow(dead_code)] // each test file uses its own subset
+//! Running the built `thinpool` binary.
 
 use std::process::{Command, Output};
 
@@ -10,9 +9,16 @@ pub fn thinpool(args: &[&str]) -> Output {
     Command::new(BIN).args(args).output().expect("running thinpool")
 }
 
-/// `thinpool ARGS..`, which must succeed; its stdout.
+/// Lossy text of captured output.
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// `thinpool ARGS..`, which must succeed without a panic; its stdout.
 pub fn ok(args: &[&str]) -> String {
     let out = thinpool(args);
-    assert!(out.status.success(), "thinpool {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "thinpool {args:?} failed: {}{err}", text(&out.stdout));
+    assert!(!err.contains("panicked"), "thinpool {args:?}: {err}");
     String::from_utf8(out.stdout).unwrap()
 }
