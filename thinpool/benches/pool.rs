@@ -6,39 +6,19 @@
 //! the figures are the engine's CPU cost, not a disk's. Prints a table; with BENCH_OUT set,
 //! appends xtask's JSON-lines records (suite "thinpool", x = mapped blocks) to that file.
 
+#[path = "../tests/support/null.rs"]
+mod null;
+
 use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
-use thinpool::io::{BlockDevice, MemDevice};
+use thinpool::io::MemDevice;
 use thinpool::pool::{FilePool, Pool};
 use thinpool::units::{DataBlock, Sectors, ThinId, VirtBlock};
 
-/// A device of a given size that reads zeros and forgets writes.
-struct NullDevice(u64);
-
-impl BlockDevice for NullDevice {
-    fn read_at(&self, buf: &mut [u8], _: u64) -> std::io::Result<()> {
-        buf.fill(0);
-        Ok(())
-    }
-    fn write_at(&self, _: &[u8], _: u64) -> std::io::Result<()> {
-        Ok(())
-    }
-    fn flush(&self) -> std::io::Result<()> {
-        Ok(())
-    }
-    fn size(&self) -> u64 {
-        self.0
-    }
-    fn grow(&self, _: u64) -> std::io::Result<()> {
-        Ok(())
-    }
-    fn describe(&self) -> String {
-        "null".into()
-    }
-}
+use null::NullDevice;
 
 const BS: u64 = 65536;
 

@@ -1,8 +1,8 @@
 //! The metadata tools on a device-backed pool: `check` and `dump` read the metadata region of
 //! the volume group, named by the group directory or by one of its devices.
 
-mod cli_common;
-use cli_common::{ok, thinpool};
+mod support;
+use support::cli::{ok, thinpool};
 
 #[test]
 fn check_and_dump_read_a_device_backed_pool() {

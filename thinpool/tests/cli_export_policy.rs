@@ -7,10 +7,11 @@
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-mod cli_common;
-use cli_common::{ok, BIN};
+mod support;
+use support::cli::{ok, BIN};
+use support::wait_for;
 
 struct Serve(Child);
 
@@ -58,11 +59,9 @@ fn attached_volumes_are_read_only_local_only_hidden_and_allowlists_per_export() 
         .unwrap();
     let _serve = Serve(child);
     drop(ours);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() || !sock.exists() {
-        assert!(Instant::now() < deadline, "thinpool serve did not start listening");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for("thinpool serve to listen", Duration::from_secs(20), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() && sock.exists()
+    });
     let tcp = |name: &str| format!("nbd://127.0.0.1:{port}/{name}");
     let unix = |name: &str| format!("nbd+unix:///{name}?socket={}", sock.display());
 
@@ -126,11 +125,7 @@ fn exports_flagged_offers_only_volumes_created_for_export() {
         .spawn()
         .unwrap();
     let _serve = Serve(child);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !sock.exists() {
-        assert!(Instant::now() < deadline, "thinpool serve did not start listening");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for("thinpool serve to listen", Duration::from_secs(20), || sock.exists());
     let unix = |name: &str| format!("nbd+unix:///{name}?socket={}", sock.display());
     let listed = || text(&tool("nbdinfo", &["--list", "--json", &unix("")]));
     let l = listed();

@@ -9,10 +9,11 @@ use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-mod cli_common;
-use cli_common::{ok, thinpool, BIN};
+mod support;
+use support::cli::{ok, thinpool, BIN};
+use support::wait_for;
 
 const CMD_READ: u16 = 0;
 const CMD_WRITE: u16 = 1;
@@ -41,11 +42,7 @@ impl Daemon {
             .unwrap();
         drop(ours);
         let ctl = dir.join("control.sock");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !ctl.exists() {
-            assert!(Instant::now() < deadline, "daemon did not start");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        wait_for("the daemon's control socket", Duration::from_secs(20), || ctl.exists());
         Daemon { child, kernel, cookie: 1 }
     }
 

@@ -7,10 +7,11 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-mod cli_common;
-use cli_common::{ok, thinpool, BIN};
+mod support;
+use support::cli::{ok, thinpool, BIN};
+use support::wait_for;
 
 struct Serve(Child);
 
@@ -98,13 +99,10 @@ fn through_a_running_daemon_the_header_reads_back_over_nbd() {
         .spawn()
         .unwrap();
     let _serve = Serve(child);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err()
-        || !dir.join("control.sock").exists()
-    {
-        assert!(Instant::now() < deadline, "thinpool serve did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for("thinpool serve to listen", Duration::from_secs(20), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+            && dir.join("control.sock").exists()
+    });
     let out = ok(&["create", d, "enc", "--size", "48M", "--encrypt", "--key-file", &good]);
     assert!(out.contains("created encrypted volume enc"), "{out}");
     // The FIFO the header passed through is gone.

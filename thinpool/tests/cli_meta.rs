@@ -1,21 +1,14 @@
 //! `thinpool check`, `thinpool dump` and argument handling, driving the built binary on
 //! metadata made by Debian's thin_restore.
 
-#[path = "tools_support.rs"]
 mod support;
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
-use support::*;
-
-fn thinpool(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_thinpool")).args(args).output().unwrap()
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
+use support::cli::{text, thinpool};
+use support::tools::*;
+use support::{thin_check_ok, thin_dump};
 
 /// A failed run: non-zero, one clear line on stderr, no panic.
 fn assert_clear_failure(out: &Output, needle: &str) {

@@ -4,10 +4,11 @@
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-mod cli_common;
-use cli_common::{ok, thinpool, BIN};
+mod support;
+use support::cli::{ok, thinpool, BIN};
+use support::wait_for;
 
 fn nbdinfo_list(sock: &Path) -> String {
     let uri = format!("nbd+unix:///?socket={}", sock.display());
@@ -28,14 +29,6 @@ impl Drop for Daemon {
     }
 }
 
-fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[test]
 fn management_verbs_go_through_the_running_daemon() {
     let tmp = tempfile::tempdir().unwrap();
@@ -51,7 +44,9 @@ fn management_verbs_go_through_the_running_daemon() {
             .spawn()
             .unwrap(),
     );
-    wait_for("the NBD socket", || sock.exists() && dir.join("control.sock").exists());
+    wait_for("the NBD socket", Duration::from_secs(20), || {
+        sock.exists() && dir.join("control.sock").exists()
+    });
     assert!(nbdinfo_list(&sock).contains("\"before\""));
 
     // Changes go to the daemon, which commits them and exports the new volume at once.
@@ -114,7 +109,7 @@ fn attach_goes_through_the_daemon() {
             .spawn()
             .unwrap(),
     );
-    wait_for("the control socket", || dir.join("control.sock").exists());
+    wait_for("the control socket", Duration::from_secs(20), || dir.join("control.sock").exists());
     let missing = thinpool(&["attach", d, "nope"]);
     let err = String::from_utf8_lossy(&missing.stderr);
     assert!(!missing.status.success() && err.contains("no such volume"), "{err}");

@@ -2,38 +2,17 @@
 //! Debian's thin_check and our own checker, with every volume exported byte-equal to what
 //! was written; corruption and bad input fail with one clear line.
 
-#[path = "tools_support.rs"]
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use rand::{Rng, RngCore, SeedableRng};
-use support::*;
+use support::cli::{ok, text, thinpool};
+use support::tools::*;
+use support::{thin_check_ok, thin_dump};
 
 const MIB: usize = 1 << 20;
 const BLOCK: usize = 64 << 10;
-
-fn thinpool(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_thinpool")).args(args).output().unwrap()
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-/// Runs a verb that must succeed, returning its stdout.
-fn ok(args: &[&str]) -> String {
-    let out = thinpool(args);
-    assert!(
-        out.status.success(),
-        "thinpool {args:?} failed: {}{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    assert!(!text(&out.stderr).contains("panicked"));
-    text(&out.stdout)
-}
 
 /// Runs a verb that must fail with one clear line on stderr naming `needle`.
 fn fails(args: &[&str], needle: &str) {

@@ -4,7 +4,7 @@
 //! commit.
 #![allow(clippy::unwrap_used)]
 
-mod engine_common;
+mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -125,8 +125,8 @@ fn crash_once(seed: u64) -> bool {
     let meta_img = mem_copy(&meta, "meta-after-cut");
     let data_img = mem_copy(&data, "data-after-cut");
     let dir = tempfile::tempdir().unwrap();
-    let path = engine_common::image_file(dir.path(), "metadata", &meta_img.snapshot());
-    engine_common::thin_check(&path);
+    let path = support::engine::image_file(dir.path(), "metadata", &meta_img.snapshot());
+    support::thin_check(&path);
 
     let pool = Pool::open(meta_img, data_img)
         .unwrap_or_else(|e| panic!("seed {seed}: reopen after the cut failed: {e}"));

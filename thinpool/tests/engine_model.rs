@@ -3,7 +3,7 @@
 //! Debian's thin_check on the metadata.
 #![allow(clippy::unwrap_used)]
 
-mod engine_common;
+mod support;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -192,8 +192,8 @@ fn run(ops: Vec<Op>) {
     w.check_all();
     if case.is_multiple_of(10) {
         let dir = tempfile::tempdir().unwrap();
-        let path = engine_common::image_file(dir.path(), "metadata", &w.meta.snapshot());
-        engine_common::thin_check(&path);
+        let path = support::engine::image_file(dir.path(), "metadata", &w.meta.snapshot());
+        support::thin_check(&path);
     }
 }
 
@@ -233,8 +233,8 @@ fn snapshot_chain_with_writes_is_clean() {
     pool.commit().unwrap();
     pool.self_check().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let path = engine_common::image_file(dir.path(), "metadata", &meta.snapshot());
-    engine_common::thin_check(&path);
+    let path = support::engine::image_file(dir.path(), "metadata", &meta.snapshot());
+    support::thin_check(&path);
     let mut buf = [0u8; 9];
     pool.read(ThinId(7), 37 * BS + 7, &mut buf).unwrap();
     assert_eq!(buf, [1; 9], "snapshot 7 inherited snapshot 1's write");

@@ -2,7 +2,7 @@
 //! zeroes and extents, FilePool.
 #![allow(clippy::unwrap_used)]
 
-mod engine_common;
+mod support;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -75,7 +75,7 @@ fn concurrent_writers_lose_nothing_and_leak_nothing() {
         }
     }
     let dir = tempfile::tempdir().unwrap();
-    engine_common::thin_check(&engine_common::image_file(dir.path(), "m", &meta.snapshot()));
+    support::thin_check(&support::engine::image_file(dir.path(), "m", &meta.snapshot()));
 }
 
 #[test]
@@ -155,7 +155,7 @@ fn file_pool_names_round_trip() {
     let pool = FilePool::open(dir.path()).unwrap();
     assert_eq!(pool.volumes().unwrap().len(), 1);
     assert_eq!(pool.volume("a").unwrap_err().kind(), ErrorKind::NotFound);
-    engine_common::thin_check(&dir.path().join("metadata"));
+    support::thin_check(&dir.path().join("metadata"));
 }
 
 #[test]
@@ -217,7 +217,7 @@ fn grow_data_and_metadata() {
     pool.self_check().unwrap();
     assert_eq!(pool.data_usage().total, 20_000);
     assert_eq!(pool.metadata_usage().total, 20_000);
-    engine_common::thin_check(&engine_common::image_file(dir.path(), "m", &meta.snapshot()));
+    support::thin_check(&support::engine::image_file(dir.path(), "m", &meta.snapshot()));
     drop(pool);
     let pool = Pool::open(meta, data).unwrap();
     pool.self_check().unwrap();

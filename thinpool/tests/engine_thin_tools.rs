@@ -2,11 +2,13 @@
 //! mappings and times the engine meant.
 #![allow(clippy::unwrap_used)]
 
-mod engine_common;
+mod support;
 
 use std::sync::Arc;
 
-use engine_common::*;
+use support::engine::*;
+use support::null::NullDevice;
+use support::{thin_check, thin_dump};
 use thinpool::io::FileDevice;
 use thinpool::pool::Pool;
 use thinpool::units::{Sectors, ThinId, VirtBlock};
@@ -130,33 +132,6 @@ fn engine_opens_and_extends_thin_restore_output() {
     pool.commit().unwrap();
     pool.self_check().unwrap();
     thin_check(&meta_path);
-}
-
-/// A device that reads zeros and forgets writes: lets a test format a pool on a huge data
-/// device without storing it.
-struct NullDevice(u64);
-
-impl thinpool::io::BlockDevice for NullDevice {
-    fn read_at(&self, buf: &mut [u8], _: u64) -> std::io::Result<()> {
-        buf.fill(0);
-        Ok(())
-    }
-    fn write_at(&self, _: &[u8], _: u64) -> std::io::Result<()> {
-        Ok(())
-    }
-    fn flush(&self) -> std::io::Result<()> {
-        Ok(())
-    }
-    fn size(&self) -> u64 {
-        self.0
-    }
-    fn grow(&self, n: u64) -> std::io::Result<()> {
-        assert!(n <= self.0, "test device cannot grow");
-        Ok(())
-    }
-    fn describe(&self) -> String {
-        "null".into()
-    }
 }
 
 /// 3.2 million data blocks need 197 data bitmaps: the data space map's index btree grows an

@@ -1,18 +1,15 @@
-//! Abusive traffic from python3-libnbd (tests/nbd/abuse.py) while a second client keeps
+//! Abusive traffic from python3-libnbd (tests/support/abuse.py) while a second client keeps
 //! reading and writing: the abuser gets correct errors or a clean disconnect, and the second
 //! client is served throughout and afterwards.
 
-#[path = "nbd/client.rs"]
-mod client;
-#[path = "nbd/common.rs"]
-mod common;
+mod support;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use client::Client;
-use common::*;
+use support::client::Client;
+use support::nbd::*;
 use thinpool::export::mem::{MemCatalog, MemExport};
 use thinpool::nbd::ServerOptions;
 
@@ -37,7 +34,7 @@ fn abusive_client_does_not_disturb_a_second_client() {
         }
         (c, rounds)
     });
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/nbd/abuse.py");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/abuse.py");
     // The distribution's python carries the libnbd module (a pyenv python3 would not).
     let out = run("/usr/bin/python3", &[script, &srv.uri("vol")], Duration::from_secs(120));
     let text =

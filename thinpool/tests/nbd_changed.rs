@@ -2,16 +2,13 @@
 //! Debian's nbdinfo (libnbd 1.14) maps exactly the blocks written or discarded since the
 //! snapshot, and one BLOCK_STATUS answers several selected contexts.
 
-#[path = "nbd/client.rs"]
-mod client;
-#[path = "nbd/common.rs"]
-mod common;
+mod support;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use client::{hello, option, Client, Stream};
-use common::*;
+use support::client::{hello, option, Client, Stream};
+use support::nbd::*;
 use thinpool::export::pool::PoolCatalog;
 use thinpool::nbd::proto::msg::{Chunk, HeaderMode};
 use thinpool::nbd::proto::opt::*;

@@ -2,18 +2,16 @@
 //! dropped on time), the handshake's timeouts gone once transmission starts, slow handshakes
 //! cannot keep a good client out, and the per-address cap.
 
-#[path = "nbd/client.rs"]
-mod client;
-#[path = "nbd/common.rs"]
-mod common;
+mod support;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use client::*;
-use common::*;
+use support::client::*;
+use support::nbd::*;
+use support::wait_for;
 use thinpool::export::mem::{MemCatalog, MemExport};
 use thinpool::nbd::proto::opt::*;
 use thinpool::nbd::proto::wire::*;
@@ -25,15 +23,6 @@ fn catalog() -> Arc<MemCatalog> {
     let cat = Arc::new(MemCatalog::new());
     cat.insert("vol", "", Arc::new(MemExport::new(64 * MIB)));
     cat
-}
-
-/// Waits until `cond` holds, or fails the test after `limit`.
-fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
-    let t0 = Instant::now();
-    while !cond() {
-        assert!(t0.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 /// A client that reads the greeting and then sends its handshake one byte per `pace`, for as

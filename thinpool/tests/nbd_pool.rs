@@ -2,18 +2,18 @@
 //! management through the control socket, exclusive locking, and a SIGKILL/restart crash test
 //! checked with Debian's thin_check.
 
-#[path = "nbd/client.rs"]
-mod client;
-#[path = "nbd/common.rs"]
-mod common;
+mod support;
+
+use support::client;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::*;
+use support::nbd::*;
+use support::{require_tool, thin_check, wait_for, wait_socket};
 use thinpool::daemon::control::{self, Request};
 use thinpool::daemon::{self, DaemonError, PoolLock, ServeConfig};
 use thinpool::pool::FilePool;
@@ -22,16 +22,18 @@ use thinpool::units::Sectors;
 const T: Duration = Duration::from_secs(120);
 const MIB: u64 = 1 << 20;
 
-fn thin_check(meta: &Path) {
-    let tool = "/usr/sbin/thin_check";
-    assert!(Path::new(tool).exists(), "{tool} is missing: install thin-provisioning-tools");
-    let out = Command::new(tool).arg(meta).output().unwrap();
-    assert!(
-        out.status.success(),
-        "thin_check failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+/// Whether the last commit in a live pool's metadata maps every 64 KiB block of
+/// `[offset, offset + len)` in some volume, as Debian's thin_dump reads it (a dump that
+/// meets a superblock being rewritten fails, and counts as not yet).
+fn committed(meta: &Path, offset: u64, len: u64) -> bool {
+    require_tool("thin_dump");
+    let out = Command::new("thin_dump").arg(meta).output().unwrap();
+    if !out.status.success() {
+        return false;
+    }
+    let maps = support::engine::dump_mappings(&String::from_utf8_lossy(&out.stdout));
+    let want = offset / (64 << 10)..(offset + len).div_ceil(64 << 10);
+    maps.values().any(|m| want.clone().all(|b| m.iter().any(|&(o, _, _)| o == b)))
 }
 
 /// A pool with 64 KiB blocks and the given volumes.
@@ -41,14 +43,6 @@ fn make_pool(dir: &Path, data: u64, vols: &[(&str, u64)]) {
         pool.create_volume(n, *s).expect("create volume");
     }
     pool.commit().unwrap();
-}
-
-fn wait_socket(p: &Path) {
-    let t0 = Instant::now();
-    while std::os::unix::net::UnixStream::connect(p).is_err() {
-        assert!(t0.elapsed() < Duration::from_secs(30), "{} never accepted", p.display());
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 fn uri(sock: &Path, name: &str) -> String {
@@ -73,12 +67,9 @@ impl InProcess {
         let stop = Arc::new(AtomicBool::new(false));
         let (d, s) = (dir.to_owned(), stop.clone());
         let thread = std::thread::spawn(move || daemon::serve_until(&d, &cfg, s));
-        wait_socket(&sock);
-        let t0 = Instant::now();
-        while !control::socket_path(dir).exists() {
-            assert!(t0.elapsed() < Duration::from_secs(10), "control socket missing");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        wait_socket(&sock, Duration::from_secs(30));
+        let ctl = control::socket_path(dir);
+        wait_for("the control socket", Duration::from_secs(10), || ctl.exists());
         Self { stop, thread: Some(thread), sock }
     }
 
@@ -333,7 +324,7 @@ fn spawn_daemon(bin: &Path, dir: &Path, sock: &Path) -> Child {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("spawn thinpool serve");
-    wait_socket(sock);
+    wait_socket(sock, Duration::from_secs(30));
     child
 }
 
@@ -390,7 +381,8 @@ fn flushed_data_survives_sigkill_and_metadata_stays_clean() {
     // (raw client: no FLUSH, no FUA, and the connection stays open across the kill).
     let mut c = client::Client::connect_unix(&sock, "v", false, false);
     assert_eq!(c.write(20 * MIB, &vec![0x7c; 1 << 20], 0), 0);
-    std::thread::sleep(Duration::from_millis(1500));
+    let meta = d.join(FilePool::METADATA);
+    wait_for("the periodic commit", Duration::from_secs(30), || committed(&meta, 20 * MIB, MIB));
     child.kill().unwrap();
     child.wait().unwrap();
     drop(c);
@@ -403,14 +395,12 @@ fn flushed_data_survives_sigkill_and_metadata_stays_clean() {
         rustix::process::Signal::TERM,
     )
     .unwrap();
-    let t0 = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(t0.elapsed() < Duration::from_secs(30), "daemon ignored SIGTERM");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let mut status = None;
+    wait_for("the daemon to exit on SIGTERM", Duration::from_secs(30), || {
+        status = child.try_wait().unwrap();
+        status.is_some()
+    });
+    let status = status.unwrap();
     assert!(status.success(), "daemon exit status {status}");
     assert!(PoolLock::holder(d).is_none());
     thin_check(&d.join(FilePool::METADATA));

@@ -1,18 +1,16 @@
 //! Raw-socket protocol tests: handshake rules, hardening limits, error replies, structured and
 //! extended replies, pipelining, out-of-order completion and the kernel-style socketpair mode.
 
-#[path = "nbd/client.rs"]
-mod client;
-#[path = "nbd/common.rs"]
-mod common;
+mod support;
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use client::*;
-use common::*;
+use support::client::*;
+use support::nbd::*;
+use support::wait_for;
 use thinpool::export::mem::{MemCatalog, MemExport};
 use thinpool::nbd::proto::msg::*;
 use thinpool::nbd::proto::opt::*;
@@ -305,9 +303,37 @@ fn extended_headers() {
     c.disconnect();
 }
 
-/// An export whose reads at offset 0 take a while, to show replies are not head-of-line
+/// Held shut by a test until it has seen what must come first; opens by itself after 30 s
+/// so a server that waits for the held requests fails the test instead of hanging it.
+#[derive(Default)]
+struct Gate {
+    open: Mutex<bool>,
+    cv: Condvar,
+}
+
+impl Gate {
+    fn open(&self) {
+        *self.open.lock().unwrap() = true;
+        self.cv.notify_all();
+    }
+
+    fn wait(&self) {
+        let open = self.open.lock().unwrap();
+        drop(self.cv.wait_timeout_while(open, Duration::from_secs(30), |o| !*o).unwrap());
+    }
+}
+
+/// An export whose reads at offset 0 wait at a gate, to show replies are not head-of-line
 /// blocked.
-struct Slow(MemExport);
+struct Slow(MemExport, Arc<Gate>);
+
+/// A "slow" catalog and the gate its reads at offset 0 wait at.
+fn slow_catalog() -> (Arc<MemCatalog>, Arc<Gate>) {
+    let gate = Arc::new(Gate::default());
+    let cat = Arc::new(MemCatalog::new());
+    cat.insert("slow", "", Arc::new(Slow(MemExport::new(16 * MIB), gate.clone())));
+    (cat, gate)
+}
 
 impl Export for Slow {
     fn size(&self) -> u64 {
@@ -315,7 +341,7 @@ impl Export for Slow {
     }
     fn read(&self, offset: u64, buf: &mut [u8]) -> ExportResult<()> {
         if offset == 0 {
-            std::thread::sleep(Duration::from_millis(800));
+            self.1.wait();
         }
         self.0.read(offset, buf)
     }
@@ -345,17 +371,15 @@ impl Export for Slow {
 #[test]
 fn stalled_workers_make_room_for_more() {
     // A connection starts with two workers; three slow requests occupy them all, and the
-    // fast read behind them is still answered long before any slow one finishes.
-    let cat = Arc::new(MemCatalog::new());
-    cat.insert("slow", "", Arc::new(Slow(MemExport::new(16 * MIB))));
+    // fast read behind them is still answered while every slow one is held.
+    let (cat, gate) = slow_catalog();
     let srv = start(cat, ServerOptions::default());
     let mut c = Client::connect(srv.addr, "slow", false, false);
-    let t0 = Instant::now();
     let slow: Vec<u64> = (0..3).map(|_| c.send(CMD_READ, 0, 0, 512, &[])).collect();
     let fast = c.send(CMD_READ, 0, 4096, 512, &[]);
     let first = c.recv(|_| Some(512));
     assert_eq!(first.cookie, fast, "the fast read is answered first");
-    assert!(t0.elapsed() < Duration::from_millis(600), "fast read took {:?}", t0.elapsed());
+    gate.open();
     for _ in 0..3 {
         let r = c.recv(|_| Some(512));
         assert!(slow.contains(&r.cookie) && r.error == 0);
@@ -365,26 +389,26 @@ fn stalled_workers_make_room_for_more() {
 
 #[test]
 fn pipelined_out_of_order_and_disconnect_with_requests_in_flight() {
-    let cat = Arc::new(MemCatalog::new());
-    cat.insert("slow", "", Arc::new(Slow(MemExport::new(16 * MIB))));
+    let (cat, gate) = slow_catalog();
     let srv = start(cat, ServerOptions::default());
     let mut c = Client::connect(srv.addr, "slow", false, false);
     let slow = c.send(CMD_READ, 0, 0, 512, &[]);
-    // 200 pipelined writes behind the slow read, each answered while the read sleeps.
+    // 200 pipelined writes behind the slow read, each answered while the read is held.
     let mut cookies = Vec::new();
     for i in 0..200u64 {
         cookies.push(c.send(CMD_WRITE, 0, 4096 * (i + 1), 4096, &vec![i as u8; 4096]));
     }
-    let t0 = Instant::now();
     let mut seen = Vec::new();
-    for _ in 0..201 {
+    for i in 0..201 {
+        if i == 200 {
+            gate.open();
+        }
         let r = c.recv(|ck| (ck == slow).then_some(512));
         assert_eq!(r.error, 0);
         seen.push(r.cookie);
     }
     assert_ne!(seen[0], slow, "fast replies overtake the slow read");
     assert_eq!(*seen.last().unwrap(), slow);
-    assert!(t0.elapsed() < Duration::from_secs(5));
     seen.sort_unstable();
     let mut all = cookies.clone();
     all.push(slow);
@@ -509,9 +533,6 @@ fn many_concurrent_connections() {
         assert_eq!(c.read(off, 65536).unwrap(), random_bytes(65536, off + 1));
     }
     c.disconnect();
-    let t0 = Instant::now();
-    while srv.server.connections() > 0 {
-        assert!(t0.elapsed() < Duration::from_secs(10), "connections are released");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let released = || srv.server.connections() == 0;
+    wait_for("the connections to be released", Duration::from_secs(10), released);
 }

@@ -2,20 +2,17 @@
 //! (qemu's tls-creds-x509), with x509 certificates made by GnuTLS's certtool in the test.
 //! Client certificates are checked with verify-peer; plaintext is refused under require.
 
-#[path = "nbd/client.rs"]
-mod client;
-#[path = "nbd/common.rs"]
-mod common;
+mod support;
 
 use std::io::{Read, Write};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use client::*;
-use common::*;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use support::client::*;
+use support::nbd::*;
 use thinpool::export::mem::{MemCatalog, MemExport};
 use thinpool::nbd::proto::msg::*;
 use thinpool::nbd::proto::opt::*;

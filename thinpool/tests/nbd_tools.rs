@@ -1,13 +1,12 @@
 //! The NBD server against real clients: nbdinfo, nbdcopy, qemu-io/qemu-img, fio.
 
-#[path = "nbd/common.rs"]
-mod common;
+mod support;
 
 use std::sync::Arc;
 use std::time::Duration;
 use thinpool::export::Payload;
 
-use common::*;
+use support::nbd::*;
 use thinpool::export::mem::{MemCatalog, MemExport};
 use thinpool::nbd::Export;
 

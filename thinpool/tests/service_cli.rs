@@ -1,23 +1,16 @@
 //! The CLI verbs on a device-backed pool (and resize on a file pool): init --device, create,
 //! status/list through the service, extend, resize, dmsetup-table, events.
 
+mod support;
+
 use std::path::Path;
-use std::process::Command;
+
+use support::cli::{ok, thinpool};
 
 const MIB: u64 = 1 << 20;
 
-fn run(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_thinpool")).args(args).output().unwrap()
-}
-
-fn ok(args: &[&str]) -> String {
-    let o = run(args);
-    assert!(o.status.success(), "thinpool {args:?}: {}", String::from_utf8_lossy(&o.stderr));
-    String::from_utf8(o.stdout).unwrap()
-}
-
 fn fails(args: &[&str], want: &str) {
-    let o = run(args);
+    let o = thinpool(args);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains(want), "thinpool {args:?}: {err}");
 }

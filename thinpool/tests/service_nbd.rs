@@ -2,16 +2,15 @@
 //! NBD wait while autoextend grows the pool, then fail with ENOSPC once the group is full;
 //! a volume removed while a client is connected is deleted when it disconnects.
 
-#[path = "nbd/client.rs"]
-mod client;
-mod service_common;
+mod support;
 
-use client::Client;
-use service_common::*;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use support::client::Client;
+use support::service::*;
+use support::{thin_check_file, wait_for};
 use thinpool::daemon::control::{self, Request};
 use thinpool::daemon::{self, ServeConfig};
 use thinpool::io::{BlockDevice, FileDevice};
@@ -50,7 +49,7 @@ fn nbd_over_a_device_backed_pool() {
     let stop = Arc::new(AtomicBool::new(false));
     let (d, s) = (pool.clone(), stop.clone());
     let daemon = std::thread::spawn(move || daemon::serve_until(&d, &cfg, s));
-    wait_for("the daemon's sockets", 30, || {
+    wait_for("the daemon's sockets", Duration::from_secs(30), || {
         std::os::unix::net::UnixStream::connect(&sock).is_ok()
             && control::socket_path(&pool).exists()
     });
@@ -81,7 +80,7 @@ fn nbd_over_a_device_backed_pool() {
     assert_eq!(st["devicemapper"]["Deferred Deleted Device Count"], 1);
     assert_eq!(cb.read(0, 8).unwrap(), pattern(0, 7)[..8].to_vec(), "still served");
     cb.disconnect();
-    wait_for("the deferred deletion", 10, || {
+    wait_for("the deferred deletion", Duration::from_secs(10), || {
         ctl(&pool, Request::Status)["devicemapper"]["Deferred Deleted Device Count"] == 0
     });
 
@@ -112,7 +111,7 @@ fn nbd_over_a_device_backed_pool() {
 
     let vp = VgPool::open(std::slice::from_ref(&pool)).unwrap();
     assert_eq!(vp.pool().volumes().unwrap().len(), 1);
-    thin_check(vp.vg().metadata_region().as_ref(), dir.path(), &[]);
+    thin_check_device(vp.vg().metadata_region().as_ref(), dir.path(), &[]);
 }
 
 #[test]
@@ -136,7 +135,7 @@ fn nbd_metadata_exhaustion_answers_writes_with_eperm_and_keeps_reads() {
     let stop = Arc::new(AtomicBool::new(false));
     let (d, s) = (pool.clone(), stop.clone());
     let daemon = std::thread::spawn(move || daemon::serve_until(&d, &cfg, s));
-    wait_for("the daemon's sockets", 30, || {
+    wait_for("the daemon's sockets", Duration::from_secs(30), || {
         std::os::unix::net::UnixStream::connect(&sock).is_ok()
             && control::socket_path(&pool).exists()
     });

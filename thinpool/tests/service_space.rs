@@ -2,11 +2,12 @@
 //! group and released by snapshot removal, discard and a new device; timeouts and
 //! error_if_no_space; file pools growing their data file.
 
-mod service_common;
+mod support;
 
-use service_common::*;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use support::service::*;
+use support::wait_for;
 use thinpool::io::Payload;
 use thinpool::pool::FilePool;
 use thinpool::pool::Mode;
@@ -29,7 +30,7 @@ fn writer_past_the_threshold_sees_the_data_region_grow_by_20_percent() {
     }
     // The kick at 80 blocks grows the region once by 20 % (95 used never needs more).
     // The log line is appended after the resize: wait for it.
-    wait_for("the extension event", 10, || !events(dir.path()).is_empty());
+    wait_for("the extension event", Duration::from_secs(10), || !events(dir.path()).is_empty());
     assert_eq!(svc.pool().data_usage().total, 120);
     let ev = events(dir.path());
     let ext: Vec<_> = ev.iter().filter(|e| e.action == ExtendAction::Extended).collect();
@@ -124,12 +125,12 @@ fn full_group_queues_writes_until_space_is_freed_or_added() {
     // Existing data intact; the metadata is clean.
     check_blocks(&svc, &written);
     svc.commit().unwrap();
-    thin_check(svc.metadata_device().unwrap().as_ref(), dir.path(), &[]);
+    thin_check_device(svc.metadata_device().unwrap().as_ref(), dir.path(), &[]);
 
     // Removing the snapshot frees its 10 blocks: a waiting write completes.
     svc.set_no_space_policy(false, Duration::from_secs(30));
     let w = spawn_write(&svc, i);
-    wait_for("a writer to wait for space", 10, || svc.waiting_writers() == 1);
+    wait_for("a writer to wait for space", Duration::from_secs(10), || svc.waiting_writers() == 1);
     svc.remove_volume("snap").unwrap();
     w.join().unwrap().unwrap();
     written.push((i, 2));
@@ -142,7 +143,7 @@ fn full_group_queues_writes_until_space_is_freed_or_added() {
 
     // Discarding blocks 0 and 1 makes room for a waiting write.
     let w = spawn_write(&svc, i);
-    wait_for("a writer to wait for space", 10, || svc.waiting_writers() == 1);
+    wait_for("a writer to wait for space", Duration::from_secs(10), || svc.waiting_writers() == 1);
     h.discard(0, 2 * EXT).unwrap();
     w.join().unwrap().unwrap();
     written.retain(|&(b, _)| b >= 2);
@@ -154,7 +155,7 @@ fn full_group_queues_writes_until_space_is_freed_or_added() {
 
     // A new device: autoextend grows into it and the waiting write completes.
     let w = spawn_write(&svc, i);
-    wait_for("a writer to wait for space", 10, || svc.waiting_writers() == 1);
+    wait_for("a writer to wait for space", Duration::from_secs(10), || svc.waiting_writers() == 1);
     let dev1 = device(dir.path(), "dev1", 50);
     let ev = svc.extend_device(&dev1).unwrap();
     w.join().unwrap().unwrap();
@@ -172,7 +173,7 @@ fn full_group_queues_writes_until_space_is_freed_or_added() {
     h.read(0, &mut b).unwrap();
     assert!(b.iter().all(|&x| x == 0), "discarded blocks read as zeros");
     svc.commit().unwrap();
-    thin_check(svc.metadata_device().unwrap().as_ref(), dir.path(), &[]);
+    thin_check_device(svc.metadata_device().unwrap().as_ref(), dir.path(), &[]);
 }
 
 #[test]
@@ -189,7 +190,9 @@ fn file_pool_grows_its_data_file_up_to_the_maximum() {
     for i in 0..85 {
         h.write(i * EXT, &Payload::mem(&pattern(i, 1)), Mode::Full).unwrap();
     }
-    wait_for("the data file to grow", 10, || svc.pool().data_usage().total == 120);
+    wait_for("the data file to grow", Duration::from_secs(10), || {
+        svc.pool().data_usage().total == 120
+    });
     assert_eq!(std::fs::metadata(pd.join("data")).unwrap().len(), 120 * EXT);
     // Up to the maximum, then writes time out.
     let mut n = 85;

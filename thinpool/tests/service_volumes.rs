@@ -2,10 +2,11 @@
 //! (and "device is busy" without it), docker-info status and lvs-like listing, and metadata
 //! exhaustion turning the pool read-only with needs_check.
 
-mod service_common;
+mod support;
 
-use service_common::*;
 use std::time::Duration;
+use support::service::*;
+use support::thin_check_file;
 use thinpool::io::Payload;
 use thinpool::io::{BlockDevice, FileDevice};
 use thinpool::pool::{ErrorKind as PoolKind, FilePool, Mode};

@@ -1,13 +1,13 @@
 //! The checker against images made by Debian's thin_restore: clean ones check clean (and
 //! thin_check agrees), and each deliberate corruption is reported with its kind and place.
 
-#[path = "tools_support.rs"]
 mod support;
 
 use std::sync::OnceLock;
 
 use proptest::prelude::*;
-use support::*;
+use support::thin_check_ok;
+use support::tools::*;
 use thinpool::check::{check, DamageKind, Report, Tree};
 use thinpool::io::{BlockDevice, MemDevice};
 use thinpool::pdata::disk::{self, BlockKind};

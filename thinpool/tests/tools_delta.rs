@@ -14,10 +14,9 @@ use thinpool::io::FileDevice;
 use thinpool::pool::{FilePool, Pool};
 use thinpool::units::{Sectors, ThinId};
 
-mod cli_common;
-#[path = "tools_support.rs"]
 mod support;
-use cli_common::{ok, thinpool, BIN};
+use support::cli::{ok, thinpool, BIN};
+use support::wait_for;
 
 const BLOCK: u64 = 64 << 10;
 const VOL_BLOCKS: u64 = 96;
@@ -273,11 +272,9 @@ fn delta_and_metadata_snap_go_through_a_running_daemon() {
             .spawn()
             .unwrap(),
     );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !(sock.exists() && dir.join("control.sock").exists()) {
-        assert!(Instant::now() < deadline, "daemon did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for("the daemon's sockets", Duration::from_secs(20), || {
+        sock.exists() && dir.join("control.sock").exists()
+    });
     let out = ok(&["delta", d, "base", "vol"]);
     assert_eq!(out, "different begin=2 length=2\nright_only begin=4 length=2\n");
     // The delta released the snapshot it took; one can be reserved and read while serving.

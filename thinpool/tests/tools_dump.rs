@@ -1,10 +1,10 @@
 //! Our XML dump against Debian's thin_dump 0.9.0, byte for byte, on thin_restore images; and
 //! our parser reading what thin_dump prints.
 
-#[path = "tools_support.rs"]
 mod support;
 
-use support::*;
+use support::thin_dump;
+use support::tools::*;
 use thinpool::xml::{dump, parse, render};
 
 fn lcg(seed: &mut u64) -> u64 {

@@ -2,13 +2,12 @@
 //! must give metadata our checker finds exactly right (hints included), that Debian's
 //! thin_check accepts, and whose dump equals Debian's thin_dump and the engine's own view.
 
-#[path = "tools_support.rs"]
 mod support;
 
 use std::sync::Arc;
 
 use rand::{Rng, SeedableRng};
-use support::*;
+use support::{thin_check_ok, thin_dump};
 use thinpool::check::check;
 use thinpool::io::FileDevice;
 use thinpool::pool::Pool;

@@ -12,11 +12,10 @@ use thinpool::pdata::disk::BlockKind;
 use thinpool::pool::{FilePool, Pool};
 use thinpool::units::{Sectors, ThinId};
 
-mod cli_common;
-#[path = "tools_support.rs"]
 mod support;
-use cli_common::{ok, thinpool};
-use support::*;
+use support::cli::{ok, thinpool};
+use support::tools::*;
+use support::{require_tool, thin_check_ok, thin_dump};
 
 const BLOCK: u64 = 64 << 10;
 const BLOCKS: u64 = 600;

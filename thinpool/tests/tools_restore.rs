@@ -1,12 +1,12 @@
 //! Restore interop both ways: our restore read by Debian's thin_dump / thin_check, and
 //! Debian's thin_restore read by our engine.
 
-#[path = "tools_support.rs"]
 mod support;
 
 use std::sync::Arc;
 
-use support::*;
+use support::tools::*;
+use support::{thin_check_ok, thin_dump};
 use thinpool::check::check;
 use thinpool::io::FileDevice;
 use thinpool::pool::Pool;

@@ -11,10 +11,9 @@ use thinpool::delta::send::volume_sha256;
 use thinpool::pool::FilePool;
 use thinpool::units::Sectors;
 
-mod cli_common;
-#[path = "tools_support.rs"]
 mod support;
-use cli_common::{ok, BIN};
+use support::cli::{ok, BIN};
+use support::wait_for;
 
 const BLOCK: u64 = 64 << 10;
 const VOL: u64 = 256 * BLOCK; // 16 MiB
@@ -220,11 +219,9 @@ fn serve(pool: &Path, sock: &Path) -> Daemon {
             .spawn()
             .unwrap(),
     );
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while !(sock.exists() && pool.join("control.sock").exists()) {
-        assert!(std::time::Instant::now() < deadline, "daemon did not start");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    wait_for("the daemon's sockets", std::time::Duration::from_secs(20), || {
+        sock.exists() && pool.join("control.sock").exists()
+    });
     d
 }
 

@@ -203,6 +203,14 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// Marks connection `id` as in transmission, never to be evicted; false when it was
+    /// evicted while its handshake ran. Called before the reply that ends the handshake, as
+    /// a client may open its next connection the moment it reads that reply.
+    pub(crate) fn start_transmission(&self, id: u64) -> bool {
+        let mut conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
+        conns.get_mut(&id).map(|slot| slot.handshaking = None).is_some()
+    }
+
     pub fn is_read_only(&self, name: &str, export: &dyn Export) -> bool {
         export.read_only() || self.opts.read_only.contains(name)
     }
@@ -458,7 +466,7 @@ fn serve_client(shared: &Arc<Shared>, id: u64, sock: &Arc<Sock>, peer: Option<Ip
         let _ = t.set_nodelay(true);
     }
     let deadline = Instant::now() + shared.opts.handshake_timeout;
-    let hs = match negotiate::negotiate(shared, sock, peer, deadline) {
+    let hs = match negotiate::negotiate(shared, id, sock, peer, deadline) {
         Ok(Some(hs)) => hs,
         Ok(None) => return,
         Err(e) => {
@@ -469,13 +477,6 @@ fn serve_client(shared: &Arc<Shared>, id: u64, sock: &Arc<Sock>, peer: Option<Ip
     // Transmission has no deadline: a client may pause, or stop reading replies for a while.
     if sock.set_read_timeout(None).is_err() || sock.set_write_timeout(None).is_err() {
         return;
-    }
-    {
-        let mut conns = shared.conns.lock().unwrap_or_else(|e| e.into_inner());
-        match conns.get_mut(&id) {
-            Some(slot) => slot.handshaking = None,
-            None => return, // evicted just as its handshake ended
-        }
     }
     tracing::debug!("nbd: {who} serving export {:?}", hs.neg.name);
     let Some(tls) = hs.tls else {

@@ -236,6 +236,7 @@ pub(crate) struct Handshake {
 /// Runs the handshake; `Ok(None)` means the client left cleanly (ABORT or EOF between options).
 pub(crate) fn negotiate(
     shared: &Shared,
+    id: u64,
     sock: &Sock,
     peer: Option<IpAddr>,
     deadline: Instant,
@@ -300,7 +301,7 @@ pub(crate) fn negotiate(
                 continue;
             }
         };
-        if let Some(neg) = handle_option(shared, &mut c, &mut st, peer, opt)? {
+        if let Some(neg) = handle_option(shared, id, &mut c, &mut st, peer, opt)? {
             return Ok(Some(Handshake { neg, tls: c.into_tls() }));
         }
         if st.aborted {
@@ -309,9 +310,15 @@ pub(crate) fn negotiate(
     }
 }
 
+/// The server was full and took this connection's slot while its handshake ran.
+fn evicted() -> HandshakeError {
+    HandshakeError::Refused("evicted: the server is full".into())
+}
+
 /// Handles one decoded option; returns the negotiated session when transmission starts.
 fn handle_option(
     shared: &Shared,
+    id: u64,
     c: &mut Conn<'_>,
     st: &mut State,
     peer: Option<IpAddr>,
@@ -331,6 +338,9 @@ fn handle_option(
             let flags = transmission_flags(ro, st.structured);
             let mut out = Vec::new();
             encode_export_name_reply(export.size(), flags, st.no_zeroes, &mut out);
+            if !shared.start_transmission(id) {
+                return Err(evicted());
+            }
             c.send(&out)?;
             return Ok(Some(session(st, name, export, ro, flags, None)));
         }
@@ -387,6 +397,9 @@ fn handle_option(
                 maximum: bs.maximum,
             };
             c.reply(code, &OptionReply::Info(item))?;
+            if go && !shared.start_transmission(id) {
+                return Err(evicted());
+            }
             c.reply(code, &OptionReply::Ack)?;
             if go {
                 let asked = q.info.contains(&INFO_BLOCK_SIZE).then_some(bs);

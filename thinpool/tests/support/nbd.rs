@@ -1,6 +1,5 @@
 //! Shared helpers for the NBD interop tests: an in-process server on loopback and a unix
 //! socket, and a runner for external tools with a deadline.
-#![allow(dead_code)]
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

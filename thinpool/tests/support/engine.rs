@@ -1,39 +1,7 @@
-//! Helpers shared by the engine integration tests: Debian's thin tools and small pools.
-#![allow(dead_code, clippy::unwrap_used)]
+//! Byte images and thin_dump XML for the engine tests.
+#![allow(clippy::unwrap_used)]
 
 use std::path::Path;
-use std::process::Command;
-
-pub const THIN_CHECK: &str = "/usr/sbin/thin_check";
-pub const THIN_DUMP: &str = "/usr/sbin/thin_dump";
-
-fn tool(path: &str) -> &str {
-    assert!(
-        Path::new(path).exists(),
-        "{path} is missing: install thin-provisioning-tools (cargo xtask setup); this test needs it"
-    );
-    path
-}
-
-/// Runs thin_check on a metadata file; panics with its output unless it exits 0.
-pub fn thin_check(meta: &Path) {
-    let out = Command::new(tool(THIN_CHECK)).arg(meta).output().unwrap();
-    assert!(
-        out.status.success(),
-        "thin_check {} failed ({}):\n{}{}",
-        meta.display(),
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// thin_dump's XML for a metadata file.
-pub fn thin_dump(meta: &Path) -> String {
-    let out = Command::new(tool(THIN_DUMP)).arg(meta).output().unwrap();
-    assert!(out.status.success(), "thin_dump failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap()
-}
 
 /// Writes a byte image to a temporary file (for running the tools on a MemDevice's bytes).
 pub fn image_file(dir: &Path, name: &str, bytes: &[u8]) -> std::path::PathBuf {

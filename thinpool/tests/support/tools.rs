@@ -1,23 +1,12 @@
 //! Helpers shared by the tools_* tests: Debian thin tools, images made by thin_restore, and
-//! surgical corruption of metadata blocks. Included with `#[path]`; no tests of its own.
-#![allow(dead_code)]
+//! surgical corruption of metadata blocks.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use super::require_tool;
 use thinpool::io::{BlockDevice, FileDevice, MemDevice};
 use thinpool::pdata::disk::{self, Block, BlockKind, Node, BLOCK_SIZE};
-
-/// Fails loudly when a Debian tool the test needs is missing.
-pub fn require_tool(name: &str) {
-    let found = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join(name).is_file()))
-        .unwrap_or(false);
-    assert!(
-        found,
-        "{name} is not installed: install thin-provisioning-tools (cargo xtask setup does)"
-    );
-}
 
 /// Runs thin_restore on `xml` into a fresh 8 MiB metadata file in `dir`.
 pub fn thin_restore(dir: &Path, name: &str, xml: &str) -> PathBuf {
@@ -34,19 +23,6 @@ pub fn thin_restore(dir: &Path, name: &str, xml: &str) -> PathBuf {
         String::from_utf8_lossy(&out.stderr)
     );
     meta
-}
-
-pub fn thin_dump(meta: &Path) -> String {
-    require_tool("thin_dump");
-    let out = Command::new("thin_dump").arg(meta).output().unwrap();
-    assert!(out.status.success(), "thin_dump failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap()
-}
-
-/// Whether Debian's thin_check accepts the metadata.
-pub fn thin_check_ok(meta: &Path) -> bool {
-    require_tool("thin_check");
-    Command::new("thin_check").arg("-q").arg(meta).status().unwrap().success()
 }
 
 pub fn open(meta: &Path) -> FileDevice {

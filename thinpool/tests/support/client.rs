@@ -1,6 +1,5 @@
 //! A small raw NBD client built on the crate's codecs, for tests that need exact control over
 //! the bytes (things libnbd refuses to send).
-#![allow(dead_code)]
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};

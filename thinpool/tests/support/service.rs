@@ -1,11 +1,8 @@
 //! Helpers for the service tests: small groups and file pools on sparse files, block
-//! patterns, condition waits with deadlines, thin_check of a metadata device.
-#![allow(dead_code)]
+//! patterns, thin_check of a metadata device, extension events.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 use thinpool::io::{BlockDevice, FileDevice};
 use thinpool::service::{Service, ServiceOptions};
 use thinpool::vg::format::DATA_START;
@@ -43,35 +40,13 @@ pub fn pattern(i: u64, gen: u8) -> Vec<u8> {
     b
 }
 
-/// Polls `cond` until it holds or `secs` pass; panics with `what` on timeout.
-pub fn wait_for(what: &str, secs: u64, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out after {secs} s waiting for {what}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
 /// Copies a metadata device to a file and runs Debian's thin_check on it.
-pub fn thin_check(dev: &dyn BlockDevice, dir: &Path, extra: &[&str]) -> String {
+pub fn thin_check_device(dev: &dyn BlockDevice, dir: &Path, extra: &[&str]) -> String {
     let copy = dir.join("tmeta.copy");
     let mut bytes = vec![0u8; dev.size() as usize];
     dev.read_at(&mut bytes, 0).unwrap();
     std::fs::write(&copy, &bytes).unwrap();
-    thin_check_file(&copy, extra)
-}
-
-/// Runs thin_check on a metadata file; panics with its output unless it passes.
-pub fn thin_check_file(path: &Path, extra: &[&str]) -> String {
-    let out = Command::new("/usr/sbin/thin_check")
-        .args(extra)
-        .arg(path)
-        .output()
-        .expect("/usr/sbin/thin_check is required (apt-get install thin-provisioning-tools)");
-    let text =
-        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "thin_check {}: {text}", path.display());
-    text
+    super::thin_check_file(&copy, extra)
 }
 
 pub fn events(dir: &Path) -> Vec<thinpool::vg::ExtendEvent> {
