@@ -113,7 +113,7 @@ impl Export for MemExport {
                     chunk[within..within + r.len()].copy_from_slice(&data[r]);
                 })
             })
-            .map_err(|e| ExportError::new(ErrorKind::Io, "write", offset, len, e))?;
+            .map_err(|e| ExportError::from_io("write", offset, len, &e))?;
         Ok(Written::Done)
     }
 

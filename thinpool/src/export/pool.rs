@@ -254,9 +254,7 @@ impl Export for VolumeExport {
         // A write of whole blocks of zeros unmaps them (as WRITE_ZEROES may): it frees space
         // rather than taking it. Unmapping changes metadata, so it is never quick.
         let zeros = len >= self.handle.block_bytes()
-            && payload
-                .is_zeros()
-                .map_err(|e| ExportError::new(ErrorKind::Io, "write", offset, len, e))?;
+            && payload.is_zeros().map_err(|e| ExportError::from_io("write", offset, len, &e))?;
         if zeros {
             if quick {
                 return Ok(Written::Declined);
