@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use thiserror::Error;
 
-pub use crate::io::{Payload, Written};
+pub use crate::io::{Direct, Payload, Written};
 
 pub mod file;
 pub mod mem;
@@ -153,6 +153,19 @@ pub trait Export: Send + Sync {
     /// left to it too). Quick reads are served inline like quick writes.
     fn read_quick(&self, _offset: u64, _buf: &mut [u8]) -> bool {
         false
+    }
+    /// A plan to read `len` bytes at `offset` with the caller's own asynchronous I/O (a ublk
+    /// queue's io_uring), under the same conditions as a quick read: nothing to wait for;
+    /// `None` when [`Export::read`] is needed. See [`Direct`].
+    fn direct_read(&self, _offset: u64, _len: usize) -> Option<Direct<'_>> {
+        None
+    }
+    /// A plan to write `data` at `offset` with the caller's own asynchronous I/O, under the
+    /// same conditions as a quick write (so never with `fua`); `None` when [`Export::write`]
+    /// is needed. The write counts as done once the caller's I/O completed and the plan is
+    /// dropped.
+    fn direct_write(&self, _offset: u64, _data: &[u8], _fua: bool) -> Option<Direct<'_>> {
+        None
     }
     /// Whether large WRITE payloads should be spliced into a pipe (a [`Payload::piped`])
     /// rather than read into memory. Default: no.

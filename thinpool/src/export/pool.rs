@@ -197,6 +197,16 @@ impl Drop for VolumeExport {
     }
 }
 
+/// Marks its export dirty when dropped: a direct write's plan holds one, so the write counts
+/// once its I/O has completed, as a quick write counts once it returned.
+struct MarkDirty<'a>(&'a VolumeExport);
+
+impl Drop for MarkDirty<'_> {
+    fn drop(&mut self) {
+        self.0.mark_dirty();
+    }
+}
+
 impl VolumeExport {
     fn mark_dirty(&self) {
         // Most writes find the flag set already: a load keeps the cache line shared. A load
@@ -284,6 +294,21 @@ impl Export for VolumeExport {
 
     fn read_quick(&self, offset: u64, buf: &mut [u8]) -> bool {
         matches!(self.handle.read_cached(offset, buf), Ok(true))
+    }
+
+    fn direct_read(&self, offset: u64, len: usize) -> Option<Direct<'_>> {
+        self.handle.direct_read(offset, len)
+    }
+
+    fn direct_write(&self, offset: u64, data: &[u8], fua: bool) -> Option<Direct<'_>> {
+        // As a quick write: never FUA (that commits), never whole blocks of zeros (they
+        // unmap), and for a local client only blocks whose mappings are committed.
+        let zeros = data.len() as u64 >= self.handle.block_bytes() && data.iter().all(|&b| b == 0);
+        if fua || zeros {
+            return None;
+        }
+        let plan = self.handle.direct_overwrite(offset, data.len(), self.commit_mappings)?;
+        Some(plan.hold(MarkDirty(self)))
     }
 
     fn splices_writes(&self) -> bool {

@@ -13,8 +13,10 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::RwLock;
 
+mod direct;
 mod faulty;
 mod payload;
+pub use direct::{Direct, Held, Run};
 pub use faulty::{FaultPlan, FaultyDevice, Power};
 pub use payload::{Payload, Written};
 
@@ -37,6 +39,11 @@ pub trait BlockDevice: Send + Sync {
     /// cannot tell. Lets the NBD server serve cached reads inline. Default: never.
     fn read_cached(&self, _buf: &mut [u8], _offset: u64) -> io::Result<bool> {
         Ok(false)
+    }
+    /// A descriptor of this device opened with O_DIRECT, for callers that submit their own
+    /// asynchronous I/O ([`Direct`]); `None` when there is none. Default: none.
+    fn direct_fd(&self) -> Option<BorrowedFd<'_>> {
+        None
     }
     /// Whether [`BlockDevice::write_from_pipe`] works here. Default: no.
     fn splices(&self) -> bool {
@@ -231,6 +238,11 @@ impl BlockDevice for FileDevice {
             }
         }
         Ok(())
+    }
+
+    fn direct_fd(&self) -> Option<BorrowedFd<'_>> {
+        use std::os::fd::AsFd;
+        self.direct.as_ref().map(|f| f.as_fd())
     }
 
     fn read_cached(&self, buf: &mut [u8], offset: u64) -> io::Result<bool> {

@@ -20,6 +20,7 @@
 
 mod changes;
 mod data;
+mod direct;
 pub mod error;
 mod file;
 mod meta;

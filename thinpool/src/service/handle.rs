@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use super::error::{Error, Result};
 use super::Shared;
-use crate::io::{Payload, Written};
+use crate::io::{Direct, Payload, Written};
 use crate::pool::Mode;
 use crate::units::ThinId;
 
@@ -57,6 +57,19 @@ impl VolumeHandle {
         self.shared.pool().read_cached(self.id, offset, buf).map_err(|e| {
             Error::pool(&format!("reading {} bytes of {:?} at {offset}", buf.len(), self.name), e)
         })
+    }
+
+    /// A plan to read with the caller's own I/O ([`crate::pool::Pool::direct_read`]).
+    pub fn direct_read(&self, offset: u64, len: usize) -> Option<Direct<'_>> {
+        self.shared.pool().direct_read(self.id, offset, len)
+    }
+
+    /// A plan to overwrite in place with the caller's own I/O
+    /// ([`crate::pool::Pool::direct_overwrite`]), under the read-only rule like the
+    /// overwrites of [`VolumeHandle::write`]: the plan keeps the pool writable until dropped.
+    pub fn direct_overwrite(&self, offset: u64, len: usize, committed: bool) -> Option<Direct<'_>> {
+        let g = self.shared.try_writable()?;
+        Some(self.shared.pool().direct_overwrite(self.id, offset, len, committed)?.hold(g))
     }
 
     /// The volume's write entry: [`crate::pool::Pool::write_with`] through the service's

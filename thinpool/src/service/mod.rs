@@ -639,6 +639,17 @@ impl Shared {
         Ok(g)
     }
 
+    /// [`Shared::writable`] without waiting: `None` when the pool is read-only or is being
+    /// switched to it.
+    fn try_writable(&self) -> Option<RwLockReadGuard<'_, Option<ReadOnly>>> {
+        let g = match self.ro.try_read() {
+            Ok(g) => g,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return None,
+        };
+        g.is_none().then_some(g)
+    }
+
     fn visible(&self, v: &Volumes, name: &str) -> Result<VolumeInfo> {
         if v.deferred.contains(name) {
             return Err(Error::new(

@@ -12,11 +12,19 @@
 //! has a poll on that eventfd among its own commands, so one wait covers both new requests
 //! and finished ones. The queue thread then commits each result (`COMMIT_AND_FETCH_REQ`).
 //!
+//! Reads, and overwrites of blocks that are mapped and not shared, skip the hand-off when
+//! nothing has to wait: the export answers where the bytes lie on the data device
+//! ([`Direct`], with the pool's locks held until the I/O is done) and the queue thread
+//! submits the `pread`/`pwrite` itself, as O_DIRECT reads and writes on its own ring, and
+//! commits the request when they complete. Under emulation every thread switch and system
+//! call is expensive; this path costs neither beyond the ring's own entry.
+//!
 //! Buffers: each tag owns one buffer, and the driver hands a tag to this process until its
 //! result is committed. Between the hand-off to a worker and the commit, only that worker
 //! uses the tag's buffer; the queue thread takes it back to commit. Each buffer sits behind
 //! its own mutex, which is never contended: it only proves that hand-off to the compiler.
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::mpsc;
@@ -28,6 +36,7 @@ use libublk::{BufDesc, UblkIORes};
 
 use super::queue::{self, Request};
 use crate::export::Export;
+use crate::io::{Direct, Run};
 
 /// Worker threads per queue: requests of one queue in flight on the data disk at once. fio's
 /// deepest job in the benchmarks is 16, and XFS's writeback rarely queues more per CPU.
@@ -36,6 +45,12 @@ pub const WORKERS: usize = 16;
 const WORKER_STACK: usize = 256 << 10;
 /// The `op` byte of the eventfd poll's user_data (the tag bits are unused).
 const WAKE_OP: u32 = 0xfe;
+/// The `op` byte of a direct request's device I/O; the target-data bits hold the run's index.
+const DIRECT_OP: u32 = 0xfd;
+/// Ring entries per tag: its command, and up to [`crate::pool::MAX_DEVICE_RUNS`] device I/Os
+/// of a direct request, with room to spare, so neither side of the ring ever fills (a full
+/// completion queue would stall the ring).
+const RING_PER_TAG: u32 = 8;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -77,6 +92,11 @@ impl Work {
 pub fn serve_queue(qid: u16, dev: &UblkDev, export: &dyn Export) {
     let id = dev.dev_info.dev_id;
     let bufs = dev.alloc_queue_io_bufs();
+    let entries = u32::from(dev.dev_info.queue_depth) * RING_PER_TAG;
+    if let Err(e) = init_ring(entries) {
+        tracing::error!("ublk: queue {qid} of device {id}: io_uring of {entries} entries: {e:?}");
+        return;
+    }
     let q = match UblkQueue::new(qid, dev)
         .and_then(|q| q.submit_fetch_commands_unified(BufDescList::Slices(Some(&bufs))))
     {
@@ -100,6 +120,7 @@ pub fn serve_queue(qid: u16, dev: &UblkDev, export: &dyn Export) {
     let bufs: Vec<Mutex<IoBuf<u8>>> = bufs.into_iter().map(Mutex::new).collect();
     let work = Work { queue: Mutex::new(Some(VecDeque::new())), ready: Condvar::new() };
     let (done_tx, done_rx) = mpsc::channel::<(u16, i32)>();
+    let mut drained = true;
     std::thread::scope(|s| {
         for w in 0..WORKERS {
             let (work, done, efd, bufs) = (&work, done_tx.clone(), &efd, &bufs);
@@ -118,9 +139,110 @@ pub fn serve_queue(qid: u16, dev: &UblkDev, export: &dyn Export) {
             }
         }
         drop(done_tx);
-        run_queue(&q, id, export.size(), &work, &done_rx, &efd, &bufs);
+        drained = run_queue(&q, id, export, &work, &done_rx, &efd, &bufs);
         work.close();
     });
+    if !drained {
+        // Device I/Os may still land in these buffers: keep them for the process's life.
+        std::mem::forget(bufs);
+    }
+}
+
+/// The queue thread's ring (libublk keeps it thread-local), sized for direct requests.
+fn init_ring(entries: u32) -> Result<(), libublk::UblkError> {
+    libublk::ublk_init_task_ring(|cell| {
+        if cell.get().is_none() {
+            let ring = io_uring::IoUring::builder()
+                .setup_cqsize(entries)
+                .setup_coop_taskrun()
+                .build(entries)
+                .map_err(libublk::UblkError::IOError)?;
+            cell.set(RefCell::new(ring))
+                .map_err(|_| libublk::UblkError::OtherError(-libc::EEXIST))?;
+        }
+        Ok(())
+    })
+}
+
+/// A direct request on its way: the plan (holding the pool's locks), and its device I/Os.
+struct InFlight<'a> {
+    plan: Direct<'a>,
+    pending: usize,
+    /// The request's length, or the first error (a negative errno).
+    res: i32,
+}
+
+/// Starts `req` on tag `tag` as a direct request if the export offers a plan: zeros filled
+/// in, one ring entry per device run. `None`: the request needs a worker.
+fn start_direct<'a>(
+    q: &UblkQueue<'_>,
+    export: &'a dyn Export,
+    tag: u16,
+    req: &Request,
+    buf: &Mutex<IoBuf<u8>>,
+) -> Option<InFlight<'a>> {
+    let (plan, write, len) = match *req {
+        Request::Read { offset, len } => (export.direct_read(offset, len)?, false, len),
+        Request::Write { offset, len, fua } => {
+            let b = lock(buf);
+            (export.direct_write(offset, &b.as_slice()[..len], fua)?, true, len)
+        }
+        _ => return None,
+    };
+    // The buffer stays where it is (the driver was told its address); only the kernel uses
+    // it until the request is committed, as only a worker would on the other path.
+    let base = {
+        let mut b = lock(buf);
+        for r in &plan.runs {
+            if let Run::Zeros { at, len } = *r {
+                b.as_mut_slice()[at..at + len].fill(0);
+            }
+        }
+        b.as_mut_ptr()
+    };
+    let fd = io_uring::types::Fd(plan.fd.as_raw_fd());
+    let mut f = InFlight { pending: 0, res: len as i32, plan };
+    for (i, r) in f.plan.runs.iter().enumerate() {
+        let Run::Device { at, len, pos } = *r else { continue };
+        let ptr = base.wrapping_add(at);
+        let sqe = if write {
+            io_uring::opcode::Write::new(fd, ptr, len as u32).offset(pos).build()
+        } else {
+            io_uring::opcode::Read::new(fd, ptr, len as u32).offset(pos).build()
+        };
+        let sqe = sqe.user_data(UblkIOCtx::build_user_data(tag, DIRECT_OP, i as u32, true));
+        if let Err(e) = q.ublk_submit_sqe_sync(sqe) {
+            // The ring is sized never to be full; should it fail anyway, what was submitted
+            // completes and the request fails.
+            tracing::error!(
+                "ublk: queue {}: submitting a device I/O of tag {tag}: {e:?}",
+                q.get_qid()
+            );
+            f.res = -libc::EIO;
+            break;
+        }
+        f.pending += 1;
+    }
+    Some(f)
+}
+
+/// Accounts one device I/O of a direct request; the request's result once all are done.
+fn finish_direct(slot: &mut Option<InFlight<'_>>, run: usize, res: i32) -> Option<i32> {
+    let f = slot.as_mut()?;
+    let want = match f.plan.runs.get(run) {
+        Some(Run::Device { len, .. }) => *len as i32,
+        _ => return None,
+    };
+    if f.res >= 0 && res != want {
+        // A short transfer inside the device cannot happen; say EIO rather than retry.
+        f.res = if res < 0 { res } else { -libc::EIO };
+    }
+    f.pending -= 1;
+    if f.pending > 0 {
+        return None;
+    }
+    // Dropping the plan releases the pool's locks (and counts a write) before the ack.
+    slot.take().map(|f| f.res)
 }
 
 /// A worker: serves requests until the queue is down.
@@ -149,15 +271,19 @@ fn worker(
 fn run_queue(
     q: &UblkQueue<'_>,
     id: u32,
-    size: u64,
+    export: &dyn Export,
     work: &Work,
     done: &mpsc::Receiver<(u16, i32)>,
     efd: &OwnedFd,
     bufs: &[Mutex<IoBuf<u8>>],
-) {
+) -> bool {
     let qid = q.get_qid();
+    let size = export.size();
     let buf_len = q.dev.dev_info.max_io_buf_bytes as usize;
     let wake = UblkIOCtx::build_user_data(0, WAKE_OP, 0, true);
+    let target = UblkIOCtx::build_user_data(0, 0, 0, true);
+    let mut direct: Vec<Option<InFlight<'_>>> = Vec::new();
+    direct.resize_with(usize::from(q.dev.dev_info.queue_depth), || None);
     let commit = |tag: u16, res: i32| {
         let buf = lock(&bufs[usize::from(tag)]);
         let desc = BufDesc::Slice(buf.as_slice());
@@ -186,6 +312,15 @@ fn run_queue(
             |data, cqe, _last| {
                 if data == wake {
                     woken = true;
+                } else if data & target != 0 {
+                    if UblkIOCtx::user_data_to_op(data) == DIRECT_OP {
+                        let tag = UblkIOCtx::user_data_to_tag(data) as u16;
+                        let run = ((data >> 24) & 0xffff) as usize;
+                        let slot = direct.get_mut(usize::from(tag));
+                        if let Some(res) = slot.and_then(|s| finish_direct(s, run, cqe.result())) {
+                            commit(tag, res);
+                        }
+                    }
                 } else if cqe.result() == libublk::sys::UBLK_IO_RES_OK as i32 {
                     // An io command (the only other thing on this ring): a new request.
                     // UBLK_IO_RES_ABORT is a queue going down, and nothing to serve.
@@ -198,7 +333,17 @@ fn run_queue(
                         size,
                         buf_len,
                     ) {
-                        Ok(req) => work.push(tag, req),
+                        Ok(req) => {
+                            match start_direct(q, export, tag, &req, &bufs[usize::from(tag)]) {
+                                Some(f) if f.pending == 0 => {
+                                    let res = f.res;
+                                    drop(f);
+                                    commit(tag, res);
+                                }
+                                Some(f) => direct[usize::from(tag)] = Some(f),
+                                None => work.push(tag, req),
+                            }
+                        }
                         Err(e) => commit(tag, e.errno()),
                     }
                 }
@@ -219,12 +364,46 @@ fn run_queue(
             Err(libublk::UblkError::IOError(e)) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(libublk::UblkError::QueueIsDown) => {
                 tracing::info!("ublk: device {id} queue {qid} is down");
-                return;
+                break;
             }
             Err(e) => {
                 tracing::error!("ublk: device {id} queue {qid} stops serving: {e:?}");
-                return;
+                break;
             }
         }
     }
+    drain(&mut direct, target)
+}
+
+/// Waits for the device I/Os of direct requests still in flight (the device is going away,
+/// so they are not committed): the kernel writes into their buffers until they complete.
+/// False when the ring failed first; the caller must then never free the buffers.
+fn drain(direct: &mut [Option<InFlight<'_>>], target: u64) -> bool {
+    while direct.iter().any(Option::is_some) {
+        let done = libublk::io::with_task_io_ring_mut(|ring| {
+            ring.submit_and_wait(1)?;
+            Ok::<_, std::io::Error>(
+                ring.completion().map(|c| (c.user_data(), c.result())).collect::<Vec<_>>(),
+            )
+        });
+        match done {
+            Ok(done) => {
+                for (data, res) in done {
+                    if data & target != 0 && UblkIOCtx::user_data_to_op(data) == DIRECT_OP {
+                        let tag = UblkIOCtx::user_data_to_tag(data) as usize;
+                        let run = ((data >> 24) & 0xffff) as usize;
+                        if let Some(slot) = direct.get_mut(tag) {
+                            finish_direct(slot, run, res);
+                        }
+                    }
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                tracing::error!("ublk: waiting for device I/Os in flight: {e}");
+                return false;
+            }
+        }
+    }
+    true
 }
