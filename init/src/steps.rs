@@ -5,7 +5,8 @@
 //! on without it), and may decline to run in this boot (`skip`, e.g. storage-only mode). The
 //! runner prints every step's name with its elapsed time on the console (`boot: NAME …`),
 //! hands each failure to the context, and stops at the first fatal one. The list itself is
-//! [`crate::sequence::STEPS`]; its order and policy run in host tests against a fake system.
+//! `sequence::steps()` (a private module); its order and policy run in host tests against a
+//! recording fake system.
 
 use std::time::Instant;
 

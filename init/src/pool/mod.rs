@@ -1,6 +1,6 @@
 //! The storage pool as PID 1 brings it up and tears it down.
 //!
-//! Bring-up, as boot steps ([`steps`]; each prints its progress on the console):
+//! Bring-up, as boot steps (`steps.rs`; each prints its progress on the console):
 //! 1. the data disks are the virtio disks present at boot (`/dev/vd*`; the initramfs is the
 //!    root, so the first one is `/dev/vda`); `socketpair(AF_UNIX, SOCK_STREAM)` per kernel
 //!    connection; `thinpool serve` starts as a supervised child with the server ends
