@@ -168,6 +168,11 @@ impl Loading {
         Loading { state: Some(state), started }
     }
 
+    /// Modules already loaded (or none): `wait` returns `reports` at once.
+    pub fn done(reports: Vec<ModuleReport>) -> Loading {
+        Loading { state: Some(Err(reports)), started: Instant::now() }
+    }
+
     /// Waits for the modules: their reports and when they were done, counted from `start`.
     /// Only the first call returns reports.
     pub fn wait(&mut self) -> (Vec<ModuleReport>, Duration) {

@@ -201,3 +201,10 @@ impl Drop for Lamina {
         }
     }
 }
+
+/// The pool's used data blocks from a `lamina vm ctl NAME status` reply.
+pub fn status_data_used(status: &Value) -> Result<u64> {
+    status["pool"]["pool"]["data"]["used"]
+        .as_u64()
+        .with_context(|| format!("no data.used in {status}"))
+}

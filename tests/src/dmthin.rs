@@ -89,9 +89,12 @@ pub fn sha256_hex(data: &[u8]) -> String {
     hex::encode(Sha256::digest(data))
 }
 
+/// SHA-256 of a file, read in a stream (disk images are gigabytes, mostly sparse).
 pub fn sha256_file(path: &Path) -> Result<String> {
-    let data = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    Ok(sha256_hex(&data))
+    let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut h = Sha256::new();
+    std::io::copy(&mut f, &mut h).with_context(|| format!("reading {}", path.display()))?;
+    Ok(hex::encode(h.finalize()))
 }
 
 /// One device of `thinpool dmsetup-table`: its dm name and table lines.

@@ -209,11 +209,36 @@ impl TestVm {
 
     /// Runs a command in the guest (needs `lamina.debug=1`); fails unless it exits 0.
     pub fn exec(&mut self, argv: &[&str]) -> Result<String> {
-        let r = self.vm.agent()?.exec(argv, Duration::from_secs(30))?;
+        self.ok(argv, Duration::from_secs(30))
+    }
+
+    /// Runs `argv` in the guest (needs `lamina.debug=1`) with up to `timeout`, logging the
+    /// command, its exit code and how long it took; returns the agent's reply (`exit_code`,
+    /// `stdout`, `stderr`) whatever the exit code.
+    pub fn run(&mut self, argv: &[&str], timeout: Duration) -> Result<Value> {
+        let t = std::time::Instant::now();
+        let r = self.vm.agent()?.exec(argv, timeout)?;
+        eprintln!(
+            "[{}] {argv:?} -> exit {} in {:.1}s",
+            self.name,
+            r["exit_code"],
+            t.elapsed().as_secs_f64()
+        );
+        Ok(r)
+    }
+
+    /// [`TestVm::run`], failing with the reply unless the command exits 0; returns its stdout.
+    pub fn ok(&mut self, argv: &[&str], timeout: Duration) -> Result<String> {
+        let r = self.run(argv, timeout)?;
         if r["exit_code"] != 0 {
-            bail!("{argv:?} in the guest: {r}");
+            bail!("{argv:?} in the guest failed: {r}");
         }
         Ok(r["stdout"].as_str().unwrap_or("").to_owned())
+    }
+
+    /// The pool daemon's status (agent `pool.status`).
+    pub fn pool_status(&mut self) -> Result<Value> {
+        Ok(self.vm.agent()?.call("pool.status", None, Duration::from_secs(30))?)
     }
 
     pub fn console(&self) -> String {
@@ -296,6 +321,23 @@ pub fn check_pool_disk(disk: &Path) -> Result<String> {
     Ok(format!("thin_check: {debian}\nthinpool check: {ours}"))
 }
 
+/// A pool data figure (`used`, `total`) of a `pool.status` reply, in bytes.
+pub fn pool_data_bytes(status: &Value, field: &str) -> Result<u64> {
+    let blocks = status["data"][field]
+        .as_u64()
+        .with_context(|| format!("pool.status without data.{field}: {status}"))?;
+    let block = status["block_bytes"]
+        .as_u64()
+        .with_context(|| format!("pool.status without block_bytes: {status}"))?;
+    Ok(blocks * block)
+}
+
+/// Runs the host's umoci (Debian package umoci).
+pub fn umoci(args: &[&str]) -> Result<String> {
+    host_run(std::process::Command::new("umoci").args(args))
+        .context("umoci (Debian package umoci) is needed")
+}
+
 /// busybox (Debian's busybox-static) as a one-layer OCI image built with umoci in the layout
 /// `dir/img`, tagged `bb`, with `applets` linked in `/bin` and `/bin/sh` as its command.
 /// Returns the layout packed as a gzip-compressed tar (`dir/bb.oci.tar.gz`); the layout
@@ -307,9 +349,6 @@ pub fn busybox_oci(dir: &Path, applets: &[&str]) -> Result<PathBuf> {
     let img = dir.join("img");
     let bundle = dir.join("unpacked");
     let ib = |t: &str| format!("{}:{t}", img.display());
-    let umoci = |args: &[&str]| {
-        host_run(Command::new("umoci").args(args)).context("umoci (Debian package umoci)")
-    };
     umoci(&["init", "--layout", &img.to_string_lossy()])?;
     umoci(&["new", "--image", &ib("base")])?;
     umoci(&["unpack", "--image", &ib("base"), &bundle.to_string_lossy()])?;

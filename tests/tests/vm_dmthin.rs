@@ -82,10 +82,11 @@ fn concat(parts: &[&[u8]]) -> Vec<u8> {
     parts.concat()
 }
 
-/// Runs `argv` in the guest with a generous timeout (TCG), logging the command.
+/// Runs `argv` in the guest with a generous timeout (TCG), keeping the command and its output
+/// in `log`.
 fn gexec(vm: &mut TestVm, log: &mut String, argv: &[&str]) -> Result<String> {
     let t = Instant::now();
-    let r = vm.vm.agent()?.exec(argv, Duration::from_secs(100))?;
+    let r = vm.run(argv, Duration::from_secs(100))?;
     let out = r["stdout"].as_str().unwrap_or("").to_owned();
     let err = r["stderr"].as_str().unwrap_or("");
     log.push_str(&format!(
@@ -94,7 +95,6 @@ fn gexec(vm: &mut TestVm, log: &mut String, argv: &[&str]) -> Result<String> {
         t.elapsed().as_secs_f64(),
         r["exit_code"]
     ));
-    eprintln!("[{NAME}] guest: {} ({:.2}s)", argv.join(" "), t.elapsed().as_secs_f64());
     if r["exit_code"] != 0 {
         bail!("{argv:?} in the guest: {r}");
     }

@@ -27,9 +27,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use serde_json::{json, Value};
-use tests::{host_run, Opts, TestVm};
+use tests::{host_run, pool_data_bytes, umoci, Opts, TestVm};
 
 const LS: &str = "/sbin/layerstore";
 const CRUN: &str = "/usr/bin/crun";
@@ -49,10 +49,6 @@ const STORE_MNT: &str = "/var/lib/lamina";
 /// The random layer's size.
 const PAYLOAD_MIB: u64 = 32;
 const MIB: u64 = 1 << 20;
-
-fn umoci(args: &[&str]) -> Result<String> {
-    host_run(Command::new("umoci").args(args)).context("umoci (Debian package umoci) is needed")
-}
 
 /// Two images sharing two layers (busybox-static, then `/payload`: random bytes): `bb`, whose
 /// command writes `/hello` and prints it, and `sleeper`, which sleeps. Returns the OCI layout
@@ -110,42 +106,15 @@ fn archive(dir: &Path) -> Result<(PathBuf, String)> {
     Ok((tar, digest))
 }
 
-/// Runs `argv` in the guest; returns the agent's reply whatever the exit code.
-fn run(vm: &mut TestVm, argv: &[&str], secs: u64) -> Result<Value> {
-    let t = Instant::now();
-    let r = vm.vm.agent()?.exec(argv, Duration::from_secs(secs))?;
-    eprintln!(
-        "[vm_drivers] {argv:?} -> exit {} in {:.1}s",
-        r["exit_code"],
-        t.elapsed().as_secs_f64()
-    );
-    Ok(r)
-}
-
-fn ok(vm: &mut TestVm, argv: &[&str], secs: u64) -> Result<String> {
-    let r = run(vm, argv, secs)?;
-    if r["exit_code"] != 0 {
-        bail!("{argv:?} in the guest failed: {r}");
-    }
-    Ok(r["stdout"].as_str().unwrap_or("").to_owned())
-}
-
-/// The pool daemon's status (agent `pool.status`).
-fn pool_status(vm: &mut TestVm) -> Result<Value> {
-    Ok(vm.vm.agent()?.call("pool.status", None, Duration::from_secs(30))?)
-}
-
 /// The pool's Data Space Used in bytes.
 fn data_used(vm: &mut TestVm) -> Result<u64> {
-    let s = pool_status(vm)?;
-    Ok(s["data"]["used"].as_u64().context("pool.status without data.used")?
-        * s["block_bytes"].as_u64().context("pool.status without block_bytes")?)
+    pool_data_bytes(&vm.pool_status()?, "used")
 }
 
 /// The bytes pool volume `name` maps, from the daemon's volume list (agent `volume.list`).
 fn volume_mapped(vm: &mut TestVm, name: &str) -> Result<u64> {
     let vols = vm.vm.agent()?.call("volume.list", None, Duration::from_secs(30))?;
-    let block = pool_status(vm)?["block_bytes"].as_u64().context("no block_bytes")?;
+    let block = vm.pool_status()?["block_bytes"].as_u64().context("no block_bytes")?;
     let v = vols.as_array().and_then(|a| a.iter().find(|v| v["name"] == name));
     let v = v.with_context(|| format!("no volume {name} in {vols}"))?;
     Ok(v["mapped_blocks"].as_u64().with_context(|| format!("no mapped_blocks: {v}"))? * block)
@@ -174,12 +143,12 @@ impl Driver {
     }
 
     fn ls(&self, vm: &mut TestVm, args: &[&str], secs: u64) -> Result<String> {
-        ok(vm, &self.argv(self.root, &self.opts, args), secs)
+        vm.ok(&self.argv(self.root, &self.opts, args), Duration::from_secs(secs))
     }
 
     /// The same driver with another root (a fresh store).
     fn ls_at(&self, vm: &mut TestVm, root: &str, args: &[&str], secs: u64) -> Result<String> {
-        ok(vm, &self.argv(root, &self.opts, args), secs)
+        vm.ok(&self.argv(root, &self.opts, args), Duration::from_secs(secs))
     }
 }
 
@@ -210,14 +179,15 @@ fn round_trip(vm: &mut TestVm, d: &Driver, orig_digest: &str) -> Result<String> 
     // The export of the imported image keeps its manifest digest.
     let orig = format!("/tmp/{}-orig.tar", d.name);
     d.ls(vm, &["export", "bb:1", &orig, "--format", "oci"], 300)?;
-    let index = ok(vm, &["busybox", "tar", "-xOf", &orig, "index.json"], 60)?;
+    let index = vm.ok(&["busybox", "tar", "-xOf", &orig, "index.json"], Duration::from_secs(60))?;
     assert!(index.contains(orig_digest), "{} export lost manifest {orig_digest}: {index}", d.name);
 
     // A container run by crun changes its tree; commit takes the change.
     d.ls(vm, &["create", "bb:1", "c1"], 120)?;
     let bundle = format!("/run/bundle-{}-c1", d.name);
     d.ls(vm, &["bundle", "c1", &bundle], 120)?;
-    let r = run(vm, &[CRUN, "run", "--no-pivot", "--bundle", &bundle, "c1"], 120)?;
+    let r =
+        vm.run(&[CRUN, "run", "--no-pivot", "--bundle", &bundle, "c1"], Duration::from_secs(120))?;
     assert_eq!(r["exit_code"], 0, "crun run on {} failed: {r}", d.name);
     assert_eq!(r["stdout"].as_str().unwrap_or("").trim(), "hello from c1", "{r}");
     let committed = d.ls(vm, &["commit", "c1", "bb:committed"], 300)?;
@@ -231,7 +201,7 @@ fn round_trip(vm: &mut TestVm, d: &Driver, orig_digest: &str) -> Result<String> 
     let back = d.ls_at(vm, &fresh, &["import", &out], 600)?;
     let again = format!("/tmp/{}-again.tar", d.name);
     d.ls_at(vm, &fresh, &["export", "bb:committed", &again, "--format", "docker"], 300)?;
-    let sums = ok(vm, &["sha256sum", &out, &again], 60)?;
+    let sums = vm.ok(&["sha256sum", &out, &again], Duration::from_secs(60))?;
     let s: Vec<&str> = sums.lines().filter_map(|l| l.split_whitespace().next()).collect();
     assert!(s.len() == 2 && s[0] == s[1], "{} re-export differs: {sums}", d.name);
     let ids = d.ls(vm, &["images"], 60)?;
@@ -240,7 +210,10 @@ fn round_trip(vm: &mut TestVm, d: &Driver, orig_digest: &str) -> Result<String> 
     assert!(ids.contains(&short[..12]), "committed image id {id} not in the source store: {ids}");
     d.ls_at(vm, &fresh, &["create", "bb:committed", "check"], 120)?;
     let m = d.ls_at(vm, &fresh, &["mount", "check"], 120)?.trim().to_owned();
-    assert_eq!(ok(vm, &["cat", &format!("{m}/hello")], 30)?.trim(), "hello from c1");
+    assert_eq!(
+        vm.ok(&["cat", &format!("{m}/hello")], Duration::from_secs(30))?.trim(),
+        "hello from c1"
+    );
     d.ls_at(vm, &fresh, &["unmount", "check"], 120)?;
     d.ls_at(vm, &fresh, &["rm", "check"], 120)?;
     d.ls_at(vm, &fresh, &["prune", "--all"], 300)?;
@@ -259,19 +232,23 @@ fn busy_removal(vm: &mut TestVm, d: &Driver) -> Result<()> {
         "{CRUN} run --no-pivot --detach --bundle {bundle} busy-{} </dev/null >/dev/null 2>&1",
         d.name
     );
-    ok(vm, &["sh", "-c", &start], 120)?;
+    vm.ok(&["sh", "-c", &start], Duration::from_secs(120))?;
     let ctr = format!("busy-{}", d.name);
-    let state = ok(vm, &[CRUN, "state", &ctr], 30)?;
+    let state = vm.ok(&[CRUN, "state", &ctr], Duration::from_secs(30))?;
     assert!(state.contains("\"running\""), "{state}");
     let volume = if d.name == "devicemapper" {
         // The container's device, from the store's layout (ROOT/<cache-id>/device).
-        let meta = ok(vm, &["cat", &format!("{}/containers/busy.json", d.root)], 30)?;
+        let meta =
+            vm.ok(&["cat", &format!("{}/containers/busy.json", d.root)], Duration::from_secs(30))?;
         let m: Value = serde_json::from_str(&meta)?;
         let cache = m["cache_id"].as_str().context("container without cache_id")?;
-        let vol = ok(vm, &["cat", &format!("{}/{cache}/device", d.root)], 30)?.trim().to_owned();
+        let vol = vm
+            .ok(&["cat", &format!("{}/{cache}/device", d.root)], Duration::from_secs(30))?
+            .trim()
+            .to_owned();
         // Without dm.use_deferred_removal the busy device stops the removal, as in Docker.
         let strict = d.argv(d.root, &[], &["rm", "busy"]);
-        let r = run(vm, &strict, 120)?;
+        let r = vm.run(&strict, Duration::from_secs(120))?;
         let err = r["stderr"].as_str().unwrap_or("");
         assert_ne!(r["exit_code"], 0, "rm of a busy container succeeded without deferral: {r}");
         assert!(err.contains("is busy") && err.contains("dm.use_deferred_removal"), "{r}");
@@ -284,13 +261,14 @@ fn busy_removal(vm: &mut TestVm, d: &Driver) -> Result<()> {
         // btrfs: deleting the subvolume would pull the tree, and the mounts crun made inside
         // it (/proc, /dev), from under the running container: refused, as Docker refuses to
         // remove a running container; done once it has exited.
-        let r = run(vm, &d.argv(d.root, &[], &["rm", "busy"]), 120)?;
+        let r = vm.run(&d.argv(d.root, &[], &["rm", "busy"]), Duration::from_secs(120))?;
         let err = r["stderr"].as_str().unwrap_or("");
         assert_ne!(r["exit_code"], 0, "rm of a subvolume in use succeeded: {r}");
         assert!(err.contains("is in use") && err.contains("pid "), "{r}");
-        let r = ok(vm, &[CRUN, "exec", &ctr, "/bin/busybox", "ls", "/payload"], 60)?;
+        let r = vm
+            .ok(&[CRUN, "exec", &ctr, "/bin/busybox", "ls", "/payload"], Duration::from_secs(60))?;
         assert_eq!(r.trim(), "/payload", "the running container keeps its tree");
-        ok(vm, &[CRUN, "delete", "--force", &ctr], 60)?;
+        vm.ok(&[CRUN, "delete", "--force", &ctr], Duration::from_secs(60))?;
         d.ls(vm, &["rm", "busy"], 120)?;
         assert!(!d.ls(vm, &["ls"], 60)?.contains("busy"), "rm left the container");
         return Ok(());
@@ -299,12 +277,13 @@ fn busy_removal(vm: &mut TestVm, d: &Driver) -> Result<()> {
     assert!(!d.ls(vm, &["ls"], 60)?.contains("busy"), "rm left the container");
     // The container still runs on its tree: its mounts (/proc, ...) sit on its own
     // filesystem, which the lazy unmount left alone.
-    let r = ok(vm, &[CRUN, "exec", &ctr, "/bin/busybox", "ls", "/payload"], 60)?;
+    let r =
+        vm.ok(&[CRUN, "exec", &ctr, "/bin/busybox", "ls", "/payload"], Duration::from_secs(60))?;
     assert_eq!(r.trim(), "/payload");
     if let Some(vol) = &volume {
         // Still attached, marked for removal at its last close; the volume is hidden, its
         // deletion deferred.
-        let st = pool_status(vm)?;
+        let st = vm.pool_status()?;
         let entry = st["ublk"].as_array().and_then(|a| a.iter().find(|e| e["name"] == *vol));
         let entry = entry.with_context(|| format!("{vol} not attached any more: {st}"))?;
         assert_eq!(entry["deferred_removal"], true, "{entry}");
@@ -313,12 +292,12 @@ fn busy_removal(vm: &mut TestVm, d: &Driver) -> Result<()> {
         let count = &st["devicemapper"]["Deferred Deleted Device Count"];
         assert!(count.as_u64().unwrap_or(0) >= 1, "{}", st["devicemapper"]);
     }
-    ok(vm, &[CRUN, "delete", "--force", &ctr], 60)?;
+    vm.ok(&[CRUN, "delete", "--force", &ctr], Duration::from_secs(60))?;
     if let Some(vol) = &volume {
         // The device goes at its last close, and with it the volume.
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
-            let st = pool_status(vm)?;
+            let st = vm.pool_status()?;
             let attached =
                 st["ublk"].as_array().is_some_and(|a| a.iter().any(|e| e["name"] == *vol));
             let count = st["devicemapper"]["Deferred Deleted Device Count"].as_u64();
@@ -348,7 +327,7 @@ fn space(
         d.ls(vm, &["create", "bb:1", &c], 120)?;
         mounts.push(d.ls(vm, &["mount", &c], 120)?.trim().to_owned());
     }
-    ok(vm, &["sync"], 60)?;
+    vm.ok(&["sync"], Duration::from_secs(60))?;
     let after = data_used(vm)?;
     f.ten_containers_growth = after.saturating_sub(before);
     if d.name == "btrfs" {
@@ -373,12 +352,15 @@ fn space(
     // 64 MiB of random data in one container, then deleted: fstrim of its filesystem hands
     // the blocks back (discard through the ublk device to the pool).
     let fill = format!("{}/fill", mounts[0]);
-    ok(vm, &["dd", "if=/dev/urandom", &format!("of={fill}"), "bs=1M", "count=64"], 300)?;
-    ok(vm, &["sync"], 60)?;
+    vm.ok(
+        &["dd", "if=/dev/urandom", &format!("of={fill}"), "bs=1M", "count=64"],
+        Duration::from_secs(300),
+    )?;
+    vm.ok(&["sync"], Duration::from_secs(60))?;
     f.used_full = data_used(vm)?;
-    ok(vm, &["rm", &fill], 60)?;
-    ok(vm, &["sync"], 60)?;
-    ok(vm, &["busybox", "fstrim", "-v", &mounts[0]], 300)?;
+    vm.ok(&["rm", &fill], Duration::from_secs(60))?;
+    vm.ok(&["sync"], Duration::from_secs(60))?;
+    vm.ok(&["busybox", "fstrim", "-v", &mounts[0]], Duration::from_secs(300))?;
     f.used_after_fstrim = data_used(vm)?;
     eprintln!(
         "[vm_drivers] {}: 64 MiB written: {:.1} MiB used; deleted + fstrim: {:.1} MiB",
@@ -398,14 +380,14 @@ fn space(
     d.ls(vm, &["prune", "--all"], 300)?;
     let images = d.ls(vm, &["images"], 60)?;
     assert!(!images.contains("bb:1"), "prune --all left the image: {images}");
-    ok(vm, &["sync"], 60)?;
+    vm.ok(&["sync"], Duration::from_secs(60))?;
     if !settle.is_empty() {
-        ok(vm, settle, 300)?;
+        vm.ok(settle, Duration::from_secs(300))?;
         // What the cleaner freed is free (and so trimmable) only once its transaction commits.
-        ok(vm, &["sync"], 60)?;
+        vm.ok(&["sync"], Duration::from_secs(60))?;
     }
     for t in trim {
-        ok(vm, &["busybox", "fstrim", "-v", t], 300)?;
+        vm.ok(&["busybox", "fstrim", "-v", t], Duration::from_secs(300))?;
     }
     f.used_after_rm_prune = data_used(vm)?;
     eprintln!(
@@ -430,7 +412,7 @@ fn space(
         // new place at each commit, so the 64 KiB pool blocks they map move around (measured:
         // 1.19 MiB before, 1.12 MiB after). 2 MiB is 32 such blocks, the image is 34 MiB.
         f.volume_after_rm_prune = volume_mapped(vm, BTRFS_VOLUME)?;
-        let df = ok(vm, &["btrfs", "filesystem", "df", BTRFS_MNT], 60)?;
+        let df = vm.ok(&["btrfs", "filesystem", "df", BTRFS_MNT], Duration::from_secs(60))?;
         eprintln!(
             "[vm_drivers] btrfs volume maps {:.2} MiB after mkfs, {:.2} MiB with ten \
              containers, {:.2} MiB after rm + prune + discard; btrfs filesystem df:\n{df}",
@@ -469,7 +451,7 @@ fn vm_devicemapper_and_btrfs_drivers_on_the_pool() -> Result<()> {
     let mut vm = TestVm::boot("vm_devicemapper_and_btrfs_drivers_on_the_pool", opts)?;
     let ready = vm.wait_ready()?;
     assert!(ready.line.contains("pool: store on /dev/ublkb0"), "{}", ready.line);
-    let modules = ok(&mut vm, &["cat", "/proc/filesystems"], 30)?;
+    let modules = vm.ok(&["cat", "/proc/filesystems"], Duration::from_secs(30))?;
     assert!(modules.contains("btrfs"), "btrfs is not loaded: {modules}");
 
     // ---- devicemapper: the store's devices come from the pool daemon ----
@@ -487,7 +469,7 @@ fn vm_devicemapper_and_btrfs_drivers_on_the_pool() -> Result<()> {
     // The fresh store of the round trip has its own base device, kept (as Docker keeps its
     // base) after its prune: made before the baseline.
     dm.ls_at(&mut vm, &format!("{DM_ROOT}-fresh"), &["info"], 300)?;
-    ok(&mut vm, &["sync"], 60)?;
+    vm.ok(&["sync"], Duration::from_secs(60))?;
     dmf.used_before_import = data_used(&mut vm)?;
     let dm_export = round_trip(&mut vm, &dm, &digest)?;
     busy_removal(&mut vm, &dm)?;
@@ -500,15 +482,18 @@ fn vm_devicemapper_and_btrfs_drivers_on_the_pool() -> Result<()> {
         Duration::from_secs(60),
     )?;
     eprintln!("[vm_drivers] volume.create btrfs: {created}");
-    let dev =
-        ok(&mut vm, &[THINPOOL, "attach", "/dev/vda", "btrfs", "--state-dir", POOL_STATE], 120)?
-            .trim()
-            .to_owned();
+    let dev = vm
+        .ok(
+            &[THINPOOL, "attach", "/dev/vda", "btrfs", "--state-dir", POOL_STATE],
+            Duration::from_secs(120),
+        )?
+        .trim()
+        .to_owned();
     assert!(dev.starts_with("/dev/ublkb"), "{dev}");
-    let mkfs = ok(&mut vm, &["/sbin/mkfs.btrfs", "-f", &dev], 300)?;
+    let mkfs = vm.ok(&["/sbin/mkfs.btrfs", "-f", &dev], Duration::from_secs(300))?;
     eprintln!("[vm_drivers] mkfs.btrfs: {mkfs}");
-    ok(&mut vm, &["busybox", "mkdir", "-p", BTRFS_MNT], 30)?;
-    ok(&mut vm, &["mount", "-t", "btrfs", &dev, BTRFS_MNT], 120)?;
+    vm.ok(&["busybox", "mkdir", "-p", BTRFS_MNT], Duration::from_secs(30))?;
+    vm.ok(&["mount", "-t", "btrfs", &dev, BTRFS_MNT], Duration::from_secs(120))?;
     let bt = Driver { name: "btrfs", root: BTRFS_ROOT, opts: Vec::new() };
     let mut btf = Figures::default();
     let info = bt.ls(&mut vm, &["info"], 120)?;
@@ -516,7 +501,7 @@ fn vm_devicemapper_and_btrfs_drivers_on_the_pool() -> Result<()> {
     // The devicemapper store the cross check imports into makes its base device (kept after
     // its prune, as Docker keeps its base) before the baseline, as the fresh one did.
     dm.ls_at(&mut vm, DM_CROSS, &["info"], 300)?;
-    ok(&mut vm, &["sync"], 60)?;
+    vm.ok(&["sync"], Duration::from_secs(60))?;
     btf.used_before_import = data_used(&mut vm)?;
     btf.volume_after_mkfs = volume_mapped(&mut vm, BTRFS_VOLUME)?;
     let bt_export = round_trip(&mut vm, &bt, &digest)?;
@@ -526,7 +511,7 @@ fn vm_devicemapper_and_btrfs_drivers_on_the_pool() -> Result<()> {
         into.ls_at(&mut vm, root, &["import", src], 600)?;
         let again = format!("/tmp/cross-{}.tar", into.name);
         into.ls_at(&mut vm, root, &["export", "bb:committed", &again, "--format", "docker"], 300)?;
-        let sums = ok(&mut vm, &["sha256sum", src, &again], 60)?;
+        let sums = vm.ok(&["sha256sum", src, &again], Duration::from_secs(60))?;
         let s: Vec<&str> = sums.lines().filter_map(|l| l.split_whitespace().next()).collect();
         assert!(s.len() == 2 && s[0] == s[1], "{} re-export of {src} differs: {sums}", into.name);
         into.ls_at(&mut vm, root, &["prune", "--all"], 300)?;
@@ -540,8 +525,11 @@ fn vm_devicemapper_and_btrfs_drivers_on_the_pool() -> Result<()> {
     space(&mut vm, &bt, &mut btf, &settle, &[BTRFS_MNT, STORE_MNT])?;
 
     eprintln!("[vm_drivers] figures: devicemapper {dmf:?}; btrfs {btf:?}");
-    ok(&mut vm, &["umount", BTRFS_MNT], 120)?;
-    ok(&mut vm, &[THINPOOL, "detach", "/dev/vda", "btrfs", "--state-dir", POOL_STATE], 120)?;
+    vm.ok(&["umount", BTRFS_MNT], Duration::from_secs(120))?;
+    vm.ok(
+        &[THINPOOL, "detach", "/dev/vda", "btrfs", "--state-dir", POOL_STATE],
+        Duration::from_secs(120),
+    )?;
     let st = vm.vm.stop(Duration::from_secs(120))?;
     assert!(st.success(), "QEMU exited with {st}");
     Ok(())

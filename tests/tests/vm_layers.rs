@@ -13,9 +13,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Result};
 use serde_json::Value;
-use tests::{host_run, Opts, TestVm};
+use tests::{host_run, pool_data_bytes, umoci, Opts, TestVm};
 
 const LS: &str = "/sbin/layerstore";
 /// The store this test drives with the `layerstore` CLI. Init keeps the appliance's own store
@@ -23,10 +23,6 @@ const LS: &str = "/sbin/layerstore";
 /// so the CLI works on a second store on the same XFS (same project quotas, same trims).
 const ROOT: &str = "/var/lib/lamina/cli-store";
 const CRUN: &str = "/usr/bin/crun";
-
-fn umoci(args: &[&str]) -> Result<String> {
-    host_run(Command::new("umoci").args(args)).context("umoci (Debian package umoci) is needed")
-}
 
 /// A one-layer OCI image with busybox (static) whose command prints a line naming the
 /// container's hostname, packed as an OCI layout tar; returns the tar.
@@ -62,29 +58,11 @@ fn busybox_archive(dir: &Path) -> Result<PathBuf> {
     Ok(tar)
 }
 
-/// Runs `argv` in the guest with a longer timeout than [`TestVm::exec`]; returns the
-/// agent's reply (exit_code, stdout, stderr) whatever the exit code.
-fn run(vm: &mut TestVm, argv: &[&str], secs: u64) -> Result<Value> {
-    let r = vm.vm.agent()?.exec(argv, Duration::from_secs(secs))?;
-    eprintln!("[vm_layers] {argv:?} -> exit {}", r["exit_code"]);
-    Ok(r)
-}
-
-fn ok(vm: &mut TestVm, argv: &[&str], secs: u64) -> Result<String> {
-    let r = run(vm, argv, secs)?;
-    if r["exit_code"] != 0 {
-        bail!("{argv:?} in the guest failed: {r}");
-    }
-    Ok(r["stdout"].as_str().unwrap_or("").to_owned())
-}
-
 /// The pool's Data Space Used in bytes, and the docker-info string for the log.
 fn data_used(vm: &mut TestVm) -> Result<(u64, String)> {
-    let s = vm.vm.agent()?.call("pool.status", None, Duration::from_secs(30))?;
-    let used = s["data"]["used"].as_u64().context("pool.status without data.used")?
-        * s["block_bytes"].as_u64().context("pool.status without block_bytes")?;
+    let s = vm.pool_status()?;
     let docker = s["devicemapper"]["Data Space Used"].as_str().unwrap_or("?").to_owned();
-    Ok((used, docker))
+    Ok((pool_data_bytes(&s, "used")?, docker))
 }
 
 /// Whole 1 MiB blocks `dd` wrote: busybox prints "FULL+PARTIAL records out" on stderr (also
@@ -119,11 +97,11 @@ fn vm_layer_store_runs_quotas_and_trims() -> Result<()> {
     assert!(ready.line.contains("pool: store on /dev/ublkb0"), "{}", ready.line);
     // The pool took only vda; vdb is the archive, byte for byte.
     assert_eq!(
-        ok(&mut vm, &["cat", "/sys/block/vdb/size"], 30)?.trim(),
+        vm.ok(&["cat", "/sys/block/vdb/size"], Duration::from_secs(30))?.trim(),
         (archive_size / 512).to_string()
     );
     // …attached read-only: the guest cannot change the host's tar.
-    assert_eq!(ok(&mut vm, &["cat", "/sys/block/vdb/ro"], 30)?.trim(), "1");
+    assert_eq!(vm.ok(&["cat", "/sys/block/vdb/ro"], Duration::from_secs(30))?.trim(), "1");
     let console = vm.console();
     assert!(
         !console.contains("/dev/vda,/dev/vdb"),
@@ -131,19 +109,21 @@ fn vm_layer_store_runs_quotas_and_trims() -> Result<()> {
     );
 
     // 1. import from the block device, create, bundle, run under crun.
-    let imported = ok(
-        &mut vm,
+    let imported = vm.ok(
         &[LS, "--root", ROOT, "import", "/dev/vdb", "--ref", "bb", "--tag", "bb:1"],
-        120,
+        Duration::from_secs(120),
     )?;
     eprintln!("[vm_layers] import: {imported}");
-    let images = ok(&mut vm, &[LS, "--root", ROOT, "images"], 30)?;
+    let images = vm.ok(&[LS, "--root", ROOT, "images"], Duration::from_secs(30))?;
     assert!(images.contains("bb:1"), "{images}");
-    ok(&mut vm, &[LS, "--root", ROOT, "create", "bb:1", "c1"], 30)?;
-    ok(&mut vm, &[LS, "--root", ROOT, "bundle", "c1", "/run/bundle-c1"], 30)?;
+    vm.ok(&[LS, "--root", ROOT, "create", "bb:1", "c1"], Duration::from_secs(30))?;
+    vm.ok(&[LS, "--root", ROOT, "bundle", "c1", "/run/bundle-c1"], Duration::from_secs(30))?;
     // The appliance's root is the initramfs (rootfs), which pivot_root(2) refuses (EINVAL);
     // like Docker on a ramdisk (DOCKER_RAMDISK), the runtime moves the rootfs and chroots.
-    let r = run(&mut vm, &[CRUN, "run", "--no-pivot", "--bundle", "/run/bundle-c1", "c1"], 60)?;
+    let r = vm.run(
+        &[CRUN, "run", "--no-pivot", "--bundle", "/run/bundle-c1", "c1"],
+        Duration::from_secs(60),
+    )?;
     let stdout = r["stdout"].as_str().unwrap_or("");
     assert_eq!(r["exit_code"], 0, "crun run failed: {r}");
     // Hostname is the container's (bundle sets it to the container name), pid 1 of its own
@@ -152,15 +132,16 @@ fn vm_layer_store_runs_quotas_and_trims() -> Result<()> {
 
     // 2. --size: a writer in the merged directory stops at the quota; without it, it does not.
     // Random data: the pool keeps all-zero blocks unmapped, and step 3 needs mapped ones.
-    ok(&mut vm, &[LS, "--root", ROOT, "create", "bb:1", "q", "--size", "64M"], 30)?;
+    vm.ok(&[LS, "--root", ROOT, "create", "bb:1", "q", "--size", "64M"], Duration::from_secs(30))?;
     // The first project id, kept in the container's metadata (set through xfs_quota).
-    let meta_q = ok(&mut vm, &["cat", "/var/lib/lamina/cli-store/containers/q.json"], 30)?;
+    let meta_q =
+        vm.ok(&["cat", "/var/lib/lamina/cli-store/containers/q.json"], Duration::from_secs(30))?;
     assert!(meta_q.contains("\"project_id\": 1"), "{meta_q}");
-    let merged_q = ok(&mut vm, &[LS, "--root", ROOT, "mount", "q"], 30)?.trim().to_owned();
-    let r = run(
-        &mut vm,
+    let merged_q =
+        vm.ok(&[LS, "--root", ROOT, "mount", "q"], Duration::from_secs(30))?.trim().to_owned();
+    let r = vm.run(
         &["dd", "if=/dev/urandom", &format!("of={merged_q}/fill"), "bs=1M", "count=100"],
-        120,
+        Duration::from_secs(120),
     )?;
     let err = r["stderr"].as_str().unwrap_or("");
     assert_ne!(r["exit_code"], 0, "dd past --size 64M succeeded: {r}");
@@ -170,28 +151,29 @@ fn vm_layer_store_runs_quotas_and_trims() -> Result<()> {
     );
     let written = dd_mib(&r);
     assert!((56..=64).contains(&written), "wrote {written} MiB under a 64M limit: {r}");
-    ok(&mut vm, &[LS, "--root", ROOT, "create", "bb:1", "free"], 30)?;
-    let merged_f = ok(&mut vm, &[LS, "--root", ROOT, "mount", "free"], 30)?.trim().to_owned();
-    let r = run(
-        &mut vm,
+    vm.ok(&[LS, "--root", ROOT, "create", "bb:1", "free"], Duration::from_secs(30))?;
+    let merged_f =
+        vm.ok(&[LS, "--root", ROOT, "mount", "free"], Duration::from_secs(30))?.trim().to_owned();
+    let r = vm.run(
         &["dd", "if=/dev/urandom", &format!("of={merged_f}/fill"), "bs=1M", "count=100"],
-        120,
+        Duration::from_secs(120),
     )?;
     assert_eq!(r["exit_code"], 0, "dd without --size failed: {r}");
     assert_eq!(dd_mib(&r), 100, "{r}");
-    ok(&mut vm, &["sync"], 60)?;
+    vm.ok(&["sync"], Duration::from_secs(60))?;
 
     // 3. rm + prune, then fstrim: the pool's Data Space Used drops.
     let (before, before_s) = data_used(&mut vm)?;
     for c in ["c1", "q", "free"] {
-        ok(&mut vm, &[LS, "--root", ROOT, "rm", c], 60)?;
+        vm.ok(&[LS, "--root", ROOT, "rm", c], Duration::from_secs(60))?;
     }
-    ok(&mut vm, &[LS, "--root", ROOT, "prune", "--all"], 60)?;
-    let images = ok(&mut vm, &[LS, "--root", ROOT, "images"], 30)?;
+    vm.ok(&[LS, "--root", ROOT, "prune", "--all"], Duration::from_secs(60))?;
+    let images = vm.ok(&[LS, "--root", ROOT, "images"], Duration::from_secs(30))?;
     assert!(!images.contains("bb:1"), "prune --all left the image: {images}");
-    ok(&mut vm, &["sync"], 60)?;
+    vm.ok(&["sync"], Duration::from_secs(60))?;
     let (mid, _) = data_used(&mut vm)?;
-    let trimmed = ok(&mut vm, &["busybox", "fstrim", "-v", "/var/lib/lamina"], 120)?;
+    let trimmed =
+        vm.ok(&["busybox", "fstrim", "-v", "/var/lib/lamina"], Duration::from_secs(120))?;
     let (after, after_s) = data_used(&mut vm)?;
     eprintln!(
         "[vm_layers] Data Space Used: {before_s} ({before}) before rm, {mid} after rm+prune, \
@@ -205,13 +187,12 @@ fn vm_layer_store_runs_quotas_and_trims() -> Result<()> {
     );
 
     // 4. A store on XFS without d_type (V4, ftype=0) is refused with Docker's wording.
-    ok(
-        &mut vm,
+    vm.ok(
         &["/sbin/mkfs.xfs", "-f", "-q", "-K", "-m", "crc=0", "-n", "ftype=0", "/dev/vdc"],
-        120,
+        Duration::from_secs(120),
     )?;
-    ok(&mut vm, &["mount", "-t", "xfs", "/dev/vdc", "/mnt"], 60)?;
-    let r = run(&mut vm, &[LS, "--root", "/mnt/overlay2", "images"], 60)?;
+    vm.ok(&["mount", "-t", "xfs", "/dev/vdc", "/mnt"], Duration::from_secs(60))?;
+    let r = vm.run(&[LS, "--root", "/mnt/overlay2", "images"], Duration::from_secs(60))?;
     let err = r["stderr"].as_str().unwrap_or("");
     assert_ne!(r["exit_code"], 0, "a store on ftype=0 XFS was accepted: {r}");
     assert!(
@@ -219,7 +200,7 @@ fn vm_layer_store_runs_quotas_and_trims() -> Result<()> {
             && err.contains("Reformat the filesystem with ftype=1 to enable d_type support"),
         "{r}"
     );
-    ok(&mut vm, &["umount", "/mnt"], 60)?;
+    vm.ok(&["umount", "/mnt"], Duration::from_secs(60))?;
 
     let st = vm.vm.stop(Duration::from_secs(60))?;
     assert!(st.success(), "QEMU exited with {st}");

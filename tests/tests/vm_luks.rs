@@ -20,21 +20,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
-use sha2::{Digest, Sha256};
-use tests::cli::{lamina_bin, Lamina};
+use tests::cli::{lamina_bin, status_data_used, Lamina};
+use tests::dmthin::sha256_file;
 use tests::host_run;
-
-/// SHA-256 of a (sparse) file.
-fn sha256(p: &Path) -> Result<String> {
-    let mut f = std::fs::File::open(p)?;
-    let mut h = Sha256::new();
-    std::io::copy(&mut f, &mut h)?;
-    Ok(hex::encode(h.finalize()))
-}
-
-fn data_used(st: &serde_json::Value) -> Result<u64> {
-    st["pool"]["pool"]["data"]["used"].as_u64().with_context(|| format!("no data.used in {st}"))
-}
 
 fn random_file(p: &Path, len: usize, seed: u64) -> Result<()> {
     let mut x = seed | 1;
@@ -179,15 +167,15 @@ fn vm_luks_store_reboot_refusal_host_judge_volume_and_discards() -> Result<()> {
     let big_tar = work.path().join("big.tar");
     host_run(Command::new("tar").arg("-cf").arg(&big_tar).arg("-C").arg(&big).arg("."))?;
     let st = l.json(&["vm", "ctl", "c", "status"])?;
-    let before = data_used(&st)?;
+    let before = status_data_used(&st)?;
     let block = st["pool"]["pool"]["block_bytes"].as_u64().context("block_bytes")?;
     l.ok(&["volume", "restore", "--vm", "c", "big", "-i", big_tar.to_str().unwrap()])?;
-    let filled = data_used(&l.json(&["vm", "ctl", "c", "status"])?)?;
+    let filled = status_data_used(&l.json(&["vm", "ctl", "c", "status"])?)?;
     ensure!((filled - before) * block >= 40 << 20, "48 MiB written: {before} -> {filled} blocks");
     l.ok(&["volume", "rm", "--vm", "c", "big"])?;
     // Not --volumes: that would take `keep` too.
     l.ok(&["system", "prune", "--vm", "c"])?;
-    let trimmed = data_used(&l.json(&["vm", "ctl", "c", "status"])?)?;
+    let trimmed = status_data_used(&l.json(&["vm", "ctl", "c", "status"])?)?;
     eprintln!("[vm_luks] pool data blocks: {before} -> {filled} -> {trimmed} after fstrim");
     ensure!(
         (filled - trimmed.min(filled)) * block >= 32 << 20,
@@ -196,7 +184,7 @@ fn vm_luks_store_reboot_refusal_host_judge_volume_and_discards() -> Result<()> {
     l.ok(&["vm", "stop", "c"])?;
 
     // 2. Without the key, then with a wrong one: stopped, nothing written.
-    let digest = sha256(&disk)?;
+    let digest = sha256_file(&disk)?;
     for (k, why) in [
         (None, "is encrypted (LUKS2) and no key was given"),
         (Some(wrong_s.as_str()), "cannot open the encrypted store"),
@@ -209,7 +197,7 @@ fn vm_luks_store_reboot_refusal_host_judge_volume_and_discards() -> Result<()> {
         let st = l.json(&["vm", "ctl", "c", "status"])?;
         ensure!(st["ready"] == false && st["pool"].is_null(), "{st}");
         l.ok(&["vm", "stop", "c"])?;
-        ensure!(sha256(&disk)? == digest, "the refused boot ({why}) wrote to the pool's disk");
+        ensure!(sha256_file(&disk)? == digest, "the refused boot ({why}) wrote to the pool's disk");
     }
 
     // 3. The passphrase through the agent: a wrong one, then the right one.

@@ -21,16 +21,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
-use sha2::{Digest, Sha256};
-use tests::cli::{lamina_bin, Lamina};
+use tests::cli::{lamina_bin, status_data_used, Lamina};
+use tests::dmthin::sha256_file;
 use tests::host_run;
-
-fn sha256(p: &Path) -> Result<String> {
-    let mut f = std::fs::File::open(p)?;
-    let mut h = Sha256::new();
-    std::io::copy(&mut f, &mut h)?;
-    Ok(hex::encode(h.finalize()))
-}
 
 /// busybox (Debian's busybox-static) in a one-layer OCI image built with umoci, tagged `bb`;
 /// returns (OCI layout tar gzip-compressed, docker-archive tar zstd-compressed); the
@@ -90,11 +83,6 @@ fn interrupted_load(l: &Lamina, vm: &str, archive: &Path) -> Result<()> {
         std::thread::sleep(Duration::from_millis(100));
     }
     Ok(())
-}
-
-/// The pool's used data bytes from `vm ctl status`.
-fn data_used(st: &serde_json::Value) -> Result<u64> {
-    st["pool"]["pool"]["data"]["used"].as_u64().with_context(|| format!("no data.used in {st}"))
 }
 
 /// Named volumes (backup/restore round trip, in-use refusal), `system df` and `info`.
@@ -353,7 +341,7 @@ fn vm_product_options_are_applied_and_a_changed_setup_is_refused() -> Result<()>
     // 1. First boot.
     l.ok(&first)?;
     let st = l.json(&["vm", "ctl", "p", "status"])?;
-    let used_first_boot = data_used(&st)?;
+    let used_first_boot = status_data_used(&st)?;
     assert_eq!(st["ready"], true, "{st}");
     assert_eq!(st["debug"], false, "production boot expected: {st}");
     let opts = &st["pool"]["pool"]["options"];
@@ -453,7 +441,7 @@ fn vm_product_options_are_applied_and_a_changed_setup_is_refused() -> Result<()>
     assert!(stopped < unmounted, "containers stop before XFS is unmounted:\n{console}");
 
     // 2. A changed direct-lvm setting: refused with Docker's message, nothing written.
-    let before = sha256(&disk)?;
+    let before = sha256_file(&disk)?;
     let mut changed = first.to_vec();
     changed.extend(["--opt", "dm.thinp_percent=90"]);
     let e = l.fails(&changed)?;
@@ -464,7 +452,7 @@ fn vm_product_options_are_applied_and_a_changed_setup_is_refused() -> Result<()>
     assert_eq!(st["ready"], false, "{st}");
     assert_eq!(st["pool"], serde_json::Value::Null, "the pool must not be up: {st}");
     l.ok(&["vm", "stop", "p"])?;
-    assert_eq!(sha256(&disk)?, before, "the refused boot wrote to the pool's disk");
+    assert_eq!(sha256_file(&disk)?, before, "the refused boot wrote to the pool's disk");
 
     // 3. The original options again: the volume is there, the metadata checks clean.
     l.ok(&first)?;
@@ -485,13 +473,13 @@ fn vm_product_options_are_applied_and_a_changed_setup_is_refused() -> Result<()>
     let out = l.ok(&["run", "--vm", "p", "--rm", "-v", "data:/data", "bb", "cat", "/data/f"])?;
     assert_eq!(out, "persisted\n", "the volume lost its data across the reboot");
     // prune -a --volumes, ending with fstrim, gives the pool its blocks back.
-    let before = data_used(&l.json(&["vm", "ctl", "p", "status"])?)?;
+    let before = status_data_used(&l.json(&["vm", "ctl", "p", "status"])?)?;
     let out = l.ok(&["system", "prune", "--vm", "p", "-a", "--volumes"])?;
     assert!(out.contains("Deleted image: sha256:"), "{out}");
     assert!(out.contains("Deleted volume: data"), "{out}");
     assert!(out.contains("trimmed"), "fstrim's report: {out}");
     assert_eq!(tags(&l, "p")?, Vec::<String>::new());
-    let after = data_used(&l.json(&["vm", "ctl", "p", "status"])?)?;
+    let after = status_data_used(&l.json(&["vm", "ctl", "p", "status"])?)?;
     eprintln!(
         "[vm_product] Data Space Used: first boot {used_first_boot}, before prune {before}, \
          after prune {after}"

@@ -21,8 +21,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
-use sha2::{Digest, Sha256};
 use tests::cli::{lamina_bin, Lamina};
+use tests::dmthin::sha256_hex;
 use tests::host_run;
 
 const SIZE: usize = 64 << 20;
@@ -65,10 +65,6 @@ fn pattern(len: usize, seed: u64) -> Vec<u8> {
     }
     v.truncate(len);
     v
-}
-
-fn sha256(b: &[u8]) -> String {
-    hex::encode(Sha256::digest(b))
 }
 
 /// libnbd's Python shell on `url` running `code`, under Debian's python (which has the nbd
@@ -130,7 +126,7 @@ fn export_sha256(port: u16, name: &str) -> Result<String> {
         .context("nbdcopy (Debian package libnbd-bin)")?;
     ensure!(out.status.success(), "nbdcopy {name}: {}", String::from_utf8_lossy(&out.stderr));
     ensure!(out.stdout.len() == SIZE, "{name}: read {} bytes", out.stdout.len());
-    Ok(sha256(&out.stdout))
+    Ok(sha256_hex(&out.stdout))
 }
 
 /// The pool's volume names (`volume ls --pool --json`), sorted.
@@ -209,7 +205,7 @@ fn vm_send_receive_between_appliances() -> Result<()> {
         apply(&url, &mut model, round, &l.home)?;
         let snap = format!("s{i}");
         assert_eq!(l.ok(&["volume", "snapshot", "--vm", "a", "vol", &snap])?.trim(), snap);
-        let want = sha256(&model);
+        let want = sha256_hex(&model);
         assert_eq!(export_sha256(port, &snap)?, want, "{snap} on A differs from the model");
         digests.push(want);
         let out = stream(i).display().to_string();

@@ -1,6 +1,6 @@
 //! The storage pool as PID 1 brings it up and tears it down.
 //!
-//! Bring-up, each step on the console:
+//! Bring-up, as boot steps (`steps.rs`; each prints its progress on the console):
 //! 1. the data disks are the virtio disks present at boot (`/dev/vd*`; the initramfs is the
 //!    root, so the first one is `/dev/vda`); `socketpair(AF_UNIX, SOCK_STREAM)` per kernel
 //!    connection; `thinpool serve` starts as a supervised child with the server ends
@@ -28,10 +28,13 @@
 //! the daemon deletes /dev/ublkb0; nbd: NBD disconnect, the daemon's kernel connection ends,
 //! so it commits and exits by itself) → wait for the daemon (SIGTERM if it is still there).
 
+pub(crate) mod steps;
+
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -43,7 +46,6 @@ use crate::attach::{self, Attach};
 use crate::config::Config;
 use crate::nbd::NbdClient;
 use crate::netlink::nbd::Connect;
-use crate::options::StoreOptions;
 use crate::reaper::{Exit, Reaper, Spawned};
 
 /// The daemon's lock, control socket and event log (tmpfs: the pool itself is on the disks).
@@ -83,12 +85,12 @@ pub enum PoolError {
     Failed(String),
 }
 
-fn fail(msg: impl Into<String>) -> PoolError {
+pub(crate) fn fail(msg: impl Into<String>) -> PoolError {
     PoolError::Failed(msg.into())
 }
 
 /// What the supervisor and the shutdown steps share.
-struct Daemon {
+pub(crate) struct Daemon {
     argv_base: Vec<String>,
     log: String,
     connections: u32,
@@ -99,6 +101,14 @@ struct Daemon {
     stopping: AtomicBool,
     restarts: AtomicU32,
     last_exit: Mutex<Option<Exit>>,
+}
+
+/// A daemon just started: its pid, its exit status to come, and the kernel's ends of its
+/// socketpairs (nbd attach only).
+pub(crate) struct Started {
+    pub pid: i32,
+    pub exit: std::sync::mpsc::Receiver<Exit>,
+    pub kernel: Vec<OwnedFd>,
 }
 
 /// The pool as PID 1 sees it.
@@ -180,17 +190,11 @@ fn dev_list(devices: &[PathBuf]) -> String {
     devices.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(",")
 }
 
-/// The pool's volumes through the CLI (before the daemon runs).
-fn cli_volumes(reaper: &Reaper, devs: &str) -> Result<Vec<Value>, PoolError> {
-    let out = run(reaper, &strings(&[THINPOOL, "list", devs, "--json"]), Duration::from_secs(60))?;
-    match serde_json::from_str::<Value>(&out) {
-        Ok(Value::Array(v)) => Ok(v),
-        _ => Err(fail(format!("`thinpool list --json` printed {out:?}"))),
-    }
-}
-
 /// Starts the daemon with fresh socketpairs; returns it and the kernel's ends.
-fn spawn_daemon(reaper: &Reaper, d: &Daemon) -> Result<(Spawned, Vec<OwnedFd>), PoolError> {
+pub(crate) fn spawn_daemon(
+    reaper: &Reaper,
+    d: &Daemon,
+) -> Result<(Spawned, Vec<OwnedFd>), PoolError> {
     use rustix::io::{fcntl_setfd, FdFlags};
     use rustix::net::{socketpair, AddressFamily, SocketFlags, SocketType};
     let mut ours = Vec::new();
@@ -265,8 +269,8 @@ fn restart(d: &Daemon, reaper: &Reaper) -> Result<Spawned, PoolError> {
 }
 
 /// Restarts the daemon whenever it exits while the pool is up.
-fn supervise(d: Arc<Daemon>, reaper: Arc<Reaper>, first: Spawned) {
-    let mut exit_rx = first.exit;
+pub(crate) fn supervise(d: Arc<Daemon>, reaper: Arc<Reaper>, first: Receiver<Exit>) {
+    let mut exit_rx = first;
     loop {
         let Ok(exit) = exit_rx.recv() else { return };
         *d.last_exit.lock().unwrap_or_else(|p| p.into_inner()) = Some(exit);
@@ -305,14 +309,14 @@ fn supervise(d: Arc<Daemon>, reaper: Arc<Reaper>, first: Spawned) {
 }
 
 /// The first 64 KiB of `dev`: XFS superblock, all zeroes, or something else.
-#[derive(Debug, PartialEq, Eq)]
-enum Contents {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Contents {
     Xfs,
     Empty,
     Other,
 }
 
-fn probe(dev: &Path) -> std::io::Result<Contents> {
+pub(crate) fn probe(dev: &Path) -> std::io::Result<Contents> {
     use std::io::Read;
     let mut buf = vec![0u8; 64 << 10];
     std::fs::File::open(dev)?.read_exact(&mut buf)?;
@@ -350,220 +354,9 @@ pub fn live_status() -> Value {
 }
 
 impl Pool {
-    /// Brings the pool up; each step is printed on the console.
-    /// `before_mount` is called before the XFS mount (it waits for the filesystem modules).
-    pub fn bring_up(
-        cfg: &Config,
-        opts: &StoreOptions,
-        reaper: &Arc<Reaper>,
-        before_mount: &mut dyn FnMut(),
-    ) -> Result<Pool, PoolError> {
-        let mut pool = Pool { reaper: Some(reaper.clone()), ..Pool::default() };
-        if !cfg.pool.enabled {
-            return Ok(pool);
-        }
-        let t = Instant::now();
-        // Each step with the time since bring-up began, for boot-time analysis.
-        let step = |m: &str| crate::say(&format!("pool: {m} [+{:.2}s]", t.elapsed().as_secs_f64()));
-        // 1. Disks, volume group, pool.
-        let devices = crate::wait::pool_disks(&cfg.pool).map_err(|e| fail(e.to_string()))?;
-        let devs = dev_list(&devices);
-        pool.devices = devices;
-        let key = match crate::luks::find(Path::new("/sys/block")) {
-            Some(dev) => {
-                let key = PathBuf::from(crate::luks::KEY);
-                crate::luks::unpack(&dev, &key).map_err(|e| fail(e.to_string()))?;
-                step(&format!("store key from {}", dev.display()));
-                crate::luks::KeySource::File(key)
-            }
-            None if cfg.pool.passphrase_wait_secs > 0 => {
-                crate::luks::KeySource::Agent(Duration::from_secs(cfg.pool.passphrase_wait_secs))
-            }
-            None => crate::luks::KeySource::None,
-        };
-        let mut argv_base = strings(&[
-            THINPOOL,
-            "serve",
-            &devs,
-            "--state-dir",
-            STATE_DIR,
-            "--listen",
-            &format!("0.0.0.0:{}", cfg.pool.nbd_port),
-            "--io-flusher",
-            // Only volumes created for export reach the network: the store and a storage
-            // driver's devices are the appliance's own.
-            "--exports",
-            "flagged",
-        ]);
-        if let Some(dev) = crate::nbd_tls::find(Path::new("/sys/block")) {
-            let dir = Path::new(crate::nbd_tls::DIR);
-            crate::nbd_tls::unpack(&dev, dir).map_err(|e| fail(e.to_string()))?;
-            argv_base.extend(crate::nbd_tls::serve_args(dir));
-            step(&format!("NBD over TLS only, client certificates checked ({})", dev.display()));
-        }
-        let d = Arc::new(Daemon {
-            argv_base,
-            log: cfg.pool.log.clone(),
-            connections: cfg.pool.connections.max(1),
-            dead_conn_timeout_secs: cfg.pool.dead_conn_timeout_secs,
-            attach: cfg.attach,
-            pid: AtomicU32::new(0),
-            stopping: AtomicBool::new(false),
-            restarts: AtomicU32::new(0),
-            last_exit: Mutex::new(None),
-        });
-        // dm.* options given: `thinpool init` checks them against the group (Docker's refusal
-        // of a changed direct-lvm setting) before the daemon opens it.
-        if let Some(out) = crate::options::check_pool(cfg, opts, reaper, &devs)? {
-            step(&out);
-            pool.created = out.starts_with("created");
-        }
-        // Every boot after the first: the daemon opens the pool itself (one process start
-        // fewer than asking the CLI first). When it cannot (first boot: no pool, or no
-        // `store`), the CLI tells why and lays down what is missing.
-        let (spawned, kernel) = match spawn_daemon(reaper, &d) {
-            Ok(s) => {
-                step(&format!("found the pool on {devs}"));
-                s
-            }
-            Err(first) => {
-                let volumes = match cli_volumes(reaper, &devs) {
-                    Ok(v) => {
-                        step(&format!("found the pool on {devs} ({} volume(s))", v.len()));
-                        v
-                    }
-                    Err(why) => {
-                        step(&format!(
-                            "no pool on {devs} ({why}); creating one (direct-lvm defaults)"
-                        ));
-                        let mut argv = strings(&[THINPOOL, "init", STATE_DIR, "--device", &devs]);
-                        argv.extend(opts.init_args(&cfg.pool.basesize, cfg.pool.force));
-                        let out = run(reaper, &argv, Duration::from_secs(120))?;
-                        step(out.trim());
-                        pool.created = true;
-                        Vec::new()
-                    }
-                };
-                // 2. The base volume.
-                if volumes.iter().any(|v| v["name"] == STORE) {
-                    step(&format!("daemon did not start ({first}); trying again"));
-                } else {
-                    let basesize = opts.dm_value("dm.basesize").unwrap_or(&cfg.pool.basesize);
-                    let size = units::parse_size(basesize)
-                        .map_err(|e| fail(format!("pool.basesize {basesize:?}: {e}")))?;
-                    let size = size.to_string();
-                    run(
-                        reaper,
-                        &strings(&[THINPOOL, "create", &devs, STORE, "--size", &size]),
-                        Duration::from_secs(60),
-                    )?;
-                    step(&format!("created volume {STORE} ({basesize})"));
-                }
-                spawn_daemon(reaper, &d)?
-            }
-        };
-        step(&format!("daemon started (pid {}, NBD on port {})", spawned.pid, cfg.pool.nbd_port));
-        pool.daemon = Some(d.clone());
-        let mut list = control_client().list().map_err(|e| fail(format!("list: {e}")))?;
-        if !list.iter().any(|v| v.name == STORE) {
-            // The daemon opened a pool without `store`: `thinpool init` just laid the pool
-            // down (dm.* options checked above), and a ublk attach needs nothing at start.
-            let basesize = opts.dm_value("dm.basesize").unwrap_or(&cfg.pool.basesize);
-            let size = units::parse_size(basesize)
-                .map_err(|e| fail(format!("pool.basesize {basesize:?}: {e}")))?;
-            control_client()
-                .create(STORE, size)
-                .map_err(|e| fail(format!("creating volume {STORE}: {}", units::chain(&e))))?;
-            step(&format!("created volume {STORE} ({basesize})"));
-            list = control_client().list().map_err(|e| fail(format!("list: {e}")))?;
-        }
-        pool.size = list
-            .iter()
-            .find(|v| v.name == STORE)
-            .map(|v| v.size)
-            .ok_or_else(|| fail(format!("volume {STORE} missing from the daemon's list")))?;
-        // 3. The store's block device.
-        let dev = match cfg.attach {
-            Attach::Nbd => {
-                let dev = attach_nbd(cfg, &pool, &kernel, &step)?;
-                drop(kernel);
-                dev
-            }
-            Attach::Ublk => {
-                drop(kernel);
-                let dev = attach::ublk_attach(STORE)
-                    .map_err(|e| fail(format!("ublk attach {STORE}: {e}")))?;
-                step(&format!("{} attached over ublk ({} bytes)", dev.display(), pool.size));
-                dev
-            }
-        };
-        pool.attached = true;
-        attach::record(cfg.attach, &dev);
-        pool.device = Some(dev.clone());
-        let nbd = dev;
-        let sys = attach::sys_name(&nbd);
-        let (d2, r2) = (d.clone(), reaper.clone());
-        pool.supervisor = Some(
-            std::thread::Builder::new()
-                .name("pool-supervisor".into())
-                .spawn(move || supervise(d2, r2, spawned))
-                .map_err(|e| fail(format!("supervisor thread: {e}")))?,
-        );
-        // 4. XFS.
-        crate::wait::block_device(&sys).map_err(|e| fail(e.to_string()))?;
-        if key != crate::luks::KeySource::None {
-            // dm-crypt and its crypto modules load in the background with the mount's.
-            before_mount();
-        }
-        let (nbd, crypt, fresh) = crate::luks::unlock_store(&nbd, &key, reaper, &step)?;
-        pool.crypt = crypt;
-        // A store just formatted LUKS2 decrypts its unwritten blocks to noise: it is new.
-        let contents = if fresh {
-            Contents::Empty
-        } else {
-            probe(&nbd).map_err(|e| fail(format!("reading {}: {e}", nbd.display())))?
-        };
-        match contents {
-            Contents::Xfs => step(&format!("{} holds XFS", nbd.display())),
-            c @ (Contents::Empty | Contents::Other) => {
-                if c == Contents::Other && !cfg.pool.force {
-                    return Err(fail(format!(
-                        "{} holds something that is not XFS; refusing to format it \
-                         (lamina.pool.force=1 overrides)",
-                        nbd.display()
-                    )));
-                }
-                let t = Instant::now();
-                let nbd_s = nbd.display().to_string();
-                let mut argv = strings(&[MKFS_XFS, "-q", "-K", "-n", "ftype=1", "-m", "crc=1"]);
-                if c == Contents::Other {
-                    argv.push("-f".into());
-                }
-                argv.push(nbd_s);
-                run(reaper, &argv, Duration::from_secs(300))?;
-                step(&format!("mkfs.xfs {} in {:.2}s", nbd.display(), t.elapsed().as_secs_f64()));
-            }
-        }
-        std::fs::create_dir_all(MOUNT).map_err(|e| fail(format!("mkdir {MOUNT}: {e}")))?;
-        before_mount();
-        use rustix::mount::{mount, MountFlags};
-        let quota = match mount(&nbd, MOUNT, "xfs", MountFlags::NOATIME, Some(c"prjquota")) {
-            Ok(()) => "prjquota",
-            Err(e) => {
-                step(&format!("mount with prjquota failed ({e}); mounting without quotas"));
-                mount(&nbd, MOUNT, "xfs", MountFlags::NOATIME, None)
-                    .map_err(|e| fail(format!("mount {} on {MOUNT}: {e}", nbd.display())))?;
-                "no quota"
-            }
-        };
-        pool.mounted = true;
-        let overlay = Path::new(MOUNT).join("overlay2");
-        std::fs::create_dir_all(&overlay)
-            .map_err(|e| fail(format!("mkdir {}: {e}", overlay.display())))?;
-        step(&format!("XFS on {} mounted at {MOUNT} ({quota})", nbd.display()));
-        pool.wired = true;
-        step(&format!("up in {:.2}s", t.elapsed().as_secs_f64()));
-        Ok(pool)
+    /// A pool not brought up yet, whose helpers run under `reaper`.
+    pub fn new(reaper: Arc<Reaper>) -> Pool {
+        Pool { reaper: Some(reaper), ..Pool::default() }
     }
 
     /// Whether the store's XFS is mounted.
@@ -698,16 +491,16 @@ impl Pool {
 
 /// Hands the socketpairs' client ends to the kernel nbd client (`lamina.attach=nbd`);
 /// returns `/dev/nbd0`.
-fn attach_nbd(
+pub(crate) fn attach_nbd(
     cfg: &Config,
-    pool: &Pool,
+    size: u64,
     kernel: &[OwnedFd],
     step: &dyn Fn(&str),
 ) -> Result<PathBuf, PoolError> {
     let flags = thinpool::nbd::transmission_flags(false, false);
     let connect = Connect {
         index: Some(NBD_INDEX),
-        size_bytes: pool.size,
+        size_bytes: size,
         block_size: BLOCK_SIZE,
         server_flags: u64::from(flags),
         timeout_secs: REQUEST_TIMEOUT_SECS,
@@ -727,7 +520,7 @@ fn attach_nbd(
         // Still correct, only slower: requests in flight at a daemon crash wait 30 s.
         step(&format!("writing {io_timeout}: {e}"));
     }
-    step(&format!("{} attached ({} bytes, {} connection(s))", nbd.display(), pool.size, n_conns));
+    step(&format!("{} attached ({} bytes, {} connection(s))", nbd.display(), size, n_conns));
     Ok(nbd)
 }
 
