@@ -110,7 +110,7 @@ fn run(n: u64) -> Row {
         reads_4k_per_s: per_sec(reads, read),
         provision_per_s: per_sec(writes, provision),
         commit_ms: commit_total.as_secs_f64() * 1e3 / (writes / 1000) as f64,
-        meta_blocks: pool.metadata_usage().used,
+        meta_blocks: pool.metadata_usage().used.0,
     }
 }
 

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use thinpool::io::{FaultPlan, FaultyDevice, MemDevice};
 use thinpool::pool::{DirNameStore, ErrorKind, FilePool, Pool};
-use thinpool::units::{Sectors, ThinId, VirtBlock};
+use thinpool::units::{DataBlock, MetaBlock, Sectors, ThinId, VirtBlock};
 
 const BS: u64 = 65536;
 
@@ -172,7 +172,7 @@ fn zeroes_discard_and_extents() {
     let (_m, _d, pool) = mem_pool(4, 64);
     pool.create_thin(ThinId(1)).unwrap();
     pool.write(ThinId(1), 0, &vec![0u8; 3 * BS as usize]).unwrap();
-    assert_eq!(pool.data_usage().used, 0, "all-zero writes allocate nothing");
+    assert_eq!(pool.data_usage().used, DataBlock(0), "all-zero writes allocate nothing");
     pool.write(ThinId(1), BS + 10, &[5u8; 10]).unwrap();
     let mut blk = vec![1u8; BS as usize];
     pool.read(ThinId(1), BS, &mut blk).unwrap();
@@ -199,7 +199,7 @@ fn zeroes_discard_and_extents() {
     assert!(pool.lookup(ThinId(1), VirtBlock(1)).unwrap().is_none());
     pool.commit().unwrap();
     pool.self_check().unwrap();
-    assert_eq!(pool.data_usage().used, 0);
+    assert_eq!(pool.data_usage().used, DataBlock(0));
 }
 
 #[test]
@@ -209,14 +209,14 @@ fn grow_data_and_metadata() {
     pool.create_thin(ThinId(1)).unwrap();
     let err = pool.write(ThinId(1), 0, &vec![1u8; 5 * BS as usize]).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::NoSpace);
-    pool.grow_data(20_000).unwrap(); // crosses into a second data bitmap
-    pool.grow_metadata(20_000).unwrap(); // and a second metadata bitmap
+    pool.grow_data(DataBlock(20_000)).unwrap(); // crosses into a second data bitmap
+    pool.grow_metadata(MetaBlock(20_000)).unwrap(); // and a second metadata bitmap
     pool.write(ThinId(1), 0, &vec![1u8; 5 * BS as usize]).unwrap();
     pool.write(ThinId(1), 19_999 * BS, &[2u8; 1]).unwrap();
     pool.commit().unwrap();
     pool.self_check().unwrap();
-    assert_eq!(pool.data_usage().total, 20_000);
-    assert_eq!(pool.metadata_usage().total, 20_000);
+    assert_eq!(pool.data_usage().total, DataBlock(20_000));
+    assert_eq!(pool.metadata_usage().total, MetaBlock(20_000));
     support::thin_check(&support::engine::image_file(dir.path(), "m", &meta.snapshot()));
     drop(pool);
     let pool = Pool::open(meta, data).unwrap();
