@@ -81,7 +81,7 @@ fn ms(d: Duration) -> f64 {
 }
 
 /// The drivers compared. devicemapper runs over loop devices whose volumes are reflinked
-/// files on btrfs (`tests/drivers/loopdev.rs`): thin-snapshot-like sharing on the host, where
+/// files on btrfs (`tests/support/loopdev.rs`): thin-snapshot-like sharing on the host, where
 /// the appliance's pool cannot attach block devices; the VM tier runs it on the pool.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Bench {
