@@ -28,10 +28,15 @@ impl Drop for Daemon {
 }
 
 fn start_daemon(dir: &std::path::Path) -> Daemon {
-    thinpool::pool::FilePool::create(dir, 1 << 30, None, thinpool::units::Sectors(128))
-        .unwrap()
-        .commit()
-        .unwrap();
+    thinpool::pool::FilePool::create(
+        dir,
+        thinpool::units::Bytes::new(1 << 30),
+        None,
+        thinpool::units::Sectors(128),
+    )
+    .unwrap()
+    .commit()
+    .unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let (d, s) = (dir.to_path_buf(), stop.clone());
     let thread = std::thread::spawn(move || {

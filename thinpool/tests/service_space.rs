@@ -180,7 +180,7 @@ fn full_group_queues_writes_until_space_is_freed_or_added() {
 fn file_pool_grows_its_data_file_up_to_the_maximum() {
     let dir = tempfile::tempdir().unwrap();
     let pd = dir.path().join("pool");
-    FilePool::create(&pd, 100 * EXT, None, Sectors(128)).unwrap();
+    FilePool::create(&pd, Bytes::new(100 * EXT), None, Sectors(128)).unwrap();
     let opts = ServiceOptions { file_data_max: Some(Bytes::new(130 * EXT)), ..Default::default() };
     let svc = Service::open(&PoolSource::detect(std::slice::from_ref(&pd)), opts).unwrap();
     svc.set_no_space_policy(false, Duration::from_secs(4));

@@ -11,7 +11,7 @@ use thinpool::io::Payload;
 use thinpool::io::{BlockDevice, FileDevice};
 use thinpool::pool::{ErrorKind as PoolKind, FilePool, Mode};
 use thinpool::service::{self, ErrorKind, PoolSource, Service, ServiceOptions};
-use thinpool::units::{DataBlock, Sectors};
+use thinpool::units::{Bytes, DataBlock, Sectors};
 use thinpool::vg::PoolConfig;
 
 fn file_service(
@@ -20,7 +20,7 @@ fn file_service(
     opts: &[&str],
 ) -> (std::path::PathBuf, Service) {
     let pd = dir.join("pool");
-    FilePool::create(&pd, blocks * EXT, None, Sectors(128)).unwrap();
+    FilePool::create(&pd, Bytes::new(blocks * EXT), None, Sectors(128)).unwrap();
     let config = PoolConfig::from_opts(opts.iter().copied()).unwrap();
     let o = ServiceOptions { config: Some(config), ..Default::default() };
     let svc = Service::open(&PoolSource::Dir(pd.clone()), o).unwrap();
@@ -195,7 +195,7 @@ fn metadata_exhaustion_makes_the_pool_read_only_with_needs_check() {
     let dir = tempfile::tempdir().unwrap();
     let pd = dir.path().join("pool");
     // 64 metadata blocks (the smallest the engine formats): a few thousand mappings.
-    FilePool::create(&pd, 1 << 30, Some(64 * 4096), Sectors(128)).unwrap();
+    FilePool::create(&pd, Bytes::new(1 << 30), Some(Bytes::new(64 * 4096)), Sectors(128)).unwrap();
     let svc = Service::open(&PoolSource::Dir(pd.clone()), ServiceOptions::default()).unwrap();
     svc.create_volume("v", 1 << 40).unwrap();
     let h = svc.open_volume("v").unwrap();

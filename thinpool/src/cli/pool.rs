@@ -16,7 +16,7 @@ use thinpool::daemon::control;
 use thinpool::daemon::PoolLock;
 use thinpool::pool::{FilePool, Pool};
 use thinpool::service::{PoolSource, Service, ServiceOptions};
-use thinpool::units::{MetaBlock, Sectors};
+use thinpool::units::{Bytes, MetaBlock, Sectors};
 
 /// The management operations. Today they open the pool files directly ([`LocalPool`]); a
 /// client that forwards them to a running `thinpool serve` implements the same trait.
@@ -291,7 +291,12 @@ pub(super) fn init(a: &InitArgs) -> anyhow::Result<ExitCode> {
     let config_text = super::group::file_pool_config(a)?;
     let files = [dir.join(FilePool::METADATA), dir.join(FilePool::DATA)];
     let existed = files.clone().map(|f| f.exists());
-    let pool = match FilePool::create(dir, data_size, a.metadata_size, sectors) {
+    let pool = match FilePool::create(
+        dir,
+        Bytes::new(data_size),
+        a.metadata_size.map(Bytes::new),
+        sectors,
+    ) {
         Ok(p) => p,
         Err(e) => {
             // Leave no half-made pool behind (it would block the next init).
