@@ -11,23 +11,15 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use overlay::{Driver, Store};
 
-#[allow(dead_code)]
-#[path = "../tests/drivers/loopdev.rs"]
-mod loopdev;
+// The integration tests' support module: tools, image builders, the loop-device provider.
+#[path = "../tests/support/mod.rs"]
+mod support;
 
-fn run(cmd: &mut Command) {
-    let out = cmd.output().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
-    assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
-}
-
-fn umoci(args: &[&str]) {
-    run(Command::new("umoci").args(args));
-}
+use support::{layout_with_layers, loopdev, simple_tar, umoci};
 
 /// Five layers of small files (a source tree's worth) plus the busybox binary.
 fn build_image(dir: &Path) -> PathBuf {
@@ -74,38 +66,9 @@ fn big_file_image(dir: &Path, size: usize) -> PathBuf {
         let b = x.to_le_bytes();
         chunk.copy_from_slice(&b[..chunk.len()]);
     }
-    let mut b = tar::Builder::new(Vec::with_capacity(size + 4096));
-    let mut h = tar::Header::new_gnu();
-    h.set_mode(0o644);
-    h.set_uid(0);
-    h.set_gid(0);
-    h.set_mtime(1_000_000_000);
-    h.set_size(size as u64);
-    b.append_data(&mut h, "big.bin", &data[..]).unwrap();
-    let layer = b.into_inner().unwrap();
+    let layer = simple_tar(&[("big.bin", &data)]);
     drop(data);
-    let l = dir.join("layout");
-    std::fs::create_dir_all(l.join("blobs/sha256")).unwrap();
-    let put = |bytes: &[u8]| {
-        let d = overlay::Digest::of(bytes);
-        std::fs::write(l.join("blobs/sha256").join(d.hex()), bytes).unwrap();
-        d
-    };
-    let ld = put(&layer);
-    let config = serde_json::to_vec(&serde_json::json!({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": [ld]}})).unwrap();
-    let cd = put(&config);
-    let manifest = serde_json::to_vec(&serde_json::json!({
-        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd, "size": config.len()},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": ld, "size": layer.len()}]})).unwrap();
-    let md = put(&manifest);
-    std::fs::write(l.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
-    std::fs::write(
-        l.join("index.json"),
-        serde_json::to_vec(&serde_json::json!({"schemaVersion": 2, "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": md, "size": manifest.len()}]})).unwrap(),
-    )
-    .unwrap();
-    l
+    layout_with_layers(dir, &[layer], &[])
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {
@@ -118,7 +81,7 @@ fn ms(d: Duration) -> f64 {
 }
 
 /// The drivers compared. devicemapper runs over loop devices whose volumes are reflinked
-/// files on btrfs (`tests/drivers/loopdev.rs`): thin-snapshot-like sharing on the host, where
+/// files on btrfs (`tests/support/loopdev.rs`): thin-snapshot-like sharing on the host, where
 /// the appliance's pool cannot attach block devices; the VM tier runs it on the pool.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Bench {

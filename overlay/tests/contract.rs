@@ -9,16 +9,15 @@
 //! file capabilities, PAX 1.0 sparse files, a SIGKILL between placing a layer and recording
 //! it, an image deeper than overlay can stack, a hard link into a lower layer.
 
-mod common;
-mod drivers;
+mod support;
 
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::Command;
 
-use common::*;
-use drivers::Env;
 use overlay::ErrorKind;
+use support::drivers::Env;
+use support::*;
 
 /// 64-hex directories in the store root (layers and containers).
 fn layer_dirs(root: &Path) -> Vec<String> {
@@ -249,9 +248,7 @@ fn sigkill_during_remove_is_finished_at_open(driver: &str, test_name: &str) {
 
 /// An image deeper than a container can stack is refused at import, before extraction.
 fn image_of_129_layers_is_refused_at_import(env: Env) {
-    let layers: Vec<Vec<u8>> =
-        (0..129).map(|i| simple_tar(&[(&format!("f{i}"), format!("{i}").as_bytes())])).collect();
-    let img = layout_with_layers(&env.dir().join("img"), &layers, &["/bin/sh"]);
+    let img = layout_with_layers(&env.dir().join("img"), &many_layers(129), &["/bin/sh"]);
     let store = env.open();
     let err = store.import(&img, Some("deep:129")).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Limit, "{err}");
@@ -652,7 +649,7 @@ fn devicemapper_busy_rm_is_refused_or_deferred() {
     let store = env.open(); // with dm.use_deferred_removal=true
     store.remove("busy").unwrap();
     assert_eq!(store.container("busy").unwrap_err().kind(), ErrorKind::NotFound);
-    let provider = drivers::loopdev::LoopProvider::new(&root.with_file_name("pool"), 0);
+    let provider = support::loopdev::LoopProvider::new(&root.with_file_name("pool"), 0);
     assert_eq!(provider.deferred(), 1, "the volume's deletion waits for its user");
     let cwd = format!("/proc/{}/cwd/a", user.0.id());
     assert_eq!(std::fs::read_to_string(cwd).unwrap(), "1", "the user still sees its tree");
@@ -660,14 +657,10 @@ fn devicemapper_busy_rm_is_refused_or_deferred() {
     user.0.kill().unwrap();
     user.0.wait().unwrap();
     // The loop device is released by the kernel once the lazily unmounted filesystem is.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while {
+    wait_for("the deferred deletion", std::time::Duration::from_secs(30), || {
         store.info().unwrap();
-        provider.deferred() > 0
-    } {
-        assert!(std::time::Instant::now() < deadline, "deferred deletion never finished");
-        std::thread::yield_now();
-    }
+        provider.deferred() == 0
+    });
     assert_eq!(env.volumes().unwrap().len(), 2, "base + the layer");
 }
 
@@ -720,21 +713,17 @@ fn devicemapper_rm_of_a_mount_another_namespace_holds() {
     store.remove("held").unwrap();
     assert_eq!(store.container("held").unwrap_err().kind(), ErrorKind::NotFound);
     assert!(!m.exists(), "gone from the store");
-    let provider = drivers::loopdev::LoopProvider::new(&root.with_file_name("pool"), 0);
+    let provider = support::loopdev::LoopProvider::new(&root.with_file_name("pool"), 0);
     // Whether the stand-in sees the deletion as deferred depends on the host kernel: on some
     // (6.18 here) `losetup -j` stops listing a device once `losetup -d` has set autoclear,
     // though the other namespace still has it mounted, so the stand-in deletes at once. The
     // pool daemon's deferred deletion is shown on the real pool in tests/tests/vm_drivers.rs.
     assert!(provider.deferred() <= 1, "one deletion at most is waiting");
     drop(holder);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while {
+    wait_for("the deferred deletion", std::time::Duration::from_secs(30), || {
         store.info().unwrap();
-        provider.deferred() > 0
-    } {
-        assert!(std::time::Instant::now() < deadline, "deferred deletion never finished");
-        std::thread::yield_now();
-    }
+        provider.deferred() == 0
+    });
     assert_eq!(env.volumes().unwrap().len(), 2, "base + the layer");
 }
 

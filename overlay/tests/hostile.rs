@@ -2,9 +2,9 @@
 //! written outside the store (a canary directory next to it stays untouched), and a failed
 //! import leaves no half layer.
 
-mod common;
+mod support;
 
-use common::tmp;
+use support::tmp;
 
 use std::path::{Path, PathBuf};
 
@@ -79,7 +79,7 @@ fn tar_of(entries: &[E]) -> Vec<u8> {
 
 /// An OCI layout holding one image whose single layer is `layer` (uncompressed).
 fn layout_with_layer(dir: &Path, layer: &[u8]) -> PathBuf {
-    common::layout_with_layers(dir, &[layer.to_vec()], &[])
+    support::layout_with_layers(dir, &[layer.to_vec()], &[])
 }
 
 /// Everything below `p` (paths, sizes, link targets), to prove nothing changed.

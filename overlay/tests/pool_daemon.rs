@@ -4,11 +4,11 @@
 //! daemon's ublk `attach`, which the host kernel cannot do: the driver says so and leaves
 //! nothing behind. The whole driver over loop devices is in `contract.rs`.
 
-mod common;
+mod support;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use overlay::devmapper::{DeviceProvider, DmOptions, PoolDaemon};
 use overlay::{ErrorKind, Store};
@@ -28,10 +28,15 @@ impl Drop for Daemon {
 }
 
 fn start_daemon(dir: &std::path::Path) -> Daemon {
-    thinpool::pool::FilePool::create(dir, 1 << 30, None, thinpool::units::Sectors(128))
-        .unwrap()
-        .commit()
-        .unwrap();
+    thinpool::pool::FilePool::create(
+        dir,
+        thinpool::units::Bytes::new(1 << 30),
+        None,
+        thinpool::units::Sectors(128),
+    )
+    .unwrap()
+    .commit()
+    .unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let (d, s) = (dir.to_path_buf(), stop.clone());
     let thread = std::thread::spawn(move || {
@@ -39,17 +44,13 @@ fn start_daemon(dir: &std::path::Path) -> Daemon {
         thinpool::daemon::serve_until(&d, &cfg, s).unwrap();
     });
     let sock = dir.join("control.sock");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !sock.exists() {
-        assert!(Instant::now() < deadline, "no control socket in 20 s");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    support::wait_for("the control socket", Duration::from_secs(20), || sock.exists());
     Daemon { stop, thread: Some(thread) }
 }
 
 #[test]
 fn pool_daemon_provider_speaks_the_control_protocol() {
-    let t = common::tmp();
+    let t = support::tmp();
     let pool = t.path().join("pool");
     let _d = start_daemon(&pool);
     let p = PoolDaemon { dir: pool.clone() };
@@ -77,7 +78,7 @@ fn pool_daemon_provider_speaks_the_control_protocol() {
 
 #[test]
 fn devicemapper_store_whose_attach_fails_says_why_and_leaves_no_base() {
-    let t = common::tmp();
+    let t = support::tmp();
     let pool = t.path().join("pool");
     let _d = start_daemon(&pool);
     let root = t.path().join("store");

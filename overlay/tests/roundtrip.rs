@@ -1,12 +1,12 @@
 //! Host tier: real images built with umoci/skopeo are imported, mounted, compared with
 //! `umoci unpack`, exported, re-imported and committed.
 
-mod common;
+mod support;
 
 use std::path::Path;
 
-use common::*;
 use overlay::{Driver, ExportFormat, Store};
+use support::*;
 
 fn assert_same(merged: &Path, reference: &Path) {
     let a = snapshot(merged);

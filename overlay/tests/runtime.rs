@@ -1,12 +1,12 @@
 //! Host tier: `bundle` produces an OCI runtime bundle that runc and crun really run, with a
 //! named volume bound read-only.
 
-mod common;
+mod support;
 
 use std::process::Command;
 
-use common::*;
 use overlay::{Driver, ErrorKind, Store, VolumeBind};
+use support::*;
 
 fn run_in(runtime: &str) {
     need(runtime);

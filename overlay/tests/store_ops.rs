@@ -1,27 +1,15 @@
 //! Host tier: store lifecycle — depth limits and mount-option budgets, crash-safe removal,
 //! prune, volumes, quota and backing-filesystem refusals, and the CLI end to end.
 
-mod common;
-mod drivers;
+mod support;
 
 use std::path::Path;
 use std::process::Command;
 
-use common::*;
-use drivers::LoopFs;
 use overlay::mount::KernelMounter;
 use overlay::{Driver, ErrorKind, Store};
-
-fn many_layers(n: usize) -> Vec<Vec<u8>> {
-    (0..n)
-        .map(|i| {
-            simple_tar(&[
-                (&format!("f{i}"), format!("{i}").as_bytes()),
-                ("top", format!("{i}").as_bytes()),
-            ])
-        })
-        .collect()
-}
+use support::drivers::LoopFs;
+use support::*;
 
 #[test]
 fn depth_128_mounts_both_ways_and_129_is_refused_at_import() {

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use rand::{Rng, SeedableRng};
 use thinpool::io::MemDevice;
 use thinpool::pool::{FilePool, Pool};
-use thinpool::units::{DataBlock, Sectors, ThinId, VirtBlock};
+use thinpool::units::{Bytes, DataBlock, Sectors, ThinId, VirtBlock};
 
 use null::NullDevice;
 
@@ -40,7 +40,8 @@ fn per_sec(n: u64, d: Duration) -> f64 {
 
 fn run(n: u64) -> Row {
     let data_blocks = n * 2 + 100_000;
-    let meta_size = FilePool::default_metadata_size(data_blocks * BS, Sectors(BS / 512)) * 2;
+    let meta_size =
+        FilePool::default_metadata_size(Bytes::new(data_blocks * BS), Sectors(BS / 512)).get() * 2;
     let meta = Arc::new(MemDevice::new(meta_size, "meta"));
     let data = Arc::new(NullDevice(data_blocks * BS));
     let pool = Pool::format(meta, data, Sectors(BS / 512)).unwrap();
@@ -110,7 +111,7 @@ fn run(n: u64) -> Row {
         reads_4k_per_s: per_sec(reads, read),
         provision_per_s: per_sec(writes, provision),
         commit_ms: commit_total.as_secs_f64() * 1e3 / (writes / 1000) as f64,
-        meta_blocks: pool.metadata_usage().used,
+        meta_blocks: pool.metadata_usage().used.0,
     }
 }
 

@@ -1,7 +1,12 @@
 //! A type for every unit, so a metadata block number is never passed where a data block or a
-//! byte count is meant.
+//! byte count is meant. Each type is both an index and a count (`DataBlock(5)` is the sixth
+//! data block, or five of them: a space map's `total`), as a sector number and a length in
+//! sectors are one type in device-mapper tables. They add and subtract within their unit only;
+//! crossing units goes through a method that names the conversion ([`MetaBlock::bytes`],
+//! `Pool::data_bytes`).
 
 use std::fmt;
+use std::ops::{Add, AddAssign, Sub, SubAssign};
 
 macro_rules! unit {
     ($(#[$doc:meta])* $name:ident) => {
@@ -20,6 +25,44 @@ macro_rules! unit {
         impl From<u64> for $name {
             fn from(v: u64) -> Self {
                 Self(v)
+            }
+        }
+
+        impl From<$name> for u64 {
+            fn from(v: $name) -> u64 {
+                v.0
+            }
+        }
+
+        impl Add for $name {
+            type Output = $name;
+            fn add(self, o: $name) -> $name {
+                $name(self.0 + o.0)
+            }
+        }
+
+        impl AddAssign for $name {
+            fn add_assign(&mut self, o: $name) {
+                self.0 += o.0;
+            }
+        }
+
+        impl Sub for $name {
+            type Output = $name;
+            fn sub(self, o: $name) -> $name {
+                $name(self.0 - o.0)
+            }
+        }
+
+        impl SubAssign for $name {
+            fn sub_assign(&mut self, o: $name) {
+                self.0 -= o.0;
+            }
+        }
+
+        impl $name {
+            pub fn saturating_sub(self, o: $name) -> $name {
+                $name(self.0.saturating_sub(o.0))
             }
         }
     };
@@ -55,6 +98,21 @@ impl Sectors {
 
     pub fn bytes(self) -> u64 {
         self.0 * Self::SIZE
+    }
+}
+
+impl MetaBlock {
+    /// dm-thin's fixed metadata block size.
+    pub const SIZE: u64 = 4096;
+
+    /// The bytes this many metadata blocks take.
+    pub fn bytes(self) -> Bytes {
+        Bytes::new(self.0 * Self::SIZE)
+    }
+
+    /// Whole metadata blocks in `b` (rounded down).
+    pub fn in_bytes(b: Bytes) -> MetaBlock {
+        MetaBlock(b.div_floor(Bytes::new(Self::SIZE)))
     }
 }
 

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use thinpool::io::{FaultPlan, FaultyDevice, MemDevice};
 use thinpool::pool::{DirNameStore, ErrorKind, FilePool, Pool};
-use thinpool::units::{Sectors, ThinId, VirtBlock};
+use thinpool::units::{Bytes, DataBlock, MetaBlock, Sectors, ThinId, VirtBlock};
 
 const BS: u64 = 65536;
 
@@ -123,7 +123,7 @@ fn names_follow_the_durable_transaction() {
 #[test]
 fn file_pool_names_round_trip() {
     let dir = tempfile::tempdir().unwrap();
-    let pool = FilePool::create(dir.path(), 256 * BS, None, Sectors(128)).unwrap();
+    let pool = FilePool::create(dir.path(), Bytes::new(256 * BS), None, Sectors(128)).unwrap();
     assert_eq!(std::fs::metadata(dir.path().join("metadata")).unwrap().len(), 2 << 20);
     let a = pool.create_volume("a", 8 * BS).unwrap();
     pool.write(a, 3, b"abc").unwrap();
@@ -135,7 +135,9 @@ fn file_pool_names_round_trip() {
     pool.flush().unwrap();
     pool.create_volume("never-committed", BS).unwrap();
     drop(pool);
-    let e = FilePool::create(dir.path(), BS, None, Sectors(128)).err().expect("no overwrite");
+    let e = FilePool::create(dir.path(), Bytes::new(BS), None, Sectors(128))
+        .err()
+        .expect("no overwrite");
     assert_eq!(e.kind(), ErrorKind::Exists, "{e}");
     assert!(e.to_string().contains("already holds a pool"), "{e}");
 
@@ -161,10 +163,13 @@ fn file_pool_names_round_trip() {
 #[test]
 fn default_metadata_size_follows_dm_thin() {
     let s = Sectors(128);
-    assert_eq!(FilePool::default_metadata_size(0, s), 2 << 20);
+    assert_eq!(FilePool::default_metadata_size(Bytes::ZERO, s), Bytes::new(2 << 20));
     // 48 bytes per 64 KiB block: 1 TiB of data -> 768 MiB of metadata.
-    assert_eq!(FilePool::default_metadata_size(1 << 40, s), 768 << 20);
-    assert_eq!(FilePool::default_metadata_size(1 << 50, s), 4_161_600 * 4096);
+    assert_eq!(FilePool::default_metadata_size(Bytes::new(1 << 40), s), Bytes::new(768 << 20));
+    assert_eq!(
+        FilePool::default_metadata_size(Bytes::new(1 << 50), s),
+        Bytes::new(4_161_600 * 4096)
+    );
 }
 
 #[test]
@@ -172,7 +177,7 @@ fn zeroes_discard_and_extents() {
     let (_m, _d, pool) = mem_pool(4, 64);
     pool.create_thin(ThinId(1)).unwrap();
     pool.write(ThinId(1), 0, &vec![0u8; 3 * BS as usize]).unwrap();
-    assert_eq!(pool.data_usage().used, 0, "all-zero writes allocate nothing");
+    assert_eq!(pool.data_usage().used, DataBlock(0), "all-zero writes allocate nothing");
     pool.write(ThinId(1), BS + 10, &[5u8; 10]).unwrap();
     let mut blk = vec![1u8; BS as usize];
     pool.read(ThinId(1), BS, &mut blk).unwrap();
@@ -199,7 +204,7 @@ fn zeroes_discard_and_extents() {
     assert!(pool.lookup(ThinId(1), VirtBlock(1)).unwrap().is_none());
     pool.commit().unwrap();
     pool.self_check().unwrap();
-    assert_eq!(pool.data_usage().used, 0);
+    assert_eq!(pool.data_usage().used, DataBlock(0));
 }
 
 #[test]
@@ -209,14 +214,14 @@ fn grow_data_and_metadata() {
     pool.create_thin(ThinId(1)).unwrap();
     let err = pool.write(ThinId(1), 0, &vec![1u8; 5 * BS as usize]).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::NoSpace);
-    pool.grow_data(20_000).unwrap(); // crosses into a second data bitmap
-    pool.grow_metadata(20_000).unwrap(); // and a second metadata bitmap
+    pool.grow_data(DataBlock(20_000)).unwrap(); // crosses into a second data bitmap
+    pool.grow_metadata(MetaBlock(20_000)).unwrap(); // and a second metadata bitmap
     pool.write(ThinId(1), 0, &vec![1u8; 5 * BS as usize]).unwrap();
     pool.write(ThinId(1), 19_999 * BS, &[2u8; 1]).unwrap();
     pool.commit().unwrap();
     pool.self_check().unwrap();
-    assert_eq!(pool.data_usage().total, 20_000);
-    assert_eq!(pool.metadata_usage().total, 20_000);
+    assert_eq!(pool.data_usage().total, DataBlock(20_000));
+    assert_eq!(pool.metadata_usage().total, MetaBlock(20_000));
     support::thin_check(&support::engine::image_file(dir.path(), "m", &meta.snapshot()));
     drop(pool);
     let pool = Pool::open(meta, data).unwrap();
@@ -299,7 +304,7 @@ fn io_errors_are_reported_and_never_corrupt() {
 #[test]
 fn resize_volume_unmaps_past_the_new_end() {
     let dir = tempfile::tempdir().unwrap();
-    let pool = FilePool::create(dir.path(), 64 * BS, None, Sectors(128)).unwrap();
+    let pool = FilePool::create(dir.path(), Bytes::new(64 * BS), None, Sectors(128)).unwrap();
     let v = pool.create_volume("v", 4 * BS).unwrap();
     pool.write(v, 0, &vec![9u8; 4 * BS as usize]).unwrap();
     pool.resize_volume("v", 2 * BS + 10).unwrap();

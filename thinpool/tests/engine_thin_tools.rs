@@ -144,7 +144,7 @@ fn large_data_device_index_tree() {
     let nr = 3_200_000u64;
     let data = Arc::new(NullDevice(nr * 65536));
     let pool = Pool::format(meta.clone(), data.clone(), Sectors(128)).unwrap();
-    assert_eq!(pool.data_usage().total, nr);
+    assert_eq!(pool.data_usage().total.0, nr);
     pool.create_thin(ThinId(1)).unwrap();
     for vb in [0u64, 1, 2_000_000, 3_199_999] {
         pool.write(ThinId(1), vb * 65536, &[1u8; 512]).unwrap();

@@ -16,7 +16,7 @@ use thinpool::nbd::proto::wire::*;
 use thinpool::nbd::ServerOptions;
 use thinpool::pool::FilePool;
 use thinpool::service::{PoolSource, Service, ServiceOptions};
-use thinpool::units::Sectors;
+use thinpool::units::{Bytes, Sectors};
 
 const T: Duration = Duration::from_secs(60);
 const BLOCK: u64 = 64 << 10;
@@ -25,7 +25,7 @@ const BLOCK: u64 = 64 << 10;
 fn served_pool() -> (tempfile::TempDir, Running) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("pool");
-    let pool = FilePool::create(&dir, 512 * BLOCK, None, Sectors(128)).unwrap();
+    let pool = FilePool::create(&dir, Bytes::new(512 * BLOCK), None, Sectors(128)).unwrap();
     let vol = pool.create_volume("vol", 64 * BLOCK).unwrap();
     pool.write(vol, 0, &random_bytes((32 * BLOCK) as usize, 1)).unwrap();
     pool.snapshot_volume("vol", "s1").unwrap();

@@ -17,7 +17,7 @@ use support::{require_tool, thin_check, wait_for, wait_socket};
 use thinpool::daemon::control::{self, Request};
 use thinpool::daemon::{self, DaemonError, PoolLock, ServeConfig};
 use thinpool::pool::FilePool;
-use thinpool::units::Sectors;
+use thinpool::units::{Bytes, Sectors};
 
 const T: Duration = Duration::from_secs(120);
 const MIB: u64 = 1 << 20;
@@ -38,7 +38,7 @@ fn committed(meta: &Path, offset: u64, len: u64) -> bool {
 
 /// A pool with 64 KiB blocks and the given volumes.
 fn make_pool(dir: &Path, data: u64, vols: &[(&str, u64)]) {
-    let pool = FilePool::create(dir, data, None, Sectors(128)).expect("create pool");
+    let pool = FilePool::create(dir, Bytes::new(data), None, Sectors(128)).expect("create pool");
     for (n, s) in vols {
         pool.create_volume(n, *s).expect("create volume");
     }

@@ -121,8 +121,8 @@ fn nbd_metadata_exhaustion_answers_writes_with_eperm_and_keeps_reads() {
     {
         let p = thinpool::pool::FilePool::create(
             &pool,
-            1 << 30,
-            Some(64 * 4096),
+            thinpool::units::Bytes::new(1 << 30),
+            Some(thinpool::units::Bytes::new(64 * 4096)),
             thinpool::units::Sectors(128),
         )
         .unwrap();

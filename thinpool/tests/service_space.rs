@@ -12,7 +12,7 @@ use thinpool::io::Payload;
 use thinpool::pool::FilePool;
 use thinpool::pool::Mode;
 use thinpool::service::{ErrorKind, PoolSource, Service, ServiceOptions};
-use thinpool::units::Sectors;
+use thinpool::units::{Bytes, DataBlock, Sectors};
 use thinpool::vg::autoextend::ExtendAction;
 
 #[test]
@@ -22,7 +22,7 @@ fn writer_past_the_threshold_sees_the_data_region_grow_by_20_percent() {
     let svc = group_service(dir.path(), 200, &["dm.thinp_percent=50", "dm.thinp_metapercent=20"]);
     svc.set_no_space_policy(false, Duration::from_secs(30));
     svc.start_autoextend().unwrap();
-    assert_eq!(svc.pool().data_usage().total, 100);
+    assert_eq!(svc.pool().data_usage().total, DataBlock(100));
     svc.create_volume("v", 1 << 30).unwrap();
     let h = svc.open_volume("v").unwrap();
     for i in 0..95 {
@@ -31,13 +31,13 @@ fn writer_past_the_threshold_sees_the_data_region_grow_by_20_percent() {
     // The kick at 80 blocks grows the region once by 20 % (95 used never needs more).
     // The log line is appended after the resize: wait for it.
     wait_for("the extension event", Duration::from_secs(10), || !events(dir.path()).is_empty());
-    assert_eq!(svc.pool().data_usage().total, 120);
+    assert_eq!(svc.pool().data_usage().total, DataBlock(120));
     let ev = events(dir.path());
     let ext: Vec<_> = ev.iter().filter(|e| e.action == ExtendAction::Extended).collect();
     assert_eq!(ext.len(), 1, "{ev:?}");
     assert_eq!(
         (ext[0].region.as_str(), ext[0].old_bytes, ext[0].new_bytes),
-        ("tdata", 100 * EXT, 120 * EXT)
+        ("tdata", Bytes::new(100 * EXT), Bytes::new(120 * EXT))
     );
     assert!(ext[0].used_percent >= 80);
     for i in [0, 50, 94] {
@@ -109,7 +109,7 @@ fn full_group_queues_writes_until_space_is_freed_or_added() {
     assert!(took >= Duration::from_secs(4) && took < Duration::from_secs(20), "{took:?}");
     let vg = svc.vg_pool().unwrap();
     assert_eq!(vg.vg().free_extents().0, 0);
-    assert_eq!(svc.pool().data_usage().total, 160, "120 + 40 free extents");
+    assert_eq!(svc.pool().data_usage().total, DataBlock(160), "120 + 40 free extents");
     assert_eq!(written.len(), 150, "160 blocks less the snapshot's 10");
     let ev = events(dir.path());
     assert!(ev.iter().any(|e| e.action == ExtendAction::NoSpace), "{ev:?}");
@@ -166,7 +166,7 @@ fn full_group_queues_writes_until_space_is_freed_or_added() {
                 >= 3,
         "no extension into the new device: {ev:?}"
     );
-    assert!(svc.pool().data_usage().total > 160);
+    assert!(svc.pool().data_usage().total.0 > 160);
 
     check_blocks(&svc, &written);
     let mut b = vec![0u8; 2 * EXT as usize];
@@ -180,8 +180,8 @@ fn full_group_queues_writes_until_space_is_freed_or_added() {
 fn file_pool_grows_its_data_file_up_to_the_maximum() {
     let dir = tempfile::tempdir().unwrap();
     let pd = dir.path().join("pool");
-    FilePool::create(&pd, 100 * EXT, None, Sectors(128)).unwrap();
-    let opts = ServiceOptions { file_data_max: Some(130 * EXT), ..Default::default() };
+    FilePool::create(&pd, Bytes::new(100 * EXT), None, Sectors(128)).unwrap();
+    let opts = ServiceOptions { file_data_max: Some(Bytes::new(130 * EXT)), ..Default::default() };
     let svc = Service::open(&PoolSource::detect(std::slice::from_ref(&pd)), opts).unwrap();
     svc.set_no_space_policy(false, Duration::from_secs(4));
     svc.start_autoextend().unwrap();
@@ -191,7 +191,7 @@ fn file_pool_grows_its_data_file_up_to_the_maximum() {
         h.write(i * EXT, &Payload::mem(&pattern(i, 1)), Mode::Full).unwrap();
     }
     wait_for("the data file to grow", Duration::from_secs(10), || {
-        svc.pool().data_usage().total == 120
+        svc.pool().data_usage().total.0 == 120
     });
     assert_eq!(std::fs::metadata(pd.join("data")).unwrap().len(), 120 * EXT);
     // Up to the maximum, then writes time out.
@@ -204,7 +204,7 @@ fn file_pool_grows_its_data_file_up_to_the_maximum() {
         assert!(n < 200);
     };
     assert_eq!(err.kind(), ErrorKind::NoSpace);
-    assert_eq!((n, svc.pool().data_usage().total), (130, 130));
+    assert_eq!((n, svc.pool().data_usage().total.0), (130, 130));
     let ev = events(&pd);
     assert_eq!(ev.iter().filter(|e| e.action == ExtendAction::Extended).count(), 2, "{ev:?}");
     assert!(ev.iter().any(|e| e.action == ExtendAction::NoSpace), "{ev:?}");

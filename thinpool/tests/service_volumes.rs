@@ -11,7 +11,7 @@ use thinpool::io::Payload;
 use thinpool::io::{BlockDevice, FileDevice};
 use thinpool::pool::{ErrorKind as PoolKind, FilePool, Mode};
 use thinpool::service::{self, ErrorKind, PoolSource, Service, ServiceOptions};
-use thinpool::units::Sectors;
+use thinpool::units::{Bytes, DataBlock, Sectors};
 use thinpool::vg::PoolConfig;
 
 fn file_service(
@@ -20,7 +20,7 @@ fn file_service(
     opts: &[&str],
 ) -> (std::path::PathBuf, Service) {
     let pd = dir.join("pool");
-    FilePool::create(&pd, blocks * EXT, None, Sectors(128)).unwrap();
+    FilePool::create(&pd, Bytes::new(blocks * EXT), None, Sectors(128)).unwrap();
     let config = PoolConfig::from_opts(opts.iter().copied()).unwrap();
     let o = ServiceOptions { config: Some(config), ..Default::default() };
     let svc = Service::open(&PoolSource::Dir(pd.clone()), o).unwrap();
@@ -66,7 +66,7 @@ fn deferred_deletion_hides_counts_and_deletes_on_last_close() {
         h.write(i * EXT, &Payload::mem(&pattern(i, 1)), Mode::Full).unwrap();
     }
     svc.commit().unwrap();
-    assert_eq!(svc.pool().data_usage().used, 5);
+    assert_eq!(svc.pool().data_usage().used, DataBlock(5));
     assert!(svc.remove_volume("v").unwrap(), "deferred");
     assert!(svc.volumes().unwrap().is_empty());
     assert_eq!(svc.open_volume("v").err().map(|e| e.kind()), Some(ErrorKind::NotFound));
@@ -84,7 +84,7 @@ fn deferred_deletion_hides_counts_and_deletes_on_last_close() {
     drop(h2);
     let e = svc.pool().volume("v").unwrap_err();
     assert_eq!(e.kind(), PoolKind::NotFound, "deleted with the last handle: {e}");
-    assert_eq!(svc.pool().data_usage().used, 0, "space freed after the commit");
+    assert_eq!(svc.pool().data_usage().used, DataBlock(0), "space freed after the commit");
     assert_eq!(svc.status().deferred_deleted_device_count, 0);
     assert_eq!(std::fs::read_to_string(pd.join("deferred.json")).unwrap(), "[]");
     // The name can be used again.
@@ -125,7 +125,7 @@ fn a_deferred_deletion_interrupted_by_a_restart_finishes_at_the_next_start() {
         svc.volumes().unwrap().iter().map(|v| v.name.as_str()).collect::<Vec<_>>(),
         ["keep"]
     );
-    assert_eq!(svc.pool().data_usage().used, 0);
+    assert_eq!(svc.pool().data_usage().used, DataBlock(0));
 }
 
 #[test]
@@ -195,7 +195,7 @@ fn metadata_exhaustion_makes_the_pool_read_only_with_needs_check() {
     let dir = tempfile::tempdir().unwrap();
     let pd = dir.path().join("pool");
     // 64 metadata blocks (the smallest the engine formats): a few thousand mappings.
-    FilePool::create(&pd, 1 << 30, Some(64 * 4096), Sectors(128)).unwrap();
+    FilePool::create(&pd, Bytes::new(1 << 30), Some(Bytes::new(64 * 4096)), Sectors(128)).unwrap();
     let svc = Service::open(&PoolSource::Dir(pd.clone()), ServiceOptions::default()).unwrap();
     svc.create_volume("v", 1 << 40).unwrap();
     let h = svc.open_volume("v").unwrap();

@@ -12,7 +12,7 @@ use rand::{Rng, SeedableRng};
 use thinpool::delta::{self, Change};
 use thinpool::io::FileDevice;
 use thinpool::pool::{FilePool, Pool};
-use thinpool::units::{Sectors, ThinId};
+use thinpool::units::{Bytes, Sectors, ThinId};
 
 mod support;
 use support::cli::{ok, thinpool, BIN};
@@ -77,7 +77,7 @@ fn delta_xml_equals_thin_delta_on_random_histories() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("pool");
         let mut rng = StdRng::seed_from_u64(seed);
-        let pool = FilePool::create(&dir, 4096 * BLOCK, None, Sectors(128)).unwrap();
+        let pool = FilePool::create(&dir, Bytes::new(4096 * BLOCK), None, Sectors(128)).unwrap();
         let names = random_history(&pool, &mut rng, 120);
         let ids: Vec<(String, ThinId)> =
             names.iter().map(|n| (n.clone(), pool.volume(n).unwrap().id)).collect();
@@ -141,7 +141,7 @@ fn metadata_snapshot_is_what_thin_dump_reads_and_survives_changes() {
     let dir = tmp.path().join("pool");
     let d = dir.to_str().unwrap();
     let meta = dir.join(FilePool::METADATA);
-    let pool = FilePool::create(&dir, 1024 * BLOCK, None, Sectors(128)).unwrap();
+    let pool = FilePool::create(&dir, Bytes::new(1024 * BLOCK), None, Sectors(128)).unwrap();
     let mut rng = StdRng::seed_from_u64(7);
     random_history(&pool, &mut rng, 60);
     drop(pool);
@@ -192,7 +192,8 @@ fn random_history_more(pool: &Pool, rng: &mut StdRng) {
 fn delta_through_a_metadata_snapshot_while_a_writer_runs_is_consistent() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("pool");
-    let pool = Arc::new(FilePool::create(&dir, 4096 * BLOCK, None, Sectors(128)).unwrap());
+    let pool =
+        Arc::new(FilePool::create(&dir, Bytes::new(4096 * BLOCK), None, Sectors(128)).unwrap());
     let vol = pool.create_volume("vol", 2048 * BLOCK).unwrap();
     pool.write(vol, 0, &vec![1; (2048 * BLOCK) as usize]).unwrap();
     let base = pool.snapshot_volume("vol", "base").unwrap();
@@ -258,7 +259,7 @@ fn delta_and_metadata_snap_go_through_a_running_daemon() {
     let dir = tmp.path().join("pool");
     let d = dir.to_str().unwrap();
     let sock = tmp.path().join("nbd.sock");
-    let pool = FilePool::create(&dir, 1024 * BLOCK, None, Sectors(128)).unwrap();
+    let pool = FilePool::create(&dir, Bytes::new(1024 * BLOCK), None, Sectors(128)).unwrap();
     let vol = pool.create_volume("vol", VOL_BLOCKS * BLOCK).unwrap();
     pool.write(vol, 0, &vec![1; (4 * BLOCK) as usize]).unwrap();
     pool.snapshot_volume("vol", "base").unwrap();

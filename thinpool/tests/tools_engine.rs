@@ -54,7 +54,7 @@ fn run_ops(seed: u64, ops: usize) {
                 let at = rng.gen_range(0..400 * BS);
                 let len = rng.gen_range(1..buf.len());
                 // Stop writing once the data device is nearly full; the test is about metadata.
-                if pool.data_usage().free > 64 {
+                if pool.data_usage().free.0 > 64 {
                     pool.write(ThinId(id), at, &buf[..len]).unwrap();
                 }
             }

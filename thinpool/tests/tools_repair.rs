@@ -10,7 +10,7 @@ use std::sync::Arc;
 use thinpool::io::{BlockDevice, FileDevice};
 use thinpool::pdata::disk::BlockKind;
 use thinpool::pool::{FilePool, Pool};
-use thinpool::units::{Sectors, ThinId};
+use thinpool::units::{Bytes, Sectors, ThinId};
 
 mod support;
 use support::cli::{ok, thinpool};
@@ -35,7 +35,7 @@ fn mappings(meta: &Path) -> Mappings {
 /// 600 written blocks, `snap` (id 1) a snapshot, then 100 blocks of `vol` rewritten.
 /// Returns every block's content per device.
 fn make(dir: &Path) -> BTreeMap<u64, Vec<Vec<u8>>> {
-    let p = FilePool::create(dir, 2048 * BLOCK, None, Sectors(128)).unwrap();
+    let p = FilePool::create(dir, Bytes::new(2048 * BLOCK), None, Sectors(128)).unwrap();
     let v = p.create_volume("vol", BLOCKS * BLOCK).unwrap();
     for b in 0..BLOCKS {
         p.write(v, b * BLOCK, &vec![(b % 251) as u8 + 1; BLOCK as usize]).unwrap();

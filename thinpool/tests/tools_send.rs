@@ -9,7 +9,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use thinpool::delta::send::volume_sha256;
 use thinpool::pool::FilePool;
-use thinpool::units::Sectors;
+use thinpool::units::{Bytes, Sectors};
 
 mod support;
 use support::cli::{ok, BIN};
@@ -59,7 +59,7 @@ fn full_and_five_incrementals_reproduce_every_snapshot() {
     let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
     let mut rng = StdRng::seed_from_u64(17);
     {
-        let p = FilePool::create(&a, 2048 * BLOCK, None, Sectors(128)).unwrap();
+        let p = FilePool::create(&a, Bytes::new(2048 * BLOCK), None, Sectors(128)).unwrap();
         let v = p.create_volume("vol", VOL).unwrap();
         let mut data = vec![0u8; (4 << 20) as usize];
         rng.fill(&mut data[..]);
@@ -67,7 +67,7 @@ fn full_and_five_incrementals_reproduce_every_snapshot() {
         p.snapshot_volume("vol", "s0").unwrap();
         p.commit().unwrap();
     }
-    FilePool::create(&b, 2048 * BLOCK, None, Sectors(128)).unwrap();
+    FilePool::create(&b, Bytes::new(2048 * BLOCK), None, Sectors(128)).unwrap();
     let full = tmp.path().join("s0.stream");
     send(&a, "s0", None, &full);
     let r = receive(&b, "s0", &std::fs::read(&full).unwrap());
@@ -127,7 +127,7 @@ fn cut_flipped_and_misapplied_streams_change_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
     {
-        let p = FilePool::create(&a, 1024 * BLOCK, None, Sectors(128)).unwrap();
+        let p = FilePool::create(&a, Bytes::new(1024 * BLOCK), None, Sectors(128)).unwrap();
         let v = p.create_volume("vol", 64 * BLOCK).unwrap();
         p.write(v, 0, &vec![3u8; (8 * BLOCK) as usize]).unwrap();
         p.snapshot_volume("vol", "s0").unwrap();
@@ -135,7 +135,7 @@ fn cut_flipped_and_misapplied_streams_change_nothing() {
         p.snapshot_volume("vol", "s1").unwrap();
         p.commit().unwrap();
     }
-    FilePool::create(&b, 1024 * BLOCK, None, Sectors(128)).unwrap();
+    FilePool::create(&b, Bytes::new(1024 * BLOCK), None, Sectors(128)).unwrap();
     let (s0, s1) = (tmp.path().join("s0"), tmp.path().join("s1"));
     send(&a, "s0", None, &s0);
     send(&a, "s1", Some("s0"), &s1);
@@ -230,7 +230,7 @@ fn send_and_receive_go_through_running_daemons() {
     let tmp = tempfile::tempdir().unwrap();
     let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
     {
-        let p = FilePool::create(&a, 1024 * BLOCK, None, Sectors(128)).unwrap();
+        let p = FilePool::create(&a, Bytes::new(1024 * BLOCK), None, Sectors(128)).unwrap();
         let v = p.create_volume("vol", 64 * BLOCK).unwrap();
         p.write(v, 0, &vec![5u8; (6 * BLOCK) as usize]).unwrap();
         p.snapshot_volume("vol", "s0").unwrap();
@@ -238,7 +238,7 @@ fn send_and_receive_go_through_running_daemons() {
         p.snapshot_volume("vol", "s1").unwrap();
         p.commit().unwrap();
     }
-    FilePool::create(&b, 1024 * BLOCK, None, Sectors(128)).unwrap();
+    FilePool::create(&b, Bytes::new(1024 * BLOCK), None, Sectors(128)).unwrap();
     let _da = serve(&a, &tmp.path().join("a.sock"));
     let _db = serve(&b, &tmp.path().join("b.sock"));
     let (s0, s1) = (tmp.path().join("s0"), tmp.path().join("s1"));

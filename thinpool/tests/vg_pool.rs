@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 use thinpool::io::{BlockDevice, FileDevice};
+use thinpool::units::DataBlock;
 use thinpool::vg::autoextend::ExtendAction;
 use thinpool::vg::format::DATA_START;
 use thinpool::vg::{EventLog, Extents, PoolConfig, VgPool, VolumeGroup};
@@ -41,7 +42,7 @@ fn pool_on_a_group_round_trips_volumes_and_data() {
     let dir = tempfile::tempdir().unwrap();
     let a = sparse(dir.path(), "a", DATA_START + 100 * 4 * MIB);
     let p = VgPool::create(std::slice::from_ref(&a), PoolConfig::default(), false).unwrap();
-    assert_eq!(p.pool().data_usage().total, 95 * 4 * MIB / (64 << 10));
+    assert_eq!(p.pool().data_usage().total.0, 95 * 4 * MIB / (64 << 10));
     let id = p.pool().create_volume("base", 10 << 30).unwrap();
     p.pool().write(id, 12345, b"on a volume group").unwrap();
     p.pool().commit().unwrap();
@@ -89,13 +90,13 @@ fn resize_grows_region_and_pool_together() {
     let dir = tempfile::tempdir().unwrap();
     let vg = small_group(dir.path(), 200, &["dm.thinp_percent=50", "dm.thinp_metapercent=20"]);
     let p = VgPool::over(vg).unwrap();
-    let before = p.pool().data_usage().total;
+    let before = p.pool().data_usage().total.0;
     assert_eq!(before, 100);
     p.resize_data(Extents(30)).unwrap();
-    assert_eq!(p.pool().data_usage().total, 130);
-    let meta_before = p.pool().metadata_usage().total;
+    assert_eq!(p.pool().data_usage().total, DataBlock(130));
+    let meta_before = p.pool().metadata_usage().total.0;
     p.resize_metadata(Extents(4)).unwrap();
-    assert_eq!(p.pool().metadata_usage().total, meta_before + 4 * EXT / 4096);
+    assert_eq!(p.pool().metadata_usage().total.0, meta_before + 4 * EXT / 4096);
     drop(p);
 
     // A crash after the group grew but before the pool did: opening finishes the resize.
@@ -103,7 +104,7 @@ fn resize_grows_region_and_pool_together() {
     vg.grow_data(Extents(10)).unwrap();
     drop(vg);
     let p = VgPool::over(VolumeGroup::open_dir(dir.path()).unwrap()).unwrap();
-    assert_eq!(p.pool().data_usage().total, 140);
+    assert_eq!(p.pool().data_usage().total, DataBlock(140));
 }
 
 #[test]
@@ -117,13 +118,16 @@ fn autoextend_grows_data_over_the_threshold_and_logs_it() {
     assert_eq!(p.autoextend_check().unwrap(), None, "79 % is under 80 %");
     fill(&p, "v", 80);
     let e = p.autoextend_check().unwrap().expect("80 % triggers");
-    assert_eq!((e.region.as_str(), e.action, e.extents), ("tdata", ExtendAction::Extended, 20));
-    assert_eq!(p.pool().data_usage().total, 120);
+    assert_eq!(
+        (e.region.as_str(), e.action, e.extents),
+        ("tdata", ExtendAction::Extended, Extents(20))
+    );
+    assert_eq!(p.pool().data_usage().total, DataBlock(120));
     assert_eq!(p.vg().data_region().size(), 120 * EXT);
     assert_eq!(p.autoextend_check().unwrap(), None, "80/120 is under the threshold");
     let logged = log.read().unwrap();
     assert_eq!(logged.len(), 1);
-    assert_eq!(logged[0].extents, 20);
+    assert_eq!(logged[0].extents, Extents(20));
 }
 
 #[test]

@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 use thinpool::io::{BlockDevice, FaultPlan, FaultyDevice, MemDevice};
+use thinpool::units::DataBlock;
 use thinpool::vg::format::DATA_START;
 use thinpool::vg::{Extents, PoolConfig, VgPool, VolumeGroup};
 
@@ -55,7 +56,7 @@ fn cut_during_create_then_create_again_works() {
         let id = p.pool().create_volume("v", 1 << 20).unwrap();
         p.pool().write(id, 0, b"alive").unwrap();
         p.pool().commit().unwrap();
-        assert_eq!(p.pool().data_usage().total, 100, "cut at {cut}");
+        assert_eq!(p.pool().data_usage().total, DataBlock(100), "cut at {cut}");
     }
 }
 
@@ -100,7 +101,7 @@ fn cut_during_volume_changes_and_resize() {
             p.pool().read(v.id, 0, &mut b).unwrap();
             assert_eq!(&b, b"new volume", "cut at {cut}");
         }
-        let total = p.pool().data_usage().total;
+        let total = p.pool().data_usage().total.0;
         assert_eq!(
             total,
             p.vg().data_region().size() / EXT,

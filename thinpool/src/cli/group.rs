@@ -19,8 +19,8 @@ use super::output::to_json;
 use super::pool::{open_pool, source, Access};
 use super::size::{binary_size, parse_size};
 use super::{DmsetupTableArgs, EventsArgs, ExtendArgs, InitArgs, ResizeArgs};
-use thinpool::pool::Pool;
 use thinpool::service::PoolSource;
+use thinpool::units::Bytes;
 use thinpool::vg::{EventLog, PoolConfig, VgPool};
 
 /// The options: the TOML file (if any), then each `--opt` over it, parsed once.
@@ -103,13 +103,13 @@ pub(super) fn extend(a: &ExtendArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// "+SIZE" grows by SIZE; "SIZE" asks for that total (never smaller than now).
-fn growth(arg: &str, current: u64) -> anyhow::Result<u64> {
+fn growth(arg: &str, current: Bytes) -> anyhow::Result<Bytes> {
     if let Some(rel) = arg.strip_prefix('+') {
-        return Ok(parse_size(rel)?);
+        return Ok(Bytes::new(parse_size(rel)?));
     }
-    let total = parse_size(arg)?;
+    let total = Bytes::new(parse_size(arg)?);
     if total < current {
-        bail!("{arg} is smaller than the current {}; pools never shrink", binary_size(current));
+        bail!("{arg} is smaller than the current {}; pools never shrink", current.binary());
     }
     Ok(total - current)
 }
@@ -121,17 +121,17 @@ pub(super) fn resize(a: &ResizeArgs) -> anyhow::Result<ExitCode> {
     let m = open_pool(&a.pool.dir, Access::Exclusive)?;
     let pool = m.pool();
     if let Some(d) = &a.data {
-        let cur = pool.data_usage().total * pool.block_bytes();
+        let cur = pool.data_bytes(pool.data_usage().total);
         m.svc.resize_data(growth(d, cur)?)?;
     }
     if let Some(md) = &a.metadata {
-        let cur = pool.metadata_usage().total * Pool::METADATA_BLOCK_BYTES;
+        let cur = pool.metadata_usage().total.bytes();
         m.svc.resize_metadata(growth(md, cur)?)?;
     }
     println!(
         "data {}, metadata {}",
-        binary_size(pool.data_usage().total * pool.block_bytes()),
-        binary_size(pool.metadata_usage().total * Pool::METADATA_BLOCK_BYTES)
+        pool.data_bytes(pool.data_usage().total).binary(),
+        pool.metadata_usage().total.bytes().binary()
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -138,7 +138,9 @@ pub(super) fn restore(a: &super::RestoreArgs) -> anyhow::Result<ExitCode> {
     let data_size = md.nr_data_blocks.checked_mul(bs.bytes()).with_context(|| {
         format!("{} data blocks of {} bytes overflow", md.nr_data_blocks, bs.bytes())
     })?;
-    let meta_size = a.metadata_size.unwrap_or(FilePool::default_metadata_size(data_size, bs));
+    let meta_size = a.metadata_size.unwrap_or_else(|| {
+        FilePool::default_metadata_size(thinpool::units::Bytes::new(data_size), bs).get()
+    });
     let data_path = dir.join(FilePool::DATA);
     let result = (|| -> anyhow::Result<()> {
         let meta = FileDevice::create(&meta_path, meta_size)

@@ -16,7 +16,7 @@ use thinpool::daemon::control;
 use thinpool::daemon::PoolLock;
 use thinpool::pool::{FilePool, Pool};
 use thinpool::service::{PoolSource, Service, ServiceOptions};
-use thinpool::units::Sectors;
+use thinpool::units::{Bytes, MetaBlock, Sectors};
 
 /// The management operations. Today they open the pool files directly ([`LocalPool`]); a
 /// client that forwards them to a running `thinpool serve` implements the same trait.
@@ -243,19 +243,18 @@ impl Manage for LocalPool {
         let meta = pool.metadata_usage();
         let file = matches!(source(&self.dir), PoolSource::Dir(_));
         let cap = if file { fs_available(&self.dir).unwrap_or(u64::MAX) } else { u64::MAX };
-        let mb = Pool::METADATA_BLOCK_BYTES;
         let docker = self.svc.status();
         Ok(PoolStatus {
             pool_dir: self.dir.display().to_string(),
             data_file: docker.data_file.clone().unwrap_or_default(),
             metadata_file: docker.metadata_file.clone().unwrap_or_default(),
             block_size: bs,
-            data_used: data.used * bs,
-            data_total: data.total * bs,
-            data_available: (data.free * bs).min(cap),
-            metadata_used: meta.used * mb,
-            metadata_total: meta.total * mb,
-            metadata_available: (meta.free * mb).min(cap),
+            data_used: pool.data_bytes(data.used).get(),
+            data_total: pool.data_bytes(data.total).get(),
+            data_available: pool.data_bytes(data.free).get().min(cap),
+            metadata_used: meta.used.bytes().get(),
+            metadata_total: meta.total.bytes().get(),
+            metadata_available: meta.free.bytes().get().min(cap),
             transaction_id: pool.transaction_id().0,
             volumes: self.svc.volumes()?.len(),
             docker: Some(docker),
@@ -292,7 +291,12 @@ pub(super) fn init(a: &InitArgs) -> anyhow::Result<ExitCode> {
     let config_text = super::group::file_pool_config(a)?;
     let files = [dir.join(FilePool::METADATA), dir.join(FilePool::DATA)];
     let existed = files.clone().map(|f| f.exists());
-    let pool = match FilePool::create(dir, data_size, a.metadata_size, sectors) {
+    let pool = match FilePool::create(
+        dir,
+        Bytes::new(data_size),
+        a.metadata_size.map(Bytes::new),
+        sectors,
+    ) {
         Ok(p) => p,
         Err(e) => {
             // Leave no half-made pool behind (it would block the next init).
@@ -312,8 +316,8 @@ pub(super) fn init(a: &InitArgs) -> anyhow::Result<ExitCode> {
     println!(
         "created pool in {}: data {}, metadata {}, block size {}",
         dir.display(),
-        binary_size(pool.data_usage().total * pool.block_bytes()),
-        binary_size(meta.total * Pool::METADATA_BLOCK_BYTES),
+        pool.data_bytes(pool.data_usage().total).binary(),
+        meta.total.bytes().binary(),
         binary_size(pool.block_bytes())
     );
     Ok(ExitCode::SUCCESS)
@@ -473,7 +477,8 @@ impl Manage for DaemonPool {
     fn status(&self) -> anyhow::Result<PoolStatus> {
         let st = self.client().status()?;
         let bs = st.block_bytes;
-        let mb = Pool::METADATA_BLOCK_BYTES;
+        // The control protocol's counts are plain numbers of blocks.
+        let mb = MetaBlock::SIZE;
         Ok(PoolStatus {
             pool_dir: self.dir.display().to_string(),
             data_file: self.dir.join(FilePool::DATA).display().to_string(),

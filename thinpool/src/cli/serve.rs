@@ -60,7 +60,7 @@ pub struct ServeOpts {
     pub state_dir: Option<PathBuf>,
     /// File pools: let autoextend grow the data file up to this size (e.g. 100G).
     #[arg(long, value_parser = data_max_arg)]
-    pub data_max: Option<u64>,
+    pub data_max: Option<thinpool::units::Bytes>,
     /// Serve EXPORT to the kernel nbd client on inherited socket FD (no handshake; see
     /// daemon::kernel). Repeatable.
     #[arg(long = "kernel-fd", value_name = "FD:EXPORT")]
@@ -86,8 +86,8 @@ pub enum TlsArg {
     Require,
 }
 
-fn data_max_arg(s: &str) -> Result<u64, String> {
-    super::size::parse_size(s).map_err(|e| e.to_string())
+fn data_max_arg(s: &str) -> Result<thinpool::units::Bytes, String> {
+    super::size::parse_size(s).map(thinpool::units::Bytes::new).map_err(|e| e.to_string())
 }
 
 impl ServeOpts {

@@ -200,11 +200,10 @@ impl control::Handler for PoolControl {
             }
             R::Status => {
                 let marked = self.ublk.deferred();
-                let space = |u: crate::pool::SpaceUsage| SpaceEntry {
-                    total: u.total,
-                    used: u.used,
-                    free: u.free,
-                };
+                // The wire carries plain block counts (`block_bytes` tells the data's unit).
+                fn space<B: Into<u64>>(u: crate::pool::SpaceUsage<B>) -> SpaceEntry {
+                    SpaceEntry { total: u.total.into(), used: u.used.into(), free: u.free.into() }
+                }
                 Reply::Status(Box::new(DaemonStatus {
                     pid: std::process::id(),
                     transaction_id: pool.transaction_id().0,

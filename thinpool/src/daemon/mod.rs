@@ -66,7 +66,7 @@ pub struct ServeConfig {
     /// or group directory keeps them inside itself).
     pub state_dir: Option<PathBuf>,
     /// File pools: let autoextend grow the data file up to this size (e.g. 100G).
-    pub data_max: Option<u64>,
+    pub data_max: Option<crate::units::Bytes>,
     /// Serve EXPORT to the kernel nbd client on inherited socket FD (no handshake; see
     /// daemon::kernel). Repeatable.
     pub kernel_fd: Vec<kernel::KernelFd>,

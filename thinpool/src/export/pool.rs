@@ -417,7 +417,9 @@ mod tests {
     #[test]
     fn quick_writes_of_a_local_client_need_committed_mappings() {
         let dir = tempfile::tempdir().unwrap();
-        let pool = FilePool::create(dir.path(), 16 << 20, None, Sectors(128)).unwrap();
+        let pool =
+            FilePool::create(dir.path(), crate::units::Bytes::new(16 << 20), None, Sectors(128))
+                .unwrap();
         pool.create_volume("v", 8 << 20).unwrap();
         pool.commit().unwrap();
         let svc = Service::from_file_pool(dir.path(), pool, ServiceOptions::default()).unwrap();
@@ -459,7 +461,9 @@ mod tests {
     #[test]
     fn a_volume_the_machine_has_attached_is_read_only_to_other_clients() {
         let dir = tempfile::tempdir().unwrap();
-        let pool = FilePool::create(dir.path(), 16 << 20, None, Sectors(128)).unwrap();
+        let pool =
+            FilePool::create(dir.path(), crate::units::Bytes::new(16 << 20), None, Sectors(128))
+                .unwrap();
         pool.create_volume("store", 8 << 20).unwrap();
         pool.commit().unwrap();
         let svc = Service::from_file_pool(dir.path(), pool, ServiceOptions::default()).unwrap();
@@ -477,7 +481,9 @@ mod tests {
     #[test]
     fn flagged_scope_offers_only_volumes_created_for_export() {
         let dir = tempfile::tempdir().unwrap();
-        let pool = FilePool::create(dir.path(), 16 << 20, None, Sectors(128)).unwrap();
+        let pool =
+            FilePool::create(dir.path(), crate::units::Bytes::new(16 << 20), None, Sectors(128))
+                .unwrap();
         pool.commit().unwrap();
         let svc =
             Arc::new(Service::from_file_pool(dir.path(), pool, ServiceOptions::default()).unwrap());

@@ -14,7 +14,7 @@ use super::names::DirNameStore;
 use super::Pool;
 use crate::io::FileDevice;
 use crate::pdata::disk::{BLOCK_SIZE, MAX_METADATA_BLOCKS};
-use crate::units::Sectors;
+use crate::units::{Bytes, Sectors};
 
 pub struct FilePool;
 
@@ -24,17 +24,17 @@ impl FilePool {
 
     /// dm-thin's sizing rule: 48 bytes per data block, at least 2 MiB, at most the 255-bitmap
     /// limit (15.875 GiB); rounded up to whole 4 KiB blocks.
-    pub fn default_metadata_size(data_size: u64, block_size: Sectors) -> u64 {
-        let blocks = data_size / block_size.bytes().max(1);
+    pub fn default_metadata_size(data_size: Bytes, block_size: Sectors) -> Bytes {
+        let blocks = data_size.get() / block_size.bytes().max(1);
         let bytes = blocks.saturating_mul(48).max(2 << 20);
-        bytes.div_ceil(BLOCK_SIZE as u64).min(MAX_METADATA_BLOCKS) * BLOCK_SIZE as u64
+        Bytes::new(bytes.div_ceil(BLOCK_SIZE as u64).min(MAX_METADATA_BLOCKS) * BLOCK_SIZE as u64)
     }
 
     /// Creates DIR (if needed) with new metadata and data files and formats a pool in them.
     pub fn create(
         dir: &Path,
-        data_size: u64,
-        meta_size: Option<u64>,
+        data_size: Bytes,
+        meta_size: Option<Bytes>,
         block_size: Sectors,
     ) -> Result<Pool> {
         std::fs::create_dir_all(dir)
@@ -48,10 +48,10 @@ impl FilePool {
         }
         let meta_size =
             meta_size.unwrap_or_else(|| Self::default_metadata_size(data_size, block_size));
-        let meta = FileDevice::create(&meta_path, meta_size)
+        let meta = FileDevice::create(&meta_path, meta_size.get())
             .map_err(|e| Error::io(format!("creating {}", meta_path.display()), e))?;
         let data_path = dir.join(Self::DATA);
-        let data = FileDevice::create(&data_path, data_size)
+        let data = FileDevice::create(&data_path, data_size.get())
             .map_err(|e| Error::io(format!("creating {}", data_path.display()), e))?;
         Pool::format_with_names(
             Arc::new(meta),

@@ -462,7 +462,8 @@ impl Meta {
         Ok(out)
     }
 
-    pub fn grow_data(&mut self, new_nr_blocks: u64) -> Result<()> {
+    pub fn grow_data(&mut self, total: DataBlock) -> Result<()> {
+        let new_nr_blocks = total.0;
         if new_nr_blocks < self.data.nr_blocks() {
             return Err(Error::new(ErrorKind::Invalid, "the data device cannot shrink"));
         }
@@ -472,7 +473,8 @@ impl Meta {
         self.data_disk.extend(&mut self.data, new_nr_blocks).map_err(pd("growing the data map"))
     }
 
-    pub fn grow_metadata(&mut self, new_nr_blocks: u64) -> Result<()> {
+    pub fn grow_metadata(&mut self, total: MetaBlock) -> Result<()> {
+        let new_nr_blocks = total.0;
         if new_nr_blocks < self.tm.sm.nr_blocks() {
             return Err(Error::new(ErrorKind::Invalid, "the metadata device cannot shrink"));
         }

@@ -145,7 +145,7 @@ impl Pool {
 mod tests {
     use super::*;
     use crate::io::MemDevice;
-    use crate::units::{Sectors, ThinId};
+    use crate::units::{DataBlock, Sectors, ThinId};
     use std::sync::Arc;
 
     fn pool() -> Pool {
@@ -178,7 +178,7 @@ mod tests {
         assert_eq!(p.release_metadata_snap().unwrap(), s);
         assert_eq!(p.metadata_snap(), None);
         // The block only the snapshot held is free once released.
-        assert_eq!(p.data_usage().used, used_before - 1);
+        assert_eq!(p.data_usage().used, used_before - DataBlock(1));
         let r = crate::check::check(p.meta_dev.as_ref());
         assert!(r.is_clean(), "{:?}", r.damages);
         let e = p.release_metadata_snap().unwrap_err();

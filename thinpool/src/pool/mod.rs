@@ -43,17 +43,18 @@ pub use write::Mode;
 use crate::io::BlockDevice;
 use crate::pdata::disk::{self, BlockTime, DeviceDetails, BLOCK_SIZE};
 use crate::pdata::sm::SpaceMap;
-use crate::units::{DataBlock, Sectors, ThinId, TransactionId, VirtBlock};
+use crate::units::{Bytes, DataBlock, MetaBlock, Sectors, ThinId, TransactionId, VirtBlock};
 use meta::Meta;
 
 const STRIPES: usize = 256;
 
-/// Block counts of one space map.
+/// Block counts of one space map: [`DataBlock`]s for the data device
+/// ([`Pool::data_usage`]), [`MetaBlock`]s for the metadata device ([`Pool::metadata_usage`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SpaceUsage {
-    pub total: u64,
-    pub used: u64,
-    pub free: u64,
+pub struct SpaceUsage<B> {
+    pub total: B,
+    pub used: B,
+    pub free: B,
 }
 
 /// A named volume.
@@ -89,10 +90,6 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Pool {
-    /// Bytes per metadata block (dm-thin's fixed 4 KiB); [`SpaceUsage`] of the metadata
-    /// counts these.
-    pub const METADATA_BLOCK_BYTES: u64 = BLOCK_SIZE as u64;
-
     /// Whether dm-thin accepts a data block of `bytes` (64 KiB to 1 GiB, multiples of 64 KiB).
     pub fn valid_block_bytes(bytes: u64) -> bool {
         bytes.is_multiple_of(Sectors::SIZE)
@@ -460,20 +457,20 @@ impl Pool {
         self.meta_dev.flush().map_err(|e| Error::io(format!("flushing after the {}", what()), e))
     }
 
-    /// Grows the data space map to `new_nr_blocks` (growing the data device if needed).
-    pub fn grow_data(&self, new_nr_blocks: u64) -> Result<()> {
-        let bytes = new_nr_blocks.saturating_mul(self.block_bytes);
+    /// Grows the data space map to `total` blocks (growing the data device if needed).
+    pub fn grow_data(&self, total: DataBlock) -> Result<()> {
+        let bytes = total.0.saturating_mul(self.block_bytes);
         if self.data_dev.size() < bytes {
             self.data_dev.grow(bytes).map_err(|e| {
                 Error::io(format!("growing data device {}", self.data_dev.describe()), e)
             })?;
         }
-        self.meta().change(|m| m.grow_data(new_nr_blocks))
+        self.meta().change(|m| m.grow_data(total))
     }
 
-    /// Grows the metadata space map to `new_nr_blocks` 4 KiB blocks (growing the device).
-    pub fn grow_metadata(&self, new_nr_blocks: u64) -> Result<()> {
-        let bytes = new_nr_blocks.saturating_mul(BLOCK_SIZE as u64);
+    /// Grows the metadata space map to `total` blocks (growing the device if needed).
+    pub fn grow_metadata(&self, total: MetaBlock) -> Result<()> {
+        let bytes = total.0.saturating_mul(MetaBlock::SIZE);
         if self.meta_dev.size() < bytes {
             self.meta_dev.grow(bytes).map_err(|e| {
                 Error::io(format!("growing metadata device {}", self.meta_dev.describe()), e)
@@ -481,23 +478,33 @@ impl Pool {
         }
         let mut m = self.meta();
         m.writable()?;
-        m.grow_metadata(new_nr_blocks)?;
+        m.grow_metadata(total)?;
         m.changed = true;
         Ok(())
     }
 
-    pub fn data_usage(&self) -> SpaceUsage {
+    pub fn data_usage(&self) -> SpaceUsage<DataBlock> {
         let m = self.meta();
         let total = m.data.nr_blocks();
         let used = m.data.nr_allocated() + m.data.nr_reserved();
-        SpaceUsage { total, used, free: total - used }
+        SpaceUsage { total: DataBlock(total), used: DataBlock(used), free: DataBlock(total - used) }
     }
 
-    pub fn metadata_usage(&self) -> SpaceUsage {
+    pub fn metadata_usage(&self) -> SpaceUsage<MetaBlock> {
         let m = self.meta();
         let total = m.tm.sm.nr_blocks();
         let used = m.tm.sm.nr_allocated();
-        SpaceUsage { total, used, free: total - used }
+        SpaceUsage { total: MetaBlock(total), used: MetaBlock(used), free: MetaBlock(total - used) }
+    }
+
+    /// The bytes `n` data blocks take.
+    pub fn data_bytes(&self, n: DataBlock) -> Bytes {
+        Bytes::new(n.0 * self.block_bytes)
+    }
+
+    /// Whole data blocks in `b` (rounded down).
+    pub fn data_blocks_in(&self, b: Bytes) -> DataBlock {
+        DataBlock(b.div_floor(Bytes::new(self.block_bytes)))
     }
 
     /// Reference count of a metadata block in the current transaction (tools and tests).

@@ -102,10 +102,10 @@ fn errors_have_kinds() {
     // Nothing is corrupted: the blocks written before running out are mapped and counted.
     pool.commit().unwrap();
     pool.self_check().unwrap();
-    assert_eq!(pool.data_usage().free, 0);
+    assert_eq!(pool.data_usage().free, DataBlock(0));
     pool.discard(ThinId(1), 0, 4 * 65536).unwrap();
     pool.commit().unwrap();
-    assert_eq!(pool.data_usage().free, 4);
+    assert_eq!(pool.data_usage().free, DataBlock(4));
     pool.self_check().unwrap();
 }
 

@@ -1,15 +1,18 @@
 //! The autoextend thread: dmeventd's monitoring loop inside the service. It checks every
 //! interval and whenever kicked (an allocation crossed the threshold, a write found the pool
-//! full, a device was added); each growth wakes writers waiting for space.
+//! full, a device was added); each growth wakes writers waiting for space. The check itself
+//! is [`crate::vg::monitor`]'s, over the group's LVs or a file pool's data file.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{lock, Backend, Shared};
-use crate::vg::autoextend::{self as policy, AutoextendDecision, AutoextendInput, ExtendAction};
-use crate::vg::format::{Extents, RegionKind};
-use crate::vg::ExtendEvent;
-use tracing::{info, warn};
+use crate::pool::Pool;
+use crate::units::{Bytes, DataBlock};
+use crate::vg::autoextend::ExtendAction;
+use crate::vg::monitor::{Grower, RegionUsage};
+use crate::vg::{self, ExtendEvent, Extents, Policy, RegionKind, VgError, VgErrorKind};
+use tracing::warn;
 
 pub(crate) fn run(shared: Arc<Shared>, interval: Duration) {
     loop {
@@ -40,70 +43,60 @@ impl Shared {
     /// One check of the pool's regions; extends what is over the threshold.
     pub(crate) fn autoextend_once(&self) -> Vec<ExtendEvent> {
         let Ok(_g) = self.writable() else { return Vec::new() };
-        let events = match &self.backend {
-            Backend::Group(g) => match g.autoextend_check_all() {
-                Ok(e) => e,
-                Err(e) => {
-                    warn!(error = %e, "autoextend check failed");
-                    Vec::new()
+        let checked = match &self.backend {
+            Backend::Group(g) => g.autoextend_check_all(),
+            Backend::File { pool, .. } => match self.file_data_max {
+                Some(max) => {
+                    let policy = Policy::of(&lock(&self.config));
+                    self.file_monitor.check_all(&DataFile { pool, max }, policy)
                 }
+                None => Ok(Vec::new()),
             },
-            Backend::File { .. } => self.file_autoextend().into_iter().collect(),
         };
         drop(_g);
+        let events = checked.unwrap_or_else(|e| {
+            warn!(error = %crate::units::chain(&e), "autoextend check failed");
+            Vec::new()
+        });
         if events.iter().any(|e| e.action == ExtendAction::Extended) {
             self.notify_space();
         }
         events
     }
+}
 
-    /// File pools: the data file grows with LVM's policy, in block-sized steps, up to
-    /// `file_data_max`.
-    fn file_autoextend(&self) -> Option<ExtendEvent> {
-        let max = self.file_data_max?;
-        let pool = self.pool();
-        let c = lock(&self.config).clone();
-        let bs = pool.block_bytes();
-        let d = pool.data_usage();
-        let size = d.total * bs;
-        let input = AutoextendInput {
-            used: d.used * bs,
-            size,
-            extent_size: bs,
-            free: Extents(max.saturating_sub(size) / bs),
-            threshold: c.autoextend_threshold,
-            percent: c.autoextend_percent,
-        };
-        let event = match policy::data_decision(&input) {
-            AutoextendDecision::Disabled | AutoextendDecision::Below => return None,
-            AutoextendDecision::Grow(n) => {
-                let grown = pool.grow_data(d.total + n.0).and_then(|()| pool.commit());
-                if let Err(e) = grown {
-                    warn!(error = %e, "growing the data file failed");
-                    lock(&self.file_backoff).failed();
-                    return None;
-                }
-                lock(&self.file_backoff).succeeded();
-                let e = ExtendEvent::new(RegionKind::Data, ExtendAction::Extended, &input, n);
-                info!(region = "data file", blocks = n.0, "{}", e.message);
-                e
-            }
-            AutoextendDecision::NoSpace { wanted } => {
-                let mut b = lock(&self.file_backoff);
-                if !b.ready() {
-                    return None;
-                }
-                b.failed();
-                let e = ExtendEvent::new(RegionKind::Data, ExtendAction::NoSpace, &input, wanted);
-                warn!(region = "data file", "{} (data file at its maximum {max})", e.message);
-                e
-            }
-        };
-        if let Some(log) = &self.events {
-            if let Err(e) = log.append(&event) {
-                warn!(error = %e, "could not append to the event log");
-            }
+/// A file pool's data file as autoextend grows it: in block-sized steps, up to `max`
+/// ([`super::ServiceOptions::file_data_max`]). Its metadata file is never grown by policy.
+struct DataFile<'a> {
+    pool: &'a Pool,
+    max: Bytes,
+}
+
+impl Grower for DataFile<'_> {
+    fn usage(&self, kind: RegionKind) -> Option<RegionUsage> {
+        if kind != RegionKind::Data {
+            return None;
         }
-        Some(event)
+        let d = self.pool.data_usage();
+        let size = self.pool.data_bytes(d.total);
+        let block = Bytes::new(self.pool.block_bytes());
+        Some(RegionUsage {
+            used: self.pool.data_bytes(d.used),
+            size,
+            extent_size: block,
+            free: Extents(self.max.saturating_sub(size).div_floor(block)),
+        })
+    }
+
+    fn grow(&self, _: RegionKind, n: Extents) -> vg::Result<()> {
+        let total = self.pool.data_usage().total + DataBlock(n.0);
+        self.pool
+            .grow_data(total)
+            .and_then(|()| self.pool.commit())
+            .map_err(|e| VgError::with_source(VgErrorKind::Pool, "growing the data file", e))
+    }
+
+    fn describe(&self) -> String {
+        format!("data file (at most {} bytes)", self.max)
     }
 }

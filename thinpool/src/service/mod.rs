@@ -52,10 +52,10 @@ pub use status::{human_size, ListRow, ServiceStatus};
 pub use crate::pdata::superblock::{needs_check, set_needs_check};
 
 use crate::io::{BlockDevice, FileDevice, Payload};
-use crate::pdata::disk::BLOCK_SIZE;
 use crate::pool::{FilePool, Pool, VolumeInfo};
-use crate::units::ThinId;
-use crate::vg::autoextend::{self as policy, Backoff};
+use crate::units::{Bytes, MetaBlock, ThinId};
+use crate::vg::autoextend as policy;
+use crate::vg::monitor::Monitor;
 use crate::vg::{EventLog, ExtendEvent, PoolConfig, VgPool};
 use tracing::{info, warn};
 
@@ -108,8 +108,8 @@ pub struct ServiceOptions {
     /// Where `events` and `deferred.json` live (see the module doc for the default).
     pub state_dir: Option<PathBuf>,
     pub autoextend_interval: Duration,
-    /// File pools: grow the data file by autoextend up to this many bytes (None: never).
-    pub file_data_max: Option<u64>,
+    /// File pools: grow the data file by autoextend up to this size (None: never).
+    pub file_data_max: Option<Bytes>,
     /// File pools: the options (default: DIR/config.toml, else Docker's defaults).
     pub config: Option<PoolConfig>,
     /// `docker info`'s Pool Name (default: `lamina-<dir name>-pool`, or `lamina-thinpool`).
@@ -169,8 +169,9 @@ pub(crate) struct Shared {
     config: Mutex<PoolConfig>,
     name: String,
     state_dir: Option<PathBuf>,
-    events: Option<EventLog>,
-    file_data_max: Option<u64>,
+    file_data_max: Option<Bytes>,
+    /// File pools: autoextend's back-off and event log (a group pool keeps its own).
+    file_monitor: Monitor,
     vols: Mutex<Volumes>,
     ro: RwLock<Option<ReadOnly>>,
     /// Bumped (under `space`, with `space_cv` notified) whenever data space may have become
@@ -185,7 +186,6 @@ pub(crate) struct Shared {
     /// kernel's low-water-mark event is per table load.
     kicked_at_total: AtomicU64,
     kicked_at_meta: AtomicU64,
-    file_backoff: Mutex<Backoff>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -267,7 +267,7 @@ impl Service {
         state_dir: Option<PathBuf>,
         opts: ServiceOptions,
     ) -> Result<Service> {
-        let events = match &backend {
+        let file_log = match &backend {
             Backend::File { .. } => state_dir.as_ref().map(|d| EventLog::new(&d.join("events"))),
             Backend::Group(_) => None,
         };
@@ -276,8 +276,8 @@ impl Service {
             config: Mutex::new(config),
             name,
             state_dir,
-            events,
             file_data_max: opts.file_data_max,
+            file_monitor: Monitor::new(file_log),
             vols: Mutex::new(Volumes::default()),
             ro: RwLock::new(None),
             space_gen: AtomicU64::new(0),
@@ -288,7 +288,6 @@ impl Service {
             kick_cv: Condvar::new(),
             kicked_at_total: AtomicU64::new(0),
             kicked_at_meta: AtomicU64::new(0),
-            file_backoff: Mutex::new(Backoff::default()),
         });
         shared.finish_deferred()?;
         Ok(Service { shared, thread: Mutex::new(None), interval: opts.autoextend_interval })
@@ -347,7 +346,7 @@ impl Service {
     /// The event log, if the service has one.
     pub fn event_log(&self) -> Option<EventLog> {
         match &self.shared.backend {
-            Backend::File { .. } => self.shared.events.as_ref().map(|e| EventLog::new(e.path())),
+            Backend::File { .. } => self.shared.file_monitor.log().map(|e| EventLog::new(e.path())),
             Backend::Group(_) => {
                 self.shared.state_dir.as_ref().map(|d| EventLog::new(&d.join("events")))
             }
@@ -510,19 +509,19 @@ impl Service {
 
     // -- space -----------------------------------------------------------------------------
 
-    /// lvextend of the data: a group's data region grows by `bytes` (rounded up to extents),
-    /// a file pool's data file grows by `bytes` (rounded down to blocks). Waiting writers
+    /// lvextend of the data: a group's data region grows by `by` (rounded up to extents),
+    /// a file pool's data file grows by `by` (rounded down to blocks). Waiting writers
     /// are woken.
-    pub fn resize_data(&self, bytes: u64) -> Result<()> {
+    pub fn resize_data(&self, by: Bytes) -> Result<()> {
         let _g = self.shared.writable()?;
         match &self.shared.backend {
             Backend::Group(g) => {
-                let ext = bytes.div_ceil(g.vg().extent_size());
+                let ext = by.div_ceil(g.vg().extent_size());
                 g.resize_data(crate::vg::Extents(ext))
                     .map_err(|e| Error::vg("growing the data region", e))?;
             }
             Backend::File { pool, .. } => {
-                let total = pool.data_usage().total + bytes / pool.block_bytes();
+                let total = pool.data_usage().total + pool.data_blocks_in(by);
                 pool.grow_data(total).map_err(|e| Error::pool("growing the data file", e))?;
                 pool.commit().map_err(|e| Error::pool("committing the data resize", e))?;
             }
@@ -531,17 +530,18 @@ impl Service {
         Ok(())
     }
 
-    /// lvextend of the metadata by `bytes`.
-    pub fn resize_metadata(&self, bytes: u64) -> Result<()> {
+    /// lvextend of the metadata by `by` (rounded up to extents for a group, down to 4 KiB
+    /// blocks for a file pool).
+    pub fn resize_metadata(&self, by: Bytes) -> Result<()> {
         let _g = self.shared.writable()?;
         match &self.shared.backend {
             Backend::Group(g) => {
-                let ext = bytes.div_ceil(g.vg().extent_size());
+                let ext = by.div_ceil(g.vg().extent_size());
                 g.resize_metadata(crate::vg::Extents(ext))
                     .map_err(|e| Error::vg("growing the metadata region", e))?;
             }
             Backend::File { pool, .. } => {
-                let total = pool.metadata_usage().total + bytes / BLOCK_SIZE as u64;
+                let total = pool.metadata_usage().total + MetaBlock::in_bytes(by);
                 pool.grow_metadata(total)
                     .map_err(|e| Error::pool("growing the metadata file", e))?;
                 pool.commit().map_err(|e| Error::pool("committing the metadata resize", e))?;
@@ -662,8 +662,7 @@ impl Shared {
 
     fn check_min_free_space(&self) -> Result<()> {
         let pct = lock(&self.config).min_free_space;
-        let (d, m) = (self.pool().data_usage(), self.pool().metadata_usage());
-        policy::check_min_free_space(d.free, d.total, m.free, m.total, pct)
+        policy::check_min_free_space(self.pool().data_usage(), self.pool().metadata_usage(), pct)
             .map_err(|e| Error::new(ErrorKind::MinFreeSpace, e.to_string()))
     }
 

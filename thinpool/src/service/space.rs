@@ -10,6 +10,8 @@ use tracing::{error, warn};
 use super::{lock, Error, ErrorKind, ReadOnly, Result, Shared};
 use crate::pdata::superblock::set_needs_check;
 use crate::pool::Pool;
+use crate::units::DataBlock;
+use crate::vg::Policy;
 
 impl Shared {
     pub(super) fn space_gen(&self) -> u64 {
@@ -49,15 +51,15 @@ impl Shared {
     /// After an allocation: kick the autoextend thread once per region size when data or
     /// metadata usage reaches the threshold (the kernel's low-water-mark events).
     pub(super) fn after_alloc(&self) {
-        let threshold = lock(&self.config).autoextend_threshold;
-        if threshold >= 100 {
+        let policy = Policy::of(&lock(&self.config));
+        if policy.threshold >= 100 {
             return;
         }
-        let over =
-            |u: crate::pool::SpaceUsage| crate::vg::autoextend::reached(u.used, u.total, threshold);
         let (d, m) = (self.pool().data_usage(), self.pool().metadata_usage());
-        let data = over(d) && self.kicked_at_total.swap(d.total, Ordering::SeqCst) != d.total;
-        let meta = over(m) && self.kicked_at_meta.swap(m.total, Ordering::SeqCst) != m.total;
+        let data = policy.reached(d.used, d.total)
+            && self.kicked_at_total.swap(d.total.0, Ordering::SeqCst) != d.total.0;
+        let meta = policy.reached(m.used, m.total)
+            && self.kicked_at_meta.swap(m.total.0, Ordering::SeqCst) != m.total.0;
         if data || meta {
             self.kick();
         }
@@ -100,7 +102,7 @@ impl Shared {
                 }
                 _ => return Err(Error::pool(&doing(), e)),
             }
-            if self.pool().data_usage().free > 0 {
+            if self.pool().data_usage().free > DataBlock(0) {
                 // Not the data space: either blocks came free meanwhile (retry) or the
                 // metadata is exhausted.
                 quick += 1;

@@ -8,7 +8,6 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use super::{lock, Backend, Service};
-use crate::pdata::disk::BLOCK_SIZE;
 use crate::pool::FilePool;
 pub use crate::units::human_size;
 use crate::vg::autoextend::min_free_blocks;
@@ -152,9 +151,8 @@ impl Service {
         let c = self.config();
         let bs = pool.block_bytes();
         let (d, m) = (pool.data_usage(), pool.metadata_usage());
-        let mb = BLOCK_SIZE as u64;
-        let mut data_avail = d.free * bs;
-        let mut meta_avail = m.free * mb;
+        let mut data_avail = pool.data_bytes(d.free).get();
+        let mut meta_avail = m.free.bytes().get();
         let (data_file, metadata_file) = match &self.shared.backend {
             Backend::File { dir, .. } => {
                 // Sparse files: what the host filesystem can still hold caps both.
@@ -179,15 +177,15 @@ impl Service {
             udev_sync_supported: false,
             data_file,
             metadata_file,
-            data_space_used: human_size(d.used * bs),
-            data_space_total: human_size(d.total * bs),
+            data_space_used: pool.data_bytes(d.used).human(),
+            data_space_total: pool.data_bytes(d.total).human(),
             data_space_available: human_size(data_avail),
-            metadata_space_used: human_size(m.used * mb),
-            metadata_space_total: human_size(m.total * mb),
+            metadata_space_used: m.used.bytes().human(),
+            metadata_space_total: m.total.bytes().human(),
             metadata_space_available: human_size(meta_avail),
-            thin_pool_minimum_free_space: human_size(
-                min_free_blocks(d.total, c.min_free_space) * bs,
-            ),
+            thin_pool_minimum_free_space: pool
+                .data_bytes(min_free_blocks(d.total, c.min_free_space))
+                .human(),
             deferred_removal_enabled: c.use_deferred_removal,
             deferred_deletion_enabled: c.use_deferred_removal && c.use_deferred_deletion,
             deferred_deleted_device_count: deferred,
@@ -210,9 +208,9 @@ impl Service {
         let mut rows = vec![ListRow {
             name: self.name().to_owned(),
             kind: "pool",
-            size: d.total * bs,
-            data_percent: percent(d.used, d.total),
-            meta_percent: Some(percent(m.used, m.total)),
+            size: pool.data_bytes(d.total).get(),
+            data_percent: percent(d.used.0, d.total.0),
+            meta_percent: Some(percent(m.used.0, m.total.0)),
             open: 0,
         }];
         for v in self.volumes()? {

@@ -1,25 +1,64 @@
 //! Autoextend policy and the free-space gate, as pure functions.
 //!
 //! LVM's `lvextend --use-policies` (run by dmeventd for a monitored pool): once usage reaches
-//! the threshold (raised to at least 50 %; 100 % disables), grow the region by the larger of
-//! `percent` of its current size and what brings usage back under the threshold, limited by the
-//! free extents. Metadata uses the lower of the policy threshold and the kernel's own
-//! low-water threshold (100 % − min(25 %, 4 MiB)), and grows by 1 % more to cover what the
-//! kernel consumes during the resize. With no free extents, the attempt fails and is retried
-//! with exponential back-off (skip 1, 2, 4 … 256 checks), as dmeventd does.
+//! the threshold, grow the region by the larger of `percent` of its current size and what
+//! brings usage back under the threshold, limited by the free extents. lvm.conf(5),
+//! `activation/thin_pool_autoextend_threshold`: "Setting this to 100 disables automatic
+//! extension. The minimum value is 50 (a smaller value is treated as 50.)"; `_percent` is the
+//! step in percent of the current size (0 adds nothing, so it disables too). Metadata uses the
+//! lower of the policy threshold and the kernel's own low-water threshold (100 % − min(25 %,
+//! 4 MiB)), and grows by 1 % more to cover what the kernel consumes during the resize. With no
+//! free extents, the attempt fails and is retried with exponential back-off (skip 1, 2, 4 …
+//! 256 checks), as dmeventd does. [`super::monitor`] runs this policy against a pool.
 
+use super::config::PoolConfig;
 use super::format::{Extents, RegionKind};
+use crate::pool::SpaceUsage;
+use crate::units::{Bytes, DataBlock, MetaBlock};
 use serde::{Deserialize, Serialize};
 use std::fmt;
+
+/// `dm.thinp_autoextend_threshold` and `dm.thinp_autoextend_percent`, as LVM reads its
+/// `thin_pool_autoextend_threshold` and `_percent`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Policy {
+    /// Usage in percent at which a region grows (100 or more: never).
+    pub threshold: u32,
+    /// Growth step, in percent of the region's current size.
+    pub percent: u32,
+}
+
+impl Policy {
+    pub fn of(config: &PoolConfig) -> Policy {
+        Policy { threshold: config.autoextend_threshold, percent: config.autoextend_percent }
+    }
+
+    /// Threshold 100 (or percent 0) turns autoextend off.
+    pub fn enabled(self) -> bool {
+        self.threshold < 100 && self.percent > 0
+    }
+
+    /// Whether `used` of `size` has reached the threshold; never for an empty region or a
+    /// threshold of 100. The service's low-water kicks and the decision share this test.
+    pub fn reached<B: Into<u64>>(self, used: B, size: B) -> bool {
+        reached(used.into(), size.into(), self.threshold)
+    }
+}
+
+/// lvm.conf(5): a threshold below 50 % counts as 50 % (and 100 % disables); the low-water
+/// mark of the pool's table follows the same number.
+pub fn effective_threshold(threshold: u32) -> u32 {
+    threshold.clamp(50, 100)
+}
 
 /// What one check sees of a region.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AutoextendInput {
     /// Bytes in use (used blocks × block size).
-    pub used: u64,
-    /// The region's size in bytes.
-    pub size: u64,
-    pub extent_size: u64,
+    pub used: Bytes,
+    /// The region's size.
+    pub size: Bytes,
+    pub extent_size: Bytes,
     /// Extents the region may take: the group's free extents (and, for metadata, no more than
     /// the room left under dm-thin's maximum).
     pub free: Extents,
@@ -27,6 +66,12 @@ pub struct AutoextendInput {
     pub threshold: u32,
     /// `dm.thinp_autoextend_percent`.
     pub percent: u32,
+}
+
+impl AutoextendInput {
+    pub fn policy(&self) -> Policy {
+        Policy { threshold: self.threshold, percent: self.percent }
+    }
 }
 
 /// What the policy says to do.
@@ -43,34 +88,30 @@ pub enum AutoextendDecision {
     NoSpace { wanted: Extents },
 }
 
-/// The threshold in force: LVM raises a policy threshold below 50 % to 50 % (lvm.conf(5),
-/// `thin_pool_autoextend_threshold`).
-fn effective(threshold: u32) -> u128 {
-    u128::from(threshold.max(50))
-}
-
 /// Whether `used` of `size` has reached `threshold` percent (as raised by LVM); never for an
-/// empty region or a threshold of 100 or more (autoextend off). The pool's low-water events
-/// and the autoextend decision share this test.
-pub fn reached(used: u64, size: u64, threshold: u32) -> bool {
-    threshold < 100 && size > 0 && u128::from(used) * 100 >= effective(threshold) * u128::from(size)
+/// empty region or a threshold of 100 or more (autoextend off).
+fn reached(used: u64, size: u64, threshold: u32) -> bool {
+    threshold < 100
+        && size > 0
+        && u128::from(used) * 100 >= u128::from(effective_threshold(threshold)) * u128::from(size)
 }
 
 fn decide(i: &AutoextendInput, threshold: u32, extra_percent: u32) -> AutoextendDecision {
-    if i.threshold >= 100 || i.percent == 0 || i.extent_size == 0 {
+    let extent_size = i.extent_size.get();
+    if !i.policy().enabled() || extent_size == 0 {
         return AutoextendDecision::Disabled;
     }
-    if !reached(i.used, i.size, threshold) {
+    if !reached(i.used.get(), i.size.get(), threshold) {
         return AutoextendDecision::Below;
     }
-    let t = effective(threshold);
-    let (used, size) = (i.used as u128, i.size as u128);
+    let t = u128::from(effective_threshold(threshold));
+    let (used, size) = (u128::from(i.used.get()), u128::from(i.size.get()));
     // Smallest size with used/size strictly under the threshold.
     let target = used * 100 / t + 1;
     let needed = target.saturating_sub(size);
     let step = size * i.percent as u128 / 100;
     let grow = needed.max(step) + size * extra_percent as u128 / 100;
-    let wanted = grow.div_ceil(i.extent_size as u128).max(1);
+    let wanted = grow.div_ceil(extent_size as u128).max(1);
     let wanted = Extents(wanted.min(u64::MAX as u128) as u64);
     if i.free.0 == 0 {
         AutoextendDecision::NoSpace { wanted }
@@ -86,10 +127,10 @@ pub fn data_decision(i: &AutoextendInput) -> AutoextendDecision {
 
 /// The metadata region's policy: the kernel's low-water threshold caps the policy threshold.
 pub fn metadata_decision(i: &AutoextendInput) -> AutoextendDecision {
-    let kernel = if i.size == 0 {
+    let kernel = if i.size == Bytes::ZERO {
         75
     } else {
-        let reserve = ((4u128 << 20) * 100).div_ceil(i.size as u128).min(25) as u32;
+        let reserve = ((4u128 << 20) * 100).div_ceil(u128::from(i.size.get())).min(25) as u32;
         100 - reserve
     };
     decide(i, i.threshold.min(kernel), 1)
@@ -159,29 +200,31 @@ impl fmt::Display for MinFreeSpaceError {
 }
 
 /// The least number of free blocks `pct` % of `total` asks for (at least 1; 0 % disables).
-pub fn min_free_blocks(total: u64, pct: u32) -> u64 {
+pub fn min_free_blocks<B: Into<u64> + From<u64>>(total: B, pct: u32) -> B {
     if pct == 0 {
-        0
+        B::from(0)
     } else {
-        ((total as u128 * pct as u128 / 100) as u64).max(1)
+        B::from(((total.into() as u128 * pct as u128 / 100) as u64).max(1))
     }
 }
 
 /// Docker's gate before every new thin volume: data, then metadata, must keep `pct` % free.
 pub fn check_min_free_space(
-    data_free: u64,
-    data_total: u64,
-    meta_free: u64,
-    meta_total: u64,
+    data: SpaceUsage<DataBlock>,
+    meta: SpaceUsage<MetaBlock>,
     pct: u32,
 ) -> Result<(), MinFreeSpaceError> {
-    let min = min_free_blocks(data_total, pct);
-    if data_free < min {
-        return Err(MinFreeSpaceError { space: Space::Data, free: data_free, minimum: min });
+    let min = min_free_blocks(data.total, pct);
+    if data.free < min {
+        return Err(MinFreeSpaceError { space: Space::Data, free: data.free.0, minimum: min.0 });
     }
-    let min = min_free_blocks(meta_total, pct);
-    if meta_free < min {
-        return Err(MinFreeSpaceError { space: Space::Metadata, free: meta_free, minimum: min });
+    let min = min_free_blocks(meta.total, pct);
+    if meta.free < min {
+        return Err(MinFreeSpaceError {
+            space: Space::Metadata,
+            free: meta.free.0,
+            minimum: min.0,
+        });
     }
     Ok(())
 }
@@ -207,9 +250,9 @@ pub struct ExtendEvent {
     pub action: ExtendAction,
     /// Usage that triggered the check, in whole percent.
     pub used_percent: u32,
-    pub old_bytes: u64,
-    pub new_bytes: u64,
-    pub extents: u64,
+    pub old_bytes: Bytes,
+    pub new_bytes: Bytes,
+    pub extents: Extents,
     pub message: String,
 }
 
@@ -231,13 +274,13 @@ impl ExtendEvent {
         input: &AutoextendInput,
         extents: Extents,
     ) -> Self {
-        let used_percent = if input.size == 0 {
+        let used_percent = if input.size == Bytes::ZERO {
             100
         } else {
-            (input.used as u128 * 100 / input.size as u128) as u32
+            (u128::from(input.used.get()) * 100 / u128::from(input.size.get())) as u32
         };
         let new_bytes = match action {
-            ExtendAction::Extended => input.size + extents.0 * input.extent_size,
+            ExtendAction::Extended => input.size + input.extent_size * extents.0,
             ExtendAction::NoSpace => input.size,
         };
         let message = match action {
@@ -260,7 +303,7 @@ impl ExtendEvent {
             used_percent,
             old_bytes: input.size,
             new_bytes,
-            extents: extents.0,
+            extents,
             message,
         }
     }
@@ -273,9 +316,9 @@ mod tests {
 
     fn input(used: u64, size: u64, free: u64, threshold: u32, percent: u32) -> AutoextendInput {
         AutoextendInput {
-            used,
-            size,
-            extent_size: 4 * MIB,
+            used: Bytes::new(used),
+            size: Bytes::new(size),
+            extent_size: Bytes::new(4 * MIB),
             free: Extents(free),
             threshold,
             percent,
@@ -365,15 +408,31 @@ mod tests {
 
     #[test]
     fn min_free_space_messages_are_dockers() {
-        assert_eq!(check_min_free_space(100, 1000, 50, 500, 10), Ok(()));
-        let e = check_min_free_space(99, 1000, 50, 500, 10).unwrap_err();
+        fn check(
+            data_free: u64,
+            data_total: u64,
+            meta_free: u64,
+            meta_total: u64,
+            pct: u32,
+        ) -> Result<(), MinFreeSpaceError> {
+            fn usage<B: Copy + std::ops::Sub<Output = B>>(free: B, total: B) -> SpaceUsage<B> {
+                SpaceUsage { total, used: total - free, free }
+            }
+            check_min_free_space(
+                usage(DataBlock(data_free), DataBlock(data_total)),
+                usage(MetaBlock(meta_free), MetaBlock(meta_total)),
+                pct,
+            )
+        }
+        assert_eq!(check(100, 1000, 50, 500, 10), Ok(()));
+        let e = check(99, 1000, 50, 500, 10).unwrap_err();
         assert_eq!(
             e.to_string(),
             "Thin Pool has 99 free data blocks which is less than minimum required 100 free data \
              blocks. Create more free space in thin pool or use dm.min_free_space option to \
              change behavior"
         );
-        let e = check_min_free_space(100, 1000, 49, 500, 10).unwrap_err();
+        let e = check(100, 1000, 49, 500, 10).unwrap_err();
         assert_eq!(e.space, Space::Metadata);
         assert_eq!(
             e.to_string(),
@@ -382,9 +441,9 @@ mod tests {
              dm.min_free_space option to change behavior"
         );
         // At least one block is required whenever the option is on; 0 % turns it off.
-        assert_eq!(min_free_blocks(5, 10), 1);
-        assert_eq!(check_min_free_space(0, 5, 1, 5, 10).unwrap_err().space, Space::Data);
-        assert_eq!(check_min_free_space(0, 5, 0, 5, 0), Ok(()));
+        assert_eq!(min_free_blocks(DataBlock(5), 10), DataBlock(1));
+        assert_eq!(check(0, 5, 1, 5, 10).unwrap_err().space, Space::Data);
+        assert_eq!(check(0, 5, 0, 5, 0), Ok(()));
     }
 
     #[test]
@@ -392,7 +451,7 @@ mod tests {
         let i = input(900 * MIB, 1000 * MIB, 10, 80, 20);
         let e = ExtendEvent::new(RegionKind::Data, ExtendAction::Extended, &i, Extents(50));
         assert_eq!(e.used_percent, 90);
-        assert_eq!(e.new_bytes, 1200 * MIB);
+        assert_eq!(e.new_bytes, Bytes::new(1200 * MIB));
         assert!(e.message.starts_with("tdata at 90% (threshold 80%): extended by 50 extents"));
         let shown = ExtendEvent { time: "2026-11-22T23:00:00Z".into(), ..e.clone() }.to_string();
         assert!(shown.starts_with("2026-11-22T23:00:00Z tdata extended tdata at 90%"), "{shown}");

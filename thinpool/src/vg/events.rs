@@ -91,6 +91,7 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::units::Bytes;
     use crate::vg::autoextend::{AutoextendInput, ExtendAction};
     use crate::vg::format::{Extents, RegionKind};
     use std::time::Duration;
@@ -110,9 +111,9 @@ mod tests {
         let log = EventLog::new(&dir.path().join("events.jsonl"));
         assert!(log.read().unwrap().is_empty());
         let i = AutoextendInput {
-            used: 90,
-            size: 100,
-            extent_size: 4096,
+            used: Bytes::new(90),
+            size: Bytes::new(100),
+            extent_size: Bytes::new(4096),
             free: Extents(1),
             threshold: 80,
             percent: 20,

@@ -22,12 +22,13 @@ pub mod config;
 pub mod error;
 pub mod events;
 pub mod format;
+pub mod monitor;
 pub mod region;
 pub mod signature;
 pub mod table;
 pub mod vgpool;
 
-pub use autoextend::{AutoextendDecision, ExtendEvent};
+pub use autoextend::{AutoextendDecision, ExtendEvent, Policy};
 pub use config::PoolConfig;
 pub use error::{Result, VgError, VgErrorKind};
 pub use events::EventLog;
@@ -40,6 +41,7 @@ pub use vgpool::{VgNameStore, VgPool};
 use crate::io::{BlockDevice, FileDevice};
 use crate::pdata::disk::MAX_METADATA_BLOCKS;
 use crate::pool::NameTable;
+use crate::units::Bytes;
 use format::{DeviceEntry, Label, Slot, DATA_START, DEFAULT_EXTENT_SIZE, LABEL_SIZE};
 use region::Piece;
 use std::path::{Path, PathBuf};
@@ -578,8 +580,8 @@ impl VolumeGroup {
         self.lock().meta.vg_uuid
     }
 
-    pub fn extent_size(&self) -> u64 {
-        self.lock().meta.extent_size
+    pub fn extent_size(&self) -> Bytes {
+        Bytes::new(self.lock().meta.extent_size)
     }
 
     pub fn free_extents(&self) -> Extents {

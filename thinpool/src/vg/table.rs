@@ -69,7 +69,7 @@ pub struct ThinSpec {
 
 /// The data low-water mark in blocks, as LVM computes it from the autoextend threshold.
 pub fn low_water_mark(pool_blocks: u64, threshold: u32) -> u64 {
-    let t = threshold.clamp(50, 100) as u128;
+    let t = u128::from(super::autoextend::effective_threshold(threshold));
     (pool_blocks as u128 * (100 - t) / 100) as u64
 }
 

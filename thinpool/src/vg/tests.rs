@@ -34,7 +34,7 @@ impl BlockDevice for GrowThroughVg {
         }
         let ext = self.vg.extent_size();
         self.vg
-            .grow_data(Extents((new_size - size).div_ceil(ext)))
+            .grow_data(Extents((new_size - size).div_ceil(ext.get())))
             .map_err(|e| io::Error::other(e.to_string()))
     }
     fn describe(&self) -> String {

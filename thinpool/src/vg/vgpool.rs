@@ -8,23 +8,20 @@
 //! commit that changes names rewrites the group metadata slot on every device; a slot holds
 //! two tables of about 8000 Docker-named volumes (64-hex-digit names).
 
-use super::autoextend::{
-    self, AutoextendDecision, AutoextendInput, Backoff, ExtendAction, ExtendEvent,
-    MinFreeSpaceError,
-};
+use super::autoextend::{self, ExtendEvent, MinFreeSpaceError, Policy};
 use super::error::{Result, VgError, VgErrorKind};
 use super::events::EventLog;
 use super::format::{Extents, RegionKind};
+use super::monitor::{Grower, Monitor, RegionUsage};
 use super::table::{DmTables, ThinSpec};
 use super::{PoolConfig, VolumeGroup};
 use crate::io::BlockDevice;
 use crate::pdata::disk::{BLOCK_SIZE, MAX_METADATA_BLOCKS};
 use crate::pool::{NameStore, NameTable, Pool};
-use crate::units::Sectors;
+use crate::units::{Bytes, DataBlock, MetaBlock, Sectors};
 use std::io;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
-use tracing::{info, warn};
+use std::sync::Arc;
 
 /// [`NameStore`] on the group metadata: every store is one double-buffered group commit.
 pub struct VgNameStore {
@@ -53,9 +50,8 @@ fn pool_err(what: &str) -> impl FnOnce(crate::pool::Error) -> VgError + '_ {
 pub struct VgPool {
     vg: Arc<VolumeGroup>,
     pool: Arc<Pool>,
-    events: Option<EventLog>,
-    /// dmeventd-style back-off per region: [metadata, data].
-    backoff: Mutex<[Backoff; 2]>,
+    /// Autoextend's back-off and event log.
+    monitor: Monitor,
 }
 
 impl VgPool {
@@ -90,19 +86,14 @@ impl VgPool {
         } else {
             Pool::open_with_names(meta, data, names).map_err(pool_err("opening the pool"))?
         };
-        let p = Self {
-            vg,
-            pool: Arc::new(pool),
-            events: None,
-            backoff: Mutex::new([Backoff::default(), Backoff::default()]),
-        };
+        let p = Self { vg, pool: Arc::new(pool), monitor: Monitor::new(None) };
         p.sync_sizes()?;
         Ok(p)
     }
 
     /// Appends autoextend events to `log`.
     pub fn with_event_log(mut self, log: EventLog) -> Self {
-        self.events = Some(log);
+        self.monitor = Monitor::new(Some(log));
         self
     }
 
@@ -119,12 +110,12 @@ impl VgPool {
         &self.vg
     }
 
-    fn data_blocks_in_region(&self) -> u64 {
-        self.vg.data_region().size() / self.pool.block_bytes()
+    fn data_blocks_in_region(&self) -> DataBlock {
+        self.pool.data_blocks_in(Bytes::new(self.vg.data_region().size()))
     }
 
-    fn meta_blocks_in_region(&self) -> u64 {
-        (self.vg.metadata_region().size() / BLOCK_SIZE as u64).min(MAX_METADATA_BLOCKS)
+    fn meta_blocks_in_region(&self) -> MetaBlock {
+        MetaBlock((self.vg.metadata_region().size() / BLOCK_SIZE as u64).min(MAX_METADATA_BLOCKS))
     }
 
     /// Grows the pool's space maps to what the regions hold (after a resize, or to finish one
@@ -177,94 +168,54 @@ impl VgPool {
 
     /// Docker's `dm.min_free_space` gate, to run before creating a thin volume.
     pub fn check_min_free_space(&self) -> std::result::Result<(), MinFreeSpaceError> {
-        let d = self.pool.data_usage();
-        let m = self.pool.metadata_usage();
         autoextend::check_min_free_space(
-            d.free,
-            d.total,
-            m.free,
-            m.total,
+            self.pool.data_usage(),
+            self.pool.metadata_usage(),
             self.vg.config().min_free_space,
         )
     }
 
-    fn input(&self, kind: RegionKind) -> AutoextendInput {
-        let c = self.vg.config();
-        let free = self.vg.free_extents();
-        let (used, size, free) = match kind {
-            RegionKind::Data => (
-                self.pool.data_usage().used * self.pool.block_bytes(),
-                self.vg.data_region().size(),
-                free,
-            ),
-            RegionKind::Metadata => (
-                self.pool.metadata_usage().used * BLOCK_SIZE as u64,
-                self.vg.metadata_region().size(),
-                free.min(self.vg.metadata_headroom()),
-            ),
-        };
-        AutoextendInput {
-            used,
-            size,
-            extent_size: self.vg.extent_size(),
-            free,
-            threshold: c.autoextend_threshold,
-            percent: c.autoextend_percent,
-        }
-    }
-
-    fn check_one(&self, kind: RegionKind) -> Result<Option<ExtendEvent>> {
-        let input = self.input(kind);
-        let decision = match kind {
-            RegionKind::Data => autoextend::data_decision(&input),
-            RegionKind::Metadata => autoextend::metadata_decision(&input),
-        };
-        let slot = match kind {
-            RegionKind::Metadata => 0,
-            RegionKind::Data => 1,
-        };
-        let event = match decision {
-            AutoextendDecision::Disabled | AutoextendDecision::Below => return Ok(None),
-            AutoextendDecision::Grow(n) => {
-                match kind {
-                    RegionKind::Data => self.resize_data(n)?,
-                    RegionKind::Metadata => self.resize_metadata(n)?,
-                }
-                self.backoff.lock().unwrap_or_else(|e| e.into_inner())[slot].succeeded();
-                let e = ExtendEvent::new(kind, ExtendAction::Extended, &input, n);
-                info!(region = kind.name(), extents = n.0, "{}", e.message);
-                e
-            }
-            AutoextendDecision::NoSpace { wanted } => {
-                let mut b = self.backoff.lock().unwrap_or_else(|e| e.into_inner());
-                if !b[slot].ready() {
-                    return Ok(None);
-                }
-                b[slot].failed();
-                let e = ExtendEvent::new(kind, ExtendAction::NoSpace, &input, wanted);
-                warn!(region = kind.name(), "{}", e.message);
-                e
-            }
-        };
-        if let Some(log) = &self.events {
-            log.append(&event)?;
-        }
-        Ok(Some(event))
-    }
-
-    /// One autoextend check of both regions (the serve loop calls this every 10 s): extends
-    /// what is at or over the threshold and logs each event. Metadata goes first, running out
-    /// of it is the worse failure.
+    /// One autoextend check of both regions (the service's autoextend thread runs one every
+    /// 10 s): extends what is at or over the threshold and logs each event. Metadata goes
+    /// first, running out of it is the worse failure.
     pub fn autoextend_check_all(&self) -> Result<Vec<ExtendEvent>> {
-        let mut out = Vec::new();
-        for kind in [RegionKind::Metadata, RegionKind::Data] {
-            out.extend(self.check_one(kind)?);
-        }
-        Ok(out)
+        self.monitor.check_all(self, Policy::of(&self.vg.config()))
     }
 
     /// [`autoextend_check_all`](Self::autoextend_check_all), returning the first event.
     pub fn autoextend_check(&self) -> Result<Option<ExtendEvent>> {
         Ok(self.autoextend_check_all()?.into_iter().next())
+    }
+}
+
+/// lvextend of the pool's LVs: the group's free extents are the room, and metadata may take
+/// no more than dm-thin's maximum.
+impl Grower for VgPool {
+    fn usage(&self, kind: RegionKind) -> Option<RegionUsage> {
+        let free = self.vg.free_extents();
+        let (used, size, free) = match kind {
+            RegionKind::Data => (
+                self.pool.data_bytes(self.pool.data_usage().used),
+                self.vg.data_region().size(),
+                free,
+            ),
+            RegionKind::Metadata => (
+                self.pool.metadata_usage().used.bytes(),
+                self.vg.metadata_region().size(),
+                free.min(self.vg.metadata_headroom()),
+            ),
+        };
+        Some(RegionUsage { used, size: Bytes::new(size), extent_size: self.vg.extent_size(), free })
+    }
+
+    fn grow(&self, kind: RegionKind, n: Extents) -> Result<()> {
+        match kind {
+            RegionKind::Data => self.resize_data(n),
+            RegionKind::Metadata => self.resize_metadata(n),
+        }
+    }
+
+    fn describe(&self) -> String {
+        format!("volume group {}", self.vg.uuid())
     }
 }

@@ -1,17 +1,15 @@
 //! Per-driver test environments for the contract suite: a scratch directory and a store
-//! root on a filesystem the driver can use.
-#![allow(dead_code)]
-
-pub mod loopdev;
+//! root on a filesystem the driver can use. Dropping one detaches what it left mounted or
+//! attached ([`TestDir`]).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::common::{need, run, tmp, TestDir};
+use super::{loopdev, need, run, tmp, TestDir};
 use overlay::{Driver, Store};
 
 pub struct Env {
-    // Declared first: dropped (unmounted) before the directory holding the image goes.
+    // Declared first: unmounted before the directory holding the image is cleaned up.
     fs: Option<LoopFs>,
     t: TestDir,
     pub driver: Driver,
@@ -65,35 +63,6 @@ pub fn open_store_with(driver: Driver, root: &Path, dm_opts: &[&str]) -> Store {
         )
         .unwrap(),
         d => Store::open(root, d).unwrap(),
-    }
-}
-
-impl Drop for Env {
-    /// A failed test leaves no loop devices behind: mounts below the test directory are
-    /// detached, then every loop device backed by a file there (the kernel frees a still
-    /// busy one when it is released).
-    fn drop(&mut self) {
-        let root = self.t.path().to_path_buf();
-        if let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") {
-            let mut points: Vec<PathBuf> = info
-                .lines()
-                .filter_map(|l| l.split(' ').nth(4))
-                .map(PathBuf::from)
-                .filter(|p| p.starts_with(&root) && self.fs.as_ref().is_none_or(|f| *p != f.mnt))
-                .collect();
-            points.sort();
-            for p in points.into_iter().rev() {
-                let _ = rustix::mount::unmount(&p, rustix::mount::UnmountFlags::DETACH);
-            }
-        }
-        if let Ok(out) = Command::new("losetup").arg("-a").output() {
-            for l in String::from_utf8_lossy(&out.stdout).lines() {
-                let (dev, rest) = l.split_once(':').unwrap_or((l, ""));
-                if rest.contains(root.to_string_lossy().as_ref()) {
-                    let _ = Command::new("losetup").arg("-d").arg(dev).status();
-                }
-            }
-        }
     }
 }
 

@@ -1,12 +1,24 @@
-//! Shared helpers for the host-tier tests: real tools (umoci, skopeo, runc), image builders,
-//! and a tree snapshot used to compare a mounted container with `umoci unpack`.
-#![allow(dead_code)]
+//! The one support module of overlay's integration tests (and of the layers bench), included
+//! with `mod support;`. Here: real tools (umoci, skopeo) that fail loudly when missing, image
+//! builders, a tree snapshot used to compare a mounted container with `umoci unpack`, waiting
+//! for a condition with a deadline, and a scratch directory that leaves no mounts or loop
+//! devices behind. The submodules hold what the driver tests share:
+//!
+//! ```text
+//! drivers  a store root per driver on a filesystem it can use (btrfs on a loop device)
+//! loopdev  the devicemapper driver's DeviceProvider over sparse files and loop devices
+//! ```
+#![allow(dead_code)] // each test file uses its own subset
+
+pub mod drivers;
+pub mod loopdev;
 
 use std::collections::BTreeMap;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 use sha2::{Digest as _, Sha256};
 
@@ -364,6 +376,18 @@ pub fn simple_tar(files: &[(&str, &[u8])]) -> Vec<u8> {
     b.into_inner().unwrap()
 }
 
+/// `n` layer tars: layer `i` adds `fi` and rewrites `top`, both holding `i`.
+pub fn many_layers(n: usize) -> Vec<Vec<u8>> {
+    (0..n)
+        .map(|i| {
+            simple_tar(&[
+                (&format!("f{i}"), format!("{i}").as_bytes()),
+                ("top", format!("{i}").as_bytes()),
+            ])
+        })
+        .collect()
+}
+
 /// An OCI layout at `dir/layout` with one image (ref `t`) made of `layers` (uncompressed
 /// tars, base first) and a `Cmd`.
 pub fn layout_with_layers(dir: &Path, layers: &[Vec<u8>], cmd: &[&str]) -> PathBuf {
@@ -399,8 +423,19 @@ pub fn layout_with_layers(dir: &Path, layers: &[Vec<u8>], cmd: &[&str]) -> PathB
     l
 }
 
-/// A temporary directory that first detaches every mount below it, so a failing test (a
-/// panic skips `unmount`) leaves no overlay mounts behind.
+/// Polls `cond` until it holds; panics naming `what` once `limit` has passed.
+pub fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !cond() {
+        assert!(t0.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A temporary directory that first detaches every mount below it, then every loop device
+/// backed by a file in it, so a failing test (a panic skips `unmount`) leaves neither overlay
+/// mounts nor loop devices behind (the kernel frees a still busy loop device when it is
+/// released).
 pub struct TestDir(Option<tempfile::TempDir>);
 
 impl TestDir {
@@ -422,6 +457,14 @@ impl Drop for TestDir {
             points.sort();
             for p in points.into_iter().rev() {
                 let _ = rustix::mount::unmount(&p, rustix::mount::UnmountFlags::DETACH);
+            }
+        }
+        if let Ok(out) = Command::new("losetup").arg("-a").output() {
+            for l in String::from_utf8_lossy(&out.stdout).lines() {
+                let (dev, rest) = l.split_once(':').unwrap_or((l, ""));
+                if rest.contains(root.to_string_lossy().as_ref()) {
+                    let _ = Command::new("losetup").arg("-d").arg(dev).status();
+                }
             }
         }
         drop(self.0.take());
