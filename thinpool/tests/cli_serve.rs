@@ -3,11 +3,11 @@
 //! that need the pool files to themselves are refused with a clear message.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 mod support;
-use support::cli::{ok, thinpool, BIN};
+use support::cli::{ok, thinpool, Daemon, BIN};
 use support::wait_for;
 
 fn nbdinfo_list(sock: &Path) -> String {
@@ -18,15 +18,6 @@ fn nbdinfo_list(sock: &Path) -> String {
         .expect("nbdinfo is needed (libnbd-bin); cargo xtask setup installs it");
     assert!(out.status.success(), "nbdinfo: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).unwrap()
-}
-
-struct Daemon(Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 #[test]

@@ -144,20 +144,7 @@ fn pool_exports_work_with_real_clients() {
         ],
         T,
     );
-    let out = ok("nbdinfo", &["--map", "--json", &uri(&srv.sock, "half")], T);
-    let m: serde_json::Value = serde_json::from_str(&out).unwrap();
-    let got: Vec<(u64, u64, u64)> = m
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| {
-            (
-                e["offset"].as_u64().unwrap(),
-                e["length"].as_u64().unwrap(),
-                e["type"].as_u64().unwrap(),
-            )
-        })
-        .collect();
+    let got = nbdinfo_map(&uri(&srv.sock, "half"), T);
     assert_eq!(
         got,
         vec![

@@ -2,7 +2,7 @@
 //! `thin_dump --metadata-snap` and `thin_check`, and deltas taken while a writer runs.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,7 +15,7 @@ use thinpool::pool::{FilePool, Pool};
 use thinpool::units::{Bytes, Sectors, ThinId};
 
 mod support;
-use support::cli::{ok, thinpool, BIN};
+use support::cli::{ok, thinpool, Daemon, BIN};
 use support::wait_for;
 
 const BLOCK: u64 = 64 << 10;
@@ -242,15 +242,6 @@ fn delta_through_a_metadata_snapshot_while_a_writer_runs_is_consistent() {
     assert!(pool.metadata_snap().is_none());
     let r = pool.self_check().unwrap();
     assert_eq!(r.devices, 2);
-}
-
-struct Daemon(Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 #[test]

@@ -12,7 +12,7 @@ use thinpool::pool::FilePool;
 use thinpool::units::{Bytes, Sectors};
 
 mod support;
-use support::cli::{ok, BIN};
+use support::cli::{ok, Daemon, BIN};
 use support::wait_for;
 
 const BLOCK: u64 = 64 << 10;
@@ -198,15 +198,6 @@ fn cut_flipped_and_misapplied_streams_change_nothing() {
     // An existing name is refused before anything is read.
     let r = receive(&b, "s0", &full);
     assert!(String::from_utf8_lossy(&r.stderr).contains("already exists"));
-}
-
-struct Daemon(std::process::Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 fn serve(pool: &Path, sock: &Path) -> Daemon {

@@ -8,15 +8,28 @@
 //! completed. Every lock is only tried: a plan is offered only when nothing has to wait, and
 //! the caller otherwise takes the blocking path, which waits like any request does.
 
-use std::os::fd::BorrowedFd;
+use std::os::fd::RawFd;
 
 /// One piece of a request's buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Run {
     /// Bytes `at..at + len` of the buffer read as zeros (unmapped blocks).
     Zeros { at: usize, len: usize },
-    /// Bytes `at..at + len` of the buffer are device bytes `pos..pos + len`.
-    Device { at: usize, len: usize, pos: u64 },
+    /// Bytes `at..at + len` of the buffer are bytes `pos..pos + len` of the O_DIRECT
+    /// descriptor `fd`, which the plan keeps open (see [`DirectAt`]). Buffers, positions and
+    /// lengths are [`super::DIRECT_ALIGN`]-aligned; the planners check.
+    Device { at: usize, len: usize, fd: RawFd, pos: u64 },
+}
+
+/// Where a device's byte range lives for a caller's own O_DIRECT I/O: one descriptor and a
+/// position on it ([`super::BlockDevice::direct_at`]).
+pub struct DirectAt {
+    pub fd: RawFd,
+    pub pos: u64,
+    /// What keeps `fd` open while the plan lives, for devices whose layout can change under
+    /// it (a volume group's region is remapped when it grows); `None` when the device itself
+    /// owns the descriptor, the plan borrowing the pool that owns the device.
+    pub keep: Option<Box<dyn Held + Send>>,
 }
 
 /// Anything a plan keeps alive until it is dropped: lock guards, markers whose drop records
@@ -24,22 +37,19 @@ pub enum Run {
 pub trait Held {}
 impl<T: ?Sized> Held for T {}
 
-/// A request's plan: where its bytes are, on which descriptor, and what holds them there.
+/// A request's plan: where its bytes are, and what holds them (and their descriptors) there.
 pub struct Direct<'a> {
-    /// An O_DIRECT descriptor of the data device: buffers, offsets and lengths must be
-    /// [`super::DIRECT_ALIGN`]-aligned, which the planners check.
-    pub fd: BorrowedFd<'a>,
     /// In buffer order, covering the request.
     pub runs: Vec<Run>,
     held: Vec<Box<dyn Held + 'a>>,
 }
 
 impl<'a> Direct<'a> {
-    pub fn new(fd: BorrowedFd<'a>, runs: Vec<Run>) -> Self {
-        Self { fd, runs, held: Vec::new() }
+    pub fn new(runs: Vec<Run>) -> Self {
+        Self { runs, held: Vec::new() }
     }
 
-    /// Keeps `h` until the plan is dropped (guards drop in the order they were added).
+    /// Keeps `h` until the plan is dropped (in the order they were added).
     pub fn hold(mut self, h: impl Held + 'a) -> Self {
         self.held.push(Box::new(h));
         self

@@ -16,7 +16,7 @@ use std::sync::RwLock;
 mod direct;
 mod faulty;
 mod payload;
-pub use direct::{Direct, Held, Run};
+pub use direct::{Direct, DirectAt, Held, Run};
 pub use faulty::{FaultPlan, FaultyDevice, Power};
 pub use payload::{Payload, Written};
 
@@ -40,9 +40,10 @@ pub trait BlockDevice: Send + Sync {
     fn read_cached(&self, _buf: &mut [u8], _offset: u64) -> io::Result<bool> {
         Ok(false)
     }
-    /// A descriptor of this device opened with O_DIRECT, for callers that submit their own
-    /// asynchronous I/O ([`Direct`]); `None` when there is none. Default: none.
-    fn direct_fd(&self) -> Option<BorrowedFd<'_>> {
+    /// Where `offset..offset + len` lives for a caller's own asynchronous O_DIRECT I/O
+    /// ([`Direct`]): one descriptor and a position on it; `None` when the range has no such
+    /// place (no O_DIRECT descriptor, unaligned, or split over devices). Default: none.
+    fn direct_at(&self, _offset: u64, _len: usize) -> Option<DirectAt> {
         None
     }
     /// Whether [`BlockDevice::write_from_pipe`] works here. Default: no.
@@ -240,9 +241,15 @@ impl BlockDevice for FileDevice {
         Ok(())
     }
 
-    fn direct_fd(&self) -> Option<BorrowedFd<'_>> {
-        use std::os::fd::AsFd;
-        self.direct.as_ref().map(|f| f.as_fd())
+    fn direct_at(&self, offset: u64, len: usize) -> Option<DirectAt> {
+        use std::os::fd::AsRawFd;
+        let aligned = |v: u64| v.is_multiple_of(DIRECT_ALIGN);
+        let inside = offset.checked_add(len as u64).is_some_and(|end| end <= self.size());
+        if len == 0 || !aligned(offset) || !aligned(len as u64) || !inside {
+            return None;
+        }
+        // The descriptor lives as long as this device.
+        self.direct.as_ref().map(|f| DirectAt { fd: f.as_raw_fd(), pos: offset, keep: None })
     }
 
     fn read_cached(&self, buf: &mut [u8], offset: u64) -> io::Result<bool> {

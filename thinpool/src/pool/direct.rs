@@ -46,7 +46,6 @@ impl Pool {
     }
 
     fn plan(&self, id: ThinId, offset: u64, len: usize, need: Need) -> Option<Direct<'_>> {
-        let fd = self.data_dev.direct_fd()?;
         let aligned = |v: u64| v.is_multiple_of(DIRECT_ALIGN);
         if len == 0 || !aligned(offset) || !aligned(len as u64) {
             return None;
@@ -85,16 +84,20 @@ impl Pool {
             }
             maps
         };
+        // Runs in the pool's data address space first: neighbouring blocks that are
+        // neighbours on the data device too are one I/O (a volume written sequentially is
+        // mostly such runs).
         let mut runs: Vec<Run> = Vec::new();
         for (s, map) in segs.iter().zip(&maps) {
             let next = match map {
                 None => Run::Zeros { at: s.at, len: s.len },
-                Some(bt) => {
-                    Run::Device { at: s.at, len: s.len, pos: self.data_offset(bt.block, s.off) }
-                }
+                Some(bt) => Run::Device {
+                    at: s.at,
+                    len: s.len,
+                    fd: -1,
+                    pos: self.data_offset(bt.block, s.off),
+                },
             };
-            // Neighbouring blocks that are neighbours on the device too are one I/O (a volume
-            // written sequentially is mostly such runs).
             match (runs.last_mut(), next) {
                 (Some(Run::Zeros { len, .. }), Run::Zeros { len: n, .. }) => *len += n,
                 (Some(Run::Device { len, pos, .. }), Run::Device { len: n, pos: p, .. })
@@ -105,11 +108,20 @@ impl Pool {
                 _ => runs.push(next),
             }
         }
-        let plan = Direct::new(fd, runs);
-        if plan.device_runs() > MAX_DEVICE_RUNS {
+        if runs.iter().filter(|r| matches!(r, Run::Device { .. })).count() > MAX_DEVICE_RUNS {
             return None;
         }
-        Some(plan.hold(gate).hold(stripes))
+        // Then where each lies on a real device (the data device may be a volume group's
+        // region over several disks).
+        let mut keep = Vec::new();
+        for r in &mut runs {
+            if let Run::Device { len, fd, pos, .. } = r {
+                let at = self.data_dev.direct_at(*pos, *len)?;
+                (*fd, *pos) = (at.fd, at.pos);
+                keep.extend(at.keep);
+            }
+        }
+        Some(Direct::new(runs).hold(gate).hold(stripes).hold(keep))
     }
 }
 
@@ -124,12 +136,12 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use std::fs::File;
-    use std::os::fd::{AsFd, BorrowedFd};
+    use std::os::fd::AsRawFd;
     use std::os::unix::fs::OpenOptionsExt;
     use std::sync::Arc;
 
     use super::*;
-    use crate::io::{BlockDevice, FileDevice, MemDevice};
+    use crate::io::{BlockDevice, DirectAt, FileDevice, MemDevice};
     use crate::units::Sectors;
 
     /// A data file used the buffered way by the pool, with an O_DIRECT descriptor of the same
@@ -158,8 +170,8 @@ mod tests {
         fn describe(&self) -> String {
             self.file.describe()
         }
-        fn direct_fd(&self) -> Option<BorrowedFd<'_>> {
-            Some(self.direct.as_fd())
+        fn direct_at(&self, offset: u64, _len: usize) -> Option<DirectAt> {
+            Some(DirectAt { fd: self.direct.as_raw_fd(), pos: offset, keep: None })
         }
     }
 
@@ -174,20 +186,21 @@ mod tests {
 
     /// Carries out a plan the way the ublk queue does, one page at a time: device runs with
     /// `pread`/`pwrite` on the plan's O_DIRECT descriptor, zeros filled in.
-    fn carry_out(plan: &Direct<'_>, buf: &mut [Page], write: bool) {
+    fn carry_out(plan: &Direct<'_>, buf: &mut [Page], write: bool, direct: &File) {
         for r in &plan.runs {
             match *r {
                 Run::Zeros { at, len } => {
                     assert!(!write, "a write plan has no zeros");
                     buf[at / 4096..(at + len) / 4096].iter_mut().for_each(|p| p.0 = [0; 4096]);
                 }
-                Run::Device { at, len, pos } => {
+                Run::Device { at, len, fd, pos } => {
+                    assert_eq!(fd, direct.as_raw_fd(), "the data file's O_DIRECT descriptor");
                     for k in 0..len / 4096 {
                         let (page, at) = (&mut buf[at / 4096 + k].0, pos + (k * 4096) as u64);
                         let n = if write {
-                            rustix::io::pwrite(plan.fd, page, at)
+                            rustix::io::pwrite(direct, page, at)
                         } else {
-                            rustix::io::pread(plan.fd, page, at)
+                            rustix::io::pread(direct, page, at)
                         };
                         assert_eq!(n.unwrap(), 4096);
                     }
@@ -200,7 +213,7 @@ mod tests {
         buf.iter().flat_map(|p| p.0).collect()
     }
 
-    fn pool() -> (tempfile::TempDir, Pool) {
+    fn pool() -> (tempfile::TempDir, Arc<WithDirect>, Pool) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("data");
         let file = FileDevice::create(&path, 64 * 65536).unwrap();
@@ -212,14 +225,14 @@ mod tests {
             .unwrap();
         let data = Arc::new(WithDirect { file, direct });
         let meta = Arc::new(MemDevice::new(4 << 20, "meta"));
-        (dir, Pool::format(meta, data, Sectors(128)).unwrap())
+        (dir, data.clone(), Pool::format(meta, data, Sectors(128)).unwrap())
     }
 
     const BS: usize = 65536;
 
     #[test]
     fn read_plans_read_what_reads_read() {
-        let (_d, pool) = pool();
+        let (_d, dev, pool) = pool();
         let id = ThinId(1);
         pool.create_thin(id).unwrap();
         // Blocks 0 and 1 are neighbours on the device, block 2 is a hole, block 3 maps after
@@ -232,7 +245,7 @@ mod tests {
         let kinds: Vec<bool> = plan.runs.iter().map(|r| matches!(r, Run::Device { .. })).collect();
         assert_eq!(kinds, [true, false, true], "{plan:?}");
         let mut buf = pages((4 * BS - 8192) / 4096);
-        carry_out(&plan, &mut buf, false);
+        carry_out(&plan, &mut buf, false, &dev.direct);
         drop(plan);
         let mut want = vec![0u8; 4 * BS - 8192];
         pool.read(id, 4096, &mut want).unwrap();
@@ -241,7 +254,7 @@ mod tests {
 
     #[test]
     fn overwrite_plans_only_for_mapped_unshared_committed_blocks() {
-        let (_d, pool) = pool();
+        let (_d, dev, pool) = pool();
         let id = ThinId(1);
         pool.create_thin(id).unwrap();
         pool.write(id, 0, &vec![1; BS]).unwrap();
@@ -251,7 +264,7 @@ mod tests {
         let plan = pool.direct_overwrite(id, 8192, 8192, false).unwrap();
         let mut buf = pages(2);
         buf.iter_mut().for_each(|p| p.0 = [7; 4096]);
-        carry_out(&plan, &mut buf, true);
+        carry_out(&plan, &mut buf, true, &dev.direct);
         drop(plan);
         let mut back = vec![0u8; BS];
         pool.read(id, 0, &mut back).unwrap();
@@ -265,7 +278,7 @@ mod tests {
 
     #[test]
     fn a_plan_holds_its_blocks_until_dropped() {
-        let (_d, pool) = pool();
+        let (_d, _dev, pool) = pool();
         let id = ThinId(1);
         pool.create_thin(id).unwrap();
         pool.write(id, 0, &vec![1; BS]).unwrap();

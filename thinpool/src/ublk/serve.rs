@@ -200,10 +200,11 @@ fn start_direct<'a>(
         }
         b.as_mut_ptr()
     };
-    let fd = io_uring::types::Fd(plan.fd.as_raw_fd());
     let mut f = InFlight { pending: 0, res: len as i32, plan };
     for (i, r) in f.plan.runs.iter().enumerate() {
-        let Run::Device { at, len, pos } = *r else { continue };
+        let Run::Device { at, len, fd, pos } = *r else { continue };
+        // The plan keeps `fd` open until it is dropped, after its last I/O completed.
+        let fd = io_uring::types::Fd(fd);
         let ptr = base.wrapping_add(at);
         let sqe = if write {
             io_uring::opcode::Write::new(fd, ptr, len as u32).offset(pos).build()

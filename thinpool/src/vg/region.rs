@@ -2,7 +2,7 @@
 //! linearly like dm-linear. Growth goes through the volume group, which commits new segments
 //! and then swaps in the longer map; the region itself refuses `grow`.
 
-use crate::io::BlockDevice;
+use crate::io::{BlockDevice, DirectAt};
 use std::io;
 use std::os::fd::BorrowedFd;
 use std::sync::{Arc, RwLock};
@@ -108,6 +108,23 @@ impl BlockDevice for Region {
         Ok(all)
     }
 
+    fn direct_at(&self, offset: u64, len: usize) -> Option<DirectAt> {
+        let map = self.current();
+        let i = map.pieces.partition_point(|p| p.start + p.len <= offset);
+        let p = map.pieces.get(i)?;
+        let within = offset - p.start;
+        if within + len as u64 > p.len {
+            return None;
+        }
+        let mut at = p.device.direct_at(p.dev_offset + within, len)?;
+        // A remap swaps in a new map; this one, and with it the piece's device and its
+        // descriptor, stays alive as long as the plan holds it.
+        if at.keep.is_none() {
+            at.keep = Some(Box::new(map.clone()));
+        }
+        Some(at)
+    }
+
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
         self.for_each("write", offset, buf.len(), |p, at, r| p.device.write_at(&buf[r], at))
     }
@@ -156,5 +173,72 @@ impl BlockDevice for Region {
 
     fn describe(&self) -> String {
         self.name.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::io::MemDevice;
+
+    /// A disk with an O_DIRECT descriptor (a made-up number: nothing reads through it here).
+    struct Disk {
+        mem: MemDevice,
+        fd: i32,
+    }
+
+    impl BlockDevice for Disk {
+        fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+            self.mem.read_at(buf, offset)
+        }
+        fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+            self.mem.write_at(buf, offset)
+        }
+        fn flush(&self) -> io::Result<()> {
+            Ok(())
+        }
+        fn size(&self) -> u64 {
+            self.mem.size()
+        }
+        fn grow(&self, new_size: u64) -> io::Result<()> {
+            self.mem.grow(new_size)
+        }
+        fn describe(&self) -> String {
+            format!("disk {}", self.fd)
+        }
+        fn direct_at(&self, offset: u64, _len: usize) -> Option<DirectAt> {
+            Some(DirectAt { fd: self.fd, pos: offset, keep: None })
+        }
+    }
+
+    #[test]
+    fn direct_ranges_map_through_the_pieces_and_keep_them() {
+        let disk = |fd| -> Arc<dyn BlockDevice> {
+            Arc::new(Disk { mem: MemDevice::new(1 << 20, "disk"), fd })
+        };
+        let (a, b) = (disk(10), disk(11));
+        let piece = |device: &Arc<dyn BlockDevice>, dev_offset, len| Piece {
+            start: 0,
+            len,
+            device: device.clone(),
+            dev_offset,
+        };
+        let r = Region::new("tdata", vec![piece(&a, 65536, 131072), piece(&b, 8192, 65536)]);
+        let on_a = r.direct_at(4096, 8192).unwrap();
+        assert_eq!((on_a.fd, on_a.pos), (10, 65536 + 4096));
+        drop(on_a);
+        let at = r.direct_at(131072 + 4096, 4096).unwrap();
+        assert_eq!((at.fd, at.pos), (11, 8192 + 4096));
+        assert!(at.keep.is_some(), "the plan keeps the region's map, and its disks, alive");
+        assert!(r.direct_at(126976, 8192).is_none(), "a range split over two disks");
+        assert!(r.direct_at(196608, 4096).is_none(), "beyond the region");
+        // A remap (growth) leaves a plan's map, and so its disks, as they were.
+        let before = Arc::strong_count(&b);
+        r.remap(vec![piece(&a, 65536, 131072)]);
+        assert_eq!(Arc::strong_count(&b), before, "the held map still owns disk b");
+        drop(at);
+        assert_eq!(Arc::strong_count(&b), before - 1);
     }
 }

@@ -1,6 +1,6 @@
 //! Running the built `thinpool` binary.
 
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_thinpool");
 
@@ -21,4 +21,15 @@ pub fn ok(args: &[&str]) -> String {
     assert!(out.status.success(), "thinpool {args:?} failed: {}{err}", text(&out.stdout));
     assert!(!err.contains("panicked"), "thinpool {args:?}: {err}");
     String::from_utf8(out.stdout).unwrap()
+}
+
+/// A `thinpool serve` child, killed and reaped when dropped (a failing test leaves no daemon
+/// holding its pool's lock).
+pub struct Daemon(pub Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

@@ -85,6 +85,16 @@ pub fn run_in(prog: &str, args: &[&str], deadline: Duration, stdin: Option<&Path
     child.wait_with_output().expect("output")
 }
 
+/// `nbdinfo --map --json URI`: the export's (offset, length, type) extents, type being the
+/// NBD base:allocation flags (1 hole, 2 zero).
+pub fn nbdinfo_map(uri: &str, deadline: Duration) -> Vec<(u64, u64, u64)> {
+    let out = ok("nbdinfo", &["--map", "--json", uri], deadline);
+    let v: serde_json::Value = serde_json::from_str(&out).expect("nbdinfo --map --json output");
+    let field = |e: &serde_json::Value, k: &str| e[k].as_u64().expect("a number in the map");
+    let rows = v.as_array().expect("a JSON array of extents");
+    rows.iter().map(|e| (field(e, "offset"), field(e, "length"), field(e, "type"))).collect()
+}
+
 /// Like [`run`] but the command must succeed; returns stdout.
 pub fn ok(prog: &str, args: &[&str], deadline: Duration) -> String {
     let out = run(prog, args, deadline);
