@@ -49,6 +49,23 @@ struct Entry {
     /// A `--rm` container that exited and is being removed: `logs` still says running, so
     /// a foreground `run` returns only once the container (and its volumes) are free.
     removing: bool,
+    /// A start is between its checks and crun's spawn (bundle, cgroup, CNI ADD: about a
+    /// second): a stop waits for it rather than missing the container it starts.
+    launching: bool,
+}
+
+/// Clears [`Entry::launching`] when a start ends, however it ends.
+struct Launching<'a> {
+    containers: &'a Containers,
+    name: &'a str,
+}
+
+impl Drop for Launching<'_> {
+    fn drop(&mut self) {
+        if let Some(e) = self.containers.lock().get_mut(self.name) {
+            e.launching = false;
+        }
+    }
 }
 
 /// Every container of the store.
@@ -119,7 +136,14 @@ impl Containers {
                 }
                 c.lock().insert(
                     spec.name.clone(),
-                    Entry { spec, state, seq: 0, stopping: false, removing: false },
+                    Entry {
+                        spec,
+                        state,
+                        seq: 0,
+                        stopping: false,
+                        removing: false,
+                        launching: false,
+                    },
                 );
             }
         }
@@ -184,7 +208,14 @@ impl Containers {
         })?;
         let name = spec.name.clone();
         self.gone.lock().unwrap_or_else(|p| p.into_inner()).retain(|(n, ..)| *n != name);
-        let e = Entry { spec, state: State::default(), seq: 0, stopping: false, removing: false };
+        let e = Entry {
+            spec,
+            state: State::default(),
+            seq: 0,
+            stopping: false,
+            removing: false,
+            launching: false,
+        };
         self.save(&name, &e);
         self.lock().insert(name.clone(), e);
         self.start(&name)?;
@@ -214,8 +245,10 @@ impl Containers {
                 self.save(name, e);
                 return Ok(json!({"name": name, "stopped": true}));
             }
+            e.launching = true;
             e.spec.clone()
         };
+        let _launching = Launching { containers: self, name };
         let bundle = self.cdir(name).join("bundle");
         let images = self.images()?;
         images.with(|s| s.bundle(name, &bundle, &spec.volume_binds()).map(drop))?;
@@ -365,16 +398,23 @@ impl Containers {
 
     /// `lamina stop`: SIGTERM, `timeout`, SIGKILL; waits for the exit.
     pub fn stop(&self, name: &str, timeout: Duration) -> R<Value> {
-        let running = {
+        let launch_deadline = Instant::now() + Duration::from_secs(60);
+        let running = loop {
             let mut m = self.lock();
             let e = m.get_mut(name).ok_or_else(|| no_such(name))?;
             e.stopping = true;
+            if e.launching && Instant::now() < launch_deadline {
+                // A start (often a restart) is spawning it: wait, then stop what it started.
+                drop(m);
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            }
             if e.state.status == Status::Restarting {
                 // Between a crash and its restart: the restart sees `stopping` and gives way.
                 e.state.status = Status::Exited;
                 self.save(name, e);
             }
-            e.state.status == Status::Running
+            break e.state.status == Status::Running;
         };
         if !running {
             return Ok(json!({"name": name, "was": "not running"}));
