@@ -354,8 +354,8 @@ impl Export for Slow {
     ) -> ExportResult<thinpool::export::Written> {
         self.0.write(o, p, f, q)
     }
-    fn write_zeroes(&self, o: u64, l: u64, t: bool, fast: bool, f: bool) -> ExportResult<()> {
-        self.0.write_zeroes(o, l, t, fast, f)
+    fn write_zeroes(&self, o: u64, l: u64, how: thinpool::export::Zeroing) -> ExportResult<()> {
+        self.0.write_zeroes(o, l, how)
     }
     fn trim(&self, o: u64, l: u64, f: bool) -> ExportResult<()> {
         self.0.trim(o, l, f)

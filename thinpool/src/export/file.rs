@@ -125,14 +125,8 @@ impl Export for FileExport {
         Ok(Written::Done)
     }
 
-    fn write_zeroes(
-        &self,
-        offset: u64,
-        len: u64,
-        may_trim: bool,
-        fast: bool,
-        fua: bool,
-    ) -> ExportResult<()> {
+    fn write_zeroes(&self, offset: u64, len: u64, how: Zeroing) -> ExportResult<()> {
+        let Zeroing { may_trim, fast, fua } = how;
         self.check("write_zeroes", offset, len, true)?;
         if len == 0 {
             return Ok(());

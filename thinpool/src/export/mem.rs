@@ -121,16 +121,9 @@ impl Export for MemExport {
         self.read(offset, buf).is_ok()
     }
 
-    fn write_zeroes(
-        &self,
-        offset: u64,
-        len: u64,
-        may_trim: bool,
-        _fast: bool,
-        _fua: bool,
-    ) -> ExportResult<()> {
+    fn write_zeroes(&self, offset: u64, len: u64, how: Zeroing) -> ExportResult<()> {
         self.check_writable("write_zeroes", offset, len)?;
-        self.zero_range(offset, len, may_trim);
+        self.zero_range(offset, len, how.may_trim);
         Ok(())
     }
 

@@ -18,6 +18,19 @@ use thiserror::Error;
 
 pub use crate::io::{Direct, Payload, Written};
 
+/// How [`Export::write_zeroes`] may zero a range: NBD_CMD_WRITE_ZEROES's flags (NBD spec,
+/// "Request types"), or ublk's WRITE_ZEROES with its `UBLK_IO_F_NOUNMAP` and `FUA` flags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Zeroing {
+    /// Unmapping is allowed (no `NBD_CMD_FLAG_NO_HOLE`); else the range stays provisioned.
+    pub may_trim: bool,
+    /// `NBD_CMD_FLAG_FAST_ZERO`: fail with [`ErrorKind::NotSupported`], changing nothing,
+    /// unless this is faster than writing zeros.
+    pub fast: bool,
+    /// Durable before the reply.
+    pub fua: bool,
+}
+
 pub mod file;
 pub mod mem;
 pub mod pool;
@@ -172,17 +185,8 @@ pub trait Export: Send + Sync {
     fn splices_writes(&self) -> bool {
         false
     }
-    /// Makes the range read as zeros. `may_trim`: unmapping is allowed (else the range stays
-    /// provisioned). `fast`: fail with [`ErrorKind::NotSupported`], changing nothing, unless
-    /// this is faster than writing zeros.
-    fn write_zeroes(
-        &self,
-        offset: u64,
-        len: u64,
-        may_trim: bool,
-        fast: bool,
-        fua: bool,
-    ) -> ExportResult<()>;
+    /// Makes the range read as zeros, as `how` allows.
+    fn write_zeroes(&self, offset: u64, len: u64, how: Zeroing) -> ExportResult<()>;
     /// Discards the range; later reads return zeros.
     fn trim(&self, offset: u64, len: u64, fua: bool) -> ExportResult<()>;
     /// Makes every completed write durable, for every connection.

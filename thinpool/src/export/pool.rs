@@ -269,7 +269,7 @@ impl Export for VolumeExport {
             if quick {
                 return Ok(Written::Declined);
             }
-            self.write_zeroes(offset, len, true, false, fua)?;
+            self.write_zeroes(offset, len, Zeroing { may_trim: true, fast: false, fua })?;
             return Ok(Written::Done);
         }
         // Quick: an overwrite; a local client acknowledges only committed mappings, so the
@@ -315,14 +315,8 @@ impl Export for VolumeExport {
         true
     }
 
-    fn write_zeroes(
-        &self,
-        offset: u64,
-        len: u64,
-        may_trim: bool,
-        fast: bool,
-        fua: bool,
-    ) -> ExportResult<()> {
+    fn write_zeroes(&self, offset: u64, len: u64, how: Zeroing) -> ExportResult<()> {
+        let Zeroing { may_trim, fast, fua } = how;
         // Zeroing fast means unmapping; provisioned zeros are written block by block.
         if fast && !may_trim {
             return Err(ExportError::new(

@@ -6,7 +6,7 @@
 //! `op_flags` (operation in the low 8 bits, `UBLK_IO_F_*` flags above), `nr_sectors` and
 //! `start_sector`, both in 512-byte sectors whatever the logical block size is.
 
-use crate::export::{ErrorKind, Export, ExportError, Payload};
+use crate::export::{ErrorKind, Export, ExportError, Payload, Zeroing};
 
 /// `UBLK_IO_OP_*` (include/uapi/linux/ublk_cmd.h).
 const OP_READ: u32 = 0;
@@ -107,7 +107,7 @@ pub fn serve(export: &dyn Export, req: Request, buf: &mut [u8]) -> i32 {
         Request::Flush => export.flush().map(|()| 0),
         Request::Discard { offset, len } => export.trim(offset, len, false).map(|()| 0),
         Request::WriteZeroes { offset, len, may_trim, fua } => {
-            export.write_zeroes(offset, len, may_trim, false, fua).map(|()| 0)
+            export.write_zeroes(offset, len, Zeroing { may_trim, fast: false, fua }).map(|()| 0)
         }
     };
     r.unwrap_or_else(|e| {

@@ -177,12 +177,10 @@ impl thinpool::nbd::Export for Probe {
         &self,
         offset: u64,
         len: u64,
-        may_trim: bool,
-        fast: bool,
-        fua: bool,
+        how: thinpool::export::Zeroing,
     ) -> thinpool::nbd::ExportResult<()> {
-        bump(if may_trim { &self.zeroes_may_trim } else { &self.zeroes_no_hole });
-        self.inner.write_zeroes(offset, len, may_trim, fast, fua)
+        bump(if how.may_trim { &self.zeroes_may_trim } else { &self.zeroes_no_hole });
+        self.inner.write_zeroes(offset, len, how)
     }
     fn trim(&self, offset: u64, len: u64, fua: bool) -> thinpool::nbd::ExportResult<()> {
         bump(&self.trims);

@@ -50,7 +50,7 @@ use super::negotiate::Negotiated;
 use super::reply::{allocation_status, Fail, Reply, KEEP_BUFFER};
 use super::splice::Pipe;
 use super::{RateLog, Sock};
-use crate::export::{Payload, Written};
+use crate::export::{Payload, Written, Zeroing};
 use crate::nbd::proto::msg::*;
 use crate::nbd::proto::wire::*;
 
@@ -509,9 +509,11 @@ fn execute(
         CMD_WRITE_ZEROES => export.write_zeroes(
             req.offset,
             req.length,
-            req.flags & CMD_FLAG_NO_HOLE == 0,
-            req.flags & CMD_FLAG_FAST_ZERO != 0,
-            fua,
+            Zeroing {
+                may_trim: req.flags & CMD_FLAG_NO_HOLE == 0,
+                fast: req.flags & CMD_FLAG_FAST_ZERO != 0,
+                fua,
+            },
         )?,
         CMD_BLOCK_STATUS => return block_status(c, req, &mut out.head),
         _ => return Err(Fail::client(EINVAL, "unknown command")),
