@@ -31,18 +31,11 @@ pub struct AgentClient {
 
 impl AgentClient {
     pub fn connect(path: &Path, timeout: Duration) -> Result<Self, AgentError> {
-        let deadline = Instant::now() + timeout;
-        let stream = loop {
-            match UnixStream::connect(path) {
-                Ok(s) => break s,
-                Err(_) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(25))
-                }
-                Err(source) => {
-                    return Err(AgentError::Io { path: path.into(), what: "connect", source })
-                }
-            }
-        };
+        let stream = crate::connect_retrying(path, timeout).map_err(|source| AgentError::Io {
+            path: path.into(),
+            what: "connect",
+            source,
+        })?;
         let reader = BufReader::new(stream.try_clone().map_err(|source| AgentError::Io {
             path: path.into(),
             what: "clone",

@@ -65,6 +65,20 @@ impl Disk {
     pub fn read_only(path: impl Into<PathBuf>) -> Disk {
         Disk { path: path.into(), size: 0, read_only: true, serial: None }
     }
+
+    /// A small read-only config disk from the archive `ar` writes to `out`: padded to whole
+    /// sectors (a raw disk's size is its file's) and attached with the virtio `serial` that
+    /// init looks for.
+    pub fn config_archive(
+        ar: tar::Builder<std::fs::File>,
+        out: &Path,
+        serial: &str,
+    ) -> std::io::Result<Disk> {
+        let f = ar.into_inner()?;
+        let len = f.metadata()?.len();
+        f.set_len(len.div_ceil(512) * 512)?;
+        Ok(Disk { serial: Some(serial.to_owned()), ..Disk::read_only(out) })
+    }
 }
 
 /// Parses `PATH[,size=8G][,readonly=on|off]`.

@@ -9,7 +9,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{json, Value};
 
@@ -90,16 +90,7 @@ fn send_frames(
 impl DataClient {
     pub fn connect(path: &Path, timeout: Duration) -> Result<Self, DataError> {
         let io = |what| move |source| DataError::Io { path: path.into(), what, source };
-        let deadline = Instant::now() + timeout;
-        let stream = loop {
-            match UnixStream::connect(path) {
-                Ok(s) => break s,
-                Err(_) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(25))
-                }
-                Err(e) => return Err(io("connect")(e)),
-            }
-        };
+        let stream = crate::connect_retrying(path, timeout).map_err(io("connect"))?;
         let reader = BufReader::new(stream.try_clone().map_err(io("clone"))?);
         Ok(Self { path: path.into(), stream, reader })
     }

@@ -63,13 +63,7 @@ pub fn build(key: &Path, out: &Path) -> Result<Disk, KeyDiskError> {
     h.set_mode(0o600);
     h.set_cksum();
     ar.append_data(&mut h, ENTRY, data.as_slice()).map_err(werr)?;
-    let f = ar.into_inner().map_err(werr)?;
-    // A whole number of sectors: the disk's size is the file's.
-    let len = f.metadata().map_err(werr)?.len();
-    f.set_len(len.div_ceil(512) * 512).map_err(werr)?;
-    let mut disk = Disk::read_only(out);
-    disk.serial = Some(SERIAL.to_owned());
-    Ok(disk)
+    Disk::config_archive(ar, out, SERIAL).map_err(werr)
 }
 
 /// Deletes the key disk file when dropped (QEMU keeps its open descriptor).

@@ -34,20 +34,8 @@ pub struct Qmp {
 impl Qmp {
     /// Connects (retrying until `timeout` while QEMU creates the socket) and negotiates.
     pub fn connect(path: &Path, timeout: Duration) -> Result<Self, QmpError> {
-        let deadline = Instant::now() + timeout;
-        let stream = loop {
-            match UnixStream::connect(path) {
-                Ok(s) => break s,
-                Err(e) if Instant::now() < deadline => {
-                    tracing::trace!("QMP connect: {e}");
-                    std::thread::sleep(Duration::from_millis(25));
-                }
-                Err(source) => {
-                    return Err(QmpError::Io { path: path.into(), what: "connect", source })
-                }
-            }
-        };
         let io = |what| move |source| QmpError::Io { path: path.into(), what, source };
+        let stream = crate::connect_retrying(path, timeout).map_err(io("connect"))?;
         stream.set_read_timeout(Some(Duration::from_secs(10))).map_err(io("set timeout"))?;
         let reader = BufReader::new(stream.try_clone().map_err(io("clone"))?);
         let mut q =

@@ -42,13 +42,7 @@ pub fn build(dir: &Path, out: &Path) -> Result<Disk, TlsDiskError> {
     for file in FILES {
         ar.append_path_with_name(dir.join(file), file).map_err(werr)?;
     }
-    let f = ar.into_inner().map_err(werr)?;
-    // A whole number of sectors: the disk's size is the file's.
-    let len = f.metadata().map_err(werr)?.len();
-    f.set_len(len.div_ceil(512) * 512).map_err(werr)?;
-    let mut disk = Disk::read_only(out);
-    disk.serial = Some(SERIAL.to_owned());
-    Ok(disk)
+    Disk::config_archive(ar, out, SERIAL).map_err(werr)
 }
 
 #[cfg(test)]

@@ -73,6 +73,31 @@ pub fn vm_lock() -> Result<VmLock> {
     Ok(VmLock(f))
 }
 
+/// How the appliance attaches its store: ublk (the default) or the kernel's nbd client
+/// (`lamina.attach=nbd` on the kernel command line).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attach {
+    Ublk,
+    Nbd,
+}
+
+impl Attach {
+    /// The store's device in the guest.
+    pub fn device(self) -> &'static str {
+        match self {
+            Attach::Ublk => "/dev/ublkb0",
+            Attach::Nbd => "/dev/nbd0",
+        }
+    }
+
+    /// Adds the kernel command line switch for this attach.
+    pub fn apply(self, opts: &mut Opts) {
+        if self == Attach::Nbd {
+            opts.append.push("lamina.attach=nbd".into());
+        }
+    }
+}
+
 /// How to boot a test VM.
 #[derive(Debug, Clone)]
 pub struct Opts {
@@ -338,31 +363,61 @@ pub fn umoci(args: &[&str]) -> Result<String> {
         .context("umoci (Debian package umoci) is needed")
 }
 
-/// busybox (Debian's busybox-static) as a one-layer OCI image built with umoci in the layout
-/// `dir/img`, tagged `bb`, with `applets` linked in `/bin` and `/bin/sh` as its command.
-/// Returns the layout packed as a gzip-compressed tar (`dir/bb.oci.tar.gz`); the layout
-/// itself stays for other tools (skopeo).
+/// An OCI layout `dir/img` holding an empty image tagged `base`, unpacked into the bundle
+/// `dir/unpacked` with busybox (Debian's busybox-static) in its rootfs and `applets` linked to
+/// it in `/bin`. Tests repack the bundle into their own tags.
+pub struct BusyboxBundle {
+    pub img: PathBuf,
+    pub bundle: PathBuf,
+}
+
+impl BusyboxBundle {
+    pub fn new(dir: &Path, applets: &[&str]) -> Result<Self> {
+        let busybox = Path::new("/bin/busybox");
+        anyhow::ensure!(
+            busybox.is_file(),
+            "/bin/busybox is missing (Debian package busybox-static)"
+        );
+        let b = Self { img: dir.join("img"), bundle: dir.join("unpacked") };
+        umoci(&["init", "--layout", &b.img.to_string_lossy()])?;
+        umoci(&["new", "--image", &b.tag("base")])?;
+        umoci(&["unpack", "--image", &b.tag("base"), &b.bundle.to_string_lossy()])?;
+        let bin = b.rootfs().join("bin");
+        std::fs::create_dir_all(&bin)?;
+        std::fs::copy(busybox, bin.join("busybox"))?;
+        for applet in applets {
+            std::os::unix::fs::symlink("busybox", bin.join(applet))?;
+        }
+        Ok(b)
+    }
+
+    /// `img:tag`, as umoci's `--image` takes it.
+    pub fn tag(&self, tag: &str) -> String {
+        format!("{}:{tag}", self.img.display())
+    }
+
+    pub fn rootfs(&self) -> PathBuf {
+        self.bundle.join("rootfs")
+    }
+
+    /// Packs the bundle's rootfs as a new layer of the image tagged `tag`.
+    pub fn repack(&self, tag: &str) -> Result<String> {
+        umoci(&["repack", "--image", &self.tag(tag), &self.bundle.to_string_lossy()])
+    }
+}
+
+/// busybox as a one-layer OCI image built with umoci in the layout `dir/img`, tagged `bb`,
+/// with `applets` linked in `/bin` and `/bin/sh` as its command. Returns the layout packed as
+/// a gzip-compressed tar (`dir/bb.oci.tar.gz`); the layout itself stays for other tools
+/// (skopeo).
 pub fn busybox_oci(dir: &Path, applets: &[&str]) -> Result<PathBuf> {
     use std::process::Command;
-    let busybox = Path::new("/bin/busybox");
-    anyhow::ensure!(busybox.is_file(), "/bin/busybox is missing (Debian package busybox-static)");
-    let img = dir.join("img");
-    let bundle = dir.join("unpacked");
-    let ib = |t: &str| format!("{}:{t}", img.display());
-    umoci(&["init", "--layout", &img.to_string_lossy()])?;
-    umoci(&["new", "--image", &ib("base")])?;
-    umoci(&["unpack", "--image", &ib("base"), &bundle.to_string_lossy()])?;
-    let rootfs = bundle.join("rootfs");
-    std::fs::create_dir_all(rootfs.join("bin"))?;
-    std::fs::copy(busybox, rootfs.join("bin/busybox"))?;
-    for applet in applets {
-        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet))?;
-    }
-    umoci(&["repack", "--image", &ib("bb"), &bundle.to_string_lossy()])?;
-    umoci(&["config", "--image", &ib("bb"), "--config.cmd", "/bin/sh"])?;
-    umoci(&["rm", "--image", &ib("base")])?;
+    let b = BusyboxBundle::new(dir, applets)?;
+    b.repack("bb")?;
+    umoci(&["config", "--image", &b.tag("bb"), "--config.cmd", "/bin/sh"])?;
+    umoci(&["rm", "--image", &b.tag("base")])?;
     let oci = dir.join("bb.oci.tar");
-    host_run(Command::new("tar").arg("-C").arg(&img).arg("-cf").arg(&oci).arg("."))?;
+    host_run(Command::new("tar").arg("-C").arg(&b.img).arg("-cf").arg(&oci).arg("."))?;
     host_run(Command::new("gzip").arg("-1").arg(&oci))?;
     Ok(dir.join("bb.oci.tar.gz"))
 }

@@ -13,7 +13,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
-use tests::{check_pool_disk, Opts, TestVm};
+use tests::{check_pool_disk, Attach, Opts, TestVm};
 
 #[test]
 fn vm_daemon_sigkill_under_writes_is_survived() -> Result<()> {
@@ -25,21 +25,13 @@ fn vm_daemon_sigkill_under_writes_is_survived_over_nbd() -> Result<()> {
     sigkill_under_writes("vm_daemon_sigkill_under_writes_is_survived_over_nbd", Attach::Nbd)
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Attach {
-    Ublk,
-    Nbd,
-}
-
 fn sigkill_under_writes(name: &str, attach: Attach) -> Result<()> {
     let dir = tempfile::tempdir()?;
     let disk = dir.path().join("data.raw");
     let mut opts = Opts { disks: vec![disk.clone()], ..Opts::debug() };
     // Every acknowledged request on the console, for the post-mortem when data goes missing.
     opts.append.push("lamina.pool.log=info,thinpool::export::pool=debug".into());
-    if attach == Attach::Nbd {
-        opts.append.push("lamina.attach=nbd".into());
-    }
+    attach.apply(&mut opts);
     let mut vm = TestVm::boot(name, opts)?;
     let ready = vm.wait_ready()?;
     match attach {

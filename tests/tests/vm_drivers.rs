@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 use serde_json::{json, Value};
-use tests::{host_run, pool_data_bytes, umoci, Opts, TestVm};
+use tests::{host_run, pool_data_bytes, umoci, BusyboxBundle, Opts, TestVm};
 
 const LS: &str = "/sbin/layerstore";
 const CRUN: &str = "/usr/bin/crun";
@@ -54,19 +54,9 @@ const MIB: u64 = 1 << 20;
 /// command writes `/hello` and prints it, and `sleeper`, which sleeps. Returns the OCI layout
 /// tar and the manifest digest of `bb`.
 fn archive(dir: &Path) -> Result<(PathBuf, String)> {
-    let busybox = Path::new("/bin/busybox");
-    ensure!(busybox.is_file(), "/bin/busybox is missing (Debian package busybox-static)");
-    let img = dir.join("img");
-    let bundle = dir.join("unpacked");
-    let ib = |t: &str| format!("{}:{t}", img.display());
-    umoci(&["init", "--layout", &img.to_string_lossy()])?;
-    umoci(&["new", "--image", &ib("base")])?;
-    umoci(&["unpack", "--image", &ib("base"), &bundle.to_string_lossy()])?;
-    let rootfs = bundle.join("rootfs");
-    std::fs::create_dir_all(rootfs.join("bin"))?;
-    std::fs::copy(busybox, rootfs.join("bin/busybox"))?;
-    std::os::unix::fs::symlink("busybox", rootfs.join("bin/sh"))?;
-    umoci(&["repack", "--image", &ib("l1"), &bundle.to_string_lossy()])?;
+    let b = BusyboxBundle::new(dir, &["sh"])?;
+    let rootfs = b.rootfs();
+    b.repack("l1")?;
     host_run(
         Command::new("dd")
             .arg("if=/dev/urandom")
@@ -74,12 +64,12 @@ fn archive(dir: &Path) -> Result<(PathBuf, String)> {
             .arg("bs=1M")
             .arg(format!("count={PAYLOAD_MIB}")),
     )?;
-    umoci(&["repack", "--image", &ib("l2"), &bundle.to_string_lossy()])?;
+    b.repack("l2")?;
     let cmd = |tag: &str, script: &str| {
         umoci(&[
             "config",
             "--image",
-            &ib("l2"),
+            &b.tag("l2"),
             "--tag",
             tag,
             "--config.cmd",
@@ -92,7 +82,7 @@ fn archive(dir: &Path) -> Result<(PathBuf, String)> {
     };
     cmd("bb", "echo hello from $(/bin/busybox hostname) > /hello && /bin/busybox cat /hello")?;
     cmd("sleeper", "exec /bin/busybox sleep 600")?;
-    let index: Value = serde_json::from_slice(&std::fs::read(img.join("index.json"))?)?;
+    let index: Value = serde_json::from_slice(&std::fs::read(b.img.join("index.json"))?)?;
     let digest = index["manifests"]
         .as_array()
         .context("index.json without manifests")?
@@ -102,7 +92,7 @@ fn archive(dir: &Path) -> Result<(PathBuf, String)> {
         .context("no bb in index.json")?
         .to_owned();
     let tar = dir.join("bb.oci.tar");
-    host_run(Command::new("tar").arg("-C").arg(&img).arg("-cf").arg(&tar).arg("."))?;
+    host_run(Command::new("tar").arg("-C").arg(&b.img).arg("-cf").arg(&tar).arg("."))?;
     Ok((tar, digest))
 }
 

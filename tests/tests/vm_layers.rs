@@ -1,5 +1,6 @@
 //! VM tier: the layer store inside the appliance, on the pool's XFS (`prjquota`) at
-//! /var/lib/lamina.
+//! /var/lib/lamina, once with the store attached over ublk (the default) and once over the
+//! kernel's nbd client (`lamina.attach=nbd`).
 //!
 //! An OCI image built on the host with umoci from real files (Debian's busybox-static) rides
 //! into the guest as a raw tar on a second, read-only virtio disk, which the pool leaves alone because
@@ -15,7 +16,7 @@ use std::time::Duration;
 
 use anyhow::{ensure, Result};
 use serde_json::Value;
-use tests::{host_run, pool_data_bytes, umoci, Opts, TestVm};
+use tests::{host_run, pool_data_bytes, umoci, Attach, BusyboxBundle, Opts, TestVm};
 
 const LS: &str = "/sbin/layerstore";
 /// The store this test drives with the `layerstore` CLI. Init keeps the appliance's own store
@@ -27,23 +28,12 @@ const CRUN: &str = "/usr/bin/crun";
 /// A one-layer OCI image with busybox (static) whose command prints a line naming the
 /// container's hostname, packed as an OCI layout tar; returns the tar.
 fn busybox_archive(dir: &Path) -> Result<PathBuf> {
-    let busybox = Path::new("/bin/busybox");
-    ensure!(busybox.is_file(), "/bin/busybox is missing (Debian package busybox-static)");
-    let img = dir.join("img");
-    let bundle = dir.join("unpacked");
-    let ib = |t: &str| format!("{}:{t}", img.display());
-    umoci(&["init", "--layout", &img.to_string_lossy()])?;
-    umoci(&["new", "--image", &ib("base")])?;
-    umoci(&["unpack", "--image", &ib("base"), &bundle.to_string_lossy()])?;
-    let rootfs = bundle.join("rootfs");
-    std::fs::create_dir_all(rootfs.join("bin"))?;
-    std::fs::copy(busybox, rootfs.join("bin/busybox"))?;
-    std::os::unix::fs::symlink("busybox", rootfs.join("bin/sh"))?;
-    umoci(&["repack", "--image", &ib("bb1"), &bundle.to_string_lossy()])?;
+    let b = BusyboxBundle::new(dir, &["sh"])?;
+    b.repack("bb1")?;
     umoci(&[
         "config",
         "--image",
-        &ib("bb1"),
+        &b.tag("bb1"),
         "--tag",
         "bb",
         "--config.cmd",
@@ -54,7 +44,7 @@ fn busybox_archive(dir: &Path) -> Result<PathBuf> {
         "echo hello from $(/bin/busybox hostname) pid $$",
     ])?;
     let tar = dir.join("bb.oci.tar");
-    host_run(Command::new("tar").arg("-C").arg(&img).arg("-cf").arg(&tar).arg("."))?;
+    host_run(Command::new("tar").arg("-C").arg(&b.img).arg("-cf").arg(&tar).arg("."))?;
     Ok(tar)
 }
 
@@ -78,6 +68,17 @@ fn dd_mib(r: &Value) -> u64 {
 
 #[test]
 fn vm_layer_store_runs_quotas_and_trims() -> Result<()> {
+    layer_store("vm_layer_store_runs_quotas_and_trims", Attach::Ublk)
+}
+
+/// The same with the store on the kernel's nbd client (`lamina.attach=nbd`): quotas, and
+/// trims that reach the pool through NBD_CMD_TRIM instead of ublk's DISCARD.
+#[test]
+fn vm_layer_store_runs_quotas_and_trims_over_nbd() -> Result<()> {
+    layer_store("vm_layer_store_runs_quotas_and_trims_over_nbd", Attach::Nbd)
+}
+
+fn layer_store(name: &str, attach: Attach) -> Result<()> {
     let host = tempfile::tempdir()?;
     let archive = busybox_archive(host.path())?;
     let archive_size = std::fs::metadata(&archive)?.len();
@@ -91,10 +92,12 @@ fn vm_layer_store_runs_quotas_and_trims() -> Result<()> {
         ..Opts::debug()
     };
     opts.append.push("lamina.pool.devices=/dev/vda".into());
+    attach.apply(&mut opts);
     opts.deadline = Duration::from_secs(600);
-    let mut vm = TestVm::boot("vm_layer_store_runs_quotas_and_trims", opts)?;
+    let mut vm = TestVm::boot(name, opts)?;
     let ready = vm.wait_ready()?;
-    assert!(ready.line.contains("pool: store on /dev/ublkb0"), "{}", ready.line);
+    let store = format!("pool: store on {}", attach.device());
+    assert!(ready.line.contains(&store), "{}", ready.line);
     // The pool took only vda; vdb is the archive, byte for byte.
     assert_eq!(
         vm.ok(&["cat", "/sys/block/vdb/size"], Duration::from_secs(30))?.trim(),

@@ -101,31 +101,19 @@ fn pool_exports_work_with_real_clients() {
     assert_eq!(names, ["frozen", "half", "vol"]);
 
     // Management through the control socket while serving.
-    let r = control::request(
-        d,
-        &Request::Create {
-            name: "new".into(),
-            size: 8 * MIB,
-            export: false,
-            encrypted: false,
-            luks_header: None,
-        },
-    )
-    .unwrap();
+    let create = Request::Create {
+        name: "new".into(),
+        size: 8 * MIB,
+        export: false,
+        encrypted: false,
+        luks_header: None,
+    };
+    let r = control::request(d, &create).unwrap();
     assert!(r.ok, "{r:?}");
     let out = ok("nbdinfo", &["--list", "--json", &uri(&srv.sock, "")], T);
     assert!(out.contains("\"new\""), "created volume is exported:\n{out}");
-    let r = control::request(
-        d,
-        &Request::Create {
-            name: "new".into(),
-            size: 8 * MIB,
-            export: false,
-            encrypted: false,
-            luks_header: None,
-        },
-    )
-    .unwrap();
+    // The same name again is refused.
+    let r = control::request(d, &create).unwrap();
     assert!(!r.ok && r.error.as_deref().unwrap_or("").contains("exists"), "{r:?}");
     let st = control::request(d, &Request::Status).unwrap();
     assert!(st.ok && st.data["volumes"] == 4, "{st:?}");

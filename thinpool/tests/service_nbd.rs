@@ -17,6 +17,34 @@ use thinpool::io::{BlockDevice, FileDevice};
 use thinpool::vg::autoextend::ExtendAction;
 use thinpool::vg::{PoolConfig, VgPool, VolumeGroup};
 
+/// `daemon::serve_until` on a thread, serving NBD on the Unix socket `sock` (no TCP) and control on
+/// the pool's socket; returned once both sockets answer.
+struct InProcess {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<Result<(), daemon::DaemonError>>,
+}
+
+impl InProcess {
+    fn start(pool: &Path, sock: &Path) -> Self {
+        let sock = sock.to_owned();
+        let cfg =
+            ServeConfig { listen: "none".into(), socket: Some(sock.clone()), ..Default::default() };
+        let stop = Arc::new(AtomicBool::new(false));
+        let (d, s) = (pool.to_owned(), stop.clone());
+        let thread = std::thread::spawn(move || daemon::serve_until(&d, &cfg, s));
+        wait_for("the daemon's sockets", Duration::from_secs(30), || {
+            std::os::unix::net::UnixStream::connect(&sock).is_ok()
+                && control::socket_path(pool).exists()
+        });
+        Self { stop, thread }
+    }
+
+    fn stop(self) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.thread.join().unwrap().unwrap();
+    }
+}
+
 fn ctl(dir: &Path, req: Request) -> serde_json::Value {
     let r = control::request(dir, &req).unwrap();
     assert!(r.ok, "{req:?}: {:?}", r.error);
@@ -44,15 +72,7 @@ fn nbd_over_a_device_backed_pool() {
         vp.pool().commit().unwrap();
     }
     let sock = dir.path().join("nbd.sock");
-    let cfg =
-        ServeConfig { listen: "none".into(), socket: Some(sock.clone()), ..Default::default() };
-    let stop = Arc::new(AtomicBool::new(false));
-    let (d, s) = (pool.clone(), stop.clone());
-    let daemon = std::thread::spawn(move || daemon::serve_until(&d, &cfg, s));
-    wait_for("the daemon's sockets", Duration::from_secs(30), || {
-        std::os::unix::net::UnixStream::connect(&sock).is_ok()
-            && control::socket_path(&pool).exists()
-    });
+    let daemon = InProcess::start(&pool, &sock);
 
     // The CLI goes through the daemon's control socket while it serves the pool.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_thinpool"))
@@ -106,8 +126,7 @@ fn nbd_over_a_device_backed_pool() {
         assert_eq!(ca.read(i * EXT, EXT as usize).unwrap(), pattern(i, 1), "block {i}");
     }
     ca.disconnect();
-    stop.store(true, Ordering::SeqCst);
-    daemon.join().unwrap().unwrap();
+    daemon.stop();
 
     let vp = VgPool::open(std::slice::from_ref(&pool)).unwrap();
     assert_eq!(vp.pool().volumes().unwrap().len(), 1);
@@ -130,15 +149,7 @@ fn nbd_metadata_exhaustion_answers_writes_with_eperm_and_keeps_reads() {
         p.commit().unwrap();
     }
     let sock = dir.path().join("nbd.sock");
-    let cfg =
-        ServeConfig { listen: "none".into(), socket: Some(sock.clone()), ..Default::default() };
-    let stop = Arc::new(AtomicBool::new(false));
-    let (d, s) = (pool.clone(), stop.clone());
-    let daemon = std::thread::spawn(move || daemon::serve_until(&d, &cfg, s));
-    wait_for("the daemon's sockets", Duration::from_secs(30), || {
-        std::os::unix::net::UnixStream::connect(&sock).is_ok()
-            && control::socket_path(&pool).exists()
-    });
+    let daemon = InProcess::start(&pool, &sock);
     let mut c = Client::connect_unix(&sock, "v", false, false);
     let mut ok = Vec::new();
     let errno = loop {
@@ -169,8 +180,7 @@ fn nbd_metadata_exhaustion_answers_writes_with_eperm_and_keeps_reads() {
     .unwrap();
     assert!(!r.ok && r.error.unwrap().contains("read-only"));
     c.disconnect();
-    stop.store(true, Ordering::SeqCst);
-    daemon.join().unwrap().unwrap();
+    daemon.stop();
     let meta: Arc<dyn BlockDevice> = Arc::new(FileDevice::open(&pool.join("metadata")).unwrap());
     assert!(thinpool::service::needs_check(meta.as_ref()).unwrap());
     thin_check_file(&pool.join("metadata"), &[]);

@@ -446,15 +446,7 @@ impl Networks {
             .and_then(|()| std::fs::write(&resolv, format!("nameserver {GUEST_DNS}\n")))
             .map_err(|e| StoreError::io(resolv.display(), e))?;
         let ns = netns::create(container).map_err(|e| StoreError::io("netns", e))?;
-        let ipam = self.run.join("ipam");
-        let ipam = ipam.to_string_lossy();
-        let list = cni::conflist(&NetConf {
-            name: &n.name,
-            bridge: &n.bridge,
-            subnet: &n.subnet,
-            gateway: n.gateway,
-            ipam_dir: &ipam,
-        });
+        let list = self.conflist(&n);
         let cni = Cni { reaper, plugin_dir: cni::PLUGIN_DIR.into() };
         let nsp = ns.to_string_lossy();
         let t = std::time::Instant::now();
@@ -499,6 +491,18 @@ impl Networks {
         Ok((ns, self.hosts(network), resolv))
     }
 
+    /// The CNI conflist of network `n`, with host-local's addresses kept under this run dir.
+    fn conflist(&self, n: &Network) -> serde_json::Value {
+        let ipam = self.run.join("ipam");
+        cni::conflist(&NetConf {
+            name: &n.name,
+            bridge: &n.bridge,
+            subnet: &n.subnet,
+            gateway: n.gateway,
+            ipam_dir: &ipam.to_string_lossy(),
+        })
+    }
+
     /// Takes `container` off its network: CNI DEL (host-local frees its address), the
     /// namespace goes, the hosts file is rewritten. Nothing when it is not attached.
     pub fn detach(&self, reaper: &Reaper, container: &str) -> Result<()> {
@@ -506,15 +510,7 @@ impl Networks {
         let Some(a) = self.att().remove(container) else { return Ok(()) };
         let del = match self.get(&a.network) {
             Ok(n) => {
-                let ipam = self.run.join("ipam");
-                let ipam = ipam.to_string_lossy();
-                let list = cni::conflist(&NetConf {
-                    name: &n.name,
-                    bridge: &n.bridge,
-                    subnet: &n.subnet,
-                    gateway: n.gateway,
-                    ipam_dir: &ipam,
-                });
+                let list = self.conflist(&n);
                 let cni = Cni { reaper, plugin_dir: cni::PLUGIN_DIR.into() };
                 cni.del(&list, container, &a.netns.to_string_lossy(), Some(&a.result), &a.ports)
                     .map_err(|e| StoreError::new(Kind::Io, e.to_string()))
