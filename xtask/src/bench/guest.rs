@@ -236,6 +236,37 @@ pub fn proc_ticks(stat: &str) -> Option<u64> {
     Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
 }
 
+/// utime + stime per thread of `cat /proc/PID/task/*/stat`: (tid, name, ticks).
+pub fn thread_ticks(dump: &str) -> Vec<(u64, String, u64)> {
+    dump.lines()
+        .filter_map(|l| {
+            let tid = l.split_whitespace().next()?.parse().ok()?;
+            let name = l.get(l.find('(')? + 1..l.rfind(')')?)?.to_owned();
+            Some((tid, name, proc_ticks(l)?))
+        })
+        .collect()
+}
+
+/// The thread that took the most CPU between two [`thread_ticks`] samples, as its name and
+/// its share of one vCPU (`total` ticks over `cpus` vCPUs).
+pub fn busiest_thread(
+    before: &[(u64, String, u64)],
+    after: &[(u64, String, u64)],
+    total: u64,
+    cpus: u32,
+) -> Option<(String, f64)> {
+    let per_cpu = total as f64 / f64::from(cpus.max(1));
+    after
+        .iter()
+        .map(|(tid, name, t)| {
+            let t0 = before.iter().find(|b| b.0 == *tid).map_or(0, |b| b.2);
+            (name, t.saturating_sub(t0))
+        })
+        .max_by_key(|(_, d)| *d)
+        .filter(|_| per_cpu > 0.0)
+        .map(|(name, d)| (name.clone(), d as f64 / per_cpu))
+}
+
 /// One subject's run of every load.
 struct Run {
     values: Vec<f64>,
@@ -243,6 +274,16 @@ struct Run {
     busy: f64,
     /// Share of all guest CPU time spent in lamina's daemon (lamina runs only).
     daemon_share: Option<f64>,
+    /// The daemon's busiest thread and its share of one vCPU (lamina runs only): with more
+    /// vCPUs than busy threads, one saturated thread is the limit.
+    busiest: Option<(String, f64)>,
+}
+
+/// What [`Guest::sample`] reads before and after a run.
+struct Sample {
+    stat: String,
+    ticks: Option<u64>,
+    threads: Vec<(u64, String, u64)>,
 }
 
 /// The guest-side steps, over the agent; every command is logged.
@@ -274,22 +315,22 @@ impl Guest<'_> {
         self.exec(&[BB, "sh", "-c", script], Duration::from_secs(120))
     }
 
-    /// `/proc/stat`'s `cpu` line and, for `pid`, its utime + stime in ticks.
-    fn sample(&mut self, pid: Option<&str>) -> Result<(String, Option<u64>)> {
+    /// `/proc/stat`'s `cpu` line and, for `pid`, its utime + stime in ticks, in all and per
+    /// thread.
+    fn sample(&mut self, pid: Option<&str>) -> Result<Sample> {
         let stat = self.exec(&[BB, "head", "-n1", "/proc/stat"], Duration::from_secs(30))?;
-        let ticks = match pid {
-            Some(p) => proc_ticks(
-                &self.exec(&[BB, "cat", &format!("/proc/{p}/stat")], Duration::from_secs(30))?,
-            ),
-            None => None,
-        };
-        Ok((stat, ticks))
+        let Some(p) = pid else { return Ok(Sample { stat, ticks: None, threads: Vec::new() }) };
+        let ticks = proc_ticks(
+            &self.exec(&[BB, "cat", &format!("/proc/{p}/stat")], Duration::from_secs(30))?,
+        );
+        let threads = thread_ticks(&self.sh(&format!("{BB} cat /proc/{p}/task/*/stat"))?);
+        Ok(Sample { stat, ticks, threads })
     }
 
     /// Runs every load on `dev`; also measures how busy the guest's CPU was meanwhile and,
     /// for lamina, which share of all CPU time its daemon took: under TCG every path is
     /// CPU-bound, so these say where the time goes.
-    fn fio(&mut self, dev: &str, offset: u64, daemon: bool) -> Result<Run> {
+    fn fio(&mut self, dev: &str, offset: u64, daemon: bool, cpus: u32) -> Result<Run> {
         let argv = fio_argv(dev, offset, REGION, RUNTIME_SECS, &LOADS);
         let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
         let budget = Duration::from_secs(60 + 4 * u64::from(RUNTIME_SECS + 1) * 3);
@@ -302,16 +343,15 @@ impl Guest<'_> {
         let out = self.exec(&argv, budget)?;
         let after = self.sample(pid.as_deref())?;
         let values = parse_fio(&out, &LOADS).with_context(|| format!("fio on {dev}"))?;
-        let daemon_share = match (before.1, after.1, cpu_ticks(&before.0, &after.0)) {
-            (Some(a), Some(b), Some((_, total))) if total > 0 => {
-                Some(b.saturating_sub(a) as f64 / total as f64)
-            }
+        let ticks = cpu_ticks(&before.stat, &after.stat).filter(|t| t.1 > 0);
+        let daemon_share = match (before.ticks, after.ticks, ticks) {
+            (Some(a), Some(b), Some((_, total))) => Some(b.saturating_sub(a) as f64 / total as f64),
             _ => None,
         };
-        let busy = cpu_ticks(&before.0, &after.0)
-            .filter(|t| t.1 > 0)
-            .map_or(f64::NAN, |(busy, total)| busy as f64 / total as f64);
-        Ok(Run { values, busy, daemon_share })
+        let busiest = ticks
+            .and_then(|(_, total)| busiest_thread(&before.threads, &after.threads, total, cpus));
+        let busy = ticks.map_or(f64::NAN, |(busy, total)| busy as f64 / total as f64);
+        Ok(Run { values, busy, daemon_share, busiest })
     }
 
     /// Stops lamina's daemon with `/sbin/thinpool` parked so init's supervisor cannot start it
@@ -462,11 +502,11 @@ fn measure(g: &mut Guest<'_>, cpus: u32, say: &dyn Fn(&str)) -> Result<Vec<Recor
 
     let mut out = Vec::new();
     for round in 1..=ROUNDS {
-        let v = g.fio(&ublk, 0, true)?;
+        let v = g.fio(&ublk, 0, true, cpus)?;
         report(say, round, LAMINA, &v);
         out.extend(records(LAMINA, &LOADS, &v.values, cpus));
 
-        let v = g.fio(NBD, 0, true)?;
+        let v = g.fio(NBD, 0, true, cpus)?;
         report(say, round, OVER_NBD, &v);
         out.extend(records(OVER_NBD, &LOADS, &v.values, cpus));
 
@@ -475,7 +515,7 @@ fn measure(g: &mut Guest<'_>, cpus: u32, say: &dyn Fn(&str)) -> Result<Vec<Recor
             g.dm_create(d)?;
         }
         let thin = format!("/dev/mapper/{}", stack[3].name);
-        let v = g.fio(&thin, 0, false);
+        let v = g.fio(&thin, 0, false, cpus);
         for d in stack.iter().rev() {
             g.dm_remove(&d.name)?;
         }
@@ -485,7 +525,7 @@ fn measure(g: &mut Guest<'_>, cpus: u32, say: &dyn Fn(&str)) -> Result<Vec<Recor
         restarts += 1;
         g.start_lamina(restarts, &ublk)?;
 
-        let v = g.fio(GUEST_DISK, raw_off, false)?;
+        let v = g.fio(GUEST_DISK, raw_off, false, cpus)?;
         report(say, round, RAW, &v);
         out.extend(records(RAW, &LOADS, &v.values, cpus));
     }
@@ -498,7 +538,11 @@ fn report(say: &dyn Fn(&str), round: usize, subject: &str, r: &Run) {
         .zip(&r.values)
         .map(|(l, v)| format!("{} {v:.0} {}", l.name, l.unit()))
         .collect();
-    let daemon = r.daemon_share.map(|d| format!(", daemon {:.0}%", d * 100.0)).unwrap_or_default();
+    let mut daemon =
+        r.daemon_share.map(|d| format!(", daemon {:.0}%", d * 100.0)).unwrap_or_default();
+    if let Some((name, share)) = &r.busiest {
+        daemon.push_str(&format!(", its busiest thread {name} {:.0}% of a vCPU", share * 100.0));
+    }
     say(&format!(
         "round {round}/{ROUNDS} {subject}: {} (guest CPU {:.0}% busy{daemon})",
         cells.join(", "),
@@ -578,6 +622,22 @@ mod tests {
         let f = fill_argv("/dev/vda", 1 << 30, REGION);
         assert!(f.contains(&"--offset=1073741824".to_string()) && f.contains(&"--rw=write".into()));
         assert!(!f.contains(&"--time_based".to_string()), "the fill writes the region once");
+    }
+
+    #[test]
+    fn the_busiest_thread_is_named_with_its_share_of_one_vcpu() {
+        let before = "7 (thinpool) S 1 7 7 0 -1 0 0 0 0 0 10 5 0 0\n\
+                      9 (ublk0q0w1) S 1 7 7 0 -1 0 0 0 0 0 0 0 0 0\n";
+        let after = "7 (thinpool) S 1 7 7 0 -1 0 0 0 0 0 90 15 0 0\n\
+                     9 (ublk0q0w1) S 1 7 7 0 -1 0 0 0 0 0 20 0 0 0\n\
+                     11 (control x) S 1 7 7 0 -1 0 0 0 0 0 1 0 0 0\n";
+        let (b, a) = (thread_ticks(before), thread_ticks(after));
+        assert_eq!(a[2], (11, "control x".to_owned(), 1));
+        // 90 of 200 ticks over 2 vCPUs: 90 % of one.
+        let (name, share) = busiest_thread(&b, &a, 200, 2).unwrap();
+        assert_eq!(name, "thinpool");
+        assert!((share - 0.9).abs() < 1e-9, "{share}");
+        assert_eq!(busiest_thread(&b, &a, 0, 2), None);
     }
 
     #[test]
