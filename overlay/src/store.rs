@@ -247,15 +247,26 @@ impl Store {
             .open(root.join(".lock"))
             .ctx("open lock file in", &root)?;
         let lock = OwnedFd::from(lockf);
-        rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(
-            |e| {
-                Error::with_source(
-                    ErrorKind::Conflict,
-                    format!("store {} is in use by another process", root.display()),
-                    e,
-                )
-            },
-        )?;
+        // A flock belongs to the open file, and a child being spawned holds a copy of every
+        // descriptor from its fork until its exec closes the CLOEXEC ones: a store closed by
+        // a process that spawns children can stay locked for that instant. So wait briefly
+        // before calling the store busy; a real second user still gets Conflict.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_millis(500);
+        loop {
+            match rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+                Ok(()) => break,
+                Err(rustix::io::Errno::WOULDBLOCK) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(e) => {
+                    return Err(Error::with_source(
+                        ErrorKind::Conflict,
+                        format!("store {} is in use by another process", root.display()),
+                        e,
+                    ))
+                }
+            }
+        }
         for (d, mode) in [
             ("l", 0o700),
             ("layerdb", 0o700),

@@ -18,6 +18,7 @@
 //! after which a watchdog kills QEMU.
 
 use std::path::{Path, PathBuf};
+use std::process::ExitStatus;
 use std::sync::mpsc::{channel, Sender};
 use std::time::Duration;
 
@@ -152,7 +153,7 @@ impl Opts {
 /// A VM owned by one test.
 pub struct TestVm {
     pub name: String,
-    pub vm: Vm,
+    vm: Vm,
     pub log_dir: PathBuf,
     cancel_watchdog: Option<Sender<()>>,
     _lock: VmLock,
@@ -264,6 +265,29 @@ impl TestVm {
     /// The pool daemon's status (agent `pool.status`).
     pub fn pool_status(&mut self) -> Result<Value> {
         Ok(self.vm.agent()?.call("pool.status", None, Duration::from_secs(30))?)
+    }
+
+    /// The power button (ACPI through QMP), then waits for QEMU to exit.
+    pub fn stop(&mut self, timeout: Duration) -> Result<ExitStatus> {
+        Ok(self.vm.stop(timeout)?)
+    }
+
+    /// Pulls the plug: SIGKILL to QEMU.
+    pub fn kill(&mut self) {
+        self.vm.kill();
+    }
+
+    /// Waits for QEMU to exit by itself (a shutdown from the guest).
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<ExitStatus> {
+        Ok(self.vm.wait_exit(timeout)?)
+    }
+
+    pub fn agent(&self) -> Result<qemu::agent::AgentClient> {
+        Ok(self.vm.agent()?)
+    }
+
+    pub fn qmp(&self) -> Result<qemu::qmp::Qmp> {
+        Ok(self.vm.qmp()?)
     }
 
     pub fn console(&self) -> String {

@@ -71,8 +71,8 @@ fn vm_exec_is_forbidden_without_debug() -> Result<()> {
     assert!(err.to_string().contains("forbidden"), "{err:#}");
     assert_eq!(vm.status()?["debug"], false);
     // The agent's shutdown command powers the VM off cleanly.
-    vm.vm.agent()?.shutdown()?;
-    let st = vm.vm.wait_exit(Duration::from_secs(20))?;
+    vm.agent()?.shutdown()?;
+    let st = vm.wait_exit(Duration::from_secs(20))?;
     assert!(st.success(), "QEMU exited with {st}");
     assert!(vm.console().contains("shutdown requested by agent shutdown command"));
     Ok(())

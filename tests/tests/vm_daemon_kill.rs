@@ -113,7 +113,7 @@ fn sigkill_under_writes(name: &str, attach: Attach) -> Result<()> {
         }
     }
     assert_ne!(vm.exec(&["pidof", "thinpool"])?.trim(), pid.trim(), "a new daemon serves");
-    let st = vm.vm.stop(Duration::from_secs(30))?;
+    let st = vm.stop(Duration::from_secs(30))?;
     assert!(st.success(), "QEMU exited with {st}");
     assert!(vm.console().contains("shutdown [5/7] stop pool daemon: ok"), "{}", vm.console());
     eprintln!("[daemon_kill] {}", check_pool_disk(&disk)?);

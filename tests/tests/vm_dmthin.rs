@@ -231,7 +231,7 @@ fn vm_dmthin_interop() -> Result<()> {
         dmesg.lines().filter(|l| l.contains("device-mapper") || l.contains("thin")).collect();
     eprintln!("[{NAME}] kernel said:\n{}", dm_lines.join("\n"));
     guest.with_context(|| format!("guest steps (log: {})", vm.log_dir.display()))?;
-    let st = vm.vm.stop(Duration::from_secs(30))?;
+    let st = vm.stop(Duration::from_secs(30))?;
     ensure!(st.success(), "QEMU exited with {st}");
     drop(vm);
     eprintln!("[{NAME}] guest done, VM stopped ({:.1}s)", t0.elapsed().as_secs_f64());

@@ -103,7 +103,7 @@ fn data_used(vm: &mut TestVm) -> Result<u64> {
 
 /// The bytes pool volume `name` maps, from the daemon's volume list (agent `volume.list`).
 fn volume_mapped(vm: &mut TestVm, name: &str) -> Result<u64> {
-    let vols = vm.vm.agent()?.call("volume.list", None, Duration::from_secs(30))?;
+    let vols = vm.agent()?.call("volume.list", None, Duration::from_secs(30))?;
     let block = vm.pool_status()?["block_bytes"].as_u64().context("no block_bytes")?;
     let v = vols.as_array().and_then(|a| a.iter().find(|v| v["name"] == name));
     let v = v.with_context(|| format!("no volume {name} in {vols}"))?;
@@ -277,7 +277,7 @@ fn busy_removal(vm: &mut TestVm, d: &Driver) -> Result<()> {
         let entry = st["ublk"].as_array().and_then(|a| a.iter().find(|e| e["name"] == *vol));
         let entry = entry.with_context(|| format!("{vol} not attached any more: {st}"))?;
         assert_eq!(entry["deferred_removal"], true, "{entry}");
-        let vols = vm.vm.agent()?.call("volume.list", None, Duration::from_secs(30))?;
+        let vols = vm.agent()?.call("volume.list", None, Duration::from_secs(30))?;
         assert!(!vols.to_string().contains(vol.as_str()), "{vol} still listed: {vols}");
         let count = &st["devicemapper"]["Deferred Deleted Device Count"];
         assert!(count.as_u64().unwrap_or(0) >= 1, "{}", st["devicemapper"]);
@@ -466,7 +466,7 @@ fn vm_devicemapper_and_btrfs_drivers_on_the_pool() -> Result<()> {
     space(&mut vm, &dm, &mut dmf, &[], &[STORE_MNT])?;
 
     // ---- btrfs: the store on a thin volume formatted with the image's mkfs.btrfs ----
-    let created = vm.vm.agent()?.call(
+    let created = vm.agent()?.call(
         "volume.create",
         Some(json!({"name": "btrfs", "size": 4u64 << 30})),
         Duration::from_secs(60),
@@ -520,7 +520,7 @@ fn vm_devicemapper_and_btrfs_drivers_on_the_pool() -> Result<()> {
         &[THINPOOL, "detach", "/dev/vda", "btrfs", "--state-dir", POOL_STATE],
         Duration::from_secs(120),
     )?;
-    let st = vm.vm.stop(Duration::from_secs(120))?;
+    let st = vm.stop(Duration::from_secs(120))?;
     assert!(st.success(), "QEMU exited with {st}");
     Ok(())
 }

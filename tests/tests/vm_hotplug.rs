@@ -15,7 +15,7 @@ fn vm_q35_disk_hotplug_appears_in_the_guest() -> Result<()> {
     vm.wait_ready()?;
     let disk = vm.log_dir.join("hotplug.raw");
     std::fs::File::create(&disk)?.set_len(64 << 20)?;
-    let mut qmp = vm.vm.qmp()?;
+    let mut qmp = vm.qmp()?;
     qmp.hotplug_disk("vd1", &disk, Some("rp1"))?;
     drop(qmp); // QEMU serves one QMP client at a time; `stop` opens its own.
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -28,7 +28,7 @@ fn vm_q35_disk_hotplug_appears_in_the_guest() -> Result<()> {
         }
     };
     assert_eq!(size.trim(), (64u64 << 20 >> 9).to_string());
-    let st = vm.vm.stop(Duration::from_secs(20))?;
+    let st = vm.stop(Duration::from_secs(20))?;
     assert!(st.success(), "QEMU exited with {st}");
     Ok(())
 }
@@ -62,7 +62,7 @@ fn vm_hotplugged_disk_extends_the_pool() -> Result<()> {
     let before = data_total(&mut vm)?;
     let disk = vm.log_dir.join("hotplug.raw");
     std::fs::File::create(&disk)?.set_len(256 << 20)?;
-    let mut qmp = vm.vm.qmp()?;
+    let mut qmp = vm.qmp()?;
     qmp.hotplug_disk("vd1", &disk, Some("rp1"))?;
     drop(qmp);
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -72,7 +72,7 @@ fn vm_hotplugged_disk_extends_the_pool() -> Result<()> {
         }
         std::thread::sleep(Duration::from_millis(250));
     }
-    let r = vm.vm.agent()?.call(
+    let r = vm.agent()?.call(
         "pool.extend",
         Some(json!({"device": "/dev/vdb"})),
         Duration::from_secs(60),
@@ -80,7 +80,7 @@ fn vm_hotplugged_disk_extends_the_pool() -> Result<()> {
     let after = data_total(&mut vm)?;
     eprintln!("[hotplug] data total {before} -> {after}; extend said {r}");
     assert!(after > before, "Data Space Total did not grow: {before} -> {after}; {r}");
-    let st = vm.vm.stop(Duration::from_secs(20))?;
+    let st = vm.stop(Duration::from_secs(20))?;
     assert!(st.success(), "QEMU exited with {st}");
     Ok(())
 }

@@ -205,7 +205,7 @@ fn layer_store(name: &str, attach: Attach) -> Result<()> {
     );
     vm.ok(&["umount", "/mnt"], Duration::from_secs(60))?;
 
-    let st = vm.vm.stop(Duration::from_secs(60))?;
+    let st = vm.stop(Duration::from_secs(60))?;
     assert!(st.success(), "QEMU exited with {st}");
     Ok(())
 }

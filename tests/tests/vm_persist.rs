@@ -29,7 +29,7 @@ fn vm_store_survives_reboot_and_metadata_checks_clean() -> Result<()> {
              sync && sha256sum /var/lib/lamina/blob"
         );
         let sum = vm.exec(&["sh", "-c", &script])?;
-        let st = vm.vm.stop(Duration::from_secs(20))?;
+        let st = vm.stop(Duration::from_secs(20))?;
         assert!(st.success(), "QEMU exited with {st}");
         (sum, token)
     };
@@ -45,7 +45,7 @@ fn vm_store_survives_reboot_and_metadata_checks_clean() -> Result<()> {
         assert!(!console.contains("mkfs.xfs"), "formatted again:\n{console}");
         assert_eq!(vm.exec(&["cat", "/var/lib/lamina/persist.txt"])?.trim(), token);
         assert_eq!(vm.exec(&["sha256sum", "/var/lib/lamina/blob"])?, sum);
-        let st = vm.vm.stop(Duration::from_secs(20))?;
+        let st = vm.stop(Duration::from_secs(20))?;
         assert!(st.success(), "QEMU exited with {st}");
     }
 

@@ -31,7 +31,7 @@ fn vm_power_cut_keeps_synced_data_and_clean_metadata() -> Result<()> {
              2>/dev/null; sync; done) </dev/null >/dev/null 2>&1 &",
         ])?;
         std::thread::sleep(Duration::from_secs(3));
-        vm.vm.kill();
+        vm.kill();
         sum
     };
     let mut opts = opts;
@@ -43,7 +43,7 @@ fn vm_power_cut_keeps_synced_data_and_clean_metadata() -> Result<()> {
     assert_eq!(vm.exec(&["sh", "-c", "sha256sum < /var/lib/lamina/synced"])?, sum);
     let dmesg = vm.exec(&["dmesg"])?;
     assert!(!dmesg.contains("Corruption"), "{dmesg}");
-    let st = vm.vm.stop(Duration::from_secs(20))?;
+    let st = vm.stop(Duration::from_secs(20))?;
     assert!(st.success(), "QEMU exited with {st}");
     eprintln!("[power_cut] {}", check_pool_disk(&disk)?);
     Ok(())

@@ -16,7 +16,7 @@ fn vm_remote_volume_over_nbd() -> Result<()> {
     let mut vm = TestVm::boot("vm_remote_volume_over_nbd", opts)?;
     vm.wait_ready()?;
     let size: u64 = 64 << 20;
-    let mut agent = vm.vm.agent()?;
+    let mut agent = vm.agent()?;
     let t = Duration::from_secs(30);
     agent.call("volume.create", Some(json!({"name": "remote", "size": size})), t)?;
     let list = agent.call("volume.list", None, t)?;
@@ -45,7 +45,7 @@ fn vm_remote_volume_over_nbd() -> Result<()> {
     let v = list.as_array().unwrap().iter().find(|v| v["name"] == "remote").cloned().unwrap();
     assert!(v["mapped_blocks"].as_u64().unwrap_or(0) * 65536 >= size, "{v}");
     agent.call("volume.remove", Some(json!({"name": "remote"})), t)?;
-    let st = vm.vm.stop(Duration::from_secs(20))?;
+    let st = vm.stop(Duration::from_secs(20))?;
     assert!(st.success(), "QEMU exited with {st}");
     Ok(())
 }

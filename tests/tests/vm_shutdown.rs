@@ -10,14 +10,14 @@ use tests::{Opts, TestVm};
 fn vm_power_button_shuts_down_cleanly() -> Result<()> {
     let mut vm = TestVm::boot("vm_power_button_shuts_down_cleanly", Opts::default())?;
     vm.wait_ready()?;
-    let mut qmp = vm.vm.qmp()?;
+    let mut qmp = vm.qmp()?;
     assert_eq!(qmp.status()?, "running");
     let t = Instant::now();
     qmp.powerdown()?;
     let shutdown = qmp.wait_event("SHUTDOWN", Duration::from_secs(20))?;
     assert_eq!(shutdown["data"]["reason"], "guest-shutdown", "{shutdown}");
     assert!(qmp.events.iter().all(|e| e["event"] != "GUEST_PANICKED"));
-    let st = vm.vm.wait_exit(Duration::from_secs(20))?;
+    let st = vm.wait_exit(Duration::from_secs(20))?;
     assert!(st.success(), "QEMU exited with {st}");
     eprintln!(
         "[vm_power_button_shuts_down_cleanly] power button → QEMU exit in {:.2}s",
@@ -54,7 +54,7 @@ fn vm_lamina_stop_powers_off() -> Result<()> {
     let mut vm = TestVm::boot("vm_lamina_stop_powers_off", Opts::default())?;
     vm.wait_ready()?;
     let t = Instant::now();
-    let st = vm.vm.stop(Duration::from_secs(20))?;
+    let st = vm.stop(Duration::from_secs(20))?;
     assert!(st.success(), "QEMU exited with {st}");
     assert!(t.elapsed() < Duration::from_secs(20));
     assert!(vm.console().contains("shutdown [7/7] power off"));

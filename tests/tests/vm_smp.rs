@@ -19,8 +19,8 @@ fn vm_boots_ready_with_1_2_and_4_vcpus() -> Result<()> {
         assert_eq!(status["cpus"], cpus, "{status}");
         assert_eq!(status["ready"], true, "{status}");
         assert_eq!(status["debug"], false, "{status}");
-        vm.vm.agent()?.shutdown()?;
-        let st = vm.vm.wait_exit(std::time::Duration::from_secs(30))?;
+        vm.agent()?.shutdown()?;
+        let st = vm.wait_exit(std::time::Duration::from_secs(30))?;
         assert!(st.success(), "{cpus} vCPUs: QEMU exited with {st}");
     }
     Ok(())

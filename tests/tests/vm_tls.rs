@@ -74,7 +74,7 @@ fn vm_tls_export_through_the_forwarded_port_and_only_volumes_for_export() -> Res
     let mut vm = TestVm::boot("vm_tls_export", opts)?;
     vm.wait_ready()?;
     ensure!(vm.console().contains("NBD over TLS only"), "init did not turn TLS on");
-    let mut agent = vm.vm.agent()?;
+    let mut agent = vm.agent()?;
     let t = Duration::from_secs(30);
     let size: u64 = 16 << 20;
     agent.call("volume.create", Some(json!({"name": "tlsvol", "size": size})), t)?;
@@ -137,7 +137,7 @@ fn vm_tls_export_through_the_forwarded_port_and_only_volumes_for_export() -> Res
     agent.call("volume.remove", Some(json!({"name": "own"})), t)?;
 
     agent.call("volume.remove", Some(json!({"name": "tlsvol"})), t)?;
-    let st = vm.vm.stop(Duration::from_secs(20))?;
+    let st = vm.stop(Duration::from_secs(20))?;
     ensure!(st.success(), "QEMU exited with {st}");
     Ok(())
 }

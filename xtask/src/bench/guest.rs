@@ -295,7 +295,7 @@ struct Guest<'a> {
 impl Guest<'_> {
     fn exec(&mut self, argv: &[&str], timeout: Duration) -> Result<String> {
         let t = Instant::now();
-        let r = self.vm.vm.agent()?.exec(argv, timeout)?;
+        let r = self.vm.agent()?.exec(argv, timeout)?;
         let out = r["stdout"].as_str().unwrap_or("").to_owned();
         let err = r["stderr"].as_str().unwrap_or("");
         self.log.push_str(&format!(
@@ -454,7 +454,7 @@ pub fn run(root: &Path, jsonl: &Path) -> Result<()> {
         std::fs::write(log_dir.join("guest.log"), &g.log)?;
         records
             .extend(result.with_context(|| format!("guest steps (log: {})", log_dir.display()))?);
-        let st = vm.vm.stop(Duration::from_secs(60));
+        let st = vm.stop(Duration::from_secs(60));
         say(&format!("VM stopped ({st:?})"));
         drop(vm);
     }
