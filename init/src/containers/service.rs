@@ -54,6 +54,12 @@ struct Entry {
     launching: bool,
 }
 
+impl Entry {
+    fn new(spec: RunSpec, state: State) -> Entry {
+        Entry { spec, state, seq: 0, stopping: false, removing: false, launching: false }
+    }
+}
+
 /// Clears [`Entry::launching`] when a start ends, however it ends.
 struct Launching<'a> {
     containers: &'a Containers,
@@ -134,17 +140,7 @@ impl Containers {
                 if spec.restart == Restart::Always {
                     again.push(spec.name.clone());
                 }
-                c.lock().insert(
-                    spec.name.clone(),
-                    Entry {
-                        spec,
-                        state,
-                        seq: 0,
-                        stopping: false,
-                        removing: false,
-                        launching: false,
-                    },
-                );
+                c.lock().insert(spec.name.clone(), Entry::new(spec, state));
             }
         }
         for n in again {
@@ -208,14 +204,7 @@ impl Containers {
         })?;
         let name = spec.name.clone();
         self.gone.lock().unwrap_or_else(|p| p.into_inner()).retain(|(n, ..)| *n != name);
-        let e = Entry {
-            spec,
-            state: State::default(),
-            seq: 0,
-            stopping: false,
-            removing: false,
-            launching: false,
-        };
+        let e = Entry::new(spec, State::default());
         self.save(&name, &e);
         self.lock().insert(name.clone(), e);
         self.start(&name)?;
