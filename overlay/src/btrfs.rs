@@ -9,7 +9,6 @@
 //! the container sees, as with Docker's btrfs `size`, not only its own changes).
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use crate::error::{Error, ErrorKind, IoContext, Result};
 
@@ -39,26 +38,7 @@ fn btrfs(args: &[&std::ffi::OsStr]) -> Result<String> {
         }
         s
     };
-    let out = Command::new(&prog).args(args).output().map_err(|e| {
-        let kind = if e.kind() == std::io::ErrorKind::NotFound {
-            ErrorKind::Unsupported
-        } else {
-            ErrorKind::Io
-        };
-        Error::with_source(kind, format!("run `{}` (btrfs-progs)", shown()), e)
-    })?;
-    if !out.status.success() {
-        return Err(Error::new(
-            ErrorKind::Io,
-            format!(
-                "`{}` failed ({}): {}",
-                shown(),
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            ),
-        ));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    crate::fsutil::run_tool(&prog, args, &shown(), "btrfs-progs")
 }
 
 /// A new empty subvolume at `path`.

@@ -121,6 +121,30 @@ pub struct LayerMeta {
     pub size: u64,
 }
 
+impl LayerMeta {
+    pub(crate) fn new(
+        chain_id: Digest,
+        diff_id: Digest,
+        parent: Option<&LayerMeta>,
+        cache_id: String,
+        size: u64,
+    ) -> Self {
+        LayerMeta { chain_id, diff_id, parent: parent.map(|p| p.chain_id.clone()), cache_id, size }
+    }
+}
+
+/// A layer whose content does not hash to the diffID the image names is refused, as Docker
+/// refuses it.
+pub(crate) fn check_diff_id(expect: Option<&Digest>, got: &Digest) -> Result<()> {
+    match expect {
+        Some(e) if e != got => Err(Error::new(
+            ErrorKind::DigestMismatch,
+            format!("invalid diffID for layer: expected {e}, got {got}"),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// A layer of an image: where its content is and which blob it came from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImageLayer {
@@ -603,14 +627,7 @@ impl Store {
             self.limits,
         )?;
         let (diff_id, _) = hr.finish().ctx("read layer stream for", &diff)?;
-        if let Some(e) = expect {
-            if e != &diff_id {
-                return Err(Error::new(
-                    ErrorKind::DigestMismatch,
-                    format!("invalid diffID for layer: expected {e}, got {diff_id}"),
-                ));
-            }
-        }
+        check_diff_id(expect, &diff_id)?;
         let chain_id = Digest::chain(parent.map(|p| &p.chain_id), &diff_id);
         if let Some(existing) = self.layer(&chain_id)? {
             return Ok(existing);
@@ -636,14 +653,7 @@ impl Store {
             let l = self.root.join("l").join(link);
             std::os::unix::fs::symlink(format!("../{cache_id}/diff"), &l).ctx("symlink", &l)?;
         }
-        let meta = LayerMeta {
-            chain_id,
-            diff_id,
-            parent: parent.map(|p| p.chain_id.clone()),
-            cache_id,
-            size,
-        };
-        self.record_layer(meta, parent.map(|p| p.cache_id.as_str()))
+        self.record_layer(LayerMeta::new(chain_id, diff_id, parent, cache_id, size), parent)
     }
 
     /// The last steps of placing a layer, for every driver: its parent becomes committed, one
@@ -652,10 +662,10 @@ impl Store {
     pub(crate) fn record_layer(
         &self,
         meta: LayerMeta,
-        parent_cache_id: Option<&str>,
+        parent: Option<&LayerMeta>,
     ) -> Result<LayerMeta> {
-        if let Some(p) = parent_cache_id {
-            self.mark_committed(p)?;
+        if let Some(p) = parent {
+            self.mark_committed(&p.cache_id)?;
         }
         fsutil::syncfs(&self.root)?;
         crate::fault::point("layer-placed");

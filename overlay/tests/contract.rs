@@ -519,7 +519,6 @@ fn btrfs_layers_are_readonly_snapshots_of_their_parents() {
 /// running container (seen in the VM: its /proc vanished). Once it exits, `rm` works.
 #[test]
 fn btrfs_rm_of_a_subvolume_in_use_is_refused() {
-    need("unshare");
     let env = Env::new("btrfs");
     let img = layout_with_layers(&env.dir().join("img"), &[simple_tar(&[("a", b"1")])], &["/x"]);
     let store = env.open();
@@ -527,28 +526,8 @@ fn btrfs_rm_of_a_subvolume_in_use_is_refused() {
     let c = store.create("x:1", "held", None).unwrap();
     let diff = store.root().join(&c.cache_id).join("diff");
     assert!(overlay::btrfs::users(&diff).unwrap().is_empty(), "nobody uses it yet");
-    struct Holder(std::process::Child);
-    impl Drop for Holder {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
     let script = format!("mount --bind {0} {0} && echo up && exec sleep 600", diff.display());
-    let mut holder = Holder(
-        Command::new("unshare")
-            .args(["--mount", "--propagation", "private", "sh", "-c", &script])
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(holder.0.stdout.as_mut().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    assert_eq!(line.trim(), "up");
+    let holder = Reaped::in_private_mount_namespace(&script);
     let users = overlay::btrfs::users(&diff).unwrap();
     assert!(users.iter().any(|u| u.starts_with(&format!("pid {}", holder.0.id()))), "{users:?}");
     let err = store.remove("held").unwrap_err();
@@ -622,23 +601,9 @@ fn devicemapper_layers_are_snapshots_and_containers_have_their_own_device() {
 /// lazily with it (the device and volume go once the last user leaves).
 #[test]
 fn devicemapper_busy_rm_is_refused_or_deferred() {
-    let env = Env::new("devicemapper");
-    let img = layout_with_layers(&env.dir().join("img"), &[simple_tar(&[("a", b"1")])], &["/x"]);
-    let root = env.store_root();
-    let strict = ["dm.fs=ext4", "dm.basesize=96M"];
-    let store = drivers::open_store_with(env.driver, &root, &strict);
-    store.import(&img, Some("x:1")).unwrap();
-    store.create("x:1", "busy", None).unwrap();
-    let m = store.mount("busy").unwrap();
-    /// The container's user, killed however the test ends.
-    struct User(std::process::Child);
-    impl Drop for User {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let mut user = User(Command::new("sleep").arg("600").current_dir(&m).spawn().unwrap());
+    let (env, root, store, m) = mounted_without_deferral("busy");
+    // The container's user.
+    let mut user = Reaped(Command::new("sleep").arg("600").current_dir(&m).spawn().unwrap());
     let err = store.remove("busy").unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Conflict, "{err}");
     assert!(err.to_string().contains("is busy"), "{err}");
@@ -656,12 +621,7 @@ fn devicemapper_busy_rm_is_refused_or_deferred() {
     assert!(!m.join("a").exists(), "detached from the store");
     user.0.kill().unwrap();
     user.0.wait().unwrap();
-    // The loop device is released by the kernel once the lazily unmounted filesystem is.
-    wait_for("the deferred deletion", std::time::Duration::from_secs(30), || {
-        store.info().unwrap();
-        provider.deferred() == 0
-    });
-    assert_eq!(env.volumes().unwrap().len(), 2, "base + the layer");
+    deferred_deletion_done(&env, &store, &provider);
 }
 
 /// A container's filesystem that another mount namespace still holds (a running container
@@ -672,36 +632,8 @@ fn devicemapper_busy_rm_is_refused_or_deferred() {
 /// deferral on).
 #[test]
 fn devicemapper_rm_of_a_mount_another_namespace_holds() {
-    need("unshare");
-    let env = Env::new("devicemapper");
-    let img = layout_with_layers(&env.dir().join("img"), &[simple_tar(&[("a", b"1")])], &["/x"]);
-    let root = env.store_root();
-    let store = drivers::open_store_with(env.driver, &root, &["dm.fs=ext4", "dm.basesize=96M"]);
-    store.import(&img, Some("x:1")).unwrap();
-    store.create("x:1", "held", None).unwrap();
-    let m = store.mount("held").unwrap();
-    struct Holder(std::process::Child);
-    impl Drop for Holder {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    // A private copy of every mount, so unmounting ours does not propagate into it.
-    let mut holder = Holder(
-        Command::new("unshare")
-            .args(["--mount", "--propagation", "private", "sh", "-c", "echo up; exec sleep 600"])
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(holder.0.stdout.as_mut().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    assert_eq!(line.trim(), "up");
+    let (env, root, store, m) = mounted_without_deferral("held");
+    let holder = Reaped::in_private_mount_namespace("echo up; exec sleep 600");
     let err = store.remove("held").unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Conflict, "{err}");
     assert!(err.to_string().contains("is busy"), "{err}");
@@ -720,6 +652,31 @@ fn devicemapper_rm_of_a_mount_another_namespace_holds() {
     // pool daemon's deferred deletion is shown on the real pool in tests/tests/vm_drivers.rs.
     assert!(provider.deferred() <= 1, "one deletion at most is waiting");
     drop(holder);
+    deferred_deletion_done(&env, &store, &provider);
+}
+
+/// A devicemapper store opened without dm.use_deferred_removal, holding image `x:1` and the
+/// container `name` created from it and mounted: (env, store root, store, mount point).
+fn mounted_without_deferral(
+    name: &str,
+) -> (Env, std::path::PathBuf, overlay::Store, std::path::PathBuf) {
+    let env = Env::new("devicemapper");
+    let img = layout_with_layers(&env.dir().join("img"), &[simple_tar(&[("a", b"1")])], &["/x"]);
+    let root = env.store_root();
+    let store = drivers::open_store_with(env.driver, &root, &["dm.fs=ext4", "dm.basesize=96M"]);
+    store.import(&img, Some("x:1")).unwrap();
+    store.create("x:1", name, None).unwrap();
+    let m = store.mount(name).unwrap();
+    (env, root, store, m)
+}
+
+/// Waits for the pool's deferred deletion once the last user has gone (the kernel releases the
+/// loop device when the lazily unmounted filesystem is), leaving the base and the layer.
+fn deferred_deletion_done(
+    env: &Env,
+    store: &overlay::Store,
+    provider: &support::loopdev::LoopProvider,
+) {
     wait_for("the deferred deletion", std::time::Duration::from_secs(30), || {
         store.info().unwrap();
         provider.deferred() == 0

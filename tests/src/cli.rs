@@ -171,6 +171,24 @@ impl Lamina {
         serde_json::from_str(&text).with_context(|| format!("lamina {args:?} printed {text:?}"))
     }
 
+    /// `lamina run --vm VM -d --name NAME ARGS..` (options, image, command), which must succeed.
+    pub fn run_detached(&self, vm: &str, name: &str, args: &[&str]) -> Result<String> {
+        let mut all = vec!["run", "--vm", vm, "-d", "--name", name];
+        all.extend_from_slice(args);
+        self.ok(&all)
+    }
+
+    /// The container's entry in `ps -a --json`.
+    pub fn ps(&self, vm: &str, name: &str) -> Result<Value> {
+        let all = self.json(&["ps", "--vm", vm, "-a", "--json"])?;
+        all.as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["name"] == name)
+            .cloned()
+            .with_context(|| format!("{name} not in {all}"))
+    }
+
     /// A VM's console log so far.
     pub fn console(&self, vm: &str) -> String {
         std::fs::read_to_string(self.home.join("vms").join(vm).join("console.log"))

@@ -39,17 +39,6 @@ fn http_get(port: u16) -> Result<String> {
     Ok(out)
 }
 
-/// `ps -a --json`'s entry of `name`.
-fn ps(l: &Lamina, vm: &str, name: &str) -> Result<Value> {
-    let all = l.json(&["ps", "--vm", vm, "-a", "--json"])?;
-    all.as_array()
-        .into_iter()
-        .flatten()
-        .find(|c| c["name"] == name)
-        .cloned()
-        .with_context(|| format!("{name} not in {all}"))
-}
-
 /// A command that serves `text` as / with busybox httpd on port 80, in the foreground.
 fn httpd(text: &str) -> String {
     format!("mkdir -p /www && echo {text} > /www/index.html && exec httpd -f -p 80 -h /www")
@@ -80,22 +69,9 @@ fn vm_network() -> Result<()> {
 
     // -p on the default network, fetched from here through --vm-port.
     let t = Instant::now();
-    l.ok(&[
-        "run",
-        "--vm",
-        "n",
-        "-d",
-        "--name",
-        "web",
-        "-p",
-        "8080:80",
-        "bb",
-        "sh",
-        "-c",
-        &httpd("hello-from-web"),
-    ])?;
+    l.run_detached("n", "web", &["-p", "8080:80", "bb", "sh", "-c", &httpd("hello-from-web")])?;
     eprintln!("[vm_network] first networked container up in {:.1}s", t.elapsed().as_secs_f64());
-    let web = ps(&l, "n", "web")?;
+    let web = l.ps("n", "web")?;
     assert_eq!(web["network"], "bridge", "{web}");
     let web_ip = web["ip"].as_str().context("web has no address")?.to_owned();
     assert!(web_ip.starts_with("172.17."), "default network is 172.17.0.0/16: {web}");
@@ -132,21 +108,12 @@ fn vm_network() -> Result<()> {
     let appnet = nets.as_array().into_iter().flatten().find(|n| n["name"] == "appnet");
     let subnet = appnet.and_then(|n| n["subnet"].as_str()).context("appnet subnet")?;
     assert_eq!(subnet, "172.18.0.0/16", "the first of Docker's user pools: {nets}");
-    l.ok(&[
-        "run",
-        "--vm",
+    l.run_detached(
         "n",
-        "-d",
-        "--name",
         "server",
-        "--network",
-        "appnet",
-        "bb",
-        "sh",
-        "-c",
-        &httpd("hello-by-name"),
-    ])?;
-    let server_ip = ps(&l, "n", "server")?["ip"].as_str().context("server ip")?.to_owned();
+        &["--network", "appnet", "bb", "sh", "-c", &httpd("hello-by-name")],
+    )?;
+    let server_ip = l.ps("n", "server")?["ip"].as_str().context("server ip")?.to_owned();
     assert!(server_ip.starts_with("172.18."), "{server_ip}");
     let inspect = l.json(&["network", "inspect", "--vm", "n", "appnet"])?;
     assert_eq!(inspect["containers"]["server"], server_ip.as_str(), "{inspect}");

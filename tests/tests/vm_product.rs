@@ -116,7 +116,7 @@ fn volumes_and_info(l: &Lamina, vm: &str) -> Result<()> {
         l.ok(&["run", "--vm", vm, "--rm", "-v", "v2:/d", "bb", "sh", "-c", "cat /d/a /d/sub/b"])?;
     assert_eq!(out, "one\ntwo\n", "backup/restore round trip");
     // A volume a container uses is refused, naming the container.
-    l.ok(&["run", "--vm", vm, "-d", "--name", "holder", "-v", "v2:/d", "bb", "sleep", "600"])?;
+    l.run_detached(vm, "holder", &["-v", "v2:/d", "bb", "sleep", "600"])?;
     let e = l.fails(&["volume", "rm", "--vm", vm, "v2"])?;
     assert!(e.contains("volume is in use") && e.contains("holder"), "{e}");
     l.ok(&["rm", "--vm", vm, "-f", "holder"])?;
@@ -137,17 +137,6 @@ fn volumes_and_info(l: &Lamina, vm: &str) -> Result<()> {
     Ok(())
 }
 
-/// The container's entry in `ps -a --json`.
-fn ps(l: &Lamina, vm: &str, name: &str) -> Result<serde_json::Value> {
-    let all = l.json(&["ps", "--vm", vm, "-a", "--json"])?;
-    all.as_array()
-        .into_iter()
-        .flatten()
-        .find(|c| c["name"] == name)
-        .cloned()
-        .with_context(|| format!("{name} not in {all}"))
-}
-
 /// Waits (deadline 60 s) until `ok` holds for the container's `ps` entry.
 fn wait_ps(
     l: &Lamina,
@@ -158,7 +147,7 @@ fn wait_ps(
 ) -> Result<serde_json::Value> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let c = ps(l, vm, name)?;
+        let c = l.ps(vm, name)?;
         if ok(&c) {
             return Ok(c);
         }
@@ -201,73 +190,37 @@ fn containers(l: &Lamina, vm: &str) -> Result<()> {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "out\n");
 
     // logs -f follows until the container exits.
-    l.ok(&[
-        "run",
-        "--vm",
+    l.run_detached(
         vm,
-        "-d",
-        "--name",
         "ticker",
-        "bb",
-        "sh",
-        "-c",
-        "for i in 1 2 3; do echo tick $i; sleep 1; done",
-    ])?;
+        &["bb", "sh", "-c", "for i in 1 2 3; do echo tick $i; sleep 1; done"],
+    )?;
     let out = l.ok(&["logs", "--vm", vm, "-f", "ticker"])?;
     assert_eq!(out, "tick 1\ntick 2\ntick 3\n");
-    assert_eq!(ps(l, vm, "ticker")?["state"]["exit_code"], 0);
+    assert_eq!(l.ps(vm, "ticker")?["state"]["exit_code"], 0);
 
     // --restart on-failure brings a crashing container back.
-    l.ok(&[
-        "run",
-        "--vm",
+    l.run_detached(
         vm,
-        "-d",
-        "--name",
         "crash",
-        "--restart",
-        "on-failure",
-        "bb",
-        "sh",
-        "-c",
-        "echo up; sleep 1; exit 3",
-    ])?;
+        &["--restart", "on-failure", "bb", "sh", "-c", "echo up; sleep 1; exit 3"],
+    )?;
     let c =
         wait_ps(l, vm, "crash", "restarted twice", |c| c["state"]["restarts"].as_u64() >= Some(2))?;
     assert_eq!(c["restart"], "on-failure", "{c}");
     l.ok(&["stop", "--vm", vm, "-t", "1", "crash"])?;
-    let c = ps(l, vm, "crash")?;
+    let c = l.ps(vm, "crash")?;
     assert_eq!(c["state"]["status"], "exited", "stop ends the restarts: {c}");
     let e = l.fails(&["rm", "--vm", vm, "ticker", "ghost2"])?;
     assert!(e.contains("no such container: ghost2"), "{e}");
 
     // A memory hog is OOM-killed; its neighbour keeps running, and so does the appliance.
-    l.ok(&[
-        "run",
-        "--vm",
+    l.run_detached(vm, "nb", &["bb", "sh", "-c", "while true; do sleep 1; done"])?;
+    l.run_detached(
         vm,
-        "-d",
-        "--name",
-        "nb",
-        "bb",
-        "sh",
-        "-c",
-        "while true; do sleep 1; done",
-    ])?;
-    l.ok(&[
-        "run",
-        "--vm",
-        vm,
-        "-d",
-        "--name",
         "hog",
-        "--memory",
-        "24m",
-        "bb",
-        "sh",
-        "-c",
-        "x=aaaaaaaaaaaaaaaa; while true; do x=$x$x; done",
-    ])?;
+        &["--memory", "24m", "bb", "sh", "-c", "x=aaaaaaaaaaaaaaaa; while true; do x=$x$x; done"],
+    )?;
     let hog = wait_ps(l, vm, "hog", "OOM-killed", |c| c["state"]["status"] == "exited")?;
     assert_eq!(hog["state"]["oom_killed"], true, "{hog}");
     assert_eq!(hog["state"]["exit_code"], 137, "{hog}");
@@ -276,7 +229,7 @@ fn containers(l: &Lamina, vm: &str) -> Result<()> {
         table.lines().any(|r| r.starts_with("hog ") && r.contains("Exited (137) OOMKilled")),
         "{table}"
     );
-    assert_eq!(ps(l, vm, "nb")?["state"]["status"], "running");
+    assert_eq!(l.ps(vm, "nb")?["state"]["status"], "running");
     let running = l.ok(&["ps", "--vm", vm])?;
     assert!(running.lines().any(|r| r.starts_with("nb ") && r.contains("Up")), "{running}");
     assert!(!running.contains("hog"), "ps without -a lists running ones only: {running}");
@@ -410,19 +363,7 @@ fn vm_product_options_are_applied_and_a_changed_setup_is_refused() -> Result<()>
     containers(&l, "p")?;
     volumes_and_info(&l, "p")?;
     // A service left running: shutdown stops it before XFS goes; `always` brings it back.
-    l.ok(&[
-        "run",
-        "--vm",
-        "p",
-        "-d",
-        "--name",
-        "svc",
-        "--restart",
-        "always",
-        "bb",
-        "sleep",
-        "3600",
-    ])?;
+    l.run_detached("p", "svc", &["--restart", "always", "bb", "sleep", "3600"])?;
 
     let ls = l.json(&["vm", "ls", "--json"])?;
     assert_eq!(ls[0]["name"], "p");

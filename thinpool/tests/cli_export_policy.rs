@@ -6,41 +6,17 @@
 
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 mod support;
-use support::cli::{ok, BIN};
+use support::cli::{both, free_port, ok, ok_tool, tool, Daemon, FilePool, BIN};
 use support::wait_for;
-
-struct Serve(Child);
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn tool(prog: &str, args: &[&str]) -> Output {
-    let out = Command::new(prog).args(args).stdin(Stdio::null()).output();
-    out.unwrap_or_else(|e| panic!("`{prog}` could not run ({e}); install it (cargo xtask setup)"))
-}
-
-fn text(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr)
-}
 
 #[test]
 fn attached_volumes_are_read_only_local_only_hidden_and_allowlists_per_export() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("pool");
-    let d = dir.to_str().unwrap();
-    ok(&["init", d, "--data-size", "64M"]);
+    let tmp = FilePool::init("64M");
+    let d = tmp.pool();
     for v in ["store", "vol1", "secret", "lan"] {
         ok(&["create", d, v, "--size", "16M"]);
     }
@@ -57,7 +33,7 @@ fn attached_volumes_are_read_only_local_only_hidden_and_allowlists_per_export() 
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
-    let _serve = Serve(child);
+    let _serve = Daemon(child);
     drop(ours);
     wait_for("thinpool serve to listen", Duration::from_secs(20), || {
         std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() && sock.exists()
@@ -67,24 +43,24 @@ fn attached_volumes_are_read_only_local_only_hidden_and_allowlists_per_export() 
 
     // Listed over TCP: store (read-only) and vol1; not secret, not lan (wrong address).
     let list = tool("nbdinfo", &["--list", "--json", &tcp("")]);
-    let l = text(&list);
+    let l = both(&list);
     assert!(list.status.success(), "{l}");
     assert!(l.contains("\"store\"") && l.contains("\"vol1\""), "{l}");
     assert!(!l.contains("\"secret\"") && !l.contains("\"lan\""), "{l}");
     let info = tool("nbdinfo", &["--json", &tcp("store")]);
-    assert!(text(&info).contains("\"is_read_only\": true"), "{}", text(&info));
+    assert!(both(&info).contains("\"is_read_only\": true"), "{}", both(&info));
     let info = tool("nbdinfo", &["--json", &tcp("vol1")]);
-    assert!(text(&info).contains("\"is_read_only\": false"), "{}", text(&info));
+    assert!(both(&info).contains("\"is_read_only\": false"), "{}", both(&info));
     // qemu will not even open the attached volume writable (the export says read-only).
     let w = tool("qemu-io", &["-f", "raw", "-c", "write -P 0x55 0 64k", &tcp("store")]);
-    let t = text(&w);
+    let t = both(&w);
     assert!(!w.status.success(), "{t}");
     assert!(t.contains("Could not open image: Permission denied"), "{t}");
     // Hidden and not-allowed exports are unknown, over TCP.
     for name in ["secret", "lan"] {
         let o = tool("nbdinfo", &[&tcp(name)]);
-        assert!(!o.status.success(), "{name} must not open over TCP: {}", text(&o));
-        assert!(text(&o).contains("unknown") || text(&o).contains("No such"), "{}", text(&o));
+        assert!(!o.status.success(), "{name} must not open over TCP: {}", both(&o));
+        assert!(both(&o).contains("unknown") || both(&o).contains("No such"), "{}", both(&o));
     }
     // The unix socket has no address: the per-export allowlist does not apply, local-only does.
     ok_tool("nbdinfo", &[&unix("lan")]);
@@ -93,17 +69,10 @@ fn attached_volumes_are_read_only_local_only_hidden_and_allowlists_per_export() 
     ok_tool("qemu-io", &["-f", "raw", "-c", "write -P 0x55 0 64k", &tcp("vol1")]);
 }
 
-fn ok_tool(prog: &str, args: &[&str]) {
-    let o = tool(prog, args);
-    assert!(o.status.success(), "`{prog} {}` failed: {}", args.join(" "), text(&o));
-}
-
 #[test]
 fn exports_flagged_offers_only_volumes_created_for_export() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("pool");
-    let d = dir.to_str().unwrap();
-    ok(&["init", d, "--data-size", "64M"]);
+    let tmp = FilePool::init("64M");
+    let d = tmp.pool();
     ok(&["create", d, "store", "--size", "16M"]);
     let made = ok(&["create", d, "shared", "--size", "16M", "--export"]);
     assert!(made.contains("for export"), "{made}");
@@ -124,15 +93,15 @@ fn exports_flagged_offers_only_volumes_created_for_export() {
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
-    let _serve = Serve(child);
+    let _serve = Daemon(child);
     wait_for("thinpool serve to listen", Duration::from_secs(20), || sock.exists());
     let unix = |name: &str| format!("nbd+unix:///{name}?socket={}", sock.display());
-    let listed = || text(&tool("nbdinfo", &["--list", "--json", &unix("")]));
+    let listed = || both(&tool("nbdinfo", &["--list", "--json", &unix("")]));
     let l = listed();
     assert!(l.contains("\"shared\"") && !l.contains("\"store\""), "{l}");
     let o = tool("nbdinfo", &[&unix("store")]);
-    assert!(!o.status.success(), "store must not open: {}", text(&o));
-    assert!(text(&o).contains("unknown") || text(&o).contains("No such"), "{}", text(&o));
+    assert!(!o.status.success(), "store must not open: {}", both(&o));
+    assert!(both(&o).contains("unknown") || both(&o).contains("No such"), "{}", both(&o));
     ok_tool("qemu-io", &["-f", "raw", "-c", "write -P 0x55 0 64k", &unix("shared")]);
     // Marked through the running daemon's control socket, then unmarked.
     ok(&["offer", d, "store"]);

@@ -6,30 +6,12 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 mod support;
-use support::cli::{ok, thinpool, BIN};
+use support::cli::{both, free_port, ok, thinpool, tool, Daemon, FilePool, BIN};
 use support::wait_for;
-
-struct Serve(Child);
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn tool(prog: &str, args: &[&str]) -> Output {
-    let out = Command::new(prog).args(args).stdin(Stdio::null()).output();
-    out.unwrap_or_else(|e| panic!("`{prog}` could not run ({e}); install it (cargo xtask setup)"))
-}
-
-fn text(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr)
-}
 
 fn key(dir: &Path, name: &str, bytes: &[u8], mode: u32) -> String {
     let p = dir.join(name);
@@ -43,21 +25,19 @@ fn key(dir: &Path, name: &str, bytes: &[u8], mode: u32) -> String {
 fn judge(img: &Path, good: &str, bad: &str) -> String {
     let img = img.to_str().unwrap();
     let dump = tool("cryptsetup", &["luksDump", img]);
-    assert!(dump.status.success(), "luksDump: {}", text(&dump));
+    assert!(dump.status.success(), "luksDump: {}", both(&dump));
     let open = tool("cryptsetup", &["open", "--test-passphrase", "--key-file", good, img]);
-    assert!(open.status.success(), "the key must open the header: {}", text(&open));
+    assert!(open.status.success(), "the key must open the header: {}", both(&open));
     let wrong = tool("cryptsetup", &["open", "--test-passphrase", "--key-file", bad, img]);
-    assert_eq!(wrong.status.code(), Some(2), "another key must not open it: {}", text(&wrong));
-    assert!(text(&wrong).contains("No key available"), "{}", text(&wrong));
-    text(&dump)
+    assert_eq!(wrong.status.code(), Some(2), "another key must not open it: {}", both(&wrong));
+    assert!(both(&wrong).contains("No key available"), "{}", both(&wrong));
+    both(&dump)
 }
 
 #[test]
 fn encrypted_volume_carries_a_header_cryptsetup_opens_with_the_key() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("pool");
-    let d = dir.to_str().unwrap();
-    ok(&["init", d, "--data-size", "256M"]);
+    let tmp = FilePool::init("256M");
+    let d = tmp.pool();
     let good = key(tmp.path(), "good.key", b"correct horse battery staple", 0o600);
     let bad = key(tmp.path(), "bad.key", b"wrong horse", 0o600);
     let out = ok(&["create", d, "enc", "--size", "64M", "--encrypt", "--key-file", &good]);
@@ -85,28 +65,26 @@ fn encrypted_volume_carries_a_header_cryptsetup_opens_with_the_key() {
 
 #[test]
 fn through_a_running_daemon_the_header_reads_back_over_nbd() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("pool");
-    let d = dir.to_str().unwrap();
-    ok(&["init", d, "--data-size", "256M"]);
+    let tmp = FilePool::init("256M");
+    let d = tmp.pool();
     let good = key(tmp.path(), "good.key", &[0x5a; 64], 0o600);
     let bad = key(tmp.path(), "bad.key", &[0xa5; 64], 0o600);
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = free_port();
     let child = Command::new(BIN)
         .args(["serve", d, "--listen", &format!("127.0.0.1:{port}")])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
-    let _serve = Serve(child);
+    let _serve = Daemon(child);
     wait_for("thinpool serve to listen", Duration::from_secs(20), || {
         std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-            && dir.join("control.sock").exists()
+            && tmp.dir().join("control.sock").exists()
     });
     let out = ok(&["create", d, "enc", "--size", "48M", "--encrypt", "--key-file", &good]);
     assert!(out.contains("created encrypted volume enc"), "{out}");
     // The FIFO the header passed through is gone.
-    let left: Vec<_> = std::fs::read_dir(&dir)
+    let left: Vec<_> = std::fs::read_dir(tmp.dir())
         .unwrap()
         .flatten()
         .filter(|e| e.file_name().to_string_lossy().ends_with(".fifo"))
@@ -114,22 +92,20 @@ fn through_a_running_daemon_the_header_reads_back_over_nbd() {
     assert!(left.is_empty(), "{left:?}");
     let img = tmp.path().join("back.raw");
     let copy = tool("nbdcopy", &[&format!("nbd://127.0.0.1:{port}/enc"), img.to_str().unwrap()]);
-    assert!(copy.status.success(), "{}", text(&copy));
+    assert!(copy.status.success(), "{}", both(&copy));
     let dump = judge(&img, &good, &bad);
     assert!(dump.contains("Version:       \t2"), "{dump}");
 
     // A name taken: refused by the daemon, and the header's FIFO does not hang the client.
     let again = thinpool(&["create", d, "enc", "--size", "48M", "--encrypt", "--key-file", &good]);
     assert!(!again.status.success());
-    assert!(text(&again).contains("already exists"), "{}", text(&again));
+    assert!(both(&again).contains("already exists"), "{}", both(&again));
 }
 
 #[test]
 fn bad_key_files_and_sizes_are_refused_and_nothing_is_created() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("pool");
-    let d = dir.to_str().unwrap();
-    ok(&["init", d, "--data-size", "256M"]);
+    let tmp = FilePool::init("256M");
+    let d = tmp.pool();
     let open = key(tmp.path(), "open.key", b"secret", 0o644);
     let empty = key(tmp.path(), "empty.key", b"", 0o600);
     let good = key(tmp.path(), "good.key", b"secret", 0o600);
@@ -147,7 +123,7 @@ fn bad_key_files_and_sizes_are_refused_and_nothing_is_created() {
         argv.extend_from_slice(args);
         let out = thinpool(&argv);
         assert!(!out.status.success(), "{argv:?} must fail");
-        assert!(text(&out).contains(want), "{argv:?}: want {want:?} in {}", text(&out));
+        assert!(both(&out).contains(want), "{argv:?}: want {want:?} in {}", both(&out));
     }
     let list = ok(&["list", d]);
     assert!(!list.contains(" v "), "no volume may be left behind: {list}");

@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 mod support;
-use support::cli::{ok, thinpool, Daemon, BIN};
+use support::cli::{ok, thinpool, Daemon, FilePool, BIN};
 use support::wait_for;
 
 fn nbdinfo_list(sock: &Path) -> String {
@@ -22,11 +22,9 @@ fn nbdinfo_list(sock: &Path) -> String {
 
 #[test]
 fn management_verbs_go_through_the_running_daemon() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("pool");
-    let d = dir.to_str().unwrap();
+    let tmp = FilePool::init("256M");
+    let d = tmp.pool();
     let sock = tmp.path().join("nbd.sock");
-    ok(&["init", d, "--data-size", "256M"]);
     ok(&["create", d, "before", "--size", "64M"]);
     let daemon = Daemon(
         Command::new(BIN)
@@ -36,7 +34,7 @@ fn management_verbs_go_through_the_running_daemon() {
             .unwrap(),
     );
     wait_for("the NBD socket", Duration::from_secs(20), || {
-        sock.exists() && dir.join("control.sock").exists()
+        sock.exists() && tmp.dir().join("control.sock").exists()
     });
     assert!(nbdinfo_list(&sock).contains("\"before\""));
 
@@ -83,10 +81,8 @@ fn management_verbs_go_through_the_running_daemon() {
 /// attach fails naming the control device, and the VM tier (`vm_boot`) attaches for real.
 #[test]
 fn attach_goes_through_the_daemon() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("pool");
-    let d = dir.to_str().unwrap();
-    ok(&["init", d, "--data-size", "256M"]);
+    let tmp = FilePool::init("256M");
+    let d = tmp.pool();
     ok(&["create", d, "vol", "--size", "64M"]);
     let no_daemon = thinpool(&["attach", d, "vol"]);
     assert!(!no_daemon.status.success());
@@ -100,7 +96,9 @@ fn attach_goes_through_the_daemon() {
             .spawn()
             .unwrap(),
     );
-    wait_for("the control socket", Duration::from_secs(20), || dir.join("control.sock").exists());
+    wait_for("the control socket", Duration::from_secs(20), || {
+        tmp.dir().join("control.sock").exists()
+    });
     let missing = thinpool(&["attach", d, "nope"]);
     let err = String::from_utf8_lossy(&missing.stderr);
     assert!(!missing.status.success() && err.contains("no such volume"), "{err}");

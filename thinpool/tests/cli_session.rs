@@ -7,7 +7,7 @@ mod support;
 use std::path::{Path, PathBuf};
 
 use rand::{Rng, RngCore, SeedableRng};
-use support::cli::{ok, text, thinpool};
+use support::cli::{ok, text, thinpool, FilePool};
 use support::tools::*;
 use support::{thin_check_ok, thin_dump};
 
@@ -141,15 +141,13 @@ fn scripted_session_checks_clean_and_exports_what_was_written() {
 
 #[test]
 fn flipped_byte_in_a_node_fails_every_tool_cleanly() {
-    let tmp = tempfile::tempdir().unwrap();
-    let pool_dir = tmp.path().join("pool");
-    let pool = pool_dir.to_str().unwrap();
-    ok(&["init", pool, "--data-size", "64M"]);
+    let tmp = FilePool::init("64M");
+    let pool = tmp.pool();
     ok(&["create", pool, "vol", "--size", "8M"]);
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
     let f = write(&tmp.path().join("img"), &random_image(&mut rng, 2 * MIB));
     ok(&["import", pool, "vol", &f]);
-    let meta = pool_dir.join("metadata");
+    let meta = tmp.dir().join("metadata");
     assert!(thin_check_ok(&meta));
 
     // One byte inside the device details tree's root node.
@@ -202,19 +200,17 @@ fn a_pool_in_use_by_another_process_is_refused() {
             .open(dir.join("lock"))
             .unwrap()
     };
-    let tmp = tempfile::tempdir().unwrap();
-    let pool_dir = tmp.path().join("pool");
-    let pool = pool_dir.to_str().unwrap();
-    ok(&["init", pool, "--data-size", "16M"]);
+    let tmp = FilePool::init("16M");
+    let pool = tmp.pool();
     // DIR/lock is the file `thinpool serve` holds for as long as it runs.
-    let holder = lock_file(&pool_dir);
+    let holder = lock_file(tmp.dir());
     rustix::fs::flock(&holder, rustix::fs::FlockOperation::LockExclusive).unwrap();
     fails(&["create", pool, "v", "--size", "1M"], "in use by another thinpool process");
     fails(&["list", pool], "in use");
     drop(holder);
     ok(&["create", pool, "v", "--size", "1M"]);
     // Readers share: a shared holder lets list run but keeps changes out.
-    let reader = lock_file(&pool_dir);
+    let reader = lock_file(tmp.dir());
     rustix::fs::flock(&reader, rustix::fs::FlockOperation::LockShared).unwrap();
     assert!(ok(&["list", pool]).contains("v "));
     fails(&["remove", pool, "v"], "in use");

@@ -349,10 +349,9 @@ impl Export for Slow {
         &self,
         o: u64,
         p: &thinpool::export::Payload<'_>,
-        f: bool,
-        q: bool,
+        how: thinpool::export::WriteMode,
     ) -> ExportResult<thinpool::export::Written> {
-        self.0.write(o, p, f, q)
+        self.0.write(o, p, how)
     }
     fn write_zeroes(&self, o: u64, l: u64, how: thinpool::export::Zeroing) -> ExportResult<()> {
         self.0.write_zeroes(o, l, how)

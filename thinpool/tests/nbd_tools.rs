@@ -4,7 +4,7 @@ mod support;
 
 use std::sync::Arc;
 use std::time::Duration;
-use thinpool::export::Payload;
+use thinpool::export::{Payload, WriteMode};
 
 use support::nbd::*;
 use thinpool::export::mem::{MemCatalog, MemExport};
@@ -44,8 +44,8 @@ fn nbdinfo_map_shows_holes_where_nothing_was_written() {
     let cat = Arc::new(MemCatalog::new());
     let exp = Arc::new(MemExport::new(16 << 20));
     // Write 1 MiB at 2 MiB and 64 KiB at 10 MiB; everything else stays a hole.
-    exp.write(2 << 20, &Payload::mem(&vec![0xab; 1 << 20]), false, false).unwrap();
-    exp.write(10 << 20, &Payload::mem(&vec![0xcd; 64 << 10]), false, false).unwrap();
+    exp.write(2 << 20, &Payload::mem(&vec![0xab; 1 << 20]), WriteMode::default()).unwrap();
+    exp.write(10 << 20, &Payload::mem(&vec![0xcd; 64 << 10]), WriteMode::default()).unwrap();
     cat.insert("vol", "", exp);
     let srv = start_mem(cat);
     let got = nbdinfo_map(&srv.uri("vol"), T);
@@ -144,13 +144,13 @@ fn qemu_io_patterns_zeroes_discard_flush_fua() {
     want[(20 << 20)..(23 << 20)].copy_from_slice(&data);
     std::fs::write(&img, &want).unwrap();
     probe.inner.trim(0, 64 << 20, false).unwrap();
-    probe.inner.write(20 << 20, &Payload::mem(&data), false, false).unwrap();
+    probe.inner.write(20 << 20, &Payload::mem(&data), WriteMode::default()).unwrap();
     ok(
         "qemu-img",
         &["compare", "-f", "raw", "-F", "raw", img.to_str().unwrap(), &srv.unix_uri("q")],
         T,
     );
-    probe.inner.write(30 << 20, &Payload::mem(&[1]), false, false).unwrap();
+    probe.inner.write(30 << 20, &Payload::mem(&[1]), WriteMode::default()).unwrap();
     let st =
         run("qemu-img", &["compare", "-f", "raw", "-F", "raw", img.to_str().unwrap(), &uri], T);
     assert_eq!(st.status.code(), Some(1), "qemu-img compare must see the differing byte");

@@ -5,7 +5,7 @@ mod support;
 
 use std::path::Path;
 
-use support::cli::{ok, thinpool};
+use support::cli::{ok, thinpool, FilePool};
 
 const MIB: u64 = 1 << 20;
 
@@ -88,10 +88,8 @@ fn device_backed_pool_through_every_verb() {
 
 #[test]
 fn file_pool_resize_grows_the_data_file() {
-    let dir = tempfile::tempdir().unwrap();
-    let pool = dir.path().join("fp");
-    let pool = pool.to_str().unwrap();
-    ok(&["init", pool, "--data-size", "64M"]);
+    let dir = FilePool::init("64M");
+    let pool = dir.pool();
     ok(&["resize", pool, "--data", "+64M"]);
     assert_eq!(json(&["status", pool, "--json"])["data_total"], 128 * MIB);
     assert_eq!(std::fs::metadata(Path::new(pool).join("data")).unwrap().len(), 128 * MIB);
@@ -119,5 +117,5 @@ fn file_pool_resize_grows_the_data_file() {
     assert_eq!(st["Deferred Deletion Enabled"], false);
     ok(&["create", opts, "a", "--size", "1G"]);
     let st = json(&["status", pool, "--json"]);
-    assert!(st["Data file"].as_str().unwrap().ends_with("/fp/data"));
+    assert!(st["Data file"].as_str().unwrap().ends_with("/pool/data"));
 }

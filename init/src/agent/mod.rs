@@ -52,6 +52,70 @@ fn store_code(e: &crate::containers::error::StoreError) -> ErrorCode {
     }
 }
 
+type StoreResult = crate::containers::error::Result<Value>;
+
+fn store_not_up() -> crate::containers::error::StoreError {
+    use crate::containers::error::{Kind, StoreError};
+    StoreError::new(Kind::Unavailable, "the store is not up")
+}
+
+/// The reply to a container-store request.
+fn store_reply(id: Option<Value>, r: StoreResult) -> Reply {
+    match r {
+        Ok(v) => Reply::ok(id, v),
+        Err(e) => Reply::err(id, store_code(&e), e.to_string()),
+    }
+}
+
+fn system_request(
+    req: proto::SystemRequest,
+    images: &crate::containers::Images,
+    ctrs: &crate::containers::service::Containers,
+    reaper: &Reaper,
+) -> StoreResult {
+    use crate::containers::system;
+    use proto::SystemRequest as S;
+    match req {
+        S::VolumeCreate { name } => system::volume_create(images, &name),
+        S::VolumeList => system::volume_list(images, ctrs),
+        S::VolumeRemove { name } => system::volume_remove(images, ctrs, &name),
+        S::Df => system::df(images),
+        S::Prune { all, volumes } => system::prune(images, ctrs, reaper, all, volumes),
+    }
+}
+
+fn container_request(
+    req: proto::ContainerRequest,
+    c: &Arc<crate::containers::service::Containers>,
+) -> StoreResult {
+    use proto::ContainerRequest as C;
+    match req {
+        C::Run { spec } => c.run(spec),
+        C::Start { name } => c.start(&name),
+        C::Stop { name, timeout_secs } => {
+            c.stop(&name, Duration::from_secs(timeout_secs.unwrap_or(10)))
+        }
+        C::Remove { name, force } => c.remove(&name, force),
+        C::List { all } => Ok(c.list(all)),
+        C::Logs { name, offset } => c.logs(&name, offset),
+        C::Exec { name, argv, timeout_secs } => c.exec(&name, &argv, timeout_secs.unwrap_or(30)),
+        C::Commit { name, image } => c.commit(&name, &image),
+    }
+}
+
+fn network_request(
+    req: proto::NetworkRequest,
+    c: &crate::containers::service::Containers,
+) -> StoreResult {
+    use proto::NetworkRequest as N;
+    match req {
+        N::Create { name, subnet } => c.net.create(&name, subnet.as_deref()),
+        N::List => Ok(c.net.list()),
+        N::Remove { name } => c.network_remove(&name),
+        N::Inspect { name } => c.net.inspect(&name),
+    }
+}
+
 /// Answers one request. The bool is true when the caller must start the shutdown (after the
 /// reply went out).
 pub fn handle(
@@ -81,78 +145,29 @@ pub fn handle(
                 let s = shared.lock().unwrap_or_else(|p| p.into_inner());
                 (s.images.clone(), s.containers.clone())
             };
-            let (Some(images), Some(ctrs)) = (images.get(), ctrs.get()) else {
-                return (Reply::err(id, ErrorCode::ExecFailed, "the store is not up"), false);
+            let r = match (images.get(), ctrs.get()) {
+                (Some(images), Some(ctrs)) => system_request(req, images, ctrs, reaper),
+                _ => Err(store_not_up()),
             };
-            use crate::containers::system;
-            use proto::SystemRequest as S;
-            let r = match req {
-                S::VolumeCreate { name } => system::volume_create(images, &name),
-                S::VolumeList => system::volume_list(images, ctrs),
-                S::VolumeRemove { name } => system::volume_remove(images, ctrs, &name),
-                S::Df => system::df(images),
-                S::Prune { all, volumes } => system::prune(images, ctrs, reaper, all, volumes),
-            };
-            match r {
-                Ok(v) => (Reply::ok(id, v), false),
-                Err(e) => (Reply::err(id, store_code(&e), e.to_string()), false),
-            }
+            (store_reply(id, r), false)
         }
         Cmd::Container(req) => {
             let c = shared.lock().unwrap_or_else(|p| p.into_inner()).containers.clone();
-            let Some(c) = c.get() else {
-                return (Reply::err(id, ErrorCode::ExecFailed, "the store is not up"), false);
-            };
-            use proto::ContainerRequest as C;
-            let r = match req {
-                C::Run { spec } => c.run(spec),
-                C::Start { name } => c.start(&name),
-                C::Stop { name, timeout_secs } => {
-                    c.stop(&name, Duration::from_secs(timeout_secs.unwrap_or(10)))
-                }
-                C::Remove { name, force } => c.remove(&name, force),
-                C::List { all } => Ok(c.list(all)),
-                C::Logs { name, offset } => c.logs(&name, offset),
-                C::Exec { name, argv, timeout_secs } => {
-                    c.exec(&name, &argv, timeout_secs.unwrap_or(30))
-                }
-                C::Commit { name, image } => c.commit(&name, &image),
-            };
-            match r {
-                Ok(v) => (Reply::ok(id, v), false),
-                Err(e) => (Reply::err(id, store_code(&e), e.to_string()), false),
-            }
+            let r = c.get().ok_or_else(store_not_up).and_then(|c| container_request(req, c));
+            (store_reply(id, r), false)
         }
         Cmd::Network(req) => {
             let c = shared.lock().unwrap_or_else(|p| p.into_inner()).containers.clone();
-            let Some(c) = c.get() else {
-                return (Reply::err(id, ErrorCode::ExecFailed, "the store is not up"), false);
-            };
-            use proto::NetworkRequest as N;
-            let r = match req {
-                N::Create { name, subnet } => c.net.create(&name, subnet.as_deref()),
-                N::List => Ok(c.net.list()),
-                N::Remove { name } => c.network_remove(&name),
-                N::Inspect { name } => c.net.inspect(&name),
-            };
-            match r {
-                Ok(v) => (Reply::ok(id, v), false),
-                Err(e) => (Reply::err(id, store_code(&e), e.to_string()), false),
-            }
+            let r = c.get().ok_or_else(store_not_up).and_then(|c| network_request(req, c));
+            (store_reply(id, r), false)
         }
         Cmd::Image(req) => {
             let images = shared.lock().unwrap_or_else(|p| p.into_inner()).images.clone();
-            let Some(images) = images.get() else {
-                return (Reply::err(id, ErrorCode::ExecFailed, "the store is not up"), false);
-            };
-            let r = match req {
+            let r = images.get().ok_or_else(store_not_up).and_then(|images| match req {
                 proto::ImageRequest::List => images.list(),
                 proto::ImageRequest::Remove { name } => images.remove(&name),
-            };
-            match r {
-                Ok(v) => (Reply::ok(id, v), false),
-                Err(e) => (Reply::err(id, store_code(&e), e.to_string()), false),
-            }
+            });
+            (store_reply(id, r), false)
         }
         Cmd::Pool(req) => {
             let up = shared.lock().unwrap_or_else(|p| p.into_inner()).pool.is_some();

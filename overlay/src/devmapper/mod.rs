@@ -23,7 +23,6 @@ pub mod options;
 pub mod provider;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use rustix::mount::{MountFlags, UnmountFlags};
 
@@ -64,21 +63,8 @@ fn run_mkfs(argv: &[String]) -> Result<()> {
         "the devicemapper base device",
         std::env::var_os("PATH"),
     )?;
-    let out = Command::new(&prog).args(&argv[1..]).output().map_err(|e| {
-        Error::with_source(ErrorKind::Unsupported, format!("run `{}`", argv.join(" ")), e)
-    })?;
-    if !out.status.success() {
-        return Err(Error::new(
-            ErrorKind::Io,
-            format!(
-                "`{}` failed ({}): {}",
-                argv.join(" "),
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            ),
-        ));
-    }
-    Ok(())
+    let args: Vec<&std::ffi::OsStr> = argv[1..].iter().map(|a| a.as_ref()).collect();
+    crate::fsutil::run_tool(&prog, &args, &argv.join(" "), package).map(drop)
 }
 
 /// Unmount, retrying EBUSY for up to a second: a process forking at that moment holds our
@@ -351,14 +337,9 @@ impl Store {
                 return Err(e);
             }
         };
-        if let Some(e) = expect {
-            if e != &diff_id {
-                self.dm_remove_dir(&staging)?;
-                return Err(Error::new(
-                    ErrorKind::DigestMismatch,
-                    format!("invalid diffID for layer: expected {e}, got {diff_id}"),
-                ));
-            }
+        if let Err(e) = crate::store::check_diff_id(expect, &diff_id) {
+            self.dm_remove_dir(&staging)?;
+            return Err(e);
         }
         let chain_id = Digest::chain(parent.map(|p| &p.chain_id), &diff_id);
         if let Some(existing) = self.layer(&chain_id)? {
@@ -368,14 +349,7 @@ impl Store {
         let cache_id = fsutil::random_hex(32);
         let dir = self.layer_dir(&cache_id);
         std::fs::rename(&staging, &dir).ctx("move layer into place", &dir)?;
-        let meta = LayerMeta {
-            chain_id,
-            diff_id,
-            parent: parent.map(|p| p.chain_id.clone()),
-            cache_id,
-            size,
-        };
-        self.record_layer(meta, parent.map(|p| p.cache_id.as_str()))
+        self.record_layer(LayerMeta::new(chain_id, diff_id, parent, cache_id, size), parent)
     }
 
     /// Docker's `info` for this store: the driver, and for devicemapper the pool's fields with

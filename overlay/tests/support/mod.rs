@@ -423,6 +423,38 @@ pub fn layout_with_layers(dir: &Path, layers: &[Vec<u8>], cmd: &[&str]) -> PathB
     l
 }
 
+/// A child process that is killed and reaped however the test ends.
+pub struct Reaped(pub std::process::Child);
+
+impl Reaped {
+    /// `sh -c script` in a private copy of every mount (a running container's view: unmounting
+    /// here does not propagate into it), returned once the script has printed `up`.
+    pub fn in_private_mount_namespace(script: &str) -> Self {
+        need("unshare");
+        let child = Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sh", "-c", script])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut held = Self(child);
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(held.0.stdout.as_mut().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        assert_eq!(line.trim(), "up", "{script}");
+        held
+    }
+}
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Polls `cond` until it holds; panics naming `what` once `limit` has passed.
 pub fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
     let t0 = Instant::now();

@@ -56,6 +56,18 @@ struct Scan<'e> {
     allocated: u64,
 }
 
+impl<'e> Scan<'e> {
+    fn new(
+        sm: Sm,
+        nr_blocks: u64,
+        overflow: HashMap<u64, u32>,
+        expected: &'e dyn Fn(u64) -> u32,
+    ) -> Self {
+        let (threes, scanned) = (HashSet::new(), HashSet::new());
+        Scan { sm, nr_blocks, overflow, expected, threes, scanned, allocated: 0 }
+    }
+}
+
 impl Checker<'_> {
     /// Walks an overflow tree into a map; None when it could not be walked completely.
     fn walk_overflow(&mut self, root: u64, tree: Tree) -> Option<HashMap<u64, u32>> {
@@ -106,15 +118,7 @@ impl Checker<'_> {
         let Some(overflow) = overflow else { return };
         let refs = std::mem::take(&mut self.data_refs);
         let expected = |b: u64| refs.get(b);
-        let mut scan = Scan {
-            sm: Sm::Data,
-            nr_blocks: root.nr_blocks,
-            overflow,
-            expected: &expected,
-            threes: HashSet::new(),
-            scanned: HashSet::new(),
-            allocated: 0,
-        };
+        let mut scan = Scan::new(Sm::Data, root.nr_blocks, overflow, &expected);
         let complete = index.complete && bitmaps.len() as u64 == nb;
         for (i, e) in bitmaps {
             // Data bitmaps are compared one by one as they are read: there can be many.
@@ -165,15 +169,7 @@ impl Checker<'_> {
         let Some(overflow) = overflow else { return };
         let refs = std::mem::take(&mut self.meta_refs);
         let expected = |b: u64| refs.get(b as usize).copied().unwrap_or(0);
-        let mut scan = Scan {
-            sm: Sm::Metadata,
-            nr_blocks: root.nr_blocks,
-            overflow,
-            expected: &expected,
-            threes: HashSet::new(),
-            scanned: HashSet::new(),
-            allocated: 0,
-        };
+        let mut scan = Scan::new(Sm::Metadata, root.nr_blocks, overflow, &expected);
         let complete = loaded.len() as u64 == nb;
         for (i, e, block) in &loaded {
             self.scan_bitmap(&mut scan, *i, e, block);

@@ -1,5 +1,6 @@
 use super::*;
 use crate::io::{BlockDevice, MemDevice};
+use crate::pdata::disk::tests::{fresh_superblock, sm};
 
 #[test]
 fn empty_device_is_an_io_damage() {
@@ -20,32 +21,15 @@ fn zeroed_device_has_a_bad_superblock_checksum() {
 fn superblock_pointing_everywhere_beyond_the_device_is_reported_not_followed() {
     let dev = MemDevice::new(64 * 4096, "sb");
     let sb = Superblock {
-        flags: 0,
-        blocknr: MetaBlock(0),
-        uuid: [0; 16],
-        version: 2,
-        time: 0,
-        trans_id: 0,
         held_root: MetaBlock(u64::MAX),
-        data_sm_root: SmRoot {
-            nr_blocks: u64::MAX,
-            nr_allocated: 0,
-            bitmap_root: MetaBlock(1 << 40),
-            ref_count_root: MetaBlock(7),
-        },
-        metadata_sm_root: SmRoot {
-            nr_blocks: 64,
-            nr_allocated: 1,
-            bitmap_root: MetaBlock(99),
-            ref_count_root: MetaBlock(0),
-        },
+        data_sm_root: sm(u64::MAX, 0, 1 << 40, 7),
+        metadata_sm_root: sm(64, 1, 99, 0),
         data_mapping_root: MetaBlock(0),
         device_details_root: MetaBlock(63),
         data_block_size: 100,
         metadata_nr_blocks: 64,
-        compat_flags: 0,
-        compat_ro_flags: 0,
         incompat_flags: 1,
+        ..fresh_superblock()
     };
     dev.write_at(&sb.encode()[..], 0).unwrap();
     let r = check(&dev);
@@ -94,32 +78,12 @@ fn data_space_map_of_nearly_two_to_the_64_blocks_does_not_overflow() {
     disk::seal(&mut bm, BlockKind::Bitmap);
     dev.write_at(&bm[..], 3 * 4096).unwrap();
     let sb = Superblock {
-        flags: 0,
-        blocknr: MetaBlock(0),
-        uuid: [0; 16],
-        version: 2,
-        time: 0,
-        trans_id: 0,
-        held_root: MetaBlock(0),
-        data_sm_root: SmRoot {
-            nr_blocks: u64::MAX,
-            nr_allocated: 0,
-            bitmap_root: MetaBlock(2),
-            ref_count_root: MetaBlock(9),
-        },
-        metadata_sm_root: SmRoot {
-            nr_blocks: 64,
-            nr_allocated: 1,
-            bitmap_root: MetaBlock(1),
-            ref_count_root: MetaBlock(8),
-        },
+        data_sm_root: sm(u64::MAX, 0, 2, 9),
+        metadata_sm_root: sm(64, 1, 1, 8),
         data_mapping_root: MetaBlock(5),
         device_details_root: MetaBlock(6),
-        data_block_size: 128,
         metadata_nr_blocks: 64,
-        compat_flags: 0,
-        compat_ro_flags: 0,
-        incompat_flags: 0,
+        ..fresh_superblock()
     };
     dev.write_at(&sb.encode()[..], 0).unwrap();
     let r = check(&dev);

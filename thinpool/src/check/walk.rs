@@ -97,6 +97,16 @@ struct Ctx {
     snapshot: bool,
 }
 
+/// Where a node is met: its block, the key range its parent gives it, and whether it is the
+/// tree's root (exempt from the fill rule).
+#[derive(Clone, Copy)]
+struct At {
+    b: u64,
+    lo: Option<u64>,
+    hi: Option<u64>,
+    is_root: bool,
+}
+
 impl Checker<'_> {
     /// Walks the tree rooted at `root`. `count_ref` is false for bottom-level roots, whose
     /// references are counted by the top-level leaves that hold them.
@@ -111,7 +121,8 @@ impl Checker<'_> {
         self.next_tree += 1;
         let ctx = Ctx { tree_id: self.next_tree, kind, tree, snapshot };
         let mut path = Vec::new();
-        let out = self.walk_node(&ctx, root, None, None, &mut path, true, count_ref);
+        let at = At { b: root, lo: None, hi: None, is_root: true };
+        let out = self.walk_node(&ctx, at, &mut path, count_ref);
         if out.as_ref().is_none_or(|o| !o.complete) {
             self.partial = true;
         }
@@ -146,14 +157,8 @@ impl Checker<'_> {
         out.complete.then_some(out.entries)
     }
 
-    fn place(
-        &self,
-        ctx: &Ctx,
-        b: u64,
-        lo: Option<u64>,
-        hi: Option<u64>,
-        path: &[MetaBlock],
-    ) -> Place {
+    fn place(&self, ctx: &Ctx, at: At, path: &[MetaBlock]) -> Place {
+        let At { b, lo, hi, .. } = at;
         Place {
             block: Some(MetaBlock(b)),
             tree: Some(ctx.tree),
@@ -164,18 +169,15 @@ impl Checker<'_> {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn walk_node(
         &mut self,
         ctx: &Ctx,
-        b: u64,
-        lo: Option<u64>,
-        hi: Option<u64>,
+        at: At,
         path: &mut Vec<MetaBlock>,
-        is_root: bool,
         count_ref: bool,
     ) -> Option<Outcome> {
-        let place = self.place(ctx, b, lo, hi, path);
+        let b = at.b;
+        let place = self.place(ctx, at, path);
         if count_ref {
             if !self.reference(b, &place) {
                 return None;
@@ -196,7 +198,7 @@ impl Checker<'_> {
             return None;
         }
         if self.nodes.contains_key(&b) {
-            return self.revisit(ctx, b, lo, hi, is_root, place);
+            return self.revisit(ctx, at, place);
         }
         self.nodes.insert(
             b,
@@ -208,7 +210,7 @@ impl Checker<'_> {
                 out: Outcome::default(),
             },
         );
-        let out = self.visit_fresh(ctx, b, lo, hi, path, is_root, &place);
+        let out = self.visit_fresh(ctx, at, path, &place);
         if let Some(s) = self.nodes.get_mut(&b) {
             s.in_progress = false;
             if let Some(o) = &out {
@@ -220,15 +222,8 @@ impl Checker<'_> {
     }
 
     /// A node met before: fine when shared between trees (snapshots), damage within one tree.
-    fn revisit(
-        &mut self,
-        ctx: &Ctx,
-        b: u64,
-        lo: Option<u64>,
-        hi: Option<u64>,
-        is_root: bool,
-        place: Place,
-    ) -> Option<Outcome> {
+    fn revisit(&mut self, ctx: &Ctx, at: At, place: Place) -> Option<Outcome> {
+        let At { b, lo, hi, is_root } = at;
         let s = self.nodes.get(&b)?.clone();
         if s.kind != ctx.kind {
             self.damage(
@@ -284,17 +279,14 @@ impl Checker<'_> {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn visit_fresh(
         &mut self,
         ctx: &Ctx,
-        b: u64,
-        lo: Option<u64>,
-        hi: Option<u64>,
+        at: At,
         path: &mut Vec<MetaBlock>,
-        is_root: bool,
         place: &Place,
     ) -> Option<Outcome> {
+        let At { b, lo, hi, is_root } = at;
         let block = self.read_verified(b, BlockKind::Node, place)?;
         let node = match Node::new(&block) {
             Ok(n) => n,
@@ -368,7 +360,8 @@ impl Checker<'_> {
         for i in 0..n {
             let child = node.value_u64(i);
             let child_hi = keys.get(i + 1).copied().or(hi);
-            match self.walk_node(ctx, child, Some(keys[i]), child_hi, path, false, true) {
+            let at = At { b: child, lo: Some(keys[i]), hi: child_hi, is_root: false };
+            match self.walk_node(ctx, at, path, true) {
                 Some(c) => {
                     heights.push(c.height);
                     out.first = out.first.or(c.first);

@@ -22,13 +22,7 @@ pub struct FileExport {
 impl FileExport {
     /// Creates (or truncates) a sparse file of `size` bytes.
     pub fn create(path: &Path, size: u64) -> std::io::Result<Self> {
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(path)?;
-        file.set_len(size)?;
+        let file = crate::io::create_sparse(path, size)?;
         Ok(Self { file, path: path.to_owned(), size, read_only: false })
     }
 
@@ -102,13 +96,8 @@ impl Export for FileExport {
             .map_err(|e| self.io("read", offset, buf.len() as u64, e))
     }
 
-    fn write(
-        &self,
-        offset: u64,
-        payload: &Payload<'_>,
-        fua: bool,
-        quick: bool,
-    ) -> ExportResult<Written> {
+    fn write(&self, offset: u64, payload: &Payload<'_>, how: WriteMode) -> ExportResult<Written> {
+        let WriteMode { fua, quick } = how;
         if quick {
             // pwrite on a file may wait for the disk (dirty-page throttling).
             return Ok(Written::Declined);

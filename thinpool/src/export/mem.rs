@@ -95,13 +95,7 @@ impl Export for MemExport {
     }
 
     /// Memory never waits: every write is quick.
-    fn write(
-        &self,
-        offset: u64,
-        payload: &Payload<'_>,
-        _fua: bool,
-        _quick: bool,
-    ) -> ExportResult<Written> {
+    fn write(&self, offset: u64, payload: &Payload<'_>, _how: WriteMode) -> ExportResult<Written> {
         let len = payload.len() as u64;
         self.check_writable("write", offset, len)?;
         payload

@@ -31,6 +31,26 @@ pub struct Zeroing {
     pub fua: bool,
 }
 
+/// How [`Export::write`] is to be served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct WriteMode {
+    /// Force unit access (`NBD_CMD_FLAG_FUA`, ublk's `UBLK_IO_F_FUA`): the data, and whatever
+    /// maps it, is durable on return.
+    pub fua: bool,
+    /// Only if that cannot block for long; [`Written::Declined`] otherwise.
+    pub quick: bool,
+}
+
+impl WriteMode {
+    /// A full write (it may allocate, copy or wait), durable on return with `fua`.
+    pub fn full(fua: bool) -> Self {
+        WriteMode { fua, quick: false }
+    }
+
+    /// A quick write, never FUA (that commits).
+    pub const QUICK: WriteMode = WriteMode { fua: false, quick: true };
+}
+
 pub mod file;
 pub mod mem;
 pub mod pool;
@@ -148,19 +168,13 @@ pub trait Export: Send + Sync {
     fn size(&self) -> u64;
     fn read(&self, offset: u64, buf: &mut [u8]) -> ExportResult<()>;
     /// The write entry of every frontend (NBD connection, kernel nbd, ublk): writes
-    /// `payload` at `offset`; with `fua` the data (and whatever maps it) is durable on return.
-    /// With `quick`, only if that cannot block for long (no allocation, copy, commit or wait
-    /// for space, so never with `fua`): [`Written::Declined`], nothing changed, otherwise,
-    /// and errors may be answered that way too (the full write reports them). The NBD server
-    /// serves quick writes inline on the thread that read them. Without `quick` the answer is
-    /// [`Written::Done`] or an error.
-    fn write(
-        &self,
-        offset: u64,
-        payload: &Payload<'_>,
-        fua: bool,
-        quick: bool,
-    ) -> ExportResult<Written>;
+    /// `payload` at `offset`; with `how.fua` the data (and whatever maps it) is durable on
+    /// return. With `how.quick`, only if that cannot block for long (no allocation, copy,
+    /// commit or wait for space, so never with `fua`): [`Written::Declined`], nothing
+    /// changed, otherwise, and errors may be answered that way too (the full write reports
+    /// them). The NBD server serves quick writes inline on the thread that read them. A full
+    /// write answers [`Written::Done`] or an error.
+    fn write(&self, offset: u64, payload: &Payload<'_>, how: WriteMode) -> ExportResult<Written>;
     /// Reads only if that is quick and cannot block for long (the data is in memory);
     /// returns false, `buf` then unspecified, when [`Export::read`] is needed (errors are
     /// left to it too). Quick reads are served inline like quick writes.
@@ -253,8 +267,9 @@ pub trait Catalog: Send + Sync {
     fn default_name(&self) -> Option<String> {
         None
     }
-    /// Called periodically by the server; commits pending metadata so that every change is
-    /// durable within about a second even if no client flushes.
+    /// Called periodically by the server; commits pending metadata so that every mapping
+    /// change is durable within about a second even if no client flushes (data written in
+    /// place waits for the client's FLUSH or FUA, as dm-thin's periodic commit leaves it).
     fn commit_if_dirty(&self) -> ExportResult<()> {
         Ok(())
     }

@@ -2,7 +2,10 @@
 //!
 //! Durability: FLUSH and FUA flush the pool (data device synced, then metadata committed);
 //! otherwise the server's committer calls [`Catalog::commit_if_dirty`] twice a second, so
-//! every change is durable within about a second, as dm-thin's periodic commit does.
+//! every mapping change is committed within about a second, as dm-thin's periodic commit
+//! does. Like that commit, it flushes the data device only ahead of changed metadata: data
+//! written in place is durable at the client's FLUSH or FUA, as on any disk with a volatile
+//! write cache.
 //!
 //! Zero detection: the Linux 6.1 nbd client never sends WRITE_ZEROES (`blkdiscard -z`
 //! becomes WRITEs of zero pages), so an all-zero WRITE is turned into an unmapping zero
@@ -50,6 +53,17 @@ impl Inner {
         let was = self.dirty.swap(false, Ordering::SeqCst);
         let r = self.svc.flush();
         tracing::debug!("commit (dirty: {was}): {}", if r.is_ok() { "ok" } else { "failed" });
+        if r.is_err() && was {
+            self.dirty.store(true, Ordering::SeqCst);
+        }
+        r
+    }
+
+    /// The periodic commit (see the module doc): the mapping changes since the last commit,
+    /// without a flush of the data device when there are none.
+    fn commit_changes(&self) -> Result<(), service::Error> {
+        let was = self.dirty.swap(false, Ordering::SeqCst);
+        let r = self.svc.pool().commit().map_err(|e| service::Error::pool("committing", e));
         if r.is_err() && was {
             self.dirty.store(true, Ordering::SeqCst);
         }
@@ -166,7 +180,7 @@ impl Catalog for PoolCatalog {
         if !self.inner.dirty.load(Ordering::SeqCst) {
             return Ok(());
         }
-        self.inner.commit().map_err(|e| err("commit", 0, 0, e))
+        self.inner.commit_changes().map_err(|e| err("commit", 0, 0, e))
     }
 }
 
@@ -250,13 +264,8 @@ impl Export for VolumeExport {
         self.handle.read(offset, buf).map_err(|e| err("read", offset, len, e))
     }
 
-    fn write(
-        &self,
-        offset: u64,
-        payload: &Payload<'_>,
-        fua: bool,
-        quick: bool,
-    ) -> ExportResult<Written> {
+    fn write(&self, offset: u64, payload: &Payload<'_>, how: WriteMode) -> ExportResult<Written> {
+        let WriteMode { fua, quick } = how;
         let len = payload.len() as u64;
         if quick && fua {
             return Ok(Written::Declined);
@@ -421,10 +430,13 @@ mod tests {
         let remote = cat.open("v").unwrap();
         let local = cat.open_for_local_client("v").unwrap();
         let quick = |e: &Arc<dyn Export>, off, data: &[u8]| {
-            e.write(off, &Payload::mem(data), false, true).unwrap() == Written::Done
+            e.write(off, &Payload::mem(data), WriteMode::QUICK).unwrap() == Written::Done
         };
         let full = |e: &Arc<dyn Export>, off, data: &[u8]| {
-            assert_eq!(e.write(off, &Payload::mem(data), false, false).unwrap(), Written::Done)
+            assert_eq!(
+                e.write(off, &Payload::mem(data), WriteMode::default()).unwrap(),
+                Written::Done
+            )
         };
         // Unmapped: never quick (a write there allocates).
         assert!(!quick(&remote, 0, &[1; 4096]));
@@ -442,7 +454,9 @@ mod tests {
         // never quick.
         assert!(!quick(&remote, 0, &[0; 65536]));
         assert_eq!(
-            remote.write(4096, &Payload::mem(&[3; 4096]), true, true).unwrap(),
+            remote
+                .write(4096, &Payload::mem(&[3; 4096]), WriteMode { fua: true, quick: true })
+                .unwrap(),
             Written::Declined
         );
         let mut back = vec![0u8; 3 * 4096];

@@ -126,14 +126,7 @@ impl FileDevice {
 
     /// Creates (or truncates) a sparse file of `size` bytes.
     pub fn create(path: &Path, size: u64) -> io::Result<Self> {
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(path)?;
-        file.set_len(size)?;
-        Self::from_file(file, path)
+        Self::from_file(create_sparse(path, size)?, path)
     }
 
     fn from_file(file: File, path: &Path) -> io::Result<Self> {
@@ -178,6 +171,19 @@ impl FileDevice {
 /// Alignment of buffer address, offset and length for O_DIRECT (covers every logical block
 /// size up to 4 KiB).
 pub const DIRECT_ALIGN: u64 = 4096;
+
+/// Creates (or truncates) `path` as a sparse file of `size` bytes, open for reading and
+/// writing.
+pub fn create_sparse(path: &Path, size: u64) -> io::Result<File> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)?;
+    file.set_len(size)?;
+    Ok(file)
+}
 
 /// Size of a regular file, or of a block device (whose metadata length is 0).
 fn device_size(file: &File) -> io::Result<u64> {

@@ -615,4 +615,4 @@ impl BlockTime {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

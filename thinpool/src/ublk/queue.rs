@@ -6,7 +6,7 @@
 //! `op_flags` (operation in the low 8 bits, `UBLK_IO_F_*` flags above), `nr_sectors` and
 //! `start_sector`, both in 512-byte sectors whatever the logical block size is.
 
-use crate::export::{ErrorKind, Export, ExportError, Payload, Zeroing};
+use crate::export::{ErrorKind, Export, ExportError, Payload, WriteMode, Zeroing};
 
 /// `UBLK_IO_OP_*` (include/uapi/linux/ublk_cmd.h).
 const OP_READ: u32 = 0;
@@ -101,9 +101,9 @@ pub fn serve(export: &dyn Export, req: Request, buf: &mut [u8]) -> i32 {
     let done = |len: usize| i32::try_from(len).unwrap_or(i32::MAX);
     let r = match req {
         Request::Read { offset, len } => export.read(offset, &mut buf[..len]).map(|()| done(len)),
-        Request::Write { offset, len, fua } => {
-            export.write(offset, &Payload::mem(&buf[..len]), fua, false).map(|_| done(len))
-        }
+        Request::Write { offset, len, fua } => export
+            .write(offset, &Payload::mem(&buf[..len]), WriteMode::full(fua))
+            .map(|_| done(len)),
         Request::Flush => export.flush().map(|()| 0),
         Request::Discard { offset, len } => export.trim(offset, len, false).map(|()| 0),
         Request::WriteZeroes { offset, len, may_trim, fua } => {

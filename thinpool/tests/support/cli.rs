@@ -33,3 +33,56 @@ impl Drop for Daemon {
         let _ = self.0.wait();
     }
 }
+
+/// A file pool made by `thinpool init` at `pool` in a fresh temporary directory, which is
+/// removed when this is dropped.
+pub struct FilePool {
+    tmp: tempfile::TempDir,
+    path: String,
+}
+
+impl FilePool {
+    pub fn init(data_size: &str) -> FilePool {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("pool").to_str().unwrap().to_owned();
+        ok(&["init", &path, "--data-size", data_size]);
+        FilePool { tmp, path }
+    }
+
+    /// The pool's path, as the CLI takes it.
+    pub fn pool(&self) -> &str {
+        &self.path
+    }
+
+    /// The pool's directory (metadata, lock, control socket).
+    pub fn dir(&self) -> &std::path::Path {
+        std::path::Path::new(&self.path)
+    }
+
+    /// The temporary directory around the pool, for the test's other files.
+    pub fn path(&self) -> &std::path::Path {
+        self.tmp.path()
+    }
+}
+
+/// A Debian tool run with stdin closed; panics naming the package hint if it cannot start.
+pub fn tool(prog: &str, args: &[&str]) -> Output {
+    let out = Command::new(prog).args(args).stdin(std::process::Stdio::null()).output();
+    out.unwrap_or_else(|e| panic!("`{prog}` could not run ({e}); install it (cargo xtask setup)"))
+}
+
+/// A tool that must succeed.
+pub fn ok_tool(prog: &str, args: &[&str]) {
+    let o = tool(prog, args);
+    assert!(o.status.success(), "`{prog} {}` failed: {}", args.join(" "), both(&o));
+}
+
+/// stdout then stderr of captured output, as text.
+pub fn both(o: &Output) -> String {
+    text(&o.stdout) + &text(&o.stderr)
+}
+
+/// A TCP port free on loopback right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}

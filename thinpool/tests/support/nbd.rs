@@ -165,13 +165,12 @@ impl thinpool::nbd::Export for Probe {
         &self,
         offset: u64,
         payload: &thinpool::export::Payload<'_>,
-        fua: bool,
-        quick: bool,
+        how: thinpool::export::WriteMode,
     ) -> thinpool::nbd::ExportResult<thinpool::export::Written> {
-        if fua {
+        if how.fua {
             bump(&self.fua_writes);
         }
-        self.inner.write(offset, payload, fua, quick)
+        self.inner.write(offset, payload, how)
     }
     fn write_zeroes(
         &self,

@@ -267,9 +267,34 @@ pub fn busiest_thread(
         .map(|(name, d)| (name.clone(), d as f64 / per_cpu))
 }
 
-/// One subject's run of every load.
-struct Run {
-    values: Vec<f64>,
+/// The CPU the daemon's ublk workers (threads `ublk<dev>q<queue>w<n>`) took between two
+/// [`thread_ticks`] samples, as a share of one vCPU: requests the queue thread could not
+/// serve on its own ring.
+pub fn ublk_worker_share(
+    before: &[(u64, String, u64)],
+    after: &[(u64, String, u64)],
+    total: u64,
+    cpus: u32,
+) -> Option<f64> {
+    let is_worker = |n: &str| {
+        n.strip_prefix("ublk")
+            .and_then(|r| r.split_once('q'))
+            .and_then(|(_, r)| r.split_once('w'))
+            .is_some_and(|(q, w)| {
+                [q, w].iter().all(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
+            })
+    };
+    let per_cpu = total as f64 / f64::from(cpus.max(1));
+    let ticks: u64 = after
+        .iter()
+        .filter(|(_, name, _)| is_worker(name))
+        .map(|(tid, _, t)| t.saturating_sub(before.iter().find(|b| b.0 == *tid).map_or(0, |b| b.2)))
+        .sum();
+    (per_cpu > 0.0).then(|| ticks as f64 / per_cpu)
+}
+
+/// Where the guest's CPU time went during one load.
+struct Usage {
     /// Share of non-idle guest CPU time.
     busy: f64,
     /// Share of all guest CPU time spent in lamina's daemon (lamina runs only).
@@ -277,13 +302,67 @@ struct Run {
     /// The daemon's busiest thread and its share of one vCPU (lamina runs only): with more
     /// vCPUs than busy threads, one saturated thread is the limit.
     busiest: Option<(String, f64)>,
+    /// The ublk workers' share of one vCPU (lamina runs only).
+    workers: Option<f64>,
+    /// Flushes the guest's data disk completed, and the milliseconds they took.
+    disk_flushes: Option<(u64, u64)>,
+    /// Requests in flight at the guest's data disk, on average (its `time_in_queue` over the
+    /// wall time): how much of the submitter's depth reaches virtio.
+    disk_depth: Option<f64>,
+}
+
+/// One subject's run of every load: its result and CPU usage, per load.
+struct Run {
+    values: Vec<f64>,
+    usage: Vec<Usage>,
 }
 
 /// What [`Guest::sample`] reads before and after a run.
 struct Sample {
     stat: String,
+    /// `/sys/block/vda/stat`.
+    disk: String,
     ticks: Option<u64>,
     threads: Vec<(u64, String, u64)>,
+}
+
+/// The CPU usage between two samples.
+fn usage(before: &Sample, after: &Sample, cpus: u32) -> Usage {
+    let ticks = cpu_ticks(&before.stat, &after.stat).filter(|t| t.1 > 0);
+    let daemon_share = match (before.ticks, after.ticks, ticks) {
+        (Some(a), Some(b), Some((_, total))) => Some(b.saturating_sub(a) as f64 / total as f64),
+        _ => None,
+    };
+    let busiest =
+        ticks.and_then(|(_, total)| busiest_thread(&before.threads, &after.threads, total, cpus));
+    let busy = ticks.map_or(f64::NAN, |(busy, total)| busy as f64 / total as f64);
+    let disk_flushes = match (disk_flushes(&before.disk), disk_flushes(&after.disk)) {
+        (Some(a), Some(b)) => Some((b.0.saturating_sub(a.0), b.1.saturating_sub(a.1))),
+        _ => None,
+    };
+    // Wall time from the CPU ticks (USER_HZ = 100 on Linux: 10 ms a tick per vCPU).
+    let wall_ms = ticks.map(|(_, total)| total as f64 * 10.0 / f64::from(cpus.max(1)));
+    let disk_depth = match (disk_queue_ms(&before.disk), disk_queue_ms(&after.disk), wall_ms) {
+        (Some(a), Some(b), Some(w)) if w > 0.0 => Some(b.saturating_sub(a) as f64 / w),
+        _ => None,
+    };
+    let workers = ticks
+        .filter(|_| before.ticks.is_some())
+        .and_then(|(_, total)| ublk_worker_share(&before.threads, &after.threads, total, cpus));
+    Usage { busy, daemon_share, busiest, workers, disk_flushes, disk_depth }
+}
+
+/// The milliseconds requests spent in flight, summed over requests (`time_in_queue`, field
+/// 11 of a block device's `stat` file, Linux Documentation/block/stat.rst).
+pub fn disk_queue_ms(stat: &str) -> Option<u64> {
+    stat.split_whitespace().nth(10)?.parse().ok()
+}
+
+/// Flush requests completed and the milliseconds spent on them, from a block device's
+/// `stat` file (fields 16 and 17, Linux Documentation/block/stat.rst).
+pub fn disk_flushes(stat: &str) -> Option<(u64, u64)> {
+    let f: Vec<u64> = stat.split_whitespace().map(|x| x.parse().ok()).collect::<Option<_>>()?;
+    Some((*f.get(15)?, *f.get(16)?))
 }
 
 /// The guest-side steps, over the agent; every command is logged.
@@ -319,39 +398,40 @@ impl Guest<'_> {
     /// thread.
     fn sample(&mut self, pid: Option<&str>) -> Result<Sample> {
         let stat = self.exec(&[BB, "head", "-n1", "/proc/stat"], Duration::from_secs(30))?;
-        let Some(p) = pid else { return Ok(Sample { stat, ticks: None, threads: Vec::new() }) };
+        let disk = self.exec(&[BB, "cat", "/sys/block/vda/stat"], Duration::from_secs(30))?;
+        let Some(p) = pid else {
+            return Ok(Sample { stat, disk, ticks: None, threads: Vec::new() });
+        };
         let ticks = proc_ticks(
             &self.exec(&[BB, "cat", &format!("/proc/{p}/stat")], Duration::from_secs(30))?,
         );
         let threads = thread_ticks(&self.sh(&format!("{BB} cat /proc/{p}/task/*/stat"))?);
-        Ok(Sample { stat, ticks, threads })
+        Ok(Sample { stat, disk, ticks, threads })
     }
 
-    /// Runs every load on `dev`; also measures how busy the guest's CPU was meanwhile and,
-    /// for lamina, which share of all CPU time its daemon took: under TCG every path is
-    /// CPU-bound, so these say where the time goes.
+    /// Runs every load on `dev`, one fio each; also measures, per load, how busy the guest's
+    /// CPU was and, for lamina, which share of all CPU time its daemon took and its busiest
+    /// thread: under TCG every path is CPU-bound, so these say where the time goes.
     fn fio(&mut self, dev: &str, offset: u64, daemon: bool, cpus: u32) -> Result<Run> {
-        let argv = fio_argv(dev, offset, REGION, RUNTIME_SECS, &LOADS);
-        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-        let budget = Duration::from_secs(60 + 4 * u64::from(RUNTIME_SECS + 1) * 3);
+        let budget = Duration::from_secs(60 + 4 * u64::from(RUNTIME_SECS + 1));
         let pid = if daemon {
             Some(self.exec(&[BB, "cat", DAEMON_LOCK], Duration::from_secs(30))?.trim().to_owned())
         } else {
             None
         };
-        let before = self.sample(pid.as_deref())?;
-        let out = self.exec(&argv, budget)?;
-        let after = self.sample(pid.as_deref())?;
-        let values = parse_fio(&out, &LOADS).with_context(|| format!("fio on {dev}"))?;
-        let ticks = cpu_ticks(&before.stat, &after.stat).filter(|t| t.1 > 0);
-        let daemon_share = match (before.ticks, after.ticks, ticks) {
-            (Some(a), Some(b), Some((_, total))) => Some(b.saturating_sub(a) as f64 / total as f64),
-            _ => None,
-        };
-        let busiest = ticks
-            .and_then(|(_, total)| busiest_thread(&before.threads, &after.threads, total, cpus));
-        let busy = ticks.map_or(f64::NAN, |(busy, total)| busy as f64 / total as f64);
-        Ok(Run { values, busy, daemon_share, busiest })
+        let mut run = Run { values: Vec::new(), usage: Vec::new() };
+        for load in &LOADS {
+            let argv = fio_argv(dev, offset, REGION, RUNTIME_SECS, std::slice::from_ref(load));
+            let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+            let before = self.sample(pid.as_deref())?;
+            let out = self.exec(&argv, budget)?;
+            let after = self.sample(pid.as_deref())?;
+            let value = parse_fio(&out, std::slice::from_ref(load))
+                .with_context(|| format!("fio on {dev}"))?;
+            run.values.extend(value);
+            run.usage.push(usage(&before, &after, cpus));
+        }
+        Ok(run)
     }
 
     /// Stops lamina's daemon with `/sbin/thinpool` parked so init's supervisor cannot start it
@@ -452,6 +532,13 @@ pub fn run(root: &Path, jsonl: &Path) -> Result<()> {
         let mut g = Guest { vm: &mut vm, log: String::new() };
         let result = measure(&mut g, cpus, &say);
         std::fs::write(log_dir.join("guest.log"), &g.log)?;
+        if result.is_err() {
+            // Whether QEMU itself went away (and how) tells a guest failure from a host one.
+            match vm.wait_exit(Duration::from_secs(1)) {
+                Ok(st) => say(&format!("QEMU had exited: {st:?}")),
+                Err(e) => say(&format!("QEMU still running ({e})")),
+            }
+        }
         records
             .extend(result.with_context(|| format!("guest steps (log: {})", log_dir.display()))?);
         let st = vm.stop(Duration::from_secs(60));
@@ -536,23 +623,44 @@ fn report(say: &dyn Fn(&str), round: usize, subject: &str, r: &Run) {
     let cells: Vec<String> = LOADS
         .iter()
         .zip(&r.values)
-        .map(|(l, v)| format!("{} {v:.0} {}", l.name, l.unit()))
+        .zip(&r.usage)
+        .map(|((l, v), u)| {
+            let mut cpu = format!("CPU {:.0}%", u.busy * 100.0);
+            if let Some(d) = u.daemon_share {
+                cpu.push_str(&format!(", daemon {:.0}%", d * 100.0));
+            }
+            if let Some((name, share)) = &u.busiest {
+                cpu.push_str(&format!(", {name} {:.0}% of a vCPU", share * 100.0));
+            }
+            if let Some(w) = u.workers {
+                cpu.push_str(&format!(", ublk workers {:.0}%", w * 100.0));
+            }
+            if let Some(d) = u.disk_depth {
+                cpu.push_str(&format!(", vda depth {d:.1}"));
+            }
+            if let Some((n, ms)) = u.disk_flushes {
+                cpu.push_str(&format!(", vda flushes {n} in {ms} ms"));
+            }
+            format!("{} {v:.0} {} ({cpu})", l.name, l.unit())
+        })
         .collect();
-    let mut daemon =
-        r.daemon_share.map(|d| format!(", daemon {:.0}%", d * 100.0)).unwrap_or_default();
-    if let Some((name, share)) = &r.busiest {
-        daemon.push_str(&format!(", its busiest thread {name} {:.0}% of a vCPU", share * 100.0));
-    }
-    say(&format!(
-        "round {round}/{ROUNDS} {subject}: {} (guest CPU {:.0}% busy{daemon})",
-        cells.join(", "),
-        r.busy * 100.0
-    ));
+    say(&format!("round {round}/{ROUNDS} {subject}: {}", cells.join("; ")))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn disk_flushes_are_fields_16_and_17() {
+        let stat = "  4770  0  215618  1399  21553  0  1305032  19203  0  9396  20603  \
+                    0  0  0  0  2118  1235";
+        assert_eq!(disk_flushes(stat), Some((2118, 1235)));
+        assert_eq!(disk_queue_ms(stat), Some(20603));
+        // A kernel before 5.5 has no flush fields.
+        assert_eq!(disk_flushes("1 2 3 4 5 6 7 8 9 10 11 12 13 14 15"), None);
+        assert_eq!(disk_flushes("garbage"), None);
+    }
 
     /// The shape of `fio --output-format=json` 3.33 (trimmed to the fields read here).
     fn fio_json(jobs: &[(&str, f64, f64, f64, f64)]) -> String {
@@ -638,6 +746,9 @@ mod tests {
         assert_eq!(name, "thinpool");
         assert!((share - 0.9).abs() < 1e-9, "{share}");
         assert_eq!(busiest_thread(&b, &a, 0, 2), None);
+        // Only ublk0q0w1 is a ublk worker: 20 of 100 ticks per vCPU.
+        let w = ublk_worker_share(&b, &a, 200, 2).unwrap();
+        assert!((w - 0.2).abs() < 1e-9, "{w}");
     }
 
     #[test]

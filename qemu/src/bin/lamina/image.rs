@@ -31,12 +31,7 @@ pub enum ImageCmd {
         json: bool,
     },
     /// Lists images.
-    Ls {
-        #[command(flatten)]
-        vm: VmArg,
-        #[arg(long)]
-        json: bool,
-    },
+    Ls(Listing),
     /// Removes images (by tag or id) and the layers only they used.
     Rm {
         #[command(flatten)]
@@ -65,6 +60,15 @@ pub struct VmArg {
     /// The appliance VM.
     #[arg(long = "vm", id = "vm", value_name = "NAME", default_value = "default")]
     pub name: String,
+}
+
+/// A listing verb's arguments: the VM, and JSON instead of a table.
+#[derive(clap::Args)]
+pub struct Listing {
+    #[command(flatten)]
+    pub vm: VmArg,
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// The agent of a running VM, or an error naming the VM.
@@ -168,7 +172,7 @@ pub fn main(home: &Path, cmd: ImageCmd) -> Result<()> {
                 t
             })
         }
-        ImageCmd::Ls { vm, json } => {
+        ImageCmd::Ls(Listing { vm, json }) => {
             let v = call(home, &vm.name, "image.ls", None)?;
             print(json, &v, |v| {
                 let mut t = Table::new(&["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"]);

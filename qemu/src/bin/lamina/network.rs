@@ -7,7 +7,7 @@ use anyhow::{bail, Result};
 use clap::Subcommand;
 use serde_json::json;
 
-use crate::image::{call, VmArg};
+use crate::image::{call, Listing, VmArg};
 use crate::out::{cell, print, Table};
 
 #[derive(Subcommand)]
@@ -22,12 +22,7 @@ pub enum NetworkCmd {
         name: String,
     },
     /// Lists networks.
-    Ls {
-        #[command(flatten)]
-        vm: VmArg,
-        #[arg(long)]
-        json: bool,
-    },
+    Ls(Listing),
     /// Removes networks no container is on.
     Rm {
         #[command(flatten)]
@@ -55,7 +50,7 @@ pub fn main(home: &Path, cmd: NetworkCmd) -> Result<()> {
             println!("{}", cell(&v["id"]));
             Ok(())
         }
-        NetworkCmd::Ls { vm, json } => {
+        NetworkCmd::Ls(Listing { vm, json }) => {
             let v = call(home, &vm.name, "network.ls", None)?;
             print(json, &v, |v| {
                 let mut t = Table::new(&["NETWORK ID", "NAME", "DRIVER", "SCOPE", "SUBNET"]);

@@ -50,7 +50,7 @@ use super::negotiate::Negotiated;
 use super::reply::{allocation_status, Fail, Reply, KEEP_BUFFER};
 use super::splice::Pipe;
 use super::{RateLog, Sock};
-use crate::export::{Payload, Written, Zeroing};
+use crate::export::{Payload, WriteMode, Written, Zeroing};
 use crate::nbd::proto::msg::*;
 use crate::nbd::proto::wire::*;
 
@@ -299,10 +299,11 @@ fn inline(c: &Conn<'_>, inc: &Incoming, data: &[u8], out: &mut Reply) -> bool {
         CMD_READ => matches!(read(c, req, out, true), Ok(true)),
         _ => {
             let payload = Payload::mem(&data[..inc.payload_len]);
-            matches!(c.neg.export.write(req.offset, &payload, false, true), Ok(Written::Done)) && {
-                encode_ok(c, req, &mut out.head);
-                true
-            }
+            matches!(c.neg.export.write(req.offset, &payload, WriteMode::QUICK), Ok(Written::Done))
+                && {
+                    encode_ok(c, req, &mut out.head);
+                    true
+                }
         }
     }
 }
@@ -538,14 +539,17 @@ fn write(
     let written = if inc.spliced > 0 {
         let p = pipe.as_mut().ok_or_else(|| internal("spliced payload without a pipe".into()))?;
         let held = inc.payload_len - inc.spliced;
-        let w =
-            c.neg.export.write(req.offset, &Payload::piped(data, held, p.r.as_fd()), fua, false)?;
+        let w = c.neg.export.write(
+            req.offset,
+            &Payload::piped(data, held, p.r.as_fd()),
+            WriteMode::full(fua),
+        )?;
         // The export took every byte out of the pipe (after an error, an unknown part: the
         // worker then drops the pipe).
         p.pending = 0;
         w
     } else {
-        c.neg.export.write(req.offset, &Payload::mem(data), fua, false)?
+        c.neg.export.write(req.offset, &Payload::mem(data), WriteMode::full(fua))?
     };
     match written {
         Written::Done => Ok(()),

@@ -4,7 +4,12 @@
 use super::*;
 use proptest::prelude::*;
 
-fn sm(nr_blocks: u64, nr_allocated: u64, bitmap_root: u64, ref_count_root: u64) -> SmRoot {
+pub(crate) fn sm(
+    nr_blocks: u64,
+    nr_allocated: u64,
+    bitmap_root: u64,
+    ref_count_root: u64,
+) -> SmRoot {
     SmRoot {
         nr_blocks,
         nr_allocated,
@@ -13,8 +18,9 @@ fn sm(nr_blocks: u64, nr_allocated: u64, bitmap_root: u64, ref_count_root: u64) 
     }
 }
 
-/// The superblock of the §16.1 fresh pool image.
-fn fresh_superblock() -> Superblock {
+/// The superblock of the §16.1 fresh pool image (other tests change the fields they are
+/// about).
+pub(crate) fn fresh_superblock() -> Superblock {
     Superblock {
         flags: 0,
         blocknr: MetaBlock(0),
