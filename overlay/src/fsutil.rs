@@ -339,17 +339,17 @@ pub fn copy_data(from: &mut File, to: &mut File, len: u64) -> std::io::Result<()
     Ok(())
 }
 
-/// Runs `prog ARGS` to completion; its stdout. Errors name the command as `shown`: a
-/// program that is not there is `Unsupported` (`missing` says what provides it), a non-zero
-/// exit is `Io` with the program's stderr.
-pub fn run_tool(prog: &Path, args: &[&OsStr], shown: &str, missing: &str) -> Result<String> {
+/// Runs `prog ARGS` to completion; its stdout. Errors name the command as `shown` and the
+/// Debian `package` that provides it: a program that is not there is `Unsupported`, a
+/// non-zero exit is `Io` with the program's stderr.
+pub fn run_tool(prog: &Path, args: &[&OsStr], shown: &str, package: &str) -> Result<String> {
     let out = std::process::Command::new(prog).args(args).output().map_err(|e| {
         let kind = if e.kind() == std::io::ErrorKind::NotFound {
             ErrorKind::Unsupported
         } else {
             ErrorKind::Io
         };
-        Error::with_source(kind, format!("run `{shown}` ({missing})"), e)
+        Error::with_source(kind, format!("run `{shown}` ({package})"), e)
     })?;
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
