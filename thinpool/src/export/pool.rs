@@ -417,6 +417,41 @@ mod tests {
     use crate::service::ServiceOptions;
     use crate::units::Sectors;
 
+    /// The committer's periodic commit, like dm-thin's: a mapping change is committed, with
+    /// the data device flushed ahead of it; data written in place waits for the client's
+    /// FLUSH (it used to flush the data device twice a second under any write).
+    #[test]
+    fn periodic_commit_flushes_data_only_ahead_of_mapping_changes() {
+        use crate::io::MemDevice;
+        use crate::pool::tests::CountFlushes;
+        use std::sync::atomic::Ordering::SeqCst;
+        let dir = tempfile::tempdir().unwrap();
+        let meta = Arc::new(MemDevice::new(4 << 20, "meta"));
+        let data =
+            Arc::new(CountFlushes { inner: MemDevice::new(64 << 16, "data"), flushes: 0.into() });
+        let names = Box::new(crate::pool::DirNameStore::new(dir.path()));
+        let pool = Pool::format_with_names(meta, data.clone(), Sectors(128), names).unwrap();
+        pool.create_volume("v", 1 << 20).unwrap();
+        pool.commit().unwrap();
+        let svc = Service::from_file_pool(dir.path(), pool, ServiceOptions::default()).unwrap();
+        let cat = PoolCatalog::new(Arc::new(svc));
+        let e = cat.open("v").unwrap();
+        let write = |byte: u8| {
+            let done = e.write(0, &Payload::mem(&[byte; 4096]), WriteMode::default()).unwrap();
+            assert_eq!(done, Written::Done);
+        };
+        write(1); // allocates
+        let before = data.flushes.load(SeqCst);
+        cat.commit_if_dirty().unwrap();
+        assert!(data.flushes.load(SeqCst) > before, "the data is flushed before the mapping");
+        write(2); // in place
+        let before = data.flushes.load(SeqCst);
+        cat.commit_if_dirty().unwrap();
+        assert_eq!(data.flushes.load(SeqCst), before, "no mapping changed: nothing to flush");
+        e.flush().unwrap();
+        assert_eq!(data.flushes.load(SeqCst), before + 1, "the client's FLUSH syncs the data");
+    }
+
     #[test]
     fn quick_writes_of_a_local_client_need_committed_mappings() {
         let dir = tempfile::tempdir().unwrap();

@@ -30,7 +30,7 @@ mod verify;
 mod write;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 

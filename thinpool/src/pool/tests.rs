@@ -167,9 +167,9 @@ fn raw_restore_api_keeps_counts_exact() {
 }
 
 /// Counts flushes of the wrapped device.
-struct CountFlushes {
-    inner: MemDevice,
-    flushes: std::sync::atomic::AtomicU64,
+pub(crate) struct CountFlushes {
+    pub(crate) inner: MemDevice,
+    pub(crate) flushes: std::sync::atomic::AtomicU64,
 }
 
 impl crate::io::BlockDevice for CountFlushes {
