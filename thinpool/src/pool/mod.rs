@@ -46,7 +46,11 @@ use crate::pdata::sm::SpaceMap;
 use crate::units::{Bytes, DataBlock, MetaBlock, Sectors, ThinId, TransactionId, VirtBlock};
 use meta::Meta;
 
-const STRIPES: usize = 256;
+/// Stripe locks: enough that requests in flight rarely share one (16 random blocks in flight
+/// meet a held stripe ~0.4 % of the time with 4096, ~6 % with 256), since a ublk request
+/// that finds its stripe taken leaves the queue's ring for a worker.
+const STRIPES: usize = 4096;
+const _: () = assert!(STRIPES.is_power_of_two(), "stripe() takes the hash's top bits");
 
 /// Block counts of one space map: [`DataBlock`]s for the data device
 /// ([`Pool::data_usage`]), [`MetaBlock`]s for the metadata device ([`Pool::metadata_usage`]).
@@ -266,7 +270,7 @@ impl Pool {
         // Fibonacci hashing: cheap, and spreads neighbouring blocks over the stripes.
         const K: u64 = 0x9e37_79b9_7f4a_7c15;
         let h = (id.0.wrapping_mul(K) ^ vb.0).wrapping_mul(K);
-        (h >> 56) as usize % STRIPES
+        (h >> (64 - STRIPES.trailing_zeros())) as usize
     }
 
     /// Data block size in sectors.
