@@ -50,20 +50,26 @@ struct Inner {
 impl Inner {
     /// Commits the pool and syncs its data device (see the module doc).
     fn commit(&self) -> Result<(), service::Error> {
-        let was = self.dirty.swap(false, Ordering::SeqCst);
-        let r = self.svc.flush();
-        tracing::debug!("commit (dirty: {was}): {}", if r.is_ok() { "ok" } else { "failed" });
-        if r.is_err() && was {
-            self.dirty.store(true, Ordering::SeqCst);
-        }
-        r
+        self.clearing_dirty(|| self.svc.flush())
     }
 
     /// The periodic commit (see the module doc): the mapping changes since the last commit,
     /// without a flush of the data device when there are none.
     fn commit_changes(&self) -> Result<(), service::Error> {
+        self.clearing_dirty(|| {
+            self.svc.pool().commit().map_err(|e| service::Error::pool("committing", e))
+        })
+    }
+
+    /// Runs a commit with the dirty flag cleared first (a change meanwhile sets it again);
+    /// a failed commit sets it back.
+    fn clearing_dirty(
+        &self,
+        commit: impl FnOnce() -> Result<(), service::Error>,
+    ) -> Result<(), service::Error> {
         let was = self.dirty.swap(false, Ordering::SeqCst);
-        let r = self.svc.pool().commit().map_err(|e| service::Error::pool("committing", e));
+        let r = commit();
+        tracing::debug!("commit (dirty: {was}): {}", if r.is_ok() { "ok" } else { "failed" });
         if r.is_err() && was {
             self.dirty.store(true, Ordering::SeqCst);
         }
