@@ -25,6 +25,8 @@ pub mod reaper;
 mod sequence;
 pub mod shutdown;
 pub mod steps;
+#[cfg(test)]
+mod test_support;
 pub mod wait;
 
 use std::io::{Read, Write};

@@ -59,16 +59,7 @@ pub enum KeyError {
 
 /// The key disk, if the host attached one.
 pub fn find(sys_block: &Path) -> Option<PathBuf> {
-    let entries = std::fs::read_dir(sys_block).ok()?;
-    entries
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .find(|n| {
-            n.starts_with("vd")
-                && std::fs::read_to_string(sys_block.join(n).join("serial"))
-                    .is_ok_and(|s| s.trim() == SERIAL)
-        })
-        .map(|n| PathBuf::from("/dev").join(n))
+    crate::nbd_tls::find_disk(sys_block, SERIAL)
 }
 
 /// Writes `data` to `path` (mode 0600, its directory 0700, created if needed).
@@ -396,13 +387,7 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let d = tempfile::tempdir().unwrap();
         let disk = d.path().join("key.tar");
-        let mut ar = tar::Builder::new(std::fs::File::create(&disk).unwrap());
-        let mut h = tar::Header::new_ustar();
-        h.set_size(6);
-        h.set_mode(0o600);
-        h.set_cksum();
-        ar.append_data(&mut h, KEY_ENTRY, &b"secret"[..]).unwrap();
-        ar.finish().unwrap();
+        crate::test_support::ustar(&disk, 0o600, [(KEY_ENTRY, "secret")]);
         let out = d.path().join("luks/store.key");
         unpack(&disk, &out).unwrap();
         assert_eq!(std::fs::read(&out).unwrap(), b"secret");

@@ -83,9 +83,9 @@ mod tests {
 
     use super::*;
     use crate::netlink::codec::{attrs, genl_header, parse_msgs, MsgBuilder};
-    use crate::netlink::socket::FakeNetlink;
+    use crate::netlink::socket::{FakeNetlink, Replies};
 
-    fn family_reply(id: u16) -> Vec<(u16, Vec<u8>)> {
+    fn family_reply(id: u16) -> Replies {
         let m = MsgBuilder::new(0x10, 0, 1)
             .header(&genl_header(1, 2))
             .attr(1, &id.to_ne_bytes())

@@ -37,11 +37,16 @@ fn serial(sys_block: &Path, name: &str) -> Option<String> {
 
 /// The TLS config disk, if the host attached one.
 pub fn find(sys_block: &Path) -> Option<PathBuf> {
+    find_disk(sys_block, SERIAL)
+}
+
+/// The virtio disk whose serial is `want` (each config disk has its own).
+pub fn find_disk(sys_block: &Path, want: &str) -> Option<PathBuf> {
     let entries = std::fs::read_dir(sys_block).ok()?;
     entries
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        .find(|n| n.starts_with("vd") && serial(sys_block, n).as_deref() == Some(SERIAL))
+        .find(|n| n.starts_with("vd") && serial(sys_block, n).as_deref() == Some(want))
         .map(|n| PathBuf::from("/dev").join(n))
 }
 
@@ -89,6 +94,7 @@ pub fn serve_args(dir: &Path) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::ustar;
 
     #[test]
     fn finds_unpacks_and_refuses_an_incomplete_disk() {
@@ -102,32 +108,13 @@ mod tests {
         assert!(is_config_disk(&sys, "vdb") && !is_config_disk(&sys, "vda"));
         // A disk as the host packs it, plus a stray entry that must be ignored.
         let tar_path = d.path().join("disk.tar");
-        let mut b = tar::Builder::new(std::fs::File::create(&tar_path).unwrap());
-        for f in FILES.iter().chain(&["../evil"]) {
-            let data = format!("{f}\n");
-            let mut h = tar::Header::new_ustar();
-            h.set_size(data.len() as u64);
-            h.set_mode(0o644);
-            h.set_cksum();
-            b.append_data(&mut h, "x", data.as_bytes()).unwrap();
-        }
-        b.finish().unwrap();
-        drop(b);
+        let stray = FILES.iter().chain(&["../evil"]).map(|f| ("x", format!("{f}\n")));
+        ustar(&tar_path, 0o644, stray);
         let out = d.path().join("out");
         // Entries were all named "x": nothing known, so the key is missing.
         let err = unpack(&tar_path, &out).unwrap_err().to_string();
         assert!(err.contains("ca-cert.pem is missing"), "{err}");
-        let mut b = tar::Builder::new(std::fs::File::create(&tar_path).unwrap());
-        for f in FILES {
-            let data = format!("{f}\n");
-            let mut h = tar::Header::new_ustar();
-            h.set_size(data.len() as u64);
-            h.set_mode(0o644);
-            h.set_cksum();
-            b.append_data(&mut h, f, data.as_bytes()).unwrap();
-        }
-        b.finish().unwrap();
-        drop(b);
+        ustar(&tar_path, 0o644, FILES.map(|f| (f, format!("{f}\n"))));
         unpack(&tar_path, &out).unwrap();
         assert_eq!(
             std::fs::read_to_string(out.join("server-key.pem")).unwrap(),

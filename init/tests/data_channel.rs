@@ -47,10 +47,11 @@ fn session(images: &Images, host: impl FnOnce(UnixStream) + Send) -> Result<(), 
     })
 }
 
-fn load(images: &Images, bytes: &[u8]) -> serde_json::Value {
+/// Sends `header`, then `bytes` as frames (a load or a restore): the result line.
+fn upload(images: &Images, header: &str, bytes: &[u8]) -> serde_json::Value {
     let mut reply = None;
     session(images, |mut h| {
-        h.write_all(b"{\"op\":\"image.load\"}\n").unwrap();
+        writeln!(h, "{header}").unwrap();
         let mut r = BufReader::new(h.try_clone().unwrap());
         let mut line = String::new();
         r.read_line(&mut line).unwrap();
@@ -65,6 +66,39 @@ fn load(images: &Images, bytes: &[u8]) -> serde_json::Value {
     })
     .unwrap();
     reply.unwrap()
+}
+
+fn load(images: &Images, bytes: &[u8]) -> serde_json::Value {
+    upload(images, r#"{"op":"image.load"}"#, bytes)
+}
+
+/// Sends `header` (a save or a backup): the `size` bytes after the `ok` line.
+fn download(images: &Images, header: &str) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    session(images, |mut h| {
+        writeln!(h, "{header}").unwrap();
+        let mut r = BufReader::new(h);
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["ok"], true, "{v}");
+        let n = v["size"].as_u64().unwrap();
+        r.take(n).read_to_end(&mut bytes).unwrap();
+        assert_eq!(bytes.len() as u64, n);
+    })
+    .unwrap();
+    bytes
+}
+
+/// Sends `header` naming something unknown: the refusal names `unknown`.
+fn refused(images: &Images, header: &str, unknown: &str) {
+    session(images, |mut h| {
+        writeln!(h, "{header}").unwrap();
+        let mut line = String::new();
+        BufReader::new(h).read_line(&mut line).unwrap();
+        assert!(line.contains("\"ok\":false") && line.contains(unknown), "{line}");
+    })
+    .unwrap();
 }
 
 #[test]
@@ -119,19 +153,7 @@ fn save_sends_an_archive_that_loads_again() {
     let d = tempfile::tempdir().unwrap();
     let images = store(d.path());
     assert_eq!(load(&images, &std::fs::read(image_tar(d.path())).unwrap())["ok"], true);
-    let mut saved = Vec::new();
-    session(&images, |mut h| {
-        h.write_all(b"{\"op\":\"image.save\",\"image\":\"t1\"}\n").unwrap();
-        let mut r = BufReader::new(h);
-        let mut line = String::new();
-        r.read_line(&mut line).unwrap();
-        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-        assert_eq!(v["ok"], true, "{v}");
-        let n = v["size"].as_u64().unwrap();
-        r.take(n).read_to_end(&mut saved).unwrap();
-        assert_eq!(saved.len() as u64, n);
-    })
-    .unwrap();
+    let saved = download(&images, r#"{"op":"image.save","image":"t1"}"#);
     // A docker-archive: manifest.json at the top.
     let mut a = tar::Archive::new(&saved[..]);
     assert!(a
@@ -143,13 +165,7 @@ fn save_sends_an_archive_that_loads_again() {
     let r = load(&again, &saved);
     assert_eq!(r["ok"], true, "{r}");
     // An unknown image is named.
-    session(&images, |mut h| {
-        h.write_all(b"{\"op\":\"image.save\",\"image\":\"ghost:9\"}\n").unwrap();
-        let mut line = String::new();
-        BufReader::new(h).read_line(&mut line).unwrap();
-        assert!(line.contains("\"ok\":false") && line.contains("ghost:9"), "{line}");
-    })
-    .unwrap();
+    refused(&images, r#"{"op":"image.save","image":"ghost:9"}"#, "ghost:9");
 }
 
 #[test]
@@ -162,38 +178,12 @@ fn volume_backup_and_restore_round_trip() {
     assert!(vdir.is_dir(), "the store's volume layout");
     std::fs::create_dir_all(vdir.join("sub")).unwrap();
     std::fs::write(vdir.join("sub/f"), "two").unwrap();
-    let mut tar = Vec::new();
-    session(&images, |mut h| {
-        h.write_all(b"{\"op\":\"volume.backup\",\"name\":\"v\"}\n").unwrap();
-        let mut r = BufReader::new(h);
-        let mut line = String::new();
-        r.read_line(&mut line).unwrap();
-        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-        assert_eq!(v["ok"], true, "{v}");
-        r.take(v["size"].as_u64().unwrap()).read_to_end(&mut tar).unwrap();
-    })
-    .unwrap();
+    let tar = download(&images, r#"{"op":"volume.backup","name":"v"}"#);
     // Restored into a new volume through the channel, the file is back.
-    let mut reply = String::new();
-    session(&images, |mut h| {
-        h.write_all(b"{\"op\":\"volume.restore\",\"name\":\"w\"}\n").unwrap();
-        let mut r = BufReader::new(h.try_clone().unwrap());
-        r.read_line(&mut reply).unwrap();
-        h.write_all(&frame(&tar)).unwrap();
-        h.write_all(&frame(b"")).unwrap();
-        reply.clear();
-        r.read_line(&mut reply).unwrap();
-    })
-    .unwrap();
-    assert!(reply.contains("\"ok\":true"), "{reply}");
+    let r = upload(&images, r#"{"op":"volume.restore","name":"w"}"#, &tar);
+    assert_eq!(r["ok"], true, "{r}");
     let w = d.path().join("store/volumes/w/_data/sub/f");
     assert_eq!(std::fs::read_to_string(w).unwrap(), "two");
     // An unknown volume is named.
-    session(&images, |mut h| {
-        h.write_all(b"{\"op\":\"volume.backup\",\"name\":\"ghost\"}\n").unwrap();
-        let mut line = String::new();
-        BufReader::new(h).read_line(&mut line).unwrap();
-        assert!(line.contains("\"ok\":false") && line.contains("ghost"), "{line}");
-    })
-    .unwrap();
+    refused(&images, r#"{"op":"volume.backup","name":"ghost"}"#, "ghost");
 }

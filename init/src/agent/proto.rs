@@ -344,11 +344,16 @@ fn tagged<T: serde::de::DeserializeOwned>(
     })
 }
 
-/// Untags a tagged request into (verb, arguments).
-fn untag<T: Serialize>(r: &T) -> (String, Value) {
-    let mut v = serde_json::to_value(r).unwrap_or(Value::Null);
-    let op = v.get("op").and_then(Value::as_str).unwrap_or("").to_owned();
-    if let Some(m) = v.as_object_mut() {
+/// A request's arguments as sent.
+fn arguments<T: Serialize>(r: &T) -> Option<Value> {
+    Some(serde_json::to_value(r).unwrap_or(Value::Null))
+}
+
+/// Untags a tagged request into (its `op`, the other arguments).
+fn untag<T: Serialize>(r: &T) -> (String, Option<Value>) {
+    let mut v = arguments(r);
+    let op = v.as_ref().and_then(|v| v.get("op")).and_then(Value::as_str).unwrap_or("").to_owned();
+    if let Some(m) = v.as_mut().and_then(Value::as_object_mut) {
         m.remove("op");
     }
     (op, v)
@@ -437,40 +442,23 @@ pub fn parse_request(line: &str) -> Result<(Option<Value>, Command), Reply> {
 /// Encodes a request line (host side).
 pub fn request_line(id: u64, cmd: &Command) -> String {
     let (execute, arguments) = match cmd {
-        Command::Help => ("help", None),
-        Command::Status => ("status", None),
-        Command::Shutdown => ("shutdown", None),
-        Command::Exec(a) => ("exec", Some(serde_json::to_value(a).unwrap_or(Value::Null))),
-        Command::Unlock(p) => {
-            ("store.unlock", Some(serde_json::to_value(p).unwrap_or(Value::Null)))
-        }
-        Command::Image(r) => {
-            let (op, v) = untag(r);
-            return encode(id, &op, Some(v));
-        }
-        Command::Container(r) => {
-            let (op, v) = untag(r);
-            return encode(id, &op, Some(v));
-        }
-        Command::System(r) => {
-            let (op, v) = untag(r);
-            return encode(id, &op, Some(v));
-        }
-        Command::Network(r) => {
-            let (op, v) = untag(r);
-            return encode(id, &op, Some(v));
-        }
+        Command::Help => ("help".into(), None),
+        Command::Status => ("status".into(), None),
+        Command::Shutdown => ("shutdown".into(), None),
+        Command::Exec(a) => ("exec".into(), arguments(a)),
+        Command::Unlock(p) => ("store.unlock".into(), arguments(p)),
+        Command::Image(r) => untag(r),
+        Command::Container(r) => untag(r),
+        Command::System(r) => untag(r),
+        Command::Network(r) => untag(r),
         Command::Pool(r) => {
-            let mut v = serde_json::to_value(r).unwrap_or(Value::Null);
-            let op = v.get("op").and_then(Value::as_str).unwrap_or("").to_owned();
-            if let Some(m) = v.as_object_mut() {
-                m.remove("op");
-            }
-            let name = POOL_VERBS.iter().find(|(_, o)| *o == op).map(|(n, _)| *n).unwrap_or("?");
-            (name, Some(v))
+            // The control socket's `op` goes out as the agent's name for the verb.
+            let (op, v) = untag(r);
+            let name = POOL_VERBS.iter().find(|(_, o)| *o == op).map_or("?", |(n, _)| *n);
+            (name.into(), v)
         }
     };
-    encode(id, execute, arguments)
+    encode(id, &execute, arguments)
 }
 
 fn encode(id: u64, execute: &str, arguments: Option<Value>) -> String {

@@ -261,19 +261,30 @@ fn write<W: Write + ?Sized>(w: &mut W, s: &str) -> std::result::Result<(), DataE
 /// The virtio-serial port as a byte stream whose read returns 0 once the host is gone.
 struct Port(std::fs::File);
 
-impl Read for Port {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+impl Port {
+    /// Waits until the port is ready for `want`: false once the host is gone.
+    fn ready(&self, want: rustix::event::PollFlags) -> std::io::Result<bool> {
         use rustix::event::{poll, PollFd, PollFlags};
         loop {
-            let mut fds = [PollFd::new(&self.0, PollFlags::IN)];
+            let mut fds = [PollFd::new(&self.0, want)];
             poll(&mut fds, None)?;
             let ev = fds[0].revents();
-            if ev.contains(PollFlags::IN) {
-                return self.0.read(buf);
+            if ev.contains(want) {
+                return Ok(true);
             }
             if ev.contains(PollFlags::HUP) {
-                return Ok(0);
+                return Ok(false);
             }
+        }
+    }
+}
+
+impl Read for Port {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.ready(rustix::event::PollFlags::IN)? {
+            self.0.read(buf)
+        } else {
+            Ok(0)
         }
     }
 }
@@ -283,17 +294,10 @@ impl Write for Port {
     /// and hand it the rest of this session's bytes (virtio_console's `will_write_block`
     /// blocks while `!host_connected`; its poll reports EPOLLHUP then).
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        use rustix::event::{poll, PollFd, PollFlags};
-        loop {
-            let mut fds = [PollFd::new(&self.0, PollFlags::OUT)];
-            poll(&mut fds, None)?;
-            let ev = fds[0].revents();
-            if ev.contains(PollFlags::OUT) {
-                return self.0.write(buf);
-            }
-            if ev.contains(PollFlags::HUP) {
-                return Err(std::io::ErrorKind::BrokenPipe.into());
-            }
+        if self.ready(rustix::event::PollFlags::OUT)? {
+            self.0.write(buf)
+        } else {
+            Err(std::io::ErrorKind::BrokenPipe.into())
         }
     }
     fn flush(&mut self) -> std::io::Result<()> {

@@ -29,17 +29,16 @@ impl NetlinkError {
     }
 }
 
+/// The payload-carrying replies to one request: (message type, payload).
+pub type Replies = Vec<(u16, Vec<u8>)>;
+
 /// One request/response exchange with the kernel.
 pub trait Netlink {
     /// A fresh sequence number for the next request.
     fn next_seq(&mut self) -> u32;
     /// Sends `msg` (which asked for an ACK) and returns the payload-carrying replies (type and
     /// payload) received before the ACK; a negative ACK is [`NetlinkError::Kernel`].
-    fn request(
-        &mut self,
-        what: &'static str,
-        msg: &[u8],
-    ) -> Result<Vec<(u16, Vec<u8>)>, NetlinkError>;
+    fn request(&mut self, what: &'static str, msg: &[u8]) -> Result<Replies, NetlinkError>;
 }
 
 /// A real netlink socket (NETLINK_ROUTE or NETLINK_GENERIC).
@@ -77,11 +76,7 @@ impl Netlink for NlSocket {
         self.seq
     }
 
-    fn request(
-        &mut self,
-        what: &'static str,
-        msg: &[u8],
-    ) -> Result<Vec<(u16, Vec<u8>)>, NetlinkError> {
+    fn request(&mut self, what: &'static str, msg: &[u8]) -> Result<Replies, NetlinkError> {
         let io = |e: rustix::io::Errno| NetlinkError::Io { what, source: e.into() };
         let seq = parse_msgs(msg)
             .map_err(|source| NetlinkError::Codec { what, source })?
@@ -119,7 +114,7 @@ impl Netlink for NlSocket {
 
 /// One scripted answer: the replies before the ACK, or a negative ACK's errno.
 #[cfg(test)]
-pub type Scripted = Result<Vec<(u16, Vec<u8>)>, i32>;
+pub type Scripted = Result<Replies, i32>;
 
 /// A scripted stand-in for tests: records requests, answers from a queue.
 #[cfg(test)]
@@ -143,11 +138,7 @@ impl Netlink for FakeNetlink {
         self.seq
     }
 
-    fn request(
-        &mut self,
-        what: &'static str,
-        msg: &[u8],
-    ) -> Result<Vec<(u16, Vec<u8>)>, NetlinkError> {
+    fn request(&mut self, what: &'static str, msg: &[u8]) -> Result<Replies, NetlinkError> {
         self.sent.push(msg.to_vec());
         match self.replies.pop_front() {
             Some(Ok(r)) => Ok(r),
