@@ -321,12 +321,7 @@ fn commit_then_export_keeps_digests(env: Env) {
     assert_eq!(info.manifest.digest, orig.manifest.digest, "export keeps the manifest digest");
     store.create("rich:final", "work", None).unwrap();
     let m = store.mount("work").unwrap();
-    std::fs::write(m.join("etc/passwd"), "changed\n").unwrap();
-    std::fs::write(m.join("added"), "added").unwrap();
-    std::fs::remove_file(m.join("hl1")).unwrap();
-    std::fs::remove_dir_all(m.join("d")).unwrap();
-    std::fs::create_dir(m.join("d")).unwrap();
-    std::fs::write(m.join("d/fresh"), "fresh").unwrap();
+    edit_rich_container(&m);
     let want = snapshot(&m);
     let committed = store.commit("work", "rich:committed").unwrap();
     assert_eq!(committed.layers.len(), orig.layers.len() + 1);
@@ -405,65 +400,42 @@ fn fill(dir: &Path, cap: u64) -> (u64, std::io::Error) {
     }
 }
 
+/// One module of tests per driver. The cases taking an `Env` get a fresh environment; the crash
+/// cases get the driver's name and their own full test name, which the child re-run selects.
 macro_rules! contract {
     ($module:ident, $driver:literal) => {
+        contract!(
+            $module,
+            $driver,
+            env: [
+                file_capabilities_survive_import,
+                pax_sparse_files_unpack_as_sparse_files,
+                merged_tree_equals_umoci_unpack,
+                commit_then_export_keeps_digests,
+                size_is_enforced_or_refused,
+                image_of_129_layers_is_refused_at_import,
+                hardlink_into_a_lower_layer_is_refused_with_a_reason,
+            ],
+            crash: [sigkill_during_import_leaks_nothing, sigkill_during_remove_is_finished_at_open],
+        );
+    };
+    ($module:ident, $driver:literal, env: [$($case:ident),* $(,)?], crash: [$($crash:ident),* $(,)?] $(,)?) => {
         mod $module {
             use super::*;
 
-            fn env() -> Env {
-                Env::new($driver)
-            }
+            $(
+                #[test]
+                fn $case() {
+                    super::$case(Env::new($driver))
+                }
+            )*
 
-            #[test]
-            fn file_capabilities_survive_import() {
-                super::file_capabilities_survive_import(env())
-            }
-
-            #[test]
-            fn pax_sparse_files_unpack_as_sparse_files() {
-                super::pax_sparse_files_unpack_as_sparse_files(env())
-            }
-
-            #[test]
-            fn sigkill_during_import_leaks_nothing() {
-                super::sigkill_during_import_leaks_nothing(
-                    $driver,
-                    concat!(stringify!($module), "::sigkill_during_import_leaks_nothing"),
-                )
-            }
-
-            #[test]
-            fn sigkill_during_remove_is_finished_at_open() {
-                super::sigkill_during_remove_is_finished_at_open(
-                    $driver,
-                    concat!(stringify!($module), "::sigkill_during_remove_is_finished_at_open"),
-                )
-            }
-
-            #[test]
-            fn merged_tree_equals_umoci_unpack() {
-                super::merged_tree_equals_umoci_unpack(env())
-            }
-
-            #[test]
-            fn commit_then_export_keeps_digests() {
-                super::commit_then_export_keeps_digests(env())
-            }
-
-            #[test]
-            fn size_is_enforced_or_refused() {
-                super::size_is_enforced_or_refused(env())
-            }
-
-            #[test]
-            fn image_of_129_layers_is_refused_at_import() {
-                super::image_of_129_layers_is_refused_at_import(env())
-            }
-
-            #[test]
-            fn hardlink_into_a_lower_layer_is_refused_with_a_reason() {
-                super::hardlink_into_a_lower_layer_is_refused_with_a_reason(env())
-            }
+            $(
+                #[test]
+                fn $crash() {
+                    super::$crash($driver, concat!(stringify!($module), "::", stringify!($crash)))
+                }
+            )*
         }
     };
 }
