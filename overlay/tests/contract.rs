@@ -12,7 +12,7 @@
 mod support;
 
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use overlay::ErrorKind;
@@ -28,6 +28,12 @@ fn layer_dirs(root: &Path) -> Vec<String> {
         .collect();
     v.sort();
     v
+}
+
+/// An image at `env`'s `img` of two layers: `a` ("1") in the base, `b` ("2") above it.
+fn two_layer_image(env: &Env) -> PathBuf {
+    let layers = [simple_tar(&[("a", b"1")]), simple_tar(&[("b", b"2")])];
+    layout_with_layers(&env.dir().join("img"), &layers, &["/bin/sh"])
 }
 
 fn count(dir: &Path) -> usize {
@@ -168,20 +174,23 @@ fn crash_in_child(test_name: &str, point: &str, root: &Path, action: &str, arg: 
     );
 }
 
-/// A SIGKILL after a layer was moved into place but before it was recorded leaves its whole
-/// directory and `l/` link; the next open removes both.
-fn sigkill_during_import_leaks_nothing(driver: &str, test_name: &str) {
+/// The start of a crash case. In the re-run child: crash as the parent asked (the parent's
+/// store, and its mount, is used; no new environment). In the parent: (a fresh environment,
+/// its two-layer image, the store root).
+fn crash_case(driver: &str) -> (Env, PathBuf, PathBuf) {
     if let Ok(spec) = std::env::var(CRASH_ENV) {
-        // In the child: the parent's store (and its mount) is used, no new environment.
         crash_child(drivers::driver_of(driver), &spec);
     }
     let env = Env::new(driver);
-    let img = layout_with_layers(
-        &env.dir().join("img"),
-        &[simple_tar(&[("a", b"1")]), simple_tar(&[("b", b"2")])],
-        &["/bin/sh"],
-    );
+    let img = two_layer_image(&env);
     let root = env.store_root();
+    (env, img, root)
+}
+
+/// A SIGKILL after a layer was moved into place but before it was recorded leaves its whole
+/// directory and `l/` link; the next open removes both.
+fn sigkill_during_import_leaks_nothing(driver: &str, test_name: &str) {
+    let (env, img, root) = crash_case(driver);
     drop(env.open());
     crash_in_child(test_name, "layer-placed", &root, "import", &img);
     // The window was hit: a complete layer directory that no record names.
@@ -210,16 +219,7 @@ fn sigkill_during_import_leaks_nothing(driver: &str, test_name: &str) {
 
 /// `rm` killed after it marked the container as removing is finished at the next open.
 fn sigkill_during_remove_is_finished_at_open(driver: &str, test_name: &str) {
-    if let Ok(spec) = std::env::var(CRASH_ENV) {
-        crash_child(drivers::driver_of(driver), &spec);
-    }
-    let env = Env::new(driver);
-    let img = layout_with_layers(
-        &env.dir().join("img"),
-        &[simple_tar(&[("a", b"1")]), simple_tar(&[("b", b"2")])],
-        &["/bin/sh"],
-    );
-    let root = env.store_root();
+    let (env, img, root) = crash_case(driver);
     let cache_id = {
         let store = env.open();
         store.import(&img, Some("x:1")).unwrap();
@@ -450,11 +450,7 @@ contract!(devicemapper, "devicemapper");
 #[test]
 fn btrfs_layers_are_readonly_snapshots_of_their_parents() {
     let env = Env::new("btrfs");
-    let img = layout_with_layers(
-        &env.dir().join("img"),
-        &[simple_tar(&[("a", b"1")]), simple_tar(&[("b", b"2")])],
-        &["/bin/sh"],
-    );
+    let img = two_layer_image(&env);
     let store = env.open();
     store.import(&img, Some("x:1")).unwrap();
     let c = store.create("x:1", "c", None).unwrap();
@@ -530,11 +526,7 @@ fn mounted_source(path: &Path) -> Option<(String, String, String)> {
 #[test]
 fn devicemapper_layers_are_snapshots_and_containers_have_their_own_device() {
     let env = Env::new("devicemapper");
-    let img = layout_with_layers(
-        &env.dir().join("img"),
-        &[simple_tar(&[("a", b"1")]), simple_tar(&[("b", b"2")])],
-        &["/bin/sh"],
-    );
+    let img = two_layer_image(&env);
     let store = env.open();
     assert_eq!(env.volumes().unwrap().len(), 1, "the base device");
     store.import(&img, Some("x:1")).unwrap();
@@ -629,9 +621,7 @@ fn devicemapper_rm_of_a_mount_another_namespace_holds() {
 
 /// A devicemapper store opened without dm.use_deferred_removal, holding image `x:1` and the
 /// container `name` created from it and mounted: (env, store root, store, mount point).
-fn mounted_without_deferral(
-    name: &str,
-) -> (Env, std::path::PathBuf, overlay::Store, std::path::PathBuf) {
+fn mounted_without_deferral(name: &str) -> (Env, PathBuf, overlay::Store, PathBuf) {
     let env = Env::new("devicemapper");
     let img = layout_with_layers(&env.dir().join("img"), &[simple_tar(&[("a", b"1")])], &["/x"]);
     let root = env.store_root();
