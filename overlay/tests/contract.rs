@@ -568,17 +568,8 @@ fn devicemapper_busy_rm_is_refused_or_deferred() {
     let (env, root, store, m) = mounted_without_deferral("busy");
     // The container's user.
     let mut user = Reaped(Command::new("sleep").arg("600").current_dir(&m).spawn().unwrap());
-    let err = store.remove("busy").unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::Conflict, "{err}");
-    assert!(err.to_string().contains("is busy"), "{err}");
-    assert!(err.to_string().contains("dm.use_deferred_removal"), "{err}");
-    assert!(store.container("busy").is_ok(), "still there");
-    drop(store);
-
-    let store = env.open(); // with dm.use_deferred_removal=true
-    store.remove("busy").unwrap();
-    assert_eq!(store.container("busy").unwrap_err().kind(), ErrorKind::NotFound);
-    let provider = support::loopdev::LoopProvider::new(&root.with_file_name("pool"), 0);
+    let (store, provider) =
+        busy_rm_refused_then_deferred(&env, &root, store, "busy", "dm.use_deferred_removal");
     assert_eq!(provider.deferred(), 1, "the volume's deletion waits for its user");
     let cwd = format!("/proc/{}/cwd/a", user.0.id());
     assert_eq!(std::fs::read_to_string(cwd).unwrap(), "1", "the user still sees its tree");
@@ -598,18 +589,9 @@ fn devicemapper_busy_rm_is_refused_or_deferred() {
 fn devicemapper_rm_of_a_mount_another_namespace_holds() {
     let (env, root, store, m) = mounted_without_deferral("held");
     let holder = Reaped::in_private_mount_namespace("echo up; exec sleep 600");
-    let err = store.remove("held").unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::Conflict, "{err}");
-    assert!(err.to_string().contains("is busy"), "{err}");
-    assert!(err.to_string().contains("mount namespace"), "{err}");
-    assert!(store.container("held").is_ok(), "still there");
-    drop(store);
-
-    let store = env.open(); // with dm.use_deferred_removal=true
-    store.remove("held").unwrap();
-    assert_eq!(store.container("held").unwrap_err().kind(), ErrorKind::NotFound);
+    let (store, provider) =
+        busy_rm_refused_then_deferred(&env, &root, store, "held", "mount namespace");
     assert!(!m.exists(), "gone from the store");
-    let provider = support::loopdev::LoopProvider::new(&root.with_file_name("pool"), 0);
     // Whether the stand-in sees the deletion as deferred depends on the host kernel: on some
     // (6.18 here) `losetup -j` stops listing a device once `losetup -d` has set autoclear,
     // though the other namespace still has it mounted, so the stand-in deletes at once. The
@@ -630,6 +612,29 @@ fn mounted_without_deferral(name: &str) -> (Env, PathBuf, overlay::Store, PathBu
     store.create("x:1", name, None).unwrap();
     let m = store.mount(name).unwrap();
     (env, root, store, m)
+}
+
+/// `rm name` of a busy container on `store` (opened without dm.use_deferred_removal) is
+/// refused as busy, saying `why`, and the container stays; reopened with it, `rm` succeeds.
+/// Returns the reopened store and the loop provider behind its pool.
+fn busy_rm_refused_then_deferred(
+    env: &Env,
+    root: &Path,
+    store: overlay::Store,
+    name: &str,
+    why: &str,
+) -> (overlay::Store, support::loopdev::LoopProvider) {
+    let err = store.remove(name).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Conflict, "{err}");
+    assert!(err.to_string().contains("is busy"), "{err}");
+    assert!(err.to_string().contains(why), "{err}");
+    assert!(store.container(name).is_ok(), "still there");
+    drop(store);
+
+    let store = env.open(); // with dm.use_deferred_removal=true
+    store.remove(name).unwrap();
+    assert_eq!(store.container(name).unwrap_err().kind(), ErrorKind::NotFound);
+    (store, support::loopdev::LoopProvider::new(&root.with_file_name("pool"), 0))
 }
 
 /// Waits for the pool's deferred deletion once the last user has gone (the kernel releases the
