@@ -742,11 +742,7 @@ mod tests {
             VolumeBind { name: "data".into(), dest: "/srv".into(), read_only: true }
         );
         assert!(!VolumeBind::parse("data:/srv").unwrap().read_only);
-        let refused = |s: &str| {
-            let e = VolumeBind::parse(s).unwrap_err();
-            assert_eq!(e.kind(), ErrorKind::Invalid, "{e}");
-            e.to_string()
-        };
+        let refused = |s: &str| crate::error::err_text(VolumeBind::parse(s), ErrorKind::Invalid);
         assert!(refused("data:srv").contains("expected NAME:/path[:ro|:rw]"));
         assert!(refused("../x:/srv").contains("invalid volume name \"../x\""));
         assert!(refused("d:/a/../b").contains("expected NAME:/path[:ro|:rw]"));

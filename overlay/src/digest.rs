@@ -174,11 +174,7 @@ mod tests {
 
     #[test]
     fn parse_rejects_bad_digests() {
-        let refused = |s: &str| {
-            let e = Digest::parse(s).unwrap_err();
-            assert_eq!(e.kind(), ErrorKind::Invalid, "{e}");
-            e.to_string()
-        };
+        let refused = |s: &str| crate::error::err_text(Digest::parse(s), ErrorKind::Invalid);
         assert!(refused("sha512:00").contains("only sha256 is supported"));
         assert!(refused("sha256:../../etc/passwd").contains("not 64 lowercase hex digits"));
         assert!(refused(&format!("sha256:{}", "A".repeat(64))).contains("not 64 lowercase hex"));

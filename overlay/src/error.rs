@@ -58,6 +58,17 @@ impl Error {
         Error::with_source(ErrorKind::Io, format!("{what} {}", path.display()), source)
     }
 
+    /// Like [`Error::io`], but a missing file is [`ErrorKind::NotFound`]: for paths the caller
+    /// named, where "no such file" is the caller's mistake rather than a fault.
+    pub fn io_or_not_found(what: &str, path: &Path, source: std::io::Error) -> Self {
+        let kind = if source.kind() == std::io::ErrorKind::NotFound {
+            ErrorKind::NotFound
+        } else {
+            ErrorKind::Io
+        };
+        Error::with_source(kind, format!("{what} {}", path.display()), source)
+    }
+
     pub fn kind(&self) -> ErrorKind {
         self.kind
     }
@@ -133,4 +144,12 @@ impl<T> IoContext<T> for rustix::io::Result<T> {
     fn ctx(self, what: &str, path: &Path) -> Result<T> {
         self.map_err(|e| Error::io(what, path, e))
     }
+}
+
+/// For unit tests: the text of `res`'s error, after checking that it failed with `kind`.
+#[cfg(test)]
+pub(crate) fn err_text<T: fmt::Debug>(res: Result<T>, kind: ErrorKind) -> String {
+    let e = res.unwrap_err();
+    assert_eq!(e.kind(), kind, "{e}");
+    e.to_string()
 }

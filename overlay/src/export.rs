@@ -243,10 +243,7 @@ fn write_dir(path: &Path, files: &[(String, Content)]) -> Result<()> {
 
 /// Deterministic archive: sorted names, parents first, mode 0644/0755, uid/gid 0, mtime 0.
 fn write_tar(path: &Path, files: &[(String, Content)]) -> Result<()> {
-    let tmp = path.with_extension(format!("tmp-{}", fsutil::random_hex(4)));
-    let res = (|| {
-        let out =
-            std::io::BufWriter::with_capacity(1 << 20, File::create(&tmp).ctx("create", &tmp)?);
+    fsutil::replace_file(path, |out, tmp| {
         let mut b = tar::Builder::new(out);
         let mut dirs_done = std::collections::BTreeSet::new();
         for (name, c) in files {
@@ -257,31 +254,24 @@ fn write_tar(path: &Path, files: &[(String, Content)]) -> Result<()> {
                 acc.push('/');
                 if dirs_done.insert(acc.clone()) {
                     let mut h = fixed_header(tar::EntryType::Directory, 0o755, 0);
-                    b.append_data(&mut h, &acc, std::io::empty()).ctx("write", &tmp)?;
+                    b.append_data(&mut h, &acc, std::io::empty()).ctx("write", tmp)?;
                 }
             }
             match c {
                 Content::Bytes(bytes) => {
                     let mut h = fixed_header(tar::EntryType::Regular, 0o644, bytes.len() as u64);
-                    b.append_data(&mut h, name, &bytes[..]).ctx("write", &tmp)?;
+                    b.append_data(&mut h, name, &bytes[..]).ctx("write", tmp)?;
                 }
                 Content::File(src) => {
                     let f = File::open(src).ctx("open", src)?;
                     let len = f.metadata().ctx("stat", src)?.len();
                     let mut h = fixed_header(tar::EntryType::Regular, 0o644, len);
-                    b.append_data(&mut h, name, f.take(len)).ctx("write", &tmp)?;
+                    b.append_data(&mut h, name, f.take(len)).ctx("write", tmp)?;
                 }
             }
         }
-        let mut out = b.into_inner().ctx("finish", &tmp)?;
-        out.flush().ctx("write", &tmp)?;
-        out.get_ref().sync_all().ctx("fsync", &tmp)?;
-        std::fs::rename(&tmp, path).ctx("rename into place", path)
-    })();
-    if res.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    res
+        b.into_inner().ctx("finish", tmp)
+    })
 }
 
 fn fixed_header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {

@@ -3,7 +3,7 @@
 
 use std::ffi::OsStr;
 use std::fs::File;
-use std::io::Write;
+use std::io::{BufWriter, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -56,16 +56,30 @@ pub fn write_json<T: Serialize>(dir: &Path, name: &str, value: &T) -> Result<()>
     write_atomic(dir, name, &bytes)
 }
 
+/// Write the file at `path` by `fill` (given a buffered temporary beside it, and that
+/// temporary's path for error context), then flush, fsync and rename it into place: a reader
+/// sees the old file or the whole new one, and a failure leaves no temporary behind.
+pub fn replace_file(
+    path: &Path,
+    fill: impl FnOnce(BufWriter<File>, &Path) -> Result<BufWriter<File>>,
+) -> Result<()> {
+    let tmp = path.with_extension(format!("tmp-{}", random_hex(4)));
+    let res = (|| {
+        let out = BufWriter::with_capacity(1 << 20, File::create(&tmp).ctx("create", &tmp)?);
+        let mut out = fill(out, &tmp)?;
+        out.flush().ctx("write", &tmp)?;
+        out.get_ref().sync_all().ctx("fsync", &tmp)?;
+        std::fs::rename(&tmp, path).ctx("rename into place", path)
+    })();
+    if res.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    res
+}
+
 /// Read and parse a JSON metadata file.
 pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
-    let bytes = std::fs::read(path).map_err(|e| {
-        let kind = if e.kind() == std::io::ErrorKind::NotFound {
-            ErrorKind::NotFound
-        } else {
-            ErrorKind::Io
-        };
-        Error::with_source(kind, format!("read {}", path.display()), e)
-    })?;
+    let bytes = std::fs::read(path).map_err(|e| Error::io_or_not_found("read", path, e))?;
     serde_json::from_slice(&bytes)
         .map_err(|e| Error::with_source(ErrorKind::Invalid, format!("parse {}", path.display()), e))
 }

@@ -155,14 +155,8 @@ pub struct Source {
 impl Source {
     /// Open `path`, a directory or a tar archive (extracted below `staging_parent`).
     pub fn open(path: &Path, staging_parent: &Path, limits: Limits) -> Result<Source> {
-        let md = std::fs::metadata(path).map_err(|e| {
-            let kind = if e.kind() == std::io::ErrorKind::NotFound {
-                ErrorKind::NotFound
-            } else {
-                ErrorKind::Io
-            };
-            Error::with_source(kind, format!("open image source {}", path.display()), e)
-        })?;
+        let md = std::fs::metadata(path)
+            .map_err(|e| Error::io_or_not_found("open image source", path, e))?;
         if md.is_dir() {
             return Ok(Source {
                 root: path.to_path_buf(),
@@ -284,18 +278,8 @@ impl Source {
             let mbytes = self.read_blob(&mdesc)?;
             let m: Manifest = self.parse("manifest", &mbytes)?;
             let config = self.read_blob(&m.config)?;
-            let diff_ids = self.diff_ids(&config)?;
-            if diff_ids.len() != m.layers.len() {
-                return Err(Error::new(
-                    ErrorKind::Invalid,
-                    format!(
-                        "manifest {}: {} layers but config has {} diff_ids",
-                        mdesc.digest,
-                        m.layers.len(),
-                        diff_ids.len()
-                    ),
-                ));
-            }
+            let diff_ids =
+                self.diff_ids(&config, &format!("manifest {}", mdesc.digest), m.layers.len())?;
             let layers = m
                 .layers
                 .iter()
@@ -355,12 +339,22 @@ impl Source {
         self.pick_manifest(d, depth + 1)
     }
 
-    fn diff_ids(&self, config: &[u8]) -> Result<Vec<Digest>> {
+    /// The config's layer diff_ids, one for each of the `layers` that `manifest` lists.
+    fn diff_ids(&self, config: &[u8], manifest: &str, layers: usize) -> Result<Vec<Digest>> {
         let c: ConfigHead = self.parse("image config", config)?;
         if c.rootfs.kind != "layers" {
             return Err(Error::new(
                 ErrorKind::Invalid,
                 format!("image config rootfs.type is {:?}, not \"layers\"", c.rootfs.kind),
+            ));
+        }
+        if c.rootfs.diff_ids.len() != layers {
+            return Err(Error::new(
+                ErrorKind::Invalid,
+                format!(
+                    "{manifest}: {layers} layers but config has {} diff_ids",
+                    c.rootfs.diff_ids.len()
+                ),
             ));
         }
         Ok(c.rootfs.diff_ids)
@@ -372,17 +366,7 @@ impl Source {
         let mut out = Vec::new();
         for e in entries {
             let config = self.read_small(&e.config)?;
-            let diff_ids = self.diff_ids(&config)?;
-            if diff_ids.len() != e.layers.len() {
-                return Err(Error::new(
-                    ErrorKind::Invalid,
-                    format!(
-                        "manifest.json: {} layers but config has {} diff_ids",
-                        e.layers.len(),
-                        diff_ids.len()
-                    ),
-                ));
-            }
+            let diff_ids = self.diff_ids(&config, "manifest.json", e.layers.len())?;
             let layers = e
                 .layers
                 .iter()

@@ -1,7 +1,7 @@
 //! Named volumes under `ROOT/volumes/<name>/_data`, with tar backup and restore.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 
 use crate::apply::{self, WhiteoutMode};
@@ -73,18 +73,7 @@ impl Store {
         if !d.is_dir() {
             return Err(Error::new(ErrorKind::NotFound, format!("no such volume: {name}")));
         }
-        let tmp = out.with_extension(format!("tmp-{}", fsutil::random_hex(4)));
-        let f = std::io::BufWriter::new(File::create(&tmp).ctx("create", &tmp)?);
-        let res = (|| {
-            let mut w = diff::write_tree(&d, f, DiffMode::Plain)?;
-            w.flush().ctx("write", &tmp)?;
-            w.get_ref().sync_all().ctx("fsync", &tmp)?;
-            std::fs::rename(&tmp, out).ctx("rename into place", out)
-        })();
-        if res.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
-        res
+        fsutil::replace_file(out, |f, _| diff::write_tree(&d, f, DiffMode::Plain))
     }
 
     /// Replace the volume's content with the tar at `input` (created if missing). The tar

@@ -12,7 +12,7 @@
 mod support;
 
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use overlay::ErrorKind;
@@ -28,6 +28,12 @@ fn layer_dirs(root: &Path) -> Vec<String> {
         .collect();
     v.sort();
     v
+}
+
+/// An image at `env`'s `img` of two layers: `a` ("1") in the base, `b` ("2") above it.
+fn two_layer_image(env: &Env) -> PathBuf {
+    let layers = [simple_tar(&[("a", b"1")]), simple_tar(&[("b", b"2")])];
+    layout_with_layers(&env.dir().join("img"), &layers, &["/bin/sh"])
 }
 
 fn count(dir: &Path) -> usize {
@@ -168,20 +174,23 @@ fn crash_in_child(test_name: &str, point: &str, root: &Path, action: &str, arg: 
     );
 }
 
-/// A SIGKILL after a layer was moved into place but before it was recorded leaves its whole
-/// directory and `l/` link; the next open removes both.
-fn sigkill_during_import_leaks_nothing(driver: &str, test_name: &str) {
+/// The start of a crash case. In the re-run child: crash as the parent asked (the parent's
+/// store, and its mount, is used; no new environment). In the parent: (a fresh environment,
+/// its two-layer image, the store root).
+fn crash_case(driver: &str) -> (Env, PathBuf, PathBuf) {
     if let Ok(spec) = std::env::var(CRASH_ENV) {
-        // In the child: the parent's store (and its mount) is used, no new environment.
         crash_child(drivers::driver_of(driver), &spec);
     }
     let env = Env::new(driver);
-    let img = layout_with_layers(
-        &env.dir().join("img"),
-        &[simple_tar(&[("a", b"1")]), simple_tar(&[("b", b"2")])],
-        &["/bin/sh"],
-    );
+    let img = two_layer_image(&env);
     let root = env.store_root();
+    (env, img, root)
+}
+
+/// A SIGKILL after a layer was moved into place but before it was recorded leaves its whole
+/// directory and `l/` link; the next open removes both.
+fn sigkill_during_import_leaks_nothing(driver: &str, test_name: &str) {
+    let (env, img, root) = crash_case(driver);
     drop(env.open());
     crash_in_child(test_name, "layer-placed", &root, "import", &img);
     // The window was hit: a complete layer directory that no record names.
@@ -210,16 +219,7 @@ fn sigkill_during_import_leaks_nothing(driver: &str, test_name: &str) {
 
 /// `rm` killed after it marked the container as removing is finished at the next open.
 fn sigkill_during_remove_is_finished_at_open(driver: &str, test_name: &str) {
-    if let Ok(spec) = std::env::var(CRASH_ENV) {
-        crash_child(drivers::driver_of(driver), &spec);
-    }
-    let env = Env::new(driver);
-    let img = layout_with_layers(
-        &env.dir().join("img"),
-        &[simple_tar(&[("a", b"1")]), simple_tar(&[("b", b"2")])],
-        &["/bin/sh"],
-    );
-    let root = env.store_root();
+    let (env, img, root) = crash_case(driver);
     let cache_id = {
         let store = env.open();
         store.import(&img, Some("x:1")).unwrap();
@@ -321,12 +321,7 @@ fn commit_then_export_keeps_digests(env: Env) {
     assert_eq!(info.manifest.digest, orig.manifest.digest, "export keeps the manifest digest");
     store.create("rich:final", "work", None).unwrap();
     let m = store.mount("work").unwrap();
-    std::fs::write(m.join("etc/passwd"), "changed\n").unwrap();
-    std::fs::write(m.join("added"), "added").unwrap();
-    std::fs::remove_file(m.join("hl1")).unwrap();
-    std::fs::remove_dir_all(m.join("d")).unwrap();
-    std::fs::create_dir(m.join("d")).unwrap();
-    std::fs::write(m.join("d/fresh"), "fresh").unwrap();
+    edit_rich_container(&m);
     let want = snapshot(&m);
     let committed = store.commit("work", "rich:committed").unwrap();
     assert_eq!(committed.layers.len(), orig.layers.len() + 1);
@@ -405,65 +400,42 @@ fn fill(dir: &Path, cap: u64) -> (u64, std::io::Error) {
     }
 }
 
+/// One module of tests per driver. The cases taking an `Env` get a fresh environment; the crash
+/// cases get the driver's name and their own full test name, which the child re-run selects.
 macro_rules! contract {
     ($module:ident, $driver:literal) => {
+        contract!(
+            $module,
+            $driver,
+            env: [
+                file_capabilities_survive_import,
+                pax_sparse_files_unpack_as_sparse_files,
+                merged_tree_equals_umoci_unpack,
+                commit_then_export_keeps_digests,
+                size_is_enforced_or_refused,
+                image_of_129_layers_is_refused_at_import,
+                hardlink_into_a_lower_layer_is_refused_with_a_reason,
+            ],
+            crash: [sigkill_during_import_leaks_nothing, sigkill_during_remove_is_finished_at_open],
+        );
+    };
+    ($module:ident, $driver:literal, env: [$($case:ident),* $(,)?], crash: [$($crash:ident),* $(,)?] $(,)?) => {
         mod $module {
             use super::*;
 
-            fn env() -> Env {
-                Env::new($driver)
-            }
+            $(
+                #[test]
+                fn $case() {
+                    super::$case(Env::new($driver))
+                }
+            )*
 
-            #[test]
-            fn file_capabilities_survive_import() {
-                super::file_capabilities_survive_import(env())
-            }
-
-            #[test]
-            fn pax_sparse_files_unpack_as_sparse_files() {
-                super::pax_sparse_files_unpack_as_sparse_files(env())
-            }
-
-            #[test]
-            fn sigkill_during_import_leaks_nothing() {
-                super::sigkill_during_import_leaks_nothing(
-                    $driver,
-                    concat!(stringify!($module), "::sigkill_during_import_leaks_nothing"),
-                )
-            }
-
-            #[test]
-            fn sigkill_during_remove_is_finished_at_open() {
-                super::sigkill_during_remove_is_finished_at_open(
-                    $driver,
-                    concat!(stringify!($module), "::sigkill_during_remove_is_finished_at_open"),
-                )
-            }
-
-            #[test]
-            fn merged_tree_equals_umoci_unpack() {
-                super::merged_tree_equals_umoci_unpack(env())
-            }
-
-            #[test]
-            fn commit_then_export_keeps_digests() {
-                super::commit_then_export_keeps_digests(env())
-            }
-
-            #[test]
-            fn size_is_enforced_or_refused() {
-                super::size_is_enforced_or_refused(env())
-            }
-
-            #[test]
-            fn image_of_129_layers_is_refused_at_import() {
-                super::image_of_129_layers_is_refused_at_import(env())
-            }
-
-            #[test]
-            fn hardlink_into_a_lower_layer_is_refused_with_a_reason() {
-                super::hardlink_into_a_lower_layer_is_refused_with_a_reason(env())
-            }
+            $(
+                #[test]
+                fn $crash() {
+                    super::$crash($driver, concat!(stringify!($module), "::", stringify!($crash)))
+                }
+            )*
         }
     };
 }
@@ -478,11 +450,7 @@ contract!(devicemapper, "devicemapper");
 #[test]
 fn btrfs_layers_are_readonly_snapshots_of_their_parents() {
     let env = Env::new("btrfs");
-    let img = layout_with_layers(
-        &env.dir().join("img"),
-        &[simple_tar(&[("a", b"1")]), simple_tar(&[("b", b"2")])],
-        &["/bin/sh"],
-    );
+    let img = two_layer_image(&env);
     let store = env.open();
     store.import(&img, Some("x:1")).unwrap();
     let c = store.create("x:1", "c", None).unwrap();
@@ -558,11 +526,7 @@ fn mounted_source(path: &Path) -> Option<(String, String, String)> {
 #[test]
 fn devicemapper_layers_are_snapshots_and_containers_have_their_own_device() {
     let env = Env::new("devicemapper");
-    let img = layout_with_layers(
-        &env.dir().join("img"),
-        &[simple_tar(&[("a", b"1")]), simple_tar(&[("b", b"2")])],
-        &["/bin/sh"],
-    );
+    let img = two_layer_image(&env);
     let store = env.open();
     assert_eq!(env.volumes().unwrap().len(), 1, "the base device");
     store.import(&img, Some("x:1")).unwrap();
@@ -604,17 +568,8 @@ fn devicemapper_busy_rm_is_refused_or_deferred() {
     let (env, root, store, m) = mounted_without_deferral("busy");
     // The container's user.
     let mut user = Reaped(Command::new("sleep").arg("600").current_dir(&m).spawn().unwrap());
-    let err = store.remove("busy").unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::Conflict, "{err}");
-    assert!(err.to_string().contains("is busy"), "{err}");
-    assert!(err.to_string().contains("dm.use_deferred_removal"), "{err}");
-    assert!(store.container("busy").is_ok(), "still there");
-    drop(store);
-
-    let store = env.open(); // with dm.use_deferred_removal=true
-    store.remove("busy").unwrap();
-    assert_eq!(store.container("busy").unwrap_err().kind(), ErrorKind::NotFound);
-    let provider = support::loopdev::LoopProvider::new(&root.with_file_name("pool"), 0);
+    let (store, provider) =
+        busy_rm_refused_then_deferred(&env, &root, store, "busy", "dm.use_deferred_removal");
     assert_eq!(provider.deferred(), 1, "the volume's deletion waits for its user");
     let cwd = format!("/proc/{}/cwd/a", user.0.id());
     assert_eq!(std::fs::read_to_string(cwd).unwrap(), "1", "the user still sees its tree");
@@ -634,18 +589,9 @@ fn devicemapper_busy_rm_is_refused_or_deferred() {
 fn devicemapper_rm_of_a_mount_another_namespace_holds() {
     let (env, root, store, m) = mounted_without_deferral("held");
     let holder = Reaped::in_private_mount_namespace("echo up; exec sleep 600");
-    let err = store.remove("held").unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::Conflict, "{err}");
-    assert!(err.to_string().contains("is busy"), "{err}");
-    assert!(err.to_string().contains("mount namespace"), "{err}");
-    assert!(store.container("held").is_ok(), "still there");
-    drop(store);
-
-    let store = env.open(); // with dm.use_deferred_removal=true
-    store.remove("held").unwrap();
-    assert_eq!(store.container("held").unwrap_err().kind(), ErrorKind::NotFound);
+    let (store, provider) =
+        busy_rm_refused_then_deferred(&env, &root, store, "held", "mount namespace");
     assert!(!m.exists(), "gone from the store");
-    let provider = support::loopdev::LoopProvider::new(&root.with_file_name("pool"), 0);
     // Whether the stand-in sees the deletion as deferred depends on the host kernel: on some
     // (6.18 here) `losetup -j` stops listing a device once `losetup -d` has set autoclear,
     // though the other namespace still has it mounted, so the stand-in deletes at once. The
@@ -657,9 +603,7 @@ fn devicemapper_rm_of_a_mount_another_namespace_holds() {
 
 /// A devicemapper store opened without dm.use_deferred_removal, holding image `x:1` and the
 /// container `name` created from it and mounted: (env, store root, store, mount point).
-fn mounted_without_deferral(
-    name: &str,
-) -> (Env, std::path::PathBuf, overlay::Store, std::path::PathBuf) {
+fn mounted_without_deferral(name: &str) -> (Env, PathBuf, overlay::Store, PathBuf) {
     let env = Env::new("devicemapper");
     let img = layout_with_layers(&env.dir().join("img"), &[simple_tar(&[("a", b"1")])], &["/x"]);
     let root = env.store_root();
@@ -668,6 +612,29 @@ fn mounted_without_deferral(
     store.create("x:1", name, None).unwrap();
     let m = store.mount(name).unwrap();
     (env, root, store, m)
+}
+
+/// `rm name` of a busy container on `store` (opened without dm.use_deferred_removal) is
+/// refused as busy, saying `why`, and the container stays; reopened with it, `rm` succeeds.
+/// Returns the reopened store and the loop provider behind its pool.
+fn busy_rm_refused_then_deferred(
+    env: &Env,
+    root: &Path,
+    store: overlay::Store,
+    name: &str,
+    why: &str,
+) -> (overlay::Store, support::loopdev::LoopProvider) {
+    let err = store.remove(name).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Conflict, "{err}");
+    assert!(err.to_string().contains("is busy"), "{err}");
+    assert!(err.to_string().contains(why), "{err}");
+    assert!(store.container(name).is_ok(), "still there");
+    drop(store);
+
+    let store = env.open(); // with dm.use_deferred_removal=true
+    store.remove(name).unwrap();
+    assert_eq!(store.container(name).unwrap_err().kind(), ErrorKind::NotFound);
+    (store, support::loopdev::LoopProvider::new(&root.with_file_name("pool"), 0))
 }
 
 /// Waits for the pool's deferred deletion once the last user has gone (the kernel releases the

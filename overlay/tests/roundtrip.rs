@@ -224,15 +224,10 @@ fn commit_export_import_reproduces_the_container_tree() {
         store.import_image(&img, Some("final"), Some("rich:final")).unwrap();
         store.create("rich:final", "work", None).unwrap();
         let m = store.mount("work").unwrap();
-        // Change, add, delete a file and a whole lower directory, then recreate a deleted
-        // directory with new content (overlay makes it opaque).
-        std::fs::write(m.join("etc/passwd"), "changed\n").unwrap();
-        std::fs::write(m.join("added"), "added").unwrap();
-        std::fs::remove_file(m.join("hl1")).unwrap();
+        // Change, add, delete a file, recreate a deleted directory with new content (overlay
+        // makes it opaque); and beyond those, delete a whole lower tree and change a mode.
+        edit_rich_container(&m);
         std::fs::remove_dir_all(m.join("new")).unwrap();
-        std::fs::remove_dir_all(m.join("d")).unwrap();
-        std::fs::create_dir(m.join("d")).unwrap();
-        std::fs::write(m.join("d/fresh"), "fresh").unwrap();
         std::fs::set_permissions(
             m.join("setuid"),
             std::os::unix::fs::PermissionsExt::from_mode(0o700),

@@ -70,29 +70,31 @@ fn mknod(p: &Path, kind: rustix::fs::FileType, dev: u64) {
         .unwrap();
 }
 
-/// `umoci init` a layout at `img` with an empty image `base`, unpacked into the bundle `b`;
-/// returns the bundle's rootfs, where the caller builds the first layer.
-fn umoci_new_base(img: &Path, b: &Path) -> PathBuf {
+/// `umoci init` a layout at `img` with an empty image `base`, unpacked into the bundle `b`,
+/// and put busybox (with `/bin/sh` linked to it) into its rootfs; returns the rootfs, where
+/// the caller builds the rest of the first layer.
+fn umoci_busybox_base(img: &Path, b: &Path) -> PathBuf {
+    need("umoci");
     let base = format!("{}:base", img.display());
     umoci(&["init", "--layout", img.to_str().unwrap()]);
     umoci(&["new", "--image", &base]);
     umoci(&["unpack", "--image", &base, b.to_str().unwrap()]);
-    b.join("rootfs")
+    let r = b.join("rootfs");
+    std::fs::create_dir_all(r.join("bin")).unwrap();
+    std::fs::copy("/bin/busybox", r.join("bin/busybox")).unwrap();
+    std::os::unix::fs::symlink("busybox", r.join("bin/sh")).unwrap();
+    r
 }
 
 /// Build a multi-layer OCI image at `dir/img` with umoci from real files. Tags:
 /// `l1` (base), `l2` (deletions), `l3` (changes), `final` (opaque dir + whiteout via umoci
 /// insert, plus a Cmd). Returns the layout path.
 pub fn build_rich_image(dir: &Path) -> PathBuf {
-    need("umoci");
     let img = dir.join("img");
     let b = dir.join("bundle");
     let ib = |t: &str| format!("{}:{t}", img.display());
-    let r = umoci_new_base(&img, &b);
     // Layer 1: a real static binary and a zoo of file kinds.
-    std::fs::create_dir_all(r.join("bin")).unwrap();
-    std::fs::copy("/bin/busybox", r.join("bin/busybox")).unwrap();
-    std::os::unix::fs::symlink("busybox", r.join("bin/sh")).unwrap();
+    let r = umoci_busybox_base(&img, &b);
     std::os::unix::fs::symlink("/bin/busybox", r.join("bin/ls")).unwrap();
     std::fs::create_dir_all(r.join("etc")).unwrap();
     std::fs::write(r.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
@@ -195,16 +197,24 @@ pub fn build_rich_image(dir: &Path) -> PathBuf {
     img
 }
 
+/// The edits to a container of `build_rich_image` that a commit must carry: a file changed,
+/// one added, one deleted, and the directory `d` deleted and made again with new content
+/// (overlay makes it opaque: the image's `d/only` must stay hidden).
+pub fn edit_rich_container(m: &Path) {
+    std::fs::write(m.join("etc/passwd"), "changed\n").unwrap();
+    std::fs::write(m.join("added"), "added").unwrap();
+    std::fs::remove_file(m.join("hl1")).unwrap();
+    std::fs::remove_dir_all(m.join("d")).unwrap();
+    std::fs::create_dir(m.join("d")).unwrap();
+    std::fs::write(m.join("d/fresh"), "fresh").unwrap();
+}
+
 /// A small image with busybox only, tagged `bb`.
 pub fn build_busybox_image(dir: &Path) -> PathBuf {
-    need("umoci");
     let img = dir.join("bbimg");
     let b = dir.join("bbbundle");
     let ib = |t: &str| format!("{}:{t}", img.display());
-    let r = umoci_new_base(&img, &b);
-    std::fs::create_dir_all(r.join("bin")).unwrap();
-    std::fs::copy("/bin/busybox", r.join("bin/busybox")).unwrap();
-    std::os::unix::fs::symlink("busybox", r.join("bin/sh")).unwrap();
+    let r = umoci_busybox_base(&img, &b);
     std::fs::create_dir_all(r.join("data")).unwrap();
     std::fs::write(r.join("data/keep"), "keep").unwrap();
     std::fs::write(r.join("data/drop"), "drop").unwrap();
