@@ -4,8 +4,6 @@
 //! a 1 MiB memory export. The server must answer, refuse or disconnect: never panic or hang.
 #![no_main]
 
-use std::io::{Read, Write};
-use std::net::Shutdown;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
@@ -14,6 +12,8 @@ use libfuzzer_sys::fuzz_target;
 use thinpool::export::mem::{MemCatalog, MemExport};
 use thinpool::nbd::server::tls::{self, Tls, TlsMode};
 use thinpool::nbd::{Server, ServerOptions};
+
+mod peer;
 
 fn server(mode: TlsMode) -> Arc<Server> {
     let cat = Arc::new(MemCatalog::new());
@@ -34,15 +34,9 @@ fuzz_target!(|data: &[u8]| {
     } else {
         REQUIRE.get_or_init(|| server(TlsMode::Require))
     };
-    let (mut ours, theirs) = UnixStream::pair().expect("socketpair");
+    let (ours, theirs) = UnixStream::pair().expect("socketpair");
     let conn = srv.serve_unix(theirs);
-    let mut rx = ours.try_clone().expect("clone");
-    let drain = std::thread::spawn(move || {
-        let mut sink = Vec::new();
-        let _ = rx.read_to_end(&mut sink);
-    });
-    let _ = ours.write_all(input);
-    let _ = ours.shutdown(Shutdown::Write);
+    let drain = peer::send_all(&ours, input);
     // The server closes its end when it is done with the client.
     drain.join().expect("drain thread panicked");
     // Joined, not only counted out of the server: LeakSanitizer checks after each input, and

@@ -3,13 +3,13 @@
 //! never panic or hang.
 #![no_main]
 
-use std::io::{Read, Write};
-use std::net::Shutdown;
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 
 use libfuzzer_sys::fuzz_target;
 use thinpool::export::mem::MemExport;
+
+mod peer;
 
 /// Threads of this process that have not fully exited (Linux lists a thread in
 /// /proc/self/task until it has).
@@ -19,17 +19,11 @@ fn threads() -> usize {
 
 fuzz_target!(|data: &[u8]| {
     let before = threads();
-    let (mut ours, theirs) = UnixStream::pair().expect("socketpair");
+    let (ours, theirs) = UnixStream::pair().expect("socketpair");
     let export = Arc::new(MemExport::new(1 << 20));
     let server =
         std::thread::spawn(move || thinpool::nbd::serve_connected(theirs, export, false, 2));
-    let mut rx = ours.try_clone().expect("clone");
-    let drain = std::thread::spawn(move || {
-        let mut sink = Vec::new();
-        let _ = rx.read_to_end(&mut sink);
-    });
-    let _ = ours.write_all(data);
-    let _ = ours.shutdown(Shutdown::Write);
+    let drain = peer::send_all(&ours, data);
     server.join().expect("server thread panicked");
     drain.join().expect("drain thread panicked");
     // The connection's workers are scoped threads: std::thread::scope returns when their

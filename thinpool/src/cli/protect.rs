@@ -2,6 +2,7 @@
 //! streamed (through its daemon when one serves it).
 
 use std::io::Write;
+use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
@@ -12,6 +13,7 @@ use super::{DeltaArgs, MetadataSnapArgs, ReceiveArgs, SendArgs, SnapAction};
 use thinpool::daemon::control::{self, MetadataSnapAction};
 use thinpool::delta;
 use thinpool::delta::send;
+use thinpool::pool::Pool;
 use thinpool::units::{MetaBlock, ThinId};
 
 pub(super) fn metadata_snap(a: &MetadataSnapArgs) -> anyhow::Result<ExitCode> {
@@ -83,42 +85,56 @@ pub(super) fn send_verb(a: &SendArgs) -> anyhow::Result<ExitCode> {
     if std::io::stdout().is_terminal() {
         bail!("the stream is binary: redirect stdout to a file or a pipe");
     }
-    let s = match try_open_pool(&a.pool.dir, Access::Shared) {
-        Ok(p) => {
+    let from = a.from.as_deref();
+    streamed(
+        &a.pool.dir,
+        Access::Shared,
+        "sent",
+        &a.snap,
+        |pool| {
             let out = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
-            send::send(p.pool(), &a.snap, a.from.as_deref(), out)?
-        }
-        // A daemon serves the pool: it makes the stream (see daemon::transfer).
-        Err(Busy::Daemon(state)) => control::Client::new(state).send_to(
-            &a.snap,
-            a.from.as_deref(),
-            &mut std::io::stdout().lock(),
-        )?,
-        Err(Busy::Other(e)) => return Err(e),
-    };
-    eprintln!(
-        "sent {} ({} of data in {} records, stream {} bytes)",
-        a.snap, s.data_bytes, s.records, s.stream_bytes
-    );
-    Ok(ExitCode::SUCCESS)
+            send::send(pool, &a.snap, from, out)
+        },
+        |daemon| daemon.send_to(&a.snap, from, &mut std::io::stdout().lock()),
+    )
 }
 
 pub(super) fn receive_verb(a: &ReceiveArgs) -> anyhow::Result<ExitCode> {
-    let s = match try_open_pool(&a.pool.dir, Access::Exclusive) {
-        Ok(p) => {
+    let base = a.base.as_deref();
+    streamed(
+        &a.pool.dir,
+        Access::Exclusive,
+        "received",
+        &a.name,
+        |pool| {
             let input = std::io::BufReader::with_capacity(1 << 20, std::io::stdin().lock());
-            send::receive(p.pool(), &a.name, a.base.as_deref(), input)?
-        }
-        Err(Busy::Daemon(state)) => control::Client::new(state).receive_from(
-            &a.name,
-            a.base.as_deref(),
-            &mut std::io::stdin().lock(),
-        )?,
+            send::receive(pool, &a.name, base, input)
+        },
+        |daemon| daemon.receive_from(&a.name, base, &mut std::io::stdin().lock()),
+    )
+}
+
+/// Runs a send or receive in this process when it can open the pool, else through the
+/// daemon that serves it (see daemon::transfer), and reports what the stream held.
+fn streamed<L, D>(
+    dir: &Path,
+    access: Access,
+    done: &str,
+    volume: &str,
+    local: impl FnOnce(&Pool) -> Result<send::Stats, L>,
+    daemon: impl FnOnce(control::Client) -> Result<send::Stats, D>,
+) -> anyhow::Result<ExitCode>
+where
+    anyhow::Error: From<L> + From<D>,
+{
+    let s = match try_open_pool(dir, access) {
+        Ok(p) => local(p.pool())?,
+        Err(Busy::Daemon(state)) => daemon(control::Client::new(state))?,
         Err(Busy::Other(e)) => return Err(e),
     };
     eprintln!(
-        "received {} ({} of data in {} records, stream {} bytes)",
-        a.name, s.data_bytes, s.records, s.stream_bytes
+        "{done} {volume} ({} of data in {} records, stream {} bytes)",
+        s.data_bytes, s.records, s.stream_bytes
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -133,13 +133,12 @@ impl Export for MemExport {
 
     fn extents(&self, offset: u64, len: u64) -> ExportResult<Vec<Extent>> {
         self.check("extents", offset, len)?;
-        let mut v = Vec::new();
+        let mut runs = Vec::new();
         Self::pieces(offset, len, |idx, _, r| {
             let mapped = self.chunks[idx].read().unwrap_or_else(lock_err).is_some();
-            let n = r.len() as u64;
-            push_extent(&mut v, if mapped { Extent::data(n) } else { Extent::hole(n) });
+            runs.push((r.len() as u64, mapped));
         });
-        Ok(v)
+        Ok(extents_of_runs(runs))
     }
 
     fn read_only(&self) -> bool {

@@ -137,6 +137,16 @@ pub fn push_extent(v: &mut Vec<Extent>, e: Extent) {
     }
 }
 
+/// The extents of runs of `(length, mapped)` bytes: data where mapped, holes elsewhere,
+/// neighbours of one state merged.
+pub fn extents_of_runs(runs: impl IntoIterator<Item = (u64, bool)>) -> Vec<Extent> {
+    let mut v = Vec::new();
+    for (n, mapped) in runs {
+        push_extent(&mut v, if mapped { Extent::data(n) } else { Extent::hole(n) });
+    }
+    v
+}
+
 /// A run of bytes that differs, or not, from the same bytes of a base volume.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Changed {

@@ -366,11 +366,7 @@ impl Export for VolumeExport {
 
     fn extents(&self, offset: u64, len: u64) -> ExportResult<Vec<Extent>> {
         let runs = self.handle.extents(offset, len).map_err(|e| err("extents", offset, len, e))?;
-        let mut v = Vec::with_capacity(runs.len());
-        for (n, mapped) in runs {
-            push_extent(&mut v, if mapped { Extent::data(n) } else { Extent::hole(n) });
-        }
-        Ok(v)
+        Ok(extents_of_runs(runs))
     }
 
     fn read_only(&self) -> bool {
@@ -421,7 +417,22 @@ mod tests {
     use super::*;
     use crate::pool::FilePool;
     use crate::service::ServiceOptions;
-    use crate::units::Sectors;
+    use crate::units::{Bytes, Sectors};
+    use std::path::Path;
+
+    /// A fresh 16 MiB file pool in `dir` with 8 MiB volumes `names`, committed.
+    fn file_pool(dir: &Path, names: &[&str]) -> Pool {
+        let pool = FilePool::create(dir, Bytes::new(16 << 20), None, Sectors(128)).unwrap();
+        for name in names {
+            pool.create_volume(name, 8 << 20).unwrap();
+        }
+        pool.commit().unwrap();
+        pool
+    }
+
+    fn service(dir: &Path, pool: Pool) -> Arc<Service> {
+        Arc::new(Service::from_file_pool(dir, pool, ServiceOptions::default()).unwrap())
+    }
 
     /// The committer's periodic commit, like dm-thin's: a mapping change is committed, with
     /// the data device flushed ahead of it; data written in place waits for the client's
@@ -429,45 +440,33 @@ mod tests {
     #[test]
     fn periodic_commit_flushes_data_only_ahead_of_mapping_changes() {
         use crate::io::MemDevice;
-        use crate::pool::tests::CountFlushes;
-        use std::sync::atomic::Ordering::SeqCst;
+        use crate::pool::tests::TestData;
         let dir = tempfile::tempdir().unwrap();
         let meta = Arc::new(MemDevice::new(4 << 20, "meta"));
-        let data =
-            Arc::new(CountFlushes { inner: MemDevice::new(64 << 16, "data"), flushes: 0.into() });
+        let data = Arc::new(TestData::new(MemDevice::new(64 << 16, "data")));
         let names = Box::new(crate::pool::DirNameStore::new(dir.path()));
         let pool = Pool::format_with_names(meta, data.clone(), Sectors(128), names).unwrap();
         pool.create_volume("v", 1 << 20).unwrap();
         pool.commit().unwrap();
-        let svc = Service::from_file_pool(dir.path(), pool, ServiceOptions::default()).unwrap();
-        let cat = PoolCatalog::new(Arc::new(svc));
+        let cat = PoolCatalog::new(service(dir.path(), pool));
         let e = cat.open("v").unwrap();
         let write = |byte: u8| {
             let done = e.write(0, &Payload::mem(&[byte; 4096]), WriteMode::default()).unwrap();
             assert_eq!(done, Written::Done);
         };
+        let commit = || data.flushes_during(|| cat.commit_if_dirty().unwrap());
         write(1); // allocates
-        let before = data.flushes.load(SeqCst);
-        cat.commit_if_dirty().unwrap();
-        assert!(data.flushes.load(SeqCst) > before, "the data is flushed before the mapping");
+        assert!(commit() > 0, "the data is flushed before the mapping");
         write(2); // in place
-        let before = data.flushes.load(SeqCst);
-        cat.commit_if_dirty().unwrap();
-        assert_eq!(data.flushes.load(SeqCst), before, "no mapping changed: nothing to flush");
-        e.flush().unwrap();
-        assert_eq!(data.flushes.load(SeqCst), before + 1, "the client's FLUSH syncs the data");
+        assert_eq!(commit(), 0, "no mapping changed: nothing to flush");
+        let flush = data.flushes_during(|| e.flush().unwrap());
+        assert_eq!(flush, 1, "the client's FLUSH syncs the data");
     }
 
     #[test]
     fn quick_writes_of_a_local_client_need_committed_mappings() {
         let dir = tempfile::tempdir().unwrap();
-        let pool =
-            FilePool::create(dir.path(), crate::units::Bytes::new(16 << 20), None, Sectors(128))
-                .unwrap();
-        pool.create_volume("v", 8 << 20).unwrap();
-        pool.commit().unwrap();
-        let svc = Service::from_file_pool(dir.path(), pool, ServiceOptions::default()).unwrap();
-        let cat = PoolCatalog::new(Arc::new(svc));
+        let cat = PoolCatalog::new(service(dir.path(), file_pool(dir.path(), &["v"])));
         let remote = cat.open("v").unwrap();
         let local = cat.open_for_local_client("v").unwrap();
         let quick = |e: &Arc<dyn Export>, off, data: &[u8]| {
@@ -510,13 +509,7 @@ mod tests {
     #[test]
     fn a_volume_the_machine_has_attached_is_read_only_to_other_clients() {
         let dir = tempfile::tempdir().unwrap();
-        let pool =
-            FilePool::create(dir.path(), crate::units::Bytes::new(16 << 20), None, Sectors(128))
-                .unwrap();
-        pool.create_volume("store", 8 << 20).unwrap();
-        pool.commit().unwrap();
-        let svc = Service::from_file_pool(dir.path(), pool, ServiceOptions::default()).unwrap();
-        let cat = PoolCatalog::new(Arc::new(svc));
+        let cat = PoolCatalog::new(service(dir.path(), file_pool(dir.path(), &["store"])));
         assert!(!cat.open("store").unwrap().read_only(), "nothing local yet");
         let local = cat.open_for_local_client("store").unwrap();
         assert!(!local.read_only(), "the machine's own client writes");
@@ -530,12 +523,7 @@ mod tests {
     #[test]
     fn flagged_scope_offers_only_volumes_created_for_export() {
         let dir = tempfile::tempdir().unwrap();
-        let pool =
-            FilePool::create(dir.path(), crate::units::Bytes::new(16 << 20), None, Sectors(128))
-                .unwrap();
-        pool.commit().unwrap();
-        let svc =
-            Arc::new(Service::from_file_pool(dir.path(), pool, ServiceOptions::default()).unwrap());
+        let svc = service(dir.path(), file_pool(dir.path(), &[]));
         svc.create_volume("store", 8 << 20).unwrap();
         svc.create_volume_for("shared", 8 << 20, true).unwrap();
         svc.snapshot_volume("shared", "shared-snap").unwrap();

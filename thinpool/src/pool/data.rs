@@ -185,23 +185,21 @@ impl Pool {
         if may_unmap && first_full < end_full {
             self.unmap(id, first_full, end_full)?;
         }
-        let zeros = vec![0u8; bs as usize];
-        let mut pos = offset;
         let end = offset + len;
-        while pos < end {
-            let vb = pos / bs;
-            let off = pos % bs;
-            let n = (bs - off).min(end - pos);
-            if may_unmap && vb >= first_full && vb < end_full {
-                pos = end_full * bs;
-                continue;
+        // After the unmap, only the partial blocks at either end are left to zero.
+        let parts = if may_unmap && first_full < end_full {
+            [(offset, first_full * bs), (end_full * bs, end)]
+        } else {
+            [(offset, end), (end, end)]
+        };
+        let zeros = vec![0u8; bs as usize];
+        for (from, to) in parts {
+            for s in segments(from, (to - from) as usize, bs) {
+                // Unmapped blocks already read as zeros.
+                if self.meta().lookup(id, s.vb)?.is_some() {
+                    self.write_block(id, s.vb, s.off, &zeros[..s.len])?;
+                }
             }
-            let mapped = self.meta().lookup(id, VirtBlock(vb))?.is_some();
-            // Unmapped blocks already read as zeros.
-            if mapped {
-                self.write_block(id, VirtBlock(vb), off, &zeros[..n as usize])?;
-            }
-            pos += n;
         }
         Ok(())
     }
@@ -236,17 +234,12 @@ impl Pool {
             .map(|(vb, _)| vb.0)
             .collect();
         let mut out: Vec<(u64, bool)> = Vec::new();
-        let end = offset + len;
-        let mut pos = offset;
-        while pos < end {
-            let vb = pos / bs;
-            let n = (bs - pos % bs).min(end - pos);
-            let m = mapped.contains(&vb);
+        for s in segments(offset, len as usize, bs) {
+            let (n, m) = (s.len as u64, mapped.contains(&s.vb.0));
             match out.last_mut() {
                 Some((l, lm)) if *lm == m => *l += n,
                 _ => out.push((n, m)),
             }
-            pos += n;
         }
         Ok(out)
     }

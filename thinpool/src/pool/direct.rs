@@ -135,45 +135,18 @@ enum Need {
 mod tests {
     #![allow(clippy::unwrap_used)]
 
-    use std::fs::File;
     use std::os::fd::AsRawFd;
     use std::os::unix::fs::OpenOptionsExt;
     use std::sync::Arc;
 
     use super::*;
-    use crate::io::{BlockDevice, DirectAt, FileDevice, MemDevice};
+    use crate::io::{FileDevice, MemDevice};
+    use crate::pool::tests::TestData;
     use crate::units::Sectors;
 
     /// A data file used the buffered way by the pool, with an O_DIRECT descriptor of the same
-    /// file for the plans (as `FileDevice` has for block devices).
-    struct WithDirect {
-        file: FileDevice,
-        direct: File,
-    }
-
-    impl BlockDevice for WithDirect {
-        fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
-            self.file.read_at(buf, offset)
-        }
-        fn write_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
-            self.file.write_at(buf, offset)
-        }
-        fn flush(&self) -> std::io::Result<()> {
-            self.file.flush()
-        }
-        fn size(&self) -> u64 {
-            self.file.size()
-        }
-        fn grow(&self, new_size: u64) -> std::io::Result<()> {
-            self.file.grow(new_size)
-        }
-        fn describe(&self) -> String {
-            self.file.describe()
-        }
-        fn direct_at(&self, offset: u64, _len: usize) -> Option<DirectAt> {
-            Some(DirectAt { fd: self.direct.as_raw_fd(), pos: offset, keep: None })
-        }
-    }
+    /// file for the plans.
+    type WithDirect = TestData<FileDevice>;
 
     /// 4 KiB-aligned buffers, as O_DIRECT (and the ublk queues) have them.
     #[repr(align(4096))]
@@ -186,7 +159,8 @@ mod tests {
 
     /// Carries out a plan the way the ublk queue does, one page at a time: device runs with
     /// `pread`/`pwrite` on the plan's O_DIRECT descriptor, zeros filled in.
-    fn carry_out(plan: &Direct<'_>, buf: &mut [Page], write: bool, direct: &File) {
+    fn carry_out(plan: &Direct<'_>, buf: &mut [Page], write: bool, dev: &WithDirect) {
+        let direct = dev.direct.as_ref().expect("an O_DIRECT descriptor");
         for r in &plan.runs {
             match *r {
                 Run::Zeros { at, len } => {
@@ -213,7 +187,8 @@ mod tests {
         buf.iter().flat_map(|p| p.0).collect()
     }
 
-    fn pool() -> (tempfile::TempDir, Arc<WithDirect>, Pool) {
+    /// A pool on a data file with O_DIRECT plans, holding one empty thin.
+    fn pool() -> (tempfile::TempDir, Arc<WithDirect>, Pool, ThinId) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("data");
         let file = FileDevice::create(&path, 64 * 65536).unwrap();
@@ -223,18 +198,19 @@ mod tests {
             .custom_flags(libc::O_DIRECT)
             .open(&path)
             .unwrap();
-        let data = Arc::new(WithDirect { file, direct });
+        let data = Arc::new(WithDirect::with_direct(file, direct));
         let meta = Arc::new(MemDevice::new(4 << 20, "meta"));
-        (dir, data.clone(), Pool::format(meta, data, Sectors(128)).unwrap())
+        let pool = Pool::format(meta, data.clone(), Sectors(128)).unwrap();
+        let id = ThinId(1);
+        pool.create_thin(id).unwrap();
+        (dir, data, pool, id)
     }
 
     const BS: usize = 65536;
 
     #[test]
     fn read_plans_read_what_reads_read() {
-        let (_d, dev, pool) = pool();
-        let id = ThinId(1);
-        pool.create_thin(id).unwrap();
+        let (_d, dev, pool, id) = pool();
         // Blocks 0 and 1 are neighbours on the device, block 2 is a hole, block 3 maps after
         // a block of another volume.
         pool.write(id, 0, &vec![0xA1; 2 * BS]).unwrap();
@@ -245,7 +221,7 @@ mod tests {
         let kinds: Vec<bool> = plan.runs.iter().map(|r| matches!(r, Run::Device { .. })).collect();
         assert_eq!(kinds, [true, false, true], "{plan:?}");
         let mut buf = pages((4 * BS - 8192) / 4096);
-        carry_out(&plan, &mut buf, false, &dev.direct);
+        carry_out(&plan, &mut buf, false, &dev);
         drop(plan);
         let mut want = vec![0u8; 4 * BS - 8192];
         pool.read(id, 4096, &mut want).unwrap();
@@ -254,9 +230,7 @@ mod tests {
 
     #[test]
     fn overwrite_plans_only_for_mapped_unshared_committed_blocks() {
-        let (_d, dev, pool) = pool();
-        let id = ThinId(1);
-        pool.create_thin(id).unwrap();
+        let (_d, dev, pool, id) = pool();
         pool.write(id, 0, &vec![1; BS]).unwrap();
         assert!(pool.direct_overwrite(id, BS as u64, 4096, false).is_none(), "unmapped");
         assert!(pool.direct_overwrite(id, 0, 4096, true).is_none(), "mapping uncommitted");
@@ -264,7 +238,7 @@ mod tests {
         let plan = pool.direct_overwrite(id, 8192, 8192, false).unwrap();
         let mut buf = pages(2);
         buf.iter_mut().for_each(|p| p.0 = [7; 4096]);
-        carry_out(&plan, &mut buf, true, &dev.direct);
+        carry_out(&plan, &mut buf, true, &dev);
         drop(plan);
         let mut back = vec![0u8; BS];
         pool.read(id, 0, &mut back).unwrap();
@@ -278,9 +252,7 @@ mod tests {
 
     #[test]
     fn a_plan_holds_its_blocks_until_dropped() {
-        let (_d, _dev, pool) = pool();
-        let id = ThinId(1);
-        pool.create_thin(id).unwrap();
+        let (_d, _dev, pool, id) = pool();
         pool.write(id, 0, &vec![1; BS]).unwrap();
         let plan = pool.direct_read(id, 0, 4096).unwrap();
         // The block's stripe is held: a second plan of it is not offered, it would wait.

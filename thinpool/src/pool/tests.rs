@@ -1,11 +1,12 @@
 //! Pool unit tests: the golden fresh image, the basic lifecycle, reopen, errors.
 #![allow(clippy::unwrap_used)]
 
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd};
+use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 use std::sync::Arc;
 
 use super::*;
-use crate::io::{MemDevice, Payload, Written};
+use crate::io::{BlockDevice, DirectAt, MemDevice, Payload, Written};
 use crate::units::{DataBlock, MetaBlock, ThinId, VirtBlock};
 
 pub(crate) fn mem_pool(meta_mib: u64, data_blocks: u64) -> (Arc<MemDevice>, Arc<MemDevice>, Pool) {
@@ -13,6 +14,15 @@ pub(crate) fn mem_pool(meta_mib: u64, data_blocks: u64) -> (Arc<MemDevice>, Arc<
     let data = Arc::new(MemDevice::new(data_blocks * 65536, "data"));
     let pool = Pool::format(meta.clone(), data.clone(), Sectors(128)).unwrap();
     (meta, data, pool)
+}
+
+/// A memory pool of 64 blocks with one empty thin; returns it, the thin and the block size.
+fn pool_with_thin() -> (Pool, ThinId, u64) {
+    let (_meta, _data, pool) = mem_pool(4, 64);
+    let id = ThinId(1);
+    pool.create_thin(id).unwrap();
+    let bs = pool.block_bytes();
+    (pool, id, bs)
 }
 
 fn block(dev: &MemDevice, b: u64) -> Vec<u8> {
@@ -166,13 +176,32 @@ fn raw_restore_api_keeps_counts_exact() {
     pool.self_check().unwrap();
 }
 
-/// Counts flushes of the wrapped device.
-pub(crate) struct CountFlushes {
-    pub(crate) inner: MemDevice,
-    pub(crate) flushes: std::sync::atomic::AtomicU64,
+/// The data device of pool tests: counts its flushes and, given an O_DIRECT descriptor of
+/// the same file, offers it for plans (as `FileDevice` has for block devices).
+pub(crate) struct TestData<D> {
+    pub(crate) inner: D,
+    flushes: AtomicU64,
+    pub(crate) direct: Option<std::fs::File>,
 }
 
-impl crate::io::BlockDevice for CountFlushes {
+impl<D: BlockDevice> TestData<D> {
+    pub(crate) fn new(inner: D) -> Self {
+        Self { inner, flushes: 0.into(), direct: None }
+    }
+
+    pub(crate) fn with_direct(inner: D, direct: std::fs::File) -> Self {
+        Self { direct: Some(direct), ..Self::new(inner) }
+    }
+
+    /// How many times the device was flushed while `f` ran.
+    pub(crate) fn flushes_during(&self, f: impl FnOnce()) -> u64 {
+        let before = self.flushes.load(SeqCst);
+        f();
+        self.flushes.load(SeqCst) - before
+    }
+}
+
+impl<D: BlockDevice> BlockDevice for TestData<D> {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
         self.inner.read_at(buf, offset)
     }
@@ -180,7 +209,7 @@ impl crate::io::BlockDevice for CountFlushes {
         self.inner.write_at(buf, offset)
     }
     fn flush(&self) -> std::io::Result<()> {
-        self.flushes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.flushes.fetch_add(1, SeqCst);
         self.inner.flush()
     }
     fn size(&self) -> u64 {
@@ -192,14 +221,16 @@ impl crate::io::BlockDevice for CountFlushes {
     fn describe(&self) -> String {
         self.inner.describe()
     }
+    fn direct_at(&self, offset: u64, _len: usize) -> Option<DirectAt> {
+        let fd = self.direct.as_ref()?.as_raw_fd();
+        Some(DirectAt { fd, pos: offset, keep: None })
+    }
 }
 
 #[test]
 fn flush_syncs_overwrites_that_change_no_mapping() {
-    use std::sync::atomic::Ordering::SeqCst;
     let meta = Arc::new(MemDevice::new(4 << 20, "meta"));
-    let data =
-        Arc::new(CountFlushes { inner: MemDevice::new(64 << 16, "data"), flushes: 0.into() });
+    let data = Arc::new(TestData::new(MemDevice::new(64 << 16, "data")));
     let pool = Pool::format(meta, data.clone(), Sectors(128)).unwrap();
     let id = ThinId(1);
     pool.create_thin(id).unwrap();
@@ -208,11 +239,10 @@ fn flush_syncs_overwrites_that_change_no_mapping() {
     // Overwriting a mapped, unshared block changes no metadata, so a commit has nothing to
     // write; FLUSH must still make the new bytes durable.
     pool.write(id, 0, &[2u8; 65536]).unwrap();
-    let before = data.flushes.load(SeqCst);
-    pool.commit().unwrap();
-    assert_eq!(data.flushes.load(SeqCst), before, "a commit with nothing to commit does no I/O");
-    pool.flush().unwrap();
-    assert_eq!(data.flushes.load(SeqCst), before + 1, "flush syncs the data device");
+    let commit = data.flushes_during(|| pool.commit().unwrap());
+    assert_eq!(commit, 0, "a commit with nothing to commit does no I/O");
+    let flush = data.flushes_during(|| pool.flush().unwrap());
+    assert_eq!(flush, 1, "flush syncs the data device");
 }
 
 /// The kernel deletes thins by id (`dmsetup message POOL 0 "delete ID"`) and commits without
@@ -256,10 +286,7 @@ fn name_of_a_thin_deleted_outside_lamina_is_dropped_on_open() {
 
 #[test]
 fn overwrite_modes_only_overwrite_unshared_committed_blocks() {
-    let (_meta, _data, pool) = mem_pool(4, 64);
-    let id = ThinId(1);
-    let bs = pool.block_bytes();
-    pool.create_thin(id).unwrap();
+    let (pool, id, bs) = pool_with_thin();
     let over = |id, off, data: &[u8], committed| {
         let mode = if committed { Mode::OverwriteCommitted } else { Mode::Overwrite };
         pool.write_with(id, off, &Payload::mem(data), mode).map(|w| w == Written::Done)
@@ -301,10 +328,7 @@ fn overwrite_modes_only_overwrite_unshared_committed_blocks() {
 
 #[test]
 fn cached_reads_match_reads() {
-    let (_meta, _data, pool) = mem_pool(4, 64);
-    let id = ThinId(1);
-    let bs = pool.block_bytes();
-    pool.create_thin(id).unwrap();
+    let (pool, id, bs) = pool_with_thin();
     pool.write(id, bs, &vec![9u8; bs as usize]).unwrap();
     let mut buf = vec![1u8; 4096];
     assert!(pool.read_cached(id, 0, &mut buf).unwrap(), "unmapped reads are quick");

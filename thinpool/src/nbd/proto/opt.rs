@@ -132,14 +132,20 @@ fn no_payload(what: &'static str, payload: &[u8]) -> Result<(), ProtoError> {
     }
 }
 
-fn decode_export_query(what: &'static str, payload: &[u8]) -> Result<ExportQuery, ProtoError> {
-    let mut c = Cursor::new(payload, what);
+/// The export name that opens INFO, GO and the META_CONTEXT options: a u32 length, then the
+/// name, which must leave room for the `after` bytes of count that follow it.
+fn option_name(c: &mut Cursor<'_>, what: &'static str, after: usize) -> Result<String, ProtoError> {
     let name_len = c.u32()? as usize;
-    // The name must leave room for the u16 count: optlen >= 4 + name + 2.
-    if name_len > c.remaining().saturating_sub(2) {
+    if name_len > c.remaining().saturating_sub(after) {
         return Err(invalid(what, "name length exceeds the option length"));
     }
-    let name = c.string(name_len)?;
+    c.string(name_len)
+}
+
+fn decode_export_query(what: &'static str, payload: &[u8]) -> Result<ExportQuery, ProtoError> {
+    let mut c = Cursor::new(payload, what);
+    // The name must leave room for the u16 count: optlen >= 4 + name + 2.
+    let name = option_name(&mut c, what, 2)?;
     let count = c.u16()? as usize;
     if c.remaining() != count * 2 {
         return Err(invalid(what, "info request count disagrees with the option length"));
@@ -154,11 +160,7 @@ fn decode_export_query(what: &'static str, payload: &[u8]) -> Result<ExportQuery
 
 fn decode_meta_query(what: &'static str, payload: &[u8]) -> Result<MetaQuery, ProtoError> {
     let mut c = Cursor::new(payload, what);
-    let name_len = c.u32()? as usize;
-    if name_len > c.remaining().saturating_sub(4) {
-        return Err(invalid(what, "name length exceeds the option length"));
-    }
-    let export = c.string(name_len)?;
+    let export = option_name(&mut c, what, 4)?;
     let count = c.u32()?;
     let mut queries = Vec::new();
     for _ in 0..count {
