@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 mod support;
-use support::cli::{ok, thinpool, Daemon, FilePool, BIN};
+use support::cli::{ok, serve_unix, thinpool, Daemon, FilePool, BIN};
 use support::wait_for;
 
 fn nbdinfo_list(sock: &Path) -> String {
@@ -26,16 +26,7 @@ fn management_verbs_go_through_the_running_daemon() {
     let d = tmp.pool();
     let sock = tmp.path().join("nbd.sock");
     ok(&["create", d, "before", "--size", "64M"]);
-    let daemon = Daemon(
-        Command::new(BIN)
-            .args(["serve", d, "--listen", "none", "--socket", sock.to_str().unwrap()])
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    wait_for("the NBD socket", Duration::from_secs(20), || {
-        sock.exists() && tmp.dir().join("control.sock").exists()
-    });
+    let daemon = Daemon(serve_unix(tmp.dir(), &sock));
     assert!(nbdinfo_list(&sock).contains("\"before\""));
 
     // Changes go to the daemon, which commits them and exports the new volume at once.

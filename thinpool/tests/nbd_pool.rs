@@ -4,10 +4,10 @@
 
 mod support;
 
-use support::client;
+use support::{cli, client};
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -169,17 +169,7 @@ fn pool_exports_work_with_real_clients() {
         "read -P 0x11 9M 1M",
         "flush",
     ];
-    let mut args = vec!["-f", "raw"];
-    for c in &script {
-        args.push("-c");
-        args.push(c);
-    }
-    let u = uri(&srv.sock, "vol");
-    args.push(&u);
-    let out = run("qemu-io", &args, T);
-    let text =
-        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success() && !text.contains("failed"), "qemu-io:\n{text}");
+    qemu_io(&uri(&srv.sock, "vol"), &script, T);
 
     // nbdcopy round trip over 4 connections.
     let size = 64 * MIB as usize;
@@ -284,33 +274,13 @@ fn pool_exports_work_with_real_clients() {
     assert!(PoolLock::holder(d).is_none(), "lock released after shutdown");
 }
 
-/// The `thinpool` binary; `serve` is the daemon under test.
-fn thinpool_binary() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_thinpool"))
-}
-
-fn spawn_daemon(bin: &Path, dir: &Path, sock: &Path) -> Child {
-    let child = Command::new(bin)
-        .arg("serve")
-        .arg(dir)
-        .args(["--listen", "none", "--socket"])
-        .arg(sock)
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn thinpool serve");
-    wait_socket(sock, Duration::from_secs(30));
-    child
-}
-
 #[test]
 fn flushed_data_survives_sigkill_and_metadata_stays_clean() {
-    let bin = thinpool_binary();
     let dir = scratch();
     let d = dir.path();
     make_pool(d, 128 * MIB, &[("v", 32 * MIB)]);
     let sock = d.join("nbd.sock");
-    let mut child = spawn_daemon(&bin, d, &sock);
+    let mut child = cli::serve_unix(d, &sock);
     match PoolLock::acquire(d) {
         Err(e @ DaemonError::InUse { .. }) => {
             assert!(e.to_string().contains(&format!("in use by pid {}", child.id())), "{e}");
@@ -318,40 +288,12 @@ fn flushed_data_survives_sigkill_and_metadata_stays_clean() {
         other => panic!("expected InUse, got {:?}", other.map(|_| ())),
     }
     // Write and FLUSH (qemu-io's flush), and some FUA writes, then kill -9.
-    ok(
-        "qemu-io",
-        &[
-            "-f",
-            "raw",
-            "-c",
-            "write -P 0x5a 0 4M",
-            "-c",
-            "write -P 0x6b 10M 1M",
-            "-c",
-            "flush",
-            &uri(&sock, "v"),
-        ],
-        T,
-    );
+    qemu_io(&uri(&sock, "v"), &["write -P 0x5a 0 4M", "write -P 0x6b 10M 1M", "flush"], T);
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     thin_check(&d.join(FilePool::METADATA));
-    let mut child = spawn_daemon(&bin, d, &sock);
-    ok(
-        "qemu-io",
-        &[
-            "-f",
-            "raw",
-            "-c",
-            "read -P 0x5a 0 4M",
-            "-c",
-            "read -P 0x6b 10M 1M",
-            "-c",
-            "read -P 0 4M 6M",
-            &uri(&sock, "v"),
-        ],
-        T,
-    );
+    let mut child = cli::serve_unix(d, &sock);
+    qemu_io(&uri(&sock, "v"), &["read -P 0x5a 0 4M", "read -P 0x6b 10M 1M", "read -P 0 4M 6M"], T);
     // Unflushed writes become durable through the periodic committer within about a second
     // (raw client: no FLUSH, no FUA, and the connection stays open across the kill).
     let mut c = client::Client::connect_unix(&sock, "v", false, false);
@@ -362,7 +304,7 @@ fn flushed_data_survives_sigkill_and_metadata_stays_clean() {
     child.wait().unwrap();
     drop(c);
     thin_check(&d.join(FilePool::METADATA));
-    let mut child = spawn_daemon(&bin, d, &sock);
+    let mut child = cli::serve_unix(d, &sock);
     ok("qemu-io", &["-f", "raw", "-c", "read -P 0x7c 20M 1M", &uri(&sock, "v")], T);
     // SIGTERM: clean shutdown, exit status 0, lock released, metadata clean.
     rustix::process::kill_process(

@@ -12,31 +12,29 @@ use thinpool::nbd::Export;
 
 const T: Duration = Duration::from_secs(60);
 
+/// `nbdinfo --list --json`: the exports' JSON objects and their names, in the server's order.
+fn list_exports(uri: &str) -> (Vec<serde_json::Value>, Vec<String>) {
+    let out = ok("nbdinfo", &["--list", "--json", uri], T);
+    let v: serde_json::Value = serde_json::from_str(&out).expect("nbdinfo --json output");
+    let exports = v["exports"].as_array().expect("exports array").clone();
+    let names = exports.iter().map(|e| e["export-name"].as_str().unwrap().to_owned()).collect();
+    (exports, names)
+}
+
 #[test]
 fn nbdinfo_list_shows_exports() {
     let cat = Arc::new(MemCatalog::new());
     cat.insert("alpha", "first volume", Arc::new(MemExport::new(1 << 20)));
     cat.insert("beta", "", Arc::new(MemExport::new(2 << 20)));
     let srv = start_mem(cat.clone());
-    let out = ok("nbdinfo", &["--list", "--json", &srv.uri("")], T);
-    let v: serde_json::Value = serde_json::from_str(&out).expect("nbdinfo --json output");
-    let exports = v["exports"].as_array().expect("exports array");
-    let names: Vec<&str> = exports.iter().map(|e| e["export-name"].as_str().unwrap()).collect();
+    let (exports, names) = list_exports(&srv.uri(""));
     assert_eq!(names, ["alpha", "beta"]);
     assert_eq!(exports[0]["description"], "first volume");
     assert_eq!(exports[1]["export-size"], 2 << 20);
     // A volume added while serving shows up; a removed one disappears.
     cat.insert("gamma", "", Arc::new(MemExport::new(1 << 20)));
     assert!(cat.remove("alpha"));
-    let out = ok("nbdinfo", &["--list", "--json", &srv.unix_uri("")], T);
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    let names: Vec<String> = v["exports"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["export-name"].as_str().unwrap().to_owned())
-        .collect();
-    assert_eq!(names, ["beta", "gamma"]);
+    assert_eq!(list_exports(&srv.unix_uri("")).1, ["beta", "gamma"]);
 }
 
 #[test]
@@ -118,17 +116,7 @@ fn qemu_io_patterns_zeroes_discard_flush_fua() {
         "read -P 0x22 16M 64k",
         "read -P 0x33 17M 64k",
     ];
-    let mut args = vec!["-f", "raw"];
-    for c in &script {
-        args.push("-c");
-        args.push(c);
-    }
-    args.push(&uri);
-    let out = run("qemu-io", &args, T);
-    let text =
-        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "qemu-io failed:\n{text}");
-    assert!(!text.contains("failed"), "qemu-io reported a failure:\n{text}");
+    let text = qemu_io(&uri, &script, T);
     assert_eq!(text.matches("read ").count(), 9, "every read ran:\n{text}");
     assert!(Probe::get(&probe.fua_writes) >= 1, "write -f must arrive with FUA");
     assert!(Probe::get(&probe.flushes) >= 1, "flush must reach the export");

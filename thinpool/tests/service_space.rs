@@ -23,11 +23,8 @@ fn writer_past_the_threshold_sees_the_data_region_grow_by_20_percent() {
     svc.set_no_space_policy(false, Duration::from_secs(30));
     svc.start_autoextend().unwrap();
     assert_eq!(svc.pool().data_usage().total, DataBlock(100));
-    svc.create_volume("v", 1 << 30).unwrap();
-    let h = svc.open_volume("v").unwrap();
-    for i in 0..95 {
-        h.write(i * EXT, &Payload::mem(&pattern(i, 1)), Mode::Full).unwrap();
-    }
+    let h = open_new(&svc, "v");
+    write_blocks(&h, 0..95, 1);
     // The kick at 80 blocks grows the region once by 20 % (95 used never needs more).
     // The log line is appended after the resize: wait for it.
     wait_for("the extension event", Duration::from_secs(10), || !events(dir.path()).is_empty());
@@ -81,9 +78,7 @@ fn full_group_queues_writes_until_space_is_freed_or_added() {
     svc.create_volume("scratch", 1 << 30).unwrap();
     {
         let h = svc.open_volume("scratch").unwrap();
-        for i in 0..10 {
-            h.write(i * EXT, &Payload::mem(&pattern(i, 9)), Mode::Full).unwrap();
-        }
+        write_blocks(&h, 0..10, 9);
     }
     svc.snapshot_volume("scratch", "snap").unwrap();
     svc.remove_volume("scratch").unwrap();
@@ -185,11 +180,8 @@ fn file_pool_grows_its_data_file_up_to_the_maximum() {
     let svc = Service::open(&PoolSource::detect(std::slice::from_ref(&pd)), opts).unwrap();
     svc.set_no_space_policy(false, Duration::from_secs(4));
     svc.start_autoextend().unwrap();
-    svc.create_volume("v", 1 << 30).unwrap();
-    let h = svc.open_volume("v").unwrap();
-    for i in 0..85 {
-        h.write(i * EXT, &Payload::mem(&pattern(i, 1)), Mode::Full).unwrap();
-    }
+    let h = open_new(&svc, "v");
+    write_blocks(&h, 0..85, 1);
     wait_for("the data file to grow", Duration::from_secs(10), || {
         svc.pool().data_usage().total.0 == 120
     });

@@ -32,11 +32,8 @@ fn file_service(
 fn min_free_space_refuses_new_volumes_with_dockers_message() {
     let dir = tempfile::tempdir().unwrap();
     let (_, svc) = file_service(dir.path(), 100, &[]);
-    svc.create_volume("a", 1 << 30).unwrap();
-    let h = svc.open_volume("a").unwrap();
-    for i in 0..95 {
-        h.write(i * EXT, &Payload::mem(&pattern(i, 1)), Mode::Full).unwrap();
-    }
+    let h = open_new(&svc, "a");
+    write_blocks(&h, 0..95, 1);
     let msg = "Thin Pool has 5 free data blocks which is less than minimum required 10 free data \
                blocks. Create more free space in thin pool or use dm.min_free_space option to \
                change behavior";
@@ -59,12 +56,9 @@ fn min_free_space_refuses_new_volumes_with_dockers_message() {
 fn deferred_deletion_hides_counts_and_deletes_on_last_close() {
     let dir = tempfile::tempdir().unwrap();
     let (pd, svc) = file_service(dir.path(), 100, &[]);
-    svc.create_volume("v", 1 << 30).unwrap();
-    let h = svc.open_volume("v").unwrap();
+    let h = open_new(&svc, "v");
     let h2 = svc.open_volume("v").unwrap();
-    for i in 0..5 {
-        h.write(i * EXT, &Payload::mem(&pattern(i, 1)), Mode::Full).unwrap();
-    }
+    write_blocks(&h, 0..5, 1);
     svc.commit().unwrap();
     assert_eq!(svc.pool().data_usage().used, DataBlock(5));
     assert!(svc.remove_volume("v").unwrap(), "deferred");
@@ -95,8 +89,7 @@ fn deferred_deletion_hides_counts_and_deletes_on_last_close() {
 fn without_deferral_removing_an_open_volume_is_busy() {
     let dir = tempfile::tempdir().unwrap();
     let (_, svc) = file_service(dir.path(), 100, &["dm.use_deferred_deletion=false"]);
-    svc.create_volume("v", 1 << 30).unwrap();
-    let h = svc.open_volume("v").unwrap();
+    let h = open_new(&svc, "v");
     let e = svc.remove_volume("v").unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Busy);
     assert!(e.to_string().contains("device is busy"), "{e}");

@@ -2,7 +2,7 @@
 //! `thin_dump --metadata-snap` and `thin_check`, and deltas taken while a writer runs.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,8 +15,7 @@ use thinpool::pool::{FilePool, Pool};
 use thinpool::units::{Bytes, Sectors, ThinId};
 
 mod support;
-use support::cli::{ok, thinpool, Daemon, BIN};
-use support::wait_for;
+use support::cli::{ok, serve_unix, thinpool, Daemon};
 
 const BLOCK: u64 = 64 << 10;
 const VOL_BLOCKS: u64 = 96;
@@ -257,16 +256,7 @@ fn delta_and_metadata_snap_go_through_a_running_daemon() {
     pool.write(vol, 2 * BLOCK, &vec![2; (4 * BLOCK) as usize]).unwrap();
     pool.commit().unwrap();
     drop(pool);
-    let _daemon = Daemon(
-        Command::new(BIN)
-            .args(["serve", d, "--listen", "none", "--socket", sock.to_str().unwrap()])
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    wait_for("the daemon's sockets", Duration::from_secs(20), || {
-        sock.exists() && dir.join("control.sock").exists()
-    });
+    let _daemon = Daemon(serve_unix(&dir, &sock));
     let out = ok(&["delta", d, "base", "vol"]);
     assert_eq!(out, "different begin=2 length=2\nright_only begin=4 length=2\n");
     // The delta released the snapshot it took; one can be reserved and read while serving.

@@ -2,7 +2,7 @@
 //! reproduce every snapshot; streams are as large as the change, not the volume; cut,
 //! flipped and misapplied streams are refused with the receiving pool unchanged.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use rand::rngs::StdRng;
@@ -12,8 +12,7 @@ use thinpool::pool::FilePool;
 use thinpool::units::{Bytes, Sectors};
 
 mod support;
-use support::cli::{ok, Daemon, BIN};
-use support::wait_for;
+use support::cli::{ok, serve_unix, Daemon, BIN};
 
 const BLOCK: u64 = 64 << 10;
 const VOL: u64 = 256 * BLOCK; // 16 MiB
@@ -51,6 +50,23 @@ fn sha(pool_dir: &Path, name: &str) -> [u8; 32] {
 /// the volume list.
 fn state(pool: &Path) -> (String, String) {
     (support::thin_dump(&pool.join(FilePool::METADATA)), ok(&["list", pool.to_str().unwrap()]))
+}
+
+/// Pools `tmp/a` and `tmp/b`: `a` holds volume "vol" with snapshot s0 taken after `first`
+/// (offset, bytes) was written and s1 after `second`; `b` is empty.
+fn two_snapshots(tmp: &Path, first: (u64, &[u8]), second: (u64, &[u8])) -> (PathBuf, PathBuf) {
+    let (a, b) = (tmp.join("a"), tmp.join("b"));
+    {
+        let p = FilePool::create(&a, Bytes::new(1024 * BLOCK), None, Sectors(128)).unwrap();
+        let v = p.create_volume("vol", 64 * BLOCK).unwrap();
+        for (snap, (at, bytes)) in [("s0", first), ("s1", second)] {
+            p.write(v, at, bytes).unwrap();
+            p.snapshot_volume("vol", snap).unwrap();
+        }
+        p.commit().unwrap();
+    }
+    FilePool::create(&b, Bytes::new(1024 * BLOCK), None, Sectors(128)).unwrap();
+    (a, b)
 }
 
 #[test]
@@ -125,17 +141,11 @@ fn full_and_five_incrementals_reproduce_every_snapshot() {
 #[test]
 fn cut_flipped_and_misapplied_streams_change_nothing() {
     let tmp = tempfile::tempdir().unwrap();
-    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
-    {
-        let p = FilePool::create(&a, Bytes::new(1024 * BLOCK), None, Sectors(128)).unwrap();
-        let v = p.create_volume("vol", 64 * BLOCK).unwrap();
-        p.write(v, 0, &vec![3u8; (8 * BLOCK) as usize]).unwrap();
-        p.snapshot_volume("vol", "s0").unwrap();
-        p.write(v, 2 * BLOCK, &vec![4u8; (3 * BLOCK) as usize]).unwrap();
-        p.snapshot_volume("vol", "s1").unwrap();
-        p.commit().unwrap();
-    }
-    FilePool::create(&b, Bytes::new(1024 * BLOCK), None, Sectors(128)).unwrap();
+    let (a, b) = two_snapshots(
+        tmp.path(),
+        (0, &vec![3u8; (8 * BLOCK) as usize]),
+        (2 * BLOCK, &vec![4u8; (3 * BLOCK) as usize]),
+    );
     let (s0, s1) = (tmp.path().join("s0"), tmp.path().join("s1"));
     send(&a, "s0", None, &s0);
     send(&a, "s1", Some("s0"), &s1);
@@ -200,38 +210,13 @@ fn cut_flipped_and_misapplied_streams_change_nothing() {
     assert!(String::from_utf8_lossy(&r.stderr).contains("already exists"));
 }
 
-fn serve(pool: &Path, sock: &Path) -> Daemon {
-    let d = Daemon(
-        Command::new(BIN)
-            .arg("serve")
-            .arg(pool)
-            .args(["--listen", "none", "--socket", sock.to_str().unwrap()])
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    wait_for("the daemon's sockets", std::time::Duration::from_secs(20), || {
-        sock.exists() && pool.join("control.sock").exists()
-    });
-    d
-}
-
 #[test]
 fn send_and_receive_go_through_running_daemons() {
     let tmp = tempfile::tempdir().unwrap();
-    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
-    {
-        let p = FilePool::create(&a, Bytes::new(1024 * BLOCK), None, Sectors(128)).unwrap();
-        let v = p.create_volume("vol", 64 * BLOCK).unwrap();
-        p.write(v, 0, &vec![5u8; (6 * BLOCK) as usize]).unwrap();
-        p.snapshot_volume("vol", "s0").unwrap();
-        p.write(v, BLOCK, &[6u8; 100]).unwrap();
-        p.snapshot_volume("vol", "s1").unwrap();
-        p.commit().unwrap();
-    }
-    FilePool::create(&b, Bytes::new(1024 * BLOCK), None, Sectors(128)).unwrap();
-    let _da = serve(&a, &tmp.path().join("a.sock"));
-    let _db = serve(&b, &tmp.path().join("b.sock"));
+    let (a, b) =
+        two_snapshots(tmp.path(), (0, &vec![5u8; (6 * BLOCK) as usize]), (BLOCK, &[6; 100]));
+    let _da = Daemon(serve_unix(&a, &tmp.path().join("a.sock")));
+    let _db = Daemon(serve_unix(&b, &tmp.path().join("b.sock")));
     let (s0, s1) = (tmp.path().join("s0"), tmp.path().join("s1"));
     send(&a, "s0", None, &s0);
     send(&a, "s1", Some("s0"), &s1);

@@ -83,14 +83,55 @@ fn shape(m: &GroupMeta) -> String {
 
 const PATTERN_AT: [u64; 3] = [0, 300 * 4096 + 17, 5 * EXT - 3];
 
-fn setup(rig: &Rig) -> VolumeGroup {
+/// A group over `devs` with a pattern in both regions (see [`assert_data_intact`]).
+fn create_group(devs: Vec<Arc<dyn BlockDevice>>) -> VolumeGroup {
     let config = PoolConfig::from_opts(["dm.thinp_percent=60", "dm.thinp_metapercent=15"]).unwrap();
-    let vg = VolumeGroup::create_sized(vec![rig.dev(0), rig.dev(1)], config, false, EXT).unwrap();
+    let vg = VolumeGroup::create_sized(devs, config, false, EXT).unwrap();
     for (i, &at) in PATTERN_AT.iter().enumerate() {
         vg.data_region().write_at(&[i as u8 + 1; 100], at).unwrap();
         vg.metadata_region().write_at(&[i as u8 + 9; 100], at).unwrap();
     }
     vg
+}
+
+fn setup(rig: &Rig) -> VolumeGroup {
+    create_group(vec![rig.dev(0), rig.dev(1)])
+}
+
+/// Whether the device carries a label that decodes: how `open_dir` finds a group's devices.
+fn labelled(d: &Arc<dyn BlockDevice>) -> bool {
+    let mut b = vec![0u8; 4096];
+    d.read_at(&mut b, 0).unwrap();
+    signature::detect(&b) == Some(signature::Signature::Lamina)
+}
+
+/// The layouts before and after a change, and which of them the cut runs reopened.
+struct Layouts {
+    old: String,
+    new: String,
+    saw: (bool, bool),
+}
+
+impl Layouts {
+    fn new(old: String, new: String) -> Self {
+        Self { old, new, saw: (false, false) }
+    }
+
+    /// Checks a group reopened after the cut `at`: exactly one of the layouts, data intact.
+    /// Returns whether it is the old one.
+    fn reopened(&mut self, vg: &VolumeGroup, at: &str) -> bool {
+        let (old, new) = (&self.old, &self.new);
+        let got = shape(&vg.metadata());
+        assert!(got == *old || got == *new, "{at}: neither layout:\n{got}\nold {old}\nnew {new}");
+        self.saw.0 |= got == *old;
+        self.saw.1 |= got == *new;
+        assert_data_intact(vg);
+        got == *old
+    }
+
+    fn assert_saw_both(&self, name: &str) {
+        assert!(self.saw.0 && self.saw.1, "{name}: cuts produced both layouts ({:?})", self.saw);
+    }
 }
 
 fn assert_data_intact(vg: &VolumeGroup) {
@@ -120,7 +161,7 @@ fn crash_everywhere(name: &str, pre: Option<Change>, change: Change, extends: bo
     assert_ne!(old, new, "{name} changes the layout");
     assert!(writes >= 2, "{name}: {writes} writes");
 
-    let mut saw = (false, false);
+    let mut layouts = Layouts::new(old, new.clone());
     for cut in 0..=writes {
         let rig = Rig::new();
         let vg = setup(&rig);
@@ -136,15 +177,7 @@ fn crash_everywhere(name: &str, pre: Option<Change>, change: Change, extends: bo
         let reopened = if extends {
             // Devices are found the way `open_dir` finds them: by a label that decodes. The
             // old devices alone must also still open unless the extend got through to them.
-            let labelled: Vec<_> = all
-                .iter()
-                .filter(|d| {
-                    let mut b = vec![0u8; 4096];
-                    d.read_at(&mut b, 0).unwrap();
-                    signature::detect(&b) == Some(signature::Signature::Lamina)
-                })
-                .cloned()
-                .collect();
+            let labelled: Vec<_> = all.iter().filter(|d| labelled(d)).cloned().collect();
             let old_only = VolumeGroup::open_with(vec![rig.raw(0), rig.raw(1)]);
             if let Ok(vg) = &old_only {
                 assert_data_intact(vg);
@@ -153,16 +186,8 @@ fn crash_everywhere(name: &str, pre: Option<Change>, change: Change, extends: bo
         } else {
             VolumeGroup::open_with(all).unwrap()
         };
-        let got = shape(&reopened.metadata());
-        assert!(
-            got == old || got == new,
-            "{name} cut at {cut}: neither layout:\n{got}\nold {old}\nnew {new}"
-        );
-        saw.0 |= got == old;
-        saw.1 |= got == new;
-        assert_data_intact(&reopened);
         // The group keeps working: redo the change if it was lost, and reopen once more.
-        if got == old {
+        if layouts.reopened(&reopened, &format!("{name} cut at {cut}")) {
             rig.budget.store(i64::MAX, Ordering::SeqCst);
             change(&reopened, &rig).unwrap();
         }
@@ -172,7 +197,7 @@ fn crash_everywhere(name: &str, pre: Option<Change>, change: Change, extends: bo
         assert_eq!(shape(&again.metadata()), new, "{name} cut at {cut}: after redo");
         assert_data_intact(&again);
     }
-    assert!(saw.0 && saw.1, "{name}: crashes produced both layouts ({saw:?})");
+    layouts.assert_saw_both(name);
 }
 
 #[test]
@@ -218,14 +243,7 @@ fn power_cut_everywhere(
                 Arc::new(FaultyDevice::on_power(mem, FaultPlan::default(), power.clone()))
             })
             .collect();
-        let config =
-            PoolConfig::from_opts(["dm.thinp_percent=60", "dm.thinp_metapercent=15"]).unwrap();
-        let group: Vec<Arc<dyn BlockDevice>> = vec![devs[0].clone(), devs[1].clone()];
-        let vg = VolumeGroup::create_sized(group, config, false, EXT).unwrap();
-        for (i, &at) in PATTERN_AT.iter().enumerate() {
-            vg.data_region().write_at(&[i as u8 + 1; 100], at).unwrap();
-            vg.metadata_region().write_at(&[i as u8 + 9; 100], at).unwrap();
-        }
+        let vg = create_group(vec![devs[0].clone(), devs[1].clone()]);
         (devs, vg)
     };
     let (devs, vg) = rig();
@@ -235,7 +253,7 @@ fn power_cut_everywhere(
     let writes = devs[0].writes() - before;
     let new = shape(&vg.metadata());
 
-    let mut saw = (false, false);
+    let mut layouts = Layouts::new(old, new);
     for cut in 0..=writes {
         let (devs, vg) = rig();
         devs[0].power().cut_at(devs[0].writes() + cut, torn);
@@ -248,24 +266,13 @@ fn power_cut_everywhere(
                 mem.write_at(&d.persisted_image().unwrap(), 0).unwrap();
                 Arc::new(mem) as Arc<dyn BlockDevice>
             })
-            .filter(|d| {
-                let mut b = vec![0u8; 4096];
-                d.read_at(&mut b, 0).unwrap();
-                signature::detect(&b) == Some(signature::Signature::Lamina)
-            })
+            .filter(labelled)
             .collect();
         let vg = VolumeGroup::open_with(persisted)
             .unwrap_or_else(|e| panic!("{name} cut at {cut}: {e}"));
-        let got = shape(&vg.metadata());
-        assert!(
-            got == old || got == new,
-            "{name} cut at {cut} (torn {torn}): neither layout:\n{got}"
-        );
-        saw.0 |= got == old;
-        saw.1 |= got == new;
-        assert_data_intact(&vg);
+        layouts.reopened(&vg, &format!("{name} cut at {cut} (torn {torn})"));
     }
-    assert!(saw.0 && saw.1, "{name}: cuts produced both layouts ({saw:?})");
+    layouts.assert_saw_both(name);
 }
 
 #[test]

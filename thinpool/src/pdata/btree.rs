@@ -96,17 +96,37 @@ pub fn empty(tm: &mut Tm, vs: usize) -> Result<MetaBlock> {
     Ok(b)
 }
 
-fn inc_children(tm: &mut Tm, vt: &mut dyn ValueType, b: MetaBlock) -> Result<()> {
-    let data = load(tm, b, vt.size())?;
+/// What one entry of a node references: a leaf's value or an internal node's child.
+enum Ref<'a> {
+    Value(&'a [u8]),
+    Child(MetaBlock),
+}
+
+/// Calls `f` on every reference held by the node at `b`.
+fn each_ref(
+    tm: &mut Tm,
+    b: MetaBlock,
+    vs: usize,
+    f: &mut dyn FnMut(&mut Tm, Ref<'_>) -> Result<()>,
+) -> Result<()> {
+    let data = load(tm, b, vs)?;
     let node = view(&data);
     for i in 0..node.nr_entries() {
-        if node.is_leaf() {
-            vt.inc(tm, node.value(i))?;
+        let r = if node.is_leaf() {
+            Ref::Value(node.value(i))
         } else {
-            tm.inc(MetaBlock(node.value_u64(i)))?;
-        }
+            Ref::Child(MetaBlock(node.value_u64(i)))
+        };
+        f(tm, r)?;
     }
     Ok(())
+}
+
+fn inc_children(tm: &mut Tm, vt: &mut dyn ValueType, b: MetaBlock) -> Result<()> {
+    each_ref(tm, b, vt.size(), &mut |tm, r| match r {
+        Ref::Value(v) => vt.inc(tm, v),
+        Ref::Child(c) => tm.inc(c),
+    })
 }
 
 /// Shadows a node; if it was shared, the copy's references are incremented.
@@ -119,8 +139,8 @@ fn shadow(tm: &mut Tm, vt: &mut dyn ValueType, b: MetaBlock) -> Result<MetaBlock
     Ok(n)
 }
 
-/// Looks `key` up.
-pub fn lookup(tm: &mut Tm, root: MetaBlock, vs: usize, key: u64) -> Result<Option<Vec<u8>>> {
+/// The leaf holding `key` and its index there, if the tree has `key`.
+fn find(tm: &mut Tm, root: MetaBlock, vs: usize, key: u64) -> Result<Option<(Arc<Block>, usize)>> {
     let mut b = root;
     for depth in 0.. {
         too_deep(b, depth)?;
@@ -128,27 +148,22 @@ pub fn lookup(tm: &mut Tm, root: MetaBlock, vs: usize, key: u64) -> Result<Optio
         let node = view(&data);
         let Some(i) = node.lower_bound(key) else { return Ok(None) };
         if node.is_leaf() {
-            return Ok((node.key(i) == key).then(|| node.value(i).to_vec()));
+            let hit = node.key(i) == key;
+            return Ok(hit.then_some((data, i)));
         }
         b = MetaBlock(node.value_u64(i));
     }
     unreachable!("the depth check ends the loop")
 }
 
+/// Looks `key` up.
+pub fn lookup(tm: &mut Tm, root: MetaBlock, vs: usize, key: u64) -> Result<Option<Vec<u8>>> {
+    Ok(find(tm, root, vs, key)?.map(|(data, i)| view(&data).value(i).to_vec()))
+}
+
 /// Looks up an 8-byte value without allocating.
 pub fn lookup_u64(tm: &mut Tm, root: MetaBlock, key: u64) -> Result<Option<u64>> {
-    let mut b = root;
-    for depth in 0.. {
-        too_deep(b, depth)?;
-        let data = load(tm, b, 8)?;
-        let node = view(&data);
-        let Some(i) = node.lower_bound(key) else { return Ok(None) };
-        if node.is_leaf() {
-            return Ok((node.key(i) == key).then(|| node.value_u64(i)));
-        }
-        b = MetaBlock(node.value_u64(i));
-    }
-    unreachable!("the depth check ends the loop")
+    Ok(find(tm, root, 8, key)?.map(|(data, i)| view(&data).value_u64(i)))
 }
 
 /// The first entry with a key >= `key`.
@@ -555,15 +570,10 @@ fn del_rec(tm: &mut Tm, vt: &mut dyn ValueType, root: MetaBlock, depth: usize) -
     if tm.count(root)? > 1 {
         return tm.dec(root);
     }
-    let data = load(tm, root, vt.size())?;
-    let node = view(&data);
-    for i in 0..node.nr_entries() {
-        if node.is_leaf() {
-            vt.dec(tm, node.value(i))?;
-        } else {
-            del_rec(tm, vt, MetaBlock(node.value_u64(i)), depth + 1)?;
-        }
-    }
+    each_ref(tm, root, vt.size(), &mut |tm, r| match r {
+        Ref::Value(v) => vt.dec(tm, v),
+        Ref::Child(c) => del_rec(tm, vt, c, depth + 1),
+    })?;
     tm.dec(root)
 }
 

@@ -99,18 +99,8 @@ impl SmDisk {
         let data = tm.read(root.bitmap_root, BlockKind::Index)?;
         let entries = disk::index_block_decode(&data, root.bitmap_root, n)
             .map_err(|e| Error::corrupt(root.bitmap_root, e.to_string()))?;
-        let mut sm = SmDisk {
-            kind: SmKind::Metadata,
-            entries,
-            bitmap_root: root.bitmap_root,
-            ref_count_root: root.ref_count_root,
-            pending: BTreeSet::new(),
-            overflow: HashMap::new(),
-        };
         // `tm.sm` stays sized (all zero) while loading, so reads are range-checked.
-        let mut counts = RefCounts::new("metadata", root.nr_blocks);
-        sm.load_counts(tm, &mut counts, root)?;
-        counts.mark_all_committed();
+        let (sm, counts) = Self::load(tm, SmKind::Metadata, entries, root)?;
         tm.sm = counts;
         Ok(sm)
     }
@@ -137,15 +127,30 @@ impl SmDisk {
                 format!("data space-map index has {seen} entries, expected {n}"),
             ));
         }
+        Self::load(tm, SmKind::Data, entries, root)
+    }
+
+    /// The map `root` describes, over its decoded index `entries`, with the committed counts
+    /// read from its bitmaps and overflow tree.
+    fn load(
+        tm: &mut Tm,
+        kind: SmKind,
+        entries: Vec<IndexEntry>,
+        root: &SmRoot,
+    ) -> Result<(Self, RefCounts)> {
         let mut sm = SmDisk {
-            kind: SmKind::Data,
+            kind,
             entries,
             bitmap_root: root.bitmap_root,
             ref_count_root: root.ref_count_root,
             pending: BTreeSet::new(),
             overflow: HashMap::new(),
         };
-        let mut counts = RefCounts::new("data", root.nr_blocks);
+        let name = match kind {
+            SmKind::Metadata => "metadata",
+            SmKind::Data => "data",
+        };
+        let mut counts = RefCounts::new(name, root.nr_blocks);
         sm.load_counts(tm, &mut counts, root)?;
         counts.mark_all_committed();
         Ok((sm, counts))

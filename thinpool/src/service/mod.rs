@@ -55,6 +55,7 @@ use crate::io::{BlockDevice, FileDevice, Payload};
 use crate::pool::{FilePool, Pool, VolumeInfo};
 use crate::units::{Bytes, MetaBlock, ThinId};
 use crate::vg::autoextend as policy;
+use crate::vg::format::RegionKind;
 use crate::vg::monitor::Monitor;
 use crate::vg::{EventLog, ExtendEvent, PoolConfig, VgPool};
 use tracing::{info, warn};
@@ -513,38 +514,42 @@ impl Service {
     /// a file pool's data file grows by `by` (rounded down to blocks). Waiting writers
     /// are woken.
     pub fn resize_data(&self, by: Bytes) -> Result<()> {
-        let _g = self.shared.writable()?;
-        match &self.shared.backend {
-            Backend::Group(g) => {
-                let ext = by.div_ceil(g.vg().extent_size());
-                g.resize_data(crate::vg::Extents(ext))
-                    .map_err(|e| Error::vg("growing the data region", e))?;
-            }
-            Backend::File { pool, .. } => {
-                let total = pool.data_usage().total + pool.data_blocks_in(by);
-                pool.grow_data(total).map_err(|e| Error::pool("growing the data file", e))?;
-                pool.commit().map_err(|e| Error::pool("committing the data resize", e))?;
-            }
-        }
-        self.shared.notify_space();
-        Ok(())
+        self.resize(RegionKind::Data, by)
     }
 
     /// lvextend of the metadata by `by` (rounded up to extents for a group, down to 4 KiB
     /// blocks for a file pool).
     pub fn resize_metadata(&self, by: Bytes) -> Result<()> {
+        self.resize(RegionKind::Metadata, by)
+    }
+
+    fn resize(&self, region: RegionKind, by: Bytes) -> Result<()> {
         let _g = self.shared.writable()?;
+        let what = match region {
+            RegionKind::Data => "data",
+            RegionKind::Metadata => "metadata",
+        };
         match &self.shared.backend {
             Backend::Group(g) => {
-                let ext = by.div_ceil(g.vg().extent_size());
-                g.resize_metadata(crate::vg::Extents(ext))
-                    .map_err(|e| Error::vg("growing the metadata region", e))?;
+                let ext = crate::vg::Extents(by.div_ceil(g.vg().extent_size()));
+                match region {
+                    RegionKind::Data => g.resize_data(ext),
+                    RegionKind::Metadata => g.resize_metadata(ext),
+                }
+                .map_err(|e| Error::vg(&format!("growing the {what} region"), e))?;
             }
             Backend::File { pool, .. } => {
-                let total = pool.metadata_usage().total + MetaBlock::in_bytes(by);
-                pool.grow_metadata(total)
-                    .map_err(|e| Error::pool("growing the metadata file", e))?;
-                pool.commit().map_err(|e| Error::pool("committing the metadata resize", e))?;
+                match region {
+                    RegionKind::Data => {
+                        pool.grow_data(pool.data_usage().total + pool.data_blocks_in(by))
+                    }
+                    RegionKind::Metadata => {
+                        pool.grow_metadata(pool.metadata_usage().total + MetaBlock::in_bytes(by))
+                    }
+                }
+                .map_err(|e| Error::pool(&format!("growing the {what} file"), e))?;
+                pool.commit()
+                    .map_err(|e| Error::pool(&format!("committing the {what} resize"), e))?;
             }
         }
         self.shared.notify_space();

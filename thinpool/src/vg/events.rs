@@ -120,20 +120,14 @@ mod tests {
         };
         let a = ExtendEvent::new(RegionKind::Data, ExtendAction::Extended, &i, Extents(1));
         let b = ExtendEvent::new(RegionKind::Metadata, ExtendAction::NoSpace, &i, Extents(3));
+        let append_raw = |bytes: &[u8]| {
+            let mut f = std::fs::OpenOptions::new().append(true).open(log.path()).unwrap();
+            f.write_all(bytes).unwrap();
+        };
         log.append(&a).unwrap();
         // A crash mid-append leaves a partial line; later appends still read back.
-        std::fs::OpenOptions::new()
-            .append(true)
-            .open(log.path())
-            .unwrap()
-            .write_all(b"{\"time\":\"20")
-            .unwrap();
-        std::fs::OpenOptions::new()
-            .append(true)
-            .open(log.path())
-            .unwrap()
-            .write_all(b"\n")
-            .unwrap();
+        append_raw(b"{\"time\":\"20");
+        append_raw(b"\n");
         log.append(&b).unwrap();
         let back = log.read().unwrap();
         assert_eq!(back.len(), 2);

@@ -1,6 +1,9 @@
 //! Running the built `thinpool` binary.
 
-use std::process::{Child, Command, Output};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_thinpool");
 
@@ -32,6 +35,23 @@ impl Drop for Daemon {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// `thinpool serve POOL --listen none --socket SOCK`, once the NBD socket accepts and the
+/// control socket is there.
+pub fn serve_unix(pool: &Path, sock: &Path) -> Child {
+    let child = Command::new(BIN)
+        .arg("serve")
+        .arg(pool)
+        .args(["--listen", "none", "--socket"])
+        .arg(sock)
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawning thinpool serve");
+    super::wait_for("the daemon's sockets", Duration::from_secs(30), || {
+        UnixStream::connect(sock).is_ok() && pool.join("control.sock").exists()
+    });
+    child
 }
 
 /// A file pool made by `thinpool init` at `pool` in a fresh temporary directory, which is

@@ -109,6 +109,22 @@ pub fn ok(prog: &str, args: &[&str], deadline: Duration) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Runs qemu-io's `script` (one `-c` each) on the raw export at `uri`; it must exit 0 with no
+/// command reporting "failed". Returns stdout then stderr.
+pub fn qemu_io(uri: &str, script: &[&str], deadline: Duration) -> String {
+    let mut args = vec!["-f", "raw"];
+    for c in script {
+        args.extend(["-c", c]);
+    }
+    args.push(uri);
+    let out = run("qemu-io", &args, deadline);
+    let text =
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "qemu-io failed:\n{text}");
+    assert!(!text.contains("failed"), "qemu-io reported a failure:\n{text}");
+    text
+}
+
 /// Deterministic pseudo-random bytes (xorshift), so failures are reproducible.
 pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed | 1;

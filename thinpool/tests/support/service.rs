@@ -3,8 +3,10 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use thinpool::io::Payload;
 use thinpool::io::{BlockDevice, FileDevice};
-use thinpool::service::{Service, ServiceOptions};
+use thinpool::pool::Mode;
+use thinpool::service::{Service, ServiceOptions, VolumeHandle};
 use thinpool::vg::format::DATA_START;
 use thinpool::vg::{EventLog, PoolConfig, VgPool, VolumeGroup};
 
@@ -38,6 +40,19 @@ pub fn pattern(i: u64, gen: u8) -> Vec<u8> {
     let mut b = vec![gen; EXT as usize];
     b[..8].copy_from_slice(&i.to_le_bytes());
     b
+}
+
+/// Creates a 1 GiB volume `name` and opens it.
+pub fn open_new(svc: &Service, name: &str) -> VolumeHandle {
+    svc.create_volume(name, 1 << 30).unwrap();
+    svc.open_volume(name).unwrap()
+}
+
+/// Writes `pattern(i, gen)` to each block `i` of `blocks`; every write must succeed.
+pub fn write_blocks(h: &VolumeHandle, blocks: std::ops::Range<u64>, gen: u8) {
+    for i in blocks {
+        h.write(i * EXT, &Payload::mem(&pattern(i, gen)), Mode::Full).unwrap();
+    }
 }
 
 /// Copies a metadata device to a file and runs Debian's thin_check on it.

@@ -313,6 +313,7 @@ mod tests {
         assert_eq!(human_size(524_288), "524.3kB");
         assert_eq!(human_size(0), "0B");
         assert_eq!(human_size(999), "999B");
+        assert_eq!(human_size(1000), "1kB");
     }
 
     #[test]

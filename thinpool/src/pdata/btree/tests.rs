@@ -223,24 +223,13 @@ proptest! {
         ..ProptestConfig::default()
     })]
 
+    // Every value size the pool uses (refcounts, mappings, index entries, details) runs each
+    // case's operations.
     #[test]
-    fn btree_matches_model_vs8(ops in prop::collection::vec(op(), 1..40)) {
-        run(8, ops);
-    }
-
-    #[test]
-    fn btree_matches_model_vs4(ops in prop::collection::vec(op(), 1..40)) {
-        run(4, ops);
-    }
-
-    #[test]
-    fn btree_matches_model_vs16(ops in prop::collection::vec(op(), 1..40)) {
-        run(16, ops);
-    }
-
-    #[test]
-    fn btree_matches_model_vs24(ops in prop::collection::vec(op(), 1..40)) {
-        run(24, ops);
+    fn btree_matches_model(ops in prop::collection::vec(op(), 1..40)) {
+        for vs in [4, 8, 16, 24] {
+            run(vs, ops.clone());
+        }
     }
 }
 
