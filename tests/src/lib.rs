@@ -18,7 +18,7 @@
 //! after which a watchdog kills QEMU.
 
 use std::path::{Path, PathBuf};
-use std::process::ExitStatus;
+use std::process::{ExitStatus, Output};
 use std::sync::mpsc::{channel, Sender};
 use std::time::Duration;
 
@@ -323,6 +323,19 @@ pub fn thinpool_bin() -> Result<PathBuf> {
         bail!("{} is missing; build the image first: `cargo xtask image`", p.display());
     }
     Ok(p)
+}
+
+/// `out` when its command exited 0; otherwise an error naming `what`, with its output.
+pub fn succeeded(what: impl std::fmt::Display, out: Output) -> Result<Output> {
+    if !out.status.success() {
+        bail!(
+            "{what} failed ({}):\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(out)
 }
 
 /// Runs a host tool; fails with its output unless it exits 0.
