@@ -99,6 +99,26 @@ impl Attach {
     }
 }
 
+/// Declares one VM test per store attach, `$ublk` (the default) and `$nbd`
+/// (`lamina.attach=nbd`), each running `$body(its own name, attach)` so that its logs go to
+/// `test-logs/<its name>`.
+#[macro_export]
+macro_rules! per_attach {
+    ($body:ident: $(#[$u:meta])* $ublk:ident, $(#[$n:meta])* $nbd:ident $(,)?) => {
+        $(#[$u])*
+        #[test]
+        fn $ublk() -> ::anyhow::Result<()> {
+            $body(stringify!($ublk), $crate::Attach::Ublk)
+        }
+
+        $(#[$n])*
+        #[test]
+        fn $nbd() -> ::anyhow::Result<()> {
+            $body(stringify!($nbd), $crate::Attach::Nbd)
+        }
+    };
+}
+
 /// How to boot a test VM.
 #[derive(Debug, Clone)]
 pub struct Opts {
