@@ -135,27 +135,16 @@ impl AgentClient {
 
 #[cfg(test)]
 mod tests {
-    use std::os::unix::net::UnixListener;
-
     use super::*;
+    use crate::test_support::{next_request, FakePeer};
 
     #[test]
     fn skips_stale_replies_and_maps_errors() {
-        let d = tempfile::tempdir().unwrap();
-        let sock = d.path().join("agent.sock");
-        let l = UnixListener::bind(&sock).unwrap();
-        let server = std::thread::spawn(move || {
-            let (s, _) = l.accept().unwrap();
-            let mut w = s.try_clone().unwrap();
-            let mut r = BufReader::new(s);
-            let mut line = String::new();
-            r.read_line(&mut line).unwrap();
-            let m: Value = serde_json::from_str(&line).unwrap();
+        let peer = FakePeer::spawn("agent.sock", |mut r, mut w| {
+            let m = next_request(&mut r).unwrap();
             writeln!(w, "{}", json!({"return": "stale", "id": 1})).unwrap();
             writeln!(w, "{}", json!({"return": {"ready": true}, "id": m["id"]})).unwrap();
-            line.clear();
-            r.read_line(&mut line).unwrap();
-            let m: Value = serde_json::from_str(&line).unwrap();
+            let m = next_request(&mut r).unwrap();
             writeln!(
                 w,
                 "{}",
@@ -163,10 +152,10 @@ mod tests {
             )
             .unwrap();
         });
-        let mut c = AgentClient::connect(&sock, Duration::from_secs(5)).unwrap();
+        let mut c = AgentClient::connect(&peer.sock, Duration::from_secs(5)).unwrap();
         assert_eq!(c.status().unwrap()["ready"], true);
         let e = c.exec(&["true"], Duration::from_secs(1)).unwrap_err();
         assert!(matches!(e, AgentError::Remote { ref code, .. } if code == "forbidden"), "{e}");
-        server.join().unwrap();
+        peer.join();
     }
 }

@@ -27,6 +27,16 @@ pub enum DataError {
     Remote(String),
 }
 
+/// The header of a pool-volume transfer: `{"op", "name"}`, plus the other volume an
+/// incremental stream is relative to, under its key, when there is one.
+fn volume_header(op: &str, name: &str, relative_to: Option<(&str, &str)>) -> Value {
+    let mut h = json!({"op": op, "name": name});
+    if let Some((key, volume)) = relative_to {
+        h[key] = json!(volume);
+    }
+    h
+}
+
 pub struct DataClient {
     path: PathBuf,
     stream: UnixStream,
@@ -151,11 +161,7 @@ impl DataClient {
         src: &mut dyn Read,
         sent: &mut dyn FnMut(u64),
     ) -> Result<Value, DataError> {
-        let mut h = json!({"op": "volume.receive", "name": name});
-        if let Some(b) = base {
-            h["base"] = json!(b);
-        }
-        self.upload(&h, src, sent)
+        self.upload(&volume_header("volume.receive", name, base.map(|b| ("base", b))), src, sent)
     }
 
     /// Fetches a pool volume (snapshot) as a send stream (`lamina volume send`), whole or
@@ -168,10 +174,7 @@ impl DataClient {
         out: &mut dyn Write,
         got: &mut dyn FnMut(u64),
     ) -> Result<Value, DataError> {
-        let mut h = json!({"op": "volume.send", "name": name});
-        if let Some(f) = from {
-            h["from"] = json!(f);
-        }
+        let h = volume_header("volume.send", name, from.map(|f| ("from", f)));
         let header = format!("{h}\n");
         self.stream.write_all(header.as_bytes()).map_err(self.io("write"))?;
         let v = self.line()?;

@@ -8,6 +8,8 @@ pub mod console;
 pub mod data;
 pub mod keydisk;
 pub mod qmp;
+#[cfg(test)]
+mod test_support;
 pub mod tlsdisk;
 pub mod vm;
 

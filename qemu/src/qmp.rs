@@ -199,28 +199,15 @@ impl Qmp {
 
 #[cfg(test)]
 mod tests {
-    use std::os::unix::net::UnixListener;
-
     use super::*;
+    use crate::test_support::{next_request, FakePeer};
 
     /// A fake QEMU that greets, answers by id and emits an event before the reply.
     #[test]
     fn negotiates_correlates_ids_and_keeps_events() {
-        let d = tempfile::tempdir().unwrap();
-        let sock = d.path().join("qmp.sock");
-        let l = UnixListener::bind(&sock).unwrap();
-        let server = std::thread::spawn(move || {
-            let (s, _) = l.accept().unwrap();
-            let mut w = s.try_clone().unwrap();
-            let mut r = BufReader::new(s);
+        let peer = FakePeer::spawn("qmp.sock", |mut r, mut w| {
             writeln!(w, r#"{{"QMP": {{"version": {{}}, "capabilities": []}}}}"#).unwrap();
-            let mut line = String::new();
-            while {
-                line.clear();
-                r.read_line(&mut line).unwrap()
-            } > 0
-            {
-                let m: Value = serde_json::from_str(&line).unwrap();
+            while let Some(m) = next_request(&mut r) {
                 let id = m["id"].clone();
                 match m["execute"].as_str().unwrap() {
                     "system_powerdown" => {
@@ -244,7 +231,7 @@ mod tests {
                 }
             }
         });
-        let mut q = Qmp::connect(&sock, Duration::from_secs(5)).unwrap();
+        let mut q = Qmp::connect(&peer.sock, Duration::from_secs(5)).unwrap();
         assert_eq!(q.status().unwrap(), "running");
         assert!(
             matches!(q.execute("bad", None), Err(QmpError::Command { class, .. }) if class == "CommandNotFound")
@@ -256,6 +243,6 @@ mod tests {
             "guest-shutdown"
         );
         assert!(q.wait_closed(Duration::from_secs(5)));
-        server.join().unwrap();
+        peer.join();
     }
 }

@@ -11,16 +11,17 @@
 //! image linked in), builds the binary once per test process, and on drop (or after its hard
 //! deadline) kills every QEMU its VMs left running.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 use std::sync::mpsc::{channel, Sender};
 use std::sync::OnceLock;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use serde_json::Value;
 
-use crate::{image_dir, lamina_home, vm_lock, workspace_root, VmLock};
+use crate::{image_dir, lamina_home, succeeded, vm_lock, workspace_root, VmLock};
 
 /// `target/debug/lamina`, built (once per process) from this checkout so it is never stale,
 /// and copied to `test-bin/lamina.PID`.
@@ -122,10 +123,15 @@ impl Lamina {
         Ok(Lamina { name: name.into(), home, bin, cancel_watchdog: Some(tx), _lock: lock })
     }
 
-    /// Runs `lamina --home HOME ARGS..` (stdin from `stdin` when given).
-    pub fn run(&self, args: &[&str], stdin: Option<&Path>) -> Result<Output> {
+    fn command(&self, args: &[&str]) -> Command {
         let mut c = Command::new(&self.bin);
         c.arg("--home").arg(&self.home).args(args).current_dir(workspace_root());
+        c
+    }
+
+    /// Runs `lamina --home HOME ARGS..` (stdin from `stdin` when given).
+    pub fn run(&self, args: &[&str], stdin: Option<&Path>) -> Result<Output> {
+        let mut c = self.command(args);
         if let Some(f) = stdin {
             c.stdin(std::fs::File::open(f).with_context(|| format!("opening {}", f.display()))?);
         }
@@ -141,15 +147,7 @@ impl Lamina {
 
     /// Runs a verb that must succeed; its stdout.
     pub fn ok(&self, args: &[&str]) -> Result<String> {
-        let out = self.run(args, None)?;
-        if !out.status.success() {
-            bail!(
-                "lamina {args:?} failed ({}):\n{}{}",
-                out.status,
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
+        let out = succeeded(format!("lamina {args:?}"), self.run(args, None)?)?;
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
@@ -187,6 +185,38 @@ impl Lamina {
             .find(|c| c["name"] == name)
             .cloned()
             .with_context(|| format!("{name} not in {all}"))
+    }
+
+    /// Starts `lamina ARGS` (a verb that streams stdin into VM `vm`), feeds it the first half
+    /// of `bytes` and kills it, then waits (60 s) until the guest logs `dropped`.
+    pub fn killed_mid_stream(
+        &self,
+        vm: &str,
+        args: &[&str],
+        bytes: &[u8],
+        dropped: &str,
+    ) -> Result<()> {
+        let mut child = self
+            .command(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting lamina {args:?}"))?;
+        let mut stdin = child.stdin.take().context("stdin")?;
+        // write_all returns once the client has taken all but a pipe's worth (64 KiB) of the
+        // half: the rest is in the guest, the transfer is under way.
+        stdin.write_all(&bytes[..bytes.len() / 2])?;
+        stdin.flush()?;
+        child.kill()?;
+        child.wait()?;
+        drop(stdin);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !self.console(vm).contains(dropped) {
+            ensure!(Instant::now() < deadline, "the guest never logged {dropped:?}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(())
     }
 
     /// A VM's console log so far.

@@ -7,7 +7,7 @@ use std::process::{Command, Output};
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
 
-use crate::{lamina_home, workspace_root};
+use crate::{lamina_home, succeeded, workspace_root};
 
 /// `target/lamina/image-dm`; fails with the command that builds it.
 pub fn dm_image_dir() -> Result<PathBuf> {
@@ -46,15 +46,7 @@ pub fn thinpool_bin() -> Result<PathBuf> {
 /// Runs a host command; fails with its output unless it exits 0.
 pub fn run(cmd: &mut Command) -> Result<Output> {
     let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
-    if !out.status.success() {
-        bail!(
-            "{cmd:?} failed ({}):\n{}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(out)
+    succeeded(format!("{cmd:?}"), out)
 }
 
 /// `len` deterministic pseudo-random bytes (xorshift64*; incompressible enough for a pool).

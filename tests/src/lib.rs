@@ -18,7 +18,7 @@
 //! after which a watchdog kills QEMU.
 
 use std::path::{Path, PathBuf};
-use std::process::ExitStatus;
+use std::process::{ExitStatus, Output};
 use std::sync::mpsc::{channel, Sender};
 use std::time::Duration;
 
@@ -97,6 +97,26 @@ impl Attach {
             opts.append.push("lamina.attach=nbd".into());
         }
     }
+}
+
+/// Declares one VM test per store attach, `$ublk` (the default) and `$nbd`
+/// (`lamina.attach=nbd`), each running `$body(its own name, attach)` so that its logs go to
+/// `test-logs/<its name>`.
+#[macro_export]
+macro_rules! per_attach {
+    ($body:ident: $(#[$u:meta])* $ublk:ident, $(#[$n:meta])* $nbd:ident $(,)?) => {
+        $(#[$u])*
+        #[test]
+        fn $ublk() -> ::anyhow::Result<()> {
+            $body(stringify!($ublk), $crate::Attach::Ublk)
+        }
+
+        $(#[$n])*
+        #[test]
+        fn $nbd() -> ::anyhow::Result<()> {
+            $body(stringify!($nbd), $crate::Attach::Nbd)
+        }
+    };
 }
 
 /// How to boot a test VM.
@@ -323,6 +343,19 @@ pub fn thinpool_bin() -> Result<PathBuf> {
         bail!("{} is missing; build the image first: `cargo xtask image`", p.display());
     }
     Ok(p)
+}
+
+/// `out` when its command exited 0; otherwise an error naming `what`, with its output.
+pub fn succeeded(what: impl std::fmt::Display, out: Output) -> Result<Output> {
+    if !out.status.success() {
+        bail!(
+            "{what} failed ({}):\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(out)
 }
 
 /// Runs a host tool; fails with its output unless it exits 0.

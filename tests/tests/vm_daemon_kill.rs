@@ -15,14 +15,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Result};
 use tests::{check_pool_disk, Attach, Opts, TestVm};
 
-#[test]
-fn vm_daemon_sigkill_under_writes_is_survived() -> Result<()> {
-    sigkill_under_writes("vm_daemon_sigkill_under_writes_is_survived", Attach::Ublk)
-}
-
-#[test]
-fn vm_daemon_sigkill_under_writes_is_survived_over_nbd() -> Result<()> {
-    sigkill_under_writes("vm_daemon_sigkill_under_writes_is_survived_over_nbd", Attach::Nbd)
+tests::per_attach! {
+    sigkill_under_writes: vm_daemon_sigkill_under_writes_is_survived,
+    vm_daemon_sigkill_under_writes_is_survived_over_nbd,
 }
 
 fn sigkill_under_writes(name: &str, attach: Attach) -> Result<()> {

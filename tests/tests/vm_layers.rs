@@ -66,16 +66,21 @@ fn dd_mib(r: &Value) -> u64 {
         .unwrap_or(0)
 }
 
-#[test]
-fn vm_layer_store_runs_quotas_and_trims() -> Result<()> {
-    layer_store("vm_layer_store_runs_quotas_and_trims", Attach::Ublk)
+/// Mounts container `c` and writes 100 MiB of random bytes into its merged directory: `dd`'s
+/// result, failed or not.
+fn fill_100_mib(vm: &mut TestVm, c: &str) -> Result<Value> {
+    let merged = vm.ok(&[LS, "--root", ROOT, "mount", c], Duration::from_secs(30))?;
+    vm.run(
+        &["dd", "if=/dev/urandom", &format!("of={}/fill", merged.trim()), "bs=1M", "count=100"],
+        Duration::from_secs(120),
+    )
 }
 
-/// The same with the store on the kernel's nbd client (`lamina.attach=nbd`): quotas, and
-/// trims that reach the pool through NBD_CMD_TRIM instead of ublk's DISCARD.
-#[test]
-fn vm_layer_store_runs_quotas_and_trims_over_nbd() -> Result<()> {
-    layer_store("vm_layer_store_runs_quotas_and_trims_over_nbd", Attach::Nbd)
+tests::per_attach! {
+    layer_store: vm_layer_store_runs_quotas_and_trims,
+    /// The same with the store on the kernel's nbd client (`lamina.attach=nbd`): quotas, and
+    /// trims that reach the pool through NBD_CMD_TRIM instead of ublk's DISCARD.
+    vm_layer_store_runs_quotas_and_trims_over_nbd,
 }
 
 fn layer_store(name: &str, attach: Attach) -> Result<()> {
@@ -140,12 +145,7 @@ fn layer_store(name: &str, attach: Attach) -> Result<()> {
     let meta_q =
         vm.ok(&["cat", "/var/lib/lamina/cli-store/containers/q.json"], Duration::from_secs(30))?;
     assert!(meta_q.contains("\"project_id\": 1"), "{meta_q}");
-    let merged_q =
-        vm.ok(&[LS, "--root", ROOT, "mount", "q"], Duration::from_secs(30))?.trim().to_owned();
-    let r = vm.run(
-        &["dd", "if=/dev/urandom", &format!("of={merged_q}/fill"), "bs=1M", "count=100"],
-        Duration::from_secs(120),
-    )?;
+    let r = fill_100_mib(&mut vm, "q")?;
     let err = r["stderr"].as_str().unwrap_or("");
     assert_ne!(r["exit_code"], 0, "dd past --size 64M succeeded: {r}");
     assert!(
@@ -155,12 +155,7 @@ fn layer_store(name: &str, attach: Attach) -> Result<()> {
     let written = dd_mib(&r);
     assert!((56..=64).contains(&written), "wrote {written} MiB under a 64M limit: {r}");
     vm.ok(&[LS, "--root", ROOT, "create", "bb:1", "free"], Duration::from_secs(30))?;
-    let merged_f =
-        vm.ok(&[LS, "--root", ROOT, "mount", "free"], Duration::from_secs(30))?.trim().to_owned();
-    let r = vm.run(
-        &["dd", "if=/dev/urandom", &format!("of={merged_f}/fill"), "bs=1M", "count=100"],
-        Duration::from_secs(120),
-    )?;
+    let r = fill_100_mib(&mut vm, "free")?;
     assert_eq!(r["exit_code"], 0, "dd without --size failed: {r}");
     assert_eq!(dd_mib(&r), 100, "{r}");
     vm.ok(&["sync"], Duration::from_secs(60))?;

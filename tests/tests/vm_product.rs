@@ -15,13 +15,12 @@
 //! was; the same image as a zstd-compressed docker-archive (skopeo) loads from stdin after
 //! it; `image save` writes a docker-archive; `image rm` names an unknown image.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
-use tests::cli::{lamina_bin, status_data_used, Lamina};
+use tests::cli::{status_data_used, Lamina};
 use tests::dmthin::sha256_file;
 use tests::host_run;
 
@@ -61,28 +60,10 @@ fn tags(l: &Lamina, vm: &str) -> Result<Vec<String>> {
 /// guest has dropped the transfer.
 fn interrupted_load(l: &Lamina, vm: &str, archive: &Path) -> Result<()> {
     let bytes = std::fs::read(archive)?;
-    let mut child = Command::new(lamina_bin()?)
-        .arg("--home")
-        .arg(&l.home)
-        .args(["image", "load", "--vm", vm, "-q"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let mut stdin = child.stdin.take().context("stdin")?;
-    stdin.write_all(&bytes[..bytes.len() / 2])?;
-    stdin.flush()?;
-    // write_all returns once the client has taken all but a pipe's worth (64 KiB) of the
-    // half: more than a socket's buffer has reached the guest, so it is mid-transfer.
+    // Half of it, less a pipe's worth (64 KiB), must be more than a socket's buffer so that
+    // the guest is mid-transfer when the client dies.
     ensure!(bytes.len() / 2 > 512 << 10, "archive too small to cut: {} bytes", bytes.len());
-    let deadline = Instant::now() + Duration::from_secs(60);
-    child.kill()?;
-    child.wait()?;
-    while !l.console(vm).contains("image load interrupted") {
-        ensure!(Instant::now() < deadline, "the guest never dropped the interrupted load");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    Ok(())
+    l.killed_mid_stream(vm, &["image", "load", "--vm", vm, "-q"], &bytes, "image load interrupted")
 }
 
 /// Named volumes (backup/restore round trip, in-use refusal), `system df` and `info`.

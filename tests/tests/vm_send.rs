@@ -15,13 +15,12 @@
 //! stream with one flipped byte, a receive whose host process is killed half-way, and a
 //! name that exists. Debian's thin_check passes on B's metadata afterwards.
 
-use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
-use tests::cli::{lamina_bin, Lamina};
+use tests::cli::Lamina;
 use tests::dmthin::sha256_hex;
 use tests::host_run;
 
@@ -273,27 +272,9 @@ fn vm_send_receive_between_appliances() -> Result<()> {
     // A host process killed half-way through a receive.
     let full = std::fs::read(stream(0))?;
     let (names, used) = (pool_volumes(&l, "b")?, data_used(&l, "b")?);
-    let mut child = Command::new(lamina_bin()?)
-        .arg("--home")
-        .arg(&l.home)
-        .args(["volume", "receive", "--vm", "b", "-q", "killed"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let mut stdin = child.stdin.take().context("stdin")?;
-    // write_all returns once all but a pipe's worth has been taken: megabytes are in the
-    // guest, the receive is under way.
-    stdin.write_all(&full[..full.len() / 2])?;
-    stdin.flush()?;
-    child.kill()?;
-    child.wait()?;
-    drop(stdin);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !l.console("b").contains("volume receive killed refused") {
-        ensure!(Instant::now() < deadline, "the guest never dropped the interrupted receive");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    // Megabytes reach the guest before the client dies.
+    let receive = ["volume", "receive", "--vm", "b", "-q", "killed"];
+    l.killed_mid_stream("b", &receive, &full, "volume receive killed refused")?;
     unchanged(&l, "b", &names, used, "an interrupted receive")?;
 
     l.ok(&["volume", "receive", "--vm", "b", "s0", "-i", &stream(0).display().to_string()])?;

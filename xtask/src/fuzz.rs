@@ -60,34 +60,27 @@ fn nightly_cargo(dir: &Path) -> Command {
 }
 
 fn ensure_tools() -> Result<()> {
-    let nightly = Command::new("rustup")
-        .args(["run", "nightly", "rustc", "--version"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !nightly {
-        let st = Command::new("rustup")
-            .args(["toolchain", "install", "nightly", "--profile", "minimal"])
-            .status()
-            .context("running rustup")?;
+    install_unless(
+        Command::new("rustup").args(["run", "nightly", "rustc", "--version"]),
+        Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal"]),
+        "cargo fuzz needs a nightly toolchain and `rustup toolchain install nightly`",
+    )?;
+    install_unless(
+        Command::new("cargo").args(["fuzz", "--version"]),
+        Command::new("cargo").args(["install", "cargo-fuzz", "--locked"]),
+        "cargo install cargo-fuzz",
+    )
+}
+
+/// Runs `install` unless `probe` (output discarded) succeeds; `what` names the install in
+/// its error.
+fn install_unless(probe: &mut Command, install: &mut Command, what: &str) -> Result<()> {
+    let present =
+        probe.stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success());
+    if !present {
+        let st = install.status().with_context(|| format!("running {install:?}"))?;
         if !st.success() {
-            bail!("cargo fuzz needs a nightly toolchain and `rustup toolchain install nightly` failed");
-        }
-    }
-    let have_fuzz = Command::new("cargo")
-        .args(["fuzz", "--version"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !have_fuzz {
-        let st = Command::new("cargo")
-            .args(["install", "cargo-fuzz", "--locked"])
-            .status()
-            .context("running cargo install cargo-fuzz")?;
-        if !st.success() {
-            bail!("cargo install cargo-fuzz failed");
+            bail!("{what} failed");
         }
     }
     Ok(())

@@ -108,15 +108,7 @@ fn draw_bars(
     chart
         .draw_series(LineSeries::new([(0.0, 1.0), (n_cases as f64, 1.0)], BLACK.stroke_width(1)))
         .map_err(plot_err)?;
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()
-        .map_err(plot_err)?;
-    root.present().map_err(plot_err)?;
-    Ok(())
+    legend_and_present(&mut chart, &root, SeriesLabelPosition::UpperRight)
 }
 
 /// Line plots for records carrying `x` (scaling series), one file per suite and metric.
@@ -177,12 +169,59 @@ fn draw_lines(path: &Path, suite: &str, metric: &str, recs: &[&Record]) -> Resul
             .draw_series(pts.into_iter().map(|p| Circle::new(p, 3, color.filled())))
             .map_err(plot_err)?;
     }
+    legend_and_present(&mut chart, &root, SeriesLabelPosition::MiddleRight)
+}
+
+/// Draws the series' legend at `position` on a pale box and writes the SVG file.
+fn legend_and_present<'a, CT: CoordTranslate>(
+    chart: &mut ChartContext<'a, SVGBackend<'a>, CT>,
+    root: &DrawingArea<SVGBackend<'a>, plotters::coord::Shift>,
+    position: SeriesLabelPosition,
+) -> Result<()> {
     chart
         .configure_series_labels()
+        .position(position)
         .background_style(WHITE.mix(0.8))
         .border_style(BLACK)
         .draw()
         .map_err(plot_err)?;
-    root.present().map_err(plot_err)?;
-    Ok(())
+    root.present().map_err(plot_err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::report::compare;
+    use super::*;
+
+    fn rec(suite: &str, case: &str, subject: &str, value: f64, x: Option<f64>) -> Record {
+        Record {
+            suite: suite.into(),
+            case: case.into(),
+            subject: subject.into(),
+            metric: "throughput".into(),
+            value,
+            unit: "IOPS".into(),
+            better: Better::Higher,
+            x,
+        }
+    }
+
+    #[test]
+    fn bars_and_lines_carry_their_legends() {
+        let d = tempfile::tempdir().unwrap();
+        let records = [
+            rec("nbd", "4k read", LAMINA, 200.0, None),
+            rec("nbd", "4k read", "nbdkit", 100.0, None),
+            rec("scale", "walk", LAMINA, 10.0, Some(1e3)),
+            rec("scale", "walk", LAMINA, 20.0, Some(1e5)),
+        ];
+        let rows = compare(&records[..2]);
+        let bars = suite_bars(d.path(), "nbd", &rows.iter().collect::<Vec<_>>()).unwrap();
+        let lines = scaling_lines(d.path(), &records).unwrap();
+        let svg = std::fs::read_to_string(bars).unwrap();
+        assert!(svg.contains("nbdkit") && svg.contains(LAMINA), "{svg}");
+        assert_eq!(lines.len(), 1);
+        let svg = std::fs::read_to_string(&lines[0]).unwrap();
+        assert!(svg.contains("walk"), "{svg}");
+    }
 }

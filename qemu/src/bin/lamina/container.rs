@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
 use crate::image::{call, VmArg};
-use crate::out::{cell, print, Table};
+use crate::out::{cell, cells, print_rows};
 
 #[derive(clap::Args)]
 pub struct RunArgs {
@@ -191,20 +191,14 @@ pub fn spec_of(a: &RunArgs, name: String) -> Result<Value> {
 
 pub fn ps(home: &Path, vm: &str, all: bool, json: bool) -> Result<()> {
     let v = call(home, vm, "container.ls", Some(json!({ "all": all })))?;
-    print(json, &v, |v| {
-        let mut t = Table::new(&["NAME", "IMAGE", "COMMAND", "STATUS", "RESTARTS"]);
-        for c in v.as_array().into_iter().flatten() {
-            let cmd: Vec<String> =
-                c["command"].as_array().into_iter().flatten().map(cell).collect();
-            t.row(vec![
-                cell(&c["name"]),
-                cell(&c["image"]),
-                format!("\"{}\"", cmd.join(" ")),
-                status_text(&c["state"]),
-                cell(&c["state"]["restarts"]),
-            ]);
-        }
-        t
+    print_rows(json, &v, &["NAME", "IMAGE", "COMMAND", "STATUS", "RESTARTS"], |c| {
+        vec![
+            cell(&c["name"]),
+            cell(&c["image"]),
+            format!("\"{}\"", cells(&c["command"]).join(" ")),
+            status_text(&c["state"]),
+            cell(&c["state"]["restarts"]),
+        ]
     })
 }
 

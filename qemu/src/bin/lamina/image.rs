@@ -11,7 +11,7 @@ use qemu::cmdline::VmDir;
 use qemu::data::DataClient;
 use serde_json::{json, Value};
 
-use crate::out::{cell, human, print, Table};
+use crate::out::{cell, cells, human, print, print_rows, Table};
 use crate::vm::vm_dir;
 
 #[derive(Subcommand)]
@@ -162,14 +162,9 @@ pub fn main(home: &Path, cmd: ImageCmd) -> Result<()> {
             let r = c.load(&mut src, &mut |n| b.set_position(n));
             b.finish_and_clear();
             let v = r?;
-            print(json, &v, |v| {
-                let mut t = Table::new(&["LOADED IMAGE", "IMAGE ID"]);
-                for i in v.as_array().into_iter().flatten() {
-                    let tags = i["tags"].as_array().cloned().unwrap_or_default();
-                    let tag = tags.first().map(cell).unwrap_or_else(|| "<none>".into());
-                    t.row(vec![tag, short_id(&i["id"])]);
-                }
-                t
+            print_rows(json, &v, &["LOADED IMAGE", "IMAGE ID"], |i| {
+                let tag = i["tags"].get(0).map(cell).unwrap_or_else(|| "<none>".into());
+                vec![tag, short_id(&i["id"])]
             })
         }
         ImageCmd::Ls(Listing { vm, json }) => {
@@ -177,8 +172,7 @@ pub fn main(home: &Path, cmd: ImageCmd) -> Result<()> {
             print(json, &v, |v| {
                 let mut t = Table::new(&["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"]);
                 for i in v.as_array().into_iter().flatten() {
-                    let mut tags: Vec<String> =
-                        i["tags"].as_array().into_iter().flatten().map(cell).collect();
+                    let mut tags = cells(&i["tags"]);
                     if tags.is_empty() {
                         tags.push("<none>:<none>".into());
                     }
@@ -205,14 +199,8 @@ pub fn main(home: &Path, cmd: ImageCmd) -> Result<()> {
                     Err(e) => failed.push(format!("{i}: {e}")),
                 }
             }
-            print(json, &json!(done), |v| {
-                let mut t = Table::new(&["DELETED", "UNTAGGED"]);
-                for r in v.as_array().into_iter().flatten() {
-                    let tags: Vec<String> =
-                        r["tags"].as_array().into_iter().flatten().map(cell).collect();
-                    t.row(vec![cell(&r["removed"]), tags.join(",")]);
-                }
-                t
+            print_rows(json, &json!(done), &["DELETED", "UNTAGGED"], |r| {
+                vec![cell(&r["removed"]), cells(&r["tags"]).join(",")]
             })?;
             if !failed.is_empty() {
                 bail!("{}", failed.join("\n"));

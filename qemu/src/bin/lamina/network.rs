@@ -8,7 +8,7 @@ use clap::Subcommand;
 use serde_json::json;
 
 use crate::image::{call, Listing, VmArg};
-use crate::out::{cell, print, Table};
+use crate::out::{cell, print_rows};
 
 #[derive(Subcommand)]
 pub enum NetworkCmd {
@@ -52,19 +52,14 @@ pub fn main(home: &Path, cmd: NetworkCmd) -> Result<()> {
         }
         NetworkCmd::Ls(Listing { vm, json }) => {
             let v = call(home, &vm.name, "network.ls", None)?;
-            print(json, &v, |v| {
-                let mut t = Table::new(&["NETWORK ID", "NAME", "DRIVER", "SCOPE", "SUBNET"]);
-                for n in v.as_array().into_iter().flatten() {
-                    let id = cell(&n["id"]);
-                    t.row(vec![
-                        id.chars().take(12).collect(),
-                        cell(&n["name"]),
-                        cell(&n["driver"]),
-                        cell(&n["scope"]),
-                        cell(&n["subnet"]),
-                    ]);
-                }
-                t
+            print_rows(json, &v, &["NETWORK ID", "NAME", "DRIVER", "SCOPE", "SUBNET"], |n| {
+                vec![
+                    cell(&n["id"]).chars().take(12).collect(),
+                    cell(&n["name"]),
+                    cell(&n["driver"]),
+                    cell(&n["scope"]),
+                    cell(&n["subnet"]),
+                ]
             })
         }
         NetworkCmd::Rm { vm, names } => {

@@ -56,6 +56,27 @@ pub fn print(json: bool, v: &Value, table: impl FnOnce(&Value) -> Table) -> anyh
     Ok(())
 }
 
+/// Prints the array `v` as pretty JSON, or as a table of one `row` per element.
+pub fn print_rows(
+    json: bool,
+    v: &Value,
+    headers: &[&'static str],
+    row: impl Fn(&Value) -> Vec<String>,
+) -> anyhow::Result<()> {
+    print(json, v, |v| {
+        let mut t = Table::new(headers);
+        for x in v.as_array().into_iter().flatten() {
+            t.row(row(x));
+        }
+        t
+    })
+}
+
+/// A JSON array field as table texts (none when it is missing).
+pub fn cells(v: &Value) -> Vec<String> {
+    v.as_array().into_iter().flatten().map(cell).collect()
+}
+
 /// A JSON field as table text ("" for null, strings without quotes).
 pub fn cell(v: &Value) -> String {
     match v {

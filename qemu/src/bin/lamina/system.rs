@@ -12,7 +12,7 @@ use qemu::data::DataClient;
 use serde_json::{json, Value};
 
 use crate::image::{call, VmArg};
-use crate::out::{cell, human, print, Table};
+use crate::out::{cell, cells, human, print, print_rows, Table};
 use crate::vm::vm_dir;
 
 #[derive(Subcommand)]
@@ -147,19 +147,13 @@ pub fn volume(home: &Path, cmd: VolumeCmd) -> Result<()> {
         VolumeCmd::Ls { vm, json, pool: true } => crate::thin::ls(home, &vm.name, json),
         VolumeCmd::Ls { vm, json, pool: false } => {
             let v = call(home, &vm.name, "store.volume.ls", None)?;
-            print(json, &v, |v| {
-                let mut t = Table::new(&["DRIVER", "VOLUME NAME", "SIZE", "CONTAINERS"]);
-                for x in v.as_array().into_iter().flatten() {
-                    let users: Vec<String> =
-                        x["containers"].as_array().into_iter().flatten().map(cell).collect();
-                    t.row(vec![
-                        cell(&x["driver"]),
-                        cell(&x["name"]),
-                        human(x["size"].as_u64().unwrap_or(0)),
-                        users.join(","),
-                    ]);
-                }
-                t
+            print_rows(json, &v, &["DRIVER", "VOLUME NAME", "SIZE", "CONTAINERS"], |x| {
+                vec![
+                    cell(&x["driver"]),
+                    cell(&x["name"]),
+                    human(x["size"].as_u64().unwrap_or(0)),
+                    cells(&x["containers"]).join(","),
+                ]
             })
         }
         VolumeCmd::Rm { vm, names } => {

@@ -14,7 +14,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Value};
 
 use crate::image::call;
-use crate::out::{cell, human, print, Table};
+use crate::out::{cell, human, print_rows};
 use crate::system::data;
 
 /// `lamina volume snapshot VOLUME SNAPSHOT`.
@@ -29,16 +29,12 @@ pub fn snapshot(home: &Path, vm: &str, volume: &str, snapshot: &str) -> Result<(
 pub fn ls(home: &Path, vm: &str, json: bool) -> Result<()> {
     let v = call(home, vm, "volume.list", None)?;
     let block = call(home, vm, "pool.status", None)?["block_bytes"].as_u64().unwrap_or(0);
-    print(json, &v, |v| {
-        let mut t = Table::new(&["VOLUME NAME", "SIZE", "MAPPED"]);
-        for x in v.as_array().into_iter().flatten() {
-            t.row(vec![
-                cell(&x["name"]),
-                human(x["size"].as_u64().unwrap_or(0)),
-                human(x["mapped_blocks"].as_u64().unwrap_or(0) * block),
-            ]);
-        }
-        t
+    print_rows(json, &v, &["VOLUME NAME", "SIZE", "MAPPED"], |x| {
+        vec![
+            cell(&x["name"]),
+            human(x["size"].as_u64().unwrap_or(0)),
+            human(x["mapped_blocks"].as_u64().unwrap_or(0) * block),
+        ]
     })
 }
 

@@ -196,12 +196,8 @@ fn ls(home: &Path, json: bool) -> Result<()> {
             vms.push(json!({"name": name, "state": state, "pid": pid, "dir": dir}));
         }
     }
-    crate::out::print(json, &json!(vms), |v| {
-        let mut t = crate::out::Table::new(&["NAME", "STATE", "PID", "DIR"]);
-        for vm in v.as_array().into_iter().flatten() {
-            t.row(["name", "state", "pid", "dir"].map(|k| crate::out::cell(&vm[k])).to_vec());
-        }
-        t
+    crate::out::print_rows(json, &json!(vms), &["NAME", "STATE", "PID", "DIR"], |vm| {
+        ["name", "state", "pid", "dir"].map(|k| crate::out::cell(&vm[k])).to_vec()
     })
 }
 
