@@ -6,12 +6,12 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
-use indicatif::{ProgressBar, ProgressStyle};
 use qemu::cmdline::VmDir;
 use qemu::data::DataClient;
 use serde_json::{json, Value};
 
 use crate::out::{cell, cells, human, print, print_rows, Table};
+use crate::stream::{open_input, progress, write_output, Source};
 use crate::vm::vm_dir;
 
 #[derive(Subcommand)]
@@ -21,12 +21,8 @@ pub enum ImageCmd {
     Load {
         #[command(flatten)]
         vm: VmArg,
-        /// Read from this file instead of stdin.
-        #[arg(short, long)]
-        input: Option<PathBuf>,
-        /// No progress bar.
-        #[arg(short, long)]
-        quiet: bool,
+        #[command(flatten)]
+        src: Source,
         #[arg(long)]
         json: bool,
     },
@@ -83,29 +79,14 @@ pub fn call(home: &Path, vm: &str, verb: &str, args: Option<Value>) -> Result<Va
     Ok(agent(home, vm)?.call(verb, args, Duration::from_secs(120))?)
 }
 
-fn data(home: &Path, vm: &str) -> Result<DataClient> {
+/// The data channel of a running VM, for bulk transfers.
+pub fn data(home: &Path, vm: &str) -> Result<DataClient> {
     let d = VmDir(vm_dir(home, vm));
     if !d.agent().exists() {
         bail!("VM {vm} is not running (`lamina vm run --name {vm}`)");
     }
     DataClient::connect(&d.data(), Duration::from_secs(2))
         .with_context(|| format!("VM {vm}: no data channel"))
-}
-
-fn bar(len: Option<u64>, quiet: bool) -> ProgressBar {
-    if quiet {
-        return ProgressBar::hidden();
-    }
-    let b = match len {
-        Some(n) => ProgressBar::new(n),
-        None => ProgressBar::new_spinner(),
-    };
-    let style = ProgressStyle::with_template(
-        "{spinner} {bytes}/{total_bytes} {wide_bar} {bytes_per_sec} {eta}",
-    )
-    .unwrap_or_else(|_| ProgressStyle::default_bar());
-    b.set_style(style);
-    b
 }
 
 /// `REPOSITORY` and `TAG` of a tag (the tag is after the last ':' that follows the last '/').
@@ -139,29 +120,13 @@ fn short_id(id: &Value) -> String {
 
 pub fn main(home: &Path, cmd: ImageCmd) -> Result<()> {
     match cmd {
-        ImageCmd::Load { vm, input, quiet, json } => {
+        ImageCmd::Load { vm, src, json } => {
             let mut c = data(home, &vm.name)?;
-            let (mut src, len): (Box<dyn std::io::Read>, Option<u64>) = match &input {
-                Some(f) => {
-                    let file = std::fs::File::open(f)
-                        .with_context(|| format!("opening {}", f.display()))?;
-                    let len = file.metadata().ok().map(|m| m.len());
-                    (Box::new(file), len)
-                }
-                None => {
-                    let stdin = std::io::stdin();
-                    let len = std::fs::File::open("/proc/self/fd/0")
-                        .and_then(|f| f.metadata())
-                        .ok()
-                        .filter(|m| m.is_file())
-                        .map(|m| m.len());
-                    (Box::new(stdin), len)
-                }
-            };
-            let b = bar(len, quiet);
-            let r = c.load(&mut src, &mut |n| b.set_position(n));
+            let (mut r, len) = open_input(src.input.as_deref())?;
+            let b = progress(src.quiet, len);
+            let v = c.load(&mut r, &mut |n| b.set_position(n));
             b.finish_and_clear();
-            let v = r?;
+            let v = v?;
             print_rows(json, &v, &["LOADED IMAGE", "IMAGE ID"], |i| {
                 let tag = i["tags"].get(0).map(cell).unwrap_or_else(|| "<none>".into());
                 vec![tag, short_id(&i["id"])]
@@ -208,32 +173,16 @@ pub fn main(home: &Path, cmd: ImageCmd) -> Result<()> {
             Ok(())
         }
         ImageCmd::Save { vm, image, output, format } => {
-            if output.is_none() && std::io::IsTerminal::is_terminal(&std::io::stdout()) {
-                bail!("refusing to write an archive to a terminal; use -o FILE or redirect");
-            }
-            let mut c = data(home, &vm.name)?;
-            // Only a file this call creates is removed again on failure (never a device
-            // such as /dev/null, nor a file that was there before).
-            let created = output.as_ref().is_some_and(|f| !f.exists());
-            let b = bar(Some(0), output.is_none());
-            let mut sink: Box<dyn std::io::Write> = match &output {
-                Some(f) => Box::new(
-                    std::fs::File::create(f)
-                        .with_context(|| format!("creating {}", f.display()))?,
-                ),
-                None => Box::new(std::io::stdout().lock()),
-            };
-            let r = c.save(&image, &format, &mut sink, &mut |n, total| {
-                b.set_length(total);
-                b.set_position(n);
-            });
-            b.finish_and_clear();
-            if r.is_err() && created {
-                if let Some(f) = output.as_ref().filter(|f| f.is_file()) {
-                    let _ = std::fs::remove_file(f);
-                }
-            }
-            r?;
+            write_output(output.as_deref(), "an archive", |sink| {
+                let mut c = data(home, &vm.name)?;
+                let b = progress(output.is_none(), Some(0));
+                let r = c.save(&image, &format, sink, &mut |n, total| {
+                    b.set_length(total);
+                    b.set_position(n);
+                });
+                b.finish_and_clear();
+                Ok(r?)
+            })?;
             Ok(())
         }
     }

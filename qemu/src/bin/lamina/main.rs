@@ -8,6 +8,7 @@ mod container;
 mod image;
 mod network;
 mod out;
+mod stream;
 mod system;
 mod thin;
 mod vm;

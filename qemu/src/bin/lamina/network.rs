@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use clap::Subcommand;
 use serde_json::json;
 
@@ -63,17 +63,7 @@ pub fn main(home: &Path, cmd: NetworkCmd) -> Result<()> {
             })
         }
         NetworkCmd::Rm { vm, names } => {
-            let mut failed = Vec::new();
-            for n in &names {
-                match call(home, &vm.name, "network.rm", Some(json!({ "name": n }))) {
-                    Ok(_) => println!("{n}"),
-                    Err(e) => failed.push(format!("{e:#}")),
-                }
-            }
-            if !failed.is_empty() {
-                bail!("{}", failed.join("\n"));
-            }
-            Ok(())
+            crate::container::each(home, &vm.name, "network.rm", &names, json!({}))
         }
         NetworkCmd::Inspect { vm, name } => {
             let v = call(home, &vm.name, "network.inspect", Some(json!({ "name": name })))?;

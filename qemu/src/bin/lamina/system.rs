@@ -3,17 +3,15 @@
 //! `volume snapshot|send|receive` and `volume ls --pool`, see [`crate::thin`].)
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
 use clap::Subcommand;
-use qemu::cmdline::VmDir;
-use qemu::data::DataClient;
 use serde_json::{json, Value};
 
-use crate::image::{call, VmArg};
+use crate::image::{call, data, VmArg};
 use crate::out::{cell, cells, human, print, print_rows, Table};
-use crate::vm::vm_dir;
+use crate::stream::{open_input, write_output};
+use crate::thin::{ReceiveArgs, SendArgs};
 
 #[derive(Subcommand)]
 pub enum VolumeCmd {
@@ -69,40 +67,10 @@ pub enum VolumeCmd {
     /// Writes a thin volume of the pool (normally a snapshot) as a send stream to stdout (or
     /// -o FILE): whole, or with --from only what changed since an older snapshot.
     /// `lamina volume receive` recreates it in another appliance.
-    Send {
-        #[command(flatten)]
-        vm: VmArg,
-        /// The snapshot (or volume) to send; a volume written meanwhile gives a stream the
-        /// receiver refuses.
-        name: String,
-        /// Send only what differs from this older snapshot (the receiver must hold it).
-        #[arg(long, value_name = "BASE")]
-        from: Option<String>,
-        #[arg(short, long)]
-        output: Option<PathBuf>,
-        /// No progress and no summary on stderr.
-        #[arg(short, long)]
-        quiet: bool,
-    },
+    Send(SendArgs),
     /// Creates thin volume NAME in the pool from a send stream on stdin (or -i FILE); kept
     /// only when all of it checks out (a cut or corrupt stream is refused, nothing changes).
-    Receive {
-        #[command(flatten)]
-        vm: VmArg,
-        /// Name of the new volume.
-        name: String,
-        /// For an incremental stream: the volume here it applies to (default: the base name
-        /// the stream carries).
-        #[arg(long)]
-        base: Option<String>,
-        #[arg(short, long)]
-        input: Option<PathBuf>,
-        /// No progress and no summary on stderr.
-        #[arg(short, long)]
-        quiet: bool,
-        #[arg(long)]
-        json: bool,
-    },
+    Receive(ReceiveArgs),
 }
 
 #[derive(Subcommand)]
@@ -128,15 +96,6 @@ pub enum SystemCmd {
     },
 }
 
-pub fn data(home: &Path, vm: &str) -> Result<DataClient> {
-    let d = VmDir(vm_dir(home, vm));
-    if !d.agent().exists() {
-        bail!("VM {vm} is not running (`lamina vm run --name {vm}`)");
-    }
-    DataClient::connect(&d.data(), Duration::from_secs(2))
-        .with_context(|| format!("VM {vm}: no data channel"))
-}
-
 pub fn volume(home: &Path, cmd: VolumeCmd) -> Result<()> {
     match cmd {
         VolumeCmd::Create { vm, name } => {
@@ -160,33 +119,13 @@ pub fn volume(home: &Path, cmd: VolumeCmd) -> Result<()> {
             crate::container::each(home, &vm.name, "store.volume.rm", &names, json!({}))
         }
         VolumeCmd::Backup { vm, name, output } => {
-            if output.is_none() && std::io::IsTerminal::is_terminal(&std::io::stdout()) {
-                bail!("refusing to write a tar to a terminal; use -o FILE or redirect");
-            }
-            let created = output.as_ref().is_some_and(|f| !f.exists());
-            let mut sink: Box<dyn std::io::Write> = match &output {
-                Some(f) => Box::new(
-                    std::fs::File::create(f)
-                        .with_context(|| format!("creating {}", f.display()))?,
-                ),
-                None => Box::new(std::io::stdout().lock()),
-            };
-            let r = data(home, &vm.name)?.backup(&name, &mut sink, &mut |_, _| {});
-            if r.is_err() && created {
-                if let Some(f) = output.as_ref().filter(|f| f.is_file()) {
-                    let _ = std::fs::remove_file(f);
-                }
-            }
-            r?;
+            write_output(output.as_deref(), "a tar", |sink| {
+                Ok(data(home, &vm.name)?.backup(&name, sink, &mut |_, _| {})?)
+            })?;
             Ok(())
         }
         VolumeCmd::Restore { vm, name, input } => {
-            let mut src: Box<dyn std::io::Read> = match &input {
-                Some(f) => Box::new(
-                    std::fs::File::open(f).with_context(|| format!("opening {}", f.display()))?,
-                ),
-                None => Box::new(std::io::stdin()),
-            };
+            let (mut src, _) = open_input(input.as_deref())?;
             data(home, &vm.name)?.restore(&name, &mut src, &mut |_| {})?;
             println!("{name}");
             Ok(())
@@ -194,18 +133,8 @@ pub fn volume(home: &Path, cmd: VolumeCmd) -> Result<()> {
         VolumeCmd::Snapshot { vm, volume, snapshot } => {
             crate::thin::snapshot(home, &vm.name, &volume, &snapshot)
         }
-        VolumeCmd::Send { vm, name, from, output, quiet } => {
-            crate::thin::send(home, &vm.name, &name, from.as_deref(), output.as_ref(), quiet)
-        }
-        VolumeCmd::Receive { vm, name, base, input, quiet, json } => crate::thin::receive(
-            home,
-            &vm.name,
-            &name,
-            base.as_deref(),
-            input.as_ref(),
-            quiet,
-            json,
-        ),
+        VolumeCmd::Send(a) => crate::thin::send(home, &a),
+        VolumeCmd::Receive(a) => crate::thin::receive(home, &a),
     }
 }
 
