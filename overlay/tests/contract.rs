@@ -248,7 +248,7 @@ fn sigkill_during_remove_is_finished_at_open(driver: &str, test_name: &str) {
 
 /// An image deeper than a container can stack is refused at import, before extraction.
 fn image_of_129_layers_is_refused_at_import(env: Env) {
-    let img = layout_with_layers(&env.dir().join("img"), &many_layers(129), &["/bin/sh"]);
+    let img = stacked_image(&env.dir().join("img"), 129);
     let store = env.open();
     let err = store.import(&img, Some("deep:129")).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Limit, "{err}");

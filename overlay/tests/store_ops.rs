@@ -14,7 +14,7 @@ use support::*;
 #[test]
 fn depth_128_mounts_both_ways_and_129_is_refused_at_import() {
     let t = tmp();
-    let ok = layout_with_layers(&t.path().join("a"), &many_layers(128), &["/bin/sh"]);
+    let ok = stacked_image(&t.path().join("a"), 128);
     for classic in [false, true] {
         let root = t.path().join(format!("s-{classic}"));
         let store = Store::open_with(
@@ -48,7 +48,7 @@ fn depth_128_mounts_both_ways_and_129_is_refused_at_import() {
     }
     // 129 layers would need 129 lowers under a container: refused at import (the contract
     // suite checks the wording per driver).
-    let deep = layout_with_layers(&t.path().join("b"), &many_layers(129), &["/bin/sh"]);
+    let deep = stacked_image(&t.path().join("b"), 129);
     let store = Store::open(&t.path().join("s129"), Driver::Overlay).unwrap();
     let err = store.import(&deep, Some("deep:129")).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Limit);
@@ -58,7 +58,7 @@ fn depth_128_mounts_both_ways_and_129_is_refused_at_import() {
 #[test]
 fn interrupted_removal_is_finished_at_next_open() {
     let t = tmp();
-    let img = layout_with_layers(t.path(), &many_layers(2), &["/bin/sh"]);
+    let img = stacked_image(t.path(), 2);
     let root = t.path().join("s");
     let cache_id;
     {
@@ -96,7 +96,7 @@ fn interrupted_removal_is_finished_at_next_open() {
 #[test]
 fn missing_short_links_are_repaired() {
     let t = tmp();
-    let img = layout_with_layers(t.path(), &many_layers(3), &["/bin/sh"]);
+    let img = stacked_image(t.path(), 3);
     let root = t.path().join("s");
     {
         let store = Store::open(&root, Driver::Overlay).unwrap();
@@ -116,7 +116,7 @@ fn missing_short_links_are_repaired() {
 #[test]
 fn prune_keeps_what_is_used() {
     let t = tmp();
-    let a = layout_with_layers(&t.path().join("a"), &many_layers(2), &["/bin/sh"]);
+    let a = stacked_image(&t.path().join("a"), 2);
     let layers_b = vec![many_layers(1).remove(0), simple_tar(&[("only-b", b"b")])];
     let b = layout_with_layers(&t.path().join("b"), &layers_b, &["/bin/sh"]);
     let store = Store::open(&t.path().join("s"), Driver::Overlay).unwrap();
@@ -143,7 +143,7 @@ fn prune_keeps_what_is_used() {
 #[test]
 fn remove_image_untags_refuses_used_and_frees_layers() {
     let t = tmp();
-    let a = layout_with_layers(&t.path().join("a"), &many_layers(2), &["/bin/sh"]);
+    let a = stacked_image(&t.path().join("a"), 2);
     let store = Store::open(&t.path().join("s"), Driver::Overlay).unwrap();
     let id = store.import(&a, Some("a:1")).unwrap()[0].id.clone();
     store.tag_image(&id, "a:2").unwrap();
@@ -201,7 +201,7 @@ fn volumes_backup_and_restore() {
 #[test]
 fn size_without_project_quota_uses_dockers_wording() {
     let t = tmp();
-    let img = layout_with_layers(t.path(), &many_layers(1), &["/bin/sh"]);
+    let img = stacked_image(t.path(), 1);
     let store = Store::open(&t.path().join("s"), Driver::Overlay).unwrap();
     store.import(&img, Some("x:1")).unwrap();
     let err = store.create("x:1", "c", Some(10 << 20)).unwrap_err();
@@ -221,7 +221,7 @@ fn store_on_xfs_ftype1_works_and_has_no_project_quota_here() {
     let t = tmp();
     let x = LoopFs::new(t.path(), &["mkfs.xfs", "-q", "-f"], 320 << 20);
     assert_eq!(overlay::backing::fs_name(&x.mnt).unwrap(), "xfs");
-    let img = layout_with_layers(t.path(), &many_layers(3), &["/bin/sh"]);
+    let img = stacked_image(t.path(), 3);
     let store = Store::open(&x.mnt.join("overlay2"), Driver::Overlay).unwrap();
     store.import(&img, Some("x:1")).unwrap();
     store.create("x:1", "c", None).unwrap();
@@ -295,7 +295,7 @@ fn store_is_locked_against_a_second_user() {
 #[test]
 fn cli_end_to_end() {
     let t = tmp();
-    let img = layout_with_layers(t.path(), &many_layers(2), &["/bin/sh"]);
+    let img = stacked_image(t.path(), 2);
     let root = t.path().join("s");
     let ls = |args: &[&str]| -> String {
         run(Command::new(env!("CARGO_BIN_EXE_layerstore")).arg("--root").arg(&root).args(args))

@@ -398,6 +398,11 @@ pub fn many_layers(n: usize) -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// The image of [`many_layers`]`(n)` with `Cmd` `/bin/sh`, as an OCI layout under `dir`.
+pub fn stacked_image(dir: &Path, n: usize) -> PathBuf {
+    layout_with_layers(dir, &many_layers(n), &["/bin/sh"])
+}
+
 /// An OCI layout at `dir/layout` with one image (ref `t`) made of `layers` (uncompressed
 /// tars, base first) and a `Cmd`.
 pub fn layout_with_layers(dir: &Path, layers: &[Vec<u8>], cmd: &[&str]) -> PathBuf {
