@@ -206,6 +206,22 @@ pub fn logs(home: &Path, vm: &str, name: &str, follow: bool) -> Result<()> {
     follow_logs(home, vm, name, follow).map(drop)
 }
 
+/// The containers a bulk verb (`stop`, `start`, `rm`) acts on.
+#[derive(clap::Args)]
+pub struct Targets {
+    #[command(flatten)]
+    vm: VmArg,
+    #[arg(required = true)]
+    containers: Vec<String>,
+}
+
+impl Targets {
+    /// Calls `verb` for each container (see [`each`]).
+    pub fn each(&self, home: &Path, verb: &str, extra: Value) -> Result<()> {
+        each(home, &self.vm.name, verb, &self.containers, extra)
+    }
+}
+
 /// Runs one verb per name; every failure is reported, the exit is non-zero if any failed.
 pub fn each(home: &Path, vm: &str, verb: &str, names: &[String], extra: Value) -> Result<()> {
     let mut failed = Vec::new();

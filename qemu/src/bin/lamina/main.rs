@@ -77,29 +77,20 @@ enum Cmd {
     /// Stops containers (SIGTERM, then SIGKILL after the timeout).
     Stop {
         #[command(flatten)]
-        vm: image::VmArg,
+        targets: container::Targets,
         /// Seconds before SIGKILL.
         #[arg(short, long, default_value_t = 10)]
         time: u64,
-        #[arg(required = true)]
-        containers: Vec<String>,
     },
     /// Starts stopped containers.
-    Start {
-        #[command(flatten)]
-        vm: image::VmArg,
-        #[arg(required = true)]
-        containers: Vec<String>,
-    },
+    Start(container::Targets),
     /// Removes containers.
     Rm {
         #[command(flatten)]
-        vm: image::VmArg,
+        targets: container::Targets,
         /// Stop a running container first.
         #[arg(short, long)]
         force: bool,
-        #[arg(required = true)]
-        containers: Vec<String>,
     },
     /// Commits a container's changes as an image.
     Commit {
@@ -153,23 +144,13 @@ fn run(home: &std::path::Path, cmd: Cmd) -> Result<()> {
         Cmd::Run(a) => container::run(&home, a),
         Cmd::Ps { vm, all, json } => container::ps(&home, &vm.name, all, json),
         Cmd::Logs { vm, follow, container } => container::logs(&home, &vm.name, &container, follow),
-        Cmd::Stop { vm, time, containers } => container::each(
-            &home,
-            &vm.name,
-            "container.stop",
-            &containers,
-            serde_json::json!({ "timeout_secs": time }),
-        ),
-        Cmd::Start { vm, containers } => {
-            container::each(&home, &vm.name, "container.start", &containers, serde_json::json!({}))
+        Cmd::Stop { targets, time } => {
+            targets.each(&home, "container.stop", serde_json::json!({ "timeout_secs": time }))
         }
-        Cmd::Rm { vm, force, containers } => container::each(
-            &home,
-            &vm.name,
-            "container.rm",
-            &containers,
-            serde_json::json!({ "force": force }),
-        ),
+        Cmd::Start(targets) => targets.each(&home, "container.start", serde_json::json!({})),
+        Cmd::Rm { targets, force } => {
+            targets.each(&home, "container.rm", serde_json::json!({ "force": force }))
+        }
         Cmd::Commit { vm, container, image } => {
             container::commit(&home, &vm.name, &container, &image)
         }
