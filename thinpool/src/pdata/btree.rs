@@ -139,6 +139,19 @@ fn shadow(tm: &mut Tm, vt: &mut dyn ValueType, b: MetaBlock) -> Result<MetaBlock
     Ok(n)
 }
 
+/// The first step of a change at `depth` below the root: `b` shadowed for writing, and its
+/// contents.
+fn shadow_at(
+    tm: &mut Tm,
+    vt: &mut dyn ValueType,
+    b: MetaBlock,
+    depth: usize,
+) -> Result<(MetaBlock, Arc<Block>)> {
+    too_deep(b, depth)?;
+    let b = shadow(tm, vt, b)?;
+    Ok((b, tm.read(b, BlockKind::Node)?))
+}
+
 /// The leaf holding `key` and its index there, if the tree has `key`.
 fn find(tm: &mut Tm, root: MetaBlock, vs: usize, key: u64) -> Result<Option<(Arc<Block>, usize)>> {
     let mut b = root;
@@ -334,9 +347,7 @@ fn insert_rec(
     old: &mut Option<Vec<u8>>,
     depth: usize,
 ) -> Result<(MetaBlock, Option<Split>)> {
-    too_deep(b, depth)?;
-    let b = shadow(tm, vt, b)?;
-    let data = tm.read(b, BlockKind::Node)?;
+    let (b, data) = shadow_at(tm, vt, b, depth)?;
     let node = view(&data);
     let pos = node.lower_bound(key);
     if node.is_leaf() {
@@ -464,9 +475,7 @@ fn remove_rec(
     key: u64,
     depth: usize,
 ) -> Result<(MetaBlock, Vec<u8>)> {
-    too_deep(b, depth)?;
-    let b = shadow(tm, vt, b)?;
-    let data = tm.read(b, BlockKind::Node)?;
+    let (b, data) = shadow_at(tm, vt, b, depth)?;
     let node = view(&data);
     let i =
         node.lower_bound(key).ok_or_else(|| Error::corrupt(b, "key vanished during removal"))?;
