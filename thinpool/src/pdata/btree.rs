@@ -139,6 +139,19 @@ fn shadow(tm: &mut Tm, vt: &mut dyn ValueType, b: MetaBlock) -> Result<MetaBlock
     Ok(n)
 }
 
+/// The first step of a change at `depth` below the root: `b` shadowed for writing, and its
+/// contents.
+fn shadow_at(
+    tm: &mut Tm,
+    vt: &mut dyn ValueType,
+    b: MetaBlock,
+    depth: usize,
+) -> Result<(MetaBlock, Arc<Block>)> {
+    too_deep(b, depth)?;
+    let b = shadow(tm, vt, b)?;
+    Ok((b, tm.read(b, BlockKind::Node)?))
+}
+
 /// The leaf holding `key` and its index there, if the tree has `key`.
 fn find(tm: &mut Tm, root: MetaBlock, vs: usize, key: u64) -> Result<Option<(Arc<Block>, usize)>> {
     let mut b = root;
@@ -209,41 +222,44 @@ pub fn walk_range(
     hi: Option<u64>,
     f: &mut dyn FnMut(u64, &[u8]) -> Result<bool>,
 ) -> Result<bool> {
-    walk_rec(tm, root, vs, lo, hi, f, 0)
+    RangeWalk { vs, lo, hi, f }.visit(tm, root, 0)
 }
 
-fn walk_rec(
-    tm: &mut Tm,
-    root: MetaBlock,
+/// What stays fixed through one [`walk_range`], so the recursion passes only the node and its
+/// depth.
+struct RangeWalk<'f> {
     vs: usize,
     lo: u64,
     hi: Option<u64>,
-    f: &mut dyn FnMut(u64, &[u8]) -> Result<bool>,
-    depth: usize,
-) -> Result<bool> {
-    too_deep(root, depth)?;
-    let data = load(tm, root, vs)?;
-    let node = view(&data);
-    let n = node.nr_entries();
-    for i in 0..n {
-        let k = node.key(i);
-        if hi.is_some_and(|hi| k >= hi) {
-            break;
+    f: &'f mut dyn FnMut(u64, &[u8]) -> Result<bool>,
+}
+
+impl RangeWalk<'_> {
+    fn visit(&mut self, tm: &mut Tm, b: MetaBlock, depth: usize) -> Result<bool> {
+        too_deep(b, depth)?;
+        let data = load(tm, b, self.vs)?;
+        let node = view(&data);
+        let n = node.nr_entries();
+        for i in 0..n {
+            let k = node.key(i);
+            if self.hi.is_some_and(|hi| k >= hi) {
+                break;
+            }
+            if node.is_leaf() {
+                if k >= self.lo && !(self.f)(k, node.value(i))? {
+                    return Ok(false);
+                }
+            } else {
+                if i + 1 < n && node.key(i + 1) <= self.lo {
+                    continue;
+                }
+                if !self.visit(tm, MetaBlock(node.value_u64(i)), depth + 1)? {
+                    return Ok(false);
+                }
+            }
         }
-        if node.is_leaf() {
-            if k >= lo && !f(k, node.value(i))? {
-                return Ok(false);
-            }
-        } else {
-            if i + 1 < n && node.key(i + 1) <= lo {
-                continue;
-            }
-            if !walk_rec(tm, MetaBlock(node.value_u64(i)), vs, lo, hi, f, depth + 1)? {
-                return Ok(false);
-            }
-        }
+        Ok(true)
     }
-    Ok(true)
 }
 
 /// Visits every entry in key order.
@@ -331,9 +347,7 @@ fn insert_rec(
     old: &mut Option<Vec<u8>>,
     depth: usize,
 ) -> Result<(MetaBlock, Option<Split>)> {
-    too_deep(b, depth)?;
-    let b = shadow(tm, vt, b)?;
-    let data = tm.read(b, BlockKind::Node)?;
+    let (b, data) = shadow_at(tm, vt, b, depth)?;
     let node = view(&data);
     let pos = node.lower_bound(key);
     if node.is_leaf() {
@@ -461,9 +475,7 @@ fn remove_rec(
     key: u64,
     depth: usize,
 ) -> Result<(MetaBlock, Vec<u8>)> {
-    too_deep(b, depth)?;
-    let b = shadow(tm, vt, b)?;
-    let data = tm.read(b, BlockKind::Node)?;
+    let (b, data) = shadow_at(tm, vt, b, depth)?;
     let node = view(&data);
     let i =
         node.lower_bound(key).ok_or_else(|| Error::corrupt(b, "key vanished during removal"))?;

@@ -307,13 +307,17 @@ mod tests {
         assert_eq!(binary_size(64 << 20), "64.00m");
         assert_eq!(binary_size(3 << 29), "1.50g");
         assert_eq!(binary_size(100), "100b");
-        assert_eq!(human_size(65536), "65.54kB");
-        assert_eq!(human_size(10 << 30), "10.74GB");
-        assert_eq!(human_size(102_000_000_000), "102GB");
-        assert_eq!(human_size(524_288), "524.3kB");
-        assert_eq!(human_size(0), "0B");
-        assert_eq!(human_size(999), "999B");
-        assert_eq!(human_size(1000), "1kB");
+        for (n, want) in [
+            (65536, "65.54kB"),
+            (10 << 30, "10.74GB"),
+            (102_000_000_000, "102GB"),
+            (524_288, "524.3kB"),
+            (0, "0B"),
+            (999, "999B"),
+            (1000, "1kB"),
+        ] {
+            assert_eq!(human_size(n), want, "{n}");
+        }
     }
 
     #[test]

@@ -197,33 +197,42 @@ fn watch<'scope, 'env>(c: &'env Conn<'env>, s: &'scope Scope<'scope, 'env>) {
     }
 }
 
+/// What a worker keeps from one request to the next: the payload buffer, the splice pipe
+/// (made by the first spliced WRITE) and the reply being built.
+#[derive(Default)]
+struct Buffers {
+    data: Vec<u8>,
+    pipe: Option<Pipe>,
+    out: Reply,
+}
+
+impl Buffers {
+    /// Drops what the last request left behind: a pipe still holding payload, and memory
+    /// beyond what an ordinary request needs.
+    fn settle(&mut self) {
+        if self.pipe.as_ref().is_some_and(|p| p.pending > 0) {
+            self.pipe = None; // what is left belongs to a failed request
+        }
+        if self.data.len() > KEEP_BUFFER {
+            self.data = Vec::new();
+        }
+        self.out.trim();
+    }
+}
+
 fn worker(c: &Conn<'_>) {
-    let mut data: Vec<u8> = Vec::new();
-    let mut pipe: Option<Pipe> = None;
-    let mut out = Reply::default();
-    loop {
-        let Some(inc) = lead(c, &mut data, &mut pipe, &mut out) else { return };
-        out.clear();
-        handle(c, &inc, &mut data, &mut pipe, &mut out);
-        if pipe.as_ref().is_some_and(|p| p.pending > 0) {
-            pipe = None; // what is left belongs to a failed request
-        }
-        if data.len() > KEEP_BUFFER {
-            data = Vec::new();
-        }
-        out.trim();
+    let mut b = Buffers::default();
+    while let Some(inc) = lead(c, &mut b) {
+        b.out.clear();
+        handle(c, &inc, &mut b);
+        b.settle();
     }
 }
 
 /// Takes the reader lock and serves quick requests inline until one needs the full way;
 /// returns that one (with the lock released), or None when the connection ends. Batched
 /// replies are always sent before this returns.
-fn lead(
-    c: &Conn<'_>,
-    data: &mut Vec<u8>,
-    pipe: &mut Option<Pipe>,
-    out: &mut Reply,
-) -> Option<Incoming> {
+fn lead(c: &Conn<'_>, b: &mut Buffers) -> Option<Incoming> {
     c.waiting.fetch_add(1, Ordering::SeqCst);
     let mut guard = c.reader.lock().unwrap_or_else(|e| e.into_inner());
     c.waiting.fetch_sub(1, Ordering::SeqCst);
@@ -234,7 +243,7 @@ fn lead(
             return None;
         }
         // A non-empty batch means the next request is already buffered: reading it cannot block.
-        let inc = match read_request(c, &mut r.r, data, pipe) {
+        let inc = match read_request(c, &mut r.r, b) {
             Ok(Some(inc)) => inc,
             Ok(None) => {
                 r.done = true;
@@ -248,18 +257,18 @@ fn lead(
                 continue;
             }
         };
-        out.clear();
-        if !inline(c, &inc, data, out) {
+        b.out.clear();
+        if !inline(c, &inc, b) {
             flush_batch(c, &mut r.batch);
             c.handed_over.store(c.now_us(), Ordering::SeqCst);
             return Some(inc);
         }
-        if r.batch.len() + out.len() > BATCH_MAX || !next_request_buffered(c, &r.r) {
+        if r.batch.len() + b.out.len() > BATCH_MAX || !next_request_buffered(c, &r.r) {
             // The reply goes out with the batch in one write, without copying it in first.
-            send(c, std::iter::once(&r.batch[..]).chain(out.slices()));
+            send(c, std::iter::once(&r.batch[..]).chain(b.out.slices()));
             r.batch.clear();
         } else {
-            out.slices().for_each(|p| r.batch.extend_from_slice(p));
+            b.out.slices().for_each(|p| r.batch.extend_from_slice(p));
         }
     }
 }
@@ -285,7 +294,7 @@ fn next_request_buffered(c: &Conn<'_>, r: &BufReader<&Sock>) -> bool {
 
 /// Serves `inc` into `out` if it is quick (see the module doc); false, with nothing done, if
 /// it must go the full way (errors included).
-fn inline(c: &Conn<'_>, inc: &Incoming, data: &[u8], out: &mut Reply) -> bool {
+fn inline(c: &Conn<'_>, inc: &Incoming, b: &mut Buffers) -> bool {
     let req = &inc.req;
     if req.length > INLINE_MAX
         || inc.spliced > 0
@@ -296,12 +305,12 @@ fn inline(c: &Conn<'_>, inc: &Incoming, data: &[u8], out: &mut Reply) -> bool {
         return false;
     }
     match req.command {
-        CMD_READ => matches!(read(c, req, out, true), Ok(true)),
+        CMD_READ => matches!(read(c, req, &mut b.out, true), Ok(true)),
         _ => {
-            let payload = Payload::mem(&data[..inc.payload_len]);
+            let payload = Payload::mem(&b.data[..inc.payload_len]);
             matches!(c.neg.export.write(req.offset, &payload, WriteMode::QUICK), Ok(Written::Done))
                 && {
-                    encode_ok(c, req, &mut out.head);
+                    encode_ok(c, req, &mut b.out.head);
                     true
                 }
         }
@@ -312,8 +321,7 @@ fn inline(c: &Conn<'_>, inc: &Incoming, data: &[u8], out: &mut Reply) -> bool {
 fn read_request(
     c: &Conn<'_>,
     r: &mut BufReader<&Sock>,
-    data: &mut Vec<u8>,
-    pipe: &mut Option<Pipe>,
+    b: &mut Buffers,
 ) -> io::Result<Option<Incoming>> {
     let mode = c.neg.mode;
     let mut hdr = [0u8; 32];
@@ -332,6 +340,7 @@ fn read_request(
         ));
     }
     let n = payload as usize;
+    let data = &mut b.data;
     if data.len() < n {
         data.resize(n, 0);
     }
@@ -343,7 +352,7 @@ fn read_request(
     let mut spliced = 0;
     if held < n {
         let splice = req.command == CMD_WRITE && n >= SPLICE_MIN && c.neg.export.splices_writes();
-        spliced = read_payload(r.get_ref(), &mut data[..n], held, splice, pipe)?;
+        spliced = read_payload(r.get_ref(), &mut data[..n], held, splice, &mut b.pipe)?;
     }
     let reject = match (mode, req.command) {
         (HeaderMode::Extended, CMD_WRITE) if n as u64 != req.length => {
@@ -414,9 +423,9 @@ fn allowed_flags(c: &Conn<'_>, inc: &Incoming) -> u16 {
     f
 }
 
-fn handle(c: &Conn<'_>, inc: &Incoming, data: &mut [u8], pipe: &mut Option<Pipe>, out: &mut Reply) {
+fn handle(c: &Conn<'_>, inc: &Incoming, b: &mut Buffers) {
     let req = &inc.req;
-    match execute(c, inc, data, pipe, out) {
+    match execute(c, inc, b) {
         Ok(()) => {}
         Err(f) => {
             if f.client_fault {
@@ -434,9 +443,9 @@ fn handle(c: &Conn<'_>, inc: &Incoming, data: &mut [u8], pipe: &mut Option<Pipe>
                     f.why
                 );
             }
-            out.clear();
-            encode_error(c, req, f.errno, &f.why, &mut out.head);
-            send(c, out.slices());
+            b.out.clear();
+            encode_error(c, req, f.errno, &f.why, &mut b.out.head);
+            send(c, b.out.slices());
         }
     }
 }
@@ -486,24 +495,18 @@ fn check(c: &Conn<'_>, inc: &Incoming) -> Result<(), Fail> {
 }
 
 /// Executes a request and sends its success reply; errors are returned for the caller to send.
-fn execute(
-    c: &Conn<'_>,
-    inc: &Incoming,
-    data: &mut [u8],
-    pipe: &mut Option<Pipe>,
-    out: &mut Reply,
-) -> Result<(), Fail> {
+fn execute(c: &Conn<'_>, inc: &Incoming, b: &mut Buffers) -> Result<(), Fail> {
     check(c, inc)?;
     let req = &inc.req;
     let export = &c.neg.export;
     let fua = req.flags & CMD_FLAG_FUA != 0;
     match req.command {
         CMD_READ => {
-            read(c, req, out, false)?;
-            send(c, out.slices());
+            read(c, req, &mut b.out, false)?;
+            send(c, b.out.slices());
             return Ok(());
         }
-        CMD_WRITE => write(c, inc, data, pipe)?,
+        CMD_WRITE => write(c, inc, b)?,
         CMD_FLUSH => export.flush()?,
         CMD_TRIM => export.trim(req.offset, req.length, fua)?,
         CMD_CACHE => export.cache(req.offset, req.length)?,
@@ -516,28 +519,23 @@ fn execute(
                 fua,
             },
         )?,
-        CMD_BLOCK_STATUS => return block_status(c, req, &mut out.head),
+        CMD_BLOCK_STATUS => return block_status(c, req, &mut b.out.head),
         _ => return Err(Fail::client(EINVAL, "unknown command")),
     }
-    encode_ok(c, req, &mut out.head);
-    send(c, out.slices());
+    encode_ok(c, req, &mut b.out.head);
+    send(c, b.out.slices());
     Ok(())
 }
 
 /// A WRITE, its payload in memory or, spliced from the socket, partly in the worker's pipe
 /// (the export takes it from there straight to its device, or reads it into `data`).
-fn write(
-    c: &Conn<'_>,
-    inc: &Incoming,
-    data: &mut [u8],
-    pipe: &mut Option<Pipe>,
-) -> Result<(), Fail> {
+fn write(c: &Conn<'_>, inc: &Incoming, b: &mut Buffers) -> Result<(), Fail> {
     let req = &inc.req;
     let fua = req.flags & CMD_FLAG_FUA != 0;
     let internal = |why: String| Fail { errno: EIO, why, client_fault: false };
-    let data = &mut data[..inc.payload_len];
+    let data = &mut b.data[..inc.payload_len];
     let written = if inc.spliced > 0 {
-        let p = pipe.as_mut().ok_or_else(|| internal("spliced payload without a pipe".into()))?;
+        let p = b.pipe.as_mut().ok_or_else(|| internal("spliced payload without a pipe".into()))?;
         let held = inc.payload_len - inc.spliced;
         let w = c.neg.export.write(
             req.offset,
