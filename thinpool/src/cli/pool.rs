@@ -18,21 +18,23 @@ use thinpool::pool::{FilePool, Pool};
 use thinpool::service::{PoolSource, Service, ServiceOptions};
 use thinpool::units::{Bytes, MetaBlock, Sectors};
 
+/// What `thinpool create` asks for.
+pub(super) struct NewVolume<'a> {
+    pub(super) name: &'a str,
+    pub(super) size: u64,
+    /// Marked as created for export (see `thinpool offer`).
+    pub(super) export: bool,
+    /// The LUKS2 header an encrypted volume starts with.
+    pub(super) header: Option<&'a thinpool::luks::Header>,
+}
+
 /// The management operations. Today they open the pool files directly ([`LocalPool`]); a
 /// client that forwards them to a running `thinpool serve` implements the same trait.
 pub(super) trait Manage {
-    /// Creates a volume (marked as created for export when `export`) and returns its thin id.
-    fn create_volume(&self, name: &str, size: u64, export: bool) -> anyhow::Result<u64>;
+    /// Creates a volume and returns its thin id.
+    fn create_volume(&self, v: &NewVolume) -> anyhow::Result<u64>;
     /// Marks a volume as created for export, or takes the mark away.
     fn set_export(&self, name: &str, export: bool) -> anyhow::Result<()>;
-    /// Creates a volume that starts with a LUKS2 header; returns its thin id.
-    fn create_encrypted(
-        &self,
-        name: &str,
-        size: u64,
-        header: &thinpool::luks::Header,
-        export: bool,
-    ) -> anyhow::Result<u64>;
     fn snapshot_volume(&self, origin: &str, name: &str) -> anyhow::Result<u64>;
     fn remove_volume(&self, name: &str) -> anyhow::Result<()>;
     fn volumes(&self) -> anyhow::Result<Vec<VolumeRow>>;
@@ -199,22 +201,16 @@ fn fs_available(path: &Path) -> Option<u64> {
 }
 
 impl Manage for LocalPool {
-    fn create_volume(&self, name: &str, size: u64, export: bool) -> anyhow::Result<u64> {
-        Ok(self.svc.create_volume_for(name, size, export)?.0)
+    fn create_volume(&self, v: &NewVolume) -> anyhow::Result<u64> {
+        let id = match v.header {
+            Some(h) => self.svc.create_encrypted_volume(v.name, v.size, h, v.export)?,
+            None => self.svc.create_volume_for(v.name, v.size, v.export)?,
+        };
+        Ok(id.0)
     }
 
     fn set_export(&self, name: &str, export: bool) -> anyhow::Result<()> {
         Ok(self.svc.set_export(name, export)?)
-    }
-
-    fn create_encrypted(
-        &self,
-        name: &str,
-        size: u64,
-        header: &thinpool::luks::Header,
-        export: bool,
-    ) -> anyhow::Result<u64> {
-        Ok(self.svc.create_encrypted_volume(name, size, header, export)?.0)
     }
 
     fn snapshot_volume(&self, origin: &str, name: &str) -> anyhow::Result<u64> {
@@ -326,8 +322,9 @@ pub(super) fn init(a: &InitArgs) -> anyhow::Result<ExitCode> {
 pub(super) fn create(a: &CreateArgs) -> anyhow::Result<ExitCode> {
     let m = manage(&a.pool.dir, Access::Exclusive)?;
     let how = if a.export { ", for export" } else { "" };
+    let plain = NewVolume { name: &a.name, size: a.size, export: a.export, header: None };
     let Some(key) = a.key_file.as_deref().filter(|_| a.encrypt) else {
-        let id = m.create_volume(&a.name, a.size, a.export)?;
+        let id = m.create_volume(&plain)?;
         println!("created volume {} (id {id}, {}{how})", a.name, binary_size(a.size));
         return Ok(ExitCode::SUCCESS);
     };
@@ -336,7 +333,7 @@ pub(super) fn create(a: &CreateArgs) -> anyhow::Result<ExitCode> {
     let opts = thinpool::luks::FormatOptions { iter_time_ms: a.iter_time, ..Default::default() };
     let header = thinpool::luks::format(key, a.size, &opts)
         .with_context(|| format!("cannot make a LUKS2 header for {}", a.name))?;
-    let id = m.create_encrypted(&a.name, a.size, &header, a.export)?;
+    let id = m.create_volume(&NewVolume { header: Some(&header), ..plain })?;
     println!(
         "created encrypted volume {} (id {id}, {}, LUKS2 header {}{how})",
         a.name,
@@ -435,23 +432,17 @@ impl DaemonPool {
 }
 
 impl Manage for DaemonPool {
-    fn create_volume(&self, name: &str, size: u64, export: bool) -> anyhow::Result<u64> {
+    fn create_volume(&self, v: &NewVolume) -> anyhow::Result<u64> {
         let c = self.client();
-        Ok(if export { c.create_for_export(name, size)? } else { c.create(name, size)? })
+        Ok(match v.header {
+            Some(h) => c.create_encrypted(v.name, v.size, h, v.export)?,
+            None if v.export => c.create_for_export(v.name, v.size)?,
+            None => c.create(v.name, v.size)?,
+        })
     }
 
     fn set_export(&self, name: &str, export: bool) -> anyhow::Result<()> {
         Ok(self.client().set_export(name, export)?)
-    }
-
-    fn create_encrypted(
-        &self,
-        name: &str,
-        size: u64,
-        header: &thinpool::luks::Header,
-        export: bool,
-    ) -> anyhow::Result<u64> {
-        Ok(self.client().create_encrypted(name, size, header, export)?)
     }
 
     fn snapshot_volume(&self, origin: &str, name: &str) -> anyhow::Result<u64> {

@@ -182,43 +182,21 @@ mod tests {
 
     use super::*;
     use crate::io::MemDevice;
-
-    /// A disk with an O_DIRECT descriptor (a made-up number: nothing reads through it here).
-    struct Disk {
-        mem: MemDevice,
-        fd: i32,
-    }
-
-    impl BlockDevice for Disk {
-        fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-            self.mem.read_at(buf, offset)
-        }
-        fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
-            self.mem.write_at(buf, offset)
-        }
-        fn flush(&self) -> io::Result<()> {
-            Ok(())
-        }
-        fn size(&self) -> u64 {
-            self.mem.size()
-        }
-        fn grow(&self, new_size: u64) -> io::Result<()> {
-            self.mem.grow(new_size)
-        }
-        fn describe(&self) -> String {
-            format!("disk {}", self.fd)
-        }
-        fn direct_at(&self, offset: u64, _len: usize) -> Option<DirectAt> {
-            Some(DirectAt { fd: self.fd, pos: offset, keep: None })
-        }
-    }
+    use crate::pool::tests::TestData;
+    use std::os::fd::AsRawFd;
 
     #[test]
     fn direct_ranges_map_through_the_pieces_and_keep_them() {
-        let disk = |fd| -> Arc<dyn BlockDevice> {
-            Arc::new(Disk { mem: MemDevice::new(1 << 20, "disk"), fd })
+        // Each disk offers the O_DIRECT descriptor of a file of its own; nothing reads
+        // through it here, the test only follows which descriptor a range lands on.
+        let disk = || {
+            let file = tempfile::tempfile().unwrap();
+            let fd = file.as_raw_fd();
+            let d: Arc<dyn BlockDevice> =
+                Arc::new(TestData::with_direct(MemDevice::new(1 << 20, "disk"), file));
+            (d, fd)
         };
-        let (a, b) = (disk(10), disk(11));
+        let ((a, fd_a), (b, fd_b)) = (disk(), disk());
         let piece = |device: &Arc<dyn BlockDevice>, dev_offset, len| Piece {
             start: 0,
             len,
@@ -227,10 +205,10 @@ mod tests {
         };
         let r = Region::new("tdata", vec![piece(&a, 65536, 131072), piece(&b, 8192, 65536)]);
         let on_a = r.direct_at(4096, 8192).unwrap();
-        assert_eq!((on_a.fd, on_a.pos), (10, 65536 + 4096));
+        assert_eq!((on_a.fd, on_a.pos), (fd_a, 65536 + 4096));
         drop(on_a);
         let at = r.direct_at(131072 + 4096, 4096).unwrap();
-        assert_eq!((at.fd, at.pos), (11, 8192 + 4096));
+        assert_eq!((at.fd, at.pos), (fd_b, 8192 + 4096));
         assert!(at.keep.is_some(), "the plan keeps the region's map, and its disks, alive");
         assert!(r.direct_at(126976, 8192).is_none(), "a range split over two disks");
         assert!(r.direct_at(196608, 4096).is_none(), "beyond the region");
