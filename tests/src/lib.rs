@@ -27,6 +27,7 @@ use qemu::cmdline::{host_tsc_khz, Disk, Machine, VmConfig};
 use qemu::vm::{probe_accel, Ready, Vm};
 use serde_json::Value;
 
+pub mod appliance;
 pub mod cli;
 pub mod dmthin;
 

@@ -29,13 +29,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 use serde_json::{json, Value};
+use tests::appliance::{LAYERSTORE, POOL_STATE, STORE_MNT, THINPOOL};
 use tests::{host_run, pool_data_bytes, umoci, BusyboxBundle, Opts, TestVm};
 
-const LS: &str = "/sbin/layerstore";
 const CRUN: &str = "/usr/bin/crun";
-const THINPOOL: &str = "/sbin/thinpool";
-/// The pool daemon's state directory in the appliance (its control socket).
-const POOL_STATE: &str = "/run/lamina/pool";
 const DM_ROOT: &str = "/var/lib/lamina/dm-store";
 const BTRFS_MNT: &str = "/mnt/btrfs";
 const BTRFS_ROOT: &str = "/mnt/btrfs/store";
@@ -44,8 +41,6 @@ const BTRFS_VOLUME: &str = "btrfs";
 /// The devicemapper store that imports the btrfs store's export (its blobs and layer
 /// database live on the appliance's store XFS, like the other devicemapper stores').
 const DM_CROSS: &str = "/var/lib/lamina/dm-cross";
-/// The appliance's store XFS.
-const STORE_MNT: &str = "/var/lib/lamina";
 /// The random layer's size.
 const PAYLOAD_MIB: u64 = 32;
 const MIB: u64 = 1 << 20;
@@ -124,7 +119,7 @@ struct Driver {
 
 impl Driver {
     fn argv<'a>(&'a self, root: &'a str, opts: &[&'a str], args: &[&'a str]) -> Vec<&'a str> {
-        let mut v = vec![LS, "--driver", self.name, "--root", root];
+        let mut v = vec![LAYERSTORE, "--driver", self.name, "--root", root];
         for o in opts {
             v.extend(["--storage-opt", o]);
         }

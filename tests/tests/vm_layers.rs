@@ -16,9 +16,9 @@ use std::time::Duration;
 
 use anyhow::{ensure, Result};
 use serde_json::Value;
+use tests::appliance::{LAYERSTORE, STORE_MNT};
 use tests::{host_run, pool_data_bytes, umoci, Attach, BusyboxBundle, Opts, TestVm};
 
-const LS: &str = "/sbin/layerstore";
 /// The store this test drives with the `layerstore` CLI. Init keeps the appliance's own store
 /// (`/var/lib/lamina/overlay2`) open for `lamina run`, and a store has one writer at a time,
 /// so the CLI works on a second store on the same XFS (same project quotas, same trims).
@@ -69,7 +69,7 @@ fn dd_mib(r: &Value) -> u64 {
 /// Mounts container `c` and writes 100 MiB of random bytes into its merged directory: `dd`'s
 /// result, failed or not.
 fn fill_100_mib(vm: &mut TestVm, c: &str) -> Result<Value> {
-    let merged = vm.ok(&[LS, "--root", ROOT, "mount", c], Duration::from_secs(30))?;
+    let merged = vm.ok(&[LAYERSTORE, "--root", ROOT, "mount", c], Duration::from_secs(30))?;
     vm.run(
         &["dd", "if=/dev/urandom", &format!("of={}/fill", merged.trim()), "bs=1M", "count=100"],
         Duration::from_secs(120),
@@ -118,14 +118,17 @@ fn layer_store(name: &str, attach: Attach) -> Result<()> {
 
     // 1. import from the block device, create, bundle, run under crun.
     let imported = vm.ok(
-        &[LS, "--root", ROOT, "import", "/dev/vdb", "--ref", "bb", "--tag", "bb:1"],
+        &[LAYERSTORE, "--root", ROOT, "import", "/dev/vdb", "--ref", "bb", "--tag", "bb:1"],
         Duration::from_secs(120),
     )?;
     eprintln!("[vm_layers] import: {imported}");
-    let images = vm.ok(&[LS, "--root", ROOT, "images"], Duration::from_secs(30))?;
+    let images = vm.ok(&[LAYERSTORE, "--root", ROOT, "images"], Duration::from_secs(30))?;
     assert!(images.contains("bb:1"), "{images}");
-    vm.ok(&[LS, "--root", ROOT, "create", "bb:1", "c1"], Duration::from_secs(30))?;
-    vm.ok(&[LS, "--root", ROOT, "bundle", "c1", "/run/bundle-c1"], Duration::from_secs(30))?;
+    vm.ok(&[LAYERSTORE, "--root", ROOT, "create", "bb:1", "c1"], Duration::from_secs(30))?;
+    vm.ok(
+        &[LAYERSTORE, "--root", ROOT, "bundle", "c1", "/run/bundle-c1"],
+        Duration::from_secs(30),
+    )?;
     // The appliance's root is the initramfs (rootfs), which pivot_root(2) refuses (EINVAL);
     // like Docker on a ramdisk (DOCKER_RAMDISK), the runtime moves the rootfs and chroots.
     let r = vm.run(
@@ -140,7 +143,10 @@ fn layer_store(name: &str, attach: Attach) -> Result<()> {
 
     // 2. --size: a writer in the merged directory stops at the quota; without it, it does not.
     // Random data: the pool keeps all-zero blocks unmapped, and step 3 needs mapped ones.
-    vm.ok(&[LS, "--root", ROOT, "create", "bb:1", "q", "--size", "64M"], Duration::from_secs(30))?;
+    vm.ok(
+        &[LAYERSTORE, "--root", ROOT, "create", "bb:1", "q", "--size", "64M"],
+        Duration::from_secs(30),
+    )?;
     // The first project id, kept in the container's metadata (set through xfs_quota).
     let meta_q =
         vm.ok(&["cat", "/var/lib/lamina/cli-store/containers/q.json"], Duration::from_secs(30))?;
@@ -154,7 +160,7 @@ fn layer_store(name: &str, attach: Attach) -> Result<()> {
     );
     let written = dd_mib(&r);
     assert!((56..=64).contains(&written), "wrote {written} MiB under a 64M limit: {r}");
-    vm.ok(&[LS, "--root", ROOT, "create", "bb:1", "free"], Duration::from_secs(30))?;
+    vm.ok(&[LAYERSTORE, "--root", ROOT, "create", "bb:1", "free"], Duration::from_secs(30))?;
     let r = fill_100_mib(&mut vm, "free")?;
     assert_eq!(r["exit_code"], 0, "dd without --size failed: {r}");
     assert_eq!(dd_mib(&r), 100, "{r}");
@@ -163,15 +169,14 @@ fn layer_store(name: &str, attach: Attach) -> Result<()> {
     // 3. rm + prune, then fstrim: the pool's Data Space Used drops.
     let (before, before_s) = data_used(&mut vm)?;
     for c in ["c1", "q", "free"] {
-        vm.ok(&[LS, "--root", ROOT, "rm", c], Duration::from_secs(60))?;
+        vm.ok(&[LAYERSTORE, "--root", ROOT, "rm", c], Duration::from_secs(60))?;
     }
-    vm.ok(&[LS, "--root", ROOT, "prune", "--all"], Duration::from_secs(60))?;
-    let images = vm.ok(&[LS, "--root", ROOT, "images"], Duration::from_secs(30))?;
+    vm.ok(&[LAYERSTORE, "--root", ROOT, "prune", "--all"], Duration::from_secs(60))?;
+    let images = vm.ok(&[LAYERSTORE, "--root", ROOT, "images"], Duration::from_secs(30))?;
     assert!(!images.contains("bb:1"), "prune --all left the image: {images}");
     vm.ok(&["sync"], Duration::from_secs(60))?;
     let (mid, _) = data_used(&mut vm)?;
-    let trimmed =
-        vm.ok(&["busybox", "fstrim", "-v", "/var/lib/lamina"], Duration::from_secs(120))?;
+    let trimmed = vm.ok(&["busybox", "fstrim", "-v", STORE_MNT], Duration::from_secs(120))?;
     let (after, after_s) = data_used(&mut vm)?;
     eprintln!(
         "[vm_layers] Data Space Used: {before_s} ({before}) before rm, {mid} after rm+prune, \
@@ -190,7 +195,7 @@ fn layer_store(name: &str, attach: Attach) -> Result<()> {
         Duration::from_secs(120),
     )?;
     vm.ok(&["mount", "-t", "xfs", "/dev/vdc", "/mnt"], Duration::from_secs(60))?;
-    let r = vm.run(&[LS, "--root", "/mnt/overlay2", "images"], Duration::from_secs(60))?;
+    let r = vm.run(&[LAYERSTORE, "--root", "/mnt/overlay2", "images"], Duration::from_secs(60))?;
     let err = r["stderr"].as_str().unwrap_or("");
     assert_ne!(r["exit_code"], 0, "a store on ftype=0 XFS was accepted: {r}");
     assert!(

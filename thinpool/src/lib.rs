@@ -14,9 +14,11 @@
 //! daemon  `thinpool serve`: pool lock, listeners, kernel handoff, signals, the control socket
 //! ```
 //!
-//! Beside the layers: `check` (an independent metadata checker reading the device bytes) and
-//! `xml` (thin_dump / thin_restore XML), and `luks` (LUKS2 headers for encrypted volumes, written
-//! by Debian's cryptsetup). The `thinpool` command line lives in the binary.
+//! Beside the layers: `check` (an independent metadata checker reading the device bytes),
+//! `xml` (thin_dump / thin_restore XML), `delta` (the differences between two thins, and the
+//! send/receive stream built on them), `repair` (thin_repair's salvage), and `luks` (LUKS2
+//! headers for encrypted volumes, written by Debian's cryptsetup). The `thinpool` command line
+//! lives in the binary.
 
 pub mod check;
 pub mod daemon;

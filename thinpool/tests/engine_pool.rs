@@ -145,7 +145,7 @@ fn file_pool_names_round_trip() {
     let vols = pool.volumes().unwrap();
     let names: Vec<&str> = vols.iter().map(|v| v.name.as_str()).collect();
     assert_eq!(names, ["a", "b"], "uncommitted names vanish with their transaction");
-    assert_eq!(vols[0].size, 8 * BS);
+    assert_eq!(vols[0].size, Bytes::new(8 * BS));
     assert_eq!(vols[1].id, b);
     let mut buf = [0u8; 3];
     pool.read(pool.volume("b").unwrap().id, 3, &mut buf).unwrap();
@@ -308,7 +308,7 @@ fn resize_volume_unmaps_past_the_new_end() {
     let v = pool.create_volume("v", 4 * BS).unwrap();
     pool.write(v, 0, &vec![9u8; 4 * BS as usize]).unwrap();
     pool.resize_volume("v", 2 * BS + 10).unwrap();
-    assert_eq!(pool.volume("v").unwrap().mapped_blocks, 3, "the partial last block stays");
+    assert_eq!(pool.volume("v").unwrap().mapped(), DataBlock(3), "the partial last block stays");
     assert_eq!(pool.write(v, 3 * BS, &[1]).unwrap_err().kind(), ErrorKind::OutOfRange);
     pool.resize_volume("v", 4 * BS).unwrap();
     let mut buf = vec![1u8; BS as usize];
@@ -317,5 +317,5 @@ fn resize_volume_unmaps_past_the_new_end() {
     pool.flush().unwrap();
     pool.self_check().unwrap();
     drop(pool);
-    assert_eq!(FilePool::open(dir.path()).unwrap().volume("v").unwrap().size, 4 * BS);
+    assert_eq!(FilePool::open(dir.path()).unwrap().volume("v").unwrap().size, Bytes::new(4 * BS));
 }

@@ -43,7 +43,7 @@ fn receive(pool: &Path, name: &str, stream: &[u8]) -> Output {
 fn sha(pool_dir: &Path, name: &str) -> [u8; 32] {
     let p = FilePool::open(pool_dir).unwrap();
     let v = p.volume(name).unwrap();
-    volume_sha256(&p, v.id, v.size).unwrap()
+    volume_sha256(&p, v.id, v.size.get()).unwrap()
 }
 
 /// What must not change when a stream is refused: the metadata as thin_dump prints it and

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 use thinpool::io::{BlockDevice, FileDevice};
-use thinpool::units::DataBlock;
+use thinpool::units::{Bytes, DataBlock};
 use thinpool::vg::autoextend::ExtendAction;
 use thinpool::vg::format::DATA_START;
 use thinpool::vg::{EventLog, Extents, PoolConfig, VgPool, VolumeGroup};
@@ -51,7 +51,7 @@ fn pool_on_a_group_round_trips_volumes_and_data() {
     // Re-creating with the same values opens; the volume and its bytes are there.
     let p = VgPool::create(std::slice::from_ref(&a), PoolConfig::default(), false).unwrap();
     let v = p.pool().volume("base").unwrap();
-    assert_eq!((v.id, v.size), (id, 10 << 30));
+    assert_eq!((v.id, v.size), (id, Bytes::new(10 << 30)));
     let mut b = [0u8; 17];
     p.pool().read(id, 12345, &mut b).unwrap();
     assert_eq!(&b, b"on a volume group");

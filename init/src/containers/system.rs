@@ -11,8 +11,6 @@ use super::service::Containers;
 use super::Images;
 use crate::reaper::Reaper;
 
-/// The store's filesystem, trimmed after a prune.
-const MOUNT: &str = "/var/lib/lamina";
 const BUSYBOX: &str = "/bin/busybox";
 
 pub fn volume_create(images: &Images, name: &str) -> Result<Value> {
@@ -75,7 +73,8 @@ pub fn prune(
 ) -> Result<Value> {
     let removed = containers.prune_stopped();
     let r = images.with(|s| s.prune(all, volumes))?;
-    let argv = [BUSYBOX, "fstrim", "-v", MOUNT].map(str::to_owned);
+    // Trimming the store hands the blocks the prune freed back to the thin pool.
+    let argv = [BUSYBOX, "fstrim", "-v", crate::pool::MOUNT].map(str::to_owned);
     let trim = crate::pool::run(reaper, &argv, Duration::from_secs(300))
         .map_err(|e| StoreError::io("fstrim", e))?;
     Ok(json!({

@@ -76,12 +76,12 @@ pub(super) fn import(a: &ImportArgs) -> anyhow::Result<ExitCode> {
         bail!("{} is empty", a.file.display());
     }
     let (id, existed) = match pool.volume(&a.name) {
-        Ok(v) if v.size < len => bail!(
+        Ok(v) if v.size.get() < len => bail!(
             "{} ({}) does not fit in volume {} ({})",
             a.file.display(),
             binary_size(len),
             a.name,
-            binary_size(v.size)
+            v.size.binary()
         ),
         Ok(v) => (v.id, true),
         Err(e) if e.kind() == ErrorKind::NotFound => (pool.create_volume(&a.name, len)?, false),
@@ -147,15 +147,16 @@ pub(super) fn export(a: &ExportArgs) -> anyhow::Result<ExitCode> {
     let opened = open_pool(&a.pool.dir, Access::Shared)?;
     let pool = opened.pool();
     let v = pool.volume(&a.name)?;
+    let size = v.size.get();
     let out =
         File::create(&a.file).with_context(|| format!("cannot create {}", a.file.display()))?;
-    out.set_len(v.size).with_context(|| format!("cannot size {}", a.file.display()))?;
-    let mut progress = Progress::new("export", v.size);
+    out.set_len(size).with_context(|| format!("cannot size {}", a.file.display()))?;
+    let mut progress = Progress::new("export", size);
     let mut buf = vec![0u8; CHUNK];
     let window = 64 * CHUNK as u64;
     let mut base = 0u64;
-    while base < v.size {
-        let len = window.min(v.size - base);
+    while base < size {
+        let len = window.min(size - base);
         let mut pos = base;
         for (run, mapped) in pool.extents(v.id, base, len)? {
             if mapped {
@@ -178,6 +179,6 @@ pub(super) fn export(a: &ExportArgs) -> anyhow::Result<ExitCode> {
     }
     out.sync_all().with_context(|| format!("syncing {}", a.file.display()))?;
     progress.finish();
-    println!("exported {} ({}) to {}", a.name, binary_size(v.size), a.file.display());
+    println!("exported {} ({}) to {}", a.name, v.size.binary(), a.file.display());
     Ok(ExitCode::SUCCESS)
 }

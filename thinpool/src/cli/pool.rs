@@ -228,7 +228,10 @@ impl Manage for LocalPool {
             .svc
             .volumes()?
             .into_iter()
-            .map(|v| VolumeRow::new(v.name, v.id.0, v.size, v.mapped_blocks, bs).exported(v.export))
+            .map(|v| {
+                let (size, mapped) = (v.size.get(), v.mapped().0);
+                VolumeRow::new(v.name, v.id.0, size, mapped, bs).exported(v.export)
+            })
             .collect())
     }
 

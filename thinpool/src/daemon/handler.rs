@@ -153,8 +153,8 @@ impl control::Handler for PoolControl {
                     .map(|v| VolumeEntry {
                         name: v.name.clone(),
                         thin_id: v.id.0,
-                        size: v.size,
-                        mapped_blocks: v.mapped_blocks,
+                        size: v.size.get(),
+                        mapped_blocks: v.mapped().0,
                         export: v.export,
                     })
                     .collect(),

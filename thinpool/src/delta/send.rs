@@ -94,16 +94,16 @@ pub fn send<W: Write>(
     let (left, base_sha256) = match base {
         Some(b) => {
             let bv = pool.volume(b).map_err(pe(format!("sending from base {b:?}")))?;
-            (runs(bv.id, b)?, volume_sha256(pool, bv.id, bv.size)?)
+            (runs(bv.id, b)?, volume_sha256(pool, bv.id, bv.size.get())?)
         }
         None => (Vec::new(), [0; 32]),
     };
     let right = runs(v.id, snap)?;
-    let content = volume_sha256(pool, v.id, v.size)?;
+    let content = volume_sha256(pool, v.id, v.size.get())?;
     let h = Header {
         incremental: base.is_some(),
         block_bytes: u32::try_from(bs).unwrap_or(u32::MAX),
-        size: v.size,
+        size: v.size.get(),
         base_sha256,
         name: snap.to_owned(),
         base: base.unwrap_or_default().to_owned(),
@@ -111,7 +111,7 @@ pub fn send<W: Write>(
     let mut w = stream::Writer::new(out, &h).map_err(SendError::Write)?;
     let mut buf = vec![0u8; CHUNK as usize];
     for r in diff(&left, &right) {
-        let (start, end) = (r.begin.0 * bs, ((r.begin.0 + r.len) * bs).min(v.size));
+        let (start, end) = (r.begin.0 * bs, ((r.begin.0 + r.len) * bs).min(v.size.get()));
         if start >= end {
             continue;
         }
@@ -160,7 +160,7 @@ pub fn receive<R: Read>(
     let made = if h.incremental {
         let b = base.unwrap_or(&h.base);
         let bv = pool.volume(b).map_err(pe(format!("finding the base volume {b:?}")))?;
-        let here = volume_sha256(pool, bv.id, bv.size)?;
+        let here = volume_sha256(pool, bv.id, bv.size.get())?;
         if here != h.base_sha256 {
             return Err(SendError::BaseMismatch {
                 base: b.to_owned(),
@@ -193,7 +193,7 @@ fn apply<R: Read>(
     r: &mut stream::Reader<R>,
 ) -> Result<Stats, SendError> {
     let v = pool.volume(&pool_name(pool, id)?).map_err(pe("reading the temporary volume"))?;
-    if v.size != h.size {
+    if v.size.get() != h.size {
         pool.resize_volume(&v.name, h.size).map_err(pe("resizing to the stream's size"))?;
     }
     let mut stats = Stats::default();

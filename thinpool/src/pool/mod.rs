@@ -66,12 +66,18 @@ pub struct SpaceUsage<B> {
 pub struct VolumeInfo {
     pub name: String,
     pub id: ThinId,
-    /// Virtual size in bytes.
-    pub size: u64,
-    pub mapped_blocks: u64,
+    /// Virtual size.
+    pub size: Bytes,
     pub details: DeviceDetails,
     /// Created for export (see [`names::NameEntry::export`]).
     pub export: bool,
+}
+
+impl VolumeInfo {
+    /// The data blocks the volume maps (its details' `mapped_blocks`).
+    pub fn mapped(&self) -> DataBlock {
+        DataBlock(self.details.mapped_blocks)
+    }
 }
 
 /// A thin pool over a metadata device and a data device.
@@ -573,7 +579,7 @@ impl Pool {
     /// Changes a volume's virtual size (shrinking unmaps the blocks past the new end).
     pub fn resize_volume(&self, name: &str, size: u64) -> Result<()> {
         let v = self.volume(name)?;
-        if size < v.size {
+        if size < v.size.get() {
             let first = size.div_ceil(self.block_bytes);
             let _g = self.gate.write().unwrap_or_else(|e| e.into_inner());
             self.meta().change(|m| m.remove_range(v.id, VirtBlock(first), VirtBlock(u64::MAX)))?;
@@ -673,8 +679,7 @@ fn volume_info(m: &Meta, e: &names::NameEntry) -> Result<VolumeInfo> {
     Ok(VolumeInfo {
         name: e.name.clone(),
         id: ThinId(e.id),
-        size: e.size,
-        mapped_blocks: d.details.mapped_blocks,
+        size: Bytes::new(e.size),
         details: d.details,
         export: e.export,
     })

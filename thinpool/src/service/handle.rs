@@ -36,7 +36,7 @@ impl VolumeHandle {
             .pool()
             .volume(&self.name)
             .map_err(|e| Error::pool(&format!("sizing volume {:?}", self.name), e))?;
-        Ok(v.size)
+        Ok(v.size.get())
     }
 
     /// Data block size in bytes.

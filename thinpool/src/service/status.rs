@@ -195,7 +195,7 @@ impl Service {
 
     fn base_filesystem(&self) -> Option<&'static str> {
         let v = self.pool().volume("base").ok()?;
-        let mut head = vec![0u8; 0x10048.min(v.size) as usize];
+        let mut head = vec![0u8; 0x10048.min(v.size.get()) as usize];
         self.pool().read(v.id, 0, &mut head).ok()?;
         probe_filesystem(&head)
     }
@@ -204,7 +204,6 @@ impl Service {
     pub fn list(&self) -> super::Result<Vec<ListRow>> {
         let pool = self.pool();
         let (d, m) = (pool.data_usage(), pool.metadata_usage());
-        let bs = pool.block_bytes();
         let mut rows = vec![ListRow {
             name: self.name().to_owned(),
             kind: "pool",
@@ -217,8 +216,8 @@ impl Service {
             rows.push(ListRow {
                 open: self.open_count(&v.name),
                 kind: "thin",
-                size: v.size,
-                data_percent: percent(v.mapped_blocks * bs, v.size),
+                size: v.size.get(),
+                data_percent: percent(pool.data_bytes(v.mapped()).get(), v.size.get()),
                 meta_percent: None,
                 name: v.name,
             });

@@ -160,7 +160,7 @@ impl VgPool {
             .map(|v| ThinSpec {
                 name: format!("{pool_name}-{}", v.name),
                 id: v.id,
-                size: Sectors(v.size.div_ceil(Sectors::SIZE)),
+                size: Sectors(v.size.div_ceil(Bytes::new(Sectors::SIZE))),
             })
             .collect();
         Ok(self.vg.dmsetup_table(pool_name, &thins))

@@ -31,6 +31,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use ::tests::appliance::{POOL_STATE, STORE_MNT, THINPOOL};
 use anyhow::{bail, ensure, Context, Result};
 use serde_json::Value;
 
@@ -53,13 +54,11 @@ const REGION: u64 = 256 << 20;
 const DISK: u64 = 16 << 30;
 const MEMORY_MIB: u32 = 1024;
 const BB: &str = "/bin/busybox";
-const THINPOOL: &str = "/sbin/thinpool";
 /// Where `/sbin/thinpool` waits while the kernel owns the pool.
 const PARKED: &str = "/sbin/thinpool.bench";
 const DAEMON_LOCK: &str = "/run/lamina/pool/lock";
 const GUEST_DISK: &str = "/dev/vda";
 const NBD: &str = "/dev/nbd0";
-const STATE_DIR: &str = "/run/lamina/pool";
 /// vCPU counts measured, one VM each (`LAMINA_BENCH_GUEST_CPUS=1` limits a development run
 /// to the listed counts).
 const CPUS: [u32; 2] = [1, 2];
@@ -552,7 +551,7 @@ pub fn run(root: &Path, jsonl: &Path) -> Result<()> {
 }
 
 fn measure(g: &mut Guest<'_>, cpus: u32, say: &dyn Fn(&str)) -> Result<Vec<Record>> {
-    g.sh(&format!("{BB} umount /var/lib/lamina"))?;
+    g.sh(&format!("{BB} umount {STORE_MNT}"))?;
     say("XFS unmounted; writing the measured region of the lamina volume once");
     let fill = |g: &mut Guest<'_>, dev: &str, off: u64| -> Result<()> {
         let argv = fill_argv(dev, off, REGION);
@@ -564,7 +563,7 @@ fn measure(g: &mut Guest<'_>, cpus: u32, say: &dyn Fn(&str)) -> Result<Vec<Recor
     // The same volume through the daemon's ublk frontend as well.
     let ublk = g
         .exec(
-            &[THINPOOL, "attach", GUEST_DISK, "store", "--state-dir", STATE_DIR],
+            &[THINPOOL, "attach", GUEST_DISK, "store", "--state-dir", POOL_STATE],
             Duration::from_secs(60),
         )?
         .trim()
