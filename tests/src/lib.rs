@@ -30,6 +30,7 @@ use serde_json::Value;
 pub mod appliance;
 pub mod cli;
 pub mod dmthin;
+pub mod wait;
 
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()

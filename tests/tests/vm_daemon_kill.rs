@@ -10,9 +10,11 @@
 //! stays up and the data is intact when read back from the device: the daemon committed
 //! every mapping it acknowledged.
 
+use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Result};
+use anyhow::Result;
+use tests::wait::until;
 use tests::{check_pool_disk, Attach, Opts, TestVm};
 
 tests::per_attach! {
@@ -55,7 +57,14 @@ fn sigkill_under_writes(name: &str, attach: Attach) -> Result<()> {
                     sync || exit 1; \
                   done) && echo ok > /tmp/writer.done || echo fail > /tmp/writer.done";
     vm.exec(&["sh", "-c", &format!("({writer}) </dev/null >/dev/null 2>&1 &")])?;
-    std::thread::sleep(Duration::from_millis(1500));
+    // The kill lands once the first copy has bytes on the store, so the writer is mid-stream.
+    until(Duration::from_secs(30), Duration::from_millis(100), || {
+        let size = vm.exec(&["stat", "-c", "%s", "/var/lib/lamina/w1"]).unwrap_or_default();
+        Ok(match size.trim().parse::<u64>() {
+            Ok(n) if n > 0 => ControlFlow::Break(()),
+            _ => ControlFlow::Continue(format!("the writer has not started: w1 size {size:?}")),
+        })
+    })?;
     let pid = vm.exec(&["pidof", "thinpool"])?;
     let t = Instant::now();
     vm.exec(&["sh", "-c", "kill -9 $(pidof thinpool)"])?;
@@ -65,16 +74,12 @@ fn sigkill_under_writes(name: &str, attach: Attach) -> Result<()> {
     };
     vm.wait_for(restarted, Duration::from_secs(60))?;
     eprintln!("[daemon_kill] killed pid {}; restarted after {:?}", pid.trim(), t.elapsed());
-    let deadline = Instant::now() + Duration::from_secs(150);
-    let done = loop {
-        if let Ok(s) = vm.exec(&["cat", "/tmp/writer.done"]) {
-            break s;
-        }
-        if Instant::now() > deadline {
-            bail!("writer did not finish within 150 s after the kill");
-        }
-        std::thread::sleep(Duration::from_secs(1));
-    };
+    let done = until(Duration::from_secs(150), Duration::from_secs(1), || {
+        Ok(match vm.exec(&["cat", "/tmp/writer.done"]) {
+            Ok(s) => ControlFlow::Break(s),
+            Err(_) => ControlFlow::Continue("the writer has not finished since the kill".into()),
+        })
+    })?;
     eprintln!("[daemon_kill] writer finished {:?} after the kill", t.elapsed());
     let errs = vm.exec(&["cat", "/tmp/writer.err"]).unwrap_or_default();
     assert_eq!(done.trim(), "ok", "writer failed: {errs}");

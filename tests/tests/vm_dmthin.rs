@@ -7,6 +7,7 @@
 //! Boots the `dm` image variant (`cargo xtask image --variant dm`). Logs, the disk image and
 //! the guest's `dmesg` are kept in `target/lamina/test-logs/vm_dmthin_interop/`.
 
+use std::ops::ControlFlow;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -16,6 +17,7 @@ use tests::dmthin::{
     dm_image_dir, parse_tables, pattern, run, seq_bytes, sha256_file, sha256_hex, thinpool_bin,
     DmDevice,
 };
+use tests::wait::until;
 use tests::{lamina_home, Opts, TestVm};
 
 const NAME: &str = "vm_dmthin_interop";
@@ -39,14 +41,16 @@ impl Server {
             .spawn()
             .context("starting thinpool serve")?;
         let mut s = Server(child);
-        let t = Instant::now();
-        while !sock.exists() {
+        until(Duration::from_secs(20), Duration::from_millis(50), || {
             if let Some(st) = s.0.try_wait()? {
                 bail!("thinpool serve exited early: {st}");
             }
-            ensure!(t.elapsed() < Duration::from_secs(20), "thinpool serve: no socket in 20 s");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+            Ok(if sock.exists() {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue("thinpool serve: no socket yet".into())
+            })
+        })?;
         Ok(s)
     }
 

@@ -23,13 +23,15 @@
 //! Space Used, as the pool daemon's status reports it, back to where it was before the import
 //! (for btrfs, also its own volume's mapped blocks back to what mkfs left).
 
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use serde_json::{json, Value};
 use tests::appliance::{LAYERSTORE, POOL_STATE, STORE_MNT, THINPOOL};
+use tests::wait::until;
 use tests::{host_run, pool_data_bytes, umoci, BusyboxBundle, Opts, TestVm};
 
 const CRUN: &str = "/usr/bin/crun";
@@ -280,18 +282,17 @@ fn busy_removal(vm: &mut TestVm, d: &Driver) -> Result<()> {
     vm.ok(&[CRUN, "delete", "--force", &ctr], Duration::from_secs(60))?;
     if let Some(vol) = &volume {
         // The device goes at its last close, and with it the volume.
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
+        until(Duration::from_secs(120), Duration::from_millis(500), || {
             let st = vm.pool_status()?;
             let attached =
                 st["ublk"].as_array().is_some_and(|a| a.iter().any(|e| e["name"] == *vol));
             let count = st["devicemapper"]["Deferred Deleted Device Count"].as_u64();
-            if !attached && count == Some(0) {
-                break;
-            }
-            ensure!(Instant::now() < deadline, "deferred removal of {vol} never finished: {st}");
-            std::thread::sleep(Duration::from_millis(500));
-        }
+            Ok(if !attached && count == Some(0) {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(format!("deferred removal of {vol} never finished: {st}"))
+            })
+        })?;
     }
     Ok(())
 }

@@ -1,11 +1,13 @@
 //! VM tier: on q35 a disk hot-plugged through QMP (blockdev-add + device_add on the
 //! pre-created root port) appears in the guest as /dev/vdb.
 
-use std::time::{Duration, Instant};
+use std::ops::ControlFlow;
+use std::time::Duration;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use qemu::Machine;
 use serde_json::json;
+use tests::wait::until;
 use tests::{Opts, TestVm};
 
 #[test]
@@ -18,19 +20,22 @@ fn vm_q35_disk_hotplug_appears_in_the_guest() -> Result<()> {
     let mut qmp = vm.qmp()?;
     qmp.hotplug_disk("vd1", &disk, Some("rp1"))?;
     drop(qmp); // QEMU serves one QMP client at a time; `stop` opens its own.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let size = loop {
-        // The agent runs `cat` in the guest; the device shows up asynchronously.
-        match vm.exec(&["cat", "/sys/block/vdb/size"]) {
-            Ok(s) => break s,
-            Err(e) if Instant::now() > deadline => bail!("vdb never appeared: {e:#}"),
-            Err(_) => std::thread::sleep(Duration::from_millis(250)),
-        }
-    };
+    let size = vdb_sectors(&mut vm)?;
     assert_eq!(size.trim(), (64u64 << 20 >> 9).to_string());
     let st = vm.stop(Duration::from_secs(20))?;
     assert!(st.success(), "QEMU exited with {st}");
     Ok(())
+}
+
+/// The hot-plugged disk's size in sectors, once the guest shows it (the device appears
+/// asynchronously after `device_add`).
+fn vdb_sectors(vm: &mut TestVm) -> Result<String> {
+    until(Duration::from_secs(30), Duration::from_millis(250), || {
+        Ok(match vm.exec(&["cat", "/sys/block/vdb/size"]) {
+            Ok(s) => ControlFlow::Break(s),
+            Err(e) => ControlFlow::Continue(format!("vdb never appeared: {e:#}")),
+        })
+    })
 }
 
 /// Data Space Total as bytes from the daemon's status (the `data.total` field).
@@ -65,13 +70,7 @@ fn vm_hotplugged_disk_extends_the_pool() -> Result<()> {
     let mut qmp = vm.qmp()?;
     qmp.hotplug_disk("vd1", &disk, Some("rp1"))?;
     drop(qmp);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while vm.exec(&["cat", "/sys/block/vdb/size"]).is_err() {
-        if Instant::now() > deadline {
-            bail!("vdb never appeared");
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
+    vdb_sectors(&mut vm)?;
     let r = vm.agent()?.call(
         "pool.extend",
         Some(json!({"device": "/dev/vdb"})),

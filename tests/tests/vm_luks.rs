@@ -14,15 +14,17 @@
 //!    what the boot waits for, a wrong passphrase is reported and another awaited, the key
 //!    (given as the passphrase) opens the store and the data is intact.
 
+use std::ops::ControlFlow;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use tests::cli::{lamina_bin, status_data_used, Lamina};
 use tests::dmthin::sha256_file;
 use tests::host_run;
+use tests::wait::until;
 
 fn random_file(p: &Path, len: usize, seed: u64) -> Result<()> {
     let mut x = seed | 1;
@@ -208,13 +210,15 @@ fn vm_luks_store_reboot_refusal_host_judge_volume_and_discards() -> Result<()> {
     let booting = std::thread::spawn(move || {
         Command::new(bin).arg("--home").arg(&home).args(&wait_run).output()
     });
-    let deadline = Instant::now() + Duration::from_secs(300);
     let wait_console = |needle: &str| -> Result<()> {
-        while !l.console("c").contains(needle) {
-            ensure!(Instant::now() < deadline, "no {needle:?} on the console: {}", l.console("c"));
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        Ok(())
+        until(Duration::from_secs(300), Duration::from_millis(200), || {
+            let console = l.console("c");
+            Ok(if console.contains(needle) {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(format!("no {needle:?} on the console: {console}"))
+            })
+        })
     };
     wait_console("waiting up to 300 s for its passphrase")?;
     let st = l.json(&["vm", "ctl", "c", "status"])?;

@@ -11,12 +11,14 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 use serde_json::Value;
 use tests::cli::Lamina;
+use tests::wait::until;
 
 /// busybox as a one-layer OCI image tagged `bb` (see [`tests::busybox_oci`]).
 fn busybox_oci(dir: &Path) -> Result<PathBuf> {
@@ -75,19 +77,16 @@ fn vm_network() -> Result<()> {
     assert_eq!(web["network"], "bridge", "{web}");
     let web_ip = web["ip"].as_str().context("web has no address")?.to_owned();
     assert!(web_ip.starts_with("172.17."), "default network is 172.17.0.0/16: {web}");
-    let deadline = Instant::now() + Duration::from_secs(120);
     let t = Instant::now();
-    let page = loop {
-        match http_get(web_port) {
-            Ok(r) if r.contains("hello-from-web") => break r,
-            other => ensure!(
-                Instant::now() < deadline,
+    let page = until(Duration::from_secs(120), Duration::from_millis(250), || {
+        Ok(match http_get(web_port) {
+            Ok(r) if r.contains("hello-from-web") => ControlFlow::Break(r),
+            other => ControlFlow::Continue(format!(
                 "no page through 127.0.0.1:{web_port} -> guest 8080 -> web:80: {other:?}\n{}",
                 l.console("n")
-            ),
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    };
+            )),
+        })
+    })?;
     assert!(page.starts_with("HTTP/1.") && page.contains(" 200 "), "{page}");
     eprintln!("[vm_network] page through the forward after {:.1}s", t.elapsed().as_secs_f64());
     let e =
@@ -121,8 +120,7 @@ fn vm_network() -> Result<()> {
         |v: &Value| v["ipam"].as_array().is_some_and(|a| a.iter().any(|x| x == server_ip.as_str()));
     assert!(held(&inspect), "host-local's store must hold {server_ip}: {inspect}");
     // The client retries while the server's httpd starts; by name, through /etc/hosts.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let out = loop {
+    let out = until(Duration::from_secs(120), Duration::from_millis(500), || {
         let out = l.run(
             &[
                 "run",
@@ -141,16 +139,13 @@ fn vm_network() -> Result<()> {
             None,
         )?;
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        if out.status.success() {
-            break text;
-        }
-        ensure!(
-            Instant::now() < deadline,
-            "wget http://server/ kept failing: {text}{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    };
+        Ok(if out.status.success() {
+            ControlFlow::Break(text)
+        } else {
+            let err = String::from_utf8_lossy(&out.stderr);
+            ControlFlow::Continue(format!("wget http://server/ kept failing: {text}{err}"))
+        })
+    })?;
     assert_eq!(out, "hello-by-name\n");
     let hosts = l.ok(&["exec", "--vm", "n", "server", "cat", "/etc/hosts"])?;
     assert!(hosts.contains(&format!("{server_ip}\tserver")), "{hosts}");

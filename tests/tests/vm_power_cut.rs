@@ -3,9 +3,11 @@
 //! checks that the other attach reads the same XFS), reaches READY, data synced before the cut
 //! is intact, and the pool metadata on the disk passes thin_check and thinpool check.
 
+use std::ops::ControlFlow;
 use std::time::Duration;
 
 use anyhow::Result;
+use tests::wait::until;
 use tests::{check_pool_disk, Opts, TestVm};
 
 #[test]
@@ -27,10 +29,18 @@ fn vm_power_cut_keeps_synced_data_and_clean_metadata() -> Result<()> {
         vm.exec(&[
             "sh",
             "-c",
-            "(while true; do dd if=/dev/urandom of=/var/lib/lamina/busy bs=64k count=64 \
-             2>/dev/null; sync; done) </dev/null >/dev/null 2>&1 &",
+            "(i=0; while true; do dd if=/dev/urandom of=/var/lib/lamina/busy bs=64k count=64 \
+             2>/dev/null; sync; i=$((i+1)); echo $i > /tmp/rounds; done) \
+             </dev/null >/dev/null 2>&1 &",
         ])?;
-        std::thread::sleep(Duration::from_secs(3));
+        // The cut comes after two rounds have reached the pool, in the middle of the next.
+        until(Duration::from_secs(60), Duration::from_millis(200), || {
+            let rounds = vm.exec(&["cat", "/tmp/rounds"]).unwrap_or_default();
+            Ok(match rounds.trim().parse::<u32>() {
+                Ok(n) if n >= 2 => ControlFlow::Break(()),
+                _ => ControlFlow::Continue(format!("writer rounds so far: {rounds:?}")),
+            })
+        })?;
         vm.kill();
         sum
     };

@@ -15,14 +15,16 @@
 //! was; the same image as a zstd-compressed docker-archive (skopeo) loads from stdin after
 //! it; `image save` writes a docker-archive; `image rm` names an unknown image.
 
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use tests::cli::{status_data_used, Lamina};
 use tests::dmthin::sha256_file;
 use tests::host_run;
+use tests::wait::until;
 
 /// busybox (Debian's busybox-static) in a one-layer OCI image built with umoci, tagged `bb`;
 /// returns (OCI layout tar gzip-compressed, docker-archive tar zstd-compressed); the
@@ -126,15 +128,14 @@ fn wait_ps(
     what: &str,
     ok: impl Fn(&serde_json::Value) -> bool,
 ) -> Result<serde_json::Value> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
+    until(Duration::from_secs(60), Duration::from_millis(250), || {
         let c = l.ps(vm, name)?;
-        if ok(&c) {
-            return Ok(c);
-        }
-        ensure!(Instant::now() < deadline, "{name}: never {what}: {c}");
-        std::thread::sleep(Duration::from_millis(250));
-    }
+        Ok(if ok(&c) {
+            ControlFlow::Break(c)
+        } else {
+            ControlFlow::Continue(format!("{name}: never {what}: {c}"))
+        })
+    })
 }
 
 /// Containers as services, on the `bb` image (first boot).

@@ -15,14 +15,16 @@
 //! stream with one flipped byte, a receive whose host process is killed half-way, and a
 //! name that exists. Debian's thin_check passes on B's metadata afterwards.
 
+use std::ops::ControlFlow;
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use tests::cli::Lamina;
 use tests::dmthin::sha256_hex;
 use tests::host_run;
+use tests::wait::until;
 
 const SIZE: usize = 64 << 20;
 const MIB: usize = 1 << 20;
@@ -151,15 +153,13 @@ fn data_used(l: &Lamina, vm: &str) -> Result<u64> {
 /// since the last commit are free again, within 15 s) no more data blocks used.
 fn unchanged(l: &Lamina, vm: &str, names: &[String], used: u64, what: &str) -> Result<()> {
     assert_eq!(pool_volumes(l, vm)?, names, "{what} changed the volume list");
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
+    until(Duration::from_secs(15), Duration::from_millis(500), || {
         let now = data_used(l, vm)?;
-        if now <= used {
-            return Ok(());
-        }
-        ensure!(Instant::now() < deadline, "{what} keeps {} bytes of the pool", now - used);
-        std::thread::sleep(Duration::from_millis(500));
-    }
+        Ok(match now.checked_sub(used) {
+            None | Some(0) => ControlFlow::Break(()),
+            Some(kept) => ControlFlow::Continue(format!("{what} keeps {kept} bytes of the pool")),
+        })
+    })
 }
 
 /// A receive that must be refused naming `why`, leaving the pool as it was.
