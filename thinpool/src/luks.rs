@@ -36,7 +36,7 @@ pub const HEADER_MAX: u64 = 144 << 20;
 
 #[derive(Debug, Error)]
 pub enum LuksError {
-    #[error("key file {path}: {source}")]
+    #[error("key file {path}")]
     KeyIo { path: PathBuf, source: std::io::Error },
     #[error("key file {path} is not a regular file")]
     KeyNotFile { path: PathBuf },
@@ -49,11 +49,11 @@ pub enum LuksError {
     KeyOpen { path: PathBuf, mode: u32 },
     #[error("volume size {size} is too small for a LUKS2 header: need more than {need} bytes")]
     TooSmall { size: u64, need: u64 },
-    #[error("cannot run {program} (Debian's cryptsetup-bin): {source}")]
+    #[error("cannot run {program} (Debian's cryptsetup-bin)")]
     Spawn { program: PathBuf, source: std::io::Error },
     #[error("cryptsetup luksFormat failed ({status}): {stderr}")]
     Cryptsetup { status: String, stderr: String },
-    #[error("{what} {path}: {source}")]
+    #[error("{what} {path}")]
     Io { what: &'static str, path: PathBuf, source: std::io::Error },
     #[error("not a LUKS2 header: {0}")]
     NotLuks2(String),
@@ -327,5 +327,16 @@ mod tests {
         assert!(matches!(check_key_file(&empty), Err(LuksError::KeyEmpty { .. })));
         assert!(matches!(check_key_file(d.path()), Err(LuksError::KeyNotFile { .. })));
         assert!(matches!(check_key_file(&d.path().join("none")), Err(LuksError::KeyIo { .. })));
+    }
+
+    #[test]
+    fn the_os_error_prints_once_in_the_chain_and_not_in_display() {
+        let d = tempfile::tempdir().unwrap();
+        let missing = d.path().join("none");
+        let e = check_key_file(&missing).unwrap_err();
+        assert_eq!(e.to_string(), format!("key file {}", missing.display()));
+        let line = crate::units::chain(&e);
+        assert_eq!(line.matches("No such file or directory").count(), 1, "{line}");
+        assert!(line.starts_with(&e.to_string()), "{line}");
     }
 }

@@ -420,21 +420,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// The error and its causes on one line, skipping causes whose text is already in it (some
-/// errors repeat their source in their own message).
+/// The error and its causes on one line, as the libraries print errors for a person.
 pub fn error_line(e: &anyhow::Error) -> String {
-    let mut msg = String::new();
-    for cause in e.chain() {
-        let c = cause.to_string();
-        if msg.contains(&c) {
-            continue;
-        }
-        if !msg.is_empty() {
-            msg.push_str(": ");
-        }
-        msg.push_str(&c);
-    }
-    msg.replace('\n', " ")
+    thinpool::units::chain(e.as_ref()).replace('\n', " ")
 }
 
 #[cfg(test)]

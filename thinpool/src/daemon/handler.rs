@@ -39,7 +39,7 @@ fn ublk_refusal(e: ublk::AttachError) -> Refusal {
         (K::Busy, _) => RefusalKind::Busy,
         (K::Kernel | K::Io, _) => RefusalKind::Failed,
     };
-    Refusal::new(kind, e.to_string())
+    Refusal::new(kind, units::chain(&e))
 }
 
 /// The refusal a client sees for a service error.
@@ -107,7 +107,7 @@ fn streamed(
                 | E::Invalid(_)
                 | E::ContentMismatch { .. } => RefusalKind::Invalid,
             };
-            Err(Refusal::new(kind, e.to_string()))
+            Err(Refusal::new(kind, units::chain(&e)))
         }
     }
 }

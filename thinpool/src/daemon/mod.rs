@@ -105,8 +105,9 @@ impl ServeConfig {
         let tls = match (self.tls, &self.tls_certificates) {
             (TlsMode::Off, _) => None,
             (mode, Some(dir)) => {
-                let config = tls::load(dir, self.tls_verify_peer)
-                    .map_err(|e| DaemonError::Config(format!("--tls-certificates: {e}")))?;
+                let config = tls::load(dir, self.tls_verify_peer).map_err(|e| {
+                    DaemonError::Config(format!("--tls-certificates: {}", units::chain(&e)))
+                })?;
                 Some(Tls { mode, config })
             }
             (_, None) => {
@@ -148,7 +149,7 @@ impl ServeConfig {
 pub enum DaemonError {
     #[error("pool {dir} is in use by pid {pid}")]
     InUse { dir: PathBuf, pid: u32 },
-    #[error("{what} {path}: {source}")]
+    #[error("{what} {path}")]
     Io { what: &'static str, path: PathBuf, source: std::io::Error },
     #[error("invalid configuration: {0}")]
     Config(String),
@@ -262,18 +263,18 @@ pub fn serve_until(
         file_data_max: cfg.data_max,
         ..ServiceOptions::default()
     };
-    let svc = Service::open(&src, opts).map_err(|e| DaemonError::Pool(e.to_string()))?;
+    let svc = Service::open(&src, opts).map_err(|e| DaemonError::Pool(units::chain(&e)))?;
     if let Some(why) = svc.read_only() {
         tracing::warn!("nbd: serving the pool read-only: {why}");
     }
-    svc.start_autoextend().map_err(|e| DaemonError::Pool(e.to_string()))?;
+    svc.start_autoextend().map_err(|e| DaemonError::Pool(units::chain(&e)))?;
     let catalog = Arc::new(PoolCatalog::with_scope(Arc::new(svc), cfg.exports));
     // ublk devices a previous daemon of this pool served (it died): take them over before
     // anything else, their users are blocked until then.
     let ublk = Arc::new(Devices::new(catalog.clone(), &state));
     for (volume, r) in ublk.recover() {
         if let Err(e) = r {
-            tracing::error!("ublk: could not take over {volume}'s device: {e}");
+            tracing::error!("ublk: could not take over {volume}'s device: {}", units::chain(&e));
         }
     }
     let (c2, u2) = (catalog.clone(), ublk.clone());
@@ -281,7 +282,9 @@ pub fn serve_until(
         Arc::new(PoolControl::new(c2, conns, u2))
     })?;
     ublk.shutdown();
-    catalog.commit().map_err(|e| DaemonError::Pool(format!("final commit: {e}")))?;
+    catalog
+        .commit()
+        .map_err(|e| DaemonError::Pool(format!("final commit: {}", units::chain(&e))))?;
     tracing::info!("nbd: pool committed, exiting");
     Ok(())
 }

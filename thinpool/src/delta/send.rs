@@ -22,15 +22,15 @@ const CHUNK: u64 = 1 << 20;
 /// What went wrong, with the kind a caller can match on.
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
-    #[error("{doing}: {source}")]
+    #[error("{doing}")]
     Pool {
         doing: String,
         #[source]
         source: pool::Error,
     },
-    #[error("writing the stream: {0}")]
+    #[error("writing the stream")]
     Write(#[source] std::io::Error),
-    #[error("refused the stream: {0}")]
+    #[error("refused the stream")]
     Stream(#[from] StreamError),
     #[error(
         "base volume {base:?} here does not hold the content the stream was made against \

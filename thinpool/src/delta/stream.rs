@@ -59,7 +59,7 @@ pub struct Trailer {
 /// Why a stream was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum StreamError {
-    #[error("reading the stream: {0}")]
+    #[error("reading the stream")]
     Io(#[from] io::Error),
     #[error("the stream ends early (cut?) after {at} bytes")]
     Truncated { at: u64 },

@@ -168,7 +168,7 @@ impl Catalog for PoolCatalog {
                 })
                 .collect(),
             Err(e) => {
-                tracing::error!("nbd: listing volumes failed: {e}");
+                tracing::error!("nbd: listing volumes failed: {}", crate::units::chain(&e));
                 Vec::new()
             }
         }

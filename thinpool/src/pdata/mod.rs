@@ -27,7 +27,7 @@ pub enum Error {
     #[error("metadata block {block}: {what}")]
     Corrupt { block: MetaBlock, what: String },
     /// The device failed.
-    #[error("metadata block {block}: {op} failed: {source}")]
+    #[error("metadata block {block}: {op} failed")]
     Io {
         block: MetaBlock,
         op: &'static str,

@@ -299,8 +299,9 @@ impl Meta {
                 if !matches!(e.kind(), ErrorKind::NotFound | ErrorKind::Exists)
                     && !matches!(e.kind(), ErrorKind::OutOfRange | ErrorKind::Invalid)
                 {
-                    tracing::error!(error = %e, "metadata change failed; pool is now read-only");
-                    self.failed = Some(e.to_string());
+                    let why = units::chain(&e);
+                    tracing::error!(error = %why, "metadata change failed; pool is now read-only");
+                    self.failed = Some(why);
                 }
                 Err(e)
             }

@@ -429,7 +429,7 @@ impl Pool {
             match m.prepare_commit() {
                 Ok(p) => p,
                 Err(e) => {
-                    m.failed = Some(e.to_string());
+                    m.failed = Some(units::chain(&e));
                     return Err(e);
                 }
             }
@@ -438,8 +438,9 @@ impl Pool {
         let mut m = self.meta();
         m.finish_commit(r.is_ok());
         if let Err(e) = &r {
-            tracing::error!(error = %e, "commit failed; pool is now read-only");
-            m.failed = Some(e.to_string());
+            let why = units::chain(e);
+            tracing::error!(error = %why, "commit failed; pool is now read-only");
+            m.failed = Some(why);
         }
         r
     }

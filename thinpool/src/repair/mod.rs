@@ -37,13 +37,13 @@ const MAX_DEPTH: usize = 12;
 pub enum RepairError {
     #[error("{dev}: the superblock (block 0) is unusable: {why}")]
     Superblock { dev: String, why: String },
-    #[error("{dev}: reading metadata block 0: {source}")]
+    #[error("{dev}: reading metadata block 0")]
     Io {
         dev: String,
         #[source]
         source: std::io::Error,
     },
-    #[error("writing the repaired metadata: {0}")]
+    #[error("writing the repaired metadata")]
     Restore(#[from] xml::RestoreError),
 }
 

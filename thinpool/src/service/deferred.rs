@@ -37,11 +37,11 @@ impl Shared {
                 v.deferred.remove(name);
                 info!(volume = name, "deferred deletion done");
                 if let Err(e) = self.save_deferred(&v) {
-                    warn!(error = %e, "could not update the deferred deletion list");
+                    warn!(error = %units::chain(&e), "could not update the deferred deletion list");
                 }
             }
             // Stays in the list: retried at the next start, as Docker's worker does.
-            Err(e) => error!(volume = name, error = %e, "deferred deletion failed"),
+            Err(e) => error!(volume = name, error = %units::chain(&e), "deferred deletion failed"),
         }
     }
 
@@ -83,7 +83,7 @@ impl Shared {
             match self.delete_now(&n) {
                 Ok(()) => info!(volume = %n, "finished a deferred deletion"),
                 Err(e) => {
-                    warn!(volume = %n, error = %e, "deferred deletion still pending");
+                    warn!(volume = %n, error = %units::chain(&e), "deferred deletion still pending");
                     v.deferred.insert(n);
                 }
             }

@@ -211,14 +211,15 @@ impl Service {
                     Ok(pool) => Self::from_file_pool(dir, pool, opts),
                     // needs_check (or compat_ro flags): serve it read-only, as dm-thin does.
                     Err(e) if e.kind() == crate::pool::ErrorKind::ReadOnly => {
-                        warn!(pool = %dir.display(), error = %e, "opening the pool read-only");
+                        warn!(pool = %dir.display(), error = %units::chain(&e), "opening the pool read-only");
                         let pool = open_dir_read_only(dir).map_err(|e| Error::pool(&doing(), e))?;
                         let svc = Self::from_file_pool(dir, pool, opts)?;
                         *svc.shared.ro.write().unwrap_or_else(|e| e.into_inner()) =
                             Some(ReadOnly {
                                 why: format!(
-                                    "{e}; check it (thinpool check, or thin_check \
-                                 --clear-needs-check-flag) before writing"
+                                    "{}; check it (thinpool check, or thin_check \
+                                 --clear-needs-check-flag) before writing",
+                                    units::chain(&e)
                                 ),
                                 durable: true,
                             });

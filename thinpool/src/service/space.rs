@@ -97,7 +97,7 @@ impl Shared {
             match e.kind() {
                 crate::pool::ErrorKind::NoSpace => {}
                 crate::pool::ErrorKind::ReadOnly => {
-                    self.enter_read_only(&format!("{}: {e}", doing()));
+                    self.enter_read_only(&format!("{}: {}", doing(), units::chain(&e)));
                     return Err(Error::pool(&doing(), e));
                 }
                 _ => return Err(Error::pool(&doing(), e)),
@@ -109,7 +109,8 @@ impl Shared {
                 if quick <= 2 {
                     continue;
                 }
-                let why = format!("metadata space exhausted while {}: {e}", doing());
+                let why =
+                    format!("metadata space exhausted while {}: {}", doing(), units::chain(&e));
                 self.enter_read_only(&why);
                 return Err(Error::new(
                     ErrorKind::ReadOnly,
@@ -176,7 +177,7 @@ impl Shared {
         let durable = match self.pool().commit() {
             Ok(()) => true,
             Err(e) => {
-                warn!(error = %e, "could not commit before going read-only");
+                warn!(error = %units::chain(&e), "could not commit before going read-only");
                 false
             }
         };
@@ -189,7 +190,7 @@ impl Shared {
             })
         });
         if let Err(e) = set {
-            error!(error = %e, "could not set needs_check in the superblock");
+            error!(error = %units::chain(&e), "could not set needs_check in the superblock");
         }
         error!(pool = %self.name, reason = why, "pool is now read-only; needs_check is set");
         *g = Some(ReadOnly { why: why.to_owned(), durable });

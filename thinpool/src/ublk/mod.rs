@@ -277,7 +277,7 @@ impl Devices {
                     // Detached meanwhile by someone else, or failing for good: stop watching.
                     Err(e) => {
                         if e.kind != AttachErrorKind::State {
-                            tracing::error!("ublk: deferred removal: {e}");
+                            tracing::error!("ublk: deferred removal: {}", crate::units::chain(&e));
                         }
                         done.push(volume.clone());
                     }
@@ -287,7 +287,7 @@ impl Devices {
             if !done.is_empty() {
                 d.0.retain(|v| !done.contains(v));
                 if let Err(e) = self.save_deferred(&d.0, "") {
-                    tracing::error!("{e}");
+                    tracing::error!("{}", crate::units::chain(&e));
                 }
             }
             if d.0.is_empty() || self.stopping.load(Ordering::SeqCst) {
@@ -341,13 +341,13 @@ impl Devices {
                     out.push((volume, Ok(device_path(id))));
                 }
                 Err(e) => {
-                    tracing::error!("{e}");
+                    tracing::error!("{}", crate::units::chain(&e));
                     out.push((volume, Err(e)));
                 }
             }
         }
         if let Err(e) = self.save(&d, "recover", "") {
-            tracing::error!("{e}");
+            tracing::error!("{}", crate::units::chain(&e));
         }
         drop(d);
         let marked: BTreeSet<String> = std::fs::read(&self.deferred_file)
@@ -357,7 +357,7 @@ impl Devices {
         for volume in marked {
             if out.iter().any(|(v, r)| *v == volume && r.is_ok()) {
                 if let Err(e) = self.defer(&volume) {
-                    tracing::error!("{e}");
+                    tracing::error!("{}", crate::units::chain(&e));
                 }
             }
         }

@@ -34,7 +34,7 @@ impl NameStore for VgNameStore {
     }
 
     fn store(&self, table: &NameTable, keep: u64) -> io::Result<()> {
-        self.vg.store_names(table, keep).map_err(|e| io::Error::other(e.to_string()))
+        self.vg.store_names(table, keep).map_err(|e| io::Error::other(crate::units::chain(&e)))
     }
 
     fn describe(&self) -> String {
@@ -43,7 +43,7 @@ impl NameStore for VgNameStore {
 }
 
 fn pool_err(what: &str) -> impl FnOnce(crate::pool::Error) -> VgError + '_ {
-    move |e| VgError::with_source(VgErrorKind::Pool, format!("{what}: {e}"), e)
+    move |e| VgError::with_source(VgErrorKind::Pool, what, e)
 }
 
 /// A pool and the group under it.

@@ -14,7 +14,7 @@ const MAX_DEPTH: usize = 12;
 /// Why metadata could not be dumped.
 #[derive(Debug, thiserror::Error)]
 pub enum DumpError {
-    #[error("{dev}: cannot read metadata block {block}: {source}")]
+    #[error("{dev}: cannot read metadata block {block}")]
     Io {
         dev: String,
         block: u64,

@@ -14,14 +14,14 @@ use crate::units::{Sectors, TransactionId};
 pub enum RestoreError {
     #[error(transparent)]
     Xml(#[from] XmlError),
-    #[error("device {dev}: {what}: {source}")]
+    #[error("device {dev}: {what}")]
     Pool {
         dev: u64,
         what: &'static str,
         #[source]
         source: pool::Error,
     },
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Format {
         what: String,
         #[source]

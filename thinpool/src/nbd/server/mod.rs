@@ -324,7 +324,7 @@ impl Server {
             let _ = t.join();
         }
         if let Err(e) = self.shared.catalog.commit_if_dirty() {
-            tracing::error!("nbd: final commit failed: {e}");
+            tracing::error!("nbd: final commit failed: {}", crate::units::chain(&e));
         }
         for p in self.unix_paths.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
             let _ = std::fs::remove_file(p);
@@ -345,7 +345,7 @@ fn committer(shared: &Shared) {
         match shared.catalog.commit_if_dirty() {
             Ok(()) => failing = false,
             Err(e) if !failing => {
-                tracing::error!("nbd: periodic commit failed: {e}");
+                tracing::error!("nbd: periodic commit failed: {}", crate::units::chain(&e));
                 failing = true;
             }
             Err(_) => {}
@@ -470,7 +470,7 @@ fn serve_client(shared: &Arc<Shared>, id: u64, sock: &Arc<Sock>, peer: Option<Ip
         Ok(Some(hs)) => hs,
         Ok(None) => return,
         Err(e) => {
-            shared.log.warn(format_args!("{who}: handshake ended: {e}"));
+            shared.log.warn(format_args!("{who}: handshake ended: {}", crate::units::chain(&e)));
             return;
         }
     };

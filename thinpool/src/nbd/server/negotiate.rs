@@ -80,9 +80,9 @@ pub fn transmission_flags(read_only: bool, structured: bool) -> u16 {
 
 #[derive(Debug, Error)]
 pub(crate) enum HandshakeError {
-    #[error("i/o: {0}")]
+    #[error("i/o")]
     Io(#[from] io::Error),
-    #[error("protocol: {0}")]
+    #[error("protocol")]
     Proto(#[from] ProtoError),
     #[error("{0}")]
     Refused(String),

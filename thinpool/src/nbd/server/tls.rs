@@ -59,13 +59,13 @@ impl std::fmt::Debug for Tls {
 
 #[derive(Debug, Error)]
 pub enum TlsError {
-    #[error("reading {path}: {source}")]
+    #[error("reading {path}")]
     Pem { path: PathBuf, source: rustls::pki_types::pem::Error },
     #[error("{path} holds no certificate")]
     NoCertificate { path: PathBuf },
-    #[error("CA certificate in {path} not usable: {source}")]
+    #[error("CA certificate in {path} not usable")]
     Ca { path: PathBuf, source: rustls::Error },
-    #[error("client verifier: {0}")]
+    #[error("client verifier")]
     Verifier(#[from] rustls::server::VerifierBuilderError),
     #[error("server certificate or key rejected: {0}")]
     Config(rustls::Error),
