@@ -51,7 +51,7 @@ pub enum BuildError {
     Cpio(#[from] CpioError),
     #[error(transparent)]
     Vmlinux(#[from] VmlinuxError),
-    #[error("{what} {path}: {source}")]
+    #[error("{what} {path}")]
     Io { what: &'static str, path: PathBuf, source: std::io::Error },
     #[error("kernel package {deb}: {what}")]
     Kernel { deb: PathBuf, what: String },

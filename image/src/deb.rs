@@ -15,7 +15,7 @@ use crate::fetch::{sha256_file, FetchError};
 
 #[derive(Debug, Error)]
 pub enum DebError {
-    #[error("unpacking {deb}: {what}: {source}")]
+    #[error("unpacking {deb}: {what}")]
     Io { deb: PathBuf, what: &'static str, source: std::io::Error },
     #[error("unpacking {deb}: no data.tar member (is it a .deb?)")]
     NoData { deb: PathBuf },
@@ -123,6 +123,14 @@ mod tests {
         let p = d.path().join("x.deb");
         std::fs::write(&p, b"not an ar archive").unwrap();
         let e = unpack(&p, d.path()).unwrap_err();
-        assert!(matches!(e, DebError::Io { what: "reading the ar archive", .. }), "{e}");
+        assert!(
+            matches!(e, DebError::Io { what: "reading the ar archive", .. }),
+            "{}",
+            units::chain(&e)
+        );
+        // The ar reader's complaint is the source: the chain prints it once, the message not.
+        let cause = std::error::Error::source(&e).unwrap().to_string();
+        assert!(!e.to_string().contains(&cause), "{e}");
+        assert_eq!(units::chain(&e), format!("{e}: {cause}"));
     }
 }

@@ -13,7 +13,7 @@ use thiserror::Error;
 pub enum ElfError {
     #[error("{path}: {what}")]
     Bad { path: PathBuf, what: String },
-    #[error("{path}: I/O: {source}")]
+    #[error("reading {path}")]
     Io { path: PathBuf, source: std::io::Error },
     #[error("{needed} (needed by {by}) is in none of the pinned packages")]
     Unresolved { needed: String, by: String },
@@ -163,7 +163,8 @@ mod tests {
             assert!(
                 matches!(&e, ElfError::Bad { path, what } if path == Path::new("x")
                     && what.starts_with("not a 64-bit ELF")),
-                "{e}"
+                "{}",
+                units::chain(&e)
             );
         }
     }

@@ -15,7 +15,7 @@ use crate::pins::DebPin;
 
 #[derive(Debug, Error)]
 pub enum FetchError {
-    #[error("fetching {what}: I/O on {path}: {source}")]
+    #[error("fetching {what}: I/O on {path}")]
     Io { what: String, path: PathBuf, source: std::io::Error },
     #[error(
         "the pinned {package}={version} is no longer in the Debian archive (apt-get said: {apt}).\n\
@@ -188,5 +188,14 @@ mod tests {
             sha256_file(&p).unwrap(),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
+    }
+
+    #[test]
+    fn io_errors_keep_the_os_error_as_the_source() {
+        let d = tempfile::tempdir().unwrap();
+        let e = sha256_file(&d.path().join("none")).unwrap_err();
+        let msg = e.to_string();
+        assert_eq!(msg, format!("fetching hashing: I/O on {}", d.path().join("none").display()));
+        assert_eq!(units::chain(&e), format!("{msg}: No such file or directory (os error 2)"));
     }
 }

@@ -20,7 +20,7 @@ pub enum ModuleError {
     Bad { path: PathBuf, what: String },
     #[error("module dependency cycle through {name}")]
     Cycle { name: String },
-    #[error("scanning modules under {dir}: {source}")]
+    #[error("scanning modules under {dir}")]
     Io { dir: PathBuf, source: std::io::Error },
 }
 

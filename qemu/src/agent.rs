@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
-    #[error("agent {path}: {what}: {source}")]
+    #[error("agent {path}: {what}")]
     Io { path: PathBuf, what: &'static str, source: std::io::Error },
     #[error("agent {path}: no reply to {command} within {waited:?}")]
     Timeout { path: PathBuf, command: String, waited: Duration },
@@ -155,7 +155,11 @@ mod tests {
         let mut c = AgentClient::connect(&peer.sock, Duration::from_secs(5)).unwrap();
         assert_eq!(c.status().unwrap()["ready"], true);
         let e = c.exec(&["true"], Duration::from_secs(1)).unwrap_err();
-        assert!(matches!(e, AgentError::Remote { ref code, .. } if code == "forbidden"), "{e}");
+        assert!(
+            matches!(e, AgentError::Remote { ref code, .. } if code == "forbidden"),
+            "{}",
+            units::chain(&e)
+        );
         peer.join();
     }
 }

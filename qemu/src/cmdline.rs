@@ -102,7 +102,7 @@ pub fn parse_disk(spec: &str, default_size: u64) -> Result<Disk, ArgError> {
 pub enum ArgError {
     #[error("empty disk path")]
     EmptyPath,
-    #[error("disk size: {0}")]
+    #[error("invalid disk size")]
     Size(#[from] units::SizeError),
     #[error("unknown disk option {0:?} (want size=N[KMGT] or readonly=on|off)")]
     DiskOption(String),
@@ -390,7 +390,11 @@ mod tests {
         assert_eq!(parse_disk("a.raw,size=10GiB", 5).unwrap().size, 10 << 30);
         assert_eq!(parse_disk(",size=1G", 1), Err(ArgError::EmptyPath));
         assert_eq!(parse_disk("a,bogus=1", 1), Err(ArgError::DiskOption("bogus=1".into())));
-        assert!(matches!(parse_disk("a,size=xG", 1), Err(ArgError::Size(_))));
+        let e = parse_disk("a,size=xG", 1).unwrap_err();
+        assert!(matches!(e, ArgError::Size(_)));
+        // The size's own complaint is the source, printed by the chain alone.
+        assert_eq!(e.to_string(), "invalid disk size");
+        assert!(units::chain(&e).starts_with(r#"invalid disk size: size "xG": unknown unit"#));
         assert!(matches!(parse_disk("a,size=99999999999T", 1), Err(ArgError::Size(_))));
         assert_eq!("q35".parse::<Machine>(), Ok(Machine::Q35));
         assert_eq!("arm".parse::<Machine>(), Err(ArgError::Machine("arm".into())));

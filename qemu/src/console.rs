@@ -9,7 +9,7 @@ use rustix::fs::inotify;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConsoleError {
-    #[error("console {path}: {source}")]
+    #[error("console {path}: watching")]
     Io { path: PathBuf, source: std::io::Error },
     #[error("console {path}: none of {wanted:?} within {waited:?}; last lines:\n{tail}")]
     Timeout { path: PathBuf, wanted: Vec<String>, waited: Duration, tail: String },
@@ -160,7 +160,11 @@ mod tests {
         std::fs::write(&p, "one\ntwo\n").unwrap();
         let log = ConsoleLog::open(&p).unwrap();
         let e = log.wait_for(&["never"], Duration::from_millis(300), &mut || true).unwrap_err();
-        assert!(matches!(&e, ConsoleError::Timeout { tail, .. } if tail == "one\ntwo"), "{e}");
+        assert!(
+            matches!(&e, ConsoleError::Timeout { tail, .. } if tail == "one\ntwo"),
+            "{}",
+            units::chain(&e)
+        );
         let e = log.wait_for(&["never"], Duration::from_secs(30), &mut || false).unwrap_err();
         assert!(matches!(e, ConsoleError::Stopped { .. }));
     }

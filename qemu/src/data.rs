@@ -18,7 +18,7 @@ pub const FRAME: usize = 256 << 10;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
-    #[error("data channel {path}: {what}: {source}")]
+    #[error("data channel {path}: {what}")]
     Io { path: PathBuf, what: &'static str, source: std::io::Error },
     #[error("data channel {path}: unexpected reply {line:?}")]
     Protocol { path: PathBuf, line: String },

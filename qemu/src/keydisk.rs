@@ -21,11 +21,11 @@ const MAX_KEY: u64 = 8 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyDiskError {
-    #[error("--encrypt-key {path}: {source}")]
+    #[error("--encrypt-key {path}: reading")]
     Read { path: PathBuf, source: std::io::Error },
     #[error("--encrypt-key {path}: {why}")]
     Bad { path: PathBuf, why: String },
-    #[error("writing {path}: {source}")]
+    #[error("writing {path}")]
     Write { path: PathBuf, source: std::io::Error },
 }
 
@@ -106,7 +106,10 @@ mod tests {
         std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
         let e = build(&key, &out).unwrap_err().to_string();
         assert!(e.contains("0 bytes"), "{e}");
-        let e = build(&d.path().join("none"), &out).unwrap_err().to_string();
-        assert!(e.contains("No such file"), "{e}");
+        // The OS error is the source: once in the chain, never in the message itself.
+        let e = build(&d.path().join("none"), &out).unwrap_err();
+        let (msg, chain) = (e.to_string(), units::chain(&e));
+        assert!(msg.ends_with("none: reading") && !msg.contains("No such file"), "{msg}");
+        assert_eq!(chain.matches("No such file").count(), 1, "{chain}");
     }
 }

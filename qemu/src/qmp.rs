@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 
 #[derive(Debug, thiserror::Error)]
 pub enum QmpError {
-    #[error("QMP {path}: {what}: {source}")]
+    #[error("QMP {path}: {what}")]
     Io { path: PathBuf, what: &'static str, source: std::io::Error },
     #[error("QMP {path}: {what}")]
     Protocol { path: PathBuf, what: String },

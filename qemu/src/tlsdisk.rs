@@ -24,7 +24,7 @@ pub const FILES: [&str; 3] = ["ca-cert.pem", "server-cert.pem", "server-key.pem"
 pub enum TlsDiskError {
     #[error("--nbd-tls {dir}: {file} is missing")]
     Missing { dir: PathBuf, file: &'static str },
-    #[error("writing {path}: {source}")]
+    #[error("writing {path}")]
     Write { path: PathBuf, source: std::io::Error },
 }
 

@@ -24,7 +24,7 @@ pub const DEGRADED: &str = "LAMINA DEGRADED";
 
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
-    #[error("{what} {path}: {source}")]
+    #[error("{what} {path}")]
     Io { what: &'static str, path: PathBuf, source: std::io::Error },
     #[error("starting {QEMU} (is qemu-system-x86 installed? `cargo xtask setup`): {0}")]
     Spawn(std::io::Error),
@@ -227,7 +227,7 @@ impl Vm {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
             if let Err(e) = qmp.powerdown() {
-                tracing::debug!("system_powerdown: {e}");
+                tracing::debug!("system_powerdown: {}", units::chain(&e));
             }
             let slice = (deadline - Instant::now()).min(Duration::from_secs(3));
             if qmp.wait_closed(slice) {
@@ -268,7 +268,7 @@ impl Drop for Vm {
 pub fn stop_dir(dir: &Path, timeout: Duration) -> Result<bool, VmError> {
     let d = VmDir(dir.to_owned());
     let mut qmp = Qmp::connect(&d.qmp(), Duration::from_secs(2))
-        .map_err(|e| VmError::NotRunning { dir: dir.into(), why: e.to_string() })?;
+        .map_err(|e| VmError::NotRunning { dir: dir.into(), why: units::chain(&e) })?;
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
         let _ = qmp.powerdown();
@@ -373,8 +373,10 @@ mod tests {
         use std::os::unix::fs::MetadataExt;
         assert!(m.blocks() < 1024, "not sparse: {} blocks", m.blocks());
         cfg.disks = vec![crate::cmdline::Disk::read_only(d.path().join("absent.tar"))];
-        let err = ensure_disks(&cfg).unwrap_err().to_string();
-        assert!(err.contains("absent.tar"), "{err}");
+        let err = ensure_disks(&cfg).unwrap_err();
+        let (msg, chain) = (err.to_string(), units::chain(&err));
+        assert!(msg.contains("absent.tar") && !msg.contains("not found"), "{msg}");
+        assert_eq!(chain, format!("{msg}: entity not found"));
         assert!(!d.path().join("absent.tar").exists(), "a read-only disk is never created");
     }
 }

@@ -68,7 +68,7 @@ fn vm_exec_is_forbidden_without_debug() -> Result<()> {
     let mut vm = TestVm::boot("vm_exec_is_forbidden_without_debug", Opts::default())?;
     vm.wait_ready()?;
     let err = vm.exec(&["true"]).unwrap_err();
-    assert!(err.to_string().contains("forbidden"), "{err:#}");
+    assert!(format!("{err:#}").contains("forbidden"), "{err:#}");
     assert_eq!(vm.status()?["debug"], false);
     // The agent's shutdown command powers the VM off cleanly.
     vm.agent()?.shutdown()?;

@@ -535,7 +535,7 @@ pub fn run(root: &Path, jsonl: &Path) -> Result<()> {
             // Whether QEMU itself went away (and how) tells a guest failure from a host one.
             match vm.wait_exit(Duration::from_secs(1)) {
                 Ok(st) => say(&format!("QEMU had exited: {st:?}")),
-                Err(e) => say(&format!("QEMU still running ({e})")),
+                Err(e) => say(&format!("QEMU still running ({e:#})")),
             }
         }
         records

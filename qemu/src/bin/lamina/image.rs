@@ -161,7 +161,7 @@ pub fn main(home: &Path, cmd: ImageCmd) -> Result<()> {
             for i in &images {
                 match call(home, &vm.name, "image.rm", Some(json!({"name": i}))) {
                     Ok(v) => done.push(v),
-                    Err(e) => failed.push(format!("{i}: {e}")),
+                    Err(e) => failed.push(format!("{i}: {e:#}")),
                 }
             }
             print_rows(json, &json!(done), &["DELETED", "UNTAGGED"], |r| {

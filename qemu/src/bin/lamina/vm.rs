@@ -202,15 +202,11 @@ fn ls(home: &Path, json: bool) -> Result<()> {
 }
 
 fn run(home: &Path, a: RunArgs) -> Result<()> {
+    // `?` keeps the ArgError (and its source) in the chain that main prints.
     let disks = if a.disk.is_empty() {
-        vec![parse_disk(&home.join("disk.raw").display().to_string(), 8 << 30)
-            .map_err(anyhow::Error::msg)?]
+        vec![parse_disk(&home.join("disk.raw").display().to_string(), 8 << 30)?]
     } else {
-        a.disk
-            .iter()
-            .map(|d| parse_disk(d, 8 << 30))
-            .collect::<Result<_, _>>()
-            .map_err(anyhow::Error::msg)?
+        a.disk.iter().map(|d| parse_disk(d, 8 << 30)).collect::<Result<_, _>>()?
     };
     let mut disks = disks;
     if let Some(dir) = &a.nbd_tls {
