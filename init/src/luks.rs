@@ -47,13 +47,13 @@ const CRYPTSETUP_TIMEOUT: Duration = Duration::from_secs(300);
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
-    #[error("key disk {dev}: {source}")]
+    #[error("key disk {dev}")]
     Read { dev: PathBuf, source: std::io::Error },
     #[error("key disk {dev}: no {KEY_ENTRY} in it")]
     Missing { dev: PathBuf },
     #[error("key disk {dev}: {KEY_ENTRY} is empty")]
     Empty { dev: PathBuf },
-    #[error("writing {path}: {source}")]
+    #[error("writing {path}")]
     Write { path: PathBuf, source: std::io::Error },
 }
 
@@ -397,5 +397,11 @@ mod tests {
         let empty = d.path().join("empty.tar");
         tar::Builder::new(std::fs::File::create(&empty).unwrap()).finish().unwrap();
         assert!(matches!(unpack(&empty, &out), Err(KeyError::Missing { .. })));
+        // An unreadable disk: the line names the disk, the chain adds why it failed.
+        let absent = d.path().join("absent.tar");
+        let e = unpack(&absent, &out).unwrap_err();
+        assert_eq!(e.to_string(), format!("key disk {}", absent.display()));
+        let line = units::chain(&e);
+        assert!(line.starts_with(&format!("{e}: ")) && line.contains("No such file"), "{line}");
     }
 }

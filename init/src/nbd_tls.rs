@@ -17,11 +17,11 @@ const MAX_FILE: u64 = 1 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsDiskError {
-    #[error("NBD TLS disk {dev}: {source}")]
+    #[error("NBD TLS disk {dev}")]
     Read { dev: PathBuf, source: std::io::Error },
     #[error("NBD TLS disk {dev}: {file} is missing")]
     Missing { dev: PathBuf, file: &'static str },
-    #[error("writing {path}: {source}")]
+    #[error("writing {path}")]
     Write { path: PathBuf, source: std::io::Error },
 }
 

@@ -158,9 +158,9 @@ pub fn merge(pairs: &[(String, String)]) -> Result<StoreOptions, OptionsError> {
     }
     let mut check = thinpool::vg::PoolConfig::default();
     for (k, v) in &dm {
-        check.set(k, v).map_err(|e| bad(k, v, e.to_string()))?;
+        check.set(k, v).map_err(|e| bad(k, v, units::chain(&e)))?;
     }
-    check.validate().map_err(|e| bad("dm.*", "", e.to_string()))?;
+    check.validate().map_err(|e| bad("dm.*", "", units::chain(&e)))?;
     o.dm = dm.into_iter().map(|(k, v)| format!("{k}={v}")).collect();
     Ok(o)
 }

@@ -138,7 +138,7 @@ pub fn handle(
         Cmd::Shutdown => (Reply::ok(id, serde_json::json!({"shutting_down": true})), true),
         Cmd::Unlock(p) => match crate::luks::accept_passphrase(&p.passphrase) {
             Ok(()) => (Reply::ok(id, serde_json::json!({"accepted": true})), false),
-            Err(e) => (Reply::err(id, ErrorCode::ExecFailed, e.to_string()), false),
+            Err(e) => (Reply::err(id, ErrorCode::ExecFailed, units::chain(&e)), false),
         },
         Cmd::System(req) => {
             let (images, ctrs) = {

@@ -19,7 +19,7 @@ pub const ROOT: &str = "/sys/fs/cgroup";
 const PERIOD_US: u64 = 100_000;
 
 #[derive(Debug, thiserror::Error)]
-#[error("cgroup {path}: {what}: {source}")]
+#[error("cgroup {path}: {what}")]
 pub struct CgroupError {
     pub path: PathBuf,
     pub what: String,
@@ -136,6 +136,13 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let e = prepare(&d.path().join("missing"), "x", None, None).unwrap_err();
         assert!(e.path.ends_with("cgroup.subtree_control"), "{e}");
+        // The OS error is the source: printed once, by the chain, never by the line itself.
+        let os = e.source.to_string();
+        assert!(!e.to_string().contains(&os), "{e}");
+        assert_eq!(units::chain(&e), format!("{e}: {os}"));
+        // A store error made from it keeps the whole chain, as the agent's reply shows it.
+        let msg = crate::containers::error::StoreError::io("cgroup", e).msg;
+        assert_eq!(msg.matches(&os).count(), 1, "{msg}");
         assert_eq!(cpu_max(2_000_000_000), "200000 100000");
         assert_eq!(cpu_max(1_000_000), "1000 100000", "the kernel's minimum quota is 1 ms");
     }

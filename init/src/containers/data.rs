@@ -77,7 +77,7 @@ pub enum DataError {
     HostGone(&'static str),
     #[error("data channel protocol: {0}")]
     Protocol(String),
-    #[error("data channel {what}: {source}")]
+    #[error("data channel {what}")]
     Io { what: &'static str, source: std::io::Error },
 }
 

@@ -30,8 +30,10 @@ impl StoreError {
         StoreError { kind, msg: msg.into() }
     }
 
-    pub fn io(what: impl std::fmt::Display, e: impl std::fmt::Display) -> StoreError {
-        StoreError::new(Kind::Io, format!("{what}: {e}"))
+    /// A failed operation; the message is the whole chain of `e`, since a `StoreError` keeps
+    /// text only (`e`'s own line does not repeat its cause).
+    pub fn io(what: impl std::fmt::Display, e: impl std::error::Error + 'static) -> StoreError {
+        StoreError::new(Kind::Io, format!("{what}: {}", units::chain(&e)))
     }
 
     pub fn no_such_container(name: &str) -> StoreError {
@@ -48,7 +50,7 @@ impl From<overlay::Error> for StoreError {
             K::Invalid | K::Escape | K::Limit | K::DigestMismatch => Kind::Invalid,
             K::Unsupported | K::Io => Kind::Io,
         };
-        StoreError::new(kind, e.to_string())
+        StoreError::new(kind, units::chain(&e))
     }
 }
 

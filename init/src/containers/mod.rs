@@ -219,7 +219,7 @@ impl Images {
             }
             Err(e) => {
                 let _ = std::fs::remove_file(&raw);
-                crate::say(&format!("{what} interrupted ({e}); nothing imported"));
+                crate::say(&format!("{what} interrupted ({}); nothing imported", units::chain(&e)));
                 return Err(e);
             }
         };
@@ -341,8 +341,9 @@ pub fn serve_data(port: PathBuf, images: std::sync::Arc<std::sync::OnceLock<Imag
         match images.session(&mut p) {
             Ok(()) | Err(DataError::HostGone(_)) => {}
             Err(e) => {
+                let e = units::chain(&e);
                 tracing::warn!("data session: {e}");
-                let _ = write(&mut p, &data::reply_line(&Err(e.to_string())));
+                let _ = write(&mut p, &data::reply_line(&Err(e)));
                 drain(&mut p);
             }
         }

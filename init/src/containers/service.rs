@@ -247,7 +247,9 @@ impl Containers {
         let mut cfg: Value = std::fs::read(&cfg_path)
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
-            .ok_or_else(|| StoreError::io(cfg_path.display(), "unreadable"))?;
+            .ok_or_else(|| {
+                StoreError::new(Kind::Io, format!("{}: unreadable", cfg_path.display()))
+            })?;
         spec.apply(&mut cfg, &cg);
         if spec.network_name() != network::NONE {
             let (ns, hosts, resolv) =
@@ -430,7 +432,7 @@ impl Containers {
             }
         }
         if alive() {
-            return Err(StoreError::io(format!("container {name}"), "did not stop"));
+            return Err(StoreError::new(Kind::Io, format!("container {name}: did not stop")));
         }
         Ok(json!({"name": name, "killed": killed}))
     }

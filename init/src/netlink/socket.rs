@@ -10,11 +10,11 @@ use super::codec::{error_code, parse_msgs, CodecError, NLMSG_DONE, NLMSG_ERROR};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetlinkError {
-    #[error("netlink {what}: {source}")]
+    #[error("netlink {what}")]
     Io { what: &'static str, source: std::io::Error },
     #[error("netlink {what}: kernel answered errno {errno} ({})", std::io::Error::from_raw_os_error(*errno))]
     Kernel { what: &'static str, errno: i32 },
-    #[error("netlink {what}: {source}")]
+    #[error("netlink {what}")]
     Codec { what: &'static str, source: CodecError },
     #[error("netlink {what}: unexpected reply ({detail})")]
     Protocol { what: &'static str, detail: String },

@@ -264,7 +264,7 @@ fn restart(d: &Daemon, reaper: &Reaper) -> Result<Spawned, PoolError> {
     let fds: Vec<_> = kernel.iter().map(|k| k.as_fd()).collect();
     NbdClient::open()
         .and_then(|mut c| c.reconfigure(NBD_INDEX, Some(BACKEND), d.dead_conn_timeout_secs, &fds))
-        .map_err(|e| fail(format!("nbd reconfigure: {e}")))?;
+        .map_err(|e| fail(format!("nbd reconfigure: {}", units::chain(&e))))?;
     Ok(s)
 }
 
@@ -345,9 +345,10 @@ fn xfs_usage() -> Option<Value> {
 
 /// The agent's `status.pool`, asked live from the daemon and the filesystem.
 pub fn live_status() -> Value {
+    let ask = |req| control_request(&req).unwrap_or_else(|e| json!({"error": units::chain(&e)}));
     json!({
-        "pool": control_request(&Request::Status).unwrap_or_else(|e| json!({"error": e.to_string()})),
-        "volumes": control_request(&Request::List).unwrap_or_else(|e| json!({"error": e.to_string()})),
+        "pool": ask(Request::Status),
+        "volumes": ask(Request::List),
         "xfs": xfs_usage(),
         "store": attach::status(),
     })
@@ -436,11 +437,11 @@ impl Pool {
         let r = match d.attach {
             Attach::Ublk => attach::ublk_detach(STORE)
                 .map(|dev| format!("{} deleted", dev.display()))
-                .map_err(|e| format!("ublk detach {STORE}: {e}")),
+                .map_err(|e| format!("ublk detach {STORE}: {}", units::chain(&e))),
             Attach::Nbd => NbdClient::open()
                 .and_then(|mut c| c.disconnect(NBD_INDEX))
                 .map(|()| format!("/dev/nbd{NBD_INDEX} disconnected"))
-                .map_err(|e| format!("nbd disconnect: {e}")),
+                .map_err(|e| format!("nbd disconnect: {}", units::chain(&e))),
         };
         match r {
             Ok(done) => {
@@ -511,7 +512,7 @@ pub(crate) fn attach_nbd(
     let fds: Vec<_> = kernel.iter().map(|k| k.as_fd()).collect();
     let index = NbdClient::open()
         .and_then(|mut c| c.connect(&connect, &fds))
-        .map_err(|e| fail(format!("nbd connect: {e}")))?;
+        .map_err(|e| fail(format!("nbd connect: {}", units::chain(&e))))?;
     let n_conns = fds.len();
     drop(fds);
     let nbd = PathBuf::from(format!("/dev/nbd{index}"));

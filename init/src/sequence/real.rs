@@ -166,14 +166,15 @@ impl System for RealSystem {
 
     fn key_disk(&self) -> Result<Option<PathBuf>, PoolError> {
         let Some(dev) = crate::luks::find(Path::new("/sys/block")) else { return Ok(None) };
-        crate::luks::unpack(&dev, Path::new(crate::luks::KEY)).map_err(|e| fail(e.to_string()))?;
+        crate::luks::unpack(&dev, Path::new(crate::luks::KEY))
+            .map_err(|e| fail(units::chain(&e)))?;
         Ok(Some(dev))
     }
 
     fn tls_disk(&self) -> Result<Option<(PathBuf, Vec<String>)>, PoolError> {
         let Some(dev) = crate::nbd_tls::find(Path::new("/sys/block")) else { return Ok(None) };
         let dir = Path::new(crate::nbd_tls::DIR);
-        crate::nbd_tls::unpack(&dev, dir).map_err(|e| fail(e.to_string()))?;
+        crate::nbd_tls::unpack(&dev, dir).map_err(|e| fail(units::chain(&e)))?;
         Ok(Some((dev, crate::nbd_tls::serve_args(dir))))
     }
 
@@ -202,7 +203,9 @@ impl System for RealSystem {
     }
 
     fn volumes(&self) -> Result<Vec<(String, u64)>, PoolError> {
-        let list = pool::control_client().list().map_err(|e| fail(format!("list: {e}")))?;
+        let list = pool::control_client()
+            .list()
+            .map_err(|e| fail(format!("list: {}", units::chain(&e))))?;
         Ok(list.into_iter().map(|v| (v.name, v.size)).collect())
     }
 
@@ -226,8 +229,8 @@ impl System for RealSystem {
     }
 
     fn attach_ublk(&self, volume: &str) -> Result<PathBuf, PoolError> {
-        let dev =
-            attach::ublk_attach(volume).map_err(|e| fail(format!("ublk attach {volume}: {e}")))?;
+        let dev = attach::ublk_attach(volume)
+            .map_err(|e| fail(format!("ublk attach {volume}: {}", units::chain(&e))))?;
         attach::record(config::Attach::Ublk, &dev);
         Ok(dev)
     }

@@ -463,9 +463,9 @@ impl Networks {
         let Some(ip) = cni::result_ipv4(&result) else {
             let _ = cni.del(&list, container, &nsp, Some(&result), ports);
             netns::remove(container);
-            return Err(StoreError::io(
-                format!("CNI ADD for {container}"),
-                "no IPv4 address in the result",
+            return Err(StoreError::new(
+                Kind::Io,
+                format!("CNI ADD for {container}: no IPv4 address in the result"),
             ));
         };
         self.att().insert(

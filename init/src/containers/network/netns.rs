@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 pub const DIR: &str = "/run/lamina/netns";
 
 #[derive(Debug, thiserror::Error)]
-#[error("network namespace {path}: {what}: {source}")]
+#[error("network namespace {path}: {what}")]
 pub struct NetnsError {
     pub path: PathBuf,
     pub what: &'static str,
