@@ -266,7 +266,8 @@ mod tests {
                 tx.send(()).unwrap();
             });
             let early = rx.recv_timeout(std::time::Duration::from_millis(300));
-            assert!(early.is_err(), "the snapshot did not wait for the plan");
+            let waited = Err(std::sync::mpsc::RecvTimeoutError::Timeout);
+            assert_eq!(early, waited, "the snapshot did not wait for the plan");
             drop(plan);
             rx.recv().unwrap();
         });
