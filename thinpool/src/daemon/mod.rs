@@ -105,9 +105,7 @@ impl ServeConfig {
         let tls = match (self.tls, &self.tls_certificates) {
             (TlsMode::Off, _) => None,
             (mode, Some(dir)) => {
-                let config = tls::load(dir, self.tls_verify_peer).map_err(|e| {
-                    DaemonError::Config(format!("--tls-certificates: {}", units::chain(&e)))
-                })?;
+                let config = tls::load(dir, self.tls_verify_peer).map_err(DaemonError::Tls)?;
                 Some(Tls { mode, config })
             }
             (_, None) => {
@@ -153,8 +151,12 @@ pub enum DaemonError {
     Io { what: &'static str, path: PathBuf, source: std::io::Error },
     #[error("invalid configuration: {0}")]
     Config(String),
-    #[error("pool: {0}")]
-    Pool(String),
+    #[error("invalid configuration: --tls-certificates")]
+    Tls(#[source] tls::TlsError),
+    #[error("pool")]
+    Pool(#[source] crate::service::Error),
+    #[error("pool: final commit")]
+    FinalCommit(#[source] crate::service::Error),
 }
 
 /// An exclusive lock on a pool directory, held while the value lives.
@@ -263,11 +265,11 @@ pub fn serve_until(
         file_data_max: cfg.data_max,
         ..ServiceOptions::default()
     };
-    let svc = Service::open(&src, opts).map_err(|e| DaemonError::Pool(units::chain(&e)))?;
+    let svc = Service::open(&src, opts).map_err(DaemonError::Pool)?;
     if let Some(why) = svc.read_only() {
         tracing::warn!("nbd: serving the pool read-only: {why}");
     }
-    svc.start_autoextend().map_err(|e| DaemonError::Pool(units::chain(&e)))?;
+    svc.start_autoextend().map_err(DaemonError::Pool)?;
     let catalog = Arc::new(PoolCatalog::with_scope(Arc::new(svc), cfg.exports));
     // ublk devices a previous daemon of this pool served (it died): take them over before
     // anything else, their users are blocked until then.
@@ -282,9 +284,7 @@ pub fn serve_until(
         Arc::new(PoolControl::new(c2, conns, u2))
     })?;
     ublk.shutdown();
-    catalog
-        .commit()
-        .map_err(|e| DaemonError::Pool(format!("final commit: {}", units::chain(&e))))?;
+    catalog.commit().map_err(DaemonError::FinalCommit)?;
     tracing::info!("nbd: pool committed, exiting");
     Ok(())
 }

@@ -34,7 +34,7 @@ impl NameStore for VgNameStore {
     }
 
     fn store(&self, table: &NameTable, keep: u64) -> io::Result<()> {
-        self.vg.store_names(table, keep).map_err(|e| io::Error::other(crate::units::chain(&e)))
+        self.vg.store_names(table, keep).map_err(io::Error::other)
     }
 
     fn describe(&self) -> String {
