@@ -38,6 +38,34 @@ pub enum Accel {
     Kvm,
 }
 
+/// A QEMU release, `major.minor`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct QemuVersion {
+    pub major: u32,
+    pub minor: u32,
+}
+
+impl QemuVersion {
+    /// From `qemu-system-x86_64 --version`: "QEMU emulator version 7.2.22 (Debian …)".
+    pub fn parse(text: &str) -> Option<Self> {
+        let v = text.lines().next()?.split("version ").nth(1)?.split_whitespace().next()?;
+        let mut parts = v.split('.').map(str::parse::<u32>);
+        Some(Self { major: parts.next()?.ok()?, minor: parts.next()?.ok()? })
+    }
+
+    /// Whether this QEMU's multi-threaded TCG can keep running a stale translation of guest
+    /// code. Before 8.1, a vCPU translated a page without holding its lock, so a translation
+    /// made while another vCPU was rewriting that page survived the rewrite (fixed by QEMU
+    /// commit deba78709ae8, "accel/tcg: Always lock pages before translation", 8.1.0). Linux
+    /// rewrites its own text on SMP machines (static keys through `text_poke_bp`, which plants
+    /// an int3 first), so a guest with several vCPUs can later execute an int3 that is no
+    /// longer in memory and die in the int3 handler. Debian 12 ships QEMU 7.2, and its 6.12
+    /// cloud kernel died this way booting with 4 vCPUs.
+    pub fn mttcg_runs_stale_code(self) -> bool {
+        self < Self { major: 8, minor: 1 }
+    }
+}
+
 /// A raw disk image attached as virtio-blk.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Disk {
@@ -132,6 +160,8 @@ pub struct VmConfig {
     pub tsc_khz: Option<u64>,
     /// Keep kernel messages (drop `quiet`).
     pub verbose_kernel: bool,
+    /// The QEMU that runs it, if known: decides how TCG runs several vCPUs.
+    pub qemu_version: Option<QemuVersion>,
 }
 
 /// Paths inside a VM's state directory.
@@ -197,6 +227,22 @@ impl VmConfig {
         a.join(" ")
     }
 
+    /// `-accel`'s value. Several vCPUs under TCG take one host thread each, unless this QEMU
+    /// can run stale guest code that way ([`QemuVersion::mttcg_runs_stale_code`]): then
+    /// they take turns on one thread, slower but correct.
+    pub fn accel_arg(&self) -> &'static str {
+        match self.accel {
+            Accel::Kvm => "kvm",
+            Accel::Tcg
+                if self.cpus > 1
+                    && self.qemu_version.is_some_and(QemuVersion::mttcg_runs_stale_code) =>
+            {
+                "tcg,thread=single"
+            }
+            Accel::Tcg => "tcg",
+        }
+    }
+
     /// Arguments after the program name.
     pub fn args(&self, dir: &VmDir) -> Vec<String> {
         let m = self.machine;
@@ -207,12 +253,8 @@ impl VmConfig {
             Machine::Q35 => "q35",
             Machine::Pc => "pc",
         };
-        let accel = match self.accel {
-            Accel::Tcg => "tcg",
-            Accel::Kvm => "kvm",
-        };
         push(&["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"]);
-        push(&["-machine", machine, "-accel", accel]);
+        push(&["-machine", machine, "-accel", self.accel_arg()]);
         push(&["-m", &self.memory_mib.to_string(), "-smp", &self.cpus.to_string()]);
         if self.accel == Accel::Kvm {
             push(&["-cpu", "host"]);
@@ -299,6 +341,7 @@ mod tests {
             guest_ports: vec![(8080, 80)],
             tsc_khz: Some(2_445_406),
             verbose_kernel: false,
+            qemu_version: None,
         }
     }
 
@@ -317,6 +360,43 @@ mod tests {
             append,
             "console=ttyS0 panic=-1 quiet tsc_early_khz=2445406 tsc=reliable lamina.debug=1"
         );
+    }
+
+    #[test]
+    fn qemu_version_is_read_from_its_banner() {
+        let banner = "QEMU emulator version 7.2.22 (Debian 1:7.2+dfsg-7+deb12u18+b3)\n\
+                      Copyright (c) 2003-2022 Fabrice Bellard and the QEMU Project developers\n";
+        assert_eq!(QemuVersion::parse(banner), Some(QemuVersion { major: 7, minor: 2 }));
+        assert_eq!(
+            QemuVersion::parse("QEMU emulator version 10.0.0"),
+            Some(QemuVersion { major: 10, minor: 0 })
+        );
+        assert_eq!(QemuVersion::parse("qemu-system-x86_64: not found"), None);
+        assert_eq!(QemuVersion::parse("QEMU emulator version x.y"), None);
+    }
+
+    #[test]
+    fn smp_under_tcg_shares_one_thread_only_where_qemu_needs_it() {
+        let accel = |accel, cpus, major, minor| {
+            let qemu_version = Some(QemuVersion { major, minor });
+            VmConfig { accel, cpus, qemu_version, ..cfg(Machine::Microvm) }.accel_arg()
+        };
+        assert_eq!(accel(Accel::Tcg, 4, 7, 2), "tcg,thread=single");
+        assert_eq!(accel(Accel::Tcg, 2, 8, 0), "tcg,thread=single");
+        assert_eq!(accel(Accel::Tcg, 1, 7, 2), "tcg", "one vCPU has no other thread to race");
+        assert_eq!(accel(Accel::Tcg, 4, 8, 1), "tcg");
+        assert_eq!(accel(Accel::Tcg, 4, 9, 2), "tcg");
+        assert_eq!(accel(Accel::Kvm, 4, 7, 2), "kvm");
+        let unknown = VmConfig { cpus: 4, qemu_version: None, ..cfg(Machine::Microvm) };
+        assert_eq!(unknown.accel_arg(), "tcg");
+        let a = VmConfig {
+            cpus: 4,
+            qemu_version: QemuVersion::parse("QEMU emulator version 7.2.22"),
+            ..cfg(Machine::Microvm)
+        }
+        .args(&VmDir("/s".into()));
+        let at = a.iter().position(|x| x == "-accel").unwrap();
+        assert_eq!(a[at + 1], "tcg,thread=single");
     }
 
     #[test]
@@ -419,6 +499,7 @@ pub(crate) mod tests_support {
             guest_ports: vec![],
             tsc_khz: None,
             verbose_kernel: false,
+            qemu_version: None,
         }
     }
 }

@@ -14,7 +14,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::agent::{AgentClient, AgentError};
-use crate::cmdline::{Accel, VmConfig, VmDir};
+use crate::cmdline::{Accel, QemuVersion, VmConfig, VmDir};
 use crate::console::{ConsoleError, ConsoleLog, Match};
 use crate::qmp::{Qmp, QmpError};
 
@@ -278,6 +278,15 @@ pub fn stop_dir(dir: &Path, timeout: Duration) -> Result<bool, VmError> {
     }
     let _ = qmp.quit();
     Ok(false)
+}
+
+/// The installed QEMU's release, read once from `--version`; `None` if it does not run.
+pub fn qemu_version() -> Option<QemuVersion> {
+    static VERSION: std::sync::OnceLock<Option<QemuVersion>> = std::sync::OnceLock::new();
+    *VERSION.get_or_init(|| {
+        let out = Command::new(QEMU).arg("--version").output().ok()?;
+        QemuVersion::parse(&String::from_utf8_lossy(&out.stdout))
+    })
 }
 
 /// Uses KVM only if it actually boots `kernel`: a kernel under working KVM prints its first

@@ -219,12 +219,13 @@ impl TestVm {
             guest_ports: vec![],
             tsc_khz: host_tsc_khz(),
             verbose_kernel: false,
+            qemu_version: qemu::vm::qemu_version(),
         };
         let vm = Vm::launch(&cfg, &log_dir).with_context(|| format!("launching VM {name}"))?;
         eprintln!(
-            "[{name}] launched {:?}/{:?}; logs in {}",
+            "[{name}] launched {:?} (-accel {}); logs in {}",
             cfg.machine,
-            cfg.accel,
+            cfg.accel_arg(),
             log_dir.display()
         );
         let (tx, rx) = channel::<()>();

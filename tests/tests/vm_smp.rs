@@ -1,8 +1,10 @@
 //! VM tier: production boots (no lamina.debug) with 1, 2 and 4 vCPUs all reach READY. With
 //! several vCPUs the virtio probes race PID 1 (the agent port's name arrives after its
-//! directory), so init must wait for each device with a deadline rather than look once.
+//! directory), so init must wait for each device with a deadline rather than look once. And
+//! several vCPUs must survive the kernel rewriting its own code under TCG.
 
-use anyhow::Result;
+use anyhow::{bail, Result};
+use std::time::Duration;
 use tests::{Opts, TestVm};
 
 #[test]
@@ -20,8 +22,48 @@ fn vm_boots_ready_with_1_2_and_4_vcpus() -> Result<()> {
         assert_eq!(status["ready"], true, "{status}");
         assert_eq!(status["debug"], false, "{status}");
         vm.agent()?.shutdown()?;
-        let st = vm.wait_exit(std::time::Duration::from_secs(30))?;
+        let st = vm.wait_exit(Duration::from_secs(30))?;
         assert!(st.success(), "{cpus} vCPUs: QEMU exited with {st}");
     }
+    Ok(())
+}
+
+/// Linux rewrites its own code while other vCPUs run it (static keys, patched through an int3
+/// by `text_poke_bp`). Multi-threaded TCG before QEMU 8.1 can keep executing the old bytes on
+/// another vCPU, and the guest dies on an int3 that is no longer there; the launcher runs such
+/// a QEMU's vCPUs on one thread. Flipping a scheduler static key (`sched_schedstats`) while
+/// every vCPU is busy in the scheduler makes that race hot: with multi-threaded TCG on QEMU
+/// 7.2 the guest died within 2 s of this loop; with one thread it lives through all of it.
+#[test]
+fn vm_with_4_vcpus_survives_live_kernel_code_patching() -> Result<()> {
+    let mut vm = TestVm::boot("vm_smp_code_patching", Opts { cpus: 4, ..Opts::debug() })?;
+    vm.wait_ready()?;
+    let busy = "for i in 1 2 3 4; do (while :; do :; done) </dev/null >/dev/null 2>&1 & done";
+    vm.exec(&["sh", "-c", busy])?;
+    let flips = "k=/proc/sys/kernel/sched_schedstats; i=0; \
+                 while [ $i -lt 500 ]; do echo 1 > $k; echo 0 > $k; i=$((i+1)); done; echo $i";
+    let out = match vm.ok(&["sh", "-c", flips], Duration::from_secs(300)) {
+        Ok(out) => out,
+        Err(e) => {
+            // A guest that dies here takes the agent's connection with it: say so.
+            let qemu = vm.wait_exit(Duration::from_secs(5));
+            let text = vm.console();
+            let tail: Vec<&str> = text.lines().rev().take(40).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            bail!(
+                "the guest died while its code was patched ({e:#}); QEMU: {qemu:?}; console:\n{}",
+                tail.join("\n")
+            );
+        }
+    };
+    let text = vm.console();
+    assert!(!text.contains("Oops"), "the guest oopsed:\n{text}");
+    assert_eq!(out.trim(), "500", "every flip ran");
+    let status = vm.status()?;
+    assert_eq!(status["cpus"], 4, "{status}");
+    assert_eq!(status["ready"], true, "{status}");
+    vm.agent()?.shutdown()?;
+    let st = vm.wait_exit(Duration::from_secs(30))?;
+    assert!(st.success(), "QEMU exited with {st}");
     Ok(())
 }

@@ -28,6 +28,7 @@ pub fn run(root: &Path, jsonl: &Path) -> Result<()> {
         guest_ports: vec![],
         tsc_khz: qemu::cmdline::host_tsc_khz(),
         verbose_kernel: false,
+        qemu_version: qemu::vm::qemu_version(),
     };
     let dir = home.join("bench");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;

@@ -264,6 +264,7 @@ fn run(home: &Path, a: RunArgs) -> Result<()> {
         guest_ports: a.vm_ports.clone(),
         tsc_khz: host_tsc_khz(),
         verbose_kernel: a.verbose_kernel,
+        qemu_version: qemu::vm::qemu_version(),
     };
     // Block Ctrl-C before QEMU starts; it becomes a power-button press below.
     let mut mask = SigSet::empty();
