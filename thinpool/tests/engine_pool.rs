@@ -89,7 +89,7 @@ fn names_follow_the_durable_transaction() {
     let data = Arc::new(MemDevice::new(64 * BS, "data"));
     let store = || Box::new(DirNameStore::new(dir.path()));
     let pool = Pool::format_with_names(meta.clone(), data.clone(), Sectors(128), store()).unwrap();
-    let base = pool.create_volume("base", 10 * BS).unwrap();
+    let base = pool.create_volume("base", Bytes::new(10 * BS)).unwrap();
     pool.write(base, 0, b"hello").unwrap();
     pool.commit().unwrap();
     let t1 = pool.transaction_id();
@@ -100,7 +100,7 @@ fn names_follow_the_durable_transaction() {
     meta.set_plan(FaultPlan { fail_writes: vec![0..4096], ..FaultPlan::default() });
     let e = pool.commit().unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Io);
-    assert_eq!(pool.create_volume("x", BS).unwrap_err().kind(), ErrorKind::ReadOnly);
+    assert_eq!(pool.create_volume("x", Bytes::new(BS)).unwrap_err().kind(), ErrorKind::ReadOnly);
     drop(pool);
     meta.set_plan(FaultPlan::default());
     let pool = Pool::open_with_names(meta.clone(), data.clone(), store()).unwrap();
@@ -125,15 +125,15 @@ fn file_pool_names_round_trip() {
     let dir = tempfile::tempdir().unwrap();
     let pool = FilePool::create(dir.path(), Bytes::new(256 * BS), None, Sectors(128)).unwrap();
     assert_eq!(std::fs::metadata(dir.path().join("metadata")).unwrap().len(), 2 << 20);
-    let a = pool.create_volume("a", 8 * BS).unwrap();
+    let a = pool.create_volume("a", Bytes::new(8 * BS)).unwrap();
     pool.write(a, 3, b"abc").unwrap();
     let b = pool.snapshot_volume("a", "b").unwrap();
     pool.write(b, 3, b"xyz").unwrap();
-    assert_eq!(pool.create_volume("a", BS).unwrap_err().kind(), ErrorKind::Exists);
-    assert_eq!(pool.create_volume("-bad", BS).unwrap_err().kind(), ErrorKind::Invalid);
+    assert_eq!(pool.create_volume("a", Bytes::new(BS)).unwrap_err().kind(), ErrorKind::Exists);
+    assert_eq!(pool.create_volume("-bad", Bytes::new(BS)).unwrap_err().kind(), ErrorKind::Invalid);
     assert_eq!(pool.write(a, 8 * BS - 1, b"zz").unwrap_err().kind(), ErrorKind::OutOfRange);
     pool.flush().unwrap();
-    pool.create_volume("never-committed", BS).unwrap();
+    pool.create_volume("never-committed", Bytes::new(BS)).unwrap();
     drop(pool);
     let e = FilePool::create(dir.path(), Bytes::new(BS), None, Sectors(128))
         .err()
@@ -305,12 +305,12 @@ fn io_errors_are_reported_and_never_corrupt() {
 fn resize_volume_unmaps_past_the_new_end() {
     let dir = tempfile::tempdir().unwrap();
     let pool = FilePool::create(dir.path(), Bytes::new(64 * BS), None, Sectors(128)).unwrap();
-    let v = pool.create_volume("v", 4 * BS).unwrap();
+    let v = pool.create_volume("v", Bytes::new(4 * BS)).unwrap();
     pool.write(v, 0, &vec![9u8; 4 * BS as usize]).unwrap();
-    pool.resize_volume("v", 2 * BS + 10).unwrap();
+    pool.resize_volume("v", Bytes::new(2 * BS + 10)).unwrap();
     assert_eq!(pool.volume("v").unwrap().mapped(), DataBlock(3), "the partial last block stays");
     assert_eq!(pool.write(v, 3 * BS, &[1]).unwrap_err().kind(), ErrorKind::OutOfRange);
-    pool.resize_volume("v", 4 * BS).unwrap();
+    pool.resize_volume("v", Bytes::new(4 * BS)).unwrap();
     let mut buf = vec![1u8; BS as usize];
     pool.read(v, 3 * BS, &mut buf).unwrap();
     assert!(buf.iter().all(|&b| b == 0), "grown space reads as zeros");

@@ -26,7 +26,7 @@ fn served_pool() -> (tempfile::TempDir, Running) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("pool");
     let pool = FilePool::create(&dir, Bytes::new(512 * BLOCK), None, Sectors(128)).unwrap();
-    let vol = pool.create_volume("vol", 64 * BLOCK).unwrap();
+    let vol = pool.create_volume("vol", Bytes::new(64 * BLOCK)).unwrap();
     pool.write(vol, 0, &random_bytes((32 * BLOCK) as usize, 1)).unwrap();
     pool.snapshot_volume("vol", "s1").unwrap();
     pool.commit().unwrap();

@@ -40,7 +40,7 @@ fn committed(meta: &Path, offset: u64, len: u64) -> bool {
 fn make_pool(dir: &Path, data: u64, vols: &[(&str, u64)]) {
     let pool = FilePool::create(dir, Bytes::new(data), None, Sectors(128)).expect("create pool");
     for (n, s) in vols {
-        pool.create_volume(n, *s).expect("create volume");
+        pool.create_volume(n, Bytes::new(*s)).expect("create volume");
     }
     pool.commit().unwrap();
 }

@@ -14,6 +14,7 @@ use support::{thin_check_file, wait_for};
 use thinpool::daemon::control::{self, Request};
 use thinpool::daemon::{self, ServeConfig};
 use thinpool::io::{BlockDevice, FileDevice};
+use thinpool::units::Bytes;
 use thinpool::vg::autoextend::ExtendAction;
 use thinpool::vg::{PoolConfig, VgPool, VolumeGroup};
 
@@ -67,8 +68,8 @@ fn nbd_over_a_device_backed_pool() {
         let dev: Arc<dyn BlockDevice> = Arc::new(FileDevice::open(&p).unwrap());
         let vg = VolumeGroup::create_sized(vec![dev], config, false, EXT).unwrap();
         let vp = VgPool::over(vg).unwrap();
-        vp.pool().create_volume("a", 1 << 30).unwrap();
-        vp.pool().create_volume("b", 1 << 30).unwrap();
+        vp.pool().create_volume("a", Bytes::new(1 << 30)).unwrap();
+        vp.pool().create_volume("b", Bytes::new(1 << 30)).unwrap();
         vp.pool().commit().unwrap();
     }
     let sock = dir.path().join("nbd.sock");
@@ -145,7 +146,7 @@ fn nbd_metadata_exhaustion_answers_writes_with_eperm_and_keeps_reads() {
             thinpool::units::Sectors(128),
         )
         .unwrap();
-        p.create_volume("v", 1 << 40).unwrap();
+        p.create_volume("v", Bytes::new(1 << 40)).unwrap();
         p.commit().unwrap();
     }
     let sock = dir.path().join("nbd.sock");

@@ -75,14 +75,14 @@ fn full_group_queues_writes_until_space_is_freed_or_added() {
         &["dm.thinp_percent=60", "dm.thinp_metapercent=20", "dm.min_free_space=0%"],
     ));
     svc.start_autoextend().unwrap();
-    svc.create_volume("scratch", 1 << 30).unwrap();
+    svc.create_volume("scratch", Bytes::new(1 << 30)).unwrap();
     {
         let h = svc.open_volume("scratch").unwrap();
         write_blocks(&h, 0..10, 9);
     }
     svc.snapshot_volume("scratch", "snap").unwrap();
     svc.remove_volume("scratch").unwrap();
-    svc.create_volume("a", 1 << 30).unwrap();
+    svc.create_volume("a", Bytes::new(1 << 30)).unwrap();
 
     // Fill: writes that find the pool full wait (autoextend wakes them) until the group has
     // no extent left; the last one times out after no_space_timeout.

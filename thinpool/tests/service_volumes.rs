@@ -37,7 +37,7 @@ fn min_free_space_refuses_new_volumes_with_dockers_message() {
     let msg = "Thin Pool has 5 free data blocks which is less than minimum required 10 free data \
                blocks. Create more free space in thin pool or use dm.min_free_space option to \
                change behavior";
-    let e = svc.create_volume("b", 1 << 20).unwrap_err();
+    let e = svc.create_volume("b", Bytes::new(1 << 20)).unwrap_err();
     assert_eq!((e.kind(), e.context()), (ErrorKind::MinFreeSpace, msg));
     let e = svc.snapshot_volume("a", "s").unwrap_err();
     assert_eq!((e.kind(), e.context()), (ErrorKind::MinFreeSpace, msg));
@@ -49,7 +49,7 @@ fn min_free_space_refuses_new_volumes_with_dockers_message() {
     // Freeing space lifts the refusal.
     h.discard(0, 50 * EXT).unwrap();
     svc.commit().unwrap();
-    svc.create_volume("b", 1 << 20).unwrap();
+    svc.create_volume("b", Bytes::new(1 << 20)).unwrap();
 }
 
 #[test]
@@ -82,7 +82,7 @@ fn deferred_deletion_hides_counts_and_deletes_on_last_close() {
     assert_eq!(svc.status().deferred_deleted_device_count, 0);
     assert_eq!(std::fs::read_to_string(pd.join("deferred.json")).unwrap(), "[]");
     // The name can be used again.
-    svc.create_volume("v", 1 << 20).unwrap();
+    svc.create_volume("v", Bytes::new(1 << 20)).unwrap();
 }
 
 #[test]
@@ -103,8 +103,8 @@ fn without_deferral_removing_an_open_volume_is_busy() {
 fn a_deferred_deletion_interrupted_by_a_restart_finishes_at_the_next_start() {
     let dir = tempfile::tempdir().unwrap();
     let (pd, svc) = file_service(dir.path(), 100, &[]);
-    svc.create_volume("v", 1 << 30).unwrap();
-    svc.create_volume("keep", 1 << 30).unwrap();
+    svc.create_volume("v", Bytes::new(1 << 30)).unwrap();
+    svc.create_volume("keep", Bytes::new(1 << 30)).unwrap();
     let h = svc.open_volume("v").unwrap();
     h.write(0, &Payload::mem(&pattern(0, 1)), Mode::Full).unwrap();
     assert!(svc.remove_volume("v").unwrap());
@@ -125,7 +125,7 @@ fn a_deferred_deletion_interrupted_by_a_restart_finishes_at_the_next_start() {
 fn status_has_every_docker_info_field() {
     let dir = tempfile::tempdir().unwrap();
     let svc = group_service(dir.path(), 200, &["dm.thinp_percent=50", "dm.thinp_metapercent=20"]);
-    svc.create_volume("base", 10 << 20).unwrap();
+    svc.create_volume("base", Bytes::new(10 << 20)).unwrap();
     let h = svc.open_volume("base").unwrap();
     h.write(0, &Payload::mem(b"XFSB"), Mode::Full).unwrap();
     let s = svc.status();
@@ -190,7 +190,7 @@ fn metadata_exhaustion_makes_the_pool_read_only_with_needs_check() {
     // 64 metadata blocks (the smallest the engine formats): a few thousand mappings.
     FilePool::create(&pd, Bytes::new(1 << 30), Some(Bytes::new(64 * 4096)), Sectors(128)).unwrap();
     let svc = Service::open(&PoolSource::Dir(pd.clone()), ServiceOptions::default()).unwrap();
-    svc.create_volume("v", 1 << 40).unwrap();
+    svc.create_volume("v", Bytes::new(1 << 40)).unwrap();
     let h = svc.open_volume("v").unwrap();
     let mut ok = Vec::new();
     let err = loop {
@@ -217,7 +217,10 @@ fn metadata_exhaustion_makes_the_pool_read_only_with_needs_check() {
     // Every change is refused, even an overwrite in place.
     let e = h.write(ok[0] * EXT, &Payload::mem(b"x"), Mode::Full).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::ReadOnly);
-    assert_eq!(svc.create_volume("w", 1 << 20).unwrap_err().kind(), ErrorKind::ReadOnly);
+    assert_eq!(
+        svc.create_volume("w", Bytes::new(1 << 20)).unwrap_err().kind(),
+        ErrorKind::ReadOnly
+    );
     h.flush().unwrap();
     let meta: std::sync::Arc<dyn BlockDevice> =
         std::sync::Arc::new(FileDevice::open(&pd.join("metadata")).unwrap());

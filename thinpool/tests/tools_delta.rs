@@ -39,7 +39,7 @@ fn thin_delta(meta: &Path, left: u64, right: u64, snap: bool) -> String {
 /// volumes; returns the volume names.
 fn random_history(pool: &Pool, rng: &mut StdRng, steps: usize) -> Vec<String> {
     let mut names = vec!["v0".to_owned()];
-    pool.create_volume("v0", VOL_BLOCKS * BLOCK).unwrap();
+    pool.create_volume("v0", Bytes::new(VOL_BLOCKS * BLOCK)).unwrap();
     for step in 0..steps {
         let name = names[rng.gen_range(0..names.len())].clone();
         let id = pool.volume(&name).unwrap().id;
@@ -193,7 +193,7 @@ fn delta_through_a_metadata_snapshot_while_a_writer_runs_is_consistent() {
     let dir = tmp.path().join("pool");
     let pool =
         Arc::new(FilePool::create(&dir, Bytes::new(4096 * BLOCK), None, Sectors(128)).unwrap());
-    let vol = pool.create_volume("vol", 2048 * BLOCK).unwrap();
+    let vol = pool.create_volume("vol", Bytes::new(2048 * BLOCK)).unwrap();
     pool.write(vol, 0, &vec![1; (2048 * BLOCK) as usize]).unwrap();
     let base = pool.snapshot_volume("vol", "base").unwrap();
     pool.commit().unwrap();
@@ -250,7 +250,7 @@ fn delta_and_metadata_snap_go_through_a_running_daemon() {
     let d = dir.to_str().unwrap();
     let sock = tmp.path().join("nbd.sock");
     let pool = FilePool::create(&dir, Bytes::new(1024 * BLOCK), None, Sectors(128)).unwrap();
-    let vol = pool.create_volume("vol", VOL_BLOCKS * BLOCK).unwrap();
+    let vol = pool.create_volume("vol", Bytes::new(VOL_BLOCKS * BLOCK)).unwrap();
     pool.write(vol, 0, &vec![1; (4 * BLOCK) as usize]).unwrap();
     pool.snapshot_volume("vol", "base").unwrap();
     pool.write(vol, 2 * BLOCK, &vec![2; (4 * BLOCK) as usize]).unwrap();

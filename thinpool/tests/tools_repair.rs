@@ -36,7 +36,7 @@ fn mappings(meta: &Path) -> Mappings {
 /// Returns every block's content per device.
 fn make(dir: &Path) -> BTreeMap<u64, Vec<Vec<u8>>> {
     let p = FilePool::create(dir, Bytes::new(2048 * BLOCK), None, Sectors(128)).unwrap();
-    let v = p.create_volume("vol", BLOCKS * BLOCK).unwrap();
+    let v = p.create_volume("vol", Bytes::new(BLOCKS * BLOCK)).unwrap();
     for b in 0..BLOCKS {
         p.write(v, b * BLOCK, &vec![(b % 251) as u8 + 1; BLOCK as usize]).unwrap();
     }

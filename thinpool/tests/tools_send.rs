@@ -58,7 +58,7 @@ fn two_snapshots(tmp: &Path, first: (u64, &[u8]), second: (u64, &[u8])) -> (Path
     let (a, b) = (tmp.join("a"), tmp.join("b"));
     {
         let p = FilePool::create(&a, Bytes::new(1024 * BLOCK), None, Sectors(128)).unwrap();
-        let v = p.create_volume("vol", 64 * BLOCK).unwrap();
+        let v = p.create_volume("vol", Bytes::new(64 * BLOCK)).unwrap();
         for (snap, (at, bytes)) in [("s0", first), ("s1", second)] {
             p.write(v, at, bytes).unwrap();
             p.snapshot_volume("vol", snap).unwrap();
@@ -76,7 +76,7 @@ fn full_and_five_incrementals_reproduce_every_snapshot() {
     let mut rng = StdRng::seed_from_u64(17);
     {
         let p = FilePool::create(&a, Bytes::new(2048 * BLOCK), None, Sectors(128)).unwrap();
-        let v = p.create_volume("vol", VOL).unwrap();
+        let v = p.create_volume("vol", Bytes::new(VOL)).unwrap();
         let mut data = vec![0u8; (4 << 20) as usize];
         rng.fill(&mut data[..]);
         p.write(v, 0, &data).unwrap();

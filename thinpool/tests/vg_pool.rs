@@ -43,7 +43,7 @@ fn pool_on_a_group_round_trips_volumes_and_data() {
     let a = sparse(dir.path(), "a", DATA_START + 100 * 4 * MIB);
     let p = VgPool::create(std::slice::from_ref(&a), PoolConfig::default(), false).unwrap();
     assert_eq!(p.pool().data_usage().total.0, 95 * 4 * MIB / (64 << 10));
-    let id = p.pool().create_volume("base", 10 << 30).unwrap();
+    let id = p.pool().create_volume("base", Bytes::new(10 << 30)).unwrap();
     p.pool().write(id, 12345, b"on a volume group").unwrap();
     p.pool().commit().unwrap();
     drop(p);
@@ -113,7 +113,7 @@ fn autoextend_grows_data_over_the_threshold_and_logs_it() {
     let vg = small_group(dir.path(), 200, &["dm.thinp_percent=50", "dm.thinp_metapercent=20"]);
     let log = EventLog::new(&dir.path().join("events.jsonl"));
     let p = VgPool::over(vg).unwrap().with_event_log(EventLog::new(log.path()));
-    p.pool().create_volume("v", 100 << 20).unwrap();
+    p.pool().create_volume("v", Bytes::new(100 << 20)).unwrap();
     fill(&p, "v", 79);
     assert_eq!(p.autoextend_check().unwrap(), None, "79 % is under 80 %");
     fill(&p, "v", 80);
@@ -137,7 +137,7 @@ fn a_full_group_reports_no_space_with_backoff_and_the_free_space_gate_refuses() 
     let vg = small_group(dir.path(), 200, &["dm.thinp_percent=83", "dm.thinp_metapercent=17"]);
     assert_eq!(vg.free_extents(), Extents(0));
     let p = VgPool::over(vg).unwrap();
-    p.pool().create_volume("v", 100 << 20).unwrap();
+    p.pool().create_volume("v", Bytes::new(100 << 20)).unwrap();
     p.check_min_free_space().unwrap();
     fill(&p, "v", 151);
     let e = p.autoextend_check().unwrap().expect("over the threshold");

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 use thinpool::io::{BlockDevice, FaultPlan, FaultyDevice, MemDevice};
-use thinpool::units::DataBlock;
+use thinpool::units::{Bytes, DataBlock};
 use thinpool::vg::format::DATA_START;
 use thinpool::vg::{Extents, PoolConfig, VgPool, VolumeGroup};
 
@@ -53,7 +53,7 @@ fn cut_during_create_then_create_again_works() {
         let p = VolumeGroup::create_sized(vec![dev], config(), false, EXT)
             .and_then(VgPool::over)
             .unwrap_or_else(|e| panic!("cut at {cut}: {e}"));
-        let id = p.pool().create_volume("v", 1 << 20).unwrap();
+        let id = p.pool().create_volume("v", Bytes::new(1 << 20)).unwrap();
         p.pool().write(id, 0, b"alive").unwrap();
         p.pool().commit().unwrap();
         assert_eq!(p.pool().data_usage().total, DataBlock(100), "cut at {cut}");
@@ -67,13 +67,13 @@ fn cut_during_volume_changes_and_resize() {
         let dev: Arc<dyn BlockDevice> = f.clone();
         let p = VgPool::over(VolumeGroup::create_sized(vec![dev], config(), false, EXT).unwrap())
             .unwrap();
-        let id = p.pool().create_volume("base", 4 << 20).unwrap();
+        let id = p.pool().create_volume("base", Bytes::new(4 << 20)).unwrap();
         p.pool().write(id, 100_000, b"committed before the cut").unwrap();
         p.pool().commit().unwrap();
         (f, p)
     };
     let change = |p: &VgPool| -> Result<(), String> {
-        let id = p.pool().create_volume("new", 4 << 20).map_err(|e| e.to_string())?;
+        let id = p.pool().create_volume("new", Bytes::new(4 << 20)).map_err(|e| e.to_string())?;
         p.pool().write(id, 0, b"new volume").map_err(|e| e.to_string())?;
         p.pool().commit().map_err(|e| e.to_string())?;
         p.resize_data(Extents(10)).map_err(|e| e.to_string())?;

@@ -47,6 +47,7 @@ use crate::config::Config;
 use crate::nbd::NbdClient;
 use crate::netlink::nbd::Connect;
 use crate::reaper::{Exit, Reaper, Spawned};
+use units::Bytes;
 
 /// The daemon's lock, control socket and event log (tmpfs: the pool itself is on the disks).
 pub const STATE_DIR: &str = "/run/lamina/pool";
@@ -116,7 +117,7 @@ pub(crate) struct Started {
 pub struct Pool {
     wired: bool,
     devices: Vec<PathBuf>,
-    size: u64,
+    size: Bytes,
     mounted: bool,
     attached: bool,
     /// The store's block device (/dev/ublkb0 or /dev/nbd0) once attached.
@@ -377,7 +378,7 @@ impl Pool {
                 "pool: store on {}{} ({} GiB) at {MOUNT} over {}",
                 self.device.as_deref().unwrap_or(Path::new("?")).display(),
                 if self.crypt { " (LUKS2)" } else { "" },
-                self.size >> 30,
+                self.size.div_floor(Bytes::GIB),
                 dev_list(&self.devices)
             )
         } else {
@@ -494,14 +495,14 @@ impl Pool {
 /// returns `/dev/nbd0`.
 pub(crate) fn attach_nbd(
     cfg: &Config,
-    size: u64,
+    size: Bytes,
     kernel: &[OwnedFd],
     step: &dyn Fn(&str),
 ) -> Result<PathBuf, PoolError> {
     let flags = thinpool::nbd::transmission_flags(false, false);
     let connect = Connect {
         index: Some(NBD_INDEX),
-        size_bytes: size,
+        size_bytes: size.get(),
         block_size: BLOCK_SIZE,
         server_flags: u64::from(flags),
         timeout_secs: REQUEST_TIMEOUT_SECS,

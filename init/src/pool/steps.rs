@@ -15,6 +15,7 @@ use super::{
 use crate::attach::{self, Attach};
 use crate::luks::KeySource;
 use crate::sequence::{Boot, BootError};
+use units::Bytes;
 
 type StepResult = Result<(), BootError>;
 
@@ -146,11 +147,10 @@ fn cli_volumes(b: &Boot, devs: &str) -> Result<Vec<Value>, super::PoolError> {
 }
 
 /// The base volume's size (`dm.basesize`, else `pool.basesize`): as given, and in bytes.
-fn basesize(b: &Boot) -> Result<(String, u64), super::PoolError> {
+fn basesize(b: &Boot) -> Result<(String, Bytes), super::PoolError> {
     let given =
         b.opts.as_ref().and_then(|o| o.dm_value("dm.basesize")).unwrap_or(&b.cfg.pool.basesize);
-    let size =
-        units::parse_size(given).map_err(|e| fail(format!("pool.basesize {given:?}: {e}")))?;
+    let size: Bytes = given.parse().map_err(|e| fail(format!("pool.basesize {given:?}: {e}")))?;
     Ok((given.to_owned(), size))
 }
 

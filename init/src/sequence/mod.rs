@@ -37,6 +37,7 @@ use crate::reaper::Reaper;
 use crate::steps::{always, Context, Policy, Step};
 use crate::wait::WaitError;
 use crate::{DEFAULT_CONFIG, DEGRADED, READY};
+use units::Bytes;
 
 /// Why a boot step failed.
 #[derive(Debug, thiserror::Error)]
@@ -119,12 +120,12 @@ pub(crate) trait System {
     ) -> Result<String, PoolError>;
     fn start_daemon(&self, reaper: &Reaper, d: &Daemon) -> Result<Started, PoolError>;
     /// The daemon's volumes: (name, size in bytes).
-    fn volumes(&self) -> Result<Vec<(String, u64)>, PoolError>;
-    fn create_volume(&self, name: &str, size: u64) -> Result<(), PoolError>;
+    fn volumes(&self) -> Result<Vec<(String, Bytes)>, PoolError>;
+    fn create_volume(&self, name: &str, size: Bytes) -> Result<(), PoolError>;
     fn attach_nbd(
         &self,
         cfg: &Config,
-        size: u64,
+        size: Bytes,
         kernel: &[OwnedFd],
         step: &dyn Fn(&str),
     ) -> Result<PathBuf, PoolError>;

@@ -18,6 +18,7 @@ use crate::pool::{self, fail, Contents, Daemon, PoolError, Started, MOUNT};
 use crate::reaper::Reaper;
 use crate::wait::{self, WaitError};
 use crate::{attach, netlink};
+use units::Bytes;
 
 pub(crate) struct RealSystem;
 
@@ -202,16 +203,16 @@ impl System for RealSystem {
         Ok(Started { pid: s.pid, exit: s.exit, kernel })
     }
 
-    fn volumes(&self) -> Result<Vec<(String, u64)>, PoolError> {
+    fn volumes(&self) -> Result<Vec<(String, Bytes)>, PoolError> {
         let list = pool::control_client()
             .list()
             .map_err(|e| fail(format!("list: {}", units::chain(&e))))?;
-        Ok(list.into_iter().map(|v| (v.name, v.size)).collect())
+        Ok(list.into_iter().map(|v| (v.name, Bytes::new(v.size))).collect())
     }
 
-    fn create_volume(&self, name: &str, size: u64) -> Result<(), PoolError> {
+    fn create_volume(&self, name: &str, size: Bytes) -> Result<(), PoolError> {
         pool::control_client()
-            .create(name, size)
+            .create(name, size.get())
             .map_err(|e| fail(format!("creating volume {name}: {}", units::chain(&e))))?;
         Ok(())
     }
@@ -219,7 +220,7 @@ impl System for RealSystem {
     fn attach_nbd(
         &self,
         cfg: &Config,
-        size: u64,
+        size: Bytes,
         kernel: &[OwnedFd],
         step: &dyn Fn(&str),
     ) -> Result<PathBuf, PoolError> {

@@ -14,7 +14,7 @@ struct Fake {
     /// How many times the daemon fails to start before it starts.
     daemon_fails: Cell<u32>,
     contents: Contents,
-    volumes: RefCell<Vec<(String, u64)>>,
+    volumes: RefCell<Vec<(String, Bytes)>>,
     calls: RefCell<Vec<String>>,
     lines: RefCell<Vec<String>>,
 }
@@ -26,7 +26,7 @@ impl Default for Fake {
             fail: Vec::new(),
             daemon_fails: Cell::new(0),
             contents: Contents::Xfs,
-            volumes: RefCell::new(vec![(pool::STORE.into(), 10 << 30)]),
+            volumes: RefCell::new(vec![(pool::STORE.into(), Bytes::GIB * 10)]),
             calls: RefCell::default(),
             lines: RefCell::default(),
         }
@@ -174,7 +174,7 @@ impl System for Fake {
             return Err(pool_err(&format!("`{call}` failed (exit 1)")));
         }
         if argv[1] == "create" {
-            self.volumes.borrow_mut().push((pool::STORE.into(), 10 << 30));
+            self.volumes.borrow_mut().push((pool::STORE.into(), Bytes::GIB * 10));
         }
         Ok(if argv[1] == "init" { "created the pool".into() } else { "[]".into() })
     }
@@ -186,11 +186,11 @@ impl System for Fake {
         }
         Ok(Started { pid: 42, exit: std::sync::mpsc::channel().1, kernel: Vec::new() })
     }
-    fn volumes(&self) -> Result<Vec<(String, u64)>, PoolError> {
+    fn volumes(&self) -> Result<Vec<(String, Bytes)>, PoolError> {
         self.call("volumes");
         Ok(self.volumes.borrow().clone())
     }
-    fn create_volume(&self, name: &str, size: u64) -> Result<(), PoolError> {
+    fn create_volume(&self, name: &str, size: Bytes) -> Result<(), PoolError> {
         self.call("create_volume");
         self.volumes.borrow_mut().push((name.into(), size));
         Ok(())
@@ -198,7 +198,7 @@ impl System for Fake {
     fn attach_nbd(
         &self,
         _: &Config,
-        _: u64,
+        _: Bytes,
         _: &[OwnedFd],
         _: &dyn Fn(&str),
     ) -> Result<PathBuf, PoolError> {

@@ -11,6 +11,7 @@ use super::pool::{open_pool, Access};
 use super::size::binary_size;
 use super::{ExportArgs, ImportArgs};
 use thinpool::pool::ErrorKind;
+use thinpool::units::Bytes;
 
 /// Bytes moved per read or write.
 const CHUNK: usize = 1 << 20;
@@ -84,7 +85,9 @@ pub(super) fn import(a: &ImportArgs) -> anyhow::Result<ExitCode> {
             v.size.binary()
         ),
         Ok(v) => (v.id, true),
-        Err(e) if e.kind() == ErrorKind::NotFound => (pool.create_volume(&a.name, len)?, false),
+        Err(e) if e.kind() == ErrorKind::NotFound => {
+            (pool.create_volume(&a.name, Bytes::new(len))?, false)
+        }
         Err(e) => return Err(e.into()),
     };
     let bs = pool.block_bytes() as usize;

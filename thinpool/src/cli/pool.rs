@@ -21,7 +21,7 @@ use thinpool::units::{Bytes, MetaBlock, Sectors};
 /// What `thinpool create` asks for.
 pub(super) struct NewVolume<'a> {
     pub(super) name: &'a str,
-    pub(super) size: u64,
+    pub(super) size: Bytes,
     /// Marked as created for export (see `thinpool offer`).
     pub(super) export: bool,
     /// The LUKS2 header an encrypted volume starts with.
@@ -325,7 +325,8 @@ pub(super) fn init(a: &InitArgs) -> anyhow::Result<ExitCode> {
 pub(super) fn create(a: &CreateArgs) -> anyhow::Result<ExitCode> {
     let m = manage(&a.pool.dir, Access::Exclusive)?;
     let how = if a.export { ", for export" } else { "" };
-    let plain = NewVolume { name: &a.name, size: a.size, export: a.export, header: None };
+    let size = Bytes::new(a.size);
+    let plain = NewVolume { name: &a.name, size, export: a.export, header: None };
     let Some(key) = a.key_file.as_deref().filter(|_| a.encrypt) else {
         let id = m.create_volume(&plain)?;
         println!("created volume {} (id {id}, {}{how})", a.name, binary_size(a.size));
@@ -438,9 +439,9 @@ impl Manage for DaemonPool {
     fn create_volume(&self, v: &NewVolume) -> anyhow::Result<u64> {
         let c = self.client();
         Ok(match v.header {
-            Some(h) => c.create_encrypted(v.name, v.size, h, v.export)?,
-            None if v.export => c.create_for_export(v.name, v.size)?,
-            None => c.create(v.name, v.size)?,
+            Some(h) => c.create_encrypted(v.name, v.size.get(), h, v.export)?,
+            None if v.export => c.create_for_export(v.name, v.size.get())?,
+            None => c.create(v.name, v.size.get())?,
         })
     }
 

@@ -9,6 +9,7 @@ use super::control::{
 use crate::export::pool::PoolCatalog;
 use crate::service;
 use crate::ublk;
+use crate::units::Bytes;
 
 /// Management verbs executed by the daemon on its pool.
 pub struct PoolControl {
@@ -121,7 +122,10 @@ impl control::Handler for PoolControl {
         Ok(match req {
             R::Create { name, size, export, encrypted: false, luks_header: None } => {
                 Reply::Created {
-                    thin_id: svc.create_volume_for(&name, size, export).map_err(refusal)?.0,
+                    thin_id: svc
+                        .create_volume_for(&name, Bytes::new(size), export)
+                        .map_err(refusal)?
+                        .0,
                 }
             }
             R::Export { name, export } => {
@@ -130,7 +134,7 @@ impl control::Handler for PoolControl {
             }
             R::Create { name, size, export, encrypted: true, luks_header: Some(path) } => {
                 let header = read_luks_header(&path)?;
-                let id = svc.create_encrypted_volume(&name, size, &header, export);
+                let id = svc.create_encrypted_volume(&name, Bytes::new(size), &header, export);
                 Reply::Created { thin_id: id.map_err(refusal)?.0 }
             }
             R::Create { .. } => {

@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 use super::stream::{self, Header, Record, StreamError};
 use super::{diff, extents, Change};
 use crate::pool::{self, Pool};
-use crate::units::ThinId;
+use crate::units::{Bytes, ThinId};
 
 /// Bytes read from the pool at a time (and the most one data record carries).
 const CHUNK: u64 = 1 << 20;
@@ -170,7 +170,7 @@ pub fn receive<R: Read>(
         }
         pool.snapshot_volume(b, &temp).map_err(pe(format!("snapshotting {b:?}")))
     } else {
-        pool.create_volume(&temp, h.size).map_err(pe(format!("creating {temp:?}")))
+        pool.create_volume(&temp, Bytes::new(h.size)).map_err(pe(format!("creating {temp:?}")))
     };
     let id = made?;
     let result = apply(pool, id, &h, &mut r).and_then(|stats| {
@@ -193,8 +193,9 @@ fn apply<R: Read>(
     r: &mut stream::Reader<R>,
 ) -> Result<Stats, SendError> {
     let v = pool.volume(&pool_name(pool, id)?).map_err(pe("reading the temporary volume"))?;
-    if v.size.get() != h.size {
-        pool.resize_volume(&v.name, h.size).map_err(pe("resizing to the stream's size"))?;
+    if v.size != Bytes::new(h.size) {
+        pool.resize_volume(&v.name, Bytes::new(h.size))
+            .map_err(pe("resizing to the stream's size"))?;
     }
     let mut stats = Stats::default();
     loop {

@@ -424,7 +424,7 @@ mod tests {
     fn file_pool(dir: &Path, names: &[&str]) -> Pool {
         let pool = FilePool::create(dir, Bytes::new(16 << 20), None, Sectors(128)).unwrap();
         for name in names {
-            pool.create_volume(name, 8 << 20).unwrap();
+            pool.create_volume(name, Bytes::new(8 << 20)).unwrap();
         }
         pool.commit().unwrap();
         pool
@@ -446,7 +446,7 @@ mod tests {
         let data = Arc::new(TestData::new(MemDevice::new(64 << 16, "data")));
         let names = Box::new(crate::pool::DirNameStore::new(dir.path()));
         let pool = Pool::format_with_names(meta, data.clone(), Sectors(128), names).unwrap();
-        pool.create_volume("v", 1 << 20).unwrap();
+        pool.create_volume("v", Bytes::new(1 << 20)).unwrap();
         pool.commit().unwrap();
         let cat = PoolCatalog::new(service(dir.path(), pool));
         let e = cat.open("v").unwrap();
@@ -524,8 +524,8 @@ mod tests {
     fn flagged_scope_offers_only_volumes_created_for_export() {
         let dir = tempfile::tempdir().unwrap();
         let svc = service(dir.path(), file_pool(dir.path(), &[]));
-        svc.create_volume("store", 8 << 20).unwrap();
-        svc.create_volume_for("shared", 8 << 20, true).unwrap();
+        svc.create_volume("store", Bytes::new(8 << 20)).unwrap();
+        svc.create_volume_for("shared", Bytes::new(8 << 20), true).unwrap();
         svc.snapshot_volume("shared", "shared-snap").unwrap();
         svc.snapshot_volume("store", "store-snap").unwrap();
         let names = |c: &PoolCatalog| c.list().into_iter().map(|e| e.name).collect::<Vec<_>>();

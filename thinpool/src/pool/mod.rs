@@ -535,9 +535,9 @@ impl Pool {
     }
 
     /// Creates an empty thin volume called `name` of `size` bytes.
-    pub fn create_volume(&self, name: &str, size: u64) -> Result<ThinId> {
+    pub fn create_volume(&self, name: &str, size: Bytes) -> Result<ThinId> {
         check_name(name)?;
-        if size == 0 {
+        if size == Bytes::ZERO {
             return Err(Error::new(ErrorKind::Invalid, "a volume needs a size above zero"));
         }
         let mut m = self.meta();
@@ -567,7 +567,7 @@ impl Pool {
         m.change(|m| m.create_snap(id, ThinId(o.id)))?;
         // A snapshot holds its origin's data, so it is offered to exactly the clients the
         // origin is.
-        push_name(&mut m, name, id, o.size, o.export);
+        push_name(&mut m, name, id, Bytes::new(o.size), o.export);
         Ok(id)
     }
 
@@ -578,17 +578,17 @@ impl Pool {
     }
 
     /// Changes a volume's virtual size (shrinking unmaps the blocks past the new end).
-    pub fn resize_volume(&self, name: &str, size: u64) -> Result<()> {
+    pub fn resize_volume(&self, name: &str, size: Bytes) -> Result<()> {
         let v = self.volume(name)?;
-        if size < v.size.get() {
-            let first = size.div_ceil(self.block_bytes);
+        if size < v.size {
+            let first = size.div_ceil(Bytes::new(self.block_bytes));
             let _g = self.gate.write().unwrap_or_else(|e| e.into_inner());
             self.meta().change(|m| m.remove_range(v.id, VirtBlock(first), VirtBlock(u64::MAX)))?;
         }
         let mut m = self.meta();
         let t = m.names.as_mut().ok_or_else(Self::no_names)?;
         if let Some(e) = t.volumes.iter_mut().find(|e| e.name == name) {
-            e.size = size;
+            e.size = size.get();
         }
         m.names_dirty = true;
         Ok(())
@@ -668,8 +668,9 @@ fn free_id(m: &Meta) -> Result<ThinId> {
         .ok_or_else(|| Error::new(ErrorKind::NoSpace, "every thin device id is in use"))
 }
 
-fn push_name(m: &mut Meta, name: &str, id: ThinId, size: u64, export: bool) {
+fn push_name(m: &mut Meta, name: &str, id: ThinId, size: Bytes, export: bool) {
     if let Some(t) = m.names.as_mut() {
+        let size = size.get();
         t.volumes.push(names::NameEntry { name: name.to_owned(), id: id.0, size, export });
         m.names_dirty = true;
     }

@@ -254,8 +254,8 @@ fn name_of_a_thin_deleted_outside_lamina_is_dropped_on_open() {
     let meta = Arc::new(MemDevice::new(4 << 20, "meta"));
     let data = Arc::new(MemDevice::new(64 * 65536, "data"));
     let pool = Pool::format_with_names(meta.clone(), data.clone(), Sectors(128), store()).unwrap();
-    pool.create_volume("keep", 1 << 20).unwrap();
-    let gone = pool.create_volume("gone", 1 << 20).unwrap();
+    pool.create_volume("keep", Bytes::new(1 << 20)).unwrap();
+    let gone = pool.create_volume("gone", Bytes::new(1 << 20)).unwrap();
     pool.commit().unwrap();
     drop(pool);
 
@@ -281,7 +281,7 @@ fn name_of_a_thin_deleted_outside_lamina_is_dropped_on_open() {
     let pool = Pool::open_with_names(meta, data, store()).unwrap();
     assert_eq!(pool.volumes().unwrap().len(), 1);
     // The name is free again.
-    pool.create_volume("gone", 1 << 20).unwrap();
+    pool.create_volume("gone", Bytes::new(1 << 20)).unwrap();
 }
 
 #[test]

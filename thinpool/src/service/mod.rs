@@ -385,13 +385,13 @@ impl Service {
     }
 
     /// Creates a volume of `size` bytes and commits (one Docker transaction).
-    pub fn create_volume(&self, name: &str, size: u64) -> Result<ThinId> {
+    pub fn create_volume(&self, name: &str, size: Bytes) -> Result<ThinId> {
         self.create_volume_for(name, size, false)
     }
 
     /// Creates a volume, marked as created for export when `export` (see
     /// [`crate::pool::names::NameEntry::export`]), in one commit: a crash never leaves it half-marked.
-    pub fn create_volume_for(&self, name: &str, size: u64, export: bool) -> Result<ThinId> {
+    pub fn create_volume_for(&self, name: &str, size: Bytes, export: bool) -> Result<ThinId> {
         let v = lock(&self.shared.vols);
         let _g = self.shared.writable()?;
         deferred::refuse_deferred(&v, name)?;
@@ -421,11 +421,11 @@ impl Service {
     pub fn create_encrypted_volume(
         &self,
         name: &str,
-        size: u64,
+        size: Bytes,
         header: &crate::luks::Header,
         export: bool,
     ) -> Result<ThinId> {
-        if size <= header.len() {
+        if size.get() <= header.len() {
             return Err(Error::new(
                 ErrorKind::Invalid,
                 format!(

@@ -7,6 +7,7 @@ use thinpool::io::Payload;
 use thinpool::io::{BlockDevice, FileDevice};
 use thinpool::pool::Mode;
 use thinpool::service::{Service, ServiceOptions, VolumeHandle};
+use thinpool::units::Bytes;
 use thinpool::vg::format::DATA_START;
 use thinpool::vg::{EventLog, PoolConfig, VgPool, VolumeGroup};
 
@@ -44,7 +45,7 @@ pub fn pattern(i: u64, gen: u8) -> Vec<u8> {
 
 /// Creates a 1 GiB volume `name` and opens it.
 pub fn open_new(svc: &Service, name: &str) -> VolumeHandle {
-    svc.create_volume(name, 1 << 30).unwrap();
+    svc.create_volume(name, Bytes::new(1 << 30)).unwrap();
     svc.open_volume(name).unwrap()
 }
 
