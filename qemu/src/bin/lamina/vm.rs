@@ -281,10 +281,11 @@ fn run(home: &Path, a: RunArgs) -> Result<()> {
         drop(key_disk);
     }
     eprintln!(
-        "lamina: VM {} starting ({:?}, {:?}); state in {}",
+        "lamina: VM {} starting ({:?}, -accel {}, {} vCPU); state in {}",
         a.name,
         cfg.machine,
-        cfg.accel,
+        cfg.accel_arg(),
+        cfg.cpus,
         dir.display()
     );
     if a.detach {
@@ -298,7 +299,11 @@ fn run(home: &Path, a: RunArgs) -> Result<()> {
             Err(e) => return Err(e.into()),
         };
         eprintln!("lamina: {} after {:.2}s", r.line, r.after.as_secs_f64());
-        eprintln!("lamina: stop with `lamina vm stop {}`; NBD on 127.0.0.1:{}", a.name, a.nbd_port);
+        let nbd = match cfg.nbd_port {
+            Some(port) => format!("NBD on 127.0.0.1:{port}"),
+            None => "no NBD port on the host".into(),
+        };
+        eprintln!("lamina: stop with `lamina vm stop {}`; {nbd}", a.name);
         vm.detach();
         return Ok(());
     }
