@@ -38,8 +38,9 @@ fn vm_boots_ready_with_1_2_and_4_vcpus() -> Result<()> {
 fn vm_with_4_vcpus_survives_live_kernel_code_patching() -> Result<()> {
     let mut opts = Opts { cpus: 4, ..Opts::debug() };
     // The loop takes about 10 s on a quiet host; the guest's own limit on one command (120 s)
-    // is raised so a slower or busier host does not cut it short.
+    // and the VM's deadline are raised so a slower or busier host does not cut it short.
     opts.append.push("lamina.agent.max_exec_secs=600".into());
+    opts.deadline = Duration::from_secs(600);
     let mut vm = TestVm::boot("vm_smp_code_patching", opts)?;
     vm.wait_ready()?;
     let busy = "for i in 1 2 3 4; do (while :; do :; done) </dev/null >/dev/null 2>&1 & done";
