@@ -103,7 +103,7 @@ fn pool_exports_work_with_real_clients() {
     // Management through the control socket while serving.
     let create = Request::Create {
         name: "new".into(),
-        size: 8 * MIB,
+        size: Bytes::new(8 * MIB),
         export: false,
         encrypted: false,
         luks_header: None,

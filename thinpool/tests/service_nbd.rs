@@ -172,7 +172,7 @@ fn nbd_metadata_exhaustion_answers_writes_with_eperm_and_keeps_reads() {
         &pool,
         &Request::Create {
             name: "w".into(),
-            size: 1 << 20,
+            size: Bytes::new(1 << 20),
             export: false,
             encrypted: false,
             luks_header: None,

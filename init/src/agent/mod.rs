@@ -178,7 +178,7 @@ pub fn handle(
             // An encrypted volume's LUKS2 header is made here, by cryptsetup with the
             // appliance's key; the daemon only gets the header.
             if let R::Create { name, size, export, encrypted: true, luks_header: None } = &req {
-                let r = crate::luks::volume_header(*size, reaper)
+                let r = crate::luks::volume_header(size.get(), reaper)
                     .map_err(|e| units::chain(&e))
                     .and_then(|h| {
                         crate::pool::control_client()

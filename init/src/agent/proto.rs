@@ -482,7 +482,7 @@ mod tests {
         let pool = [
             Command::Pool(R::Create {
                 name: "v".into(),
-                size: 1 << 30,
+                size: units::Bytes::GIB,
                 export: true,
                 encrypted: false,
                 luks_header: None,
@@ -543,7 +543,7 @@ mod tests {
             create(r#"{"name":"v","size":4096}"#),
             R::Create {
                 name: "v".into(),
-                size: 4096,
+                size: units::Bytes::new(4096),
                 export: true,
                 encrypted: false,
                 luks_header: None
@@ -553,7 +553,7 @@ mod tests {
             create(r#"{"name":"v","size":4096,"export":false}"#),
             R::Create {
                 name: "v".into(),
-                size: 4096,
+                size: units::Bytes::new(4096),
                 export: false,
                 encrypted: false,
                 luks_header: None

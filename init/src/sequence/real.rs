@@ -207,12 +207,12 @@ impl System for RealSystem {
         let list = pool::control_client()
             .list()
             .map_err(|e| fail(format!("list: {}", units::chain(&e))))?;
-        Ok(list.into_iter().map(|v| (v.name, Bytes::new(v.size))).collect())
+        Ok(list.into_iter().map(|v| (v.name, v.size)).collect())
     }
 
     fn create_volume(&self, name: &str, size: Bytes) -> Result<(), PoolError> {
         pool::control_client()
-            .create(name, size.get())
+            .create(name, size)
             .map_err(|e| fail(format!("creating volume {name}: {}", units::chain(&e))))?;
         Ok(())
     }

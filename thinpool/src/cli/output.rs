@@ -4,6 +4,7 @@
 use serde::Serialize;
 
 use super::size::{binary_size, human_size};
+use thinpool::units::Bytes;
 
 /// One volume, as `thinpool list` shows it.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -21,7 +22,8 @@ pub struct VolumeRow {
 }
 
 impl VolumeRow {
-    pub fn new(name: String, id: u64, size: u64, mapped_blocks: u64, block_bytes: u64) -> Self {
+    pub fn new(name: String, id: u64, size: Bytes, mapped_blocks: u64, block_bytes: u64) -> Self {
+        let size = size.get();
         let mapped_bytes = mapped_blocks.saturating_mul(block_bytes);
         let data_percent =
             if size == 0 { 0.0 } else { (mapped_bytes as f64 / size as f64 * 100.0).min(100.0) };
@@ -123,8 +125,9 @@ mod tests {
 
     fn rows() -> Vec<VolumeRow> {
         vec![
-            VolumeRow::new("base".into(), 0, 64 << 20, 512, 64 << 10),
-            VolumeRow::new("snap-of-base".into(), 1, 64 << 20, 1024, 64 << 10).exported(true),
+            VolumeRow::new("base".into(), 0, Bytes::new(64 << 20), 512, 64 << 10),
+            VolumeRow::new("snap-of-base".into(), 1, Bytes::new(64 << 20), 1024, 64 << 10)
+                .exported(true),
         ]
     }
 

@@ -229,8 +229,8 @@ impl Manage for LocalPool {
             .volumes()?
             .into_iter()
             .map(|v| {
-                let (size, mapped) = (v.size.get(), v.mapped().0);
-                VolumeRow::new(v.name, v.id.0, size, mapped, bs).exported(v.export)
+                let mapped = v.mapped().0;
+                VolumeRow::new(v.name, v.id.0, v.size, mapped, bs).exported(v.export)
             })
             .collect())
     }
@@ -439,9 +439,9 @@ impl Manage for DaemonPool {
     fn create_volume(&self, v: &NewVolume) -> anyhow::Result<u64> {
         let c = self.client();
         Ok(match v.header {
-            Some(h) => c.create_encrypted(v.name, v.size.get(), h, v.export)?,
-            None if v.export => c.create_for_export(v.name, v.size.get())?,
-            None => c.create(v.name, v.size.get())?,
+            Some(h) => c.create_encrypted(v.name, v.size, h, v.export)?,
+            None if v.export => c.create_for_export(v.name, v.size)?,
+            None => c.create(v.name, v.size)?,
         })
     }
 

@@ -26,6 +26,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use crate::units::Bytes;
+
 /// Longest request or response line.
 pub const MAX_LINE: u64 = 1 << 20;
 /// A control client that sends nothing for this long is dropped.
@@ -37,7 +39,8 @@ pub const IDLE: Duration = Duration::from_secs(30);
 pub enum Request {
     Create {
         name: String,
-        size: u64,
+        /// Bytes (a JSON number on the wire).
+        size: Bytes,
         /// Created for export: offered to NBD clients by a daemon serving `--exports
         /// flagged` (the appliance). Volumes the machine makes for itself leave it unset.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -123,8 +126,8 @@ pub enum MetadataSnapAction {
 pub struct VolumeEntry {
     pub name: String,
     pub thin_id: u64,
-    /// Virtual size in bytes.
-    pub size: u64,
+    /// Virtual size (a JSON number of bytes on the wire).
+    pub size: Bytes,
     pub mapped_blocks: u64,
     /// Created for export (see [`Request::Create`]).
     #[serde(default)]
@@ -313,7 +316,7 @@ impl Client {
     }
 
     /// Creates a volume for this machine's own use (not offered under `--exports flagged`).
-    pub fn create(&self, name: &str, size: u64) -> Result<u64, ControlError> {
+    pub fn create(&self, name: &str, size: Bytes) -> Result<u64, ControlError> {
         let r: CreatedReply = self.call(&Request::Create {
             name: name.into(),
             size,
@@ -325,7 +328,7 @@ impl Client {
     }
 
     /// Creates a volume for export to NBD clients.
-    pub fn create_for_export(&self, name: &str, size: u64) -> Result<u64, ControlError> {
+    pub fn create_for_export(&self, name: &str, size: Bytes) -> Result<u64, ControlError> {
         let r: CreatedReply = self.call(&Request::Create {
             name: name.into(),
             size,
@@ -557,14 +560,14 @@ mod tests {
                         return Err(Refusal::new(RefusalKind::Exists, format!("exists: {name}")));
                     }
                     v.push(name);
-                    Ok(Reply::Created { thin_id: size })
+                    Ok(Reply::Created { thin_id: size.get() })
                 }
                 Request::List => Ok(Reply::Volumes(
                     v.iter()
                         .map(|n| VolumeEntry {
                             name: n.clone(),
                             thin_id: 1,
-                            size: 4096,
+                            size: Bytes::new(4096),
                             mapped_blocks: 0,
                             export: false,
                         })
@@ -632,8 +635,8 @@ mod tests {
         let mode = std::fs::metadata(socket_path(dir.path())).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
         let c = Client::new(dir.path());
-        assert_eq!(c.create("v", 7).unwrap(), 7);
-        match c.create("v", 7) {
+        assert_eq!(c.create("v", Bytes::new(7)).unwrap(), 7);
+        match c.create("v", Bytes::new(7)) {
             Err(ControlError::Refused(r)) => {
                 assert_eq!((r.kind, r.message.as_str()), (RefusalKind::Exists, "exists: v"))
             }

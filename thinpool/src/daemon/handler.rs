@@ -9,7 +9,6 @@ use super::control::{
 use crate::export::pool::PoolCatalog;
 use crate::service;
 use crate::ublk;
-use crate::units::Bytes;
 
 /// Management verbs executed by the daemon on its pool.
 pub struct PoolControl {
@@ -122,10 +121,7 @@ impl control::Handler for PoolControl {
         Ok(match req {
             R::Create { name, size, export, encrypted: false, luks_header: None } => {
                 Reply::Created {
-                    thin_id: svc
-                        .create_volume_for(&name, Bytes::new(size), export)
-                        .map_err(refusal)?
-                        .0,
+                    thin_id: svc.create_volume_for(&name, size, export).map_err(refusal)?.0,
                 }
             }
             R::Export { name, export } => {
@@ -134,7 +130,7 @@ impl control::Handler for PoolControl {
             }
             R::Create { name, size, export, encrypted: true, luks_header: Some(path) } => {
                 let header = read_luks_header(&path)?;
-                let id = svc.create_encrypted_volume(&name, Bytes::new(size), &header, export);
+                let id = svc.create_encrypted_volume(&name, size, &header, export);
                 Reply::Created { thin_id: id.map_err(refusal)?.0 }
             }
             R::Create { .. } => {
@@ -157,7 +153,7 @@ impl control::Handler for PoolControl {
                     .map(|v| VolumeEntry {
                         name: v.name.clone(),
                         thin_id: v.id.0,
-                        size: v.size.get(),
+                        size: v.size,
                         mapped_blocks: v.mapped().0,
                         export: v.export,
                     })

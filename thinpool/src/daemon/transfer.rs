@@ -24,6 +24,7 @@ use std::time::Duration;
 
 use super::control::{Client, ControlError, Reply, Request};
 use crate::delta::send::Stats;
+use crate::units::Bytes;
 
 /// Why a send or receive through the daemon failed.
 #[derive(Debug, thiserror::Error)]
@@ -85,7 +86,7 @@ impl Client {
     pub fn create_encrypted(
         &self,
         name: &str,
-        size: u64,
+        size: Bytes,
         header: &crate::luks::Header,
         export: bool,
     ) -> Result<u64, TransferError> {
